@@ -1,0 +1,266 @@
+"""Fitting profiles: per-op models from kernel tables, overhead from end-to-end runs."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from calibration import opmodels as om
+from calibration.errors import ComemInputError, KernelDataError
+from calibration.kernels import KernelTables, load_kernel_tables
+from calibration.opmodels import OpFit
+from calibration.profile import DEFAULT_FRAMEWORK, Profile
+from calibration.registry import GpuSpec, check_dtype, get_gpu, get_model
+
+#: device strings in the aiconfigurator tables -> registry GPU names
+DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "h100_sxm", "NVIDIA H200": "h200_sxm"}
+
+#: A roofline that misses its own table by more than this (MAPE) means the table is
+#: physically inconsistent, not that the model is too simple (see fit_kernel_ops).
+INCONSISTENT_MAPE = 0.5
+
+E2E_COLUMNS = ("Num of Hardware", "Model", "Input Output Length", "Batch Size", "Latency")
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def gpu_of_tables(tables: KernelTables) -> str:
+    try:
+        return DEVICE_NAMES[tables.device]
+    except KeyError:
+        raise KernelDataError(
+            f"{tables.directory}: device '{tables.device}' is not a known GPU; pass --gpu"
+        ) from None
+
+
+def fit_kernel_ops(
+    tables: KernelTables,
+    gpu: GpuSpec,
+    dtype: str,
+    fallback: KernelTables | None = None,
+) -> tuple[dict[str, OpFit], list[str]]:
+    """Fit every op model of a profile; returns the fits and notes on what was done.
+
+    The attention and all-reduce tables are bf16 (KV cache in bf16) for both dtypes; the
+    GEMM and MoE tables use the profile's dtype, plus a bf16 GEMM for the LM head and the
+    MoE router (kept in bf16 by FP8 checkpoints). If an op's own table is physically
+    inconsistent (its roofline misses it by more than 50% MAPE) and a ``fallback``
+    directory of another GPU with the same SMs is given, that op is fitted there and the
+    profile records it.
+    """
+    dtype = check_dtype(dtype)
+    notes: list[str] = []
+    hw_bf16 = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    hw_dtype = {"peak_flops": gpu.peak_flops[dtype], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    ops: dict[str, OpFit] = {}
+    f, y = om.gemm_rows(tables.gemm, dtype)
+    ops["gemm"] = om.fit_form(om.GEMM, f, y, hw_dtype)
+    f, y = om.gemm_rows(tables.gemm, "bf16")
+    ops["gemm_bf16"] = om.fit_form(om.GEMM, f, y, hw_bf16)
+    f, y = om.moe_rows(tables.moe, dtype)
+    ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
+    f, y = om.context_rows(tables.context_attention)
+    ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_bf16)
+    if ctx.stats["roofline_only"]["mape"] > INCONSISTENT_MAPE and fallback is not None:
+        own = ctx.stats["roofline_only"]["mape"]
+        fb_f, fb_y = om.context_rows(fallback.context_attention)
+        ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_bf16)
+        ctx.stats["fitted_on"] = str(fallback.directory)
+        ctx.stats["own_table_mape"] = round(om.mape(om.predict(om.CONTEXT_ATTENTION, ctx, f), y), 4)
+        notes.append(
+            f"context_attention: own table inconsistent (roofline MAPE {own:.0%}), "
+            f"fitted on {fallback.device} instead"
+        )
+    ops["context_attention"] = ctx
+    f, y = om.generation_rows(tables.generation_attention)
+    ops["generation_attention"] = om.fit_form(om.GENERATION_ATTENTION, f, y, hw_bf16)
+    for n in (2, 4, 8):
+        f, y = om.allreduce_rows(tables.allreduce, n)
+        if len(y) < 4:
+            notes.append(f"allreduce_{n}: fewer than 4 rows, not fitted")
+            continue
+        ops[f"allreduce_{n}"] = om.fit_form(om.ALLREDUCE, f, y, hw_bf16)
+    return ops, notes
+
+
+# --- end-to-end overhead ----------------------------------------------------------------
+
+
+def load_e2e(path: str | Path) -> pd.DataFrame:
+    """Read the static-batch end-to-end CSV (LLM-Inference-Bench schema)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: end-to-end CSV does not exist")
+    try:
+        raw = pd.read_csv(p)
+    except Exception as exc:
+        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    missing = [c for c in E2E_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    rows = pd.DataFrame(
+        {
+            "model": [get_model(m).alias for m in raw["Model"]],
+            "tp": raw["Num of Hardware"].astype(int),
+            "length": raw["Input Output Length"].astype(int),
+            "batch": raw["Batch Size"].astype(int),
+            "latency_s": raw["Latency"].astype(float),
+        }
+    )
+    return rows
+
+
+@dataclass(frozen=True)
+class OverheadFit:
+    per_iteration_s: float
+    per_sequence_s: float
+    mape: float
+    worst: float
+
+
+def e2e_costs(profile: Profile, e2e: pd.DataFrame, gpu: str = "h100_sxm") -> pd.DataFrame:
+    """Price every static-batch row with the profile's kernels (no overhead yet).
+
+    The schedule of a static batch does not depend on time, so a row's latency is
+    ``kernel + c0 * iterations + c_seq * sequence_iterations``: linear in the overhead.
+    """
+    from calibration.latency import LatencyModel
+    from calibration.static import static_cost
+
+    costs = []
+    for model, tp, length, batch in zip(
+        e2e["model"], e2e["tp"], e2e["length"], e2e["batch"], strict=True
+    ):
+        lm = LatencyModel(str(model), gpu, int(tp), "bf16", profile=profile)
+        costs.append(static_cost(lm, int(batch), int(length), int(length)))
+    return e2e.assign(
+        kernel_s=[c.kernel_s for c in costs],
+        iterations=[c.iterations for c in costs],
+        sequence_iterations=[c.sequence_iterations for c in costs],
+        preemptions=[c.preemptions for c in costs],
+    )
+
+
+def e2e_errors(costs: pd.DataFrame, per_iteration_s: float, per_sequence_s: float) -> pd.DataFrame:
+    """Add predicted latency and relative error for a given overhead."""
+    pred = (
+        costs["kernel_s"]
+        + per_iteration_s * costs["iterations"]
+        + per_sequence_s * costs["sequence_iterations"]
+    )
+    return costs.assign(predicted_s=pred, rel_error=pred / costs["latency_s"] - 1.0)
+
+
+def fit_overhead(
+    profile: Profile, e2e: pd.DataFrame, gpu: str = "h100_sxm"
+) -> tuple[OverheadFit, pd.DataFrame]:
+    """Fit the per-iteration overhead ``c0 + c_seq * n_seqs`` on static-batch runs.
+
+    Non-negative least squares on relative error. The kernel time is the vLLM 0.19.0
+    kernels' as measured (not scaled): whatever the 2024 runs spent beyond that (slower
+    kernels, scheduler, sampling, launches) lands in c0 and c_seq.
+    """
+    costs = e2e_costs(profile, e2e, gpu)
+    y = costs["latency_s"].to_numpy(float)
+    a = costs[["iterations", "sequence_iterations"]].to_numpy(float) / y[:, None]
+    c0, cseq = nnls(a, 1.0 - costs["kernel_s"].to_numpy(float) / y)[0]
+    table = e2e_errors(costs, float(c0), float(cseq))
+    rel = np.abs(table["rel_error"].to_numpy())
+    return OverheadFit(float(c0), float(cseq), float(rel.mean()), float(rel.max())), table
+
+
+def fit_profile(
+    kernel_dir: str | Path,
+    dtype: str = "bf16",
+    gpu: str | None = None,
+    e2e_csv: str | Path | None = None,
+    fallback_kernel_dir: str | Path | None = None,
+    overhead_from: Profile | None = None,
+) -> Profile:
+    """Fit a full profile from a kernel directory (and optionally an end-to-end CSV).
+
+    The overhead term comes from ``e2e_csv`` when given, else from ``overhead_from``
+    (the per-iteration CPU work does not depend on the GPU model), else it is zero.
+    """
+    tables = load_kernel_tables(kernel_dir)
+    gpu_name = gpu or gpu_of_tables(tables)
+    spec = get_gpu(gpu_name)
+    fallback = load_kernel_tables(fallback_kernel_dir) if fallback_kernel_dir else None
+    ops, notes = fit_kernel_ops(tables, spec, dtype, fallback)
+    framework = DEFAULT_FRAMEWORK
+    provenance: dict[str, Any] = {
+        "kernel_data": (
+            "NVIDIA ai-dynamo/aiconfigurator commit 095f58a51c4ca8e61b66ec108d86f223f8d559ce, "
+            f"systems/data/{gpu_name}/<op>/vllm/0.19.0 (Apache-2.0)"
+        ),
+        "kernel_dir": "/".join(Path(kernel_dir).parts[-3:]),
+        "kernel_dtypes": {"gemm_moe": om.KERNEL_DTYPES[dtype], "attention_kv": "bfloat16"},
+        "fit_code_commit": _git_commit(),
+        "fit_date": _dt.date.today().isoformat(),
+        "notes": notes,
+    }
+    profile = Profile(gpu_name, check_dtype(dtype), framework, ops, {}, provenance)
+    if e2e_csv is not None:
+        e2e = load_e2e(e2e_csv)
+        fit, _ = fit_overhead(profile, e2e, gpu_name)
+        profile.overhead = {
+            "per_iteration_s": round(fit.per_iteration_s, 9),
+            "per_sequence_s": round(fit.per_sequence_s, 10),
+            "fitted_on": (
+                "argonne-lcf/LLM-Inference-Bench commit 4211f5d4, vLLM (2024) static batches, "
+                "Llama-2-7B and Llama-3-8B, TP 1/2/4, H100 (BSD-3-Clause)"
+            ),
+            "e2e_mape": round(fit.mape, 4),
+            "e2e_worst": round(fit.worst, 4),
+        }
+    elif overhead_from is not None:
+        profile.overhead = dict(overhead_from.overhead)
+        profile.overhead["copied_from"] = f"{overhead_from.gpu}/{overhead_from.dtype}"
+    return profile
+
+
+def build_default_profiles(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Regenerate the embedded profiles from a ``shared/`` checkout.
+
+    h100_sxm bf16 gets the overhead fitted on the end-to-end runs; the other three copy
+    it. h200_sxm's context-attention table is inconsistent (see fit_kernel_ops), so
+    h100_sxm's table is its fallback: both GPUs are GH100 with the same SMs and clocks.
+    """
+    from calibration.profile import PROFILE_DIR, profile_path
+
+    root = Path(shared)
+    kernels = root / "data" / "kernels"
+    e2e = root / "data" / "e2e" / "vllm_static_batch_h100.csv"
+    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
+    h100 = kernels / "h100_sxm" / "vllm-0.19.0"
+    h200 = kernels / "h200_sxm" / "vllm-0.19.0"
+    base = fit_profile(h100, "bf16", "h100_sxm", e2e_csv=e2e)
+    written = [base.save(out / profile_path("h100_sxm", "bf16").name)]
+    for gpu, directory, dtype in (
+        ("h100_sxm", h100, "fp8"),
+        ("h200_sxm", h200, "bf16"),
+        ("h200_sxm", h200, "fp8"),
+    ):
+        fallback = h100 if gpu == "h200_sxm" else None
+        prof = fit_profile(directory, dtype, gpu, None, fallback, overhead_from=base)
+        written.append(prof.save(out / profile_path(gpu, dtype).name))
+    return written

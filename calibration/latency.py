@@ -1,0 +1,313 @@
+"""Iteration latency: what one engine step of a batch costs on (model, GPU, TP, dtype).
+
+An iteration runs every layer once over all scheduled tokens (decode tokens plus
+prefill chunks): GEMMs (QKV, O, MLP or MoE), attention (context attention for the
+prefill chunks, generation attention for the decodes), two TP all-reduces per layer,
+the LM head for every scheduled sequence, plus a per-iteration framework overhead.
+
+Speed matters (the simulator calls this hundreds of thousands of times), so every
+op whose cost depends only on the token count is tabulated once per model over
+``N = 0..`` and summed into one array; attention is evaluated from the batch's
+aggregates. The table is made non-decreasing in N (a real GPU is not quite, but a
+model that charged less for more work would make schedulers game it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from calibration.errors import ComemInputError
+from calibration.opmodels import (
+    CONTEXT_ATTENTION,
+    GENERATION_ATTENTION,
+    context_flops_bytes,
+    smooth_max,
+)
+from calibration.opmodels import predict as op_predict
+from calibration.profile import Profile, default_profile, op_form
+from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
+
+SUPPORTED_TP = (1, 2, 4, 8)
+_TABLE_MIN = 1 << 14
+_TABLE_MAX = 1 << 21
+
+
+def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    if arr.size and arr.min() < 0:
+        raise ComemInputError(f"batch: {what} must be >= 0, got {int(arr.min())}")
+    return arr
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one iteration schedules.
+
+    ``decode_kv[i]``: KV length that decode sequence i attends over (including the token
+    being decoded). ``prefill_new[j]`` / ``prefill_cached[j]``: new tokens of prefill chunk
+    j and the tokens of that sequence already in the KV cache (cached prefix or earlier
+    chunks).
+    """
+
+    decode_kv: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    prefill_new: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    prefill_cached: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self) -> None:
+        dkv = _as_int_array(self.decode_kv, "decode KV length")
+        new = _as_int_array(self.prefill_new, "prefill new tokens")
+        cached = _as_int_array(self.prefill_cached, "prefill cached tokens")
+        if cached.size == 0 and new.size:
+            cached = np.zeros_like(new)
+        if new.size != cached.size:
+            raise ComemInputError(
+                f"batch: {new.size} prefill chunks but {cached.size} cached-prefix lengths"
+            )
+        if dkv.size and dkv.min() < 1:
+            raise ComemInputError("batch: a decode sequence attends over at least 1 token")
+        if new.size and new.min() < 1:
+            raise ComemInputError("batch: a prefill chunk has at least 1 new token")
+        object.__setattr__(self, "decode_kv", dkv)
+        object.__setattr__(self, "prefill_new", new)
+        object.__setattr__(self, "prefill_cached", cached)
+
+    @property
+    def num_decode(self) -> int:
+        return int(self.decode_kv.size)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.decode_kv.size + self.prefill_new.sum())
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.decode_kv.size + self.prefill_new.size)
+
+    @property
+    def prefill_pairs(self) -> float:
+        """Sum over chunks of attended (query, key) pairs: the prefill attention work."""
+        q = self.prefill_new.astype(float)
+        return float(np.sum(q * (self.prefill_cached + (q + 1.0) / 2.0)))
+
+
+class LatencyModel:
+    """Composed per-iteration latency of ``model`` on ``tp`` x ``gpu`` in ``dtype``."""
+
+    def __init__(
+        self,
+        model: str | ModelSpec,
+        gpu: str | GpuSpec = "h100_sxm",
+        tp: int = 1,
+        dtype: str = "bf16",
+        profile: Profile | None = None,
+        include_overhead: bool = True,
+    ) -> None:
+        self.model = get_model(model) if isinstance(model, str) else model
+        self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
+        self.dtype = check_dtype(dtype)
+        if tp not in SUPPORTED_TP:
+            raise ComemInputError(
+                f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
+                f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
+            )
+        self.model.check_tp(tp)
+        self.tp = tp
+        self.profile = (
+            profile if profile is not None else default_profile(self.gpu.name, self.dtype)
+        )
+        self.include_overhead = include_overhead
+        # Raises a clear error when the weights do not fit at this TP.
+        self.kv_budget_bytes_per_gpu = fits_in_memory(self.model, self.gpu, tp, self.dtype)
+        m = self.model
+        self.q_heads = m.q_heads // tp
+        # vLLM replicates KV heads when tp exceeds their number.
+        self.kv_heads = max(1, m.kv_heads // tp)
+        self._table = np.zeros(0)
+        over = self.profile.overhead
+        self.overhead_per_iteration_s = float(over.get("per_iteration_s", 0.0))
+        self.overhead_per_sequence_s = float(over.get("per_sequence_s", 0.0))
+
+    # -- KV cache ---------------------------------------------------------------------
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token occupies on one GPU (bf16 KV cache)."""
+        return 2 * self.model.layers * self.kv_heads * self.model.head_dim * 2
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        free = fits_in_memory(self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization)
+        return int(free // self.kv_bytes_per_token)
+
+    # -- token-proportional ops (tabulated) ------------------------------------------
+    def _gemm(self, key: str, m: np.ndarray, n: float, k: float) -> np.ndarray:
+        fit = self.profile.op(key)
+        in_bytes = 1.0 if (key == "gemm" and self.dtype == "fp8") else 2.0
+        feats = {
+            "m": m,
+            "n": np.full_like(m, float(n)),
+            "k": np.full_like(m, float(k)),
+            "in_bytes": np.full_like(m, in_bytes),
+        }
+        return op_predict(op_form(key), fit, feats)
+
+    def _linear_ops(self, n_tokens: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-op time (all layers) of every op whose cost depends only on tokens."""
+        m = self.model
+        tp = self.tp
+        hd = m.head_dim
+        n = np.maximum(n_tokens.astype(float), 1.0)  # N = 0 is zeroed at the end
+        out: dict[str, np.ndarray] = {}
+        qkv = self._gemm("gemm", n, (self.q_heads + 2 * self.kv_heads) * hd, m.hidden)
+        o_proj = self._gemm("gemm", n, m.hidden, self.q_heads * hd)
+        out["attn_proj_gemm"] = m.layers * (qkv + o_proj)
+        dense = m.dense_layers
+        if dense and m.intermediate:
+            up = self._gemm("gemm", n, 2 * m.intermediate // tp, m.hidden)
+            down = self._gemm("gemm", n, m.hidden, m.intermediate // tp)
+            out["mlp_gemm"] = dense * (up + down)
+        if m.is_moe:
+            layers = m.moe_layers
+            inter = m.moe_intermediate / tp
+            feats = {
+                "tokens": n,
+                "hidden": np.full_like(n, m.hidden),
+                "inter": np.full_like(n, inter),
+                "experts": np.full_like(n, m.experts),
+                "top_k": np.full_like(n, m.top_k),
+                "w_bytes": np.full_like(n, 1.0 if self.dtype == "fp8" else 2.0),
+            }
+            out["moe"] = layers * op_predict(op_form("moe"), self.profile.op("moe"), feats)
+            router = self._gemm("gemm_bf16", n, m.experts, m.hidden)
+            extra = router
+            if m.shared_experts:
+                width = m.shared_experts * m.moe_intermediate // tp
+                extra = extra + self._gemm("gemm", n, 2 * width, m.hidden)
+                extra = extra + self._gemm("gemm", n, m.hidden, width)
+            out["moe_router_shared_gemm"] = layers * extra
+        if tp > 1:
+            ar = self.profile.op(f"allreduce_{tp}")
+            feats = {"bytes": n * m.hidden * 2.0}
+            out["allreduce"] = 2 * m.layers * op_predict(op_form("allreduce"), ar, feats)
+        for key in out:
+            out[key] = np.where(n_tokens > 0, out[key], 0.0)
+        return out
+
+    def _ensure_table(self, n_max: int) -> None:
+        if n_max < self._table.size:
+            return
+        if n_max >= _TABLE_MAX:
+            raise ComemInputError(
+                f"iteration of {n_max} tokens exceeds the supported {_TABLE_MAX - 1}"
+            )
+        size = max(_TABLE_MIN, 1 << int(np.ceil(np.log2(n_max + 1))))
+        ops = self._linear_ops(np.arange(size))
+        total = np.sum(list(ops.values()), axis=0)
+        self._table = np.maximum.accumulate(total)
+
+    def linear_time(self, n_tokens: np.ndarray | int) -> np.ndarray:
+        """Seconds of all token-proportional ops for iterations of ``n_tokens`` tokens."""
+        idx = np.asarray(n_tokens, dtype=np.int64)
+        self._ensure_table(int(idx.max()) if idx.size else 0)
+        return self._table[idx]
+
+    def lm_head_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        """LM head over the last token of every scheduled sequence (bf16 GEMM)."""
+        s = np.asarray(n_seqs, dtype=float)
+        m = self.model
+        t = self._gemm("gemm_bf16", np.maximum(s, 1.0), m.vocab // self.tp, m.hidden)
+        return np.where(s > 0, t, 0.0)
+
+    # -- attention ----------------------------------------------------------------------
+    def decode_attention_time(
+        self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
+    ) -> np.ndarray:
+        """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
+        b = np.asarray(batch_size, dtype=float)
+        kv = np.asarray(kv_total, dtype=float)
+        b_safe = np.maximum(b, 1.0)
+        feats = {
+            "batch": b_safe,
+            "kv_total": np.maximum(kv, b_safe),
+            "nq": np.full_like(b_safe, self.q_heads),
+            "nkv": np.full_like(b_safe, self.kv_heads),
+            "hd": np.full_like(b_safe, self.model.head_dim),
+            "kv_bytes": np.full_like(b_safe, 2.0),
+        }
+        fit = self.profile.op("generation_attention")
+        t = self.model.layers * op_predict(GENERATION_ATTENTION, fit, feats)
+        return np.where(b > 0, t, 0.0)
+
+    def prefill_attention_time(self, new: np.ndarray, cached: np.ndarray) -> float:
+        """Context attention (all layers) of one iteration's prefill chunks (one launch)."""
+        if new.size == 0:
+            return 0.0
+        fit = self.profile.op("context_attention")
+        p = fit.params
+        q = new.astype(float)
+        nq = float(self.q_heads)
+        flops, bytes_moved = context_flops_bytes(
+            q, cached.astype(float), nq, float(self.kv_heads), float(self.model.head_dim)
+        )
+        work = smooth_max(
+            flops / (fit.hw["peak_flops"] * p["eff_compute"]),
+            bytes_moved / (fit.hw["hbm_Bps"] * p["eff_memory"]),
+            p["p"],
+        )
+        if fit.lattice is not None:
+            coords = CONTEXT_ATTENTION.coords(
+                {"q": q, "chunks": np.full_like(q, q.size), "nq": np.full_like(q, nq)}
+            )
+            work = work * fit.lattice.factor(*coords)
+        return float(self.model.layers * (p["t0"] + work.sum()))
+
+    # -- whole iterations ---------------------------------------------------------------
+    def overhead_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        s = np.asarray(n_seqs, dtype=float)
+        if not self.include_overhead:
+            return np.zeros_like(s)
+        return self.overhead_per_iteration_s + self.overhead_per_sequence_s * s
+
+    def breakdown(self, batch: Batch) -> dict[str, float]:
+        """Seconds per component of one iteration (sums to :meth:`iteration_time`)."""
+        n = batch.num_tokens
+        if n == 0:
+            return {}
+        parts = {k: float(v[0]) for k, v in self._linear_ops(np.array([n])).items()}
+        kv = int(batch.decode_kv.sum())
+        parts["decode_attention"] = float(self.decode_attention_time(batch.num_decode, kv))
+        parts["prefill_attention"] = self.prefill_attention_time(
+            batch.prefill_new, batch.prefill_cached
+        )
+        parts["lm_head"] = float(self.lm_head_time(batch.num_seqs))
+        parts["overhead"] = float(self.overhead_time(batch.num_seqs))
+        # The tabulated sum is made monotone in N: charge any difference to the GEMMs.
+        tabulated = float(self.linear_time(n))
+        linear = sum(v for k, v in parts.items() if k in self._linear_keys())
+        parts["monotone_adjustment"] = tabulated - linear
+        return parts
+
+    def _linear_keys(self) -> set[str]:
+        return {"attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce"}
+
+    def iteration_time(self, batch: Batch) -> float:
+        """Seconds one engine iteration over ``batch`` takes (0 for an empty batch)."""
+        n = batch.num_tokens
+        if n == 0:
+            return 0.0
+        t = float(self.linear_time(n))
+        if batch.num_decode:
+            t += float(self.decode_attention_time(batch.num_decode, int(batch.decode_kv.sum())))
+        if batch.prefill_new.size:
+            t += self.prefill_attention_time(batch.prefill_new, batch.prefill_cached)
+        t += float(self.lm_head_time(batch.num_seqs))
+        t += float(self.overhead_time(batch.num_seqs))
+        return t
+
+    def decode_iteration_times(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
+        """Vectorized iteration times of decode-only iterations (no prefill chunks)."""
+        b = np.asarray(batch_size, dtype=np.int64)
+        t = self.linear_time(b) + self.decode_attention_time(b, kv_total)
+        t = t + self.lm_head_time(b) + self.overhead_time(b)
+        return np.where(b > 0, t, 0.0)

@@ -1,0 +1,100 @@
+"""A small multiplicative correction surface on a log2 grid.
+
+Each per-op model is a roofline (physics) times ``exp(lattice(log2 features))``. The
+lattice absorbs kernel-selection effects (tile shapes, split-K, wave quantization)
+that no compact formula captures, while the roofline keeps extrapolation sane: the
+lattice is clamped at its edges, so outside the measured range only the physics
+scales. Values are fitted by ridge least squares on log residuals, so knots without
+data stay at 0 (no correction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.linalg import lsqr
+
+
+@dataclass
+class Lattice:
+    """Multilinear interpolation of log-corrections on knots given in log2 units."""
+
+    axes: list[np.ndarray]
+    values: np.ndarray
+
+    def _corners(self, coords: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        lows, weights = [], []
+        for axis, c in zip(self.axes, coords, strict=True):
+            c = np.clip(np.asarray(c, dtype=float), axis[0], axis[-1])
+            i = np.clip(np.searchsorted(axis, c, side="right") - 1, 0, len(axis) - 2)
+            w = (c - axis[i]) / (axis[i + 1] - axis[i])
+            lows.append(i)
+            weights.append(w)
+        return lows, weights
+
+    def _stencil(self, coords: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Flat knot indices and weights of the 2^d corners around each point."""
+        lows, weights = self._corners(coords)
+        shape = tuple(len(a) for a in self.axes)
+        d = len(shape)
+        idx_list, w_list = [], []
+        for corner in range(2**d):
+            flat = np.zeros_like(lows[0])
+            w = np.ones_like(weights[0])
+            for dim in range(d):
+                bit = (corner >> dim) & 1
+                flat = flat * shape[dim] + lows[dim] + bit
+                w = w * (weights[dim] if bit else 1.0 - weights[dim])
+            idx_list.append(flat)
+            w_list.append(w)
+        return idx_list, w_list
+
+    def log_factor(self, *coords: np.ndarray) -> np.ndarray:
+        """Interpolated log correction at the given log2 coordinates."""
+        arrays = list(np.broadcast_arrays(*[np.asarray(c, dtype=float) for c in coords]))
+        shape = arrays[0].shape
+        idx, w = self._stencil([a.reshape(-1) for a in arrays])
+        flat_values = self.values.ravel()
+        out = np.zeros(int(np.prod(shape)))
+        for i, wi in zip(idx, w, strict=True):
+            out += wi * flat_values[i]
+        return out.reshape(shape)
+
+    def factor(self, *coords: np.ndarray) -> np.ndarray:
+        return np.exp(self.log_factor(*coords))
+
+    @classmethod
+    def fit(
+        cls,
+        axes: list[list[float]] | list[np.ndarray],
+        coords: list[np.ndarray],
+        log_residual: np.ndarray,
+        ridge: float = 0.05,
+    ) -> Lattice:
+        """Fit knot values so that ``log_factor(coords) ~= log_residual``."""
+        ax = [np.asarray(a, dtype=float) for a in axes]
+        lat = cls(ax, np.zeros(tuple(len(a) for a in ax)))
+        idx, w = lat._stencil([np.asarray(c, dtype=float) for c in coords])
+        n = len(log_residual)
+        rows = np.tile(np.arange(n), len(idx))
+        design = csr_matrix(
+            (np.concatenate(w), (rows, np.concatenate(idx))), shape=(n, lat.values.size)
+        )
+        solution = lsqr(design, np.asarray(log_residual, dtype=float), damp=ridge)[0]
+        lat.values = solution.reshape(lat.values.shape)
+        return lat
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "axes_log2": [[float(v) for v in a] for a in self.axes],
+            "log_values": [round(float(v), 5) for v in self.values.ravel()],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Lattice:
+        axes = [np.asarray(a, dtype=float) for a in data["axes_log2"]]
+        values = np.asarray(data["log_values"], dtype=float).reshape(tuple(len(a) for a in axes))
+        return cls(axes, values)

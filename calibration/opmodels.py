@@ -1,0 +1,366 @@
+"""Compact, physically shaped per-op latency models and their fits.
+
+Every op model is ``t = t0 + smooth_max(t_compute, t_memory)`` (a roofline with a
+launch floor and fitted efficiencies against the GPU's datasheet peaks), times a
+clamped log2-lattice correction (:mod:`calibration.lattice`). Features are the
+per-GPU shapes (after tensor parallelism). All times are seconds.
+
+Why this shape: the roofline extrapolates to shapes absent from the tables (GLM-4.7's
+MoE, 32 KV heads per GPU in decode), while the lattice removes the systematic
+kernel-selection error inside the measured range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from calibration.lattice import Lattice
+
+Features = dict[str, np.ndarray]
+
+
+def smooth_max(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
+    """p-norm of (a, b): max(a, b) as p -> inf, a + b at p = 1 (no overlap)."""
+    hi = np.maximum(a, b)
+    lo = np.minimum(a, b)
+    safe = np.where(hi > 0, hi, 1.0)
+    return np.where(hi > 0, hi * (1.0 + (lo / safe) ** p) ** (1.0 / p), 0.0)
+
+
+@dataclass
+class OpFit:
+    """A fitted op model: roofline parameters, hardware constants and lattice."""
+
+    op: str
+    params: dict[str, float]
+    hw: dict[str, float]
+    lattice: Lattice | None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: float(f"{v:.6g}") for k, v in self.params.items()},
+            "hw": self.hw,
+            "lattice": self.lattice.to_dict() if self.lattice is not None else None,
+            "fit": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, op: str, data: dict[str, Any]) -> OpFit:
+        lat = Lattice.from_dict(data["lattice"]) if data.get("lattice") else None
+        return cls(op, dict(data["params"]), dict(data["hw"]), lat, dict(data.get("fit", {})))
+
+
+@dataclass(frozen=True)
+class OpForm:
+    """The shape of one op model: parameters, roofline, lattice coordinates."""
+
+    name: str
+    param_names: tuple[str, ...]
+    starts: tuple[tuple[float, ...], ...]
+    base: Callable[[dict[str, float], dict[str, float], Features], np.ndarray]
+    coords: Callable[[Features], list[np.ndarray]]
+    axes: list[list[float]]
+
+
+def _gemm_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    m, n, k, b = f["m"], f["n"], f["k"], f["in_bytes"]
+    t_compute = 2.0 * m * n * k / (hw["peak_flops"] * p["eff_compute"])
+    bytes_moved = (k * n + m * k) * b + m * n * 2.0
+    # Narrow outputs (small n) expose too few tiles to fill the SMs in the
+    # memory-bound regime: effective bandwidth falls as n / (n + n_half).
+    t_memory = bytes_moved / (hw["hbm_Bps"] * p["eff_memory"]) * (1.0 + p["n_half"] / n)
+    return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+
+
+GEMM = OpForm(
+    name="gemm",
+    param_names=("t0", "eff_compute", "eff_memory", "p", "n_half"),
+    starts=((3e-6, 0.8, 0.85, 3.0, 256.0), (6e-6, 0.6, 0.7, 1.5, 1024.0)),
+    base=_gemm_base,
+    coords=lambda f: [np.log2(f["m"]), np.log2(f["n"]), np.log2(f["k"])],
+    axes=[
+        list(range(15)),
+        [9, 10, 11, 12, 13, 14, 16],
+        [9, 10, 11, 12, 13, 14, 16],
+    ],
+)
+
+
+def expected_active_experts(
+    tokens: np.ndarray, experts: np.ndarray, top_k: np.ndarray
+) -> np.ndarray:
+    """Experts touched by ``tokens`` tokens routing uniformly to ``top_k`` of ``experts``."""
+    return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
+
+
+def _moe_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    t, h, i, e, k, b = f["tokens"], f["hidden"], f["inter"], f["experts"], f["top_k"], f["w_bytes"]
+    active = expected_active_experts(t, e, k)
+    weight_bytes = active * 3.0 * h * i * b
+    act_bytes = t * k * (2.0 * h + 3.0 * i) * 2.0
+    t_memory = (weight_bytes + act_bytes) / (hw["hbm_Bps"] * p["eff_memory"])
+    t_compute = 6.0 * t * k * h * i / (hw["peak_flops"] * p["eff_compute"])
+    return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+
+
+MOE = OpForm(
+    name="moe",
+    param_names=("t0", "eff_compute", "eff_memory", "p"),
+    starts=((2e-5, 0.5, 0.7, 2.0), (5e-5, 0.3, 0.5, 1.2)),
+    base=_moe_base,
+    # Kernel configs switch with the token count (every power of two gets a knot) and
+    # with the per-GPU expert width.
+    coords=lambda f: [np.log2(f["tokens"]), np.log2(f["inter"])],
+    axes=[list(range(15)), [6, 7, 8, 9, 10, 11, 12, 13, 14]],
+)
+
+
+def context_flops_bytes(
+    q: np.ndarray,
+    prefix: np.ndarray,
+    nq: np.ndarray | float,
+    nkv: np.ndarray | float,
+    hd: np.ndarray | float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """FLOPs and HBM bytes of causal attention for one prefill chunk.
+
+    ``q`` new tokens attend to ``prefix`` cached tokens plus causally to each other:
+    QK^T and PV each cost ``2 * hd`` FLOPs per (query, key) pair per head.
+    """
+    pairs = q * (prefix + (q + 1.0) / 2.0)
+    flops = 4.0 * nq * hd * pairs
+    bytes_moved = (2.0 * q * nq + 2.0 * nkv * (q + prefix)) * hd * 2.0
+    return flops, bytes_moved
+
+
+def _ctx_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    flops, bytes_moved = context_flops_bytes(f["q"], f["prefix"], f["nq"], f["nkv"], f["hd"])
+    t_compute = f["chunks"] * flops / (hw["peak_flops"] * p["eff_compute"])
+    t_memory = f["chunks"] * bytes_moved / (hw["hbm_Bps"] * p["eff_memory"])
+    return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+
+
+CONTEXT_ATTENTION = OpForm(
+    name="context_attention",
+    param_names=("t0", "eff_compute", "eff_memory", "p"),
+    starts=((1e-5, 0.5, 0.5, 2.0), (3e-5, 0.3, 0.3, 1.2), (1e-5, 2.0, 1.0, 3.0)),
+    base=_ctx_base,
+    coords=lambda f: [np.log2(f["q"]), np.log2(f["chunks"] * f["nq"])],
+    axes=[[0, 4, 6, 8, 9, 10, 11, 12, 13, 14], [0, 2, 4, 6, 8, 10, 12, 14]],
+)
+
+
+def _gen_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    b, kv, nq, nkv, hd = f["batch"], f["kv_total"], f["nq"], f["nkv"], f["hd"]
+    per_token_compute = 4.0 * nq * hd / (hw["peak_flops"] * p["eff_compute"])
+    per_token_memory = 2.0 * nkv * hd * f["kv_bytes"] / (hw["hbm_Bps"] * p["eff_memory"])
+    # Per-sequence work (scheduling split-KV tiles, writing outputs) and KV streaming
+    # overlap: the larger of the two dominates, the GQA dot products add on top.
+    work = smooth_max(p["t_seq"] * b * nkv, kv * per_token_memory, p["p"])
+    return p["t0"] + work + kv * per_token_compute
+
+
+GENERATION_ATTENTION = OpForm(
+    name="generation_attention",
+    param_names=("t0", "t_seq", "eff_compute", "eff_memory", "p"),
+    starts=((8e-6, 2e-7, 0.3, 0.8, 3.0), (1e-5, 1e-6, 0.1, 0.5, 1.5)),
+    base=_gen_base,
+    # Parallel work units of the split-KV kernel: one per (sequence, KV head).
+    coords=lambda f: [np.log2(f["batch"] * f["nkv"]), np.log2(f["kv_total"] / f["batch"])],
+    axes=[[0, 2, 4, 6, 8, 9, 10, 11, 12, 13, 14], [1, 4, 7, 9, 11, 12, 13, 14, 15, 16, 17]],
+)
+
+
+def _ar_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    return p["t0"] + f["bytes"] / p["bus_Bps"]
+
+
+ALLREDUCE = OpForm(
+    name="allreduce",
+    param_names=("t0", "bus_Bps"),
+    starts=((5e-6, 2e11), (1e-5, 1e11)),
+    base=_ar_base,
+    coords=lambda f: [np.log2(f["bytes"])],
+    axes=[[8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]],
+)
+
+FORMS: dict[str, OpForm] = {
+    f.name: f for f in (GEMM, MOE, CONTEXT_ATTENTION, GENERATION_ATTENTION, ALLREDUCE)
+}
+
+
+def predict(form: OpForm, fit: OpFit, features: Features) -> np.ndarray:
+    """Latency in seconds of the op for each row of ``features``."""
+    base = form.base(fit.params, fit.hw, features)
+    if fit.lattice is None:
+        return base
+    return base * fit.lattice.factor(*form.coords(features))
+
+
+def mape(pred: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred / measured - 1.0)))
+
+
+def error_stats(pred: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    rel = np.abs(pred / measured - 1.0)
+    return {
+        "rows": int(len(rel)),
+        "mape": round(float(rel.mean()), 4),
+        "p90": round(float(np.quantile(rel, 0.9)), 4),
+        "max": round(float(rel.max()), 4),
+    }
+
+
+def fit_form(
+    form: OpForm,
+    features: Features,
+    measured_s: np.ndarray,
+    hw: dict[str, float],
+    use_lattice: bool = True,
+) -> OpFit:
+    """Fit roofline parameters (log-residual least squares, multi-start), then lattice."""
+
+    # Every parameter is positive: fit its log. The norm exponent p is 1 + exp(theta) so
+    # that the smooth max stays a norm (p >= 1) without clamping after the fit.
+    def unpack(theta: np.ndarray) -> dict[str, float]:
+        values = dict(zip(form.param_names, np.exp(theta), strict=True))
+        if "p" in values:
+            values["p"] = 1.0 + values["p"]
+        return values
+
+    def pack(start: tuple[float, ...]) -> np.ndarray:
+        values = dict(zip(form.param_names, start, strict=True))
+        if "p" in values:
+            values["p"] = values["p"] - 1.0
+        return np.log(np.asarray(list(values.values()), dtype=float))
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            r = np.log(form.base(unpack(theta), hw, features) / measured_s)
+        return np.nan_to_num(r, nan=50.0, posinf=50.0, neginf=-50.0)
+
+    best = None
+    for start in form.starts:
+        result = least_squares(residual, pack(start), diff_step=1e-4)
+        if best is None or result.cost < best.cost:
+            best = result
+    assert best is not None
+    params = unpack(best.x)
+    base = form.base(params, hw, features)
+    stats: dict[str, Any] = {"roofline_only": error_stats(base, measured_s)}
+    lattice = None
+    if use_lattice:
+        coords = form.coords(features)
+        lattice = Lattice.fit(form.axes, coords, np.log(measured_s / base))
+        stats["with_lattice"] = error_stats(base * lattice.factor(*coords), measured_s)
+    return OpFit(form.name, params, hw, lattice, stats)
+
+
+# --- selecting measured rows as features ------------------------------------------------
+
+
+def _median_of_repeats(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    """Some tables hold several measurements of one configuration: keep their median."""
+    return rows.groupby(key, as_index=False).agg(latency=("latency", "median"))
+
+
+#: kernel dtype names in the aiconfigurator tables for each profile dtype. fp8 uses the
+#: block-scaled kernels: the FP8 checkpoints of GLM-4.7 and Qwen3-Coder are 128x128
+#: block-quantized.
+KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
+
+
+def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
+    rows = df[(df["gemm_dtype"] == KERNEL_DTYPES[dtype]) & (df["m"] <= 16384)]
+    rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
+    rows = _median_of_repeats(rows, ["m", "n", "k"])
+    f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
+    f["in_bytes"] = np.full(len(rows), 2.0 if dtype == "bf16" else 1.0)
+    return f, rows["latency"].to_numpy(float) * 1e-3
+
+
+def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
+    rows = df[
+        (df["moe_dtype"] == KERNEL_DTYPES[dtype])
+        & (df["moe_ep_size"] == 1)
+        & (df["distribution"] == "balanced")
+        & (df["kernel_source"] == "vllm_fused_moe")
+        & (df["num_tokens"] <= 16384)
+        & (df["moe_tp_size"] <= 8)  # one node: the TP degrees the latency model supports
+    ]
+    rows = _median_of_repeats(
+        rows, ["num_tokens", "hidden_size", "inter_size", "num_experts", "topk", "moe_tp_size"]
+    )
+    f = {
+        "tokens": rows["num_tokens"].to_numpy(float),
+        "hidden": rows["hidden_size"].to_numpy(float),
+        "inter": rows["inter_size"].to_numpy(float) / rows["moe_tp_size"].to_numpy(float),
+        "experts": rows["num_experts"].to_numpy(float),
+        "top_k": rows["topk"].to_numpy(float),
+        "w_bytes": np.full(len(rows), 2.0 if dtype == "bf16" else 1.0),
+    }
+    return f, rows["latency"].to_numpy(float) * 1e-3
+
+
+def context_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+    rows = df[
+        (df["kv_cache_dtype"] == "bfloat16")
+        & (df["window_size"] == 0)
+        & (df["step"] == 0)
+        & (df["head_dim"] == 128)
+        # one iteration's token budget: at most 16k prefill tokens in all its chunks
+        & (df["isl"] * df["batch_size"] <= 16384)
+    ]
+    rows = _median_of_repeats(
+        rows, ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim"]
+    )
+    f = {
+        "q": rows["isl"].to_numpy(float),
+        "prefix": np.zeros(len(rows)),
+        "chunks": rows["batch_size"].to_numpy(float),
+        "nq": rows["num_heads"].to_numpy(float),
+        "nkv": rows["num_key_value_heads"].to_numpy(float),
+        "hd": rows["head_dim"].to_numpy(float),
+    }
+    return f, rows["latency"].to_numpy(float) * 1e-3
+
+
+def generation_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+    rows = df[
+        (df["kv_cache_dtype"] == "bfloat16")
+        & (df["window_size"] == 0)
+        & (df["head_dim"] == 128)
+        & (df["step"] + 1 <= 131072)
+    ]
+    rows = _median_of_repeats(
+        rows, ["batch_size", "step", "num_heads", "num_key_value_heads", "head_dim"]
+    )
+    batch = rows["batch_size"].to_numpy(float)
+    f = {
+        "batch": batch,
+        "kv_total": batch * (rows["step"].to_numpy(float) + 1.0),
+        "nq": rows["num_heads"].to_numpy(float),
+        "nkv": rows["num_key_value_heads"].to_numpy(float),
+        "hd": rows["head_dim"].to_numpy(float),
+        "kv_bytes": np.full(len(rows), 2.0),
+    }
+    return f, rows["latency"].to_numpy(float) * 1e-3
+
+
+def allreduce_rows(df: pd.DataFrame, num_gpus: int) -> tuple[Features, np.ndarray]:
+    # vLLM captures the all-reduce inside (piecewise) CUDA graphs: use the graph backend.
+    rows = df[
+        (df["backend"] == "vllm_graph")
+        & (df["num_gpus"] == num_gpus)
+        & (df["allreduce_dtype"] == "bfloat16")
+    ]
+    rows = _median_of_repeats(rows, ["message_size"])
+    f = {"bytes": rows["message_size"].to_numpy(float) * 2.0}
+    return f, rows["latency"].to_numpy(float) * 1e-3

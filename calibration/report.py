@@ -1,0 +1,288 @@
+"""The calibration report: per-op fit error, surrogate error, end-to-end error, plots.
+
+Per-op errors are stored in the profile at fit time, so the report works on a fresh
+clone; with kernel tables or the end-to-end CSV at hand (``--kernels``/``--e2e``, or a
+``shared/`` checkout found beside the project) it recomputes them and draws the
+predicted-vs-measured plots.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from calibration import opmodels as om
+from calibration.errors import ComemInputError
+from calibration.kernels import load_kernel_tables
+from calibration.latency import LatencyModel
+from calibration.profile import Profile, default_profile
+from calibration.registry import get_model
+from calibration.surrogate import fit_surrogate
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: (model, tp) whose linear surrogate the report scores, per dtype.
+SURROGATE_SETUPS = {
+    "bf16": (("qwen3-4b", 1), ("llama-3-8b", 1), ("qwen3-32b", 2), ("llama-3-70b", 4)),
+    "fp8": (("qwen3-4b", 1), ("qwen3-32b", 1), ("glm-4.7", 8), ("qwen3-coder-480b", 8)),
+}
+
+
+def find_shared() -> Path | None:
+    """``$COMEM_SHARED`` or a ``shared/`` directory beside the project checkout."""
+    env = os.environ.get("COMEM_SHARED")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO_ROOT.parent / "shared")
+    for c in candidates:
+        if (c / "data").is_dir():
+            return c
+    return None
+
+
+@dataclass
+class CalibrationReport:
+    gpu: str
+    dtype: str
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    surrogates: list[dict[str, Any]] = field(default_factory=list)
+    e2e: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gpu": self.gpu,
+            "dtype": self.dtype,
+            "ops": self.ops,
+            "surrogates": self.surrogates,
+            "e2e": self.e2e,
+            "figures": self.figures,
+            "notes": self.notes,
+        }
+
+
+def _op_rows(profile: Profile) -> list[dict[str, Any]]:
+    rows = []
+    for key, fit in sorted(profile.ops.items()):
+        stats = fit.stats
+        final = stats.get("with_lattice", stats.get("roofline_only", {}))
+        rows.append(
+            {
+                "op": key,
+                "rows": final.get("rows"),
+                "roofline_mape": stats.get("roofline_only", {}).get("mape"),
+                "mape": final.get("mape"),
+                "p90": final.get("p90"),
+                "max": final.get("max"),
+                "fitted_on": stats.get("fitted_on", "own table"),
+            }
+        )
+    return rows
+
+
+def _kernel_scatter(profile: Profile, kernel_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = load_kernel_tables(kernel_dir)
+    selections = {
+        "gemm": om.gemm_rows(tables.gemm, profile.dtype),
+        "moe": om.moe_rows(tables.moe, profile.dtype),
+        "context_attention": om.context_rows(tables.context_attention),
+        "generation_attention": om.generation_rows(tables.generation_attention),
+        "allreduce_8": om.allreduce_rows(tables.allreduce, 8),
+    }
+    fig, axes = plt.subplots(1, len(selections), figsize=(4 * len(selections), 4))
+    for ax, (key, (feats, measured)) in zip(axes, selections.items(), strict=True):
+        form = om.FORMS["allreduce" if key.startswith("allreduce") else key]
+        pred = om.predict(form, profile.op(key), feats)
+        small = len(measured) < 200
+        ax.loglog(
+            measured * 1e6,
+            pred * 1e6,
+            "o" if small else ".",
+            ms=4 if small else 2,
+            alpha=0.8 if small else 0.4,
+        )
+        lo, hi = measured.min() * 1e6, measured.max() * 1e6
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.set_title(f"{key}\nMAPE {om.mape(pred, measured):.1%} (n={len(measured)})", fontsize=9)
+        ax.set_xlabel("measured latency (µs)")
+        ax.set_ylabel("predicted latency (µs)")
+    fig.suptitle(
+        f"Per-op fit vs vLLM 0.19.0 kernel tables, {profile.gpu} {profile.dtype} "
+        f"(profile {profile.framework})",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = out / f"ops_{profile.gpu}_{profile.dtype}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _e2e_plot(table: pd.DataFrame, out: Path, gpu: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for (model, tp), group in table.groupby(["model", "tp"]):
+        ax.loglog(group["latency_s"], group["predicted_s"], "o", ms=4, label=f"{model} TP{tp}")
+    lo, hi = table["latency_s"].min(), table["latency_s"].max()
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.set_xlabel("measured static-batch latency (s)")
+    ax.set_ylabel("predicted latency (s)")
+    mape = float(np.abs(table["rel_error"]).mean())
+    ax.set_title(
+        f"End-to-end: predicted vs vLLM (2024) on H100, MAPE {mape:.1%}\n"
+        f"profile {gpu}/bf16 vllm-0.19.0 kernels + fitted overhead",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "e2e_static_batch_h100.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def build_report(
+    gpu: str = "h100_sxm",
+    dtype: str = "bf16",
+    kernels: str | Path | None = None,
+    e2e_csv: str | Path | None = None,
+    figures_dir: str | Path | None = None,
+    profile: Profile | None = None,
+) -> CalibrationReport:
+    """Assemble the report; recompute and plot what the available data allows."""
+    from calibration.fit import e2e_costs, e2e_errors, load_e2e
+
+    prof = profile if profile is not None else default_profile(gpu, dtype)
+    report = CalibrationReport(prof.gpu, prof.dtype)
+    report.ops = _op_rows(prof)
+    report.notes.extend(prof.provenance.get("notes", []))
+    shared = find_shared()
+    if kernels is None and shared is not None:
+        candidate = shared / "data" / "kernels" / prof.gpu / "vllm-0.19.0"
+        kernels = candidate if candidate.is_dir() else None
+    if e2e_csv is None and shared is not None and prof.gpu == "h100_sxm":
+        candidate = shared / "data" / "e2e" / "vllm_static_batch_h100.csv"
+        e2e_csv = candidate if candidate.is_file() else None
+    out = Path(figures_dir) if figures_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    for model, tp in SURROGATE_SETUPS[prof.dtype]:
+        try:
+            lm = LatencyModel(get_model(model), prof.gpu, tp, prof.dtype, profile=prof)
+        except ComemInputError as exc:
+            report.notes.append(f"surrogate {model} TP{tp}: skipped ({exc})")
+            continue
+        s = fit_surrogate(lm)
+        report.surrogates.append(
+            {
+                "model": model,
+                "tp": tp,
+                "mape": round(s.mape, 4),
+                "p90": round(s.p90_rel_error, 4),
+                "max": round(s.max_rel_error, 4),
+                "coefficients": [float(f"{c:.4g}") for c in s.coefficients],
+            }
+        )
+
+    if e2e_csv is not None and prof.dtype == "bf16":
+        costs = e2e_costs(prof, load_e2e(e2e_csv), prof.gpu)
+        over = prof.overhead
+        table = e2e_errors(
+            costs, float(over.get("per_iteration_s", 0.0)), float(over.get("per_sequence_s", 0.0))
+        )
+        rel = np.abs(table["rel_error"].to_numpy())
+        report.e2e = {
+            "source": str(e2e_csv),
+            "rows": int(len(table)),
+            "mape": round(float(rel.mean()), 4),
+            "worst": round(float(rel.max()), 4),
+            "recomputed": True,
+        }
+        if out is not None:
+            report.figures.append(str(_e2e_plot(table, out, prof.gpu)))
+    elif "e2e_mape" in prof.overhead:
+        report.e2e = {
+            "source": prof.overhead.get("fitted_on", ""),
+            "mape": prof.overhead["e2e_mape"],
+            "worst": prof.overhead.get("e2e_worst"),
+            "recomputed": False,
+        }
+    if kernels is not None and out is not None:
+        report.figures.append(str(_kernel_scatter(prof, Path(kernels), out)))
+    return report
+
+
+def render_text(report: CalibrationReport) -> str:
+    """Plain-text tables (rich renders them in the terminal)."""
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = StringIO()
+    console = Console(file=buf, width=110, force_terminal=False)
+    t = Table(title=f"Per-op fit vs kernel tables: {report.gpu} {report.dtype} (vLLM 0.19.0)")
+    for col in ("op", "rows", "roofline MAPE", "MAPE", "p90", "max", "fitted on"):
+        t.add_column(col, justify="right" if col not in ("op", "fitted on") else "left")
+    for r in report.ops:
+        t.add_row(
+            r["op"],
+            str(r["rows"]),
+            f"{r['roofline_mape']:.1%}",
+            f"{r['mape']:.1%}",
+            f"{r['p90']:.1%}",
+            f"{r['max']:.0%}",
+            Path(str(r["fitted_on"])).parts[-2] if "/" in str(r["fitted_on"]) else r["fitted_on"],
+        )
+    console.print(t)
+    s = Table(title="Linear surrogate vs composed model (held-out batches)")
+    for col in (
+        "model",
+        "TP",
+        "MAPE",
+        "p90",
+        "max",
+        "c0 [s]",
+        "c1 [s/tok]",
+        "c2 [s/pair]",
+        "c3 [s/seq]",
+        "c4 [s/KV]",
+    ):
+        s.add_column(col)
+    for r in report.surrogates:
+        s.add_row(
+            r["model"],
+            str(r["tp"]),
+            f"{r['mape']:.1%}",
+            f"{r['p90']:.1%}",
+            f"{r['max']:.0%}",
+            *(f"{c:.3g}" for c in r["coefficients"]),
+        )
+    console.print(s)
+    if report.e2e:
+        e = report.e2e
+        how = "recomputed" if e.get("recomputed") else "stored in profile"
+        console.print(
+            f"End-to-end static batch vs vLLM (2024) on H100: MAPE {e['mape']:.1%}, "
+            f"worst {e['worst']:.1%} ({how}; {e.get('rows', '?')} rows)"
+        )
+    for note in report.notes:
+        console.print(f"note: {note}")
+    for fig in report.figures:
+        console.print(f"figure: {fig}")
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""comem-sim command-line interface and top-level API."""

@@ -1,0 +1,7 @@
+"""``python -m comem`` runs the CLI."""
+
+import sys
+
+from comem.cli import main
+
+sys.exit(main())

@@ -1,0 +1,239 @@
+"""The ``comem`` command: a thin layer over the importable library functions.
+
+Every user error (bad name, bad number, missing file) ends as one line on stderr and
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from calibration.errors import ComemInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what and where) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=1, sort_keys=True))
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+def cmd_calibrate_report(args: argparse.Namespace) -> int:
+    from calibration.profile import Profile
+    from calibration.report import build_report, render_text
+
+    profile = Profile.load(args.profile) if args.profile else None
+    report = build_report(
+        gpu=args.gpu,
+        dtype=args.dtype,
+        kernels=args.kernels,
+        e2e_csv=args.e2e,
+        figures_dir=None if args.no_figures else args.figures,
+        profile=profile,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(render_text(report), end="")
+    return 0
+
+
+def cmd_calibrate_fit(args: argparse.Namespace) -> int:
+    from calibration.fit import fit_profile
+    from calibration.profile import Profile
+
+    overhead_from = Profile.load(args.overhead_from) if args.overhead_from else None
+    profile = fit_profile(
+        args.kernels,
+        dtype=args.dtype,
+        gpu=args.gpu,
+        e2e_csv=args.e2e,
+        fallback_kernel_dir=args.fallback_kernels,
+        overhead_from=overhead_from,
+    )
+    path = profile.save(args.out)
+    for key, fit in sorted(profile.ops.items()):
+        stats = fit.stats.get("with_lattice", fit.stats.get("roofline_only", {}))
+        print(f"{key:22s} MAPE {stats.get('mape', float('nan')):6.1%}  rows {stats.get('rows')}")
+    if profile.overhead:
+        print(f"overhead: {profile.overhead}")
+    for note in profile.provenance.get("notes", []):
+        print(f"note: {note}")
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
+    from calibration.fit import build_default_profiles
+
+    for path in build_default_profiles(args.shared, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict_static(args: argparse.Namespace) -> int:
+    from calibration.latency import LatencyModel
+    from calibration.profile import Profile
+    from calibration.static import predict_static_latency, static_cost
+
+    profile = Profile.load(args.profile) if args.profile else None
+    lm = LatencyModel(args.model, args.gpu, args.tp, args.dtype, profile=profile)
+    latency = predict_static_latency(
+        lm,
+        args.batch,
+        args.input,
+        args.output,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    if args.json:
+        cost = static_cost(
+            lm,
+            args.batch,
+            args.input,
+            args.output,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+        )
+        _print_json(
+            {
+                "latency_s": latency,
+                "iterations": cost.iterations,
+                "preemptions": cost.preemptions,
+                "kernel_s": cost.kernel_s,
+                "model": lm.model.alias,
+                "gpu": lm.gpu.name,
+                "tp": lm.tp,
+                "dtype": lm.dtype,
+            }
+        )
+    else:
+        print(f"{latency:.4f}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from calibration.profile import available_profiles
+    from calibration.registry import GPUS, MODELS
+
+    if args.what == "models":
+        for m in MODELS.values():
+            kind = f"MoE {m.experts}x top-{m.top_k}" if m.is_moe else "dense"
+            print(f"{m.alias:18s} {m.hf_id:40s} {m.param_count() / 1e9:7.1f}B  {kind}")
+    elif args.what == "gpus":
+        for g in GPUS.values():
+            print(
+                f"{g.name:10s} {g.memory_gib:6.0f} GiB  {g.hbm_bandwidth_Bps / 1e12:.2f} TB/s  "
+                f"bf16 {g.peak_flops['bf16'] / 1e12:.0f} TFLOP/s  "
+                f"fp8 {g.peak_flops['fp8'] / 1e12:.0f} TFLOP/s"
+            )
+    else:
+        for gpu, framework, dtype in available_profiles():
+            print(f"{gpu:10s} {framework:12s} {dtype}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="comem",
+        description="Systems model of decoupled context memory (CoMem) for LLM agents.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    cal = sub.add_parser("calibrate", help="latency-model calibration (report, fit)")
+    cal_sub = cal.add_subparsers(dest="calibrate_command", required=True, parser_class=_Parser)
+
+    rep = cal_sub.add_parser("report", help="print the calibration report and write its plots")
+    rep.add_argument("--gpu", default="h100_sxm")
+    rep.add_argument("--dtype", default="bf16")
+    rep.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    rep.add_argument("--kernels", help="kernel-table directory to recompute per-op errors on")
+    rep.add_argument("--e2e", help="end-to-end static-batch CSV to recompute the e2e error on")
+    rep.add_argument("--figures", default="figures/calibration", help="where plots go")
+    rep.add_argument("--no-figures", action="store_true", help="do not write plots")
+    rep.add_argument("--json", action="store_true", help="print the report as JSON")
+    rep.set_defaults(func=cmd_calibrate_report)
+
+    fit = cal_sub.add_parser("fit", help="fit a profile from kernel tables")
+    fit.add_argument("--kernels", required=True, help="directory in aiconfigurator's schema")
+    fit.add_argument("--out", required=True, help="profile JSON file to write")
+    fit.add_argument("--gpu", help="GPU name (default: from the tables' device column)")
+    fit.add_argument("--dtype", default="bf16")
+    fit.add_argument("--e2e", help="end-to-end static-batch CSV to fit the overhead term on")
+    fit.add_argument("--fallback-kernels", help="tables for ops whose own table is inconsistent")
+    fit.add_argument("--overhead-from", help="copy the overhead term from this profile")
+    fit.set_defaults(func=cmd_calibrate_fit)
+
+    bld = cal_sub.add_parser("build-defaults", help="regenerate the embedded profiles")
+    bld.add_argument("--shared", required=True, help="the shared/ data checkout")
+    bld.add_argument("--out", help="directory (default: the package's profiles/)")
+    bld.set_defaults(func=cmd_calibrate_build_defaults)
+
+    ps = sub.add_parser(
+        "predict-static", help="predicted latency of one static batch (vLLM benchmark_latency)"
+    )
+    ps.add_argument("--model", required=True, help="HF id or alias (see 'comem list models')")
+    ps.add_argument("--gpu", default="h100_sxm")
+    ps.add_argument("--tp", type=_positive_int, default=1)
+    ps.add_argument("--dtype", default="bf16")
+    ps.add_argument("--batch", type=_positive_int, required=True)
+    ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
+    ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
+    ps.add_argument("--max-num-batched-tokens", type=_positive_int, default=16384)
+    ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
+    ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_predict_static)
+
+    ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
+    ls.add_argument("what", choices=("models", "gpus", "profiles"))
+    ls.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ComemInputError as exc:
+        print(f"comem: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("comem: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Discrete-event simulator of agent serving on GPU engines."""

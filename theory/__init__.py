@@ -1,0 +1,1 @@
+"""Closed-form latency models and bounds (sympy, lambdified to numpy)."""
