@@ -14,6 +14,8 @@ model that charged less for more work would make schedulers game it).
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,16 +23,17 @@ import numpy as np
 
 from calibration.errors import ComemInputError
 from calibration.opmodels import (
-    CONTEXT_ATTENTION,
     GENERATION_ATTENTION,
-    context_flops_bytes,
-    smooth_max,
+    smooth_max_scalar,
 )
 from calibration.opmodels import predict as op_predict
 from calibration.profile import Profile, default_profile, op_form
 from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
 
 SUPPORTED_TP = (1, 2, 4, 8)
+DECODE_TABLE_B = 2048
+#: Mean-KV-per-sequence knots of the decode-attention table: 1 .. 2^20 tokens, ratio ~1.1.
+DECODE_TABLE_KV_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 150)))
 _TABLE_MIN = 1 << 14
 _TABLE_MAX = 1 << 21
 
@@ -126,9 +129,28 @@ class LatencyModel:
         # vLLM replicates KV heads when tp exceeds their number.
         self.kv_heads = max(1, m.kv_heads // tp)
         self._table = np.zeros(0)
+        self._table_list: list[float] = []
+        self._lm_table: list[float] = []
+        self._scalar_setup()
+        self._dec_knots_arr = DECODE_TABLE_KV_KNOTS
+        self._dec_knots: list[float] = DECODE_TABLE_KV_KNOTS.tolist()
+        self._dec_rows: list[list[float]] = []
+        self._dec_grid = np.zeros((0, 0))
         over = self.profile.overhead
         self.overhead_per_iteration_s = float(over.get("per_iteration_s", 0.0))
         self.overhead_per_sequence_s = float(over.get("per_sequence_s", 0.0))
+
+    def _scalar_setup(self) -> None:
+        """Constants of the plain-Python attention paths used per iteration."""
+        ctx = self.profile.op("context_attention")
+        cp, chw = ctx.params, ctx.hw
+        self._ctx = (
+            cp["t0"],
+            1.0 / (chw["peak_flops"] * cp["eff_compute"]),
+            1.0 / (chw["hbm_Bps"] * cp["eff_memory"]),
+            cp["p"],
+            ctx.lattice,
+        )
 
     # -- KV cache ---------------------------------------------------------------------
     @property
@@ -205,6 +227,9 @@ class LatencyModel:
         ops = self._linear_ops(np.arange(size))
         total = np.sum(list(ops.values()), axis=0)
         self._table = np.maximum.accumulate(total)
+        self._table_list = self._table.tolist()
+        heads = self.lm_head_time(np.arange(size))
+        self._lm_table = np.maximum.accumulate(heads).tolist()
 
     def linear_time(self, n_tokens: np.ndarray | int) -> np.ndarray:
         """Seconds of all token-proportional ops for iterations of ``n_tokens`` tokens."""
@@ -213,6 +238,7 @@ class LatencyModel:
         return self._table[idx]
 
     def lm_head_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        # (untabulated: the tables call this; iteration_time reads the tabulated copy)
         """LM head over the last token of every scheduled sequence (bf16 GEMM)."""
         s = np.asarray(n_seqs, dtype=float)
         m = self.model
@@ -220,10 +246,10 @@ class LatencyModel:
         return np.where(s > 0, t, 0.0)
 
     # -- attention ----------------------------------------------------------------------
-    def decode_attention_time(
+    def decode_attention_op(
         self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
     ) -> np.ndarray:
-        """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
+        """The fitted generation-attention op model (all layers), evaluated directly."""
         b = np.asarray(batch_size, dtype=float)
         kv = np.asarray(kv_total, dtype=float)
         b_safe = np.maximum(b, 1.0)
@@ -239,28 +265,113 @@ class LatencyModel:
         t = self.model.layers * op_predict(GENERATION_ATTENTION, fit, feats)
         return np.where(b > 0, t, 0.0)
 
-    def prefill_attention_time(self, new: np.ndarray, cached: np.ndarray) -> float:
-        """Context attention (all layers) of one iteration's prefill chunks (one launch)."""
-        if new.size == 0:
+    def _ensure_decode_table(self) -> None:
+        """Tabulate decode attention on (every B up to DECODE_TABLE_B, mean KV per sequence).
+
+        The fitted op model's lattice can make it dip slightly as KV grows; the table is
+        made non-decreasing along both axes, and linear interpolation in the mean KV
+        between knots (ratio 1.1) keeps it so: more KV, or one more sequence at least as
+        long as the mean, never costs less. (At a fixed *total* KV, more sequences can be
+        faster: more parallel work units. That is measured, and kept.) Beyond
+        DECODE_TABLE_B the op model is evaluated directly.
+        """
+        if self._dec_rows:
+            return
+        b = np.arange(1, DECODE_TABLE_B + 1, dtype=float)[:, None]
+        mean = self._dec_knots_arr[None, :]
+        grid = self.decode_attention_op(np.broadcast_to(b, (b.size, mean.size)), b * mean)
+        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=1), axis=0)
+        self._dec_grid = grid
+        self._dec_rows = grid.tolist()
+
+    def decode_attention_time(
+        self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
+    ) -> np.ndarray:
+        """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
+        self._ensure_decode_table()
+        b = np.asarray(batch_size, dtype=np.int64)
+        kv = np.maximum(np.asarray(kv_total, dtype=float), np.maximum(b, 1))
+        mean = kv / np.maximum(b, 1)
+        knots = self._dec_knots_arr
+        j = np.clip(np.searchsorted(knots, mean, side="right") - 1, 0, knots.size - 2)
+        w = np.minimum((mean - knots[j]) / (knots[j + 1] - knots[j]), 1.0)
+        row = np.clip(b, 1, DECODE_TABLE_B) - 1
+        lo = self._dec_grid[row, j]
+        hi = self._dec_grid[row, j + 1]
+        t = lo + w * (hi - lo)
+        big = b > DECODE_TABLE_B
+        if np.any(big):
+            t = np.where(big, self.decode_attention_op(b, kv), t)
+        return np.where(b > 0, t, 0.0)
+
+    def decode_attention_scalar(self, batch_size: int, kv_total: int) -> float:
+        """Plain-Python :meth:`decode_attention_time` for one iteration."""
+        if batch_size <= 0:
             return 0.0
-        fit = self.profile.op("context_attention")
-        p = fit.params
-        q = new.astype(float)
-        nq = float(self.q_heads)
-        flops, bytes_moved = context_flops_bytes(
-            q, cached.astype(float), nq, float(self.kv_heads), float(self.model.head_dim)
-        )
-        work = smooth_max(
-            flops / (fit.hw["peak_flops"] * p["eff_compute"]),
-            bytes_moved / (fit.hw["hbm_Bps"] * p["eff_memory"]),
-            p["p"],
-        )
-        if fit.lattice is not None:
-            coords = CONTEXT_ATTENTION.coords(
-                {"q": q, "chunks": np.full_like(q, q.size), "nq": np.full_like(q, nq)}
-            )
-            work = work * fit.lattice.factor(*coords)
-        return float(self.model.layers * (p["t0"] + work.sum()))
+        if batch_size > DECODE_TABLE_B:
+            return float(self.decode_attention_op(batch_size, kv_total))
+        self._ensure_decode_table()
+        mean = max(kv_total, batch_size) / batch_size
+        knots = self._dec_knots
+        j = min(max(bisect.bisect_right(knots, mean) - 1, 0), len(knots) - 2)
+        w = min((mean - knots[j]) / (knots[j + 1] - knots[j]), 1.0)
+        row = self._dec_rows[batch_size - 1]
+        return row[j] + w * (row[j + 1] - row[j])
+
+    def prefill_attention_scalar(self, new: Sequence[int], cached: Sequence[int]) -> float:
+        """Context attention (all layers) of one iteration's prefill chunks (one launch)."""
+        if not new:
+            return 0.0
+        t0, inv_flops, inv_bw, pnorm, lattice = self._ctx
+        nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
+        heads_coord = math.log2(nq)
+        total = t0
+        for q_int, c_int in zip(new, cached, strict=True):
+            q, c = float(q_int), float(c_int)
+            flops = 4.0 * nq * hd * q * (c + (q + 1.0) / 2.0)
+            moved = (2.0 * q * nq + 2.0 * nkv * (q + c)) * hd * 2.0
+            w = smooth_max_scalar(flops * inv_flops, moved * inv_bw, pnorm)
+            if lattice is not None:
+                w *= lattice.factor_scalar(math.log2(q), heads_coord)
+            total += w
+        return self.model.layers * total
+
+    def kernel_time_of(
+        self,
+        num_decode: int,
+        decode_kv_total: int,
+        prefill_new: Sequence[int] = (),
+        prefill_cached: Sequence[int] = (),
+    ) -> float:
+        """GPU time of one iteration from aggregates (no framework overhead)."""
+        n = num_decode + sum(prefill_new)
+        if n <= 0:
+            return 0.0
+        if n >= len(self._table_list):
+            self._ensure_table(n)
+        t = self._table_list[n] + self._lm_table[num_decode + len(prefill_new)]
+        if num_decode:
+            t += self.decode_attention_scalar(num_decode, decode_kv_total)
+        if prefill_new:
+            t += self.prefill_attention_scalar(prefill_new, prefill_cached)
+        return t
+
+    def iteration_time_of(
+        self,
+        num_decode: int,
+        decode_kv_total: int,
+        prefill_new: Sequence[int] = (),
+        prefill_cached: Sequence[int] = (),
+    ) -> float:
+        """:meth:`iteration_time` from aggregates, without building a :class:`Batch`.
+
+        The engine's hot path: ``decode_kv_total`` is the sum of the decodes' KV lengths.
+        """
+        t = self.kernel_time_of(num_decode, decode_kv_total, prefill_new, prefill_cached)
+        if t and self.include_overhead:
+            seqs = num_decode + len(prefill_new)
+            t += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
+        return t
 
     # -- whole iterations ---------------------------------------------------------------
     def overhead_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
@@ -276,11 +387,11 @@ class LatencyModel:
             return {}
         parts = {k: float(v[0]) for k, v in self._linear_ops(np.array([n])).items()}
         kv = int(batch.decode_kv.sum())
-        parts["decode_attention"] = float(self.decode_attention_time(batch.num_decode, kv))
-        parts["prefill_attention"] = self.prefill_attention_time(
-            batch.prefill_new, batch.prefill_cached
+        parts["decode_attention"] = self.decode_attention_scalar(batch.num_decode, kv)
+        parts["prefill_attention"] = self.prefill_attention_scalar(
+            batch.prefill_new.tolist(), batch.prefill_cached.tolist()
         )
-        parts["lm_head"] = float(self.lm_head_time(batch.num_seqs))
+        parts["lm_head"] = float(self.lm_head_tabulated(batch.num_seqs))
         parts["overhead"] = float(self.overhead_time(batch.num_seqs))
         # The tabulated sum is made monotone in N: charge any difference to the GEMMs.
         tabulated = float(self.linear_time(n))
@@ -293,21 +404,22 @@ class LatencyModel:
 
     def iteration_time(self, batch: Batch) -> float:
         """Seconds one engine iteration over ``batch`` takes (0 for an empty batch)."""
-        n = batch.num_tokens
-        if n == 0:
-            return 0.0
-        t = float(self.linear_time(n))
-        if batch.num_decode:
-            t += float(self.decode_attention_time(batch.num_decode, int(batch.decode_kv.sum())))
-        if batch.prefill_new.size:
-            t += self.prefill_attention_time(batch.prefill_new, batch.prefill_cached)
-        t += float(self.lm_head_time(batch.num_seqs))
-        t += float(self.overhead_time(batch.num_seqs))
-        return t
+        return self.iteration_time_of(
+            batch.num_decode,
+            int(batch.decode_kv.sum()),
+            batch.prefill_new.tolist(),
+            batch.prefill_cached.tolist(),
+        )
 
     def decode_iteration_times(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
         """Vectorized iteration times of decode-only iterations (no prefill chunks)."""
         b = np.asarray(batch_size, dtype=np.int64)
         t = self.linear_time(b) + self.decode_attention_time(b, kv_total)
-        t = t + self.lm_head_time(b) + self.overhead_time(b)
+        t = t + self.lm_head_tabulated(b) + self.overhead_time(b)
         return np.where(b > 0, t, 0.0)
+
+    def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        """The LM-head times :meth:`iteration_time` uses (monotone in sequences)."""
+        idx = np.asarray(n_seqs, dtype=np.int64)
+        self._ensure_table(int(idx.max()) if idx.size else 0)
+        return np.asarray(self._lm_table)[idx]

@@ -10,7 +10,9 @@ data stay at 0 (no correction).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,9 @@ class Lattice:
 
     axes: list[np.ndarray]
     values: np.ndarray
+    _py: tuple[list[list[float]], list[float], list[int]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def _corners(self, coords: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         lows, weights = [], []
@@ -65,6 +70,39 @@ class Lattice:
 
     def factor(self, *coords: np.ndarray) -> np.ndarray:
         return np.exp(self.log_factor(*coords))
+
+    def factor_scalar(self, *coords: float) -> float:
+        """:meth:`factor` for one point in plain Python (no numpy call overhead)."""
+        if self._py is None:
+            strides = [1] * len(self.axes)
+            for d in range(len(self.axes) - 2, -1, -1):
+                strides[d] = strides[d + 1] * len(self.axes[d + 1])
+            self._py = (
+                [list(map(float, a)) for a in self.axes],
+                self.values.ravel().tolist(),
+                strides,
+            )
+        axes, values, strides = self._py
+        base = 0
+        spans: list[tuple[int, float]] = []
+        for axis, c, stride in zip(axes, coords, strides, strict=True):
+            c = min(max(c, axis[0]), axis[-1])
+            i = min(max(bisect.bisect_right(axis, c) - 1, 0), len(axis) - 2)
+            w = (c - axis[i]) / (axis[i + 1] - axis[i])
+            base += i * stride
+            spans.append((stride, w))
+        total = 0.0
+        for corner in range(1 << len(spans)):
+            idx = base
+            weight = 1.0
+            for dim, (stride, w) in enumerate(spans):
+                if (corner >> dim) & 1:
+                    idx += stride
+                    weight *= w
+                else:
+                    weight *= 1.0 - w
+            total += weight * values[idx]
+        return math.exp(total)
 
     @classmethod
     def fit(

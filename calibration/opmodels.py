@@ -33,6 +33,15 @@ def smooth_max(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return np.where(hi > 0, hi * (1.0 + (lo / safe) ** p) ** (1.0 / p), 0.0)
 
 
+def smooth_max_scalar(a: float, b: float, p: float) -> float:
+    """:func:`smooth_max` for two Python floats."""
+    hi = a if a > b else b
+    if hi <= 0.0:
+        return 0.0
+    lo = b if a > b else a
+    return float(hi * (1.0 + (lo / hi) ** p) ** (1.0 / p))
+
+
 @dataclass
 class OpFit:
     """A fitted op model: roofline parameters, hardware constants and lattice."""
@@ -152,8 +161,11 @@ CONTEXT_ATTENTION = OpForm(
     param_names=("t0", "eff_compute", "eff_memory", "p"),
     starts=((1e-5, 0.5, 0.5, 2.0), (3e-5, 0.3, 0.3, 1.2), (1e-5, 2.0, 1.0, 3.0)),
     base=_ctx_base,
-    coords=lambda f: [np.log2(f["q"]), np.log2(f["chunks"] * f["nq"])],
-    axes=[[0, 4, 6, 8, 9, 10, 11, 12, 13, 14], [0, 2, 4, 6, 8, 10, 12, 14]],
+    # Per chunk: its length and the query heads. Not the number of chunks in the launch:
+    # a correction that made existing chunks cheaper when one more joins would let an
+    # iteration with more work cost less (measured MAPE 9.8% with it, 12% without).
+    coords=lambda f: [np.log2(f["q"]), np.log2(f["nq"])],
+    axes=[[0, 4, 6, 8, 9, 10, 11, 12, 13, 14], [0, 1, 2, 3, 4, 5, 6]],
 )
 
 

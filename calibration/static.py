@@ -203,18 +203,12 @@ def price_schedule(lm: LatencyModel, sched: StaticSchedule) -> StaticCost:
     if sched.decode_batch:
         b = np.concatenate(sched.decode_batch)
         kv = np.concatenate(sched.decode_kv_total)
-        t = lm.linear_time(b) + lm.decode_attention_time(b, kv) + lm.lm_head_time(b)
+        t = lm.linear_time(b) + lm.decode_attention_time(b, kv) + lm.lm_head_tabulated(b)
         kernel += float(t.sum())
         seq_iters += int(b.sum())
     for n_dec, kv_dec, new, cached in sched.chunk_iterations:
-        n_tokens = n_dec + int(new.sum())
-        n_seqs = n_dec + new.size
-        t = float(lm.linear_time(n_tokens)) + float(lm.lm_head_time(n_seqs))
-        t += lm.prefill_attention_time(new, cached)
-        if n_dec:
-            t += float(lm.decode_attention_time(n_dec, kv_dec))
-        kernel += t
-        seq_iters += n_seqs
+        kernel += lm.kernel_time_of(n_dec, kv_dec, new.tolist(), cached.tolist())
+        seq_iters += n_dec + new.size
     return StaticCost(kernel, sched.iterations, seq_iters, sched.preemptions)
 
 
