@@ -15,17 +15,13 @@ model that charged less for more work would make schedulers game it).
 from __future__ import annotations
 
 import bisect
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from calibration.errors import ComemInputError
-from calibration.opmodels import (
-    GENERATION_ATTENTION,
-    smooth_max_scalar,
-)
+from calibration.opmodels import GENERATION_ATTENTION, context_flops_bytes, smooth_max
 from calibration.opmodels import predict as op_predict
 from calibration.profile import Profile, default_profile, op_form
 from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
@@ -34,6 +30,11 @@ SUPPORTED_TP = (1, 2, 4, 8)
 DECODE_TABLE_B = 2048
 #: Mean-KV-per-sequence knots of the decode-attention table: 1 .. 2^20 tokens, ratio ~1.1.
 DECODE_TABLE_KV_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 150)))
+#: Prefill-chunk table knots: new tokens 1 .. 2^20, cached prefix 0 .. 2^22 (ratio ~1.08).
+PREFILL_TABLE_Q_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 180)))
+PREFILL_TABLE_PREFIX_KNOTS = np.concatenate(
+    [[0.0], np.unique(np.round(np.geomspace(1.0, 2.0**22, 200)))]
+)
 _TABLE_MIN = 1 << 14
 _TABLE_MAX = 1 << 21
 
@@ -111,12 +112,12 @@ class LatencyModel:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
+        self.model.check_tp(tp)
         if tp not in SUPPORTED_TP:
             raise ComemInputError(
                 f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
                 f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
             )
-        self.model.check_tp(tp)
         self.tp = tp
         self.profile = (
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
@@ -136,6 +137,9 @@ class LatencyModel:
         self._dec_knots: list[float] = DECODE_TABLE_KV_KNOTS.tolist()
         self._dec_rows: list[list[float]] = []
         self._dec_grid = np.zeros((0, 0))
+        self._pre_q: list[float] = PREFILL_TABLE_Q_KNOTS.tolist()
+        self._pre_c: list[float] = PREFILL_TABLE_PREFIX_KNOTS.tolist()
+        self._pre_rows: list[list[float]] = []
         over = self.profile.overhead
         self.overhead_per_iteration_s = float(over.get("per_iteration_s", 0.0))
         self.overhead_per_sequence_s = float(over.get("per_sequence_s", 0.0))
@@ -318,23 +322,53 @@ class LatencyModel:
         row = self._dec_rows[batch_size - 1]
         return row[j] + w * (row[j + 1] - row[j])
 
+    def prefill_chunk_op(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """The fitted context-attention op per chunk (all layers, launch floor excluded)."""
+        _, inv_flops, inv_bw, pnorm, lattice = self._ctx
+        q = np.asarray(new, dtype=float)
+        c = np.asarray(cached, dtype=float)
+        nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
+        flops, moved = context_flops_bytes(q, c, nq, nkv, hd)
+        w = smooth_max(flops * inv_flops, moved * inv_bw, pnorm)
+        if lattice is not None:
+            w = w * lattice.factor(np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(nq)))
+        return self.model.layers * w
+
+    def _ensure_prefill_table(self) -> None:
+        """Tabulate the per-chunk cost over (new tokens, cached prefix), monotone in both.
+
+        As for decode: the lattice may dip between knots; the table is made
+        non-decreasing along both axes and bilinear interpolation keeps it so, so a longer
+        chunk, a longer prefix or one more chunk never costs less.
+        """
+        if self._pre_rows:
+            return
+        q = PREFILL_TABLE_Q_KNOTS[:, None]
+        c = PREFILL_TABLE_PREFIX_KNOTS[None, :]
+        grid = self.prefill_chunk_op(
+            np.broadcast_to(q, (q.size, c.size)), np.broadcast_to(c, (q.size, c.size))
+        )
+        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=1), axis=0)
+        self._pre_rows = grid.tolist()
+
     def prefill_attention_scalar(self, new: Sequence[int], cached: Sequence[int]) -> float:
         """Context attention (all layers) of one iteration's prefill chunks (one launch)."""
         if not new:
             return 0.0
-        t0, inv_flops, inv_bw, pnorm, lattice = self._ctx
-        nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
-        heads_coord = math.log2(nq)
-        total = t0
+        self._ensure_prefill_table()
+        qk, ck, rows = self._pre_q, self._pre_c, self._pre_rows
+        total = self.model.layers * self._ctx[0]
         for q_int, c_int in zip(new, cached, strict=True):
             q, c = float(q_int), float(c_int)
-            flops = 4.0 * nq * hd * q * (c + (q + 1.0) / 2.0)
-            moved = (2.0 * q * nq + 2.0 * nkv * (q + c)) * hd * 2.0
-            w = smooth_max_scalar(flops * inv_flops, moved * inv_bw, pnorm)
-            if lattice is not None:
-                w *= lattice.factor_scalar(math.log2(q), heads_coord)
-            total += w
-        return self.model.layers * total
+            i = min(max(bisect.bisect_right(qk, q) - 1, 0), len(qk) - 2)
+            j = min(max(bisect.bisect_right(ck, c) - 1, 0), len(ck) - 2)
+            wq = min((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
+            wc = min((c - ck[j]) / (ck[j + 1] - ck[j]), 1.0)
+            lo, hi = rows[i], rows[i + 1]
+            a = lo[j] + wc * (lo[j + 1] - lo[j])
+            b = hi[j] + wc * (hi[j + 1] - hi[j])
+            total += a + wq * (b - a)
+        return total
 
     def kernel_time_of(
         self,
