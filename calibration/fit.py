@@ -38,7 +38,17 @@ def _git_commit() -> str:
             check=True,
             cwd=Path(__file__).resolve().parent,
         )
-        return out.stdout.strip()
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "calibration"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout
+        # profiles themselves are outputs: only code changes make the fit "dirty"
+        code_dirty = [ln for ln in dirty.splitlines() if "profiles/" not in ln]
+        return commit + ("-dirty" if code_dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

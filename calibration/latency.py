@@ -39,6 +39,19 @@ _TABLE_MIN = 1 << 14
 _TABLE_MAX = 1 << 21
 
 
+#: vLLM V1's default CUDA-graph capture sizes (CompilationConfig: 1, 2, 4, then steps of 8
+#: to 256 and of 16 to max_capture_size = 512). Iterations up to 512 tokens are padded
+#: to the next size; larger ones run eagerly at their own size.
+CUDA_GRAPH_SIZES = np.array([1, 2, 4, *range(8, 256, 8), *range(256, 513, 16)])
+
+
+def cuda_graph_padded(n_tokens: np.ndarray) -> np.ndarray:
+    """Token count the GPU actually processes for iterations of ``n_tokens`` tokens."""
+    n = np.asarray(n_tokens, dtype=np.int64)
+    idx = np.searchsorted(CUDA_GRAPH_SIZES, np.minimum(n, CUDA_GRAPH_SIZES[-1]))
+    return np.where(n <= CUDA_GRAPH_SIZES[-1], CUDA_GRAPH_SIZES[idx], n)
+
+
 def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.int64).reshape(-1)
     if arr.size and arr.min() < 0:
@@ -183,7 +196,9 @@ class LatencyModel:
         m = self.model
         tp = self.tp
         hd = m.head_dim
-        n = np.maximum(n_tokens.astype(float), 1.0)  # N = 0 is zeroed at the end
+        # N = 0 is zeroed at the end; small iterations run as CUDA graphs padded to the
+        # next capture size, so their token-proportional ops see the padded count.
+        n = cuda_graph_padded(np.maximum(n_tokens, 1)).astype(float)
         out: dict[str, np.ndarray] = {}
         qkv = self._gemm("gemm", n, (self.q_heads + 2 * self.kv_heads) * hd, m.hidden)
         o_proj = self._gemm("gemm", n, m.hidden, self.q_heads * hd)

@@ -85,13 +85,17 @@ def _gemm_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.nda
     # Narrow outputs (small n) expose too few tiles to fill the SMs in the
     # memory-bound regime: effective bandwidth falls as n / (n + n_half).
     t_memory = bytes_moved / (hw["hbm_Bps"] * p["eff_memory"]) * (1.0 + p["n_half"] / n)
-    return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+    # Kernels take a faster path when the token count is a multiple of 4 (row alignment
+    # of the activations and their scales); the fp8 block-scaled tables show ~20%.
+    aligned = np.mod(m, 4) == 0
+    t = p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+    return np.where(aligned, t, t * p["unaligned_factor"])
 
 
 GEMM = OpForm(
     name="gemm",
-    param_names=("t0", "eff_compute", "eff_memory", "p", "n_half"),
-    starts=((3e-6, 0.8, 0.85, 3.0, 256.0), (6e-6, 0.6, 0.7, 1.5, 1024.0)),
+    param_names=("t0", "eff_compute", "eff_memory", "p", "n_half", "unaligned_factor"),
+    starts=((3e-6, 0.8, 0.85, 3.0, 256.0, 1.0), (6e-6, 0.6, 0.7, 1.5, 1024.0, 1.2)),
     base=_gemm_base,
     coords=lambda f: [np.log2(f["m"]), np.log2(f["n"]), np.log2(f["k"])],
     axes=[

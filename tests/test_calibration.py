@@ -110,14 +110,21 @@ def test_gemm_fit_recovers_known_roofline():
     """Synthetic tables from a known roofline: the fit gets the parameters back."""
     rng = np.random.default_rng(0)
     hw = {"peak_flops": 989e12, "hbm_Bps": 3.35e12}
-    truth = {"t0": 4e-6, "eff_compute": 0.75, "eff_memory": 0.85, "p": 3.0, "n_half": 300.0}
-    m = rng.choice([1, 16, 64, 256, 1024, 4096, 16384], 3000).astype(float)
+    truth = {
+        "t0": 4e-6,
+        "eff_compute": 0.75,
+        "eff_memory": 0.85,
+        "p": 3.0,
+        "n_half": 300.0,
+        "unaligned_factor": 1.2,
+    }
+    m = rng.choice([1, 3, 16, 63, 64, 256, 1023, 1024, 4096, 16384], 3000).astype(float)
     n = rng.choice([512, 1024, 4096, 8192, 16384], 3000).astype(float)
     k = rng.choice([512, 2048, 4096, 8192], 3000).astype(float)
     feats = {"m": m, "n": n, "k": k, "in_bytes": np.full_like(m, 2.0)}
     y = om.GEMM.base(truth, hw, feats) * np.exp(rng.normal(0, 0.01, m.size))
     fit = om.fit_form(om.GEMM, feats, y, hw, use_lattice=False)
-    for name in ("eff_compute", "eff_memory", "t0"):
+    for name in ("eff_compute", "eff_memory", "t0", "unaligned_factor"):
         assert fit.params[name] == pytest.approx(truth[name], rel=0.05), name
     assert fit.stats["roofline_only"]["mape"] < 0.02
 
