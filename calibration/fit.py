@@ -241,6 +241,7 @@ def fit_profile(
             ),
             "e2e_mape": round(fit.mape, 4),
             "e2e_worst": round(fit.worst, 4),
+            "e2e_rows": len(e2e),
         }
     elif overhead_from is not None:
         profile.overhead = dict(overhead_from.overhead)

@@ -63,28 +63,56 @@ class Profile:
 
     def save(self, path: str | Path) -> Path:
         out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        except OSError as exc:
+            raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Profile:
-        try:
-            if data.get("schema") != SCHEMA_VERSION:
-                raise ComemInputError(
-                    f"{source}: profile schema {data.get('schema')!r}, expected {SCHEMA_VERSION}"
-                )
-            ops = {k: OpFit.from_dict(k, v) for k, v in data["ops"].items()}
-            return cls(
-                gpu=data["gpu"],
-                dtype=data["dtype"],
-                framework=data["framework"],
-                ops=ops,
-                overhead=dict(data.get("overhead", {})),
-                provenance=dict(data.get("provenance", {})),
+    def from_dict(cls, data: Any, source: str = "<dict>") -> Profile:
+        """Validate and build; every defect is one :class:`ComemInputError` naming it."""
+        if not isinstance(data, dict):
+            raise ComemInputError(
+                f"{source}: a profile is a JSON object, got {type(data).__name__}"
             )
-        except KeyError as exc:
-            raise ComemInputError(f"{source}: profile lacks field {exc}") from None
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ComemInputError(
+                f"{source}: profile schema {data.get('schema')!r}, expected {SCHEMA_VERSION}"
+            )
+        for name in ("gpu", "dtype", "framework", "ops"):
+            if name not in data:
+                raise ComemInputError(f"{source}: profile lacks field '{name}'")
+        if not isinstance(data["ops"], dict) or not data["ops"]:
+            raise ComemInputError(f"{source}: 'ops' must be a non-empty object")
+        ops = {}
+        for key, entry in data["ops"].items():
+            try:
+                form = op_form(key)
+            except KeyError:
+                raise ComemInputError(f"{source}: unknown op '{key}'") from None
+            if not isinstance(entry, dict):
+                raise ComemInputError(f"{source}: op '{key}' must be an object")
+            try:
+                fit = OpFit.from_dict(key, entry)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ComemInputError(f"{source}: op '{key}' is malformed ({exc!r})") from None
+            missing = [p for p in form.param_names if p not in fit.params]
+            if missing:
+                raise ComemInputError(
+                    f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"
+                    " (made by an older comem-sim? refit with 'comem calibrate fit')"
+                )
+            ops[key] = fit
+        return cls(
+            gpu=str(data["gpu"]),
+            dtype=str(data["dtype"]),
+            framework=str(data["framework"]),
+            ops=ops,
+            overhead=dict(data.get("overhead") or {}),
+            provenance=dict(data.get("provenance") or {}),
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:

@@ -29,19 +29,22 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: (model, tp) whose linear surrogate the report scores, per dtype.
 SURROGATE_SETUPS = {
     "bf16": (("qwen3-4b", 1), ("llama-3-8b", 1), ("qwen3-32b", 2), ("llama-3-70b", 4)),
-    "fp8": (("qwen3-4b", 1), ("qwen3-32b", 1), ("glm-4.7", 8), ("qwen3-coder-480b", 8)),
+    "fp8": (
+        ("qwen3-4b", 1),
+        ("qwen3-32b", 1),
+        ("glm-4.7", 4),
+        ("glm-4.7", 8),
+        ("qwen3-coder-480b", 8),
+    ),
 }
 
 
 def find_shared() -> Path | None:
-    """``$COMEM_SHARED`` or a ``shared/`` directory beside the project checkout."""
+    """``$COMEM_SHARED`` if set, else a ``shared/`` directory beside the project checkout."""
     env = os.environ.get("COMEM_SHARED")
-    candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared")
-    for c in candidates:
-        if (c / "data").is_dir():
-            return c
-    return None
+    # An explicit $COMEM_SHARED wins, also when it points nowhere (that means: none).
+    candidate = Path(env) if env is not None else REPO_ROOT.parent / "shared"
+    return candidate if (candidate / "data").is_dir() else None
 
 
 @dataclass
@@ -85,24 +88,42 @@ def _op_rows(profile: Profile) -> list[dict[str, Any]]:
     return rows
 
 
-def _kernel_scatter(profile: Profile, kernel_dir: Path, out: Path) -> Path:
+def _form(key: str) -> om.OpForm:
+    return om.FORMS["allreduce" if key.startswith("allreduce") else key.removesuffix("_bf16")]
+
+
+def _kernel_selections(
+    profile: Profile, kernel_dir: Path
+) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
+    """The measured rows each of the profile's ops was fitted on, from ``kernel_dir``."""
+    tables = load_kernel_tables(kernel_dir)
+    selections = {
+        "gemm": om.gemm_rows(tables.gemm, profile.dtype),
+        "gemm_bf16": om.gemm_rows(tables.gemm, "bf16"),
+        "moe": om.moe_rows(tables.moe, profile.dtype),
+        "context_attention": om.context_rows(tables.context_attention),
+        "generation_attention": om.generation_rows(tables.generation_attention),
+    }
+    for n in (2, 4, 8):
+        selections[f"allreduce_{n}"] = om.allreduce_rows(tables.allreduce, n)
+    return selections
+
+
+def _kernel_scatter(
+    profile: Profile,
+    selections: dict[str, tuple[dict[str, np.ndarray], np.ndarray]],
+    out: Path,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tables = load_kernel_tables(kernel_dir)
-    selections = {
-        "gemm": om.gemm_rows(tables.gemm, profile.dtype),
-        "moe": om.moe_rows(tables.moe, profile.dtype),
-        "context_attention": om.context_rows(tables.context_attention),
-        "generation_attention": om.generation_rows(tables.generation_attention),
-        "allreduce_8": om.allreduce_rows(tables.allreduce, 8),
-    }
-    fig, axes = plt.subplots(1, len(selections), figsize=(4 * len(selections), 4))
-    for ax, (key, (feats, measured)) in zip(axes, selections.items(), strict=True):
-        form = om.FORMS["allreduce" if key.startswith("allreduce") else key]
-        pred = om.predict(form, profile.op(key), feats)
+    shown = ("gemm", "moe", "context_attention", "generation_attention", "allreduce_8")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 4))
+    for ax, key in zip(axes, shown, strict=True):
+        feats, measured = selections[key]
+        pred = om.predict(_form(key), profile.op(key), feats)
         small = len(measured) < 200
         ax.loglog(
             measured * 1e6,
@@ -113,7 +134,10 @@ def _kernel_scatter(profile: Profile, kernel_dir: Path, out: Path) -> Path:
         )
         lo, hi = measured.min() * 1e6, measured.max() * 1e6
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        ax.set_title(f"{key}\nMAPE {om.mape(pred, measured):.1%} (n={len(measured)})", fontsize=9)
+        title = f"{key}\nMAPE {om.mape(pred, measured):.1%} (n={len(measured)})"
+        if "fitted_on" in profile.op(key).stats:
+            title += "\nmodel fitted on another GPU's table"
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("measured latency (µs)")
         ax.set_ylabel("predicted latency (µs)")
     fig.suptitle(
@@ -220,10 +244,19 @@ def build_report(
             "source": prof.overhead.get("fitted_on", ""),
             "mape": prof.overhead["e2e_mape"],
             "worst": prof.overhead.get("e2e_worst"),
+            "rows": prof.overhead.get("e2e_rows"),
             "recomputed": False,
         }
-    if kernels is not None and out is not None:
-        report.figures.append(str(_kernel_scatter(prof, Path(kernels), out)))
+    if kernels is not None:
+        selections = _kernel_selections(prof, Path(kernels))
+        for row in report.ops:
+            if row["op"] in selections and row["fitted_on"] == "own table":
+                feats, measured = selections[row["op"]]
+                pred = om.predict(_form(row["op"]), prof.op(row["op"]), feats)
+                row.update(om.error_stats(pred, measured))
+                row["recomputed_on"] = str(kernels)
+        if out is not None:
+            report.figures.append(str(_kernel_scatter(prof, selections, out)))
     return report
 
 
@@ -279,7 +312,7 @@ def render_text(report: CalibrationReport) -> str:
         how = "recomputed" if e.get("recomputed") else "stored in profile"
         console.print(
             f"End-to-end static batch vs vLLM (2024) on H100: MAPE {e['mape']:.1%}, "
-            f"worst {e['worst']:.1%} ({how}; {e.get('rows', '?')} rows)"
+            f"worst {e['worst']:.1%} ({how}; {e.get('rows')} rows)"
         )
     for note in report.notes:
         console.print(f"note: {note}")

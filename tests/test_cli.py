@@ -1,0 +1,282 @@
+"""End-to-end tests of the ``comem`` command, run as a real subprocess.
+
+Every user error must end as exactly one line on stderr and exit code 2, never a
+traceback (see comem/cli.py and calibration/errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibration.registry import MODELS
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_KERNELS = REPO_ROOT.parent / "shared" / "data" / "kernels" / "h100_sxm" / "vllm-0.19.0"
+
+STATIC = ["--batch", "8", "--input", "512", "--output", "128"]
+PREDICT = ["predict-static", "--model", "llama-3-8b"]
+LLAMA = [*PREDICT, "--gpu", "h100_sxm", "--tp", "1"]
+
+
+def run_comem(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m comem *args`` from the repo root, without COMEM_SHARED set."""
+    base = {k: v for k, v in os.environ.items() if k != "COMEM_SHARED"}
+    base.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "comem", *args],
+        cwd=REPO_ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit code 2, one non-empty stderr line naming the problem, no traceback."""
+    report = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "Traceback" not in proc.stdout + proc.stderr, report
+    assert proc.returncode == 2, report
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), report
+    line = lines[0]
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in: {line}"
+    return line
+
+
+def static_latency(*extra: str) -> float:
+    proc = run_comem(*LLAMA, *extra, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return float(json.loads(proc.stdout)["latency_s"])
+
+
+# --- help ------------------------------------------------------------------------------
+
+
+def test_help_lists_subcommands() -> None:
+    proc = run_comem("--help")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("calibrate", "predict-static", "list"):
+        assert name in proc.stdout
+
+
+def test_calibrate_help_lists_subcommands() -> None:
+    proc = run_comem("calibrate", "--help")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("report", "fit", "build-defaults"):
+        assert name in proc.stdout
+
+
+# --- predict-static --------------------------------------------------------------------
+
+
+def test_predict_static_json_and_plain_agree() -> None:
+    proc = run_comem(*LLAMA, *STATIC, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    latency = data["latency_s"]
+    assert isinstance(latency, float) and latency > 0
+    assert data["model"] == "llama-3-8b" and data["gpu"] == "h100_sxm" and data["tp"] == 1
+
+    plain = run_comem(*LLAMA, *STATIC)
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.split()
+    assert len(lines) == 1
+    assert lines[0] == f"{latency:.4f}"
+    assert float(lines[0]) == pytest.approx(latency, abs=5e-5)
+
+
+def test_predict_static_grows_with_output_and_batch() -> None:
+    base = static_latency("--batch", "8", "--input", "512", "--output", "128")
+    longer = static_latency("--batch", "8", "--input", "512", "--output", "256")
+    wider = static_latency("--batch", "64", "--input", "512", "--output", "128")
+    assert longer > base
+    assert wider > base
+
+
+# --- bad input: one line, exit code 2 ---------------------------------------------------
+
+BAD_PREDICT = [
+    pytest.param(
+        ["predict-static", "--model", "no-such-model", *STATIC],
+        ["no-such-model", "llama-3-8b"],
+        id="unknown-model",
+    ),
+    pytest.param([*PREDICT, "--gpu", "a100", *STATIC], ["a100", "h100_sxm"], id="unknown-gpu"),
+    pytest.param([*LLAMA, "--dtype", "int4", *STATIC], ["int4", "bf16"], id="unknown-dtype"),
+    # tp=3 is rejected before the head check (only 1, 2, 4, 8 are supported).
+    pytest.param([*PREDICT, "--tp", "3", *STATIC], ["tp=3"], id="tp3-llama"),
+    # A supported TP that does not divide the 28 query heads of qwen2-7b.
+    pytest.param(
+        ["predict-static", "--model", "qwen2-7b", "--tp", "8", *STATIC],
+        ["tp=8", "does not divide", "heads"],
+        id="tp-does-not-divide-heads",
+    ),
+    pytest.param([*PREDICT, "--tp", "16", *STATIC], ["tp=16"], id="tp16"),
+    pytest.param(
+        [*LLAMA, "--batch", "0", "--input", "512", "--output", "128"],
+        ["--batch", ">= 1"],
+        id="batch-0",
+    ),
+    pytest.param(
+        [*LLAMA, "--batch", "abc", "--input", "512", "--output", "128"],
+        ["--batch", "abc"],
+        id="batch-abc",
+    ),
+    pytest.param(
+        [*LLAMA, "--batch", "8", "--input", "-5", "--output", "128"],
+        ["--input", "-5"],
+        id="input-negative",
+    ),
+    pytest.param(
+        ["predict-static", "--model", "glm-4.7", "--gpu", "h100_sxm", "--tp", "4", *STATIC],
+        ["glm-4.7", "does not fit"],
+        id="glm-bf16-tp4-does-not-fit",
+    ),
+    pytest.param(
+        [*LLAMA, *STATIC, "--gpu-memory-utilization", "1.5"],
+        ["--gpu-memory-utilization", "1.5"],
+        id="gpu-mem-util-1.5",
+    ),
+    pytest.param(
+        [*LLAMA, "--batch", "8", "--input", "10000000", "--output", "128"],
+        ["KV blocks"],
+        id="request-larger-than-kv-cache",
+    ),
+    pytest.param(["calibrate"], ["calibrate"], id="missing-subcommand"),
+    pytest.param([], ["command"], id="missing-command"),
+    pytest.param(["list", "bogus"], ["bogus"], id="list-bogus"),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), BAD_PREDICT)
+def test_bad_input_is_one_line_exit_2(args: list[str], needles: list[str]) -> None:
+    assert_user_error(run_comem(*args), *needles)
+
+
+def test_fit_missing_kernel_dir() -> None:
+    proc = run_comem("calibrate", "fit", "--kernels", "/nonexistent", "--out", "/tmp/x.json")
+    assert_user_error(proc, "/nonexistent", "does not exist")
+
+
+def test_fit_corrupt_parquet(tmp_path: Path) -> None:
+    (tmp_path / "gemm_perf.parquet").write_bytes(b"this is not parquet\x00\xff" * 20)
+    proc = run_comem(
+        "calibrate", "fit", "--kernels", str(tmp_path), "--out", str(tmp_path / "p.json")
+    )
+    assert_user_error(proc, "gemm_perf.parquet")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_fit_empty_kernel_dir_names_a_file(tmp_path: Path) -> None:
+    proc = run_comem(
+        "calibrate", "fit", "--kernels", str(tmp_path), "--out", str(tmp_path / "p.json")
+    )
+    assert_user_error(proc, "_perf.parquet")
+
+
+def test_report_missing_profile() -> None:
+    proc = run_comem("calibrate", "report", "--no-figures", "--profile", "/nonexistent.json")
+    assert_user_error(proc, "/nonexistent.json")
+
+
+def test_report_profile_invalid_json(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc = run_comem("calibrate", "report", "--no-figures", "--profile", str(bad))
+    assert_user_error(proc, str(bad), "JSON")
+
+
+def test_predict_static_profile_wrong_schema(tmp_path: Path) -> None:
+    bad = tmp_path / "empty.json"
+    bad.write_text("{}")
+    proc = run_comem(*LLAMA, *STATIC, "--profile", str(bad))
+    assert_user_error(proc, str(bad), "schema")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param("[]", id="json-list"),
+        pytest.param('"hello"', id="json-string"),
+        pytest.param(
+            '{"schema": 1, "gpu": "h100_sxm", "dtype": "bf16", "framework": "f",'
+            ' "ops": {"gemm": 5}}',
+            id="op-not-an-object",
+        ),
+    ],
+)
+def test_profile_wrong_json_shape(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "profile.json"
+    bad.write_text(content)
+    assert_user_error(run_comem(*LLAMA, *STATIC, "--profile", str(bad)), str(bad))
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_KERNELS.is_dir(), reason="needs ../shared kernel tables")
+def test_fit_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_comem(
+        "calibrate", "fit", "--kernels", str(SHARED_KERNELS), "--out", str(blocker / "p.json")
+    )
+    assert_user_error(proc, "a_file")
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+def test_list_models() -> None:
+    proc = run_comem("list", "models")
+    assert proc.returncode == 0, proc.stderr
+    listed = {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
+    assert set(MODELS) <= listed
+    for spec in MODELS.values():
+        assert spec.alias in listed
+
+
+def test_list_profiles() -> None:
+    proc = run_comem("list", "profiles")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(f[0], f[-1]) for f in (line.split() for line in proc.stdout.splitlines()) if f}
+    for gpu in ("h100_sxm", "h200_sxm"):
+        for dtype in ("bf16", "fp8"):
+            assert (gpu, dtype) in rows, proc.stdout
+
+
+# --- calibrate report -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_calibrate_report_json(tmp_path: Path) -> None:
+    # COMEM_SHARED points nowhere: the report stands on the embedded profile alone.
+    proc = run_comem(
+        "calibrate",
+        "report",
+        "--no-figures",
+        "--json",
+        env={"COMEM_SHARED": str(tmp_path / "no-shared-here")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    data = json.loads(proc.stdout)
+    ops = {row["op"]: row for row in data["ops"]}
+    assert "gemm" in ops
+    mape = ops["gemm"]["mape"]
+    assert isinstance(mape, (int, float)) and 0 <= mape < 0.2
+    assert data["surrogates"]
+    assert data["figures"] == []
+    assert data["e2e"]["recomputed"] is False  # from the profile, not from ../shared
+    assert data["e2e"]["mape"] < 0.10
+
+
+def test_report_kernels_dir_must_exist(tmp_path: Path) -> None:
+    proc = run_comem("calibrate", "report", "--no-figures", "--kernels", str(tmp_path / "nope"))
+    assert_user_error(proc, "nope")
