@@ -472,3 +472,34 @@ class LatencyModel:
         idx = np.asarray(n_seqs, dtype=np.int64)
         self._ensure_table(int(idx.max()) if idx.size else 0)
         return np.asarray(self._lm_table)[idx]
+
+
+class ConstantLatency:
+    """Every non-empty iteration takes ``seconds``: the queueing-theory reference model.
+
+    Same interface as :class:`LatencyModel` for what the engine needs. With it and
+    ``max_num_seqs = 1`` an engine is an M/G/1 queue, which tests compare with
+    Pollaczek-Khinchine.
+    """
+
+    def __init__(self, seconds: float, kv_capacity_tokens: int = 1 << 30) -> None:
+        if not seconds > 0:
+            raise ComemInputError(f"constant iteration time must be > 0, got {seconds}")
+        self.seconds = float(seconds)
+        self._capacity = int(kv_capacity_tokens)
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        return self._capacity
+
+    def iteration_time_of(
+        self,
+        num_decode: int,
+        decode_kv_total: int,
+        prefill_new: Sequence[int] = (),
+        prefill_cached: Sequence[int] = (),
+    ) -> float:
+        return self.seconds if (num_decode or prefill_new) else 0.0
+
+    def decode_iteration_times(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
+        b = np.asarray(batch_size)
+        return np.where(b > 0, self.seconds, 0.0)

@@ -1,0 +1,63 @@
+"""Typed, validated configuration of simulated engines.
+
+pydantic models with a default for every field; unknown keys are rejected. A
+validation failure becomes one :class:`~calibration.errors.ComemInputError` line that
+names the field and the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from calibration.errors import ComemInputError
+
+Stepping = Literal["fast", "iteration"]
+
+
+class EngineConfig(BaseModel):
+    """One vLLM-like instance: a model on ``tp`` GPUs with its scheduler limits.
+
+    Defaults follow vLLM 0.19 V1 for an OpenAI-compatible server on GPUs with >= 70 GiB
+    (vllm/engine/arg_utils.py: max_num_batched_tokens 8192, max_num_seqs 1024; block
+    size 16; gpu_memory_utilization 0.9; prefix caching and chunked prefill on).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "engine"
+    model: str = "llama-3-8b"
+    gpu: str = "h100_sxm"
+    tp: PositiveInt = 1
+    dtype: Literal["bf16", "fp8"] = "bf16"
+    max_num_batched_tokens: PositiveInt = 8192
+    max_num_seqs: PositiveInt = 1024
+    max_model_len: PositiveInt = 131072
+    block_size: PositiveInt = 16
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    enable_prefix_caching: bool = True
+    stepping: Stepping = "fast"
+    #: KV-cache capacity override in tokens (default: derived from GPU memory).
+    kv_capacity_tokens: PositiveInt | None = None
+    #: A profile JSON file instead of the embedded default for (gpu, dtype).
+    profile: str | None = None
+    #: Keep the per-iteration (per fast step) time series.
+    record_iterations: bool = True
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, where: str = "") -> M:
+    """Validate ``data`` into ``model``; the first error as one line naming the field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        field = f"{where}.{loc}" if where and loc else (where or loc)
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        extra = f" and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
+        raise ComemInputError(f"{field}: {err['msg']}{shown}{extra}") from None
