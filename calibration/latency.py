@@ -153,6 +153,7 @@ class LatencyModel:
         self._pre_q: list[float] = PREFILL_TABLE_Q_KNOTS.tolist()
         self._pre_c: list[float] = PREFILL_TABLE_PREFIX_KNOTS.tolist()
         self._pre_rows: list[list[float]] = []
+        self._pre_grid = np.zeros((0, 0))
         over = self.profile.overhead
         self.overhead_per_iteration_s = float(over.get("per_iteration_s", 0.0))
         self.overhead_per_sequence_s = float(over.get("per_sequence_s", 0.0))
@@ -364,6 +365,7 @@ class LatencyModel:
             np.broadcast_to(q, (q.size, c.size)), np.broadcast_to(c, (q.size, c.size))
         )
         grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=1), axis=0)
+        self._pre_grid = grid
         self._pre_rows = grid.tolist()
 
     def prefill_attention_scalar(self, new: Sequence[int], cached: Sequence[int]) -> float:
@@ -467,6 +469,45 @@ class LatencyModel:
         t = t + self.lm_head_tabulated(b) + self.overhead_time(b)
         return np.where(b > 0, t, 0.0)
 
+    def single_chunk_attention_times(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
+        """Vectorized :meth:`prefill_attention_scalar` of iterations with one chunk each."""
+        self._ensure_prefill_table()
+        qk, ck, grid = PREFILL_TABLE_Q_KNOTS, PREFILL_TABLE_PREFIX_KNOTS, self._pre_grid
+        q = np.asarray(new, dtype=float)
+        c = np.asarray(cached, dtype=float)
+        i = np.clip(np.searchsorted(qk, q, side="right") - 1, 0, qk.size - 2)
+        j = np.clip(np.searchsorted(ck, c, side="right") - 1, 0, ck.size - 2)
+        wq = np.minimum((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
+        wc = np.minimum((c - ck[j]) / (ck[j + 1] - ck[j]), 1.0)
+        a = grid[i, j] + wc * (grid[i, j + 1] - grid[i, j])
+        b = grid[i + 1, j] + wc * (grid[i + 1, j + 1] - grid[i + 1, j])
+        return self.model.layers * self._ctx[0] + (a + wq * (b - a))
+
+    def steady_iteration_times(
+        self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
+    ) -> np.ndarray:
+        """Times of ``steps`` iterations of a steady batch: ``num_decode`` decodes whose KV
+        total starts at ``kv_total0`` and grows by ``num_decode`` per iteration, plus (if
+        ``chunk``) one prefill chunk of ``chunk`` tokens over a prefix starting at
+        ``cached0`` and growing by ``chunk``. Equals :meth:`iteration_time_of` per
+        iteration to rounding."""
+        j = np.arange(steps, dtype=np.int64)
+        n = num_decode + chunk
+        seqs = num_decode + (1 if chunk else 0)
+        if n == 0:
+            return np.zeros(steps)
+        self._ensure_table(n)
+        t = np.full(steps, self._table_list[n] + self._lm_table[seqs])
+        if num_decode:
+            t = t + self.decode_attention_time(
+                np.full(steps, num_decode, dtype=np.int64), kv_total0 + num_decode * j
+            )
+        if chunk:
+            t = t + self.single_chunk_attention_times(np.full(steps, chunk), cached0 + chunk * j)
+        if self.include_overhead:
+            t = t + (self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs)
+        return t
+
     def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:
         """The LM-head times :meth:`iteration_time` uses (monotone in sequences)."""
         idx = np.asarray(n_seqs, dtype=np.int64)
@@ -503,3 +544,8 @@ class ConstantLatency:
     def decode_iteration_times(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
         b = np.asarray(batch_size)
         return np.where(b > 0, self.seconds, 0.0)
+
+    def steady_iteration_times(
+        self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
+    ) -> np.ndarray:
+        return np.full(steps, self.seconds if (num_decode or chunk) else 0.0)

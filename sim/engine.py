@@ -49,6 +49,8 @@ from sim.metrics import MetricsRecorder
 
 #: the longest fast step, in iterations (bounds the arrays priced at once)
 MAX_FAST_STEP = 1 << 16
+#: fast steps up to this many iterations are priced by a plain loop
+SCALAR_STEP_LIMIT = 24
 
 
 class IterationLatency(Protocol):
@@ -64,8 +66,8 @@ class IterationLatency(Protocol):
         prefill_cached: Sequence[int] = (),
     ) -> float: ...
 
-    def decode_iteration_times(
-        self, batch_size: np.ndarray, kv_total: np.ndarray
+    def steady_iteration_times(
+        self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
     ) -> np.ndarray: ...
 
 
@@ -251,6 +253,23 @@ class Engine:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         return req
+
+    def check_invariants(self) -> None:
+        """Assert the block accounting is consistent (tests call this; cheap enough)."""
+        held = sum(r.held_end + r.anon_blocks for r in self.running)
+        anon = sum(r.anon_blocks for r in self.running)
+        segs = sum(seg[1] - seg[0] for st in self._streams.values() for seg in st.segments)
+        assert 0 <= self.free_blocks <= self.total_blocks, self.free_blocks
+        assert segs == self.evictable_blocks, (segs, self.evictable_blocks)
+        assert self.kv_used_blocks >= 0
+        assert anon <= self.kv_used_blocks <= held, (anon, self.kv_used_blocks, held)
+        for st in self._streams.values():
+            assert st.own_start <= st.cached_end
+            lo = max(st.max_hold, st.own_start)
+            covered = sum(seg[1] - seg[0] for seg in st.segments)
+            assert covered == max(0, st.cached_end - lo), (st.stream, covered, lo)
+        for r in self.running:
+            assert r.blocks * self.block_size >= r.computed, (r.id, r.blocks, r.computed)
 
     @property
     def kv_used_blocks(self) -> int:
@@ -484,7 +503,7 @@ class Engine:
         while i < len(running) and budget > 0:
             req = running[i]
             n = min(req.length - req.computed, budget)
-            need = self._blocks_for(req.computed + n) - req.blocks
+            need = -(-(req.computed + n) // self.block_size) - req.held_end - req.anon_blocks
             while need > self.free_blocks + self.evictable_blocks:
                 victim = running.pop()
                 self._preempt(victim)
@@ -540,6 +559,7 @@ class Engine:
         """Advance the scheduled requests by their tokens; True if an event fired."""
         fired = False
         now = self.env.now
+        bs = self.block_size
         for req, n in scheduled:
             req.computed += n
             if req.computed == req.length:
@@ -552,7 +572,8 @@ class Engine:
                     self._finish(req)
                     fired = True
                     continue
-            self._register(req)
+            if req.computed // bs > req.held_end:
+                self._register(req)
         return fired
 
     def _record_step(self, start: float, iterations: int, decode: int, chunks: list[int]) -> None:
@@ -576,26 +597,50 @@ class Engine:
         )
 
     # -- fast steps ------------------------------------------------------------------
-    def _fast_step_length(self) -> int:
-        """Iterations that can run as one step, or 0 if the next one must be scheduled."""
+    def _steady_plan(self) -> tuple[int, list[Request], Request | None, int] | None:
+        """(iterations, decoders, prefiller, chunk) of a run of same-shape iterations.
+
+        Same shape: the running requests in order take one decode token each, until at
+        most one partial prompt takes all the remaining budget (later ones get
+        nothing, as in vLLM V1); no prompt completes, nothing can be admitted, nobody is
+        preempted, and the step ends at the first completion. None if the next
+        iteration must be scheduled one by one.
+        """
         running = self.running
-        if self.stepping != "fast" or not running or self.waiting and self._may_admit():
-            return 0
-        if len(running) > self.config.max_num_batched_tokens:
-            return 0
+        if self.stepping != "fast" or not running:
+            return None
+        budget = self.config.max_num_batched_tokens
+        decoders: list[Request] = []
+        prefiller: Request | None = None
+        chunk = 0
         steps = MAX_FAST_STEP
         for req in running:
-            if req.length - req.computed != 1:
-                return 0
-            left = req.output_tokens - req.generated
-            if left < steps:
-                steps = left
+            if budget == 0:
+                break
+            left = req.length - req.computed
+            if left == 1 and req.computed > 0 and req.first_token_s == req.first_token_s:
+                decoders.append(req)
+                budget -= 1
+                remaining = req.output_tokens - req.generated
+                if remaining < steps:
+                    steps = remaining
+            elif left <= budget:
+                return None  # a prompt completes (its first token) in this iteration
+            else:
+                prefiller, chunk, budget = req, budget, 0
+                # full chunks that leave the prompt unfinished
+                steps = min(steps, -(-left // chunk) - 1)
+        if budget > 0 and self.waiting and self._may_admit(budget):
+            return None
         # no preemption inside the step: blocks for all of it must be at hand
         avail = self.free_blocks + self.evictable_blocks
         bs = self.block_size
 
         def need(k: int) -> int:
-            return sum(-(-(r.computed + k) // bs) - r.blocks for r in running)
+            total = sum(-(-(r.computed + k) // bs) - r.held_end - r.anon_blocks for r in decoders)
+            if prefiller is not None:
+                total += -(-(prefiller.computed + k * chunk) // bs) - prefiller.blocks
+            return total
 
         if need(steps) > avail:
             lo, hi = 0, steps  # need(lo) <= avail < need(hi)
@@ -606,66 +651,81 @@ class Engine:
                 else:
                     hi = mid
             steps = lo
-        return steps if steps >= 2 else 0
+        if steps < 2:
+            return None
+        return steps, decoders, prefiller, chunk
 
-    def _may_admit(self) -> bool:
-        """Could the head of the queue be admitted while everyone decodes?"""
+    def _may_admit(self, budget: int) -> bool:
+        """Could the head of the queue be admitted (with ``budget`` tokens left)?"""
         if len(self.running) >= self.config.max_num_seqs:
             return False
-        budget = self.config.max_num_batched_tokens - len(self.running)
-        if budget <= 0:
-            return False
         head = self.waiting[0]
-        if head.stream is not None:
+        if head.stream is not None and self.config.enable_prefix_caching:
             # blocks keyed during the step could raise its prefix hit: be exact, step
-            related = {s.uid for s in _lineage(head.stream)}
+            related = _lineage_uids(head.stream)
             for req in self.running:
-                if req.stream is not None and related & {s.uid for s in _lineage(req.stream)}:
+                if req.stream is not None and not related.isdisjoint(_lineage_uids(req.stream)):
                     return True
         return self._admission(head, budget) is not None
 
-    def _fast_step(self, steps: int) -> Generator[simpy.Event, Any, bool]:
-        running = self.running
-        b = len(running)
-        kv0 = sum(r.computed + 1 for r in running)
-        times = self.latency.decode_iteration_times(
-            np.full(steps, b, dtype=np.int64), kv0 + b * np.arange(steps, dtype=np.int64)
-        )
-        ends = np.cumsum(times)
+    def _fast_step(
+        self, plan: tuple[int, list[Request], Request | None, int]
+    ) -> Generator[simpy.Event, Any, bool]:
+        steps, decoders, prefiller, chunk = plan
+        b = len(decoders)
+        kv0 = sum(r.computed + 1 for r in decoders)
+        cached0 = prefiller.computed if prefiller is not None else 0
+        if steps <= SCALAR_STEP_LIMIT:  # numpy's per-call cost exceeds the loop's
+            price = self.latency.iteration_time_of
+            news = [chunk] if chunk else []
+            acc = 0.0
+            cum = []
+            for j in range(steps):
+                acc += price(b, kv0 + b * j, news, [cached0 + chunk * j] if chunk else [])
+                cum.append(acc)
+            ends = np.asarray(cum)
+        else:
+            times = self.latency.steady_iteration_times(b, kv0, chunk, cached0, steps)
+            ends = np.cumsum(times)
         start = self.env.now
         self._wake = self.env.event()
         finish = self.env.timeout(float(ends[-1]))
         yield finish | self._wake
         self._wake = None
-        done_steps = steps
-        if not finish.triggered:
+        done = steps
+        if not finish.processed:  # (a Timeout counts as triggered from creation)
             # a submission arrived: stop at the end of the iteration in flight
-            k = int(np.searchsorted(ends, self.env.now - start, side="left"))
-            k = min(k, steps - 1)
-            done_steps = k + 1
+            k = min(int(np.searchsorted(ends, self.env.now - start, side="left")), steps - 1)
+            done = k + 1
             yield self.env.timeout(max(0.0, start + float(ends[k]) - self.env.now))
         bs = self.block_size
-        total = 0
-        needs = []
-        for req in running:
-            need = -(-(req.computed + done_steps) // bs) - req.blocks
-            needs.append(need)
-            total += need
+        grants: list[tuple[Request, int]] = [
+            (r, -(-(r.computed + done) // bs) - r.blocks) for r in decoders
+        ]
+        if prefiller is not None:
+            grants.append(
+                (prefiller, -(-(prefiller.computed + done * chunk) // bs) - prefiller.blocks)
+            )
+        total = sum(n for _, n in grants)
         if total > self.free_blocks:
             self._evict(total - self.free_blocks)
         self.free_blocks -= total
         fired = False
-        for req, need in zip(list(running), needs, strict=True):
-            req.anon_blocks += need
-            req.computed += done_steps
-            req.length += done_steps
-            if req.generated >= req.output_tokens:
+        for req, n in grants:
+            req.anon_blocks += n
+        if prefiller is not None:
+            prefiller.computed += done * chunk
+            self._register(prefiller)
+        for req in decoders:
+            req.computed += done
+            req.length += done
+            if req.length - req.prompt_tokens >= req.output_tokens:
                 self._finish(req)
                 fired = True
-            else:
+            elif req.computed // bs > req.held_end:
                 self._register(req)
-        self.iterations += done_steps
-        self._record_step(start, done_steps, b, [])
+        self.iterations += done
+        self._record_step(start, done, b, [chunk] * done if chunk else [])
         return fired
 
     # -- the engine process -----------------------------------------------------------------
@@ -677,9 +737,9 @@ class Engine:
                 yield self._wake
                 self._wake = None
                 continue
-            steps = self._fast_step_length()
-            if steps:
-                fired = yield from self._fast_step(steps)
+            plan = self._steady_plan()
+            if plan is not None:
+                fired = yield from self._fast_step(plan)
             else:
                 start = env.now
                 scheduled = self._schedule()
@@ -702,10 +762,10 @@ def _is_decode(req: Request, n: int) -> bool:
     return n == 1 and req.computed > 0 and req.length - req.computed == 1
 
 
-def _lineage(stream: Stream) -> list[Stream]:
-    out = [stream]
-    while out[-1].parent is not None:
-        parent = out[-1].parent
-        assert parent is not None
-        out.append(parent)
-    return out
+def _lineage_uids(stream: Stream) -> set[int]:
+    uids = {stream.uid}
+    parent = stream.parent
+    while parent is not None:
+        uids.add(parent.uid)
+        parent = parent.parent
+    return uids
