@@ -307,7 +307,7 @@ def test_kv_usage_never_exceeds_capacity_under_pressure():
     assert (eng.recorder.requests_frame()["status"] == "finished").all()
 
 
-# --- bad input ----------------------------------------------------------------------------------------
+# --- bad input ---------------------------------------------------------------------------
 
 
 def test_too_long_prompts_are_rejected_with_a_reason_and_nothing_is_lost():
