@@ -61,3 +61,33 @@ def validate(model: type[M], data: Any, where: str = "") -> M:
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         extra = f" and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
         raise ComemInputError(f"{field}: {err['msg']}{shown}{extra}") from None
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, true/false, lists), else a string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a nested dict (a copy); validation comes after."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ComemInputError(f"--set {item!r}: expected KEY=VALUE, e.g. engine.tp=4")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ComemInputError(f"--set {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_value(raw)
+    return out

@@ -220,6 +220,7 @@ class Engine:
         self._seq = itertools.count(1)
         self._ids = itertools.count()
         self._wake: simpy.Event | None = None
+        self._last_shape: tuple[int, list[int]] = (0, [])
         self.iterations = 0
         self.preemptions = 0
         self.process = env.process(self._run())
@@ -433,7 +434,7 @@ class Engine:
     def _record(self, req: Request) -> None:
         gen = req.generated
         tpot = (req.finished_s - req.first_token_s) / (gen - 1) if gen > 1 else math.nan
-        self.recorder.requests.append(
+        self.recorder.add_request(
             (
                 self.config.name,
                 req.id,
@@ -547,12 +548,17 @@ class Engine:
         new: list[int] = []
         cached: list[int] = []
         for req, n in scheduled:
-            if _is_decode(req, n):
+            c = req.computed
+            if (
+                n == 1 and c > 0 and req.length - c == 1
+            ):  # one new token over a computed prefix: a decode (a chunked
+                # prompt's last single token has the same shape and is priced so)
                 n_dec += 1
-                kv += req.computed + 1
+                kv += c + 1
             else:
                 new.append(n)
-                cached.append(req.computed)
+                cached.append(c)
+        self._last_shape = (n_dec, new)
         return self.latency.iteration_time_of(n_dec, kv, new, cached)
 
     def _apply(self, scheduled: list[tuple[Request, int]]) -> bool:
@@ -748,18 +754,12 @@ class Engine:
                 duration = self._price(scheduled)
                 yield env.timeout(duration)
                 self.iterations += 1
-                chunks = [n for r, n in scheduled if not _is_decode(r, n)]
                 fired = self._apply(scheduled)
-                self._record_step(start, 1, len(scheduled) - len(chunks), chunks)
+                n_dec, chunks = self._last_shape
+                self._record_step(start, 1, n_dec, chunks)
             if fired:
                 # let processes woken at this instant submit before the next schedule
                 yield env.timeout(0)
-
-
-def _is_decode(req: Request, n: int) -> bool:
-    """One new token over a computed prefix: priced as a decode (a chunked prompt's last
-    single token has the same shape)."""
-    return n == 1 and req.computed > 0 and req.length - req.computed == 1
 
 
 def _lineage_uids(stream: Stream) -> set[int]:

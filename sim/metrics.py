@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,13 @@ class MetricsRecorder:
 
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     iterations: list[tuple[Any, ...]] = field(default_factory=list)
+    #: called with each request row as it is recorded (progress bars, streaming)
+    on_request: Callable[[tuple[Any, ...]], None] | None = None
+
+    def add_request(self, row: tuple[Any, ...]) -> None:
+        self.requests.append(row)
+        if self.on_request is not None:
+            self.on_request(row)
 
     def requests_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.requests, columns=list(REQUEST_COLUMNS))

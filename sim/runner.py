@@ -1,0 +1,137 @@
+"""Run an engine under a closed-loop client load and summarize it (the CLI's engine job)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+from sim.clients import start_closed_loop
+from sim.config import EngineConfig
+from sim.engine import Engine
+from sim.metrics import MetricsRecorder
+
+
+class ClosedLoopLoad(BaseModel):
+    """Closed-loop clients: each sends ``requests`` requests back to back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clients: PositiveInt = 64
+    requests: PositiveInt = 16
+    first_prompt: PositiveInt = 512
+    extend: NonNegativeInt = 512
+    output: PositiveInt = 1024
+    think_s: NonNegativeFloat = 0.0
+    carry_output: bool = False
+
+
+class EngineRun(BaseModel):
+    """One engine job: the engine and its load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    load: ClosedLoopLoad = Field(default_factory=ClosedLoopLoad)
+
+
+@dataclass
+class EngineRunResult:
+    config: EngineRun
+    recorder: MetricsRecorder
+    engine: Engine
+    wall_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.recorder, self.engine, self.wall_s)
+
+    def write(self, directory: str | Path) -> list[Path]:
+        out = Path(directory)
+        paths = self.recorder.write_parquet(out)
+        cfg = out / "config.json"
+        cfg.write_text(self.config.model_dump_json(indent=1) + "\n")
+        return [*paths, cfg]
+
+
+def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
+    """Simulate ``run`` to completion (optionally with a progress bar on stderr)."""
+    env = simpy.Environment()
+    recorder = MetricsRecorder()
+    engine = Engine(env, run.engine, recorder=recorder)
+    load = run.load
+    start_closed_loop(
+        env,
+        engine,
+        load.clients,
+        load.requests,
+        load.first_prompt,
+        load.extend,
+        load.output,
+        load.think_s,
+        load.carry_output,
+    )
+    total = load.clients * load.requests
+    t0 = time.perf_counter()
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} requests"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar:
+            task = bar.add_task("simulating", total=total)
+            recorder.on_request = lambda row: bar.advance(task)
+            env.run()
+        recorder.on_request = None
+    else:
+        env.run()
+    return EngineRunResult(run, recorder, engine, time.perf_counter() - t0)
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"mean": float("nan"), "p50": float("nan"), "p99": float("nan")}
+    return {
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p99": float(np.percentile(v, 99)),
+    }
+
+
+def summarize(recorder: MetricsRecorder, engine: Engine, wall_s: float) -> dict[str, Any]:
+    """Headline numbers of one run, JSON-ready."""
+    req = recorder.requests_frame()
+    done = req[req["status"] == "finished"]
+    steps = recorder.iterations_frame()
+    horizon = float(done["finished_s"].max()) if len(done) else 0.0
+    prompt = float(done["prompt_tokens"].sum())
+    kv_peak = (
+        float((steps["kv_used_blocks"] / steps["kv_total_blocks"]).max()) if len(steps) else 0.0
+    )
+    return {
+        "requests_finished": int(len(done)),
+        "requests_rejected": int((req["status"] == "rejected").sum()),
+        "simulated_s": horizon,
+        "wall_s": wall_s,
+        "iterations": engine.iterations,
+        "engine_steps": int(len(steps)),
+        "ttft_s": _stats(done["ttft_s"].to_numpy(float)),
+        "tpot_s": _stats(done["tpot_s"].to_numpy(float)),
+        "e2e_s": _stats(done["e2e_s"].to_numpy(float)),
+        "queue_s": _stats(done["queue_s"].to_numpy(float)),
+        "output_tokens_per_s": float(done["output_tokens"].sum() / horizon) if horizon else 0.0,
+        "requests_per_s": float(len(done) / horizon) if horizon else 0.0,
+        "preemptions": engine.preemptions,
+        "prefix_cache_hit_fraction": float(done["cached_tokens"].sum() / prompt) if prompt else 0.0,
+        "kv_peak_fraction": kv_peak,
+        "kv_total_blocks": engine.total_blocks,
+    }
