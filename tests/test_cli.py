@@ -280,3 +280,52 @@ def test_calibrate_report_json(tmp_path: Path) -> None:
 def test_report_kernels_dir_must_exist(tmp_path: Path) -> None:
     proc = run_comem("calibrate", "report", "--no-figures", "--kernels", str(tmp_path / "nope"))
     assert_user_error(proc, "nope")
+
+
+# --- engine-sim -------------------------------------------------------------------------
+
+
+def test_engine_sim_writes_tidy_tables_and_a_json_summary(tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = tmp_path / "run"
+    proc = run_comem(
+        "engine-sim",
+        "--set",
+        "load.clients=6",
+        "--set",
+        "load.requests=3",
+        "--set",
+        "load.output=64",
+        "--set",
+        "engine.kv_capacity_tokens=6000",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["requests_finished"] == 18
+    assert summary["ttft_s"]["mean"] > 0
+    assert summary["tpot_s"]["p50"] > 0
+    requests = pd.read_parquet(out / "requests.parquet")
+    steps = pd.read_parquet(out / "engine_steps.parquet")
+    assert len(requests) == 18 and (requests["output_tokens"] == 64).all()
+    assert steps["iterations"].sum() == summary["iterations"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["engine"]["kv_capacity_tokens"] == 6000
+    assert config["load"]["clients"] == 6
+
+
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ("engine.tpx=4", "engine.tpx"),
+        ("engine.tp=0", "engine.tp"),
+        ("load.clients", "KEY=VALUE"),
+        ("engine.stepping=warp", "engine.stepping"),
+        ("engine.model=gpt-9", "gpt-9"),
+    ],
+)
+def test_engine_sim_bad_settings_are_one_line(setting: str, needle: str) -> None:
+    assert_user_error(run_comem("engine-sim", "--set", setting), needle)
