@@ -501,20 +501,26 @@ class Engine:
         preempted = False
         i = 0
         running = self.running
+        bs = self.block_size
+        append = scheduled.append
         while i < len(running) and budget > 0:
             req = running[i]
-            n = min(req.length - req.computed, budget)
-            need = -(-(req.computed + n) // self.block_size) - req.held_end - req.anon_blocks
-            while need > self.free_blocks + self.evictable_blocks:
-                victim = running.pop()
-                self._preempt(victim)
-                preempted = True
-                if victim is req:
+            c = req.computed
+            n = req.length - c
+            if n > budget:
+                n = budget
+            need = (c + n + bs - 1) // bs - req.held_end - req.anon_blocks
+            if need > 0:
+                while need > self.free_blocks + self.evictable_blocks:
+                    victim = running.pop()
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is req:
+                        break
+                if preempted and (not running or i >= len(running) or running[i] is not req):
                     break
-            if preempted and (not running or i >= len(running) or running[i] is not req):
-                break
-            self._allocate(req, need)
-            scheduled.append((req, n))
+                self._allocate(req, need)
+            append((req, n))
             budget -= n
             i += 1
         if preempted:
@@ -568,7 +574,7 @@ class Engine:
         bs = self.block_size
         for req, n in scheduled:
             req.computed += n
-            if req.computed == req.length:
+            if req.computed == req.length:  # a token is sampled
                 req.length += 1
                 if req.first_token_s != req.first_token_s:  # NaN: first token now
                     req.first_token_s = now
