@@ -180,6 +180,51 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from sim.scenario import load_scenario, run_scenario
+
+    scenario = load_scenario(args.scenario, args.set or [])
+    result = run_scenario(scenario)
+    summary = result.summary()
+    written = result.write(args.out) if args.out else []
+    if args.json:
+        _print_json({**summary, "files": [str(p) for p in written]})
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{scenario.name}: {scenario.workload.agents} agents, "
+        f"{scenario.workload.steps} steps ({scenario.engine.stepping} stepping)"
+    )
+    cols = (
+        "architecture", "task mean s", "task p99 s", "step mean s", "step p50 s", "step p99 s",
+        "steps/s", "stall s", "uncached tok", "KV peak", "preempt", "speedup vs FC",
+    )  # fmt: skip
+    for c in cols:
+        table.add_column(c, justify="left" if c == "architecture" else "right")
+    for name, s in summary["architectures"].items():
+        speed = summary["speedup_vs_fc"].get(name)
+        table.add_row(
+            name,
+            f"{s['mean_task_latency_s']:.1f}",
+            f"{s['p99_task_latency_s']:.1f}",
+            f"{s['mean_step_latency_s']:.2f}",
+            f"{s['p50_step_latency_s']:.2f}",
+            f"{s['p99_step_latency_s']:.2f}",
+            f"{s['throughput_steps_per_s']:.3f}",
+            f"{s['mean_stall_s']:.2f}",
+            f"{s['mean_uncached_prefill_tokens']:.0f}",
+            f"{s['kv_peak_fraction']:.0%}",
+            str(s["preemptions"]),
+            "-" if speed is None else f"{speed:.2f}x",
+        )
+    Console(width=140).print(table)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, MODELS
@@ -269,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--out", help="directory for requests.parquet, engine_steps.parquet, config")
     es.add_argument("--json", action="store_true", help="print the summary as JSON")
     es.set_defaults(func=cmd_engine_sim)
+
+    rn = sub.add_parser(
+        "run", help="run every architecture of a scenario and compare them (the main job)"
+    )
+    rn.add_argument("scenario", help="scenario TOML file (see scenarios/)")
+    rn.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a field: workload.agents=128"
+    )
+    rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
+    rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    rn.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))

@@ -83,11 +83,23 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ComemInputError(f"--set {item!r}: expected KEY=VALUE, e.g. engine.tp=4")
         parts = key.strip().split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ComemInputError(f"--set {item!r}: '{part}' is a value, not a section")
-            node = child
-        node[parts[-1]] = parse_value(raw)
+        node: Any = out
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):  # architectures.1.k=8
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ComemInputError(
+                        f"--set {item!r}: '{part}' is not an index of a {len(node)}-item list"
+                    )
+                if last:
+                    node[int(part)] = parse_value(raw)
+                else:
+                    node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ComemInputError(f"--set {item!r}: '{parts[depth - 1]}' is a value")
+            if last:
+                node[part] = parse_value(raw)
+            else:
+                node = node.setdefault(part, {})
     return out

@@ -1,0 +1,261 @@
+"""Scenarios: engines, architectures to compare, workload, concurrency, seed.
+
+A scenario is a TOML file validated by pydantic (every field has a default; unknown
+keys are rejected); ``--set a.b=value`` overrides any field. ``run_scenario`` runs every
+architecture on the same sampled tasks (common random numbers), each in its own
+simulation with its own engines, and returns tidy tables plus a summary.
+"""
+
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import simpy
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    model_validator,
+)
+
+from calibration.errors import ComemInputError
+from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy, Step, Task
+from sim.config import EngineConfig, Stepping, apply_overrides, validate
+from sim.engine import Engine, StreamSpace
+from sim.metrics import MetricsRecorder
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineDefaults(_Strict):
+    """Settings applied to every engine of the scenario."""
+
+    stepping: Stepping = "fast"
+
+
+class SyntheticWorkload(_Strict):
+    """Fixed per-step tokens, as in the CoMem authors' latency benchmark."""
+
+    kind: Literal["synthetic"] = "synthetic"
+    agents: PositiveInt = 16
+    tasks_per_agent: PositiveInt = 1
+    steps: PositiveInt = 64
+    system_tokens: PositiveInt = 512
+    observation_tokens: PositiveInt = 512
+    action_tokens: PositiveInt = 1024
+    summary_tokens: PositiveInt = 2048
+    tool_s: NonNegativeFloat = 0.0
+
+    def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
+        step = Step(self.observation_tokens, self.action_tokens, self.tool_s)
+        task = Task(self.system_tokens, (step,) * self.steps, self.summary_tokens)
+        return [[task] * self.tasks_per_agent for _ in range(self.agents)]
+
+
+class ArchitectureConfig(_Strict):
+    name: str
+    kind: Literal["fc", "cp", "sm", "kso"]
+    k: PositiveInt = 4
+    lag: NonNegativeInt = 1
+    retain: NonNegativeInt = 4
+    pre_warm: bool = False
+    late_policy: Literal["wait", "skip"] = "wait"
+    summary_prompt_tokens: NonNegativeInt = 64
+    agent: EngineConfig = Field(default_factory=lambda: EngineConfig(name="agent"))
+    memory: EngineConfig | None = None
+
+    @model_validator(mode="after")
+    def _memory_engine(self) -> ArchitectureConfig:
+        if self.kind in ("sm", "kso") and self.memory is None:
+            raise ValueError(f"architecture '{self.name}' ({self.kind}) needs a memory engine")
+        if self.kind in ("fc", "cp") and self.memory is not None:
+            raise ValueError(f"architecture '{self.name}' ({self.kind}) has no memory engine")
+        return self
+
+    def policy(self) -> Policy:
+        return Policy(
+            self.name,
+            self.kind,
+            self.k,
+            self.lag,
+            self.retain,
+            self.pre_warm,
+            self.late_policy,
+            self.summary_prompt_tokens,
+        )
+
+
+class Scenario(_Strict):
+    name: str = "scenario"
+    description: str = ""
+    seed: NonNegativeInt = 0
+    engine: EngineDefaults = Field(default_factory=EngineDefaults)
+    workload: SyntheticWorkload = Field(default_factory=SyntheticWorkload)
+    architectures: list[ArchitectureConfig] = Field(
+        default_factory=lambda: [ArchitectureConfig(name="FC", kind="fc")], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Scenario:
+        names = [a.name for a in self.architectures]
+        if len(set(names)) != len(names):
+            raise ValueError(f"architecture names must be unique, got {names}")
+        return self
+
+
+def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Scenario:
+    """Read a TOML scenario (or the defaults), apply ``--set`` overrides, validate."""
+    data: dict[str, Any] = {}
+    where = "scenario"
+    if path is not None:
+        p = Path(path)
+        where = p.name
+        if not p.is_file():
+            raise ComemInputError(f"{p}: scenario file does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
+    return validate(Scenario, apply_overrides(data, sets or []), where)
+
+
+@dataclass
+class ArchitectureResult:
+    config: ArchitectureConfig
+    steps: pd.DataFrame
+    tasks: pd.DataFrame
+    requests: pd.DataFrame
+    engine_steps: pd.DataFrame
+    preemptions: int
+    wall_s: float
+
+
+def run_architecture(
+    scenario: Scenario, arch: ArchitectureConfig, tasks: list[list[Task]]
+) -> ArchitectureResult:
+    env = simpy.Environment()
+    metrics = MetricsRecorder()
+    stepping = scenario.engine.stepping
+    agent_cfg = arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
+    engine = Engine(env, agent_cfg, recorder=metrics)
+    memory = None
+    if arch.memory is not None:
+        mem_cfg = arch.memory.model_copy(
+            update={"stepping": stepping, "name": f"{arch.name}/memory"}
+        )
+        memory = Engine(env, mem_cfg, recorder=metrics)
+    recorder = AgentRecorder()
+    streams = StreamSpace()
+    policy = arch.policy()
+
+    def agent_loop(agent: Agent, own: list[Task]):
+        for i, task in enumerate(own):
+            yield from agent.run_task(i, task)
+
+    for a, own in enumerate(tasks):
+        agent = Agent(env, a, policy, engine, memory, streams, recorder)
+        env.process(agent_loop(agent, own))
+    t0 = time.perf_counter()
+    env.run()
+    wall = time.perf_counter() - t0
+    preempt = engine.preemptions + (memory.preemptions if memory is not None else 0)
+    return ArchitectureResult(
+        arch,
+        pd.DataFrame(recorder.steps, columns=list(STEP_COLUMNS)),
+        pd.DataFrame(recorder.tasks, columns=list(TASK_COLUMNS)),
+        metrics.requests_frame(),
+        metrics.iterations_frame(),
+        preempt,
+        wall,
+    )
+
+
+def _summary(res: ArchitectureResult) -> dict[str, Any]:
+    steps, tasks = res.steps, res.tasks
+    lat = steps["step_latency_s"].to_numpy(float)
+    task_lat = tasks["latency_s"].to_numpy(float)
+    makespan = float(tasks["end_s"].max()) if len(tasks) else 0.0
+    agent_steps = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+    kv_peak = (
+        float((agent_steps["kv_used_blocks"] / agent_steps["kv_total_blocks"]).max())
+        if len(agent_steps)
+        else 0.0
+    )
+    return {
+        "kind": res.config.kind,
+        "tasks": int(len(tasks)),
+        "tasks_finished": int((tasks["status"] == "finished").sum()),
+        "context_exceeded": int((tasks["status"] == "context_exceeded").sum()),
+        "mean_task_latency_s": float(task_lat.mean()) if task_lat.size else float("nan"),
+        "p50_task_latency_s": float(np.percentile(task_lat, 50)) if task_lat.size else float("nan"),
+        "p99_task_latency_s": float(np.percentile(task_lat, 99)) if task_lat.size else float("nan"),
+        "mean_step_latency_s": float(lat.mean()) if lat.size else float("nan"),
+        "p50_step_latency_s": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+        "p99_step_latency_s": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+        "throughput_steps_per_s": float(len(steps) / makespan) if makespan else 0.0,
+        "mean_stall_s": float(steps["stall_s"].mean()) if len(steps) else 0.0,
+        "mean_uncached_prefill_tokens": float(steps["uncached_prefill_tokens"].mean())
+        if len(steps)
+        else 0.0,
+        "preemptions": res.preemptions,
+        "kv_peak_fraction": kv_peak,
+        "wall_s": res.wall_s,
+    }
+
+
+@dataclass
+class ScenarioResult:
+    scenario: Scenario
+    results: list[ArchitectureResult]
+
+    def summary(self) -> dict[str, Any]:
+        archs = {r.config.name: _summary(r) for r in self.results}
+        fc = next((n for n, s in archs.items() if s["kind"] == "fc"), None)
+        speedup = {}
+        if fc is not None:
+            base = archs[fc]["mean_task_latency_s"]
+            speedup = {n: base / s["mean_task_latency_s"] for n, s in archs.items()}
+        return {"scenario": self.scenario.name, "architectures": archs, "speedup_vs_fc": speedup}
+
+    def write(self, directory: str | Path) -> list[Path]:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tables = {
+            "steps": pd.concat([r.steps for r in self.results], ignore_index=True),
+            "tasks": pd.concat([r.tasks for r in self.results], ignore_index=True),
+            "requests": pd.concat(
+                [r.requests.assign(architecture=r.config.name) for r in self.results],
+                ignore_index=True,
+            ),
+            "engine_steps": pd.concat(
+                [r.engine_steps.assign(architecture=r.config.name) for r in self.results],
+                ignore_index=True,
+            ),
+        }
+        paths = []
+        for name, frame in tables.items():
+            path = out / f"{name}.parquet"
+            frame.to_parquet(path, index=False)
+            paths.append(path)
+        cfg = out / "config.json"
+        cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
+        return [*paths, cfg]
+
+
+def run_scenario(scenario: Scenario) -> ScenarioResult:
+    rng = np.random.default_rng(scenario.seed)
+    tasks = scenario.workload.tasks(rng)  # the same tasks for every architecture
+    return ScenarioResult(
+        scenario, [run_architecture(scenario, a, tasks) for a in scenario.architectures]
+    )
