@@ -30,7 +30,7 @@ from pydantic import (
 from calibration.errors import ComemInputError
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy, Step, Task
 from sim.config import EngineConfig, Stepping, apply_overrides, validate
-from sim.engine import Engine, StreamSpace
+from sim.engine import Engine, IterationLatency, StreamSpace
 from sim.metrics import MetricsRecorder
 
 
@@ -142,19 +142,25 @@ class ArchitectureResult:
 
 
 def run_architecture(
-    scenario: Scenario, arch: ArchitectureConfig, tasks: list[list[Task]]
+    scenario: Scenario,
+    arch: ArchitectureConfig,
+    tasks: list[list[Task]],
+    latency: dict[str, IterationLatency] | None = None,
 ) -> ArchitectureResult:
+    """Simulate one architecture; ``latency`` may replace the engines' latency models
+    by role (``"agent"``, ``"memory"``), e.g. with a constant one for exact checks."""
     env = simpy.Environment()
     metrics = MetricsRecorder()
     stepping = scenario.engine.stepping
+    latency = latency or {}
     agent_cfg = arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
-    engine = Engine(env, agent_cfg, recorder=metrics)
+    engine = Engine(env, agent_cfg, latency.get("agent"), recorder=metrics)
     memory = None
     if arch.memory is not None:
         mem_cfg = arch.memory.model_copy(
             update={"stepping": stepping, "name": f"{arch.name}/memory"}
         )
-        memory = Engine(env, mem_cfg, recorder=metrics)
+        memory = Engine(env, mem_cfg, latency.get("memory"), recorder=metrics)
     recorder = AgentRecorder()
     streams = StreamSpace()
     policy = arch.policy()

@@ -1,0 +1,125 @@
+"""The four architectures reproduce the per-step timelines of comem-pipeline.png.
+
+Single agent, constant iteration time tau (every prompt fits one prefill iteration), so
+a request of A output tokens takes A * tau: one prefill iteration that yields the first
+token, then A - 1 decode iterations. Expectations are computed by hand below.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from calibration.latency import ConstantLatency
+from sim.scenario import ArchitectureConfig, Scenario, load_scenario, run_architecture, run_scenario
+
+TAU = 1.0
+A, S, OBS, SYS = 4, 8, 16, 32  # action, summary, observation, system tokens
+STEPS = 6
+
+
+def _run(kind: str, tool_s: float, **arch):
+    memory = {"name": "memory"} if kind in ("sm", "kso") else None
+    scenario = Scenario.model_validate(
+        {
+            "workload": {
+                "agents": 1,
+                "steps": STEPS,
+                "system_tokens": SYS,
+                "observation_tokens": OBS,
+                "action_tokens": A,
+                "summary_tokens": S,
+                "tool_s": tool_s,
+            },
+            "architectures": [{"name": kind, "kind": kind, "memory": memory, **arch}],
+        }
+    )
+    cfg = scenario.architectures[0]
+    tasks = scenario.workload.tasks(None)  # type: ignore[arg-type]
+    latency = {"agent": ConstantLatency(TAU), "memory": ConstantLatency(TAU)}
+    res = run_architecture(scenario, cfg, tasks, latency)
+    return res.steps.set_index("step"), res.tasks.iloc[0]
+
+
+def test_full_context_steps_cost_action_plus_tool_and_always_hit_the_cache():
+    steps, task = _run("fc", 0.5)
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 0.5))
+    assert (steps["stall_s"] == 0).all()
+    # step t's prompt: system + every earlier (observation + action) + the observation
+    for t in range(1, STEPS + 1):
+        assert steps.loc[t, "prompt_tokens"] == SYS + (t - 1) * (OBS + A) + OBS
+    # everything but the newest tokens comes from the prefix cache (full blocks)
+    for t in range(2, STEPS + 1):
+        computed_before = SYS + (t - 1) * (OBS + A) - 1  # last output token never computed
+        assert steps.loc[t, "cached_tokens"] == computed_before // 16 * 16
+
+
+@pytest.mark.parametrize("kind", ["cp", "sm"])
+def test_coupled_and_sync_memory_block_for_the_summary(kind):
+    steps, task = _run(kind, 0.5, k=2, retain=1)
+    # summaries after steps 2 and 4 (not after the last), each S * tau, blocking
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 0.5) + 2 * S * TAU)
+    assert steps["summary_launched"].tolist() == [False, True, False, True, False, False]
+    assert steps.loc[2, "stall_s"] == pytest.approx(S * TAU)
+    # the context restarts: system + summary + 1 retained step; only the system prompt
+    # (shared with every context) is cached
+    assert steps.loc[3, "prompt_tokens"] == SYS + S + (OBS + A) + OBS
+    assert steps.loc[3, "cached_tokens"] == SYS
+    assert task["summaries"] == 2
+
+
+def test_kso_overlaps_the_summary_with_the_next_step_and_stalls_for_the_rest():
+    steps, task = _run("kso", 0.5, k=2, lag=1, retain=1)
+    # launched after step 2, overlapped with step 3 (A + tool = 4.5), swapped before
+    # step 4: the agent waits S - 4.5 = 3.5; again after step 4, before step 6
+    stall = S * TAU - (A * TAU + 0.5)
+    assert steps.loc[4, "stall_s"] == pytest.approx(stall)
+    assert steps.loc[6, "stall_s"] == pytest.approx(stall)
+    assert steps.loc[[1, 2, 3, 5], "stall_s"].eq(0).all()
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 0.5) + 2 * stall)
+    assert steps["summary_swapped"].tolist() == [False, False, False, True, False, True]
+    # at the swap: system + summary + retained step 2 + step 3 (done during the summary)
+    assert steps.loc[4, "prompt_tokens"] == SYS + S + 2 * (OBS + A) + OBS
+    assert steps.loc[4, "cached_tokens"] == SYS  # the one uncached prefill
+    # the step before the swap still ran on the old, growing context
+    assert steps.loc[3, "prompt_tokens"] == SYS + 2 * (OBS + A) + OBS
+
+
+def test_kso_masks_the_summary_when_a_step_outlasts_it():
+    steps, task = _run("kso", 5.0, k=2, lag=1, retain=1)  # A + tool = 9 > S = 8
+    assert (steps["stall_s"] == 0).all()
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 5.0))
+
+
+def test_kso_pre_warm_prefills_the_next_context_before_the_swap():
+    cold, _ = _run("kso", 5.0, k=2, lag=1, retain=1)
+    warm, _ = _run("kso", 5.0, k=2, lag=1, retain=1, pre_warm=True)
+    # pre-warm prefilled system + summary + steps 2..3 while step 3's tool ran
+    prefix = SYS + S + 2 * (OBS + A)
+    assert cold.loc[4, "cached_tokens"] == SYS
+    assert warm.loc[4, "cached_tokens"] == prefix // 16 * 16
+    assert warm.loc[4, "uncached_prefill_tokens"] < cold.loc[4, "uncached_prefill_tokens"]
+
+
+def test_kso_skip_if_late_keeps_the_old_context():
+    steps, task = _run("kso", 0.5, k=2, lag=1, retain=1, late_policy="skip")
+    assert (steps["stall_s"] == 0).all()
+    assert not steps["summary_swapped"].any()
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 0.5))
+    assert steps.loc[4, "prompt_tokens"] == SYS + 3 * (OBS + A) + OBS
+
+
+def test_shipped_scenario_runs_and_kso_beats_fc_under_load():
+    scenario = load_scenario("scenarios/paper_latency_glm47.toml", ["workload.agents=32"])
+    summary = run_scenario(scenario).summary()
+    archs = summary["architectures"]
+    assert archs["FC"]["tasks_finished"] == 32 and archs["KSO"]["tasks_finished"] == 32
+    assert summary["speedup_vs_fc"]["KSO"] > 1.0
+
+
+def test_architecture_needs_its_memory_engine():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs a memory engine"):
+        ArchitectureConfig(name="x", kind="kso")
+    with pytest.raises(ValidationError, match="has no memory engine"):
+        ArchitectureConfig(name="x", kind="fc", memory={"name": "m"})
