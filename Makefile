@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(VENV)
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/comem calibrate report
+	$(BIN)/comem run scenarios/paper_latency_glm47.toml
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, run_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
-    result = run_scenario(scenario)
+    result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
     written = result.write(args.out) if args.out else []
     if args.json:
@@ -198,11 +198,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{scenario.workload.steps} steps ({scenario.engine.stepping} stepping)"
     )
     cols = (
-        "architecture", "task mean s", "task p99 s", "step mean s", "step p50 s", "step p99 s",
+        "arch", "task mean s", "task p99 s", "step mean s", "step p50 s", "step p99 s",
         "steps/s", "stall s", "uncached tok", "KV peak", "preempt", "speedup vs FC",
     )  # fmt: skip
     for c in cols:
-        table.add_column(c, justify="left" if c == "architecture" else "right")
+        table.add_column(c, justify="left" if c == "arch" else "right", no_wrap=c == "arch")
     for name, s in summary["architectures"].items():
         speed = summary["speedup_vs_fc"].get(name)
         table.add_row(

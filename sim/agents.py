@@ -26,7 +26,7 @@ concurrently with steps t+1 .. t+lag and is swapped in before step t+lag+1.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -108,6 +108,13 @@ class Policy:
 class AgentRecorder:
     steps: list[tuple[Any, ...]] = field(default_factory=list)
     tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    #: called after each finished task (progress bars)
+    on_task: Callable[[], None] | None = None
+
+    def add_task(self, row: tuple[Any, ...]) -> None:
+        self.tasks.append(row)
+        if self.on_task is not None:
+            self.on_task()
 
 
 @dataclass
@@ -233,7 +240,7 @@ class Agent:
             total_stall += stall
             self._record_step(task_id, t, req, submit, step.tool_s, stall, launched, swapped)
         end = env.now
-        self.recorder.tasks.append(
+        self.recorder.add_task(
             (
                 self.policy.name,
                 self.id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -146,6 +147,7 @@ def run_architecture(
     arch: ArchitectureConfig,
     tasks: list[list[Task]],
     latency: dict[str, IterationLatency] | None = None,
+    on_task: Callable[[], None] | None = None,
 ) -> ArchitectureResult:
     """Simulate one architecture; ``latency`` may replace the engines' latency models
     by role (``"agent"``, ``"memory"``), e.g. with a constant one for exact checks."""
@@ -161,7 +163,7 @@ def run_architecture(
             update={"stepping": stepping, "name": f"{arch.name}/memory"}
         )
         memory = Engine(env, mem_cfg, latency.get("memory"), recorder=metrics)
-    recorder = AgentRecorder()
+    recorder = AgentRecorder(on_task=on_task)
     streams = StreamSpace()
     policy = arch.policy()
 
@@ -259,9 +261,29 @@ class ScenarioResult:
         return [*paths, cfg]
 
 
-def run_scenario(scenario: Scenario) -> ScenarioResult:
+def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
+    """Run every architecture on the same sampled tasks (common random numbers)."""
     rng = np.random.default_rng(scenario.seed)
-    tasks = scenario.workload.tasks(rng)  # the same tasks for every architecture
-    return ScenarioResult(
-        scenario, [run_architecture(scenario, a, tasks) for a in scenario.architectures]
-    )
+    tasks = scenario.workload.tasks(rng)
+    if not progress:
+        return ScenarioResult(
+            scenario, [run_architecture(scenario, a, tasks) for a in scenario.architectures]
+        )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    total = sum(len(own) for own in tasks) * len(scenario.architectures)
+    results = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tasks"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as bar:
+        job = bar.add_task(scenario.name, total=total)
+        for arch in scenario.architectures:
+            bar.update(job, description=f"{scenario.name}: {arch.name}")
+            results.append(
+                run_architecture(scenario, arch, tasks, on_task=lambda: bar.advance(job))
+            )
+    return ScenarioResult(scenario, results)

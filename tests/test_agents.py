@@ -7,6 +7,8 @@ token, then A - 1 decode iterations. Expectations are computed by hand below.
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from calibration.latency import ConstantLatency
@@ -123,3 +125,72 @@ def test_architecture_needs_its_memory_engine():
         ArchitectureConfig(name="x", kind="kso")
     with pytest.raises(ValidationError, match="has no memory engine"):
         ArchitectureConfig(name="x", kind="fc", memory={"name": "m"})
+
+
+# --- conservation and determinism over random small scenarios ---------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ARCH = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["fc", "cp", "sm", "kso"]),
+        "k": st.integers(1, 4),
+        "lag": st.integers(0, 2),
+        "retain": st.integers(0, 3),
+        "pre_warm": st.booleans(),
+        "late_policy": st.sampled_from(["wait", "skip"]),
+    }
+)
+
+
+def _random_scenario(arch: dict, agents: int, steps: int, tokens: int, tool: float, cap: int):
+    engine = {"name": "agent", "kv_capacity_tokens": cap, "max_model_len": 6000}
+    memory = {"name": "memory", "model": "qwen3-4b"} if arch["kind"] in ("sm", "kso") else None
+    return Scenario.model_validate(
+        {
+            "workload": {
+                "agents": agents,
+                "tasks_per_agent": 2,
+                "steps": steps,
+                "system_tokens": tokens,
+                "observation_tokens": tokens,
+                "action_tokens": max(1, tokens // 2),
+                "summary_tokens": tokens,
+                "tool_s": tool,
+            },
+            "architectures": [{"name": "X", **arch, "agent": engine, "memory": memory}],
+        }
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    arch=ARCH,
+    agents=st.integers(1, 5),
+    steps=st.integers(1, 9),
+    tokens=st.integers(1, 700),
+    tool=st.sampled_from([0.0, 0.05, 1.0]),
+    cap=st.sampled_from([8000, 40000, 1_000_000]),
+)
+def test_every_task_ends_no_step_is_lost_and_runs_repeat(arch, agents, steps, tokens, tool, cap):
+    scenario = _random_scenario(arch, agents, steps, tokens, tool, cap)
+    first = run_scenario(scenario).results[0]
+    tasks, rows = first.tasks, first.steps
+    assert len(tasks) == agents * 2  # every task ended, with a status
+    assert set(tasks["status"]) <= {"finished", "context_exceeded"}
+    done = tasks[tasks["status"] == "finished"]
+    assert (done["steps"] == steps).all()
+    # one row per executed step, plus the step that hit max_model_len
+    failed = int((tasks["status"] == "context_exceeded").sum())
+    assert len(rows) == int(tasks["steps"].sum()) + failed
+    assert (rows["stall_s"] >= 0).all() and (rows["uncached_prefill_tokens"] >= 0).all()
+    again = run_scenario(scenario).results[0]
+    pd.testing.assert_frame_equal(first.steps, again.steps)
+    pd.testing.assert_frame_equal(first.tasks, again.tasks)
+    iterated = Scenario.model_validate(
+        {**scenario.model_dump(), "engine": {"stepping": "iteration"}}
+    )
+    slow = run_scenario(iterated).results[0]
+    for col in ("step_latency_s", "finished_s", "stall_s"):
+        np.testing.assert_allclose(slow.steps[col], first.steps[col], rtol=1e-9, atol=1e-9)
