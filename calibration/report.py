@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from calibration import opmodels as om
-from calibration.errors import ComemInputError
+from calibration.errors import ComemInputError, KernelDataError
 from calibration.kernels import load_kernel_tables
 from calibration.latency import LatencyModel
 from calibration.profile import Profile, default_profile
@@ -191,6 +191,8 @@ def build_report(
     from calibration.fit import e2e_costs, e2e_errors, load_e2e
 
     prof = profile if profile is not None else default_profile(gpu, dtype)
+    if kernels is not None and not Path(kernels).is_dir():  # fail before the slow parts
+        raise KernelDataError(f"{kernels}: kernel directory does not exist")
     report = CalibrationReport(prof.gpu, prof.dtype)
     report.ops = _op_rows(prof)
     report.notes.extend(prof.provenance.get("notes", []))

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from calibration.errors import ComemInputError
@@ -193,9 +194,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    w = scenario.workload
     table = Table(
-        title=f"{scenario.name}: {scenario.workload.agents} agents, "
-        f"{scenario.workload.steps} steps ({scenario.engine.stepping} stepping)"
+        title=f"{scenario.name}: {w.agents} agents x {w.tasks_per_agent} tasks,"
+        f" {w.kind} workload ({scenario.engine.stepping} stepping)"
     )
     cols = (
         "arch", "task mean s", "task p99 s", "step mean s", "step p50 s", "step p99 s",
@@ -222,6 +224,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     Console(width=140).print(table)
     for path in written:
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_workload_fit(args: argparse.Namespace) -> int:
+    from sim.workloads import default_steps_file, fit_workload, plot_fitted
+
+    steps = args.steps or default_steps_file()
+    if steps is None:
+        raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")
+    payload = fit_workload(steps, args.source or None)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+    for name, spec in payload["variables"].items():
+        print(
+            f"{name:14s} lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
+            f"  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}  n {spec['n']}"
+        )
+    print(f"wrote {out}")
+    if args.figure:
+        print(f"wrote {plot_fitted(steps, payload, args.figure)}")
     return 0
 
 
@@ -325,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     rn.set_defaults(func=cmd_run)
+
+    wl = sub.add_parser("workload", help="agent workloads (fit distributions to traces)")
+    wl_sub = wl.add_subparsers(dest="workload_command", required=True, parser_class=_Parser)
+    wf = wl_sub.add_parser("fit", help="fit the 'fitted' workload to a SWE-bench steps CSV")
+    wf.add_argument("--steps", help="steps CSV (default: shared/data/workloads/...)")
+    wf.add_argument("--source", action="append", help="trace source(s) to fit (default: Gemini)")
+    wf.add_argument("--out", default="sim/data/swebench_fitted.json")
+    wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
+    wf.set_defaults(func=cmd_workload_fit)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))

@@ -76,11 +76,16 @@ TASK_COLUMNS = (
 @dataclass(frozen=True)
 class Step:
     """One step of a task: tokens of the observation the agent reads (the tool output of
-    the previous step, or the task statement), of the action it writes, and tool time."""
+    the previous step, or the task statement), of the action it decodes, and tool time.
+
+    ``kept``: tokens of the action that stay in the context (reasoning tokens are decoded
+    but dropped by most agents); None keeps all of them.
+    """
 
     observation: int
     action: int
     tool_s: float
+    kept: int | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +197,12 @@ class Agent:
                 status = "context_exceeded"
                 self._record_step(task_id, t, req, submit, 0.0, stall, False, swapped)
                 break
-            ctx_tokens = prompt + req.generated
-            raw.append(step.observation + req.generated)
+            kept = req.generated if step.kept is None else min(step.kept, req.generated)
+            if kept < req.generated:
+                # dropped reasoning: the context diverges from the stream after the prompt
+                ctx_stream = self.streams.new(ctx_stream, prompt)
+            ctx_tokens = prompt + kept
+            raw.append(step.observation + kept)
             if step.tool_s > 0:
                 yield env.timeout(step.tool_s)
             launched = False

@@ -49,13 +49,19 @@ class EngineConfig(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate(model: type[M], data: Any, where: str = "") -> M:
-    """Validate ``data`` into ``model``; the first error as one line naming the field."""
+def validate(
+    model: type[M], data: Any, where: str = "", union_tags: frozenset[str] = frozenset()
+) -> M:
+    """Validate ``data`` into ``model``; the first error as one line naming the field.
+
+    ``union_tags``: tags of discriminated unions, left out of the field path (pydantic
+    puts the chosen member's tag there: ``workload.synthetic.agents``).
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
         field = f"{where}.{loc}" if where and loc else (where or loc)
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r})"

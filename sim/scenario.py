@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy,
 from sim.config import EngineConfig, Stepping, apply_overrides, validate
 from sim.engine import Engine, IterationLatency, StreamSpace
 from sim.metrics import MetricsRecorder
+from sim.workloads import FittedWorkload, TraceWorkload
 
 
 class _Strict(BaseModel):
@@ -102,10 +103,20 @@ class Scenario(_Strict):
     description: str = ""
     seed: NonNegativeInt = 0
     engine: EngineDefaults = Field(default_factory=EngineDefaults)
-    workload: SyntheticWorkload = Field(default_factory=SyntheticWorkload)
+    workload: Annotated[
+        SyntheticWorkload | TraceWorkload | FittedWorkload, Field(discriminator="kind")
+    ] = Field(default_factory=SyntheticWorkload)
     architectures: list[ArchitectureConfig] = Field(
         default_factory=lambda: [ArchitectureConfig(name="FC", kind="fc")], min_length=1
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_workload_kind(cls, data: Any) -> Any:
+        workload = data.get("workload") if isinstance(data, dict) else None
+        if isinstance(workload, dict) and "kind" not in workload:
+            return {**data, "workload": {**workload, "kind": "synthetic"}}
+        return data
 
     @model_validator(mode="after")
     def _unique_names(self) -> Scenario:
@@ -128,7 +139,8 @@ def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Sce
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
-    return validate(Scenario, apply_overrides(data, sets or []), where)
+    tags = frozenset({"synthetic", "trace", "fitted"})
+    return validate(Scenario, apply_overrides(data, sets or []), where, tags)
 
 
 @dataclass

@@ -329,3 +329,58 @@ def test_engine_sim_writes_tidy_tables_and_a_json_summary(tmp_path: Path) -> Non
 )
 def test_engine_sim_bad_settings_are_one_line(setting: str, needle: str) -> None:
     assert_user_error(run_comem("engine-sim", "--set", setting), needle)
+
+
+# --- run -----------------------------------------------------------------------------------
+
+
+def test_run_json_summary_and_tables(tmp_path: Path) -> None:
+    import pandas as pd
+
+    out = tmp_path / "run"
+    proc = run_comem(
+        "run",
+        "scenarios/paper_latency_glm47.toml",
+        "--set",
+        "workload.agents=4",
+        "--set",
+        "workload.steps=6",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    archs = data["architectures"]
+    for name in ("FC", "KSO"):
+        for key in (
+            "mean_task_latency_s",
+            "mean_step_latency_s",
+            "p99_step_latency_s",
+            "throughput_steps_per_s",
+            "mean_stall_s",
+            "preemptions",
+        ):
+            assert key in archs[name]
+    assert data["speedup_vs_fc"]["FC"] == 1.0
+    steps = pd.read_parquet(out / "steps.parquet")
+    assert len(steps) == 2 * 4 * 6
+    assert json.loads((out / "config.json").read_text())["workload"]["agents"] == 4
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("[workload]\nagentz = 3\n", "workload.agentz"),
+        ("[workload]\nagents = -1\n", "workload.agents"),
+        ("seed = 'x'\n", "seed"),
+        ("[[architectures]]\nname = 'A'\nkind = 'kso'\n", "memory engine"),
+        ("[[architectures]]\nname = 'A'\nkind = 'magic'\n", "kind"),
+        ("[workload\n", "not valid TOML"),
+        ("[workload]\nkind = 'trace'\npath = '/nope.csv'\n", "/nope.csv"),
+    ],
+)
+def test_run_bad_scenario_files_are_one_line(tmp_path: Path, content: str, needle: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(content)
+    assert_user_error(run_comem("run", str(bad)), needle)

@@ -1,0 +1,298 @@
+"""Agent workloads: real SWE-bench traces, and distributions fitted to them.
+
+``trace`` replays measured steps of real trajectories (the steps CSV of the shared
+data, or any file of that schema): per step the observation the agent reads, the
+tokens it decodes (completion, reasoning included) and keeps (visible output), and
+the tool time. ``fitted`` samples the same quantities from log-normal distributions
+fitted to those traces; the fit is a small committed JSON file, so trace-like runs
+work on a fresh clone.
+
+Columns used (see the data's README): ``prompt_tokens`` of step 0 (system + task
+prompt), ``completion_tokens``, ``visible_output_tokens``, ``observation_tokens_derived``
+(clipped at 0; ``observation_tokens_est_chars4`` where missing), ``tool_time_s`` (where
+missing, e.g. the Gemini rows, drawn from the pooled measured tool times with the
+scenario's seed).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, PositiveInt
+
+from calibration.errors import ComemInputError
+from sim.agents import Step, Task
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+FITTED_FILE = DATA_DIR / "swebench_fitted.json"
+STEPS_FILE_NAME = "swebench_agent_steps.csv.gz"
+DEFAULT_SOURCE = "gemini3pro_mini1.15_verified"
+FITTED_VARIABLES = ("steps", "system", "observation", "completion", "kept_fraction", "tool_s")
+
+
+def default_steps_file() -> Path | None:
+    from calibration.report import find_shared
+
+    shared = find_shared()
+    if shared is None:
+        return None
+    p = shared / "data" / "workloads" / STEPS_FILE_NAME
+    return p if p.is_file() else None
+
+
+@lru_cache(maxsize=4)
+def load_steps(path: str) -> pd.DataFrame:
+    """Read and clean a steps CSV (one row per LLM call)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: agent-steps file does not exist")
+    needed = [
+        "source",
+        "trajectory_id",
+        "step",
+        "prompt_tokens",
+        "completion_tokens",
+        "visible_output_tokens",
+        "observation_tokens_derived",
+        "observation_tokens_est_chars4",
+        "tool_time_s",
+    ]
+    try:
+        frame = pd.read_csv(p, usecols=needed)
+    except ValueError as exc:
+        raise ComemInputError(f"{p}: {exc}") from None
+    obs = frame["observation_tokens_derived"].fillna(frame["observation_tokens_est_chars4"])
+    return frame.assign(
+        observation=obs.clip(lower=0).round().astype(int),
+        completion=frame["completion_tokens"].clip(lower=1).astype(int),
+        kept=frame["visible_output_tokens"].clip(lower=0).astype(int),
+        tool_s=frame["tool_time_s"].clip(lower=0),
+    ).sort_values(["trajectory_id", "step"])
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TraceWorkload(_Strict):
+    """Replay real SWE-bench agent trajectories (needs the steps CSV)."""
+
+    kind: Literal["trace"] = "trace"
+    path: str | None = None  # default: shared/data/workloads/swebench_agent_steps.csv.gz
+    sources: list[str] = [DEFAULT_SOURCE]
+    agents: PositiveInt = 16
+    tasks_per_agent: PositiveInt = 1
+    max_steps: PositiveInt = 40
+    summary_tokens: PositiveInt = 2048
+
+    def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
+        path = self.path or default_steps_file()
+        if path is None:
+            raise ComemInputError(
+                "workload.kind = 'trace' needs the SWE-bench steps CSV (workload.path, or"
+                " shared/ beside the project); kind = 'fitted' runs without it"
+            )
+        frame = load_steps(str(path))
+        known = sorted(frame["source"].unique())
+        bad = [s for s in self.sources if s not in known]
+        if bad:
+            raise ComemInputError(
+                f"workload.sources: unknown source(s) {', '.join(bad)}; known: {', '.join(known)}"
+            )
+        rows = frame[frame["source"].isin(self.sources)]
+        pool = frame["tool_s"].dropna().to_numpy(float)
+        groups = {str(tid): g for tid, g in rows.groupby("trajectory_id", sort=True)}
+        ids = sorted(groups)
+        picks = rng.choice(len(ids), size=self.agents * self.tasks_per_agent, replace=True)
+        tasks = []
+        for idx in picks:
+            g = groups[ids[int(idx)]].head(self.max_steps)
+            obs = g["observation"].to_numpy(int)
+            tool = g["tool_s"].to_numpy(float, copy=True)
+            missing = np.isnan(tool)
+            tool[missing] = rng.choice(pool, size=int(missing.sum())) if pool.size else 0.0
+            steps = tuple(
+                Step(
+                    observation=int(obs[i - 1]) if i else 0,
+                    action=int(c),
+                    tool_s=float(tool[i]),
+                    kept=int(k),
+                )
+                for i, (c, k) in enumerate(zip(g["completion"], g["kept"], strict=True))
+            )
+            system = max(1, int(g["prompt_tokens"].iloc[0]))
+            tasks.append(Task(system, steps, self.summary_tokens))
+        n = self.tasks_per_agent
+        return [tasks[a * n : (a + 1) * n] for a in range(self.agents)]
+
+
+def fit_workload(path: str | Path, sources: list[str] | None = None) -> dict[str, Any]:
+    """Fit log-normal distributions to the trace quantities; returns the JSON payload.
+
+    Per variable: ``mu`` and ``sigma`` of log(x) over positive values (maximum likelihood),
+    the fraction of zeros, and the Kolmogorov-Smirnov distance of the fit.
+    """
+    from scipy import stats
+
+    frame = load_steps(str(path))
+    sources = sources or [DEFAULT_SOURCE]
+    rows = frame[frame["source"].isin(sources)]
+    per_traj = rows.groupby("trajectory_id")
+    values = {
+        "steps": per_traj.size().to_numpy(float),
+        "system": per_traj["prompt_tokens"].first().to_numpy(float),
+        "observation": rows["observation"].to_numpy(float),
+        "completion": rows["completion"].to_numpy(float),
+        "kept_fraction": (rows["kept"] / rows["completion"]).clip(upper=1.0).to_numpy(float),
+        "tool_s": frame["tool_s"].dropna().to_numpy(float),  # pooled: Gemini rows lack it
+    }
+    fits = {}
+    for name, x in values.items():
+        x = x[np.isfinite(x)]
+        extra: dict[str, float] = {}
+        if name == "kept_fraction":
+            # most steps keep everything (no reasoning): a point mass at 1 plus the rest
+            extra["one_fraction"] = round(float((x >= 1.0).mean()), 5)
+            x = x[x < 1.0]
+        pos = x[x > 0]
+        mu, sigma = float(np.log(pos).mean()), float(np.log(pos).std())
+        ks = stats.kstest(pos, "lognorm", args=(sigma, 0, np.exp(mu))).statistic
+        fits[name] = {
+            "dist": "lognormal",
+            "mu": round(mu, 5),
+            "sigma": round(sigma, 5),
+            "zero_fraction": round(float((x <= 0).mean()), 5),
+            "n": int(x.size),
+            "ks": round(float(ks), 4),
+            "median": float(np.median(x)),
+            **extra,
+        }
+    return {
+        "schema": 1,
+        "sources": sources,
+        "provenance": (
+            "fitted by sim.workloads.fit_workload on swebench_agent_steps.csv.gz"
+            f" (shared/data/workloads), {_dt.date.today().isoformat()}; tool_s pooled over"
+            " every source with measured tool times"
+        ),
+        "variables": fits,
+    }
+
+
+@lru_cache(maxsize=2)
+def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: fitted-workload file does not exist")
+    data: dict[str, Any] = json.loads(p.read_text())
+    missing = [v for v in FITTED_VARIABLES if v not in data.get("variables", {})]
+    if missing:
+        raise ComemInputError(f"{p}: lacks fitted variable(s) {', '.join(missing)}")
+    return data
+
+
+def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarray:
+    x = rng.lognormal(spec["mu"], spec["sigma"], size)
+    u = rng.random(size)
+    x = np.where(u < spec["zero_fraction"], 0.0, x)
+    if "one_fraction" in spec:
+        x = np.where(rng.random(size) < spec["one_fraction"], 1.0, np.minimum(x, 1.0))
+    return x
+
+
+class FittedWorkload(_Strict):
+    """Tasks sampled from distributions fitted to the SWE-bench traces (committed)."""
+
+    kind: Literal["fitted"] = "fitted"
+    path: str | None = None  # default: the committed sim/data/swebench_fitted.json
+    agents: PositiveInt = 16
+    tasks_per_agent: PositiveInt = 1
+    max_steps: PositiveInt = 40
+    summary_tokens: PositiveInt = 2048
+
+    def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
+        fit = load_fitted(self.path or str(FITTED_FILE))["variables"]
+        out = []
+        for _ in range(self.agents):
+            own = []
+            for _ in range(self.tasks_per_agent):
+                n = int(np.clip(np.round(_draw(fit["steps"], rng, 1)[0]), 1, self.max_steps))
+                obs = np.round(_draw(fit["observation"], rng, n)).astype(int)
+                comp = np.maximum(1, np.round(_draw(fit["completion"], rng, n))).astype(int)
+                frac = np.clip(_draw(fit["kept_fraction"], rng, n), 0.0, 1.0)
+                tool = _draw(fit["tool_s"], rng, n)
+                system = max(1, int(round(_draw(fit["system"], rng, 1)[0])))
+                steps = tuple(
+                    Step(
+                        observation=int(obs[i - 1]) if i else 0,
+                        action=int(comp[i]),
+                        tool_s=float(tool[i]),
+                        kept=int(round(comp[i] * frac[i])),
+                    )
+                    for i in range(n)
+                )
+                own.append(Task(system, steps, self.summary_tokens))
+            out.append(own)
+        return out
+
+
+def plot_fitted(steps_csv: str | Path, payload: dict[str, Any], out: str | Path) -> Path:
+    """Histograms of the trace quantities with the fitted log-normal densities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    frame = load_steps(str(steps_csv))
+    rows = frame[frame["source"].isin(payload["sources"])]
+    per_traj = rows.groupby("trajectory_id")
+    data = {
+        "steps": per_traj.size().to_numpy(float),
+        "system": per_traj["prompt_tokens"].first().to_numpy(float),
+        "observation": rows["observation"].to_numpy(float),
+        "completion": rows["completion"].to_numpy(float),
+        "kept_fraction": (rows["kept"] / rows["completion"]).clip(upper=1.0).to_numpy(float),
+        "tool_s": frame["tool_s"].dropna().to_numpy(float),
+    }
+    data["kept_fraction"] = data["kept_fraction"][data["kept_fraction"] < 1.0]
+    units = {
+        "steps": "steps per task",
+        "system": "system + task prompt (tokens)",
+        "observation": "observation per step (tokens)",
+        "completion": "decoded per step (tokens)",
+        "kept_fraction": "kept / decoded (steps that drop some)",
+        "tool_s": "tool time per step (s)",
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (name, x) in zip(axes.ravel(), data.items(), strict=True):
+        spec = payload["variables"][name]
+        pos = x[(x > 0) & np.isfinite(x)]
+        logs = np.log10(pos)  # densities in log10 space: what a log-normal fit is about
+        ax.hist(logs, bins=50, density=True, alpha=0.5, label="trace (x > 0)")
+        grid = np.linspace(logs.min(), logs.max(), 300)
+        ln10 = np.log(10.0)
+        pdf = stats.norm.pdf(grid, spec["mu"] / ln10, spec["sigma"] / ln10)
+        ax.plot(grid, pdf, "k-", lw=1.2, label="fitted log-normal")
+        ax.set_xlabel(f"log10 {units[name]}")
+        ax.set_ylabel("density of log10 x")
+        title = f"{name}: KS {spec['ks']:.3f}, zeros {spec['zero_fraction']:.1%}"
+        if "one_fraction" in spec:
+            title += f", ones {spec['one_fraction']:.1%}"
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Fitted workload vs SWE-bench traces ({', '.join(payload['sources'])})", fontsize=10
+    )
+    fig.tight_layout()
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
