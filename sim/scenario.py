@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     model_validator,
 )
@@ -52,6 +53,9 @@ class SyntheticWorkload(_Strict):
     kind: Literal["synthetic"] = "synthetic"
     agents: PositiveInt = 16
     tasks_per_agent: PositiveInt = 1
+    #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
+    #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
+    arrival_rate_per_s: PositiveFloat | None = None
     steps: PositiveInt = 64
     system_tokens: PositiveInt = 512
     observation_tokens: PositiveInt = 512
@@ -183,9 +187,24 @@ def run_architecture(
         for i, task in enumerate(own):
             yield from agent.run_task(i, task)
 
-    for a, own in enumerate(tasks):
-        agent = Agent(env, a, policy, engine, memory, streams, recorder)
-        env.process(agent_loop(agent, own))
+    rate = scenario.workload.arrival_rate_per_s
+    if rate is None:
+        for a, own in enumerate(tasks):
+            agent = Agent(env, a, policy, engine, memory, streams, recorder)
+            env.process(agent_loop(agent, own))
+    else:
+        # open loop: the same tasks, arriving at the same (seeded) Poisson times
+        gaps = np.random.default_rng([scenario.seed, 1]).exponential(
+            1.0 / rate, sum(len(own) for own in tasks)
+        )
+
+        def arrivals():
+            for a, task in enumerate(t for own in tasks for t in own):
+                yield env.timeout(float(gaps[a]))
+                agent = Agent(env, a, policy, engine, memory, streams, recorder)
+                env.process(agent_loop(agent, [task]))
+
+        env.process(arrivals())
     t0 = time.perf_counter()
     env.run()
     wall = time.perf_counter() - t0

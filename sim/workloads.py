@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
 from calibration.errors import ComemInputError
 from sim.agents import Step, Task
@@ -88,6 +88,9 @@ class TraceWorkload(_Strict):
     sources: list[str] = [DEFAULT_SOURCE]
     agents: PositiveInt = 16
     tasks_per_agent: PositiveInt = 1
+    #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
+    #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
+    arrival_rate_per_s: PositiveFloat | None = None
     max_steps: PositiveInt = 40
     summary_tokens: PositiveInt = 2048
 
@@ -213,6 +216,9 @@ class FittedWorkload(_Strict):
     path: str | None = None  # default: the committed sim/data/swebench_fitted.json
     agents: PositiveInt = 16
     tasks_per_agent: PositiveInt = 1
+    #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
+    #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
+    arrival_rate_per_s: PositiveFloat | None = None
     max_steps: PositiveInt = 40
     summary_tokens: PositiveInt = 2048
 

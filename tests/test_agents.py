@@ -194,3 +194,16 @@ def test_every_task_ends_no_step_is_lost_and_runs_repeat(arch, agents, steps, to
     slow = run_scenario(iterated).results[0]
     for col in ("step_latency_s", "finished_s", "stall_s"):
         np.testing.assert_allclose(slow.steps[col], first.steps[col], rtol=1e-9, atol=1e-9)
+
+
+def test_poisson_task_arrivals_are_shared_by_every_architecture():
+    scenario = load_scenario(
+        "scenarios/paper_latency_deepswe.toml",
+        ["workload.agents=5", "workload.steps=3", "workload.arrival_rate_per_s=0.05"],
+    )
+    result = run_scenario(scenario)
+    starts = [r.tasks.sort_values("agent")["start_s"].to_numpy() for r in result.results]
+    np.testing.assert_array_equal(starts[0], starts[1])  # common random numbers
+    gaps = np.diff(np.concatenate([[0.0], starts[0]]))
+    assert (gaps > 0).all() and len(starts[0]) == 5
+    assert np.std(gaps) > 0  # not a fixed spacing
