@@ -163,7 +163,6 @@ class Agent:
         ctx_tokens = task.system_tokens  # context before the new observation
         raw: list[int] = []  # tokens of each finished step (observation + action)
         in_context_from = 0  # raw steps [in_context_from:] are verbatim in the context
-        summary_in_context = 0
         mem_prompt = self.streams.new()  # the memory engine's view of the history
         pending: _Summary | None = None
         pending_swap_at = 0
@@ -208,43 +207,34 @@ class Agent:
             launched = False
             if pol.kind != "fc" and t % pol.k == 0 and t < len(task.steps):
                 launched = True
-                if pol.kind == "cp":
+                if pol.kind in ("cp", "sm"):  # blocking: wait, then restart the context
                     t0 = env.now
-                    s = self.engine.submit(
-                        ctx_tokens + pol.summary_prompt_tokens,
-                        task.summary_tokens,
-                        ctx_stream,
-                        tag=(self.id, task_id, t, "summary"),
-                    )
-                    yield s.done
+                    if pol.kind == "cp":  # the agent model, over its own cached context
+                        s = self.engine.submit(
+                            ctx_tokens + pol.summary_prompt_tokens,
+                            task.summary_tokens,
+                            ctx_stream,
+                            tag=(self.id, task_id, t, "summary"),
+                        )
+                        yield s.done
+                        ok, summary = s.status == "finished", s.generated
+                    else:
+                        job, mem_prompt = self._launch_summary(
+                            task_id, t, task, raw, mem_prompt, system, None
+                        )
+                        yield job.done
+                        ok, summary = not job.failed, job.tokens
                     stall += env.now - t0
-                    if s.status == "finished":
-                        summary_in_context = s.generated
+                    if ok:
                         in_context_from = max(0, t - pol.retain)
                         ctx_stream = self._context_stream(system, task)
-                        ctx_tokens = (
-                            task.system_tokens + summary_in_context + sum(raw[in_context_from:])
-                        )
-                        summaries += 1
-                        swapped = True
-                elif pol.kind == "sm":
-                    job = self._launch_summary(task_id, t, task, raw, mem_prompt, system, None)
-                    mem_prompt = job[1]
-                    t0 = env.now
-                    yield job[0].done
-                    stall += env.now - t0
-                    if not job[0].failed:
-                        summary_in_context = job[0].tokens
-                        in_context_from = max(0, t - pol.retain)
-                        ctx_stream = self._context_stream(system, task)
-                        ctx_tokens = (
-                            task.system_tokens + summary_in_context + sum(raw[in_context_from:])
-                        )
+                        ctx_tokens = task.system_tokens + summary + sum(raw[in_context_from:])
                         summaries += 1
                         swapped = True
                 else:  # kso: asynchronous; a newer launch replaces one not swapped yet
-                    job = self._launch_summary(task_id, t, task, raw, mem_prompt, system, raw)
-                    pending, mem_prompt = job
+                    pending, mem_prompt = self._launch_summary(
+                        task_id, t, task, raw, mem_prompt, system, raw
+                    )
                     pending_swap_at = t + pol.lag + 1
             total_stall += stall
             self._record_step(task_id, t, req, submit, step.tool_s, stall, launched, swapped)

@@ -24,7 +24,6 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     model_validator,
 )
@@ -34,7 +33,7 @@ from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy,
 from sim.config import EngineConfig, Stepping, apply_overrides, validate
 from sim.engine import Engine, IterationLatency, StreamSpace
 from sim.metrics import MetricsRecorder
-from sim.workloads import FittedWorkload, TraceWorkload
+from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
 class _Strict(BaseModel):
@@ -47,20 +46,14 @@ class EngineDefaults(_Strict):
     stepping: Stepping = "fast"
 
 
-class SyntheticWorkload(_Strict):
+class SyntheticWorkload(AgentLoad):
     """Fixed per-step tokens, as in the CoMem authors' latency benchmark."""
 
     kind: Literal["synthetic"] = "synthetic"
-    agents: PositiveInt = 16
-    tasks_per_agent: PositiveInt = 1
-    #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
-    #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
-    arrival_rate_per_s: PositiveFloat | None = None
     steps: PositiveInt = 64
     system_tokens: PositiveInt = 512
     observation_tokens: PositiveInt = 512
     action_tokens: PositiveInt = 1024
-    summary_tokens: PositiveInt = 2048
     tool_s: NonNegativeFloat = 0.0
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:

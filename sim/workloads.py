@@ -80,19 +80,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TraceWorkload(_Strict):
-    """Replay real SWE-bench agent trajectories (needs the steps CSV)."""
+class AgentLoad(_Strict):
+    """What every workload shares: how many agents, tasks and summary tokens."""
 
-    kind: Literal["trace"] = "trace"
-    path: str | None = None  # default: shared/data/workloads/swebench_agent_steps.csv.gz
-    sources: list[str] = [DEFAULT_SOURCE]
     agents: PositiveInt = 16
     tasks_per_agent: PositiveInt = 1
     #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
     #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
     arrival_rate_per_s: PositiveFloat | None = None
-    max_steps: PositiveInt = 40
     summary_tokens: PositiveInt = 2048
+
+
+class TraceWorkload(AgentLoad):
+    """Replay real SWE-bench agent trajectories (needs the steps CSV)."""
+
+    kind: Literal["trace"] = "trace"
+    path: str | None = None  # default: shared/data/workloads/swebench_agent_steps.csv.gz
+    sources: list[str] = [DEFAULT_SOURCE]
+    max_steps: PositiveInt = 40
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         path = self.path or default_steps_file()
@@ -209,18 +214,12 @@ def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarr
     return x
 
 
-class FittedWorkload(_Strict):
+class FittedWorkload(AgentLoad):
     """Tasks sampled from distributions fitted to the SWE-bench traces (committed)."""
 
     kind: Literal["fitted"] = "fitted"
     path: str | None = None  # default: the committed sim/data/swebench_fitted.json
-    agents: PositiveInt = 16
-    tasks_per_agent: PositiveInt = 1
-    #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
-    #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
-    arrival_rate_per_s: PositiveFloat | None = None
     max_steps: PositiveInt = 40
-    summary_tokens: PositiveInt = 2048
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         fit = load_fitted(self.path or str(FITTED_FILE))["variables"]
