@@ -114,6 +114,12 @@ class TraceWorkload(AgentLoad):
                 f"workload.sources: unknown source(s) {', '.join(bad)}; known: {', '.join(known)}"
             )
         rows = frame[frame["source"].isin(self.sources)]
+        blind = sorted(rows.loc[rows["prompt_tokens"].isna(), "source"].unique())
+        if blind:
+            raise ComemInputError(
+                f"workload.sources: {', '.join(blind)} has no prompt token counts"
+                " (the server did not report them); choose another source"
+            )
         pool = frame["tool_s"].dropna().to_numpy(float)
         groups = {str(tid): g for tid, g in rows.groupby("trajectory_id", sort=True)}
         ids = sorted(groups)

@@ -73,6 +73,10 @@ def test_trace_workload_replays_real_steps(shared_dir):
         assert all(s.tool_s >= 0 for s in task.steps)
     with pytest.raises(ComemInputError, match="unknown source"):
         TraceWorkload(path=str(path), sources=["nope"]).tasks(np.random.default_rng(1))
+    with pytest.raises(ComemInputError, match="no prompt token counts"):
+        TraceWorkload(path=str(path), sources=["openhands_glm46_sessions"]).tasks(
+            np.random.default_rng(1)
+        )
 
 
 @pytest.mark.shared
