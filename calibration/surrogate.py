@@ -9,6 +9,7 @@ report states what that costs in accuracy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,3 +126,47 @@ def fit_surrogate(
         max_rel_error=float(rel.max()),
         p90_rel_error=float(np.quantile(rel, 0.9)),
     )
+
+
+class SurrogateLatency:
+    """An engine latency model that *is* the linear surrogate (for exact theory checks).
+
+    Implements what :class:`sim.engine.Engine` needs, like :class:`LatencyModel`: under
+    it the simulator and the closed forms of ``theory/`` price the same iterations.
+    """
+
+    def __init__(self, surrogate: LinearSurrogate, kv_capacity_tokens: int = 1 << 30) -> None:
+        self.s = surrogate
+        self._capacity = int(kv_capacity_tokens)
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        return self._capacity
+
+    def iteration_time_of(
+        self,
+        num_decode: int,
+        decode_kv_total: int,
+        prefill_new: Sequence[int] = (),
+        prefill_cached: Sequence[int] = (),
+    ) -> float:
+        n = num_decode + sum(prefill_new)
+        if n == 0:
+            return 0.0
+        pairs = sum(
+            q * (c + (q + 1) / 2.0) for q, c in zip(prefill_new, prefill_cached, strict=True)
+        )
+        s = self.s
+        return s.c0 + s.c1 * n + s.c2 * pairs + s.c3 * num_decode + s.c4 * decode_kv_total
+
+    def steady_iteration_times(
+        self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
+    ) -> np.ndarray:
+        j = np.arange(steps, dtype=float)
+        s = self.s
+        n = num_decode + chunk
+        if n == 0:
+            return np.zeros(steps)
+        cached = cached0 + chunk * j
+        pairs = chunk * (cached + (chunk + 1) / 2.0)
+        kv = kv_total0 + num_decode * j
+        return s.c0 + s.c1 * n + s.c2 * pairs + s.c3 * num_decode + s.c4 * kv

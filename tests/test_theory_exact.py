@@ -1,0 +1,151 @@
+"""Rung 1 of the validation ladder: in the deterministic single-agent regime the
+simulator equals the closed forms of ``theory.single_agent`` to 1e-9 relative."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from calibration.surrogate import LinearSurrogate, SurrogateLatency
+from sim.scenario import Scenario, run_architecture
+from theory.single_agent import REQUEST_LATENCY, AgentParams, latex, step_latencies
+
+BIG = {"max_num_batched_tokens": 1 << 20, "max_num_seqs": 64, "max_model_len": 1 << 20}
+
+
+def _surrogate(c):
+    return LinearSurrogate(*c, mape=0.0, max_rel_error=0.0, p90_rel_error=0.0)
+
+
+def simulate(kind, stepping, params, agent_c, memory_c):
+    memory = {"name": "memory", **BIG} if kind in ("sm", "kso") else None
+    scenario = Scenario.model_validate(
+        {
+            "engine": {"stepping": stepping},
+            "workload": {
+                "agents": 1,
+                "steps": params["steps"],
+                "system_tokens": params["system"],
+                "observation_tokens": params["observation"],
+                "action_tokens": params["action"],
+                "summary_tokens": params["summary"],
+                "tool_s": params["tool"],
+            },
+            "architectures": [
+                {
+                    "name": kind,
+                    "kind": kind,
+                    "k": params["k"],
+                    "lag": params["lag"],
+                    "retain": params["retain"],
+                    "summary_prompt_tokens": params["instruction"],
+                    "agent": {"name": "agent", **BIG},
+                    "memory": memory,
+                }
+            ],
+        }
+    )
+    latency = {
+        "agent": SurrogateLatency(_surrogate(agent_c)),
+        "memory": SurrogateLatency(_surrogate(memory_c)),
+    }
+    res = run_architecture(
+        scenario, scenario.architectures[0], scenario.workload.tasks(None), latency
+    )
+    return res.steps.sort_values("step")
+
+
+def theory(kind, params, agent_c, memory_c):
+    p = AgentParams(
+        system=np.array(params["system"]),
+        observation=np.array(params["observation"]),
+        action=np.array(params["action"]),
+        summary=np.array(params["summary"]),
+        tool_s=np.array(params["tool"]),
+        steps=params["steps"],
+        k=np.array(params["k"]),
+        retain=np.array(params["retain"]),
+        lag=np.array(params["lag"]),
+        instruction=params["instruction"],
+    )
+    lat, stall = step_latencies(kind, p, np.array(agent_c), np.array(memory_c))
+    return lat[:, 0], stall[:, 0]
+
+
+COEFFS = st.tuples(
+    st.floats(1e-4, 2e-2),
+    st.floats(1e-7, 1e-4),
+    st.floats(0.0, 1e-8),
+    st.floats(0.0, 1e-4),
+    st.floats(0.0, 1e-7),
+)
+PARAMS = st.fixed_dictionaries(
+    {
+        "steps": st.integers(1, 14),
+        "system": st.integers(1, 3000),
+        "observation": st.integers(1, 900),
+        "action": st.integers(1, 120),
+        "summary": st.integers(1, 300),
+        "tool": st.sampled_from([0.0, 0.05, 0.7, 3.0]),
+        "k": st.integers(1, 5),
+        "retain": st.integers(0, 4),
+        "lag": st.integers(0, 3),
+        "instruction": st.integers(1, 100),
+    }
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["fc", "cp", "sm", "kso"]),
+    params=PARAMS,
+    agent_c=COEFFS,
+    memory_c=COEFFS,
+    stepping=st.sampled_from(["fast", "iteration"]),
+)
+def test_simulator_equals_closed_form(kind, params, agent_c, memory_c, stepping):
+    if kind == "kso" and params["k"] <= params["lag"]:
+        params = {**params, "k": params["lag"] + 1}  # the regime: swaps before relaunch
+    steps = simulate(kind, stepping, params, agent_c, memory_c)
+    lat, stall = theory(kind, params, agent_c, memory_c)
+    np.testing.assert_allclose(steps["step_latency_s"], lat, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(steps["stall_s"], stall, rtol=1e-9, atol=1e-12)
+
+
+def test_closed_form_is_exportable_and_vectorized():
+    assert "c_{4}" in latex()
+    assert REQUEST_LATENCY.free_symbols  # a real sympy expression
+    n = 1000
+    p = AgentParams(
+        system=np.full(n, 512),
+        observation=np.full(n, 512),
+        action=np.full(n, 1024),
+        summary=np.full(n, 2048),
+        tool_s=np.linspace(0, 5, n),
+        steps=16,
+        k=np.full(n, 4),
+        retain=np.full(n, 4),
+        lag=np.full(n, 1),
+    )
+    coeffs = np.array([5e-3, 2e-5, 1e-9, 5e-5, 3e-8])
+    lat, stall = step_latencies("kso", p, coeffs, coeffs)
+    assert lat.shape == (16, n) and (stall >= 0).all()
+    # more tool time masks more of the summary: stall is non-increasing in it
+    assert (np.diff(stall.sum(axis=0)) <= 1e-12).all()
+
+
+@pytest.mark.parametrize("kind", ["cp", "sm", "kso"])
+def test_summaries_bound_the_context_fc_does_not(kind):
+    p = AgentParams(
+        system=np.array(512), observation=np.array(512), action=np.array(1024),
+        summary=np.array(2048), tool_s=np.array(0.0), steps=64, k=np.array(4),
+        retain=np.array(4), lag=np.array(1),
+    )  # fmt: skip
+    coeffs = np.array([5e-3, 2e-5, 1e-9, 5e-5, 3e-8])
+    fc, _ = step_latencies("fc", p, coeffs, coeffs)
+    other, _ = step_latencies(kind, p, coeffs, coeffs)
+    # FC's step latency grows with the context; the others' late steps stay bounded
+    assert fc[-1, 0] > fc[0, 0]
+    assert other[-1, 0] < fc[-1, 0]
