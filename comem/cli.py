@@ -248,6 +248,19 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from comem.validation import as_json, run_ladder
+
+    rungs = run_ladder(quick=args.quick, seed=args.seed)
+    if args.json:
+        _print_json(as_json(rungs))
+    else:
+        for r in rungs:
+            mark = "PASS" if r.ok else "FAIL"
+            print(f"{mark}  {r.name}: {r.metric} = {r.value:.3g} (threshold {r.threshold:.3g})")
+    return 0 if all(r.ok for r in rungs) else 1
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, MODELS
@@ -357,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--out", default="sim/data/swebench_fitted.json")
     wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
     wf.set_defaults(func=cmd_workload_fit)
+
+    va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")
+    va.add_argument("--quick", action="store_true", help="fewer cases (about 15 s)")
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--json", action="store_true")
+    va.set_defaults(func=cmd_validate)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))

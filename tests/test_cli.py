@@ -384,3 +384,16 @@ def test_run_bad_scenario_files_are_one_line(tmp_path: Path, content: str, needl
     bad = tmp_path / "bad.toml"
     bad.write_text(content)
     assert_user_error(run_comem("run", str(bad)), needle)
+
+
+# --- validate ------------------------------------------------------------------------------
+
+
+def test_validate_quick_passes_every_rung() -> None:
+    proc = run_comem("validate", "--quick", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and len(data["rungs"]) >= 6
+    for rung in data["rungs"]:
+        assert set(rung) >= {"name", "metric", "value", "threshold", "ok"}
+        assert rung["ok"] is True, rung

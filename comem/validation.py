@@ -1,0 +1,244 @@
+"""The validation ladder (``comem validate``): each rung measures an error and passes or
+fails against a stated threshold. It lives beside the CLI because it compares the
+simulator with the theory, and neither of those imports the other.
+
+Rungs now: (1) simulator == closed forms in the deterministic single-agent regime;
+(2) fast stepping == iteration stepping on random engine loads; (3) the engine as an
+M/G/1 queue vs Pollaczek-Khinchine; (4) calibration headline errors (per-op fit,
+end-to-end); (5) the paper's qualitative claim, KSO's speedup over FC grows with
+concurrency. Not yet: stall bounds under randomness, closed-network bounds (issue 5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+from scipy import stats
+
+from calibration.latency import ConstantLatency, LatencyModel
+from calibration.profile import default_profile
+from calibration.surrogate import LinearSurrogate, SurrogateLatency
+from sim.clients import poisson_arrivals, start_closed_loop
+from sim.config import EngineConfig, Stepping
+from sim.engine import Engine, IterationLatency
+from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario
+from theory.single_agent import AgentParams, step_latencies
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    metric: str
+    value: float
+    threshold: float
+    ok: bool
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    scale = np.maximum(np.abs(b), 1e-300)
+    return float(np.max(np.abs(a - b) / scale)) if a.size else 0.0
+
+
+def _surrogate(c: np.ndarray) -> LinearSurrogate:
+    return LinearSurrogate(
+        float(c[0]), float(c[1]), float(c[2]), float(c[3]), float(c[4]), 0.0, 0.0, 0.0
+    )
+
+
+def rung_sim_equals_theory(cases: int, seed: int) -> Rung:
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    big = {"max_num_batched_tokens": 1 << 20, "max_model_len": 1 << 20}
+    for i in range(cases):
+        kind = ("fc", "cp", "sm", "kso")[i % 4]
+        lag = int(rng.integers(0, 3))
+        steps = int(rng.integers(2, 12))
+        params = {
+            "steps": steps,
+            "system": int(rng.integers(1, 3000)),
+            "observation": int(rng.integers(1, 800)),
+            "action": int(rng.integers(1, 100)),
+            "summary": int(rng.integers(1, 300)),
+            "tool": float(rng.choice([0.0, 0.1, 1.0])),
+            "k": lag + 1 + int(rng.integers(0, 3)),
+            "retain": int(rng.integers(0, 4)),
+            "lag": lag,
+        }
+        coeffs = [
+            rng.uniform([1e-4, 1e-7, 0, 0, 0], [2e-2, 1e-4, 1e-8, 1e-4, 1e-7]) for _ in (0, 1)
+        ]
+        surrogates = [_surrogate(c) for c in coeffs]
+        scenario = Scenario.model_validate(
+            {
+                "engine": {"stepping": "fast" if i % 2 else "iteration"},
+                "workload": {
+                    "agents": 1,
+                    "steps": params["steps"],
+                    "system_tokens": params["system"],
+                    "observation_tokens": params["observation"],
+                    "action_tokens": params["action"],
+                    "summary_tokens": params["summary"],
+                    "tool_s": params["tool"],
+                },
+                "architectures": [
+                    {
+                        "name": kind,
+                        "kind": kind,
+                        "k": params["k"],
+                        "lag": lag,
+                        "retain": params["retain"],
+                        "agent": {"name": "agent", **big},
+                        "memory": {"name": "memory", **big} if kind in ("sm", "kso") else None,
+                    }
+                ],
+            }
+        )
+        lat: dict[str, IterationLatency] = {
+            "agent": SurrogateLatency(surrogates[0]),
+            "memory": SurrogateLatency(surrogates[1]),
+        }
+        res = run_architecture(
+            scenario, scenario.architectures[0], scenario.workload.tasks(rng), lat
+        )
+        p = AgentParams(
+            system=np.array(params["system"]),
+            observation=np.array(params["observation"]),
+            action=np.array(params["action"]),
+            summary=np.array(params["summary"]),
+            tool_s=np.array(params["tool"]),
+            steps=steps,
+            k=np.array(params["k"]),
+            retain=np.array(params["retain"]),
+            lag=np.array(lag),
+        )
+        theory, _ = step_latencies(kind, p, coeffs[0], coeffs[1])
+        sim = res.steps.sort_values("step")["step_latency_s"].to_numpy()
+        worst = max(worst, _rel(sim, theory[:, 0]))
+    return Rung(
+        "sim == closed form (single agent, deterministic, FC/CP/SM/KSO)",
+        "max relative error",
+        worst,
+        1e-9,
+        worst <= 1e-9,
+    )
+
+
+def _engine_run(stepping: Stepping, seed: int) -> np.ndarray:
+    env = simpy.Environment()
+    lm = LatencyModel("llama-3-8b", "h100_sxm", 1)
+    eng = Engine(
+        env,
+        EngineConfig(stepping=stepping, kv_capacity_tokens=20000, max_num_batched_tokens=2048),
+        latency=lm,
+    )
+    start_closed_loop(env, eng, 8, 4, 900, 300, 150, 0.02, True)
+    rng = np.random.default_rng(seed)
+    env.process(
+        poisson_arrivals(
+            env,
+            eng,
+            10.0,
+            30,
+            lambda r: int(r.integers(1, 3000)),
+            lambda r: 1 + int(r.integers(0, 300)),
+            rng,
+        )
+    )
+    env.run()
+    frame = eng.recorder.requests_frame().sort_values("request_id")
+    return frame[["first_token_s", "finished_s"]].to_numpy(float)
+
+
+def rung_fast_equals_iteration(cases: int, seed: int) -> Rung:
+    worst = 0.0
+    for i in range(cases):
+        worst = max(worst, _rel(_engine_run("fast", seed + i), _engine_run("iteration", seed + i)))
+    return Rung(
+        "fast stepping == iteration stepping", "max relative error", worst, 1e-9, worst <= 1e-9
+    )
+
+
+def rung_mg1(replications: int, seed: int) -> Rung:
+    tau, p, lam = 0.01, 0.1, 5.0
+    es, es2 = tau / p, tau**2 * (2 - p) / p**2
+    wq = lam * es2 / (2 * (1 - lam * es))
+    means = []
+    for r in range(replications):
+        env = simpy.Environment()
+        eng = Engine(env, EngineConfig(max_num_seqs=1), latency=ConstantLatency(tau))
+        rng = np.random.default_rng(seed + r)
+        env.process(
+            poisson_arrivals(env, eng, lam, 3000, lambda g: 1, lambda g: int(g.geometric(p)), rng)
+        )
+        env.run()
+        waits = eng.recorder.requests_frame().sort_values("arrival_s")["queue_s"].to_numpy()
+        means.append(waits[300:].mean())
+    m = np.asarray(means)
+    half = stats.t.ppf(0.995, m.size - 1) * m.std(ddof=1) / math.sqrt(m.size)
+    return Rung(
+        "engine as M/G/1 vs Pollaczek-Khinchine (mean wait)",
+        "relative error (threshold: 99% CI half-width)",
+        abs(m.mean() - wq) / wq,
+        half / wq,
+        abs(m.mean() - wq) <= half,
+    )
+
+
+def rung_calibration() -> list[Rung]:
+    prof = default_profile("h100_sxm", "bf16")
+    op_mape = max(
+        fit.stats["with_lattice"]["mape"] for key, fit in prof.ops.items() if "allreduce" not in key
+    )
+    e2e = float(prof.overhead.get("e2e_mape", math.nan))
+    return [
+        Rung(
+            "per-op fit vs kernel tables (worst op, H100 bf16)",
+            "MAPE",
+            op_mape,
+            0.15,
+            op_mape <= 0.15,
+        ),
+        Rung(
+            "static-batch predictor vs real vLLM (121 runs, H100)", "MAPE", e2e, 0.10, e2e <= 0.10
+        ),
+    ]
+
+
+def rung_paper_claim(quick: bool) -> Rung:
+    low, high = (16, 64) if quick else (16, 128)
+    speed = []
+    for n in (low, high):
+        scenario = load_scenario("scenarios/paper_latency_glm47.toml", [f"workload.agents={n}"])
+        speed.append(run_scenario(scenario).summary()["speedup_vs_fc"]["KSO"])
+    return Rung(
+        f"KSO speedup over FC grows with concurrency (GLM-4.7, {low} -> {high} agents)",
+        f"speedup({high}) - speedup({low})",
+        speed[1] - speed[0],
+        0.0,
+        speed[1] > speed[0],
+    )
+
+
+def run_ladder(quick: bool = False, seed: int = 0) -> list[Rung]:
+    rungs = [
+        rung_sim_equals_theory(8 if quick else 40, seed),
+        rung_fast_equals_iteration(2 if quick else 6, seed),
+        rung_mg1(8 if quick else 24, seed + 1000),
+        *rung_calibration(),
+        rung_paper_claim(quick),
+    ]
+    return rungs
+
+
+def as_json(rungs: list[Rung]) -> dict[str, Any]:
+    rows = [
+        {**asdict(r), "value": float(r.value), "threshold": float(r.threshold), "ok": bool(r.ok)}
+        for r in rungs
+    ]
+    return {"rungs": rows, "ok": all(row["ok"] for row in rows)}
