@@ -19,13 +19,13 @@ def _surrogate(c):
     return LinearSurrogate(*c, mape=0.0, max_rel_error=0.0, p90_rel_error=0.0)
 
 
-def simulate(kind, stepping, params, agent_c, memory_c):
+def simulate(kind, stepping, params, agent_c, memory_c, agents=1):
     memory = {"name": "memory", **BIG} if kind in ("sm", "kso") else None
     scenario = Scenario.model_validate(
         {
             "engine": {"stepping": stepping},
             "workload": {
-                "agents": 1,
+                "agents": agents,
                 "steps": params["steps"],
                 "system_tokens": params["system"],
                 "observation_tokens": params["observation"],
@@ -54,7 +54,7 @@ def simulate(kind, stepping, params, agent_c, memory_c):
     res = run_architecture(
         scenario, scenario.architectures[0], scenario.workload.tasks(None), latency
     )
-    return res.steps.sort_values("step")
+    return res.steps.sort_values(["step", "agent"])
 
 
 def theory(kind, params, agent_c, memory_c):
@@ -149,3 +149,28 @@ def test_summaries_bound_the_context_fc_does_not(kind):
     # FC's step latency grows with the context; the others' late steps stay bounded
     assert fc[-1, 0] > fc[0, 0]
     assert other[-1, 0] < fc[-1, 0]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["fc", "cp", "sm", "kso"]),
+    params=PARAMS,
+    agent_c=COEFFS,
+    memory_c=COEFFS,
+    agents=st.integers(2, 9),
+)
+def test_lockstep_agents_equal_the_scaled_closed_form(kind, params, agent_c, memory_c, agents):
+    from theory.single_agent import lockstep_coefficients
+
+    if kind == "kso" and params["k"] <= params["lag"]:
+        params = {**params, "k": params["lag"] + 1}
+    steps = simulate(kind, "fast", params, agent_c, memory_c, agents)
+    lat, _ = theory(
+        kind,
+        params,
+        tuple(lockstep_coefficients(np.array(agent_c), agents)),
+        tuple(lockstep_coefficients(np.array(memory_c), agents)),
+    )
+    for agent in range(agents):
+        mine = steps[steps["agent"] == agent]["step_latency_s"].to_numpy()
+        np.testing.assert_allclose(mine, lat, rtol=1e-9)

@@ -155,3 +155,17 @@ def task_latency(
     """Task latency (per configuration): the sum of its step latencies."""
     lat, _ = step_latencies(kind, p, agent, memory)
     return lat.sum(axis=0)
+
+
+def lockstep_coefficients(coeffs: np.ndarray, agents: np.ndarray | int) -> np.ndarray:
+    """Surrogate coefficients that price N identical agents in lockstep as one.
+
+    N identical requests share every iteration (batch = N): the iteration costs
+    ``c0 + N * (c1 tokens + c2 pairs + c3 decodes + c4 KV)`` of one of them, so the
+    single-agent forms hold with (c0, N c1, N c2, N c3, N c4). Valid while the N prompts
+    fit one iteration's token budget, N <= max_num_seqs, and the KV cache holds them.
+    """
+    c = np.asarray(coeffs, dtype=float)
+    n = np.asarray(agents, dtype=float)
+    scale = np.stack([np.ones_like(n), n, n, n, n])
+    return c.reshape(5, *([1] * n.ndim)) * scale
