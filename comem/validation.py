@@ -6,7 +6,8 @@ Rungs now: (1) simulator == closed forms in the deterministic single-agent regim
 (2) fast stepping == iteration stepping on random engine loads; (3) the engine as an
 M/G/1 queue vs Pollaczek-Khinchine; (4) calibration headline errors (per-op fit,
 end-to-end); (5) the paper's qualitative claim, KSO's speedup over FC grows with
-concurrency. Not yet: stall bounds under randomness, closed-network bounds (issue 5).
+concurrency; (6) KSO stall under random tool times between the Jensen and Scarf bounds.
+Not yet: closed-network bounds and the efficiency-effectiveness frontier (issue 5).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sim.clients import poisson_arrivals, start_closed_loop
 from sim.config import EngineConfig, Stepping
 from sim.engine import Engine, IterationLatency
 from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario
+from theory.bounds import jensen_lower, scarf_upper
 from theory.single_agent import AgentParams, step_latencies
 
 
@@ -190,6 +192,49 @@ def rung_mg1(replications: int, seed: int) -> Rung:
     )
 
 
+def rung_stall_bounds(replications: int) -> Rung:
+    """KSO stall with exponential tool times vs Jensen and Scarf (and the exact value)."""
+    tau, act, summ, mean_tool = 0.01, 20, 60, 0.4
+    means = []
+    for seed in range(replications):
+        scenario = Scenario.model_validate(
+            {
+                "seed": seed,
+                "workload": {
+                    "agents": 1, "steps": 201, "system_tokens": 64, "observation_tokens": 32,
+                    "action_tokens": act, "summary_tokens": summ, "tool_s": mean_tool,
+                    "tool_s_dist": "exponential",
+                },
+                "architectures": [
+                    {"name": "KSO", "kind": "kso", "k": 2, "lag": 1, "retain": 1,
+                     "agent": {"name": "agent"}, "memory": {"name": "memory"}}
+                ],
+            }
+        )  # fmt: skip
+        lat: dict[str, IterationLatency] = {
+            "agent": ConstantLatency(tau),
+            "memory": ConstantLatency(tau),
+        }
+        tasks = scenario.workload.tasks(np.random.default_rng(seed))
+        res = run_architecture(scenario, scenario.architectures[0], tasks, lat)
+        means.append(res.steps.loc[res.steps["summary_swapped"], "stall_s"].mean())
+    m = np.asarray(means)
+    half = stats.t.ppf(0.995, m.size - 1) * m.std(ddof=1) / math.sqrt(m.size)
+    d = (summ - act) * tau
+    lower = float(jensen_lower(summ * tau, act * tau + mean_tool))
+    upper = float(scarf_upper(d - mean_tool, mean_tool**2))
+    inside = lower - half <= m.mean() <= upper + half
+    # report where the mean sits in [lower, upper]: 0 = Jensen, 1 = Scarf
+    position = (m.mean() - lower) / (upper - lower)
+    return Rung(
+        "KSO mean stall between Jensen and Scarf bounds (exponential tool times)",
+        "position in [Jensen, Scarf] (must be in [0, 1] within the 99% CI)",
+        float(position),
+        1.0,
+        bool(inside),
+    )
+
+
 def rung_calibration() -> list[Rung]:
     prof = default_profile("h100_sxm", "bf16")
     op_mape = max(
@@ -230,6 +275,7 @@ def run_ladder(quick: bool = False, seed: int = 0) -> list[Rung]:
         rung_sim_equals_theory(8 if quick else 40, seed),
         rung_fast_equals_iteration(2 if quick else 6, seed),
         rung_mg1(8 if quick else 24, seed + 1000),
+        rung_stall_bounds(8 if quick else 20),
         *rung_calibration(),
         rung_paper_claim(quick),
     ]

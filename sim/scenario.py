@@ -55,11 +55,29 @@ class SyntheticWorkload(AgentLoad):
     observation_tokens: PositiveInt = 512
     action_tokens: PositiveInt = 1024
     tool_s: NonNegativeFloat = 0.0
+    #: ``fixed``: every tool call takes ``tool_s``; ``exponential``: its mean
+    tool_s_dist: Literal["fixed", "exponential"] = "fixed"
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
-        step = Step(self.observation_tokens, self.action_tokens, self.tool_s)
-        task = Task(self.system_tokens, (step,) * self.steps, self.summary_tokens)
-        return [[task] * self.tasks_per_agent for _ in range(self.agents)]
+        if self.tool_s_dist == "fixed":
+            step = Step(self.observation_tokens, self.action_tokens, self.tool_s)
+            task = Task(self.system_tokens, (step,) * self.steps, self.summary_tokens)
+            return [[task] * self.tasks_per_agent for _ in range(self.agents)]
+        out = []
+        for _ in range(self.agents):
+            own = []
+            for _ in range(self.tasks_per_agent):
+                tools = (
+                    rng.exponential(self.tool_s, self.steps)
+                    if self.tool_s > 0
+                    else [0.0] * self.steps
+                )
+                steps = tuple(
+                    Step(self.observation_tokens, self.action_tokens, float(e)) for e in tools
+                )
+                own.append(Task(self.system_tokens, steps, self.summary_tokens))
+            out.append(own)
+        return out
 
 
 class ArchitectureConfig(_Strict):

@@ -1,0 +1,91 @@
+"""Rung 2: under randomness the simulated stall lies between the Jensen and Scarf bounds
+(and, for exponential tool times, on the exact value), over replications."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from calibration.latency import ConstantLatency
+from sim.scenario import Scenario, run_architecture
+from theory.bounds import (
+    cantelli_stall_probability,
+    crossover_agents,
+    fc_peak_context,
+    jensen_lower,
+    kso_peak_context,
+    masking_lag,
+    max_agents,
+    scarf_upper,
+)
+
+TAU, A, S = 0.01, 20, 60  # iteration time, action and summary tokens
+
+
+def _kso_stalls(mean_tool: float, seed: int, steps: int = 201) -> np.ndarray:
+    scenario = Scenario.model_validate(
+        {
+            "seed": seed,
+            "workload": {
+                "agents": 1,
+                "steps": steps,
+                "system_tokens": 64,
+                "observation_tokens": 32,
+                "action_tokens": A,
+                "summary_tokens": S,
+                "tool_s": mean_tool,
+                "tool_s_dist": "exponential",
+            },
+            "architectures": [
+                {"name": "KSO", "kind": "kso", "k": 2, "lag": 1, "retain": 1,
+                 "agent": {"name": "agent"}, "memory": {"name": "memory"}}
+            ],
+        }
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    lat = {"agent": ConstantLatency(TAU), "memory": ConstantLatency(TAU)}
+    res = run_architecture(scenario, scenario.architectures[0], scenario.workload.tasks(rng), lat)
+    swaps = res.steps[res.steps["summary_swapped"]]
+    return swaps["stall_s"].to_numpy()
+
+
+@pytest.mark.parametrize("mean_tool", [0.1, 0.4, 1.0])
+def test_mean_stall_between_jensen_and_scarf_and_on_the_exact_value(mean_tool):
+    # summary S*tau runs while the next step does A*tau + tool, tool ~ Exp(mean_tool)
+    d = (S - A) * TAU
+    mu, sigma2 = d - mean_tool, mean_tool**2
+    lower = float(jensen_lower(S * TAU, A * TAU + mean_tool))
+    upper = float(scarf_upper(mu, sigma2))
+    exact = d - mean_tool * (1 - math.exp(-d / mean_tool))  # E[(d - e)^+], e ~ Exp
+    means = np.array([_kso_stalls(mean_tool, seed).mean() for seed in range(20)])
+    half = stats.t.ppf(0.995, means.size - 1) * means.std(ddof=1) / math.sqrt(means.size)
+    assert lower - half <= means.mean() <= upper + half
+    assert abs(means.mean() - exact) <= half, (means.mean(), exact, half)
+    assert lower <= exact <= upper  # the bounds bracket the truth
+
+
+def test_masking_lag_and_cantelli():
+    # steps of 1 s, a summary of 2.5 s: lag 3 hides it in expectation
+    assert masking_lag(1.0, 2.5) == 3
+    # with noisy steps, probability 0.95 needs more lag
+    lag95 = masking_lag(1.0, 2.5, var_step=0.25, var_summary=0.25, eps=0.05)
+    assert lag95 is not None and lag95 > 3
+    mu = 2.5 - lag95
+    assert cantelli_stall_probability(mu, 0.25 + lag95 * 0.25) <= 0.05
+    assert cantelli_stall_probability(0.5, 1.0) == 1.0
+    assert masking_lag(0.0, 1.0, max_lag=50) is None
+
+
+def test_kv_capacity_and_crossover():
+    fc = fc_peak_context(512, 512, 1024, 64)
+    kso = kso_peak_context(512, 512, 1024, 2048, k=4, retain=4, lag=1)
+    assert fc == 512 + 64 * 1536 and kso < fc
+    # GLM-4.7 fp8 TP4 on H200 holds ~494k tokens: 5 full contexts, 26 KSO contexts
+    assert max_agents(494_620, fc) == 5
+    assert max_agents(494_620, kso) > 4 * max_agents(494_620, fc)
+    agents = np.array([1, 2, 4, 8, 16])
+    assert crossover_agents(np.array([1, 2, 4, 8, 16.0]), np.array([2, 3, 4, 5, 6.0]), agents) == 8
+    assert crossover_agents(np.ones(5), np.full(5, 2.0), agents) is None
