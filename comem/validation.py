@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from sim.engine import Engine, IterationLatency
 from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario
 from theory.bounds import jensen_lower, scarf_upper
 from theory.single_agent import AgentParams, step_latencies
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
 
 @dataclass(frozen=True)
@@ -259,7 +262,7 @@ def rung_paper_claim(quick: bool) -> Rung:
     low, high = (16, 64) if quick else (16, 128)
     speed = []
     for n in (low, high):
-        scenario = load_scenario("scenarios/paper_latency_glm47.toml", [f"workload.agents={n}"])
+        scenario = load_scenario(SCENARIOS / "paper_latency_glm47.toml", [f"workload.agents={n}"])
         speed.append(run_scenario(scenario).summary()["speedup_vs_fc"]["KSO"])
     return Rung(
         f"KSO speedup over FC grows with concurrency (GLM-4.7, {low} -> {high} agents)",

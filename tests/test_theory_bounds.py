@@ -89,3 +89,46 @@ def test_kv_capacity_and_crossover():
     agents = np.array([1, 2, 4, 8, 16])
     assert crossover_agents(np.array([1, 2, 4, 8, 16.0]), np.array([2, 3, 4, 5, 6.0]), agents) == 8
     assert crossover_agents(np.ones(5), np.full(5, 2.0), agents) is None
+
+
+# --- properties (simulator) -----------------------------------------------------------------
+
+
+def _kso_stall_total(lag: int, tool: float = 0.0) -> float:
+    scenario = Scenario.model_validate(
+        {
+            "workload": {"agents": 1, "steps": 24, "system_tokens": 64, "observation_tokens": 32,
+                         "action_tokens": A, "summary_tokens": S, "tool_s": tool},
+            "architectures": [
+                {"name": "KSO", "kind": "kso", "k": 4, "lag": lag, "retain": 1,
+                 "agent": {"name": "agent"}, "memory": {"name": "memory"}}
+            ],
+        }
+    )  # fmt: skip
+    lat = {"agent": ConstantLatency(TAU), "memory": ConstantLatency(TAU)}
+    res = run_architecture(scenario, scenario.architectures[0], scenario.workload.tasks(None), lat)
+    return float(res.steps["stall_s"].sum())
+
+
+def test_stall_is_non_increasing_in_lag_and_zero_once_masked():
+    stalls = [_kso_stall_total(lag) for lag in range(4)]
+    assert all(b <= a + 1e-12 for a, b in zip(stalls, stalls[1:], strict=False))
+    assert stalls[0] > 0
+    # the masking condition: lag steps of A * tau cover a summary of S * tau
+    lag = masking_lag(A * TAU, S * TAU)
+    assert lag == 3 and _kso_stall_total(lag) <= 1e-12  # exactly masked (up to rounding)
+    assert _kso_stall_total(lag - 1) > 0.0
+
+
+def test_full_context_latency_non_decreasing_in_agents():
+    from sim.scenario import load_scenario, run_scenario
+
+    means = []
+    for n in (1, 2, 4, 8, 16):
+        scenario = load_scenario(
+            "scenarios/paper_latency_deepswe.toml",
+            [f"workload.agents={n}", "workload.steps=8"],
+        )
+        fc = run_scenario(scenario).results[0]
+        means.append(fc.tasks["latency_s"].mean())
+    assert all(b >= a * (1 - 1e-12) for a, b in zip(means, means[1:], strict=False))
