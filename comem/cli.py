@@ -261,6 +261,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in rungs) else 1
 
 
+def cmd_theory(args: argparse.Namespace) -> int:
+    from theory import latex_results
+
+    results = latex_results()
+    if args.json:
+        _print_json(results)
+    else:
+        for name, tex in results.items():
+            print(f"{name}:\n  {tex}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, MODELS
@@ -376,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--seed", type=int, default=0)
     va.add_argument("--json", action="store_true")
     va.set_defaults(func=cmd_validate)
+
+    th = sub.add_parser("theory", help="print the closed forms and bounds as LaTeX")
+    th.add_argument("--json", action="store_true")
+    th.set_defaults(func=cmd_theory)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))

@@ -397,3 +397,11 @@ def test_validate_quick_passes_every_rung() -> None:
     for rung in data["rungs"]:
         assert set(rung) >= {"name", "metric", "value", "threshold", "ok"}
         assert rung["ok"] is True, rung
+
+
+def test_theory_latex_lists_every_result() -> None:
+    proc = run_comem("theory", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert len(data) >= 6 and all(isinstance(v, str) and v for v in data.values())
+    assert any("c_{4}" in v for v in data.values())

@@ -1,1 +1,24 @@
-"""Closed-form latency models and bounds (sympy, lambdified to numpy)."""
+"""Closed forms and bounds for agent context management (sympy, lambdified to numpy).
+
+``latex_results()`` gives every symbolic result as LaTeX, for papers and notebooks.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+def latex_results() -> dict[str, str]:
+    """Name -> LaTeX of each symbolic result."""
+    from theory import bounds, network, single_agent
+
+    return {
+        "request latency (prefill of P - h new tokens, a - 1 decodes)": sp.latex(
+            single_agent.REQUEST_LATENCY
+        ),
+        "Jensen lower bound on the mean stall": sp.latex(bounds.JENSEN_LOWER),
+        "Scarf upper bound on the mean stall": sp.latex(bounds.SCARF_UPPER),
+        "Cantelli bound on P(stall > 0), mu < 0": sp.latex(bounds.CANTELLI),
+        "Little's law (closed system)": sp.latex(network.LITTLE),
+        "optimistic throughput bound": sp.latex(network.THROUGHPUT_UPPER),
+    }
