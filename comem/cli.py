@@ -106,11 +106,11 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.latency import LatencyModel
     from calibration.profile import Profile
-    from calibration.static import predict_static_latency, static_cost
+    from calibration.static import static_cost
 
     profile = Profile.load(args.profile) if args.profile else None
     lm = LatencyModel(args.model, args.gpu, args.tp, args.dtype, profile=profile)
-    latency = predict_static_latency(
+    cost = static_cost(
         lm,
         args.batch,
         args.input,
@@ -118,15 +118,9 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
+    # the same arithmetic as calibration.static.predict_static_latency, priced once
+    latency = cost.latency(lm.overhead_per_iteration_s, lm.overhead_per_sequence_s)
     if args.json:
-        cost = static_cost(
-            lm,
-            args.batch,
-            args.input,
-            args.output,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-        )
         _print_json(
             {
                 "latency_s": latency,
