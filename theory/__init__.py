@@ -10,7 +10,7 @@ import sympy as sp
 
 def latex_results() -> dict[str, str]:
     """Name -> LaTeX of each symbolic result."""
-    from theory import bounds, network, single_agent
+    from theory import bounds, frontier, network, single_agent
 
     return {
         "request latency (prefill of P - h new tokens, a - 1 decodes)": sp.latex(
@@ -21,4 +21,5 @@ def latex_results() -> dict[str, str]:
         "Cantelli bound on P(stall > 0), mu < 0": sp.latex(bounds.CANTELLI),
         "Little's law (closed system)": sp.latex(network.LITTLE),
         "optimistic throughput bound": sp.latex(network.THROUGHPUT_UPPER),
+        "effectiveness proxy (summary tokens s, raw steps r)": sp.latex(frontier.EFFECTIVENESS),
     }
