@@ -132,3 +132,30 @@ def test_full_context_latency_non_decreasing_in_agents():
         fc = run_scenario(scenario).results[0]
         means.append(fc.tasks["latency_s"].mean())
     assert all(b >= a * (1 - 1e-12) for a, b in zip(means, means[1:], strict=False))
+
+
+def test_crossover_concurrency_agrees_with_the_simulator():
+    """Theory (lockstep forms + FC's KV limit) puts DeepSWE's crossover near 22 agents;
+    the simulator has FC ahead well below it and KSO ahead well above it."""
+    from calibration import LatencyModel
+    from calibration.surrogate import fit_surrogate
+    from sim.scenario import load_scenario, run_scenario
+    from theory.bounds import crossover_concurrency
+
+    def coeffs(model, tp):
+        lm = LatencyModel(model, "h100_sxm", tp, "bf16")
+        return fit_surrogate(lm).coefficients, lm.kv_capacity_tokens()
+
+    fc, cap = coeffs("deepswe", 8)
+    kso, _ = coeffs("deepswe", 4)
+    mem, _ = coeffs("qwen3-4b", 4)
+    params = dict(system=512, observation=512, action=1024, summary=2048, tool_s=0.0,
+                  steps=64, k=4, retain=4, lag=1)  # fmt: skip
+    n_star = crossover_concurrency(params, fc, kso, mem, cap)["crossover"]
+    assert n_star is not None and 8 < n_star < 48
+    for agents, kso_wins in ((n_star // 2, False), (2 * n_star, True)):
+        scenario = load_scenario(
+            "scenarios/paper_latency_deepswe.toml", [f"workload.agents={agents}"]
+        )
+        speedup = run_scenario(scenario).summary()["speedup_vs_fc"]["KSO"]
+        assert (speedup > 1.0) == kso_wins, (agents, speedup)

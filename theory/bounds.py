@@ -78,3 +78,50 @@ def crossover_agents(
     better = np.asarray(kso_latency) < np.asarray(fc_latency)
     idx = np.flatnonzero(better)
     return int(np.asarray(agents)[idx[0]]) if idx.size else None
+
+
+def crossover_concurrency(
+    params: dict[str, float],
+    fc_coeffs: np.ndarray,
+    kso_coeffs: np.ndarray,
+    memory_coeffs: np.ndarray,
+    fc_kv_capacity: float,
+    max_agents_scan: int = 512,
+) -> dict[str, int | None]:
+    """Where KSO starts to beat FC as concurrency grows (N identical agents in lockstep).
+
+    ``params``: system, observation, action, summary, tool_s, steps, k, retain, lag. The
+    lockstep forms price both while the KV cache holds every context; past FC's
+    KV limit FC preempts and recomputes (which they do not price), so the crossover is
+    at most one past that limit. Returns the lockstep crossover, FC's KV limit, and
+    the crossover with the limit applied.
+    """
+    from theory.single_agent import AgentParams, lockstep_coefficients, task_latency
+
+    n = np.arange(1, max_agents_scan + 1)
+
+    def full(key: str) -> np.ndarray:
+        return np.full(n.size, params[key])
+
+    p = AgentParams(
+        system=full("system"),
+        observation=full("observation"),
+        action=full("action"),
+        summary=full("summary"),
+        tool_s=full("tool_s"),
+        steps=int(params["steps"]),
+        k=full("k").astype(int),
+        retain=full("retain").astype(int),
+        lag=full("lag").astype(int),
+    )
+    fc = task_latency("fc", p, lockstep_coefficients(fc_coeffs, n))
+    kso = task_latency(
+        "kso", p, lockstep_coefficients(kso_coeffs, n), lockstep_coefficients(memory_coeffs, n)
+    )
+    lockstep = crossover_agents(fc, kso, n)
+    peak = fc_peak_context(
+        params["system"], params["observation"], params["action"], int(params["steps"])
+    )
+    limit = max_agents(fc_kv_capacity, peak)
+    candidates = [c for c in (lockstep, limit + 1) if c is not None]
+    return {"lockstep": lockstep, "fc_kv_limit": limit, "crossover": min(candidates)}
