@@ -267,6 +267,39 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+
+    from sim.sweep import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    out = args.out or str(Path("out") / Path(args.sweep).stem)
+    workers = args.workers or (os.cpu_count() or 1)
+    show = not args.json and sys.stderr.isatty()
+    if show:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} points"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar:
+            job = bar.add_task(Path(args.sweep).stem, total=len(sweep.points))
+            table = run_sweep(
+                sweep, out, workers, args.scheduler,
+                on_point=lambda done, total: bar.update(job, completed=done),
+            )  # fmt: skip
+    else:
+        table = run_sweep(sweep, out, workers, args.scheduler)
+    if args.json:
+        _print_json({"points": len(sweep.points), "rows": len(table), "out": out})
+    else:
+        print(f"{len(sweep.points)} points, {len(table)} rows -> {Path(out) / 'results.parquet'}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, MODELS
@@ -376,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
     wf.add_argument("--out", default="sim/data/swebench_fitted.json")
     wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
     wf.set_defaults(func=cmd_workload_fit)
+
+    sw = sub.add_parser("sweep", help="run a grid of scenarios (parallel, resumable)")
+    sw.add_argument("sweep", help="sweep TOML file (see sweeps/)")
+    sw.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    sw.add_argument("--scheduler", help="'local' (a Dask LocalCluster) or a Dask scheduler address")
+    sw.add_argument("--out", help="output directory (default: out/<sweep name>)")
+    sw.add_argument("--json", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")
     va.add_argument("--quick", action="store_true", help="fewer cases (about 15 s)")

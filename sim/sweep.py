@@ -1,0 +1,232 @@
+"""Sweeps: a base scenario, a grid of overrides, seeds per point; resumable and parallel.
+
+Each finished point is written at once, as ``points/<key>.parquet`` under the output
+directory (written to a temporary name, then renamed: a killed run leaves no partial
+file). The key is a hash of the point's resolved scenario and replicate index, and
+the point's seed derives from the sweep seed and that key, so results depend neither
+on worker count, nor order, nor scheduler. Re-running the same command skips the
+points already on disk; ``results.parquet`` is rebuilt from all of them, one row per
+(point, architecture).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import tomllib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from calibration.errors import ComemInputError
+from sim.scenario import Scenario, load_scenario, run_scenario
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    key: str
+    index: int
+    values: dict[str, Any]
+    replicate: int
+    scenario: Scenario
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    points: list[SweepPoint]
+
+
+def _grid_values(name: str, spec: Any, where: str) -> list[Any]:
+    if isinstance(spec, list):
+        if not spec:
+            raise ComemInputError(f"{where}: grid.{name} is empty")
+        return spec
+    if isinstance(spec, dict) and set(spec) <= {"start", "stop", "step"} and "stop" in spec:
+        start, stop, step = spec.get("start", 0), spec["stop"], spec.get("step", 1)
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in (start, stop, step)
+        ):
+            raise ComemInputError(f"{where}: grid.{name} range needs numbers (start, stop, step)")
+        if step <= 0 or stop < start:
+            raise ComemInputError(
+                f"{where}: grid.{name} range is empty ({start}..{stop} by {step})"
+            )
+        values = []
+        v = start
+        while v <= stop + 1e-12:
+            values.append(v)
+            v = v + step
+        return values
+    raise ComemInputError(
+        f"{where}: grid.{name} must be a list or a range {{start, stop, step}}, got {spec!r}"
+    )
+
+
+def point_key(scenario: Scenario, replicate: int) -> str:
+    """Hash of the resolved scenario (seed excluded) and the replicate index."""
+    body = scenario.model_dump_json(exclude={"seed"})
+    return hashlib.sha256(f"{body}|{replicate}".encode()).hexdigest()[:16]
+
+
+def point_seed(sweep_seed: int, key: str) -> int:
+    return int(hashlib.sha256(f"{sweep_seed}|{key}".encode()).hexdigest()[:8], 16)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read a sweep file and resolve (validate) every point before anything runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: sweep file does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
+    where = p.name
+    unknown = set(data) - {"base", "grid", "set", "seeds", "seed", "description"}
+    if unknown:
+        raise ComemInputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    base = data.get("base")
+    if not isinstance(base, str):
+        raise ComemInputError(f"{where}: 'base' must name a scenario file")
+    base_path = (p.parent / base).resolve()
+    grid = data.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise ComemInputError(f"{where}: 'grid' must map fields to lists or ranges")
+    seeds = data.get("seeds", 1)
+    sweep_seed = data.get("seed", 0)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise ComemInputError(f"{where}: 'seeds' must be a whole number >= 1")
+    fixed = [f"{k}={_toml_value(v)}" for k, v in (data.get("set") or {}).items()]
+    names = list(grid)
+    values = [_grid_values(n, grid[n], where) for n in names]
+    points = []
+    for index, combo in enumerate(itertools.product(*values)):
+        sets = fixed + [f"{n}={_toml_value(v)}" for n, v in zip(names, combo, strict=True)]
+        scenario = load_scenario(base_path, sets)
+        for rep in range(seeds):
+            key = point_key(scenario, rep)
+            seeded = scenario.model_copy(update={"seed": point_seed(sweep_seed, key)})
+            points.append(SweepPoint(key, index, dict(zip(names, combo, strict=True)), rep, seeded))
+    return Sweep(p, points)
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    return json.dumps(v) if not isinstance(v, str) else v
+
+
+def run_point(point: SweepPoint, out_dir: str) -> str:
+    """Simulate one point and write its rows; returns the file written."""
+    summary = run_scenario(point.scenario).summary()
+    rows = []
+    for arch, metrics in summary["architectures"].items():
+        rows.append(
+            {
+                "key": point.key,
+                "point": point.index,
+                "replicate": point.replicate,
+                "seed": point.scenario.seed,
+                "architecture": arch,
+                **{f"grid.{k}": v for k, v in point.values.items()},
+                **{k: v for k, v in metrics.items() if k != "wall_s"},
+                "speedup_vs_fc": summary["speedup_vs_fc"].get(arch),
+            }
+        )
+    target = Path(out_dir) / "points" / f"{point.key}.parquet"
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    tmp.replace(target)  # atomic: a killed run never leaves a partial point
+    return str(target)
+
+
+def pending(sweep: Sweep, out_dir: str | Path) -> list[SweepPoint]:
+    done = {f.stem for f in (Path(out_dir) / "points").glob("*.parquet")}
+    return [pt for pt in sweep.points if pt.key not in done]
+
+
+def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
+    """The final table: every point exactly once, in grid order."""
+    frames = []
+    for pt in sweep.points:
+        f = Path(out_dir) / "points" / f"{pt.key}.parquet"
+        if f.is_file():
+            frames.append(pd.read_parquet(f))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if len(table):
+        table = table.sort_values(["point", "replicate", "architecture"], ignore_index=True)
+        table.to_parquet(Path(out_dir) / "results.parquet", index=False)
+    return table
+
+
+def _iterate_local(todo: list[SweepPoint], out: str, workers: int) -> Iterator[str]:
+    if workers <= 1:
+        for pt in todo:
+            yield run_point(pt, out)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(run_point, pt, out) for pt in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _iterate_dask(todo: list[SweepPoint], out: str, scheduler: str, workers: int) -> Iterator[str]:
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise ComemInputError(
+            "--scheduler needs dask.distributed: pip install 'comem-sim[dask]'"
+        ) from None
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise ComemInputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        cluster = None
+    try:
+        futures = client.map(run_point, todo, out_dir=out, pure=False)
+        for fut in dask_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_sweep(
+    sweep: Sweep,
+    out_dir: str | Path,
+    workers: int = 1,
+    scheduler: str | None = None,
+    on_point: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Run the points not yet on disk, then collect the full table."""
+    out = Path(out_dir)
+    (out / "points").mkdir(parents=True, exist_ok=True)
+    for stale in (out / "points").glob("*.tmp*"):  # left by a killed run
+        stale.unlink()
+    todo = pending(sweep, out)
+    total = len(sweep.points)
+    done = total - len(todo)
+    if on_point is not None:
+        on_point(done, total)
+    runner = (
+        _iterate_dask(todo, str(out), scheduler, workers)
+        if scheduler
+        else _iterate_local(todo, str(out), workers)
+    )
+    for _ in runner:
+        done += 1
+        if on_point is not None:
+            on_point(done, total)
+    return collect(sweep, out)
