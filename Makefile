@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint bench figures clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+figures: $(STAMP)
+	$(BIN)/comem figures
 
 lint: $(STAMP)
 	$(BIN)/ruff check

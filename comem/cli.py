@@ -300,6 +300,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_figures(args: argparse.Namespace) -> int:
+    from comem.figures import make_figures
+
+    for path in make_figures(args.out, quick=args.quick):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, MODELS
@@ -417,6 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="output directory (default: out/<sweep name>)")
     sw.add_argument("--json", action="store_true")
     sw.set_defaults(func=cmd_sweep)
+
+    fg = sub.add_parser("figures", help="regenerate the figures (PNG and PDF)")
+    fg.add_argument("--quick", action="store_true", help="small simulations (seconds)")
+    fg.add_argument("--out", default="figures")
+    fg.set_defaults(func=cmd_figures)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")
     va.add_argument("--quick", action="store_true", help="fewer cases (about 15 s)")

@@ -405,3 +405,14 @@ def test_theory_latex_lists_every_result() -> None:
     data = json.loads(proc.stdout)
     assert len(data) >= 6 and all(isinstance(v, str) and v for v in data.values())
     assert any("c_{4}" in v for v in data.values())
+
+
+def test_figures_quick_writes_every_figure(tmp_path: Path) -> None:
+    from comem.figures import FIGURES
+
+    proc = run_comem("figures", "--quick", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for name in FIGURES:
+        for ext in ("png", "pdf"):
+            f = tmp_path / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 5000, f

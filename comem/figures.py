@@ -1,0 +1,260 @@
+"""Figures from code: each one a small function writing PNG (and PDF) into a directory.
+
+``comem figures [--quick] [--out DIR]`` (and ``make figures``) regenerates them; every
+figure has axis labels with units and a caption line naming the scenario or profile
+that produced it. ``--quick`` shrinks the simulations (fewer agents and steps) so the
+test suite can run every figure function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from calibration import LatencyModel  # noqa: E402
+from calibration.latency import ConstantLatency  # noqa: E402
+from calibration.surrogate import fit_surrogate  # noqa: E402
+from sim.engine import IterationLatency  # noqa: E402
+from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario  # noqa: E402
+from theory.bounds import jensen_lower, scarf_upper  # noqa: E402
+from theory.frontier import effectiveness, pareto_front  # noqa: E402
+from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies  # noqa: E402
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _save(fig: plt.Figure, out: Path, name: str, caption: str) -> list[Path]:
+    fig.text(0.01, 0.005, caption, fontsize=7, color="0.35", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def fig_latency_vs_concurrency(out: Path, quick: bool) -> list[Path]:
+    """Simulation: mean task latency of FC and KSO vs agents, with speedup labels."""
+    agents = [4, 16] if quick else [16, 32, 64, 128, 256]
+    steps = 16 if quick else 64
+    fc, kso = [], []
+    for n in agents:
+        scn = load_scenario(
+            SCENARIOS / "paper_latency_glm47.toml",
+            [f"workload.agents={n}", f"workload.steps={steps}"],
+        )
+        s = run_scenario(scn).summary()["architectures"]
+        fc.append(s["FC"]["mean_task_latency_s"])
+        kso.append(s["KSO"]["mean_task_latency_s"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(agents, fc, "o-", label="FC (8 GPUs)")
+    ax.plot(agents, kso, "s-", label="CoMem KSO (4 + 4 GPUs)")
+    for n, f, k in zip(agents, fc, kso, strict=True):
+        ax.annotate(f"{f / k:.2f}x", (n, k), textcoords="offset points", xytext=(0, -14),
+                    ha="center", fontsize=8)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent agents")
+    ax.set_ylabel("mean task latency (s)")
+    ax.set_title("Task latency vs concurrency (labels: speedup of KSO over FC)")
+    ax.legend()
+    return _save(
+        fig, out, "sim_latency_vs_concurrency",
+        f"scenario paper_latency_glm47 ({steps} steps), GLM-4.7 fp8 on H200, profile vllm-0.19.0",
+    )  # fmt: skip
+
+
+def fig_step_cdf_and_breakdown(out: Path, quick: bool) -> list[Path]:
+    """Simulation: per-step latency CDFs, and where a step's time goes."""
+    n, steps = (8, 16) if quick else (64, 64)
+    scn = load_scenario(
+        SCENARIOS / "paper_latency_glm47.toml", [f"workload.agents={n}", f"workload.steps={steps}"]
+    )
+    result = run_scenario(scn)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    parts = ("queue_s", "prefill_s", "decode_s", "tool_s", "stall_s")
+    means = {}
+    for res in result.results:
+        lat = np.sort(res.steps["step_latency_s"].to_numpy())
+        ax1.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=res.config.name)
+        means[res.config.name] = [float(res.steps[p].mean()) for p in parts]
+    ax1.set_xlabel("step latency (s)")
+    ax1.set_ylabel("fraction of steps")
+    ax1.set_title("Per-step latency CDF")
+    ax1.legend()
+    bottom = np.zeros(len(means))
+    for i, p in enumerate(parts):
+        vals = np.array([v[i] for v in means.values()])
+        ax2.bar(list(means), vals, bottom=bottom, label=p.removesuffix("_s"))
+        bottom += vals
+    ax2.set_ylabel("mean time per step (s)")
+    ax2.set_title("Where the time goes")
+    ax2.legend(fontsize=8)
+    return _save(
+        fig, out, "sim_step_cdf_breakdown",
+        f"scenario paper_latency_glm47, {n} agents x {steps} steps, profile vllm-0.19.0",
+    )  # fmt: skip
+
+
+def fig_kv_over_time(out: Path, quick: bool) -> list[Path]:
+    """Simulation: agent-engine KV utilisation over time, FC vs KSO."""
+    n, steps = (8, 16) if quick else (64, 64)
+    scn = load_scenario(
+        SCENARIOS / "paper_latency_glm47.toml", [f"workload.agents={n}", f"workload.steps={steps}"]
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for res in run_scenario(scn).results:
+        es = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+        ax.step(es["start_s"], es["kv_used_blocks"] / es["kv_total_blocks"], where="post",
+                label=res.config.name)  # fmt: skip
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("agent KV cache in use (fraction)")
+    ax.set_title("KV utilisation of the agent engine")
+    ax.legend()
+    return _save(
+        fig, out, "sim_kv_over_time",
+        f"scenario paper_latency_glm47, {n} agents x {steps} steps, profile vllm-0.19.0",
+    )  # fmt: skip
+
+
+def fig_theory_speedup(out: Path, quick: bool) -> list[Path]:
+    """Theory: KSO and CP vs FC, by k and by concurrency (lockstep, no KV limit)."""
+    coeffs = fit_surrogate(LatencyModel("deepswe", "h100_sxm", 4, "bf16")).coefficients
+    ks = np.arange(1, 17)
+    agents = np.array([1, 2, 4, 8, 16, 32, 64])
+    steps = 32 if quick else 64
+
+    def params(n: int, k: np.ndarray) -> AgentParams:
+        return AgentParams(
+            system=np.full(n, 512), observation=np.full(n, 512), action=np.full(n, 1024),
+            summary=np.full(n, 2048), tool_s=np.full(n, 1.0), steps=steps, k=k,
+            retain=np.full(n, 4), lag=np.full(n, 1),
+        )  # fmt: skip
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    p = params(ks.size, ks)
+    fc = step_latencies("fc", p, coeffs)[0].sum(0)
+    for kind in ("kso", "cp"):
+        lat = step_latencies(kind, p, coeffs, coeffs)[0].sum(0)
+        ax1.plot(ks, fc / lat, "o-", label=kind.upper())
+    ax1.axhline(1.0, color="0.6", lw=0.8)
+    ax1.set_xlabel("k (steps between summaries)")
+    ax1.set_ylabel("speedup over FC (task latency ratio)")
+    ax1.set_title("One agent, by k")
+    ax1.legend()
+    for k in (2, 4, 8):
+        p = params(agents.size, np.full(agents.size, k))
+        c = lockstep_coefficients(coeffs, agents)
+        fc = step_latencies("fc", p, c)[0].sum(0)
+        kso = step_latencies("kso", p, c, c)[0].sum(0)
+        ax2.plot(agents, fc / kso, "o-", label=f"KSO k={k}")
+    ax2.set_xscale("log", base=2)
+    ax2.axhline(1.0, color="0.6", lw=0.8)
+    ax2.set_xlabel("agents in lockstep")
+    ax2.set_ylabel("speedup over FC")
+    ax2.set_title("By concurrency (same engine; KV limits not priced)")
+    ax2.legend()
+    return _save(
+        fig, out, "theory_speedup",
+        "closed forms (theory/single_agent.py), linear surrogate of DeepSWE bf16 TP4 on H100, "
+        f"{steps} steps, tool 1 s",
+    )  # fmt: skip
+
+
+def fig_stall_bounds(out: Path, quick: bool) -> list[Path]:
+    """Theory + simulation: KSO stall vs lag with the Jensen and Scarf bounds."""
+    tau, act, summ, mean_tool = 0.01, 20, 80, 0.15
+    lags = np.arange(0, 4)
+    sim = []
+    reps = 4 if quick else 16
+    for lag in lags:
+        means = []
+        for seed in range(reps):
+            scn = Scenario.model_validate(
+                {
+                    "seed": seed,
+                    "workload": {"agents": 1, "steps": 61, "system_tokens": 64,
+                                 "observation_tokens": 32, "action_tokens": act,
+                                 "summary_tokens": summ, "tool_s": mean_tool,
+                                 "tool_s_dist": "exponential"},
+                    "architectures": [{"name": "KSO", "kind": "kso", "k": int(lag) + 2,
+                                       "lag": int(lag), "retain": 1, "agent": {"name": "a"},
+                                       "memory": {"name": "m"}}],
+                }
+            )  # fmt: skip
+            lat: dict[str, IterationLatency] = {
+                "agent": ConstantLatency(tau),
+                "memory": ConstantLatency(tau),
+            }
+            res = run_architecture(
+                scn, scn.architectures[0], scn.workload.tasks(np.random.default_rng(seed)), lat
+            )
+            means.append(res.steps.loc[res.steps["summary_swapped"], "stall_s"].mean())
+        sim.append(np.mean(means))
+    x = lags * (act * tau + mean_tool)  # mean overlapped time
+    mu = summ * tau - x
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lags, jensen_lower(summ * tau, x), "v--", label="Jensen lower bound")
+    ax.plot(lags, scarf_upper(mu, lags * mean_tool**2), "^--", label="Scarf upper bound")
+    ax.plot(lags, sim, "ko", label="simulated mean")
+    ax.set_xlabel("lag (steps overlapped with the summary)")
+    ax.set_ylabel("mean stall per swap (s)")
+    ax.set_title("KSO stall vs lag, exponential tool times")
+    ax.legend()
+    return _save(
+        fig, out, "theory_stall_bounds",
+        f"constant iteration {tau * 1e3:.0f} ms; action {act}, summary {summ} tokens; "
+        f"tool ~ Exp(mean {mean_tool} s); {reps} replications",
+    )  # fmt: skip
+
+
+def fig_frontier(out: Path, quick: bool) -> list[Path]:
+    """Theory: efficiency-effectiveness frontier for CP and KSO over (k, summary, retain)."""
+    coeffs = fit_surrogate(LatencyModel("deepswe", "h100_sxm", 4, "bf16")).coefficients
+    grid = [(k, s, r) for k in (2, 4, 8) for s in (256, 1024, 2048) for r in (0, 2, 4)]
+    k, s, r = (np.array(v) for v in zip(*grid, strict=True))
+    p = AgentParams(
+        system=np.full(k.size, 512), observation=np.full(k.size, 512),
+        action=np.full(k.size, 256), summary=s, tool_s=np.full(k.size, 2.0),
+        steps=24 if quick else 48, k=k, retain=r, lag=np.ones(k.size, dtype=int),
+    )  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, extra, marker in (("cp", 0, "o"), ("kso", 1, "s")):
+        lat = step_latencies(kind, p, coeffs, coeffs)[0].sum(0)
+        eff = effectiveness(s, r + extra)
+        ax.scatter(lat, eff, marker=marker, alpha=0.5, label=kind.upper())
+        front = pareto_front(lat, eff)
+        ax.plot(lat[front], eff[front], "-", lw=1)
+    ax.set_xlabel("task latency (s)")
+    ax.set_ylabel("effectiveness proxy E(s, r)")
+    ax.set_title("Efficiency-effectiveness frontier")
+    ax.legend()
+    return _save(
+        fig, out, "theory_frontier",
+        "closed forms, DeepSWE surrogate (H100 TP4); E = 1 - 2^(-s/1024) 2^(-r/2); "
+        "grid k x summary x retain",
+    )  # fmt: skip
+
+
+FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
+    "sim_latency_vs_concurrency": fig_latency_vs_concurrency,
+    "sim_step_cdf_breakdown": fig_step_cdf_and_breakdown,
+    "sim_kv_over_time": fig_kv_over_time,
+    "theory_speedup": fig_theory_speedup,
+    "theory_stall_bounds": fig_stall_bounds,
+    "theory_frontier": fig_frontier,
+}
+
+
+def make_figures(out: str | Path = "figures", quick: bool = False) -> list[Path]:
+    directory = Path(out)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for fn in FIGURES.values():
+        paths.extend(fn(directory, quick))
+    return paths
