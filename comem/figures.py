@@ -241,6 +241,77 @@ def fig_frontier(out: Path, quick: bool) -> list[Path]:
     )  # fmt: skip
 
 
+def fig_kv_crossover(out: Path, quick: bool) -> list[Path]:
+    """Theory: KV each architecture needs vs agents, and where KSO overtakes FC."""
+    from theory.bounds import crossover_concurrency, fc_peak_context, kso_peak_context
+
+    def coeffs(model: str, tp: int) -> tuple[np.ndarray, int]:
+        lm = LatencyModel(model, "h100_sxm", tp, "bf16")
+        return fit_surrogate(lm).coefficients, lm.kv_capacity_tokens()
+
+    fc_c, fc_cap = coeffs("deepswe", 8)
+    kso_c, kso_cap = coeffs("deepswe", 4)
+    mem_c, _ = coeffs("qwen3-4b", 4)
+    params = dict(system=512, observation=512, action=1024, summary=2048, tool_s=0.0,
+                  steps=64, k=4, retain=4, lag=1)  # fmt: skip
+    cross = crossover_concurrency(params, fc_c, kso_c, mem_c, fc_cap, 128 if quick else 512)
+    n = np.arange(1, 129)
+    fc_need = n * fc_peak_context(512, 512, 1024, 64)
+    kso_need = n * kso_peak_context(512, 512, 1024, 2048, 4, 4, 1)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(n, fc_need / 1e6, label="FC: agents x peak context")
+    ax.plot(n, kso_need / 1e6, label="KSO: agents x bounded context")
+    ax.axhline(fc_cap / 1e6, color="C0", ls="--", lw=0.8, label="FC KV capacity (TP8)")
+    ax.axhline(kso_cap / 1e6, color="C1", ls="--", lw=0.8, label="KSO agent KV capacity (TP4)")
+    if cross["crossover"]:
+        ax.axvline(cross["crossover"], color="k", lw=0.8)
+        ax.text(cross["crossover"], ax.get_ylim()[1] * 0.9, f" crossover ~{cross['crossover']}",
+                fontsize=8)  # fmt: skip
+    ax.set_xlabel("concurrent agents")
+    ax.set_ylabel("KV tokens needed (millions)")
+    ax.set_title("KV capacity and the FC/KSO crossover")
+    ax.legend(fontsize=8, loc="center right")
+    return _save(
+        fig, out, "theory_kv_crossover",
+        "DeepSWE bf16, H100: FC TP8; KSO TP4 + Qwen3-4B TP4; 64 steps, k = R = 4, lag 1;"
+        " crossover: lockstep forms + FC KV limit",
+    )  # fmt: skip
+
+
+def fig_closed_network(out: Path, quick: bool) -> list[Path]:
+    """Theory + simulation: steps/s vs agents against the optimistic bound N / (R1 + Z)."""
+    from theory.network import throughput_upper
+
+    agents = [1, 2, 4, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
+    tool = 2.0
+    xs, solo_cycle = [], None
+    for n in agents:
+        scn = load_scenario(
+            SCENARIOS / "paper_latency_deepswe.toml",
+            [f"workload.agents={n}", "workload.steps=8", f"workload.tool_s={tool}"],
+        )
+        fc = run_scenario(scn).results[0]
+        makespan = fc.tasks["end_s"].max()
+        xs.append(len(fc.steps) / makespan)
+        if solo_cycle is None:
+            solo_cycle = float(fc.steps["step_latency_s"].mean())
+    assert solo_cycle is not None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = np.asarray(agents)
+    ax.plot(counts, throughput_upper(counts, solo_cycle - tool, tool), "--", label="N / (R1 + Z)")
+    ax.plot(counts, xs, "ko", label="simulated FC")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("agents (closed loop)")
+    ax.set_ylabel("throughput (steps/s)")
+    ax.set_title("Closed network: throughput vs the optimistic bound")
+    ax.legend()
+    return _save(
+        fig, out, "theory_closed_network",
+        f"scenario paper_latency_deepswe (FC, 8 steps, tool {tool} s); R1 = solo step time",
+    )  # fmt: skip
+
+
 FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
     "sim_latency_vs_concurrency": fig_latency_vs_concurrency,
     "sim_step_cdf_breakdown": fig_step_cdf_and_breakdown,
@@ -248,6 +319,8 @@ FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
     "theory_speedup": fig_theory_speedup,
     "theory_stall_bounds": fig_stall_bounds,
     "theory_frontier": fig_frontier,
+    "theory_kv_crossover": fig_kv_crossover,
+    "theory_closed_network": fig_closed_network,
 }
 
 
