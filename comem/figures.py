@@ -9,6 +9,7 @@ test suite can run every figure function.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib
@@ -18,10 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from calibration import LatencyModel  # noqa: E402
-from calibration.latency import ConstantLatency  # noqa: E402
 from calibration.surrogate import fit_surrogate  # noqa: E402
-from sim.engine import IterationLatency  # noqa: E402
-from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario  # noqa: E402
+from comem.validation import swap_stall_means  # noqa: E402
+from sim.scenario import ScenarioResult, load_scenario, run_scenario  # noqa: E402
 from theory.bounds import jensen_lower, scarf_upper  # noqa: E402
 from theory.frontier import effectiveness, pareto_front  # noqa: E402
 from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies  # noqa: E402
@@ -45,11 +45,7 @@ def fig_latency_vs_concurrency(out: Path, quick: bool) -> list[Path]:
     steps = 16 if quick else 64
     fc, kso = [], []
     for n in agents:
-        scn = load_scenario(
-            SCENARIOS / "paper_latency_glm47.toml",
-            [f"workload.agents={n}", f"workload.steps={steps}"],
-        )
-        s = run_scenario(scn).summary()["architectures"]
+        s = _glm_run(n, steps).summary()["architectures"]
         fc.append(s["FC"]["mean_task_latency_s"])
         kso.append(s["KSO"]["mean_task_latency_s"])
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -69,13 +65,20 @@ def fig_latency_vs_concurrency(out: Path, quick: bool) -> list[Path]:
     )  # fmt: skip
 
 
+@lru_cache(maxsize=2)
+def _glm_run(agents: int, steps: int) -> ScenarioResult:
+    """The GLM-4.7 paper scenario, simulated once for every figure that reads it."""
+    scn = load_scenario(
+        SCENARIOS / "paper_latency_glm47.toml",
+        [f"workload.agents={agents}", f"workload.steps={steps}"],
+    )
+    return run_scenario(scn)
+
+
 def fig_step_cdf_and_breakdown(out: Path, quick: bool) -> list[Path]:
     """Simulation: per-step latency CDFs, and where a step's time goes."""
     n, steps = (8, 16) if quick else (64, 64)
-    scn = load_scenario(
-        SCENARIOS / "paper_latency_glm47.toml", [f"workload.agents={n}", f"workload.steps={steps}"]
-    )
-    result = run_scenario(scn)
+    result = _glm_run(n, steps)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     parts = ("queue_s", "prefill_s", "decode_s", "tool_s", "stall_s")
     means = {}
@@ -104,11 +107,8 @@ def fig_step_cdf_and_breakdown(out: Path, quick: bool) -> list[Path]:
 def fig_kv_over_time(out: Path, quick: bool) -> list[Path]:
     """Simulation: agent-engine KV utilisation over time, FC vs KSO."""
     n, steps = (8, 16) if quick else (64, 64)
-    scn = load_scenario(
-        SCENARIOS / "paper_latency_glm47.toml", [f"workload.agents={n}", f"workload.steps={steps}"]
-    )
     fig, ax = plt.subplots(figsize=(7, 4))
-    for res in run_scenario(scn).results:
+    for res in _glm_run(n, steps).results:
         es = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
         ax.step(es["start_s"], es["kv_used_blocks"] / es["kv_total_blocks"], where="post",
                 label=res.config.name)  # fmt: skip
@@ -170,32 +170,15 @@ def fig_stall_bounds(out: Path, quick: bool) -> list[Path]:
     """Theory + simulation: KSO stall vs lag with the Jensen and Scarf bounds."""
     tau, act, summ, mean_tool = 0.01, 20, 80, 0.15
     lags = np.arange(0, 4)
-    sim = []
     reps = 4 if quick else 16
-    for lag in lags:
-        means = []
-        for seed in range(reps):
-            scn = Scenario.model_validate(
-                {
-                    "seed": seed,
-                    "workload": {"agents": 1, "steps": 61, "system_tokens": 64,
-                                 "observation_tokens": 32, "action_tokens": act,
-                                 "summary_tokens": summ, "tool_s": mean_tool,
-                                 "tool_s_dist": "exponential"},
-                    "architectures": [{"name": "KSO", "kind": "kso", "k": int(lag) + 2,
-                                       "lag": int(lag), "retain": 1, "agent": {"name": "a"},
-                                       "memory": {"name": "m"}}],
-                }
-            )  # fmt: skip
-            lat: dict[str, IterationLatency] = {
-                "agent": ConstantLatency(tau),
-                "memory": ConstantLatency(tau),
-            }
-            res = run_architecture(
-                scn, scn.architectures[0], scn.workload.tasks(np.random.default_rng(seed)), lat
-            )
-            means.append(res.steps.loc[res.steps["summary_swapped"], "stall_s"].mean())
-        sim.append(np.mean(means))
+    sim = [
+        float(
+            swap_stall_means(
+                reps, tau, act, summ, mean_tool, lag=int(lag), steps=61, k=int(lag) + 2
+            ).mean()
+        )
+        for lag in lags
+    ]
     x = lags * (act * tau + mean_tool)  # mean overlapped time
     mu = summ * tau - x
     fig, ax = plt.subplots(figsize=(6, 4))

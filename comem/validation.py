@@ -195,21 +195,30 @@ def rung_mg1(replications: int, seed: int) -> Rung:
     )
 
 
-def rung_stall_bounds(replications: int) -> Rung:
-    """KSO stall with exponential tool times vs Jensen and Scarf (and the exact value)."""
-    tau, act, summ, mean_tool = 0.01, 20, 60, 0.4
+def swap_stall_means(
+    replications: int,
+    tau: float,
+    action: int,
+    summary: int,
+    mean_tool: float,
+    lag: int = 1,
+    steps: int = 201,
+    k: int | None = None,
+) -> np.ndarray:
+    """Mean stall per KSO swap, one value per replication (seed): one agent, constant
+    iteration time ``tau``, exponential tool times (the stall-bounds experiment)."""
     means = []
     for seed in range(replications):
         scenario = Scenario.model_validate(
             {
                 "seed": seed,
                 "workload": {
-                    "agents": 1, "steps": 201, "system_tokens": 64, "observation_tokens": 32,
-                    "action_tokens": act, "summary_tokens": summ, "tool_s": mean_tool,
+                    "agents": 1, "steps": steps, "system_tokens": 64, "observation_tokens": 32,
+                    "action_tokens": action, "summary_tokens": summary, "tool_s": mean_tool,
                     "tool_s_dist": "exponential",
                 },
                 "architectures": [
-                    {"name": "KSO", "kind": "kso", "k": 2, "lag": 1, "retain": 1,
+                    {"name": "KSO", "kind": "kso", "k": k or lag + 1, "lag": lag, "retain": 1,
                      "agent": {"name": "agent"}, "memory": {"name": "memory"}}
                 ],
             }
@@ -221,6 +230,13 @@ def rung_stall_bounds(replications: int) -> Rung:
         tasks = scenario.workload.tasks(np.random.default_rng(seed))
         res = run_architecture(scenario, scenario.architectures[0], tasks, lat)
         means.append(res.steps.loc[res.steps["summary_swapped"], "stall_s"].mean())
+    return np.asarray(means)
+
+
+def rung_stall_bounds(replications: int) -> Rung:
+    """KSO stall with exponential tool times vs Jensen and Scarf (and the exact value)."""
+    tau, act, summ, mean_tool = 0.01, 20, 60, 0.4
+    means = swap_stall_means(replications, tau, act, summ, mean_tool)
     m = np.asarray(means)
     half = stats.t.ppf(0.995, m.size - 1) * m.std(ddof=1) / math.sqrt(m.size)
     d = (summ - act) * tau
