@@ -31,7 +31,7 @@ figures: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check
 	$(BIN)/ruff format --check
-	$(BIN)/mypy calibration sim theory comem
+	$(BIN)/mypy calibration sim theory comem live
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q || [ $$? -eq 5 ]  # 5: no benchmarks collected yet

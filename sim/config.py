@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from calibration.errors import ComemInputError
 
@@ -42,6 +49,9 @@ class EngineConfig(BaseModel):
     kv_capacity_tokens: PositiveInt | None = None
     #: A profile JSON file instead of the embedded default for (gpu, dtype).
     profile: str | None = None
+    #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:
+    #: the latency model's own (a measured profile's fitted value, else 0).
+    request_overhead_s: NonNegativeFloat | None = None
     #: Keep the per-iteration (per fast step) time series.
     record_iterations: bool = True
 

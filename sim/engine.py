@@ -43,6 +43,7 @@ import simpy
 
 from calibration.errors import ComemInputError
 from calibration.latency import LatencyModel
+from calibration.measured import MeasuredLatency, MeasuredProfile, is_measured_profile
 from calibration.profile import Profile
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
@@ -201,9 +202,16 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
         if latency is None:
-            profile = Profile.load(cfg.profile) if cfg.profile else None
-            latency = LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
+            if cfg.profile and is_measured_profile(cfg.profile):
+                latency = MeasuredLatency(MeasuredProfile.load(cfg.profile))
+            else:
+                profile = Profile.load(cfg.profile) if cfg.profile else None
+                latency = LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
         self.latency = latency
+        overhead = cfg.request_overhead_s
+        if overhead is None:
+            overhead = float(getattr(latency, "request_overhead_s", 0.0))
+        self.request_overhead_s = overhead
         self.recorder = recorder if recorder is not None else MetricsRecorder()
         capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
         self.block_size = cfg.block_size
@@ -250,10 +258,22 @@ class Engine:
         if need > self.total_blocks:
             self._reject(req, f"needs {need} KV blocks, the cache holds {self.total_blocks}")
             return req
+        if self.request_overhead_s > 0:
+            self.env.process(self._enqueue_after(req, self.request_overhead_s))
+        else:
+            self._enqueue(req)
+        return req
+
+    def _enqueue(self, req: Request) -> None:
         self.waiting.append(req)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
-        return req
+
+    def _enqueue_after(self, req: Request, delay: float) -> Generator[simpy.Event, Any, None]:
+        """A fixed per-request cost outside the iteration loop (HTTP, tokenization),
+        measured on live servers (:mod:`calibration.measured`)."""
+        yield self.env.timeout(delay)
+        self._enqueue(req)
 
     def check_invariants(self) -> None:
         """Assert the block accounting is consistent (tests call this; cheap enough)."""

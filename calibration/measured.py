@@ -1,0 +1,456 @@
+"""Profiles fitted from a live server's request timings (``comem profile`` output).
+
+A user with a GPU and vLLM (or any OpenAI-compatible server) measures their own setup
+with ``comem profile`` and fits this profile with ``comem calibrate fit
+--measurements``. The model is the linear surrogate of :mod:`calibration.surrogate`,
+
+    t_iteration = c0 + c1*N_tokens + c2*prefill_pairs + c3*B_decode + c4*KV_decoded
+                  + c5*N_tokens*KV_read
+
+(c0 and c3 are the framework's per-iteration and per-sequence overhead). ``c5`` is
+for servers whose attention is one dense, masked product over the packed batch
+(``transformers serve`` on a CPU: sdpa over all the batch's tokens against all the
+keys it reads, ``KV_read`` = cached + new tokens of every scheduled sequence); it is
+zero for paged kernels (vLLM), whose cost the other terms carry. Plus
+``request_overhead_s``, a fixed cost per request outside the iteration loop (HTTP,
+tokenization, the wait for the next iteration boundary, streaming), charged once,
+before the first token.
+
+Why this is a linear least-squares problem: every profile row comes from a wave of
+``c`` identical requests sent together, and the scheduler's decisions for such a wave
+do not depend on time (vLLM V1 / transformers FIFO: running requests first, then
+waiting ones, chunked under a token budget). So we replay the schedule once per wave,
+sum each feature over the iterations before every request's first token and between
+its first and last token, and the wave's mean TTFT and mean inter-token latency are
+linear in the coefficients. Non-negative least squares on relative errors gives them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+
+from calibration.errors import ComemInputError
+from calibration.surrogate import LinearSurrogate
+
+MEASURED_SCHEMA = "comem-measured-profile/1"
+REQUIRED_COLUMNS = (
+    "point",
+    "round",
+    "concurrency",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "ttft_s",
+    "mean_itl_s",
+    "e2e_s",
+)
+
+
+@dataclass(frozen=True)
+class WaveFeatures:
+    """Feature sums (``c0..c5`` order) a wave's mean TTFT and mean ITL are linear in."""
+
+    ttft: np.ndarray
+    itl: np.ndarray
+    e2e: np.ndarray
+    iterations: int
+
+
+def closed_batch_features(
+    concurrency: int,
+    prompt_tokens: int,
+    output_tokens: int,
+    max_num_batched_tokens: int,
+    max_num_seqs: int = 1024,
+) -> WaveFeatures:
+    """Replay the FIFO chunked-prefill schedule of ``concurrency`` identical requests
+    arriving together and sum the surrogate's features per request (no preemption:
+    the profiler's loads must fit the KV cache, which is checked when fitting)."""
+    n = concurrency
+    computed = np.zeros(n, np.int64)  # tokens with KV
+    length = np.full(n, prompt_tokens, np.int64)  # prompt + generated so far
+    started = np.zeros(n, bool)
+    acc = np.zeros(6)
+    first = np.full((n, 6), np.nan)
+    last = np.full((n, 6), np.nan)
+    iterations = 0
+    while True:
+        active = length - prompt_tokens < output_tokens
+        if not active.any():
+            break
+        budget = max_num_batched_tokens
+        n_tokens = 0
+        pairs = 0.0
+        b_decode = 0
+        kv_decoded = 0
+        kv_read = 0
+        scheduled: list[tuple[int, int]] = []
+        # running requests first (decodes and unfinished prefills), then waiting ones
+        order = [i for i in range(n) if active[i] and started[i]]
+        order += [i for i in range(n) if active[i] and not started[i]]
+        for i in order:
+            if budget == 0 or len(scheduled) == max_num_seqs:
+                break
+            todo = int(length[i] - computed[i])
+            q = min(todo, budget)
+            if computed[i] > 0 and todo == 1:
+                b_decode += 1
+                kv_decoded += int(computed[i]) + 1
+            else:
+                pairs += q * (computed[i] + (q + 1) / 2.0)
+            n_tokens += q
+            kv_read += int(computed[i]) + q
+            budget -= q
+            started[i] = True
+            scheduled.append((i, q))
+        acc = acc + np.array([1.0, n_tokens, pairs, b_decode, kv_decoded, n_tokens * kv_read])
+        iterations += 1
+        for i, q in scheduled:
+            computed[i] += q
+            if computed[i] == length[i]:  # sampled a token
+                if length[i] == prompt_tokens:
+                    first[i] = acc
+                length[i] += 1
+                if length[i] - prompt_tokens == output_tokens:
+                    last[i] = acc
+    ttft = first.mean(axis=0)
+    e2e = last.mean(axis=0)
+    itl = (last - first).mean(axis=0) / max(1, output_tokens - 1)
+    return WaveFeatures(ttft, itl, e2e, iterations)
+
+
+@dataclass
+class MeasuredProfile:
+    """A linear-surrogate profile fitted on a live server, with its provenance."""
+
+    surrogate: LinearSurrogate
+    request_overhead_s: float
+    max_num_batched_tokens: int
+    packed_attention_s: float = 0.0
+    kv_capacity_tokens: int | None = None
+    block_size: int | None = None
+    server: dict[str, Any] = field(default_factory=dict)
+    fit_error: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.surrogate
+        return {
+            "schema": MEASURED_SCHEMA,
+            "kind": "measured",
+            "surrogate": {k: getattr(s, k) for k in ("c0", "c1", "c2", "c3", "c4")},
+            "packed_attention_s": self.packed_attention_s,
+            "request_overhead_s": self.request_overhead_s,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "kv_capacity_tokens": self.kv_capacity_tokens,
+            "block_size": self.block_size,
+            "server": self.server,
+            "fit_error": self.fit_error,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        out = Path(path)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        except OSError as exc:
+            raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<dict>") -> MeasuredProfile:
+        if not isinstance(data, dict) or data.get("schema") != MEASURED_SCHEMA:
+            raise ComemInputError(f"{source}: not a measured profile ({MEASURED_SCHEMA})")
+        try:
+            coef = {k: float(data["surrogate"][k]) for k in ("c0", "c1", "c2", "c3", "c4")}
+            err = data.get("fit_error") or {}
+            sur = LinearSurrogate(
+                **coef,
+                mape=float(err.get("itl_mape", float("nan"))),
+                max_rel_error=float(err.get("itl_max_rel_error", float("nan"))),
+                p90_rel_error=float("nan"),
+            )
+            kv = data.get("kv_capacity_tokens")
+            block = data.get("block_size")
+            return cls(
+                surrogate=sur,
+                request_overhead_s=float(data.get("request_overhead_s", 0.0)),
+                packed_attention_s=float(data.get("packed_attention_s", 0.0)),
+                max_num_batched_tokens=int(data["max_num_batched_tokens"]),
+                kv_capacity_tokens=int(kv) if kv is not None else None,
+                block_size=int(block) if block is not None else None,
+                server=dict(data.get("server") or {}),
+                fit_error=dict(err),
+                provenance=dict(data.get("provenance") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ComemInputError(f"{source}: measured profile is malformed ({exc!r})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> MeasuredProfile:
+        p = Path(path)
+        if not p.is_file():
+            raise ComemInputError(f"{p}: profile file does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise ComemInputError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+        return cls.from_dict(data, str(p))
+
+
+class MeasuredLatency:
+    """The engine latency model of a measured profile (see the module docstring)."""
+
+    def __init__(self, profile: MeasuredProfile) -> None:
+        self.profile = profile
+        self.s = profile.surrogate
+        self.c5 = profile.packed_attention_s
+        self.request_overhead_s = profile.request_overhead_s
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        if self.profile.kv_capacity_tokens is None:
+            raise ComemInputError(
+                "the measured profile records no KV capacity: set engine.kv_capacity_tokens"
+            )
+        return self.profile.kv_capacity_tokens
+
+    def iteration_time_of(
+        self,
+        num_decode: int,
+        decode_kv_total: int,
+        prefill_new: Sequence[int] = (),
+        prefill_cached: Sequence[int] = (),
+    ) -> float:
+        new = sum(prefill_new)
+        n = num_decode + new
+        if n == 0:
+            return 0.0
+        pairs = sum(
+            q * (c + (q + 1) / 2.0) for q, c in zip(prefill_new, prefill_cached, strict=True)
+        )
+        kv_read = decode_kv_total + new + sum(prefill_cached)
+        s = self.s
+        return (
+            s.c0
+            + s.c1 * n
+            + s.c2 * pairs
+            + s.c3 * num_decode
+            + s.c4 * decode_kv_total
+            + self.c5 * n * kv_read
+        )
+
+    def steady_iteration_times(
+        self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
+    ) -> np.ndarray:
+        j = np.arange(steps, dtype=float)
+        n = num_decode + chunk
+        if n == 0:
+            return np.zeros(steps)
+        cached = cached0 + chunk * j
+        pairs = chunk * (cached + (chunk + 1) / 2.0)
+        kv = kv_total0 + num_decode * j
+        kv_read = kv + (cached + chunk if chunk else 0.0)
+        s = self.s
+        return (
+            s.c0 + s.c1 * n + s.c2 * pairs + s.c3 * num_decode + s.c4 * kv + self.c5 * n * kv_read
+        )
+
+
+def is_measured_profile(path: str | Path) -> bool:
+    """Whether ``path`` holds a measured (not a kernel-fitted) profile."""
+    try:
+        return json.loads(Path(path).read_text()).get("schema") == MEASURED_SCHEMA
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def read_measurements(path: str | Path) -> pd.DataFrame:
+    """The profiler's CSV, checked; one clear line for a missing file or column."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: measurements file does not exist")
+    try:
+        frame = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ComemInputError(
+            f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
+        )
+    return frame
+
+
+def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per wave in which every request succeeded: means of what was measured.
+
+    A wave with a failed request ran a different batch than the replay assumes, so it
+    is left out (and counted)."""
+    rows = []
+    for (point, rnd), g in frame.groupby(["point", "round"], sort=True):
+        if (g["status"] != "ok").any():
+            continue
+        completion = g["completion_tokens"].where(g["completion_tokens"] >= 0, g["output_tokens"])
+        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 0, g["input_tokens"])
+        rows.append(
+            {
+                "point": int(point),  # type: ignore[call-overload]
+                "round": int(rnd),  # type: ignore[call-overload]
+                "concurrency": int(g["concurrency"].iloc[0]),
+                "prompt_tokens": int(round(prompt.mean())),
+                "output_tokens": int(round(completion.mean())),
+                "requests": len(g),
+                "ttft_s": float(g["ttft_s"].mean()),
+                "itl_s": float(g["mean_itl_s"].mean()),
+                "e2e_s": float(g["e2e_s"].mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def fit_measured_profile(
+    frame: pd.DataFrame,
+    max_num_batched_tokens: int,
+    kv_capacity_tokens: int | None = None,
+    block_size: int | None = None,
+    server: dict[str, Any] | None = None,
+    source: str = "<frame>",
+) -> MeasuredProfile:
+    """Fit the surrogate and the request overhead to every complete wave of ``frame``."""
+    waves = wave_table(frame)
+    if len(waves) < 6:
+        raise ComemInputError(
+            f"{source}: {len(waves)} complete waves; the fit needs at least 6 (vary input"
+            " length, output length and concurrency)"
+        )
+    feats = [
+        closed_batch_features(int(c), int(p), int(o), max_num_batched_tokens)
+        for c, p, o in waves[["concurrency", "prompt_tokens", "output_tokens"]].to_numpy()
+    ]
+    if kv_capacity_tokens is not None:
+        need = (waves["concurrency"] * (waves["prompt_tokens"] + waves["output_tokens"])).max()
+        if need > kv_capacity_tokens:
+            raise ComemInputError(
+                f"{source}: a wave needs {need} KV tokens, more than the server's"
+                f" {kv_capacity_tokens}; the fit assumes no preemption"
+            )
+    # TTFT rows: surrogate features + 1 for the request overhead; ITL rows: + 0
+    x_ttft = np.array([[*f.ttft, 1.0] for f in feats])
+    multi = waves["output_tokens"].to_numpy() > 1
+    x_itl = np.array([[*f.itl, 0.0] for f, m in zip(feats, multi, strict=True) if m])
+    y_ttft = waves["ttft_s"].to_numpy(float)
+    y_itl = waves.loc[multi, "itl_s"].to_numpy(float)
+    x = np.vstack([x_ttft, x_itl])
+    y = np.concatenate([y_ttft, y_itl])
+    # relative least squares; each target kind carries equal total weight
+    w = np.concatenate(
+        [np.full(len(y_ttft), 1.0 / len(y_ttft)), np.full(len(y_itl), 1.0 / max(1, len(y_itl)))]
+    )
+    w = np.sqrt(w) / y
+    coef = nnls(x * w[:, None], y * w)[0]
+    sur_coef, packed, overhead = coef[:5], float(coef[5]), float(coef[6])
+
+    def rel(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
+        return np.abs(pred / meas - 1.0)
+
+    e_ttft = rel(x_ttft @ coef, y_ttft)
+    e_itl = rel(x_itl @ coef, y_itl)
+    x_e2e = np.array([[*f.e2e, 1.0] for f in feats])
+    e_e2e = rel(x_e2e @ coef, waves["e2e_s"].to_numpy(float))
+    fit_error = {
+        "waves": len(waves),
+        "waves_left_out": int(frame.groupby(["point", "round"]).ngroups - len(waves)),
+        "ttft_mape": float(e_ttft.mean()),
+        "ttft_max_rel_error": float(e_ttft.max()),
+        "itl_mape": float(e_itl.mean()) if e_itl.size else float("nan"),
+        "itl_max_rel_error": float(e_itl.max()) if e_itl.size else float("nan"),
+        "e2e_mape": float(e_e2e.mean()),
+        "e2e_max_rel_error": float(e_e2e.max()),
+    }
+    c0, c1, c2, c3, c4 = (float(c) for c in sur_coef)
+    sur = LinearSurrogate(
+        c0,
+        c1,
+        c2,
+        c3,
+        c4,
+        mape=fit_error["itl_mape"],
+        max_rel_error=fit_error["itl_max_rel_error"],
+        p90_rel_error=float("nan"),
+    )
+    return MeasuredProfile(
+        surrogate=sur,
+        request_overhead_s=overhead,
+        max_num_batched_tokens=max_num_batched_tokens,
+        packed_attention_s=packed,
+        kv_capacity_tokens=kv_capacity_tokens,
+        block_size=block_size,
+        server=dict(server or {}),
+        fit_error=fit_error,
+        provenance={},
+    )
+
+
+def fit_measurements_file(
+    csv_path: str | Path,
+    max_num_batched_tokens: int,
+    kv_capacity_tokens: int | None = None,
+    block_size: int | None = None,
+    server: dict[str, Any] | None = None,
+) -> MeasuredProfile:
+    """:func:`fit_measured_profile` on a CSV, with provenance (file hash, code, date)."""
+    p = Path(csv_path)
+    frame = read_measurements(p)
+    prof = fit_measured_profile(
+        frame, max_num_batched_tokens, kv_capacity_tokens, block_size, server, str(p)
+    )
+    prof.provenance = {
+        "measurements": p.name,
+        "measurements_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "rows": int(len(frame)),
+        "rows_ok": int((frame["status"] == "ok").sum()),
+        "fit_code_commit": _git_commit(),
+        "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "method": "NNLS on relative wave-mean TTFT and ITL; closed-batch FIFO replay",
+    }
+    return prof
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+__all__ = [
+    "MeasuredProfile",
+    "WaveFeatures",
+    "closed_batch_features",
+    "fit_measured_profile",
+    "fit_measurements_file",
+    "is_measured_profile",
+    "read_measurements",
+    "wave_table",
+]

@@ -1,0 +1,265 @@
+"""``comem profile``: measure a live OpenAI-compatible server over a grid of loads.
+
+For every grid point (input tokens, output tokens, concurrency) the profiler sends
+``rounds`` waves of ``concurrency`` simultaneous streamed requests (the online analogue
+of vLLM's ``benchmark_latency`` static batch, which is what the fit in
+:mod:`calibration.measured` replays) and writes one CSV row per request as soon as it
+ends: the grid point, the status, TTFT, mean inter-token latency, end-to-end latency
+and the token counts the server reported. Prompts are distinct random words, so the
+prefix cache never helps. When the server exposes vLLM's Prometheus ``/metrics``, the
+``vllm:`` samples are scraped before and after every point into a sidecar CSV.
+
+Nothing measured is lost: rows are flushed as they come, a failed request is a row
+with its status, and an interrupted run keeps every row written so far.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from calibration.errors import ComemInputError
+from live.openai_stream import Endpoint, StreamResult, stream_completion
+
+PROFILE_COLUMNS = (
+    "point",
+    "input_tokens",
+    "output_tokens",
+    "concurrency",
+    "round",
+    "index",
+    "status",
+    "error",
+    "http_status",
+    "prompt_tokens",
+    "completion_tokens",
+    "streamed_chunks",
+    "start_offset_s",
+    "ttft_s",
+    "mean_itl_s",
+    "max_itl_s",
+    "e2e_s",
+    "finish_reason",
+)
+
+
+class ProfileGrid(BaseModel):
+    """The loads to measure. Every combination of the three lists is one grid point."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_tokens: list[PositiveInt] = Field(default=[16, 256, 1024], min_length=1)
+    output_tokens: list[PositiveInt] = Field(default=[16, 64], min_length=1)
+    concurrency: list[PositiveInt] = Field(default=[1, 4, 8], min_length=1)
+    #: waves of ``concurrency`` simultaneous requests per point
+    rounds: PositiveInt = 2
+    #: requests sent (and not recorded) before the grid, to warm the server up
+    warmup_requests: int = Field(default=2, ge=0)
+    timeout_s: PositiveFloat = 120.0
+    #: prompt words are ``{prefix}{i}`` with i < vocabulary_words (the tiny model's
+    #: tokenizer maps each to one token; other tokenizers may split them, and the
+    #: server's reported prompt_tokens is what the fit uses)
+    word_prefix: str = "w"
+    vocabulary_words: PositiveInt = 4000
+    seed: int = 0
+
+    def points(self) -> Iterator[tuple[int, int, int]]:
+        for isl in self.input_tokens:
+            for osl in self.output_tokens:
+                for c in self.concurrency:
+                    yield isl, osl, c
+
+    @property
+    def size(self) -> int:
+        return len(self.input_tokens) * len(self.output_tokens) * len(self.concurrency)
+
+
+def load_grid(path: str | Path | None) -> ProfileGrid:
+    """Read a grid TOML (or the defaults); one clear line for any defect."""
+    from sim.config import validate  # pydantic error -> one line
+
+    if path is None:
+        return ProfileGrid()
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: grid file does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
+    return validate(ProfileGrid, data, p.name)
+
+
+def random_prompt(rng: np.random.Generator, n: int, grid: ProfileGrid) -> str:
+    ids = rng.integers(0, grid.vocabulary_words, n)
+    return " ".join(f"{grid.word_prefix}{i}" for i in ids)
+
+
+def scrape_metrics(endpoint: Endpoint) -> dict[str, float] | None:
+    """vLLM's ``vllm:`` Prometheus samples (histogram buckets left out), or None."""
+    try:
+        status, body = endpoint.get("/metrics", timeout_s=5.0)
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    samples = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line.startswith("vllm:") or "_bucket{" in line:
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            samples[name] = float(value)
+        except ValueError:
+            continue
+    return samples or None
+
+
+class _RowWriter:
+    """CSV rows written and flushed one at a time (thread-safe)."""
+
+    def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("w", newline="")
+        self._writer = csv.writer(self._fh)
+        self._writer.writerow(columns)
+        self._fh.flush()
+        self._lock = threading.Lock()
+
+    def write(self, row: list[Any]) -> None:
+        with self._lock:
+            self._writer.writerow(row)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _row(
+    point: int, isl: int, osl: int, c: int, rnd: int, idx: int, wave_start: float, r: StreamResult
+) -> list[Any]:
+    gaps = np.diff(r.token_s) if len(r.token_s) > 1 else np.array([np.nan])
+    return [
+        point,
+        isl,
+        osl,
+        c,
+        rnd,
+        idx,
+        r.status,
+        r.error,
+        r.http_status,
+        r.prompt_tokens,
+        r.completion_tokens,
+        len(r.token_s),
+        f"{r.start_s - wave_start:.6f}",
+        f"{r.ttft_s:.6f}",
+        f"{r.mean_itl_s:.6f}",
+        f"{float(np.max(gaps)):.6f}",
+        f"{r.e2e_s:.6f}",
+        r.finish_reason,
+    ]
+
+
+def run_profile(
+    endpoint: Endpoint,
+    model: str,
+    grid: ProfileGrid,
+    out_csv: str | Path,
+    extra_body: dict[str, Any] | None = None,
+    on_request: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every grid point; rows go to ``out_csv`` as they come. Returns a summary
+    (status counts, per-point medians, whether /metrics was scraped)."""
+    out = Path(out_csv)
+    writer = _RowWriter(out, PROFILE_COLUMNS)
+    metrics_path = out.with_suffix(".metrics.csv")
+    metrics_writer: _RowWriter | None = None
+    statuses: Counter[str] = Counter()
+    per_point: list[dict[str, Any]] = []
+    rng = np.random.default_rng(grid.seed)
+    try:
+        for _ in range(grid.warmup_requests):
+            stream_completion(
+                endpoint, model, random_prompt(rng, 16, grid), 4, grid.timeout_s, extra_body
+            )
+        workers = max(grid.concurrency)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for point, (isl, osl, c) in enumerate(grid.points()):
+                before = scrape_metrics(endpoint)
+                rows: list[StreamResult] = []
+                for rnd in range(grid.rounds):
+                    prompts = [random_prompt(rng, isl, grid) for _ in range(c)]
+                    barrier = threading.Barrier(c)
+
+                    def one(
+                        prompt: str, barrier: threading.Barrier = barrier, osl: int = osl
+                    ) -> StreamResult:
+                        barrier.wait()
+                        return stream_completion(
+                            endpoint, model, prompt, osl, grid.timeout_s, extra_body
+                        )
+
+                    wave_start = time.perf_counter()
+                    futures = [pool.submit(one, p) for p in prompts]
+                    for idx, fut in enumerate(futures):
+                        r = fut.result()
+                        writer.write(_row(point, isl, osl, c, rnd, idx, wave_start, r))
+                        statuses[r.status] += 1
+                        rows.append(r)
+                        if on_request is not None:
+                            on_request()
+                after = scrape_metrics(endpoint)
+                if before is not None and after is not None:
+                    if metrics_writer is None:
+                        metrics_writer = _RowWriter(
+                            metrics_path, ("point", "phase", "sample", "value")
+                        )
+                    for phase, samples in (("before", before), ("after", after)):
+                        for name, value in samples.items():
+                            metrics_writer.write([point, phase, name, value])
+                ok = [r for r in rows if r.ok]
+                per_point.append(
+                    {
+                        "point": point,
+                        "input_tokens": isl,
+                        "output_tokens": osl,
+                        "concurrency": c,
+                        "ok": len(ok),
+                        "failed": len(rows) - len(ok),
+                        "ttft_ms": _median_ms([r.ttft_s for r in ok]),
+                        "itl_ms": _median_ms([r.mean_itl_s for r in ok]),
+                        "e2e_ms": _median_ms([r.e2e_s for r in ok]),
+                    }
+                )
+    finally:
+        writer.close()
+        if metrics_writer is not None:
+            metrics_writer.close()
+    return {
+        "endpoint": str(endpoint),
+        "model": model,
+        "csv": str(out),
+        "metrics_csv": str(metrics_path) if metrics_writer is not None else None,
+        "requests": sum(statuses.values()),
+        "statuses": dict(statuses),
+        "points": per_point,
+    }
+
+
+def _median_ms(values: list[float]) -> float:
+    vals = [v for v in values if np.isfinite(v)]
+    return float(np.median(vals) * 1e3) if vals else float("nan")

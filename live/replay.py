@@ -1,0 +1,509 @@
+"""``comem replay``: real agents driving real servers, measured as the simulator measures.
+
+Every architecture of a scenario (FC, CP, SM, KSO) runs its sampled tasks (the same
+ones the simulator runs: same seed, same sampler) against live OpenAI-compatible
+servers: the agent model at ``agent_endpoint``, the memory model at
+``memory_endpoint``. Each agent is a thread; its context is real text, a list of
+words that are one token each for the tiny model's tokenizer, grown exactly as
+:mod:`sim.agents` grows its token counts: the step's observation joins the prompt,
+the action the server streams back (its kept part) joins the context, so the
+server's prefix cache sees what the simulator's prefix cache sees. KSO sends the
+history to the memory server from a background thread and swaps the summary in
+``lag`` steps later, waiting for it (``late_policy = "wait"``, the wait recorded as
+stall) or keeping the old context (``"skip"``).
+
+Per-step rows use :data:`sim.agents.STEP_COLUMNS` semantics where the client can
+observe them: ``step_latency_s = finished - submit + tool_s + stall_s``, with the
+summarization wait of CP/SM and the swap wait of KSO in ``stall_s``. ``queue_s`` and
+``cached_tokens`` are inside the server, so they are not recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from live.openai_stream import Endpoint, StreamResult, stream_completion
+from sim.agents import Policy, Task
+from sim.scenario import ArchitectureConfig, Scenario
+
+REPLAY_STEP_COLUMNS = (
+    "architecture",
+    "agent",
+    "task",
+    "step",
+    "status",
+    "submit_s",
+    "first_token_s",
+    "finished_s",
+    "prefill_s",
+    "decode_s",
+    "tool_s",
+    "stall_s",
+    "step_latency_s",
+    "prompt_tokens",
+    "action_tokens",
+    "summary_launched",
+    "summary_swapped",
+)
+
+REPLAY_TASK_COLUMNS = (
+    "architecture",
+    "agent",
+    "task",
+    "start_s",
+    "end_s",
+    "latency_s",
+    "steps",
+    "status",
+    "summaries",
+    "stall_s",
+)
+
+
+@dataclass(frozen=True)
+class LiveTarget:
+    """Where and how to send requests."""
+
+    agent: Endpoint
+    model: str
+    memory: Endpoint | None = None
+    memory_model: str | None = None
+    timeout_s: float = 120.0
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    vocabulary_words: int = 4000
+    word_prefix: str = "w"
+
+
+class _Words:
+    """Seeded random prompt words, one token each for the tiny model's tokenizer."""
+
+    def __init__(self, target: LiveTarget, seed: int) -> None:
+        self.target = target
+        self.seed = seed
+
+    def make(self, n: int, *key: int) -> list[str]:
+        rng = np.random.default_rng([self.seed, *key])
+        ids = rng.integers(0, self.target.vocabulary_words, n)
+        return [f"{self.target.word_prefix}{i}" for i in ids]
+
+
+@dataclass
+class _Pending:
+    """A KSO summary in flight on the memory server."""
+
+    cutoff: int
+    done: threading.Event
+    words: list[str] = field(default_factory=list)
+    failed: bool = False
+
+
+class LiveAgent:
+    """One agent thread running its tasks under a policy against live servers."""
+
+    def __init__(
+        self,
+        agent_id: int,
+        policy: Policy,
+        target: LiveTarget,
+        words: _Words,
+        t0: float,
+        steps: list[tuple[Any, ...]],
+        tasks: list[tuple[Any, ...]],
+        lock: threading.Lock,
+        on_task: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = agent_id
+        self.policy = policy
+        self.target = target
+        self.words = words
+        self.t0 = t0
+        self.steps = steps
+        self.tasks = tasks
+        self.lock = lock
+        self.on_task = on_task
+        self._background: list[threading.Thread] = []
+
+    def _now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _request(
+        self, memory: bool, prompt: list[str], max_tokens: int
+    ) -> tuple[StreamResult, float]:
+        t = self.target
+        endpoint = t.memory if memory and t.memory is not None else t.agent
+        model = (t.memory_model or t.model) if memory else t.model
+        submit = self._now()
+        res = stream_completion(
+            endpoint, model, " ".join(prompt), max_tokens, t.timeout_s, t.extra_body
+        )
+        return res, submit
+
+    def run(self, own: list[Task]) -> None:
+        for task_id, task in enumerate(own):
+            self.run_task(task_id, task)
+            if self.on_task is not None:
+                self.on_task()
+        for th in self._background:
+            th.join()
+
+    def run_task(self, task_id: int, task: Task) -> str:
+        pol = self.policy
+        key = (self.id, task_id)
+        start = self._now()
+        system = self.words.make(task.system_tokens, *key, 0)
+        context = list(system)
+        raw: list[list[str]] = []
+        pending: _Pending | None = None
+        pending_swap_at = 0
+        summaries = 0
+        total_stall = 0.0
+        status = "finished"
+        for t, step in enumerate(task.steps, start=1):
+            stall = 0.0
+            swapped = False
+            if pending is not None and t == pending_swap_at:
+                if not pending.done.is_set() and pol.late_policy == "wait":
+                    w0 = self._now()
+                    pending.done.wait()
+                    stall = self._now() - w0
+                if pending.done.is_set() and not pending.failed:
+                    start_raw = max(0, pending.cutoff - pol.retain)
+                    context = system + pending.words + _flat(raw[start_raw:])
+                    swapped = True
+                    summaries += 1
+                pending = None
+            observation = self.words.make(step.observation, *key, t, 1)
+            prompt = context + observation
+            res, submit = self._request(False, prompt, step.action)
+            if not res.ok:
+                status = f"{res.status}: {res.error}"[:200]
+                self._record(task_id, t, res, submit, len(prompt), 0.0, stall, False, swapped)
+                break
+            action = res.text.split()
+            kept = action if step.kept is None else action[: step.kept]
+            context = prompt + kept
+            raw.append(observation + kept)
+            if step.tool_s > 0:
+                time.sleep(step.tool_s)
+            launched = False
+            if pol.kind != "fc" and t % pol.k == 0 and t < len(task.steps):
+                launched = True
+                instruction = self.words.make(pol.summary_prompt_tokens, *key, t, 2)
+                if pol.kind in ("cp", "sm"):
+                    w0 = self._now()
+                    if pol.kind == "cp":
+                        s, _ = self._request(False, context + instruction, task.summary_tokens)
+                    else:
+                        s, _ = self._request(
+                            True, system + _flat(raw) + instruction, task.summary_tokens
+                        )
+                    stall += self._now() - w0
+                    if s.ok:
+                        context = system + s.text.split() + _flat(raw[max(0, t - pol.retain) :])
+                        summaries += 1
+                        swapped = True
+                else:  # kso: asynchronous on the memory server
+                    pending = self._launch(system + _flat(raw) + instruction, t, task, raw)
+                    pending_swap_at = t + pol.lag + 1
+            total_stall += stall
+            self._record(
+                task_id, t, res, submit, len(prompt), step.tool_s, stall, launched, swapped
+            )
+        end = self._now()
+        with self.lock:
+            self.tasks.append(
+                (
+                    self.policy.name,
+                    self.id,
+                    task_id,
+                    start,
+                    end,
+                    end - start,
+                    len(raw),
+                    status,
+                    summaries,
+                    total_stall,
+                )
+            )
+        return status
+
+    def _launch(self, prompt: list[str], t: int, task: Task, raw: list[list[str]]) -> _Pending:
+        job = _Pending(cutoff=t, done=threading.Event())
+        system_len = task.system_tokens
+
+        def work() -> None:
+            res, _ = self._request(True, prompt, task.summary_tokens)
+            job.failed = not res.ok
+            job.words = res.text.split()
+            if res.ok and self.policy.pre_warm:
+                # prefill the next context now: system + summary + the raw tail so far
+                start = max(0, job.cutoff - self.policy.retain)
+                warm = prompt[:system_len] + job.words + _flat(raw[start:])
+                self._request(False, warm, 1)
+            job.done.set()
+
+        th = threading.Thread(target=work, daemon=True)
+        self._background.append(th)
+        th.start()
+        return job
+
+    def _record(
+        self,
+        task_id: int,
+        t: int,
+        res: StreamResult,
+        submit: float,
+        prompt_len: int,
+        tool_s: float,
+        stall: float,
+        launched: bool,
+        swapped: bool,
+    ) -> None:
+        first = submit + res.ttft_s
+        finished = submit + res.e2e_s
+        row = (
+            self.policy.name,
+            self.id,
+            task_id,
+            t,
+            res.status,
+            submit,
+            first,
+            finished,
+            res.ttft_s,
+            res.e2e_s - res.ttft_s,
+            tool_s,
+            stall,
+            res.e2e_s + tool_s + stall,
+            res.prompt_tokens if res.prompt_tokens >= 0 else prompt_len,
+            res.output_tokens,
+            launched,
+            swapped,
+        )
+        with self.lock:
+            self.steps.append(row)
+
+
+def _flat(parts: list[list[str]]) -> list[str]:
+    return [w for p in parts for w in p]
+
+
+@dataclass
+class ReplayResult:
+    scenario: Scenario
+    steps: pd.DataFrame
+    tasks: pd.DataFrame
+    wall_s: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, g in self.steps.groupby("architecture", sort=False):
+            t = self.tasks[self.tasks["architecture"] == name]
+            ok = g[g["status"] == "ok"]
+            out[str(name)] = {
+                "steps": int(len(g)),
+                "steps_failed": int(len(g) - len(ok)),
+                "tasks": int(len(t)),
+                "tasks_finished": int((t["status"] == "finished").sum()),
+                "mean_step_latency_s": float(ok["step_latency_s"].mean()),
+                "p50_step_latency_s": float(ok["step_latency_s"].median()),
+                "mean_task_latency_s": float(t["latency_s"].mean()),
+                "mean_stall_s": float(ok["stall_s"].mean()),
+                "wall_s": self.wall_s.get(str(name), float("nan")),
+            }
+        return {"scenario": self.scenario.name, "architectures": out}
+
+    def write(self, directory: str) -> list[str]:
+        from pathlib import Path
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for name, frame in (("live_steps", self.steps), ("live_tasks", self.tasks)):
+            p = out / f"{name}.csv"
+            frame.to_csv(p, index=False)
+            paths.append(str(p))
+        cfg = out / "config.json"
+        cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
+        return [*paths, str(cfg)]
+
+
+def replay_architecture(
+    scenario: Scenario,
+    arch: ArchitectureConfig,
+    tasks: list[list[Task]],
+    target: LiveTarget,
+    on_task: Callable[[], None] | None = None,
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], float]:
+    """Run every agent of one architecture as a thread; returns step rows, task rows,
+    wall time. Closed loop only (each agent runs its tasks back to back)."""
+    from calibration.errors import ComemInputError
+
+    if scenario.workload.arrival_rate_per_s is not None:
+        raise ComemInputError(
+            "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
+        )
+    if arch.kind in ("sm", "kso") and target.memory is None:
+        raise ComemInputError(
+            f"architecture '{arch.name}' ({arch.kind}) needs a memory server: --memory-endpoint"
+        )
+    steps: list[tuple[Any, ...]] = []
+    done: list[tuple[Any, ...]] = []
+    lock = threading.Lock()
+    words = _Words(target, scenario.seed)
+    t0 = time.perf_counter()
+    agents = [
+        LiveAgent(a, arch.policy(), target, words, t0, steps, done, lock, on_task)
+        for a in range(len(tasks))
+    ]
+    threads = [
+        threading.Thread(target=ag.run, args=(own,), daemon=True)
+        for ag, own in zip(agents, tasks, strict=True)
+    ]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return steps, done, time.perf_counter() - t0
+
+
+def warm_up(target: LiveTarget, requests: int = 2) -> None:
+    """A few short requests to every server first: the first request a server sees
+    pays one-off costs (the tiny model's first takes ~2 s against ~10 ms after), which
+    the simulator does not model and a profile does not contain."""
+    words = _Words(target, 12345)
+    for endpoint, model in ((target.agent, target.model), (target.memory, target.memory_model)):
+        if endpoint is None:
+            continue
+        for i in range(requests):
+            stream_completion(
+                endpoint,
+                model or target.model,
+                " ".join(words.make(16, i)),
+                4,
+                target.timeout_s,
+                target.extra_body,
+            )
+
+
+def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = False) -> ReplayResult:
+    """Replay every architecture of ``scenario`` (one after the other) on live servers."""
+    rng = np.random.default_rng(scenario.seed)
+    tasks = scenario.workload.tasks(rng)
+    warm_up(target)
+    all_steps: list[tuple[Any, ...]] = []
+    all_tasks: list[tuple[Any, ...]] = []
+    wall: dict[str, float] = {}
+    bar = None
+    job = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} tasks"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        bar.start()
+        job = bar.add_task(
+            scenario.name, total=sum(len(o) for o in tasks) * len(scenario.architectures)
+        )
+    try:
+        for arch in scenario.architectures:
+            if bar is not None and job is not None:
+                bar.update(job, description=f"replay {arch.name}")
+            advance = (lambda: bar.advance(job)) if bar is not None and job is not None else None
+            steps, done, secs = replay_architecture(scenario, arch, tasks, target, advance)
+            all_steps += sorted(steps, key=lambda r: (r[1], r[2], r[3]))
+            all_tasks += sorted(done, key=lambda r: (r[1], r[2]))
+            wall[arch.name] = secs
+    finally:
+        if bar is not None:
+            bar.stop()
+    return ReplayResult(
+        scenario,
+        pd.DataFrame(all_steps, columns=list(REPLAY_STEP_COLUMNS)),
+        pd.DataFrame(all_tasks, columns=list(REPLAY_TASK_COLUMNS)),
+        wall,
+    )
+
+
+def compare_with_simulation(live: ReplayResult, simulated: Any) -> pd.DataFrame:
+    """Per architecture: measured vs simulated mean step latency, mean task latency and
+    mean stall, with relative errors (simulated / measured - 1).
+
+    ``simulated`` is a :class:`sim.scenario.ScenarioResult` of the same scenario."""
+    rows = []
+    sim_by_name = {r.config.name: r for r in simulated.results}
+    for name, g in live.steps.groupby("architecture", sort=False):
+        s = sim_by_name[str(name)]
+        ok = g[g["status"] == "ok"]
+        lt = live.tasks[live.tasks["architecture"] == name]
+        pairs = ok.merge(
+            s.steps[["agent", "task", "step", "step_latency_s"]],
+            on=["agent", "task", "step"],
+            suffixes=("_live", "_sim"),
+        )
+        per_step = (pairs["step_latency_s_sim"] / pairs["step_latency_s_live"] - 1.0).abs()
+        row: dict[str, Any] = {
+            "architecture": str(name),
+            "live_mean_step_s": float(ok["step_latency_s"].mean()),
+            "sim_mean_step_s": float(s.steps["step_latency_s"].mean()),
+            "live_mean_task_s": float(lt["latency_s"].mean()),
+            "sim_mean_task_s": float(s.tasks["latency_s"].mean()),
+            "live_mean_prefill_s": float(ok["prefill_s"].mean()),
+            "sim_mean_prefill_s": float((s.steps["queue_s"] + s.steps["prefill_s"]).mean()),
+            "live_mean_decode_s": float(ok["decode_s"].mean()),
+            "sim_mean_decode_s": float(s.steps["decode_s"].mean()),
+            "live_mean_stall_s": float(ok["stall_s"].mean()),
+            "sim_mean_stall_s": float(s.steps["stall_s"].mean()),
+            "per_step_mape": float(per_step.mean()),
+        }
+        for what in ("step", "task", "prefill", "decode"):
+            row[f"{what}_error"] = row[f"sim_mean_{what}_s"] / row[f"live_mean_{what}_s"] - 1.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def simulate_live(
+    scenario: Scenario,
+    profile: str,
+    max_num_batched_tokens: int | None = None,
+    block_size: int | None = None,
+    kv_capacity_tokens: int | None = None,
+) -> Any:
+    """Simulate ``scenario`` with every engine priced by the measured ``profile`` and
+    shaped like the live servers (token budget, block size, KV capacity: the profile's
+    values unless given). Returns a :class:`sim.scenario.ScenarioResult`."""
+    from calibration.measured import MeasuredProfile
+    from sim.scenario import run_scenario
+
+    prof = MeasuredProfile.load(profile)
+    update: dict[str, Any] = {
+        "profile": str(profile),
+        "max_num_batched_tokens": max_num_batched_tokens or prof.max_num_batched_tokens,
+        "enable_prefix_caching": True,
+    }
+    if block_size or prof.block_size:
+        update["block_size"] = block_size or prof.block_size
+    if kv_capacity_tokens or prof.kv_capacity_tokens:
+        update["kv_capacity_tokens"] = kv_capacity_tokens or prof.kv_capacity_tokens
+    archs = [
+        a.model_copy(
+            update={
+                "agent": a.agent.model_copy(update=update),
+                "memory": a.memory.model_copy(update=update) if a.memory is not None else None,
+            }
+        )
+        for a in scenario.architectures
+    ]
+    return run_scenario(scenario.model_copy(update={"architectures": archs}))
