@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Extras installed into .venv; CI adds `serve` (torch CPU + transformers) for the live loop.
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: venv run test lint bench figures clean
 
@@ -16,7 +19,7 @@ $(VENV):
 
 # Re-install only when pyproject.toml changes.
 $(STAMP): pyproject.toml | $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 run: $(STAMP)

@@ -74,6 +74,9 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.fit import fit_profile
     from calibration.profile import Profile
 
+    if args.measurements:
+        return _fit_measured(args)
+
     overhead_from = Profile.load(args.overhead_from) if args.overhead_from else None
     profile = fit_profile(
         args.kernels,
@@ -92,6 +95,212 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     for note in profile.provenance.get("notes", []):
         print(f"note: {note}")
     print(f"wrote {path}")
+    return 0
+
+
+def _fit_measured(args: argparse.Namespace) -> int:
+    from calibration.measured import fit_measurements_file
+
+    if args.max_batch_tokens is None:
+        raise ComemInputError(
+            "--measurements needs --max-batch-tokens: the server's token budget per"
+            " iteration (vLLM --max-num-batched-tokens, transformers --cb-max-batch-tokens)"
+        )
+    prof = fit_measurements_file(
+        args.measurements,
+        args.max_batch_tokens,
+        args.kv_capacity_tokens,
+        args.block_size,
+        server={"description": args.server} if args.server else None,
+    )
+    path = prof.save(args.out)
+    s, e = prof.surrogate, prof.fit_error
+    print(
+        f"iteration = {s.c0 * 1e3:.3f} ms + {s.c1 * 1e6:.3f} us/token"
+        f" + {s.c2 * 1e9:.4f} ns/prefill pair + {s.c3 * 1e6:.2f} us/decode seq"
+        f" + {s.c4 * 1e9:.3f} ns/KV token decoded + {prof.packed_attention_s * 1e12:.3f}"
+        f" ps/(token x KV read); request overhead {prof.request_overhead_s * 1e3:.2f} ms"
+    )
+    print(
+        f"fit on {e['waves']} waves ({e['waves_left_out']} left out for failed requests):"
+        f" TTFT MAPE {e['ttft_mape']:.1%} (worst {e['ttft_max_rel_error']:.0%}),"
+        f" ITL MAPE {e['itl_mape']:.1%} (worst {e['itl_max_rel_error']:.0%}),"
+        f" e2e MAPE {e['e2e_mape']:.1%} (worst {e['e2e_max_rel_error']:.0%})"
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ComemInputError(f"{flag}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ComemInputError(f"{flag}: expected a JSON object, got {text!r}")
+    return value
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from live.openai_stream import Endpoint
+    from live.profiler import load_grid, run_profile
+
+    endpoint = Endpoint.parse(args.endpoint)
+    grid = load_grid(args.grid)
+    extra = _parse_json_object(args.extra_body, "--extra-body")
+    total = grid.size * grid.rounds
+    requests = sum(c for _, _, c in grid.points()) * grid.rounds
+    if args.json or not sys.stderr.isatty():
+        summary = run_profile(endpoint, args.model, grid, args.out, extra)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            TextColumn(f"profiling {endpoint} ({total} waves)"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} requests"),
+            TimeElapsedColumn(),
+            transient=True,
+        ) as bar:
+            job = bar.add_task("profile", total=requests)
+            summary = run_profile(
+                endpoint, args.model, grid, args.out, extra, on_request=lambda: bar.advance(job)
+            )
+    failed = summary["requests"] - summary["statuses"].get("ok", 0)
+    if args.json:
+        _print_json(summary)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{args.model} at {endpoint}: medians per grid point")
+        for c in (
+            "input tok",
+            "output tok",
+            "concurrency",
+            "ok",
+            "failed",
+            "TTFT ms",
+            "ITL ms",
+            "e2e ms",
+        ):
+            table.add_column(c, justify="right")
+        for p in summary["points"]:
+            table.add_row(
+                str(p["input_tokens"]),
+                str(p["output_tokens"]),
+                str(p["concurrency"]),
+                str(p["ok"]),
+                str(p["failed"]),
+                f"{p['ttft_ms']:.1f}",
+                f"{p['itl_ms']:.2f}",
+                f"{p['e2e_ms']:.1f}",
+            )
+        Console().print(table)
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
+        print(f"{summary['requests']} requests: {statuses}")
+        print(
+            f"wrote {summary['csv']}"
+            + (f" and {summary['metrics_csv']}" if summary["metrics_csv"] else "")
+        )
+    if failed:
+        print(
+            f"comem profile: {failed} of {summary['requests']} requests failed (see the"
+            f" status and error columns of {summary['csv']})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from live.openai_stream import Endpoint
+    from live.replay import LiveTarget, compare_with_simulation, replay_scenario, simulate_live
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.set or [])
+    target = LiveTarget(
+        agent=Endpoint.parse(args.endpoint),
+        model=args.model,
+        memory=Endpoint.parse(args.memory_endpoint, "--memory-endpoint")
+        if args.memory_endpoint
+        else None,
+        memory_model=args.memory_model,
+        timeout_s=args.timeout,
+        extra_body=_parse_json_object(args.extra_body, "--extra-body"),
+    )
+    if args.profile:  # fail on a bad profile before running anything live
+        from calibration.measured import MeasuredProfile
+
+        MeasuredProfile.load(args.profile)
+    live = replay_scenario(scenario, target, progress=not args.json and sys.stderr.isatty())
+    written = live.write(args.out) if args.out else []
+    out: dict[str, Any] = {**live.summary(), "files": written}
+    comparison = None
+    if args.profile:
+        comparison = compare_with_simulation(live, simulate_live(scenario, args.profile))
+        out["comparison"] = comparison.to_dict(orient="records")
+        if args.out:
+            path = Path(args.out) / "comparison.csv"
+            comparison.to_csv(path, index=False)
+            out["files"].append(str(path))
+    if args.json:
+        _print_json(out)
+    else:
+        for name, s in out["architectures"].items():
+            print(
+                f"{name:8s} steps {s['steps']} ({s['steps_failed']} failed)  tasks"
+                f" {s['tasks_finished']}/{s['tasks']} finished  step mean"
+                f" {s['mean_step_latency_s']:.3f} s  task mean {s['mean_task_latency_s']:.2f} s"
+                f"  stall mean {s['mean_stall_s']:.3f} s"
+            )
+        if comparison is not None:
+            for row in comparison.to_dict(orient="records"):
+                print(
+                    f"{row['architecture']:8s} simulated vs live: step mean"
+                    f" {row['sim_mean_step_s']:.3f} vs {row['live_mean_step_s']:.3f} s"
+                    f" ({row['step_error']:+.1%}), task mean {row['sim_mean_task_s']:.2f} vs"
+                    f" {row['live_mean_task_s']:.2f} s ({row['task_error']:+.1%}),"
+                    f" per-step MAPE {row['per_step_mape']:.1%}"
+                )
+        for f in written:
+            print(f"wrote {f}")
+    failed = sum(s["steps_failed"] for s in out["architectures"].values())
+    return 1 if failed else 0
+
+
+def cmd_live_loop(args: argparse.Namespace) -> int:
+    from live.loop import DEFAULT_SCENARIO, run_live_loop
+    from live.profiler import load_grid
+    from live.server import serve_available
+    from sim.scenario import load_scenario
+
+    reason = serve_available()
+    if reason is not None:
+        raise ComemInputError(f"comem live-loop: {reason}")
+    scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, args.set or [])
+    result = run_live_loop(
+        args.out, scenario, load_grid(args.grid), progress=sys.stderr.isatty() and not args.json
+    )
+    if args.json:
+        _print_json(result.to_dict())
+        return 0
+    e = result.fit_error
+    print(
+        f"profile: {result.profile_summary['requests']} requests, fit TTFT MAPE"
+        f" {e['ttft_mape']:.1%}, ITL MAPE {e['itl_mape']:.1%}, e2e MAPE {e['e2e_mape']:.1%}"
+    )
+    for row in result.comparison.to_dict(orient="records"):
+        print(
+            f"{row['architecture']:8s} simulated vs live: step mean {row['sim_mean_step_s']:.3f}"
+            f" vs {row['live_mean_step_s']:.3f} s ({row['step_error']:+.1%}), task mean"
+            f" {row['sim_mean_task_s']:.2f} vs {row['live_mean_task_s']:.2f} s"
+            f" ({row['task_error']:+.1%}), TTFT {row['prefill_error']:+.0%},"
+            f" decode {row['decode_error']:+.0%}, per-step MAPE {row['per_step_mape']:.1%}"
+        )
+    print(f"wrote {result.out}/ (profile.csv, profile.json, live_steps.csv, comparison.csv, ...)")
     return 0
 
 
@@ -350,9 +559,23 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.set_defaults(func=cmd_calibrate_report)
 
-    fit = cal_sub.add_parser("fit", help="fit a profile from kernel tables")
-    fit.add_argument("--kernels", required=True, help="directory in aiconfigurator's schema")
+    fit = cal_sub.add_parser(
+        "fit", help="fit a profile from kernel tables or from a live server's measurements"
+    )
+    src = fit.add_mutually_exclusive_group(required=True)
+    src.add_argument("--kernels", help="directory in aiconfigurator's schema")
+    src.add_argument("--measurements", help="'comem profile' CSV of a live server")
     fit.add_argument("--out", required=True, help="profile JSON file to write")
+    fit.add_argument(
+        "--max-batch-tokens",
+        type=_positive_int,
+        help="(--measurements) the server's token budget per iteration",
+    )
+    fit.add_argument(
+        "--kv-capacity-tokens", type=_positive_int, help="(--measurements) the server's KV tokens"
+    )
+    fit.add_argument("--block-size", type=_positive_int, help="(--measurements) KV block size")
+    fit.add_argument("--server", help="(--measurements) free-text description of the server")
     fit.add_argument("--gpu", help="GPU name (default: from the tables' device column)")
     fit.add_argument("--dtype", default="bf16")
     fit.add_argument("--e2e", help="end-to-end static-batch CSV to fit the overhead term on")
@@ -408,6 +631,46 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     rn.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser(
+        "profile", help="measure a live OpenAI-compatible server over a grid of loads (CSV)"
+    )
+    pr.add_argument("--endpoint", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    pr.add_argument("--model", required=True, help="model name the server knows")
+    pr.add_argument("--grid", help="grid TOML (input_tokens, output_tokens, concurrency, rounds)")
+    pr.add_argument("--out", default="profile.csv", help="CSV to write, one row per request")
+    pr.add_argument(
+        "--extra-body", help="JSON merged into every request, e.g. '{\"ignore_eos\": true}' (vLLM)"
+    )
+    pr.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pr.set_defaults(func=cmd_profile)
+
+    rp = sub.add_parser(
+        "replay", help="run a scenario's agents against live servers (and compare with the sim)"
+    )
+    rp.add_argument("scenario", help="scenario TOML file (closed-loop workload)")
+    rp.add_argument("--endpoint", required=True, help="agent model server base URL")
+    rp.add_argument("--model", required=True, help="agent model name")
+    rp.add_argument("--memory-endpoint", help="memory model server (needed by SM and KSO)")
+    rp.add_argument("--memory-model", help="memory model name (default: --model)")
+    rp.add_argument("--profile", help="measured profile JSON: also simulate and compare")
+    rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario field")
+    rp.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    rp.add_argument("--extra-body", help="JSON merged into every request")
+    rp.add_argument("--out", help="directory for live_steps.csv, live_tasks.csv, comparison.csv")
+    rp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    rp.set_defaults(func=cmd_replay)
+
+    ll = sub.add_parser(
+        "live-loop",
+        help="tiny local model on two transformers-serve instances: profile, fit, replay, compare",
+    )
+    ll.add_argument("--out", default="out/live-loop", help="directory for everything measured")
+    ll.add_argument("--scenario", help="scenario TOML (default: scenarios/live/tiny_cpu.toml)")
+    ll.add_argument("--grid", help="profile grid TOML (default: the built-in grid)")
+    ll.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario field")
+    ll.add_argument("--json", action="store_true", help="print the result as JSON")
+    ll.set_defaults(func=cmd_live_loop)
 
     wl = sub.add_parser("workload", help="agent workloads (fit distributions to traces)")
     wl_sub = wl.add_subparsers(dest="workload_command", required=True, parser_class=_Parser)

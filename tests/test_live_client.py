@@ -1,0 +1,258 @@
+"""The streaming client and the profiler against real (local, misbehaving) HTTP servers,
+and the measured-profile fit against the engine it feeds. No torch needed.
+
+Names contain "profile" so that ``pytest -k "profile or replay or server"`` selects them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import simpy
+
+from calibration.errors import ComemInputError
+from calibration.measured import (
+    MeasuredLatency,
+    MeasuredProfile,
+    closed_batch_features,
+    fit_measured_profile,
+)
+from calibration.surrogate import LinearSurrogate
+from live.openai_stream import Endpoint, stream_completion
+from live.profiler import PROFILE_COLUMNS, ProfileGrid, run_profile
+from sim.config import EngineConfig
+from sim.engine import Engine
+
+
+def _event(text: str, finish: str | None = None) -> bytes:
+    choice: dict[str, object] = {"index": 0, "text": text}
+    if finish:
+        choice["finish_reason"] = finish
+    return f"data: {json.dumps({'choices': [choice]})}\n\n".encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Behaviour chosen by the path prefix: /ok, /http500, /badjson, /truncated, /slow."""
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        mode = self.path.split("/")[1]
+        if mode == "http500":
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b"boom")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        n = int(body["max_tokens"])
+        for i in range(n):
+            if mode == "badjson" and i == 2:
+                self.wfile.write(b"data: {not json\n\n")
+                return
+            if mode == "truncated" and i == 3:
+                return  # connection closes mid-stream, no finish_reason
+            if mode == "slow" and i == 1:
+                time.sleep(3.0)
+            self.wfile.write(_event(f" w{i}", "length" if i == n - 1 else None))
+            self.wfile.flush()
+            time.sleep(0.002)
+        usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
+        self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_profile_client_measures_a_good_stream(fake_server):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, "/ok"), "m", "w1 w2 w3", 8)
+    assert r.status == "ok", r.error
+    assert len(r.token_s) == 8 and r.completion_tokens == 8 and r.prompt_tokens == 3
+    assert 0 < r.ttft_s <= r.token_s[-1] <= r.e2e_s
+    assert r.mean_itl_s > 0.001  # the server sleeps 2 ms between tokens
+    assert r.text.split() == [f"w{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status"),
+    [("http500", "http_error"), ("badjson", "malformed"), ("truncated", "malformed")],
+)
+def test_profile_client_reports_server_faults(fake_server, mode, status):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 8)
+    assert r.status == status and r.error
+
+
+def test_profile_client_times_out_instead_of_hanging(fake_server):
+    t0 = time.perf_counter()
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, "/slow"), "m", "w1", 4, timeout_s=0.5)
+    assert r.status == "timeout"
+    assert time.perf_counter() - t0 < 2.5
+
+
+def test_profile_client_refused_connection():
+    from live.server import free_port
+
+    r = stream_completion(Endpoint("127.0.0.1", free_port()), "m", "w1", 4, timeout_s=2)
+    assert r.status == "refused"
+
+
+def test_profile_rows_cover_every_request_and_failures(fake_server, tmp_path):
+    grid = ProfileGrid(
+        input_tokens=[4, 8], output_tokens=[3], concurrency=[1, 3], rounds=2, warmup_requests=0
+    )
+    out = tmp_path / "p.csv"
+    summary = run_profile(Endpoint("127.0.0.1", fake_server, "/ok"), "m", grid, out)
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == list(PROFILE_COLUMNS)
+    assert len(frame) == summary["requests"] == 2 * (1 + 3) * 2
+    assert (frame["status"] == "ok").all() and (frame["completion_tokens"] == 3).all()
+    assert sorted(frame["prompt_tokens"].unique()) == [4, 8]
+    # a dead server: every request is a row with its status; nothing hangs
+    bad = tmp_path / "bad.csv"
+    s = run_profile(Endpoint("127.0.0.1", fake_server, "/http500"), "m", grid, bad)
+    rows = list(csv.DictReader(bad.open()))
+    assert len(rows) == s["requests"] == 16
+    assert {r["status"] for r in rows} == {"http_error"}
+
+
+def test_profile_cli_bad_input_is_one_line(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text("concurrency = [0]\n")
+    ep = ["profile", "--endpoint", "127.0.0.1:1", "--model", "m"]
+    fit = ["calibrate", "fit", "--out", "x.json", "--measurements"]
+    for argv, needle in (
+        (["profile", "--endpoint", "ftp://x", "--model", "m"], "--endpoint"),
+        ([*ep, "--grid", str(grid)], "concurrency"),
+        ([*ep, "--extra-body", "[1]"], "--extra-body"),
+        ([*fit, str(tmp_path / "none.csv"), "--max-batch-tokens", "64"], "does not exist"),
+        ([*fit, str(grid)], "--max-batch-tokens"),
+    ):  # fmt: skip
+        p = subprocess.run(
+            [sys.executable, "-m", "comem", *argv], capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 2, (argv, p.stderr)
+        assert needle in p.stderr and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
+
+
+# --- the measured-profile fit ---------------------------------------------------------
+
+TRUE = dict(c0=2e-3, c1=3e-5, c2=1e-8, c3=4e-4, c4=1e-6)
+PACKED, OVERHEAD = 2e-8, 5e-3
+
+
+def _profile(budget: int) -> MeasuredProfile:
+    sur = LinearSurrogate(**TRUE, mape=0.0, max_rel_error=0.0, p90_rel_error=0.0)
+    return MeasuredProfile(sur, OVERHEAD, budget, PACKED, kv_capacity_tokens=1 << 20, block_size=16)
+
+
+@pytest.mark.parametrize(
+    ("c", "isl", "osl", "budget"), [(1, 100, 8, 64), (4, 300, 20, 512), (7, 50, 5, 128)]
+)
+def test_measured_profile_features_match_the_engine(c, isl, osl, budget):
+    """The fit's closed-batch replay and the engine priced by the same profile agree on
+    mean TTFT and e2e of a wave (the fit is only valid if they do)."""
+    prof = _profile(budget)
+    env = simpy.Environment()
+    cfg = EngineConfig(max_num_batched_tokens=budget, block_size=16, kv_capacity_tokens=1 << 20)
+    eng = Engine(env, cfg, MeasuredLatency(prof))
+    reqs = [eng.submit(isl, osl) for _ in range(c)]
+    env.run()
+    f = closed_batch_features(c, isl, osl, budget)
+    coef = np.array([*TRUE.values(), PACKED])
+    ttft = np.mean([r.first_token_s for r in reqs])
+    e2e = np.mean([r.finished_s for r in reqs])
+    assert ttft == pytest.approx(f.ttft @ coef + OVERHEAD, rel=1e-9)
+    assert e2e == pytest.approx(f.e2e @ coef + OVERHEAD, rel=1e-9)
+
+
+def _synthetic_measurements(rng: np.random.Generator, budget: int, noise: float) -> pd.DataFrame:
+    coef = np.array([*TRUE.values(), PACKED])
+    rows = []
+    point = 0
+    for isl in (16, 200, 900):
+        for osl in (8, 40):
+            for c in (1, 3, 6):
+                f = closed_batch_features(c, isl, osl, budget)
+                for rnd in range(2):
+                    jitter = rng.normal(1.0, noise, 3) if noise else np.ones(3)
+                    for i in range(c):
+                        rows.append(
+                            dict(point=point, round=rnd, index=i, concurrency=c, status="ok",
+                                 input_tokens=isl, output_tokens=osl, prompt_tokens=isl,
+                                 completion_tokens=osl,
+                                 ttft_s=(f.ttft @ coef + OVERHEAD) * jitter[0],
+                                 mean_itl_s=(f.itl @ coef) * jitter[1],
+                                 e2e_s=(f.e2e @ coef + OVERHEAD) * jitter[2])
+                        )  # fmt: skip
+                point += 1
+    return pd.DataFrame(rows)
+
+
+def test_measured_profile_fit_recovers_a_known_server():
+    budget = 512
+    frame = _synthetic_measurements(np.random.default_rng(0), budget, noise=0.0)
+    prof = fit_measured_profile(frame, budget)
+    assert prof.fit_error["ttft_mape"] < 1e-6 and prof.fit_error["itl_mape"] < 1e-6
+    # with 3% measurement noise the waves are still predicted to within the noise
+    noisy = _synthetic_measurements(np.random.default_rng(1), budget, noise=0.03)
+    fit = fit_measured_profile(noisy, budget)
+    assert fit.fit_error["e2e_mape"] < 0.05
+    # a failed request takes its wave out of the fit, and is counted
+    noisy.loc[0, "status"] = "timeout"
+    assert fit_measured_profile(noisy, budget).fit_error["waves_left_out"] == 1
+
+
+def test_measured_profile_round_trips_and_drives_the_engine(tmp_path):
+    prof = _profile(256)
+    path = prof.save(tmp_path / "p.json")
+    back = MeasuredProfile.load(path)
+    assert back.to_dict() == prof.to_dict()
+    env = simpy.Environment()
+    eng = Engine(env, EngineConfig(profile=str(path), max_num_batched_tokens=256))
+    assert isinstance(eng.latency, MeasuredLatency) and eng.request_overhead_s == OVERHEAD
+    r = eng.submit(10, 2)
+    env.run()
+    assert r.status == "finished" and r.first_token_s > OVERHEAD
+    with pytest.raises(ComemInputError, match="not a measured profile"):
+        MeasuredProfile.from_dict({"schema": 1}, "x")
+
+
+def test_measured_profile_fit_needs_enough_waves():
+    frame = _synthetic_measurements(np.random.default_rng(0), 512, 0.0)
+    with pytest.raises(ComemInputError, match="at least 6"):
+        fit_measured_profile(frame[frame["point"] < 2], 512)
+
+
+def test_profile_grid_from_toml(tmp_path):
+    from live.profiler import load_grid
+
+    p = tmp_path / "g.toml"
+    p.write_text("input_tokens = [8]\noutput_tokens = [4, 8]\nconcurrency = [2]\nrounds = 3\n")
+    g = load_grid(p)
+    assert list(g.points()) == [(8, 4, 2), (8, 8, 2)] and g.rounds == 3
+    assert Path(p).exists()
