@@ -268,6 +268,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for f in written:
             print(f"wrote {f}")
     failed = sum(s["steps_failed"] for s in out["architectures"].values())
+    if failed:
+        bad = live.tasks[live.tasks["status"] != "finished"]["status"]
+        first = bad.iloc[0] if len(bad) else "unknown"
+        print(f"comem replay: {failed} steps failed; first: {first}", file=sys.stderr)
     return 1 if failed else 0
 
 

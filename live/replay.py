@@ -344,16 +344,7 @@ def replay_architecture(
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
     wall time. Closed loop only (each agent runs its tasks back to back)."""
-    from calibration.errors import ComemInputError
-
-    if scenario.workload.arrival_rate_per_s is not None:
-        raise ComemInputError(
-            "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
-        )
-    if arch.kind in ("sm", "kso") and target.memory is None:
-        raise ComemInputError(
-            f"architecture '{arch.name}' ({arch.kind}) needs a memory server: --memory-endpoint"
-        )
+    check_replayable(scenario, target)
     steps: list[tuple[Any, ...]] = []
     done: list[tuple[Any, ...]] = []
     lock = threading.Lock()
@@ -372,6 +363,21 @@ def replay_architecture(
     for th in threads:
         th.join()
     return steps, done, time.perf_counter() - t0
+
+
+def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
+    """One clear error before anything is sent, for what a live replay cannot do."""
+    from calibration.errors import ComemInputError
+
+    if scenario.workload.arrival_rate_per_s is not None:
+        raise ComemInputError(
+            "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
+        )
+    for arch in scenario.architectures:
+        if arch.kind in ("sm", "kso") and target.memory is None:
+            raise ComemInputError(
+                f"architecture '{arch.name}' ({arch.kind}) needs a memory server: --memory-endpoint"
+            )
 
 
 def warm_up(target: LiveTarget, requests: int = 2) -> None:
@@ -397,6 +403,7 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
     """Replay every architecture of ``scenario`` (one after the other) on live servers."""
     rng = np.random.default_rng(scenario.seed)
     tasks = scenario.workload.tasks(rng)
+    check_replayable(scenario, target)
     warm_up(target)
     all_steps: list[tuple[Any, ...]] = []
     all_tasks: list[tuple[Any, ...]] = []
