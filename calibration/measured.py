@@ -41,7 +41,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from calibration.errors import ComemInputError
-from calibration.surrogate import LinearSurrogate
+from calibration.surrogate import LinearSurrogate, SurrogateLatency
 
 MEASURED_SCHEMA = "comem-measured-profile/1"
 REQUIRED_COLUMNS = (
@@ -212,12 +212,13 @@ class MeasuredProfile:
         return cls.from_dict(data, str(p))
 
 
-class MeasuredLatency:
-    """The engine latency model of a measured profile (see the module docstring)."""
+class MeasuredLatency(SurrogateLatency):
+    """The engine latency model of a measured profile: the surrogate plus the packed
+    attention term and the per-request overhead (see the module docstring)."""
 
     def __init__(self, profile: MeasuredProfile) -> None:
+        super().__init__(profile.surrogate)
         self.profile = profile
-        self.s = profile.surrogate
         self.c5 = profile.packed_attention_s
         self.request_overhead_s = profile.request_overhead_s
 
@@ -235,39 +236,22 @@ class MeasuredLatency:
         prefill_new: Sequence[int] = (),
         prefill_cached: Sequence[int] = (),
     ) -> float:
+        base = super().iteration_time_of(num_decode, decode_kv_total, prefill_new, prefill_cached)
+        if not self.c5:
+            return base
         new = sum(prefill_new)
-        n = num_decode + new
-        if n == 0:
-            return 0.0
-        pairs = sum(
-            q * (c + (q + 1) / 2.0) for q, c in zip(prefill_new, prefill_cached, strict=True)
-        )
         kv_read = decode_kv_total + new + sum(prefill_cached)
-        s = self.s
-        return (
-            s.c0
-            + s.c1 * n
-            + s.c2 * pairs
-            + s.c3 * num_decode
-            + s.c4 * decode_kv_total
-            + self.c5 * n * kv_read
-        )
+        return base + self.c5 * (num_decode + new) * kv_read
 
     def steady_iteration_times(
         self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
     ) -> np.ndarray:
+        base = super().steady_iteration_times(num_decode, kv_total0, chunk, cached0, steps)
+        if not self.c5 or num_decode + chunk == 0:
+            return base
         j = np.arange(steps, dtype=float)
-        n = num_decode + chunk
-        if n == 0:
-            return np.zeros(steps)
-        cached = cached0 + chunk * j
-        pairs = chunk * (cached + (chunk + 1) / 2.0)
-        kv = kv_total0 + num_decode * j
-        kv_read = kv + (cached + chunk if chunk else 0.0)
-        s = self.s
-        return (
-            s.c0 + s.c1 * n + s.c2 * pairs + s.c3 * num_decode + s.c4 * kv + self.c5 * n * kv_read
-        )
+        kv_read = kv_total0 + num_decode * j + (cached0 + chunk * j + chunk if chunk else 0.0)
+        return base + self.c5 * (num_decode + chunk) * kv_read
 
 
 def is_measured_profile(path: str | Path) -> bool:

@@ -170,15 +170,21 @@ def _profile(budget: int) -> MeasuredProfile:
     return MeasuredProfile(sur, OVERHEAD, budget, PACKED, kv_capacity_tokens=1 << 20, block_size=16)
 
 
+@pytest.mark.parametrize("stepping", ["fast", "iteration"])
 @pytest.mark.parametrize(
     ("c", "isl", "osl", "budget"), [(1, 100, 8, 64), (4, 300, 20, 512), (7, 50, 5, 128)]
 )
-def test_measured_profile_features_match_the_engine(c, isl, osl, budget):
+def test_measured_profile_features_match_the_engine(c, isl, osl, budget, stepping):
     """The fit's closed-batch replay and the engine priced by the same profile agree on
     mean TTFT and e2e of a wave (the fit is only valid if they do)."""
     prof = _profile(budget)
     env = simpy.Environment()
-    cfg = EngineConfig(max_num_batched_tokens=budget, block_size=16, kv_capacity_tokens=1 << 20)
+    cfg = EngineConfig(
+        max_num_batched_tokens=budget,
+        block_size=16,
+        kv_capacity_tokens=1 << 20,
+        stepping=stepping,
+    )
     eng = Engine(env, cfg, MeasuredLatency(prof))
     reqs = [eng.submit(isl, osl) for _ in range(c)]
     env.run()
