@@ -5,16 +5,18 @@ with ``comem profile`` and fits this profile with ``comem calibrate fit
 --measurements``. The model is the linear surrogate of :mod:`calibration.surrogate`,
 
     t_iteration = c0 + c1*N_tokens + c2*prefill_pairs + c3*B_decode + c4*KV_decoded
-                  + c5*N_tokens*KV_read
+                  + c5*N_tokens*KV_read + a*admitted
 
 (c0 and c3 are the framework's per-iteration and per-sequence overhead). ``c5`` is
 for servers whose attention is one dense, masked product over the packed batch
 (``transformers serve`` on a CPU: sdpa over all the batch's tokens against all the
 keys it reads, ``KV_read`` = cached + new tokens of every scheduled sequence); it is
-zero for paged kernels (vLLM), whose cost the other terms carry. Plus
-``request_overhead_s``, a fixed cost per request outside the iteration loop (HTTP,
-tokenization, the wait for the next iteration boundary, streaming), charged once,
-before the first token.
+zero for paged kernels (vLLM), whose cost the other terms carry. ``a``
+(``admission_s``) is server work per newly admitted request that shares the engine's
+core (HTTP parsing, tokenization under one Python process): it serializes, so a wave
+of c requests pays it c times before its first token. Plus ``request_overhead_s``, a
+delay per request outside the server's work (network, the wait for the next
+iteration boundary, streaming the first token), charged once, before the first token.
 
 Why this is a linear least-squares problem: every profile row comes from a wave of
 ``c`` identical requests sent together, and the scheduler's decisions for such a wave
@@ -61,7 +63,7 @@ REQUIRED_COLUMNS = (
 
 @dataclass(frozen=True)
 class WaveFeatures:
-    """Feature sums (``c0..c5`` order) a wave's mean TTFT and mean ITL are linear in."""
+    """Feature sums (``c0..c5``, admissions) a wave's mean TTFT and mean ITL are linear in."""
 
     ttft: np.ndarray
     itl: np.ndarray
@@ -83,9 +85,9 @@ def closed_batch_features(
     computed = np.zeros(n, np.int64)  # tokens with KV
     length = np.full(n, prompt_tokens, np.int64)  # prompt + generated so far
     started = np.zeros(n, bool)
-    acc = np.zeros(6)
-    first = np.full((n, 6), np.nan)
-    last = np.full((n, 6), np.nan)
+    acc = np.zeros(7)
+    first = np.full((n, 7), np.nan)
+    last = np.full((n, 7), np.nan)
     iterations = 0
     while True:
         active = length - prompt_tokens < output_tokens
@@ -97,6 +99,7 @@ def closed_batch_features(
         b_decode = 0
         kv_decoded = 0
         kv_read = 0
+        admitted = 0
         scheduled: list[tuple[int, int]] = []
         # running requests first (decodes and unfinished prefills), then waiting ones
         order = [i for i in range(n) if active[i] and started[i]]
@@ -114,9 +117,12 @@ def closed_batch_features(
             n_tokens += q
             kv_read += int(computed[i]) + q
             budget -= q
+            admitted += 0 if started[i] else 1
             started[i] = True
             scheduled.append((i, q))
-        acc = acc + np.array([1.0, n_tokens, pairs, b_decode, kv_decoded, n_tokens * kv_read])
+        acc = acc + np.array(
+            [1.0, n_tokens, pairs, b_decode, kv_decoded, n_tokens * kv_read, admitted]
+        )
         iterations += 1
         for i, q in scheduled:
             computed[i] += q
@@ -140,6 +146,7 @@ class MeasuredProfile:
     request_overhead_s: float
     max_num_batched_tokens: int
     packed_attention_s: float = 0.0
+    admission_s: float = 0.0
     kv_capacity_tokens: int | None = None
     block_size: int | None = None
     server: dict[str, Any] = field(default_factory=dict)
@@ -153,6 +160,7 @@ class MeasuredProfile:
             "kind": "measured",
             "surrogate": {k: getattr(s, k) for k in ("c0", "c1", "c2", "c3", "c4")},
             "packed_attention_s": self.packed_attention_s,
+            "admission_s": self.admission_s,
             "request_overhead_s": self.request_overhead_s,
             "max_num_batched_tokens": self.max_num_batched_tokens,
             "kv_capacity_tokens": self.kv_capacity_tokens,
@@ -190,6 +198,7 @@ class MeasuredProfile:
                 surrogate=sur,
                 request_overhead_s=float(data.get("request_overhead_s", 0.0)),
                 packed_attention_s=float(data.get("packed_attention_s", 0.0)),
+                admission_s=float(data.get("admission_s", 0.0)),
                 max_num_batched_tokens=int(data["max_num_batched_tokens"]),
                 kv_capacity_tokens=int(kv) if kv is not None else None,
                 block_size=int(block) if block is not None else None,
@@ -220,6 +229,7 @@ class MeasuredLatency(SurrogateLatency):
         super().__init__(profile.surrogate)
         self.profile = profile
         self.c5 = profile.packed_attention_s
+        self.admission_s = profile.admission_s
         self.request_overhead_s = profile.request_overhead_s
 
     def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
@@ -346,7 +356,7 @@ def fit_measured_profile(
     )
     w = np.sqrt(w) / y
     coef = nnls(x * w[:, None], y * w)[0]
-    sur_coef, packed, overhead = coef[:5], float(coef[5]), float(coef[6])
+    sur_coef, packed, admission, overhead = coef[:5], float(coef[5]), float(coef[6]), float(coef[7])
 
     def rel(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
         return np.abs(pred / meas - 1.0)
@@ -381,6 +391,7 @@ def fit_measured_profile(
         request_overhead_s=overhead,
         max_num_batched_tokens=max_num_batched_tokens,
         packed_attention_s=packed,
+        admission_s=admission,
         kv_capacity_tokens=kv_capacity_tokens,
         block_size=block_size,
         server=dict(server or {}),

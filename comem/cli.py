@@ -119,7 +119,8 @@ def _fit_measured(args: argparse.Namespace) -> int:
         f"iteration = {s.c0 * 1e3:.3f} ms + {s.c1 * 1e6:.3f} us/token"
         f" + {s.c2 * 1e9:.4f} ns/prefill pair + {s.c3 * 1e6:.2f} us/decode seq"
         f" + {s.c4 * 1e9:.3f} ns/KV token decoded + {prof.packed_attention_s * 1e12:.3f}"
-        f" ps/(token x KV read); request overhead {prof.request_overhead_s * 1e3:.2f} ms"
+        f" ps/(token x KV read); per admission {prof.admission_s * 1e3:.2f} ms of server"
+        f" time; request overhead {prof.request_overhead_s * 1e3:.2f} ms"
     )
     print(
         f"fit on {e['waves']} waves ({e['waves_left_out']} left out for failed requests):"

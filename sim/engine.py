@@ -212,6 +212,11 @@ class Engine:
         if overhead is None:
             overhead = float(getattr(latency, "request_overhead_s", 0.0))
         self.request_overhead_s = overhead
+        #: server time per newly admitted request, charged to the admitting iteration
+        #: (HTTP parsing and tokenization that share the engine's core; measured
+        #: profiles fit it, GPU profiles have none)
+        self.admission_s = float(getattr(latency, "admission_s", 0.0))
+        self._first_admissions = 0
         self.recorder = recorder if recorder is not None else MetricsRecorder()
         capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
         self.block_size = cfg.block_size
@@ -560,6 +565,7 @@ class Engine:
             self._allocate(req, need)
             running.append(req)
             if req.status == "waiting":
+                self._first_admissions += 1
                 req.status = "running"
                 req.admitted_s = now
                 req.cached_tokens = req.computed
@@ -585,7 +591,11 @@ class Engine:
                 new.append(n)
                 cached.append(c)
         self._last_shape = (n_dec, new)
-        return self.latency.iteration_time_of(n_dec, kv, new, cached)
+        duration = self.latency.iteration_time_of(n_dec, kv, new, cached)
+        if self._first_admissions:
+            duration += self.admission_s * self._first_admissions
+            self._first_admissions = 0
+        return duration
 
     def _apply(self, scheduled: list[tuple[Request, int]]) -> bool:
         """Advance the scheduled requests by their tokens; True if an event fired."""

@@ -162,12 +162,14 @@ def test_profile_cli_bad_input_is_one_line(tmp_path):
 # --- the measured-profile fit ---------------------------------------------------------
 
 TRUE = dict(c0=2e-3, c1=3e-5, c2=1e-8, c3=4e-4, c4=1e-6)
-PACKED, OVERHEAD = 2e-8, 5e-3
+PACKED, ADMISSION, OVERHEAD = 2e-8, 2e-3, 5e-3
 
 
 def _profile(budget: int) -> MeasuredProfile:
     sur = LinearSurrogate(**TRUE, mape=0.0, max_rel_error=0.0, p90_rel_error=0.0)
-    return MeasuredProfile(sur, OVERHEAD, budget, PACKED, kv_capacity_tokens=1 << 20, block_size=16)
+    return MeasuredProfile(
+        sur, OVERHEAD, budget, PACKED, ADMISSION, kv_capacity_tokens=1 << 20, block_size=16
+    )
 
 
 @pytest.mark.parametrize("stepping", ["fast", "iteration"])
@@ -189,7 +191,7 @@ def test_measured_profile_features_match_the_engine(c, isl, osl, budget, steppin
     reqs = [eng.submit(isl, osl) for _ in range(c)]
     env.run()
     f = closed_batch_features(c, isl, osl, budget)
-    coef = np.array([*TRUE.values(), PACKED])
+    coef = np.array([*TRUE.values(), PACKED, ADMISSION])
     ttft = np.mean([r.first_token_s for r in reqs])
     e2e = np.mean([r.finished_s for r in reqs])
     assert ttft == pytest.approx(f.ttft @ coef + OVERHEAD, rel=1e-9)
@@ -197,7 +199,7 @@ def test_measured_profile_features_match_the_engine(c, isl, osl, budget, steppin
 
 
 def _synthetic_measurements(rng: np.random.Generator, budget: int, noise: float) -> pd.DataFrame:
-    coef = np.array([*TRUE.values(), PACKED])
+    coef = np.array([*TRUE.values(), PACKED, ADMISSION])
     rows = []
     point = 0
     for isl in (16, 200, 900):
