@@ -77,12 +77,14 @@ def closed_batch_features(
     output_tokens: int,
     max_num_batched_tokens: int,
     max_num_seqs: int = 1024,
+    cached_tokens: int = 0,
 ) -> WaveFeatures:
     """Replay the FIFO chunked-prefill schedule of ``concurrency`` identical requests
     arriving together and sum the surrogate's features per request (no preemption:
-    the profiler's loads must fit the KV cache, which is checked when fitting)."""
+    the profiler's loads must fit the KV cache, which is checked when fitting).
+    ``cached_tokens`` of each prompt are prefix-cache hits (block-aligned already)."""
     n = concurrency
-    computed = np.zeros(n, np.int64)  # tokens with KV
+    computed = np.full(n, cached_tokens, np.int64)  # tokens with KV
     length = np.full(n, prompt_tokens, np.int64)  # prompt + generated so far
     started = np.zeros(n, bool)
     acc = np.zeros(7)
@@ -295,16 +297,20 @@ def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
     A wave with a failed request ran a different batch than the replay assumes, so it
     is left out (and counted)."""
     rows = []
+    if "cached_tokens" not in frame.columns:
+        frame = frame.assign(cached_tokens=0)
     for (point, rnd), g in frame.groupby(["point", "round"], sort=True):
         if (g["status"] != "ok").any():
             continue
         completion = g["completion_tokens"].where(g["completion_tokens"] >= 0, g["output_tokens"])
-        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 0, g["input_tokens"])
+        asked = g["input_tokens"] + g["cached_tokens"]
+        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 0, asked)
         rows.append(
             {
                 "point": int(point),  # type: ignore[call-overload]
                 "round": int(rnd),  # type: ignore[call-overload]
                 "concurrency": int(g["concurrency"].iloc[0]),
+                "cached_tokens": int(g["cached_tokens"].iloc[0]),
                 "prompt_tokens": int(round(prompt.mean())),
                 "output_tokens": int(round(completion.mean())),
                 "requests": len(g),
@@ -331,9 +337,13 @@ def fit_measured_profile(
             f"{source}: {len(waves)} complete waves; the fit needs at least 6 (vary input"
             " length, output length and concurrency)"
         )
+    block = block_size or 16
+    cols = ["concurrency", "prompt_tokens", "output_tokens", "cached_tokens"]
     feats = [
-        closed_batch_features(int(c), int(p), int(o), max_num_batched_tokens)
-        for c, p, o in waves[["concurrency", "prompt_tokens", "output_tokens"]].to_numpy()
+        closed_batch_features(
+            int(c), int(p), int(o), max_num_batched_tokens, cached_tokens=int(h) // block * block
+        )
+        for c, p, o, h in waves[cols].to_numpy()
     ]
     if kv_capacity_tokens is not None:
         need = (waves["concurrency"] * (waves["prompt_tokens"] + waves["output_tokens"])).max()
@@ -400,6 +410,32 @@ def fit_measured_profile(
     )
 
 
+def cache_config_from_metrics(path: str | Path) -> tuple[int, int] | None:
+    """(KV capacity in tokens, block size) from vLLM's ``vllm:cache_config_info``
+    sample in a ``comem profile`` metrics sidecar CSV, or None if it has none."""
+    import re
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        frame = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    if "sample" not in frame.columns:
+        return None
+    for sample in frame["sample"].astype(str):
+        if not sample.startswith("vllm:cache_config_info{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', sample))
+        try:
+            blocks, block = int(labels["num_gpu_blocks"]), int(labels["block_size"])
+        except (KeyError, ValueError):
+            continue
+        return blocks * block, block
+    return None
+
+
 def fit_measurements_file(
     csv_path: str | Path,
     max_num_batched_tokens: int,
@@ -410,6 +446,13 @@ def fit_measurements_file(
     """:func:`fit_measured_profile` on a CSV, with provenance (file hash, code, date)."""
     p = Path(csv_path)
     frame = read_measurements(p)
+    kv_from = "given" if kv_capacity_tokens is not None else "unknown"
+    if kv_capacity_tokens is None:
+        found = cache_config_from_metrics(p.with_suffix(".metrics.csv"))
+        if found is not None:
+            kv_capacity_tokens, metrics_block = found
+            block_size = block_size or metrics_block
+            kv_from = "vllm:cache_config_info in " + p.with_suffix(".metrics.csv").name
     prof = fit_measured_profile(
         frame, max_num_batched_tokens, kv_capacity_tokens, block_size, server, str(p)
     )
@@ -421,6 +464,7 @@ def fit_measurements_file(
         "fit_code_commit": _git_commit(),
         "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "method": "NNLS on relative wave-mean TTFT and ITL; closed-batch FIFO replay",
+        "kv_capacity_from": kv_from,
     }
     return prof
 

@@ -152,7 +152,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     extra = _parse_json_object(args.extra_body, "--extra-body")
     total = grid.size * grid.rounds
-    requests = sum(c for _, _, c in grid.points()) * grid.rounds
+    requests = sum(point[-1] for point in grid.points()) * grid.rounds
     if args.json or not sys.stderr.isatty():
         summary = run_profile(endpoint, args.model, grid, args.out, extra)
     else:

@@ -27,13 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 from calibration.errors import ComemInputError
 from live.openai_stream import Endpoint, StreamResult, stream_completion
 
 PROFILE_COLUMNS = (
     "point",
+    "cached_tokens",
     "input_tokens",
     "output_tokens",
     "concurrency",
@@ -62,8 +70,12 @@ class ProfileGrid(BaseModel):
     input_tokens: list[PositiveInt] = Field(default=[16, 256, 1024], min_length=1)
     output_tokens: list[PositiveInt] = Field(default=[16, 64], min_length=1)
     concurrency: list[PositiveInt] = Field(default=[1, 4, 8], min_length=1)
+    #: tokens of each prompt already in the server's prefix cache (an agent's context):
+    #: for > 0, every request's prefix is sent first (max_tokens 1, not recorded), then
+    #: the wave sends prefix + ``input_tokens`` new tokens
+    cached_tokens: list[NonNegativeInt] = Field(default=[0, 768], min_length=1)
     #: waves of ``concurrency`` simultaneous requests per point
-    rounds: PositiveInt = 2
+    rounds: PositiveInt = 1
     #: requests sent (and not recorded) before the grid, to warm the server up
     warmup_requests: int = Field(default=2, ge=0)
     timeout_s: PositiveFloat = 120.0
@@ -74,15 +86,22 @@ class ProfileGrid(BaseModel):
     vocabulary_words: PositiveInt = 4000
     seed: int = 0
 
-    def points(self) -> Iterator[tuple[int, int, int]]:
-        for isl in self.input_tokens:
-            for osl in self.output_tokens:
-                for c in self.concurrency:
-                    yield isl, osl, c
+    def points(self) -> Iterator[tuple[int, int, int, int]]:
+        """(cached, input, output, concurrency) of every grid point."""
+        for cached in self.cached_tokens:
+            for isl in self.input_tokens:
+                for osl in self.output_tokens:
+                    for c in self.concurrency:
+                        yield cached, isl, osl, c
 
     @property
     def size(self) -> int:
-        return len(self.input_tokens) * len(self.output_tokens) * len(self.concurrency)
+        return (
+            len(self.cached_tokens)
+            * len(self.input_tokens)
+            * len(self.output_tokens)
+            * len(self.concurrency)
+        )
 
 
 def load_grid(path: str | Path | None) -> ProfileGrid:
@@ -149,11 +168,20 @@ class _RowWriter:
 
 
 def _row(
-    point: int, isl: int, osl: int, c: int, rnd: int, idx: int, wave_start: float, r: StreamResult
+    point: int,
+    cached: int,
+    isl: int,
+    osl: int,
+    c: int,
+    rnd: int,
+    idx: int,
+    wave_start: float,
+    r: StreamResult,
 ) -> list[Any]:
     gaps = np.diff(r.token_s) if len(r.token_s) > 1 else np.array([np.nan])
     return [
         point,
+        cached,
         isl,
         osl,
         c,
@@ -198,11 +226,34 @@ def run_profile(
             )
         workers = max(grid.concurrency)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for point, (isl, osl, c) in enumerate(grid.points()):
+            for point, (cached, isl, osl, c) in enumerate(grid.points()):
                 before = scrape_metrics(endpoint)
                 rows: list[StreamResult] = []
                 for rnd in range(grid.rounds):
                     prompts = [random_prompt(rng, isl, grid) for _ in range(c)]
+                    if cached:
+                        # 2 output tokens, not 1: transformers serve indexes a request's
+                        # full blocks for reuse only after a forward pass that follows
+                        # them, so a 1-token request leaves nothing cached (measured:
+                        # 48 ms TTFT after a 1-token warm-up, 8 ms after a 2-token one)
+                        prefixes = [random_prompt(rng, cached, grid) for _ in range(c)]
+                        warm = [
+                            pool.submit(
+                                stream_completion,
+                                endpoint,
+                                model,
+                                pre,
+                                2,
+                                grid.timeout_s,
+                                extra_body,
+                            )
+                            for pre in prefixes
+                        ]
+                        for fut in warm:
+                            fut.result()
+                        prompts = [
+                            f"{pre} {new}" for pre, new in zip(prefixes, prompts, strict=True)
+                        ]
                     barrier = threading.Barrier(c)
 
                     def one(
@@ -217,7 +268,7 @@ def run_profile(
                     futures = [pool.submit(one, p) for p in prompts]
                     for idx, fut in enumerate(futures):
                         r = fut.result()
-                        writer.write(_row(point, isl, osl, c, rnd, idx, wave_start, r))
+                        writer.write(_row(point, cached, isl, osl, c, rnd, idx, wave_start, r))
                         statuses[r.status] += 1
                         rows.append(r)
                         if on_request is not None:
@@ -235,6 +286,7 @@ def run_profile(
                 per_point.append(
                     {
                         "point": point,
+                        "cached_tokens": cached,
                         "input_tokens": isl,
                         "output_tokens": osl,
                         "concurrency": c,

@@ -246,7 +246,10 @@ class LiveAgent:
                 # prefill the next context now: system + summary + the raw tail so far
                 start = max(0, job.cutoff - self.policy.retain)
                 warm = prompt[:system_len] + job.words + _flat(raw[start:])
-                self._request(False, warm, 1)
+                # 2 tokens: transformers serve caches a prompt's blocks only after a
+                # forward pass that follows them (see live.profiler); the simulator's
+                # pre-warm is 1 token, which vLLM caches at prefill
+                self._request(False, warm, 2)
             job.done.set()
 
         th = threading.Thread(target=work, daemon=True)

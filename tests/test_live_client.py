@@ -122,7 +122,12 @@ def test_profile_client_refused_connection():
 
 def test_profile_rows_cover_every_request_and_failures(fake_server, tmp_path):
     grid = ProfileGrid(
-        input_tokens=[4, 8], output_tokens=[3], concurrency=[1, 3], rounds=2, warmup_requests=0
+        input_tokens=[4, 8],
+        output_tokens=[3],
+        concurrency=[1, 3],
+        cached_tokens=[0],
+        rounds=2,
+        warmup_requests=0,
     )
     out = tmp_path / "p.csv"
     summary = run_profile(Endpoint("127.0.0.1", fake_server, "/ok"), "m", grid, out)
@@ -137,6 +142,25 @@ def test_profile_rows_cover_every_request_and_failures(fake_server, tmp_path):
     rows = list(csv.DictReader(bad.open()))
     assert len(rows) == s["requests"] == 16
     assert {r["status"] for r in rows} == {"http_error"}
+
+
+def test_profile_cached_prefix_waves(fake_server, tmp_path):
+    """cached_tokens > 0: each prompt's prefix goes first (unrecorded), then the wave
+    sends prefix + new tokens; the fit replays those waves from the cached prefix."""
+    grid = ProfileGrid(
+        input_tokens=[5],
+        output_tokens=[3],
+        concurrency=[2],
+        cached_tokens=[0, 40],
+        rounds=1,
+        warmup_requests=0,
+    )
+    out = tmp_path / "p.csv"
+    run_profile(Endpoint("127.0.0.1", fake_server, "/ok"), "m", grid, out)
+    frame = pd.read_csv(out)
+    assert len(frame) == 4 and (frame["status"] == "ok").all()
+    assert sorted(frame["prompt_tokens"]) == [5, 5, 45, 45]
+    assert sorted(frame["cached_tokens"]) == [0, 0, 40, 40]
 
 
 def test_profile_cli_bad_input_is_one_line(tmp_path):
@@ -262,5 +286,41 @@ def test_profile_grid_from_toml(tmp_path):
     p = tmp_path / "g.toml"
     p.write_text("input_tokens = [8]\noutput_tokens = [4, 8]\nconcurrency = [2]\nrounds = 3\n")
     g = load_grid(p)
-    assert list(g.points()) == [(8, 4, 2), (8, 8, 2)] and g.rounds == 3
+    assert list(g.points()) == [(0, 8, 4, 2), (0, 8, 8, 2), (768, 8, 4, 2), (768, 8, 8, 2)]
+    assert g.rounds == 3
     assert Path(p).exists()
+
+
+def test_profile_grid_and_live_scenario_files_are_valid():
+    from live.profiler import load_grid
+    from sim.scenario import load_scenario
+
+    root = Path(__file__).resolve().parent.parent / "scenarios" / "live"
+    assert load_grid(root / "profile_grid_gpu.toml").size == 96
+    sc = load_scenario(root / "tiny_cpu.toml")
+    assert [a.kind for a in sc.architectures] == ["fc", "kso"]
+
+
+def test_profile_fit_reads_vllm_cache_config_from_metrics(tmp_path):
+    """vLLM publishes its KV size as labels of ``vllm:cache_config_info``; the fit
+    takes the capacity from the profiler's metrics sidecar when none is given."""
+    from calibration.measured import fit_measurements_file
+
+    frame = _synthetic_measurements(np.random.default_rng(0), 512, 0.0)
+    csv_path = tmp_path / "m.csv"
+    frame.to_csv(csv_path, index=False)
+    sample = 'vllm:cache_config_info{block_size="16",cache_dtype="auto",num_gpu_blocks="5000"}'
+    pd.DataFrame(
+        [[0, "before", sample, 1.0], [0, "before", "vllm:num_requests_running", 0.0]],
+        columns=["point", "phase", "sample", "value"],
+    ).to_csv(tmp_path / "m.metrics.csv", index=False)
+    prof = fit_measurements_file(csv_path, 512)
+    assert prof.kv_capacity_tokens == 80_000 and prof.block_size == 16
+    assert prof.provenance["kv_capacity_from"].startswith("vllm:cache_config_info")
+    # a wave that cannot fit that cache is refused with one clear line
+    (tmp_path / "m.metrics.csv").write_text(
+        "point,phase,sample,value\n0,before,"
+        '"vllm:cache_config_info{block_size=""16"",num_gpu_blocks=""10""}",1.0\n'
+    )
+    with pytest.raises(ComemInputError, match="more than the server's 160"):
+        fit_measurements_file(csv_path, 512)

@@ -88,11 +88,16 @@ def test_profile_live_server_rows(measured):
     assert summary["statuses"] == {"ok": len(frame)} and len(frame) == 156
     # the tiny model never emits EOS: every request generated exactly what was asked
     assert (frame["completion_tokens"] == frame["output_tokens"]).all()
-    assert (frame["prompt_tokens"] == frame["input_tokens"]).all()  # one token per word
+    # one token per word: prompts are the cached prefix plus the new tokens
+    assert (frame["prompt_tokens"] == frame["input_tokens"] + frame["cached_tokens"]).all()
     assert (frame["ttft_s"] > 0).all() and (frame["mean_itl_s"] > 0).all()
     # real physics: more prompt costs more to prefill; a larger batch decodes slower
-    med = frame.groupby(["input_tokens", "concurrency"])["ttft_s"].median()
+    fresh = frame[frame["cached_tokens"] == 0]
+    med = fresh.groupby(["input_tokens", "concurrency"])["ttft_s"].median()
     assert med[(1024, 1)] > 2 * med[(16, 1)]
+    # the prefix cache works: 16 new tokens after 768 cached cost far less than 784 fresh
+    hit = frame[(frame["cached_tokens"] == 768) & (frame["input_tokens"] == 16)]
+    assert hit.groupby("concurrency")["ttft_s"].median()[1] < med[(1024, 1)] / 2
     itl = frame.groupby("concurrency")["mean_itl_s"].median()
     assert itl[8] > itl[1]
 
