@@ -304,7 +304,16 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
             f" {row['sim_mean_task_s']:.2f} vs {row['live_mean_task_s']:.2f} s"
             f" ({row['task_error']:+.1%}), TTFT {row['prefill_error']:+.0%},"
             f" decode {row['decode_error']:+.0%}, per-step MAPE {row['per_step_mape']:.1%}"
+            + (
+                f", summary request {row['summary_error']:+.0%}"
+                if row["summary_error"] == row["summary_error"]
+                else ""
+            )
         )
+    print(
+        f"machine speed drift between the profile and the replay: {result.drift:+.1%}"
+        " (speed probe of the agent server; the error cannot be trusted below it)"
+    )
     print(f"wrote {result.out}/ (profile.csv, profile.json, live_steps.csv, comparison.csv, ...)")
     return 0
 

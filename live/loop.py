@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from live.profiler import ProfileGrid, run_profile
+from live.profiler import ProfileGrid, run_profile, speed_probe
 from live.replay import LiveTarget, compare_with_simulation, replay_scenario, simulate_live
 from live.server import ServerSettings, serving
 
@@ -35,6 +35,8 @@ class LoopResult:
     fit_error: dict[str, Any]
     comparison: pd.DataFrame
     timings_s: dict[str, float]
+    #: the agent server's speed-probe latency after the replay / before the profile - 1
+    drift: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class LoopResult:
             "fit_error": self.fit_error,
             "comparison": self.comparison.to_dict(orient="records"),
             "timings_s": self.timings_s,
+            "drift": self.drift,
         }
 
 
@@ -75,6 +78,7 @@ def run_live_loop(
     t = time.perf_counter()
     with serving(settings, out, ("agent", "memory")) as (agent, memory):
         timings["start_servers"] = time.perf_counter() - t
+        probe_before = speed_probe(agent.endpoint, model, seed=1)
         t = time.perf_counter()
         summary = run_profile(agent.endpoint, model, grid, out / "profile.csv")
         timings["profile"] = time.perf_counter() - t
@@ -95,6 +99,7 @@ def run_live_loop(
             scenario, LiveTarget(agent.endpoint, model, memory.endpoint, model), progress
         )
         timings["replay"] = time.perf_counter() - t
+        probe_after = speed_probe(agent.endpoint, model, seed=2)
     live.write(str(out))
     t = time.perf_counter()
     simulated = simulate_live(scenario, str(out / "profile.json"))
@@ -104,7 +109,9 @@ def run_live_loop(
     comparison.to_csv(out / "comparison.csv", index=False)
     sim_steps = pd.concat([r.steps for r in simulated.results], ignore_index=True)
     plot_live_vs_simulated(live.steps, sim_steps, out)
-    result = LoopResult(out, summary, prof.fit_error, comparison, timings)
+    result = LoopResult(
+        out, summary, prof.fit_error, comparison, timings, probe_after / probe_before - 1.0
+    )
     (out / "loop.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     return result
 

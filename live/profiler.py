@@ -315,3 +315,40 @@ def run_profile(
 def _median_ms(values: list[float]) -> float:
     vals = [v for v in values if np.isfinite(v)]
     return float(np.median(vals) * 1e3) if vals else float("nan")
+
+
+def speed_probe(
+    endpoint: Endpoint,
+    model: str,
+    seed: int,
+    rounds: int = 3,
+    concurrency: int = 4,
+    input_tokens: int = 256,
+    output_tokens: int = 32,
+    timeout_s: float = 60.0,
+    extra_body: dict[str, Any] | None = None,
+) -> float:
+    """Mean end-to-end latency (s) of a fixed small load on fresh prompts.
+
+    Run it before a calibration and again after the measurement that calibration is
+    meant to predict: the ratio says how much the machine's speed drifted in between
+    (shared CPUs do drift), which bounds how well any model calibrated before can
+    predict what was measured after. Use a different ``seed`` each time, or the second
+    probe hits the prefix cache the first one filled."""
+    grid = ProfileGrid()
+    rng = np.random.default_rng([seed, 7])
+    times: list[float] = []
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for _ in range(rounds):
+            prompts = [random_prompt(rng, input_tokens, grid) for _ in range(concurrency)]
+            futures = [
+                pool.submit(
+                    stream_completion, endpoint, model, p, output_tokens, timeout_s, extra_body
+                )
+                for p in prompts
+            ]
+            for fut in futures:
+                r = fut.result()
+                if r.ok:
+                    times.append(r.e2e_s)
+    return float(np.mean(times)) if times else float("nan")

@@ -53,6 +53,21 @@ REPLAY_STEP_COLUMNS = (
     "summary_swapped",
 )
 
+#: one row per summarization request (CP on the agent server, SM/KSO on the memory one)
+REPLAY_SUMMARY_COLUMNS = (
+    "architecture",
+    "agent",
+    "task",
+    "step",
+    "server",
+    "status",
+    "submit_s",
+    "ttft_s",
+    "e2e_s",
+    "prompt_tokens",
+    "output_tokens",
+)
+
 REPLAY_TASK_COLUMNS = (
     "architecture",
     "agent",
@@ -118,6 +133,7 @@ class LiveAgent:
         tasks: list[tuple[Any, ...]],
         lock: threading.Lock,
         on_task: Callable[[], None] | None = None,
+        summaries: list[tuple[Any, ...]] | None = None,
     ) -> None:
         self.id = agent_id
         self.policy = policy
@@ -126,6 +142,7 @@ class LiveAgent:
         self.t0 = t0
         self.steps = steps
         self.tasks = tasks
+        self.summaries: list[tuple[Any, ...]] = summaries if summaries is not None else []
         self.lock = lock
         self.on_task = on_task
         self._background: list[threading.Thread] = []
@@ -198,19 +215,17 @@ class LiveAgent:
                 instruction = self.words.make(pol.summary_prompt_tokens, *key, t, 2)
                 if pol.kind in ("cp", "sm"):
                     w0 = self._now()
-                    if pol.kind == "cp":
-                        s, _ = self._request(False, context + instruction, task.summary_tokens)
-                    else:
-                        s, _ = self._request(
-                            True, system + _flat(raw) + instruction, task.summary_tokens
-                        )
+                    memory = pol.kind == "sm"
+                    sprompt = system + _flat(raw) + instruction if memory else context + instruction
+                    s, s_submit = self._request(memory, sprompt, task.summary_tokens)
+                    self._record_summary(task_id, t, memory, s, s_submit, len(sprompt))
                     stall += self._now() - w0
                     if s.ok:
                         context = system + s.text.split() + _flat(raw[max(0, t - pol.retain) :])
                         summaries += 1
                         swapped = True
                 else:  # kso: asynchronous on the memory server
-                    pending = self._launch(system + _flat(raw) + instruction, t, task, raw)
+                    pending = self._launch(system + _flat(raw) + instruction, task_id, t, task, raw)
                     pending_swap_at = t + pol.lag + 1
             total_stall += stall
             self._record(
@@ -234,12 +249,15 @@ class LiveAgent:
             )
         return status
 
-    def _launch(self, prompt: list[str], t: int, task: Task, raw: list[list[str]]) -> _Pending:
+    def _launch(
+        self, prompt: list[str], task_id: int, t: int, task: Task, raw: list[list[str]]
+    ) -> _Pending:
         job = _Pending(cutoff=t, done=threading.Event())
         system_len = task.system_tokens
 
         def work() -> None:
-            res, _ = self._request(True, prompt, task.summary_tokens)
+            res, submit = self._request(True, prompt, task.summary_tokens)
+            self._record_summary(task_id, t, True, res, submit, len(prompt))
             job.failed = not res.ok
             job.words = res.text.split()
             if res.ok and self.policy.pre_warm:
@@ -256,6 +274,25 @@ class LiveAgent:
         self._background.append(th)
         th.start()
         return job
+
+    def _record_summary(
+        self, task_id: int, t: int, memory: bool, res: StreamResult, submit: float, prompt: int
+    ) -> None:
+        row = (
+            self.policy.name,
+            self.id,
+            task_id,
+            t,
+            "memory" if memory else "agent",
+            res.status,
+            submit,
+            res.ttft_s,
+            res.e2e_s,
+            res.prompt_tokens if res.prompt_tokens >= 0 else prompt,
+            res.output_tokens,
+        )
+        with self.lock:
+            self.summaries.append(row)
 
     def _record(
         self,
@@ -304,6 +341,9 @@ class ReplayResult:
     steps: pd.DataFrame
     tasks: pd.DataFrame
     wall_s: dict[str, float]
+    summaries: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(REPLAY_SUMMARY_COLUMNS))
+    )
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -329,7 +369,11 @@ class ReplayResult:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, frame in (("live_steps", self.steps), ("live_tasks", self.tasks)):
+        for name, frame in (
+            ("live_steps", self.steps),
+            ("live_tasks", self.tasks),
+            ("live_summaries", self.summaries),
+        ):
             p = out / f"{name}.csv"
             frame.to_csv(p, index=False)
             paths.append(str(p))
@@ -344,17 +388,19 @@ def replay_architecture(
     tasks: list[list[Task]],
     target: LiveTarget,
     on_task: Callable[[], None] | None = None,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], float]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
-    wall time. Closed loop only (each agent runs its tasks back to back)."""
+    summary-request rows, wall time. Closed loop only (each agent runs its tasks back
+    to back)."""
     check_replayable(scenario, target)
     steps: list[tuple[Any, ...]] = []
     done: list[tuple[Any, ...]] = []
+    summaries: list[tuple[Any, ...]] = []
     lock = threading.Lock()
     words = _Words(target, scenario.seed)
     t0 = time.perf_counter()
     agents = [
-        LiveAgent(a, arch.policy(), target, words, t0, steps, done, lock, on_task)
+        LiveAgent(a, arch.policy(), target, words, t0, steps, done, lock, on_task, summaries)
         for a in range(len(tasks))
     ]
     threads = [
@@ -365,7 +411,7 @@ def replay_architecture(
         th.start()
     for th in threads:
         th.join()
-    return steps, done, time.perf_counter() - t0
+    return steps, done, summaries, time.perf_counter() - t0
 
 
 def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
@@ -410,6 +456,7 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
     warm_up(target)
     all_steps: list[tuple[Any, ...]] = []
     all_tasks: list[tuple[Any, ...]] = []
+    all_summaries: list[tuple[Any, ...]] = []
     wall: dict[str, float] = {}
     bar = None
     job = None
@@ -432,9 +479,10 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
             if bar is not None and job is not None:
                 bar.update(job, description=f"replay {arch.name}")
             advance = (lambda: bar.advance(job)) if bar is not None and job is not None else None
-            steps, done, secs = replay_architecture(scenario, arch, tasks, target, advance)
+            steps, done, summ, secs = replay_architecture(scenario, arch, tasks, target, advance)
             all_steps += sorted(steps, key=lambda r: (r[1], r[2], r[3]))
             all_tasks += sorted(done, key=lambda r: (r[1], r[2]))
+            all_summaries += sorted(summ, key=lambda r: (r[1], r[2], r[3]))
             wall[arch.name] = secs
     finally:
         if bar is not None:
@@ -444,6 +492,7 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
         pd.DataFrame(all_steps, columns=list(REPLAY_STEP_COLUMNS)),
         pd.DataFrame(all_tasks, columns=list(REPLAY_TASK_COLUMNS)),
         wall,
+        pd.DataFrame(all_summaries, columns=list(REPLAY_SUMMARY_COLUMNS)),
     )
 
 
@@ -477,8 +526,21 @@ def compare_with_simulation(live: ReplayResult, simulated: Any) -> pd.DataFrame:
             "live_mean_stall_s": float(ok["stall_s"].mean()),
             "sim_mean_stall_s": float(s.steps["stall_s"].mean()),
             "per_step_mape": float(per_step.mean()),
+            "live_mean_summary_s": float("nan"),
+            "sim_mean_summary_s": float("nan"),
         }
-        for what in ("step", "task", "prefill", "decode"):
+        ls = live.summaries[
+            (live.summaries["architecture"] == name) & (live.summaries["status"] == "ok")
+        ]
+        if len(ls):
+            row["live_mean_summary_s"] = float(ls["e2e_s"].mean())
+            req = s.requests
+            if s.config.memory is not None:  # SM, KSO: every memory request summarizes
+                sreq = req[req["engine"].str.endswith("/memory")]
+            else:  # CP: the agent engine's requests tagged as summaries
+                sreq = req[req["tag"].map(lambda tg: isinstance(tg, tuple) and "summary" in tg)]
+            row["sim_mean_summary_s"] = float(sreq["e2e_s"].mean())
+        for what in ("step", "task", "prefill", "decode", "summary"):
             row[f"{what}_error"] = row[f"sim_mean_{what}_s"] / row[f"live_mean_{what}_s"] - 1.0
         rows.append(row)
     return pd.DataFrame(rows)

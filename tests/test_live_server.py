@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from live.profiler import speed_probe
 from live.server import ServerProcess, ServerSettings, serve_available, serving
 
 REASON = serve_available()
@@ -28,11 +29,12 @@ pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "live" / "tiny_cpu.toml"
-#: The issue's aim is a simulated mean step latency within 15% of the live one; three
-#: runs of `comem live-loop` on 2 cores measured +3% to +5% for FC and -1% to +3% for
-#: KSO, but the live mean step moved by up to 10% between runs on a busier machine (CPU
-#: noise), so the test fails at 20%: beyond what noise explains, short of a model defect.
-STEP_TOLERANCE = 0.20
+#: The issue's aim: simulated mean step latency within 15% of the live one. Quiet runs of
+#: `comem live-loop` on 2 cores measured +3% to +5% (FC) and -1% to +3% (KSO); when the
+#: shared machine slowed down between the profile and the replay, up to -35%. No model
+#: calibrated before can predict better than the machine holds still, so the test allows
+#: the aim plus the drift a speed probe measures before the profile and after the replay.
+STEP_AIM = 0.15
 
 
 def comem(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -65,6 +67,7 @@ def measured(servers, tmp_path_factory):
     """`comem profile` on the agent server, then `comem calibrate fit --measurements`."""
     settings, (agent, _) = servers
     out = tmp_path_factory.mktemp("profile")
+    probe_before = speed_probe(agent.endpoint, settings.model_dir, seed=1)
     p = comem(
         "profile", "--endpoint", str(agent.endpoint), "--model", settings.model_dir,
         "--out", str(out / "profile.csv"), "--json",
@@ -79,11 +82,11 @@ def measured(servers, tmp_path_factory):
         "--block-size", str(settings.block_size),
     )  # fmt: skip
     assert f.returncode == 0, f.stderr[-2000:]
-    return summary, out / "profile.csv", out / "profile.json"
+    return summary, out / "profile.csv", out / "profile.json", probe_before
 
 
 def test_profile_live_server_rows(measured):
-    summary, csv_path, _ = measured
+    summary, csv_path, _, _ = measured
     frame = pd.read_csv(csv_path)
     assert summary["statuses"] == {"ok": len(frame)} and len(frame) == 156
     # the tiny model never emits EOS: every request generated exactly what was asked
@@ -103,7 +106,7 @@ def test_profile_live_server_rows(measured):
 
 
 def test_profile_fit_from_live_server(measured):
-    _, _, profile = measured
+    _, _, profile, _ = measured
     data = json.loads(profile.read_text())
     err = data["fit_error"]
     assert err["waves"] == 36 and err["waves_left_out"] == 0
@@ -117,13 +120,15 @@ def test_replay_fc_and_kso_against_simulation(servers, measured, tmp_path):
     """The issue's loop: the simulator, calibrated on the profile, predicts the live
     per-step and per-task latencies of FC and KSO."""
     settings, (agent, memory) = servers
-    _, _, profile = measured
+    _, _, profile, probe_before = measured
     p = comem(
         "replay", str(SCENARIO), "--endpoint", str(agent.endpoint), "--model",
         settings.model_dir, "--memory-endpoint", str(memory.endpoint),
         "--profile", str(profile), "--out", str(tmp_path), "--json",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
+    drift = speed_probe(agent.endpoint, settings.model_dir, seed=2) / probe_before - 1.0
+    tolerance = STEP_AIM + abs(drift)
     out = json.loads(p.stdout)
     archs = out["architectures"]
     assert archs["FC"]["steps"] == archs["KSO"]["steps"] == 4 * 10
@@ -132,6 +137,9 @@ def test_replay_fc_and_kso_against_simulation(servers, measured, tmp_path):
     kso = steps[steps["architecture"] == "KSO"]
     # launched after steps 3, 6, 9; swapped in before steps 5 and 8 (step 11 never comes)
     assert kso["summary_launched"].sum() == 4 * 3 and kso["summary_swapped"].sum() == 4 * 2
+    summ = pd.read_csv(tmp_path / "live_summaries.csv")
+    assert len(summ) == 4 * 3 and (summ["server"] == "memory").all()
+    assert (summ["status"] == "ok").all() and (summ["output_tokens"] == 48).all()
     # contexts: FC's prompt only grows; KSO's shrinks at every swap
     fc = steps[steps["architecture"] == "FC"].sort_values(["agent", "step"])
     assert (fc.groupby("agent")["prompt_tokens"].diff().dropna() > 0).all()
@@ -139,8 +147,8 @@ def test_replay_fc_and_kso_against_simulation(servers, measured, tmp_path):
     rows = {r["architecture"]: r for r in out["comparison"]}
     for name in ("FC", "KSO"):
         r = rows[name]
-        assert abs(r["step_error"]) < STEP_TOLERANCE, r
-        assert abs(r["task_error"]) < STEP_TOLERANCE, r
+        assert abs(r["step_error"]) < tolerance, (drift, r)
+        assert abs(r["task_error"]) < tolerance, (drift, r)
 
 
 def test_server_killed_mid_profile_keeps_rows(tiny_model, tmp_path):
