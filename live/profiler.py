@@ -337,6 +337,8 @@ def speed_probe(
     probe hits the prefix cache the first one filled."""
     grid = ProfileGrid()
     rng = np.random.default_rng([seed, 7])
+    for _ in range(2):  # a fresh server's first requests pay one-off costs (~2 s)
+        stream_completion(endpoint, model, random_prompt(rng, 16, grid), 2, timeout_s, extra_body)
     times: list[float] = []
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for _ in range(rounds):
