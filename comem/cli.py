@@ -311,8 +311,8 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
             )
         )
     print(
-        f"machine speed drift between the profile and the replay: {result.drift:+.1%}"
-        " (speed probe of the agent server; the error cannot be trusted below it)"
+        f"machine speed drift during the run: {result.drift:.1%} (spread of a speed probe"
+        " before the profile, before and after the replay; errors below it mean little)"
     )
     print(f"wrote {result.out}/ (profile.csv, profile.json, live_steps.csv, comparison.csv, ...)")
     return 0

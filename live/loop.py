@@ -35,7 +35,9 @@ class LoopResult:
     fit_error: dict[str, Any]
     comparison: pd.DataFrame
     timings_s: dict[str, float]
-    #: the agent server's speed-probe latency after the replay / before the profile - 1
+    #: how much the agent server's speed moved during the run: the spread (max / min - 1)
+    #: of a speed probe taken before the profile, between the profile and the replay,
+    #: and after the replay
     drift: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,12 +96,13 @@ def run_live_loop(
             },
         )
         prof.save(out / "profile.json")
+        probe_mid = speed_probe(agent.endpoint, model, seed=2)
         t = time.perf_counter()
         live = replay_scenario(
             scenario, LiveTarget(agent.endpoint, model, memory.endpoint, model), progress
         )
         timings["replay"] = time.perf_counter() - t
-        probe_after = speed_probe(agent.endpoint, model, seed=2)
+        probe_after = speed_probe(agent.endpoint, model, seed=3)
     live.write(str(out))
     t = time.perf_counter()
     simulated = simulate_live(scenario, str(out / "profile.json"))
@@ -109,8 +112,9 @@ def run_live_loop(
     comparison.to_csv(out / "comparison.csv", index=False)
     sim_steps = pd.concat([r.steps for r in simulated.results], ignore_index=True)
     plot_live_vs_simulated(live.steps, sim_steps, out)
+    probes = (probe_before, probe_mid, probe_after)
     result = LoopResult(
-        out, summary, prof.fit_error, comparison, timings, probe_after / probe_before - 1.0
+        out, summary, prof.fit_error, comparison, timings, max(probes) / min(probes) - 1.0
     )
     (out / "loop.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     return result
