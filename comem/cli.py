@@ -178,7 +178,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         table = Table(title=f"{args.model} at {endpoint}: medians per grid point")
         for c in (
-            "input tok",
+            "cached tok",
+            "new tok",
             "output tok",
             "concurrency",
             "ok",
@@ -190,6 +191,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
             table.add_column(c, justify="right")
         for p in summary["points"]:
             table.add_row(
+                str(p["cached_tokens"]),
                 str(p["input_tokens"]),
                 str(p["output_tokens"]),
                 str(p["concurrency"]),
