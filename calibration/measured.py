@@ -288,6 +288,24 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
         raise ComemInputError(
             f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
         )
+    for col in REQUIRED_COLUMNS:
+        if col == "status":
+            continue
+        values = pd.to_numeric(frame[col], errors="coerce")
+        whole = col not in ("ttft_s", "mean_itl_s", "e2e_s")
+        bad = values.isna() if whole else values.isna() & frame[col].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
+            raise ComemInputError(
+                f"{p}:{row}: column '{col}' is not a number: {frame[col][bad].iloc[0]!r}"
+            )
+        frame[col] = values
+    ok = frame["status"] == "ok"
+    for col in ("ttft_s", "e2e_s"):
+        bad = ok & ~(frame[col] > 0)
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0]) + 2
+            raise ComemInputError(f"{p}:{row}: an 'ok' request needs a positive {col}")
     return frame
 
 
@@ -354,7 +372,7 @@ def fit_measured_profile(
             )
     # TTFT rows: surrogate features + 1 for the request overhead; ITL rows: + 0
     x_ttft = np.array([[*f.ttft, 1.0] for f in feats])
-    multi = waves["output_tokens"].to_numpy() > 1
+    multi = (waves["output_tokens"].to_numpy() > 1) & (waves["itl_s"].to_numpy() > 0)
     x_itl = np.array([[*f.itl, 0.0] for f, m in zip(feats, multi, strict=True) if m])
     y_ttft = waves["ttft_s"].to_numpy(float)
     y_itl = waves.loc[multi, "itl_s"].to_numpy(float)

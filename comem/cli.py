@@ -43,6 +43,30 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    return value
+
+
+def _writable_dir(path: str | None, flag: str) -> None:
+    """Fail before a long live run, not after it, if its output cannot be written."""
+    if path is None:
+        return
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / ".comem-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=1, sort_keys=True))
 
@@ -238,6 +262,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from calibration.measured import MeasuredProfile
 
         MeasuredProfile.load(args.profile)
+    _writable_dir(args.out, "--out")
     live = replay_scenario(scenario, target, progress=not args.json and sys.stderr.isatty())
     written = live.write(args.out) if args.out else []
     out: dict[str, Any] = {**live.summary(), "files": written}
@@ -270,12 +295,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 )
         for f in written:
             print(f"wrote {f}")
-    failed = sum(s["steps_failed"] for s in out["architectures"].values())
-    if failed:
-        bad = live.tasks[live.tasks["status"] != "finished"]["status"]
-        first = bad.iloc[0] if len(bad) else "unknown"
-        print(f"comem replay: {failed} steps failed; first: {first}", file=sys.stderr)
-    return 1 if failed else 0
+    bad = live.tasks[live.tasks["status"] != "finished"]["status"]
+    bad_summaries = int((live.summaries["status"] != "ok").sum())
+    if len(bad) or bad_summaries:
+        first = bad.iloc[0] if len(bad) else "a summary request failed"
+        print(
+            f"comem replay: {len(bad)} tasks did not finish, {bad_summaries} summary"
+            f" requests failed; first: {first}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_live_loop(args: argparse.Namespace) -> int:
@@ -288,9 +318,15 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
     if reason is not None:
         raise ComemInputError(f"comem live-loop: {reason}")
     scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, args.set or [])
-    result = run_live_loop(
-        args.out, scenario, load_grid(args.grid), progress=sys.stderr.isatty() and not args.json
-    )
+    grid = load_grid(args.grid)
+    _writable_dir(args.out, "--out")
+    try:
+        result = run_live_loop(
+            args.out, scenario, grid, progress=sys.stderr.isatty() and not args.json
+        )
+    except RuntimeError as exc:  # a server that would not start: its log says why
+        print(f"comem live-loop: {str(exc).splitlines()[0]} (logs in {args.out})", file=sys.stderr)
+        return 1
     if args.json:
         _print_json(result.to_dict())
         return 0
@@ -671,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--memory-model", help="memory model name (default: --model)")
     rp.add_argument("--profile", help="measured profile JSON: also simulate and compare")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario field")
-    rp.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    rp.add_argument("--timeout", type=_positive_seconds, default=120.0, help="seconds per request")
     rp.add_argument("--extra-body", help="JSON merged into every request")
     rp.add_argument("--out", help="directory for live_steps.csv, live_tasks.csv, comparison.csv")
     rp.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -67,7 +67,10 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str, where: str = "--endpoint") -> Endpoint:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+        except ValueError as exc:
+            raise ComemInputError(f"{where}: not a URL: {url!r} ({exc})") from None
         if parts.scheme != "http" or not parts.hostname:
             raise ComemInputError(
                 f"{where}: expected http://HOST:PORT[/PREFIX], got {url!r} (https is not supported)"
@@ -141,9 +144,16 @@ def stream_completion(
         res.status, res.error = "malformed", str(exc)
     except (OSError, http.client.HTTPException) as exc:
         res.status, res.error = "error", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a server fault must be a row, never a crash of the run
+        res.status, res.error = "error", f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
     return res
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage block; -1 when absent or not a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 class _Deadline(Exception):
@@ -187,6 +197,8 @@ def _read_events(
         if "error" in event:
             raise _Malformed(f"server error event: {str(event['error'])[:120]}")
         for choice in event.get("choices") or []:
+            if not isinstance(choice, dict):
+                raise _Malformed(f"a choice is not an object: {data[:80]!r}")
             piece = choice.get("text") or ""
             if piece:
                 res.token_s.append(now - start)
@@ -195,8 +207,8 @@ def _read_events(
                 res.finish_reason = str(choice["finish_reason"])
         usage = event.get("usage")
         if isinstance(usage, dict):
-            res.prompt_tokens = int(usage.get("prompt_tokens", -1))
-            res.completion_tokens = int(usage.get("completion_tokens", -1))
+            res.prompt_tokens = _count(usage.get("prompt_tokens"))
+            res.completion_tokens = _count(usage.get("completion_tokens"))
     end = time.perf_counter()
     res.text = "".join(parts)
     if not res.token_s:

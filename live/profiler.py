@@ -16,6 +16,7 @@ with its status, and an interrupted run keeps every row written so far.
 from __future__ import annotations
 
 import csv
+import http.client
 import os
 import threading
 import time
@@ -32,7 +33,6 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
 )
 
@@ -78,7 +78,7 @@ class ProfileGrid(BaseModel):
     rounds: PositiveInt = 1
     #: requests sent (and not recorded) before the grid, to warm the server up
     warmup_requests: int = Field(default=2, ge=0)
-    timeout_s: PositiveFloat = 120.0
+    timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
     #: prompt words are ``{prefix}{i}`` with i < vocabulary_words (the tiny model's
     #: tokenizer maps each to one token; other tokenizers may split them, and the
     #: server's reported prompt_tokens is what the fit uses)
@@ -129,7 +129,7 @@ def scrape_metrics(endpoint: Endpoint) -> dict[str, float] | None:
     """vLLM's ``vllm:`` Prometheus samples (histogram buckets left out), or None."""
     try:
         status, body = endpoint.get("/metrics", timeout_s=5.0)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return None
     if status != 200:
         return None
@@ -150,8 +150,11 @@ class _RowWriter:
 
     def __init__(self, path: Path, columns: tuple[str, ...]) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("w", newline="")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = path.open("w", newline="")
+        except OSError as exc:
+            raise ComemInputError(f"{path}: cannot write ({exc.strerror})") from None
         self._writer = csv.writer(self._fh)
         self._writer.writerow(columns)
         self._fh.flush()
@@ -215,6 +218,7 @@ def run_profile(
     out = Path(out_csv)
     writer = _RowWriter(out, PROFILE_COLUMNS)
     metrics_path = out.with_suffix(".metrics.csv")
+    metrics_path.unlink(missing_ok=True)  # an old server's metrics must not be read as ours
     metrics_writer: _RowWriter | None = None
     statuses: Counter[str] = Counter()
     per_point: list[dict[str, Any]] = []

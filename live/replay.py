@@ -99,12 +99,13 @@ class LiveTarget:
 class _Words:
     """Seeded random prompt words, one token each for the tiny model's tokenizer."""
 
-    def __init__(self, target: LiveTarget, seed: int) -> None:
+    def __init__(self, target: LiveTarget, seed: int, stream: int = 0) -> None:
         self.target = target
         self.seed = seed
+        self.stream = stream  # one per architecture: no prompt is cached by another's run
 
     def make(self, n: int, *key: int) -> list[str]:
-        rng = np.random.default_rng([self.seed, *key])
+        rng = np.random.default_rng([self.seed, self.stream, *key])
         ids = rng.integers(0, self.target.vocabulary_words, n)
         return [f"{self.target.word_prefix}{i}" for i in ids]
 
@@ -134,6 +135,7 @@ class LiveAgent:
         lock: threading.Lock,
         on_task: Callable[[], None] | None = None,
         summaries: list[tuple[Any, ...]] | None = None,
+        memory_max_model_len: int | None = None,
     ) -> None:
         self.id = agent_id
         self.policy = policy
@@ -143,6 +145,8 @@ class LiveAgent:
         self.steps = steps
         self.tasks = tasks
         self.summaries: list[tuple[Any, ...]] = summaries if summaries is not None else []
+        self.crashed: str | None = None
+        self.memory_max_model_len = memory_max_model_len
         self.lock = lock
         self.on_task = on_task
         self._background: list[threading.Thread] = []
@@ -163,12 +167,18 @@ class LiveAgent:
         return res, submit
 
     def run(self, own: list[Task]) -> None:
-        for task_id, task in enumerate(own):
-            self.run_task(task_id, task)
-            if self.on_task is not None:
-                self.on_task()
-        for th in self._background:
-            th.join()
+        """Run the tasks; an unexpected exception is kept (``self.crashed``), not lost
+        with the thread, so the caller can report it."""
+        try:
+            for task_id, task in enumerate(own):
+                self.run_task(task_id, task)
+                if self.on_task is not None:
+                    self.on_task()
+        except Exception as exc:
+            self.crashed = f"agent {self.id}: {type(exc).__name__}: {exc}"
+        finally:
+            for th in self._background:
+                th.join()
 
     def run_task(self, task_id: int, task: Task) -> str:
         pol = self.policy
@@ -216,7 +226,11 @@ class LiveAgent:
                 if pol.kind in ("cp", "sm"):
                     w0 = self._now()
                     memory = pol.kind == "sm"
-                    sprompt = system + _flat(raw) + instruction if memory else context + instruction
+                    sprompt = (
+                        self._memory_prompt(system + _flat(raw) + instruction, task)
+                        if memory
+                        else context + instruction
+                    )
                     s, s_submit = self._request(memory, sprompt, task.summary_tokens)
                     self._record_summary(task_id, t, memory, s, s_submit, len(sprompt))
                     stall += self._now() - w0
@@ -225,7 +239,13 @@ class LiveAgent:
                         summaries += 1
                         swapped = True
                 else:  # kso: asynchronous on the memory server
-                    pending = self._launch(system + _flat(raw) + instruction, task_id, t, task, raw)
+                    pending = self._launch(
+                        self._memory_prompt(system + _flat(raw) + instruction, task),
+                        task_id,
+                        t,
+                        task,
+                        raw,
+                    )
                     pending_swap_at = t + pol.lag + 1
             total_stall += stall
             self._record(
@@ -249,6 +269,13 @@ class LiveAgent:
             )
         return status
 
+    def _memory_prompt(self, prompt: list[str], task: Task) -> list[str]:
+        """As the simulator: past the memory model's context, keep the recent history."""
+        if self.memory_max_model_len is None:
+            return prompt
+        limit = self.memory_max_model_len - task.summary_tokens
+        return prompt[-limit:] if len(prompt) > limit > 0 else prompt
+
     def _launch(
         self, prompt: list[str], task_id: int, t: int, task: Task, raw: list[list[str]]
     ) -> _Pending:
@@ -256,19 +283,25 @@ class LiveAgent:
         system_len = task.system_tokens
 
         def work() -> None:
-            res, submit = self._request(True, prompt, task.summary_tokens)
-            self._record_summary(task_id, t, True, res, submit, len(prompt))
-            job.failed = not res.ok
-            job.words = res.text.split()
-            if res.ok and self.policy.pre_warm:
-                # prefill the next context now: system + summary + the raw tail so far
+            res = None
+            try:
+                res, submit = self._request(True, prompt, task.summary_tokens)
+                self._record_summary(task_id, t, True, res, submit, len(prompt))
+                job.failed = not res.ok
+                job.words = res.text.split()
+            except Exception:
+                job.failed = True
+            finally:
+                job.done.set()  # the agent may be waiting on it: always set
+            if res is not None and res.ok and self.policy.pre_warm:
+                # prefill the next context now, as the simulator does once the summary
+                # is ready (the swap does not wait for it): system + summary + the raw
+                # tail so far. 2 tokens: transformers serve caches a prompt's blocks
+                # only after a forward pass that follows them (see live.profiler); the
+                # simulator's pre-warm is 1 token, which vLLM caches at prefill
                 start = max(0, job.cutoff - self.policy.retain)
                 warm = prompt[:system_len] + job.words + _flat(raw[start:])
-                # 2 tokens: transformers serve caches a prompt's blocks only after a
-                # forward pass that follows them (see live.profiler); the simulator's
-                # pre-warm is 1 token, which vLLM caches at prefill
                 self._request(False, warm, 2)
-            job.done.set()
 
         th = threading.Thread(target=work, daemon=True)
         self._background.append(th)
@@ -397,10 +430,23 @@ def replay_architecture(
     done: list[tuple[Any, ...]] = []
     summaries: list[tuple[Any, ...]] = []
     lock = threading.Lock()
-    words = _Words(target, scenario.seed)
+    stream = next(i for i, a in enumerate(scenario.architectures) if a.name == arch.name)
+    words = _Words(target, scenario.seed, stream)
     t0 = time.perf_counter()
     agents = [
-        LiveAgent(a, arch.policy(), target, words, t0, steps, done, lock, on_task, summaries)
+        LiveAgent(
+            a,
+            arch.policy(),
+            target,
+            words,
+            t0,
+            steps,
+            done,
+            lock,
+            on_task,
+            summaries,
+            arch.memory.max_model_len if arch.memory is not None else None,
+        )
         for a in range(len(tasks))
     ]
     threads = [
@@ -411,6 +457,10 @@ def replay_architecture(
         th.start()
     for th in threads:
         th.join()
+    nan = float("nan")
+    for ag in agents:  # a crash ends the agent's tasks: a task row says so
+        if ag.crashed is not None:
+            done.append((arch.name, ag.id, -1, nan, nan, nan, 0, f"crashed: {ag.crashed}", 0, nan))
     return steps, done, summaries, time.perf_counter() - t0
 
 

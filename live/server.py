@@ -9,6 +9,7 @@ independent machines), with one torch thread per pinned core.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -109,11 +110,11 @@ class ServerProcess:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(0, set(cpus))
 
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin
-        )
-        log.close()
+        cmd = self.command()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=pin
+            )
         self._wait_healthy()
         return self
 
@@ -124,7 +125,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-1500:]
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{tail}")
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, http.client.HTTPException):
                 status, _ = self.endpoint.get("/health", timeout_s=2.0)
                 if status == 200:
                     return
@@ -164,7 +165,9 @@ def serving(
             own = settings
             if settings.cpus is None and len(cores) >= len(names):
                 own = ServerSettings(**{**settings.__dict__, "cpus": (cores[i],)})
-            servers.append(ServerProcess(own, log_dir / f"server-{name}.log").start())
+            server = ServerProcess(own, log_dir / f"server-{name}.log")
+            servers.append(server)  # listed before it starts: stopped even if start fails
+            server.start()
         yield servers
     finally:
         for s in servers:

@@ -4,9 +4,10 @@ It is a real model for a real server: ``transformers serve`` loads it from a dir
 and generates with it like with any checkpoint. The tokenizer maps the words ``w0``,
 ``w1``, ... one-to-one to tokens and splits on whitespace, so a prompt of n such words
 is exactly n tokens and generated text re-tokenizes to the same ids (prefix caching
-sees an agent's growing context as the simulator does). The EOS row of the output
-layer is zeroed, so greedy decoding never picks EOS (its logit is 0, and the largest
-of the random others is positive): every request generates exactly ``max_tokens``,
+sees an agent's growing context as the simulator does). The rows of EOS and the other
+special tokens in the output layer are zeroed, so greedy decoding never picks them
+(their logit is 0, and the largest of the random others is positive): every request
+generates exactly ``max_tokens`` ordinary words,
 the equivalent of vLLM's ``ignore_eos``, which ``transformers serve`` does not accept.
 
 Needs the ``serve`` extra (torch, transformers).
@@ -77,8 +78,9 @@ def make_tiny_llama(out: str | Path, spec: TinyLlamaSpec | None = None) -> Path:
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        model.lm_head.weight[vocab["</s>"]].zero_()
+    with torch.no_grad():  # never generate a special token (the text would lose it)
+        for special in SPECIAL:
+            model.lm_head.weight[vocab[special]].zero_()
     model.save_pretrained(path)
     (path / "comem_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=1) + "\n")
     return path

@@ -63,6 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         n = int(body["max_tokens"])
+        if mode == "badchoice":
+            self.wfile.write(b'data: {"choices": ["x"]}\n\n')
+            return
         for i in range(n):
             if mode == "badjson" and i == 2:
                 self.wfile.write(b"data: {not json\n\n")
@@ -99,7 +102,12 @@ def test_profile_client_measures_a_good_stream(fake_server):
 
 @pytest.mark.parametrize(
     ("mode", "status"),
-    [("http500", "http_error"), ("badjson", "malformed"), ("truncated", "malformed")],
+    [
+        ("http500", "http_error"),
+        ("badjson", "malformed"),
+        ("truncated", "malformed"),
+        ("badchoice", "malformed"),
+    ],
 )
 def test_profile_client_reports_server_faults(fake_server, mode, status):
     r = stream_completion(Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 8)
@@ -166,6 +174,12 @@ def test_profile_cached_prefix_waves(fake_server, tmp_path):
 def test_profile_cli_bad_input_is_one_line(tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text("concurrency = [0]\n")
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text(
+        "point,round,concurrency,status,prompt_tokens,completion_tokens,input_tokens,"
+        "output_tokens,ttft_s,mean_itl_s,e2e_s\n0,0,1,ok,4,4,4,4,0.1,0.01,0.2\n"
+        "1,0,two,ok,4,4,4,4,0.1,0.01,0.2\n"
+    )
     ep = ["profile", "--endpoint", "127.0.0.1:1", "--model", "m"]
     fit = ["calibrate", "fit", "--out", "x.json", "--measurements"]
     for argv, needle in (
@@ -174,6 +188,10 @@ def test_profile_cli_bad_input_is_one_line(tmp_path):
         ([*ep, "--extra-body", "[1]"], "--extra-body"),
         ([*fit, str(tmp_path / "none.csv"), "--max-batch-tokens", "64"], "does not exist"),
         ([*fit, str(grid)], "--max-batch-tokens"),
+        ([*fit, str(bad_csv), "--max-batch-tokens", "64"], "not a number"),
+        (["profile", "--endpoint", "http://[::1", "--model", "m"], "not a URL"),
+        (["replay", "x.toml", "--endpoint", "127.0.0.1:1", "--model", "m", "--timeout", "-1"],
+         "--timeout"),
     ):  # fmt: skip
         p = subprocess.run(
             [sys.executable, "-m", "comem", *argv], capture_output=True, text=True, timeout=60
