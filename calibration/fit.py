@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from calibration import opmodels as om
 from calibration.errors import ComemInputError, KernelDataError
 from calibration.kernels import KernelTables, load_kernel_tables
 from calibration.opmodels import OpFit
-from calibration.profile import DEFAULT_FRAMEWORK, Profile
+from calibration.profile import DEFAULT_FRAMEWORK, Profile, code_commit
 from calibration.registry import GpuSpec, check_dtype, get_gpu, get_model
 
 #: device strings in the aiconfigurator tables -> registry GPU names
@@ -27,30 +26,6 @@ DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "h100_sxm", "NVIDIA H200": "h200_sxm"}
 INCONSISTENT_MAPE = 0.5
 
 E2E_COLUMNS = ("Num of Hardware", "Model", "Input Output Length", "Batch Size", "Latency")
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        commit = out.stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "calibration"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout
-        # profiles themselves are outputs: only code changes make the fit "dirty"
-        code_dirty = [ln for ln in dirty.splitlines() if "profiles/" not in ln]
-        return commit + ("-dirty" if code_dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def gpu_of_tables(tables: KernelTables) -> str:
@@ -224,7 +199,7 @@ def fit_profile(
         ),
         "kernel_dir": "/".join(Path(kernel_dir).parts[-3:]),
         "kernel_dtypes": {"gemm_moe": om.KERNEL_DTYPES[dtype], "attention_kv": "bfloat16"},
-        "fit_code_commit": _git_commit(),
+        "fit_code_commit": code_commit(),
         "fit_date": _dt.date.today().isoformat(),
         "notes": notes,
     }

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from calibration.errors import ComemInputError
+from calibration.profile import Profile, code_commit, read_profile_json, write_profile_json
 from calibration.surrogate import LinearSurrogate, SurrogateLatency
 
 MEASURED_SCHEMA = "comem-measured-profile/1"
@@ -173,13 +172,7 @@ class MeasuredProfile:
         }
 
     def save(self, path: str | Path) -> Path:
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        except OSError as exc:
-            raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
-        return out
+        return write_profile_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> MeasuredProfile:
@@ -213,14 +206,7 @@ class MeasuredProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> MeasuredProfile:
-        p = Path(path)
-        if not p.is_file():
-            raise ComemInputError(f"{p}: profile file does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ComemInputError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-        return cls.from_dict(data, str(p))
+        return cls.from_dict(read_profile_json(path), str(path))
 
 
 class MeasuredLatency(SurrogateLatency):
@@ -266,12 +252,13 @@ class MeasuredLatency(SurrogateLatency):
         return base + self.c5 * (num_decode + chunk) * kv_read
 
 
-def is_measured_profile(path: str | Path) -> bool:
-    """Whether ``path`` holds a measured (not a kernel-fitted) profile."""
-    try:
-        return json.loads(Path(path).read_text()).get("schema") == MEASURED_SCHEMA
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
+def load_profile(path: str | Path) -> Profile | MeasuredProfile:
+    """A profile file of either kind, read once: measured (this module's schema) or
+    kernel-fitted (:class:`calibration.profile.Profile`)."""
+    data = read_profile_json(path)
+    if isinstance(data, dict) and data.get("schema") == MEASURED_SCHEMA:
+        return MeasuredProfile.from_dict(data, str(path))
+    return Profile.from_dict(data, source=str(path))
 
 
 def read_measurements(path: str | Path) -> pd.DataFrame:
@@ -479,26 +466,12 @@ def fit_measurements_file(
         "measurements_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
         "rows": int(len(frame)),
         "rows_ok": int((frame["status"] == "ok").sum()),
-        "fit_code_commit": _git_commit(),
+        "fit_code_commit": code_commit(),
         "fitted_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "method": "NNLS on relative wave-mean TTFT and ITL; closed-batch FIFO replay",
         "kv_capacity_from": kv_from,
     }
     return prof
-
-
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 __all__ = [
@@ -507,7 +480,7 @@ __all__ = [
     "closed_batch_features",
     "fit_measured_profile",
     "fit_measurements_file",
-    "is_measured_profile",
+    "load_profile",
     "read_measurements",
     "wave_table",
 ]

@@ -8,6 +8,7 @@ default, so nothing needs ``../shared`` at run time.
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -62,13 +63,7 @@ class Profile:
         }
 
     def save(self, path: str | Path) -> Path:
-        out = Path(path)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        except OSError as exc:
-            raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
-        return out
+        return write_profile_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Profile:
@@ -116,14 +111,56 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
-        p = Path(path)
-        if not p.is_file():
-            raise ComemInputError(f"{p}: profile file does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
-            raise ComemInputError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_profile_json(path), source=str(path))
+
+
+def read_profile_json(path: str | Path) -> Any:
+    """A profile file's JSON (any kind of profile); one clear line if it cannot be."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: profile file does not exist")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ComemInputError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+
+
+def write_profile_json(path: str | Path, data: Any) -> Path:
+    out = Path(path)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1) + "\n")
+    except OSError as exc:
+        raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
+    return out
+
+
+def code_commit() -> str:
+    """The git commit of the fitting code, for a profile's provenance ("-dirty" when
+    calibration code, not just profiles, has uncommitted changes; "unknown" outside git)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=here,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "calibration"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=here,
+            timeout=10,
+        ).stdout
+        # profiles themselves are outputs: only code changes make the fit "dirty"
+        code_dirty = [ln for ln in dirty.splitlines() if "profiles/" not in ln]
+        return commit + ("-dirty" if code_dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def profile_path(gpu: str, dtype: str, framework: str = DEFAULT_FRAMEWORK) -> Path:

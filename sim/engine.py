@@ -43,8 +43,7 @@ import simpy
 
 from calibration.errors import ComemInputError
 from calibration.latency import LatencyModel
-from calibration.measured import MeasuredLatency, MeasuredProfile, is_measured_profile
-from calibration.profile import Profile
+from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
@@ -202,10 +201,10 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
         if latency is None:
-            if cfg.profile and is_measured_profile(cfg.profile):
-                latency = MeasuredLatency(MeasuredProfile.load(cfg.profile))
+            profile = load_profile(cfg.profile) if cfg.profile else None
+            if isinstance(profile, MeasuredProfile):
+                latency = MeasuredLatency(profile)
             else:
-                profile = Profile.load(cfg.profile) if cfg.profile else None
                 latency = LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
         self.latency = latency
         overhead = cfg.request_overhead_s
