@@ -175,24 +175,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     endpoint = Endpoint.parse(args.endpoint)
     grid = load_grid(args.grid)
     extra = _parse_json_object(args.extra_body, "--extra-body")
-    total = grid.size * grid.rounds
-    requests = sum(point[-1] for point in grid.points()) * grid.rounds
-    if args.json or not sys.stderr.isatty():
-        summary = run_profile(endpoint, args.model, grid, args.out, extra)
-    else:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn(f"profiling {endpoint} ({total} waves)"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} requests"),
-            TimeElapsedColumn(),
-            transient=True,
-        ) as bar:
-            job = bar.add_task("profile", total=requests)
-            summary = run_profile(
-                endpoint, args.model, grid, args.out, extra, on_request=lambda: bar.advance(job)
-            )
+    summary = run_profile(
+        endpoint, args.model, grid, args.out, extra, progress=not args.json and sys.stderr.isatty()
+    )
     failed = summary["requests"] - summary["statuses"].get("ok", 0)
     if args.json:
         _print_json(summary)
@@ -244,7 +229,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from live.openai_stream import Endpoint
-    from live.replay import LiveTarget, compare_with_simulation, replay_scenario, simulate_live
+    from live.replay import (
+        LiveTarget,
+        compare_with_simulation,
+        comparison_line,
+        replay_scenario,
+        simulate_live,
+    )
     from sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
@@ -286,13 +277,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
         if comparison is not None:
             for row in comparison.to_dict(orient="records"):
-                print(
-                    f"{row['architecture']:8s} simulated vs live: step mean"
-                    f" {row['sim_mean_step_s']:.3f} vs {row['live_mean_step_s']:.3f} s"
-                    f" ({row['step_error']:+.1%}), task mean {row['sim_mean_task_s']:.2f} vs"
-                    f" {row['live_mean_task_s']:.2f} s ({row['task_error']:+.1%}),"
-                    f" per-step MAPE {row['per_step_mape']:.1%}"
-                )
+                print(comparison_line(row))
         for f in written:
             print(f"wrote {f}")
     bad = live.tasks[live.tasks["status"] != "finished"]["status"]
@@ -311,6 +296,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_live_loop(args: argparse.Namespace) -> int:
     from live.loop import DEFAULT_SCENARIO, run_live_loop
     from live.profiler import load_grid
+    from live.replay import comparison_line
     from live.server import serve_available
     from sim.scenario import load_scenario
 
@@ -336,18 +322,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
         f" {e['ttft_mape']:.1%}, ITL MAPE {e['itl_mape']:.1%}, e2e MAPE {e['e2e_mape']:.1%}"
     )
     for row in result.comparison.to_dict(orient="records"):
-        print(
-            f"{row['architecture']:8s} simulated vs live: step mean {row['sim_mean_step_s']:.3f}"
-            f" vs {row['live_mean_step_s']:.3f} s ({row['step_error']:+.1%}), task mean"
-            f" {row['sim_mean_task_s']:.2f} vs {row['live_mean_task_s']:.2f} s"
-            f" ({row['task_error']:+.1%}), TTFT {row['prefill_error']:+.0%},"
-            f" decode {row['decode_error']:+.0%}, per-step MAPE {row['per_step_mape']:.1%}"
-            + (
-                f", summary request {row['summary_error']:+.0%}"
-                if row["summary_error"] == row["summary_error"]
-                else ""
-            )
-        )
+        print(comparison_line(row))
     print(
         f"machine speed drift during the run: {result.drift:.1%} (spread of a speed probe"
         " before the profile, before and after the replay; errors below it mean little)"

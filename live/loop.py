@@ -82,27 +82,7 @@ def run_live_loop(
         timings["start_servers"] = time.perf_counter() - t
         probe_before = speed_probe(agent.endpoint, model, seed=1)
         t = time.perf_counter()
-        if progress:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            total = sum(point[-1] for point in grid.points()) * grid.rounds
-            with Progress(
-                TextColumn("profiling the agent server"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} requests"),
-                TimeElapsedColumn(),
-                transient=True,
-            ) as bar:
-                job = bar.add_task("profile", total=total)
-                summary = run_profile(
-                    agent.endpoint,
-                    model,
-                    grid,
-                    out / "profile.csv",
-                    on_request=lambda: bar.advance(job),
-                )
-        else:
-            summary = run_profile(agent.endpoint, model, grid, out / "profile.csv")
+        summary = run_profile(agent.endpoint, model, grid, out / "profile.csv", progress=progress)
         timings["profile"] = time.perf_counter() - t
         prof = fit_measurements_file(
             out / "profile.csv",

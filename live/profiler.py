@@ -22,7 +22,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -211,10 +211,11 @@ def run_profile(
     grid: ProfileGrid,
     out_csv: str | Path,
     extra_body: dict[str, Any] | None = None,
-    on_request: Callable[[], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Measure every grid point; rows go to ``out_csv`` as they come. Returns a summary
-    (status counts, per-point medians, whether /metrics was scraped)."""
+    (status counts, per-point medians, whether /metrics was scraped). ``progress``
+    shows a bar of requests done on stderr."""
     out = Path(out_csv)
     writer = _RowWriter(out, PROFILE_COLUMNS)
     metrics_path = out.with_suffix(".metrics.csv")
@@ -223,6 +224,20 @@ def run_profile(
     statuses: Counter[str] = Counter()
     per_point: list[dict[str, Any]] = []
     rng = np.random.default_rng(grid.seed)
+    bar = None
+    job = None
+    if progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(
+            TextColumn(f"profiling {endpoint} ({grid.size * grid.rounds} waves)"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} requests"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        job = bar.add_task("profile", total=sum(p[-1] for p in grid.points()) * grid.rounds)
+        bar.start()
     try:
         for _ in range(grid.warmup_requests):
             stream_completion(
@@ -275,8 +290,8 @@ def run_profile(
                         writer.write(_row(point, cached, isl, osl, c, rnd, idx, wave_start, r))
                         statuses[r.status] += 1
                         rows.append(r)
-                        if on_request is not None:
-                            on_request()
+                        if bar is not None and job is not None:
+                            bar.advance(job)
                 after = scrape_metrics(endpoint)
                 if before is not None and after is not None:
                     if metrics_writer is None:
@@ -302,6 +317,8 @@ def run_profile(
                     }
                 )
     finally:
+        if bar is not None:
+            bar.stop()
         writer.close()
         if metrics_writer is not None:
             metrics_writer.close()

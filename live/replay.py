@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from live.openai_stream import Endpoint, StreamResult, stream_completion
-from sim.agents import Policy, Task
+from sim.agents import TASK_COLUMNS, Policy, Task
 from sim.scenario import ArchitectureConfig, Scenario
 
 REPLAY_STEP_COLUMNS = (
@@ -66,19 +66,6 @@ REPLAY_SUMMARY_COLUMNS = (
     "e2e_s",
     "prompt_tokens",
     "output_tokens",
-)
-
-REPLAY_TASK_COLUMNS = (
-    "architecture",
-    "agent",
-    "task",
-    "start_s",
-    "end_s",
-    "latency_s",
-    "steps",
-    "status",
-    "summaries",
-    "stall_s",
 )
 
 
@@ -540,10 +527,24 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
     return ReplayResult(
         scenario,
         pd.DataFrame(all_steps, columns=list(REPLAY_STEP_COLUMNS)),
-        pd.DataFrame(all_tasks, columns=list(REPLAY_TASK_COLUMNS)),
+        pd.DataFrame(all_tasks, columns=list(TASK_COLUMNS)),
         wall,
         pd.DataFrame(all_summaries, columns=list(REPLAY_SUMMARY_COLUMNS)),
     )
+
+
+def comparison_line(row: Mapping[Any, Any]) -> str:
+    """One row of :func:`compare_with_simulation`, for a terminal."""
+    line = (
+        f"{row['architecture']:8s} simulated vs live: step mean {row['sim_mean_step_s']:.3f}"
+        f" vs {row['live_mean_step_s']:.3f} s ({row['step_error']:+.1%}), task mean"
+        f" {row['sim_mean_task_s']:.2f} vs {row['live_mean_task_s']:.2f} s"
+        f" ({row['task_error']:+.1%}), TTFT {row['prefill_error']:+.0%},"
+        f" decode {row['decode_error']:+.0%}, per-step MAPE {row['per_step_mape']:.1%}"
+    )
+    if row["summary_error"] == row["summary_error"]:  # not NaN: it summarized
+        line += f", summary request {row['summary_error']:+.0%}"
+    return line
 
 
 def compare_with_simulation(live: ReplayResult, simulated: Any) -> pd.DataFrame:
