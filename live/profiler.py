@@ -20,7 +20,6 @@ import http.client
 import os
 import threading
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,18 +105,11 @@ class ProfileGrid(BaseModel):
 
 def load_grid(path: str | Path | None) -> ProfileGrid:
     """Read a grid TOML (or the defaults); one clear line for any defect."""
-    from sim.config import validate  # pydantic error -> one line
+    from sim.config import read_toml, validate  # pydantic error -> one line
 
     if path is None:
         return ProfileGrid()
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: grid file does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
-    return validate(ProfileGrid, data, p.name)
+    return validate(ProfileGrid, read_toml(path, "grid"), Path(path).name)
 
 
 def random_prompt(rng: np.random.Generator, n: int, grid: ProfileGrid) -> str:

@@ -7,6 +7,8 @@ names the field and the problem.
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -77,6 +79,18 @@ def validate(
         shown = "" if isinstance(value, dict) else f" (got {value!r})"
         extra = f" and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
         raise ComemInputError(f"{field}: {err['msg']}{shown}{extra}") from None
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's table; one clear line if it is missing or not TOML (``what``: the
+    kind of file, for the message)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: {what} file does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
 
 
 def parse_value(text: str) -> Any:

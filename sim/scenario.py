@@ -9,7 +9,6 @@ simulation with its own engines, and returns tidy tables plus a summary.
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from calibration.errors import ComemInputError
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy, Step, Task
-from sim.config import EngineConfig, Stepping, apply_overrides, validate
+from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
 from sim.engine import Engine, IterationLatency, StreamSpace
 from sim.metrics import MetricsRecorder
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
@@ -146,14 +144,8 @@ def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Sce
     data: dict[str, Any] = {}
     where = "scenario"
     if path is not None:
-        p = Path(path)
-        where = p.name
-        if not p.is_file():
-            raise ComemInputError(f"{p}: scenario file does not exist")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
+        where = Path(path).name
+        data = read_toml(path, "scenario")
     tags = frozenset({"synthetic", "trace", "fitted"})
     return validate(Scenario, apply_overrides(data, sets or []), where, tags)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import tomllib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from calibration.errors import ComemInputError
+from sim.config import read_toml
 from sim.scenario import Scenario, load_scenario, run_scenario
 
 
@@ -81,12 +81,7 @@ def point_seed(sweep_seed: int, key: str) -> int:
 def load_sweep(path: str | Path) -> Sweep:
     """Read a sweep file and resolve (validate) every point before anything runs."""
     p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: sweep file does not exist")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
+    data = read_toml(p, "sweep")
     where = p.name
     unknown = set(data) - {"base", "grid", "set", "seeds", "seed", "description"}
     if unknown:
