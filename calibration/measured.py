@@ -41,7 +41,10 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from calibration.errors import ComemInputError
+from calibration.kv_cache import KVCache, StreamSpace
 from calibration.profile import Profile, code_commit, read_profile_json, write_profile_json
+from calibration.scheduler import Scheduler, SchedulerConfig
+from calibration.scheduler import Sequence as ScheduledRequest
 from calibration.surrogate import LinearSurrogate, SurrogateLatency
 
 MEASURED_SCHEMA = "comem-measured-profile/1"
@@ -78,65 +81,62 @@ def closed_batch_features(
     max_num_seqs: int = 1024,
     cached_tokens: int = 0,
 ) -> WaveFeatures:
-    """Replay the FIFO chunked-prefill schedule of ``concurrency`` identical requests
-    arriving together and sum the surrogate's features per request (no preemption:
-    the profiler's loads must fit the KV cache, which is checked when fitting).
-    ``cached_tokens`` of each prompt are prefix-cache hits (block-aligned already)."""
+    """Replay the schedule of ``concurrency`` identical requests arriving together (the
+    project's one scheduler, :mod:`calibration.scheduler`, iteration by iteration) and
+    sum the surrogate's features per request. The KV cache is taken as large enough
+    (the profiler's loads must fit it, which is checked when fitting). ``cached_tokens``
+    of each prompt are prefix-cache hits (block-aligned already), left by a warm-up."""
     n = concurrency
-    computed = np.full(n, cached_tokens, np.int64)  # tokens with KV
-    length = np.full(n, prompt_tokens, np.int64)  # prompt + generated so far
-    started = np.zeros(n, bool)
+    block = 16
+    kv = KVCache(1 << 40, block)
+    sched = Scheduler(
+        kv,
+        SchedulerConfig(
+            max_num_batched_tokens=int(max_num_batched_tokens), max_num_seqs=int(max_num_seqs)
+        ),
+    )
+    streams = StreamSpace()
+    seqs = []
+    for i in range(n):
+        stream = streams.new()
+        if cached_tokens:
+            kv.prime(stream, int(cached_tokens))
+        seq = ScheduledRequest(i, int(prompt_tokens), int(output_tokens), stream)
+        sched.add(seq)
+        seqs.append(seq)
     acc = np.zeros(7)
     first = np.full((n, 7), np.nan)
     last = np.full((n, 7), np.nan)
-    iterations = 0
-    while True:
-        active = length - prompt_tokens < output_tokens
-        if not active.any():
-            break
-        budget = max_num_batched_tokens
-        n_tokens = 0
-        pairs = 0.0
-        b_decode = 0
-        kv_decoded = 0
-        kv_read = 0
-        admitted = 0
-        scheduled: list[tuple[int, int]] = []
-        # running requests first (decodes and unfinished prefills), then waiting ones
-        order = [i for i in range(n) if active[i] and started[i]]
-        order += [i for i in range(n) if active[i] and not started[i]]
-        for i in order:
-            if budget == 0 or len(scheduled) == max_num_seqs:
-                break
-            todo = int(length[i] - computed[i])
-            q = min(todo, budget)
-            if computed[i] > 0 and todo == 1:
-                b_decode += 1
-                kv_decoded += int(computed[i]) + 1
-            else:
-                pairs += q * (computed[i] + (q + 1) / 2.0)
-            n_tokens += q
-            kv_read += int(computed[i]) + q
-            budget -= q
-            admitted += 0 if started[i] else 1
-            started[i] = True
-            scheduled.append((i, q))
-        acc = acc + np.array(
-            [1.0, n_tokens, pairs, b_decode, kv_decoded, n_tokens * kv_read, admitted]
+    finished = 0
+    while finished < n:
+        step = sched.schedule()
+        kv_read = sum(seq.computed + q for seq, q in step.entries)
+        pairs = sum(
+            q * (c + (q + 1) / 2.0)
+            for q, c in zip(step.prefill_new, step.prefill_cached, strict=True)
         )
-        iterations += 1
-        for i, q in scheduled:
-            computed[i] += q
-            if computed[i] == length[i]:  # sampled a token
-                if length[i] == prompt_tokens:
-                    first[i] = acc
-                length[i] += 1
-                if length[i] - prompt_tokens == output_tokens:
-                    last[i] = acc
+        n_tokens = step.num_tokens
+        acc = acc + np.array(
+            [
+                1.0,
+                n_tokens,
+                pairs,
+                step.num_decode,
+                step.decode_kv_total,
+                n_tokens * kv_read,
+                len(step.admitted),
+            ]
+        )
+        for seq, what in sched.apply(step):
+            if what == "first_token":
+                first[seq.id] = acc
+            else:
+                last[seq.id] = acc
+                finished += 1
     ttft = first.mean(axis=0)
     e2e = last.mean(axis=0)
     itl = (last - first).mean(axis=0) / max(1, output_tokens - 1)
-    return WaveFeatures(ttft, itl, e2e, iterations)
+    return WaveFeatures(ttft, itl, e2e, sched.iterations)
 
 
 @dataclass

@@ -1,17 +1,13 @@
 """Static-batch predictor: vLLM ``benchmark_latency`` semantics.
 
 One batch of B identical prompts of ``input_len`` tokens arrives at t = 0; each request
-generates ``output_len`` tokens. We replay vLLM V1's scheduler at iteration granularity
-(running requests first, then waiting ones FCFS, under the token budget and
-``max_num_seqs``; chunked prefill; paged KV in 16-token blocks; recompute preemption
-of the newest running request when a block cannot be allocated) and charge each
-iteration its latency-model time. The schedule does not depend on time, so it is
-computed once and priced vectorized; this also makes the overhead fit a linear
-least-squares problem (see :mod:`calibration.fit`).
-
-Request state is the pair (computed tokens c, sequence length L = input + generated):
-an iteration schedules ``min(L - c, budget)`` tokens; when c reaches L a token is
-sampled (L += 1). A decode is the case L - c = 1 with c > 0.
+generates ``output_len`` tokens. The project's one vLLM V1 scheduler
+(:mod:`calibration.scheduler`: running requests first, then waiting ones FCFS, under
+the token budget and ``max_num_seqs``; chunked prefill; paged KV in 16-token blocks;
+recompute preemption of the newest running request when a block cannot be allocated)
+replays the batch and each iteration is charged its latency-model time. The schedule
+does not depend on time, so it is computed once and priced vectorized; this also makes
+the overhead fit a linear least-squares problem (see :mod:`calibration.fit`).
 """
 
 from __future__ import annotations
@@ -21,7 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration.errors import ComemInputError
+from calibration.kv_cache import KVCache
 from calibration.latency import LatencyModel
+from calibration.scheduler import Run, Scheduler, SchedulerConfig, Sequence
 
 BLOCK_SIZE = 16
 
@@ -53,10 +51,15 @@ def schedule_static_batch(
     kv_capacity_tokens: int,
     max_num_batched_tokens: int = DEFAULT_STATIC_BUDGET,
     max_num_seqs: int = DEFAULT_STATIC_MAX_SEQS,
+    reserve_full_prompt: bool = True,
 ) -> StaticSchedule:
-    """Replay the scheduler; returns decode-only runs in bulk and mixed iterations one by one.
+    """Replay the scheduler (:mod:`calibration.scheduler`, the engine's own) on a batch of
+    identical prompts arriving together; decode-only iterations come back in bulk, mixed
+    ones one by one.
 
     ``chunk_iterations`` entries are ``(n_decode, decode_kv_total, chunk_new, chunk_cached)``.
+    The prompts share no prefix (``benchmark_latency`` draws random token ids), and
+    ``kv_capacity_tokens`` includes vLLM's null block, as the engine's does.
     """
     for name, value in (
         ("batch", batch),
@@ -67,114 +70,65 @@ def schedule_static_batch(
     ):
         if value < 1:
             raise ComemInputError(f"{name} must be >= 1, got {value}")
-    total_blocks = kv_capacity_tokens // BLOCK_SIZE
-    need_blocks = -(-(input_len + output_len) // BLOCK_SIZE)
+    total_blocks = kv_capacity_tokens // BLOCK_SIZE - 1
+    need_blocks = -(-(input_len + output_len - 1) // BLOCK_SIZE)
     if need_blocks > total_blocks:
         raise ComemInputError(
             f"one request of {input_len}+{output_len} tokens needs {need_blocks} KV blocks,"
             f" the cache holds {total_blocks}"
         )
-    computed = np.zeros(batch, np.int64)
-    length = np.full(batch, input_len, np.int64)
-    held = np.zeros(batch, np.int64)
-    waiting: list[int] = list(range(batch))
-    running: list[int] = []
-    free = total_blocks
-    done = 0
-    sched = StaticSchedule()
-
-    while done < batch:
-        # Bulk path: everyone running is decoding, nobody waits -> jump to the next
-        # completion or the first block shortfall.
-        if not waiting and running and all(length[r] - computed[r] == 1 for r in running):
-            run = np.asarray(running)
-            steps = int((input_len + output_len - length[run]).min())
-            # blocks needed after d steps: ceil((c + d) / 16) per request; shrink d to fit
-            c0 = computed[run]
-            while steps > 1 and int((-(-(c0 + steps) // BLOCK_SIZE) - held[run]).sum()) > free:
-                steps //= 2
-            if steps >= 1 and int((-(-(c0 + steps) // BLOCK_SIZE) - held[run]).sum()) <= free:
-                b = run.size
-                kv0 = int((c0 + 1).sum())
-                sched.decode_batch.append(np.full(steps, b, np.int64))
-                sched.decode_kv_total.append(kv0 + b * np.arange(steps, dtype=np.int64))
-                new_held = -(-(c0 + steps) // BLOCK_SIZE)
-                free -= int((new_held - held[run]).sum())
-                held[run] = new_held
-                computed[run] += steps
-                length[run] += steps
-                for r in list(running):
-                    if length[r] - input_len >= output_len:
-                        running.remove(r)
-                        free += int(held[r])
-                        held[r] = 0
-                        done += 1
-                continue
-        budget = max_num_batched_tokens
-        scheduled: list[tuple[int, int]] = []
-        preempted_now = False
-        i = 0
-        while i < len(running) and budget > 0:
-            r = running[i]
-            n = min(int(length[r] - computed[r]), budget)
-            want = -(-(int(computed[r]) + n) // BLOCK_SIZE) - int(held[r])
-            while want > free:
-                victim = running.pop()
-                free += int(held[victim])
-                held[victim] = 0
-                computed[victim] = 0
-                waiting.insert(0, victim)
-                sched.preemptions += 1
-                preempted_now = True
-                if victim == r:
-                    break
-            if preempted_now and r not in running:
-                break
-            free -= want
-            held[r] += want
-            scheduled.append((r, n))
-            budget -= n
-            i += 1
-        if not preempted_now:
-            while waiting and budget > 0 and len(running) < max_num_seqs:
-                r = waiting[0]
-                n = min(int(length[r] - computed[r]), budget)
-                want = -(-(int(computed[r]) + n) // BLOCK_SIZE) - int(held[r])
-                if want > free:
-                    break
-                waiting.pop(0)
-                running.append(r)
-                free -= want
-                held[r] += want
-                scheduled.append((r, n))
-                budget -= n
-        if not scheduled:
-            raise ComemInputError("static batch cannot make progress (KV cache too small)")
-        dec = [
-            (r, n)
-            for r, n in scheduled
-            if n == 1 and computed[r] > 0 and length[r] - computed[r] == 1
-        ]
-        chunks = [(r, n) for r, n in scheduled if (r, n) not in dec]
-        n_dec = len(dec)
-        kv_dec = int(sum(int(computed[r]) + 1 for r, _ in dec))
-        if chunks:
-            new = np.array([n for _, n in chunks], np.int64)
-            cached = np.array([int(computed[r]) for r, _ in chunks], np.int64)
-            sched.chunk_iterations.append((n_dec, kv_dec, new, cached))
+    kv = KVCache(total_blocks, BLOCK_SIZE, enable_prefix_caching=False)
+    sched = Scheduler(
+        kv,
+        SchedulerConfig(
+            max_num_batched_tokens=int(max_num_batched_tokens),
+            max_num_seqs=int(max_num_seqs),
+            enable_prefix_caching=False,
+            reserve_full_prompt=reserve_full_prompt,
+        ),
+        lazy=True,
+    )
+    for i in range(batch):
+        sched.add(Sequence(i, int(input_len), int(output_len)))
+    out = StaticSchedule()
+    finished = 0
+    while finished < batch:
+        plan = sched.next()
+        if isinstance(plan, Run):
+            m, b = plan.iterations, plan.num_decode
+            if plan.chunk:
+                for j in range(m):
+                    out.chunk_iterations.append(
+                        (
+                            b,
+                            plan.decode_kv_total0 + b * j,
+                            np.array([plan.chunk], np.int64),
+                            np.array([plan.prefill_cached0 + plan.chunk * j], np.int64),
+                        )
+                    )
+            else:
+                out.decode_batch.append(np.full(m, b, np.int64))
+                out.decode_kv_total.append(plan.decode_kv_total0 + b * np.arange(m, dtype=np.int64))
+            events = sched.apply_run(plan, m)
         else:
-            sched.decode_batch.append(np.array([n_dec], np.int64))
-            sched.decode_kv_total.append(np.array([kv_dec], np.int64))
-        for r, n in scheduled:
-            computed[r] += n
-            if computed[r] == length[r]:
-                length[r] += 1
-                if length[r] - input_len >= output_len:
-                    running.remove(r)
-                    free += int(held[r])
-                    held[r] = 0
-                    done += 1
-    return sched
+            if not plan.entries and not plan.group_decodes:
+                raise ComemInputError("static batch cannot make progress (KV cache too small)")
+            if plan.prefill_new:
+                out.chunk_iterations.append(
+                    (
+                        plan.num_decode,
+                        plan.decode_kv_total,
+                        np.array(plan.prefill_new, np.int64),
+                        np.array(plan.prefill_cached, np.int64),
+                    )
+                )
+            else:
+                out.decode_batch.append(np.array([plan.num_decode], np.int64))
+                out.decode_kv_total.append(np.array([plan.decode_kv_total], np.int64))
+            events = sched.apply(plan)
+        finished += sum(1 for _, what in events if what == "finished")
+    out.preemptions = sched.preemptions
+    return out
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def rung_sim_equals_theory(cases: int, seed: int) -> Rung:
         surrogates = [_surrogate(c) for c in coeffs]
         scenario = Scenario.model_validate(
             {
-                "engine": {"stepping": "fast" if i % 2 else "iteration"},
+                "engine": {"stepping": "event" if i % 2 else "iteration"},
                 "workload": {
                     "agents": 1,
                     "steps": params["steps"],
@@ -163,7 +163,7 @@ def _engine_run(stepping: Stepping, seed: int) -> np.ndarray:
 def rung_fast_equals_iteration(cases: int, seed: int) -> Rung:
     worst = 0.0
     for i in range(cases):
-        worst = max(worst, _rel(_engine_run("fast", seed + i), _engine_run("iteration", seed + i)))
+        worst = max(worst, _rel(_engine_run("event", seed + i), _engine_run("iteration", seed + i)))
     return Rung(
         "fast stepping == iteration stepping", "max relative error", worst, 1e-9, worst <= 1e-9
     )

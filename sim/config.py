@@ -22,7 +22,9 @@ from pydantic import (
 
 from calibration.errors import ComemInputError
 
-Stepping = Literal["fast", "iteration"]
+#: ``event``: jump over runs of identical iterations (the default); ``iteration``: one
+#: SimPy step per engine iteration (the reference). ``fast`` is the old name of ``event``.
+Stepping = Literal["event", "iteration", "fast"]
 
 
 class EngineConfig(BaseModel):
@@ -46,7 +48,10 @@ class EngineConfig(BaseModel):
     block_size: PositiveInt = 16
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     enable_prefix_caching: bool = True
-    stepping: Stepping = "fast"
+    #: vLLM 0.19's ``scheduler_reserve_full_isl``: admit a waiting request only if free
+    #: KV blocks cover its whole prompt (false: its first chunk, as vLLM 0.12 does)
+    scheduler_reserve_full_isl: bool = True
+    stepping: Stepping = "event"
     #: KV-cache capacity override in tokens (default: derived from GPU memory).
     kv_capacity_tokens: PositiveInt | None = None
     #: A profile JSON file instead of the embedded default for (gpu, dtype).

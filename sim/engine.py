@@ -1,40 +1,28 @@
-"""A vLLM-like serving engine in SimPy: continuous batching, chunked prefill, paged KV
-with a prefix cache, recompute preemption.
+"""A vLLM-like serving engine in SimPy: the V1 scheduler over a paged, prefix-cached KV
+cache, priced by the latency model, stepped from event to event.
 
-One :class:`Engine` is one model instance on ``tp`` GPUs. Each iteration it schedules,
-vLLM V1 style, the running requests first (a decode token each, or the next chunk of
-a prompt) and then waiting requests FCFS, under ``max_num_batched_tokens`` and
-``max_num_seqs``. KV is paged in blocks; when a running request needs a block and
-none is free the newest running request is preempted (its KV freed, recomputed when
-it is scheduled again). The iteration's duration comes from the latency model.
+One :class:`Engine` is one model instance on ``tp`` GPUs. What an iteration schedules,
+which request is preempted, what the prefix cache keeps: all of it is
+:class:`calibration.scheduler.Scheduler` over :class:`calibration.kv_cache.KVCache`,
+the same code the static predictor and the measured-profile fit use. This module adds
+time: each iteration lasts what the latency model says, requests arrive from SimPy
+processes, and a request's ``admitted`` / ``first_token`` / ``done`` events fire when
+they happen.
 
-Prefix caching. Token content is identified by :class:`Stream` objects: a request's
-prompt is the first ``prompt_tokens`` tokens of its stream and its output the next
-ones, so a later request on the same stream (an agent's next step) reuses every full
-block still cached. A stream may start with the first ``shared_tokens`` tokens of a
-parent stream (a shared system prompt, or a context rebuilt after a summary). Blocks
-freed by finished or preempted requests stay cached until evicted, least recently
-freed first, tail blocks of a request before its head (vLLM's order).
-
-Per stream the cached blocks are kept as a contiguous run plus, for the part no one
-holds, a list of release segments, so admission, release and eviction cost O(1)
-amortized instead of O(blocks): agent prompts of 100k tokens are 6k blocks.
-
-Fast stepping. When every running request is decoding and nothing can be admitted,
-the next n iterations differ only in their KV lengths: they are priced in one
-vectorized call and run as one SimPy timeout. A submission during such a step
-interrupts it at the next iteration boundary, exactly where an iteration-stepped
-engine would see it; recorded times agree with ``stepping = "iteration"`` to
-floating-point rounding.
+Stepping. ``stepping = "iteration"`` schedules, prices and waits for every iteration
+on its own: the reference. ``stepping = "event"`` (the default) asks the scheduler
+for the run of identical-shape iterations ahead (until a request finishes, a prompt
+completes, a block allocation would fail, the waiting head could be admitted) and
+prices the whole run in one vectorized call, as one SimPy timeout. A submission
+during a run stops it at the end of the iteration in flight, exactly where the
+iteration-stepped engine would see it. Results equal iteration stepping exactly in
+every count and to floating-point rounding in times (``tests/test_engine.py``,
+``benchmarks/bench_stepping.py``).
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
-import itertools
 import math
-from collections import deque
 from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
@@ -42,15 +30,24 @@ import numpy as np
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.latency import LatencyModel
-from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
+from calibration.kv_cache import KVCache, Stream, StreamSpace
+from calibration.scheduler import (
+    MAX_RUN_ITERATIONS,
+    Event,
+    Run,
+    Scheduler,
+    SchedulerConfig,
+    Step,
+)
+from calibration.scheduler import Sequence as SchedSequence
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
-#: the longest fast step, in iterations (bounds the arrays priced at once)
-MAX_FAST_STEP = 1 << 16
-#: fast steps up to this many iterations are priced by a plain loop
-SCALAR_STEP_LIMIT = 24
+__all__ = ["Engine", "IterationLatency", "Request", "Stream", "StreamSpace"]
+
+#: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
+#: exceeds the loop's below it)
+SCALAR_RUN_LIMIT = 24
 
 
 class IterationLatency(Protocol):
@@ -71,78 +68,19 @@ class IterationLatency(Protocol):
     ) -> np.ndarray: ...
 
 
-class Stream:
-    """The identity of a token sequence, for prefix caching.
-
-    Its first ``shared_tokens`` tokens are those of ``parent`` (if any).
-    """
-
-    __slots__ = ("parent", "shared_tokens", "uid")
-
-    def __init__(self, uid: int, parent: Stream | None = None, shared_tokens: int = 0) -> None:
-        if shared_tokens < 0 or (parent is None and shared_tokens):
-            raise ComemInputError("a stream shares tokens only with a parent, and >= 0 of them")
-        self.uid = uid
-        self.parent = parent
-        self.shared_tokens = shared_tokens
-
-    def __repr__(self) -> str:
-        return f"Stream({self.uid})"
-
-
-class StreamSpace:
-    """Hands out stream identities; owned by one simulation (no global counter)."""
-
-    def __init__(self) -> None:
-        self._ids = itertools.count()
-
-    def new(self, parent: Stream | None = None, shared_tokens: int = 0) -> Stream:
-        return Stream(next(self._ids), parent, shared_tokens)
-
-
-class _StreamState:
-    """One stream's blocks in one engine's cache (indices in the stream's block space)."""
-
-    __slots__ = ("cached_end", "holds", "own_start", "segments", "stream")
-
-    def __init__(self, stream: Stream, own_start: int) -> None:
-        self.stream = stream
-        self.own_start = own_start  # blocks below are the parent's
-        self.cached_end = own_start  # own blocks [own_start, cached_end) are cached
-        self.holds: list[int] = []  # sorted hold ends (> own_start) of current holders
-        # unheld cached blocks, as release segments [lo, hi, seq], ascending in index;
-        # the tail segment is the least recently freed
-        self.segments: list[list[int]] = []
-
-    @property
-    def max_hold(self) -> int:
-        return self.holds[-1] if self.holds else self.own_start
-
-
-class Request:
+class Request(SchedSequence):
     """One generation request and what happened to it (times in simulated seconds)."""
 
     __slots__ = (
         "admitted",
         "admitted_s",
-        "anon_blocks",
         "arrival_s",
-        "cached_tokens",
-        "computed",
         "done",
         "engine",
         "finished_s",
         "first_token",
         "first_token_s",
-        "held_end",
-        "id",
-        "length",
-        "output_tokens",
-        "preemptions",
-        "prompt_tokens",
         "reason",
-        "status",
-        "stream",
         "tag",
     )
 
@@ -155,36 +93,18 @@ class Request:
         stream: Stream | None,
         tag: Any,
     ) -> None:
+        super().__init__(rid, prompt_tokens, output_tokens, stream)
         env = engine.env
         self.engine = engine
-        self.id = rid
-        self.prompt_tokens = prompt_tokens
-        self.output_tokens = output_tokens
-        self.stream = stream
         self.tag = tag
         self.arrival_s = env.now
         self.admitted_s = math.nan
         self.first_token_s = math.nan
         self.finished_s = math.nan
-        self.status = "waiting"
         self.reason = ""
-        self.computed = 0  # tokens whose KV is computed
-        self.length = prompt_tokens  # prompt + generated
-        self.held_end = 0  # holds blocks [0, held_end) of its stream, cached/keyed
-        self.anon_blocks = 0  # plus this many blocks of its own
-        self.preemptions = 0
-        self.cached_tokens = 0
         self.admitted = env.event()
         self.first_token = env.event()
         self.done = env.event()
-
-    @property
-    def generated(self) -> int:
-        return self.length - self.prompt_tokens
-
-    @property
-    def blocks(self) -> int:
-        return self.held_end + self.anon_blocks
 
 
 class Engine:
@@ -201,10 +121,14 @@ class Engine:
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
         if latency is None:
+            from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
+
             profile = load_profile(cfg.profile) if cfg.profile else None
             if isinstance(profile, MeasuredProfile):
                 latency = MeasuredLatency(profile)
             else:
+                from calibration.latency import LatencyModel
+
                 latency = LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
         self.latency = latency
         overhead = cfg.request_overhead_s
@@ -215,27 +139,73 @@ class Engine:
         #: (HTTP parsing and tokenization that share the engine's core; measured
         #: profiles fit it, GPU profiles have none)
         self.admission_s = float(getattr(latency, "admission_s", 0.0))
-        self._first_admissions = 0
         self.recorder = recorder if recorder is not None else MetricsRecorder()
         capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
         self.block_size = cfg.block_size
-        self.total_blocks = capacity // cfg.block_size
-        if self.total_blocks < 1:
-            raise ComemInputError(f"engine {cfg.name}: KV cache holds no block")
-        self.stepping = cfg.stepping
-        self.free_blocks = self.total_blocks  # blocks in no stream's cache
-        self.evictable_blocks = 0  # cached blocks nobody holds
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
-        self._streams: dict[int, _StreamState] = {}
-        self._heap: list[tuple[int, int, _StreamState]] = []
-        self._seq = itertools.count(1)
-        self._ids = itertools.count()
+        # vLLM keeps block 0 as its null block
+        blocks = capacity // cfg.block_size - 1
+        if blocks < 1:
+            raise ComemInputError(
+                f"engine '{cfg.name}': a KV cache of {capacity} tokens holds no"
+                f" {cfg.block_size}-token block besides vLLM's null block"
+            )
+        self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv,
+            SchedulerConfig(
+                max_num_batched_tokens=cfg.max_num_batched_tokens,
+                max_num_seqs=cfg.max_num_seqs,
+                enable_prefix_caching=cfg.enable_prefix_caching,
+                reserve_full_prompt=cfg.scheduler_reserve_full_isl,
+            ),
+            lazy=cfg.stepping != "iteration",
+        )
         self._wake: simpy.Event | None = None
-        self._last_shape: tuple[int, list[int]] = (0, [])
-        self.iterations = 0
-        self.preemptions = 0
+        self._ids = 0
         self.process = env.process(self._run())
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def total_blocks(self) -> int:
+        return self.kv.total_blocks
+
+    @property
+    def kv_used_blocks(self) -> int:
+        """Blocks referenced by running requests."""
+        return self.kv.used_blocks
+
+    @property
+    def evictable_blocks(self) -> int:
+        """Unreferenced blocks that are still prefix-cache entries."""
+        return self.kv.cached_free_blocks
+
+    @property
+    def free_blocks(self) -> int:
+        """Unreferenced blocks that are no cache entry."""
+        return self.kv.queue_blocks - self.kv.cached_free_blocks
+
+    @property
+    def running(self) -> list[SchedSequence]:
+        """Running requests in admission order (a snapshot; in event stepping the token
+        counts of plain decoders are brought up to date only when they finish)."""
+        sched = self.scheduler
+        return sorted([*sched.running, *sched.group], key=lambda s: s.run_seq)
+
+    @property
+    def waiting(self) -> Any:
+        return self.scheduler.waiting
+
+    @property
+    def preemptions(self) -> int:
+        return self.scheduler.preemptions
+
+    @property
+    def iterations(self) -> int:
+        return self.scheduler.iterations
+
+    def check_invariants(self) -> None:
+        """Assert the block accounting is consistent (tests call this; cheap enough)."""
+        self.scheduler.check_invariants()
 
     # -- public API -------------------------------------------------------------------
     def submit(
@@ -246,21 +216,22 @@ class Engine:
         tag: Any = None,
     ) -> Request:
         """Queue a request now. Its ``done`` event always fires (check ``status``)."""
+        cfg = self.config
         if prompt_tokens < 1 or output_tokens < 1:
             raise ComemInputError(
-                f"engine {self.config.name}: a request needs >= 1 prompt and >= 1 output"
+                f"engine '{cfg.name}': a request needs >= 1 prompt and >= 1 output"
                 f" token, got {prompt_tokens} and {output_tokens}"
             )
-        req = Request(self, next(self._ids), int(prompt_tokens), int(output_tokens), stream, tag)
-        cfg = self.config
+        req = Request(self, self._ids, int(prompt_tokens), int(output_tokens), stream, tag)
+        self._ids += 1
         if prompt_tokens + 1 > cfg.max_model_len:
             self._reject(req, f"prompt of {prompt_tokens} tokens exceeds max_model_len")
             return req
         # vLLM stops generation at max_model_len
-        req.output_tokens = min(req.output_tokens, cfg.max_model_len - prompt_tokens)
-        need = self._blocks_for(req.prompt_tokens + req.output_tokens - 1)
-        if need > self.total_blocks:
-            self._reject(req, f"needs {need} KV blocks, the cache holds {self.total_blocks}")
+        req.output_tokens = min(req.output_tokens, cfg.max_model_len - req.prompt_tokens)
+        need = self.kv.blocks_for(req.prompt_tokens + req.output_tokens - 1)
+        if need > self.kv.total_blocks:
+            self._reject(req, f"needs {need} KV blocks, the cache holds {self.kv.total_blocks}")
             return req
         if self.request_overhead_s > 0:
             self.env.process(self._enqueue_after(req, self.request_overhead_s))
@@ -269,7 +240,7 @@ class Engine:
         return req
 
     def _enqueue(self, req: Request) -> None:
-        self.waiting.append(req)
+        self.scheduler.add(req)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
@@ -278,181 +249,6 @@ class Engine:
         measured on live servers (:mod:`calibration.measured`)."""
         yield self.env.timeout(delay)
         self._enqueue(req)
-
-    def check_invariants(self) -> None:
-        """Assert the block accounting is consistent (tests call this; cheap enough)."""
-        held = sum(r.held_end + r.anon_blocks for r in self.running)
-        anon = sum(r.anon_blocks for r in self.running)
-        segs = sum(seg[1] - seg[0] for st in self._streams.values() for seg in st.segments)
-        assert 0 <= self.free_blocks <= self.total_blocks, self.free_blocks
-        assert segs == self.evictable_blocks, (segs, self.evictable_blocks)
-        assert self.kv_used_blocks >= 0
-        assert anon <= self.kv_used_blocks <= held, (anon, self.kv_used_blocks, held)
-        for st in self._streams.values():
-            assert st.own_start <= st.cached_end
-            lo = max(st.max_hold, st.own_start)
-            covered = sum(seg[1] - seg[0] for seg in st.segments)
-            assert covered == max(0, st.cached_end - lo), (st.stream, covered, lo)
-        for r in self.running:
-            assert r.blocks * self.block_size >= r.computed, (r.id, r.blocks, r.computed)
-
-    @property
-    def kv_used_blocks(self) -> int:
-        """Blocks held by running requests."""
-        return self.total_blocks - self.free_blocks - self.evictable_blocks
-
-    # -- block accounting -------------------------------------------------------------
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.block_size)
-
-    def _state(self, stream: Stream) -> _StreamState:
-        st = self._streams.get(stream.uid)
-        if st is None:
-            own_start = stream.shared_tokens // self.block_size if stream.parent else 0
-            st = _StreamState(stream, own_start)
-            self._streams[stream.uid] = st
-        return st
-
-    def _hit(self, stream: Stream, max_blocks: int) -> int:
-        """Cached blocks from the start of ``stream`` (at most ``max_blocks``)."""
-        st = self._state(stream)
-        o = st.own_start
-        if o and stream.parent is not None:
-            cap = min(o, max_blocks)
-            h = self._hit(stream.parent, cap)
-            if h < cap or max_blocks <= o:
-                return h
-        return min(max_blocks, st.cached_end)
-
-    def _unheld_within(self, stream: Stream, end: int) -> int:
-        """How many blocks of ``[0, end)`` are cached but held by nobody (evictable)."""
-        st = self._state(stream)
-        o = st.own_start
-        count = 0
-        if o and stream.parent is not None:
-            count += self._unheld_within(stream.parent, min(end, o))
-        lo = max(st.max_hold, o)
-        hi = min(end, st.cached_end)
-        return count + max(0, hi - lo)
-
-    def _hold(self, stream: Stream, old: int, new: int) -> None:
-        """A holder of ``[0, old)`` now holds ``[0, new)`` of ``stream`` (0: nothing)."""
-        st = self._state(stream)
-        o = st.own_start
-        if o and stream.parent is not None:
-            po, pn = min(old, o), min(new, o)
-            if po != pn:
-                self._hold(stream.parent, po, pn)
-        oo = old if old > o else 0
-        on = new if new > o else 0
-        if oo == on:
-            return
-        before = st.max_hold
-        if oo:
-            del st.holds[bisect.bisect_left(st.holds, oo)]
-        if on:
-            bisect.insort(st.holds, on)
-        after = st.max_hold
-        if after < before:
-            self._release_range(st, after, before)
-        elif after > before:
-            self._claim_range(st, before, after)
-
-    def _release_range(self, st: _StreamState, lo: int, hi: int) -> None:
-        lo = max(lo, st.own_start)
-        hi = min(hi, st.cached_end)
-        if lo >= hi:
-            return
-        seq = next(self._seq)
-        st.segments.insert(0, [lo, hi, seq])
-        self.evictable_blocks += hi - lo
-        if len(st.segments) == 1:
-            heapq.heappush(self._heap, (seq, st.stream.uid, st))
-
-    def _claim_range(self, st: _StreamState, lo: int, hi: int) -> None:
-        segs = st.segments
-        while segs and segs[0][0] < hi:
-            seg = segs[0]
-            cut = min(seg[1], hi) - seg[0]
-            self.evictable_blocks -= cut
-            seg[0] += cut
-            if seg[0] >= seg[1]:
-                segs.pop(0)
-            else:
-                break
-
-    def _evict(self, n: int) -> None:
-        """Evict ``n`` unheld cached blocks, least recently freed first."""
-        while n > 0:
-            seq, _, st = heapq.heappop(self._heap)
-            segs = st.segments
-            if not segs or segs[-1][2] != seq:
-                continue  # stale entry
-            seg = segs[-1]
-            k = min(n, seg[1] - seg[0])
-            seg[1] -= k
-            st.cached_end = seg[1]
-            n -= k
-            self.evictable_blocks -= k
-            self.free_blocks += k
-            if seg[0] >= seg[1]:
-                segs.pop()
-            if segs:
-                heapq.heappush(self._heap, (segs[-1][2], st.stream.uid, st))
-
-    def _allocate(self, req: Request, n: int) -> None:
-        if n <= 0:
-            return
-        if self.free_blocks < n:
-            self._evict(n - self.free_blocks)
-        self.free_blocks -= n
-        req.anon_blocks += n
-
-    def _extend(self, stream: Stream, start: int, end: int) -> tuple[int, int]:
-        """Make a request's filled blocks ``[start, end)`` of ``stream`` cached blocks.
-
-        Returns (adopted, keyed), contiguous from ``start``: blocks already cached (the
-        request computed a duplicate, e.g. after its prefix hit was capped or it was
-        preempted) are adopted and the copy freed; blocks that continue the cached run
-        are keyed. Past a gap (another request computing the same stream further on),
-        blocks stay the request's own.
-        """
-        st = self._state(stream)
-        o = st.own_start
-        adopted = keyed = 0
-        if start < o and stream.parent is not None:
-            pe = min(end, o)
-            adopted, keyed = self._extend(stream.parent, start, pe)
-            if start + adopted + keyed < pe:
-                return adopted, keyed
-            start = pe
-        if start < end and st.cached_end > start:
-            a = min(end, st.cached_end) - start
-            adopted += a
-            start += a
-        if start < end and st.cached_end == start:
-            st.cached_end = end
-            keyed += end - start
-        return adopted, keyed
-
-    def _register(self, req: Request) -> None:
-        """Key the request's newly filled blocks (prefix caching)."""
-        full = req.computed // self.block_size
-        if req.stream is None or full <= req.held_end or not self.config.enable_prefix_caching:
-            return
-        adopted, keyed = self._extend(req.stream, req.held_end, full)
-        if adopted or keyed:
-            self._hold(req.stream, req.held_end, req.held_end + adopted + keyed)
-            req.held_end += adopted + keyed
-            req.anon_blocks -= adopted + keyed
-            self.free_blocks += adopted
-
-    def _release(self, req: Request) -> None:
-        if req.stream is not None and req.held_end:
-            self._hold(req.stream, req.held_end, 0)
-        self.free_blocks += req.anon_blocks
-        req.held_end = 0
-        req.anon_blocks = 0
 
     # -- request lifecycle ----------------------------------------------------------------
     def _record(self, req: Request) -> None:
@@ -487,139 +283,23 @@ class Engine:
         self._record(req)
         req.done.succeed(req)
 
-    def _finish(self, req: Request) -> None:
-        self._register(req)
-        self._release(req)
-        self.running.remove(req)
-        req.status = "finished"
-        req.finished_s = self.env.now
-        self._record(req)
-        req.done.succeed(req)
-
-    def _preempt(self, req: Request) -> None:
-        self._release(req)
-        req.computed = 0
-        req.preemptions += 1
-        self.preemptions += 1
-        self.waiting.appendleft(req)
-
-    def _admission(self, req: Request, budget: int) -> tuple[int, int, int] | None:
-        """(hit blocks, tokens to schedule, new blocks) if ``req`` can start now."""
-        hit = 0
-        if req.stream is not None and self.config.enable_prefix_caching:
-            # vLLM recomputes at least the last prompt token
-            hit = self._hit(req.stream, (req.length - 1) // self.block_size)
-        start = hit * self.block_size
-        n = min(req.length - start, budget)
-        need = self._blocks_for(start + n) - hit
-        unheld = self._unheld_within(req.stream, hit) if req.stream is not None and hit else 0
-        if need > self.free_blocks + self.evictable_blocks - unheld:
-            return None
-        return hit, n, need
-
-    # -- one iteration ------------------------------------------------------------------
-    def _schedule(self) -> list[tuple[Request, int]]:
-        cfg = self.config
-        budget = cfg.max_num_batched_tokens
-        scheduled: list[tuple[Request, int]] = []
-        preempted = False
-        i = 0
-        running = self.running
-        bs = self.block_size
-        append = scheduled.append
-        while i < len(running) and budget > 0:
-            req = running[i]
-            c = req.computed
-            n = req.length - c
-            if n > budget:
-                n = budget
-            need = (c + n + bs - 1) // bs - req.held_end - req.anon_blocks
-            if need > 0:
-                while need > self.free_blocks + self.evictable_blocks:
-                    victim = running.pop()
-                    self._preempt(victim)
-                    preempted = True
-                    if victim is req:
-                        break
-                if preempted and (not running or i >= len(running) or running[i] is not req):
-                    break
-                self._allocate(req, need)
-            append((req, n))
-            budget -= n
-            i += 1
-        if preempted:
-            return scheduled
+    def _fire(self, events: list[Event]) -> bool:
         now = self.env.now
-        while self.waiting and budget > 0 and len(running) < cfg.max_num_seqs:
-            req = self.waiting[0]
-            plan = self._admission(req, budget)
-            if plan is None:
-                break
-            hit, n, need = plan
-            self.waiting.popleft()
-            if hit:
-                self._hold(req.stream, 0, hit)  # type: ignore[arg-type]
-            req.held_end = hit
-            req.computed = hit * self.block_size
-            self._allocate(req, need)
-            running.append(req)
-            if req.status == "waiting":
-                self._first_admissions += 1
-                req.status = "running"
-                req.admitted_s = now
-                req.cached_tokens = req.computed
-                req.admitted.succeed(req)
-            scheduled.append((req, n))
-            budget -= n
-        return scheduled
-
-    def _price(self, scheduled: list[tuple[Request, int]]) -> float:
-        n_dec = 0
-        kv = 0
-        new: list[int] = []
-        cached: list[int] = []
-        for req, n in scheduled:
-            c = req.computed
-            if (
-                n == 1 and c > 0 and req.length - c == 1
-            ):  # one new token over a computed prefix: a decode (a chunked
-                # prompt's last single token has the same shape and is priced so)
-                n_dec += 1
-                kv += c + 1
+        for seq, what in events:
+            req: Request = seq  # type: ignore[assignment]
+            if what == "first_token":
+                req.first_token_s = now
+                req.first_token.succeed(req)
             else:
-                new.append(n)
-                cached.append(c)
-        self._last_shape = (n_dec, new)
-        duration = self.latency.iteration_time_of(n_dec, kv, new, cached)
-        if self._first_admissions:
-            duration += self.admission_s * self._first_admissions
-            self._first_admissions = 0
-        return duration
-
-    def _apply(self, scheduled: list[tuple[Request, int]]) -> bool:
-        """Advance the scheduled requests by their tokens; True if an event fired."""
-        fired = False
-        now = self.env.now
-        bs = self.block_size
-        for req, n in scheduled:
-            req.computed += n
-            if req.computed == req.length:  # a token is sampled
-                req.length += 1
-                if req.first_token_s != req.first_token_s:  # NaN: first token now
-                    req.first_token_s = now
-                    req.first_token.succeed(req)
-                    fired = True
-                if req.length - req.prompt_tokens >= req.output_tokens:
-                    self._finish(req)
-                    fired = True
-                    continue
-            if req.computed // bs > req.held_end:
-                self._register(req)
-        return fired
+                req.finished_s = now
+                self._record(req)
+                req.done.succeed(req)
+        return bool(events)
 
     def _record_step(self, start: float, iterations: int, decode: int, chunks: list[int]) -> None:
         if not self.config.record_iterations:
             return
+        kv = self.kv
         self.recorder.iterations.append(
             (
                 self.config.name,
@@ -629,178 +309,85 @@ class Engine:
                 decode,
                 len(chunks),
                 sum(chunks),
-                len(self.running),
-                len(self.waiting),
-                self.kv_used_blocks,
-                self.evictable_blocks,
-                self.total_blocks,
+                self.scheduler.num_running,
+                len(self.scheduler.waiting),
+                kv.used_blocks,
+                kv.cached_free_blocks,
+                kv.total_blocks,
             )
         )
 
-    # -- fast steps ------------------------------------------------------------------
-    def _steady_plan(self) -> tuple[int, list[Request], Request | None, int] | None:
-        """(iterations, decoders, prefiller, chunk) of a run of same-shape iterations.
+    # -- stepping ---------------------------------------------------------------------
+    def _price(self, step: Step) -> float:
+        duration = self.latency.iteration_time_of(
+            step.num_decode, step.decode_kv_total, step.prefill_new, step.prefill_cached
+        )
+        if step.admitted and self.admission_s:
+            duration += self.admission_s * len(step.admitted)
+        return duration
 
-        Same shape: the running requests in order take one decode token each, until at
-        most one partial prompt takes all the remaining budget (later ones get
-        nothing, as in vLLM V1); no prompt completes, nothing can be admitted, nobody is
-        preempted, and the step ends at the first completion. None if the next
-        iteration must be scheduled one by one.
-        """
-        running = self.running
-        if self.stepping != "fast" or not running:
-            return None
-        budget = self.config.max_num_batched_tokens
-        decoders: list[Request] = []
-        prefiller: Request | None = None
-        chunk = 0
-        steps = MAX_FAST_STEP
-        for req in running:
-            if budget == 0:
-                break
-            left = req.length - req.computed
-            if left == 1 and req.computed > 0 and req.first_token_s == req.first_token_s:
-                decoders.append(req)
-                budget -= 1
-                remaining = req.output_tokens - req.generated
-                if remaining < steps:
-                    steps = remaining
-            elif left <= budget:
-                return None  # a prompt completes (its first token) in this iteration
-            else:
-                prefiller, chunk, budget = req, budget, 0
-                # full chunks that leave the prompt unfinished
-                steps = min(steps, -(-left // chunk) - 1)
-        if budget > 0 and self.waiting and self._may_admit(budget):
-            return None
-        # no preemption inside the step: blocks for all of it must be at hand
-        avail = self.free_blocks + self.evictable_blocks
-        bs = self.block_size
+    def _one_iteration(self, step: Step) -> Generator[simpy.Event, Any, bool]:
+        env = self.env
+        start = env.now
+        if not step.entries and not step.group_decodes:
+            raise RuntimeError(f"engine '{self.config.name}': no progress possible")
+        for seq in step.admitted:
+            req: Request = seq  # type: ignore[assignment]
+            req.admitted_s = start
+            req.admitted.succeed(req)
+        yield env.timeout(self._price(step))
+        fired = self._fire(self.scheduler.apply(step))
+        self._record_step(start, 1, step.num_decode, step.prefill_new)
+        return fired
 
-        def need(k: int) -> int:
-            total = sum(-(-(r.computed + k) // bs) - r.held_end - r.anon_blocks for r in decoders)
-            if prefiller is not None:
-                total += -(-(prefiller.computed + k * chunk) // bs) - prefiller.blocks
-            return total
-
-        if need(steps) > avail:
-            lo, hi = 0, steps  # need(lo) <= avail < need(hi)
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if need(mid) <= avail:
-                    lo = mid
-                else:
-                    hi = mid
-            steps = lo
-        if steps < 2:
-            return None
-        return steps, decoders, prefiller, chunk
-
-    def _may_admit(self, budget: int) -> bool:
-        """Could the head of the queue be admitted (with ``budget`` tokens left)?"""
-        if len(self.running) >= self.config.max_num_seqs:
-            return False
-        head = self.waiting[0]
-        if head.stream is not None and self.config.enable_prefix_caching:
-            # blocks keyed during the step could raise its prefix hit: be exact, step
-            related = _lineage_uids(head.stream)
-            for req in self.running:
-                if req.stream is not None and not related.isdisjoint(_lineage_uids(req.stream)):
-                    return True
-        return self._admission(head, budget) is not None
-
-    def _fast_step(
-        self, plan: tuple[int, list[Request], Request | None, int]
-    ) -> Generator[simpy.Event, Any, bool]:
-        steps, decoders, prefiller, chunk = plan
-        b = len(decoders)
-        kv0 = sum(r.computed + 1 for r in decoders)
-        cached0 = prefiller.computed if prefiller is not None else 0
-        if steps <= SCALAR_STEP_LIMIT:  # numpy's per-call cost exceeds the loop's
+    def _run_times(self, run: Run) -> np.ndarray:
+        """End times of the run's iterations, relative to its start."""
+        m, b, chunk = run.iterations, run.num_decode, run.chunk
+        kv0, cached0 = run.decode_kv_total0, run.prefill_cached0
+        if m <= SCALAR_RUN_LIMIT:  # numpy's per-call cost exceeds the loop's
             price = self.latency.iteration_time_of
             news = [chunk] if chunk else []
             acc = 0.0
-            cum = []
-            for j in range(steps):
+            ends = []
+            for j in range(m):
                 acc += price(b, kv0 + b * j, news, [cached0 + chunk * j] if chunk else [])
-                cum.append(acc)
-            ends = np.asarray(cum)
-        else:
-            times = self.latency.steady_iteration_times(b, kv0, chunk, cached0, steps)
-            ends = np.cumsum(times)
-        start = self.env.now
-        self._wake = self.env.event()
-        finish = self.env.timeout(float(ends[-1]))
+                ends.append(acc)
+            return np.asarray(ends)
+        return np.cumsum(self.latency.steady_iteration_times(b, kv0, chunk, cached0, m))
+
+    def _run_iterations(self, run: Run) -> Generator[simpy.Event, Any, bool]:
+        env = self.env
+        ends = self._run_times(run)
+        start = env.now
+        self._wake = env.event()
+        finish = env.timeout(float(ends[-1]))
         yield finish | self._wake
         self._wake = None
-        done = steps
+        done = run.iterations
         if not finish.processed:  # (a Timeout counts as triggered from creation)
             # a submission arrived: stop at the end of the iteration in flight
-            k = min(int(np.searchsorted(ends, self.env.now - start, side="left")), steps - 1)
+            k = min(int(np.searchsorted(ends, env.now - start, side="left")), done - 1)
             done = k + 1
-            yield self.env.timeout(max(0.0, start + float(ends[k]) - self.env.now))
-        bs = self.block_size
-        grants: list[tuple[Request, int]] = [
-            (r, -(-(r.computed + done) // bs) - r.blocks) for r in decoders
-        ]
-        if prefiller is not None:
-            grants.append(
-                (prefiller, -(-(prefiller.computed + done * chunk) // bs) - prefiller.blocks)
-            )
-        total = sum(n for _, n in grants)
-        if total > self.free_blocks:
-            self._evict(total - self.free_blocks)
-        self.free_blocks -= total
-        fired = False
-        for req, n in grants:
-            req.anon_blocks += n
-        if prefiller is not None:
-            prefiller.computed += done * chunk
-            self._register(prefiller)
-        for req in decoders:
-            req.computed += done
-            req.length += done
-            if req.length - req.prompt_tokens >= req.output_tokens:
-                self._finish(req)
-                fired = True
-            elif req.computed // bs > req.held_end:
-                self._register(req)
-        self.iterations += done
-        self._record_step(start, done, b, [chunk] * done if chunk else [])
+            yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+        fired = self._fire(self.scheduler.apply_run(run, done))
+        chunks = [run.chunk] * done if run.chunk else []
+        self._record_step(start, done, run.num_decode, chunks)
         return fired
 
-    # -- the engine process -----------------------------------------------------------------
     def _run(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
+        sched = self.scheduler
         while True:
-            if not self.running and not self.waiting:
+            if sched.idle:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
-            plan = self._steady_plan()
-            if plan is not None:
-                fired = yield from self._fast_step(plan)
+            plan = sched.next(MAX_RUN_ITERATIONS)
+            if isinstance(plan, Run):
+                fired = yield from self._run_iterations(plan)
             else:
-                start = env.now
-                scheduled = self._schedule()
-                if not scheduled:
-                    raise RuntimeError(f"engine {self.config.name}: no progress possible")
-                duration = self._price(scheduled)
-                yield env.timeout(duration)
-                self.iterations += 1
-                fired = self._apply(scheduled)
-                n_dec, chunks = self._last_shape
-                self._record_step(start, 1, n_dec, chunks)
+                fired = yield from self._one_iteration(plan)
             if fired:
                 # let processes woken at this instant submit before the next schedule
                 yield env.timeout(0)
-
-
-def _lineage_uids(stream: Stream) -> set[int]:
-    uids = {stream.uid}
-    parent = stream.parent
-    while parent is not None:
-        uids.add(parent.uid)
-        parent = parent.parent
-    return uids

@@ -41,7 +41,7 @@ class _Strict(BaseModel):
 class EngineDefaults(_Strict):
     """Settings applied to every engine of the scenario."""
 
-    stepping: Stepping = "fast"
+    stepping: Stepping = "event"
 
 
 class SyntheticWorkload(AgentLoad):

@@ -35,7 +35,7 @@ def _engine(env: simpy.Environment, latency=LLAMA, **cfg) -> Engine:
     "batch,length,capacity",
     [(64, 2048, None), (8, 128, None), (32, 512, None), (16, 1000, 20000), (48, 700, 30000)],
 )
-@pytest.mark.parametrize("stepping", ["fast", "iteration"])
+@pytest.mark.parametrize("stepping", ["event", "iteration"])
 def test_engine_runs_the_static_benchmark_like_the_predictor(batch, length, capacity, stepping):
     env = simpy.Environment()
     eng = _engine(
@@ -137,7 +137,7 @@ WORKLOADS = st.fixed_dictionaries(
 @given(params=WORKLOADS, seed=st.integers(0, 2**16))
 def test_fast_stepping_equals_iteration_stepping(params, seed):
     slow, eng_slow = _run_workload("iteration", params, seed)
-    fast, eng_fast = _run_workload("fast", params, seed)
+    fast, eng_fast = _run_workload("event", params, seed)
     assert len(slow) == len(fast)
     if not (eng_slow.running or eng_slow.waiting):  # not cut by the horizon mid-step
         assert eng_slow.iterations == eng_fast.iterations
@@ -157,7 +157,7 @@ def test_fast_stepping_equals_iteration_stepping(params, seed):
 @given(params=WORKLOADS, seed=st.integers(0, 2**16))
 def test_conservation(params, seed):
     params = {**params, "horizon": 1e9}  # run to completion
-    frame, eng = _run_workload("fast", params, seed)
+    frame, eng = _run_workload("event", params, seed)
     submitted = params["poisson"] + (
         params["clients"] * params["requests"] if params["clients"] else 0
     )
@@ -205,8 +205,8 @@ def test_identical_inputs_give_identical_outputs():
         requests=4, prompt=900, extend=300, output=120, think=0.01, carry=True, rate=20.0,
         poisson=15, horizon=1e9,
     )  # fmt: skip
-    a, _ = _run_workload("fast", params, 3)
-    b, _ = _run_workload("fast", params, 3)
+    a, _ = _run_workload("event", params, 3)
+    b, _ = _run_workload("event", params, 3)
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -279,7 +279,7 @@ def test_child_stream_shares_the_parent_prefix_only():
 
 def test_eviction_takes_the_least_recently_freed_first():
     env = simpy.Environment()
-    eng = _engine(env, kv_capacity_tokens=16 * 100)  # 100 blocks
+    eng = _engine(env, kv_capacity_tokens=16 * 100)  # 100 blocks, 99 besides vLLM's null block
     streams = StreamSpace()
     a, b = streams.new(), streams.new()
     eng.submit(640, 1, a)  # 40 blocks, freed first
@@ -287,13 +287,32 @@ def test_eviction_takes_the_least_recently_freed_first():
     eng.submit(640, 1, b)  # 40 blocks, freed second
     env.run()
     assert eng.evictable_blocks == 80
-    eng.submit(16 * 30, 1)  # needs 30 blocks: 20 free + 10 evicted from a's tail
+    # free queue, front first: 19 never-used blocks, a's 40 (tail first), b's 40
+    eng.submit(16 * 30, 1)  # takes 30 blocks: the 19 unused + a's last 11
     env.run()
     again_a = eng.submit(641, 1, a)
     again_b = eng.submit(641, 1, b)
     env.run()
-    assert again_a.cached_tokens == 30 * 16  # a lost its last 10 blocks
-    assert again_b.cached_tokens == 40 * 16  # b untouched
+    assert again_a.cached_tokens == 29 * 16  # a lost its last 11 blocks
+    # a, admitted first, takes its 12 new blocks from the queue's front: b's last 12
+    # (the 30 freed blocks of the third request are behind b's)
+    assert again_b.cached_tokens == 28 * 16
+
+
+def test_a_cached_block_at_the_queue_front_goes_before_a_free_one_behind_it():
+    """vLLM pops its free queue's front whether the block is cached or not."""
+    env = simpy.Environment()
+    eng = _engine(env, kv_capacity_tokens=16 * 41)  # 40 usable blocks
+    streams = StreamSpace()
+    a = streams.new()
+    eng.submit(16 * 20, 1, a)  # a: 20 blocks; the 20 unused ones stay at the front
+    env.run()
+    eng.submit(16 * 25 + 5, 1)  # 26 blocks: the 20 unused, then 6 of a's; its 26 freed last
+    env.run()
+    assert eng.evictable_blocks == 14 and eng.free_blocks == 26
+    again = eng.submit(16 * 20 + 1, 1, a)
+    env.run()
+    assert again.cached_tokens == 14 * 16  # not 20: uncached free blocks did not protect a
 
 
 def test_kv_usage_never_exceeds_capacity_under_pressure():
@@ -362,7 +381,7 @@ def test_submit_rejects_nonsense_token_counts():
 def test_default_engine_builds_its_latency_model_and_capacity():
     env = simpy.Environment()
     eng = Engine(env, EngineConfig(model="glm-4.7", gpu="h200_sxm", tp=4, dtype="fp8"))
-    assert eng.total_blocks == eng.latency.kv_capacity_tokens() // 16
+    assert eng.total_blocks == eng.latency.kv_capacity_tokens() // 16 - 1  # the null block
     req = eng.submit(4096, 64)
     env.run()
     assert req.status == "finished" and req.finished_s > 0

@@ -214,7 +214,7 @@ def _profile(budget: int) -> MeasuredProfile:
     )
 
 
-@pytest.mark.parametrize("stepping", ["fast", "iteration"])
+@pytest.mark.parametrize("stepping", ["event", "iteration"])
 @pytest.mark.parametrize(
     ("c", "isl", "osl", "budget"), [(1, 100, 8, 64), (4, 300, 20, 512), (7, 50, 5, 128)]
 )

@@ -103,7 +103,7 @@ PARAMS = st.fixed_dictionaries(
     params=PARAMS,
     agent_c=COEFFS,
     memory_c=COEFFS,
-    stepping=st.sampled_from(["fast", "iteration"]),
+    stepping=st.sampled_from(["event", "iteration"]),
 )
 def test_simulator_equals_closed_form(kind, params, agent_c, memory_c, stepping):
     if kind == "kso" and params["k"] <= params["lag"]:
@@ -164,7 +164,7 @@ def test_lockstep_agents_equal_the_scaled_closed_form(kind, params, agent_c, mem
 
     if kind == "kso" and params["k"] <= params["lag"]:
         params = {**params, "k": params["lag"] + 1}
-    steps = simulate(kind, "fast", params, agent_c, memory_c, agents)
+    steps = simulate(kind, "event", params, agent_c, memory_c, agents)
     lat, _ = theory(
         kind,
         params,
