@@ -491,21 +491,37 @@ class LatencyModel:
         ``chunk``) one prefill chunk of ``chunk`` tokens over a prefix starting at
         ``cached0`` and growing by ``chunk``. Equals :meth:`iteration_time_of` per
         iteration to rounding."""
-        j = np.arange(steps, dtype=np.int64)
         n = num_decode + chunk
         seqs = num_decode + (1 if chunk else 0)
         if n == 0:
             return np.zeros(steps)
         self._ensure_table(n)
-        t = np.full(steps, self._table_list[n] + self._lm_table[seqs])
-        if num_decode:
-            t = t + self.decode_attention_time(
-                np.full(steps, num_decode, dtype=np.int64), kv_total0 + num_decode * j
-            )
-        if chunk:
-            t = t + self.single_chunk_attention_times(np.full(steps, chunk), cached0 + chunk * j)
+        base = self._table_list[n] + self._lm_table[seqs]
         if self.include_overhead:
-            t = t + (self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs)
+            base += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
+        j = np.arange(steps, dtype=float)
+        t = np.full(steps, base)
+        if num_decode:
+            # one table row (the batch size is fixed), linear in the mean KV per sequence:
+            # np.interp is the scalar path's interpolation, vectorized
+            if num_decode <= DECODE_TABLE_B:
+                self._ensure_decode_table()
+                mean = (kv_total0 + num_decode * j) / num_decode
+                t += np.interp(mean, self._dec_knots_arr, self._dec_grid[num_decode - 1])
+            else:
+                kv = kv_total0 + num_decode * j.astype(np.int64)
+                t += self.decode_attention_time(np.full(steps, num_decode, dtype=np.int64), kv)
+        if chunk:
+            self._ensure_prefill_table()
+            qk = self._pre_q
+            q = float(chunk)
+            i = min(max(bisect.bisect_right(qk, q) - 1, 0), len(qk) - 2)
+            wq = min((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
+            grid = self._pre_grid
+            row = grid[i] + wq * (grid[i + 1] - grid[i])
+            t += self.model.layers * self._ctx[0] + np.interp(
+                cached0 + chunk * j, PREFILL_TABLE_PREFIX_KNOTS, row
+            )
         return t
 
     def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.linalg import lsqr
 
 
 @dataclass
@@ -118,6 +116,9 @@ class Lattice:
         idx, w = lat._stencil([np.asarray(c, dtype=float) for c in coords])
         n = len(log_residual)
         rows = np.tile(np.arange(n), len(idx))
+        from scipy.sparse import csr_matrix
+        from scipy.sparse.linalg import lsqr
+
         design = csr_matrix(
             (np.concatenate(w), (rows, np.concatenate(idx))), shape=(n, lat.values.size)
         )

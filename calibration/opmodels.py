@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy.optimize import least_squares
+
+if TYPE_CHECKING:  # pandas and scipy are for fitting; importing them costs 0.5 s
+    import pandas as pd
 
 from calibration.lattice import Lattice
 
@@ -264,6 +265,8 @@ def fit_form(
 
     best = None
     for start in form.starts:
+        from scipy.optimize import least_squares
+
         result = least_squares(residual, pack(start), diff_step=1e-4)
         if best is None or result.cost < best.cost:
             best = result

@@ -89,6 +89,7 @@ class Sequence:
         "own_blocks",
         "preemptions",
         "prompt_tokens",
+        "resumed",
         "run_seq",
         "status",
         "stream",
@@ -113,6 +114,7 @@ class Sequence:
         self.lazy = False
         self.lazy_c0 = 0
         self.lazy_t0 = 0
+        self.resumed = False  # readmitted after a preemption, no token sampled since
 
     @property
     def generated(self) -> int:
@@ -164,6 +166,11 @@ class Step:
     preempted: list[Sequence] = field(default_factory=list)
     #: decode-group members in this iteration
     group_decodes: int = 0
+    #: set by :meth:`Scheduler.apply`: tokens sampled, and of those a request's first
+    #: or its first after being preempted (a gap that spans the preemption)
+    sampled: int = 0
+    first_samples: int = 0
+    resumed_samples: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -233,6 +240,8 @@ class Scheduler:
         self._detached: list[tuple[Sequence, int]] = []
         #: the group's next iteration is scheduled (its blocks taken), not yet applied
         self._group_scheduled = False
+        #: how many runs each bound ended (diagnostics; tests check the regimes reached)
+        self.run_bounds: dict[str, int] = {}
 
     # -- queue ------------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -330,6 +339,7 @@ class Scheduler:
             step.admitted.append(seq)
         else:
             step.readmitted.append(seq)
+            seq.resumed = True
         seq.status = "running"
         self._register(seq, seq.computed + n)
         step.entries.append((seq, n))
@@ -415,18 +425,25 @@ class Scheduler:
         self._group_scheduled = False
         events: list[Event] = []
         done: list[Sequence] = []
+        sampled = step.group_decodes - len(finishing)
         for seq, n in entries:
             seq.computed += n
             if seq.computed != seq.length:
                 continue
             seq.length += 1  # a token is sampled
+            sampled += 1
             if not seq.has_first_token:
                 seq.has_first_token = True
+                step.first_samples += 1
                 events.append((seq, "first_token"))
+            elif seq.resumed:
+                seq.resumed = False
+                step.resumed_samples += 1
             if seq.length - seq.prompt_tokens >= seq.output_tokens:
                 self._finish(seq)
                 events.append((seq, "finished"))
                 done.append(seq)
+        step.sampled = sampled
         if done:
             self.running = [s for s in self.running if s.status == "running"]
         if self.lazy:
@@ -503,6 +520,7 @@ class Scheduler:
             entries.sort(key=lambda e: e[0].run_seq)
         self._aggregate(step)
         d = len(self.group)
+        step.group_decodes = d
         step.num_decode += d
         step.decode_kv_total += self._g_kv_base + d * t
         return step
@@ -639,6 +657,7 @@ class Scheduler:
                         m, bound = j, "admission"
                 if m < 2:
                     return None
+        self.run_bounds[bound] = self.run_bounds.get(bound, 0) + 1
         return Run(
             m,
             d,

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import nnls
 
 from calibration.latency import Batch, LatencyModel
 
@@ -111,6 +110,8 @@ def fit_surrogate(
     test = design_batches(rng, holdout, max_kv=max_kv)
     x = _features(train)
     y = np.array([lm.iteration_time(b) for b in train])
+    from scipy.optimize import nnls
+
     coef = nnls(x / y[:, None], np.ones_like(y))[0]
     xt = _features(test)
     yt = np.array([lm.iteration_time(b) for b in test])

@@ -411,6 +411,113 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected requests per second or inf, got '{text}'"
+        ) from None
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"must be > 0 (or inf), got {text}")
+    return value
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from sim.bench_serve import BenchServeConfig, run_bench_serve
+    from sim.config import validate
+
+    engine: dict[str, Any] = {
+        "name": "bench-serve",
+        "model": args.model,
+        "gpu": args.gpu,
+        "tp": args.tp,
+        "dtype": args.dtype,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "enable_prefix_caching": not args.no_enable_prefix_caching,
+        "stepping": args.stepping,
+        "record_iterations": bool(args.out),
+    }
+    for key in ("max_model_len", "kv_capacity_tokens", "profile"):
+        if getattr(args, key) is not None:
+            engine[key] = getattr(args, key)
+    cfg = validate(
+        BenchServeConfig,
+        {
+            "engine": engine,
+            "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio,
+            "request_rate": args.request_rate,
+            "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency,
+            "seed": args.seed,
+            "enable_expert_parallel": args.enable_expert_parallel,
+        },
+        "bench-serve",
+    )
+    if args.out:
+        _writable_dir(args.out, "--out")
+    if args.enable_expert_parallel:
+        print(
+            "comem: note: --enable-expert-parallel is accepted but not modelled yet"
+            " (MoE layers are priced as tensor-parallel)",
+            file=sys.stderr,
+        )
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(), transient=True,
+        ) as bar:  # fmt: skip
+            job = bar.add_task("bench-serve", total=cfg.num_prompts)
+            result = run_bench_serve(cfg, progress=lambda: bar.advance(job))
+    else:
+        result = run_bench_serve(cfg)
+    out = result.to_vllm_json(detailed=args.save_detailed)
+    if args.out:
+        paths = result.recorder.write_parquet(args.out)
+        res_path = Path(args.out) / "bench_serve.json"
+        res_path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        out["files"] = [str(p) for p in [*paths, res_path]]
+    if args.json:
+        _print_json(out)
+        return 0
+    print(f"{' Serving Benchmark Result (simulated) ':=^60}")
+    rows = [
+        ("Successful requests:", out["completed"]),
+        ("Failed requests:", out["failed"]),
+        ("Maximum request concurrency:", out["max_concurrency"]),
+        ("Benchmark duration (s):", f"{out['duration']:.2f}"),
+        ("Total input tokens:", out["total_input_tokens"]),
+        ("Total generated tokens:", out["total_output_tokens"]),
+        ("Request throughput (req/s):", f"{out['request_throughput']:.2f}"),
+        ("Output token throughput (tok/s):", f"{out['output_throughput']:.2f}"),
+        ("Total token throughput (tok/s):", f"{out['total_token_throughput']:.2f}"),
+    ]
+    for label, value in rows:
+        print(f"{label:<40}{value!s:<20}")
+    titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
+              "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}  # fmt: skip
+    for key, title in titles.items():
+        print(f"{title:-^60}")
+        for stat in ("mean", "median", "p99"):
+            name = f"{stat.capitalize() if stat != 'p99' else 'P99'} {key.upper()} (ms):"
+            print(f"{name:<40}{out[f'{stat}_{key}_ms']:<20.2f}")
+    print("=" * 60)
+    print(
+        f"preemptions {out['preemptions']}, {out['simulator']['iterations']} engine iterations,"
+        f" KV cache {out['simulator']['kv_cache_blocks']} blocks"
+    )
+    for path in out.get("files", []):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, run_scenario
 
@@ -648,6 +755,41 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true", help="print the summary as JSON")
     es.set_defaults(func=cmd_engine_sim)
 
+    bs = sub.add_parser(
+        "bench-serve",
+        help="simulated `vllm bench serve` (random dataset): vLLM's flags and result names",
+        description="Simulate `vllm serve MODEL` under `vllm bench serve --dataset-name random"
+        " --ignore-eos`: the same flags (defaults are vLLM's) and the same result JSON"
+        " (--json). Server flags: --model .. --stepping; client flags: --num-prompts ..",
+    )
+    bs.add_argument("--model", required=True, help="model name or alias ('comem list models')")
+    bs.add_argument("--gpu", default="h100_sxm", help="GPU ('comem list gpus') [h100_sxm]")
+    bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
+    bs.add_argument("--dtype", default="bf16", help="weights: bf16 or fp8 [bf16]")
+    bs.add_argument(
+        "--enable-expert-parallel", action="store_true", help="(accepted; not modelled)"
+    )
+    bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
+    bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
+    bs.add_argument("--max-model-len", type=_positive_int)
+    bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
+    bs.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size override")
+    bs.add_argument("--no-enable-prefix-caching", action="store_true")
+    bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
+    bs.add_argument("--stepping", choices=("event", "iteration"), default="event")
+    bs.add_argument("--num-prompts", type=_positive_int, default=1000)
+    bs.add_argument("--random-input-len", type=_positive_int, default=1024)
+    bs.add_argument("--random-output-len", type=_positive_int, default=128)
+    bs.add_argument("--random-range-ratio", type=float, default=0.0)
+    bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
+    bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
+    bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
+    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
+    bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
+    bs.add_argument("--json", action="store_true", help="print the result JSON")
+    bs.set_defaults(func=cmd_bench_serve)
+
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
     )
@@ -748,6 +890,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("comem: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `comem ... --json | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

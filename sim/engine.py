@@ -47,7 +47,7 @@ __all__ = ["Engine", "IterationLatency", "Request", "Stream", "StreamSpace"]
 
 #: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
 #: exceeds the loop's below it)
-SCALAR_RUN_LIMIT = 24
+SCALAR_RUN_LIMIT = 4
 
 
 class IterationLatency(Protocol):
@@ -69,16 +69,22 @@ class IterationLatency(Protocol):
 
 
 class Request(SchedSequence):
-    """One generation request and what happened to it (times in simulated seconds)."""
+    """One generation request and what happened to it (times in simulated seconds).
+
+    ``admitted``, ``first_token`` and ``done`` are SimPy events, made when first asked
+    for (most requests are never waited on for the first two; an event that nobody
+    holds costs a SimPy step all the same). Asked for after the fact, they come back
+    already triggered.
+    """
 
     __slots__ = (
-        "admitted",
+        "_admitted",
+        "_done",
+        "_first_token",
         "admitted_s",
         "arrival_s",
-        "done",
         "engine",
         "finished_s",
-        "first_token",
         "first_token_s",
         "reason",
         "tag",
@@ -102,9 +108,33 @@ class Request(SchedSequence):
         self.first_token_s = math.nan
         self.finished_s = math.nan
         self.reason = ""
-        self.admitted = env.event()
-        self.first_token = env.event()
-        self.done = env.event()
+        self._admitted: simpy.Event | None = None
+        self._first_token: simpy.Event | None = None
+        self._done: simpy.Event | None = None
+
+    def _event(self, happened: bool) -> simpy.Event:
+        ev = self.engine.env.event()
+        if happened:
+            ev.succeed(self)
+        return ev
+
+    @property
+    def admitted(self) -> simpy.Event:
+        if self._admitted is None:
+            self._admitted = self._event(self.admitted_s == self.admitted_s)
+        return self._admitted
+
+    @property
+    def first_token(self) -> simpy.Event:
+        if self._first_token is None:
+            self._first_token = self._event(self.first_token_s == self.first_token_s)
+        return self._first_token
+
+    @property
+    def done(self) -> simpy.Event:
+        if self._done is None:
+            self._done = self._event(self.finished_s == self.finished_s)
+        return self._done
 
 
 class Engine:
@@ -160,7 +190,8 @@ class Engine:
             ),
             lazy=cfg.stepping != "iteration",
         )
-        self._wake: simpy.Event | None = None
+        self._wake: simpy.Event | None = None  # the idle engine waits on it
+        self._in_run = False  # a run is in flight: a submission interrupts it
         self._ids = 0
         self.process = env.process(self._run())
 
@@ -241,7 +272,10 @@ class Engine:
 
     def _enqueue(self, req: Request) -> None:
         self.scheduler.add(req)
-        if self._wake is not None and not self._wake.triggered:
+        if self._in_run:
+            self._in_run = False
+            self.process.interrupt()
+        elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
     def _enqueue_after(self, req: Request, delay: float) -> Generator[simpy.Event, Any, None]:
@@ -281,7 +315,8 @@ class Engine:
         req.reason = reason
         req.finished_s = self.env.now
         self._record(req)
-        req.done.succeed(req)
+        if req._done is not None:
+            req._done.succeed(req)
 
     def _fire(self, events: list[Event]) -> bool:
         now = self.env.now
@@ -289,11 +324,13 @@ class Engine:
             req: Request = seq  # type: ignore[assignment]
             if what == "first_token":
                 req.first_token_s = now
-                req.first_token.succeed(req)
+                if req._first_token is not None:
+                    req._first_token.succeed(req)
             else:
                 req.finished_s = now
                 self._record(req)
-                req.done.succeed(req)
+                if req._done is not None:
+                    req._done.succeed(req)
         return bool(events)
 
     def _record_step(self, start: float, iterations: int, decode: int, chunks: list[int]) -> None:
@@ -334,10 +371,16 @@ class Engine:
         for seq in step.admitted:
             req: Request = seq  # type: ignore[assignment]
             req.admitted_s = start
-            req.admitted.succeed(req)
-        yield env.timeout(self._price(step))
+            if req._admitted is not None:
+                req._admitted.succeed(req)
+        duration = self._price(step)
+        yield env.timeout(duration)
         fired = self._fire(self.scheduler.apply(step))
         self._record_step(start, 1, step.num_decode, step.prefill_new)
+        rec = self.recorder
+        if rec.itl_samples:
+            rec.add_itl(duration, step.sampled - step.first_samples)
+            rec.itl_after_preemption += step.resumed_samples
         return fired
 
     def _run_times(self, run: Run) -> np.ndarray:
@@ -359,19 +402,21 @@ class Engine:
         env = self.env
         ends = self._run_times(run)
         start = env.now
-        self._wake = env.event()
-        finish = env.timeout(float(ends[-1]))
-        yield finish | self._wake
-        self._wake = None
         done = run.iterations
-        if not finish.processed:  # (a Timeout counts as triggered from creation)
+        self._in_run = True
+        try:
+            yield env.timeout(float(ends[-1]))
+        except simpy.Interrupt:
             # a submission arrived: stop at the end of the iteration in flight
             k = min(int(np.searchsorted(ends, env.now - start, side="left")), done - 1)
             done = k + 1
             yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+        self._in_run = False
         fired = self._fire(self.scheduler.apply_run(run, done))
         chunks = [run.chunk] * done if run.chunk else []
         self._record_step(start, done, run.num_decode, chunks)
+        if self.recorder.itl_samples and run.num_decode:
+            self.recorder.add_itl(ends[:done], run.num_decode)
         return fired
 
     def _run(self) -> Generator[simpy.Event, Any, None]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REQUEST_COLUMNS = (
     "engine",
@@ -58,6 +61,28 @@ class MetricsRecorder:
     iterations: list[tuple[Any, ...]] = field(default_factory=list)
     #: called with each request row as it is recorded (progress bars, streaming)
     on_request: Callable[[tuple[Any, ...]], None] | None = None
+    #: keep inter-token gaps (``vllm bench serve``'s ITL): per iteration, its duration
+    #: and how many tokens it sampled that were not a request's first
+    itl_samples: bool = False
+    _itl_durations: list[Any] = field(default_factory=list)
+    _itl_weights: list[Any] = field(default_factory=list)
+    #: tokens whose gap spans a preemption (counted at their iteration's duration)
+    itl_after_preemption: int = 0
+
+    def add_itl(self, ends: Any, weight: int) -> None:
+        """One step's iterations: their end times from the step's start (a float for one
+        iteration, an array for a run) and the tokens each sampled that were not first."""
+        if weight > 0:
+            self._itl_durations.append(ends)
+            self._itl_weights.append(weight)
+
+    def itl_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(gap seconds, how many tokens had that gap), one entry per iteration."""
+        if not self._itl_durations:
+            return np.zeros(0), np.zeros(0, np.int64)
+        gaps = [np.diff(np.atleast_1d(e), prepend=0.0) for e in self._itl_durations]
+        weights = [np.full(g.size, w, np.int64) for g, w in zip(gaps, self._itl_weights)]
+        return np.concatenate(gaps), np.concatenate(weights)
 
     def add_request(self, row: tuple[Any, ...]) -> None:
         self.requests.append(row)
@@ -65,9 +90,13 @@ class MetricsRecorder:
             self.on_request(row)
 
     def requests_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.requests, columns=list(REQUEST_COLUMNS))
 
     def iterations_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.iterations, columns=list(ITERATION_COLUMNS))
 
     def write_parquet(self, directory: str | Path) -> list[Path]:

@@ -1,0 +1,270 @@
+"""``comem bench-serve``: the simulated ``vllm bench serve`` (random dataset).
+
+Same load, same flags, same result names as vLLM's benchmark (``VLLM_FACTS.md``
+section 6, vLLM 0.12 / 0.19 ``benchmarks/serve.py``), so a user who knows one knows the
+other and can put a simulated result file next to a measured one:
+
+- ``num_prompts`` requests; input and output lengths uniform integers in
+  ``[floor(L(1 - r)), ceil(L(1 + r))]`` (``--random-range-ratio`` r, output >= 1),
+  prompts sharing no prefix; every request generates exactly its output length
+  (``--ignore-eos``).
+- Arrivals: ``--request-rate inf`` sends all at once; a finite rate draws gaps from a
+  Gamma distribution (shape ``burstiness``, scale ``1 / (rate * burstiness)``; 1 =
+  Poisson) and rescales them so the last arrival is at ``num_prompts / rate``.
+  ``--max-concurrency`` is a semaphore taken after the arrival time (with rate ``inf``,
+  a closed loop of that many clients).
+- Metrics, from the moment a request is sent: TTFT, E2EL, TPOT = (E2EL - TTFT) /
+  (output - 1) for outputs > 1, ITL = every gap between consecutive tokens, pooled;
+  throughputs over the duration from the first send to the last completion.
+
+What the simulator cannot give, it says: there is no tokenizer (prompt lengths are the
+token counts asked for), and a token gap that spans a preemption is counted at the
+duration of the iteration that produced it (``itl_tokens_after_preemption`` says how
+many such gaps there are).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+
+from sim.config import EngineConfig
+from sim.engine import Engine, IterationLatency, Request
+from sim.metrics import MetricsRecorder
+
+PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+class BenchServeConfig(BaseModel):
+    """One ``vllm bench serve`` run against one simulated server (vLLM's defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    num_prompts: PositiveInt = 1000
+    random_input_len: PositiveInt = 1024
+    random_output_len: PositiveInt = 128
+    random_range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: requests per second; ``inf`` sends every request at once
+    request_rate: float = Field(default=math.inf, gt=0.0)
+    burstiness: float = Field(default=1.0, gt=0.0, lt=math.inf)
+    max_concurrency: PositiveInt | None = None
+    seed: NonNegativeInt = 0
+    #: accepted for vLLM's command line; expert parallelism is not modelled yet
+    enable_expert_parallel: bool = False
+
+    @model_validator(mode="after")
+    def _finite(self) -> BenchServeConfig:
+        if math.isnan(self.request_rate):
+            raise ValueError("request_rate must be a number > 0 or inf")
+        return self
+
+
+def random_lengths(
+    cfg: BenchServeConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Input and output lengths of vLLM's random dataset (no special tokens)."""
+    r = cfg.random_range_ratio
+
+    def draw(mean: int, low_min: int) -> np.ndarray:
+        lo = max(low_min, math.floor(mean * (1 - r)))
+        hi = max(lo, math.ceil(mean * (1 + r)))
+        return rng.integers(lo, hi + 1, cfg.num_prompts)
+
+    return draw(cfg.random_input_len, 1), draw(cfg.random_output_len, 1)
+
+
+def arrival_times(cfg: BenchServeConfig, rng: np.random.Generator) -> np.ndarray:
+    """Send times of the requests, seconds from the start (vLLM's request generator)."""
+    n = cfg.num_prompts
+    if math.isinf(cfg.request_rate):
+        return np.zeros(n)
+    theta = 1.0 / (cfg.request_rate * cfg.burstiness)
+    gaps = rng.gamma(cfg.burstiness, theta, n)
+    times = np.cumsum(gaps)
+    # vLLM rescales the delays so the last request goes out at num_prompts / rate
+    return times * ((n / cfg.request_rate) / times[-1])
+
+
+@dataclass
+class BenchServeResult:
+    config: BenchServeConfig
+    requests: list[Request]
+    engine: Engine
+    recorder: MetricsRecorder
+
+    def to_vllm_json(self, detailed: bool = False) -> dict[str, Any]:
+        """The result file ``vllm bench serve --save-result`` writes, with the same names."""
+        return vllm_result(self, detailed)
+
+
+def run_bench_serve(
+    cfg: BenchServeConfig,
+    latency: IterationLatency | None = None,
+    progress: Callable[[], None] | None = None,
+) -> BenchServeResult:
+    """Simulate the benchmark to its last completion (``progress`` is called per request)."""
+    rng = np.random.default_rng(cfg.seed)
+    inputs, outputs = random_lengths(cfg, rng)
+    sends = arrival_times(cfg, rng)
+    env = simpy.Environment()
+    recorder = MetricsRecorder(itl_samples=True)
+    engine = Engine(env, cfg.engine, latency, recorder=recorder)
+    requests: list[Request] = []
+    limit = cfg.max_concurrency
+    pending: deque[int] = deque()
+    in_flight = 0
+
+    def send(i: int) -> None:
+        nonlocal in_flight
+        in_flight += 1
+        req = engine.submit(int(inputs[i]), int(outputs[i]), None, tag=i)
+        requests.append(req)
+        req.done.callbacks.append(finished)
+
+    def finished(_: simpy.Event) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+        if progress is not None:
+            progress()
+        if pending:
+            send(pending.popleft())
+
+    def arrive(i: int) -> None:
+        if limit is None or in_flight < limit:
+            send(i)
+        else:
+            pending.append(i)
+
+    def dispatcher() -> Any:
+        now = 0.0
+        for i, t in enumerate(sends):
+            if t > now:
+                yield env.timeout(float(t) - now)
+                now = float(t)
+            arrive(i)
+
+    if math.isinf(cfg.request_rate):
+        for i in range(cfg.num_prompts):
+            arrive(i)
+    else:
+        env.process(dispatcher())
+    env.run()
+    requests.sort(key=lambda r: r.tag)
+    return BenchServeResult(cfg, requests, engine, recorder)
+
+
+def _weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]
+) -> list[float]:
+    """np.percentile of ``values`` each repeated ``weights`` times (exact, linear)."""
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    w = weights[order].astype(np.int64)
+    cum = np.cumsum(w)
+    total = int(cum[-1])
+    out = []
+    for q in qs:
+        pos = q / 100.0 * (total - 1)  # numpy's "linear" method on the expanded array
+        lo = math.floor(pos)
+        frac = pos - lo
+        a = v[np.searchsorted(cum, lo, side="right")]
+        b = v[np.searchsorted(cum, min(lo + 1, total - 1), side="right")]
+        out.append(float(a + frac * (b - a)))
+    return out
+
+
+def vllm_result(res: BenchServeResult, detailed: bool = False) -> dict[str, Any]:
+    cfg = res.config
+    done = [r for r in res.requests if r.status == "finished"]
+    failed = [r for r in res.requests if r.status != "finished"]
+    start = min((r.arrival_s for r in res.requests), default=0.0)
+    end = max((r.finished_s for r in done), default=start)
+    duration = end - start
+    out_tokens = np.array([r.generated for r in done], dtype=np.int64)
+    in_tokens = np.array([r.prompt_tokens for r in done], dtype=np.int64)
+    ttft = np.array([r.first_token_s - r.arrival_s for r in done])
+    e2el = np.array([r.finished_s - r.arrival_s for r in done])
+    multi = out_tokens > 1
+    tpot = (e2el[multi] - ttft[multi]) / (out_tokens[multi] - 1)
+    itl_values, itl_weights = res.recorder.itl_arrays()
+    result: dict[str, Any] = {
+        "backend": "comem-sim",
+        "model_id": cfg.engine.model,
+        "tokenizer_id": None,
+        "num_prompts": cfg.num_prompts,
+        "request_rate": "inf" if math.isinf(cfg.request_rate) else cfg.request_rate,
+        "burstiness": cfg.burstiness,
+        "max_concurrency": cfg.max_concurrency,
+        "duration": duration,
+        "completed": len(done),
+        "failed": len(failed),
+        "total_input_tokens": int(in_tokens.sum()),
+        "total_output_tokens": int(out_tokens.sum()),
+        "request_throughput": len(done) / duration if duration > 0 else 0.0,
+        "output_throughput": float(out_tokens.sum()) / duration if duration > 0 else 0.0,
+        "total_token_throughput": float(in_tokens.sum() + out_tokens.sum()) / duration
+        if duration > 0
+        else 0.0,
+        "max_concurrent_requests": _max_concurrency(res.requests),
+        "preemptions": res.engine.preemptions,
+        "itl_tokens_after_preemption": res.recorder.itl_after_preemption,
+        "simulator": {
+            "gpu": cfg.engine.gpu,
+            "tp": cfg.engine.tp,
+            "dtype": cfg.engine.dtype,
+            "max_num_batched_tokens": cfg.engine.max_num_batched_tokens,
+            "max_num_seqs": cfg.engine.max_num_seqs,
+            "kv_cache_blocks": res.engine.total_blocks,
+            "iterations": res.engine.iterations,
+            "stepping": cfg.engine.stepping,
+            "expert_parallel": "accepted, not modelled" if cfg.enable_expert_parallel else False,
+        },
+    }
+    samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
+    for name in PERCENTILE_METRICS:
+        if name == "itl":
+            if itl_weights.sum() > 0:
+                total = float(itl_weights.sum())
+                mean = float((itl_values * itl_weights).sum() / total)
+                var = float((itl_weights * (itl_values - mean) ** 2).sum() / total)
+                median, p99 = _weighted_percentiles(itl_values, itl_weights, (50.0, 99.0))
+                stats = (mean, median, math.sqrt(var), p99)
+            else:
+                stats = (math.nan,) * 4
+        else:
+            v = samples[name]
+            stats = (
+                (float(v.mean()), float(np.median(v)), float(v.std()), float(np.percentile(v, 99)))
+                if v.size
+                else (math.nan,) * 4
+            )
+        for key, value in zip(("mean", "median", "std", "p99"), stats, strict=True):
+            result[f"{key}_{name}_ms"] = value * 1000.0
+    if detailed:
+        result["input_lens"] = [r.prompt_tokens for r in res.requests]
+        result["output_lens"] = [r.generated for r in res.requests]
+        result["ttfts"] = [r.first_token_s - r.arrival_s for r in res.requests]
+        result["start_times"] = [r.arrival_s for r in res.requests]
+        result["errors"] = [r.reason for r in res.requests]
+    return result
+
+
+def _max_concurrency(requests: list[Request]) -> int:
+    """Most requests in flight at once (sent, not completed)."""
+    events = [(r.arrival_s, 1) for r in requests] + [
+        (r.finished_s, -1) for r in requests if r.finished_s == r.finished_s
+    ]
+    events.sort(key=lambda e: (e[0], e[1]))
+    peak = level = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    return peak
