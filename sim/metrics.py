@@ -81,7 +81,9 @@ class MetricsRecorder:
         if not self._itl_durations:
             return np.zeros(0), np.zeros(0, np.int64)
         gaps = [np.diff(np.atleast_1d(e), prepend=0.0) for e in self._itl_durations]
-        weights = [np.full(g.size, w, np.int64) for g, w in zip(gaps, self._itl_weights)]
+        weights = [
+            np.full(g.size, w, np.int64) for g, w in zip(gaps, self._itl_weights, strict=True)
+        ]
         return np.concatenate(gaps), np.concatenate(weights)
 
     def add_request(self, row: tuple[Any, ...]) -> None:
