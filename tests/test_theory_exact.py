@@ -189,3 +189,33 @@ def test_lockstep_agents_equal_the_scaled_closed_form(kind, params, agent_c, mem
     for agent in range(agents):
         mine = steps[steps["agent"] == agent]["step_latency_s"].to_numpy()
         np.testing.assert_allclose(mine, lat, rtol=1e-9)
+
+
+@pytest.mark.parametrize("k,lag", [(1, 1), (1, 2), (2, 2), (2, 3)])
+def test_queued_summaries_equal_the_closed_form(k, lag):
+    """lag >= k: every summary is swapped in lag steps after its launch, in the simulator
+    and in the closed forms alike (exact while the memory jobs do not overlap)."""
+    params = {
+        "steps": 12, "system": 700, "observation": 300, "action": 60, "summary": 40,
+        "tool": 0.7, "k": k, "retain": 2, "lag": lag, "instruction": 30,
+    }  # fmt: skip
+    coeffs = (5e-3, 2e-5, 1e-9, 5e-5, 3e-8)
+    lat, stall, exact = theory("kso", params, coeffs, coeffs)
+    assert exact
+    steps = simulate("kso", "fast", params, coeffs, coeffs)
+    launches = [t for t in range(1, 12) if t % k == 0]
+    swaps = [t + lag + 1 for t in launches if t + lag + 1 <= 12]
+    assert steps.index[steps["summary_swapped"]].tolist() == [s - 1 for s in swaps]
+    np.testing.assert_allclose(steps["step_latency_s"], lat, rtol=1e-9)
+
+
+def test_overlapping_memory_jobs_are_outside_the_exact_regime():
+    params = {
+        "steps": 8, "system": 700, "observation": 300, "action": 20, "summary": 400,
+        "tool": 0.0, "k": 1, "retain": 2, "lag": 1, "instruction": 30,
+    }  # fmt: skip
+    coeffs = (5e-3, 2e-5, 1e-9, 5e-5, 3e-8)
+    _, stall, exact = theory("kso", params, coeffs, coeffs)
+    assert not exact and stall.sum() > 0  # each summary outlasts the next launch
+    _, _, exact_k2 = theory("kso", {**params, "k": 2}, coeffs, coeffs)
+    assert exact_k2  # lag < k: the agent waits before it launches again
