@@ -558,7 +558,8 @@ def _run_table(
         else:
             cells = [_cell(s[cell], cell) for s in archs.values()]
         columns.append((header, meaning, cells))
-    shown, used = [], 1
+    shown: list[tuple[str, str, list[str]]] = []
+    used = 1
     for header, meaning, cells in columns:
         need = max(max(len(c) for c in cells), *(len(w) for w in header.split())) + 3
         if used + need <= width or len(shown) < 4:  # arch, done, early, speedup always

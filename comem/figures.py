@@ -157,8 +157,7 @@ def fig_theory_speedup(out: Path, quick: bool) -> list[Path]:
         c = lockstep_coefficients(coeffs, agents)
         fc = step_timeline("fc", p, c).latency.sum(0)
         kso = step_timeline("kso", p, c, c)
-        line = _speedup_line(ax2, agents, fc / kso.latency.sum(0), kso.exact, "o-", f"KSO k={k}")
-    del line
+        _speedup_line(ax2, agents, fc / kso.latency.sum(0), kso.exact, "o-", f"KSO k={k}")
     ax2.set_xscale("log", base=2)
     ax2.axhline(1.0, color="0.6", lw=0.8)
     ax2.set_xlabel("agents in lockstep")
