@@ -777,15 +777,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    from sim.compare import DEFAULT_METRIC, METRICS
+    from sim.compare import DEFAULT_METRIC, METRICS, METRICS_HELP
 
     rn.add_argument(
         "--metric",
         choices=list(METRICS),
         default=DEFAULT_METRIC,
-        help=f"what the table's speedup column compares (default: {DEFAULT_METRIC}); "
-        + "; ".join(f"{m.name}: {m.label}, over {m.compared_on}" for m in METRICS.values())
-        + ". --json has all of them",
+        help=f"what the table's speedup column compares (default: {DEFAULT_METRIC}):"
+        f" {METRICS_HELP}. The speedup is the reference's (first fc architecture) over"
+        " the other's; --json has every metric",
     )
     rn.set_defaults(func=cmd_run)
 

@@ -166,6 +166,14 @@ METRICS: dict[str, Metric] = {
     )
 }
 DEFAULT_METRIC = "task"
+#: the metrics in one sentence (``comem run --help``)
+METRICS_HELP = (
+    "task = mean task latency, over the tasks both finished; over the steps both ran:"
+    " step = mean step latency (queue + prefill + decode + tool + stall), llm = mean"
+    " llm_exec_time, total = mean total_step_time (the authors' formula), llm-index and"
+    " llm-index-peak = the per-step-index llm_exec_time ratio, its mean and peak over step"
+    " indices; makespan = makespan per completed task"
+)
 
 
 def _finite(values: np.ndarray) -> np.ndarray:
