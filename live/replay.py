@@ -273,9 +273,11 @@ class LiveAgent:
                 jobs[action.job].done.wait()
                 stall += self._now() - w0
             elif isinstance(action, StepEnd):
-                assert res is not None
                 swapped = jobs.get(action.swapped) if action.swapped is not None else None
-                self._record(policy, task_id, action, res, submit, prompt_len, tool, stall, swapped)
+                if res is not None:  # a step that sent nothing has no row
+                    self._record(
+                        policy, task_id, action, res, submit, prompt_len, tool, stall, swapped
+                    )
                 summaries += swapped is not None
                 total_stall += stall
                 res, tool, stall = None, 0.0, 0.0
@@ -419,7 +421,10 @@ class ReplayResult:
                 "steps_failed": int(len(g) - len(ok)),
                 "tasks": int(len(t)),
                 "tasks_finished": int((t["status"] == "finished").sum()),
+                "tasks_ended_early": int((t["status"] != "finished").sum()),
                 "mean_step_latency_s": float(ok["step_latency_s"].mean()),
+                "mean_llm_exec_time_s": float(ok["llm_exec_time_s"].mean()),
+                "mean_total_step_time_s": float(ok["total_step_time_s"].mean()),
                 "p50_step_latency_s": float(ok["step_latency_s"].median()),
                 "mean_task_latency_s": float(t["latency_s"].mean()),
                 "mean_stall_s": float(ok["stall_s"].mean()),

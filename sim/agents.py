@@ -189,9 +189,9 @@ class Agent:
                 yield jobs[action.job].done
                 stall += env.now - t0
             elif isinstance(action, StepEnd):
-                assert req is not None
                 swapped = jobs.get(action.swapped) if action.swapped is not None else None
-                self._record_step(policy, task_id, action, req, submit, tool, stall, swapped)
+                if req is not None:  # a step that sent nothing has no row
+                    self._record_step(policy, task_id, action, req, submit, tool, stall, swapped)
                 summaries += swapped is not None
                 total_stall += stall
                 req, tool, stall = None, 0.0, 0.0
