@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for output in (1024, 10240):
-        results.append(run("fast", args.clients, args.requests, 512, output, args.carry_output))
+        results.append(run("event", args.clients, args.requests, 512, output, args.carry_output))
     if args.iteration:
         results.append(run("iteration", args.clients, args.requests, 512, 1024, args.carry_output))
     print(
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.stepping:10s} {r.output:7d} {r.wall_s:8.2f} {r.sim_s:10.1f} {r.iterations:11d}"
             f" {r.steps:8d} {r.events:9d} {r.preemptions:8d} {r.finished:9d}"
         )
-    fast = {r.output: r for r in results if r.stepping == "fast"}
+    fast = {r.output: r for r in results if r.stepping == "event"}
     print(f"wall(10x output) / wall(1x output): {fast[10240].wall_s / fast[1024].wall_s:.2f}")
     slow = [r for r in results if r.stepping == "iteration"]
     if slow:

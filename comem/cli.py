@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,8 +68,19 @@ def _writable_dir(path: str | None, flag: str) -> None:
         raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities become null (JSON has no such numbers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=1, sort_keys=True))
+    print(json.dumps(_json_safe(obj), indent=1, sort_keys=True, allow_nan=False))
 
 
 # --- commands -------------------------------------------------------------------------
@@ -370,7 +382,7 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"{latency:.4f}")
+        print(f"{latency:.4f} s")
     return 0
 
 
@@ -519,49 +531,157 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sim.compare import METRICS
     from sim.scenario import load_scenario, run_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
     result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
     written = result.write(args.out) if args.out else []
+    comparison = summary["comparison"]
+    ref = comparison["reference"]
+    notes = list(summary["warnings"])
+    if ref is not None:
+        chosen = comparison["metrics"][args.metric]
+        for name, value in chosen["speedup"].items():
+            if value is None:
+                notes.append(
+                    f"{name}: no speedup by {chosen['label']}: nothing to compare"
+                    f" ({chosen['compared_on']}: none)"
+                )
+    for note in notes:
+        print(f"comem run: warning: {note}", file=sys.stderr)
     if args.json:
         _print_json({**summary, "files": [str(p) for p in written]})
         return 0
     from rich.console import Console
-    from rich.table import Table
 
+    console = Console()
     w = scenario.workload
-    table = Table(
-        title=f"{scenario.name}: {w.agents} agents x {w.tasks_per_agent} tasks,"
+    title = (
+        f"{scenario.name}: {w.agents} agents x {w.tasks_per_agent} tasks,"
         f" {w.kind} workload ({scenario.engine.stepping} stepping)"
     )
-    cols = (
-        "arch", "task mean s", "task p99 s", "step mean s", "step p50 s", "step p99 s",
-        "steps/s", "stall s", "uncached tok", "KV peak", "preempt", "speedup vs FC",
-    )  # fmt: skip
-    for c in cols:
-        table.add_column(c, justify="left" if c == "arch" else "right", no_wrap=c == "arch")
-    for name, s in summary["architectures"].items():
-        speed = summary["speedup_vs_fc"].get(name)
-        table.add_row(
-            name,
-            f"{s['mean_task_latency_s']:.1f}",
-            f"{s['p99_task_latency_s']:.1f}",
-            f"{s['mean_step_latency_s']:.2f}",
-            f"{s['p50_step_latency_s']:.2f}",
-            f"{s['p99_step_latency_s']:.2f}",
-            f"{s['throughput_steps_per_s']:.3f}",
-            f"{s['mean_stall_s']:.2f}",
-            f"{s['mean_uncached_prefill_tokens']:.0f}",
-            f"{s['kv_peak_fraction']:.0%}",
-            str(s["preemptions"]),
-            "-" if speed is None else f"{speed:.2f}x",
+    metric = METRICS[args.metric]
+    table, legend = _run_table(summary, args.metric, console.width, title)
+    console.print(table)
+    for line in legend:
+        console.print(line, highlight=False, markup=False)
+    if ref is None:
+        console.print("no full-context (fc) architecture: no speedups", highlight=False)
+    else:
+        console.print(
+            f"speedup ({metric.name}): {ref}'s {metric.label} over this architecture's, on"
+            f" {metric.compared_on}; > 1 is faster than {ref}. Other metrics: --metric"
+            f" {'|'.join(METRICS)}; --json has all of them.",
+            highlight=False,
+            markup=False,
         )
-    Console(width=140).print(table)
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+#: why tasks ended early, as the table abbreviates it
+_EARLY = {"context_exceeded": "ctx", "memory_context_exceeded": "mem"}
+
+#: the ``comem run`` table's columns, most important first (narrow terminals drop the
+#: last ones): header, legend, cell
+_RUN_COLUMNS: list[tuple[str, str, Any]] = [
+    ("arch", "architecture; ! = some of its tasks ended early", None),
+    ("done", "tasks finished", lambda s: str(s["tasks_finished"])),
+    (
+        "early",
+        "tasks that ended early, by reason: ctx = an agent prompt passed max_model_len,"
+        " mem = a memory prompt passed the memory model's limit",
+        lambda s: " ".join(f"{v} {_EARLY.get(k, k)}" for k, v in s["ended_early"].items()) or "0",
+    ),
+    ("speedup", "", None),
+    ("task s", "mean task latency over its finished tasks, seconds", "mean_task_latency_s"),
+    (
+        "step s",
+        "mean step latency (queue + prefill + decode + tool + stall) over its finished"
+        " steps, seconds",
+        "mean_step_latency_s",
+    ),
+    ("stall s", "mean wait for a summary per step, seconds", "mean_stall_s"),
+    (
+        "uncached tok",
+        "prompt tokens the agent engine prefilled (not from its prefix cache), mean per step",
+        "mean_uncached_prefill_tokens",
+    ),
+    ("KV peak", "peak fraction of the agent engine's KV cache in use", "kv_peak_fraction"),
+    ("preempt", "preemptions, agent and memory engines summed", "preemptions"),
+    (
+        "llm s",
+        "mean llm_exec_time per step (the authors': the agent request at the client,"
+        " queueing included), seconds",
+        "mean_llm_exec_time_s",
+    ),
+    (
+        "total s",
+        "mean total_step_time per step (the authors' formula: llm + summary + env for"
+        " FC, CP, SM; max(llm, summary + prefill) + env for KSO), seconds",
+        "mean_total_step_time_s",
+    ),
+    ("step p99 s", "99th percentile of step latency, seconds", "p99_step_latency_s"),
+    ("task p99 s", "99th percentile of task latency, seconds", "p99_task_latency_s"),
+    ("steps/s", "finished steps per second of makespan", "throughput_steps_per_s"),
+]
+
+
+def _cell(value: Any, key: str) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if key == "kv_peak_fraction":
+        return f"{value:.0%}"
+    if key in ("preemptions", "mean_uncached_prefill_tokens"):
+        return f"{value:.0f}"
+    if key == "throughput_steps_per_s":
+        return f"{value:.3f}"
+    if key.startswith(("mean_task", "p99_task")):
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _run_table(
+    summary: dict[str, Any], metric: str, width: int, title: str
+) -> tuple[Any, list[str]]:
+    """The ``comem run`` table, as many columns as fit ``width``, and its legend."""
+    from rich.table import Table
+
+    archs = summary["architectures"]
+    speed = summary["comparison"]["metrics"].get(metric, {}).get("speedup", {})
+    columns: list[tuple[str, str, list[str]]] = []
+    for header, meaning, cell in _RUN_COLUMNS:
+        if header == "arch":
+            cells = [n + ("!" if s["tasks_ended_early"] else "") for n, s in archs.items()]
+        elif header == "speedup":
+            header = f"speedup {metric}"
+            meaning = f"see below ({metric})"
+            cells = ["-" if speed.get(n) is None else f"{speed[n]:.2f}x" for n in archs]
+        elif callable(cell):
+            cells = [cell(s) for s in archs.values()]
+        else:
+            cells = [_cell(s[cell], cell) for s in archs.values()]
+        columns.append((header, meaning, cells))
+    shown: list[tuple[str, str, list[str]]] = []
+    used = 1
+    for header, meaning, cells in columns:
+        need = max(max(len(c) for c in cells), *(len(w) for w in header.split())) + 3
+        if used + need <= width or len(shown) < 4:  # arch, done, early, speedup always
+            shown.append((header, meaning, cells))
+            used += need
+    table = Table(title=title)
+    for header, _, _ in shown:  # one word a line: the widths estimated above hold
+        table.add_column(header.replace(" ", "\n"), justify="left" if header == "arch" else "right")
+    for row in zip(*(cells for _, _, cells in shown), strict=True):
+        table.add_row(*row)
+    legend = [f"{h}: {m}" for h, m, _ in shown if not h.startswith("speedup")]
+    dropped = [h for h, _, _ in columns if h not in {s[0] for s in shown}]
+    if dropped:
+        legend.append(f"left out for width ({width} columns): {', '.join(dropped)}")
+    return table, legend
 
 
 def cmd_workload_fit(args: argparse.Namespace) -> int:
@@ -799,6 +919,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    from sim.compare import DEFAULT_METRIC, METRICS, METRICS_HELP
+
+    rn.add_argument(
+        "--metric",
+        choices=list(METRICS),
+        default=DEFAULT_METRIC,
+        help=f"what the table's speedup column compares (default: {DEFAULT_METRIC}):"
+        f" {METRICS_HELP}. The speedup is the reference's (first fc architecture) over"
+        " the other's; --json has every metric",
+    )
     rn.set_defaults(func=cmd_run)
 
     pr = sub.add_parser(

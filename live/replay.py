@@ -1,20 +1,20 @@
 """``comem replay``: real agents driving real servers, measured as the simulator measures.
 
-Every architecture of a scenario (FC, CP, SM, KSO) runs its sampled tasks (the same
-ones the simulator runs: same seed, same sampler) against live OpenAI-compatible
+Every architecture of a scenario (FC, CP, SM, KSO, ...) runs its sampled tasks (the
+same ones the simulator runs: same seed, same sampler) against live OpenAI-compatible
 servers: the agent model at ``agent_endpoint``, the memory model at
-``memory_endpoint``. Each agent is a thread; its context is real text, a list of
-words that are one token each for the tiny model's tokenizer, grown exactly as
-:mod:`sim.agents` grows its token counts: the step's observation joins the prompt,
-the action the server streams back (its kept part) joins the context, so the
-server's prefix cache sees what the simulator's prefix cache sees. KSO sends the
-history to the memory server from a background thread and swaps the summary in
-``lag`` steps later, waiting for it (``late_policy = "wait"``, the wait recorded as
-stall) or keeping the old context (``"skip"``).
+``memory_endpoint``. Each agent is a thread executing the same context policy as the
+simulated agent (:mod:`sim.policy`): the policy says what to send, when to summarize,
+wait and swap; this module turns its token segments into real text (words that are
+one token each for the tiny model's tokenizer: seeded words for the system prompt,
+observations and instructions, the servers' own output for actions and summaries), so
+the server's prefix cache sees what the simulator's prefix cache sees. Asynchronous
+summaries run on background threads.
 
 Per-step rows use :data:`sim.agents.STEP_COLUMNS` semantics where the client can
 observe them: ``step_latency_s = finished - submit + tool_s + stall_s``, with the
-summarization wait of CP/SM and the swap wait of KSO in ``stall_s``. ``queue_s`` and
+summarization wait of CP/SM and the swap wait of KSO in ``stall_s``, and the authors'
+per-step metrics (``llm_exec_time_s`` ... ``total_step_time_s``). ``queue_s`` and
 ``cached_tokens`` are inside the server, so they are not recorded.
 """
 
@@ -24,34 +24,61 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from live.openai_stream import Endpoint, StreamResult, stream_completion
-from sim.agents import TASK_COLUMNS, Policy, Task
+from sim.agents import TASK_COLUMNS, TaskRow
+from sim.policy import (
+    AgentReply,
+    Await,
+    ContextPolicy,
+    PolicyParams,
+    Prompt,
+    Segment,
+    Send,
+    StepEnd,
+    Summarize,
+    Task,
+    Tool,
+    make_policy,
+    total_step_time,
+    uses_memory,
+)
 from sim.scenario import ArchitectureConfig, Scenario
 
-REPLAY_STEP_COLUMNS = (
-    "architecture",
-    "agent",
-    "task",
-    "step",
-    "status",
-    "submit_s",
-    "first_token_s",
-    "finished_s",
-    "prefill_s",
-    "decode_s",
-    "tool_s",
-    "stall_s",
-    "step_latency_s",
-    "prompt_tokens",
-    "action_tokens",
-    "summary_launched",
-    "summary_swapped",
-)
+
+class ReplayStepRow(NamedTuple):
+    """One live step, in :class:`sim.agents.StepRow` terms where a client can observe
+    them (``queue_s`` and ``cached_tokens`` are inside the server)."""
+
+    architecture: str
+    agent: int
+    task: int
+    step: int
+    status: str
+    submit_s: float
+    first_token_s: float
+    finished_s: float
+    prefill_s: float
+    decode_s: float
+    tool_s: float
+    stall_s: float
+    step_latency_s: float
+    prompt_tokens: int
+    action_tokens: int
+    summary_launched: bool
+    summary_swapped: bool
+    llm_exec_time_s: float
+    summary_exec_time_s: float
+    prefill_exec_time_s: float
+    env_exec_time_s: float
+    total_step_time_s: float
+
+
+REPLAY_STEP_COLUMNS = ReplayStepRow._fields
 
 #: one row per summarization request (CP on the agent server, SM/KSO on the memory one)
 REPLAY_SUMMARY_COLUMNS = (
@@ -98,34 +125,61 @@ class _Words:
 
 
 @dataclass
-class _Pending:
-    """A KSO summary in flight on the memory server."""
+class _LiveJob:
+    """A summary request on a live server, as the executor sees it."""
 
-    cutoff: int
-    done: threading.Event
-    words: list[str] = field(default_factory=list)
-    failed: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
+    e2e_s: float = 0.0
+    pre_warm_s: float = 0.0
+
+
+class _Texts:
+    """The words of a task's segments: seeded prompt words for the system prompt,
+    observations and instructions; what the servers wrote for actions and summaries."""
+
+    def __init__(self, words: _Words, key: tuple[int, int]) -> None:
+        self.words = words
+        self.key = key
+        self.actions: dict[int, list[str]] = {}
+        self.summaries: dict[int, list[str]] = {}
+
+    def segment(self, seg: Segment) -> list[str]:
+        if seg.kind == "system":
+            return self.words.make(seg.tokens, *self.key, 0)
+        if seg.kind == "observation":
+            return self.words.make(seg.tokens, *self.key, seg.ref, 1)
+        if seg.kind == "instruction":
+            return self.words.make(seg.tokens, *self.key, seg.ref, 2)
+        own = self.actions if seg.kind == "action" else self.summaries
+        return own[seg.ref][: seg.tokens]
+
+    def render(self, prompt: Prompt) -> list[str]:
+        out = [w for seg in prompt.segments for w in self.segment(seg)]
+        return out[-prompt.keep_last :] if prompt.keep_last is not None else out
 
 
 class LiveAgent:
-    """One agent thread running its tasks under a policy against live servers."""
+    """One agent thread executing a context policy (:mod:`sim.policy`) against live
+    servers: the same state machine the simulated agent executes."""
 
     def __init__(
         self,
         agent_id: int,
-        policy: Policy,
+        name: str,
+        params: PolicyParams,
         target: LiveTarget,
         words: _Words,
         t0: float,
-        steps: list[tuple[Any, ...]],
-        tasks: list[tuple[Any, ...]],
+        steps: list[ReplayStepRow],
+        tasks: list[TaskRow],
         lock: threading.Lock,
         on_task: Callable[[], None] | None = None,
         summaries: list[tuple[Any, ...]] | None = None,
         memory_max_model_len: int | None = None,
     ) -> None:
         self.id = agent_id
-        self.policy = policy
+        self.name = name
+        self.params = params
         self.target = target
         self.words = words
         self.t0 = t0
@@ -168,138 +222,129 @@ class LiveAgent:
                 th.join()
 
     def run_task(self, task_id: int, task: Task) -> str:
-        pol = self.policy
-        key = (self.id, task_id)
+        policy = make_policy(self.params, task, self.memory_max_model_len)
+        texts = _Texts(self.words, (self.id, task_id))
+        guard = threading.Lock()  # the policy and texts, shared with summary threads
+        jobs: dict[int, _LiveJob] = {}
         start = self._now()
-        system = self.words.make(task.system_tokens, *key, 0)
-        context = list(system)
-        raw: list[list[str]] = []
-        pending: _Pending | None = None
-        pending_swap_at = 0
-        summaries = 0
-        total_stall = 0.0
-        status = "finished"
-        for t, step in enumerate(task.steps, start=1):
-            stall = 0.0
-            swapped = False
-            if pending is not None and t == pending_swap_at:
-                if not pending.done.is_set() and pol.late_policy == "wait":
-                    w0 = self._now()
-                    pending.done.wait()
-                    stall = self._now() - w0
-                if pending.done.is_set() and not pending.failed:
-                    start_raw = max(0, pending.cutoff - pol.retain)
-                    context = system + pending.words + _flat(raw[start_raw:])
-                    swapped = True
-                    summaries += 1
-                pending = None
-            observation = self.words.make(step.observation, *key, t, 1)
-            prompt = context + observation
-            res, submit = self._request(False, prompt, step.action)
-            if not res.ok:
-                status = f"{res.status}: {res.error}"[:200]
-                self._record(task_id, t, res, submit, len(prompt), 0.0, stall, False, swapped)
-                break
-            action = res.text.split()
-            kept = action if step.kept is None else action[: step.kept]
-            context = prompt + kept
-            raw.append(observation + kept)
-            if step.tool_s > 0:
-                time.sleep(step.tool_s)
-            launched = False
-            if pol.kind != "fc" and t % pol.k == 0 and t < len(task.steps):
-                launched = True
-                instruction = self.words.make(pol.summary_prompt_tokens, *key, t, 2)
-                if pol.kind in ("cp", "sm"):
-                    w0 = self._now()
-                    memory = pol.kind == "sm"
-                    sprompt = (
-                        self._memory_prompt(system + _flat(raw) + instruction, task)
-                        if memory
-                        else context + instruction
-                    )
-                    s, s_submit = self._request(memory, sprompt, task.summary_tokens)
-                    self._record_summary(task_id, t, memory, s, s_submit, len(sprompt))
+        run = policy.run()
+        reply: AgentReply | None = None
+        res: StreamResult | None = None
+        submit = tool = stall = total_stall = 0.0
+        prompt_len = summaries = 0
+        while True:
+            with guard:
+                try:
+                    action = run.send(reply)
+                except StopIteration as end:
+                    status = str(end.value)
+                    break
+                prompt = texts.render(action.prompt) if isinstance(action, Send | Summarize) else []
+            reply = None
+            if isinstance(action, Send):
+                prompt_len = len(prompt)
+                res, submit = self._request(False, prompt, action.output_tokens)
+                if res.ok:
+                    words = res.text.split()
+                    with guard:
+                        texts.actions[action.step] = words
+                    reply = AgentReply(True, len(words))
+                else:
+                    reply = AgentReply(False, failure=f"{res.status}: {res.error}"[:200])
+            elif isinstance(action, Tool):
+                time.sleep(action.seconds)
+                tool += action.seconds
+            elif isinstance(action, Summarize):
+                job = jobs[action.job] = _LiveJob()
+                w0 = self._now()
+                if action.blocking:
+                    self._summarize(policy, texts, guard, action, prompt, job, task_id)
                     stall += self._now() - w0
-                    if s.ok:
-                        context = system + s.text.split() + _flat(raw[max(0, t - pol.retain) :])
-                        summaries += 1
-                        swapped = True
-                else:  # kso: asynchronous on the memory server
-                    pending = self._launch(
-                        self._memory_prompt(system + _flat(raw) + instruction, task),
-                        task_id,
-                        t,
-                        task,
-                        raw,
+                else:
+                    th = threading.Thread(
+                        target=self._summarize,
+                        args=(policy, texts, guard, action, prompt, job, task_id),
+                        daemon=True,
                     )
-                    pending_swap_at = t + pol.lag + 1
-            total_stall += stall
-            self._record(
-                task_id, t, res, submit, len(prompt), step.tool_s, stall, launched, swapped
-            )
-        end = self._now()
+                    self._background.append(th)
+                    th.start()
+            elif isinstance(action, Await):
+                w0 = self._now()
+                jobs[action.job].done.wait()
+                stall += self._now() - w0
+            elif isinstance(action, StepEnd):
+                swapped = jobs.get(action.swapped) if action.swapped is not None else None
+                if res is not None:  # a step that sent nothing has no row
+                    self._record(
+                        policy, task_id, action, res, submit, prompt_len, tool, stall, swapped
+                    )
+                summaries += swapped is not None
+                total_stall += stall
+                res, tool, stall = None, 0.0, 0.0
+        end_s = self._now()
+        row = TaskRow(
+            self.name,
+            self.id,
+            task_id,
+            start,
+            end_s,
+            end_s - start,
+            len(policy.raw),
+            status,
+            summaries,
+            total_stall + stall,
+        )
         with self.lock:
-            self.tasks.append(
-                (
-                    self.policy.name,
-                    self.id,
-                    task_id,
-                    start,
-                    end,
-                    end - start,
-                    len(raw),
-                    status,
-                    summaries,
-                    total_stall,
-                )
-            )
+            self.tasks.append(row)
         return status
 
-    def _memory_prompt(self, prompt: list[str], task: Task) -> list[str]:
-        """As the simulator: past the memory model's context, keep the recent history."""
-        if self.memory_max_model_len is None:
-            return prompt
-        limit = self.memory_max_model_len - task.summary_tokens
-        return prompt[-limit:] if len(prompt) > limit > 0 else prompt
-
-    def _launch(
-        self, prompt: list[str], task_id: int, t: int, task: Task, raw: list[list[str]]
-    ) -> _Pending:
-        job = _Pending(cutoff=t, done=threading.Event())
-        system_len = task.system_tokens
-
-        def work() -> None:
-            res = None
+    def _summarize(
+        self,
+        policy: ContextPolicy,
+        texts: _Texts,
+        guard: threading.Lock,
+        act: Summarize,
+        prompt: list[str],
+        job: _LiveJob,
+        task_id: int,
+    ) -> None:
+        """One summary request, then ``policy.summary_done``; the job's event is always
+        set (the agent may be waiting on it), before any pre-warm is sent."""
+        memory = act.model == "memory"
+        warm, warm_prompt = None, []
+        try:
+            res: StreamResult | None = None
+            error = ""
             try:
-                res, submit = self._request(True, prompt, task.summary_tokens)
-                self._record_summary(task_id, t, True, res, submit, len(prompt))
-                job.failed = not res.ok
-                job.words = res.text.split()
-            except Exception:
-                job.failed = True
-            finally:
-                job.done.set()  # the agent may be waiting on it: always set
-            if res is not None and res.ok and self.policy.pre_warm:
-                # prefill the next context now, as the simulator does once the summary
-                # is ready (the swap does not wait for it): system + summary + the raw
-                # tail so far. 2 tokens: transformers serve caches a prompt's blocks
-                # only after a forward pass that follows them (see live.profiler); the
-                # simulator's pre-warm is 1 token, which vLLM caches at prefill
-                start = max(0, job.cutoff - self.policy.retain)
-                warm = prompt[:system_len] + job.words + _flat(raw[start:])
-                self._request(False, warm, 2)
-
-        th = threading.Thread(target=work, daemon=True)
-        self._background.append(th)
-        th.start()
-        return job
+                res, submit = self._request(memory, prompt, act.output_tokens)
+                self._record_summary(task_id, act.step, memory, res, submit, len(prompt))
+                job.e2e_s = res.e2e_s
+            except Exception as exc:  # the thread must not die silently
+                error = f"{type(exc).__name__}: {exc}"
+            ok = res is not None and res.ok
+            words = res.text.split() if res is not None and ok else []
+            if res is not None and not ok:
+                error = f"{res.status}: {res.error}"
+            with guard:
+                texts.summaries[act.job] = words
+                warm = policy.summary_done(act.job, ok, len(words), error[:200])
+                warm_prompt = texts.render(warm.prompt) if warm is not None else []
+        finally:
+            job.done.set()
+        if warm is not None:
+            # prefill the next context now, as the simulator does once the summary is
+            # ready (the swap does not wait for it). 2 tokens: transformers serve caches
+            # a prompt's blocks only after a forward pass that follows them (see
+            # live.profiler); the simulator's pre-warm is 1 token, which vLLM caches at
+            # prefill
+            res, _ = self._request(False, warm_prompt, 2)
+            job.pre_warm_s = res.e2e_s
 
     def _record_summary(
         self, task_id: int, t: int, memory: bool, res: StreamResult, submit: float, prompt: int
     ) -> None:
         row = (
-            self.policy.name,
+            self.name,
             self.id,
             task_id,
             t,
@@ -316,27 +361,27 @@ class LiveAgent:
 
     def _record(
         self,
+        policy: ContextPolicy,
         task_id: int,
-        t: int,
+        end: StepEnd,
         res: StreamResult,
         submit: float,
         prompt_len: int,
         tool_s: float,
         stall: float,
-        launched: bool,
-        swapped: bool,
+        swapped: _LiveJob | None,
     ) -> None:
-        first = submit + res.ttft_s
-        finished = submit + res.e2e_s
-        row = (
-            self.policy.name,
+        summary = swapped.e2e_s if swapped is not None else 0.0
+        pre = swapped.pre_warm_s if swapped is not None else 0.0
+        row = ReplayStepRow(
+            self.name,
             self.id,
             task_id,
-            t,
+            end.step,
             res.status,
             submit,
-            first,
-            finished,
+            submit + res.ttft_s,
+            submit + res.e2e_s,
             res.ttft_s,
             res.e2e_s - res.ttft_s,
             tool_s,
@@ -344,15 +389,16 @@ class LiveAgent:
             res.e2e_s + tool_s + stall,
             res.prompt_tokens if res.prompt_tokens >= 0 else prompt_len,
             res.output_tokens,
-            launched,
-            swapped,
+            end.launched,
+            end.swapped is not None,
+            res.e2e_s,
+            summary,
+            pre,
+            tool_s,
+            total_step_time(policy.step_accounting, res.e2e_s, summary, pre, tool_s),
         )
         with self.lock:
             self.steps.append(row)
-
-
-def _flat(parts: list[list[str]]) -> list[str]:
-    return [w for p in parts for w in p]
 
 
 @dataclass
@@ -375,7 +421,10 @@ class ReplayResult:
                 "steps_failed": int(len(g) - len(ok)),
                 "tasks": int(len(t)),
                 "tasks_finished": int((t["status"] == "finished").sum()),
+                "tasks_ended_early": int((t["status"] != "finished").sum()),
                 "mean_step_latency_s": float(ok["step_latency_s"].mean()),
+                "mean_llm_exec_time_s": float(ok["llm_exec_time_s"].mean()),
+                "mean_total_step_time_s": float(ok["total_step_time_s"].mean()),
                 "p50_step_latency_s": float(ok["step_latency_s"].median()),
                 "mean_task_latency_s": float(t["latency_s"].mean()),
                 "mean_stall_s": float(ok["stall_s"].mean()),
@@ -408,13 +457,13 @@ def replay_architecture(
     tasks: list[list[Task]],
     target: LiveTarget,
     on_task: Callable[[], None] | None = None,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]], float]:
+) -> tuple[list[ReplayStepRow], list[TaskRow], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
     summary-request rows, wall time. Closed loop only (each agent runs its tasks back
     to back)."""
     check_replayable(scenario, target)
-    steps: list[tuple[Any, ...]] = []
-    done: list[tuple[Any, ...]] = []
+    steps: list[ReplayStepRow] = []
+    done: list[TaskRow] = []
     summaries: list[tuple[Any, ...]] = []
     lock = threading.Lock()
     stream = next(i for i, a in enumerate(scenario.architectures) if a.name == arch.name)
@@ -423,7 +472,8 @@ def replay_architecture(
     agents = [
         LiveAgent(
             a,
-            arch.policy(),
+            arch.name,
+            arch,
             target,
             words,
             t0,
@@ -447,7 +497,8 @@ def replay_architecture(
     nan = float("nan")
     for ag in agents:  # a crash ends the agent's tasks: a task row says so
         if ag.crashed is not None:
-            done.append((arch.name, ag.id, -1, nan, nan, nan, 0, f"crashed: {ag.crashed}", 0, nan))
+            crash = f"crashed: {ag.crashed}"
+            done.append(TaskRow(arch.name, ag.id, -1, nan, nan, nan, 0, crash, 0, nan))
     return steps, done, summaries, time.perf_counter() - t0
 
 
@@ -460,7 +511,7 @@ def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
             "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
         )
     for arch in scenario.architectures:
-        if arch.kind in ("sm", "kso") and target.memory is None:
+        if uses_memory(arch.kind) and target.memory is None:
             raise ComemInputError(
                 f"architecture '{arch.name}' ({arch.kind}) needs a memory server: --memory-endpoint"
             )

@@ -1,146 +1,140 @@
-"""LLM agents and their context management: FC, CP, SM and CoMem k-step-off (KSO).
+"""Simulated agents: a SimPy process that executes a context policy on simulated engines.
 
-An agent runs a task step by step: its prompt is the current context plus the new
-observation (submitted to the agent engine on the context's stream, so the prefix
-cache hits wherever the real system would), it decodes an action, the tool runs,
-and the step's observation and action join the raw history. Architectures differ in
-what happens every ``k`` steps:
+What an agent sends, when it summarizes, swaps and waits is the policy's business
+(:mod:`sim.policy`, shared with the live agent of :mod:`live.replay`); this module only
+performs its actions: requests go to the agent or memory :class:`~sim.engine.Engine` on
+the prefix-cache stream the policy names, tools take simulated time, and every step and
+task becomes a row.
 
-- ``fc``: nothing; the context grows without bound.
-- ``cp``: the agent model summarizes inline over its own (cached) context, blocking,
-  and the context restarts as system + summary + the last ``retain`` raw steps
-  (uncached apart from the shared system prompt).
-- ``sm``: as ``cp`` but the memory engine summarizes (the agent still blocks).
-- ``kso``: the memory engine is sent the history and the agent goes on; the summary
-  is swapped in ``lag`` steps later (one uncached prefill). If it is not ready then,
-  the agent waits (``late_policy = "wait"``) or keeps its old context (``"skip"``).
-  With ``pre_warm`` the new context's prefill is started as soon as the summary is
-  ready, so the swap step finds it cached.
-
-The memory engine's prompt for an agent is the raw history (system prompt plus every
-step so far) on a per-agent prompt stream, so it pays only for new tokens; past the
-memory model's ``max_model_len`` it keeps the most recent history (and loses its
-cache). Timing follows ``comem-pipeline.png``: a summary launched after step t runs
-concurrently with steps t+1 .. t+lag and is swapped in before step t+lag+1.
+Per step, next to the project's own breakdown (queue, prefill, decode, tool, stall),
+the row has what the CoMem authors record (AUTHORS_SETUP.md, "What they measure"):
+``llm_exec_time_s`` (the agent request at the client, queueing included),
+``summary_exec_time_s`` (the summary request whose result the context took up at this
+step), ``prefill_exec_time_s`` (its pre-warm request, when there is one),
+``env_exec_time_s`` (tool), and ``total_step_time_s`` by their formula for the policy
+(:func:`sim.policy.total_step_time`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import simpy
 
 from sim.engine import Engine, Request, Stream, StreamSpace
-
-Kind = Literal["fc", "cp", "sm", "kso"]
-
-STEP_COLUMNS = (
-    "architecture",
-    "agent",
-    "task",
-    "step",
-    "submit_s",
-    "admitted_s",
-    "first_token_s",
-    "finished_s",
-    "queue_s",
-    "prefill_s",
-    "decode_s",
-    "tool_s",
-    "stall_s",
-    "step_latency_s",
-    "prompt_tokens",
-    "cached_tokens",
-    "uncached_prefill_tokens",
-    "action_tokens",
-    "summary_launched",
-    "summary_swapped",
+from sim.policy import (
+    AgentReply,
+    Await,
+    ContextPolicy,
+    PolicyParams,
+    PrefixStream,
+    Send,
+    Step,
+    StepEnd,
+    Summarize,
+    Task,
+    Tool,
+    make_policy,
+    total_step_time,
 )
 
-TASK_COLUMNS = (
-    "architecture",
-    "agent",
-    "task",
-    "start_s",
-    "end_s",
-    "latency_s",
-    "steps",
-    "status",
-    "summaries",
-    "stall_s",
-)
+__all__ = [
+    "STEP_COLUMNS",
+    "TASK_COLUMNS",
+    "Agent",
+    "AgentRecorder",
+    "Step",
+    "StepRow",
+    "Task",
+    "TaskRow",
+]
 
 
-@dataclass(frozen=True)
-class Step:
-    """One step of a task: tokens of the observation the agent reads (the tool output of
-    the previous step, or the task statement), of the action it decodes, and tool time.
-
-    ``kept``: tokens of the action that stay in the context (reasoning tokens are decoded
-    but dropped by most agents); None keeps all of them.
-    """
-
-    observation: int
-    action: int
+class StepRow(NamedTuple):
+    architecture: str
+    agent: int
+    task: int
+    step: int
+    #: the agent request's engine status: ``finished``, or ``rejected`` (the step that
+    #: ended its task early)
+    status: str
+    submit_s: float
+    admitted_s: float
+    first_token_s: float
+    finished_s: float
+    queue_s: float
+    prefill_s: float
+    decode_s: float
     tool_s: float
-    kept: int | None = None
+    stall_s: float
+    step_latency_s: float
+    prompt_tokens: int
+    cached_tokens: int
+    uncached_prefill_tokens: int
+    action_tokens: int
+    summary_launched: bool
+    summary_swapped: bool
+    llm_exec_time_s: float
+    summary_exec_time_s: float
+    prefill_exec_time_s: float
+    env_exec_time_s: float
+    total_step_time_s: float
 
 
-@dataclass(frozen=True)
-class Task:
-    system_tokens: int
-    steps: tuple[Step, ...]
-    summary_tokens: int
+class TaskRow(NamedTuple):
+    architecture: str
+    agent: int
+    task: int
+    start_s: float
+    end_s: float
+    latency_s: float
+    steps: int
+    #: ``finished``, or why the task ended early (``context_exceeded``: an agent prompt
+    #: past max_model_len; ``memory_context_exceeded``: a memory prompt past its limit)
+    status: str
+    summaries: int
+    stall_s: float
 
 
-@dataclass(frozen=True)
-class Policy:
-    """An architecture's context-management policy."""
-
-    name: str
-    kind: Kind
-    k: int = 4
-    lag: int = 1
-    retain: int = 4
-    pre_warm: bool = False
-    late_policy: Literal["wait", "skip"] = "wait"
-    summary_prompt_tokens: int = 64  # the summarize instruction
+STEP_COLUMNS = StepRow._fields
+TASK_COLUMNS = TaskRow._fields
 
 
 @dataclass
 class AgentRecorder:
-    steps: list[tuple[Any, ...]] = field(default_factory=list)
-    tasks: list[tuple[Any, ...]] = field(default_factory=list)
+    steps: list[StepRow] = field(default_factory=list)
+    tasks: list[TaskRow] = field(default_factory=list)
     #: called after each finished task (progress bars)
     on_task: Callable[[], None] | None = None
 
-    def add_task(self, row: tuple[Any, ...]) -> None:
+    def add_task(self, row: TaskRow) -> None:
         self.tasks.append(row)
         if self.on_task is not None:
             self.on_task()
 
 
 @dataclass
-class _Summary:
-    """A memory job in flight (KSO) or done."""
+class _Job:
+    """A summary request in flight or done, as the executor sees it."""
 
-    cutoff: int  # raw steps it covers
+    submit_s: float
     done: simpy.Event
-    tokens: int = 0
-    stream: Stream | None = None
-    failed: bool = False
+    e2e_s: float = 0.0
+    pre_warm: Request | None = None
+    pre_warm_submit_s: float = 0.0
 
 
 class Agent:
-    """One agent process running tasks under a policy."""
+    """One agent process running tasks under the policy ``params.kind``."""
 
     def __init__(
         self,
         env: simpy.Environment,
         agent_id: int,
-        policy: Policy,
+        name: str,
+        params: PolicyParams,
         agent_engine: Engine,
         memory_engine: Engine | None,
         streams: StreamSpace,
@@ -148,7 +142,8 @@ class Agent:
     ) -> None:
         self.env = env
         self.id = agent_id
-        self.policy = policy
+        self.name = name
+        self.params = params
         self.engine = agent_engine
         self.memory = memory_engine
         self.streams = streams
@@ -156,173 +151,159 @@ class Agent:
 
     # -- one task ----------------------------------------------------------------------
     def run_task(self, task_id: int, task: Task) -> Generator[simpy.Event, Any, str]:
-        env, pol = self.env, self.policy
+        env = self.env
+        limit = self.memory.config.max_model_len if self.memory is not None else None
+        policy = make_policy(self.params, task, limit)
+        known: dict[int, Stream] = {}
+        jobs: dict[int, _Job] = {}
         start = env.now
-        system = self.streams.new()  # system + task prompt, shared by every context
-        ctx_stream = self.streams.new(system, task.system_tokens)
-        ctx_tokens = task.system_tokens  # context before the new observation
-        raw: list[int] = []  # tokens of each finished step (observation + action)
-        in_context_from = 0  # raw steps [in_context_from:] are verbatim in the context
-        mem_prompt = self.streams.new()  # the memory engine's view of the history
-        pending: _Summary | None = None
-        pending_swap_at = 0
+        run = policy.run()
+        reply: AgentReply | None = None
+        req: Request | None = None
+        submit = tool = stall = total_stall = 0.0
         summaries = 0
-        total_stall = 0.0
-        status = "finished"
-        for t, step in enumerate(task.steps, start=1):
-            stall = 0.0
-            swapped = False
-            # KSO: swap in the summary launched lag steps ago
-            if pending is not None and t == pending_swap_at:
-                if not pending.done.triggered and pol.late_policy == "wait":
-                    t0 = env.now
-                    yield pending.done
-                    stall = env.now - t0
-                if pending.done.triggered and not pending.failed:
-                    summary_in_context = pending.tokens
-                    in_context_from = max(0, pending.cutoff - pol.retain)
-                    ctx_stream = pending.stream or self._context_stream(system, task)
-                    ctx_tokens = (
-                        task.system_tokens + summary_in_context + sum(raw[in_context_from:])
-                    )
-                    swapped = True
-                    summaries += 1
-                pending = None
-            prompt = ctx_tokens + step.observation
-            submit = env.now
-            req = self.engine.submit(prompt, step.action, ctx_stream, tag=(self.id, task_id, t))
-            yield req.done
-            if req.status != "finished":
-                status = "context_exceeded"
-                self._record_step(task_id, t, req, submit, 0.0, stall, False, swapped)
+        while True:
+            try:
+                action = run.send(reply)
+            except StopIteration as end:
+                status = str(end.value)
                 break
-            kept = req.generated if step.kept is None else min(step.kept, req.generated)
-            if kept < req.generated:
-                # dropped reasoning: the context diverges from the stream after the prompt
-                ctx_stream = self.streams.new(ctx_stream, prompt)
-            ctx_tokens = prompt + kept
-            raw.append(step.observation + kept)
-            if step.tool_s > 0:
-                yield env.timeout(step.tool_s)
-            launched = False
-            if pol.kind != "fc" and t % pol.k == 0 and t < len(task.steps):
-                launched = True
-                if pol.kind in ("cp", "sm"):  # blocking: wait, then restart the context
-                    t0 = env.now
-                    if pol.kind == "cp":  # the agent model, over its own cached context
-                        s = self.engine.submit(
-                            ctx_tokens + pol.summary_prompt_tokens,
-                            task.summary_tokens,
-                            ctx_stream,
-                            tag=(self.id, task_id, t, "summary"),
-                        )
-                        yield s.done
-                        ok, summary = s.status == "finished", s.generated
-                    else:
-                        job, mem_prompt = self._launch_summary(
-                            task_id, t, task, raw, mem_prompt, system, None
-                        )
-                        yield job.done
-                        ok, summary = not job.failed, job.tokens
-                    stall += env.now - t0
-                    if ok:
-                        in_context_from = max(0, t - pol.retain)
-                        ctx_stream = self._context_stream(system, task)
-                        ctx_tokens = task.system_tokens + summary + sum(raw[in_context_from:])
-                        summaries += 1
-                        swapped = True
-                else:  # kso: asynchronous; a newer launch replaces one not swapped yet
-                    pending, mem_prompt = self._launch_summary(
-                        task_id, t, task, raw, mem_prompt, system, raw
-                    )
-                    pending_swap_at = t + pol.lag + 1
-            total_stall += stall
-            self._record_step(task_id, t, req, submit, step.tool_s, stall, launched, swapped)
-        end = env.now
+            reply = None
+            if isinstance(action, Send):
+                submit = env.now
+                stream = self._stream(known, action.stream)
+                tag = (self.id, task_id, action.step)
+                req = self.engine.submit(action.prompt.tokens, action.output_tokens, stream, tag)
+                yield req.done
+                ok = req.status == "finished"
+                reply = AgentReply(ok, req.generated)
+            elif isinstance(action, Tool):
+                yield env.timeout(action.seconds)
+                tool += action.seconds
+            elif isinstance(action, Summarize):
+                t0 = env.now
+                yield from self._summarize(policy, action, known, jobs, task_id)
+                stall += env.now - t0
+            elif isinstance(action, Await):
+                t0 = env.now
+                yield jobs[action.job].done
+                stall += env.now - t0
+            elif isinstance(action, StepEnd):
+                swapped = jobs.get(action.swapped) if action.swapped is not None else None
+                if req is not None:  # a step that sent nothing has no row
+                    self._record_step(policy, task_id, action, req, submit, tool, stall, swapped)
+                summaries += swapped is not None
+                total_stall += stall
+                req, tool, stall = None, 0.0, 0.0
+        end_s = env.now
         self.recorder.add_task(
-            (
-                self.policy.name,
+            TaskRow(
+                self.name,
                 self.id,
                 task_id,
                 start,
-                end,
-                end - start,
-                len(raw),
+                end_s,
+                end_s - start,
+                len(policy.raw),
                 status,
                 summaries,
-                total_stall,
+                total_stall + stall,
             )
         )
         return status
 
-    def _context_stream(self, system: Stream, task: Task) -> Stream:
-        return self.streams.new(system, task.system_tokens)
+    def _stream(self, known: dict[int, Stream], ps: PrefixStream) -> Stream:
+        """The engine stream of a policy stream (made once, parents first)."""
+        s = known.get(ps.id)
+        if s is None:
+            parent = self._stream(known, ps.parent) if ps.parent is not None else None
+            s = known[ps.id] = self.streams.new(parent, ps.shared)
+        return s
 
-    def _launch_summary(
+    def _summarize(
         self,
+        policy: ContextPolicy,
+        act: Summarize,
+        known: dict[int, Stream],
+        jobs: dict[int, _Job],
         task_id: int,
-        t: int,
-        task: Task,
-        raw: list[int],
-        mem_prompt: Stream,
-        system: Stream,
-        live_raw: list[int] | None,
-    ) -> tuple[_Summary, Stream]:
-        """Start a memory job over the history through step ``t``; returns the job and
-        the memory prompt stream to use next time."""
-        assert self.memory is not None
-        history = task.system_tokens + sum(raw)
-        limit = self.memory.config.max_model_len - task.summary_tokens
-        prompt = history + self.policy.summary_prompt_tokens
-        if prompt > limit:  # keep the most recent history; the cache cannot follow
-            prompt = limit
-            mem_prompt = self.streams.new()
-        job = _Summary(cutoff=t, done=self.env.event())
-        stream = self.streams.new(mem_prompt, history)  # output after the shared history
-        req = self.memory.submit(prompt, task.summary_tokens, stream, tag=(self.id, task_id, t))
-        self.env.process(self._await_summary(job, req, task, system, live_raw))
-        return job, mem_prompt
+    ) -> Generator[simpy.Event, Any, None]:
+        """Submit a summary request; a blocking one is waited for here."""
+        tag: tuple[Any, ...]
+        if act.model == "agent":
+            engine, tag = self.engine, (self.id, task_id, act.step, "summary")
+        else:
+            assert self.memory is not None
+            engine, tag = self.memory, (self.id, task_id, act.step)
+        job = jobs[act.job] = _Job(self.env.now, self.env.event())
+        stream = self._stream(known, act.stream)
+        req = engine.submit(act.prompt.tokens, act.output_tokens, stream, tag)
+        if act.blocking:
+            yield req.done
+            self._summary_done(policy, act.job, job, req, known)
+        else:
+            self.env.process(self._await_summary(policy, act.job, job, req, known))
 
     def _await_summary(
         self,
-        job: _Summary,
+        policy: ContextPolicy,
+        job_id: int,
+        job: _Job,
         req: Request,
-        task: Task,
-        system: Stream,
-        live_raw: list[int] | None,
+        known: dict[int, Stream],
     ) -> Generator[simpy.Event, Any, None]:
         yield req.done
-        job.failed = req.status != "finished"
-        job.tokens = req.generated
-        if not job.failed and live_raw is not None:
-            job.stream = self._context_stream(system, task)
-            if self.policy.pre_warm:
-                # prefill the next context now: system + summary + the raw tail so far
-                start = max(0, job.cutoff - self.policy.retain)
-                tokens = task.system_tokens + job.tokens + sum(live_raw[start:])
-                self.engine.submit(tokens, 1, job.stream, tag=(self.id, "pre-warm"))
+        self._summary_done(policy, job_id, job, req, known)
+
+    def _summary_done(
+        self,
+        policy: ContextPolicy,
+        job_id: int,
+        job: _Job,
+        req: Request,
+        known: dict[int, Stream],
+    ) -> None:
+        ok = req.status == "finished"
+        job.e2e_s = self.env.now - job.submit_s
+        warm = policy.summary_done(job_id, ok, req.generated, "" if ok else "context_exceeded")
+        if warm is not None:
+            job.pre_warm_submit_s = self.env.now
+            stream = self._stream(known, warm.stream)
+            job.pre_warm = self.engine.submit(
+                warm.prompt.tokens, 1, stream, tag=(self.id, "pre-warm")
+            )
         job.done.succeed(job)
 
     def _record_step(
         self,
+        policy: ContextPolicy,
         task_id: int,
-        t: int,
+        end: StepEnd,
         req: Request,
         submit: float,
         tool_s: float,
         stall: float,
-        launched: bool,
-        swapped: bool,
+        swapped: _Job | None,
     ) -> None:
         queue = req.admitted_s - submit
         prefill = req.first_token_s - req.admitted_s
         decode = req.finished_s - req.first_token_s
+        llm = req.finished_s - submit
+        summary = swapped.e2e_s if swapped is not None else 0.0
+        pre = 0.0
+        if swapped is not None and swapped.pre_warm is not None:
+            warm = swapped.pre_warm
+            # not done yet: the time it has taken so far (a lower bound)
+            pre = (warm.finished_s if warm.done.triggered else self.env.now) - (
+                swapped.pre_warm_submit_s
+            )
         self.recorder.steps.append(
-            (
-                self.policy.name,
+            StepRow(
+                self.name,
                 self.id,
                 task_id,
-                t,
+                end.step,
+                req.status,
                 submit,
                 req.admitted_s,
                 req.first_token_s,
@@ -332,12 +313,17 @@ class Agent:
                 decode,
                 tool_s,
                 stall,
-                req.finished_s - submit + tool_s + stall,
+                llm + tool_s + stall,
                 req.prompt_tokens,
                 req.cached_tokens,
                 req.prompt_tokens - req.cached_tokens,
                 req.generated,
-                launched,
-                swapped,
+                end.launched,
+                end.swapped is not None,
+                llm,
+                summary,
+                pre,
+                tool_s,
+                total_step_time(policy.step_accounting, llm, summary, pre, tool_s),
             )
         )

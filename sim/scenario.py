@@ -27,10 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder, Policy, Step, Task
+from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
+from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
 from sim.engine import Engine, IterationLatency, StreamSpace
 from sim.metrics import MetricsRecorder
+from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
@@ -78,37 +80,25 @@ class SyntheticWorkload(AgentLoad):
         return out
 
 
-class ArchitectureConfig(_Strict):
+class ArchitectureConfig(PolicyParams):
+    """One architecture: a context policy (``kind`` and its parameters, see
+    :mod:`sim.policy`) and the engines it runs on."""
+
     name: str
-    kind: Literal["fc", "cp", "sm", "kso"]
-    k: PositiveInt = 4
-    lag: NonNegativeInt = 1
-    retain: NonNegativeInt = 4
-    pre_warm: bool = False
-    late_policy: Literal["wait", "skip"] = "wait"
-    summary_prompt_tokens: NonNegativeInt = 64
     agent: EngineConfig = Field(default_factory=lambda: EngineConfig(name="agent"))
     memory: EngineConfig | None = None
 
     @model_validator(mode="after")
     def _memory_engine(self) -> ArchitectureConfig:
-        if self.kind in ("sm", "kso") and self.memory is None:
+        if uses_memory(self.kind) and self.memory is None:
             raise ValueError(f"architecture '{self.name}' ({self.kind}) needs a memory engine")
-        if self.kind in ("fc", "cp") and self.memory is not None:
+        if not uses_memory(self.kind) and self.memory is not None:
             raise ValueError(f"architecture '{self.name}' ({self.kind}) has no memory engine")
+        try:
+            self.check()
+        except ValueError as exc:
+            raise ValueError(f"architecture '{self.name}': {exc}") from None
         return self
-
-    def policy(self) -> Policy:
-        return Policy(
-            self.name,
-            self.kind,
-            self.k,
-            self.lag,
-            self.retain,
-            self.pre_warm,
-            self.late_policy,
-            self.summary_prompt_tokens,
-        )
 
 
 class Scenario(_Strict):
@@ -184,7 +174,6 @@ def run_architecture(
         memory = Engine(env, mem_cfg, latency.get("memory"), recorder=metrics)
     recorder = AgentRecorder(on_task=on_task)
     streams = StreamSpace()
-    policy = arch.policy()
 
     def agent_loop(agent: Agent, own: list[Task]):
         for i, task in enumerate(own):
@@ -193,7 +182,7 @@ def run_architecture(
     rate = scenario.workload.arrival_rate_per_s
     if rate is None:
         for a, own in enumerate(tasks):
-            agent = Agent(env, a, policy, engine, memory, streams, recorder)
+            agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
             env.process(agent_loop(agent, own))
     else:
         # open loop: the same tasks, arriving at the same (seeded) Poisson times
@@ -204,7 +193,7 @@ def run_architecture(
         def arrivals():
             for a, task in enumerate(t for own in tasks for t in own):
                 yield env.timeout(float(gaps[a]))
-                agent = Agent(env, a, policy, engine, memory, streams, recorder)
+                agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
                 env.process(agent_loop(agent, [task]))
 
         env.process(arrivals())
@@ -223,52 +212,26 @@ def run_architecture(
     )
 
 
-def _summary(res: ArchitectureResult) -> dict[str, Any]:
-    steps, tasks = res.steps, res.tasks
-    lat = steps["step_latency_s"].to_numpy(float)
-    task_lat = tasks["latency_s"].to_numpy(float)
-    makespan = float(tasks["end_s"].max()) if len(tasks) else 0.0
-    agent_steps = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
-    kv_peak = (
-        float((agent_steps["kv_used_blocks"] / agent_steps["kv_total_blocks"]).max())
-        if len(agent_steps)
-        else 0.0
-    )
-    return {
-        "kind": res.config.kind,
-        "tasks": int(len(tasks)),
-        "tasks_finished": int((tasks["status"] == "finished").sum()),
-        "context_exceeded": int((tasks["status"] == "context_exceeded").sum()),
-        "mean_task_latency_s": float(task_lat.mean()) if task_lat.size else float("nan"),
-        "p50_task_latency_s": float(np.percentile(task_lat, 50)) if task_lat.size else float("nan"),
-        "p99_task_latency_s": float(np.percentile(task_lat, 99)) if task_lat.size else float("nan"),
-        "mean_step_latency_s": float(lat.mean()) if lat.size else float("nan"),
-        "p50_step_latency_s": float(np.percentile(lat, 50)) if lat.size else float("nan"),
-        "p99_step_latency_s": float(np.percentile(lat, 99)) if lat.size else float("nan"),
-        "throughput_steps_per_s": float(len(steps) / makespan) if makespan else 0.0,
-        "mean_stall_s": float(steps["stall_s"].mean()) if len(steps) else 0.0,
-        "mean_uncached_prefill_tokens": float(steps["uncached_prefill_tokens"].mean())
-        if len(steps)
-        else 0.0,
-        "preemptions": res.preemptions,
-        "kv_peak_fraction": kv_peak,
-        "wall_s": res.wall_s,
-    }
-
-
 @dataclass
 class ScenarioResult:
     scenario: Scenario
     results: list[ArchitectureResult]
 
     def summary(self) -> dict[str, Any]:
-        archs = {r.config.name: _summary(r) for r in self.results}
-        fc = next((n for n, s in archs.items() if s["kind"] == "fc"), None)
-        speedup = {}
-        if fc is not None:
-            base = archs[fc]["mean_task_latency_s"]
-            speedup = {n: base / s["mean_task_latency_s"] for n, s in archs.items()}
-        return {"scenario": self.scenario.name, "architectures": archs, "speedup_vs_fc": speedup}
+        """Every architecture's own figures, and speedups on comparable work
+        (:mod:`sim.compare`). ``speedup_vs_fc``: by mean task latency over the tasks
+        both finished (None where none did). Deterministic: the simulator's own wall
+        time is not in it (``ArchitectureResult.wall_s``)."""
+        archs = {r.config.name: architecture_summary(r) for r in self.results}
+        comparison = compare(self.results)
+        metrics = comparison["metrics"]
+        return {
+            "scenario": self.scenario.name,
+            "architectures": archs,
+            "speedup_vs_fc": metrics["task"]["speedup"] if metrics else {},
+            "comparison": {"reference": comparison["reference"], "metrics": metrics},
+            "warnings": comparison["warnings"],
+        }
 
     def write(self, directory: str | Path) -> list[Path]:
         out = Path(directory)

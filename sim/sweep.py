@@ -6,7 +6,9 @@ file). The key is a hash of the point's resolved scenario and replicate index, a
 the point's seed derives from the sweep seed and that key, so results depend neither
 on worker count, nor order, nor scheduler. Re-running the same command skips the
 points already on disk; ``results.parquet`` is rebuilt from all of them, one row per
-(point, architecture).
+(point, architecture), with every speedup of :mod:`sim.compare` (``speedup_<metric>``,
+on comparable work; ``speedup_vs_fc`` is ``speedup_task``) and the tasks that ended
+early (``tasks_ended_early``, ``ended_early``).
 """
 
 from __future__ import annotations
@@ -117,11 +119,17 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v) if not isinstance(v, str) else v
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def run_point(point: SweepPoint, out_dir: str) -> str:
     """Simulate one point and write its rows; returns the file written."""
     summary = run_scenario(point.scenario).summary()
+    speedups = summary["comparison"]["metrics"]
     rows = []
     for arch, metrics in summary["architectures"].items():
+        early = metrics["ended_early"]
         rows.append(
             {
                 "key": point.key,
@@ -130,8 +138,15 @@ def run_point(point: SweepPoint, out_dir: str) -> str:
                 "seed": point.scenario.seed,
                 "architecture": arch,
                 **{f"grid.{k}": v for k, v in point.values.items()},
-                **{k: v for k, v in metrics.items() if k != "wall_s"},
-                "speedup_vs_fc": summary["speedup_vs_fc"].get(arch),
+                **{k: v for k, v in metrics.items() if k != "ended_early"},
+                # why tasks ended early, e.g. "context_exceeded 3" ("" if none did)
+                "ended_early": ", ".join(f"{k} {v}" for k, v in early.items()),
+                # speedups on comparable work (sim.compare); NaN where nothing compares
+                "speedup_vs_fc": _number(summary["speedup_vs_fc"].get(arch)),
+                **{
+                    f"speedup_{name.replace('-', '_')}": _number(m["speedup"].get(arch))
+                    for name, m in speedups.items()
+                },
             }
         )
     target = Path(out_dir) / "points" / f"{point.key}.parquet"

@@ -27,7 +27,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 
 from calibration.errors import ComemInputError
-from sim.agents import Step, Task
+from sim.policy import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 FITTED_FILE = DATA_DIR / "swebench_fitted.json"

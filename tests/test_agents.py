@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from calibration.latency import ConstantLatency
+from sim.policy import uses_memory
 from sim.scenario import ArchitectureConfig, Scenario, load_scenario, run_architecture, run_scenario
 
 TAU = 1.0
@@ -19,8 +20,8 @@ A, S, OBS, SYS = 4, 8, 16, 32  # action, summary, observation, system tokens
 STEPS = 6
 
 
-def _run(kind: str, tool_s: float, **arch):
-    memory = {"name": "memory"} if kind in ("sm", "kso") else None
+def _run(kind: str, tool_s: float, memory=None, **arch):
+    memory = memory or ({"name": "memory"} if uses_memory(kind) else None)
     scenario = Scenario.model_validate(
         {
             "workload": {
@@ -108,6 +109,117 @@ def test_kso_skip_if_late_keeps_the_old_context():
     assert not steps["summary_swapped"].any()
     assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 0.5))
     assert steps.loc[4, "prompt_tokens"] == SYS + 3 * (OBS + A) + OBS
+
+
+def test_one_step_off_summarizes_and_swaps_every_step():
+    # comem-pipeline.png's 1-step-off: k = lag = 1, summaries queue; a step (A + tool =
+    # 9) outlasts a summary (S = 8), so none is waited for
+    steps, task = _run("kso", 5.0, k=1, lag=1, retain=0)
+    assert steps["summary_launched"].tolist() == [True] * 5 + [False]
+    assert steps["summary_swapped"].tolist() == [False, False, True, True, True, True]
+    assert task["summaries"] == 4 and (steps["stall_s"] == 0).all()
+    for t in (3, 4, 5, 6):  # system + summary + the step run during it + observation
+        assert steps.loc[t, "prompt_tokens"] == SYS + S + (OBS + A) + OBS
+        assert steps.loc[t, "cached_tokens"] == SYS
+        assert steps.loc[t, "summary_exec_time_s"] == pytest.approx(S * TAU)
+    assert task["latency_s"] == pytest.approx(STEPS * (A * TAU + 5.0))
+
+
+def test_steps_record_the_authors_metrics_by_their_formulas():
+    fc, _ = _run("fc", 0.5)
+    np.testing.assert_allclose(fc["llm_exec_time_s"], A * TAU)
+    np.testing.assert_allclose(fc["total_step_time_s"], A * TAU + 0.5)  # llm + env
+    assert (fc["env_exec_time_s"] == 0.5).all() and (fc["summary_exec_time_s"] == 0).all()
+    kso, _ = _run("kso", 0.5, k=2, lag=1, retain=1)
+    swap = kso["summary_swapped"]
+    np.testing.assert_allclose(kso.loc[swap, "summary_exec_time_s"], S * TAU)
+    # max(llm, summary + prefill) + env: the summary's 8 beats the request's 4
+    np.testing.assert_allclose(kso.loc[swap, "total_step_time_s"], S * TAU + 0.5)
+    np.testing.assert_allclose(kso.loc[~swap, "total_step_time_s"], A * TAU + 0.5)
+    sm, _ = _run("sm", 0.5, k=2, retain=1)
+    done = sm["summary_swapped"]  # llm + summary + env
+    np.testing.assert_allclose(sm.loc[done, "total_step_time_s"], (A + S) * TAU + 0.5)
+
+
+@pytest.mark.parametrize("tool", [0.5, 5.0])
+def test_authors_kso_keeps_the_general_rhythm_with_other_contents(tool):
+    """R = k = 2, general lag 1, retain 0: one step overlaps each summary in both, so
+    they stall alike and take as long (with a constant iteration time); the authors'
+    swap comes a step earlier, with a shorter context."""
+    authors, a_task = _run("kso-authors", tool, retain=2)
+    general, g_task = _run("kso", tool, k=2, lag=1, retain=0)
+    stall = max(0.0, S * TAU - (A * TAU + tool))
+    assert a_task["latency_s"] == pytest.approx(g_task["latency_s"])
+    assert a_task["summaries"] == g_task["summaries"] == 2
+    assert authors["summary_swapped"].tolist() == [False, False, True, False, True, False]
+    assert general["summary_swapped"].tolist() == [False, False, False, True, False, True]
+    np.testing.assert_allclose(authors.loc[[3, 5], "stall_s"], stall)
+    np.testing.assert_allclose(general.loc[[4, 6], "stall_s"], stall)
+    assert authors.loc[3, "prompt_tokens"] == SYS + S + A + OBS
+    assert general.loc[4, "prompt_tokens"] == SYS + S + (OBS + A) + OBS
+    assert authors.loc[3, "cached_tokens"] == general.loc[4, "cached_tokens"] == SYS
+
+
+def test_authors_kso_ends_a_task_whose_memory_prompt_is_rejected():
+    # room for the first memory prompt (system, step 1, observation 2, instruction) and
+    # its summary; the second (launched at step 4) is longer
+    mem = {"name": "memory", "max_model_len": SYS + (OBS + A) + OBS + 2 + S}
+    _, authors = _run("kso-authors", 0.5, retain=2, memory=mem, summary_prompt_tokens=2)
+    _, general = _run("kso", 0.5, k=2, lag=1, retain=2, memory=mem, summary_prompt_tokens=2)
+    assert authors["status"] == "memory_context_exceeded" and authors["steps"] == 4
+    assert authors["summaries"] == 1
+    assert general["status"] == "finished"  # it reads the recent history instead
+
+
+def test_the_authors_policy_runs_their_synthetic_benchmark():
+    scenario = load_scenario(
+        "scenarios/paper_latency_glm47_kso_variants.toml",
+        ["workload.agents=3", "workload.steps=10"],
+    )
+    result = run_scenario(scenario)
+    summary = result.summary()
+    archs = summary["architectures"]
+    assert [a["tasks_finished"] for a in archs.values()] == [3, 3, 3]
+    authors = next(r for r in result.results if r.config.kind == "kso-authors")
+    # R = 3: launched at the start of steps 3, 6, 9, collected at 4, 7, 10
+    assert (authors.tasks["summaries"] == 3).all()
+    rows = authors.steps[authors.steps["agent"] == 0].set_index("step")
+    assert rows.index[rows["summary_swapped"]].tolist() == [4, 7, 10]
+    assert rows.index[rows["summary_launched"]].tolist() == [3, 6, 9]
+    effective = np.maximum(
+        rows["llm_exec_time_s"], rows["summary_exec_time_s"] + rows["prefill_exec_time_s"]
+    )
+    np.testing.assert_allclose(rows["total_step_time_s"], effective + rows["env_exec_time_s"])
+    for name in ("KSO", "KSO-authors"):
+        assert summary["comparison"]["metrics"]["total"]["speedup"][name] > 0
+
+
+def test_a_registered_policy_runs_on_the_simulated_agent_unchanged():
+    from sim.policy import POLICIES, ContextPolicy, StepEnd, register_policy
+
+    @register_policy("sm-every-step", "sync memory after every step")
+    class EveryStep(ContextPolicy):
+        uses_memory = True
+
+        def run(self):
+            for t, step in enumerate(self.task.steps, start=1):
+                failure = yield from self._agent_step(t, step)
+                if failure is not None:
+                    yield StepEnd(t, False, None)
+                    return failure
+                job = self._new_job(t, t)
+                yield self._memory_request(job, (self.system, *self._raw_since(0)), True)
+                self._restart(job, t)
+                yield StepEnd(t, True, job.id)
+            return "finished"
+
+    try:
+        steps, task = _run("sm-every-step", 0.5)
+    finally:
+        POLICIES.pop("sm-every-step")
+    assert task["status"] == "finished" and task["summaries"] == STEPS
+    np.testing.assert_allclose(steps["stall_s"], S * TAU)  # each summary blocks
+    assert steps.loc[3, "prompt_tokens"] == SYS + S + OBS
 
 
 def test_shipped_scenario_runs_and_kso_beats_fc_under_load():

@@ -87,10 +87,8 @@ def test_predict_static_json_and_plain_agree() -> None:
 
     plain = run_comem(*LLAMA, *STATIC)
     assert plain.returncode == 0, plain.stderr
-    lines = plain.stdout.split()
-    assert len(lines) == 1
-    assert lines[0] == f"{latency:.4f}"
-    assert float(lines[0]) == pytest.approx(latency, abs=5e-5)
+    assert plain.stdout == f"{latency:.4f} s\n"  # the number and its unit
+    assert float(plain.stdout.split()[0]) == pytest.approx(latency, abs=5e-5)
 
 
 def test_predict_static_grows_with_output_and_batch() -> None:
@@ -368,6 +366,114 @@ def test_run_json_summary_and_tables(tmp_path: Path) -> None:
     assert json.loads((out / "config.json").read_text())["workload"]["agents"] == 4
 
 
+GLM = "scenarios/paper_latency_glm47.toml"
+SMALL = ["--set", "workload.agents=2", "--set", "workload.steps=8"]
+
+
+def words(text: str) -> str:
+    """Text with its line wrapping undone."""
+    return " ".join(text.split())
+
+
+def strict_json(text: str) -> dict:
+    """JSON as the standard has it: no NaN, no Infinity."""
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"not JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_run_flags_tasks_that_ended_early_and_does_not_count_them_as_wins() -> None:
+    # KSO's context passes 8000 tokens at its first swap (step 6): every task ends there
+    cut = ["--set", "architectures.1.agent.max_model_len=8000"]
+    proc = run_comem("run", GLM, *SMALL, *cut, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = strict_json(proc.stdout)
+    kso = data["architectures"]["KSO"]
+    assert kso["tasks_finished"] == 0 and kso["tasks_ended_early"] == 2
+    assert kso["ended_early"] == {"context_exceeded": 2}
+    assert data["speedup_vs_fc"]["KSO"] is None  # no task finished in both
+    metrics = data["comparison"]["metrics"]
+    assert metrics["task"]["compared"]["KSO"] == 0
+    # per-step metrics: the 5 steps each of its 2 tasks ran, against FC's same steps
+    assert metrics["llm"]["compared"]["KSO"] == 2 * 5
+    assert metrics["llm"]["speedup"]["KSO"] > 0
+    assert "KSO: 2 of 2 tasks ended early (context_exceeded 2)" in proc.stderr
+    table = run_comem("run", GLM, *SMALL, *cut)
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "KSO!" in line)
+    assert "2 ctx" in row and "x" not in row.split("│")[4]  # speedup cell: "-"
+    assert "ended early" in table.stderr and "tasks both finished" in words(table.stdout)
+
+
+def test_run_where_every_prompt_is_too_long_prints_honest_output() -> None:
+    # the first prompt (1024 tokens) exceeds 1000: no step of KSO runs at all
+    cut = ["--set", "architectures.1.agent.max_model_len=1000"]
+    proc = run_comem("run", GLM, *SMALL, *cut, "--json")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    data = strict_json(proc.stdout)
+    kso = data["architectures"]["KSO"]
+    assert kso["steps"] == 0 and kso["tasks_finished"] == 0
+    assert kso["mean_task_latency_s"] is None  # nothing to average: null, not NaN
+    for metric in data["comparison"]["metrics"].values():
+        assert metric["speedup"]["KSO"] is None
+    assert "no speedup by mean task latency" in proc.stderr
+    table = run_comem("run", GLM, *SMALL, *cut)
+    assert table.returncode == 0 and "KSO!" in table.stdout, table.stderr
+
+
+def test_run_lag_at_least_k_swaps_queued_summaries(tmp_path: Path) -> None:
+    import pandas as pd
+
+    proc = run_comem("run", GLM, *SMALL, "--set", "architectures.1.k=1", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    tasks = pd.read_parquet(tmp_path / "tasks.parquet")
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    assert (requests["engine"] == "KSO/memory").sum() == 2 * 7  # after steps 1..7
+    # each swapped in before the step after next: steps 3..8
+    assert (tasks.loc[tasks["architecture"] == "KSO", "summaries"] == 6).all()
+
+
+def test_run_json_is_byte_identical_across_runs() -> None:
+    first = run_comem("run", GLM, *SMALL, "--json")
+    second = run_comem("run", GLM, *SMALL, "--json")
+    assert first.returncode == second.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert "wall_s" not in first.stdout
+
+
+def test_run_table_fits_the_terminal_and_explains_every_column() -> None:
+    narrow = run_comem("run", GLM, *SMALL, env={"COLUMNS": "80"})
+    wide = run_comem("run", GLM, *SMALL, env={"COLUMNS": "220"})
+    assert narrow.returncode == wide.returncode == 0, narrow.stderr
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80
+    assert "preempt" not in narrow.stdout.split("arch:")[0]  # left out, and said so
+    assert "left out for width (80 columns)" in narrow.stdout
+    assert "preempt" in wide.stdout.split("arch:")[0]
+    legend = wide.stdout.split("arch:")[1]
+    for name in ("done:", "early:", "task s:", "uncached tok:", "KV peak:", "preempt:",
+                 "llm s:", "total s:", "speedup (task):"):  # fmt: skip
+        assert name in legend, name
+    assert "mean per step" in legend and "agent and memory engines summed" in legend
+
+
+def test_run_metric_picks_the_speedup_column() -> None:
+    proc = run_comem("run", GLM, *SMALL, "--metric", "llm", env={"COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.split("┡")[0]
+    assert "speedup" in header and "llm" in header
+    assert "speedup (llm): FC's mean llm_exec_time per step" in words(proc.stdout)
+    assert "steps both ran" in words(proc.stdout)
+    helptext = words(run_comem("run", "--help").stdout)
+    assert "(default: task)" in helptext and "makespan per completed task" in helptext
+    data = strict_json(run_comem("run", GLM, *SMALL, "--json").stdout)
+    assert set(data["comparison"]["metrics"]) == {
+        "task", "step", "llm", "total", "llm-index", "llm-index-peak", "makespan",
+    }  # fmt: skip
+    assert_user_error(run_comem("run", GLM, "--metric", "speed"), "--metric", "speed")
+
+
 @pytest.mark.parametrize(
     "content,needle",
     [
@@ -376,6 +482,10 @@ def test_run_json_summary_and_tables(tmp_path: Path) -> None:
         ("seed = 'x'\n", "seed"),
         ("[[architectures]]\nname = 'A'\nkind = 'kso'\n", "memory engine"),
         ("[[architectures]]\nname = 'A'\nkind = 'magic'\n", "kind"),
+        (
+            "[[architectures]]\nname = 'A'\nkind = 'kso-authors'\nk = 2\nmemory = {}\n",
+            "no k",
+        ),
         ("[workload\n", "not valid TOML"),
         ("[workload]\nkind = 'trace'\npath = '/nope.csv'\n", "/nope.csv"),
     ],

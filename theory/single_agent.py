@@ -13,7 +13,9 @@ a fresh context (after a summary) hits only the shared system prompt,
 ``b * floor(S0 / b)``. The memory model's prompt is the history, cached up to the
 history of its previous job. KSO: a summary launched after step t overlaps steps
 t+1 .. t+lag and is swapped in before step t+lag+1; the agent stalls for
-``max(0, M - sum of the overlapped steps)``.
+``max(0, M - sum of the overlapped steps)``. With ``lag >= k`` summaries queue (each is
+swapped in lag steps after its launch), as in :mod:`sim.policy`; the forms are exact
+while an agent's memory jobs do not overlap, which :func:`step_timeline` reports.
 
 The step recurrences are evaluated vectorized over configurations (numpy), so sweeps
 cost microseconds per configuration.
@@ -73,15 +75,32 @@ class AgentParams:
     block: int = 16
 
 
-def step_latencies(
+@dataclass(frozen=True)
+class StepTimeline:
+    """Per-step latency and stall (steps x configs), and per configuration whether it is
+    in the regime where they are exact (``exact``; see :func:`step_timeline`)."""
+
+    latency: np.ndarray
+    stall: np.ndarray
+    exact: np.ndarray
+
+
+def step_timeline(
     kind: str,
     p: AgentParams,
     agent: np.ndarray,
     memory: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-step latency (steps x configs) and stall, as the simulator records them.
+) -> StepTimeline:
+    """Per-step latency and stall as the simulator records them, for every configuration.
 
     ``agent``/``memory``: surrogate coefficients (c0..c4) of the two engines.
+
+    KSO with ``lag >= k``: summaries queue, as in :mod:`sim.policy` (each one is swapped
+    in ``lag`` steps after its launch; none replaces another). Each memory job is priced
+    alone on the memory engine, which is exact while an agent's jobs do not overlap (each
+    ends before the next is launched); ``exact`` is False for the configurations where
+    they do, and there the forms ignore that the memory engine batches them together.
+    With ``lag < k`` (the agent waits at the swap, before the next launch) they never do.
     """
     shape = np.broadcast(p.system, p.observation, p.action, p.summary, p.tool_s, p.k).shape
     n = shape if shape else (1,)
@@ -102,25 +121,33 @@ def step_latencies(
     ctx = s0.copy()  # context before the observation
     hit = np.zeros(n)  # cached tokens for the next prompt
     mem_cached = np.zeros(n)  # memory model: history cached from its previous job
-    pending_m = np.zeros(n)  # KSO: duration of the job in flight
-    pending_at = np.zeros(n, dtype=int)  # step before which it is swapped (0: none)
-    pending_ctx = np.zeros(n)  # the context it brings
-    overlapped = np.zeros(n)  # time the agent spent since the launch
+    clock = np.zeros(n)  # the agent's time since the task started
+    # KSO, per launch step (row t, 1-based; row 0 unused): launched, when its summary is
+    # ready, the context it brings; and when the previous launch's job was ready
+    launched = np.zeros((p.steps + 1, *n), dtype=bool)
+    ready_at = np.zeros((p.steps + 1, *n))
+    brings = np.zeros((p.steps + 1, *n))
+    last_ready = np.full(n, -np.inf)
+    exact = np.ones(n, dtype=bool)
     for t in range(1, p.steps + 1):
         if kind == "kso":
-            swap = pending_at == t
-            wait = np.where(swap, np.maximum(0.0, pending_m - overlapped), 0.0)
+            src = t - lag - 1  # the launch step whose summary is due now
+            row = np.clip(src, 0, p.steps)[None]
+            swap = (src >= 1) & np.take_along_axis(launched, row, 0)[0]
+            wait = np.where(
+                swap, np.maximum(0.0, np.take_along_axis(ready_at, row, 0)[0] - clock), 0.0
+            )
             stall[t - 1] += wait
-            ctx = np.where(swap, pending_ctx, ctx)
+            clock += wait
+            ctx = np.where(swap, np.take_along_axis(brings, row, 0)[0], ctx)
             hit = np.where(swap, fresh_hit, hit)
-            pending_at = np.where(swap, 0, pending_at)
         prompt = ctx + o
         # vLLM recomputes at least the last prompt token: whole blocks below it
         req = request_latency(prompt, np.minimum(hit, b * np.floor((prompt - 1) / b)), a, agent)
         lat[t - 1] += req + e
+        clock += req + e
         hit = b * np.floor((prompt + a - 1) / b)
         ctx = prompt + a
-        overlapped += req + e
         if kind == "fc" or t == p.steps:
             continue
         launch = (t % k) == 0
@@ -130,6 +157,7 @@ def step_latencies(
             q = ctx + p.instruction
             m = request_latency(q, hit, s, agent)
             stall[t - 1] += np.where(launch, m, 0.0)
+            clock += np.where(launch, m, 0.0)
             ctx = np.where(launch, kept, ctx)
             hit = np.where(launch, fresh_hit, hit)
         else:
@@ -139,14 +167,28 @@ def step_latencies(
             mem_cached = np.where(launch, b * np.floor(history / b), mem_cached)
             if kind == "sm":
                 stall[t - 1] += np.where(launch, m, 0.0)
+                clock += np.where(launch, m, 0.0)
                 ctx = np.where(launch, kept, ctx)
                 hit = np.where(launch, fresh_hit, hit)
             else:  # kso
-                pending_m = np.where(launch, m, pending_m)
-                pending_at = np.where(launch, t + lag + 1, pending_at)
-                pending_ctx = np.where(launch, kept + lag * raw, pending_ctx)
-                overlapped = np.where(launch, 0.0, overlapped)
-    return lat + stall, stall
+                exact &= ~(launch & (last_ready > clock))
+                launched[t] = launch
+                ready_at[t] = clock + m
+                brings[t] = kept + lag * raw
+                last_ready = np.where(launch, clock + m, last_ready)
+    return StepTimeline(lat + stall, stall, exact)
+
+
+def step_latencies(
+    kind: str,
+    p: AgentParams,
+    agent: np.ndarray,
+    memory: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step latency (steps x configs) and stall, as the simulator records them
+    (:func:`step_timeline`, which also says where they are exact)."""
+    tl = step_timeline(kind, p, agent, memory)
+    return tl.latency, tl.stall
 
 
 def task_latency(

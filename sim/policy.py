@@ -1,0 +1,591 @@
+"""Context policies: one pure state machine per architecture, shared by every executor.
+
+A policy decides, for one task, what the agent sends at each step, when a summary is
+launched (and on which model), when it is swapped in, and what the context becomes:
+which token segments it holds and which prefix-cache stream it continues. It knows
+tokens and events, never time: no SimPy, no threads, no I/O. Two executors run it:
+:class:`sim.agents.Agent` (SimPy, simulated engines) and :class:`live.replay.LiveAgent`
+(threads, live servers). Both are thin: they perform the actions below and report
+what happened, so the simulated and the live agent cannot drift apart.
+
+Protocol. ``policy.run()`` is a generator of actions; the executor performs each one
+and sends its outcome back:
+
+- :class:`Send`: the agent's request of a step; send back an :class:`AgentReply`.
+- :class:`Summarize`: a summary request (on the agent or the memory model). When it
+  ends, whenever that is, the executor calls ``policy.summary_done(job, ok, tokens)``,
+  which may answer with a :class:`PreWarm` to send. If ``blocking``, the executor
+  waits for that before it resumes the generator.
+- :class:`Await`: wait until the summary job has ended (the time is the step's stall).
+- :class:`Tool`: the tool runs for ``seconds``.
+- :class:`StepEnd`: the step is over (the executor writes its row).
+
+The generator's return value is the task's status: ``"finished"`` or why it ended
+early. Policies are registered by name (:func:`register_policy`); a scenario's
+``kind`` picks one, so a new policy needs no change to either executor.
+
+Kinds: ``fc`` (full context), ``cp`` (coupled: the agent model summarizes inline,
+blocking), ``sm`` (sync memory: the memory model summarizes, blocking), ``kso``
+(CoMem k-step-off, the general ``k``/``lag``/``retain`` form) and ``kso-authors``
+(k-step-off exactly as the CoMem authors' code runs it; see :class:`KSOAuthors`).
+
+``lag >= k`` (KSO): summaries queue. Each summary is swapped in ``lag`` steps after its
+launch, whatever was launched since; none replaces another. That is the paper's own
+1-step-off (``comem-pipeline.png``: a summary every step, each swapped in one step
+later, i.e. k = lag = 1), which a "newer replaces pending" rule would turn into never
+swapping. The closed forms (:mod:`theory.single_agent`) use the same definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, field_validator
+
+# --- the task a policy runs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a task: tokens of the observation the agent reads (the tool output of
+    the previous step, or the task statement), of the action it decodes, and tool time.
+
+    ``kept``: tokens of the action that stay in the context (reasoning tokens are decoded
+    but dropped by most agents); None keeps all of them.
+    """
+
+    observation: int
+    action: int
+    tool_s: float
+    kept: int | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    system_tokens: int
+    steps: tuple[Step, ...]
+    summary_tokens: int
+
+
+# --- what contexts are made of --------------------------------------------------------------
+
+SegmentKind = Literal["system", "observation", "action", "summary", "instruction"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of tokens: the system prompt, step ``ref``'s observation, action (its kept
+    part) or summarize instruction, or summary job ``ref``'s output."""
+
+    kind: SegmentKind
+    ref: int
+    tokens: int
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What a request reads: segments in order. ``keep_last``: send only the most recent
+    ``keep_last`` tokens (a memory prompt past the memory model's context)."""
+
+    segments: tuple[Segment, ...]
+    keep_last: int | None = None
+
+    @property
+    def full_tokens(self) -> int:
+        return sum(s.tokens for s in self.segments)
+
+    @property
+    def tokens(self) -> int:
+        n = self.full_tokens
+        return n if self.keep_last is None else min(n, self.keep_last)
+
+
+@dataclass(frozen=True)
+class PrefixStream:
+    """The identity of a token sequence for prefix caching: its first ``shared`` tokens
+    are those of stream ``parent``. Executors map each one to an engine stream once."""
+
+    id: int
+    parent: PrefixStream | None = None
+    shared: int = 0
+
+
+# --- actions (policy -> executor) and replies -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """The agent's request of step ``step``."""
+
+    step: int
+    prompt: Prompt
+    output_tokens: int
+    stream: PrefixStream
+
+
+@dataclass(frozen=True)
+class Summarize:
+    """A summary request: job ``job``, launched at step ``step``, on ``model``."""
+
+    job: int
+    step: int
+    model: Literal["agent", "memory"]
+    prompt: Prompt
+    output_tokens: int
+    stream: PrefixStream
+    blocking: bool
+
+
+@dataclass(frozen=True)
+class Await:
+    """Wait until summary job ``job`` has ended."""
+
+    job: int
+
+
+@dataclass(frozen=True)
+class PreWarm:
+    """Prefill the context summary ``job`` will bring, ahead of its swap (1 token)."""
+
+    job: int
+    prompt: Prompt
+    stream: PrefixStream
+
+
+@dataclass(frozen=True)
+class Tool:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StepEnd:
+    """Step ``step`` is over. ``launched``: a summary was launched in it; ``swapped``:
+    the job whose summary the context took up in it (None: none)."""
+
+    step: int
+    launched: bool
+    swapped: int | None
+
+
+Action = Send | Summarize | Await | Tool | StepEnd
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    """What became of a :class:`Send`: ``generated`` tokens, or a failure (why)."""
+
+    ok: bool
+    generated: int = 0
+    failure: str = "context_exceeded"
+
+
+# --- parameters and the registry ------------------------------------------------------------
+
+
+class PolicyParams(BaseModel):
+    """A policy's parameters, as a scenario's ``[[architectures]]`` entry gives them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    k: PositiveInt = 4
+    lag: NonNegativeInt = 1
+    retain: NonNegativeInt = 4
+    pre_warm: bool = False
+    late_policy: Literal["wait", "skip"] = "wait"
+    summary_prompt_tokens: NonNegativeInt = 64  # the summarize instruction
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        if kind not in POLICIES:
+            raise ValueError(f"unknown kind '{kind}'; known: {', '.join(POLICIES)}")
+        return kind
+
+    def check(self) -> None:
+        """The chosen policy's own checks (ValueError with the reason)."""
+        POLICIES[self.kind].check(self)
+
+
+@dataclass
+class Job:
+    """A summary job: launched after (or at) step ``step``, covering ``cutoff`` raw steps."""
+
+    id: int
+    step: int
+    cutoff: int
+    done: bool = False
+    ok: bool = False
+    tokens: int = 0
+    failure: str = ""
+    #: the stream of the context it brings (a fresh one: the swap prefills uncached)
+    stream: PrefixStream | None = None
+
+
+class ContextPolicy:
+    """Base of every policy: the task's context, its raw steps, streams and jobs."""
+
+    kind: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: whether it needs a memory model (engine or server)
+    uses_memory: ClassVar[bool] = False
+    #: the authors' ``total_step_time``: ``sequential`` llm + summary + env (FC, and CP
+    #: and SM, which block on the summary), or ``overlapped`` max(llm, summary +
+    #: prefill) + env (CoMem)
+    step_accounting: ClassVar[Literal["sequential", "overlapped"]] = "sequential"
+
+    def __init__(
+        self, params: PolicyParams, task: Task, memory_max_model_len: int | None = None
+    ) -> None:
+        self.params = params
+        self.task = task
+        self.memory_max_model_len = memory_max_model_len
+        self._stream_ids = 0
+        self.system = Segment("system", 0, task.system_tokens)
+        #: the stream of the system (and task) prompt, which every context shares
+        self.system_stream = self._new_stream()
+        self.context: tuple[Segment, ...] = (self.system,)
+        self.context_tokens = task.system_tokens
+        self.stream = self._fresh_context_stream()
+        #: per finished step: its observation and its kept action
+        self.raw: list[tuple[Segment, Segment]] = []
+        self.jobs: dict[int, Job] = {}
+        self._memory_stream = self._new_stream()  # the memory model's view of the history
+
+    # -- to override -----------------------------------------------------------------------
+    @classmethod
+    def check(cls, params: PolicyParams) -> None:
+        """Reject parameters this policy cannot honour (ValueError)."""
+
+    def run(self) -> Generator[Action, Any, str]:
+        raise NotImplementedError
+
+    def summary_done(self, job: int, ok: bool, tokens: int, failure: str = "") -> PreWarm | None:
+        """A summary request has ended (executors call this whenever it happens)."""
+        j = self.jobs[job]
+        j.done, j.ok, j.tokens, j.failure = True, ok, tokens, failure
+        if ok:
+            j.stream = self._fresh_context_stream()
+        return None
+
+    # -- shared building blocks ----------------------------------------------------------------
+    def _new_stream(self, parent: PrefixStream | None = None, shared: int = 0) -> PrefixStream:
+        self._stream_ids += 1
+        return PrefixStream(self._stream_ids, parent, shared)
+
+    def _fresh_context_stream(self) -> PrefixStream:
+        """A new context: only the system prompt is shared (cached) with earlier ones."""
+        return self._new_stream(self.system_stream, self.task.system_tokens)
+
+    def _set_context(self, segments: tuple[Segment, ...]) -> None:
+        self.context = segments
+        self.context_tokens = sum(s.tokens for s in segments)
+
+    def _raw_since(self, start: int) -> tuple[Segment, ...]:
+        """Raw steps ``start + 1 ..`` (1-based) as segments."""
+        return tuple(seg for pair in self.raw[start:] for seg in pair)
+
+    def _restart(self, job: Job, keep_from: int) -> None:
+        """Context := system + the job's summary + raw steps after ``keep_from``."""
+        summary = Segment("summary", job.id, job.tokens)
+        self._set_context((self.system, summary, *self._raw_since(keep_from)))
+        self.stream = job.stream or self._fresh_context_stream()
+
+    def _agent_step(self, t: int, step: Step) -> Generator[Action, Any, str | None]:
+        """Send step ``t``'s request over context + observation; on success the context
+        becomes prompt + kept action and the tool runs. Returns the failure, or None."""
+        obs = Segment("observation", t, step.observation)
+        prompt = (*self.context, obs)
+        prompt_tokens = self.context_tokens + step.observation
+        reply = yield Send(t, Prompt(prompt), step.action, self.stream)
+        if not reply.ok:
+            return reply.failure
+        kept = reply.generated if step.kept is None else min(step.kept, reply.generated)
+        if kept < reply.generated:
+            # dropped reasoning: the context diverges from the stream after the prompt
+            self.stream = self._new_stream(self.stream, prompt_tokens)
+        action = Segment("action", t, kept)
+        self.context = (*prompt, action)
+        self.context_tokens = prompt_tokens + kept
+        self.raw.append((obs, action))
+        if step.tool_s > 0:
+            yield Tool(step.tool_s)
+        return None
+
+    def _new_job(self, step: int, cutoff: int) -> Job:
+        job = Job(len(self.jobs) + 1, step, cutoff)
+        self.jobs[job.id] = job
+        return job
+
+    def _instruction(self, t: int) -> Segment:
+        return Segment("instruction", t, self.params.summary_prompt_tokens)
+
+    def _memory_request(
+        self, job: Job, history: tuple[Segment, ...], blocking: bool, truncate: bool = True
+    ) -> Summarize:
+        """The memory model reads the whole history (an append-only prompt: its prefix
+        cache makes each job pay for the new tokens only). With ``truncate``, past the
+        memory model's context it reads the most recent history (and loses its cache)."""
+        history_tokens = sum(s.tokens for s in history)
+        prompt = Prompt((*history, self._instruction(job.step)))
+        limit = None
+        if truncate and self.memory_max_model_len is not None:
+            limit = max(1, self.memory_max_model_len - self.task.summary_tokens)
+            if prompt.full_tokens > limit:
+                prompt = Prompt(prompt.segments, keep_last=limit)
+                self._memory_stream = self._new_stream()  # the cache cannot follow
+        stream = self._new_stream(self._memory_stream, history_tokens)
+        return Summarize(
+            job.id, job.step, "memory", prompt, self.task.summary_tokens, stream, blocking
+        )
+
+
+POLICIES: dict[str, type[ContextPolicy]] = {}
+
+
+def register_policy(kind: str, description: str) -> Callable[[type[ContextPolicy]], Any]:
+    """Class decorator: make a policy available as ``kind = "<kind>"`` in scenarios."""
+
+    def add(cls: type[ContextPolicy]) -> type[ContextPolicy]:
+        cls.kind = kind
+        cls.description = description
+        POLICIES[kind] = cls
+        return cls
+
+    return add
+
+
+def make_policy(
+    params: PolicyParams, task: Task, memory_max_model_len: int | None = None
+) -> ContextPolicy:
+    """A fresh state machine for one task."""
+    return POLICIES[params.kind](params, task, memory_max_model_len)
+
+
+def uses_memory(kind: str) -> bool:
+    return POLICIES[kind].uses_memory
+
+
+def total_step_time(
+    accounting: Literal["sequential", "overlapped"],
+    llm_s: float,
+    summary_s: float,
+    prefill_s: float,
+    env_s: float,
+) -> float:
+    """The authors' ``total_step_time`` (AUTHORS_SETUP.md, "What they measure")."""
+    if accounting == "overlapped":
+        return max(llm_s, summary_s + prefill_s) + env_s
+    return llm_s + summary_s + env_s
+
+
+# --- the policies ---------------------------------------------------------------------------
+
+
+@register_policy("fc", "full context: the context grows (prefix-cached)")
+class FullContext(ContextPolicy):
+    def run(self) -> Generator[Action, Any, str]:
+        for t, step in enumerate(self.task.steps, start=1):
+            failure = yield from self._agent_step(t, step)
+            yield StepEnd(t, False, None)
+            if failure is not None:
+                return failure
+        return "finished"
+
+
+class _Blocking(ContextPolicy):
+    """Every ``k`` steps (not after the last) a summary is made while the agent waits;
+    the context restarts as system + summary + the last ``retain`` raw steps."""
+
+    def _summary_request(self, job: Job) -> Summarize:
+        raise NotImplementedError
+
+    def run(self) -> Generator[Action, Any, str]:
+        p, n = self.params, len(self.task.steps)
+        for t, step in enumerate(self.task.steps, start=1):
+            failure = yield from self._agent_step(t, step)
+            if failure is not None:
+                yield StepEnd(t, False, None)
+                return failure
+            launched, swapped = False, None
+            if t % p.k == 0 and t < n:
+                launched = True
+                job = self._new_job(t, t)
+                yield self._summary_request(job)  # blocking: summary_done has been called
+                if job.ok:
+                    self._restart(job, max(0, t - p.retain))
+                    swapped = job.id
+            yield StepEnd(t, launched, swapped)
+        return "finished"
+
+
+@register_policy("cp", "coupled: the agent model summarizes inline, blocking")
+class Coupled(_Blocking):
+    def _summary_request(self, job: Job) -> Summarize:
+        # over its own context, whose prefix is cached; the summary's tokens go to a
+        # branch of the context's stream, which goes on unchanged if the summary fails
+        prompt = Prompt((*self.context, self._instruction(job.step)))
+        stream = self._new_stream(self.stream, self.context_tokens)
+        return Summarize(job.id, job.step, "agent", prompt, self.task.summary_tokens, stream, True)
+
+
+@register_policy("sm", "sync memory: the memory model summarizes; the agent blocks")
+class SyncMemory(_Blocking):
+    uses_memory = True
+
+    def _summary_request(self, job: Job) -> Summarize:
+        return self._memory_request(job, (self.system, *self._raw_since(0)), blocking=True)
+
+
+@register_policy(
+    "kso",
+    "CoMem k-step-off: every k steps the memory model summarizes asynchronously; the"
+    " summary is swapped in lag steps later",
+)
+class KStepOff(ContextPolicy):
+    """The general form: launched after step t (t % k == 0, not after the last step),
+    over the history through step t; runs during steps t+1 .. t+lag; swapped in before
+    step t+lag+1 as system + summary + raw steps t-retain+1 .. t+lag (one uncached
+    prefill). Not ready then: the agent waits (``late_policy = "wait"``, stall) or keeps
+    its context and drops that summary (``"skip"``). ``lag >= k``: summaries queue (see
+    the module docstring). ``pre_warm``: once a summary is ready, the context it brings
+    is prefilled ahead (system + summary + the raw tail so far)."""
+
+    uses_memory = True
+    step_accounting = "overlapped"
+
+    def run(self) -> Generator[Action, Any, str]:
+        p, n = self.params, len(self.task.steps)
+        due: dict[int, Job] = {}  # step before which a job is swapped in -> job
+        for t, step in enumerate(self.task.steps, start=1):
+            swapped = None
+            job = due.pop(t, None)
+            if job is not None:
+                if not job.done and p.late_policy == "wait":
+                    yield Await(job.id)
+                if job.done and job.ok:
+                    self._restart(job, max(0, job.cutoff - p.retain))
+                    swapped = job.id
+            failure = yield from self._agent_step(t, step)
+            if failure is not None:
+                yield StepEnd(t, False, swapped)
+                return failure
+            launched = t % p.k == 0 and t < n
+            if launched:
+                job = self._new_job(t, t)
+                due[t + p.lag + 1] = job
+                yield self._memory_request(job, (self.system, *self._raw_since(0)), False)
+            yield StepEnd(t, launched, swapped)
+        return "finished"
+
+    def summary_done(self, job: int, ok: bool, tokens: int, failure: str = "") -> PreWarm | None:
+        super().summary_done(job, ok, tokens, failure)
+        j = self.jobs[job]
+        if not (ok and self.params.pre_warm) or j.stream is None:
+            return None
+        # the context it will bring, as far as the agent has got: system + summary + the
+        # raw tail so far
+        tail = self._raw_since(max(0, j.cutoff - self.params.retain))
+        prompt = Prompt((self.system, Segment("summary", j.id, j.tokens), *tail))
+        return PreWarm(j.id, prompt, j.stream)
+
+
+@register_policy(
+    "kso-authors",
+    "CoMem k-step-off as the authors' code runs it: R = retain; a summary launched at"
+    " the start of every step t with t % R == 0, collected at the start of the next",
+)
+class KSOAuthors(ContextPolicy):
+    """CoMem's k-step-off as coded (``comem_agent_kso.py``; AUTHORS_SETUP.md).
+
+    R = ``retain`` (their ``retain_most_turns``); there is no separate k or lag. At the
+    start of step t, with t % R == 0 (their ``(steps + 1) % R == 0``), a compression is
+    launched over the WHOLE history (system, every earlier step, and step t's
+    observation; never truncated), alongside step t's agent request. It is collected at
+    the start of step t+1, the agent blocking if it is late; the context becomes system
+    + summary + step t's action, and grows from there (between 1 and R raw steps) until
+    the next collection; that step prefills uncached. The first R steps are a plain chat.
+    A memory prompt the memory model rejects ends the task
+    (``memory_context_exceeded``), as an agent prompt past ``max_model_len`` does.
+
+    Assumptions where the code is silent (stated, so they can be compared): a
+    compression no step would collect (at the last step) is not launched; between two
+    collections the agent's prompt extends its cache (AUTHORS_SETUP.md: only the step
+    after a new summary prefills uncached).
+
+    Against the general form: like KSO(k = R, lag = 1, retain = 0), one step of agent
+    work overlaps each summary and one summary is swapped in every R steps; unlike it,
+    the summary starts one step earlier (before the agent request, with the new
+    observation, so it is swapped in before step R+1, not R+2), the swapped context
+    keeps the last action rather than a whole raw step, and the memory prompt is never
+    cut. ``tests/test_policy.py`` shows both.
+    """
+
+    uses_memory = True
+    step_accounting = "overlapped"
+    _NOT_THEIRS = ("k", "lag", "pre_warm", "late_policy")
+
+    @classmethod
+    def check(cls, params: PolicyParams) -> None:
+        given = sorted(set(cls._NOT_THEIRS) & params.model_fields_set)
+        if given:
+            raise ValueError(
+                f"kind 'kso-authors' has no {', '.join(given)}: its period is R = retain,"
+                " its summary is collected one step after launch, and it always waits"
+            )
+        if params.retain < 1:
+            raise ValueError("kind 'kso-authors' needs retain (their R) >= 1")
+
+    def run(self) -> Generator[Action, Any, str]:
+        r, n = self.params.retain, len(self.task.steps)
+        job: Job | None = None
+        for t, step in enumerate(self.task.steps, start=1):
+            swapped = None
+            if job is not None:  # collected at the start of the next step
+                if not job.done:
+                    yield Await(job.id)
+                if not job.ok:
+                    return f"memory_{job.failure}"
+                last_action = self.raw[-1][1]
+                summary = Segment("summary", job.id, job.tokens)
+                self._set_context((self.system, summary, last_action))
+                self.stream = job.stream or self._fresh_context_stream()
+                swapped, job = job.id, None
+            launched = t % r == 0 and t < n
+            if launched:
+                job = self._new_job(t, t - 1)
+                obs = Segment("observation", t, step.observation)
+                history = (self.system, *self._raw_since(0), obs)
+                yield self._memory_request(job, history, blocking=False, truncate=False)
+            failure = yield from self._agent_step(t, step)
+            yield StepEnd(t, launched, swapped)
+            if failure is not None:
+                return failure
+        return "finished"
+
+
+__all__ = [
+    "POLICIES",
+    "Action",
+    "AgentReply",
+    "Await",
+    "ContextPolicy",
+    "Job",
+    "PolicyParams",
+    "PreWarm",
+    "PrefixStream",
+    "Prompt",
+    "Segment",
+    "Send",
+    "Step",
+    "StepEnd",
+    "Summarize",
+    "Task",
+    "Tool",
+    "make_policy",
+    "register_policy",
+    "total_step_time",
+    "uses_memory",
+]
