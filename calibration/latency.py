@@ -266,12 +266,24 @@ class LatencyModel:
         return np.where(s > 0, t, 0.0)
 
     # -- attention ----------------------------------------------------------------------
+    def _windowed_kv(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
+        """KV tokens decode attention reads under a sliding window (all of them without).
+
+        The engine passes the batch's total KV, not each sequence's: ``min(total, B * window)``
+        is exact when every sequence is on one side of the window and an overestimate (never
+        below the true cost) when they straddle it.
+        """
+        window = self.model.sliding_window
+        if window is None:
+            return kv_total
+        return np.minimum(kv_total, np.asarray(batch_size, dtype=float) * window)
+
     def decode_attention_op(
         self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
     ) -> np.ndarray:
         """The fitted generation-attention op model (all layers), evaluated directly."""
         b = np.asarray(batch_size, dtype=float)
-        kv = np.asarray(kv_total, dtype=float)
+        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
         b_safe = np.maximum(b, 1.0)
         feats = {
             "batch": b_safe,
@@ -310,7 +322,8 @@ class LatencyModel:
         """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
         self._ensure_decode_table()
         b = np.asarray(batch_size, dtype=np.int64)
-        kv = np.maximum(np.asarray(kv_total, dtype=float), np.maximum(b, 1))
+        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
+        kv = np.maximum(kv, np.maximum(b, 1))
         mean = kv / np.maximum(b, 1)
         knots = self._dec_knots_arr
         j = np.clip(np.searchsorted(knots, mean, side="right") - 1, 0, knots.size - 2)
@@ -331,6 +344,9 @@ class LatencyModel:
         if batch_size > DECODE_TABLE_B:
             return float(self.decode_attention_op(batch_size, kv_total))
         self._ensure_decode_table()
+        window = self.model.sliding_window
+        if window is not None:
+            kv_total = min(kv_total, batch_size * window)
         mean = max(kv_total, batch_size) / batch_size
         knots = self._dec_knots
         j = min(max(bisect.bisect_right(knots, mean) - 1, 0), len(knots) - 2)
@@ -344,7 +360,7 @@ class LatencyModel:
         q = np.asarray(new, dtype=float)
         c = np.asarray(cached, dtype=float)
         nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
-        flops, moved = context_flops_bytes(q, c, nq, nkv, hd)
+        flops, moved = context_flops_bytes(q, c, nq, nkv, hd, self.model.sliding_window)
         w = smooth_max(flops * inv_flops, moved * inv_bw, pnorm)
         if lattice is not None:
             w = w * lattice.factor(np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(nq)))

@@ -135,21 +135,42 @@ MOE = OpForm(
 )
 
 
+def attended_pairs(q: np.ndarray, prefix: np.ndarray, window: float | None = None) -> np.ndarray:
+    """(query, key) pairs of a causal prefill chunk: ``q`` new tokens after ``prefix``.
+
+    The token at position ``p`` (1-based) attends to ``p`` keys, or to ``min(p, window)``
+    under a sliding window.
+    """
+    q = np.asarray(q, dtype=float)
+    prefix = np.asarray(prefix, dtype=float)
+    full = q * (prefix + (q + 1.0) / 2.0)
+    if window is None:
+        return full
+    # positions prefix+1 .. min(prefix+q, window) attend to themselves; the rest to window
+    last_inside = np.minimum(prefix + q, window)
+    inside = np.maximum(last_inside - prefix, 0.0)
+    inside_pairs = inside * (prefix + 1.0 + np.maximum(last_inside, prefix + 1.0)) / 2.0
+    return np.where(prefix + q <= window, full, inside_pairs + (q - inside) * window)
+
+
 def context_flops_bytes(
     q: np.ndarray,
     prefix: np.ndarray,
     nq: np.ndarray | float,
     nkv: np.ndarray | float,
     hd: np.ndarray | float,
+    window: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and HBM bytes of causal attention for one prefill chunk.
 
     ``q`` new tokens attend to ``prefix`` cached tokens plus causally to each other:
-    QK^T and PV each cost ``2 * hd`` FLOPs per (query, key) pair per head.
+    QK^T and PV each cost ``2 * hd`` FLOPs per (query, key) pair per head. Under a sliding
+    ``window`` a token sees at most ``window`` keys and only the last ``window`` cached
+    tokens are read.
     """
-    pairs = q * (prefix + (q + 1.0) / 2.0)
-    flops = 4.0 * nq * hd * pairs
-    bytes_moved = (2.0 * q * nq + 2.0 * nkv * (q + prefix)) * hd * 2.0
+    flops = 4.0 * nq * hd * attended_pairs(q, prefix, window)
+    read = prefix if window is None else np.minimum(prefix, window)
+    bytes_moved = (2.0 * q * nq + 2.0 * nkv * (q + read)) * hd * 2.0
     return flops, bytes_moved
 
 

@@ -546,12 +546,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
-    from calibration.registry import GPUS, MODELS
+    from calibration.registry import GPUS, REGISTRY
 
     if args.what == "models":
-        for m in MODELS.values():
+        for entry in REGISTRY.values():
+            m = entry.spec
             kind = f"MoE {m.experts}x top-{m.top_k}" if m.is_moe else "dense"
-            print(f"{m.alias:18s} {m.hf_id:40s} {m.param_count() / 1e9:7.1f}B  {kind}")
+            print(
+                f"{m.alias:18s} {m.hf_id:36s} {m.param_count() / 1e9:7.1f}B  {kind:17s}"
+                f" source: {entry.source}"
+            )
     elif args.what == "gpus":
         for g in GPUS.values():
             print(
@@ -618,7 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps = sub.add_parser(
         "predict-static", help="predicted latency of one static batch (vLLM benchmark_latency)"
     )
-    ps.add_argument("--model", required=True, help="HF id or alias (see 'comem list models')")
+    ps.add_argument(
+        "--model",
+        required=True,
+        help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
+    )
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
     ps.add_argument("--dtype", default="bf16")
