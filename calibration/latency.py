@@ -136,6 +136,8 @@ class LatencyModel:
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
         )
         self.include_overhead = include_overhead
+        if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
+            self.profile.op(f"allreduce_{tp}")
         # Raises a clear error when the weights do not fit at this TP.
         self.kv_budget_bytes_per_gpu = fits_in_memory(self.model, self.gpu, tp, self.dtype)
         m = self.model

@@ -315,7 +315,7 @@ KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
 
 
 def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
-    rows = df[(df["gemm_dtype"] == KERNEL_DTYPES[dtype]) & (df["m"] <= 16384)]
+    rows = df[(df["gemm_dtype"] == kernel_dtype(df["gemm_dtype"], dtype)) & (df["m"] <= 16384)]
     rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
     rows = _median_of_repeats(rows, ["m", "n", "k"])
     f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
@@ -323,12 +323,26 @@ def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
+#: The MoE kernels a profile is fitted on: vLLM's fused kernel (the committed tables) and the
+#: reference layer of ``comem calibrate microbench`` (a device's own tables).
+MOE_KERNEL_SOURCES = ("vllm_fused_moe", "torch_loop_over_experts")
+
+
+def kernel_dtype(values: pd.Series, dtype: str) -> str:
+    """The tables' dtype name for a profile dtype: fp8 is block-scaled where the table has
+    it (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder), else per-tensor scaled."""
+    name = KERNEL_DTYPES[dtype]
+    if dtype == "fp8" and not (values == name).any():
+        return "fp8"
+    return name
+
+
 def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     rows = df[
-        (df["moe_dtype"] == KERNEL_DTYPES[dtype])
+        (df["moe_dtype"] == kernel_dtype(df["moe_dtype"], dtype))
         & (df["moe_ep_size"] == 1)
         & (df["distribution"] == "balanced")
-        & (df["kernel_source"] == "vllm_fused_moe")
+        & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
         & (df["num_tokens"] <= 16384)
         & (df["moe_tp_size"] <= 8)  # one node: the TP degrees the latency model supports
     ]

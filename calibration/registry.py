@@ -353,13 +353,56 @@ GPUS: dict[str, GpuSpec] = {
 _GPU_EXTRA_NAMES = {"h100": "h100_sxm", "h200": "h200_sxm"}
 
 
+def load_gpu_file(path: str | Path) -> GpuSpec:
+    """A GPU described by a JSON file (the ``device.json`` of ``comem calibrate microbench``):
+    ``name``, ``memory_gib``, ``hbm_bandwidth_Bps``, ``peak_flops`` (per dtype), ``sm_count``
+    and optionally ``nvlink_Bps``; one clear line for anything missing or not positive."""
+    p = Path(path)
+    data = read_config_file(p)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ComemInputError(f"{p}: 'name' must be a non-empty string")
+    numbers = {}
+    for key in ("memory_gib", "hbm_bandwidth_Bps", "sm_count"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ComemInputError(f"{p}: '{key}' must be a positive number, got {value!r}")
+        numbers[key] = value
+    peaks = data.get("peak_flops")
+    if (
+        not isinstance(peaks, dict)
+        or "bf16" not in peaks
+        or not all(
+            k in DTYPES and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            for k, v in peaks.items()
+        )
+    ):
+        raise ComemInputError(
+            f"{p}: 'peak_flops' must map bf16 (and optionally fp8) to positive FLOP/s"
+        )
+    nvlink = data.get("nvlink_Bps", 0.0)
+    if isinstance(nvlink, bool) or not isinstance(nvlink, int | float) or nvlink < 0:
+        raise ComemInputError(f"{p}: 'nvlink_Bps' must be a number >= 0, got {nvlink!r}")
+    return GpuSpec(
+        name=name,
+        memory_gib=float(numbers["memory_gib"]),
+        hbm_bandwidth_Bps=float(numbers["hbm_bandwidth_Bps"]),
+        peak_flops={k: float(v) for k, v in peaks.items()},
+        nvlink_Bps=float(nvlink),
+        sm_count=int(numbers["sm_count"]),
+    )
+
+
 def get_gpu(name: str) -> GpuSpec:
-    """Look a GPU up by name (case-insensitive; ``h100``, ``H100-SXM`` are accepted)."""
+    """Look a GPU up by name (case-insensitive; ``h100``, ``H100-SXM`` are accepted), or read
+    the JSON file of a device of one's own (see :func:`load_gpu_file`)."""
     key = _norm(str(name)).replace("-", "_").replace(" ", "_")
     key = _GPU_EXTRA_NAMES.get(key, key)
-    if key not in GPUS:
-        raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
-    return GPUS[key]
+    if key in GPUS:
+        return GPUS[key]
+    if str(name).strip().endswith(".json") or os.path.isfile(str(name).strip()):
+        return load_gpu_file(str(name).strip())
+    raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
 
 
 def fits_in_memory(
