@@ -160,7 +160,7 @@ def gpu_plan() -> Plan:
     """The prepared data-center GPU set: shapes on the committed H100/H200 tables' grids
     (so they can be compared row by row), about a minute on an H100."""
     ms = (1, 8, 32, 128, 512, 2048, 8192)
-    nk = ((4096, 4096), (6144, 4096), (4096, 14336), (28672, 4096), (8192, 8192), (1024, 5120))
+    nk = ((4096, 4096), (6144, 4096), (4096, 12288), (16384, 4096), (8192, 8192), (1024, 5120))
     heads = ((32, 8), (64, 8), (8, 1), (16, 2))
     context = [
         ContextShape(b, s, 0, nq, nkv)

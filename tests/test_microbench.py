@@ -204,3 +204,22 @@ def test_bad_device_json_is_one_line(change: dict, needle: str, tmp_path: Path) 
     with pytest.raises(ComemInputError, match=needle) as info:
         get_gpu(str(path))
     assert "\n" not in str(info.value)
+
+
+@needs_torch
+def test_compare_script_matches_shapes(bench: Path, tmp_path: Path) -> None:
+    """Against itself every shape matches and every ratio is 1; the files name both sides."""
+    from benchmarks.device.compare_microbench import main
+
+    out = tmp_path / "cmp"
+    assert main([str(bench), "--reference", str(bench), "--out", str(out), "--gpu", "self"]) == 0
+    rows = pd.read_csv(out / "comparison.csv")
+    assert set(rows["op"]) == {"gemm", "context_attention", "generation_attention", "moe"}
+    assert np.allclose(rows["ratio"], 1.0)
+    gemm = pd.read_parquet(bench / "gemm_perf.parquet")
+    assert (rows["op"] == "gemm").sum() == len(gemm)
+    ctx = pd.read_parquet(bench / "context_attention_perf.parquet")
+    assert (rows["op"] == "context_attention").sum() == (ctx["step"] == 0).sum()
+    md = (out / "comparison.md").read_text()
+    assert "microbench" in md and str(bench) in md
+    assert main([str(bench), "--reference", str(tmp_path / "nope"), "--out", str(out)]) == 2
