@@ -89,12 +89,14 @@ def fit_kernel_ops(
         ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
     else:
         notes.append(f"moe: {len(y)} {dtype} rows, not fitted (the profile prices dense models)")
+    # attention work is spread over the SMs in tiles (see opmodels.query_tiles)
+    hw_ctx = hw_bf16 | {"sm_count": float(gpu.sm_count)}
     f, y = om.context_rows(tables.context_attention)
-    ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_bf16)
+    ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_ctx)
     if ctx.stats["roofline_only"]["mape"] > INCONSISTENT_MAPE and fallback is not None:
         own = ctx.stats["roofline_only"]["mape"]
         fb_f, fb_y = om.context_rows(fallback.context_attention)
-        ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_bf16)
+        ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_ctx)
         ctx.stats["fitted_on"] = str(fallback.directory)
         ctx.stats["own_table_mape"] = round(om.mape(om.predict(om.CONTEXT_ATTENTION, ctx, f), y), 4)
         notes.append(

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration.errors import ComemInputError
-from calibration.opmodels import GENERATION_ATTENTION, context_flops_bytes, smooth_max
+from calibration.opmodels import (
+    GENERATION_ATTENTION,
+    context_flops_bytes,
+    query_tiles,
+    smooth_max,
+)
 from calibration.opmodels import predict as op_predict
 from calibration.profile import Profile, default_profile, op_form
 from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
@@ -171,6 +176,8 @@ class LatencyModel:
             cp["p"],
             ctx.lattice,
         )
+        #: seconds one attention work tile adds, spread over the SMs
+        self._ctx_tile_s = cp["tau"] / chw["sm_count"]
 
     # -- KV cache ---------------------------------------------------------------------
     @property
@@ -363,7 +370,8 @@ class LatencyModel:
         c = np.asarray(cached, dtype=float)
         nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
         flops, moved = context_flops_bytes(q, c, nq, nkv, hd, self.model.sliding_window)
-        w = smooth_max(flops * inv_flops, moved * inv_bw, pnorm)
+        tiles = query_tiles(q, nq, nkv)
+        w = smooth_max(flops * inv_flops + tiles * self._ctx_tile_s, moved * inv_bw, pnorm)
         if lattice is not None:
             w = w * lattice.factor(np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(nq)))
         return self.model.layers * w
