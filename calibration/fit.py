@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,21 @@ INCONSISTENT_MAPE = 0.5
 E2E_COLUMNS = ("Num of Hardware", "Model", "Input Output Length", "Batch Size", "Latency")
 
 
+#: The device description ``comem calibrate microbench`` writes next to its tables.
+DEVICE_FILE = "device.json"
+
+
 def gpu_of_tables(tables: KernelTables) -> str:
-    try:
+    """The registry GPU of the tables' device, else their ``device.json`` (a path)."""
+    if tables.device in DEVICE_NAMES:
         return DEVICE_NAMES[tables.device]
-    except KeyError:
-        raise KernelDataError(
-            f"{tables.directory}: device '{tables.device}' is not a known GPU; pass --gpu"
-        ) from None
+    described = tables.directory / DEVICE_FILE
+    if described.is_file():
+        return str(described)
+    raise KernelDataError(
+        f"{tables.directory}: device '{tables.device}' is not a known GPU and there is no"
+        f" {DEVICE_FILE}; pass --gpu"
+    )
 
 
 def fit_kernel_ops(
@@ -53,22 +62,41 @@ def fit_kernel_ops(
     profile records it.
     """
     dtype = check_dtype(dtype)
+    if dtype not in gpu.peak_flops:
+        raise KernelDataError(f"{tables.directory}: gpu {gpu.name} has no {dtype} peak FLOP/s")
     notes: list[str] = []
     hw_bf16 = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
     hw_dtype = {"peak_flops": gpu.peak_flops[dtype], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    # A device's own tables (calibrate microbench) may lack an op or a dtype: the ops every
+    # model needs must be there; MoE and all-reduce are left out with a note.
+    for op, rows, which in (
+        ("GEMM", om.gemm_rows(tables.gemm, dtype), dtype),
+        ("GEMM", om.gemm_rows(tables.gemm, "bf16"), "bf16"),
+        ("context_attention", om.context_rows(tables.context_attention), "bf16"),
+        ("generation_attention", om.generation_rows(tables.generation_attention), "bf16"),
+    ):
+        if len(rows[1]) < 4:
+            raise KernelDataError(
+                f"{tables.directory}: {len(rows[1])} usable {which} {op} row(s), 4 needed"
+            )
     ops: dict[str, OpFit] = {}
     f, y = om.gemm_rows(tables.gemm, dtype)
     ops["gemm"] = om.fit_form(om.GEMM, f, y, hw_dtype)
     f, y = om.gemm_rows(tables.gemm, "bf16")
     ops["gemm_bf16"] = om.fit_form(om.GEMM, f, y, hw_bf16)
     f, y = om.moe_rows(tables.moe, dtype)
-    ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
+    if len(y) >= 4:
+        ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
+    else:
+        notes.append(f"moe: {len(y)} {dtype} rows, not fitted (the profile prices dense models)")
+    # attention work is spread over the SMs in tiles (see opmodels.query_tiles)
+    hw_ctx = hw_bf16 | {"sm_count": float(gpu.sm_count)}
     f, y = om.context_rows(tables.context_attention)
-    ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_bf16)
+    ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_ctx)
     if ctx.stats["roofline_only"]["mape"] > INCONSISTENT_MAPE and fallback is not None:
         own = ctx.stats["roofline_only"]["mape"]
         fb_f, fb_y = om.context_rows(fallback.context_attention)
-        ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_bf16)
+        ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_ctx)
         ctx.stats["fitted_on"] = str(fallback.directory)
         ctx.stats["own_table_mape"] = round(om.mape(om.predict(om.CONTEXT_ATTENTION, ctx, f), y), 4)
         notes.append(
@@ -192,18 +220,26 @@ def fit_profile(
     fallback = load_kernel_tables(fallback_kernel_dir) if fallback_kernel_dir else None
     ops, notes = fit_kernel_ops(tables, spec, dtype, fallback)
     framework = DEFAULT_FRAMEWORK
+    kernel_data = (
+        "NVIDIA ai-dynamo/aiconfigurator commit 095f58a51c4ca8e61b66ec108d86f223f8d559ce, "
+        f"systems/data/{spec.name}/<op>/vllm/0.19.0 (Apache-2.0)"
+    )
+    described = tables.directory / DEVICE_FILE
+    if described.is_file():  # a device's own tables, from comem calibrate microbench
+        framework = "torch-microbench"
+        kernel_data = str(json.loads(described.read_text()).get("source", described))
     provenance: dict[str, Any] = {
-        "kernel_data": (
-            "NVIDIA ai-dynamo/aiconfigurator commit 095f58a51c4ca8e61b66ec108d86f223f8d559ce, "
-            f"systems/data/{gpu_name}/<op>/vllm/0.19.0 (Apache-2.0)"
-        ),
+        "kernel_data": kernel_data,
         "kernel_dir": "/".join(Path(kernel_dir).parts[-3:]),
-        "kernel_dtypes": {"gemm_moe": om.KERNEL_DTYPES[dtype], "attention_kv": "bfloat16"},
+        "kernel_dtypes": {
+            "gemm_moe": om.kernel_dtype(tables.gemm["gemm_dtype"], check_dtype(dtype)),
+            "attention_kv": "bfloat16",
+        },
         "fit_code_commit": code_commit(),
         "fit_date": _dt.date.today().isoformat(),
         "notes": notes,
     }
-    profile = Profile(gpu_name, check_dtype(dtype), framework, ops, {}, provenance)
+    profile = Profile(spec.name, check_dtype(dtype), framework, ops, {}, provenance)
     if e2e_csv is not None:
         e2e = load_e2e(e2e_csv)
         fit, _ = fit_overhead(profile, e2e, gpu_name)

@@ -85,7 +85,11 @@ class KernelTables:
         return frame
 
 
-def _read_one(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+#: Ops whose table may hold no row: one GPU measures no all-reduce (calibrate microbench).
+MAY_BE_EMPTY = frozenset({"allreduce"})
+
+
+def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise KernelDataError(f"{path}: kernel file is missing")
     try:
@@ -102,7 +106,7 @@ def _read_one(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     # Holes (out-of-memory configurations) are NaN in the source: drop them, but a
     # table with no usable row at all is an error.
     frame = frame[latency.notna() & (latency > 0)]
-    if frame.empty:
+    if frame.empty and not may_be_empty:
         raise KernelDataError(f"{path}: no row with a positive latency")
     return frame.reset_index(drop=True)
 
@@ -115,7 +119,10 @@ def load_kernel_tables(directory: str | Path) -> KernelTables:
     root = Path(directory)
     if not root.is_dir():
         raise KernelDataError(f"{root}: kernel directory does not exist")
-    tables = {op: _read_one(root / fname, cols) for op, (fname, cols) in KERNEL_FILES.items()}
+    tables = {
+        op: _read_one(root / fname, cols, op in MAY_BE_EMPTY)
+        for op, (fname, cols) in KERNEL_FILES.items()
+    }
     gemm = tables["gemm"]
     device = str(gemm["device"].iloc[0]) if "device" in gemm.columns else "unknown"
     return KernelTables(directory=root, device=device, **tables)

@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calibration.errors import ComemInputError
-from calibration.opmodels import GENERATION_ATTENTION, context_flops_bytes, smooth_max
+from calibration.opmodels import (
+    GENERATION_ATTENTION,
+    context_flops_bytes,
+    query_tiles,
+    smooth_max,
+)
 from calibration.opmodels import predict as op_predict
 from calibration.profile import Profile, default_profile, op_form
 from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
@@ -136,6 +141,8 @@ class LatencyModel:
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
         )
         self.include_overhead = include_overhead
+        if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
+            self.profile.op(f"allreduce_{tp}")
         # Raises a clear error when the weights do not fit at this TP.
         self.kv_budget_bytes_per_gpu = fits_in_memory(self.model, self.gpu, tp, self.dtype)
         m = self.model
@@ -169,6 +176,8 @@ class LatencyModel:
             cp["p"],
             ctx.lattice,
         )
+        #: seconds one attention work tile adds, spread over the SMs
+        self._ctx_tile_s = cp["tau"] / chw["sm_count"]
 
     # -- KV cache ---------------------------------------------------------------------
     @property
@@ -266,12 +275,24 @@ class LatencyModel:
         return np.where(s > 0, t, 0.0)
 
     # -- attention ----------------------------------------------------------------------
+    def _windowed_kv(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
+        """KV tokens decode attention reads under a sliding window (all of them without).
+
+        The engine passes the batch's total KV, not each sequence's: ``min(total, B * window)``
+        is exact when every sequence is on one side of the window and an overestimate (never
+        below the true cost) when they straddle it.
+        """
+        window = self.model.sliding_window
+        if window is None:
+            return kv_total
+        return np.minimum(kv_total, np.asarray(batch_size, dtype=float) * window)
+
     def decode_attention_op(
         self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
     ) -> np.ndarray:
         """The fitted generation-attention op model (all layers), evaluated directly."""
         b = np.asarray(batch_size, dtype=float)
-        kv = np.asarray(kv_total, dtype=float)
+        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
         b_safe = np.maximum(b, 1.0)
         feats = {
             "batch": b_safe,
@@ -310,7 +331,8 @@ class LatencyModel:
         """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
         self._ensure_decode_table()
         b = np.asarray(batch_size, dtype=np.int64)
-        kv = np.maximum(np.asarray(kv_total, dtype=float), np.maximum(b, 1))
+        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
+        kv = np.maximum(kv, np.maximum(b, 1))
         mean = kv / np.maximum(b, 1)
         knots = self._dec_knots_arr
         j = np.clip(np.searchsorted(knots, mean, side="right") - 1, 0, knots.size - 2)
@@ -331,6 +353,9 @@ class LatencyModel:
         if batch_size > DECODE_TABLE_B:
             return float(self.decode_attention_op(batch_size, kv_total))
         self._ensure_decode_table()
+        window = self.model.sliding_window
+        if window is not None:
+            kv_total = min(kv_total, batch_size * window)
         mean = max(kv_total, batch_size) / batch_size
         knots = self._dec_knots
         j = min(max(bisect.bisect_right(knots, mean) - 1, 0), len(knots) - 2)
@@ -344,8 +369,9 @@ class LatencyModel:
         q = np.asarray(new, dtype=float)
         c = np.asarray(cached, dtype=float)
         nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
-        flops, moved = context_flops_bytes(q, c, nq, nkv, hd)
-        w = smooth_max(flops * inv_flops, moved * inv_bw, pnorm)
+        flops, moved = context_flops_bytes(q, c, nq, nkv, hd, self.model.sliding_window)
+        tiles = query_tiles(q, nq, nkv)
+        w = smooth_max(flops * inv_flops + tiles * self._ctx_tile_s, moved * inv_bw, pnorm)
         if lattice is not None:
             w = w * lattice.factor(np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(nq)))
         return self.model.layers * w
@@ -506,7 +532,11 @@ class LatencyModel:
             # np.interp is the scalar path's interpolation, vectorized
             if num_decode <= DECODE_TABLE_B:
                 self._ensure_decode_table()
-                mean = (kv_total0 + num_decode * j) / num_decode
+                kv = kv_total0 + num_decode * j
+                window = self.model.sliding_window
+                if window is not None:
+                    kv = np.minimum(kv, float(num_decode * window))
+                mean = kv / num_decode
                 t += np.interp(mean, self._dec_knots_arr, self._dec_grid[num_decode - 1])
             else:
                 kv = kv_total0 + num_decode * j.astype(np.int64)

@@ -109,8 +109,11 @@ class Lattice:
         coords: list[np.ndarray],
         log_residual: np.ndarray,
         ridge: float = 0.05,
+        row_scale: np.ndarray | None = None,
     ) -> Lattice:
-        """Fit knot values so that ``log_factor(coords) ~= log_residual``."""
+        """Fit knot values so that ``row_scale * log_factor(coords) ~= log_residual``
+        (``row_scale`` defaults to 1: a Gauss-Newton step passes the share of each row's
+        time the lattice scales)."""
         ax = [np.asarray(a, dtype=float) for a in axes]
         lat = cls(ax, np.zeros(tuple(len(a) for a in ax)))
         idx, w = lat._stencil([np.asarray(c, dtype=float) for c in coords])
@@ -119,6 +122,8 @@ class Lattice:
         from scipy.sparse import csr_matrix
         from scipy.sparse.linalg import lsqr
 
+        if row_scale is not None:
+            w = [wi * np.asarray(row_scale, dtype=float) for wi in w]
         design = csr_matrix(
             (np.concatenate(w), (rows, np.concatenate(idx))), shape=(n, lat.values.size)
         )

@@ -77,6 +77,9 @@ class OpForm:
     base: Callable[[dict[str, float], dict[str, float], Features], np.ndarray]
     coords: Callable[[Features], list[np.ndarray]]
     axes: list[list[float]]
+    #: False: the lattice scales the work above the launch floor ``t0``, not ``t0`` itself
+    #: (an op priced per item plus one launch, where the items' cost is what varies).
+    lattice_on_launch: bool = True
 
 
 def _gemm_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
@@ -136,41 +139,92 @@ MOE = OpForm(
 )
 
 
+def attended_pairs(q: np.ndarray, prefix: np.ndarray, window: float | None = None) -> np.ndarray:
+    """(query, key) pairs of a causal prefill chunk: ``q`` new tokens after ``prefix``.
+
+    The token at position ``p`` (1-based) attends to ``p`` keys, or to ``min(p, window)``
+    under a sliding window.
+    """
+    q = np.asarray(q, dtype=float)
+    prefix = np.asarray(prefix, dtype=float)
+    full = q * (prefix + (q + 1.0) / 2.0)
+    if window is None:
+        return full
+    # positions prefix+1 .. min(prefix+q, window) attend to themselves; the rest to window
+    last_inside = np.minimum(prefix + q, window)
+    inside = np.maximum(last_inside - prefix, 0.0)
+    inside_pairs = inside * (prefix + 1.0 + np.maximum(last_inside, prefix + 1.0)) / 2.0
+    return np.where(prefix + q <= window, full, inside_pairs + (q - inside) * window)
+
+
 def context_flops_bytes(
     q: np.ndarray,
     prefix: np.ndarray,
     nq: np.ndarray | float,
     nkv: np.ndarray | float,
     hd: np.ndarray | float,
+    window: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """FLOPs and HBM bytes of causal attention for one prefill chunk.
 
     ``q`` new tokens attend to ``prefix`` cached tokens plus causally to each other:
-    QK^T and PV each cost ``2 * hd`` FLOPs per (query, key) pair per head.
+    QK^T and PV each cost ``2 * hd`` FLOPs per (query, key) pair per head. Under a sliding
+    ``window`` a token sees at most ``window`` keys and only the last ``window`` cached
+    tokens are read.
     """
-    pairs = q * (prefix + (q + 1.0) / 2.0)
-    flops = 4.0 * nq * hd * pairs
-    bytes_moved = (2.0 * q * nq + 2.0 * nkv * (q + prefix)) * hd * 2.0
+    flops = 4.0 * nq * hd * attended_pairs(q, prefix, window)
+    read = prefix if window is None else np.minimum(prefix, window)
+    bytes_moved = (2.0 * q * nq + 2.0 * nkv * (q + read)) * hd * 2.0
     return flops, bytes_moved
 
 
-def _ctx_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+#: Query rows per attention work tile (FlashAttention-3's M tile for head_dim 128).
+ATTENTION_TILE_ROWS = 128.0
+
+
+def query_tiles(q: np.ndarray, nq: np.ndarray | float, nkv: np.ndarray | float) -> np.ndarray:
+    """Work tiles of one prefill chunk: per KV head, its query group's rows (q tokens times
+    nq / nkv heads, packed together as FlashAttention packs GQA) in tiles of 128 rows, at
+    least one. Not rounded up to whole tiles: the latency model tabulates chunks on knots
+    ~8% apart, and a step between knots would be smeared into a 30% error (fitted MAPE
+    7.8% with whole tiles, 7.9% without)."""
+    return nkv * np.maximum(q * (nq / nkv) / ATTENTION_TILE_ROWS, 1.0)
+
+
+def _ctx_chunk_work(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    """Seconds of one chunk's attention above the launch floor.
+
+    Each work tile has a fixed cost ``tau`` (loading its queries, the softmax epilogue,
+    writing out) on one of the SMs, on top of its FLOPs: small chunks are tile-bound,
+    which is why a launch of 256 one-token chunks costs far more than its FLOPs.
+    """
     flops, bytes_moved = context_flops_bytes(f["q"], f["prefix"], f["nq"], f["nkv"], f["hd"])
-    t_compute = f["chunks"] * flops / (hw["peak_flops"] * p["eff_compute"])
-    t_memory = f["chunks"] * bytes_moved / (hw["hbm_Bps"] * p["eff_memory"])
-    return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+    tiles = query_tiles(f["q"], f["nq"], f["nkv"])
+    t_compute = flops / (hw["peak_flops"] * p["eff_compute"]) + tiles * p["tau"] / hw["sm_count"]
+    t_memory = bytes_moved / (hw["hbm_Bps"] * p["eff_memory"])
+    return smooth_max(t_compute, t_memory, p["p"])
+
+
+def _ctx_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    return p["t0"] + f["chunks"] * _ctx_chunk_work(p, hw, f)
 
 
 CONTEXT_ATTENTION = OpForm(
     name="context_attention",
-    param_names=("t0", "eff_compute", "eff_memory", "p"),
-    starts=((1e-5, 0.5, 0.5, 2.0), (3e-5, 0.3, 0.3, 1.2), (1e-5, 2.0, 1.0, 3.0)),
+    param_names=("t0", "eff_compute", "eff_memory", "p", "tau"),
+    starts=(
+        (1e-5, 0.5, 0.5, 2.0, 3e-6),
+        (3e-5, 0.3, 0.3, 1.2, 1e-6),
+        (1e-5, 2.0, 1.0, 3.0, 1e-5),
+    ),
     base=_ctx_base,
-    # Per chunk: its length and the query heads. Not the number of chunks in the launch:
-    # a correction that made existing chunks cheaper when one more joins would let an
-    # iteration with more work cost less (measured MAPE 9.8% with it, 12% without).
+    # Per chunk: its length and the query heads, scaling the chunk's work (not the launch
+    # floor: the latency model sums chunks and adds one launch). Not the number of chunks
+    # in the launch: a correction that made existing chunks cheaper when one more joins
+    # would let an iteration with more work cost less.
     coords=lambda f: [np.log2(f["q"]), np.log2(f["nq"])],
     axes=[[0, 4, 6, 8, 9, 10, 11, 12, 13, 14], [0, 1, 2, 3, 4, 5, 6]],
+    lattice_on_launch=False,
 )
 
 
@@ -218,7 +272,10 @@ def predict(form: OpForm, fit: OpFit, features: Features) -> np.ndarray:
     base = form.base(fit.params, fit.hw, features)
     if fit.lattice is None:
         return base
-    return base * fit.lattice.factor(*form.coords(features))
+    factor = fit.lattice.factor(*form.coords(features))
+    if form.lattice_on_launch:
+        return base * factor
+    return fit.params["t0"] + (base - fit.params["t0"]) * factor
 
 
 def mape(pred: np.ndarray, measured: np.ndarray) -> float:
@@ -278,7 +335,19 @@ def fit_form(
     if use_lattice:
         coords = form.coords(features)
         lattice = Lattice.fit(form.axes, coords, np.log(measured_s / base))
-        stats["with_lattice"] = error_stats(base * lattice.factor(*coords), measured_s)
+        if not form.lattice_on_launch:
+            # Gauss-Newton on log(t0 + work * e^l): each row's log time moves by the share
+            # of its time that is work, times the change in l.
+            work = base - params["t0"]
+            lattice = Lattice(lattice.axes, np.zeros_like(lattice.values))
+            for _ in range(6):
+                log_l = lattice.log_factor(*coords)
+                pred = params["t0"] + work * np.exp(log_l)
+                share = work * np.exp(log_l) / pred
+                target = np.log(measured_s / pred) + share * log_l
+                lattice = Lattice.fit(form.axes, coords, target, row_scale=share)
+        fit = OpFit(form.name, params, hw, lattice)
+        stats["with_lattice"] = error_stats(predict(form, fit, features), measured_s)
     return OpFit(form.name, params, hw, lattice, stats)
 
 
@@ -297,7 +366,7 @@ KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
 
 
 def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
-    rows = df[(df["gemm_dtype"] == KERNEL_DTYPES[dtype]) & (df["m"] <= 16384)]
+    rows = df[(df["gemm_dtype"] == kernel_dtype(df["gemm_dtype"], dtype)) & (df["m"] <= 16384)]
     rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
     rows = _median_of_repeats(rows, ["m", "n", "k"])
     f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
@@ -305,12 +374,26 @@ def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
+#: The MoE kernels a profile is fitted on: vLLM's fused kernel (the committed tables) and the
+#: reference layer of ``comem calibrate microbench`` (a device's own tables).
+MOE_KERNEL_SOURCES = ("vllm_fused_moe", "torch_loop_over_experts")
+
+
+def kernel_dtype(values: pd.Series, dtype: str) -> str:
+    """The tables' dtype name for a profile dtype: fp8 is block-scaled where the table has
+    it (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder), else per-tensor scaled."""
+    name = KERNEL_DTYPES[dtype]
+    if dtype == "fp8" and not (values == name).any():
+        return "fp8"
+    return name
+
+
 def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     rows = df[
-        (df["moe_dtype"] == KERNEL_DTYPES[dtype])
+        (df["moe_dtype"] == kernel_dtype(df["moe_dtype"], dtype))
         & (df["moe_ep_size"] == 1)
         & (df["distribution"] == "balanced")
-        & (df["kernel_source"] == "vllm_fused_moe")
+        & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
         & (df["num_tokens"] <= 16384)
         & (df["moe_tp_size"] <= 8)  # one node: the TP degrees the latency model supports
     ]

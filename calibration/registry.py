@@ -1,14 +1,19 @@
 """Models, GPUs and dtypes the project knows, with sizes derived from their architectures.
 
-Sources: each model's ``config.json`` on Hugging Face and the vendor datasheets, as collected
-in ``shared/data/models.md``. Everything here is plain data plus arithmetic; no I/O.
+Models are Hugging Face ``config.json`` files (the registry's own under ``model_configs/``,
+architecture fields only, each naming its source; a user's by path or from the local Hugging
+Face cache). GPUs are vendor datasheets. Both as collected in ``shared/data/models.md``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from calibration.errors import ComemInputError, UnknownNameError
+from calibration.hf_config import architecture_from_config, read_config_file
 
 GIB = 2**30
 
@@ -45,7 +50,9 @@ class ModelSpec:
     ``intermediate`` is the dense FFN width (0 if the model has no dense layer). MoE layers
     have ``experts`` routed experts (``top_k`` active per token) and ``shared_experts``
     always-active experts, all of width ``moe_intermediate``. ``dense_layers`` is the number
-    of leading dense layers; left at -1 it means all layers for a dense model, 0 for MoE.
+    of dense layers (which ones does not change the cost); left at -1 it means all layers for
+    a dense model, 0 for MoE. ``sliding_window``: the attention window of every layer (None:
+    full attention).
     """
 
     hf_id: str
@@ -164,105 +171,144 @@ class ModelSpec:
             )
 
 
-def _models() -> dict[str, ModelSpec]:
-    specs = [
-        # config.json on Hugging Face, via shared/data/models.md (MHA: kv_heads == q_heads)
-        ModelSpec("meta-llama/Llama-2-7b-hf", "llama-2-7b", 32, 4096, 11008, 32, 32, 32000),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("meta-llama/Llama-2-70b-hf", "llama-2-70b", 80, 8192, 28672, 64, 8, 32000),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("meta-llama/Meta-Llama-3-8B", "llama-3-8b", 32, 4096, 14336, 32, 8, 128256),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("meta-llama/Meta-Llama-3-70B", "llama-3-70b", 80, 8192, 28672, 64, 8, 128256),
-        # config.json on Hugging Face, via shared/data/models.md (sliding window 4096)
-        ModelSpec(
-            "mistralai/Mistral-7B-v0.1",
-            "mistral-7b",
-            32,
-            4096,
-            14336,
-            32,
-            8,
-            32000,
-            sliding_window=4096,
-        ),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("Qwen/Qwen2-7B", "qwen2-7b", 28, 3584, 18944, 28, 4, 152064),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("Qwen/Qwen2-72B", "qwen2-72b", 80, 8192, 29568, 64, 8, 152064),
-        # config.json on Hugging Face, via shared/data/models.md (tied embeddings)
-        ModelSpec("Qwen/Qwen3-4B", "qwen3-4b", 36, 2560, 9728, 32, 8, 151936, tied_embeddings=True),
-        # config.json on Hugging Face, via shared/data/models.md
-        ModelSpec("Qwen/Qwen3-32B", "qwen3-32b", 64, 5120, 25600, 64, 8, 151936),
-        # config.json on Hugging Face, via shared/data/models.md (fine-tune of Qwen3-32B)
-        ModelSpec("agentica-org/DeepSWE-Preview", "deepswe", 64, 5120, 25600, 64, 8, 151936),
-        # config.json on Hugging Face, via shared/data/models.md (all 62 layers MoE)
-        ModelSpec(
-            "Qwen/Qwen3-Coder-480B-A35B-Instruct",
-            "qwen3-coder-480b",
-            62,
-            6144,
-            0,
-            96,
-            8,
-            151936,
-            experts=160,
-            top_k=8,
-            moe_intermediate=2560,
-            shared_experts=0,
-            dense_layers=0,
-        ),
-        # config.json on Hugging Face, via shared/data/models.md (GLM-4.5 355B-A32B
-        # architecture; first 3 layers dense, layers 4-92 MoE; MTP layer not counted)
-        ModelSpec(
-            "zai-org/GLM-4.7",
-            "glm-4.7",
-            92,
-            5120,
-            12288,
-            96,
-            8,
-            151552,
-            experts=160,
-            top_k=8,
-            moe_intermediate=1536,
-            shared_experts=1,
-            dense_layers=3,
-        ),
-    ]
-    return {s.alias: s for s in specs}
+#: The registry's models: one Hugging Face ``config.json`` (architecture fields only) per
+#: model, with its name, other accepted names and source under the ``_comem`` key.
+MODEL_CONFIG_DIR = Path(__file__).with_name("model_configs")
 
+#: Key of the registry's own metadata inside a committed config (transformers ignores it).
+_META_KEY = "_comem"
+
+
+def spec_from_config(config: dict[str, Any], hf_id: str, alias: str, where: str = "") -> ModelSpec:
+    """A :class:`ModelSpec` from a parsed Hugging Face config (see :mod:`calibration.hf_config`)."""
+    fields = architecture_from_config(config, where)
+    try:
+        return ModelSpec(hf_id=hf_id, alias=alias, **fields)
+    except ComemInputError as exc:
+        raise ComemInputError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def load_model_config(path: str | Path) -> ModelSpec:
+    """The model of a ``config.json`` file (or of a directory holding one).
+
+    Its name is the registry's when the file carries the ``_comem`` metadata; else the
+    ``_name_or_path`` transformers writes, else the path; the alias is the directory's name
+    for a ``config.json``, the file's stem otherwise.
+    """
+    p = Path(path)
+    data = read_config_file(p)
+    if p.is_dir():
+        p = p / "config.json"
+    meta = data.get(_META_KEY)
+    if isinstance(meta, dict) and isinstance(meta.get("alias"), str):
+        alias, hf_id = meta["alias"], str(meta.get("hf_id", meta["alias"]))
+    else:
+        name = p.parent.name if p.name == "config.json" and p.parent.name else p.stem
+        alias = name.lower()
+        named = data.get("_name_or_path")
+        hf_id = named if isinstance(named, str) and named else str(p)
+    return spec_from_config(data, hf_id, alias, str(p))
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """A registry model with the names it answers to and where its architecture comes from."""
+
+    spec: ModelSpec
+    source: str
+    also: tuple[str, ...]
+
+
+def _registry() -> dict[str, RegistryEntry]:
+    entries: dict[str, RegistryEntry] = {}
+    for path in sorted(MODEL_CONFIG_DIR.glob("*.json")):
+        spec = load_model_config(path)
+        meta = read_config_file(path)[_META_KEY]
+        entries[spec.alias] = RegistryEntry(spec, str(meta["source"]), tuple(meta.get("also", ())))
+    return entries
+
+
+#: Registry entries (spec, source, other names), keyed by alias.
+REGISTRY: dict[str, RegistryEntry] = _registry()
 
 #: Known models, keyed by alias.
-MODELS: dict[str, ModelSpec] = _models()
-
-#: Extra accepted names (lower case) -> alias.
-_MODEL_EXTRA_NAMES = {
-    "qwen/qwen3-4b-instruct-2507": "qwen3-4b",
-    "qwen3-4b-instruct-2507": "qwen3-4b",
-}
+MODELS: dict[str, ModelSpec] = {alias: e.spec for alias, e in REGISTRY.items()}
 
 
 def _model_index() -> dict[str, ModelSpec]:
     index: dict[str, ModelSpec] = {}
-    for spec in MODELS.values():
+    for entry in REGISTRY.values():
+        spec = entry.spec
         index[spec.alias.lower()] = spec
-        index[spec.hf_id.lower()] = spec
-        index.setdefault(spec.hf_id.split("/", 1)[1].lower(), spec)  # repo name without org
-    for extra, alias in _MODEL_EXTRA_NAMES.items():
-        index[extra] = MODELS[alias]
+        for name in (spec.hf_id, *entry.also):
+            index[name.lower()] = spec
+            index.setdefault(name.split("/", 1)[-1].lower(), spec)  # repo name without org
     return index
 
 
 _MODEL_INDEX = _model_index()
 
+#: Checkpoint suffixes that do not change the architecture: an FP8 checkpoint or an
+#: instruction-tuned model is priced as its base (the weight dtype is its own argument).
+_VARIANT_SUFFIXES = ("-fp8", "-instruct")
+
+
+def _hf_cache_config(hf_id: str) -> Path | None:
+    """``config.json`` of ``hf_id`` in the local Hugging Face hub cache, if it was downloaded.
+
+    The cache is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``;
+    the snapshot named by ``refs/main`` is preferred. Nothing is fetched from the network.
+    """
+    if hf_id.count("/") != 1 or any(part in ("", ".", "..") for part in hf_id.split("/")):
+        return None
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME") or os.path.join(Path.home(), ".cache", "huggingface"), "hub"
+    )
+    repo = Path(hub) / ("models--" + hf_id.replace("/", "--"))
+    if not repo.is_dir():
+        # the hub cache keeps the id's case; match it case-insensitively
+        want = repo.name.lower()
+        found = [d for d in repo.parent.glob("models--*") if d.name.lower() == want]
+        if not found:
+            return None
+        repo = found[0]
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        candidate = repo / "snapshots" / ref.read_text().strip() / "config.json"
+        if candidate.is_file():
+            return candidate
+    configs = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+    return configs[-1] if configs else None
+
 
 def get_model(name: str) -> ModelSpec:
-    """Look a model up by alias or Hugging Face id (case-insensitive)."""
-    spec = _MODEL_INDEX.get(_norm(str(name)))
-    if spec is None:
-        raise UnknownNameError(f"unknown model '{name}'; known: {', '.join(MODELS)}")
-    return spec
+    """Look a model up: alias, Hugging Face id (case-insensitive) or ``config.json`` path.
+
+    In order: the registry's names; a path to a ``config.json`` (or to a directory holding
+    one); the id's ``config.json`` in the local Hugging Face cache; the registry's names
+    again without an ``-FP8`` / ``-Instruct`` suffix.
+    """
+    raw = str(name).strip()
+    key = _norm(raw)
+    spec = _MODEL_INDEX.get(key)
+    if spec is not None:
+        return spec
+    if raw and (raw.endswith(".json") or os.path.isdir(raw) or os.path.isfile(raw)):
+        return load_model_config(raw)
+    cached = _hf_cache_config(raw)
+    if cached is not None:
+        fields_of = read_config_file(cached)
+        return spec_from_config(fields_of, raw, raw.split("/", 1)[1].lower(), str(cached))
+    stripped = key
+    for suffix in _VARIANT_SUFFIXES:
+        if stripped.endswith(suffix):
+            stripped = stripped[: -len(suffix)]
+            if stripped in _MODEL_INDEX:
+                return _MODEL_INDEX[stripped]
+    raise UnknownNameError(
+        f"unknown model '{name}'; known: {', '.join(MODELS)}; or the path of a Hugging Face"
+        " config.json"
+    )
 
 
 @dataclass(frozen=True)
@@ -307,13 +353,56 @@ GPUS: dict[str, GpuSpec] = {
 _GPU_EXTRA_NAMES = {"h100": "h100_sxm", "h200": "h200_sxm"}
 
 
+def load_gpu_file(path: str | Path) -> GpuSpec:
+    """A GPU described by a JSON file (the ``device.json`` of ``comem calibrate microbench``):
+    ``name``, ``memory_gib``, ``hbm_bandwidth_Bps``, ``peak_flops`` (per dtype), ``sm_count``
+    and optionally ``nvlink_Bps``; one clear line for anything missing or not positive."""
+    p = Path(path)
+    data = read_config_file(p)
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ComemInputError(f"{p}: 'name' must be a non-empty string")
+    numbers = {}
+    for key in ("memory_gib", "hbm_bandwidth_Bps", "sm_count"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ComemInputError(f"{p}: '{key}' must be a positive number, got {value!r}")
+        numbers[key] = value
+    peaks = data.get("peak_flops")
+    if (
+        not isinstance(peaks, dict)
+        or "bf16" not in peaks
+        or not all(
+            k in DTYPES and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            for k, v in peaks.items()
+        )
+    ):
+        raise ComemInputError(
+            f"{p}: 'peak_flops' must map bf16 (and optionally fp8) to positive FLOP/s"
+        )
+    nvlink = data.get("nvlink_Bps", 0.0)
+    if isinstance(nvlink, bool) or not isinstance(nvlink, int | float) or nvlink < 0:
+        raise ComemInputError(f"{p}: 'nvlink_Bps' must be a number >= 0, got {nvlink!r}")
+    return GpuSpec(
+        name=name,
+        memory_gib=float(numbers["memory_gib"]),
+        hbm_bandwidth_Bps=float(numbers["hbm_bandwidth_Bps"]),
+        peak_flops={k: float(v) for k, v in peaks.items()},
+        nvlink_Bps=float(nvlink),
+        sm_count=int(numbers["sm_count"]),
+    )
+
+
 def get_gpu(name: str) -> GpuSpec:
-    """Look a GPU up by name (case-insensitive; ``h100``, ``H100-SXM`` are accepted)."""
+    """Look a GPU up by name (case-insensitive; ``h100``, ``H100-SXM`` are accepted), or read
+    the JSON file of a device of one's own (see :func:`load_gpu_file`)."""
     key = _norm(str(name)).replace("-", "_").replace(" ", "_")
     key = _GPU_EXTRA_NAMES.get(key, key)
-    if key not in GPUS:
-        raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
-    return GPUS[key]
+    if key in GPUS:
+        return GPUS[key]
+    if str(name).strip().endswith(".json") or os.path.isfile(str(name).strip()):
+        return load_gpu_file(str(name).strip())
+    raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
 
 
 def fits_in_memory(

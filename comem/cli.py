@@ -351,6 +351,33 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
+    from calibration.microbench import run_microbench
+
+    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_microbench(args.out, device=args.device, quick=args.quick, progress=progress)
+    if args.json:
+        _print_json(
+            {
+                "out": str(result.out_dir),
+                "rows": result.rows,
+                "device": result.device,
+                "skipped": result.skipped,
+            }
+        )
+        return 0
+    dev = result.device
+    print(f"{dev['device']}: " + ", ".join(f"{op} {n} rows" for op, n in result.rows.items()))
+    peaks = ", ".join(f"{k} {v / 1e12:.3g} TFLOP/s" for k, v in dev["peak_flops"].items())
+    print(f"fastest GEMM: {peaks}; copy bandwidth {dev['hbm_bandwidth_Bps'] / 1e9:.4g} GB/s")
+    for note in result.skipped:
+        print(f"skipped: {note}")
+    print(
+        f"wrote {result.out_dir}; next: comem calibrate fit --kernels {result.out_dir} --out P.json"
+    )
+    return 0
+
+
 def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.latency import LatencyModel
     from calibration.profile import Profile
@@ -773,12 +800,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
-    from calibration.registry import GPUS, MODELS
+    from calibration.registry import GPUS, REGISTRY
 
     if args.what == "models":
-        for m in MODELS.values():
+        for entry in REGISTRY.values():
+            m = entry.spec
             kind = f"MoE {m.experts}x top-{m.top_k}" if m.is_moe else "dense"
-            print(f"{m.alias:18s} {m.hf_id:40s} {m.param_count() / 1e9:7.1f}B  {kind}")
+            print(
+                f"{m.alias:18s} {m.hf_id:36s} {m.param_count() / 1e9:7.1f}B  {kind:17s}"
+                f" source: {entry.source}"
+            )
     elif args.what == "gpus":
         for g in GPUS.values():
             print(
@@ -842,10 +873,26 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--out", help="directory (default: the package's profiles/)")
     bld.set_defaults(func=cmd_calibrate_build_defaults)
 
+    mb = cal_sub.add_parser(
+        "microbench",
+        help="time GEMMs and attention on this device with torch; write kernel tables",
+        description="Writes the kernel-table schema of the committed vLLM tables plus"
+        " device.json, for 'comem calibrate fit --kernels OUT'. Needs torch (extra 'serve').",
+    )
+    mb.add_argument("--out", required=True, help="directory for the tables and device.json")
+    mb.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    mb.add_argument("--quick", action="store_true", help="tiny shapes (seconds, for CPU/CI)")
+    mb.add_argument("--json", action="store_true", help="print the summary as JSON")
+    mb.set_defaults(func=cmd_calibrate_microbench)
+
     ps = sub.add_parser(
         "predict-static", help="predicted latency of one static batch (vLLM benchmark_latency)"
     )
-    ps.add_argument("--model", required=True, help="HF id or alias (see 'comem list models')")
+    ps.add_argument(
+        "--model",
+        required=True,
+        help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
+    )
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
     ps.add_argument("--dtype", default="bf16")

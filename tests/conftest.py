@@ -19,6 +19,12 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def shared_dir_or_none() -> Path | None:
+    """The ``shared/`` data checkout if present (tests that only add checks with it)."""
+    return find_shared()
+
+
+@pytest.fixture(scope="session")
 def kernel_dir(shared_dir: Path):
     def _dir(gpu: str) -> Path:
         d = shared_dir / "data" / "kernels" / gpu / "vllm-0.19.0"

@@ -28,6 +28,8 @@ PUBLISHED_B = {
     "llama-2-70b": 68.98,
     "llama-3-8b": 8.03,
     "llama-3-70b": 70.6,
+    "llama-3.1-8b": 8.03,
+    "llama-3.1-70b": 70.6,
     "mistral-7b": 7.24,
     "qwen2-7b": 7.62,
     "qwen2-72b": 72.7,
@@ -35,6 +37,7 @@ PUBLISHED_B = {
     "qwen3-32b": 32.8,
     "deepswe": 32.8,
     "qwen3-coder-480b": 480.0,
+    "qwen3-235b-a22b": 235.0,
     "glm-4.7": 355.0,  # includes the MTP layer, which param_count() leaves out
 }
 

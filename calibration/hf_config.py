@@ -1,0 +1,260 @@
+"""Read a Hugging Face ``config.json`` into the architecture fields of a :class:`ModelSpec`.
+
+The registry's own models are such configs (``calibration/model_configs/``), and a user's model
+is one too, so one parser prices both. Only what the latency model needs is read: layer count,
+widths, heads, vocabulary, tied embeddings, and the MoE layout (routed / shared experts, which
+layers are sparse). A config with an attention the latency model cannot price (multi-head
+latent attention, hybrid or linear attention, sliding windows on some layers only) is refused
+with the field that says so, rather than priced as plain attention.
+
+Field names and their meaning follow the ``transformers`` configuration classes of each family
+(Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, DeepSeek-V2/V3, GLM-4.5), as listed
+in ``shared/data/models.md``. Returns plain data: this module knows nothing of ModelSpec, so the
+registry depends on it and not the other way round.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from calibration.errors import ComemInputError
+
+#: Fields whose presence (non-null) means an attention the latency model does not price.
+_UNPRICED_FIELDS = {
+    "kv_lora_rank": "multi-head latent attention (MLA)",
+    "q_lora_rank": "multi-head latent attention (MLA)",
+    "attention_chunk_size": "chunked local attention",
+    "linear_num_value_heads": "linear attention layers",
+    "full_attention_interval": "hybrid linear/full attention",
+    "attn_layer_period": "hybrid Mamba/attention layers",
+    "hybrid_override_pattern": "hybrid Mamba/attention layers",
+    "layers_block_type": "hybrid Mamba/attention layers",
+    "mamba_d_state": "Mamba (state-space) layers",
+    "ssm_state_size": "Mamba (state-space) layers",
+}
+
+#: model_type values of state-space / recurrent models that carry none of the fields above.
+_UNPRICED_MODEL_TYPES = {"mamba", "mamba2", "rwkv", "recurrent_gemma", "xlstm"}
+
+
+def _where(where: str, name: str) -> str:
+    return f"{where}: {name}" if where else name
+
+
+def _int_field(
+    cfg: Mapping[str, Any], name: str, where: str, default: int | None = None, minimum: int = 1
+) -> int:
+    value = cfg.get(name)
+    if value is None:
+        if default is None:
+            raise ComemInputError(f"{_where(where, name)} is missing")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ComemInputError(f"{_where(where, name)} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ComemInputError(f"{_where(where, name)} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_priceable(cfg: Mapping[str, Any], where: str) -> None:
+    for name, what in _UNPRICED_FIELDS.items():
+        if cfg.get(name) not in (None, 0, [], ""):
+            raise ComemInputError(
+                f"{_where(where, name)} is set: {what} is not priced by the latency model"
+            )
+    model_type = cfg.get("model_type")
+    if isinstance(model_type, str) and model_type.lower() in _UNPRICED_MODEL_TYPES:
+        raise ComemInputError(
+            f"{_where(where, 'model_type')} '{model_type}': a state-space/recurrent model is"
+            " not priced by the latency model"
+        )
+
+
+def _sliding_window(cfg: Mapping[str, Any], layers: int, where: str) -> int | None:
+    """The attention window of every layer, or None for full attention everywhere.
+
+    Used when ``sliding_window`` is set unless ``use_sliding_window`` is false (Mistral-7B
+    sets only the former; Qwen2/Qwen3 set a window but switch it off). A window on some
+    layers only (``layer_types`` mixing kinds, Qwen2's ``max_window_layers`` below the layer
+    count) is hybrid attention, refused.
+    """
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or len(layer_types) != layers:
+            raise ComemInputError(
+                f"{_where(where, 'layer_types')} must list one kind per layer ({layers})"
+            )
+        kinds = set(layer_types)
+        if kinds - {"full_attention", "sliding_attention"}:
+            other = sorted(str(k) for k in kinds - {"full_attention", "sliding_attention"})
+            raise ComemInputError(
+                f"{_where(where, 'layer_types')} has {', '.join(other)} layers: not priced by"
+                " the latency model"
+            )
+        if kinds == {"full_attention", "sliding_attention"}:
+            n = layer_types.count("sliding_attention")
+            raise ComemInputError(
+                f"{_where(where, 'layer_types')} mixes {n} sliding-window and {layers - n}"
+                " full-attention layers (hybrid attention): not priced by the latency model"
+            )
+        if kinds == {"full_attention"}:
+            return None
+    window = cfg.get("sliding_window")
+    if window is None or cfg.get("use_sliding_window") is False:
+        return None
+    window = _int_field(cfg, "sliding_window", where)
+    if "max_window_layers" in cfg and cfg.get("use_sliding_window") is True:
+        # Qwen2 (transformers): layer i uses the window iff i >= max_window_layers.
+        first = _int_field(cfg, "max_window_layers", where, minimum=0)
+        if first >= layers:
+            return None
+        if first > 0:
+            raise ComemInputError(
+                f"{_where(where, 'max_window_layers')} = {first} puts a sliding window on"
+                f" {layers - first} of {layers} layers (hybrid attention): not priced by the"
+                " latency model"
+            )
+    return window
+
+
+def _moe_layer_count(cfg: Mapping[str, Any], layers: int, where: str) -> int:
+    """How many layers are mixture-of-experts layers (the rest are dense)."""
+    if "first_k_dense_replace" in cfg or "moe_layer_freq" in cfg:
+        # DeepSeek-V2/V3, GLM-4.5: layer i is MoE iff i >= k and i % freq == 0.
+        first = _int_field(cfg, "first_k_dense_replace", where, default=0, minimum=0)
+        freq = _int_field(cfg, "moe_layer_freq", where, default=1)
+        return sum(1 for i in range(layers) if i >= first and i % freq == 0)
+    if "decoder_sparse_step" in cfg or "mlp_only_layers" in cfg:
+        # Qwen2-MoE, Qwen3-MoE: layer i is MoE iff it is not listed in mlp_only_layers and
+        # (i + 1) % decoder_sparse_step == 0.
+        step = _int_field(cfg, "decoder_sparse_step", where, default=1)
+        only = cfg.get("mlp_only_layers") or []
+        if not isinstance(only, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in only
+        ):
+            raise ComemInputError(f"{_where(where, 'mlp_only_layers')} must be a list of integers")
+        dense = set(only)
+        return sum(1 for i in range(layers) if i not in dense and (i + 1) % step == 0)
+    return layers
+
+
+def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Map a Hugging Face config to ModelSpec's architecture fields (no hf_id / alias).
+
+    Raises :class:`ComemInputError` naming the field for a missing or bad field and for an
+    architecture the latency model does not price. Multimodal configs are read through their
+    ``text_config`` (the language model; a vision encoder is not priced).
+    """
+    if not isinstance(cfg, Mapping):
+        raise ComemInputError(f"{where or 'config'}: a config.json holds a JSON object")
+    text = cfg.get("text_config")
+    if "num_hidden_layers" not in cfg and isinstance(text, Mapping):
+        cfg = text
+        where = _where(where, "text_config")
+    _check_priceable(cfg, where)
+    layers = _int_field(cfg, "num_hidden_layers", where)
+    hidden = _int_field(cfg, "hidden_size", where)
+    q_heads = _int_field(cfg, "num_attention_heads", where)
+    # transformers: a missing num_key_value_heads means multi-head attention
+    kv_heads = _int_field(cfg, "num_key_value_heads", where, default=q_heads)
+    if q_heads % kv_heads:
+        raise ComemInputError(
+            f"{_where(where, 'num_key_value_heads')} ({kv_heads}) must divide"
+            f" num_attention_heads ({q_heads})"
+        )
+    if cfg.get("head_dim") is None and hidden % q_heads:
+        raise ComemInputError(
+            f"{_where(where, 'num_attention_heads')} ({q_heads}) does not divide hidden_size"
+            f" ({hidden}) and there is no head_dim"
+        )
+    head_dim = _int_field(cfg, "head_dim", where, default=hidden // q_heads)
+    vocab = _int_field(cfg, "vocab_size", where)
+    tied = cfg.get("tie_word_embeddings", False)
+    if not isinstance(tied, bool):
+        raise ComemInputError(
+            f"{_where(where, 'tie_word_embeddings')} must be true or false, got {tied!r}"
+        )
+    window = _sliding_window(cfg, layers, where)
+
+    experts_field = next(
+        (f for f in ("num_experts", "n_routed_experts", "num_local_experts") if cfg.get(f)), None
+    )
+    experts = moe_layers = top_k = moe_inter = shared = 0
+    if experts_field is not None:
+        experts = _int_field(cfg, experts_field, where)
+        moe_layers = _moe_layer_count(cfg, layers, where)
+    if moe_layers:
+        top_k = _int_field(cfg, "num_experts_per_tok", where)
+        if top_k > experts:
+            raise ComemInputError(
+                f"{_where(where, 'num_experts_per_tok')} ({top_k}) exceeds {experts_field}"
+                f" ({experts})"
+            )
+        if experts_field == "num_local_experts" and "moe_intermediate_size" not in cfg:
+            # Mixtral: every layer is MoE and the experts have the FFN's width.
+            moe_inter = _int_field(cfg, "intermediate_size", where)
+        else:
+            moe_inter = _int_field(cfg, "moe_intermediate_size", where)
+        shared = _int_field(cfg, "n_shared_experts", where, default=0, minimum=0)
+        width = cfg.get("shared_expert_intermediate_size")
+        if width:
+            # Qwen2-MoE: one shared expert of its own width, priced as width / moe_inter
+            # experts of the routed width.
+            width = _int_field(cfg, "shared_expert_intermediate_size", where)
+            if width % moe_inter:
+                raise ComemInputError(
+                    f"{_where(where, 'shared_expert_intermediate_size')} ({width}) is not a"
+                    f" multiple of moe_intermediate_size ({moe_inter}): not priced"
+                )
+            shared += width // moe_inter
+    else:
+        experts = 0
+    dense_layers = layers - moe_layers
+    intermediate = _int_field(cfg, "intermediate_size", where) if dense_layers else 0
+    return {
+        "layers": layers,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "q_heads": q_heads,
+        "kv_heads": kv_heads,
+        "vocab": vocab,
+        "head_dim": head_dim,
+        "tied_embeddings": tied,
+        "sliding_window": window,
+        "experts": experts,
+        "top_k": top_k,
+        "moe_intermediate": moe_inter,
+        "shared_experts": shared,
+        "dense_layers": dense_layers,
+    }
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``config.json`` (or a directory holding one) as a JSON object.
+
+    One clear :class:`ComemInputError` line for a missing file, bytes that are not UTF-8, text
+    that is not JSON, or JSON that is not an object.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise ComemInputError(f"{p}: model config file does not exist")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ComemInputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ComemInputError(
+            f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ComemInputError(f"{p}: a config.json holds a JSON object, got {type(data).__name__}")
+    return data
