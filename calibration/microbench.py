@@ -522,7 +522,8 @@ def _run_plan(
         frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=_ALLREDUCE_COLUMNS)
         frame.to_parquet(out / fname, index=False)
         rows_written[op] = len(frame)
-    bf16_peak = max(2.0 * r["m"] * r["n"] * r["k"] / (r["latency"] * 1e-3) for r in gemm_rows)
+    bf16 = [r for r in gemm_rows if r["gemm_dtype"] != "fp8"]
+    bf16_peak = max(2.0 * r["m"] * r["n"] * r["k"] / (r["latency"] * 1e-3) for r in bf16)
     peaks = {"bf16": bf16_peak}
     fp8 = [r for r in gemm_rows if r["gemm_dtype"] == "fp8"]
     if fp8:
