@@ -191,8 +191,14 @@ def build_report(
     from calibration.fit import e2e_costs, e2e_errors, load_e2e
 
     prof = profile if profile is not None else default_profile(gpu, dtype)
-    if kernels is not None and not Path(kernels).is_dir():  # fail before the slow parts
-        raise KernelDataError(f"{kernels}: kernel directory does not exist")
+    if kernels is not None:  # fail on a missing or bad table before the slow parts
+        if not Path(kernels).is_dir():
+            raise KernelDataError(f"{kernels}: kernel directory does not exist")
+        from calibration.kernels import KERNEL_FILES
+
+        for fname, _ in KERNEL_FILES.values():
+            if not (Path(kernels) / fname).is_file():
+                raise KernelDataError(f"{Path(kernels) / fname}: kernel file is missing")
     report = CalibrationReport(prof.gpu, prof.dtype)
     report.ops = _op_rows(prof)
     report.notes.extend(prof.provenance.get("notes", []))

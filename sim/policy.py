@@ -44,6 +44,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, field_validator
 
+from calibration.inputs import TokensOrZero
+
 # --- the task a policy runs ---------------------------------------------------------------
 
 
@@ -189,13 +191,20 @@ class PolicyParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the context policy: fc, cp, sm, kso or kso-authors (see the README's table)
     kind: str
+    #: a summary every k steps (cp, sm, kso)
     k: PositiveInt = 4
+    #: steps from a summary's launch to its swap (kso)
     lag: NonNegativeInt = 1
+    #: raw steps kept after the summary when the context restarts (kso-authors: their R)
     retain: NonNegativeInt = 4
+    #: prefill the context a summary brings as soon as it is ready (kso)
     pre_warm: bool = False
+    #: a summary not ready at its swap: wait for it (a stall) or skip it (kso)
     late_policy: Literal["wait", "skip"] = "wait"
-    summary_prompt_tokens: NonNegativeInt = 64  # the summarize instruction
+    #: tokens of the summarize instruction appended to a summary prompt
+    summary_prompt_tokens: TokensOrZero = 64
 
     @field_validator("kind")
     @classmethod

@@ -17,16 +17,16 @@ scenario's seed).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from calibration.errors import ComemInputError
+from calibration.inputs import MAX_SECONDS, MAX_TOKENS, Rate, Tokens
 from sim.policy import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -49,9 +49,9 @@ def default_steps_file() -> Path | None:
 @lru_cache(maxsize=4)
 def load_steps(path: str) -> pd.DataFrame:
     """Read and clean a steps CSV (one row per LLM call)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: agent-steps file does not exist")
+    from calibration.inputs import input_file
+
+    p = input_file(path, "agent-steps")
     needed = [
         "source",
         "trajectory_id",
@@ -65,8 +65,8 @@ def load_steps(path: str) -> pd.DataFrame:
     ]
     try:
         frame = pd.read_csv(p, usecols=needed)
-    except ValueError as exc:
-        raise ComemInputError(f"{p}: {exc}") from None
+    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError included
+        raise ComemInputError(f"{p}: not a steps CSV ({exc})") from None
     obs = frame["observation_tokens_derived"].fillna(frame["observation_tokens_est_chars4"])
     return frame.assign(
         observation=obs.clip(lower=0).round().astype(int),
@@ -83,20 +83,26 @@ class _Strict(BaseModel):
 class AgentLoad(_Strict):
     """What every workload shares: how many agents, tasks and summary tokens."""
 
+    #: concurrent agents (closed loop)
     agents: PositiveInt = 16
+    #: tasks each agent runs, one after the other
     tasks_per_agent: PositiveInt = 1
     #: tasks per second arriving as a Poisson process (open loop); None: closed loop,
     #: each of ``agents`` runs its ``tasks_per_agent`` tasks back to back
-    arrival_rate_per_s: PositiveFloat | None = None
-    summary_tokens: PositiveInt = 2048
+    arrival_rate_per_s: Rate | None = None
+    #: tokens a summary decodes
+    summary_tokens: Tokens = 2048
 
 
 class TraceWorkload(AgentLoad):
     """Replay real SWE-bench agent trajectories (needs the steps CSV)."""
 
     kind: Literal["trace"] = "trace"
-    path: str | None = None  # default: shared/data/workloads/swebench_agent_steps.csv.gz
+    #: the steps CSV (default: shared/data/workloads/swebench_agent_steps.csv.gz)
+    path: str | None = None
+    #: which agents' trajectories to replay (the CSV's source column)
     sources: list[str] = [DEFAULT_SOURCE]
+    #: a trajectory is cut after this many steps
     max_steps: PositiveInt = 40
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
@@ -199,23 +205,54 @@ def fit_workload(path: str | Path, sources: list[str] | None = None) -> dict[str
     }
 
 
+class FittedVariable(BaseModel):
+    """One fitted quantity: log-normal ``mu``, ``sigma`` of the positive values, the
+    fraction of zeros (and, for ``kept_fraction``, of ones). Other keys (n, ks, median)
+    are the fit's record and are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    #: log-space mean; e^25 is 7e10, above every quantity drawn (draws are capped anyway)
+    mu: float = Field(ge=-25.0, le=25.0, allow_inf_nan=False)
+    sigma: float = Field(ge=0.0, le=10.0, allow_inf_nan=False)
+    zero_fraction: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    one_fraction: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class FittedFile(BaseModel):
+    """A fitted-workload file (:func:`fit_workload`'s payload)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    variables: dict[str, FittedVariable]
+
+
 @lru_cache(maxsize=2)
 def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
+    """Read and check a fitted-workload file; one line naming the first defect."""
+    from calibration.inputs import read_json, validate
+
     p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: fitted-workload file does not exist")
-    data: dict[str, Any] = json.loads(p.read_text())
-    missing = [v for v in FITTED_VARIABLES if v not in data.get("variables", {})]
+    data = read_json(p, "fitted-workload")
+    if not isinstance(data, dict):
+        raise ComemInputError(
+            f"{p}: a fitted-workload file is a JSON object, got {type(data).__name__}"
+        )
+    variables = data.get("variables")
+    if not isinstance(variables, dict):
+        raise ComemInputError(f"{p}: 'variables' must map names to fitted distributions")
+    missing = [v for v in FITTED_VARIABLES if v not in variables]
     if missing:
         raise ComemInputError(f"{p}: lacks fitted variable(s) {', '.join(missing)}")
-    return data
+    validate(FittedFile, data, str(p))
+    return dict(data)
 
 
 def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarray:
     x = rng.lognormal(spec["mu"], spec["sigma"], size)
     u = rng.random(size)
     x = np.where(u < spec["zero_fraction"], 0.0, x)
-    if "one_fraction" in spec:
+    if spec.get("one_fraction") is not None:
         x = np.where(rng.random(size) < spec["one_fraction"], 1.0, np.minimum(x, 1.0))
     return x
 
@@ -224,21 +261,25 @@ class FittedWorkload(AgentLoad):
     """Tasks sampled from distributions fitted to the SWE-bench traces (committed)."""
 
     kind: Literal["fitted"] = "fitted"
-    path: str | None = None  # default: the committed sim/data/swebench_fitted.json
+    #: the fitted-distribution JSON (default: the committed sim/data/swebench_fitted.json)
+    path: str | None = None
+    #: drawn step counts are capped at this
     max_steps: PositiveInt = 40
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         fit = load_fitted(self.path or str(FITTED_FILE))["variables"]
+        # a fit's far tail may draw past what a field may hold: cap it there
+        cap = float(MAX_TOKENS)
         out = []
         for _ in range(self.agents):
             own = []
             for _ in range(self.tasks_per_agent):
                 n = int(np.clip(np.round(_draw(fit["steps"], rng, 1)[0]), 1, self.max_steps))
-                obs = np.round(_draw(fit["observation"], rng, n)).astype(int)
-                comp = np.maximum(1, np.round(_draw(fit["completion"], rng, n))).astype(int)
+                obs = np.round(np.minimum(_draw(fit["observation"], rng, n), cap)).astype(int)
+                comp = np.clip(np.round(_draw(fit["completion"], rng, n)), 1, cap).astype(int)
                 frac = np.clip(_draw(fit["kept_fraction"], rng, n), 0.0, 1.0)
-                tool = _draw(fit["tool_s"], rng, n)
-                system = max(1, int(round(_draw(fit["system"], rng, 1)[0])))
+                tool = np.minimum(_draw(fit["tool_s"], rng, n), MAX_SECONDS)
+                system = int(np.clip(np.round(_draw(fit["system"], rng, 1)[0]), 1, cap))
                 steps = tuple(
                     Step(
                         observation=int(obs[i - 1]) if i else 0,
@@ -294,7 +335,7 @@ def plot_fitted(steps_csv: str | Path, payload: dict[str, Any], out: str | Path)
         ax.set_xlabel(f"log10 {units[name]}")
         ax.set_ylabel("density of log10 x")
         title = f"{name}: KS {spec['ks']:.3f}, zeros {spec['zero_fraction']:.1%}"
-        if "one_fraction" in spec:
+        if spec.get("one_fraction") is not None:
             title += f", ones {spec['one_fraction']:.1%}"
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)

@@ -1,0 +1,325 @@
+"""Reading a user's files and checking where outputs go: one clear line for every defect.
+
+Every input file of comem-sim (scenario, sweep and grid TOML, profile and workload JSON,
+measurement CSV) is read through here, so each defect reads the same wherever it
+happens: a missing file, a directory or a device where a file was expected, bytes that
+are not UTF-8, text that does not parse, nesting deep enough to exhaust Python's stack,
+an empty file. :func:`validate` turns a pydantic error into one line naming the field
+(with a "did you mean" for a misspelt one). The output checks run before any work, so
+a long run never ends in a traceback because its results cannot be written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import stat
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
+
+from calibration.errors import ComemInputError
+
+#: An input file larger than this is refused before it is read (the largest file the
+#: project reads is a measurement CSV of a few MB; /dev/zero is refused earlier).
+MAX_INPUT_BYTES = 256 << 20
+
+#: JSON or TOML nested deeper than this is refused (no comem input nests past 6; Python
+#: parsers and deep copies run out of stack near 1000).
+MAX_NESTING = 64
+
+
+# --- field types shared by every input model ------------------------------------------
+
+#: The longest span a seconds field may hold: 10^6 s (11.6 days). Simulated clocks are
+#: float64; past ~10^9 s they lose the microseconds iteration times are made of, and a
+#: tool call or think time of weeks is a typo, not an agent.
+MAX_SECONDS = 1e6
+#: The most tokens a token-count field may hold: 10^9, beyond every model's context
+#: (a request longer than ``max_model_len`` is rejected anyway); larger counts only
+#: overflow 64-bit sums.
+MAX_TOKENS = 10**9
+
+#: A finite duration in seconds, 0 to :data:`MAX_SECONDS`.
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)]
+#: A finite rate per second whose mean gap fits :data:`MAX_SECONDS`.
+Rate = Annotated[float, Field(ge=1.0 / MAX_SECONDS, allow_inf_nan=False)]
+#: A token count, 1 to :data:`MAX_TOKENS`.
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+#: A token count, 0 to :data:`MAX_TOKENS`.
+TokensOrZero = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+#: A name printed in tables and one-line messages: no control characters (a newline
+#: would break the line), at most 200 characters.
+Name = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=200)]
+
+
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file; else one line saying what it is instead."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ComemInputError(f"{p}: {what} file does not exist") from None
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ComemInputError(f"{p}: is a directory, expected a {what} file")
+    if not stat.S_ISREG(mode):
+        raise ComemInputError(f"{p}: not a regular file (a device or pipe), expected a {what} file")
+    size = p.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise ComemInputError(
+            f"{p}: {size / 2**20:.0f} MiB, too large for a {what} file"
+            f" (limit {MAX_INPUT_BYTES >> 20} MiB)"
+        )
+    return p
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    p = input_file(path, what)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A file's UTF-8 text (a leading byte-order mark is dropped)."""
+    raw = read_bytes(path, what)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ComemInputError(
+            f"{path}: not UTF-8 text (byte {exc.start}); a {what} file is UTF-8 text"
+        ) from None
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            return depth
+        stack.extend((c, depth) for c in children)
+    return deepest
+
+
+def _check_nesting(value: Any, where: str) -> Any:
+    if nesting_depth(value) > MAX_NESTING:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep")
+    return value
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text (a file's or a command-line value's); ``where`` names it in errors."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ComemInputError(
+            f"{where}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    return _check_nesting(value, where)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's value; one clear line if it cannot be read or parsed."""
+    return parse_json(read_text(path, what), str(path))
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's table; one clear line if it is missing, not TOML, or empty (an empty
+    file is far more often a mistake than a wish for every default)."""
+    text = read_text(path, what)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ComemInputError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ComemInputError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
+    if not data:
+        hint = (
+            '; to run every default on purpose, write one setting, e.g. name = "defaults"'
+            if what == "scenario"
+            else ""
+        )
+        raise ComemInputError(f"{path}: the {what} file is empty (no settings){hint}")
+    return _check_nesting(data, str(path))
+
+
+# --- validation -------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional, unions, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out.extend(_models_in(arg))
+    return out
+
+
+def _models_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The models that may sit at ``path`` (a pydantic error location) below ``model``."""
+    models = [model]
+    for part in path:
+        if isinstance(part, int):
+            continue
+        found: list[type[BaseModel]] = []
+        for m in models:
+            if part in m.model_fields:
+                found.extend(_models_in(m.model_fields[part].annotation))
+        if not found:  # a discriminated union puts the chosen member's tag in the path
+            found = [
+                m
+                for m in models
+                if "kind" in m.model_fields and m.model_fields["kind"].default == part
+            ]
+        if not found:
+            return []
+        models = found
+    return models
+
+
+def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'agents'?"`` for a misspelt field at ``loc``, else ``""``."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    names = sorted({n for m in _models_at(model, loc[:-1]) for n in m.model_fields})
+    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if names and len(names) <= 12:
+        return f"; known: {', '.join(names)}"
+    return ""
+
+
+def validate(
+    model: type[M], data: Any, where: str = "", union_tags: frozenset[str] = frozenset()
+) -> M:
+    """Validate ``data`` into ``model``; the first error as one line naming the field.
+
+    ``union_tags``: tags of discriminated unions, left out of the field path (pydantic
+    puts the chosen member's tag there: ``workload.synthetic.agents``).
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        err = errors[0]
+        loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
+        field = f"{where}: {loc}" if where and loc else (where or loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(model, tuple(err["loc"]))
+            msg = f"{field}: unknown field{hint}"
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
+            msg = f"{field}: {err['msg']}{shown}"
+        more = len(errors) - 1
+        extra = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        raise ComemInputError(f"{msg}{extra}") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make ``path`` (a directory) and prove a file can be written in it; fail before a
+    long run, not after it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".comem-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise ComemInputError(f"{flag} {path}: is a file, expected a directory") from None
+    except OSError as exc:
+        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+    return p
+
+
+def writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check that ``path`` (a file to write) can be written, without writing it: its
+    directory is made and probed, and it is not a directory itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise ComemInputError(f"{flag} {path}: is a directory, expected a file name")
+    writable_dir(p.parent if str(p.parent) else ".", flag)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ComemInputError(f"{flag} {path}: cannot write there (permission denied)")
+    return p
+
+
+def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> None:
+    """Measurements are expensive (GPU hours): refuse to replace an existing file unless
+    ``force`` (the CLI's ``--force``)."""
+    if force:
+        return
+    for p in paths:
+        if p.exists():
+            raise ComemInputError(
+                f"{flag}: {p} already exists and measurements are never overwritten;"
+                " choose another path, or pass --force to replace it"
+            )
+
+
+def write_text(path: str | Path, text: str, what: str) -> Path:
+    """Write a file; an OS error (disk full, permissions) is one line."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot write the {what} ({exc.strerror})") from None
+    return p
+
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_NESTING",
+    "MAX_SECONDS",
+    "MAX_TOKENS",
+    "Name",
+    "Rate",
+    "Seconds",
+    "Tokens",
+    "TokensOrZero",
+    "did_you_mean",
+    "input_file",
+    "nesting_depth",
+    "parse_json",
+    "read_bytes",
+    "read_json",
+    "read_text",
+    "read_toml",
+    "refuse_overwrite",
+    "validate",
+    "writable_dir",
+    "writable_file",
+    "write_text",
+]
