@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import stat
 import tomllib
@@ -20,7 +21,14 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from calibration.errors import ComemInputError
 
@@ -55,6 +63,39 @@ TokensOrZero = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 #: A name printed in tables and one-line messages: no control characters (a newline
 #: would break the line), at most 200 characters.
 Name = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=200)]
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field annotation holds ints or floats (and not booleans)."""
+    found: set[type] = set()
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if a in (int, float, bool):
+            found.add(a)
+        stack.extend(typing.get_args(a))
+    return bool(found & {int, float}) and bool not in found
+
+
+class InputModel(BaseModel):
+    """Base of every model read from a user's file or command line: an unknown field is
+    an error, and a number field refuses ``true``/``false`` (pydantic would read them
+    as 1 and 0: ``agents = true`` is a typo, not one agent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is None or not _takes_number(field.annotation):
+                    continue
+                items = value if isinstance(value, list) else [value]
+                if any(isinstance(v, bool) for v in items):
+                    raise ValueError(f"{name} must be a number, got {json.dumps(value)}")
+        return data
 
 
 def input_file(path: str | Path, what: str) -> Path:
@@ -160,6 +201,56 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         )
         raise ComemInputError(f"{path}: the {what} file is empty (no settings){hint}")
     return _check_nesting(data, str(path))
+
+
+def numeric_column(
+    frame: Any,
+    column: str,
+    where: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    whole: bool = False,
+    nullable: bool = False,
+) -> Any:
+    """A CSV column as numbers, checked: every value a (whole) number in [low, high],
+    empty cells allowed only if ``nullable``; else one line naming the file, the row
+    (1-based, after the header) and the value. ``frame`` is a pandas DataFrame."""
+    import pandas as pd
+
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    present = values.notna()
+    bad = (~present & raw.notna()) | (present & ~((values >= low) & (values <= high)))
+    if not nullable:
+        bad |= ~present
+    if whole:
+        bad |= present & (values != values.round())
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        label = frame.index[i]  # a row of a subset keeps its file row in the index
+        row = int(label) + 2 if isinstance(label, int) or hasattr(label, "__index__") else i + 2
+        value = raw.iloc[i]
+        value = value.item() if hasattr(value, "item") else value  # a numpy scalar
+        kind = "a whole number" if whole else "a number"
+        if not pd.notna(values.iloc[i]) and pd.notna(value):  # text where a number goes
+            raise ComemInputError(
+                f"{where}:{row}: column '{column}' is not a number (got {value!r})"
+            )
+        span = (
+            f" in [{_bound(low)}, {_bound(high)}]" if (low, high) != (-math.inf, math.inf) else ""
+        )
+        empty = " or empty" if nullable else ""
+        raise ComemInputError(
+            f"{where}:{row}: column '{column}' must be {kind}{span}{empty} (got {value!r})"
+        )
+    return values
+
+
+def _bound(x: float) -> str:
+    if not math.isfinite(x):
+        return "-inf" if x < 0 else "inf"
+    return f"{int(x):,}" if x == int(x) else f"{x:g}"
 
 
 # --- validation -------------------------------------------------------------------------
@@ -309,8 +400,10 @@ __all__ = [
     "Seconds",
     "Tokens",
     "TokensOrZero",
+    "InputModel",
     "did_you_mean",
     "input_file",
+    "numeric_column",
     "nesting_depth",
     "parse_json",
     "read_bytes",

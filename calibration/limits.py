@@ -41,9 +41,12 @@ AGENT_STEPS = Budget(200_000, "simulated agent steps")
 SCHEDULED = Budget(50_000_000, "request-schedulings (agent steps x requests running at once)")
 #: simulated requests of one engine-sim or bench-serve run
 REQUESTS = Budget(500_000, "simulated requests")
-#: engine iterations simulated one at a time (``stepping = "iteration"``, the
-#: measured-profile fit's replay)
+#: scheduler iterations the measured-profile fit replays one by one
 ITERATIONS = Budget(2_000_000, "engine iterations stepped one by one")
+#: tokens decoded with ``stepping = "iteration"``: each is part of a SimPy step that
+#: walks the running batch (the paper's benchmark at 64 agents, 8.4 million, takes
+#: about 15 s)
+ITERATION_TOKENS = Budget(20_000_000, "tokens decoded one iteration at a time")
 #: scheduler iterations of a static batch (decode runs are priced in bulk)
 STATIC_ITERATIONS = Budget(20_000_000, "scheduler iterations")
 #: sequences a scheduler replay holds at once (static batch, a fit's waves)
@@ -101,6 +104,7 @@ __all__ = [
     "AGENT_STEPS",
     "ALLOW_LARGE_ENV",
     "ITERATIONS",
+    "ITERATION_TOKENS",
     "LIVE_CONCURRENCY",
     "LIVE_REQUESTS",
     "LIVE_WAVE_TOKENS",

@@ -352,7 +352,7 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     """The profiler's CSV, checked; one clear line (file and row) for the first defect:
     a missing column, a count that is no whole number in range, an 'ok' request whose
     times are not finite and positive (a negative inter-token latency included)."""
-    from calibration.inputs import MAX_TOKENS, input_file
+    from calibration.inputs import MAX_TOKENS, input_file, numeric_column
 
     p = input_file(path, "measurements")
     try:
@@ -367,41 +367,20 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
             f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
         )
 
-    def fail(bad: pd.Series, col: str, message: str) -> None:
-        if bad.any():
-            i = int(bad.to_numpy().nonzero()[0][0])
-            value = frame[col].iloc[i]
-            value = value.item() if hasattr(value, "item") else value  # numpy scalar
-            raise ComemInputError(f"{p}:{i + 2}: {message} (got {value!r})")
-
     for col in [*REQUIRED_COLUMNS, "cached_tokens"]:
         if col == "status" or col not in frame.columns:
             continue
-        values = pd.to_numeric(frame[col], errors="coerce")
         if col in _WHOLE_COLUMNS:
-            fail(values.isna(), col, f"column '{col}' is not a number")
-            low = _WHOLE_COLUMNS[col]
-            fail(
-                (values < low) | (values > MAX_TOKENS) | (values != values.round()),
-                col,
-                f"column '{col}' must be a whole number in [{low}, {MAX_TOKENS:,}]",
+            frame[col] = numeric_column(
+                frame, col, str(p), low=_WHOLE_COLUMNS[col], high=MAX_TOKENS, whole=True
             )
-        else:
-            fail(values.isna() & frame[col].notna(), col, f"column '{col}' is not a number")
-        frame[col] = values
-    ok = frame["status"] == "ok"
+        else:  # times: empty for a failed request
+            frame[col] = numeric_column(frame, col, str(p), nullable=True)
+    # an 'ok' request's times are finite and positive (its ITL may be empty: one token)
+    ok = frame[frame["status"] == "ok"]
     for col in ("ttft_s", "e2e_s"):
-        fail(
-            ok & ~((frame[col] >= MIN_MEASURED_S) & (frame[col] <= MAX_MEASURED_S)),
-            col,
-            f"an 'ok' request needs a finite {col} in [{MIN_MEASURED_S:g}, {MAX_MEASURED_S:g}] s",
-        )
-    itl = frame["mean_itl_s"]
-    fail(
-        ok & itl.notna() & ~((itl >= 0) & (itl <= MAX_MEASURED_S)),
-        "mean_itl_s",
-        "an 'ok' request's mean_itl_s must be finite and >= 0 (or empty)",
-    )
+        numeric_column(ok, col, str(p), low=MIN_MEASURED_S, high=MAX_MEASURED_S)
+    numeric_column(ok, "mean_itl_s", str(p), low=0.0, high=MAX_MEASURED_S, nullable=True)
     return frame
 
 

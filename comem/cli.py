@@ -62,8 +62,8 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    if not 0.0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 1e6], got {text}")
     return value
 
 
@@ -394,6 +394,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
 def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     from calibration.fit import build_default_profiles
 
+    _writable_dir(args.out)
     for path in build_default_profiles(args.shared, args.out):
         print(f"wrote {path}")
     return 0
@@ -1204,6 +1205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
     except ComemInputError as exc:
         print(f"comem: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's files, disks or network: one line as well
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"comem: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except MemoryError:  # past a budget with --allow-large, or a small machine
         print(

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -37,7 +36,7 @@ from pydantic import (
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.inputs import MAX_SECONDS, Tokens, TokensOrZero
+from calibration.inputs import MAX_SECONDS, InputModel, Tokens, TokensOrZero
 from live.openai_stream import Endpoint, StreamResult, stream_completion
 
 PROFILE_COLUMNS = (
@@ -63,7 +62,7 @@ PROFILE_COLUMNS = (
 )
 
 
-class ProfileGrid(BaseModel):
+class ProfileGrid(InputModel):
     """The loads to measure. Every combination of the three lists is one grid point."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

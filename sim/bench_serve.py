@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import simpy
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from calibration import limits
-from calibration.inputs import MAX_SECONDS, Tokens
+from calibration.inputs import MAX_SECONDS, InputModel, Tokens
 from sim.config import EngineConfig
 from sim.engine import Engine, IterationLatency, Request, check_engine
 from sim.metrics import MetricsRecorder
@@ -44,7 +44,7 @@ from sim.metrics import MetricsRecorder
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
-class BenchServeConfig(BaseModel):
+class BenchServeConfig(InputModel):
     """One ``vllm bench serve`` run against one simulated server (vLLM's defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -121,12 +121,10 @@ def check_config(cfg: BenchServeConfig, latency: IterationLatency | None = None)
     limits.check(limits.REQUESTS, cfg.num_prompts, "--num-prompts")
     eng = cfg.engine
     if eng.stepping == "iteration":
-        longest = math.ceil(cfg.random_output_len * (1 + cfg.random_range_ratio))
-        at_once = min(cfg.max_concurrency or cfg.num_prompts, eng.max_num_seqs)
         limits.check(
-            limits.ITERATIONS,
-            longest * -(-cfg.num_prompts // at_once),
-            "--stepping iteration: --num-prompts x --random-output-len / concurrency",
+            limits.ITERATION_TOKENS,
+            cfg.num_prompts * cfg.random_output_len,
+            "--stepping iteration: --num-prompts x --random-output-len",
         )
     if latency is None:
         check_engine(eng)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PositiveInt,
@@ -19,6 +18,7 @@ from pydantic import (
 from calibration.errors import ComemInputError
 from calibration.inputs import (
     MAX_NESTING,
+    InputModel,
     Name,
     Seconds,
     Tokens,
@@ -34,7 +34,7 @@ __all__ = ["EngineConfig", "Stepping", "apply_overrides", "parse_value", "read_t
 Stepping = Literal["event", "iteration", "fast"]
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(InputModel):
     """One vLLM-like instance: a model on ``tp`` GPUs with its scheduler limits.
 
     Defaults follow vLLM 0.19 V1 for an OpenAI-compatible server on GPUs with >= 70 GiB

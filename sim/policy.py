@@ -42,9 +42,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, field_validator
+from pydantic import ConfigDict, NonNegativeInt, PositiveInt, field_validator
 
-from calibration.inputs import TokensOrZero
+from calibration.inputs import InputModel, TokensOrZero
 
 # --- the task a policy runs ---------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class AgentReply:
 # --- parameters and the registry ------------------------------------------------------------
 
 
-class PolicyParams(BaseModel):
+class PolicyParams(InputModel):
     """A policy's parameters, as a scenario's ``[[architectures]]`` entry gives them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 import simpy
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
 from calibration import limits
-from calibration.inputs import Seconds, Tokens, TokensOrZero
+from calibration.inputs import InputModel, Seconds, Tokens, TokensOrZero
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
 from sim.engine import Engine, check_engine
 from sim.metrics import MetricsRecorder
 
 
-class ClosedLoopLoad(BaseModel):
+class ClosedLoopLoad(InputModel):
     """Closed-loop clients: each sends ``requests`` requests back to back."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -33,7 +33,7 @@ class ClosedLoopLoad(BaseModel):
     carry_output: bool = False
 
 
-class EngineRun(BaseModel):
+class EngineRun(InputModel):
     """One engine job: the engine and its load."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,12 +66,10 @@ def check_run(run: EngineRun) -> None:
     load, eng = run.load, run.engine
     limits.check(limits.REQUESTS, load.clients * load.requests, "load.clients x load.requests")
     if eng.stepping == "iteration":
-        rounds = -(-load.clients // eng.max_num_seqs)
         limits.check(
-            limits.ITERATIONS,
-            load.requests * load.output * rounds,
-            "engine.stepping = 'iteration': load.requests x load.output x"
-            " (load.clients / engine.max_num_seqs)",
+            limits.ITERATION_TOKENS,
+            load.clients * load.requests * load.output,
+            "engine.stepping = 'iteration': load.clients x load.requests x load.output",
         )
     check_engine(eng)
 

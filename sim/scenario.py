@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import simpy
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -28,7 +27,7 @@ from pydantic import (
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.inputs import Name, Seconds, Tokens
+from calibration.inputs import InputModel, Name, Seconds, Tokens
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
@@ -38,7 +37,7 @@ from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
-class _Strict(BaseModel):
+class _Strict(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -227,20 +226,17 @@ def check_cost(scenario: Scenario, where: str = "scenario") -> None:
 
 
 def check_iterations(scenario: Scenario, tasks: list[list[Task]]) -> None:
-    """With ``stepping = "iteration"`` every decoded token is a SimPy step: refuse a run
-    whose agent engines would step more than the iteration budget. The estimate: each
-    agent's decoded tokens in a row, times the rounds its engine's ``max_num_seqs``
-    splits the agents into."""
+    """With ``stepping = "iteration"`` every decoded token is part of a SimPy step that
+    walks the running batch: refuse a run that would decode more tokens that way than
+    the budget (the agents' decoded tokens, once per architecture)."""
     if scenario.engine.stepping != "iteration" or not tasks:
         return
-    chain = max(sum(s.action for t in own for s in t.steps) for own in tasks)
-    total = sum(
-        chain * -(-len(tasks) // arch.agent.max_num_seqs) for arch in scenario.architectures
-    )
+    decoded = sum(s.action for own in tasks for t in own for s in t.steps)
     limits.check(
-        limits.ITERATIONS,
-        total,
-        f"{scenario.name}: engine.stepping = 'iteration' with these agents' decoded tokens",
+        limits.ITERATION_TOKENS,
+        decoded * len(scenario.architectures),
+        f"{scenario.name}: engine.stepping = 'iteration' with these agents' decoded tokens"
+        " (workload.agents, steps, action tokens)",
     )
 
 

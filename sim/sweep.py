@@ -247,7 +247,14 @@ def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
     for pt in sweep.points:
         for f in (points / f"{pt.key}.parquet", points / f"{pt.key}{FAILED_SUFFIX}"):
             if f.is_file():
-                frames.append(pd.read_parquet(f))
+                try:
+                    frames.append(pd.read_parquet(f))
+                except Exception as exc:  # pyarrow raises many kinds for a damaged file
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise ComemInputError(
+                        f"{f}: not a readable point file ({first}); delete it and re-run"
+                        " the sweep to simulate that point again"
+                    ) from None
                 break
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):

@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from calibration.errors import ComemInputError
-from calibration.inputs import MAX_SECONDS, MAX_TOKENS, Rate, Tokens
+from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, Rate, Tokens
 from sim.policy import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -49,7 +49,7 @@ def default_steps_file() -> Path | None:
 @lru_cache(maxsize=4)
 def load_steps(path: str) -> pd.DataFrame:
     """Read and clean a steps CSV (one row per LLM call)."""
-    from calibration.inputs import input_file
+    from calibration.inputs import input_file, numeric_column
 
     p = input_file(path, "agent-steps")
     needed = [
@@ -67,6 +67,18 @@ def load_steps(path: str) -> pd.DataFrame:
         frame = pd.read_csv(p, usecols=needed)
     except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError included
         raise ComemInputError(f"{p}: not a steps CSV ({exc})") from None
+    where = str(p)
+    low, high = -MAX_TOKENS, MAX_TOKENS
+    frame["step"] = numeric_column(frame, "step", where, low=0, high=MAX_TOKENS, whole=True)
+    for col in ("completion_tokens", "visible_output_tokens", "observation_tokens_est_chars4"):
+        frame[col] = numeric_column(frame, col, where, low=low, high=high)
+    # empty where the source did not measure it (prompt counts, the derived observation,
+    # tool times: see the module docstring)
+    for col in ("prompt_tokens", "observation_tokens_derived"):
+        frame[col] = numeric_column(frame, col, where, low=low, high=high, nullable=True)
+    frame["tool_time_s"] = numeric_column(
+        frame, "tool_time_s", where, low=-MAX_SECONDS, high=MAX_SECONDS, nullable=True
+    )
     obs = frame["observation_tokens_derived"].fillna(frame["observation_tokens_est_chars4"])
     return frame.assign(
         observation=obs.clip(lower=0).round().astype(int),
@@ -76,7 +88,7 @@ def load_steps(path: str) -> pd.DataFrame:
     ).sort_values(["trajectory_id", "step"])
 
 
-class _Strict(BaseModel):
+class _Strict(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -101,7 +113,7 @@ class TraceWorkload(AgentLoad):
     #: the steps CSV (default: shared/data/workloads/swebench_agent_steps.csv.gz)
     path: str | None = None
     #: which agents' trajectories to replay (the CSV's source column)
-    sources: list[str] = [DEFAULT_SOURCE]
+    sources: list[str] = Field(default=[DEFAULT_SOURCE], min_length=1)
     #: a trajectory is cut after this many steps
     max_steps: PositiveInt = 40
 
@@ -162,6 +174,12 @@ def fit_workload(path: str | Path, sources: list[str] | None = None) -> dict[str
 
     frame = load_steps(str(path))
     sources = sources or [DEFAULT_SOURCE]
+    known = sorted(frame["source"].unique())
+    bad = [s for s in sources if s not in known]
+    if bad:
+        raise ComemInputError(
+            f"{path}: unknown source(s) {', '.join(bad)}; known: {', '.join(known)}"
+        )
     rows = frame[frame["source"].isin(sources)]
     per_traj = rows.groupby("trajectory_id")
     values = {
@@ -181,6 +199,11 @@ def fit_workload(path: str | Path, sources: list[str] | None = None) -> dict[str
             extra["one_fraction"] = round(float((x >= 1.0).mean()), 5)
             x = x[x < 1.0]
         pos = x[x > 0]
+        if np.unique(pos).size < 2:  # a log-normal needs a spread to fit
+            raise ComemInputError(
+                f"{path}: {name} has {np.unique(pos).size} distinct positive value(s) in"
+                f" {', '.join(sources)}; a fit needs at least 2 (more trajectories)"
+            )
         mu, sigma = float(np.log(pos).mean()), float(np.log(pos).std())
         ks = stats.kstest(pos, "lognorm", args=(sigma, 0, np.exp(mu))).statistic
         fits[name] = {

@@ -183,6 +183,27 @@ def _write_fixtures(d: Path) -> None:
         ("prompt_5e8", "prompt_tokens", 5 * 10**8),
     ):
         good.assign(**{column: value}).to_csv(d / f"{name}.csv", index=False)
+    steps_header = (
+        "source,trajectory_id,step,prompt_tokens,completion_tokens,visible_output_tokens,"
+        "observation_tokens_derived,observation_tokens_est_chars4,tool_time_s\n"
+    )
+    (d / "steps_text.csv").write_text(steps_header + "s1,t1,0,100,many,40,10,10,1.0\n")
+    (d / "steps_inf.csv").write_text(steps_header + "s1,t1,0,100,50,40,10,10,inf\n")
+    (d / "steps_ok.csv").write_text(steps_header + "s1,t1,0,100,50,40,10,10,1.0\n")
+    for name in ("steps_text", "steps_inf"):
+        (d / f"trace_{name}.toml").write_text(
+            f'[workload]\nkind = "trace"\nagents = 2\nsources = ["s1"]\npath = "{d / name}.csv"\n'
+        )
+    (d / "e2e_text.csv").write_text(
+        "Num of Hardware,Model,Input Output Length,Batch Size,Latency\n1,llama-3-8b,128,8,fast\n"
+    )
+    device = {"name": "mine", "memory_gib": 80, "hbm_bandwidth_Bps": 3e12, "sm_count": 132,
+              "peak_flops": {"bf16": 9e14}}  # fmt: skip
+    (d / "device_inf.json").write_text(json.dumps({**device, "memory_gib": float("inf")}))
+    (d / "kernels").mkdir()
+    (d / "kernels" / "device.json").write_text('{"name": 5')
+    (d / "replayed").mkdir()
+    (d / "replayed" / "live_steps.csv").write_text("measured\n")
     (d / "grid_huge.toml").write_text("input_tokens = [1000000000]\nwarmup_requests = 0\n")
     (d / "grid_small.toml").write_text(
         "input_tokens = [4]\noutput_tokens = [2]\nconcurrency = [1]\ncached_tokens = [0]\n"
@@ -482,7 +503,73 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         "did-you-mean",
         ["run", "{d}/small.toml", "--set", "workload.agentz=3"],
         ["workload.agentz", "did you mean 'agents'"],
-    ),  # fmt: skip
+    ),
+    # found by trying to break every command (see the report of issue 15)
+    (
+        "bool-for-number",
+        ["run", "{d}/small.toml", "--set", "workload.agents=true"],
+        ["agents must be a number"],
+    ),
+    (
+        "trace-csv-text",
+        ["run", "{d}/trace_steps_text.toml"],
+        ["steps_text.csv:2", "completion_tokens"],
+    ),
+    ("trace-csv-inf", ["run", "{d}/trace_steps_inf.toml"], ["steps_inf.csv:2", "tool_time_s"]),
+    (
+        "workload-fit-csv",
+        ["workload", "fit", "--steps", "{d}/steps_text.csv", "--out", "{d}/o/w.json"],
+        ["completion_tokens"],
+    ),
+    (
+        "workload-fit-source",
+        [
+            "workload",
+            "fit",
+            "--steps",
+            "{d}/steps_ok.csv",
+            "--source",
+            "nope",
+            "--out",
+            "{d}/o/w.json",
+        ],
+        ["unknown source"],
+    ),
+    (
+        "e2e-csv-text",
+        ["calibrate", "report", "--no-figures", "--e2e", "{d}/e2e_text.csv"],
+        ["e2e_text.csv:2", "Latency"],
+    ),
+    ("device-json-inf", [*PS, "--batch", "4", "--gpu", "{d}/device_inf.json"], ["memory_gib"]),
+    (
+        "kernel-device-json",
+        [
+            "calibrate",
+            "fit",
+            "--kernels",
+            "{d}/kernels",
+            "--gpu",
+            "h100_sxm",
+            "--out",
+            "{d}/o/k.json",
+        ],
+        ["kernel"],
+    ),
+    (
+        "replay-timeout-huge",
+        ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--timeout", "1e308"],
+        ["--timeout"],
+    ),
+    (
+        "replay-keeps-measurements",
+        ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--out", "{d}/replayed"],
+        ["live_steps.csv", "--force"],
+    ),
+    (
+        "sources-empty",
+        ["run", "{d}/small.toml", "--set", 'workload={"kind": "trace", "sources": []}'],
+        ["workload.sources"],
+    ),
 ]
 
 
@@ -536,6 +623,7 @@ def test_bad_input_is_one_line_exit_2(outcomes: dict[str, dict[str, Any]], cid: 
 
 def test_no_case_leaves_a_directory_for_its_failed_output(files: Path) -> None:
     assert (files / "a_file.txt").read_text() == "not a directory\n"
+    assert (files / "replayed" / "live_steps.csv").read_text() == "measured\n"
 
 
 # --- nothing the user had is lost --------------------------------------------------------
