@@ -60,9 +60,13 @@ Rate = Annotated[float, Field(ge=1.0 / MAX_SECONDS, allow_inf_nan=False)]
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 #: A token count, 0 to :data:`MAX_TOKENS`.
 TokensOrZero = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+#: A file path or a name that may be one (a model's config.json, a device JSON): no
+#: control characters (a NUL byte makes no file name; a newline breaks the line)
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+PathText = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=4096)]
 #: A name printed in tables and one-line messages: no control characters (a newline
 #: would break the line), at most 200 characters.
-Name = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]*$", max_length=200)]
+Name = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=200)]
 
 
 def _takes_number(annotation: Any) -> bool:
@@ -107,6 +111,8 @@ def input_file(path: str | Path, what: str) -> Path:
         raise ComemInputError(f"{p}: {what} file does not exist") from None
     except OSError as exc:
         raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+    except ValueError:  # a NUL byte: no file can have that name
+        raise ComemInputError(f"{str(p)!r}: not a file name (it holds a NUL byte)") from None
     if stat.S_ISDIR(mode):
         raise ComemInputError(f"{p}: is a directory, expected a {what} file")
     if not stat.S_ISREG(mode):
@@ -175,7 +181,14 @@ def parse_json(text: str, where: str) -> Any:
         ) from None
     except RecursionError:
         raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ComemInputError(f"{where}: not a usable number ({_first_line(exc)})") from None
     return _check_nesting(value, where)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(";")[0]
 
 
 def read_json(path: str | Path, what: str) -> Any:
@@ -193,6 +206,8 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise ComemInputError(f"{path}: not valid TOML ({exc})") from None
     except RecursionError:
         raise ComemInputError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ComemInputError(f"{path}: not a usable number ({_first_line(exc)})") from None
     if not data:
         hint = (
             '; to run every default on purpose, write one setting, e.g. name = "defaults"'
@@ -235,14 +250,14 @@ def numeric_column(
         kind = "a whole number" if whole else "a number"
         if not pd.notna(values.iloc[i]) and pd.notna(value):  # text where a number goes
             raise ComemInputError(
-                f"{where}:{row}: column '{column}' is not a number (got {value!r})"
+                f"{where}:{row}: column '{column}' is not a number (got {_short(value)})"
             )
         span = (
             f" in [{_bound(low)}, {_bound(high)}]" if (low, high) != (-math.inf, math.inf) else ""
         )
         empty = " or empty" if nullable else ""
         raise ComemInputError(
-            f"{where}:{row}: column '{column}' must be {kind}{span}{empty} (got {value!r})"
+            f"{where}:{row}: column '{column}' must be {kind}{span}{empty} (got {_short(value)})"
         )
     return values
 
@@ -321,6 +336,14 @@ def validate(
         if err["type"] == "extra_forbidden":
             hint = did_you_mean(model, tuple(err["loc"]))
             msg = f"{field}: unknown field{hint}"
+        elif (
+            err["type"] == "string_pattern_mismatch"
+            and (err.get("ctx") or {}).get("pattern") == NO_CONTROL_CHARACTERS
+        ):
+            msg = (
+                f"{field}: must not hold control characters (newline, tab, NUL byte)"
+                f" (got {_short(err.get('input'))})"
+            )
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
@@ -396,6 +419,7 @@ __all__ = [
     "MAX_SECONDS",
     "MAX_TOKENS",
     "Name",
+    "PathText",
     "Rate",
     "Seconds",
     "Tokens",

@@ -156,7 +156,15 @@ def stream_completion(
         res.status, res.error = "error", f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
+    res.error = one_line(res.error)
     return res
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """What a server sent, made fit for one line of a message or a CSV cell: control
+    characters become spaces, runs of spaces one, at most ``limit`` characters."""
+    clean = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _count(value: Any) -> int:

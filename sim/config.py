@@ -20,6 +20,7 @@ from calibration.inputs import (
     MAX_NESTING,
     InputModel,
     Name,
+    PathText,
     Seconds,
     Tokens,
     nesting_depth,
@@ -48,9 +49,9 @@ class EngineConfig(InputModel):
     #: and <architecture>/memory)
     name: Name = "engine"
     #: model alias or HF id ('comem list models'), or the path of a config.json
-    model: str = "llama-3-8b"
+    model: PathText = "llama-3-8b"
     #: GPU name ('comem list gpus'), or the path of a device JSON
-    gpu: str = "h100_sxm"
+    gpu: PathText = "h100_sxm"
     #: tensor-parallel GPUs of this instance (1, 2, 4 or 8, dividing the model's heads)
     tp: PositiveInt = 1
     #: weight precision (the KV cache is bf16 either way)
@@ -75,7 +76,7 @@ class EngineConfig(InputModel):
     #: KV-cache capacity override in tokens (default: derived from GPU memory).
     kv_capacity_tokens: PositiveInt | None = None
     #: A profile JSON file instead of the embedded default for (gpu, dtype).
-    profile: str | None = None
+    profile: PathText | None = None
     #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:
     #: the latency model's own (a measured profile's fitted value, else 0).
     request_overhead_s: Seconds | None = None
@@ -93,6 +94,8 @@ def parse_value(text: str, where: str = "--set") -> Any:
         return text
     except RecursionError:
         raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError:  # JSON, but an integer of more than 4300 digits
+        raise ComemInputError(f"{where}: a number of {len(text)} digits is too long") from None
     if nesting_depth(value) > MAX_NESTING:
         raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep")
     return value

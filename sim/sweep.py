@@ -112,8 +112,8 @@ def load_sweep(path: str | Path) -> Sweep:
         hint = "".join(f"; did you mean '{h[0]}'?" for h in hints if h)
         raise ComemInputError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}")
     base = data.get("base")
-    if not isinstance(base, str):
-        raise ComemInputError(f"{where}: 'base' must name a scenario file")
+    if not isinstance(base, str) or not base.strip() or "\x00" in base:
+        raise ComemInputError(f"{where}: 'base' must name a scenario file, got {base!r}")
     base_path = (p.parent / base).resolve()
     grid = data.get("grid")
     if not isinstance(grid, dict) or not grid:

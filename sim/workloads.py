@@ -26,7 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from calibration.errors import ComemInputError
-from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, Rate, Tokens
+from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText, Rate, Tokens
 from sim.policy import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -111,7 +111,7 @@ class TraceWorkload(AgentLoad):
 
     kind: Literal["trace"] = "trace"
     #: the steps CSV (default: shared/data/workloads/swebench_agent_steps.csv.gz)
-    path: str | None = None
+    path: PathText | None = None
     #: which agents' trajectories to replay (the CSV's source column)
     sources: list[str] = Field(default=[DEFAULT_SOURCE], min_length=1)
     #: a trajectory is cut after this many steps
@@ -285,7 +285,7 @@ class FittedWorkload(AgentLoad):
 
     kind: Literal["fitted"] = "fitted"
     #: the fitted-distribution JSON (default: the committed sim/data/swebench_fitted.json)
-    path: str | None = None
+    path: PathText | None = None
     #: drawn step counts are capped at this
     max_steps: PositiveInt = 40
 

@@ -126,6 +126,7 @@ def _measurements(rng: np.random.Generator) -> pd.DataFrame:
 
 def _write_fixtures(d: Path) -> None:
     (d / "o").mkdir()
+    os.mkfifo(d / "fifo.toml")  # reading it would block forever
     (d / "a_file.txt").write_text("not a directory\n")
     (d / "small.toml").write_text(SMALL)
     (d / "notutf8.toml").write_bytes(b'name = "\xff\xfe"\n')
@@ -204,6 +205,9 @@ def _write_fixtures(d: Path) -> None:
     (d / "kernels" / "device.json").write_text('{"name": 5')
     (d / "replayed").mkdir()
     (d / "replayed" / "live_steps.csv").write_text("measured\n")
+    (d / "nul_profile.toml").write_text(SMALL + ARCH_FC + 'agent = { profile = "a\\u0000b" }\n')
+    (d / "bigint.toml").write_text("seed = " + "9" * 5000 + "\n")
+    (d / "bigint.json").write_text('{"schema": ' + "9" * 5000 + "}")
     (d / "grid_huge.toml").write_text("input_tokens = [1000000000]\nwarmup_requests = 0\n")
     (d / "grid_small.toml").write_text(
         "input_tokens = [4]\noutput_tokens = [2]\nconcurrency = [1]\ncached_tokens = [0]\n"
@@ -565,6 +569,15 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--out", "{d}/replayed"],
         ["live_steps.csv", "--force"],
     ),
+    ("nul-in-path", ["run", "{d}/nul_profile.toml"], ["agent.profile", "control characters"]),
+    (
+        "digits-set",
+        ["run", "{d}/small.toml", "--set", "workload.agents=" + "9" * 5000],
+        ["--set workload.agents"],
+    ),
+    ("digits-toml", ["run", "{d}/bigint.toml"], ["bigint.toml", "number"]),
+    ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
+    ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
     (
         "sources-empty",
         ["run", "{d}/small.toml", "--set", 'workload={"kind": "trace", "sources": []}'],
@@ -619,6 +632,13 @@ def test_bad_input_is_one_line_exit_2(outcomes: dict[str, dict[str, Any]], cid: 
     if cid.startswith("budget") or cid.startswith("out-"):
         # refused before any work: a second at most (the slowest cases load pandas)
         assert outcomes[cid]["seconds"] < 10, outcomes[cid]
+
+
+def test_server_garbage_becomes_one_printable_line() -> None:
+    from live.openai_stream import one_line
+
+    assert one_line("BadStatusLine: \x00\xff garbage\r\n\r\n") == "BadStatusLine: \xff garbage"
+    assert len(one_line("x" * 1000)) == 300
 
 
 def test_no_case_leaves_a_directory_for_its_failed_output(files: Path) -> None:
