@@ -131,5 +131,10 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
             if last:
                 node[part] = parse_value(raw, f"--set {key.strip()}")
             else:
+                if part not in node and parts[depth + 1].isdigit():
+                    raise ComemInputError(
+                        f"--set {item!r}: '{part}' is not in the file, so it has no item"
+                        f" {parts[depth + 1]} to change (write the list out in the file)"
+                    )
                 node = node.setdefault(part, {})
     return out

@@ -161,7 +161,11 @@ def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Sce
 def scenario_from(data: dict[str, Any], sets: list[str], where: str) -> Scenario:
     """A scenario from a TOML file's table and ``--set`` overrides: validated, its cost
     and its engines checked; ``where`` names it in errors."""
-    scenario = validate(Scenario, apply_overrides(data, sets), where, UNION_TAGS)
+    try:
+        overridden = apply_overrides(data, sets)
+    except ComemInputError as exc:
+        raise ComemInputError(f"{where}: {exc}") from None
+    scenario = validate(Scenario, overridden, where, UNION_TAGS)
     check_cost(scenario, where)
     check_engines(scenario, where)
     return scenario

@@ -132,7 +132,11 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ComemInputError(f"{where}: 'seed' must be a whole number >= 0, got {sweep_seed!r}")
     if not isinstance(data.get("description", ""), str):
         raise ComemInputError(f"{where}: 'description' must be a string")
-    fixed = [f"{k}={_toml_value(v)}" for k, v in fixed_table.items()]
+    for table, keys in (("set", fixed_table), ("grid", grid)):
+        for key in keys:
+            if not key.strip() or "=" in key:
+                raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
+    fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
     names = list(grid)
     values = [_grid_values(n, grid[n], where) for n in names]
     limits.check(
@@ -144,7 +148,9 @@ def load_sweep(path: str | Path) -> Sweep:
     points = []
     total_steps = 0
     for index, combo in enumerate(itertools.product(*values)):
-        sets = fixed + [f"{n}={_toml_value(v)}" for n, v in zip(names, combo, strict=True)]
+        sets = fixed + [
+            f"{n}={_toml_value(v, f'{where}: grid.{n}')}" for n, v in zip(names, combo, strict=True)
+        ]
         label = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
         scenario = scenario_from(base_data, sets, f"{where}: point {index} ({label}): {base}")
         total_steps += agent_steps(scenario)[0] * seeds
@@ -156,10 +162,14 @@ def load_sweep(path: str | Path) -> Sweep:
     return Sweep(p, points)
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(v: Any, where: str) -> str:
+    """A grid or set value as a ``--set`` value (JSON; strings as they are)."""
     import json
 
-    return json.dumps(v) if not isinstance(v, str) else v
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):  # a TOML date or time: no scenario field takes one
+        raise ComemInputError(f"{where}: {v!r} is no scenario value (a date or time?)") from None
 
 
 def _number(value: float | None) -> float:

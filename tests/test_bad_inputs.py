@@ -220,6 +220,7 @@ def _write_fixtures(d: Path) -> None:
         "stop_inf": '[grid]\n"workload.agents" = {start = 1, stop = inf}\n',
         "stop_nan": '[grid]\n"workload.agents" = {start = 1, stop = nan}\n',
         "million": '[grid]\n"workload.agents" = {start = 1, stop = 1000000}\n',
+        "date": '[grid]\n"workload.agents" = [1979-05-27]\n',
     }
     for name, body in sweeps.items():
         (d / f"sweep_{name}.toml").write_text(base + body)
@@ -578,6 +579,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("digits-toml", ["run", "{d}/bigint.toml"], ["bigint.toml", "number"]),
     ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
     ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
+    ("sweep-date", ["sweep", "{d}/sweep_date.toml", "--out", "{d}/o/sd"], ["grid.workload.agents"]),
+    (
+        "set-list-not-in-file",
+        ["run", "{d}/small.toml", "--set", "architectures.0.k=2"],
+        ["'architectures' is not in the file"],
+    ),
     (
         "sources-empty",
         ["run", "{d}/small.toml", "--set", 'workload={"kind": "trace", "sources": []}'],
@@ -706,6 +713,18 @@ def test_sweep_stop_nan_is_an_error_not_an_empty_success(files: Path, tmp_path: 
     proc = _comem("sweep", str(files / "sweep_stop_nan.toml"), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 2 and "0 points" not in proc.stdout
     assert "finite" in proc.stderr and not (out / "results.parquet").exists()
+
+
+def test_a_damaged_point_file_is_named(files: Path, tmp_path: Path) -> None:
+    from calibration.errors import ComemInputError
+    from sim.sweep import collect, load_sweep
+
+    sweep = load_sweep(files / "sweep_ok.toml")
+    damaged = tmp_path / "points" / f"{sweep.points[0].key}.parquet"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"PAR1 not really")
+    with pytest.raises(ComemInputError, match="not a readable point file.*delete it"):
+        collect(sweep, tmp_path)
 
 
 def test_allow_large_lifts_a_budget(files: Path, tmp_path: Path) -> None:
