@@ -38,13 +38,20 @@ def check_op_numbers(key: str, fit: OpFit, source: str) -> None:
     """Every parameter finite and >= 0 (> 0 where it divides), every hardware constant
     finite and > 0, every lattice knot finite and within :data:`MAX_LATTICE_LOG`."""
     for name, value in fit.params.items():
-        low_ok = value >= 0 if name in _MAY_BE_ZERO else value > 0
-        if not _number(value) or not math.isfinite(value) or not low_ok:
+        low_ok = _number(value) and (value >= 0 if name in _MAY_BE_ZERO else value > 0)
+        if not low_ok or not math.isfinite(value):
             bound = ">= 0" if name in _MAY_BE_ZERO else "> 0"
             raise ComemInputError(
                 f"{source}: op '{key}' parameter {name} must be a finite number {bound},"
                 f" got {value!r}"
             )
+    form = op_form(key)
+    needed = ("peak_flops", "hbm_Bps", "sm_count") if form.name == "context_attention" else ()
+    missing = [n for n in ("peak_flops", "hbm_Bps", *needed) if n not in fit.hw]
+    if missing:
+        raise ComemInputError(
+            f"{source}: op '{key}' lacks hardware constant(s) {', '.join(dict.fromkeys(missing))}"
+        )
     for name, value in fit.hw.items():
         if not _number(value) or not math.isfinite(value) or value <= 0:
             raise ComemInputError(
@@ -54,6 +61,11 @@ def check_op_numbers(key: str, fit: OpFit, source: str) -> None:
     if fit.lattice is not None:
         import numpy as np
 
+        if len(fit.lattice.axes) != len(form.axes):
+            raise ComemInputError(
+                f"{source}: op '{key}' lattice has {len(fit.lattice.axes)} axes, its model"
+                f" {len(form.axes)}"
+            )
         vals = np.asarray(fit.lattice.values, dtype=float)
         if not np.all(np.isfinite(vals)) or np.any(np.abs(vals) > MAX_LATTICE_LOG):
             raise ComemInputError(

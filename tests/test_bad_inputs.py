@@ -172,7 +172,12 @@ def _write_fixtures(d: Path) -> None:
         ("kp_tpu", {"gpu": "tpu_v5"}),
         ("kp_int4", {"dtype": "int4"}),
         ("kp_overhead_inf", {"overhead": {**kernel["overhead"], "per_iteration_s": float("inf")}}),
-    ):
+        ("kp_lattice_axes", {"ops": {**kernel["ops"], "gemm": {**kernel["ops"]["gemm"],
+            "lattice": {"axes_log2": [[0, 1, 2]], "log_values": [0, 0, 0]}}}}),
+        ("kp_param_text", {"ops": {**kernel["ops"], "gemm": {**kernel["ops"]["gemm"],
+            "params": {**kernel["ops"]["gemm"]["params"], "p": "three"}}}}),
+        ("kp_hw_missing", {"ops": {**kernel["ops"], "gemm": {**kernel["ops"]["gemm"], "hw": {}}}}),
+    ):  # fmt: skip
         (d / f"{name}.json").write_text(json.dumps({**kernel, **change}))
     good = _measurements(np.random.default_rng(0))
     good.to_csv(d / "good.csv", index=False)
@@ -579,6 +584,21 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("digits-toml", ["run", "{d}/bigint.toml"], ["bigint.toml", "number"]),
     ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
     ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
+    (
+        "kernel-lattice-axes",
+        [*PS, "--batch", "4", "--profile", "{d}/kp_lattice_axes.json"],
+        ["gemm", "axes"],
+    ),
+    (
+        "kernel-param-text",
+        [*PS, "--batch", "4", "--profile", "{d}/kp_param_text.json"],
+        ["gemm", "parameter p"],
+    ),
+    (
+        "kernel-hw-missing",
+        [*PS, "--batch", "4", "--profile", "{d}/kp_hw_missing.json"],
+        ["gemm", "hardware constant"],
+    ),
     ("sweep-date", ["sweep", "{d}/sweep_date.toml", "--out", "{d}/o/sd"], ["grid.workload.agents"]),
     (
         "set-list-not-in-file",
