@@ -106,6 +106,12 @@ class ServerProcess:
 
         def pin() -> None:  # runs in the child, before exec
             os.setsid()
+            # die with the comem process, even if it is killed (SIGKILL, a timeout's
+            # SIGTERM) before it can stop us: Linux's parent-death signal
+            with contextlib.suppress(Exception):
+                import ctypes
+
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
             if cpus and hasattr(os, "sched_setaffinity"):
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(0, set(cpus))
