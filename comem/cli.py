@@ -479,9 +479,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
     }
-    for key in ("max_model_len", "kv_capacity_tokens", "profile"):
+    for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
         if getattr(args, key) is not None:
             engine[key] = getattr(args, key)
+    if args.kv_offloading_size is not None:
+        engine["kv_offloading_bandwidth_GBps"] = args.kv_offloading_bandwidth_gbps
     cfg = validate(
         BenchServeConfig,
         {
@@ -942,6 +944,14 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     bs.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size override")
     bs.add_argument("--no-enable-prefix-caching", action="store_true")
+    bs.add_argument("--kv-offloading-backend", choices=("native",), help="vLLM's CPU KV offloading")
+    bs.add_argument(
+        "--kv-offloading-size", type=float, help="GiB of CPU memory for KV blocks (all GPUs)"
+    )
+    bs.add_argument(
+        "--kv-offloading-bandwidth-gbps", type=float, default=50.0,
+        help="host<->GPU copy GB/s per GPU and direction [50: PCIe Gen5 x16, ~80%%]",
+    )  # fmt: skip
     bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
     bs.add_argument("--stepping", choices=("event", "iteration"), default="event")
     bs.add_argument("--num-prompts", type=_positive_int, default=1000)

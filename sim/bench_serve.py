@@ -36,7 +36,7 @@ import simpy
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from sim.config import EngineConfig
-from sim.engine import Engine, IterationLatency, Request
+from sim.engine import Engine, IterationLatency, Request, StreamSpace
 from sim.metrics import MetricsRecorder
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -121,11 +121,17 @@ def run_bench_serve(
     limit = cfg.max_concurrency
     pending: deque[int] = deque()
     in_flight = 0
+    # every prompt is its own content. With prefix caching vLLM hashes its blocks, but no
+    # other request shares them, so the only place that shows is a CPU offload tier
+    # (stores, reloads after a preemption): give each request a stream only then
+    e = cfg.engine
+    streams = StreamSpace() if e.enable_prefix_caching and e.kv_offloading_size else None
 
     def send(i: int) -> None:
         nonlocal in_flight
         in_flight += 1
-        req = engine.submit(int(inputs[i]), int(outputs[i]), None, tag=i)
+        stream = streams.new() if streams is not None else None
+        req = engine.submit(int(inputs[i]), int(outputs[i]), stream, tag=i)
         requests.append(req)
         req.done.callbacks.append(finished)
 

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
 )
@@ -59,6 +60,17 @@ class EngineConfig(BaseModel):
     #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:
     #: the latency model's own (a measured profile's fitted value, else 0).
     request_overhead_s: NonNegativeFloat | None = None
+    #: vLLM's native CPU KV offloading (``--kv-offloading-backend native
+    #: --kv-offloading-size GiB``): host memory for an LRU tier of KV blocks, in GiB over
+    #: all of the engine's GPUs; None: off.
+    kv_offloading_size: PositiveFloat | None = None
+    #: Host<->GPU copy bandwidth per GPU and direction, GB/s. Default 50: NVIDIA's
+    #: H100/H200 SXM datasheets give PCIe Gen5 x16 as 128 GB/s (64 GB/s each way); a
+    #: pinned-memory copy reaches about 80% of that (an assumption; set your measurement).
+    kv_offloading_bandwidth_GBps: PositiveFloat = 50.0
+    #: Fixed cost of each block's copy (vLLM issues one cudaMemcpyAsync per block); 0 by
+    #: default (not measured here).
+    kv_offloading_copy_overhead_s: NonNegativeFloat = 0.0
     #: Keep the per-iteration (per fast step) time series.
     record_iterations: bool = True
 

@@ -30,7 +30,7 @@ import numpy as np
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, Stream, StreamSpace
+from calibration.kv_cache import KVCache, OffloadTier, Stream, StreamSpace
 from calibration.scheduler import (
     MAX_RUN_ITERATIONS,
     Event,
@@ -180,6 +180,7 @@ class Engine:
                 f" {cfg.block_size}-token block besides vLLM's null block"
             )
         self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.offload = self._offload_tier(cfg, latency)
         self.scheduler = Scheduler(
             self.kv,
             SchedulerConfig(
@@ -189,11 +190,33 @@ class Engine:
                 reserve_full_prompt=cfg.scheduler_reserve_full_isl,
             ),
             lazy=cfg.stepping != "iteration",
+            offload=self.offload,
         )
         self._wake: simpy.Event | None = None  # the idle engine waits on it
         self._in_run = False  # a run is in flight: a submission interrupts it
         self._ids = 0
         self.process = env.process(self._run())
+
+    @staticmethod
+    def _offload_tier(cfg: EngineConfig, latency: Any) -> OffloadTier | None:
+        """The CPU tier of ``--kv-offloading-size`` GiB (over all GPUs of the engine)."""
+        if cfg.kv_offloading_size is None:
+            return None
+        per_gpu = getattr(latency, "kv_bytes_per_token", None)
+        if per_gpu is None:
+            raise ComemInputError(
+                f"engine '{cfg.name}': CPU KV offloading needs a latency model that knows the"
+                " KV bytes per token (a kernel-fitted profile, not a measured one)"
+            )
+        block_bytes_per_gpu = per_gpu * cfg.block_size
+        capacity = int(cfg.kv_offloading_size * 2**30 // (block_bytes_per_gpu * cfg.tp))
+        if capacity < 1:
+            raise ComemInputError(
+                f"engine '{cfg.name}': kv_offloading_size {cfg.kv_offloading_size} GiB holds"
+                " no KV block"
+            )
+        load_s = block_bytes_per_gpu / (cfg.kv_offloading_bandwidth_GBps * 1e9)
+        return OffloadTier(capacity, cfg.block_size, load_s + cfg.kv_offloading_copy_overhead_s)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -366,8 +389,6 @@ class Engine:
     def _one_iteration(self, step: Step) -> Generator[simpy.Event, Any, bool]:
         env = self.env
         start = env.now
-        if not step.entries and not step.group_decodes:
-            raise RuntimeError(f"engine '{self.config.name}': no progress possible")
         for seq in step.admitted:
             req: Request = seq  # type: ignore[assignment]
             req.admitted_s = start
@@ -402,6 +423,13 @@ class Engine:
         env = self.env
         ends = self._run_times(run)
         start = env.now
+        ready = self.scheduler.next_load_ready()
+        if ready is not None and start + ends[-1] >= ready:
+            # a CPU load completes: the iteration after the one in flight admits it
+            k = int(np.searchsorted(start + ends, ready, side="left"))
+            ends = ends[: k + 1]
+            run.iterations = k + 1
+            run.allocations = None
         done = run.iterations
         self._in_run = True
         try:
@@ -424,11 +452,22 @@ class Engine:
         sched = self.scheduler
         while True:
             if sched.idle:
+                sched.settle()
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
+            sched.now = env.now
             plan = sched.next(MAX_RUN_ITERATIONS)
+            if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
+                ready = sched.next_load_ready()
+                if ready is None:
+                    raise RuntimeError(f"engine '{self.config.name}': no progress possible")
+                # only CPU loads in flight: wait for the first (or a submission)
+                self._wake = env.event()
+                yield env.timeout(max(0.0, ready - env.now)) | self._wake
+                self._wake = None
+                continue
             if isinstance(plan, Run):
                 fired = yield from self._run_iterations(plan)
             else:
