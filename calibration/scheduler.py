@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -358,9 +357,11 @@ class Scheduler:
             c0, t0 = seq.lazy_c0, seq.lazy_t0
             full = (c0 + t - t0) // bs
             if full > seq.stored_upto:
-                self._buffer_stores(
-                    seq, seq.stored_upto, full, lambda b, c0=c0, t0=t0: t0 + (b + 1) * bs - c0 - 1
-                )
+
+                def completed(b: int, c0: int = c0, t0: int = t0) -> int:
+                    return t0 + (b + 1) * bs - c0 - 1
+
+                self._buffer_stores(seq, seq.stored_upto, full, completed)
 
     def settle(self) -> None:
         """Bring the CPU tier to where one-by-one scheduling would have it now (the engine
@@ -793,11 +794,9 @@ class Scheduler:
         if loads:
             if min(v[0] for v in loads.values()) <= self.now:
                 return None  # a CPU load is done: it is admitted in the next iteration
-        head = next((w for w in waiting if w not in loads), None) if loads else None
-        if loads and head is None:
-            waiting = deque()
-        elif loads:
-            waiting = deque([head])
+            # loading requests are skipped: the head is the first one not loading
+            first = next((w for w in waiting if w not in loads), None)
+            waiting = deque([first]) if first is not None else deque()
         if waiting and budget > 0 and self.num_running < cfg.max_num_seqs:
             head = waiting[0]
             if self._admission(head, budget) is not None:
