@@ -114,7 +114,7 @@ def fig_kv_over_time(out: Path, quick: bool) -> list[Path]:
     n, steps = (8, 16) if quick else (64, 64)
     fig, ax = plt.subplots(figsize=(7, 4))
     for res in _glm_run(n, steps).results:
-        es = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+        es = res.engine_steps[res.engine_steps["engine"].str.contains("/agent", regex=False)]
         ax.step(es["start_s"], es["kv_used_blocks"] / es["kv_total_blocks"], where="post",
                 label=res.config.name)  # fmt: skip
     ax.set_xlabel("simulated time (s)")

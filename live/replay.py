@@ -638,7 +638,7 @@ def compare_with_simulation(live: ReplayResult, simulated: Any) -> pd.DataFrame:
             row["live_mean_summary_s"] = float(ls["e2e_s"].mean())
             req = s.requests
             if s.config.memory is not None:  # SM, KSO: every memory request summarizes
-                sreq = req[req["engine"].str.endswith("/memory")]
+                sreq = req[req["engine"].str.contains("/memory", regex=False)]
             else:  # CP: the agent engine's requests tagged as summaries
                 sreq = req[req["tag"].map(lambda tg: isinstance(tg, tuple) and "summary" in tg)]
             row["sim_mean_summary_s"] = float(sreq["e2e_s"].mean())

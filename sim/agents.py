@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import simpy
 
-from sim.engine import Engine, Request, Stream, StreamSpace
+from sim.engine import AnyEngine, Request, Stream, StreamSpace
 from sim.policy import (
     AgentReply,
     Await,
@@ -135,8 +135,8 @@ class Agent:
         agent_id: int,
         name: str,
         params: PolicyParams,
-        agent_engine: Engine,
-        memory_engine: Engine | None,
+        agent_engine: AnyEngine,
+        memory_engine: AnyEngine | None,
         streams: StreamSpace,
         recorder: AgentRecorder,
     ) -> None:

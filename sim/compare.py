@@ -198,7 +198,7 @@ def architecture_summary(res: Any) -> dict[str, Any]:
     lat = ok_steps["step_latency_s"].to_numpy(float)
     task_lat = ok_tasks["latency_s"].to_numpy(float)
     makespan = float(tasks["end_s"].max() - tasks["start_s"].min()) if len(tasks) else 0.0
-    agent_steps = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+    agent_steps = res.engine_steps[res.engine_steps["engine"].str.contains("/agent", regex=False)]
     kv_peak = (
         float((agent_steps["kv_used_blocks"] / agent_steps["kv_total_blocks"]).max())
         if len(agent_steps)

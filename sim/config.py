@@ -71,6 +71,16 @@ class EngineConfig(BaseModel):
     #: Fixed cost of each block's copy (vLLM issues one cudaMemcpyAsync per block); 0 by
     #: default (not measured here).
     kv_offloading_copy_overhead_s: NonNegativeFloat = 0.0
+    #: Engines of one scenario with the same ``gpu_group`` run on the same GPUs (a memory
+    #: model co-located with the agent): each takes its own ``gpu_memory_utilization``
+    #: of every GPU (together at most 1), and their iterations take turns on the GPUs.
+    gpu_group: str | None = None
+    #: Data-parallel replicas (vLLM ``--data-parallel-size``), each on its own ``tp`` GPUs
+    #: with its own scheduler and KV cache, behind a router.
+    data_parallel_size: PositiveInt = 1
+    #: ``vllm``: the replica with the lowest 4 x waiting + running (vLLM's DP client);
+    #: ``round-robin``; ``prefix-aware``: the longest cached prefix, then vLLM's score.
+    data_parallel_router: Literal["vllm", "round-robin", "prefix-aware"] = "vllm"
     #: Keep the per-iteration (per fast step) time series.
     record_iterations: bool = True
 

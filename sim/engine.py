@@ -23,6 +23,7 @@ every count and to floating-point rounding in times (``tests/test_engine.py``,
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
@@ -43,7 +44,17 @@ from calibration.scheduler import Sequence as SchedSequence
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
-__all__ = ["Engine", "IterationLatency", "Request", "Stream", "StreamSpace"]
+__all__ = [
+    "AnyEngine",
+    "Engine",
+    "IterationLatency",
+    "ReplicatedEngine",
+    "Request",
+    "SharedGpus",
+    "Stream",
+    "StreamSpace",
+    "build_engines",
+]
 
 #: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
 #: exceeds the loop's below it)
@@ -146,10 +157,13 @@ class Engine:
         config: EngineConfig | None = None,
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
+        gpus: SharedGpus | None = None,
     ) -> None:
         self.env = env
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
+        #: the GPUs this engine shares with others (co-location), if any
+        self.gpus = gpus
         if latency is None:
             from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
 
@@ -424,11 +438,15 @@ class Engine:
         ends = self._run_times(run)
         start = env.now
         ready = self.scheduler.next_load_ready()
+        cut = None
         if ready is not None and start + ends[-1] >= ready:
             # a CPU load completes: the iteration after the one in flight admits it
-            k = int(np.searchsorted(start + ends, ready, side="left"))
-            ends = ends[: k + 1]
-            run.iterations = k + 1
+            cut = int(np.searchsorted(start + ends, ready, side="left"))
+        if self.gpus is not None and self.gpus.queue:
+            cut = 0  # another engine waits for the shared GPUs: one iteration, then its turn
+        if cut is not None and cut + 1 < run.iterations:
+            ends = ends[: cut + 1]
+            run.iterations = cut + 1
             run.allocations = None
         done = run.iterations
         self._in_run = True
@@ -457,9 +475,14 @@ class Engine:
                 yield self._wake
                 self._wake = None
                 continue
+            gpus = self.gpus
+            if gpus is not None:  # the shared GPUs are ours for the next step
+                yield gpus.acquire(self)
             sched.now = env.now
             plan = sched.next(MAX_RUN_ITERATIONS)
             if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
+                if gpus is not None:
+                    gpus.release(self)
                 ready = sched.next_load_ready()
                 if ready is None:
                     raise RuntimeError(f"engine '{self.config.name}': no progress possible")
@@ -472,6 +495,191 @@ class Engine:
                 fired = yield from self._run_iterations(plan)
             else:
                 fired = yield from self._one_iteration(plan)
+            if gpus is not None:
+                gpus.release(self)
             if fired:
                 # let processes woken at this instant submit before the next schedule
                 yield env.timeout(0)
+
+
+class SharedGpus:
+    """GPUs shared by several engines (``gpu_group``: a memory model co-located with the
+    agent). Two vLLM processes on one GPU without MPS time-slice it; this model lets
+    their iterations take turns, first come first served: an engine holds the GPUs for
+    one step, and a run of iterations is cut at the iteration in flight when another
+    engine of the group asks for them. Memory is split by each engine's own
+    ``gpu_memory_utilization``."""
+
+    def __init__(self, env: simpy.Environment, name: str) -> None:
+        self.env = env
+        self.name = name
+        self.holder: Engine | None = None
+        self.queue: deque[tuple[Engine, simpy.Event]] = deque()
+
+    def acquire(self, engine: Engine) -> simpy.Event:
+        ev = self.env.event()
+        if self.holder is None:
+            self.holder = engine
+            ev.succeed()
+            return ev
+        self.queue.append((engine, ev))
+        holder = self.holder
+        if holder._in_run:  # stop its run at the iteration in flight
+            holder._in_run = False
+            holder.process.interrupt()
+        return ev
+
+    def release(self, engine: Engine) -> None:
+        if self.holder is not engine:
+            raise RuntimeError(f"GPU group {self.name}: released by an engine not holding it")
+        if self.queue:
+            nxt, ev = self.queue.popleft()
+            self.holder = nxt
+            ev.succeed()
+        else:
+            self.holder = None
+
+
+class ReplicatedEngine:
+    """``data_parallel_size`` replicas of one engine behind a router (vLLM DP).
+
+    Each replica is an :class:`Engine` with its own scheduler and KV cache. Routing:
+    ``vllm`` sends a request to the replica with the lowest ``4 * waiting + running``
+    (vLLM's DP client; vLLM refreshes the counts from its coordinator about every 100 ms
+    and counts its own assignments in between, here they are exact), ``round-robin``,
+    or ``prefix-aware`` (the longest cached prefix of the request's stream, then vLLM's
+    score). Replicas step independently. vLLM runs the ranks of a MoE model in lockstep
+    (an idle rank runs dummy batches; ``VLLM_FACTS.md`` section 5), which this does not
+    model: for MoE models it is optimistic when the replicas are unevenly loaded.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: EngineConfig,
+        latency: IterationLatency | None = None,
+        recorder: MetricsRecorder | None = None,
+    ) -> None:
+        self.env = env
+        self.config = config
+        self.recorder = recorder if recorder is not None else MetricsRecorder()
+        self.replicas = [
+            Engine(
+                env,
+                config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
+                latency,
+                self.recorder,
+            )
+            for i in range(config.data_parallel_size)
+        ]
+        self.latency = self.replicas[0].latency
+        self._next = 0
+
+    def _route(self, prompt_tokens: int, stream: Stream | None) -> Engine:
+        router = self.config.data_parallel_router
+        reps = self.replicas
+        if router == "round-robin":
+            eng = reps[self._next % len(reps)]
+            self._next += 1
+            return eng
+
+        def score(e: Engine) -> int:
+            sched = e.scheduler
+            return 4 * len(sched.waiting) + sched.num_running
+
+        if router == "prefix-aware" and stream is not None:
+            cap = max(0, (prompt_tokens - 1) // self.config.block_size)
+            return min(reps, key=lambda e: (-e.kv.hit(stream, cap), score(e)))
+        return min(reps, key=score)
+
+    def submit(
+        self,
+        prompt_tokens: int,
+        output_tokens: int,
+        stream: Stream | None = None,
+        tag: Any = None,
+    ) -> Request:
+        return self._route(prompt_tokens, stream).submit(prompt_tokens, output_tokens, stream, tag)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(e.preemptions for e in self.replicas)
+
+    @property
+    def iterations(self) -> int:
+        return sum(e.iterations for e in self.replicas)
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(e.total_blocks for e in self.replicas)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return sum(e.kv_used_blocks for e in self.replicas)
+
+    @property
+    def running(self) -> list[SchedSequence]:
+        return [r for e in self.replicas for r in e.running]
+
+    @property
+    def waiting(self) -> list[SchedSequence]:
+        return [r for e in self.replicas for r in e.waiting]
+
+    def check_invariants(self) -> None:
+        for e in self.replicas:
+            e.check_invariants()
+
+
+#: what agents and loads submit to: one engine, or data-parallel replicas of it
+AnyEngine = Engine | ReplicatedEngine
+
+
+def build_engines(
+    env: simpy.Environment,
+    configs: dict[str, EngineConfig],
+    latency: dict[str, IterationLatency] | None = None,
+    recorder: MetricsRecorder | None = None,
+) -> dict[str, AnyEngine]:
+    """The engines of one simulation, by role: replicas where ``data_parallel_size`` > 1,
+    shared GPUs where engines name the same ``gpu_group`` (checked: same GPU type and
+    TP, memory fractions adding up to at most 1)."""
+    latency = latency or {}
+    groups: dict[str, list[tuple[str, EngineConfig]]] = {}
+    for role, cfg in configs.items():
+        if cfg.gpu_group is not None:
+            groups.setdefault(cfg.gpu_group, []).append((role, cfg))
+    shared: dict[str, SharedGpus] = {}
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0][1]
+        for _, cfg in members[1:]:
+            if (cfg.gpu, cfg.tp, cfg.data_parallel_size) != (
+                first.gpu,
+                first.tp,
+                first.data_parallel_size,
+            ):
+                raise ComemInputError(
+                    f"gpu_group '{name}': engines '{first.name}' and '{cfg.name}' share GPUs"
+                    " but differ in gpu, tp or data_parallel_size"
+                )
+        total = sum(cfg.gpu_memory_utilization for _, cfg in members)
+        if total > 1.0 + 1e-9:
+            roles = ", ".join(f"{cfg.name} {cfg.gpu_memory_utilization}" for _, cfg in members)
+            raise ComemInputError(
+                f"gpu_group '{name}': gpu_memory_utilization adds up to {total:.2f} > 1"
+                f" ({roles}); give each engine its share"
+            )
+        if any(cfg.data_parallel_size > 1 for _, cfg in members):
+            raise ComemInputError(
+                f"gpu_group '{name}': co-located engines with data parallelism are not modelled"
+            )
+        shared[name] = SharedGpus(env, name)
+    engines: dict[str, AnyEngine] = {}
+    for role, cfg in configs.items():
+        if cfg.data_parallel_size > 1:
+            engines[role] = ReplicatedEngine(env, cfg, latency.get(role), recorder)
+        else:
+            gpus = shared.get(cfg.gpu_group) if cfg.gpu_group is not None else None
+            engines[role] = Engine(env, cfg, latency.get(role), recorder, gpus)
+    return engines

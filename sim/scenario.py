@@ -30,7 +30,7 @@ from pydantic import (
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
-from sim.engine import Engine, IterationLatency, StreamSpace
+from sim.engine import IterationLatency, StreamSpace, build_engines
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
@@ -164,14 +164,16 @@ def run_architecture(
     metrics = MetricsRecorder()
     stepping = scenario.engine.stepping
     latency = latency or {}
-    agent_cfg = arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
-    engine = Engine(env, agent_cfg, latency.get("agent"), recorder=metrics)
-    memory = None
+    configs = {
+        "agent": arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
+    }
     if arch.memory is not None:
-        mem_cfg = arch.memory.model_copy(
+        configs["memory"] = arch.memory.model_copy(
             update={"stepping": stepping, "name": f"{arch.name}/memory"}
         )
-        memory = Engine(env, mem_cfg, latency.get("memory"), recorder=metrics)
+    engines = build_engines(env, configs, latency, metrics)
+    engine = engines["agent"]
+    memory = engines.get("memory")
     recorder = AgentRecorder(on_task=on_task)
     streams = StreamSpace()
 
