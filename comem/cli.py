@@ -559,6 +559,81 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    import os
+
+    from sim.paper import (
+        PAPER_METRICS,
+        figure,
+        paper_files,
+        run_paper,
+        sensitivity,
+        sensitivity_figure,
+        table_markdown,
+        write_table,
+    )
+
+    files = paper_files(args.dir) if not args.only else [Path(f) for f in args.only]
+    for f in files:
+        if not f.is_file():
+            raise ComemInputError(f"{f}: scenario file does not exist")
+    out = Path(args.out)
+    _writable_dir(str(out), "--out")
+    workers = args.workers or max(1, min(len(files), os.cpu_count() or 1))
+    progress = not args.json and sys.stderr.isatty()
+
+    def runner(total: int, fn: Any) -> Any:
+        if not progress:
+            return fn(None)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} scenarios"), TimeRemainingColumn(),
+            transient=True,
+        ) as bar:  # fmt: skip
+            job = bar.add_task("comem paper", total=total)
+            return fn(lambda: bar.advance(job))
+
+    rows = runner(len(files), lambda cb: run_paper(files, args.set, workers, cb))
+    written = write_table(rows, out)
+    written.append(figure(rows, out / "paper_speedups.png"))
+    result: dict[str, Any] = {"rows": [r.to_dict() for r in rows], "metrics": PAPER_METRICS}
+    if args.sensitivity:
+        from sim.paper import SENSITIVITY_AXES, SENSITIVITY_BASE
+
+        n = 1 + sum(len(v) for v in SENSITIVITY_AXES.values())
+        sens = runner(
+            n,
+            lambda cb: sensitivity(SENSITIVITY_BASE, SENSITIVITY_AXES, args.metric, workers, cb),
+        )
+        (out / "sensitivity.json").write_text(json.dumps(sens, indent=1, sort_keys=True) + "\n")
+        written.append(out / "sensitivity.json")
+        written.append(sensitivity_figure(sens, out / "sensitivity.png"))
+        result["sensitivity"] = sens
+    result["files"] = [str(p) for p in written]
+    if args.json:
+        _print_json(result)
+        return 0
+    print(table_markdown(rows), end="")
+    if "sensitivity" in result:
+        sens = result["sensitivity"]
+        print(
+            f"\nsensitivity of {sens['architecture']}'s speedup ({sens['metric']}) around"
+            f" {Path(sens['base']).name}: documented setup {sens['base_speedup']:.2f}x"
+        )
+        for axis, vals in sens["variations"].items():
+            shown = ", ".join(
+                f"{v['variation']} {v['speedup']:.2f}x" if v["speedup"] is not None
+                else f"{v['variation']} -"
+                for v in vals
+            )  # fmt: skip
+            print(f"  {axis}: {shown}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
     from sim.scenario import load_scenario, run_scenario
@@ -966,6 +1041,24 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")
     bs.set_defaults(func=cmd_bench_serve)
+
+    pp = sub.add_parser(
+        "paper",
+        help="run the CoMem authors' experiments as they ran them (scenarios/paper/): one table",
+        description="Every scenarios/paper/*.toml (a documented experiment, or one candidate"
+        " assumption where the authors' code is silent): the speedup of CoMem over full"
+        " context under each metric (llm, total, llm-index-peak, task, makespan), with KV"
+        " saturation and preemptions. Writes paper_table.{csv,md} and paper_speedups.png.",
+    )
+    pp.add_argument("--dir", help="directory of paper scenarios (default: scenarios/paper)")
+    pp.add_argument("--only", nargs="+", help="just these scenario files")
+    pp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every file")
+    pp.add_argument("--sensitivity", action="store_true", help="also the one-at-a-time figure")
+    pp.add_argument("--metric", default="llm", help="metric of the sensitivity figure [llm]")
+    pp.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    pp.add_argument("--out", default="out/paper", help="output directory [out/paper]")
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=cmd_paper)
 
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"

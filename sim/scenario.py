@@ -101,9 +101,21 @@ class ArchitectureConfig(PolicyParams):
         return self
 
 
+class PaperInfo(_Strict):
+    """What a ``scenarios/paper/`` file reproduces (``comem paper`` reads it)."""
+
+    #: the documented experiment (AUTHORS_SETUP.md)
+    experiment: str
+    #: this file's choice where the authors' code is silent ("documented" if none)
+    variant: str = "documented"
+    #: the assumption, in words
+    assumption: str = ""
+
+
 class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
+    paper: PaperInfo | None = None
     seed: NonNegativeInt = 0
     engine: EngineDefaults = Field(default_factory=EngineDefaults)
     workload: Annotated[
