@@ -892,14 +892,12 @@ class Scheduler:
     def _promote(self) -> None:
         """Move plain decoders from the explicit list into the decode group."""
         running = self.running
-        keep = [s for s in running if not self._eligible(s)]
-        if len(keep) == len(running):
+        joining = [s for s in running if self._eligible(s)]
+        if not joining:
             return
         t = self.iterations
         bs = self.block_size
-        for seq in running:
-            if not self._eligible(seq):
-                continue
+        for seq in joining:
             seq.lazy = True
             seq.lazy_c0 = c0 = seq.computed
             seq.lazy_t0 = t
@@ -914,7 +912,7 @@ class Scheduler:
             if seq.stream is not None:
                 for s in seq.stream.lineage():
                     self._g_by_state.setdefault(s.uid, {})[seq] = None
-        self.running = keep
+        self.running = [s for s in running if not s.lazy]
 
     def _materialize(self, seq: Sequence, scheduled: bool = False) -> None:
         """Bring a member's fields up to date and take it out of the group.
