@@ -634,6 +634,84 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import os
+
+    from comem.plan import PlanSpec, pareto, pareto_figure, run_plan, table_markdown, write_scenario
+    from sim.config import read_toml, validate
+
+    data: dict[str, Any] = {}
+    if args.spec:
+        data = dict(read_toml(args.spec, "plan").get("plan") or {})
+    flags = {
+        "agent_model": args.agent_model,
+        "memory_model": args.memory_model,
+        "gpu": args.gpu,
+        "gpus": args.gpus,
+        "agents": args.agents,
+        "workload_scenario": args.workload,
+        "steps": args.steps,
+        "objective": args.objective,
+        "slo_step_s": args.slo,
+        "max_gpus": args.max_gpus,
+        "kinds": args.kinds,
+        "dtypes": args.dtypes,
+        "k_values": args.k,
+        "top": args.top,
+    }
+    if args.offload is not None:
+        flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if "agent_model" not in data:
+        raise ComemInputError("plan: give --agent-model (or agent_model in --spec's [plan])")
+    spec = validate(PlanSpec, data, "plan")
+    out = Path(args.out)
+    _writable_dir(str(out), "--out")
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("comem plan: simulating"), BarColumn(),
+            TextColumn("{task.completed} candidates"), TimeRemainingColumn(), transient=True,
+        ) as bar:  # fmt: skip
+            job = bar.add_task("plan", total=None)
+            rows, n = run_plan(spec, workers, out, lambda: bar.advance(job))
+    else:
+        rows, n = run_plan(spec, workers, out)
+    best = rows[0]
+    written = [out / "plan.md", out / "plan.json"]
+    (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
+    payload = {
+        "spec": spec.model_dump(),
+        "candidates": n,
+        "simulated": sum(r.simulated for r in rows),
+        "chosen": best.label,
+        "rows": [r.__dict__ for r in rows],
+        "pareto": [r.label for r in pareto(rows)],
+    }
+    (out / "plan.json").write_text(
+        json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+    )
+    title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
+    written.append(pareto_figure(rows, out / "pareto.png", title))
+    written.append(write_scenario(spec, best.candidate, out / "chosen_scenario.toml"))
+    payload["files"] = [str(p) for p in written]
+    if args.json:
+        _print_json(payload)
+        return 0
+    print(
+        f"{n} candidates, {payload['simulated']} simulated (the rest pruned by the closed form"
+        f" and the KV bound); objective {spec.objective}"
+        + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
+    )
+    print(table_markdown(rows, limit=args.show), end="")
+    print(f"chosen: {best.label}" + ("" if best.meets_slo else " (NO candidate meets the SLO)"))
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
     from sim.scenario import load_scenario, run_scenario
@@ -1059,6 +1137,37 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--out", default="out/paper", help="output directory [out/paper]")
     pp.add_argument("--json", action="store_true")
     pp.set_defaults(func=cmd_paper)
+
+    pl = sub.add_parser(
+        "plan",
+        help="which deployment to run: architecture, GPU split, TP/EP/DP, k, offload",
+        description="Enumerates the deployments of --agent-model and --memory-model on"
+        " --gpus x --gpu for --agents agents, prunes them with the closed forms (lockstep"
+        " step latency, KV-capacity bound), simulates the best in parallel (resumable in"
+        " --out/points), ranks by --objective under --slo, and writes the table, the Pareto"
+        " front and the chosen deployment as a scenario file.",
+    )
+    pl.add_argument("--spec", help="TOML file with a [plan] table (flags override it)")
+    pl.add_argument("--agent-model", help="agent model (alias, HF id or config.json)")
+    pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
+    pl.add_argument("--gpu", help="GPU type [h200_sxm]")
+    pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
+    pl.add_argument("--agents", type=_positive_int, help="concurrent agents [64]")
+    pl.add_argument("--workload", help="scenario file whose [workload] the agents run")
+    pl.add_argument("--steps", type=_positive_int, help="override the workload's steps")
+    pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
+    pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
+    pl.add_argument("--max-gpus", type=_positive_int)
+    pl.add_argument("--kinds", nargs="+", choices=("fc", "cp", "sm", "kso"))
+    pl.add_argument("--dtypes", nargs="+", choices=("bf16", "fp8"))
+    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8]")
+    pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
+    pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
+    pl.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
+    pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
 
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
