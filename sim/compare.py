@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs 0.25 s to import; `comem --help` reads this module
+    import pandas as pd
 
 STEP_KEYS = ["agent", "task", "step"]
 TASK_KEYS = ["agent", "task"]

@@ -462,7 +462,7 @@ class Engine:
         chunks = [run.chunk] * done if run.chunk else []
         self._record_step(start, done, run.num_decode, chunks)
         if self.recorder.itl_samples and run.num_decode:
-            self.recorder.add_itl(ends[:done], run.num_decode)
+            self.recorder.add_itl(ends[:done].copy(), run.num_decode)
         return fired
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
