@@ -384,7 +384,14 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.static import static_cost
 
     profile = Profile.load(args.profile) if args.profile else None
-    lm = LatencyModel(args.model, args.gpu, args.tp, args.dtype, profile=profile)
+    lm = LatencyModel(
+        args.model,
+        args.gpu,
+        args.tp,
+        args.dtype,
+        profile=profile,
+        expert_parallel=args.enable_expert_parallel,
+    )
     cost = static_cost(
         lm,
         args.batch,
@@ -406,6 +413,7 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
                 "gpu": lm.gpu.name,
                 "tp": lm.tp,
                 "dtype": lm.dtype,
+                "expert_parallel": lm.expert_parallel,
             }
         )
     else:
@@ -478,6 +486,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "enable_prefix_caching": not args.no_enable_prefix_caching,
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
+        "enable_expert_parallel": args.enable_expert_parallel,
     }
     for key in ("max_model_len", "kv_capacity_tokens", "profile"):
         if getattr(args, key) is not None:
@@ -494,18 +503,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "burstiness": args.burstiness,
             "max_concurrency": args.max_concurrency,
             "seed": args.seed,
-            "enable_expert_parallel": args.enable_expert_parallel,
         },
         "bench-serve",
     )
     if args.out:
         _writable_dir(args.out, "--out")
-    if args.enable_expert_parallel:
-        print(
-            "comem: note: --enable-expert-parallel is accepted but not modelled yet"
-            " (MoE layers are priced as tensor-parallel)",
-            file=sys.stderr,
-        )
     if not args.json and sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -896,6 +898,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
     ps.add_argument("--dtype", default="bf16")
+    ps.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
+    )
     ps.add_argument("--batch", type=_positive_int, required=True)
     ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
     ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
@@ -934,7 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
     bs.add_argument("--dtype", default="bf16", help="weights: bf16 or fp8 [bf16]")
     bs.add_argument(
-        "--enable-expert-parallel", action="store_true", help="(accepted; not modelled)"
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
     bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
     bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
