@@ -719,14 +719,33 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     steps = args.steps or default_steps_file()
     if steps is None:
         raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")
-    payload = fit_workload(steps, args.source or None)
+    variable_sources: dict[str, list[str]] = {}
+    for item in args.variable_source or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ComemInputError(
+                f"--variable-source {item!r}: expected VARIABLE=SOURCE, e.g."
+                " system=gemini3pro_mini1.15_verified"
+            )
+        variable_sources.setdefault(name, []).append(source)
+    payload = fit_workload(
+        steps, args.source or None, variable_sources or None, tuple(args.mixture or ())
+    )
+    if args.note:
+        payload["note"] = args.note
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     for name, spec in payload["variables"].items():
+        shape = f"lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
+        if spec["dist"] == "lognormal-mixture":
+            shape = "mixture " + " + ".join(
+                f"{w:.2f} x (mu {m:.2f}, sigma {sd:.2f})"
+                for w, m, sd in zip(spec["weights"], spec["mus"], spec["sigmas"], strict=True)
+            )
         print(
-            f"{name:14s} lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
-            f"  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}  n {spec['n']}"
+            f"{name:14s} {shape}  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}"
+            f"  n {spec['n']}"
         )
     print(f"wrote {out}")
     if args.figure:
@@ -1032,6 +1051,19 @@ def build_parser() -> argparse.ArgumentParser:
     wf = wl_sub.add_parser("fit", help="fit the 'fitted' workload to a SWE-bench steps CSV")
     wf.add_argument("--steps", help="steps CSV (default: shared/data/workloads/...)")
     wf.add_argument("--source", action="append", help="trace source(s) to fit (default: Gemini)")
+    wf.add_argument(
+        "--variable-source",
+        action="append",
+        metavar="VARIABLE=SOURCE",
+        help="take one variable from another source, e.g. system=gemini3pro_mini1.15_verified",
+    )
+    wf.add_argument(
+        "--mixture",
+        action="append",
+        metavar="VARIABLE",
+        help="fit this variable with two log-normal components (a bimodal one)",
+    )
+    wf.add_argument("--note", help="why this fit (stored in the file, with its provenance)")
     wf.add_argument("--out", default="sim/data/swebench_fitted.json")
     wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
     wf.set_defaults(func=cmd_workload_fit)
