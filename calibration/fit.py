@@ -87,6 +87,15 @@ def fit_kernel_ops(
     f, y = om.moe_rows(tables.moe, dtype)
     if len(y) >= 4:
         ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
+        ep_rows = int(np.sum(f["ep"] > 1))
+        pred = om.predict(om.MOE, ops["moe"], f)
+        ops["moe"].stats["with_lattice_by_ep"] = {
+            str(int(ep)): om.error_stats(pred[f["ep"] == ep], y[f["ep"] == ep])
+            for ep in np.unique(f["ep"])
+        }
+        if not ep_rows:  # the parameter is then unconstrained: leave it out
+            del ops["moe"].params["nonlocal_slot"]
+            notes.append("moe: no expert-parallel rows, --enable-expert-parallel not priced")
     else:
         notes.append(f"moe: {len(y)} {dtype} rows, not fitted (the profile prices dense models)")
     # attention work is spread over the SMs in tiles (see opmodels.query_tiles)

@@ -116,7 +116,15 @@ class Batch:
 
 
 class LatencyModel:
-    """Composed per-iteration latency of ``model`` on ``tp`` x ``gpu`` in ``dtype``."""
+    """Composed per-iteration latency of ``model`` on ``tp`` x ``gpu`` in ``dtype``.
+
+    ``expert_parallel`` is vLLM's ``--enable-expert-parallel`` with one data-parallel
+    rank: the MoE layers are split by whole experts over the ``tp`` GPUs (EP = TP,
+    MoE-TP = 1) instead of slicing every expert; attention, dense layers, shared experts
+    and the router stay tensor-parallel. Tokens are replicated (no all-to-all) and the
+    layer's TP all-reduce sums the ranks' outputs, as without it. A dense model has no
+    experts to split: asking for it is an error (vLLM ignores the flag there).
+    """
 
     def __init__(
         self,
@@ -126,11 +134,16 @@ class LatencyModel:
         dtype: str = "bf16",
         profile: Profile | None = None,
         include_overhead: bool = True,
+        expert_parallel: bool = False,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
-        self.model.check_tp(tp)
+        if expert_parallel and not self.model.is_moe:
+            raise ComemInputError(
+                f"expert parallelism needs a mixture-of-experts model: {self.model.alias} is dense"
+            )
+        self.model.check_tp(tp, expert_parallel=expert_parallel)
         if tp not in SUPPORTED_TP:
             raise ComemInputError(
                 f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
@@ -141,8 +154,17 @@ class LatencyModel:
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
         )
         self.include_overhead = include_overhead
+        self.expert_parallel = expert_parallel
+        #: ranks the experts are split over (1: every rank holds a TP slice of each)
+        self.ep = tp if expert_parallel else 1
         if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
             self.profile.op(f"allreduce_{tp}")
+        if self.ep > 1 and "nonlocal_slot" not in self.profile.op("moe").params:
+            raise ComemInputError(
+                f"profile {self.profile.gpu}/{self.profile.dtype} cannot price expert"
+                " parallelism: its MoE op was fitted without moe_ep_size rows (refit it with"
+                " 'comem calibrate build-defaults' or 'comem calibrate fit')"
+            )
         # Raises a clear error when the weights do not fit at this TP.
         self.kv_budget_bytes_per_gpu = fits_in_memory(self.model, self.gpu, tp, self.dtype)
         m = self.model
@@ -220,13 +242,15 @@ class LatencyModel:
             out["mlp_gemm"] = dense * (up + down)
         if m.is_moe:
             layers = m.moe_layers
-            inter = m.moe_intermediate / tp
+            # expert parallel: whole experts (unsliced), ceil(experts / ep) on a rank
+            inter = m.moe_intermediate / (1 if self.ep > 1 else tp)
             feats = {
                 "tokens": n,
                 "hidden": np.full_like(n, m.hidden),
                 "inter": np.full_like(n, inter),
                 "experts": np.full_like(n, m.experts),
                 "top_k": np.full_like(n, m.top_k),
+                "ep": np.full_like(n, self.ep),
                 "w_bytes": np.full_like(n, 1.0 if self.dtype == "fp8" else 2.0),
             }
             out["moe"] = layers * op_predict(op_form("moe"), self.profile.op("moe"), feats)

@@ -93,7 +93,9 @@ class Profile:
                 fit = OpFit.from_dict(key, entry)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ComemInputError(f"{source}: op '{key}' is malformed ({exc!r})") from None
-            missing = [p for p in form.param_names if p not in fit.params]
+            missing = [
+                p for p in form.param_names if p not in fit.params and p not in form.optional_params
+            ]
             if missing:
                 raise ComemInputError(
                     f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"

@@ -141,11 +141,14 @@ class ModelSpec:
         """KV-cache bytes per token over the whole model (all layers, all KV heads, K and V)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
 
-    def check_tp(self, tp: int) -> None:
+    def check_tp(self, tp: int, expert_parallel: bool = False) -> None:
         """Raise :class:`ComemInputError` unless tensor parallelism ``tp`` can shard the model.
 
         ``tp`` must divide the query heads and the (MoE) intermediate sizes; KV heads must be
         divisible by ``tp`` or, as vLLM replicates them when ``tp > kv_heads``, divide it.
+        Under ``expert_parallel`` the routed experts are not sliced (whole experts per rank,
+        any count: vLLM gives the remainder to the first ranks), so only the shared
+        experts' width must divide.
         """
         if tp < 1:
             raise ComemInputError(f"tp must be >= 1, got {tp}")
@@ -164,7 +167,8 @@ class ModelSpec:
             raise ComemInputError(
                 f"tp={tp} does not divide the FFN intermediate size {self.intermediate} of {name}"
             )
-        if self.moe_intermediate % tp:
+        sliced = self.shared_experts if expert_parallel else 1
+        if sliced and self.moe_intermediate % tp:
             raise ComemInputError(
                 f"tp={tp} does not divide the expert intermediate size {self.moe_intermediate}"
                 f" of {name}"

@@ -85,6 +85,19 @@ def _op_rows(profile: Profile) -> list[dict[str, Any]]:
                 "fitted_on": stats.get("fitted_on", "own table"),
             }
         )
+        # the MoE's expert-parallel rows apart: one row per moe_ep_size (1: TP or one GPU)
+        for ep, ep_stats in sorted(stats.get("with_lattice_by_ep", {}).items()):
+            rows.append(
+                {
+                    "op": f"{key} ep={ep}",
+                    "rows": ep_stats.get("rows"),
+                    "roofline_mape": None,
+                    "mape": ep_stats.get("mape"),
+                    "p90": ep_stats.get("p90"),
+                    "max": ep_stats.get("max"),
+                    "fitted_on": stats.get("fitted_on", "own table"),
+                }
+            )
     return rows
 
 
@@ -252,9 +265,14 @@ def build_report(
     if kernels is not None:
         selections = _kernel_selections(prof, Path(kernels))
         for row in report.ops:
-            if row["op"] in selections and row["fitted_on"] == "own table":
-                feats, measured = selections[row["op"]]
-                pred = om.predict(_form(row["op"]), prof.op(row["op"]), feats)
+            op, _, ep = row["op"].partition(" ep=")
+            if op in selections and row["fitted_on"] == "own table":
+                feats, measured = selections[op]
+                if ep:
+                    keep = feats["ep"] == float(ep)
+                    feats = {k: v[keep] for k, v in feats.items()}
+                    measured = measured[keep]
+                pred = om.predict(_form(op), prof.op(op), feats)
                 row.update(om.error_stats(pred, measured))
                 row["recomputed_on"] = str(kernels)
         if out is not None:
@@ -278,7 +296,7 @@ def render_text(report: CalibrationReport) -> str:
         t.add_row(
             r["op"],
             str(r["rows"]),
-            f"{r['roofline_mape']:.1%}",
+            "-" if r["roofline_mape"] is None else f"{r['roofline_mape']:.1%}",
             f"{r['mape']:.1%}",
             f"{r['p90']:.1%}",
             f"{r['max']:.0%}",

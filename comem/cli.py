@@ -384,7 +384,14 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.static import static_cost
 
     profile = Profile.load(args.profile) if args.profile else None
-    lm = LatencyModel(args.model, args.gpu, args.tp, args.dtype, profile=profile)
+    lm = LatencyModel(
+        args.model,
+        args.gpu,
+        args.tp,
+        args.dtype,
+        profile=profile,
+        expert_parallel=args.enable_expert_parallel,
+    )
     cost = static_cost(
         lm,
         args.batch,
@@ -406,6 +413,7 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
                 "gpu": lm.gpu.name,
                 "tp": lm.tp,
                 "dtype": lm.dtype,
+                "expert_parallel": lm.expert_parallel,
             }
         )
     else:
@@ -478,6 +486,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "enable_prefix_caching": not args.no_enable_prefix_caching,
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
+        "enable_expert_parallel": args.enable_expert_parallel,
     }
     for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
         if getattr(args, key) is not None:
@@ -496,18 +505,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "burstiness": args.burstiness,
             "max_concurrency": args.max_concurrency,
             "seed": args.seed,
-            "enable_expert_parallel": args.enable_expert_parallel,
         },
         "bench-serve",
     )
     if args.out:
         _writable_dir(args.out, "--out")
-    if args.enable_expert_parallel:
-        print(
-            "comem: note: --enable-expert-parallel is accepted but not modelled yet"
-            " (MoE layers are priced as tensor-parallel)",
-            file=sys.stderr,
-        )
     if not args.json and sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -872,14 +874,33 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     steps = args.steps or default_steps_file()
     if steps is None:
         raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")
-    payload = fit_workload(steps, args.source or None)
+    variable_sources: dict[str, list[str]] = {}
+    for item in args.variable_source or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ComemInputError(
+                f"--variable-source {item!r}: expected VARIABLE=SOURCE, e.g."
+                " system=gemini3pro_mini1.15_verified"
+            )
+        variable_sources.setdefault(name, []).append(source)
+    payload = fit_workload(
+        steps, args.source or None, variable_sources or None, tuple(args.mixture or ())
+    )
+    if args.note:
+        payload["note"] = args.note
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     for name, spec in payload["variables"].items():
+        shape = f"lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
+        if spec["dist"] == "lognormal-mixture":
+            shape = "mixture " + " + ".join(
+                f"{w:.2f} x (mu {m:.2f}, sigma {sd:.2f})"
+                for w, m, sd in zip(spec["weights"], spec["mus"], spec["sigmas"], strict=True)
+            )
         print(
-            f"{name:14s} lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
-            f"  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}  n {spec['n']}"
+            f"{name:14s} {shape}  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}"
+            f"  n {spec['n']}"
         )
     print(f"wrote {out}")
     if args.figure:
@@ -1051,6 +1072,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
     ps.add_argument("--dtype", default="bf16")
+    ps.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
+    )
     ps.add_argument("--batch", type=_positive_int, required=True)
     ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
     ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
@@ -1089,7 +1115,9 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
     bs.add_argument("--dtype", default="bf16", help="weights: bf16 or fp8 [bf16]")
     bs.add_argument(
-        "--enable-expert-parallel", action="store_true", help="(accepted; not modelled)"
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
     bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
     bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
@@ -1235,6 +1263,19 @@ def build_parser() -> argparse.ArgumentParser:
     wf = wl_sub.add_parser("fit", help="fit the 'fitted' workload to a SWE-bench steps CSV")
     wf.add_argument("--steps", help="steps CSV (default: shared/data/workloads/...)")
     wf.add_argument("--source", action="append", help="trace source(s) to fit (default: Gemini)")
+    wf.add_argument(
+        "--variable-source",
+        action="append",
+        metavar="VARIABLE=SOURCE",
+        help="take one variable from another source, e.g. system=gemini3pro_mini1.15_verified",
+    )
+    wf.add_argument(
+        "--mixture",
+        action="append",
+        metavar="VARIABLE",
+        help="fit this variable with two log-normal components (a bimodal one)",
+    )
+    wf.add_argument("--note", help="why this fit (stored in the file, with its provenance)")
     wf.add_argument("--out", default="sim/data/swebench_fitted.json")
     wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
     wf.set_defaults(func=cmd_workload_fit)

@@ -150,6 +150,8 @@ class _Texts:
             return self.words.make(seg.tokens, *self.key, seg.ref, 1)
         if seg.kind == "instruction":
             return self.words.make(seg.tokens, *self.key, seg.ref, 2)
+        if seg.kind == "padding":
+            return self.words.make(seg.tokens, *self.key, seg.ref, 3)
         own = self.actions if seg.kind == "action" else self.summaries
         return own[seg.ref][: seg.tokens]
 
@@ -459,9 +461,11 @@ def replay_architecture(
     on_task: Callable[[], None] | None = None,
 ) -> tuple[list[ReplayStepRow], list[TaskRow], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
-    summary-request rows, wall time. Closed loop only (each agent runs its tasks back
-    to back)."""
+    summary-request rows, wall time. Closed loop (each agent runs its tasks back to
+    back) or closed batch (every task on its own thread, all started at once)."""
     check_replayable(scenario, target)
+    if scenario.workload.arrivals == "closed-batch":
+        tasks = [[task] for own in tasks for task in own]
     steps: list[ReplayStepRow] = []
     done: list[TaskRow] = []
     summaries: list[tuple[Any, ...]] = []
@@ -506,9 +510,10 @@ def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
     """One clear error before anything is sent, for what a live replay cannot do."""
     from calibration.errors import ComemInputError
 
-    if scenario.workload.arrival_rate_per_s is not None:
+    if scenario.workload.arrivals == "poisson":
         raise ComemInputError(
-            "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
+            "comem replay: Poisson (open-loop) arrivals are not supported; use arrivals ="
+            " 'closed-loop' or 'closed-batch'"
         )
     for arch in scenario.architectures:
         if uses_memory(arch.kind) and target.memory is None:

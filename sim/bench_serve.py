@@ -57,8 +57,6 @@ class BenchServeConfig(BaseModel):
     burstiness: float = Field(default=1.0, gt=0.0, lt=math.inf)
     max_concurrency: PositiveInt | None = None
     seed: NonNegativeInt = 0
-    #: accepted for vLLM's command line; expert parallelism is not modelled yet
-    enable_expert_parallel: bool = False
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
@@ -231,7 +229,7 @@ def vllm_result(res: BenchServeResult, detailed: bool = False) -> dict[str, Any]
             "kv_cache_blocks": res.engine.total_blocks,
             "iterations": res.engine.iterations,
             "stepping": cfg.engine.stepping,
-            "expert_parallel": "accepted, not modelled" if cfg.enable_expert_parallel else False,
+            "expert_parallel": cfg.engine.enable_expert_parallel,
         },
     }
     samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}

@@ -43,6 +43,10 @@ class EngineConfig(BaseModel):
     gpu: str = "h100_sxm"
     tp: PositiveInt = 1
     dtype: Literal["bf16", "fp8"] = "bf16"
+    #: vLLM's ``--enable-expert-parallel`` (one data-parallel rank): MoE layers split by
+    #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
+    #: dense model
+    enable_expert_parallel: bool = False
     max_num_batched_tokens: PositiveInt = 8192
     max_num_seqs: PositiveInt = 1024
     max_model_len: PositiveInt = 131072

@@ -173,7 +173,14 @@ class Engine:
             else:
                 from calibration.latency import LatencyModel
 
-                latency = LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
+                latency = LatencyModel(
+                    cfg.model,
+                    cfg.gpu,
+                    cfg.tp,
+                    cfg.dtype,
+                    profile=profile,
+                    expert_parallel=cfg.enable_expert_parallel,
+                )
         self.latency = latency
         overhead = cfg.request_overhead_s
         if overhead is None:

@@ -64,20 +64,29 @@ class Step:
 
 @dataclass(frozen=True)
 class Task:
+    """A task's system (and task statement) prompt, its steps and summary length.
+
+    ``input_target_tokens``: an agent request whose prompt is shorter is padded with
+    filler up to it, in that request only (the CoMem authors' synthetic benchmark,
+    AUTHORS_SETUP.md: input target 512); 0: no padding.
+    """
+
     system_tokens: int
     steps: tuple[Step, ...]
     summary_tokens: int
+    input_target_tokens: int = 0
 
 
 # --- what contexts are made of --------------------------------------------------------------
 
-SegmentKind = Literal["system", "observation", "action", "summary", "instruction"]
+SegmentKind = Literal["system", "observation", "action", "summary", "instruction", "padding"]
 
 
 @dataclass(frozen=True)
 class Segment:
     """A run of tokens: the system prompt, step ``ref``'s observation, action (its kept
-    part) or summarize instruction, or summary job ``ref``'s output."""
+    part), summarize instruction or request filler (``padding``, never kept in a
+    context), or summary job ``ref``'s output."""
 
     kind: SegmentKind
     ref: int
@@ -295,16 +304,27 @@ class ContextPolicy:
 
     def _agent_step(self, t: int, step: Step) -> Generator[Action, Any, str | None]:
         """Send step ``t``'s request over context + observation; on success the context
-        becomes prompt + kept action and the tool runs. Returns the failure, or None."""
+        becomes prompt + kept action and the tool runs. Returns the failure, or None.
+
+        A prompt below the task's input target is sent with filler appended, on a branch
+        of the context's stream: the filler and the action decoded after it are that
+        request's alone, so the next prompt (without the filler) reuses the cache only up
+        to the end of this prompt."""
         obs = Segment("observation", t, step.observation)
         prompt = (*self.context, obs)
         prompt_tokens = self.context_tokens + step.observation
-        reply = yield Send(t, Prompt(prompt), step.action, self.stream)
+        filler = self.task.input_target_tokens - prompt_tokens
+        sent, stream = Prompt(prompt), self.stream
+        if filler > 0:
+            sent = Prompt((*prompt, Segment("padding", t, filler)))
+            stream = self._new_stream(self.stream, prompt_tokens)
+        reply = yield Send(t, sent, step.action, stream)
         if not reply.ok:
             return reply.failure
         kept = reply.generated if step.kept is None else min(step.kept, reply.generated)
-        if kept < reply.generated:
-            # dropped reasoning: the context diverges from the stream after the prompt
+        if kept < reply.generated or filler > 0:
+            # dropped reasoning or filler: the context diverges from the stream after the
+            # prompt
             self.stream = self._new_stream(self.stream, prompt_tokens)
         action = Segment("action", t, kept)
         self.context = (*prompt, action)

@@ -47,21 +47,45 @@ class EngineDefaults(_Strict):
 
 
 class SyntheticWorkload(AgentLoad):
-    """Fixed per-step tokens, as in the CoMem authors' latency benchmark."""
+    """Fixed per-step tokens, as in the CoMem authors' latency benchmark.
+
+    Their benchmark exactly (AUTHORS_SETUP.md, "Their synthetic latency benchmark"):
+    ``system_tokens = 500`` (the problem statement), ``first_observation_tokens = 0``,
+    ``observation_tokens = 200``, ``input_target_tokens = 512``, ``action_tokens =
+    1024``, ``summary_tokens = 2048``, 64 steps, tool time 0 (``scenarios/
+    authors_synthetic.toml``).
+    """
 
     kind: Literal["synthetic"] = "synthetic"
     steps: PositiveInt = 64
     system_tokens: PositiveInt = 512
     observation_tokens: PositiveInt = 512
+    #: the first step's observation (None: ``observation_tokens``); 0 when the first
+    #: request reads the system and task prompt alone
+    first_observation_tokens: NonNegativeInt | None = None
     action_tokens: PositiveInt = 1024
+    #: agent requests with shorter prompts are padded up to it, in the request only
+    #: (not kept in the history); 0: none
+    input_target_tokens: NonNegativeInt = 0
     tool_s: NonNegativeFloat = 0.0
     #: ``fixed``: every tool call takes ``tool_s``; ``exponential``: its mean
     tool_s_dist: Literal["fixed", "exponential"] = "fixed"
 
+    def _task(self, tools: list[float]) -> Task:
+        first = self.first_observation_tokens
+        steps = tuple(
+            Step(
+                first if (i == 0 and first is not None) else self.observation_tokens,
+                self.action_tokens,
+                tool,
+            )
+            for i, tool in enumerate(tools)
+        )
+        return Task(self.system_tokens, steps, self.summary_tokens, self.input_target_tokens)
+
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         if self.tool_s_dist == "fixed":
-            step = Step(self.observation_tokens, self.action_tokens, self.tool_s)
-            task = Task(self.system_tokens, (step,) * self.steps, self.summary_tokens)
+            task = self._task([self.tool_s] * self.steps)
             return [[task] * self.tasks_per_agent for _ in range(self.agents)]
         out = []
         for _ in range(self.agents):
@@ -70,12 +94,9 @@ class SyntheticWorkload(AgentLoad):
                 tools = (
                     rng.exponential(self.tool_s, self.steps)
                     if self.tool_s > 0
-                    else [0.0] * self.steps
+                    else np.zeros(self.steps)
                 )
-                steps = tuple(
-                    Step(self.observation_tokens, self.action_tokens, float(e)) for e in tools
-                )
-                own.append(Task(self.system_tokens, steps, self.summary_tokens))
+                own.append(self._task([float(e) for e in tools]))
             out.append(own)
         return out
 
@@ -193,12 +214,19 @@ def run_architecture(
         for i, task in enumerate(own):
             yield from agent.run_task(i, task)
 
+    arrival_mode = scenario.workload.arrivals
     rate = scenario.workload.arrival_rate_per_s
-    if rate is None:
+    if arrival_mode == "closed-loop":
         for a, own in enumerate(tasks):
             agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
             env.process(agent_loop(agent, own))
+    elif arrival_mode == "closed-batch":
+        # every task starts now, each on its own worker; none is replaced
+        for a, task in enumerate(t for own in tasks for t in own):
+            agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
+            env.process(agent_loop(agent, [task]))
     else:
+        assert rate is not None  # the workload's validation
         # open loop: the same tasks, arriving at the same (seeded) Poisson times
         gaps = np.random.default_rng([scenario.seed, 1]).exponential(
             1.0 / rate, sum(len(own) for own in tasks)
