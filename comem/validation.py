@@ -3,7 +3,7 @@ fails against a stated threshold. It lives beside the CLI because it compares th
 simulator with the theory, and neither of those imports the other.
 
 Rungs now: (1) simulator == closed forms in the deterministic single-agent regime;
-(2) fast stepping == iteration stepping on random engine loads; (3) the engine as an
+(2) event stepping == iteration stepping on random engine loads; (3) the engine as an
 M/G/1 queue vs Pollaczek-Khinchine; (4) calibration headline errors (per-op fit,
 end-to-end); (5) the paper's qualitative claim, KSO's speedup over FC grows with
 concurrency; (6) KSO stall under random tool times between the Jensen and Scarf bounds.
@@ -165,7 +165,7 @@ def rung_fast_equals_iteration(cases: int, seed: int) -> Rung:
     for i in range(cases):
         worst = max(worst, _rel(_engine_run("event", seed + i), _engine_run("iteration", seed + i)))
     return Rung(
-        "fast stepping == iteration stepping", "max relative error", worst, 1e-9, worst <= 1e-9
+        "event stepping == iteration stepping", "max relative error", worst, 1e-9, worst <= 1e-9
     )
 
 

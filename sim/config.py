@@ -85,7 +85,7 @@ class EngineConfig(BaseModel):
     #: ``vllm``: the replica with the lowest 4 x waiting + running (vLLM's DP client);
     #: ``round-robin``; ``prefix-aware``: the longest cached prefix, then vLLM's score.
     data_parallel_router: Literal["vllm", "round-robin", "prefix-aware"] = "vllm"
-    #: Keep the per-iteration (per fast step) time series.
+    #: Keep the per-step time series (an iteration, or a run of them in event stepping).
     record_iterations: bool = True
 
 
