@@ -261,6 +261,9 @@ class Estimate:
     mean_step_s: float  # the closed form's, per replica of N / DP agents in lockstep
     kv_bound_agents: int  # agents per replica whose contexts fit the KV cache at once
     optimistic: bool  # past the KV bound, or co-located (the closed form is a bound)
+    #: what pruning ranks by: the closed form plus the recomputation the KV cache forces
+    #: past its bound (the share of contexts that do not fit, re-prefilled every step)
+    prune_step_s: float = math.nan
 
 
 def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
@@ -306,8 +309,11 @@ def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
             summary=np.array(summary), tool_s=np.array(tool), steps=steps,
             k=np.array(c.k), retain=np.array(spec.retain), lag=np.array(1),
         )  # fmt: skip
+        # co-located engines take turns on the GPUs: the summary cannot overlap the
+        # agent's work, so price CoMem there as the blocking SM
+        kind = "sm" if c.kind == "kso" and c.memory_placement == "co-located" else c.kind
         lat, _ = step_latencies(
-            c.kind, params, agent_c.reshape(5, 1), None if mem_c is None else mem_c.reshape(5, 1)
+            kind, params, agent_c.reshape(5, 1), None if mem_c is None else mem_c.reshape(5, 1)
         )
         util = AGENT_UTIL_COLOCATED if c.memory_placement == "co-located" else 0.9
         kv = _latency_model(
@@ -317,11 +323,21 @@ def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
             ctx = fc_peak_context(system, obs, action, steps)
         else:
             ctx = kso_peak_context(system, obs, action, summary, c.k, spec.retain, 1)
-        bound = max_agents(kv, min(ctx, spec.max_model_len))
+        ctx = min(ctx, spec.max_model_len)
+        bound = max_agents(kv, ctx)
+        mean = float(np.mean(lat))
+        # a pruning heuristic, not a bound: past the KV bound the contexts that do not
+        # fit are evicted and re-prefilled each step, n * (1 - bound / n) of them, priced
+        # as prefills of half a peak context by the engine's surrogate
+        miss = max(0, n - bound)
+        half = ctx / 2.0
+        c_one = surrogate(spec.agent_model, c.agent_tp, c.agent_dtype, c.agent_ep)
+        refill = miss * (c_one[1] * half + c_one[2] * half * (half + 1) / 2.0)
         out.append(
             Estimate(
-                c, float(np.mean(lat)), bound,
+                c, mean, bound,
                 optimistic=n > bound or c.memory_placement == "co-located",
+                prune_step_s=mean + float(refill),
             )
         )  # fmt: skip
     return out
@@ -418,15 +434,25 @@ def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
     """The objective as the closed form sees it (smaller is better): the step latency, or
     for steps per GPU minus ``agents / step latency / GPUs`` (each of the N agents in a
     closed loop completes a step per step latency)."""
+    step = e.prune_step_s if math.isfinite(e.prune_step_s) else e.mean_step_s
     if spec.objective == "steps-per-gpu":
-        return -spec.agents / e.mean_step_s / e.candidate.gpus_used
-    return e.mean_step_s
+        return -spec.agents / step / e.candidate.gpus_used
+    return step
 
 
 def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
-    """The candidates worth simulating: the ``top`` by estimate, and each kind's best."""
+    """The candidates worth simulating: the ``top`` by estimate, and each kind's best.
+
+    CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
+    form prices no offload), so an offload variant is simulated only past the KV bound."""
+    n = spec.agents
+    useful = [
+        e
+        for e in estimates
+        if not e.candidate.offload or math.ceil(n / e.candidate.agent_dp) > e.kv_bound_agents
+    ]
     by_estimate = sorted(
-        estimates, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
+        useful, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
     )
     chosen = [e.candidate for e in by_estimate[: spec.top]]
     for kind in spec.kinds:
