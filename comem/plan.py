@@ -170,7 +170,7 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
             for dp in dps:
                 for dtype in spec.dtypes:
                     for ep in eps:
-                        if ep and tp == 1:
+                        if ep and (tp == 1 or dp > 1):  # EP across DP ranks: not modelled
                             continue
                         if not _fits(spec.agent_model, spec.gpu, tp, dtype, 0.9):
                             continue

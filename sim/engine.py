@@ -567,6 +567,14 @@ class ReplicatedEngine:
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
     ) -> None:
+        if config.enable_expert_parallel:
+            # vLLM's EP spans all DP ranks (EP = TP x DP, tokens all-gathered across
+            # them); independent replicas cannot price that
+            raise ComemInputError(
+                f"engine '{config.name}': expert parallelism with data_parallel_size"
+                f" {config.data_parallel_size} is not modelled (vLLM makes EP = TP x DP across"
+                " the DP ranks); use TP with EP, or DP without it"
+            )
         self.env = env
         self.config = config
         self.recorder = recorder if recorder is not None else MetricsRecorder()
