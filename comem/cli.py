@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -77,6 +77,24 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def _with_progress(
+    show: bool, label: str, unit: str, total: int | None, work: Callable[[Any], Any]
+) -> Any:
+    """Run ``work(advance)`` with a progress bar on stderr (``advance()`` per item done,
+    None when no bar is shown): one bar for every long command."""
+    if not show:
+        return work(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    count = "{task.completed}/{task.total}" if total is not None else "{task.completed}"
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn(f"{count} {unit}"),
+        TimeRemainingColumn(), transient=True,
+    ) as bar:  # fmt: skip
+        job = bar.add_task(label, total=total)
+        return work(lambda: bar.advance(job))
 
 
 def _print_json(obj: Any) -> None:
@@ -510,17 +528,10 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     )
     if args.out:
         _writable_dir(args.out, "--out")
-    if not args.json and sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(), transient=True,
-        ) as bar:  # fmt: skip
-            job = bar.add_task("bench-serve", total=cfg.num_prompts)
-            result = run_bench_serve(cfg, progress=lambda: bar.advance(job))
-    else:
-        result = run_bench_serve(cfg)
+    result = _with_progress(
+        not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
+        lambda advance: run_bench_serve(cfg, progress=advance),
+    )  # fmt: skip
     out = result.to_vllm_json(detailed=args.save_detailed)
     if args.out:
         paths = result.recorder.write_parquet(args.out)
@@ -582,22 +593,11 @@ def cmd_paper(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(str(out), "--out")
     workers = args.workers or max(1, min(len(files), os.cpu_count() or 1))
-    progress = not args.json and sys.stderr.isatty()
-
-    def runner(total: int, fn: Any) -> Any:
-        if not progress:
-            return fn(None)
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} scenarios"), TimeRemainingColumn(),
-            transient=True,
-        ) as bar:  # fmt: skip
-            job = bar.add_task("comem paper", total=total)
-            return fn(lambda: bar.advance(job))
-
-    rows = runner(len(files), lambda cb: run_paper(files, args.set, workers, cb))
+    show = not args.json and sys.stderr.isatty()
+    rows = _with_progress(
+        show, "comem paper", "scenarios", len(files),
+        lambda cb: run_paper(files, args.set, workers, cb),
+    )  # fmt: skip
     written = write_table(rows, out)
     written.append(figure(rows, out / "paper_speedups.png"))
     result: dict[str, Any] = {"rows": [r.to_dict() for r in rows], "metrics": PAPER_METRICS}
@@ -605,10 +605,10 @@ def cmd_paper(args: argparse.Namespace) -> int:
         from sim.paper import SENSITIVITY_AXES, SENSITIVITY_BASE
 
         n = 1 + sum(len(v) for v in SENSITIVITY_AXES.values())
-        sens = runner(
-            n,
+        sens = _with_progress(
+            show, "sensitivity", "runs", n,
             lambda cb: sensitivity(SENSITIVITY_BASE, SENSITIVITY_AXES, args.metric, workers, cb),
-        )
+        )  # fmt: skip
         (out / "sensitivity.json").write_text(json.dumps(sens, indent=1, sort_keys=True) + "\n")
         written.append(out / "sensitivity.json")
         written.append(sensitivity_figure(sens, out / "sensitivity.png"))
@@ -670,17 +670,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(str(out), "--out")
     workers = args.workers or max(1, os.cpu_count() or 1)
-    if not args.json and sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("comem plan: simulating"), BarColumn(),
-            TextColumn("{task.completed} candidates"), TimeRemainingColumn(), transient=True,
-        ) as bar:  # fmt: skip
-            job = bar.add_task("plan", total=None)
-            rows, n = run_plan(spec, workers, out, lambda: bar.advance(job))
-    else:
-        rows, n = run_plan(spec, workers, out)
+    rows, n = _with_progress(
+        not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
+        lambda advance: run_plan(spec, workers, out, advance),
+    )  # fmt: skip
     best = rows[0]
     written = [out / "plan.md", out / "plan.json"]
     (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
