@@ -48,6 +48,7 @@ __all__ = [
     "AnyEngine",
     "Engine",
     "IterationLatency",
+    "LockstepReplicas",
     "ReplicatedEngine",
     "Request",
     "SharedGpus",
@@ -158,12 +159,15 @@ class Engine:
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
         gpus: SharedGpus | None = None,
+        driver: LockstepReplicas | None = None,
     ) -> None:
         self.env = env
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
         #: the GPUs this engine shares with others (co-location), if any
         self.gpus = gpus
+        #: a data-parallel group that steps this engine with its peers (MoE models)
+        self.driver = driver
         if latency is None:
             from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
 
@@ -216,7 +220,7 @@ class Engine:
         self._wake: simpy.Event | None = None  # the idle engine waits on it
         self._in_run = False  # a run is in flight: a submission interrupts it
         self._ids = 0
-        self.process = env.process(self._run())
+        self.process = env.process(self._run()) if driver is None else None
 
     @staticmethod
     def _offload_tier(cfg: EngineConfig, latency: Any) -> OffloadTier | None:
@@ -316,8 +320,11 @@ class Engine:
 
     def _enqueue(self, req: Request) -> None:
         self.scheduler.add(req)
-        if self._in_run:
+        if self.driver is not None:
+            self.driver.notify()
+        elif self._in_run:
             self._in_run = False
+            assert self.process is not None
             self.process.interrupt()
         elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
@@ -531,7 +538,7 @@ class SharedGpus:
             return ev
         self.queue.append((engine, ev))
         holder = self.holder
-        if holder._in_run:  # stop its run at the iteration in flight
+        if holder._in_run and holder.process is not None:  # stop its run in flight
             holder._in_run = False
             holder.process.interrupt()
         return ev
@@ -555,9 +562,8 @@ class ReplicatedEngine:
     (vLLM's DP client; vLLM refreshes the counts from its coordinator about every 100 ms
     and counts its own assignments in between, here they are exact), ``round-robin``,
     or ``prefix-aware`` (the longest cached prefix of the request's stream, then vLLM's
-    score). Replicas step independently. vLLM runs the ranks of a MoE model in lockstep
-    (an idle rank runs dummy batches; ``VLLM_FACTS.md`` section 5), which this does not
-    model: for MoE models it is optimistic when the replicas are unevenly loaded.
+    score). Replicas step independently, as vLLM 0.19 runs a dense model's ranks; a MoE
+    model's ranks step together (:class:`LockstepReplicas`).
     """
 
     def __init__(
@@ -569,7 +575,7 @@ class ReplicatedEngine:
     ) -> None:
         if config.enable_expert_parallel:
             # vLLM's EP spans all DP ranks (EP = TP x DP, tokens all-gathered across
-            # them); independent replicas cannot price that
+            # them); replicas that each price their own MoE layers cannot model that
             raise ComemInputError(
                 f"engine '{config.name}': expert parallelism with data_parallel_size"
                 f" {config.data_parallel_size} is not modelled (vLLM makes EP = TP x DP across"
@@ -645,6 +651,130 @@ class ReplicatedEngine:
             e.check_invariants()
 
 
+class LockstepReplicas(ReplicatedEngine):
+    """Data-parallel replicas of a MoE model, stepped in lockstep as vLLM does
+    (``VLLM_FACTS.md`` section 5: every rank runs each step, an idle rank a dummy batch,
+    and the step lasts as long as the slowest rank's).
+
+    One SimPy process drives every replica's scheduler: a step is a single iteration of
+    every rank, or, when every busy rank has a run of identical iterations ahead, the
+    shortest of those runs, priced rank by rank and taken as the elementwise maximum.
+    A dummy batch is priced as a one-token decode.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: EngineConfig,
+        latency: IterationLatency | None = None,
+        recorder: MetricsRecorder | None = None,
+    ) -> None:
+        if config.enable_expert_parallel:
+            ReplicatedEngine.__init__(self, env, config, latency, recorder)  # raises
+        self.env = env
+        self.config = config
+        self.recorder = recorder if recorder is not None else MetricsRecorder()
+        self.replicas = [
+            Engine(
+                env,
+                config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
+                latency,
+                self.recorder,
+                driver=self,
+            )
+            for i in range(config.data_parallel_size)
+        ]
+        self.latency = self.replicas[0].latency
+        self._next = 0
+        self._wake: simpy.Event | None = None
+        self._in_run = False
+        self.process = env.process(self._run())
+
+    def notify(self) -> None:
+        """A replica got a request: wake the group, or stop its run at the iteration in
+        flight."""
+        if self._in_run:
+            self._in_run = False
+            self.process.interrupt()
+        elif self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _dummy_s(self, engine: Engine) -> float:
+        return engine.latency.iteration_time_of(1, 1)
+
+    def _run(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        reps = self.replicas
+        while True:
+            if all(e.scheduler.idle for e in reps):
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            start = env.now
+            plans: list[Step | Run | None] = []
+            for e in reps:
+                sched = e.scheduler
+                sched.now = start
+                plans.append(None if sched.idle else sched.next(MAX_RUN_ITERATIONS))
+            busy = [p for p in plans if p is not None]
+            if all(isinstance(p, Run) for p in busy):
+                m = min(p.iterations for p in busy)  # type: ignore[union-attr]
+                per_rank = []
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        per_rank.append(np.full(m, self._dummy_s(e)))
+                    else:
+                        assert isinstance(p, Run)
+                        p.iterations, p.allocations = m, None
+                        per_rank.append(np.diff(e._run_times(p), prepend=0.0))
+                ends = np.cumsum(np.max(np.vstack(per_rank), axis=0))
+                done = m
+                self._in_run = True
+                try:
+                    yield env.timeout(float(ends[-1]))
+                except simpy.Interrupt:
+                    k = min(int(np.searchsorted(ends, env.now - start, side="left")), m - 1)
+                    done = k + 1
+                    yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+                self._in_run = False
+                fired = False
+                for e, p in zip(reps, plans, strict=True):
+                    if p is not None:
+                        assert isinstance(p, Run)
+                        fired |= e._fire(e.scheduler.apply_run(p, done))
+                        chunks = [p.chunk] * done if p.chunk else []
+                        e._record_step(start, done, p.num_decode, chunks)
+            else:
+                durations = []
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        durations.append(self._dummy_s(e))
+                    elif isinstance(p, Run):
+                        p.iterations, p.allocations = 1, None
+                        durations.append(float(e._run_times(p)[0]))
+                    else:
+                        for seq in p.admitted:
+                            req: Request = seq  # type: ignore[assignment]
+                            req.admitted_s = start
+                            if req._admitted is not None:
+                                req._admitted.succeed(req)
+                        durations.append(e._price(p))
+                yield env.timeout(max(durations))
+                fired = False
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        continue
+                    if isinstance(p, Run):
+                        fired |= e._fire(e.scheduler.apply_run(p, 1))
+                        e._record_step(start, 1, p.num_decode, [p.chunk] if p.chunk else [])
+                    else:
+                        fired |= e._fire(e.scheduler.apply(p))
+                        e._record_step(start, 1, p.num_decode, p.prefill_new)
+            if fired:
+                yield env.timeout(0)
+
+
 #: what agents and loads submit to: one engine, or data-parallel replicas of it
 AnyEngine = Engine | ReplicatedEngine
 
@@ -693,7 +823,11 @@ def build_engines(
     engines: dict[str, AnyEngine] = {}
     for role, cfg in configs.items():
         if cfg.data_parallel_size > 1:
-            engines[role] = ReplicatedEngine(env, cfg, latency.get(role), recorder)
+            from calibration.registry import get_model
+
+            # vLLM steps the ranks of a MoE model in lockstep; a dense model's run alone
+            group = LockstepReplicas if get_model(cfg.model).is_moe else ReplicatedEngine
+            engines[role] = group(env, cfg, latency.get(role), recorder)
         else:
             gpus = shared.get(cfg.gpu_group) if cfg.gpu_group is not None else None
             engines[role] = Engine(env, cfg, latency.get(role), recorder, gpus)

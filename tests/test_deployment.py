@@ -154,3 +154,50 @@ def test_event_stepping_equals_iteration_stepping_when_engines_share_gpus():
             assert len(a) == len(b) > 0
             assert a["preemptions"].tolist() == b["preemptions"].tolist()
             np.testing.assert_allclose(b["finished_s"], a["finished_s"], rtol=1e-9)
+
+
+def test_moe_replicas_step_in_lockstep():
+    """vLLM steps a MoE model's DP ranks together: a rank with a long prompt holds back the
+    other's decodes (its steps last as long as the slowest rank's), unlike a dense model's
+    independent ranks."""
+    from sim.engine import LockstepReplicas
+
+    def short_request_end(model: str, with_long: bool) -> float:
+        env = simpy.Environment()
+        cfg = EngineConfig(
+            name="x", model=model, gpu="h200_sxm", tp=8, dtype="fp8", data_parallel_size=2,
+            data_parallel_router="round-robin",
+        )  # fmt: skip
+        eng = build_engines(env, {"agent": cfg})["agent"]
+        assert isinstance(eng, LockstepReplicas) == (model == "qwen3-235b-a22b")
+        short = eng.submit(64, 200)  # rank 0: a short decode
+        if with_long:
+            eng.submit(30000, 2)  # rank 1: a long prompt, chunked over several steps
+        env.run()
+        return short.finished_s
+
+    # dense ranks are independent: the other rank's prompt changes nothing
+    assert short_request_end("qwen3-32b", True) == pytest.approx(
+        short_request_end("qwen3-32b", False), rel=1e-12
+    )
+    # MoE ranks step together: the short request waits for the long prompt's chunks
+    assert short_request_end("qwen3-235b-a22b", True) > 1.2 * short_request_end(
+        "qwen3-235b-a22b", False
+    )
+
+
+def test_lockstep_replicas_agree_in_both_steppings():
+    out = {}
+    for mode in ("iteration", "event"):
+        env = simpy.Environment()
+        cfg = EngineConfig(
+            name="x", model="qwen3-235b-a22b", gpu="h200_sxm", tp=8, dtype="fp8",
+            data_parallel_size=2, stepping=mode, kv_capacity_tokens=20000,
+        )  # fmt: skip
+        eng = build_engines(env, {"agent": cfg})["agent"]
+        start_closed_loop(env, eng, 5, 3, 600, 300, 80, think_s=0.02, carry_output=True)
+        env.run()
+        out[mode] = eng.recorder.requests_frame().sort_values(["engine", "request_id"])
+    a, b = out["iteration"], out["event"]
+    assert len(a) == len(b) == 15
+    np.testing.assert_allclose(b["finished_s"], a["finished_s"], rtol=1e-9)
