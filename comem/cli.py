@@ -962,7 +962,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from comem.figures import make_figures
 
-    for path in make_figures(args.out, quick=args.quick):
+    # --quick figures are small: never over the committed full-size ones by default
+    out = args.out or ("out/figures-quick" if args.quick else "figures")
+    for path in make_figures(out, quick=args.quick, only=args.only):
         print(f"wrote {path}")
     return 0
 
@@ -1283,7 +1285,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fg = sub.add_parser("figures", help="regenerate the figures (PNG and PDF)")
     fg.add_argument("--quick", action="store_true", help="small simulations (seconds)")
-    fg.add_argument("--out", default="figures")
+    fg.add_argument(
+        "--out", help="directory (default: figures/, or out/figures-quick/ with --quick)"
+    )
+    fg.add_argument("--only", action="append", metavar="NAME", help="only this figure (repeatable)")
     fg.set_defaults(func=cmd_figures)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")

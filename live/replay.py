@@ -43,6 +43,7 @@ from sim.policy import (
     Summarize,
     Task,
     Tool,
+    Waited,
     make_policy,
     total_step_time,
     uses_memory,
@@ -230,7 +231,7 @@ class LiveAgent:
         jobs: dict[int, _LiveJob] = {}
         start = self._now()
         run = policy.run()
-        reply: AgentReply | None = None
+        reply: AgentReply | Waited | None = None
         res: StreamResult | None = None
         submit = tool = stall = total_stall = 0.0
         prompt_len = summaries = 0
@@ -250,9 +251,12 @@ class LiveAgent:
                     words = res.text.split()
                     with guard:
                         texts.actions[action.step] = words
-                    reply = AgentReply(True, len(words))
+                    # a client sees the latency; queueing and KV are inside the server
+                    reply = AgentReply(True, len(words), latency_s=res.e2e_s)
                 else:
-                    reply = AgentReply(False, failure=f"{res.status}: {res.error}"[:200])
+                    reply = AgentReply(
+                        False, failure=f"{res.status}: {res.error}"[:200], latency_s=res.e2e_s
+                    )
             elif isinstance(action, Tool):
                 time.sleep(action.seconds)
                 tool += action.seconds
@@ -274,6 +278,7 @@ class LiveAgent:
                 w0 = self._now()
                 jobs[action.job].done.wait()
                 stall += self._now() - w0
+                reply = Waited(self._now() - w0)
             elif isinstance(action, StepEnd):
                 swapped = jobs.get(action.swapped) if action.swapped is not None else None
                 if res is not None:  # a step that sent nothing has no row

@@ -541,6 +541,27 @@ def test_theory_latex_lists_every_result() -> None:
     assert any("c_{4}" in v for v in data.values())
 
 
+def test_figures_quick_never_overwrites_the_committed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comem.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", "--quick", "--only", "theory_frontier"]) == 0
+    assert (tmp_path / "out" / "figures-quick" / "theory_frontier.png").is_file()
+    assert not (tmp_path / "figures").exists()
+    assert_user_error(run_comem("figures", "--only", "nope"), "--only", "nope", "adaptive_k")
+
+
+def test_bad_adaptive_rule_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[architectures]]\nname = "A"\nkind = "kso-adaptive"\nk = 4\n'
+        'adaptive = { kv_high = 2.0 }\nmemory = { name = "memory" }\n'
+    )
+    assert_user_error(run_comem("run", str(bad)), "bad.toml", "kv_high", "2.0")
+
+
 def test_figures_quick_writes_every_figure(tmp_path: Path) -> None:
     from comem.figures import FIGURES
 
