@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,9 +128,9 @@ def fit_kernel_ops(
 
 def load_e2e(path: str | Path) -> pd.DataFrame:
     """Read the static-batch end-to-end CSV (LLM-Inference-Bench schema)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: end-to-end CSV does not exist")
+    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, input_file, numeric_column
+
+    p = input_file(path, "end-to-end CSV")
     try:
         raw = pd.read_csv(p)
     except Exception as exc:
@@ -139,16 +138,19 @@ def load_e2e(path: str | Path) -> pd.DataFrame:
     missing = [c for c in E2E_COLUMNS if c not in raw.columns]
     if missing:
         raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    where = str(p)
     rows = pd.DataFrame(
         {
-            "model": [get_model(m).alias for m in raw["Model"]],
-            "tp": raw["Num of Hardware"].astype(int),
-            "length": raw["Input Output Length"].astype(int),
-            "batch": raw["Batch Size"].astype(int),
-            "latency_s": raw["Latency"].astype(float),
+            "model": [get_model(str(m)).alias for m in raw["Model"]],
+            "tp": numeric_column(raw, "Num of Hardware", where, low=1, high=64, whole=True),
+            "length": numeric_column(
+                raw, "Input Output Length", where, low=1, high=MAX_TOKENS, whole=True
+            ),
+            "batch": numeric_column(raw, "Batch Size", where, low=1, high=MAX_TOKENS, whole=True),
+            "latency_s": numeric_column(raw, "Latency", where, low=1e-6, high=MAX_SECONDS),
         }
     )
-    return rows
+    return rows.astype({"tp": int, "length": int, "batch": int, "latency_s": float})
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,13 @@ def fit_profile(
     )
     described = tables.directory / DEVICE_FILE
     if described.is_file():  # a device's own tables, from comem calibrate microbench
+        from calibration.inputs import read_json
+
         framework = "torch-microbench"
-        kernel_data = str(json.loads(described.read_text()).get("source", described))
+        device = read_json(described, "device")
+        kernel_data = str(
+            device.get("source", described) if isinstance(device, dict) else described
+        )
     provenance: dict[str, Any] = {
         "kernel_data": kernel_data,
         "kernel_dir": "/".join(Path(kernel_dir).parts[-3:]),

@@ -15,7 +15,6 @@ registry depends on it and not the other way round.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -238,23 +237,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     One clear :class:`ComemInputError` line for a missing file, bytes that are not UTF-8, text
     that is not JSON, or JSON that is not an object.
     """
+    from calibration.inputs import read_json
+
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    if not p.is_file():
-        raise ComemInputError(f"{p}: model config file does not exist")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ComemInputError(f"{p}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise ComemInputError(f"{p}: cannot read ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ComemInputError(
-            f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
+    data = read_json(p, "model config")
     if not isinstance(data, dict):
         raise ComemInputError(f"{p}: a config.json holds a JSON object, got {type(data).__name__}")
     return data

@@ -150,6 +150,15 @@ class LatencyModel:
                 f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
             )
         self.tp = tp
+        if profile is not None and (profile.gpu, profile.dtype) != (self.gpu.name, self.dtype):
+            # a profile's op fits price one GPU's kernels in one dtype; the KV capacity
+            # and weights come from the engine's GPU: mixed, they describe no machine
+            which = f"profile {profile.source}" if profile.source else "the profile"
+            raise ComemInputError(
+                f"{which} is for {profile.gpu}/{profile.dtype}, but the engine runs"
+                f" {self.gpu.name}/{self.dtype}: set the engine's gpu and dtype to the"
+                f" profile's, or use a profile fitted on {self.gpu.name}/{self.dtype}"
+            )
         self.profile = (
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
         )

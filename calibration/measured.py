@@ -41,6 +41,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas and scipy are for reading and fitting measurements only
     import pandas as pd
 
+from calibration import limits
 from calibration.errors import ComemInputError
 from calibration.kv_cache import KVCache, StreamSpace
 from calibration.profile import Profile, code_commit, read_profile_json, write_profile_json
@@ -140,6 +141,16 @@ def closed_batch_features(
     return WaveFeatures(ttft, itl, e2e, sched.iterations)
 
 
+def wave_iterations(
+    concurrency: int, prompt_tokens: int, output_tokens: int, cached_tokens: int, budget: int
+) -> int:
+    """About how many iterations :func:`closed_batch_features` replays for one wave:
+    the prefill chunks of every new prompt token, then one per output token for each
+    group of ``max_num_seqs`` (1024) requests."""
+    prefill = -(-concurrency * max(1, prompt_tokens - cached_tokens) // max(1, budget))
+    return prefill + output_tokens * -(-concurrency // 1024)
+
+
 @dataclass
 class MeasuredProfile:
     """A linear-surrogate profile fitted on a live server, with its provenance."""
@@ -177,8 +188,12 @@ class MeasuredProfile:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> MeasuredProfile:
+        """Validate and build: every coefficient a finite number of seconds in [0,
+        :data:`MAX_COEFFICIENT_S`] (a NaN or negative one would run SimPy's clock
+        backwards), some iteration cost > 0, whole token counts."""
         if not isinstance(data, dict) or data.get("schema") != MEASURED_SCHEMA:
             raise ComemInputError(f"{source}: not a measured profile ({MEASURED_SCHEMA})")
+        _check_measured(data, source)
         try:
             coef = {k: float(data["surrogate"][k]) for k in ("c0", "c1", "c2", "c3", "c4")}
             err = data.get("fit_error") or {}
@@ -208,6 +223,61 @@ class MeasuredProfile:
     @classmethod
     def load(cls, path: str | Path) -> MeasuredProfile:
         return cls.from_dict(read_profile_json(path), str(path))
+
+
+#: A measured coefficient above this many seconds (per iteration, token, sequence or
+#: request) describes no server
+MAX_COEFFICIENT_S = 60.0
+
+
+def _check_measured(data: dict[str, Any], source: str) -> None:
+    """One line for the first defect of a measured profile's numbers."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    sur = data.get("surrogate")
+    if not isinstance(sur, dict):
+        raise ComemInputError(f"{source}: 'surrogate' must be an object with c0..c4")
+    coefficients: dict[str, Any] = {
+        f"surrogate.{k}": sur.get(k) for k in ("c0", "c1", "c2", "c3", "c4")
+    }
+    for key in ("packed_attention_s", "admission_s", "request_overhead_s"):
+        coefficients[key] = data.get(key, 0.0)
+    for key, value in coefficients.items():
+        if value is None and key.startswith("surrogate."):
+            raise ComemInputError(f"{source}: {key} is missing")
+        if not number(value) or not 0.0 <= value <= MAX_COEFFICIENT_S:
+            raise ComemInputError(
+                f"{source}: {key} must be a finite number of seconds in"
+                f" [0, {MAX_COEFFICIENT_S:g}], got {value!r}"
+            )
+    iteration = [coefficients[f"surrogate.c{i}"] for i in range(5)]
+    if not any(v > 0 for v in [*iteration, coefficients["packed_attention_s"]]):
+        raise ComemInputError(
+            f"{source}: every iteration coefficient is 0: iterations would take no time"
+        )
+    for key, required in (
+        ("max_num_batched_tokens", True),
+        ("kv_capacity_tokens", False),
+        ("block_size", False),
+    ):
+        count: Any = data.get(key)
+        if count is None and not required:
+            continue
+        if not number(count) or not 1 <= count <= MAX_TOKENS_PER_ENGINE or count != int(count):
+            raise ComemInputError(
+                f"{source}: {key} must be a whole number in [1, {MAX_TOKENS_PER_ENGINE:.0e}],"
+                f" got {count!r}"
+            )
+    for key in ("server", "fit_error", "provenance"):
+        if not isinstance(data.get(key) or {}, dict):
+            raise ComemInputError(f"{source}: '{key}' must be an object")
+
+
+#: KV capacity or token budget above this is no single engine (10^12 tokens of KV is
+#: petabytes)
+MAX_TOKENS_PER_ENGINE = 10**12
 
 
 class MeasuredLatency(SurrogateLatency):
@@ -262,40 +332,58 @@ def load_profile(path: str | Path) -> Profile | MeasuredProfile:
     return Profile.from_dict(data, source=str(path))
 
 
+#: whole-number columns and their least value (``-1``: the server reported no count)
+_WHOLE_COLUMNS = {
+    "point": 0,
+    "round": 0,
+    "concurrency": 1,
+    "input_tokens": 0,
+    "output_tokens": 1,
+    "cached_tokens": 0,
+    "prompt_tokens": -1,
+    "completion_tokens": -1,
+}
+#: measured times outside these bounds (seconds) are no request of a profile (no HTTP
+#: round trip takes under a microsecond)
+MIN_MEASURED_S = 1e-6
+MAX_MEASURED_S = 1e6
+
+
 def read_measurements(path: str | Path) -> pd.DataFrame:
+    """The profiler's CSV, checked; one clear line (file and row) for the first defect:
+    a missing column, a count that is no whole number in range, an 'ok' request whose
+    times are not finite and positive (a negative inter-token latency included)."""
     import pandas as pd
 
-    """The profiler's CSV, checked; one clear line for a missing file or column."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: measurements file does not exist")
+    from calibration.inputs import MAX_TOKENS, input_file, numeric_column
+
+    p = input_file(path, "measurements")
     try:
         frame = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    except (ValueError, OSError) as exc:
         raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ComemInputError(
             f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
         )
-    for col in REQUIRED_COLUMNS:
-        if col == "status":
+
+    for col in [*REQUIRED_COLUMNS, "cached_tokens"]:
+        if col == "status" or col not in frame.columns:
             continue
-        values = pd.to_numeric(frame[col], errors="coerce")
-        whole = col not in ("ttft_s", "mean_itl_s", "e2e_s")
-        bad = values.isna() if whole else values.isna() & frame[col].notna()
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0]) + 2  # 1-based, after the header
-            raise ComemInputError(
-                f"{p}:{row}: column '{col}' is not a number: {frame[col][bad].iloc[0]!r}"
+        if col in _WHOLE_COLUMNS:
+            frame[col] = numeric_column(
+                frame, col, str(p), low=_WHOLE_COLUMNS[col], high=MAX_TOKENS, whole=True
             )
-        frame[col] = values
-    ok = frame["status"] == "ok"
+        else:  # times: empty for a failed request
+            frame[col] = numeric_column(frame, col, str(p), nullable=True)
+    # an 'ok' request's times are finite and positive (its ITL may be empty: one token)
+    ok = frame[frame["status"] == "ok"]
     for col in ("ttft_s", "e2e_s"):
-        bad = ok & ~(frame[col] > 0)
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0]) + 2
-            raise ComemInputError(f"{p}:{row}: an 'ok' request needs a positive {col}")
+        numeric_column(ok, col, str(p), low=MIN_MEASURED_S, high=MAX_MEASURED_S)
+    numeric_column(ok, "mean_itl_s", str(p), low=0.0, high=MAX_MEASURED_S, nullable=True)
     return frame
 
 
@@ -314,15 +402,16 @@ def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
             continue
         completion = g["completion_tokens"].where(g["completion_tokens"] >= 0, g["output_tokens"])
         asked = g["input_tokens"] + g["cached_tokens"]
-        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 0, asked)
+        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 1, asked)
         rows.append(
             {
                 "point": int(point),  # type: ignore[call-overload]
                 "round": int(rnd),  # type: ignore[call-overload]
                 "concurrency": int(g["concurrency"].iloc[0]),
                 "cached_tokens": int(g["cached_tokens"].iloc[0]),
-                "prompt_tokens": int(round(prompt.mean())),
-                "output_tokens": int(round(completion.mean())),
+                # an 'ok' request had a first token, whatever count the server sent
+                "prompt_tokens": max(1, int(round(prompt.mean()))),
+                "output_tokens": max(1, int(round(completion.mean()))),
                 "requests": len(g),
                 "ttft_s": float(g["ttft_s"].mean()),
                 "itl_s": float(g["mean_itl_s"].mean()),
@@ -349,12 +438,8 @@ def fit_measured_profile(
         )
     block = block_size or 16
     cols = ["concurrency", "prompt_tokens", "output_tokens", "cached_tokens"]
-    feats = [
-        closed_batch_features(
-            int(c), int(p), int(o), max_num_batched_tokens, cached_tokens=int(h) // block * block
-        )
-        for c, p, o, h in waves[cols].to_numpy()
-    ]
+    table = [(int(c), int(p), int(o), min(int(h), int(p) - 1) // block * block)
+             for c, p, o, h in waves[cols].to_numpy()]  # fmt: skip
     if kv_capacity_tokens is not None:
         need = (waves["concurrency"] * (waves["prompt_tokens"] + waves["output_tokens"])).max()
         if need > kv_capacity_tokens:
@@ -362,9 +447,29 @@ def fit_measured_profile(
                 f"{source}: a wave needs {need} KV tokens, more than the server's"
                 f" {kv_capacity_tokens}; the fit assumes no preemption"
             )
+    limits.check(
+        limits.SEQUENCES,
+        max(c for c, _, _, _ in table),
+        f"{source}: column concurrency",
+    )
+    limits.check(
+        limits.ITERATIONS,
+        sum(wave_iterations(c, p, o, h, max_num_batched_tokens) for c, p, o, h in table),
+        f"{source}: columns concurrency x prompt_tokens, completion_tokens (replayed per wave)",
+    )
+    feats = [
+        closed_batch_features(c, p, o, max_num_batched_tokens, cached_tokens=h)
+        for c, p, o, h in table
+    ]
     # TTFT rows: surrogate features + 1 for the request overhead; ITL rows: + 0
     x_ttft = np.array([[*f.ttft, 1.0] for f in feats])
     multi = (waves["output_tokens"].to_numpy() > 1) & (waves["itl_s"].to_numpy() > 0)
+    if not multi.any():  # nothing would pin the decode terms down
+        raise ComemInputError(
+            f"{source}: no complete wave measured an inter-token latency (each generated"
+            " at most one token, or its mean_itl_s is empty or 0); the fit needs waves of"
+            " >= 2 output tokens"
+        )
     x_itl = np.array([[*f.itl, 0.0] for f, m in zip(feats, multi, strict=True) if m])
     y_ttft = waves["ttft_s"].to_numpy(float)
     y_itl = waves.loc[multi, "itl_s"].to_numpy(float)

@@ -7,7 +7,7 @@ default, so nothing needs ``../shared`` at run time.
 
 from __future__ import annotations
 
-import json
+import math
 import subprocess
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,11 +15,77 @@ from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
+from calibration.inputs import read_json, write_text
 from calibration.opmodels import FORMS, OpFit, OpForm
+from calibration.registry import DTYPES
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_FRAMEWORK = "vllm-0.19.0"
 SCHEMA_VERSION = 1
+#: A per-iteration or per-sequence overhead above this many seconds is no server
+MAX_OVERHEAD_S = 60.0
+#: |log correction| of a lattice knot: the committed fits stay within 1.04 (x2.8)
+MAX_LATTICE_LOG = 5.0
+#: parameters that may be 0 (a launch floor, a width below which nothing narrows)
+_MAY_BE_ZERO = frozenset({"t0", "n_half", "t_seq", "tau"})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_op_numbers(key: str, fit: OpFit, source: str) -> None:
+    """Every parameter finite and >= 0 (> 0 where it divides), every hardware constant
+    finite and > 0, every lattice knot finite and within :data:`MAX_LATTICE_LOG`."""
+    for name, value in fit.params.items():
+        low_ok = value >= 0 if name in _MAY_BE_ZERO else value > 0
+        if not _number(value) or not math.isfinite(value) or not low_ok:
+            bound = ">= 0" if name in _MAY_BE_ZERO else "> 0"
+            raise ComemInputError(
+                f"{source}: op '{key}' parameter {name} must be a finite number {bound},"
+                f" got {value!r}"
+            )
+    for name, value in fit.hw.items():
+        if not _number(value) or not math.isfinite(value) or value <= 0:
+            raise ComemInputError(
+                f"{source}: op '{key}' hardware constant {name} must be a finite number > 0,"
+                f" got {value!r}"
+            )
+    if fit.lattice is not None:
+        import numpy as np
+
+        vals = np.asarray(fit.lattice.values, dtype=float)
+        if not np.all(np.isfinite(vals)) or np.any(np.abs(vals) > MAX_LATTICE_LOG):
+            raise ComemInputError(
+                f"{source}: op '{key}' lattice values must be finite and within"
+                f" +-{MAX_LATTICE_LOG:g} (a correction of at most x{math.exp(MAX_LATTICE_LOG):.0f})"
+            )
+        for axis in fit.lattice.axes:
+            a = np.asarray(axis, dtype=float)
+            if a.size < 2 or not np.all(np.isfinite(a)) or np.any(np.diff(a) <= 0):
+                raise ComemInputError(
+                    f"{source}: op '{key}' lattice axes must hold >= 2 finite, increasing knots"
+                )
+
+
+def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
+    """The profile's framework overhead: an object whose two terms are finite seconds."""
+    if overhead is None:
+        return {}
+    if not isinstance(overhead, dict):
+        raise ComemInputError(
+            f"{source}: 'overhead' must be an object, got {type(overhead).__name__}"
+        )
+    for name in ("per_iteration_s", "per_sequence_s"):
+        if name not in overhead:
+            continue
+        value = overhead[name]
+        if not _number(value) or not 0.0 <= value <= MAX_OVERHEAD_S:
+            raise ComemInputError(
+                f"{source}: overhead {name} must be a number of seconds in"
+                f" [0, {MAX_OVERHEAD_S:g}], got {value!r}"
+            )
+    return dict(overhead)
 
 
 def op_form(key: str) -> OpForm:
@@ -41,6 +107,8 @@ class Profile:
     ops: dict[str, OpFit]
     overhead: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: the file it was read from ("" when built in memory), for messages
+    source: str = field(default="", compare=False)
 
     def op(self, key: str) -> OpFit:
         try:
@@ -79,6 +147,20 @@ class Profile:
         for name in ("gpu", "dtype", "framework", "ops"):
             if name not in data:
                 raise ComemInputError(f"{source}: profile lacks field '{name}'")
+        for name in ("gpu", "framework"):
+            if not isinstance(data[name], str) or not data[name].strip():
+                raise ComemInputError(
+                    f"{source}: profile field '{name}' must be a non-empty string,"
+                    f" got {data[name]!r}"
+                )
+        if data["dtype"] not in DTYPES:
+            raise ComemInputError(
+                f"{source}: profile dtype {data['dtype']!r} is not one comem-sim prices"
+                f" (known: {', '.join(DTYPES)})"
+            )
+        if not isinstance(data.get("provenance") or {}, dict):
+            raise ComemInputError(f"{source}: 'provenance' must be an object")
+        overhead = check_overhead(data.get("overhead"), source)
         if not isinstance(data["ops"], dict) or not data["ops"]:
             raise ComemInputError(f"{source}: 'ops' must be a non-empty object")
         ops = {}
@@ -101,14 +183,16 @@ class Profile:
                     f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"
                     " (made by an older comem-sim? refit with 'comem calibrate fit')"
                 )
+            check_op_numbers(key, fit, source)
             ops[key] = fit
         return cls(
             gpu=str(data["gpu"]),
             dtype=str(data["dtype"]),
             framework=str(data["framework"]),
             ops=ops,
-            overhead=dict(data.get("overhead") or {}),
+            overhead=overhead,
             provenance=dict(data.get("provenance") or {}),
+            source="" if source == "<dict>" else source,
         )
 
     @classmethod
@@ -118,23 +202,15 @@ class Profile:
 
 def read_profile_json(path: str | Path) -> Any:
     """A profile file's JSON (any kind of profile); one clear line if it cannot be."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: profile file does not exist")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise ComemInputError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    return read_json(path, "profile")
 
 
 def write_profile_json(path: str | Path, data: Any) -> Path:
-    out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=1) + "\n")
-    except OSError as exc:
-        raise ComemInputError(f"{out}: cannot write the profile ({exc.strerror})") from None
-    return out
+    import json
+
+    if Path(path).is_dir():
+        raise ComemInputError(f"{path}: is a directory, expected a profile file name")
+    return write_text(path, json.dumps(data, indent=1) + "\n", "profile")
 
 
 def code_commit() -> str:

@@ -366,27 +366,30 @@ def load_gpu_file(path: str | Path) -> GpuSpec:
     name = data.get("name")
     if not isinstance(name, str) or not name:
         raise ComemInputError(f"{p}: 'name' must be a non-empty string")
-    numbers = {}
-    for key in ("memory_gib", "hbm_bandwidth_Bps", "sm_count"):
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ComemInputError(f"{p}: '{key}' must be a positive number, got {value!r}")
+
+    def number(value: Any, high: float) -> bool:
+        # finite and below ``high``: no device comes near these bounds
+        return isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= high
+
+    numbers: dict[str, Any] = {}
+    for key, high in (("memory_gib", 1e5), ("hbm_bandwidth_Bps", 1e15), ("sm_count", 1e6)):
+        value: Any = data.get(key)
+        if not number(value, high) or (key == "sm_count" and value != int(value)):
+            kind = "a whole number" if key == "sm_count" else "a number"
+            raise ComemInputError(f"{p}: '{key}' must be {kind} in (0, {high:g}], got {value!r}")
         numbers[key] = value
     peaks = data.get("peak_flops")
     if (
         not isinstance(peaks, dict)
         or "bf16" not in peaks
-        or not all(
-            k in DTYPES and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-            for k, v in peaks.items()
-        )
+        or not all(k in DTYPES and number(v, 1e18) for k, v in peaks.items())
     ):
         raise ComemInputError(
-            f"{p}: 'peak_flops' must map bf16 (and optionally fp8) to positive FLOP/s"
+            f"{p}: 'peak_flops' must map bf16 (and optionally fp8) to FLOP/s in (0, 1e18]"
         )
     nvlink = data.get("nvlink_Bps", 0.0)
-    if isinstance(nvlink, bool) or not isinstance(nvlink, int | float) or nvlink < 0:
-        raise ComemInputError(f"{p}: 'nvlink_Bps' must be a number >= 0, got {nvlink!r}")
+    if nvlink != 0 and not number(nvlink, 1e15):
+        raise ComemInputError(f"{p}: 'nvlink_Bps' must be a number in [0, 1e15], got {nvlink!r}")
     return GpuSpec(
         name=name,
         memory_gib=float(numbers["memory_gib"]),

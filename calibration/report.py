@@ -21,7 +21,7 @@ from calibration.errors import ComemInputError, KernelDataError
 from calibration.kernels import load_kernel_tables
 from calibration.latency import LatencyModel
 from calibration.profile import Profile, default_profile
-from calibration.registry import get_model
+from calibration.registry import get_gpu, get_model
 from calibration.surrogate import fit_surrogate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,8 +204,22 @@ def build_report(
     from calibration.fit import e2e_costs, e2e_errors, load_e2e
 
     prof = profile if profile is not None else default_profile(gpu, dtype)
-    if kernels is not None and not Path(kernels).is_dir():  # fail before the slow parts
-        raise KernelDataError(f"{kernels}: kernel directory does not exist")
+    try:  # the report prices models on the profile's GPU: it must be one
+        get_gpu(prof.gpu)
+    except ComemInputError:
+        where = f"{prof.source}: " if prof.source else ""
+        raise ComemInputError(
+            f"{where}the profile is for gpu '{prof.gpu}', which is neither a known GPU"
+            " ('comem list gpus') nor a device JSON file; the report needs its specs"
+        ) from None
+    if kernels is not None:  # fail on a missing or bad table before the slow parts
+        if not Path(kernels).is_dir():
+            raise KernelDataError(f"{kernels}: kernel directory does not exist")
+        from calibration.kernels import KERNEL_FILES
+
+        for fname, _ in KERNEL_FILES.values():
+            if not (Path(kernels) / fname).is_file():
+                raise KernelDataError(f"{Path(kernels) / fname}: kernel file is missing")
     report = CalibrationReport(prof.gpu, prof.dtype)
     report.ops = _op_rows(prof)
     report.notes.extend(prof.provenance.get("notes", []))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calibration import limits
 from calibration.errors import ComemInputError
 from calibration.kv_cache import KVCache
 from calibration.latency import LatencyModel
@@ -77,6 +78,16 @@ def schedule_static_batch(
             f"one request of {input_len}+{output_len} tokens needs {need_blocks} KV blocks,"
             f" the cache holds {total_blocks}"
         )
+    limits.check(limits.SEQUENCES, batch, f"static batch of {batch}")
+    # requests run in waves of what the KV cache and max_num_seqs admit; each wave
+    # takes its prefill chunks and one iteration per output token
+    at_once = max(1, min(batch, max_num_seqs, total_blocks // max(1, need_blocks)))
+    waves = -(-batch // at_once)
+    limits.check(
+        limits.STATIC_ITERATIONS,
+        waves * (output_len + -(-at_once * input_len // max_num_batched_tokens)),
+        f"static batch of {batch} x {input_len}+{output_len} tokens (in waves of {at_once})",
+    )
     kv = KVCache(total_blocks, BLOCK_SIZE, enable_prefix_caching=False)
     sched = Scheduler(
         kv,

@@ -24,11 +24,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+class _HelpFields(argparse.Action):
+    """``--help-fields``: print every scenario field (generated from the models) and exit."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from sim.reference import render_text
+
+        print(render_text(), end="")
+        parser.exit(0)
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_shown(text)}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
@@ -49,23 +66,35 @@ def _positive_seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text}")
+    if not 0.0 < value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 1e6], got {text}")
     return value
 
 
-def _writable_dir(path: str | None, flag: str) -> None:
-    """Fail before a long live run, not after it, if its output cannot be written."""
-    if path is None:
-        return
-    p = Path(path)
+def _non_negative_int(text: str) -> int:
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".comem-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {_shown(text)}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _writable_dir(path: str | None, flag: str = "--out") -> None:
+    """Fail before a run, not after it, if its output directory cannot be written."""
+    if path is not None:
+        from calibration.inputs import writable_dir
+
+        writable_dir(path, flag)
+
+
+def _writable_file(path: str | None, flag: str = "--out") -> None:
+    """Fail before a run, not after it, if its output file cannot be written."""
+    if path is not None:
+        from calibration.inputs import writable_file
+
+        writable_file(path, flag)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -109,6 +138,8 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
     from calibration.report import build_report, render_text
 
     profile = Profile.load(args.profile) if args.profile else None
+    if not args.no_figures:
+        _writable_dir(args.figures, "--figures")
     report = build_report(
         gpu=args.gpu,
         dtype=args.dtype,
@@ -128,6 +159,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.fit import fit_profile
     from calibration.profile import Profile
 
+    _writable_file(args.out)
     if args.measurements:
         return _fit_measured(args)
 
@@ -189,10 +221,9 @@ def _fit_measured(args: argparse.Namespace) -> int:
 def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
     if not text:
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ComemInputError(f"{flag}: not valid JSON ({exc.msg})") from None
+    from calibration.inputs import parse_json
+
+    value = parse_json(text, flag)
     if not isinstance(value, dict):
         raise ComemInputError(f"{flag}: expected a JSON object, got {text!r}")
     return value
@@ -206,7 +237,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)
     extra = _parse_json_object(args.extra_body, "--extra-body")
     summary = run_profile(
-        endpoint, args.model, grid, args.out, extra, progress=not args.json and sys.stderr.isatty()
+        endpoint,
+        args.model,
+        grid,
+        args.out,
+        extra,
+        progress=not args.json and sys.stderr.isatty(),
+        overwrite=args.force,
     )
     failed = summary["requests"] - summary["statuses"].get("ok", 0)
     if args.json:
@@ -261,6 +298,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from live.openai_stream import Endpoint
     from live.replay import (
         LiveTarget,
+        check_live_cost,
         compare_with_simulation,
         comparison_line,
         replay_scenario,
@@ -283,7 +321,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from calibration.measured import MeasuredProfile
 
         MeasuredProfile.load(args.profile)
-    _writable_dir(args.out, "--out")
+    check_live_cost(scenario)
+    if args.out:
+        from calibration.inputs import refuse_overwrite
+
+        names = ("live_steps.csv", "live_tasks.csv", "live_summaries.csv", "comparison.csv")
+        refuse_overwrite([Path(args.out) / n for n in names], args.force)
+    _writable_dir(args.out)
     live = replay_scenario(scenario, target, progress=not args.json and sys.stderr.isatty())
     written = live.write(args.out) if args.out else []
     out: dict[str, Any] = {**live.summary(), "files": written}
@@ -332,13 +376,21 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
 
     reason = serve_available()
     if reason is not None:
-        raise ComemInputError(f"comem live-loop: {reason}")
+        raise ComemInputError(reason)
     scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, args.set or [])
     grid = load_grid(args.grid)
-    _writable_dir(args.out, "--out")
+    from calibration.inputs import refuse_overwrite
+
+    out = Path(args.out)
+    refuse_overwrite([out / "profile.csv", out / "live_steps.csv"], args.force)
+    _writable_dir(args.out)
     try:
         result = run_live_loop(
-            args.out, scenario, grid, progress=sys.stderr.isatty() and not args.json
+            args.out,
+            scenario,
+            grid,
+            progress=sys.stderr.isatty() and not args.json,
+            overwrite=args.force,
         )
     except RuntimeError as exc:  # a server that would not start: its log says why
         print(f"comem live-loop: {str(exc).splitlines()[0]} (logs in {args.out})", file=sys.stderr)
@@ -364,6 +416,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
 def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     from calibration.fit import build_default_profiles
 
+    _writable_dir(args.out)
     for path in build_default_profiles(args.shared, args.out):
         print(f"wrote {path}")
     return 0
@@ -441,9 +494,11 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
 
 def cmd_engine_sim(args: argparse.Namespace) -> int:
     from sim.config import apply_overrides, validate
-    from sim.runner import EngineRun, run_engine_load
+    from sim.runner import EngineRun, check_run, run_engine_load
 
     run = validate(EngineRun, apply_overrides({}, args.set or []))
+    check_run(run)
+    _writable_dir(args.out)
     result = run_engine_load(run, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
     written = result.write(args.out) if args.out else []
@@ -468,7 +523,7 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
         f"{summary['prefix_cache_hit_fraction']:.0%}"
     )
     print(
-        f"  simulated {summary['simulated_s']:.1f} s in {summary['wall_s']:.2f} s wall, "
+        f"  simulated {summary['simulated_s']:.1f} s in {result.wall_s:.2f} s wall, "
         f"{summary['iterations']} iterations in {summary['engine_steps']} engine steps"
     )
     for path in written:
@@ -489,7 +544,7 @@ def _rate(text: str) -> float:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from sim.bench_serve import BenchServeConfig, run_bench_serve
+    from sim.bench_serve import BenchServeConfig, check_config, run_bench_serve
     from sim.config import validate
 
     engine: dict[str, Any] = {
@@ -526,8 +581,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         },
         "bench-serve",
     )
-    if args.out:
-        _writable_dir(args.out, "--out")
+    check_config(cfg)
+    _writable_dir(args.out)
     result = _with_progress(
         not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
         lambda advance: run_bench_serve(cfg, progress=advance),
@@ -712,6 +767,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, run_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
+    _writable_dir(args.out)
     result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
     written = result.write(args.out) if args.out else []
@@ -864,6 +920,8 @@ def _run_table(
 def cmd_workload_fit(args: argparse.Namespace) -> int:
     from sim.workloads import default_steps_file, fit_workload, plot_fitted
 
+    _writable_file(args.out)
+    _writable_file(args.figure, "--figure")
     steps = args.steps or default_steps_file()
     if steps is None:
         raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")
@@ -910,7 +968,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     else:
         for r in rungs:
             mark = "PASS" if r.ok else "FAIL"
-            print(f"{mark}  {r.name}: {r.metric} = {r.value:.3g} (threshold {r.threshold:.3g})")
+            line = f"{mark}  {r.name}: {r.metric} = {r.value:.3g} (threshold {r.threshold:.3g})"
+            if r.source == "stored":
+                line += "; stored in the embedded profile at fit time, not re-measured here"
+            print(line)
+        if any(r.source == "stored" for r in rungs):
+            print(
+                "note: 'stored' rungs re-read numbers the calibration fit recorded;"
+                " 'comem calibrate report' recomputes them from ../shared's measurements"
+            )
     return 0 if all(r.ok for r in rungs) else 1
 
 
@@ -929,11 +995,19 @@ def cmd_theory(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import os
 
-    from sim.sweep import load_sweep, run_sweep
+    from calibration import limits
+    from sim.sweep import failed_points, load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
-    workers = args.workers or (os.cpu_count() or 1)
+    cpus = os.cpu_count() or 1
+    workers = args.workers or cpus
+    limits.check(
+        limits.Budget(4 * cpus, f"worker processes (4 per CPU; this machine has {cpus})"),
+        workers,
+        f"--workers {workers}",
+    )
+    _writable_dir(out)
     show = not args.json and sys.stderr.isatty()
     if show:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -952,21 +1026,48 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             )  # fmt: skip
     else:
         table = run_sweep(sweep, out, workers, args.scheduler)
+    results = Path(out) / "results.parquet"
+    failed = failed_points(table)
     if args.json:
-        _print_json({"points": len(sweep.points), "rows": len(table), "out": out})
+        _print_json(
+            {
+                "points": len(sweep.points),
+                "rows": len(table),
+                "failed_points": len(failed),
+                "out": out,
+                "results": str(results),
+            }
+        )
     else:
-        print(f"{len(sweep.points)} points, {len(table)} rows -> {Path(out) / 'results.parquet'}")
+        print(f"{len(sweep.points)} points, {len(table)} rows -> {results}")
+    if len(failed):
+        first = failed.iloc[0]
+        grid = ", ".join(
+            f"{c[len('grid.') :]}={first[c]!r}" for c in failed.columns if c.startswith("grid.")
+        )
+        print(
+            f"comem sweep: {len(failed)} of {len(sweep.points)} points failed; their rows in"
+            f" {results} carry the error; first: point {first['point']} ({grid}):"
+            f" {first['error']}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from comem.figures import make_figures
 
-    # --quick figures are small: never over the committed full-size ones by default
-    out = args.out or ("out/figures-quick" if args.quick else "figures")
+    # quick figures are smoke tests: they never replace the committed full-size ones
+    out = args.out or (QUICK_FIGURES_DIR if args.quick else "figures")
+    _writable_dir(out)
     for path in make_figures(out, quick=args.quick, only=args.only):
         print(f"wrote {path}")
     return 0
+
+
+#: where ``comem figures --quick`` writes unless told otherwise
+QUICK_FIGURES_DIR = "out/figures-quick"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -992,6 +1093,17 @@ def cmd_list(args: argparse.Namespace) -> int:
         for gpu, framework, dtype in available_profiles():
             print(f"{gpu:10s} {framework:12s} {dtype}")
     return 0
+
+
+def _add_allow_large(parser: argparse.ArgumentParser) -> None:
+    from calibration.limits import ALLOW_LARGE_ENV
+
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="run even above the work budgets that catch typos (see README, 'Budgets';"
+        f" also {ALLOW_LARGE_ENV}=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1037,6 +1149,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--e2e", help="end-to-end static-batch CSV to fit the overhead term on")
     fit.add_argument("--fallback-kernels", help="tables for ops whose own table is inconsistent")
     fit.add_argument("--overhead-from", help="copy the overhead term from this profile")
+    _add_allow_large(fit)
     fit.set_defaults(func=cmd_calibrate_fit)
 
     bld = cal_sub.add_parser("build-defaults", help="regenerate the embedded profiles")
@@ -1079,6 +1192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
     ps.add_argument("--json", action="store_true")
+    _add_allow_large(ps)
     ps.set_defaults(func=cmd_predict_static)
 
     es = sub.add_parser(
@@ -1096,6 +1210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     es.add_argument("--out", help="directory for requests.parquet, engine_steps.parquet, config")
     es.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_allow_large(es)
     es.set_defaults(func=cmd_engine_sim)
 
     bs = sub.add_parser(
@@ -1141,6 +1256,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")
+    _add_allow_large(bs)
     bs.set_defaults(func=cmd_bench_serve)
 
     pp = sub.add_parser(
@@ -1195,7 +1311,12 @@ def build_parser() -> argparse.ArgumentParser:
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
     )
-    rn.add_argument("scenario", help="scenario TOML file (see scenarios/)")
+    rn.add_argument("scenario", help="scenario TOML file (see scenarios/ and --help-fields)")
+    rn.add_argument(
+        "--help-fields",
+        action=_HelpFields,
+        help="print every scenario field (type, default, unit, meaning) and exit",
+    )
     rn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a field: workload.agents=128"
     )
@@ -1211,6 +1332,7 @@ def build_parser() -> argparse.ArgumentParser:
         f" {METRICS_HELP}. The speedup is the reference's (first fc architecture) over"
         " the other's; --json has every metric",
     )
+    _add_allow_large(rn)
     rn.set_defaults(func=cmd_run)
 
     pr = sub.add_parser(
@@ -1219,11 +1341,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--endpoint", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
     pr.add_argument("--model", required=True, help="model name the server knows")
     pr.add_argument("--grid", help="grid TOML (input_tokens, output_tokens, concurrency, rounds)")
-    pr.add_argument("--out", default="profile.csv", help="CSV to write, one row per request")
+    pr.add_argument(
+        "--out",
+        default="profile.csv",
+        help="CSV to write, one row per request (never replaces an existing one: see --force)",
+    )
+    pr.add_argument(
+        "--force", action="store_true", help="replace an existing --out CSV and its .metrics.csv"
+    )
     pr.add_argument(
         "--extra-body", help="JSON merged into every request, e.g. '{\"ignore_eos\": true}' (vLLM)"
     )
     pr.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_allow_large(pr)
     pr.set_defaults(func=cmd_profile)
 
     rp = sub.add_parser(
@@ -1239,7 +1369,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--timeout", type=_positive_seconds, default=120.0, help="seconds per request")
     rp.add_argument("--extra-body", help="JSON merged into every request")
     rp.add_argument("--out", help="directory for live_steps.csv, live_tasks.csv, comparison.csv")
+    rp.add_argument("--force", action="store_true", help="replace measurements already in --out")
     rp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _add_allow_large(rp)
     rp.set_defaults(func=cmd_replay)
 
     ll = sub.add_parser(
@@ -1251,6 +1383,8 @@ def build_parser() -> argparse.ArgumentParser:
     ll.add_argument("--grid", help="profile grid TOML (default: the built-in grid)")
     ll.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario field")
     ll.add_argument("--json", action="store_true", help="print the result as JSON")
+    ll.add_argument("--force", action="store_true", help="replace measurements already in --out")
+    _add_allow_large(ll)
     ll.set_defaults(func=cmd_live_loop)
 
     wl = sub.add_parser("workload", help="agent workloads (fit distributions to traces)")
@@ -1281,19 +1415,24 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", help="'local' (a Dask LocalCluster) or a Dask scheduler address")
     sw.add_argument("--out", help="output directory (default: out/<sweep name>)")
     sw.add_argument("--json", action="store_true")
+    _add_allow_large(sw)
     sw.set_defaults(func=cmd_sweep)
 
     fg = sub.add_parser("figures", help="regenerate the figures (PNG and PDF)")
-    fg.add_argument("--quick", action="store_true", help="small simulations (seconds)")
     fg.add_argument(
-        "--out", help="directory (default: figures/, or out/figures-quick/ with --quick)"
+        "--quick",
+        action="store_true",
+        help=f"small simulations (seconds), into {QUICK_FIGURES_DIR}",
+    )
+    fg.add_argument(
+        "--out", help=f"directory (default: figures, or {QUICK_FIGURES_DIR} with --quick)"
     )
     fg.add_argument("--only", action="append", metavar="NAME", help="only this figure (repeatable)")
     fg.set_defaults(func=cmd_figures)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")
     va.add_argument("--quick", action="store_true", help="fewer cases (about 15 s)")
-    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--seed", type=_non_negative_int, default=0)
     va.add_argument("--json", action="store_true")
     va.set_defaults(func=cmd_validate)
 
@@ -1308,12 +1447,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from calibration.limits import allowing_large
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with allowing_large(getattr(args, "allow_large", False)):
+            return int(args.func(args))
     except ComemInputError as exc:
         print(f"comem: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine's files, disks or network: one line as well
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"comem: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError:  # past a budget with --allow-large, or a small machine
+        print(
+            "comem: error: out of memory: the run is too large for this machine (a smaller"
+            " run, or fewer --workers)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("comem: interrupted", file=sys.stderr)

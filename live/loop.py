@@ -58,14 +58,18 @@ def run_live_loop(
     grid: ProfileGrid | None = None,
     settings: ServerSettings | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> LoopResult:
     """Run steps 1-4 of the module docstring; ``scenario`` is a
-    :class:`sim.scenario.Scenario` (default: ``scenarios/live/tiny_cpu.toml``)."""
+    :class:`sim.scenario.Scenario` (default: ``scenarios/live/tiny_cpu.toml``). The
+    measurements of an earlier run in ``out`` are replaced only if ``overwrite``."""
+    from calibration.inputs import refuse_overwrite
     from calibration.measured import fit_measurements_file
     from live.tiny_model import make_tiny_llama
     from sim.scenario import load_scenario
 
     out = Path(out)
+    refuse_overwrite([out / "profile.csv", out / "live_steps.csv"], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -82,7 +86,9 @@ def run_live_loop(
         timings["start_servers"] = time.perf_counter() - t
         probe_before = speed_probe(agent.endpoint, model, seed=1)
         t = time.perf_counter()
-        summary = run_profile(agent.endpoint, model, grid, out / "profile.csv", progress=progress)
+        summary = run_profile(
+            agent.endpoint, model, grid, out / "profile.csv", progress=progress, overwrite=overwrite
+        )
         timings["profile"] = time.perf_counter() - t
         prof = fit_measurements_file(
             out / "profile.csv",

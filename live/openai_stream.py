@@ -67,14 +67,22 @@ class Endpoint:
 
     @classmethod
     def parse(cls, url: str, where: str = "--endpoint") -> Endpoint:
+        if not url.strip() or any(c.isspace() or not c.isprintable() for c in url):
+            raise ComemInputError(
+                f"{where}: not a URL: {url!r} (spaces or control characters);"
+                " expected http://HOST:PORT[/PREFIX]"
+            )
         try:
             parts = urlsplit(url if "://" in url else f"http://{url}")
         except ValueError as exc:
             raise ComemInputError(f"{where}: not a URL: {url!r} ({exc})") from None
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme == "https":
             raise ComemInputError(
-                f"{where}: expected http://HOST:PORT[/PREFIX], got {url!r} (https is not supported)"
+                f"{where}: {url!r}: https is not supported (the client speaks plain HTTP);"
+                " expected http://HOST:PORT[/PREFIX]"
             )
+        if parts.scheme != "http" or not parts.hostname:
+            raise ComemInputError(f"{where}: expected http://HOST:PORT[/PREFIX], got {url!r}")
         try:
             port = parts.port or 80
         except ValueError:
@@ -148,7 +156,15 @@ def stream_completion(
         res.status, res.error = "error", f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
+    res.error = one_line(res.error)
     return res
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """What a server sent, made fit for one line of a message or a CSV cell: control
+    characters become spaces, runs of spaces one, at most ``limit`` characters."""
+    clean = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
 def _count(value: Any) -> int:

@@ -28,14 +28,15 @@ from typing import Any
 
 import numpy as np
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
     PositiveInt,
 )
 
+from calibration import limits
 from calibration.errors import ComemInputError
+from calibration.inputs import MAX_SECONDS, InputModel, Tokens, TokensOrZero
 from live.openai_stream import Endpoint, StreamResult, stream_completion
 
 PROFILE_COLUMNS = (
@@ -61,29 +62,29 @@ PROFILE_COLUMNS = (
 )
 
 
-class ProfileGrid(BaseModel):
+class ProfileGrid(InputModel):
     """The loads to measure. Every combination of the three lists is one grid point."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    input_tokens: list[PositiveInt] = Field(default=[16, 256, 1024], min_length=1)
-    output_tokens: list[PositiveInt] = Field(default=[16, 64], min_length=1)
+    input_tokens: list[Tokens] = Field(default=[16, 256, 1024], min_length=1)
+    output_tokens: list[Tokens] = Field(default=[16, 64], min_length=1)
     concurrency: list[PositiveInt] = Field(default=[1, 4, 8], min_length=1)
     #: tokens of each prompt already in the server's prefix cache (an agent's context):
     #: for > 0, every request's prefix is sent first (max_tokens 1, not recorded), then
     #: the wave sends prefix + ``input_tokens`` new tokens
-    cached_tokens: list[NonNegativeInt] = Field(default=[0, 768], min_length=1)
+    cached_tokens: list[TokensOrZero] = Field(default=[0, 768], min_length=1)
     #: waves of ``concurrency`` simultaneous requests per point
     rounds: PositiveInt = 1
     #: requests sent (and not recorded) before the grid, to warm the server up
     warmup_requests: int = Field(default=2, ge=0)
-    timeout_s: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    timeout_s: float = Field(default=120.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     #: prompt words are ``{prefix}{i}`` with i < vocabulary_words (the tiny model's
     #: tokenizer maps each to one token; other tokenizers may split them, and the
     #: server's reported prompt_tokens is what the fit uses)
-    word_prefix: str = "w"
-    vocabulary_words: PositiveInt = 4000
-    seed: int = 0
+    word_prefix: str = Field(default="w", pattern=r"^\S*$", max_length=32)
+    vocabulary_words: PositiveInt = Field(default=4000, le=10**9)
+    seed: NonNegativeInt = 0
 
     def points(self) -> Iterator[tuple[int, int, int, int]]:
         """(cached, input, output, concurrency) of every grid point."""
@@ -104,12 +105,35 @@ class ProfileGrid(BaseModel):
 
 
 def load_grid(path: str | Path | None) -> ProfileGrid:
-    """Read a grid TOML (or the defaults); one clear line for any defect."""
-    from sim.config import read_toml, validate  # pydantic error -> one line
+    """Read a grid TOML (or the defaults); one clear line for any defect, its cost
+    checked (:func:`check_grid`)."""
+    from calibration.inputs import read_toml, validate  # pydantic error -> one line
 
     if path is None:
         return ProfileGrid()
-    return validate(ProfileGrid, read_toml(path, "grid"), Path(path).name)
+    where = Path(path).name
+    grid = validate(ProfileGrid, read_toml(path, "grid"), where)
+    check_grid(grid, where)
+    return grid
+
+
+def check_grid(grid: ProfileGrid, where: str = "grid") -> None:
+    """Refuse a grid above the live budgets (:mod:`calibration.limits`): threads in
+    flight, requests sent, prompt text built in memory for one wave."""
+    limits.check(limits.LIVE_CONCURRENCY, max(grid.concurrency), f"{where}: concurrency")
+    requests = grid.warmup_requests + sum(
+        c * grid.rounds * (2 if cached else 1) for cached, _, _, c in grid.points()
+    )
+    limits.check(
+        limits.LIVE_REQUESTS,
+        requests,
+        f"{where}: warmup_requests + rounds x concurrency over the"
+        f" {grid.size} points (x 2 with cached_tokens)",
+    )
+    wave = max(c * (isl + cached) for cached, isl, _, c in grid.points())
+    limits.check(
+        limits.LIVE_WAVE_TOKENS, wave, f"{where}: concurrency x (input_tokens + cached_tokens)"
+    )
 
 
 def random_prompt(rng: np.random.Generator, n: int, grid: ProfileGrid) -> str:
@@ -204,13 +228,20 @@ def run_profile(
     out_csv: str | Path,
     extra_body: dict[str, Any] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Measure every grid point; rows go to ``out_csv`` as they come. Returns a summary
     (status counts, per-point medians, whether /metrics was scraped). ``progress``
-    shows a bar of requests done on stderr."""
+    shows a bar of requests done on stderr. An existing ``out_csv`` (or its metrics
+    sidecar) is measurements: it is replaced only if ``overwrite``."""
+    from calibration.inputs import refuse_overwrite, writable_file
+
     out = Path(out_csv)
-    writer = _RowWriter(out, PROFILE_COLUMNS)
     metrics_path = out.with_suffix(".metrics.csv")
+    check_grid(grid)
+    refuse_overwrite([out, metrics_path], overwrite)
+    writable_file(out)
+    writer = _RowWriter(out, PROFILE_COLUMNS)
     metrics_path.unlink(missing_ok=True)  # an old server's metrics must not be read as ours
     metrics_writer: _RowWriter | None = None
     statuses: Counter[str] = Counter()

@@ -546,8 +546,23 @@ def warm_up(target: LiveTarget, requests: int = 2) -> None:
             )
 
 
+def check_live_cost(scenario: Scenario) -> None:
+    """Refuse a replay above the live budgets (:mod:`calibration.limits`): one thread
+    per agent, one request per agent step (summaries come on top)."""
+    from calibration import limits
+    from sim.scenario import agent_steps, check_cost
+
+    check_cost(scenario, scenario.name)
+    w = scenario.workload
+    threads = w.agents if w.arrival_rate_per_s is None else w.agents * w.tasks_per_agent
+    limits.check(limits.LIVE_CONCURRENCY, threads, f"{scenario.name}: workload.agents")
+    steps, fields = agent_steps(scenario)
+    limits.check(limits.LIVE_REQUESTS, steps, f"{scenario.name}: {fields}")
+
+
 def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = False) -> ReplayResult:
     """Replay every architecture of ``scenario`` (one after the other) on live servers."""
+    check_live_cost(scenario)
     rng = np.random.default_rng(scenario.seed)
     tasks = scenario.workload.tasks(rng)
     check_replayable(scenario, target)

@@ -33,35 +33,43 @@ from typing import Any
 
 import numpy as np
 import simpy
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
+from calibration import limits
+from calibration.inputs import MAX_SECONDS, InputModel, Tokens
 from sim.config import EngineConfig
-from sim.engine import Engine, IterationLatency, Request, StreamSpace
+from sim.engine import Engine, IterationLatency, Request, StreamSpace, check_engine
 from sim.metrics import MetricsRecorder
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
-class BenchServeConfig(BaseModel):
+class BenchServeConfig(InputModel):
     """One ``vllm bench serve`` run against one simulated server (vLLM's defaults)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     engine: EngineConfig = Field(default_factory=EngineConfig)
     num_prompts: PositiveInt = 1000
-    random_input_len: PositiveInt = 1024
-    random_output_len: PositiveInt = 128
+    random_input_len: Tokens = 1024
+    random_output_len: Tokens = 128
     random_range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     #: requests per second; ``inf`` sends every request at once
     request_rate: float = Field(default=math.inf, gt=0.0)
-    burstiness: float = Field(default=1.0, gt=0.0, lt=math.inf)
+    #: the Gamma shape of the gaps (1: Poisson); below 0.01 most gaps are exactly 0.0
+    #: in float64, so the rescaling to ``num_prompts / rate`` has nothing to scale
+    burstiness: float = Field(default=1.0, ge=0.01, allow_inf_nan=False)
     max_concurrency: PositiveInt | None = None
     seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
-        if math.isnan(self.request_rate):
-            raise ValueError("request_rate must be a number > 0 or inf")
+        rate = self.request_rate
+        if math.isnan(rate) or (math.isfinite(rate) and rate < 1.0 / MAX_SECONDS):
+            raise ValueError(
+                f"request_rate must be inf or a number >= {1.0 / MAX_SECONDS:g} (one request"
+                f" per {MAX_SECONDS:g} s), got {rate}"
+            )
         return self
 
 
@@ -87,6 +95,8 @@ def arrival_times(cfg: BenchServeConfig, rng: np.random.Generator) -> np.ndarray
     theta = 1.0 / (cfg.request_rate * cfg.burstiness)
     gaps = rng.gamma(cfg.burstiness, theta, n)
     times = np.cumsum(gaps)
+    if not times[-1] > 0:  # every gap drew 0.0: a burst at t = 0
+        return np.zeros(n)
     # vLLM rescales the delays so the last request goes out at num_prompts / rate
     return times * ((n / cfg.request_rate) / times[-1])
 
@@ -103,12 +113,28 @@ class BenchServeResult:
         return vllm_result(self, detailed)
 
 
+def check_config(cfg: BenchServeConfig, latency: IterationLatency | None = None) -> None:
+    """Refuse a benchmark above the budgets (:mod:`calibration.limits`), or whose server
+    cannot exist, before anything is drawn or simulated."""
+    limits.check(limits.REQUESTS, cfg.num_prompts, "--num-prompts")
+    eng = cfg.engine
+    if eng.stepping == "iteration":
+        limits.check(
+            limits.ITERATION_TOKENS,
+            cfg.num_prompts * cfg.random_output_len,
+            "--stepping iteration: --num-prompts x --random-output-len",
+        )
+    if latency is None:
+        check_engine(eng)
+
+
 def run_bench_serve(
     cfg: BenchServeConfig,
     latency: IterationLatency | None = None,
     progress: Callable[[], None] | None = None,
 ) -> BenchServeResult:
     """Simulate the benchmark to its last completion (``progress`` is called per request)."""
+    check_config(cfg, latency)
     rng = np.random.default_rng(cfg.seed)
     inputs, outputs = random_lengths(cfg, rng)
     sends = arrival_times(cfg, rng)

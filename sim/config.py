@@ -7,28 +7,35 @@ names the field and the problem.
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    PositiveFloat,
     PositiveInt,
-    ValidationError,
 )
 
 from calibration.errors import ComemInputError
+from calibration.inputs import (
+    MAX_NESTING,
+    InputModel,
+    Name,
+    PathText,
+    Seconds,
+    Tokens,
+    nesting_depth,
+    read_toml,
+    validate,
+)
+
+__all__ = ["EngineConfig", "Stepping", "apply_overrides", "parse_value", "read_toml", "validate"]
 
 #: ``event``: jump over runs of identical iterations (the default); ``iteration``: one
 #: SimPy step per engine iteration (the reference). ``fast`` is the old name of ``event``.
 Stepping = Literal["event", "iteration", "fast"]
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(InputModel):
     """One vLLM-like instance: a model on ``tp`` GPUs with its scheduler limits.
 
     Defaults follow vLLM 0.19 V1 for an OpenAI-compatible server on GPUs with >= 70 GiB
@@ -38,47 +45,60 @@ class EngineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "engine"
-    model: str = "llama-3-8b"
-    gpu: str = "h100_sxm"
+    #: name in tables and messages (a scenario names its engines <architecture>/agent
+    #: and <architecture>/memory)
+    name: Name = "engine"
+    #: model alias or HF id ('comem list models'), or the path of a config.json
+    model: PathText = "llama-3-8b"
+    #: GPU name ('comem list gpus'), or the path of a device JSON
+    gpu: PathText = "h100_sxm"
+    #: tensor-parallel GPUs of this instance (1, 2, 4 or 8, dividing the model's heads)
     tp: PositiveInt = 1
+    #: weight precision (the KV cache is bf16 either way)
     dtype: Literal["bf16", "fp8"] = "bf16"
     #: vLLM's ``--enable-expert-parallel`` (one data-parallel rank): MoE layers split by
     #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
     #: dense model
     enable_expert_parallel: bool = False
+    #: vLLM's --max-num-batched-tokens: tokens an iteration may schedule (chunked prefill)
     max_num_batched_tokens: PositiveInt = 8192
+    #: vLLM's --max-num-seqs: requests running at once
     max_num_seqs: PositiveInt = 1024
-    max_model_len: PositiveInt = 131072
+    #: vLLM's --max-model-len: a longer prompt is rejected (its task ends early)
+    max_model_len: Tokens = 131072
+    #: tokens per KV-cache block
     block_size: PositiveInt = 16
+    #: fraction of GPU memory for weights, activations and the KV cache
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: reuse cached KV blocks of a shared prompt prefix (vLLM's automatic prefix caching)
     enable_prefix_caching: bool = True
     #: vLLM 0.19's ``scheduler_reserve_full_isl``: admit a waiting request only if free
     #: KV blocks cover its whole prompt (false: its first chunk, as vLLM 0.12 does)
     scheduler_reserve_full_isl: bool = True
+    #: how the simulation steps the engine (a scenario's engine.stepping sets every one)
     stepping: Stepping = "event"
     #: KV-cache capacity override in tokens (default: derived from GPU memory).
     kv_capacity_tokens: PositiveInt | None = None
     #: A profile JSON file instead of the embedded default for (gpu, dtype).
-    profile: str | None = None
+    profile: PathText | None = None
     #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:
     #: the latency model's own (a measured profile's fitted value, else 0).
-    request_overhead_s: NonNegativeFloat | None = None
+    request_overhead_s: Seconds | None = None
     #: vLLM's native CPU KV offloading (``--kv-offloading-backend native
     #: --kv-offloading-size GiB``): host memory for an LRU tier of KV blocks, in GiB over
     #: all of the engine's GPUs; None: off.
-    kv_offloading_size: PositiveFloat | None = None
+    kv_offloading_size: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False)
     #: Host<->GPU copy bandwidth per GPU and direction, GB/s. Default 50: NVIDIA's
     #: H100/H200 SXM datasheets give PCIe Gen5 x16 as 128 GB/s (64 GB/s each way); a
     #: pinned-memory copy reaches about 80% of that (an assumption; set your measurement).
-    kv_offloading_bandwidth_GBps: PositiveFloat = 50.0
+    kv_offloading_bandwidth_GBps: float = Field(default=50.0, gt=0.0, le=1e5, allow_inf_nan=False)
     #: Fixed cost of each block's copy (vLLM issues one cudaMemcpyAsync per block); 0 by
     #: default (not measured here).
-    kv_offloading_copy_overhead_s: NonNegativeFloat = 0.0
+    kv_offloading_copy_overhead_s: Seconds = 0.0
     #: Engines of one scenario with the same ``gpu_group`` run on the same GPUs (a memory
     #: model co-located with the agent): each takes its own ``gpu_memory_utilization``
     #: of every GPU (together at most 1), and their iterations take turns on the GPUs.
-    gpu_group: str | None = None
+    gpu_group: Name | None = None
     #: Data-parallel replicas (vLLM ``--data-parallel-size``), each on its own ``tp`` GPUs
     #: with its own scheduler and KV cache, behind a router.
     data_parallel_size: PositiveInt = 1
@@ -89,49 +109,21 @@ class EngineConfig(BaseModel):
     record_iterations: bool = True
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def validate(
-    model: type[M], data: Any, where: str = "", union_tags: frozenset[str] = frozenset()
-) -> M:
-    """Validate ``data`` into ``model``; the first error as one line naming the field.
-
-    ``union_tags``: tags of discriminated unions, left out of the field path (pydantic
-    puts the chosen member's tag there: ``workload.synthetic.agents``).
-    """
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
-        field = f"{where}.{loc}" if where and loc else (where or loc)
-        value = err.get("input")
-        shown = "" if isinstance(value, dict) else f" (got {value!r})"
-        extra = f" and {len(exc.errors()) - 1} more" if len(exc.errors()) > 1 else ""
-        raise ComemInputError(f"{field}: {err['msg']}{shown}{extra}") from None
-
-
-def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """A TOML file's table; one clear line if it is missing or not TOML (``what``: the
-    kind of file, for the message)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: {what} file does not exist")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ComemInputError(f"{p}: not valid TOML ({exc})") from None
-
-
-def parse_value(text: str) -> Any:
+def parse_value(text: str, where: str = "--set") -> Any:
     """A ``--set`` value: JSON when it parses (numbers, true/false, lists), else a string."""
     import json
 
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError:  # JSON, but an integer of more than 4300 digits
+        raise ComemInputError(f"{where}: a number of {len(text)} digits is too long") from None
+    if nesting_depth(value) > MAX_NESTING:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep")
+    return value
 
 
 def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
@@ -144,6 +136,8 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ComemInputError(f"--set {item!r}: expected KEY=VALUE, e.g. engine.tp=4")
         parts = key.strip().split(".")
+        if len(parts) > MAX_NESTING:
+            raise ComemInputError(f"--set {key[:40]!r}...: more than {MAX_NESTING} levels deep")
         node: Any = out
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
@@ -153,14 +147,19 @@ def apply_overrides(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
                         f"--set {item!r}: '{part}' is not an index of a {len(node)}-item list"
                     )
                 if last:
-                    node[int(part)] = parse_value(raw)
+                    node[int(part)] = parse_value(raw, f"--set {key.strip()}")
                 else:
                     node = node[int(part)]
                 continue
             if not isinstance(node, dict):
                 raise ComemInputError(f"--set {item!r}: '{parts[depth - 1]}' is a value")
             if last:
-                node[part] = parse_value(raw)
+                node[part] = parse_value(raw, f"--set {key.strip()}")
             else:
+                if part not in node and parts[depth + 1].isdigit():
+                    raise ComemInputError(
+                        f"--set {item!r}: '{part}' is not in the file, so it has no item"
+                        f" {parts[depth + 1]} to change (write the list out in the file)"
+                    )
                 node = node.setdefault(part, {})
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Generator, Sequence
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -149,6 +150,53 @@ class Request(SchedSequence):
         return self._done
 
 
+def _label(cfg: EngineConfig) -> str:
+    return "engine" if cfg.name == "engine" else f"engine '{cfg.name}'"
+
+
+def engine_latency(cfg: EngineConfig) -> IterationLatency:
+    """The latency model an engine of ``cfg`` prices its iterations with: its profile's
+    (a measured one, or kernel fits for its gpu and dtype) or the embedded default."""
+    from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
+
+    profile = load_profile(cfg.profile) if cfg.profile else None
+    if isinstance(profile, MeasuredProfile):
+        return MeasuredLatency(profile)
+    from calibration.latency import LatencyModel
+
+    return LatencyModel(
+        cfg.model,
+        cfg.gpu,
+        cfg.tp,
+        cfg.dtype,
+        profile=profile,
+        expert_parallel=cfg.enable_expert_parallel,
+    )
+
+
+def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
+    """KV blocks of an engine of ``cfg`` (vLLM keeps block 0 as its null block)."""
+    capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
+    blocks = capacity // cfg.block_size - 1
+    if blocks < 1:
+        raise ComemInputError(
+            f"{_label(cfg)}: a KV cache of {capacity} tokens holds no"
+            f" {cfg.block_size}-token block besides vLLM's null block"
+        )
+    return blocks
+
+
+def check_engine(cfg: EngineConfig) -> None:
+    """Everything :class:`Engine` would refuse at construction, without a simulation:
+    the model, GPU, dtype and tp, the profile, whether the weights fit, the KV cache."""
+    _check_engine_cached(cfg.model_copy(update={"name": "engine"}))
+
+
+@lru_cache(maxsize=256)
+def _check_engine_cached(cfg: EngineConfig) -> None:
+    kv_blocks(cfg, engine_latency(cfg))
+
+
 class Engine:
     """A simulated serving engine. ``submit`` requests; SimPy events report progress."""
 
@@ -169,22 +217,7 @@ class Engine:
         #: a data-parallel group that steps this engine with its peers (MoE models)
         self.driver = driver
         if latency is None:
-            from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
-
-            profile = load_profile(cfg.profile) if cfg.profile else None
-            if isinstance(profile, MeasuredProfile):
-                latency = MeasuredLatency(profile)
-            else:
-                from calibration.latency import LatencyModel
-
-                latency = LatencyModel(
-                    cfg.model,
-                    cfg.gpu,
-                    cfg.tp,
-                    cfg.dtype,
-                    profile=profile,
-                    expert_parallel=cfg.enable_expert_parallel,
-                )
+            latency = engine_latency(cfg)
         self.latency = latency
         overhead = cfg.request_overhead_s
         if overhead is None:
@@ -195,15 +228,8 @@ class Engine:
         #: profiles fit it, GPU profiles have none)
         self.admission_s = float(getattr(latency, "admission_s", 0.0))
         self.recorder = recorder if recorder is not None else MetricsRecorder()
-        capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
         self.block_size = cfg.block_size
-        # vLLM keeps block 0 as its null block
-        blocks = capacity // cfg.block_size - 1
-        if blocks < 1:
-            raise ComemInputError(
-                f"engine '{cfg.name}': a KV cache of {capacity} tokens holds no"
-                f" {cfg.block_size}-token block besides vLLM's null block"
-            )
+        blocks = kv_blocks(cfg, latency)
         self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.offload = self._offload_tier(cfg, latency)
         self.scheduler = Scheduler(
@@ -298,7 +324,7 @@ class Engine:
         cfg = self.config
         if prompt_tokens < 1 or output_tokens < 1:
             raise ComemInputError(
-                f"engine '{cfg.name}': a request needs >= 1 prompt and >= 1 output"
+                f"{_label(cfg)}: a request needs >= 1 prompt and >= 1 output"
                 f" token, got {prompt_tokens} and {output_tokens}"
             )
         req = Request(self, self._ids, int(prompt_tokens), int(output_tokens), stream, tag)

@@ -50,7 +50,9 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+
+from calibration.inputs import InputModel, TokensOrZero
 
 # --- the task a policy runs ---------------------------------------------------------------
 
@@ -216,36 +218,47 @@ class Waited:
 # --- parameters and the registry ------------------------------------------------------------
 
 
-class AdaptiveParams(BaseModel):
+class AdaptiveParams(InputModel):
     """The rule of ``kso-adaptive`` (:class:`KSOAdaptive`): the range k and lag move in,
     and the thresholds that count as pressure and lateness."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the smallest k the rule moves to
     k_min: PositiveInt = 1
+    #: the largest k the rule moves to
     k_max: PositiveInt = 16
+    #: the smallest lag the rule moves to
     lag_min: NonNegativeInt = 0
+    #: the largest lag the rule moves to
     lag_max: NonNegativeInt = 4
     #: KV pressure: the fraction of the agent engine's KV blocks in use
     kv_high: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     #: queueing pressure: queueing delay over the request's latency
     queue_high: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
     #: a late summary: the stall at its swap over the next request's latency
-    stall_high: Annotated[float, Field(gt=0.0)] = 0.25
+    stall_high: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.25
 
 
-class PolicyParams(BaseModel):
+class PolicyParams(InputModel):
     """A policy's parameters, as a scenario's ``[[architectures]]`` entry gives them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the context policy: fc, cp, sm, kso or kso-authors (see the README's table)
     kind: str
+    #: a summary every k steps (cp, sm, kso)
     k: PositiveInt = 4
+    #: steps from a summary's launch to its swap (kso)
     lag: NonNegativeInt = 1
+    #: raw steps kept after the summary when the context restarts (kso-authors: their R)
     retain: NonNegativeInt = 4
+    #: prefill the context a summary brings as soon as it is ready (kso)
     pre_warm: bool = False
+    #: a summary not ready at its swap: wait for it (a stall) or skip it (kso)
     late_policy: Literal["wait", "skip"] = "wait"
-    summary_prompt_tokens: NonNegativeInt = 64  # the summarize instruction
+    #: tokens of the summarize instruction appended to a summary prompt
+    summary_prompt_tokens: TokensOrZero = 64
     #: ``kso-adaptive`` only: its rule (None: the defaults)
     adaptive: AdaptiveParams | None = None
 

@@ -9,29 +9,31 @@ from typing import Any
 
 import numpy as np
 import simpy
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
+from calibration import limits
+from calibration.inputs import InputModel, Seconds, Tokens, TokensOrZero
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
-from sim.engine import Engine
+from sim.engine import Engine, check_engine
 from sim.metrics import MetricsRecorder
 
 
-class ClosedLoopLoad(BaseModel):
+class ClosedLoopLoad(InputModel):
     """Closed-loop clients: each sends ``requests`` requests back to back."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     clients: PositiveInt = 64
     requests: PositiveInt = 16
-    first_prompt: PositiveInt = 512
-    extend: NonNegativeInt = 512
-    output: PositiveInt = 1024
-    think_s: NonNegativeFloat = 0.0
+    first_prompt: Tokens = 512
+    extend: TokensOrZero = 512
+    output: Tokens = 1024
+    think_s: Seconds = 0.0
     carry_output: bool = False
 
 
-class EngineRun(BaseModel):
+class EngineRun(InputModel):
     """One engine job: the engine and its load."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -58,8 +60,23 @@ class EngineRunResult:
         return [*paths, cfg]
 
 
+def check_run(run: EngineRun) -> None:
+    """Refuse a run above the budgets (:mod:`calibration.limits`) or with an engine that
+    cannot exist, before anything is simulated."""
+    load, eng = run.load, run.engine
+    limits.check(limits.REQUESTS, load.clients * load.requests, "load.clients x load.requests")
+    if eng.stepping == "iteration":
+        limits.check(
+            limits.ITERATION_TOKENS,
+            load.clients * load.requests * load.output,
+            "engine.stepping = 'iteration': load.clients x load.requests x load.output",
+        )
+    check_engine(eng)
+
+
 def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
     """Simulate ``run`` to completion (optionally with a progress bar on stderr)."""
+    check_run(run)
     env = simpy.Environment()
     recorder = MetricsRecorder()
     engine = Engine(env, run.engine, recorder=recorder)
@@ -107,8 +124,10 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(recorder: MetricsRecorder, engine: Engine, wall_s: float) -> dict[str, Any]:
-    """Headline numbers of one run, JSON-ready."""
+def summarize(recorder: MetricsRecorder, engine: Engine, wall_s: float = 0.0) -> dict[str, Any]:
+    """Headline numbers of one run, JSON-ready. Deterministic: the simulator's own wall
+    time (``wall_s``, kept on :class:`EngineRunResult`) is not in it, so identical runs
+    give identical summaries."""
     req = recorder.requests_frame()
     done = req[req["status"] == "finished"]
     steps = recorder.iterations_frame()
@@ -121,7 +140,6 @@ def summarize(recorder: MetricsRecorder, engine: Engine, wall_s: float) -> dict[
         "requests_finished": int(len(done)),
         "requests_rejected": int((req["status"] == "rejected").sum()),
         "simulated_s": horizon,
-        "wall_s": wall_s,
         "iterations": engine.iterations,
         "engine_steps": int(len(steps)),
         "ttft_s": _stats(done["ttft_s"].to_numpy(float)),

@@ -9,7 +9,7 @@ simulation with its own engines, and returns tidy tables plus a summary.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,31 +18,34 @@ import numpy as np
 import pandas as pd
 import simpy
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
     model_validator,
 )
 
+from calibration import limits
+from calibration.errors import ComemInputError
+from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
-from sim.engine import IterationLatency, StreamSpace, build_engines
+from sim.engine import IterationLatency, StreamSpace, build_engines, check_engine
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
-class _Strict(BaseModel):
+class _Strict(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class EngineDefaults(_Strict):
     """Settings applied to every engine of the scenario."""
 
+    #: 'event' jumps over runs of identical iterations (results equal 'iteration', the
+    #: one-SimPy-step-per-iteration reference, to rounding); 'fast' is an old name of 'event'
     stepping: Stepping = "event"
 
 
@@ -57,17 +60,22 @@ class SyntheticWorkload(AgentLoad):
     """
 
     kind: Literal["synthetic"] = "synthetic"
+    #: steps per task
     steps: PositiveInt = 64
-    system_tokens: PositiveInt = 512
-    observation_tokens: PositiveInt = 512
+    #: system and task prompt, read before the first step
+    system_tokens: Tokens = 512
+    #: tokens each step's observation (tool output) adds to the prompt
+    observation_tokens: Tokens = 512
     #: the first step's observation (None: ``observation_tokens``); 0 when the first
     #: request reads the system and task prompt alone
-    first_observation_tokens: NonNegativeInt | None = None
-    action_tokens: PositiveInt = 1024
+    first_observation_tokens: TokensOrZero | None = None
+    #: tokens each step's action decodes (and keeps in the context)
+    action_tokens: Tokens = 1024
     #: agent requests with shorter prompts are padded up to it, in the request only
     #: (not kept in the history); 0: none
-    input_target_tokens: NonNegativeInt = 0
-    tool_s: NonNegativeFloat = 0.0
+    input_target_tokens: TokensOrZero = 0
+    #: tool time per step
+    tool_s: Seconds = 0.0
     #: ``fixed``: every tool call takes ``tool_s``; ``exponential``: its mean
     tool_s_dist: Literal["fixed", "exponential"] = "fixed"
 
@@ -105,8 +113,11 @@ class ArchitectureConfig(PolicyParams):
     """One architecture: a context policy (``kind`` and its parameters, see
     :mod:`sim.policy`) and the engines it runs on."""
 
-    name: str
+    #: the architecture's name in tables (unique within the scenario)
+    name: Name
+    #: the engine the agent runs on
     agent: EngineConfig = Field(default_factory=lambda: EngineConfig(name="agent"))
+    #: the engine that writes summaries (kinds sm, kso, kso-authors need one; others none)
     memory: EngineConfig | None = None
 
     @model_validator(mode="after")
@@ -134,14 +145,22 @@ class PaperInfo(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = "scenario"
+    #: the scenario's name in tables and messages
+    name: Name = "scenario"
+    #: free text
     description: str = ""
+    #: what a scenarios/paper/ file reproduces (comem paper reads it)
     paper: PaperInfo | None = None
+    #: fixes every random draw (tasks, tool times, arrivals)
     seed: NonNegativeInt = 0
+    #: settings for every engine
     engine: EngineDefaults = Field(default_factory=EngineDefaults)
+    #: what the agents do
     workload: Annotated[
         SyntheticWorkload | TraceWorkload | FittedWorkload, Field(discriminator="kind")
     ] = Field(default_factory=SyntheticWorkload)
+    #: the architectures compared, each on the same sampled tasks (the first fc one is
+    #: the reference of every speedup)
     architectures: list[ArchitectureConfig] = Field(
         default_factory=lambda: [ArchitectureConfig(name="FC", kind="fc")], min_length=1
     )
@@ -163,14 +182,100 @@ class Scenario(_Strict):
 
 
 def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Scenario:
-    """Read a TOML scenario (or the defaults), apply ``--set`` overrides, validate."""
+    """Read a TOML scenario (or the defaults), apply ``--set`` overrides, validate, and
+    check what it would cost (:func:`check_cost`)."""
     data: dict[str, Any] = {}
     where = "scenario"
     if path is not None:
         where = Path(path).name
         data = read_toml(path, "scenario")
-    tags = frozenset({"synthetic", "trace", "fitted"})
-    return validate(Scenario, apply_overrides(data, sets or []), where, tags)
+    return scenario_from(data, sets or [], where)
+
+
+def scenario_from(data: dict[str, Any], sets: list[str], where: str) -> Scenario:
+    """A scenario from a TOML file's table and ``--set`` overrides: validated, its cost
+    and its engines checked; ``where`` names it in errors."""
+    try:
+        overridden = apply_overrides(data, sets)
+    except ComemInputError as exc:
+        raise ComemInputError(f"{where}: {exc}") from None
+    scenario = validate(Scenario, overridden, where, UNION_TAGS)
+    check_cost(scenario, where)
+    check_engines(scenario, where)
+    return scenario
+
+
+def _engines(scenario: Scenario) -> Iterator[tuple[str, ArchitectureConfig, str, EngineConfig]]:
+    """(field path, architecture, role, engine config) of every engine of the scenario."""
+    for i, arch in enumerate(scenario.architectures):
+        yield f"architectures.{i}.agent", arch, "agent", arch.agent
+        if arch.memory is not None:
+            yield f"architectures.{i}.memory", arch, "memory", arch.memory
+
+
+def check_engines(scenario: Scenario, where: str = "scenario") -> None:
+    """Build every engine's latency model and KV cache now (not when its architecture's
+    turn comes): an engine that cannot exist (tp that does not divide the heads, weights
+    that do not fit, a profile for another GPU) is one line naming the file, the
+    architecture and the model."""
+    for path, arch, _, cfg in _engines(scenario):
+        try:
+            check_engine(cfg)
+        except ComemInputError as exc:
+            raise ComemInputError(
+                f"{where}: {path} (architecture '{arch.name}', {cfg.model}): {exc}"
+            ) from None
+
+
+#: the workload kinds (pydantic puts the chosen one in error paths)
+UNION_TAGS = frozenset({"synthetic", "trace", "fitted"})
+
+
+def agent_steps(scenario: Scenario) -> tuple[int, str]:
+    """Agent steps the scenario simulates at most (over every architecture), and the
+    fields the count comes from."""
+    w = scenario.workload
+    per_task, name = (
+        (w.steps, "steps") if isinstance(w, SyntheticWorkload) else (w.max_steps, "max_steps")
+    )
+    archs = len(scenario.architectures)
+    fields = (
+        f"workload.agents x workload.tasks_per_agent x workload.{name} x {archs} architecture(s)"
+    )
+    return w.agents * w.tasks_per_agent * per_task * archs, fields
+
+
+def check_cost(scenario: Scenario, where: str = "scenario") -> None:
+    """Refuse a scenario above the agent-step budget, or whose agents would keep the
+    scheduler busier than its budget (:mod:`calibration.limits`)."""
+    steps, fields = agent_steps(scenario)
+    limits.check(limits.AGENT_STEPS, steps, f"{where}: {fields}")
+    w = scenario.workload
+    in_flight = w.agents if w.arrival_rate_per_s is None else w.agents * w.tasks_per_agent
+    per_arch = steps // len(scenario.architectures)
+    work = sum(per_arch * min(in_flight, a.agent.max_num_seqs) for a in scenario.architectures)
+    limits.check(
+        limits.SCHEDULED,
+        work,
+        f"{where}: {per_arch:,} agent steps per architecture among up to"
+        f" {min(in_flight, max(a.agent.max_num_seqs for a in scenario.architectures)):,}"
+        " running requests (workload.agents, engine max_num_seqs)",
+    )
+
+
+def check_iterations(scenario: Scenario, tasks: list[list[Task]]) -> None:
+    """With ``stepping = "iteration"`` every decoded token is part of a SimPy step that
+    walks the running batch: refuse a run that would decode more tokens that way than
+    the budget (the agents' decoded tokens, once per architecture)."""
+    if scenario.engine.stepping != "iteration" or not tasks:
+        return
+    decoded = sum(s.action for own in tasks for t in own for s in t.steps)
+    limits.check(
+        limits.ITERATION_TOKENS,
+        decoded * len(scenario.architectures),
+        f"{scenario.name}: engine.stepping = 'iteration' with these agents' decoded tokens"
+        " (workload.agents, steps, action tokens)",
+    )
 
 
 @dataclass
@@ -204,7 +309,10 @@ def run_architecture(
         configs["memory"] = arch.memory.model_copy(
             update={"stepping": stepping, "name": f"{arch.name}/memory"}
         )
-    engines = build_engines(env, configs, latency, metrics)
+    try:
+        engines = build_engines(env, configs, latency, metrics)
+    except ComemInputError as exc:
+        raise ComemInputError(f"{scenario.name}: architecture '{arch.name}': {exc}") from None
     engine = engines["agent"]
     memory = engines.get("memory")
     recorder = AgentRecorder(on_task=on_task)
@@ -302,8 +410,10 @@ class ScenarioResult:
 
 def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
     """Run every architecture on the same sampled tasks (common random numbers)."""
+    check_cost(scenario, scenario.name)
     rng = np.random.default_rng(scenario.seed)
     tasks = scenario.workload.tasks(rng)
+    check_iterations(scenario, tasks)
     if not progress:
         return ScenarioResult(
             scenario, [run_architecture(scenario, a, tasks) for a in scenario.architectures]

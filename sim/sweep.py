@@ -13,8 +13,10 @@ early (``tasks_ended_early``, ``ended_early``).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,9 +26,10 @@ from typing import Any
 
 import pandas as pd
 
+from calibration import limits
 from calibration.errors import ComemInputError
 from sim.config import read_toml
-from sim.scenario import Scenario, load_scenario, run_scenario
+from sim.scenario import Scenario, agent_steps, run_scenario, scenario_from
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,22 @@ def _grid_values(name: str, spec: Any, where: str) -> list[Any]:
     if isinstance(spec, dict) and set(spec) <= {"start", "stop", "step"} and "stop" in spec:
         start, stop, step = spec.get("start", 0), spec["stop"], spec.get("step", 1)
         if not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in (start, stop, step)
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in (start, stop, step)
         ):
-            raise ComemInputError(f"{where}: grid.{name} range needs numbers (start, stop, step)")
+            raise ComemInputError(
+                f"{where}: grid.{name} range needs finite numbers (start, stop, step),"
+                f" got {start}..{stop} by {step}"
+            )
         if step <= 0 or stop < start:
             raise ComemInputError(
                 f"{where}: grid.{name} range is empty ({start}..{stop} by {step})"
             )
+        # count before building: a range of a billion values is refused, not made
+        count = math.floor((stop - start) / step + 1e-9) + 1
+        limits.check(
+            limits.SWEEP_POINTS, count, f"{where}: grid.{name} ({start}..{stop} by {step})"
+        )
         values = []
         v = start
         while v <= stop + 1e-12:
@@ -80,43 +92,84 @@ def point_seed(sweep_seed: int, key: str) -> int:
     return int(hashlib.sha256(f"{sweep_seed}|{key}".encode()).hexdigest()[:8], 16)
 
 
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+SWEEP_KEYS = ("base", "grid", "set", "seeds", "seed", "description")
+
+
 def load_sweep(path: str | Path) -> Sweep:
-    """Read a sweep file and resolve (validate) every point before anything runs."""
+    """Read a sweep file and resolve (validate) every point before anything runs: its
+    size and every point's cost are checked (:mod:`calibration.limits`) before the
+    points are made."""
     p = Path(path)
     data = read_toml(p, "sweep")
     where = p.name
-    unknown = set(data) - {"base", "grid", "set", "seeds", "seed", "description"}
+    unknown = sorted(set(data) - set(SWEEP_KEYS))
     if unknown:
-        raise ComemInputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        hints = [difflib.get_close_matches(k, SWEEP_KEYS, n=1) for k in unknown]
+        hint = "".join(f"; did you mean '{h[0]}'?" for h in hints if h)
+        raise ComemInputError(f"{where}: unknown key(s) {', '.join(unknown)}{hint}")
     base = data.get("base")
-    if not isinstance(base, str):
-        raise ComemInputError(f"{where}: 'base' must name a scenario file")
+    if not isinstance(base, str) or not base.strip() or "\x00" in base:
+        raise ComemInputError(f"{where}: 'base' must name a scenario file, got {base!r}")
     base_path = (p.parent / base).resolve()
     grid = data.get("grid")
     if not isinstance(grid, dict) or not grid:
         raise ComemInputError(f"{where}: 'grid' must map fields to lists or ranges")
+    fixed_table = data.get("set", {})
+    if not isinstance(fixed_table, dict):
+        raise ComemInputError(
+            f"{where}: 'set' must map fields to values ([set] \"workload.steps\" = 8),"
+            f" got {fixed_table!r}"
+        )
     seeds = data.get("seeds", 1)
     sweep_seed = data.get("seed", 0)
-    if not isinstance(seeds, int) or seeds < 1:
-        raise ComemInputError(f"{where}: 'seeds' must be a whole number >= 1")
-    fixed = [f"{k}={_toml_value(v)}" for k, v in (data.get("set") or {}).items()]
+    if not _whole(seeds, 1):
+        raise ComemInputError(f"{where}: 'seeds' must be a whole number >= 1, got {seeds!r}")
+    if not _whole(sweep_seed, 0):
+        raise ComemInputError(f"{where}: 'seed' must be a whole number >= 0, got {sweep_seed!r}")
+    if not isinstance(data.get("description", ""), str):
+        raise ComemInputError(f"{where}: 'description' must be a string")
+    for table, keys in (("set", fixed_table), ("grid", grid)):
+        for key in keys:
+            if not key.strip() or "=" in key:
+                raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
+    fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
     names = list(grid)
     values = [_grid_values(n, grid[n], where) for n in names]
+    limits.check(
+        limits.SWEEP_POINTS,
+        math.prod(len(v) for v in values) * seeds,
+        f"{where}: the grid ({' x '.join(str(len(v)) for v in values)}) x {seeds} seed(s)",
+    )
+    base_data = read_toml(base_path, "scenario")
     points = []
+    total_steps = 0
     for index, combo in enumerate(itertools.product(*values)):
-        sets = fixed + [f"{n}={_toml_value(v)}" for n, v in zip(names, combo, strict=True)]
-        scenario = load_scenario(base_path, sets)
+        sets = fixed + [
+            f"{n}={_toml_value(v, f'{where}: grid.{n}')}" for n, v in zip(names, combo, strict=True)
+        ]
+        label = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
+        scenario = scenario_from(base_data, sets, f"{where}: point {index} ({label}): {base}")
+        total_steps += agent_steps(scenario)[0] * seeds
         for rep in range(seeds):
             key = point_key(scenario, rep)
             seeded = scenario.model_copy(update={"seed": point_seed(sweep_seed, key)})
             points.append(SweepPoint(key, index, dict(zip(names, combo, strict=True)), rep, seeded))
+    limits.check(limits.SWEEP_AGENT_STEPS, total_steps, f"{where}: all {len(points)} points")
     return Sweep(p, points)
 
 
-def _toml_value(v: Any) -> str:
+def _toml_value(v: Any, where: str) -> str:
+    """A grid or set value as a ``--set`` value (JSON; strings as they are)."""
     import json
 
-    return json.dumps(v) if not isinstance(v, str) else v
+    try:
+        return json.dumps(v)
+    except (TypeError, ValueError):  # a TOML date or time: no scenario field takes one
+        raise ComemInputError(f"{where}: {v!r} is no scenario value (a date or time?)") from None
 
 
 def _number(value: float | None) -> float:
@@ -124,7 +177,44 @@ def _number(value: float | None) -> float:
 
 
 def run_point(point: SweepPoint, out_dir: str) -> str:
-    """Simulate one point and write its rows; returns the file written."""
+    """Simulate one point and write its rows; returns the file written.
+
+    A point that fails is written too, as one row with its ``error`` (to
+    ``<key>.failed.parquet``, so a re-run tries it again): one bad point costs its own
+    row, not the sweep."""
+    points = Path(out_dir) / "points"
+    try:
+        rows = _point_rows(point)
+    except Exception as exc:  # recorded, whatever it is; the other points go on
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        kind = "" if isinstance(exc, ComemInputError) else f"{type(exc).__name__}: "
+        row = {
+            "key": point.key,
+            "point": point.index,
+            "replicate": point.replicate,
+            "seed": point.scenario.seed,
+            "architecture": None,
+            **{f"grid.{k}": v for k, v in point.values.items()},
+            "error": f"{kind}{message}" or type(exc).__name__,
+        }
+        return _write_point([row], points / f"{point.key}{FAILED_SUFFIX}")
+    written = _write_point(rows, points / f"{point.key}.parquet")
+    (points / f"{point.key}{FAILED_SUFFIX}").unlink(missing_ok=True)
+    return written
+
+
+#: the file name ending of a failed point's row
+FAILED_SUFFIX = ".failed.parquet"
+
+
+def _write_point(rows: list[dict[str, Any]], target: Path) -> str:
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    tmp.replace(target)  # atomic: a killed run never leaves a partial point
+    return str(target)
+
+
+def _point_rows(point: SweepPoint) -> list[dict[str, Any]]:
     summary = run_scenario(point.scenario).summary()
     speedups = summary["comparison"]["metrics"]
     rows = []
@@ -147,32 +237,47 @@ def run_point(point: SweepPoint, out_dir: str) -> str:
                     f"speedup_{name.replace('-', '_')}": _number(m["speedup"].get(arch))
                     for name, m in speedups.items()
                 },
+                "error": "",
             }
         )
-    target = Path(out_dir) / "points" / f"{point.key}.parquet"
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tmp.replace(target)  # atomic: a killed run never leaves a partial point
-    return str(target)
+    return rows
 
 
 def pending(sweep: Sweep, out_dir: str | Path) -> list[SweepPoint]:
+    """Points without a finished file (a failed point is tried again)."""
     done = {f.stem for f in (Path(out_dir) / "points").glob("*.parquet")}
     return [pt for pt in sweep.points if pt.key not in done]
 
 
 def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
-    """The final table: every point exactly once, in grid order."""
+    """The final table: every point exactly once, in grid order; a failed point is one
+    row with its ``error`` (``error`` is "" on every other row)."""
     frames = []
+    points = Path(out_dir) / "points"
     for pt in sweep.points:
-        f = Path(out_dir) / "points" / f"{pt.key}.parquet"
-        if f.is_file():
-            frames.append(pd.read_parquet(f))
+        for f in (points / f"{pt.key}.parquet", points / f"{pt.key}{FAILED_SUFFIX}"):
+            if f.is_file():
+                try:
+                    frames.append(pd.read_parquet(f))
+                except Exception as exc:  # pyarrow raises many kinds for a damaged file
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise ComemInputError(
+                        f"{f}: not a readable point file ({first}); delete it and re-run"
+                        " the sweep to simulate that point again"
+                    ) from None
+                break
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["point", "replicate", "architecture"], ignore_index=True)
         table.to_parquet(Path(out_dir) / "results.parquet", index=False)
     return table
+
+
+def failed_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of points that failed (``collect``'s table)."""
+    if "error" not in table.columns:
+        return table.iloc[0:0]
+    return table[table["error"].fillna("") != ""]
 
 
 def _iterate_local(todo: list[SweepPoint], out: str, workers: int) -> Iterator[str]:
@@ -200,8 +305,12 @@ def _iterate_dask(todo: list[SweepPoint], out: str, scheduler: str, workers: int
     else:
         try:
             client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise ComemInputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, or not an address
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ComemInputError(
+                f"--scheduler {scheduler}: cannot connect ({reason}); expected 'local' or a"
+                " Dask scheduler address such as tcp://HOST:8786"
+            ) from None
         cluster = None
     try:
         futures = client.map(run_point, todo, out_dir=out, pure=False)
@@ -221,11 +330,13 @@ def run_sweep(
     on_point: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Run the points not yet on disk, then collect the full table."""
-    out = Path(out_dir)
-    (out / "points").mkdir(parents=True, exist_ok=True)
+    from calibration.inputs import writable_dir
+
+    out = writable_dir(Path(out_dir) / "points", "--out").parent
     for stale in (out / "points").glob("*.tmp*"):  # left by a killed run
         stale.unlink()
     todo = pending(sweep, out)
+    workers = max(1, min(workers, len(todo)))
     total = len(sweep.points)
     done = total - len(todo)
     if on_point is not None:

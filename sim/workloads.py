@@ -17,16 +17,16 @@ scenario's seed).
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from calibration.errors import ComemInputError
+from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText, Rate, Tokens
 from sim.policy import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -49,9 +49,9 @@ def default_steps_file() -> Path | None:
 @lru_cache(maxsize=4)
 def load_steps(path: str) -> pd.DataFrame:
     """Read and clean a steps CSV (one row per LLM call)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: agent-steps file does not exist")
+    from calibration.inputs import input_file, numeric_column
+
+    p = input_file(path, "agent-steps")
     needed = [
         "source",
         "trajectory_id",
@@ -65,8 +65,20 @@ def load_steps(path: str) -> pd.DataFrame:
     ]
     try:
         frame = pd.read_csv(p, usecols=needed)
-    except ValueError as exc:
-        raise ComemInputError(f"{p}: {exc}") from None
+    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError included
+        raise ComemInputError(f"{p}: not a steps CSV ({exc})") from None
+    where = str(p)
+    low, high = -MAX_TOKENS, MAX_TOKENS
+    frame["step"] = numeric_column(frame, "step", where, low=0, high=MAX_TOKENS, whole=True)
+    for col in ("completion_tokens", "visible_output_tokens", "observation_tokens_est_chars4"):
+        frame[col] = numeric_column(frame, col, where, low=low, high=high)
+    # empty where the source did not measure it (prompt counts, the derived observation,
+    # tool times: see the module docstring)
+    for col in ("prompt_tokens", "observation_tokens_derived"):
+        frame[col] = numeric_column(frame, col, where, low=low, high=high, nullable=True)
+    frame["tool_time_s"] = numeric_column(
+        frame, "tool_time_s", where, low=-MAX_SECONDS, high=MAX_SECONDS, nullable=True
+    )
     obs = frame["observation_tokens_derived"].fillna(frame["observation_tokens_est_chars4"])
     return frame.assign(
         observation=obs.clip(lower=0).round().astype(int),
@@ -76,7 +88,7 @@ def load_steps(path: str) -> pd.DataFrame:
     ).sort_values(["trajectory_id", "step"])
 
 
-class _Strict(BaseModel):
+class _Strict(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -95,12 +107,18 @@ class AgentLoad(_Strict):
     else ``closed-loop`` (what a rate alone always meant).
     """
 
+    #: concurrent agents (closed loop)
     agents: PositiveInt = 16
+    #: tasks each agent runs, one after the other
     tasks_per_agent: PositiveInt = 1
+    #: closed-loop: each agent runs its tasks back to back; closed-batch: all tasks start
+    #: at once and are not replaced (the authors' 128-task runs); poisson: tasks arrive
+    #: at arrival_rate_per_s
     arrivals: Arrivals = "closed-loop"
     #: tasks per second of the Poisson arrivals (``arrivals = "poisson"``)
-    arrival_rate_per_s: PositiveFloat | None = None
-    summary_tokens: PositiveInt = 2048
+    arrival_rate_per_s: Rate | None = None
+    #: tokens a summary decodes
+    summary_tokens: Tokens = 2048
 
     @model_validator(mode="before")
     @classmethod
@@ -132,8 +150,11 @@ class TraceWorkload(AgentLoad):
     """
 
     kind: Literal["trace"] = "trace"
-    path: str | None = None  # default: shared/data/workloads/swebench_agent_steps.csv.gz
-    sources: list[str] = [DEFAULT_SOURCE]
+    #: the steps CSV (default: shared/data/workloads/swebench_agent_steps.csv.gz)
+    path: PathText | None = None
+    #: which agents' trajectories to replay (the CSV's source column)
+    sources: list[str] = Field(default=[DEFAULT_SOURCE], min_length=1)
+    #: a trajectory is cut after this many steps
     max_steps: PositiveInt = 40
     keep_reasoning: bool = False
     system_tokens: PositiveInt | None = None
@@ -207,7 +228,7 @@ def trace_values(
         bad = sorted(set(chosen) - known)
         if bad:
             raise ComemInputError(
-                f"unknown trace source(s) {', '.join(bad)}; known: {', '.join(sorted(known))}"
+                f"unknown source(s) {', '.join(bad)}; trace sources: {', '.join(sorted(known))}"
             )
 
     def rows_for(name: str) -> pd.DataFrame:
@@ -306,6 +327,11 @@ def fit_workload(
         pos = x[x > 0]
         if pos.size == 0:  # e.g. a source that keeps every decoded token: all mass at 1
             mu = sigma = ks = 0.0
+        elif np.unique(pos).size < 2:  # a log-normal needs a spread to fit
+            raise ComemInputError(
+                f"{path}: {name} has {np.unique(pos).size} distinct positive value(s) in"
+                f" {', '.join(sources)}; a fit needs at least 2 (more trajectories)"
+            )
         else:
             mu, sigma = float(np.log(pos).mean()), float(np.log(pos).std())
             ks = stats.kstest(pos, "lognorm", args=(sigma, 0, np.exp(mu))).statistic
@@ -338,13 +364,43 @@ def fit_workload(
     return payload
 
 
+class FittedVariable(BaseModel):
+    """One fitted quantity: log-normal ``mu``, ``sigma`` of the positive values, the
+    fraction of zeros (and, for ``kept_fraction``, of ones). Other keys (n, ks, median)
+    are the fit's record and are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    #: log-space mean; e^25 is 7e10, above every quantity drawn (draws are capped anyway)
+    mu: float = Field(ge=-25.0, le=25.0, allow_inf_nan=False)
+    sigma: float = Field(ge=0.0, le=10.0, allow_inf_nan=False)
+    zero_fraction: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    one_fraction: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class FittedFile(BaseModel):
+    """A fitted-workload file (:func:`fit_workload`'s payload)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    variables: dict[str, FittedVariable]
+
+
 @lru_cache(maxsize=2)
 def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
+    """Read and check a fitted-workload file; one line naming the first defect."""
+    from calibration.inputs import read_json, validate
+
     p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: fitted-workload file does not exist")
-    data: dict[str, Any] = json.loads(p.read_text())
-    missing = [v for v in FITTED_VARIABLES if v not in data.get("variables", {})]
+    data = read_json(p, "fitted-workload")
+    if not isinstance(data, dict):
+        raise ComemInputError(
+            f"{p}: a fitted-workload file is a JSON object, got {type(data).__name__}"
+        )
+    variables = data.get("variables")
+    if not isinstance(variables, dict):
+        raise ComemInputError(f"{p}: 'variables' must map names to fitted distributions")
+    missing = [v for v in FITTED_VARIABLES if v not in variables]
     if missing:
         raise ComemInputError(f"{p}: lacks fitted variable(s) {', '.join(missing)}")
     for name, spec in data["variables"].items():
@@ -352,7 +408,8 @@ def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
             len(spec.get(key, ())) == 2 for key in ("weights", "mus", "sigmas")
         ):
             raise ComemInputError(f"{p}: {name}: a mixture needs 2 weights, mus and sigmas")
-    return data
+    validate(FittedFile, data, str(p))
+    return dict(data)
 
 
 def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarray:
@@ -365,7 +422,7 @@ def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarr
         x = rng.lognormal(spec["mu"], spec["sigma"], size)
     u = rng.random(size)
     x = np.where(u < spec["zero_fraction"], 0.0, x)
-    if "one_fraction" in spec:
+    if spec.get("one_fraction") is not None:
         x = np.where(rng.random(size) < spec["one_fraction"], 1.0, np.minimum(x, 1.0))
     return x
 
@@ -391,22 +448,27 @@ class FittedWorkload(AgentLoad):
     """
 
     kind: Literal["fitted"] = "fitted"
-    path: str | None = None
+    #: the fitted-distribution JSON, or the name of a committed one (default:
+    #: sim/data/swebench_fitted.json)
+    path: PathText | None = None
+    #: drawn step counts are capped at this
     max_steps: PositiveInt = 40
     keep_reasoning: bool = False
 
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         fit = load_fitted(str(fitted_file(self.path)))["variables"]
+        # a fit's far tail may draw past what a field may hold: cap it there
+        cap = float(MAX_TOKENS)
         out = []
         for _ in range(self.agents):
             own = []
             for _ in range(self.tasks_per_agent):
                 n = int(np.clip(np.round(_draw(fit["steps"], rng, 1)[0]), 1, self.max_steps))
-                obs = np.round(_draw(fit["observation"], rng, n)).astype(int)
-                comp = np.maximum(1, np.round(_draw(fit["completion"], rng, n))).astype(int)
+                obs = np.round(np.minimum(_draw(fit["observation"], rng, n), cap)).astype(int)
+                comp = np.clip(np.round(_draw(fit["completion"], rng, n)), 1, cap).astype(int)
                 frac = np.clip(_draw(fit["kept_fraction"], rng, n), 0.0, 1.0)
-                tool = _draw(fit["tool_s"], rng, n)
-                system = max(1, int(round(_draw(fit["system"], rng, 1)[0])))
+                tool = np.minimum(_draw(fit["tool_s"], rng, n), MAX_SECONDS)
+                system = int(np.clip(np.round(_draw(fit["system"], rng, 1)[0]), 1, cap))
                 steps = tuple(
                     Step(
                         observation=int(obs[i - 1]) if i else 0,
@@ -463,7 +525,7 @@ def plot_fitted(steps_csv: str | Path, payload: dict[str, Any], out: str | Path)
         ax.set_xlabel(f"log10 {units[name]}")
         ax.set_ylabel("density of log10 x")
         title = f"{name}: KS {spec['ks']:.3f}, zeros {spec['zero_fraction']:.1%}"
-        if "one_fraction" in spec:
+        if spec.get("one_fraction") is not None:
             title += f", ones {spec['one_fraction']:.1%}"
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)

@@ -429,8 +429,8 @@ def test_bad_config_is_one_line_naming_the_field(
     ("content", "why"),
     [
         (b"\xff\xfe{not utf8", "not UTF-8"),
-        (b'{"num_hidden_layers": 32,', "not JSON"),
-        (b"", "not JSON"),
+        (b'{"num_hidden_layers": 32,', "not valid JSON"),
+        (b"", "not valid JSON"),
         (b"null", "JSON object"),
     ],
 )

@@ -1,0 +1,442 @@
+"""Reading a user's files and checking where outputs go: one clear line for every defect.
+
+Every input file of comem-sim (scenario, sweep and grid TOML, profile and workload JSON,
+measurement CSV) is read through here, so each defect reads the same wherever it
+happens: a missing file, a directory or a device where a file was expected, bytes that
+are not UTF-8, text that does not parse, nesting deep enough to exhaust Python's stack,
+an empty file. :func:`validate` turns a pydantic error into one line naming the field
+(with a "did you mean" for a misspelt one). The output checks run before any work, so
+a long run never ends in a traceback because its results cannot be written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import stat
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from calibration.errors import ComemInputError
+
+#: An input file larger than this is refused before it is read (the largest file the
+#: project reads is a measurement CSV of a few MB; /dev/zero is refused earlier).
+MAX_INPUT_BYTES = 256 << 20
+
+#: JSON or TOML nested deeper than this is refused (no comem input nests past 6; Python
+#: parsers and deep copies run out of stack near 1000).
+MAX_NESTING = 64
+
+
+# --- field types shared by every input model ------------------------------------------
+
+#: The longest span a seconds field may hold: 10^6 s (11.6 days). Simulated clocks are
+#: float64; past ~10^9 s they lose the microseconds iteration times are made of, and a
+#: tool call or think time of weeks is a typo, not an agent.
+MAX_SECONDS = 1e6
+#: The most tokens a token-count field may hold: 10^9, beyond every model's context
+#: (a request longer than ``max_model_len`` is rejected anyway); larger counts only
+#: overflow 64-bit sums.
+MAX_TOKENS = 10**9
+
+#: A finite duration in seconds, 0 to :data:`MAX_SECONDS`.
+Seconds = Annotated[float, Field(ge=0.0, le=MAX_SECONDS, allow_inf_nan=False)]
+#: A finite rate per second whose mean gap fits :data:`MAX_SECONDS`.
+Rate = Annotated[float, Field(ge=1.0 / MAX_SECONDS, allow_inf_nan=False)]
+#: A token count, 1 to :data:`MAX_TOKENS`.
+Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+#: A token count, 0 to :data:`MAX_TOKENS`.
+TokensOrZero = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+#: A file path or a name that may be one (a model's config.json, a device JSON): no
+#: control characters (a NUL byte makes no file name; a newline breaks the line)
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+PathText = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=4096)]
+#: A name printed in tables and one-line messages: no control characters (a newline
+#: would break the line), at most 200 characters.
+Name = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=200)]
+
+
+def _takes_number(annotation: Any) -> bool:
+    """Whether a field annotation holds ints or floats (and not booleans)."""
+    found: set[type] = set()
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if a in (int, float, bool):
+            found.add(a)
+        stack.extend(typing.get_args(a))
+    return bool(found & {int, float}) and bool not in found
+
+
+class InputModel(BaseModel):
+    """Base of every model read from a user's file or command line: an unknown field is
+    an error, and a number field refuses ``true``/``false`` (pydantic would read them
+    as 1 and 0: ``agents = true`` is a typo, not one agent)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is None or not _takes_number(field.annotation):
+                    continue
+                items = value if isinstance(value, list) else [value]
+                if any(isinstance(v, bool) for v in items):
+                    raise ValueError(f"{name} must be a number, got {json.dumps(value)}")
+        return data
+
+
+def input_file(path: str | Path, what: str) -> Path:
+    """``path`` if it is a regular file; else one line saying what it is instead."""
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ComemInputError(f"{p}: {what} file does not exist") from None
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+    except ValueError:  # a NUL byte: no file can have that name
+        raise ComemInputError(f"{str(p)!r}: not a file name (it holds a NUL byte)") from None
+    if stat.S_ISDIR(mode):
+        raise ComemInputError(f"{p}: is a directory, expected a {what} file")
+    if not stat.S_ISREG(mode):
+        raise ComemInputError(f"{p}: not a regular file (a device or pipe), expected a {what} file")
+    size = p.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise ComemInputError(
+            f"{p}: {size / 2**20:.0f} MiB, too large for a {what} file"
+            f" (limit {MAX_INPUT_BYTES >> 20} MiB)"
+        )
+    return p
+
+
+def read_bytes(path: str | Path, what: str) -> bytes:
+    p = input_file(path, what)
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A file's UTF-8 text (a leading byte-order mark is dropped)."""
+    raw = read_bytes(path, what)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ComemInputError(
+            f"{path}: not UTF-8 text (byte {exc.start}); a {what} file is UTF-8 text"
+        ) from None
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply lists and dicts nest in ``value`` (iterative: no recursion limit)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth > MAX_NESTING:
+            return depth
+        stack.extend((c, depth) for c in children)
+    return deepest
+
+
+def _check_nesting(value: Any, where: str) -> Any:
+    if nesting_depth(value) > MAX_NESTING:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep")
+    return value
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text (a file's or a command-line value's); ``where`` names it in errors."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ComemInputError(
+            f"{where}: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ComemInputError(f"{where}: not a usable number ({_first_line(exc)})") from None
+    return _check_nesting(value, where)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.split(";")[0]
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file's value; one clear line if it cannot be read or parsed."""
+    return parse_json(read_text(path, what), str(path))
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's table; one clear line if it is missing, not TOML, or empty (an empty
+    file is far more often a mistake than a wish for every default)."""
+    text = read_text(path, what)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ComemInputError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ComemInputError(f"{path}: nested more than {MAX_NESTING} levels deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ComemInputError(f"{path}: not a usable number ({_first_line(exc)})") from None
+    if not data:
+        hint = (
+            '; to run every default on purpose, write one setting, e.g. name = "defaults"'
+            if what == "scenario"
+            else ""
+        )
+        raise ComemInputError(f"{path}: the {what} file is empty (no settings){hint}")
+    return _check_nesting(data, str(path))
+
+
+def numeric_column(
+    frame: Any,
+    column: str,
+    where: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    whole: bool = False,
+    nullable: bool = False,
+) -> Any:
+    """A CSV column as numbers, checked: every value a (whole) number in [low, high],
+    empty cells allowed only if ``nullable``; else one line naming the file, the row
+    (1-based, after the header) and the value. ``frame`` is a pandas DataFrame."""
+    import pandas as pd
+
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    present = values.notna()
+    bad = (~present & raw.notna()) | (present & ~((values >= low) & (values <= high)))
+    if not nullable:
+        bad |= ~present
+    if whole:
+        bad |= present & (values != values.round())
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        label = frame.index[i]  # a row of a subset keeps its file row in the index
+        row = int(label) + 2 if isinstance(label, int) or hasattr(label, "__index__") else i + 2
+        value = raw.iloc[i]
+        value = value.item() if hasattr(value, "item") else value  # a numpy scalar
+        kind = "a whole number" if whole else "a number"
+        if not pd.notna(values.iloc[i]) and pd.notna(value):  # text where a number goes
+            raise ComemInputError(
+                f"{where}:{row}: column '{column}' is not a number (got {_short(value)})"
+            )
+        span = (
+            f" in [{_bound(low)}, {_bound(high)}]" if (low, high) != (-math.inf, math.inf) else ""
+        )
+        empty = " or empty" if nullable else ""
+        raise ComemInputError(
+            f"{where}:{row}: column '{column}' must be {kind}{span}{empty} (got {_short(value)})"
+        )
+    return values
+
+
+def _bound(x: float) -> str:
+    if not math.isfinite(x):
+        return "-inf" if x < 0 else "inf"
+    return f"{int(x):,}" if x == int(x) else f"{x:g}"
+
+
+# --- validation -------------------------------------------------------------------------
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation may hold (through Optional, unions, lists)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out.extend(_models_in(arg))
+    return out
+
+
+def _models_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The models that may sit at ``path`` (a pydantic error location) below ``model``."""
+    models = [model]
+    for part in path:
+        if isinstance(part, int):
+            continue
+        found: list[type[BaseModel]] = []
+        for m in models:
+            if part in m.model_fields:
+                found.extend(_models_in(m.model_fields[part].annotation))
+        if not found:  # a discriminated union puts the chosen member's tag in the path
+            found = [
+                m
+                for m in models
+                if "kind" in m.model_fields and m.model_fields["kind"].default == part
+            ]
+        if not found:
+            return []
+        models = found
+    return models
+
+
+def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'agents'?"`` for a misspelt field at ``loc``, else ``""``."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    names = sorted({n for m in _models_at(model, loc[:-1]) for n in m.model_fields})
+    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if names and len(names) <= 12:
+        return f"; known: {', '.join(names)}"
+    return ""
+
+
+def validate(
+    model: type[M], data: Any, where: str = "", union_tags: frozenset[str] = frozenset()
+) -> M:
+    """Validate ``data`` into ``model``; the first error as one line naming the field.
+
+    ``union_tags``: tags of discriminated unions, left out of the field path (pydantic
+    puts the chosen member's tag there: ``workload.synthetic.agents``).
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        err = errors[0]
+        loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
+        field = f"{where}: {loc}" if where and loc else (where or loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(model, tuple(err["loc"]))
+            msg = f"{field}: unknown field{hint}"
+        elif (
+            err["type"] == "string_pattern_mismatch"
+            and (err.get("ctx") or {}).get("pattern") == NO_CONTROL_CHARACTERS
+        ):
+            msg = (
+                f"{field}: must not hold control characters (newline, tab, NUL byte)"
+                f" (got {_short(err.get('input'))})"
+            )
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
+            msg = f"{field}: {err['msg']}{shown}"
+        more = len(errors) - 1
+        extra = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        raise ComemInputError(f"{msg}{extra}") from None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make ``path`` (a directory) and prove a file can be written in it; fail before a
+    long run, not after it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".comem-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise ComemInputError(f"{flag} {path}: is a file, expected a directory") from None
+    except OSError as exc:
+        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+    return p
+
+
+def writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check that ``path`` (a file to write) can be written, without writing it: its
+    directory is made and probed, and it is not a directory itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise ComemInputError(f"{flag} {path}: is a directory, expected a file name")
+    writable_dir(p.parent if str(p.parent) else ".", flag)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ComemInputError(f"{flag} {path}: cannot write there (permission denied)")
+    return p
+
+
+def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> None:
+    """Measurements are expensive (GPU hours): refuse to replace an existing file unless
+    ``force`` (the CLI's ``--force``)."""
+    if force:
+        return
+    for p in paths:
+        if p.exists():
+            raise ComemInputError(
+                f"{flag}: {p} already exists and measurements are never overwritten;"
+                " choose another path, or pass --force to replace it"
+            )
+
+
+def write_text(path: str | Path, text: str, what: str) -> Path:
+    """Write a file; an OS error (disk full, permissions) is one line."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot write the {what} ({exc.strerror})") from None
+    return p
+
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_NESTING",
+    "MAX_SECONDS",
+    "MAX_TOKENS",
+    "Name",
+    "PathText",
+    "Rate",
+    "Seconds",
+    "Tokens",
+    "TokensOrZero",
+    "InputModel",
+    "did_you_mean",
+    "input_file",
+    "numeric_column",
+    "nesting_depth",
+    "parse_json",
+    "read_bytes",
+    "read_json",
+    "read_text",
+    "read_toml",
+    "refuse_overwrite",
+    "validate",
+    "writable_dir",
+    "writable_file",
+    "write_text",
+]

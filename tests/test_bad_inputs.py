@@ -1,0 +1,905 @@
+"""Every input, however bad, gets one clear line: no traceback, no hang, nothing lost.
+
+One case per cause of issue 15 (and of the sweep that followed it), each fed to the
+real ``comem`` entry point. The command-line cases run in one child process
+(``python tests/test_bad_inputs.py --batch``: ``comem.cli.main`` per case, each under
+an alarm and the child under a memory limit, so a regression shows as a traceback,
+a "hang" or a killed child instead of taking the machine), which keeps ~90 cases
+to seconds. Each case asserts exit code 2 and one stderr line naming the problem (live
+commands: rows with their status and exit 1); the cases about data check the user's
+files are untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KERNEL_PROFILE = REPO / "calibration" / "profiles" / "h100_sxm__vllm-0.19.0__bf16.json"
+H200_FP8_PROFILE = REPO / "calibration" / "profiles" / "h200_sxm__vllm-0.19.0__fp8.json"
+MEASURED_PROFILE = (
+    REPO
+    / "calibration"
+    / "profiles"
+    / "measured"
+    / "tiny-llama__cpu-1core__transformers-5.24.0.json"
+)
+FITTED = REPO / "sim" / "data" / "swebench_fitted.json"
+DEAD = "http://127.0.0.1:1"  # nothing listens on port 1: every request is refused at once
+PS = ["predict-static", "--model", "llama-3-8b", "--input", "128", "--output", "16"]
+FIT = ["calibrate", "fit", "--max-batch-tokens", "512", "--out", "{d}/o/fit.json"]
+PROFILE = ["profile", "--endpoint", DEAD, "--model", "m"]
+CASE_TIMEOUT_S = 30
+MEMORY_LIMIT = 3 << 30
+
+# --- the child: run cases through comem.cli.main ----------------------------------------
+
+
+def _run_batch(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    from comem.cli import main
+
+    def alarm(*_: Any) -> None:
+        raise TimeoutError(f"case ran past {CASE_TIMEOUT_S} s")
+
+    signal.signal(signal.SIGALRM, alarm)
+    home = os.getcwd()
+    out = []
+    for case in cases:
+        os.chdir(case.get("cwd") or home)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        failure = ""
+        t0 = time.perf_counter()
+        signal.alarm(CASE_TIMEOUT_S)
+        try:
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                rc = main(case["argv"])
+        except SystemExit as exc:  # argparse
+            rc = exc.code if isinstance(exc.code, int) else 2
+        except BaseException:  # a traceback: what this file is about
+            rc, failure = -1, traceback.format_exc()
+        finally:
+            signal.alarm(0)
+        out.append(
+            {
+                "id": case["id"],
+                "rc": rc,
+                "stdout": stdout.getvalue(),
+                "stderr": stderr.getvalue(),
+                "traceback": failure,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+    os.chdir(home)
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--batch"]:
+    sys.path.insert(0, str(REPO))
+    json.dump(_run_batch(json.load(sys.stdin)), sys.stdout)
+    sys.exit(0)
+
+
+# --- fixture files ------------------------------------------------------------------------
+
+SMALL = 'name = "small"\n[workload]\nagents = 2\nsteps = 2\n'
+ARCH_FC = '[[architectures]]\nname = "FC"\nkind = "fc"\n'
+
+
+def _measurements(rng: np.random.Generator) -> pd.DataFrame:
+    """36 complete waves of plausible 'comem profile' rows (the fit needs >= 6)."""
+    rows = []
+    point = 0
+    for isl in (16, 200, 900):
+        for osl in (8, 40):
+            for c in (1, 3, 6):
+                for rnd in range(2):
+                    ttft = 0.01 + 2e-5 * isl * c * rng.uniform(0.9, 1.1)
+                    itl = 0.005 + 1e-4 * c
+                    for i in range(c):
+                        rows.append(
+                            dict(point=point, round=rnd, index=i, concurrency=c, status="ok",
+                                 input_tokens=isl, output_tokens=osl, prompt_tokens=isl,
+                                 completion_tokens=osl, ttft_s=ttft, mean_itl_s=itl,
+                                 e2e_s=ttft + itl * (osl - 1))
+                        )  # fmt: skip
+                point += 1
+    return pd.DataFrame(rows)
+
+
+def _write_fixtures(d: Path) -> None:
+    (d / "o").mkdir()
+    os.mkfifo(d / "fifo.toml")  # reading it would block forever
+    (d / "a_file.txt").write_text("not a directory\n")
+    (d / "small.toml").write_text(SMALL)
+    (d / "notutf8.toml").write_bytes(b'name = "\xff\xfe"\n')
+    (d / "notutf8.json").write_bytes(b'{"schema": "\xff"}')
+    (d / "empty.toml").write_text("# only a comment\n")
+    (d / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (d / "deep.toml").write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    (d / "garbage.json").write_text("{ not json")
+    (d / "list.json").write_text("[1, 2, 3]")
+    fitted = json.loads(FITTED.read_text())
+    fitted["variables"]["steps"]["mu"] = float("nan")
+    (d / "fitted_nan.json").write_text(json.dumps(fitted))  # writes the literal NaN
+    for name, path in (
+        ("fitted_garbage", "garbage.json"),
+        ("fitted_list", "list.json"),
+        ("fitted_nan", "fitted_nan.json"),
+        ("fitted_notutf8", "notutf8.json"),
+        ("fitted_deep", "deep.json"),
+    ):
+        (d / f"{name}.toml").write_text(
+            f'[workload]\nkind = "fitted"\nagents = 2\nmax_steps = 3\npath = "{d / path}"\n'
+        )
+    (d / "fitted_good.toml").write_text(
+        f'[workload]\nkind = "fitted"\nagents = 2\nmax_steps = 3\npath = "{FITTED}"\n'
+    )
+    (d / "tp3.toml").write_text(SMALL + ARCH_FC + "agent = { tp = 3 }\n")
+    measured = json.loads(MEASURED_PROFILE.read_text())
+    for name, change in (
+        ("mp_c0_nan", {"surrogate": {**measured["surrogate"], "c0": float("nan")}}),
+        ("mp_c0_negative", {"surrogate": {**measured["surrogate"], "c0": -1.0}}),
+        ("mp_c0_inf", {"surrogate": {**measured["surrogate"], "c0": float("inf")}}),
+        ("mp_c1_huge", {"surrogate": {**measured["surrogate"], "c1": 1e300}}),
+        ("mp_overhead_inf", {"request_overhead_s": float("inf")}),
+        ("mp_zero", {"surrogate": dict.fromkeys(("c0", "c1", "c2", "c3", "c4"), 0.0),
+                     "packed_attention_s": 0.0, "admission_s": 0.0, "request_overhead_s": 0.0}),
+    ):  # fmt: skip
+        (d / f"{name}.json").write_text(json.dumps({**measured, **change}))
+    (d / "zero_cost.toml").write_text(
+        SMALL + ARCH_FC + f'agent = {{ profile = "{d / "mp_zero.json"}" }}\n'
+    )
+    kernel = json.loads(KERNEL_PROFILE.read_text())
+    for name, change in (
+        ("kp_tpu", {"gpu": "tpu_v5"}),
+        ("kp_int4", {"dtype": "int4"}),
+        ("kp_overhead_inf", {"overhead": {**kernel["overhead"], "per_iteration_s": float("inf")}}),
+    ):
+        (d / f"{name}.json").write_text(json.dumps({**kernel, **change}))
+    good = _measurements(np.random.default_rng(0))
+    good.to_csv(d / "good.csv", index=False)
+    for name, column, value in (
+        ("completion_1", "completion_tokens", 1),
+        ("itl_nan", "mean_itl_s", float("nan")),
+        ("e2e_inf", "e2e_s", float("inf")),
+        ("prompt_1e12", "prompt_tokens", 10**12),
+        ("prompt_5e8", "prompt_tokens", 5 * 10**8),
+    ):
+        good.assign(**{column: value}).to_csv(d / f"{name}.csv", index=False)
+    steps_header = (
+        "source,trajectory_id,step,prompt_tokens,completion_tokens,visible_output_tokens,"
+        "observation_tokens_derived,observation_tokens_est_chars4,tool_time_s\n"
+    )
+    (d / "steps_text.csv").write_text(steps_header + "s1,t1,0,100,many,40,10,10,1.0\n")
+    (d / "steps_inf.csv").write_text(steps_header + "s1,t1,0,100,50,40,10,10,inf\n")
+    (d / "steps_ok.csv").write_text(steps_header + "s1,t1,0,100,50,40,10,10,1.0\n")
+    for name in ("steps_text", "steps_inf"):
+        (d / f"trace_{name}.toml").write_text(
+            f'[workload]\nkind = "trace"\nagents = 2\nsources = ["s1"]\npath = "{d / name}.csv"\n'
+        )
+    (d / "e2e_text.csv").write_text(
+        "Num of Hardware,Model,Input Output Length,Batch Size,Latency\n1,llama-3-8b,128,8,fast\n"
+    )
+    device = {"name": "mine", "memory_gib": 80, "hbm_bandwidth_Bps": 3e12, "sm_count": 132,
+              "peak_flops": {"bf16": 9e14}}  # fmt: skip
+    (d / "device_inf.json").write_text(json.dumps({**device, "memory_gib": float("inf")}))
+    (d / "kernels").mkdir()
+    (d / "kernels" / "device.json").write_text('{"name": 5')
+    (d / "replayed").mkdir()
+    (d / "replayed" / "live_steps.csv").write_text("measured\n")
+    (d / "nul_profile.toml").write_text(SMALL + ARCH_FC + 'agent = { profile = "a\\u0000b" }\n')
+    (d / "bigint.toml").write_text("seed = " + "9" * 5000 + "\n")
+    (d / "bigint.json").write_text('{"schema": ' + "9" * 5000 + "}")
+    (d / "grid_huge.toml").write_text("input_tokens = [1000000000]\nwarmup_requests = 0\n")
+    (d / "grid_small.toml").write_text(
+        "input_tokens = [4]\noutput_tokens = [2]\nconcurrency = [1]\ncached_tokens = [0]\n"
+        "warmup_requests = 0\ntimeout_s = 2\n"
+    )
+    base = f'base = "{d / "small.toml"}"\n'
+    sweeps = {
+        "ok": '[grid]\n"workload.agents" = [1]\n',
+        "set5": 'set = 5\n[grid]\n"workload.agents" = [1]\n',
+        "stop_inf": '[grid]\n"workload.agents" = {start = 1, stop = inf}\n',
+        "stop_nan": '[grid]\n"workload.agents" = {start = 1, stop = nan}\n',
+        "million": '[grid]\n"workload.agents" = {start = 1, stop = 1000000}\n',
+        "date": '[grid]\n"workload.agents" = [1979-05-27]\n',
+    }
+    for name, body in sweeps.items():
+        (d / f"sweep_{name}.toml").write_text(base + body)
+    (d / "fitted_copy.json").write_text(FITTED.read_text())
+    (d / "sweep_one_fails.toml").write_text(
+        f'base = "{d / "fitted_good.toml"}"\n[set]\n"workload.agents" = 1\n[grid]\n'
+        f'"workload.path" = ["{FITTED}", "{d / "garbage.json"}", "{d / "fitted_copy.json"}"]\n'
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    _write_fixtures(d)
+    return d
+
+
+# --- the command-line cases: (id, argv, words the one line must hold) ----------------------
+
+CASES: list[tuple[str, list[str], list[str]]] = [
+    # files that are not UTF-8, one per kind of file
+    ("utf8-scenario", ["run", "{d}/notutf8.toml"], ["notutf8.toml", "not UTF-8"]),
+    ("utf8-sweep", ["sweep", "{d}/notutf8.toml", "--out", "{d}/o/s"], ["not UTF-8"]),
+    ("utf8-grid", [*PROFILE, "--grid", "{d}/notutf8.toml", "--out", "{d}/o/p.csv"], ["UTF-8"]),
+    ("utf8-profile", [*PS, "--batch", "4", "--profile", "{d}/notutf8.json"], ["not UTF-8"]),
+    ("utf8-fitted", ["run", "{d}/fitted_notutf8.toml"], ["notutf8.json", "not UTF-8"]),
+    (
+        "utf8-model",
+        [
+            "predict-static",
+            "--model",
+            "{d}/notutf8.json",
+            "--batch",
+            "1",
+            "--input",
+            "1",
+            "--output",
+            "1",
+        ],
+        ["not UTF-8"],
+    ),  # fmt: skip
+    (
+        "utf8-overhead-from",
+        [
+            "calibrate",
+            "fit",
+            "--kernels",
+            "{d}",
+            "--out",
+            "{d}/o/k.json",
+            "--overhead-from",
+            "{d}/notutf8.json",
+        ],
+        ["not UTF-8"],
+    ),  # fmt: skip
+    # nesting deep enough to exhaust Python's stack
+    ("deep-profile", [*PS, "--batch", "4", "--profile", "{d}/deep.json"], ["nested"]),
+    ("deep-fitted", ["run", "{d}/fitted_deep.toml"], ["deep.json", "nested"]),
+    (
+        "deep-model",
+        [
+            "predict-static",
+            "--model",
+            "{d}/deep.json",
+            "--batch",
+            "1",
+            "--input",
+            "1",
+            "--output",
+            "1",
+        ],
+        ["nested"],
+    ),  # fmt: skip
+    ("deep-toml", ["run", "{d}/deep.toml"], ["deep.toml"]),
+    (
+        "deep-set",
+        ["run", "{d}/small.toml", "--set", "description=" + "[" * 5000 + "]" * 5000],
+        ["--set description", "nested"],
+    ),  # fmt: skip
+    (
+        "deep-extra-body",
+        [
+            *PROFILE,
+            "--grid",
+            "{d}/grid_small.toml",
+            "--out",
+            "{d}/o/x.csv",
+            "--extra-body",
+            '{"a":' * 5000 + "1" + "}" * 5000,
+        ],
+        ["--extra-body", "nested"],
+    ),  # fmt: skip
+    # garbage fitted-workload files
+    ("fitted-garbage", ["run", "{d}/fitted_garbage.toml"], ["garbage.json", "not valid JSON"]),
+    ("fitted-not-object", ["run", "{d}/fitted_list.toml"], ["list.json", "JSON object"]),
+    ("fitted-nan", ["run", "{d}/fitted_nan.toml"], ["fitted_nan.json", "variables.steps.mu"]),
+    # an output that cannot be written: found before anything runs (the scenario here
+    # would fail on its garbage workload file if it ran first)
+    ("out-run", ["run", "{d}/fitted_garbage.toml", "--out", "{d}/a_file.txt"], ["--out"]),
+    ("out-sweep", ["sweep", "{d}/sweep_ok.toml", "--out", "{d}/a_file.txt"], ["--out"]),
+    ("out-engine-sim", ["engine-sim", "--out", "{d}/a_file.txt"], ["--out"]),
+    ("out-figures", ["figures", "--quick", "--out", "{d}/a_file.txt"], ["--out"]),
+    ("out-report", ["calibrate", "report", "--figures", "{d}/a_file.txt"], ["--figures"]),
+    (
+        "out-bench-serve",
+        ["bench-serve", "--model", "llama-3-8b", "--out", "{d}/a_file.txt"],
+        ["--out"],
+    ),  # fmt: skip
+    (
+        "out-fit",
+        [*FIT[:-2], "--out", "{d}", "--measurements", "{d}/good.csv"],
+        ["is a directory"],
+    ),  # fmt: skip
+    (
+        "out-replay",
+        ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--out", "{d}/a_file.txt"],
+        ["--out"],
+    ),  # fmt: skip
+    (
+        "out-workload-fit",
+        ["workload", "fit", "--steps", "{d}/good.csv", "--out", "{d}"],
+        ["--out", "is a directory"],
+    ),  # fmt: skip
+    ("out-proc", ["run", "{d}/small.toml", "--out", "/proc/comem-cannot-write"], ["--out"]),
+    # a mean task latency of 0 used to divide by zero: iterations that cost nothing
+    ("zero-cost-profile", ["run", "{d}/zero_cost.toml"], ["mp_zero.json", "no time"]),
+    # measurement CSVs with degenerate columns
+    ("csv-completion-1", [*FIT, "--measurements", "{d}/completion_1.csv"], ["inter-token"]),
+    ("csv-itl-nan", [*FIT, "--measurements", "{d}/itl_nan.csv"], ["inter-token"]),
+    ("csv-e2e-inf", [*FIT, "--measurements", "{d}/e2e_inf.csv"], ["e2e_inf.csv:2", "e2e_s"]),
+    # measured profiles with NaN, negative, infinite or absurd coefficients
+    *[
+        (
+            f"profile-{name}",
+            [
+                "engine-sim",
+                "--set",
+                f"engine.profile={{d}}/mp_{name}.json",
+                "--set",
+                "load.clients=2",
+                "--set",
+                "load.requests=2",
+            ],
+            [field],
+        )
+        for name, field in (
+            ("c0_nan", "c0"),
+            ("c0_negative", "c0"),
+            ("c0_inf", "c0"),
+            ("c1_huge", "c1"),
+            ("overhead_inf", "request_overhead_s"),
+        )
+    ],  # fmt: skip
+    (
+        "kernel-profile-overhead-inf",
+        [*PS, "--batch", "4", "--profile", "{d}/kp_overhead_inf.json"],
+        ["per_iteration_s"],
+    ),  # fmt: skip
+    # sweep 'set = 5', a scheduler that is no address, a negative validation seed
+    ("sweep-set-5", ["sweep", "{d}/sweep_set5.toml", "--out", "{d}/o/s5"], ["'set'"]),
+    (
+        "scheduler-not-a-url",
+        ["sweep", "{d}/sweep_ok.toml", "--scheduler", "not a url", "--out", "{d}/o/sch"],
+        ["--scheduler"],
+    ),  # fmt: skip
+    ("validate-seed", ["validate", "--seed", "-1"], ["--seed"]),
+    # work without bound: refused before it starts, naming the field and the way past
+    (
+        "budget-steps",
+        ["run", "{d}/small.toml", "--set", "workload.steps=1000000000"],
+        ["workload.steps", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-agents",
+        ["run", "{d}/small.toml", "--set", "workload.agents=9223372036854775807"],
+        ["workload.agents", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-sweep-inf",
+        ["sweep", "{d}/sweep_stop_inf.toml", "--out", "{d}/o/si"],
+        ["grid.workload.agents", "finite"],
+    ),  # fmt: skip
+    (
+        "budget-sweep-million",
+        ["sweep", "{d}/sweep_million.toml", "--out", "{d}/o/sm"],
+        ["grid.workload.agents", "sweep points", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-grid",
+        [*PROFILE, "--grid", "{d}/grid_huge.toml", "--out", "{d}/o/g.csv"],
+        ["input_tokens", "--allow-large"],
+    ),  # fmt: skip
+    ("budget-static-batch", [*PS, "--batch", "1000000000"], ["batch", "--allow-large"]),
+    (
+        "budget-csv-prompt-1e12",
+        [*FIT, "--measurements", "{d}/prompt_1e12.csv"],
+        ["prompt_tokens"],
+    ),  # fmt: skip
+    (
+        "budget-csv-prompt-5e8",
+        [*FIT, "--measurements", "{d}/prompt_5e8.csv"],
+        ["prompt_tokens", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-bench-prompts",
+        ["bench-serve", "--model", "llama-3-8b", "--num-prompts", str(10**12)],
+        ["--num-prompts", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-bench-input",
+        ["bench-serve", "--model", "llama-3-8b", "--random-input-len", str(10**12)],
+        ["random_input_len"],
+    ),  # fmt: skip
+    (
+        "budget-engine-sim",
+        ["engine-sim", "--set", "load.clients=1000000000"],
+        ["load.clients", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-iteration-stepping",
+        [
+            "run",
+            "{d}/small.toml",
+            "--set",
+            "engine.stepping=iteration",
+            "--set",
+            "workload.action_tokens=100000000",
+            "--set",
+            "workload.steps=50",
+        ],
+        ["iteration", "--allow-large"],
+    ),  # fmt: skip
+    (
+        "budget-replay",
+        [
+            "replay",
+            "{d}/small.toml",
+            "--endpoint",
+            DEAD,
+            "--model",
+            "m",
+            "--set",
+            "workload.agents=100000",
+        ],
+        ["workload.agents"],
+    ),  # fmt: skip
+    # bad values that used to be accepted without a word
+    (
+        "inf-tool-s",
+        ["run", "{d}/small.toml", "--set", "workload.tool_s=Infinity"],
+        ["workload.tool_s", "finite"],
+    ),  # fmt: skip
+    (
+        "nan-arrival-rate",
+        ["run", "{d}/small.toml", "--set", "workload.arrival_rate_per_s=NaN"],
+        ["arrival_rate_per_s"],
+    ),  # fmt: skip
+    ("inf-think-s", ["engine-sim", "--set", "load.think_s=Infinity"], ["load.think_s"]),
+    (
+        "profile-other-gpu",
+        [*PS, "--batch", "4", "--profile", str(H200_FP8_PROFILE)],
+        ["h200_sxm/fp8", "h100_sxm/bf16"],
+    ),  # fmt: skip
+    ("profile-gpu-tpu", [*PS, "--batch", "4", "--profile", "{d}/kp_tpu.json"], ["tpu_v5"]),
+    ("profile-dtype-int4", [*PS, "--batch", "4", "--profile", "{d}/kp_int4.json"], ["int4"]),
+    ("empty-scenario", ["run", "{d}/empty.toml"], ["empty.toml", "empty"]),
+    ("dev-zero", ["run", "/dev/zero"], ["/dev/zero", "not a regular file"]),
+    ("directory", ["run", "{d}"], ["is a directory"]),
+    # messages
+    ("endpoint-ftp", ["profile", "--endpoint", "ftp://x", "--model", "m"], ["--endpoint"]),
+    ("endpoint-https", ["profile", "--endpoint", "https://x", "--model", "m"], ["https"]),
+    ("endpoint-spaces", ["profile", "--endpoint", "not a url", "--model", "m"], ["not a URL"]),
+    (
+        "summary-tokens",
+        ["run", "{d}/small.toml", "--set", "workload.summary_tokens=9000000000000"],
+        ["workload.summary_tokens"],
+    ),  # fmt: skip
+    ("engine-label", ["engine-sim", "--set", "engine.kv_capacity_tokens=1"], ["KV cache"]),
+    (
+        "tp3",
+        ["run", "{d}/tp3.toml"],
+        ["tp3.toml", "architectures.0.agent", "'FC'", "llama-3-8b", "tp=3"],
+    ),  # fmt: skip
+    (
+        "did-you-mean",
+        ["run", "{d}/small.toml", "--set", "workload.agentz=3"],
+        ["workload.agentz", "did you mean 'agents'"],
+    ),
+    # found by trying to break every command (see the report of issue 15)
+    (
+        "bool-for-number",
+        ["run", "{d}/small.toml", "--set", "workload.agents=true"],
+        ["agents must be a number"],
+    ),
+    (
+        "trace-csv-text",
+        ["run", "{d}/trace_steps_text.toml"],
+        ["steps_text.csv:2", "completion_tokens"],
+    ),
+    ("trace-csv-inf", ["run", "{d}/trace_steps_inf.toml"], ["steps_inf.csv:2", "tool_time_s"]),
+    (
+        "workload-fit-csv",
+        ["workload", "fit", "--steps", "{d}/steps_text.csv", "--out", "{d}/o/w.json"],
+        ["completion_tokens"],
+    ),
+    (
+        "workload-fit-source",
+        [
+            "workload",
+            "fit",
+            "--steps",
+            "{d}/steps_ok.csv",
+            "--source",
+            "nope",
+            "--out",
+            "{d}/o/w.json",
+        ],
+        ["unknown source"],
+    ),
+    (
+        "e2e-csv-text",
+        ["calibrate", "report", "--no-figures", "--e2e", "{d}/e2e_text.csv"],
+        ["e2e_text.csv:2", "Latency"],
+    ),
+    ("device-json-inf", [*PS, "--batch", "4", "--gpu", "{d}/device_inf.json"], ["memory_gib"]),
+    (
+        "kernel-device-json",
+        [
+            "calibrate",
+            "fit",
+            "--kernels",
+            "{d}/kernels",
+            "--gpu",
+            "h100_sxm",
+            "--out",
+            "{d}/o/k.json",
+        ],
+        ["kernel"],
+    ),
+    (
+        "replay-timeout-huge",
+        ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--timeout", "1e308"],
+        ["--timeout"],
+    ),
+    (
+        "replay-keeps-measurements",
+        ["replay", "{d}/small.toml", "--endpoint", DEAD, "--model", "m", "--out", "{d}/replayed"],
+        ["live_steps.csv", "--force"],
+    ),
+    ("nul-in-path", ["run", "{d}/nul_profile.toml"], ["agent.profile", "control characters"]),
+    (
+        "digits-set",
+        ["run", "{d}/small.toml", "--set", "workload.agents=" + "9" * 5000],
+        ["--set workload.agents"],
+    ),
+    ("digits-toml", ["run", "{d}/bigint.toml"], ["bigint.toml", "number"]),
+    ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
+    ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
+    ("sweep-date", ["sweep", "{d}/sweep_date.toml", "--out", "{d}/o/sd"], ["grid.workload.agents"]),
+    (
+        "set-list-not-in-file",
+        ["run", "{d}/small.toml", "--set", "architectures.0.k=2"],
+        ["'architectures' is not in the file"],
+    ),
+    (
+        "sources-empty",
+        ["run", "{d}/small.toml", "--set", 'workload={"kind": "trace", "sources": []}'],
+        ["workload.sources"],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def outcomes(files: Path) -> dict[str, dict[str, Any]]:
+    """Run every case in one child process; their outcomes by id."""
+    batch = [
+        {"id": cid, "argv": [a.replace("{d}", str(files)) for a in argv]} for cid, argv, _ in CASES
+    ]
+    env = {k: v for k, v in os.environ.items() if k not in ("COMEM_SHARED", "COMEM_ALLOW_LARGE")}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--batch"],
+        input=json.dumps(batch),
+        capture_output=True,
+        text=True,
+        cwd=files,
+        env=env,
+        timeout=CASE_TIMEOUT_S * 4 + 5 * len(batch),
+    )
+    assert proc.returncode == 0, f"the batch child died:\n{proc.stderr[-3000:]}"
+    return {r["id"]: r for r in json.loads(proc.stdout)}
+
+
+def assert_one_line(result: dict[str, Any], *needles: str) -> str:
+    report = json.dumps(result, indent=1)[:4000]
+    assert not result["traceback"], report
+    assert result["rc"] == 2, report
+    lines = result["stderr"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].strip(), report
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in: {lines[0]}"
+    assert "Traceback" not in result["stdout"] + result["stderr"]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("cid", "needles"), [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_bad_input_is_one_line_exit_2(outcomes: dict[str, dict[str, Any]], cid: str,
+                                      needles: list[str]) -> None:  # fmt: skip
+    line = assert_one_line(outcomes[cid], *needles)
+    if cid == "endpoint-ftp":
+        assert "https" not in line  # no "(https is not supported)" on every bad endpoint
+    if cid == "engine-label":
+        assert "engine 'engine'" not in line and "engine engine" not in line
+    if cid.startswith("budget") or cid.startswith("out-"):
+        # refused before any work: a second at most (the slowest cases load pandas)
+        assert outcomes[cid]["seconds"] < 10, outcomes[cid]
+
+
+def test_server_garbage_becomes_one_printable_line() -> None:
+    from live.openai_stream import one_line
+
+    assert one_line("BadStatusLine: \x00\xff garbage\r\n\r\n") == "BadStatusLine: \xff garbage"
+    assert len(one_line("x" * 1000)) == 300
+
+
+def test_no_case_leaves_a_directory_for_its_failed_output(files: Path) -> None:
+    assert (files / "a_file.txt").read_text() == "not a directory\n"
+    assert (files / "replayed" / "live_steps.csv").read_text() == "measured\n"
+
+
+# --- nothing the user had is lost --------------------------------------------------------
+
+
+def _comem(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if k not in ("COMEM_SHARED", "COMEM_ALLOW_LARGE")}
+    base["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "comem", *argv],
+        cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_profile_never_overwrites_measurements(files: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "precious.csv"
+    sidecar = tmp_path / "precious.metrics.csv"
+    precious.write_text("point,status\n0,ok\n")
+    sidecar.write_text("point,phase,sample,value\n0,before,vllm:x,1\n")
+    grid = str(files / "grid_small.toml")
+    refused = _comem(*PROFILE, "--grid", grid, "--out", str(precious), cwd=tmp_path)
+    line = assert_one_line(
+        {"rc": refused.returncode, "stderr": refused.stderr, "stdout": refused.stdout,
+         "traceback": ""}, "precious.csv", "--force")  # fmt: skip
+    assert "already exists" in line
+    assert precious.read_text() == "point,status\n0,ok\n"
+    assert sidecar.read_text() == "point,phase,sample,value\n0,before,vllm:x,1\n"
+    # the default --out, profile.csv in the current directory, is protected the same way
+    (tmp_path / "profile.csv").write_text("mine\n")
+    default = _comem(*PROFILE, "--grid", grid, cwd=tmp_path)
+    assert default.returncode == 2 and "profile.csv" in default.stderr
+    assert (tmp_path / "profile.csv").read_text() == "mine\n"
+    # --force replaces it: a live command's failures are rows with their status, exit 1
+    forced = _comem(*PROFILE, "--grid", grid, "--out", str(precious), "--force", cwd=tmp_path)
+    assert forced.returncode == 1, forced.stderr
+    assert "Traceback" not in forced.stderr
+    rows = pd.read_csv(precious)
+    assert list(rows["status"]) == ["refused"] and not sidecar.exists()
+
+
+def test_sweep_with_a_failing_point_records_it_and_goes_on(files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = _comem("sweep", str(files / "sweep_one_fails.toml"), "--workers", "1", "--out",
+                  str(out), cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "1 of 3 points failed" in lines[0] and "garbage.json" in lines[0]
+    table = pd.read_parquet(out / "results.parquet")
+    assert list(table["point"]) == [0, 1, 2]
+    failed = table[table["error"] != ""]
+    assert list(failed["point"]) == [1] and "not valid JSON" in failed["error"].iloc[0]
+    ok = table[table["error"] == ""]
+    assert (ok["tasks_finished"] == 1).all() and ok["mean_task_latency_s"].gt(0).all()
+    assert (out / "points" / f"{failed['key'].iloc[0]}.failed.parquet").is_file()
+
+
+def test_sweep_stop_nan_is_an_error_not_an_empty_success(files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    proc = _comem("sweep", str(files / "sweep_stop_nan.toml"), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 2 and "0 points" not in proc.stdout
+    assert "finite" in proc.stderr and not (out / "results.parquet").exists()
+
+
+def test_a_damaged_point_file_is_named(files: Path, tmp_path: Path) -> None:
+    from calibration.errors import ComemInputError
+    from sim.sweep import collect, load_sweep
+
+    sweep = load_sweep(files / "sweep_ok.toml")
+    damaged = tmp_path / "points" / f"{sweep.points[0].key}.parquet"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"PAR1 not really")
+    with pytest.raises(ComemInputError, match="not a readable point file.*delete it"):
+        collect(sweep, tmp_path)
+
+
+def test_allow_large_lifts_a_budget(files: Path, tmp_path: Path) -> None:
+    over = 4 * (os.cpu_count() or 1) + 1  # the worker budget: 4 per CPU
+    argv = ["sweep", str(files / "sweep_ok.toml"), "--workers", str(over), "--out"]
+    refused = _comem(*argv, str(tmp_path / "a"), cwd=tmp_path)
+    assert refused.returncode == 2 and "--allow-large" in refused.stderr
+    allowed = _comem(*argv, str(tmp_path / "b"), "--allow-large", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr  # one point: one worker is started
+    assert (tmp_path / "b" / "results.parquet").is_file()
+
+
+# --- in-process checks of the smaller causes -----------------------------------------------
+
+
+def test_limits_env_and_context() -> None:
+    from calibration import limits
+    from calibration.errors import ComemInputError
+
+    budget = limits.Budget(10, "things")
+    with pytest.raises(ComemInputError, match="about 11 things, above the budget of 10"):
+        limits.check(budget, 11, "x")
+    with limits.allowing_large(True):
+        limits.check(budget, 11, "x")
+    os.environ[limits.ALLOW_LARGE_ENV] = "1"
+    try:
+        limits.check(budget, 11, "x")
+    finally:
+        del os.environ[limits.ALLOW_LARGE_ENV]
+
+
+def test_live_loop_error_has_one_prefix(monkeypatch, capsys) -> None:
+    import live.server
+    from comem.cli import main
+
+    monkeypatch.setattr(live.server, "serve_available", lambda: "needs the serve extra")
+    assert main(["live-loop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "comem: error: needs the serve extra"
+
+
+def test_quick_figures_do_not_overwrite_the_committed_ones(monkeypatch, tmp_path, capsys) -> None:
+    import comem.figures
+    from comem.cli import QUICK_FIGURES_DIR, main
+
+    seen = []
+    monkeypatch.setattr(
+        comem.figures, "make_figures", lambda out, quick, only=None: seen.append(out) or []
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", "--quick"]) == 0
+    assert main(["figures"]) == 0
+    assert seen == [QUICK_FIGURES_DIR, "figures"] and QUICK_FIGURES_DIR != "figures"
+
+
+def test_kv_over_time_draws_each_state_after_its_step(monkeypatch, tmp_path) -> None:
+    """A step that ends with every request finished must not show an empty cache during
+    its run: each row's state (at the step's end) is drawn from that end on."""
+    import matplotlib.pyplot as plt
+
+    import comem.figures as figs
+
+    steps = pd.DataFrame(
+        {
+            "engine": ["FC/agent"] * 3,
+            "start_s": [0.0, 1.0, 11.0],  # prefill 0-1 s, a decode run 1-11 s, then more
+            "duration_s": [1.0, 10.0, 1.0],
+            "kv_used_blocks": [40, 0, 44],  # the run ends with every request done
+            "kv_total_blocks": [100, 100, 100],
+        }
+    )
+
+    class Fake:
+        results = [type("R", (), {"engine_steps": steps, "config": type("C", (), {"name": "FC"})})]
+
+    drawn = {}
+
+    def save(fig, out, name, caption):
+        drawn["line"] = fig.axes[0].get_lines()[0]
+        plt.close(fig)
+        return []
+
+    monkeypatch.setattr(figs, "_glm_run", lambda n, s: Fake())
+    monkeypatch.setattr(figs, "_save", save)
+    figs.fig_kv_over_time(tmp_path, quick=True)
+    x, y = drawn["line"].get_xdata(), drawn["line"].get_ydata()
+    # steps-post: y[i] holds on [x[i], x[i+1]); during the decode run (t = 5 s) 40% is used
+    during = y[np.searchsorted(x, 5.0, side="right") - 1]
+    assert during == pytest.approx(0.4)
+
+
+def test_long_captions_are_wrapped_inside_the_figure(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import comem.figures as figs
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot([0, 1], [0, 1])
+    figs._save(fig, tmp_path, "cap", "a caption of many words " * 12)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the closed figure's canvas is gone
+    text = fig.texts[-1]
+    box = text.get_window_extent(renderer)
+    width = fig.get_figwidth() * fig.dpi
+    assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0
+    assert text.get_text().count("\n") >= 1
+    plt.close(fig)
+
+
+def test_validate_says_which_rungs_are_stored(monkeypatch, capsys) -> None:
+    import comem.validation as val
+    from comem.cli import main
+
+    stored = val.rung_calibration()
+    assert stored and all(r.source == "stored" for r in stored)
+    monkeypatch.setattr(val, "run_ladder", lambda quick, seed: stored)
+    assert main(["validate", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert all("stored in the embedded profile" in ln for ln in out.splitlines()[: len(stored)])
+
+
+def test_engine_sim_json_is_identical_across_runs(capsys) -> None:
+    from comem.cli import main
+
+    argv = ["engine-sim", "--set", "load.clients=2", "--set", "load.requests=2", "--json"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr().out == first and "wall_s" not in first
+
+
+def test_scenario_reference_is_generated_complete_and_in_the_readme(capsys) -> None:
+    from comem.cli import main
+    from sim.reference import README_BEGIN, README_END, render_markdown, scenario_reference
+
+    rows = scenario_reference()
+    assert not [r.path for r in rows if not r.meaning]  # every field says what it is
+    paths = {r.path for r in rows}
+    for field in ("workload.agents", "workload.tool_s", "architectures[].k",
+                  "architectures[].{agent,memory}.max_model_len", "engine.stepping"):  # fmt: skip
+        assert field in paths
+    tool = next(r for r in rows if r.path == "workload.tool_s")
+    assert tool.unit == "s" and "<= 1e+06" in tool.type and tool.default == "0.0"
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(README_BEGIN) + len(README_BEGIN) : readme.index(README_END)]
+    assert section.strip() == render_markdown(rows).strip(), (
+        "README's scenario reference is stale: regenerate it from sim.reference.render_markdown"
+    )
+    assert "pickle" in readme and "trust" in readme  # --scheduler: Dask moves pickles
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help-fields"])
+    assert done.value.code == 0 and "workload.agents" in capsys.readouterr().out
+
+
+def test_every_seconds_field_is_finite_and_bounded() -> None:
+    """No scenario, engine-sim or bench-serve field of seconds or rates takes inf/NaN."""
+    from calibration.errors import ComemInputError
+    from sim.bench_serve import BenchServeConfig
+    from sim.config import validate
+    from sim.runner import EngineRun
+    from sim.scenario import Scenario
+
+    for model, data in (
+        (Scenario, {"workload": {"tool_s": math.inf}}),
+        (Scenario, {"workload": {"arrival_rate_per_s": math.nan}}),
+        (Scenario, {"workload": {"arrival_rate_per_s": 1e-300}}),
+        (Scenario, {"architectures": [{"name": "A", "kind": "fc",
+                                       "agent": {"request_overhead_s": math.inf}}]}),
+        (EngineRun, {"load": {"think_s": math.inf}}),
+        (BenchServeConfig, {"request_rate": 1e-300}),
+        (BenchServeConfig, {"burstiness": math.inf}),
+    ):  # fmt: skip
+        with pytest.raises(ComemInputError):
+            validate(model, data)
