@@ -139,17 +139,19 @@ ACHIEVABLE_HBM_FRACTION = 0.92
 
 
 def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
-    """The least TPOT physics allows for ``row``: a roofline with no overhead at all.
+    """The least TPOT physics allows for ``row`` given its measured TTFT: a roofline with
+    no overhead at all.
 
-    Every decode iteration streams the weights a GPU holds (the input embedding is only
-    looked up) and the KV cache of ``concurrency`` requests at the mean context (``isl +
-    osl / 2``) at :data:`ACHIEVABLE_HBM_FRACTION` of the datasheet bandwidth; while one
-    request decodes its ``osl - 1`` tokens (never more KV than fits in the GPU's memory at
-    ``gpu_memory_utilization`` 0.9 beside the weights), the ``concurrency - 1`` others each
-    have their prompt prefilled (a closed loop's steady state), which takes at least its
-    FLOPs at the datasheet peak, less the decode it carries. A measured TPOT below this
-    bound means the row's stated workload or hardware is not what ran (the rows are then
-    left out of a fit, and said so).
+    A closed loop's steady state: while one client's request lives (``L = TTFT + (osl -
+    1) TPOT``), each of the ``concurrency`` clients has one prompt prefilled, and the
+    request itself needs ``osl`` iterations. So ``L >= C max(t_prefill, t_decode) +
+    max(osl - C, 0) t_decode``, where a decode iteration streams the weights a GPU holds
+    (the input embedding is only looked up) and the KV of ``concurrency`` requests at the
+    mean context ``isl + osl / 2`` (never more than fits beside the weights at
+    ``gpu_memory_utilization`` 0.9) at :data:`ACHIEVABLE_HBM_FRACTION` of the datasheet
+    bandwidth, and a prefill takes at least its FLOPs at the datasheet peak. A measured
+    TPOT below this bound means the row's stated workload or hardware is not what ran
+    (such rows are left out of a fit, and said so).
     """
     from calibration.registry import check_kv_cache_dtype, get_gpu
 
@@ -164,18 +166,16 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
     context = row.isl + row.osl / 2.0
     room = max(gpu.memory_bytes * 0.9 - m.weight_bytes(row.dtype) / tp, 0.0)
     kv_read = min(row.concurrency * context * kv_per_token, room)
-    bandwidth = gpu.hbm_bandwidth_Bps * ACHIEVABLE_HBM_FRACTION
-    decode = (weights + kv_read) / bandwidth
-    dense = m.param_count() - m.vocab * m.hidden * (1 if m.tied_embeddings else 2)
-    active = (
-        dense
-        if not m.is_moe
-        else dense - m.moe_layers * (m.experts - m.top_k) * 3 * m.hidden * m.moe_intermediate
-    )
-    flops = 2.0 * active * row.isl + 2.0 * m.layers * m.q_heads * m.head_dim * row.isl**2
+    decode = (weights + kv_read) / (gpu.hbm_bandwidth_Bps * ACHIEVABLE_HBM_FRACTION)
+    matrices = m.param_count() - m.vocab * m.hidden * (1 if m.tied_embeddings else 2)
+    if m.is_moe:  # only the routed experts a token uses
+        idle = m.experts - m.top_k
+        matrices -= m.moe_layers * idle * 3 * m.hidden * m.moe_intermediate
+    flops = 2.0 * matrices * row.isl + 2.0 * m.layers * m.q_heads * m.head_dim * row.isl**2
     prefill = flops / tp / gpu.peak_flops[row.dtype]
-    others = min(row.concurrency - 1, max(row.osl - 1, 1))
-    return decode + others * max(prefill - decode, 0.0) / max(row.osl - 1, 1)
+    c = row.concurrency
+    lifetime = c * max(prefill, decode) + max(row.osl - c, 0) * decode
+    return max((lifetime - row.ttft_s) / max(row.osl - 1, 1), decode)
 
 
 def load_serving_csv(path: str | Path) -> list[ServingRow]:

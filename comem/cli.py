@@ -594,6 +594,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
         "enable_expert_parallel": args.enable_expert_parallel,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "fp8_gemm": args.fp8_gemm,
     }
     for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
         if getattr(args, key) is not None:
@@ -612,6 +614,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "burstiness": args.burstiness,
             "max_concurrency": args.max_concurrency,
             "seed": args.seed,
+            "closed_loop_start": args.closed_loop_start,
+            "warmup_requests": args.warmup_requests,
         },
         "bench-serve",
     )
@@ -1258,6 +1262,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
+    bs.add_argument(
+        "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
+        help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--fp8-gemm", choices=("auto", "block", "tensor"), default="auto",
+        help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
+        " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
+    )  # fmt: skip
     bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
     bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
     bs.add_argument("--max-model-len", type=_positive_int)
@@ -1281,6 +1294,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
     bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
+    bs.add_argument(
+        "--closed-loop-start", choices=("burst", "staggered"), default="burst",
+        help="with --max-concurrency and rate inf: the first wave sent at once, as vLLM does"
+        " (identical lengths then stay in lockstep) [burst], or spread over one request"
+        " (a desynchronized steady state; the first wave is left out as warm-up)",
+    )  # fmt: skip
+    bs.add_argument(
+        "--warmup-requests", type=int, help="first requests left out of the latency statistics"
+        " [staggered: max-concurrency, else 0]",
+    )  # fmt: skip
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")

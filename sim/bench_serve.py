@@ -12,7 +12,11 @@ other and can put a simulated result file next to a measured one:
   Gamma distribution (shape ``burstiness``, scale ``1 / (rate * burstiness)``; 1 =
   Poisson) and rescales them so the last arrival is at ``num_prompts / rate``.
   ``--max-concurrency`` is a semaphore taken after the arrival time (with rate ``inf``,
-  a closed loop of that many clients).
+  a closed loop of that many clients). How a closed loop starts is a stated choice
+  (``closed_loop_start``, :func:`first_sends`): ``burst`` sends the first wave at once
+  as vLLM does (requests of identical lengths then stay in lockstep, which real clients
+  do not quite), ``staggered`` spreads it over one request and leaves it out of the
+  statistics (a desynchronized steady state).
 - Metrics, from the moment a request is sent: TTFT, E2EL, TPOT = (E2EL - TTFT) /
   (output - 1) for outputs > 1, ITL = every gap between consecutive tokens, pooled;
   throughputs over the duration from the first send to the last completion.
@@ -58,10 +62,10 @@ class BenchServeConfig(BaseModel):
     max_concurrency: PositiveInt | None = None
     seed: NonNegativeInt = 0
     #: How a closed loop (rate ``inf`` with ``max_concurrency`` C) starts; see
-    #: :func:`first_sends`. ``burst``: the first C requests at t = 0, as ``vllm bench
-    #: serve`` sends them; ``staggered``: spread evenly over one request's duration, the
-    #: desynchronized steady state real clients reach.
-    closed_loop_start: Literal["burst", "staggered"] = "staggered"
+    #: :func:`first_sends`. ``burst`` (vLLM as run): the first C requests at t = 0, as
+    #: ``vllm bench serve`` sends them; ``staggered``: spread evenly over one request's
+    #: duration, the desynchronized steady state.
+    closed_loop_start: Literal["burst", "staggered"] = "burst"
     #: Requests left out of the statistics, counted from the first sent (the ramp-up of a
     #: staggered start): ``None`` means C for a staggered closed loop, else 0.
     warmup_requests: NonNegativeInt | None = None
@@ -121,16 +125,22 @@ def request_duration_estimate(
 def first_sends(cfg: BenchServeConfig, latency: IterationLatency) -> np.ndarray:
     """Send times of a closed loop's first ``max_concurrency`` requests.
 
-    ``vllm bench serve`` sends them together (``burst``). With identical lengths and no
-    noise a simulated server then keeps the clients in lockstep forever: every wave's C
-    prompts arrive at once and are prefilled together, so every request waits for all
-    of them. Real clients drift apart (the client, HTTP, tokenization and detokenization
-    add different delays to each request), and the measured TTFT of a closed loop is that
-    of one prompt beside the others' decodes: e.g. Llama-3.1-70B fp8 TP2, 8 clients,
-    1024-token prompts: 150 ms measured, 0.8 s in lockstep. ``staggered`` starts the
-    clients at k D / C (D: :func:`request_duration_estimate`), the state of clients
-    spread evenly over one request; the first C requests (the ramp-up) are then left out
-    of the statistics (``warmup_requests``).
+    ``vllm bench serve`` sends them together (``burst``, the default). Requests that are
+    prefilled in one iteration then finish in one iteration, so with identical lengths a
+    simulated server keeps such groups in lockstep forever: each wave's prompts arrive
+    together and wait for each other's prefill. ``staggered`` starts the clients at
+    ``k D / C`` (D: :func:`request_duration_estimate`), clients spread evenly over one
+    request, and leaves those first C requests (the ramp-up) out of the statistics
+    (``warmup_requests``): the fully desynchronized steady state, where a prompt meets
+    the others' decodes only.
+
+    Real runs lie between the two: on the shared H100 serving rows, mean TTFT is below
+    lockstep (Llama-3.1-70B fp8 TP2, 8 clients, 1024-token prompts: 150 ms measured,
+    0.5 s in lockstep) and above the steady state (about 0.1 s), growing with the
+    clients as a burst first wave among 10 x C requests does. Varied lengths
+    (``random_range_ratio`` > 0) desynchronize clients after that first wave by
+    themselves, as in real runs; identical lengths with ``burst`` are the upper
+    envelope, ``staggered`` the lower one.
     """
     c = min(int(cfg.max_concurrency or cfg.num_prompts), cfg.num_prompts)
     if cfg.closed_loop_start == "burst" or c <= 1:
