@@ -197,7 +197,7 @@ def load_serving_csv(path: str | Path) -> list[ServingRow]:
         where = f"{p}:{i}"
         try:
             ints = {k: int(getattr(r, k)) for k in ("tp", "concurrency", "isl", "osl")}
-            ttft, tpot = float(r.ttft_ms), float(r.tpot_ms)
+            ttft, tpot = float(r.ttft_ms), float(r.tpot_ms)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise ComemInputError(
                 f"{where}: tp, concurrency, isl, osl, ttft_ms, tpot_ms must be numbers"
@@ -430,7 +430,10 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 }
 
 #: named sets of assumptions (``comem calibrate fit-serving --preset``)
-ASSUMPTION_PRESETS = {"none": {"*": {}}, "shared-h100": SHARED_H100_ASSUMPTIONS}
+ASSUMPTION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {"*": {}},
+    "shared-h100": SHARED_H100_ASSUMPTIONS,
+}
 
 
 def parse_assumptions(

@@ -439,8 +439,8 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     if cv is not None:
         print("\nleave one model out (fitted on the other model's rows):")
         print(_percent_table(cv))
-    for path in written:
-        print(f"wrote {path}")
+    for out_path in written:
+        print(f"wrote {out_path}")
     return 0
 
 

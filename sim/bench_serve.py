@@ -156,9 +156,10 @@ def warmup_count(cfg: BenchServeConfig) -> int:
     """Requests (first sent) left out of the statistics (see ``warmup_requests``)."""
     if cfg.warmup_requests is not None:
         return min(cfg.warmup_requests, cfg.num_prompts - 1)
-    closed = math.isinf(cfg.request_rate) and cfg.max_concurrency is not None
-    if closed and cfg.closed_loop_start == "staggered" and cfg.max_concurrency < cfg.num_prompts:
-        return int(cfg.max_concurrency)
+    c = cfg.max_concurrency
+    closed = math.isinf(cfg.request_rate) and c is not None
+    if closed and c is not None and cfg.closed_loop_start == "staggered" and c < cfg.num_prompts:
+        return int(c)
     return 0
 
 

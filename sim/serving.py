@@ -80,7 +80,7 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         model=row.model,
         gpu=row.gpu,
         tp=row.tp,
-        dtype=row.dtype,
+        dtype=row.dtype,  # type: ignore[arg-type]
         kv_cache_dtype=setup.kv_cache_dtype,  # type: ignore[arg-type]
         fp8_gemm=setup.fp8_gemm,  # type: ignore[arg-type]
         max_num_batched_tokens=setup.max_num_batched_tokens,

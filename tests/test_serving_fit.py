@@ -5,6 +5,9 @@ real vLLM serving rows."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -345,3 +348,55 @@ def test_committed_serving_fit_meets_the_tpot_goal_cross_validated(serving_rows)
     tpot = sum(v["tpot_mape"] * v["rows"] for v in cv.values()) / rows
     assert rows == len(serving_rows) - len(entry["excluded_rows"])
     assert tpot <= 0.08
+
+
+# -- the command ------------------------------------------------------------------------------
+
+
+def _comem(*args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "COMEM_SHARED"}
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", "comem", *args], cwd=root, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_fit_serving_round_trip(tmp_path: Path):
+    """`comem calibrate fit-serving` on rows the simulator measured with known terms
+    writes a profile whose default overhead is those terms."""
+    truth = replace(TRUE, request_overhead_s=0.0)
+    setup = ServingSetup(prompts_per_client=3)
+    rows = []
+    for r in _rows()[0][:3]:
+        f = simulate_row(r, setup, truth)
+        rows.append(replace(r, ttft_s=f.ttft_s, tpot_s=f.tpot_s))
+    csv = tmp_path / "rows.csv"
+    lines = [HEADER.strip()]
+    for r in rows:
+        lines.append(
+            f"{r.model},{r.gpu},{r.dtype},{r.tp},{r.concurrency},{r.isl},{r.osl},"
+            f"{r.ttft_s * 1e3!r},{r.tpot_s * 1e3!r}"
+        )
+    csv.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.json"
+    assumed = ["--assume", "prompts_per_client=3"]
+    proc = _comem("calibrate", "fit-serving", "--csv", str(csv), *assumed, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "in-sample (pooled fit)" in proc.stdout
+    prof = Profile.load(out)
+    got = prof.framework_overhead()
+    assert got.per_iteration_s == pytest.approx(truth.per_iteration_s, rel=0.02)
+    assert got.per_sequence_s == pytest.approx(truth.per_sequence_s, rel=0.05)
+    assert prof.overheads["vllm-serving"]["rows"] == len(rows)
+
+
+def test_cli_fit_serving_rejects_bad_input(tmp_path: Path):
+    proc = _comem("calibrate", "fit-serving", "--csv", str(tmp_path / "none.csv"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+    csv = tmp_path / "s.csv"
+    csv.write_text(HEADER + "llama-3-8b,h100_sxm,bf16,1,4,256,32,50,10\n")
+    proc = _comem("calibrate", "fit-serving", "--csv", str(csv), "--assume", "budget=3")
+    assert proc.returncode == 2 and "expected [MODEL:]KEY=VALUE" in proc.stderr
