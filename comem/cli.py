@@ -494,6 +494,8 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         args.dtype,
         profile=profile,
         expert_parallel=args.enable_expert_parallel,
+        framework=args.framework,
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )
     cost = static_cost(
         lm,
@@ -1226,6 +1228,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--max-num-batched-tokens", type=_positive_int, default=16384)
     ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    ps.add_argument(
+        "--framework", help="the profile's overhead of this framework version (e.g. vllm-2024,"
+        " the 2024 vLLM of the static-batch data) [the profile's default: the serving fit]",
+    )  # fmt: skip
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=cmd_predict_static)
 
