@@ -403,13 +403,21 @@ def _median_of_repeats(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
 #: block-quantized.
 KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
 
+#: The per-tensor scaled fp8 GEMM (vLLM's CUTLASS ``scaled_mm``): ``--quantization fp8`` on
+#: a bf16 checkpoint and the per-tensor / per-channel FP8 checkpoints (Llama-3.1 FP8).
+FP8_TENSOR_KERNEL = "fp8"
 
-def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
-    rows = df[(df["gemm_dtype"] == kernel_dtype(df["gemm_dtype"], dtype)) & (df["m"] <= 16384)]
+
+def gemm_rows(
+    df: pd.DataFrame, dtype: str, kernel: str | None = None
+) -> tuple[Features, np.ndarray]:
+    """GEMM rows of the profile ``dtype`` (``kernel``: the table's dtype name instead)."""
+    name = kernel if kernel is not None else kernel_dtype(df["gemm_dtype"], dtype)
+    rows = df[(df["gemm_dtype"] == name) & (df["m"] <= 16384)]
     rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
     rows = _median_of_repeats(rows, ["m", "n", "k"])
     f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
-    f["in_bytes"] = np.full(len(rows), 2.0 if dtype == "bf16" else 1.0)
+    f["in_bytes"] = np.full(len(rows), 2.0 if name == "bfloat16" else 1.0)
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
@@ -465,9 +473,14 @@ def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
-def context_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+#: KV-cache dtype names in the attention tables for each ``kv_cache_dtype``
+KV_TABLE_DTYPES = {"bf16": "bfloat16", "fp8": "fp8"}
+
+
+def context_rows(df: pd.DataFrame, kv_dtype: str = "bf16") -> tuple[Features, np.ndarray]:
+    """Prefill attention rows with a ``kv_dtype`` KV cache (no window, head_dim 128)."""
     rows = df[
-        (df["kv_cache_dtype"] == "bfloat16")
+        (df["kv_cache_dtype"] == KV_TABLE_DTYPES[kv_dtype])
         & (df["window_size"] == 0)
         & (df["step"] == 0)
         & (df["head_dim"] == 128)
@@ -488,9 +501,10 @@ def context_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
-def generation_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+def generation_rows(df: pd.DataFrame, kv_dtype: str = "bf16") -> tuple[Features, np.ndarray]:
+    """Decode attention rows with a ``kv_dtype`` KV cache (no window, head_dim 128)."""
     rows = df[
-        (df["kv_cache_dtype"] == "bfloat16")
+        (df["kv_cache_dtype"] == KV_TABLE_DTYPES[kv_dtype])
         & (df["window_size"] == 0)
         & (df["head_dim"] == 128)
         & (df["step"] + 1 <= 131072)
@@ -505,7 +519,7 @@ def generation_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
         "nq": rows["num_heads"].to_numpy(float),
         "nkv": rows["num_key_value_heads"].to_numpy(float),
         "hd": rows["head_dim"].to_numpy(float),
-        "kv_bytes": np.full(len(rows), 2.0),
+        "kv_bytes": np.full(len(rows), 1.0 if kv_dtype == "fp8" else 2.0),
     }
     return f, rows["latency"].to_numpy(float) * 1e-3
 

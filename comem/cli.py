@@ -415,11 +415,114 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     from calibration.fit import build_default_profiles
+    from calibration.profile import Profile
+    from calibration.serving import SHARED_H100_ASSUMPTIONS, load_serving_csv
+    from sim.serving import SERVING_FRAMEWORK, calibrate_serving
 
     _writable_dir(args.out)
-    for path in build_default_profiles(args.shared, args.out):
+    paths = build_default_profiles(args.shared, args.out)
+    csv = Path(args.shared) / "data" / "serving" / "vllm_serving_h100.csv"
+    if csv.is_file():
+        # the serving overhead (a modern vLLM) becomes every profile's default; the
+        # static batches' (a 2024 vLLM) stays under its own name
+        profiles = {(p.gpu, p.dtype): p for p in map(Profile.load, paths)}
+        rows = load_serving_csv(csv)
+        result = calibrate_serving(rows, SHARED_H100_ASSUMPTIONS, profiles=profiles)
+        note = "preset shared-h100: " + "; ".join(
+            f"{m}: {v}" for m, v in SHARED_H100_ASSUMPTIONS.items() if v
+        )
+        entries = result.entries(f"shared/data/serving/{csv.name} ({len(rows)} rows)", note)
+        for path in paths:
+            prof = Profile.load(path)
+            prof.overheads.update(entries)
+            prof.overhead = dict(entries[SERVING_FRAMEWORK])
+            prof.save(path)
+    for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
+    from calibration.profile import Profile, available_profiles, profile_path
+    from calibration.serving import (
+        ASSUMPTION_PRESETS,
+        error_summary,
+        load_serving_csv,
+        parse_assumptions,
+    )
+    from sim.serving import calibrate_serving
+
+    rows = load_serving_csv(args.csv)
+    assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
+    result = calibrate_serving(
+        rows,
+        assumptions,
+        framework=args.framework,
+        per_version=not args.no_per_version,
+        cross_validate_models=not args.no_cv,
+    )
+    note = f"preset {args.preset}; " + "; ".join(
+        f"{model}: {values}" for model, values in assumptions.items() if values
+    )
+    source = f"{Path(args.csv).name}: {len(rows)} rows, {len(result.rows)} fitted"
+    entries = result.entries(source, note)
+    written = []
+    if args.write_defaults or args.out:
+        targets = (
+            [(Profile.load(profile_path(g, d, f)), profile_path(g, d, f))
+             for g, f, d in available_profiles()]
+            if args.write_defaults
+            else [(Profile.load(args.profile) if args.profile
+                   else Profile.load(profile_path(rows[0].gpu, rows[0].dtype)), Path(args.out))]
+        )  # fmt: skip
+        for prof, path in targets:
+            prof.overheads.update(entries)
+            prof.overhead = dict(entries[args.framework])
+            written.append(str(prof.save(path)))
+    summary = error_summary(result.fit.table())
+    cv = error_summary(result.cv_table(), by=("model",)) if result.cross_validation else None
+    if args.json:
+        _print_json(
+            {
+                "overheads": entries,
+                "in_sample": summary.to_dict(orient="records"),
+                "cross_validation": None if cv is None else cv.to_dict(orient="records"),
+                "written": written,
+            }
+        )
+        return 0
+    for r, bound in result.excluded:
+        print(
+            f"left out: {r.label}: measured TPOT {r.tpot_s * 1e3:.2f} ms is below the"
+            f" roofline bound {bound * 1e3:.2f} ms"
+        )
+    for name, entry in entries.items():
+        terms = ", ".join(
+            f"{k} {entry[k] * 1e3:.3f} ms" for k in ("per_iteration_s", "request_overhead_s")
+        )
+        print(
+            f"{name}: {terms}, per_sequence_s {entry['per_sequence_s'] * 1e6:.1f} us"
+            f" ({entry['rows']} rows; TTFT MAPE {entry['ttft_mape']:.1%},"
+            f" TPOT MAPE {entry['tpot_mape']:.1%} in-sample)"
+        )
+    print("\nin-sample (pooled fit):")
+    print(_percent_table(summary))
+    if cv is not None:
+        print("\nleave one model out (fitted on the other model's rows):")
+        print(_percent_table(cv))
+    for out_path in written:
+        print(f"wrote {out_path}")
+    return 0
+
+
+def _percent_table(frame: Any) -> str:
+    """A summary frame with its error columns as percentages."""
+    shown = frame.copy()
+    for col in shown.columns:
+        if col.endswith(("_mape", "_signed")):
+            fmt = "{:+.1%}" if col.endswith("_signed") else "{:.1%}"
+            shown[col] = [fmt.format(v) for v in shown[col]]
+    return shown.to_string(index=False)
 
 
 def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
@@ -462,6 +565,8 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         args.dtype,
         profile=profile,
         expert_parallel=args.enable_expert_parallel,
+        framework=args.framework,
+        max_num_batched_tokens=args.max_num_batched_tokens,
     )
     cost = static_cost(
         lm,
@@ -472,7 +577,11 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
     # the same arithmetic as calibration.static.predict_static_latency, priced once
-    latency = cost.latency(lm.overhead_per_iteration_s, lm.overhead_per_sequence_s)
+    latency = cost.latency(
+        lm.overhead_per_iteration_s,
+        lm.overhead_per_sequence_s,
+        per_kv_token_s=lm.overhead_per_kv_token_s,
+    )
     if args.json:
         _print_json(
             {
@@ -560,6 +669,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
         "enable_expert_parallel": args.enable_expert_parallel,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "fp8_gemm": args.fp8_gemm,
     }
     for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
         if getattr(args, key) is not None:
@@ -578,6 +689,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "burstiness": args.burstiness,
             "max_concurrency": args.max_concurrency,
             "seed": args.seed,
+            "closed_loop_start": args.closed_loop_start,
+            "warmup_requests": args.warmup_requests,
         },
         "bench-serve",
     )
@@ -1157,6 +1270,38 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--out", help="directory (default: the package's profiles/)")
     bld.set_defaults(func=cmd_calibrate_build_defaults)
 
+    fs = cal_sub.add_parser(
+        "fit-serving",
+        help="fit the serving framework's overhead on measured vllm bench serve points",
+        description="Replays every row of a serving CSV (schema of shared/data/serving) through"
+        " bench-serve and fits the framework overhead the kernels cannot know: per iteration and"
+        " per scheduled sequence (on TPOT), per request before scheduling (on TTFT); pooled, per"
+        " vLLM version, and cross-validated leaving one model out. Rows whose TPOT is below"
+        " the roofline bound are left out (and listed).",
+    )
+    fs.add_argument("--csv", required=True, help="serving CSV (model, gpu, dtype, tp, ...)")
+    fs.add_argument(
+        "--preset", choices=("none", "shared-h100"), default="none",
+        help="stated assumptions for what the rows do not say [none: vLLM defaults];"
+        " shared-h100: the project's for shared/data/serving/vllm_serving_h100.csv",
+    )  # fmt: skip
+    fs.add_argument(
+        "--assume", action="append", metavar="[MODEL:]KEY=VALUE",
+        help="one assumption (max_num_batched_tokens, prompts_per_client, random_range_ratio,"
+        " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, ...)",
+    )  # fmt: skip
+    fs.add_argument("--framework", default="vllm-serving", help="name of the pooled fit")
+    fs.add_argument("--no-cv", action="store_true", help="skip leave-one-model-out")
+    fs.add_argument("--no-per-version", action="store_true", help="skip per-version fits")
+    fs.add_argument("--profile", help="(--out) the profile to copy the kernels from")
+    fs.add_argument("--out", help="write a profile with the fitted overheads here")
+    fs.add_argument(
+        "--write-defaults", action="store_true",
+        help="store the fits in every embedded profile (the pooled one as the default)",
+    )  # fmt: skip
+    fs.add_argument("--json", action="store_true")
+    fs.set_defaults(func=cmd_calibrate_fit_serving)
+
     mb = cal_sub.add_parser(
         "microbench",
         help="time GEMMs and attention on this device with torch; write kernel tables",
@@ -1191,6 +1336,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--max-num-batched-tokens", type=_positive_int, default=16384)
     ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    ps.add_argument(
+        "--framework", help="the profile's overhead of this framework version (e.g. vllm-2024,"
+        " the 2024 vLLM of the static-batch data) [the profile's default: the serving fit]",
+    )  # fmt: skip
     ps.add_argument("--json", action="store_true")
     _add_allow_large(ps)
     ps.set_defaults(func=cmd_predict_static)
@@ -1229,6 +1378,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
+    bs.add_argument(
+        "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
+        help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--fp8-gemm", choices=("auto", "block", "tensor"), default="auto",
+        help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
+        " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
+    )  # fmt: skip
     bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
     bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
     bs.add_argument("--max-model-len", type=_positive_int)
@@ -1252,6 +1410,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
     bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
+    bs.add_argument(
+        "--closed-loop-start", choices=("burst", "staggered"), default="burst",
+        help="with --max-concurrency and rate inf: the first wave sent at once, as vLLM does"
+        " (identical lengths then stay in lockstep) [burst], or spread over one request"
+        " (a desynchronized steady state; the first wave is left out as warm-up)",
+    )  # fmt: skip
+    bs.add_argument(
+        "--warmup-requests", type=int, help="first requests left out of the latency statistics"
+        " [staggered: max-concurrency, else 0]",
+    )  # fmt: skip
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")

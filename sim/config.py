@@ -60,6 +60,14 @@ class EngineConfig(InputModel):
     #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
     #: dense model
     enable_expert_parallel: bool = False
+    #: vLLM's ``--kv-cache-dtype``: ``auto`` (the activation dtype, bf16, also for fp8
+    #: weights unless the checkpoint carries KV scales) or ``fp8`` (half the bytes per token)
+    kv_cache_dtype: Literal["auto", "bf16", "fp8"] = "auto"
+    #: the fp8 GEMM kernel (``dtype = "fp8"`` only): ``block`` (128x128 block-scaled, the
+    #: published FP8 checkpoints of Qwen3 / GLM / Qwen3-Coder), ``tensor`` (per-tensor
+    #: scaled: ``--quantization fp8`` on a bf16 checkpoint), ``auto`` (block for MoE models,
+    #: tensor for dense ones)
+    fp8_gemm: Literal["auto", "block", "tensor"] = "auto"
     #: vLLM's --max-num-batched-tokens: tokens an iteration may schedule (chunked prefill)
     max_num_batched_tokens: PositiveInt = 8192
     #: vLLM's --max-num-seqs: requests running at once

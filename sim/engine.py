@@ -171,6 +171,10 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
         cfg.dtype,
         profile=profile,
         expert_parallel=cfg.enable_expert_parallel,
+        kv_cache_dtype=cfg.kv_cache_dtype,
+        fp8_gemm=cfg.fp8_gemm,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        max_num_seqs=cfg.max_num_seqs,
     )
 
 
