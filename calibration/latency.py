@@ -23,15 +23,36 @@ import numpy as np
 from calibration.errors import ComemInputError
 from calibration.opmodels import (
     GENERATION_ATTENTION,
+    OpFit,
     context_flops_bytes,
     query_tiles,
     smooth_max,
 )
 from calibration.opmodels import predict as op_predict
-from calibration.profile import Profile, default_profile, op_form
-from calibration.registry import GpuSpec, ModelSpec, check_dtype, fits_in_memory, get_gpu, get_model
+from calibration.profile import (
+    FP8_KV_SUFFIX,
+    FrameworkOverhead,
+    Profile,
+    default_profile,
+    op_form,
+)
+from calibration.registry import (
+    GpuSpec,
+    ModelSpec,
+    check_dtype,
+    check_kv_cache_dtype,
+    fits_in_memory,
+    get_gpu,
+    get_model,
+    profile_run_bytes,
+)
 
 SUPPORTED_TP = (1, 2, 4, 8)
+#: ``fp8_gemm`` choices: the 128x128 block-scaled fp8 GEMM (the published FP8 checkpoints
+#: of Qwen3, GLM-4.5/4.7, Qwen3-Coder), the per-tensor scaled one (``--quantization fp8``
+#: on a bf16 checkpoint; per-tensor / per-channel checkpoints such as Llama-3.1 FP8), or
+#: ``auto``: block for mixture-of-experts models, tensor for dense ones.
+FP8_GEMM_KINDS = ("auto", "block", "tensor")
 DECODE_TABLE_B = 2048
 #: Mean-KV-per-sequence knots of the decode-attention table: 1 .. 2^20 tokens, ratio ~1.1.
 DECODE_TABLE_KV_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 150)))
@@ -116,7 +137,25 @@ class Batch:
 
 
 class LatencyModel:
-    """Composed per-iteration latency of ``model`` on ``tp`` x ``gpu`` in ``dtype``."""
+    """Composed per-iteration latency of ``model`` on ``tp`` x ``gpu`` in ``dtype``.
+
+    ``kv_cache_dtype`` is vLLM's ``--kv-cache-dtype`` (``auto``: bf16): an fp8 cache holds
+    twice the tokens and is priced by the attention ops fitted on the fp8-KV kernel rows.
+    ``fp8_gemm`` picks the fp8 GEMM kernel (:data:`FP8_GEMM_KINDS`; ignored for bf16).
+    ``max_num_batched_tokens`` and ``max_num_seqs`` size vLLM's profiling run, which the
+    KV cache does not get (:func:`calibration.registry.profile_run_bytes`).
+
+    ``framework`` names the fitted framework overhead to add (a key of the profile's
+    ``overheads``, e.g. ``vllm-2024`` for the static batches of LLM-Inference-Bench);
+    None: the profile's default (:class:`calibration.profile.FrameworkOverhead`).
+
+    ``expert_parallel`` is vLLM's ``--enable-expert-parallel`` with one data-parallel
+    rank: the MoE layers are split by whole experts over the ``tp`` GPUs (EP = TP,
+    MoE-TP = 1) instead of slicing every expert; attention, dense layers, shared experts
+    and the router stay tensor-parallel. Tokens are replicated (no all-to-all) and the
+    layer's TP all-reduce sums the ranks' outputs, as without it. A dense model has no
+    experts to split: asking for it is an error (vLLM ignores the flag there).
+    """
 
     def __init__(
         self,
@@ -126,11 +165,32 @@ class LatencyModel:
         dtype: str = "bf16",
         profile: Profile | None = None,
         include_overhead: bool = True,
+        expert_parallel: bool = False,
+        kv_cache_dtype: str = "auto",
+        fp8_gemm: str = "auto",
+        max_num_batched_tokens: int = 8192,
+        max_num_seqs: int = 1024,
+        framework: str | None = None,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
-        self.model.check_tp(tp)
+        self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        if fp8_gemm not in FP8_GEMM_KINDS:
+            raise ComemInputError(
+                f"unknown fp8_gemm '{fp8_gemm}'; known: {', '.join(FP8_GEMM_KINDS)}"
+            )
+        if fp8_gemm == "auto":
+            fp8_gemm = "block" if self.model.is_moe else "tensor"
+        #: the fp8 GEMM kernel (None in bf16)
+        self.fp8_gemm: str | None = fp8_gemm if self.dtype == "fp8" else None
+        self.max_num_batched_tokens = int(max_num_batched_tokens)
+        self.max_num_seqs = int(max_num_seqs)
+        if expert_parallel and not self.model.is_moe:
+            raise ComemInputError(
+                f"expert parallelism needs a mixture-of-experts model: {self.model.alias} is dense"
+            )
+        self.model.check_tp(tp, expert_parallel=expert_parallel)
         if tp not in SUPPORTED_TP:
             raise ComemInputError(
                 f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
@@ -150,10 +210,28 @@ class LatencyModel:
             profile if profile is not None else default_profile(self.gpu.name, self.dtype)
         )
         self.include_overhead = include_overhead
+        self.expert_parallel = expert_parallel
+        #: ranks the experts are split over (1: every rank holds a TP slice of each)
+        self.ep = tp if expert_parallel else 1
         if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
             self.profile.op(f"allreduce_{tp}")
+        #: profile op keys of the dense GEMMs and of the two attentions
+        self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
+        suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" else ""
+        self._ctx_key = "context_attention" + suffix
+        self._gen_key = "generation_attention" + suffix
+        for key in (self._gemm_key, self._ctx_key, self._gen_key):
+            self.profile.op(key)
+        if self.ep > 1 and "nonlocal_slot" not in self.profile.op("moe").params:
+            raise ComemInputError(
+                f"profile {self.profile.gpu}/{self.profile.dtype} cannot price expert"
+                " parallelism: its MoE op was fitted without moe_ep_size rows (refit it with"
+                " 'comem calibrate build-defaults' or 'comem calibrate fit')"
+            )
         # Raises a clear error when the weights do not fit at this TP.
-        self.kv_budget_bytes_per_gpu = fits_in_memory(self.model, self.gpu, tp, self.dtype)
+        self.kv_budget_bytes_per_gpu = fits_in_memory(
+            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes()
+        )
         m = self.model
         self.q_heads = m.q_heads // tp
         # vLLM replicates KV heads when tp exceeds their number.
@@ -170,13 +248,27 @@ class LatencyModel:
         self._pre_c: list[float] = PREFILL_TABLE_PREFIX_KNOTS.tolist()
         self._pre_rows: list[list[float]] = []
         self._pre_grid = np.zeros((0, 0))
-        over = self.profile.overhead
-        self.overhead_per_iteration_s = float(over.get("per_iteration_s", 0.0))
-        self.overhead_per_sequence_s = float(over.get("per_sequence_s", 0.0))
+        self.framework = framework
+        #: the framework's CPU work per iteration (on this TP), per scheduled sequence, per
+        #: token of KV held by the scheduled sequences, and per request before scheduling
+        #: (the engine reads ``request_overhead_s``: HTTP and tokenization, in TTFT)
+        self.overhead_per_iteration_s = 0.0
+        self.overhead_per_sequence_s = 0.0
+        self.overhead_per_kv_token_s = 0.0
+        self.request_overhead_s = 0.0
+        self.set_overhead(self.profile.framework_overhead(framework))
+
+    def set_overhead(self, overhead: FrameworkOverhead) -> None:
+        """Price iterations with ``overhead`` from now on (the kernel tables are kept:
+        what fitting an overhead needs, one simulation after another)."""
+        self.overhead_per_iteration_s = overhead.iteration_s(self.tp)
+        self.overhead_per_sequence_s = overhead.per_sequence_s
+        self.overhead_per_kv_token_s = overhead.per_kv_token_s
+        self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
 
     def _scalar_setup(self) -> None:
         """Constants of the plain-Python attention paths used per iteration."""
-        ctx = self.profile.op("context_attention")
+        ctx = self.profile.op(self._ctx_key)
         cp, chw = ctx.params, ctx.hw
         self._ctx = (
             cp["t0"],
@@ -191,17 +283,49 @@ class LatencyModel:
     # -- KV cache ---------------------------------------------------------------------
     @property
     def kv_bytes_per_token(self) -> int:
-        """KV-cache bytes one token occupies on one GPU (bf16 KV cache)."""
-        return 2 * self.model.layers * self.kv_heads * self.model.head_dim * 2
+        """KV-cache bytes one token occupies on one GPU (in ``kv_cache_dtype``)."""
+        per_value = 1 if self.kv_cache_dtype == "fp8" else 2
+        return 2 * self.model.layers * self.kv_heads * self.model.head_dim * per_value
 
-    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
-        free = fits_in_memory(self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization)
+    def reserve_bytes(
+        self, max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None
+    ) -> int:
+        """Per-GPU memory vLLM's profiling run keeps from the KV cache (this model's
+        ``max_num_batched_tokens`` / ``max_num_seqs`` unless given)."""
+        return profile_run_bytes(
+            self.model,
+            self.tp,
+            max_num_batched_tokens or self.max_num_batched_tokens,
+            max_num_seqs or self.max_num_seqs,
+        )
+
+    def kv_capacity_tokens(
+        self,
+        gpu_memory_utilization: float = 0.9,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+    ) -> int:
+        """Tokens the KV cache holds: ``gpu_memory_utilization`` of the GPU less weights
+        and the profiling run's peak (vLLM's sizing; GPU memory as ``memory_gib``)."""
+        reserve = self.reserve_bytes(max_num_batched_tokens, max_num_seqs)
+        free = fits_in_memory(
+            self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization, reserve
+        )
         return int(free // self.kv_bytes_per_token)
 
     # -- token-proportional ops (tabulated) ------------------------------------------
-    def _gemm(self, key: str, m: np.ndarray, n: float, k: float) -> np.ndarray:
+    def _gemm(
+        self, key: str, m: np.ndarray, n: float, k: float, aligned: bool = False
+    ) -> np.ndarray:
+        """A GEMM of the model's weights (``gemm``: in the weight dtype, with the chosen fp8
+        kernel) or of the bf16 ones (``gemm_bf16``: LM head, router). ``aligned``: as if
+        every token count were a multiple of 4 (no slow-path penalty)."""
+        if key == "gemm":
+            key = self._gemm_key
         fit = self.profile.op(key)
-        in_bytes = 1.0 if (key == "gemm" and self.dtype == "fp8") else 2.0
+        if aligned and fit.params.get("unaligned_factor", 1.0) != 1.0:
+            fit = OpFit(fit.op, fit.params | {"unaligned_factor": 1.0}, fit.hw, fit.lattice)
+        in_bytes = 1.0 if (key != "gemm_bf16" and self.dtype == "fp8") else 2.0
         feats = {
             "m": m,
             "n": np.full_like(m, float(n)),
@@ -210,8 +334,9 @@ class LatencyModel:
         }
         return op_predict(op_form(key), fit, feats)
 
-    def _linear_ops(self, n_tokens: np.ndarray) -> dict[str, np.ndarray]:
-        """Per-op time (all layers) of every op whose cost depends only on tokens."""
+    def _linear_ops(self, n_tokens: np.ndarray, aligned: bool = False) -> dict[str, np.ndarray]:
+        """Per-op time (all layers) of every op whose cost depends only on tokens
+        (``aligned``: without the GEMMs' penalty for token counts not a multiple of 4)."""
         m = self.model
         tp = self.tp
         hd = m.head_dim
@@ -219,32 +344,34 @@ class LatencyModel:
         # next capture size, so their token-proportional ops see the padded count.
         n = cuda_graph_padded(np.maximum(n_tokens, 1)).astype(float)
         out: dict[str, np.ndarray] = {}
-        qkv = self._gemm("gemm", n, (self.q_heads + 2 * self.kv_heads) * hd, m.hidden)
-        o_proj = self._gemm("gemm", n, m.hidden, self.q_heads * hd)
+        qkv = self._gemm("gemm", n, (self.q_heads + 2 * self.kv_heads) * hd, m.hidden, aligned)
+        o_proj = self._gemm("gemm", n, m.hidden, self.q_heads * hd, aligned)
         out["attn_proj_gemm"] = m.layers * (qkv + o_proj)
         dense = m.dense_layers
         if dense and m.intermediate:
-            up = self._gemm("gemm", n, 2 * m.intermediate // tp, m.hidden)
-            down = self._gemm("gemm", n, m.hidden, m.intermediate // tp)
+            up = self._gemm("gemm", n, 2 * m.intermediate // tp, m.hidden, aligned)
+            down = self._gemm("gemm", n, m.hidden, m.intermediate // tp, aligned)
             out["mlp_gemm"] = dense * (up + down)
         if m.is_moe:
             layers = m.moe_layers
-            inter = m.moe_intermediate / tp
+            # expert parallel: whole experts (unsliced), ceil(experts / ep) on a rank
+            inter = m.moe_intermediate / (1 if self.ep > 1 else tp)
             feats = {
                 "tokens": n,
                 "hidden": np.full_like(n, m.hidden),
                 "inter": np.full_like(n, inter),
                 "experts": np.full_like(n, m.experts),
                 "top_k": np.full_like(n, m.top_k),
+                "ep": np.full_like(n, self.ep),
                 "w_bytes": np.full_like(n, 1.0 if self.dtype == "fp8" else 2.0),
             }
             out["moe"] = layers * op_predict(op_form("moe"), self.profile.op("moe"), feats)
-            router = self._gemm("gemm_bf16", n, m.experts, m.hidden)
+            router = self._gemm("gemm_bf16", n, m.experts, m.hidden, aligned)
             extra = router
             if m.shared_experts:
                 width = m.shared_experts * m.moe_intermediate // tp
-                extra = extra + self._gemm("gemm", n, 2 * width, m.hidden)
-                extra = extra + self._gemm("gemm", n, m.hidden, width)
+                extra = extra + self._gemm("gemm", n, 2 * width, m.hidden, aligned)
+                extra = extra + self._gemm("gemm", n, m.hidden, width, aligned)
             out["moe_router_shared_gemm"] = layers * extra
         if tp > 1:
             ar = self.profile.op(f"allreduce_{tp}")
@@ -262,7 +389,12 @@ class LatencyModel:
                 f"iteration of {n_max} tokens exceeds the supported {_TABLE_MAX - 1}"
             )
         size = max(_TABLE_MIN, 1 << int(np.ceil(np.log2(n_max + 1))))
-        ops = self._linear_ops(np.arange(size))
+        # The fp8 block GEMM is ~25% slower on token counts that are not a multiple of 4
+        # (vLLM runs CUTLASS only on aligned rows; the op model fits that). Iterations are
+        # priced as aligned: with CUDA graphs only the 1- and 2-token graphs would pay it,
+        # and a non-decreasing table would carry their penalty to every larger iteration
+        # (up to 25% too dear on decodes), while keeping it would make 1 token dearer than 3.
+        ops = self._linear_ops(np.arange(size), aligned=True)
         total = np.sum(list(ops.values()), axis=0)
         self._table = np.maximum.accumulate(total)
         self._table_list = self._table.tolist()
@@ -309,9 +441,9 @@ class LatencyModel:
             "nq": np.full_like(b_safe, self.q_heads),
             "nkv": np.full_like(b_safe, self.kv_heads),
             "hd": np.full_like(b_safe, self.model.head_dim),
-            "kv_bytes": np.full_like(b_safe, 2.0),
+            "kv_bytes": np.full_like(b_safe, 1.0 if self.kv_cache_dtype == "fp8" else 2.0),
         }
-        fit = self.profile.op("generation_attention")
+        fit = self.profile.op(self._gen_key)
         t = self.model.layers * op_predict(GENERATION_ATTENTION, fit, feats)
         return np.where(b > 0, t, 0.0)
 
@@ -457,28 +589,41 @@ class LatencyModel:
         if t and self.include_overhead:
             seqs = num_decode + len(prefill_new)
             t += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
+            if self.overhead_per_kv_token_s:
+                kv = decode_kv_total + sum(prefill_new) + sum(prefill_cached)
+                t += self.overhead_per_kv_token_s * kv
         return t
 
     # -- whole iterations ---------------------------------------------------------------
-    def overhead_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
+    def overhead_time(
+        self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | int = 0
+    ) -> np.ndarray:
+        """Framework time of iterations of ``n_seqs`` sequences holding ``kv_tokens``."""
         s = np.asarray(n_seqs, dtype=float)
         if not self.include_overhead:
             return np.zeros_like(s)
-        return self.overhead_per_iteration_s + self.overhead_per_sequence_s * s
+        kv = np.asarray(kv_tokens, dtype=float)
+        return (
+            self.overhead_per_iteration_s
+            + self.overhead_per_sequence_s * s
+            + self.overhead_per_kv_token_s * kv
+        )
 
     def breakdown(self, batch: Batch) -> dict[str, float]:
         """Seconds per component of one iteration (sums to :meth:`iteration_time`)."""
         n = batch.num_tokens
         if n == 0:
             return {}
-        parts = {k: float(v[0]) for k, v in self._linear_ops(np.array([n])).items()}
+        ops = self._linear_ops(np.array([n]), aligned=True)
+        parts = {k: float(v[0]) for k, v in ops.items()}
         kv = int(batch.decode_kv.sum())
         parts["decode_attention"] = self.decode_attention_scalar(batch.num_decode, kv)
         parts["prefill_attention"] = self.prefill_attention_scalar(
             batch.prefill_new.tolist(), batch.prefill_cached.tolist()
         )
         parts["lm_head"] = float(self.lm_head_tabulated(batch.num_seqs))
-        parts["overhead"] = float(self.overhead_time(batch.num_seqs))
+        held = kv + int(batch.prefill_new.sum() + batch.prefill_cached.sum())
+        parts["overhead"] = float(self.overhead_time(batch.num_seqs, held))
         # The tabulated sum is made monotone in N: charge any difference to the GEMMs.
         tabulated = float(self.linear_time(n))
         linear = sum(v for k, v in parts.items() if k in self._linear_keys())
@@ -501,7 +646,7 @@ class LatencyModel:
         """Vectorized iteration times of decode-only iterations (no prefill chunks)."""
         b = np.asarray(batch_size, dtype=np.int64)
         t = self.linear_time(b) + self.decode_attention_time(b, kv_total)
-        t = t + self.lm_head_tabulated(b) + self.overhead_time(b)
+        t = t + self.lm_head_tabulated(b) + self.overhead_time(b, kv_total)
         return np.where(b > 0, t, 0.0)
 
     def single_chunk_attention_times(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
@@ -536,6 +681,9 @@ class LatencyModel:
             base += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
         j = np.arange(steps, dtype=float)
         t = np.full(steps, base)
+        if self.include_overhead and self.overhead_per_kv_token_s:
+            held = kv_total0 + num_decode * j + (cached0 + chunk * (j + 1) if chunk else 0.0)
+            t += self.overhead_per_kv_token_s * held
         if num_decode:
             # one table row (the batch size is fixed), linear in the mean KV per sequence:
             # np.interp is the scalar path's interpolation, vectorized

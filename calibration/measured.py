@@ -34,11 +34,12 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from scipy.optimize import nnls
+
+if TYPE_CHECKING:  # pandas and scipy are for reading and fitting measurements only
+    import pandas as pd
 
 from calibration import limits
 from calibration.errors import ComemInputError
@@ -352,6 +353,8 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     """The profiler's CSV, checked; one clear line (file and row) for the first defect:
     a missing column, a count that is no whole number in range, an 'ok' request whose
     times are not finite and positive (a negative inter-token latency included)."""
+    import pandas as pd
+
     from calibration.inputs import MAX_TOKENS, input_file, numeric_column
 
     p = input_file(path, "measurements")
@@ -385,6 +388,8 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
 
 
 def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     """One row per wave in which every request succeeded: means of what was measured.
 
     A wave with a failed request ran a different batch than the replay assumes, so it
@@ -475,6 +480,8 @@ def fit_measured_profile(
         [np.full(len(y_ttft), 1.0 / len(y_ttft)), np.full(len(y_itl), 1.0 / max(1, len(y_itl)))]
     )
     w = np.sqrt(w) / y
+    from scipy.optimize import nnls
+
     coef = nnls(x * w[:, None], y * w)[0]
     sur_coef, packed, admission, overhead = coef[:5], float(coef[5]), float(coef[6]), float(coef[7])
 
@@ -524,6 +531,8 @@ def cache_config_from_metrics(path: str | Path) -> tuple[int, int] | None:
     """(KV capacity in tokens, block size) from vLLM's ``vllm:cache_config_info``
     sample in a ``comem profile`` metrics sidecar CSV, or None if it has none."""
     import re
+
+    import pandas as pd
 
     p = Path(path)
     if not p.is_file():

@@ -80,6 +80,9 @@ class OpForm:
     #: False: the lattice scales the work above the launch floor ``t0``, not ``t0`` itself
     #: (an op priced per item plus one launch, where the items' cost is what varies).
     lattice_on_launch: bool = True
+    #: Parameters a profile may lack (fitted only when the tables have the rows that
+    #: identify them); what they price is then refused, not guessed.
+    optional_params: tuple[str, ...] = ()
 
 
 def _gemm_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
@@ -117,25 +120,59 @@ def expected_active_experts(
     return experts * (1.0 - (1.0 - top_k / experts) ** tokens)
 
 
+def local_experts(experts: np.ndarray, ep: np.ndarray) -> np.ndarray:
+    """Experts on the busiest rank of an expert-parallel group of ``ep`` ranks.
+
+    vLLM (``determine_expert_map``) gives each rank a contiguous range of
+    ``experts // ep`` experts and the first ``experts % ep`` ranks one more; the layer
+    waits for the rank with the most.
+    """
+    return np.ceil(experts / ep)
+
+
 def _moe_base(p: dict[str, float], hw: dict[str, float], f: Features) -> np.ndarray:
+    """One rank's fused-MoE time: ``ep`` = 1 is the whole layer (each expert sliced by TP
+    in ``inter``), ``ep`` > 1 one rank of expert parallelism (whole experts, inter unsliced).
+
+    Under expert parallelism every rank receives all tokens (vLLM, DP = 1: no all-to-all)
+    and runs its ``share`` = local / total experts of the assignment slots: weights of the
+    local experts touched, their FLOPs and their GEMM input/output traffic. The slots of
+    experts on other ranks are not free: vLLM's fused-MoE kernel still runs its activation,
+    the zero fill and the top-k reduction over all ``tokens * top_k`` slots; they cost
+    ``nonlocal_slot`` times a local slot's traffic (fitted on the tables' ``moe_ep_size``
+    rows; it does not enter without expert parallelism, where every slot is local).
+    """
     t, h, i, e, k, b = f["tokens"], f["hidden"], f["inter"], f["experts"], f["top_k"], f["w_bytes"]
-    active = expected_active_experts(t, e, k)
+    ep = f.get("ep", np.ones_like(t))
+    local = local_experts(e, ep)
+    share = local / e
+    active = share * expected_active_experts(t, e, k)
     weight_bytes = active * 3.0 * h * i * b
-    act_bytes = t * k * (2.0 * h + 3.0 * i) * 2.0
+    slot_bytes = t * k * (2.0 * h + 3.0 * i) * 2.0
+    nonlocal_cost = p.get("nonlocal_slot", 0.0) * (1.0 - share)
+    act_bytes = slot_bytes * (share + nonlocal_cost)
     t_memory = (weight_bytes + act_bytes) / (hw["hbm_Bps"] * p["eff_memory"])
-    t_compute = 6.0 * t * k * h * i / (hw["peak_flops"] * p["eff_compute"])
+    t_compute = 6.0 * t * k * share * h * i / (hw["peak_flops"] * p["eff_compute"])
     return p["t0"] + smooth_max(t_compute, t_memory, p["p"])
+
+
+def _moe_coords(f: Features) -> list[np.ndarray]:
+    ep = f.get("ep", np.ones_like(f["tokens"]))
+    return [np.log2(f["tokens"]), np.log2(f["inter"]), np.log2(ep)]
 
 
 MOE = OpForm(
     name="moe",
-    param_names=("t0", "eff_compute", "eff_memory", "p"),
-    starts=((2e-5, 0.5, 0.7, 2.0), (5e-5, 0.3, 0.5, 1.2)),
+    param_names=("t0", "eff_compute", "eff_memory", "p", "nonlocal_slot"),
+    starts=((2e-5, 0.5, 0.7, 2.0, 0.5), (5e-5, 0.3, 0.5, 1.2, 0.1)),
     base=_moe_base,
-    # Kernel configs switch with the token count (every power of two gets a knot) and
-    # with the per-GPU expert width.
-    coords=lambda f: [np.log2(f["tokens"]), np.log2(f["inter"])],
-    axes=[list(range(15)), [6, 7, 8, 9, 10, 11, 12, 13, 14]],
+    # Kernel configs switch with the token count (every power of two gets a knot), with
+    # the per-GPU expert width and with the expert-parallel size (the local expert count
+    # picks vLLM's tuned config; an axis per shape overfits: see README, expert
+    # parallelism).
+    coords=_moe_coords,
+    axes=[list(range(15)), [6, 7, 8, 9, 10, 11, 12, 13, 14], [0, 1, 2, 3]],
+    optional_params=("nonlocal_slot",),
 )
 
 
@@ -272,7 +309,9 @@ def predict(form: OpForm, fit: OpFit, features: Features) -> np.ndarray:
     base = form.base(fit.params, fit.hw, features)
     if fit.lattice is None:
         return base
-    factor = fit.lattice.factor(*form.coords(features))
+    # A lattice fitted before its form gained a coordinate (the MoE's expert-parallel
+    # size) reads the leading ones; the new one is 0 (log2 1) where it was fitted.
+    factor = fit.lattice.factor(*form.coords(features)[: len(fit.lattice.axes)])
     if form.lattice_on_launch:
         return base * factor
     return fit.params["t0"] + (base - fit.params["t0"]) * factor
@@ -364,13 +403,21 @@ def _median_of_repeats(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
 #: block-quantized.
 KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
 
+#: The per-tensor scaled fp8 GEMM (vLLM's CUTLASS ``scaled_mm``): ``--quantization fp8`` on
+#: a bf16 checkpoint and the per-tensor / per-channel FP8 checkpoints (Llama-3.1 FP8).
+FP8_TENSOR_KERNEL = "fp8"
 
-def gemm_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
-    rows = df[(df["gemm_dtype"] == kernel_dtype(df["gemm_dtype"], dtype)) & (df["m"] <= 16384)]
+
+def gemm_rows(
+    df: pd.DataFrame, dtype: str, kernel: str | None = None
+) -> tuple[Features, np.ndarray]:
+    """GEMM rows of the profile ``dtype`` (``kernel``: the table's dtype name instead)."""
+    name = kernel if kernel is not None else kernel_dtype(df["gemm_dtype"], dtype)
+    rows = df[(df["gemm_dtype"] == name) & (df["m"] <= 16384)]
     rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
     rows = _median_of_repeats(rows, ["m", "n", "k"])
     f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
-    f["in_bytes"] = np.full(len(rows), 2.0 if dtype == "bf16" else 1.0)
+    f["in_bytes"] = np.full(len(rows), 2.0 if name == "bfloat16" else 1.0)
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
@@ -389,16 +436,30 @@ def kernel_dtype(values: pd.Series, dtype: str) -> str:
 
 
 def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
+    """Fused-MoE rows on one node: tensor-parallel (``moe_tp_size`` <= 8, one rank's
+    slice of every expert) and expert-parallel (``moe_ep_size`` 2-8, one rank's whole
+    experts, all tokens), balanced routing."""
+    one_node = ((df["moe_ep_size"] == 1) & (df["moe_tp_size"] <= 8)) | (
+        (df["moe_tp_size"] == 1) & (df["moe_ep_size"] <= 8)
+    )
     rows = df[
         (df["moe_dtype"] == kernel_dtype(df["moe_dtype"], dtype))
-        & (df["moe_ep_size"] == 1)
+        & one_node
         & (df["distribution"] == "balanced")
         & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
         & (df["num_tokens"] <= 16384)
-        & (df["moe_tp_size"] <= 8)  # one node: the TP degrees the latency model supports
     ]
     rows = _median_of_repeats(
-        rows, ["num_tokens", "hidden_size", "inter_size", "num_experts", "topk", "moe_tp_size"]
+        rows,
+        [
+            "num_tokens",
+            "hidden_size",
+            "inter_size",
+            "num_experts",
+            "topk",
+            "moe_tp_size",
+            "moe_ep_size",
+        ],
     )
     f = {
         "tokens": rows["num_tokens"].to_numpy(float),
@@ -406,14 +467,20 @@ def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
         "inter": rows["inter_size"].to_numpy(float) / rows["moe_tp_size"].to_numpy(float),
         "experts": rows["num_experts"].to_numpy(float),
         "top_k": rows["topk"].to_numpy(float),
+        "ep": rows["moe_ep_size"].to_numpy(float),
         "w_bytes": np.full(len(rows), 2.0 if dtype == "bf16" else 1.0),
     }
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
-def context_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+#: KV-cache dtype names in the attention tables for each ``kv_cache_dtype``
+KV_TABLE_DTYPES = {"bf16": "bfloat16", "fp8": "fp8"}
+
+
+def context_rows(df: pd.DataFrame, kv_dtype: str = "bf16") -> tuple[Features, np.ndarray]:
+    """Prefill attention rows with a ``kv_dtype`` KV cache (no window, head_dim 128)."""
     rows = df[
-        (df["kv_cache_dtype"] == "bfloat16")
+        (df["kv_cache_dtype"] == KV_TABLE_DTYPES[kv_dtype])
         & (df["window_size"] == 0)
         & (df["step"] == 0)
         & (df["head_dim"] == 128)
@@ -434,9 +501,10 @@ def context_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
-def generation_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
+def generation_rows(df: pd.DataFrame, kv_dtype: str = "bf16") -> tuple[Features, np.ndarray]:
+    """Decode attention rows with a ``kv_dtype`` KV cache (no window, head_dim 128)."""
     rows = df[
-        (df["kv_cache_dtype"] == "bfloat16")
+        (df["kv_cache_dtype"] == KV_TABLE_DTYPES[kv_dtype])
         & (df["window_size"] == 0)
         & (df["head_dim"] == 128)
         & (df["step"] + 1 <= 131072)
@@ -451,7 +519,7 @@ def generation_rows(df: pd.DataFrame) -> tuple[Features, np.ndarray]:
         "nq": rows["num_heads"].to_numpy(float),
         "nkv": rows["num_key_value_heads"].to_numpy(float),
         "hd": rows["head_dim"].to_numpy(float),
-        "kv_bytes": np.full(len(rows), 2.0),
+        "kv_bytes": np.full(len(rows), 1.0 if kv_dtype == "fp8" else 2.0),
     }
     return f, rows["latency"].to_numpy(float) * 1e-3
 

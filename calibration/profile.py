@@ -100,8 +100,14 @@ def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
     return dict(overhead)
 
 
+#: Suffix of the attention ops fitted on an fp8 KV cache (``--kv-cache-dtype fp8``).
+FP8_KV_SUFFIX = "_fp8kv"
+
+
 def op_form(key: str) -> OpForm:
-    """The functional form behind a profile op key (``allreduce_4`` -> allreduce)."""
+    """The functional form behind a profile op key (``allreduce_4`` -> allreduce,
+    ``gemm_fp8_tensor`` -> gemm, ``generation_attention_fp8kv`` -> generation_attention)."""
+    key = key.removesuffix(FP8_KV_SUFFIX)
     if key.startswith("allreduce"):
         return FORMS["allreduce"]
     if key.startswith("gemm"):
@@ -109,9 +115,61 @@ def op_form(key: str) -> OpForm:
     return FORMS[key]
 
 
+#: The fitted terms of a framework overhead (see :class:`FrameworkOverhead`).
+OVERHEAD_TERMS = (
+    "per_iteration_s",
+    "per_iteration_tp_s",
+    "per_sequence_s",
+    "per_kv_token_s",
+    "request_overhead_s",
+)
+
+
+@dataclass(frozen=True)
+class FrameworkOverhead:
+    """What a serving framework adds to the kernels, which no kernel table can know.
+
+    Per engine iteration: ``per_iteration_s`` (scheduling, input preparation, sampling,
+    output processing), ``per_iteration_tp_s`` more when the model spans several GPUs
+    (the driver hands every iteration's inputs to its workers), ``per_sequence_s`` per
+    scheduled sequence, ``per_kv_token_s`` per token of KV the scheduled sequences hold
+    (block tables rebuilt every step, as the 2024 vLLM did). Per request, before it is
+    scheduled: ``request_overhead_s`` (HTTP, tokenization: in TTFT, not in TPOT). Fitted
+    per framework version on end-to-end measurements (``comem calibrate fit`` with
+    ``--e2e``, ``comem calibrate fit-serving``).
+    """
+
+    per_iteration_s: float = 0.0
+    per_iteration_tp_s: float = 0.0
+    per_sequence_s: float = 0.0
+    per_kv_token_s: float = 0.0
+    request_overhead_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrameworkOverhead:
+        return cls(**{k: float(data.get(k, 0.0)) for k in OVERHEAD_TERMS})
+
+    def terms(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in OVERHEAD_TERMS}
+
+    def iteration_s(self, tp: int) -> float:
+        """The per-iteration constant on ``tp`` GPUs."""
+        return self.per_iteration_s + (self.per_iteration_tp_s if tp > 1 else 0.0)
+
+
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
 @dataclass
 class Profile:
-    """Fitted op models plus the per-iteration framework overhead."""
+    """Fitted op models plus the per-iteration framework overhead.
+
+    ``overhead`` is the framework overhead the latency model uses by default;
+    ``overheads`` keeps every fitted framework version by name (with its provenance),
+    so a static batch of the 2024 vLLM and a vLLM 0.12 server are each priced with
+    their own (``LatencyModel(..., framework=NAME)``).
+    """
 
     gpu: str
     dtype: str
@@ -121,6 +179,19 @@ class Profile:
     provenance: dict[str, Any] = field(default_factory=dict)
     #: the file it was read from ("" when built in memory), for messages
     source: str = field(default="", compare=False)
+    overheads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def framework_overhead(self, framework: str | None = None) -> FrameworkOverhead:
+        """The overhead of ``framework`` (a key of ``overheads``; None: the default)."""
+        if framework is None:
+            return FrameworkOverhead.from_dict(self.overhead)
+        if framework not in self.overheads:
+            have = ", ".join(sorted(self.overheads)) or "none"
+            raise ComemInputError(
+                f"profile {self.gpu}/{self.dtype} has no overhead fitted for framework"
+                f" '{framework}' (has: {have})"
+            )
+        return FrameworkOverhead.from_dict(self.overheads[framework])
 
     def op(self, key: str) -> OpFit:
         try:
@@ -139,6 +210,7 @@ class Profile:
             "framework": self.framework,
             "provenance": self.provenance,
             "overhead": self.overhead,
+            "overheads": self.overheads,
             "ops": {k: v.to_dict() for k, v in sorted(self.ops.items())},
         }
 
@@ -187,7 +259,9 @@ class Profile:
                 fit = OpFit.from_dict(key, entry)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ComemInputError(f"{source}: op '{key}' is malformed ({exc!r})") from None
-            missing = [p for p in form.param_names if p not in fit.params]
+            missing = [
+                p for p in form.param_names if p not in fit.params and p not in form.optional_params
+            ]
             if missing:
                 raise ComemInputError(
                     f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"
@@ -195,12 +269,24 @@ class Profile:
                 )
             check_op_numbers(key, fit, source)
             ops[key] = fit
+        overheads = data.get("overheads") or {}
+        if not isinstance(overheads, dict) or not all(
+            isinstance(v, dict) for v in overheads.values()
+        ):
+            raise ComemInputError(f"{source}: 'overheads' must map framework names to objects")
+        for name, terms in [("overhead", data.get("overhead") or {}), *overheads.items()]:
+            bad = [k for k in OVERHEAD_TERMS if k in terms and not _non_negative(terms[k])]
+            if bad:
+                raise ComemInputError(
+                    f"{source}: overhead '{name}': {', '.join(bad)} must be numbers >= 0"
+                )
         return cls(
             gpu=str(data["gpu"]),
             dtype=str(data["dtype"]),
             framework=str(data["framework"]),
             ops=ops,
             overhead=overhead,
+            overheads={str(k): check_overhead(v, source) for k, v in overheads.items()},
             provenance=dict(data.get("provenance") or {}),
             source="" if source == "<dict>" else source,
         )

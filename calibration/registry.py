@@ -17,17 +17,43 @@ from calibration.hf_config import architecture_from_config, read_config_file
 
 GIB = 2**30
 
-#: Supported weight dtypes (KV cache is always bf16 in this project).
+#: Supported weight dtypes (the KV cache has its own, see :data:`KV_CACHE_DTYPES`).
 DTYPES = ("bf16", "fp8")
+#: vLLM's ``--kv-cache-dtype`` choices the project prices. ``auto`` is vLLM's default: the
+#: model's activation dtype, bf16 here also for fp8 weights (a checkpoint that carries
+#: KV-cache scales would switch vLLM to fp8: say ``fp8`` then).
+KV_CACHE_DTYPES = ("auto", "bf16", "fp8")
 _DTYPE_BYTES = {"bf16": 2, "fp8": 1}
 _DTYPE_ALIASES = {"bfloat16": "bf16"}
 
-#: GPU memory held back for activations / CUDA graphs / workspace, per GPU.
+#: GPU memory held back for activations / CUDA graphs / workspace, per GPU, when only
+#: asking whether a model fits (:func:`fits_in_memory`); the KV-cache size uses
+#: :func:`profile_run_bytes` instead.
 ACTIVATION_RESERVE_BYTES = 1 * GIB
+
+#: Bytes the sampler's dummy run holds per (row, vocabulary entry) at its peak: fp32
+#: logits, the sorted values (fp32) and their int64 indices of top-k/top-p, and fp32
+#: probabilities (vLLM V1 ``Sampler`` on the profiling run's dummy top-k/top-p metadata).
+SAMPLER_BYTES_PER_LOGIT = 20
+#: GPU memory outside torch's allocator that grows while vLLM profiles (NCCL and
+#: custom all-reduce buffers, cuBLAS workspaces): an estimate, 0.5 GiB.
+NON_TORCH_BYTES = GIB // 2
 
 
 def _norm(name: str) -> str:
     return name.strip().lower()
+
+
+def check_kv_cache_dtype(name: str) -> str:
+    """``bf16`` or ``fp8`` for a ``--kv-cache-dtype`` value (``auto`` is bf16, see
+    :data:`KV_CACHE_DTYPES`; ``bfloat16``, ``fp8_e4m3`` are accepted)."""
+    key = _norm(str(name))
+    key = {"bfloat16": "bf16", "fp8_e4m3": "fp8", "auto": "bf16"}.get(key, key)
+    if key not in ("bf16", "fp8"):
+        raise UnknownNameError(
+            f"unknown kv_cache_dtype '{name}'; known: {', '.join(KV_CACHE_DTYPES)}"
+        )
+    return key
 
 
 def check_dtype(name: str) -> str:
@@ -141,11 +167,14 @@ class ModelSpec:
         """KV-cache bytes per token over the whole model (all layers, all KV heads, K and V)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
 
-    def check_tp(self, tp: int) -> None:
+    def check_tp(self, tp: int, expert_parallel: bool = False) -> None:
         """Raise :class:`ComemInputError` unless tensor parallelism ``tp`` can shard the model.
 
         ``tp`` must divide the query heads and the (MoE) intermediate sizes; KV heads must be
         divisible by ``tp`` or, as vLLM replicates them when ``tp > kv_heads``, divide it.
+        Under ``expert_parallel`` the routed experts are not sliced (whole experts per rank,
+        any count: vLLM gives the remainder to the first ranks), so only the shared
+        experts' width must divide.
         """
         if tp < 1:
             raise ComemInputError(f"tp must be >= 1, got {tp}")
@@ -164,7 +193,8 @@ class ModelSpec:
             raise ComemInputError(
                 f"tp={tp} does not divide the FFN intermediate size {self.intermediate} of {name}"
             )
-        if self.moe_intermediate % tp:
+        sliced = self.shared_experts if expert_parallel else 1
+        if sliced and self.moe_intermediate % tp:
             raise ComemInputError(
                 f"tp={tp} does not divide the expert intermediate size {self.moe_intermediate}"
                 f" of {name}"
@@ -408,17 +438,44 @@ def get_gpu(name: str) -> GpuSpec:
     raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
 
 
+def profile_run_bytes(
+    model: ModelSpec, tp: int, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024
+) -> int:
+    """GPU memory vLLM's profiling run takes per GPU beyond the weights, which vLLM keeps
+    out of the KV cache (``VLLM_FACTS.md`` section 2: ``avail = total x utilization -
+    weights - peak torch growth of profile_run - non-torch growth``).
+
+    The profiling run is a forward pass of ``max_num_batched_tokens`` tokens and a sampler
+    run over ``min(max_num_seqs, max_num_batched_tokens)`` rows of the whole vocabulary.
+    Its peak is estimated from the shapes: the forward's live bf16 activations (residual
+    and normed hidden states, the widest projection output per GPU, the gated activation),
+    plus :data:`SAMPLER_BYTES_PER_LOGIT` per sampled logit, plus :data:`NON_TORCH_BYTES`.
+    CUDA graphs are captured after the KV cache is sized (vLLM 0.12 subtracts nothing for
+    them): they live in the ``1 - gpu_memory_utilization`` headroom.
+    """
+    n = float(max_num_batched_tokens)
+    h = float(model.hidden)
+    qkv = (model.q_heads + 2 * model.kv_heads) * model.head_dim / tp
+    ffn = max(model.intermediate, model.top_k * model.moe_intermediate) / tp
+    forward = n * 2.0 * (2.0 * h + max(qkv, 2.0 * ffn) + ffn)
+    rows = float(min(max_num_seqs, max_num_batched_tokens))
+    sampler = rows * model.vocab * SAMPLER_BYTES_PER_LOGIT
+    return int(forward + sampler + NON_TORCH_BYTES)
+
+
 def fits_in_memory(
     model: ModelSpec,
     gpu: GpuSpec,
     tp: int,
     dtype: str,
     gpu_memory_utilization: float = 0.9,
+    reserve_bytes: int | None = None,
 ) -> int:
     """Free KV-cache bytes per GPU after weights (sharded over ``tp``) and the reserve.
 
     Usable memory is ``gpu_memory_utilization`` of the GPU; from it the weights / tp and a
-    1 GiB activation reserve are subtracted. Raises :class:`ComemInputError` if nothing is left.
+    reserve are subtracted (``reserve_bytes``, default a flat 1 GiB: the KV cache's size
+    uses :func:`profile_run_bytes`). Raises :class:`ComemInputError` if nothing is left.
     """
     dt = check_dtype(dtype)
     if tp < 1:
@@ -430,12 +487,14 @@ def fits_in_memory(
     weights = model.weight_bytes(dt)
     per_gpu = weights / tp
     usable = gpu.memory_bytes * gpu_memory_utilization
-    free = usable - per_gpu - ACTIVATION_RESERVE_BYTES
+    reserve = ACTIVATION_RESERVE_BYTES if reserve_bytes is None else reserve_bytes
+    free = usable - per_gpu - reserve
     if free <= 0:
         hint = "use more GPUs or fp8" if dt == "bf16" else "use more GPUs"
         raise ComemInputError(
             f"model {model.alias} ({weights / 1e9:.0f} GB in {dt}) does not fit on"
-            f" {tp} x {gpu.name}: {per_gpu / GIB:.1f} GiB of weights per GPU + 1 GiB reserve"
+            f" {tp} x {gpu.name}: {per_gpu / GIB:.1f} GiB of weights per GPU"
+            f" + {reserve / GIB:.1f} GiB reserve"
             f" > {usable / GIB:.1f} GiB usable (gpu_memory_utilization={gpu_memory_utilization});"
             f" {hint}"
         )

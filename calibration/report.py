@@ -20,7 +20,7 @@ from calibration import opmodels as om
 from calibration.errors import ComemInputError, KernelDataError
 from calibration.kernels import load_kernel_tables
 from calibration.latency import LatencyModel
-from calibration.profile import Profile, default_profile
+from calibration.profile import FP8_KV_SUFFIX, Profile, default_profile, op_form
 from calibration.registry import get_gpu, get_model
 from calibration.surrogate import fit_surrogate
 
@@ -85,11 +85,24 @@ def _op_rows(profile: Profile) -> list[dict[str, Any]]:
                 "fitted_on": stats.get("fitted_on", "own table"),
             }
         )
+        # the MoE's expert-parallel rows apart: one row per moe_ep_size (1: TP or one GPU)
+        for ep, ep_stats in sorted(stats.get("with_lattice_by_ep", {}).items()):
+            rows.append(
+                {
+                    "op": f"{key} ep={ep}",
+                    "rows": ep_stats.get("rows"),
+                    "roofline_mape": None,
+                    "mape": ep_stats.get("mape"),
+                    "p90": ep_stats.get("p90"),
+                    "max": ep_stats.get("max"),
+                    "fitted_on": stats.get("fitted_on", "own table"),
+                }
+            )
     return rows
 
 
 def _form(key: str) -> om.OpForm:
-    return om.FORMS["allreduce" if key.startswith("allreduce") else key.removesuffix("_bf16")]
+    return op_form(key)
 
 
 def _kernel_selections(
@@ -103,7 +116,15 @@ def _kernel_selections(
         "moe": om.moe_rows(tables.moe, profile.dtype),
         "context_attention": om.context_rows(tables.context_attention),
         "generation_attention": om.generation_rows(tables.generation_attention),
+        "context_attention" + FP8_KV_SUFFIX: om.context_rows(tables.context_attention, "fp8"),
+        "generation_attention" + FP8_KV_SUFFIX: om.generation_rows(
+            tables.generation_attention, "fp8"
+        ),
     }
+    if profile.dtype == "fp8":
+        selections["gemm_fp8_tensor"] = om.gemm_rows(
+            tables.gemm, "fp8", kernel=om.FP8_TENSOR_KERNEL
+        )
     for n in (2, 4, 8):
         selections[f"allreduce_{n}"] = om.allreduce_rows(tables.allreduce, n)
     return selections
@@ -188,7 +209,7 @@ def build_report(
     profile: Profile | None = None,
 ) -> CalibrationReport:
     """Assemble the report; recompute and plot what the available data allows."""
-    from calibration.fit import e2e_costs, e2e_errors, load_e2e
+    from calibration.fit import E2E_FRAMEWORK, e2e_costs, e2e_errors, load_e2e
 
     prof = profile if profile is not None else default_profile(gpu, dtype)
     try:  # the report prices models on the profile's GPU: it must be one
@@ -239,36 +260,47 @@ def build_report(
             }
         )
 
+    # the static batches are a 2024 vLLM: priced with that framework's fitted overhead
+    stored = prof.overheads.get(E2E_FRAMEWORK, prof.overhead)
+    framework = E2E_FRAMEWORK if E2E_FRAMEWORK in prof.overheads else None
     if e2e_csv is not None and prof.dtype == "bf16":
         costs = e2e_costs(prof, load_e2e(e2e_csv), prof.gpu)
-        over = prof.overhead
-        table = e2e_errors(
-            costs, float(over.get("per_iteration_s", 0.0)), float(over.get("per_sequence_s", 0.0))
-        )
+        table = e2e_errors(costs, prof.framework_overhead(framework))
         rel = np.abs(table["rel_error"].to_numpy())
         report.e2e = {
             "source": str(e2e_csv),
+            "framework": framework or "default",
             "rows": int(len(table)),
             "mape": round(float(rel.mean()), 4),
             "worst": round(float(rel.max()), 4),
             "recomputed": True,
         }
+        if "cv_leave_one_model_out" in stored:
+            report.e2e["cv_leave_one_model_out"] = stored["cv_leave_one_model_out"]
         if out is not None:
             report.figures.append(str(_e2e_plot(table, out, prof.gpu)))
-    elif "e2e_mape" in prof.overhead:
+    elif "e2e_mape" in stored:
         report.e2e = {
-            "source": prof.overhead.get("fitted_on", ""),
-            "mape": prof.overhead["e2e_mape"],
-            "worst": prof.overhead.get("e2e_worst"),
-            "rows": prof.overhead.get("e2e_rows"),
+            "source": stored.get("fitted_on", ""),
+            "framework": framework or "default",
+            "mape": stored["e2e_mape"],
+            "worst": stored.get("e2e_worst"),
+            "rows": stored.get("e2e_rows"),
             "recomputed": False,
         }
+        if "cv_leave_one_model_out" in stored:
+            report.e2e["cv_leave_one_model_out"] = stored["cv_leave_one_model_out"]
     if kernels is not None:
         selections = _kernel_selections(prof, Path(kernels))
         for row in report.ops:
-            if row["op"] in selections and row["fitted_on"] == "own table":
-                feats, measured = selections[row["op"]]
-                pred = om.predict(_form(row["op"]), prof.op(row["op"]), feats)
+            op, _, ep = row["op"].partition(" ep=")
+            if op in selections and row["fitted_on"] == "own table":
+                feats, measured = selections[op]
+                if ep:
+                    keep = feats["ep"] == float(ep)
+                    feats = {k: v[keep] for k, v in feats.items()}
+                    measured = measured[keep]
+                pred = om.predict(_form(op), prof.op(op), feats)
                 row.update(om.error_stats(pred, measured))
                 row["recomputed_on"] = str(kernels)
         if out is not None:
@@ -292,7 +324,7 @@ def render_text(report: CalibrationReport) -> str:
         t.add_row(
             r["op"],
             str(r["rows"]),
-            f"{r['roofline_mape']:.1%}",
+            "-" if r["roofline_mape"] is None else f"{r['roofline_mape']:.1%}",
             f"{r['mape']:.1%}",
             f"{r['p90']:.1%}",
             f"{r['max']:.0%}",
@@ -330,6 +362,16 @@ def render_text(report: CalibrationReport) -> str:
             f"End-to-end static batch vs vLLM (2024) on H100: MAPE {e['mape']:.1%}, "
             f"worst {e['worst']:.1%} ({how}; {e.get('rows')} rows)"
         )
+        cv = e.get("cv_leave_one_model_out")
+        if cv:
+            per = ", ".join(
+                f"{m} {v['mape']:.1%} (signed {v['signed']:+.1%}, worst {v['worst']:.1%})"
+                for m, v in cv["by_model"].items()
+            )
+            console.print(
+                f"  leave-one-model-out (overhead fitted on the other model): MAPE"
+                f" {cv['mape']:.1%}, worst {cv['worst']:.1%}; {per}"
+            )
     for note in report.notes:
         console.print(f"note: {note}")
     for fig in report.figures:

@@ -52,17 +52,19 @@ preempt.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, NamedTuple
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, Stream
+from calibration.kv_cache import KVCache, OffloadTier, Stream
 
 #: the longest run planned at once, in iterations (bounds the arrays priced at once)
 MAX_RUN_ITERATIONS = 1 << 16
 
-SequenceStatus = Literal["waiting", "running", "preempted", "finished", "rejected"]
+SequenceStatus = Literal["waiting", "loading", "running", "preempted", "finished", "rejected"]
 
 
 class Sequence:
@@ -92,6 +94,7 @@ class Sequence:
         "resumed",
         "run_seq",
         "status",
+        "stored_upto",
         "stream",
     )
 
@@ -115,6 +118,7 @@ class Sequence:
         self.lazy_c0 = 0
         self.lazy_t0 = 0
         self.resumed = False  # readmitted after a preemption, no token sampled since
+        self.stored_upto = 0  # blocks handed to the CPU offload tier (members' stores)
 
     @property
     def generated(self) -> int:
@@ -206,6 +210,16 @@ class Run:
 Event = tuple[Sequence, str]
 
 
+class Admission(NamedTuple):
+    """What admitting the waiting head means now: its GPU prefix hit, the tokens it is
+    scheduled, the blocks it allocates, and (CPU offloading) blocks it first loads."""
+
+    hit: int
+    tokens: int
+    blocks: int
+    load: int = 0
+
+
 class Scheduler:
     """vLLM V1 scheduling over one :class:`~calibration.kv_cache.KVCache`.
 
@@ -215,9 +229,25 @@ class Scheduler:
     """
 
     def __init__(
-        self, kv: KVCache, config: SchedulerConfig | None = None, lazy: bool = False
+        self,
+        kv: KVCache,
+        config: SchedulerConfig | None = None,
+        lazy: bool = False,
+        offload: OffloadTier | None = None,
     ) -> None:
         self.kv = kv
+        #: vLLM's native CPU offloading tier, if the server has one
+        self.offload = offload
+        #: the simulated time, set by the caller before each schedule (only CPU loads,
+        #: which finish at a time, need it)
+        self.now = 0.0
+        #: stores issued to the CPU tier but not visible yet: (key, stream, lo, hi)
+        self._store_buffer: list[tuple[tuple[Any, ...], int, Stream, int, int]] = []
+        self._store_ids = itertools.count()
+        #: requests loading blocks from the CPU tier: ready time, GPU hit, loaded blocks
+        self._loads: dict[Sequence, tuple[float, int, int]] = {}
+        self._h2d_free_s = 0.0
+        self._touches = itertools.count()
         self.config = config if config is not None else SchedulerConfig()
         self.block_size = kv.block_size
         self.caching = kv.enable_prefix_caching and self.config.enable_prefix_caching
@@ -262,8 +292,12 @@ class Scheduler:
             self.kv.pop_free(n)
             seq.own_blocks += n
 
-    def _register(self, seq: Sequence, tokens: int) -> None:
-        """Enter the blocks full at ``tokens`` computed tokens in the prefix cache.
+    def _register(
+        self, seq: Sequence, tokens: int, completed: Callable[[int], int] | None = None
+    ) -> None:
+        """Enter the blocks full at ``tokens`` computed tokens in the prefix cache (and, with
+        CPU offloading, hand them to the tier; ``completed`` maps a block to the iteration
+        it became full in, default: this one).
 
         A block the cache already holds (a duplicate computed after a capped hit or a
         preemption) is adopted and the request's copy freed: memory use is that of
@@ -272,12 +306,72 @@ class Scheduler:
         full = tokens // self.block_size
         if seq.stream is None or full <= seq.held_end or not self.caching:
             return
-        adopted, keyed = self.kv.extend(seq.stream, seq.held_end, full)
+        before = seq.held_end
+        adopted, keyed = self.kv.extend(seq.stream, before, full)
         if adopted or keyed:
-            self.kv.hold(seq.stream, seq.held_end, seq.held_end + adopted + keyed)
+            self.kv.hold(seq.stream, before, before + adopted + keyed)
             seq.held_end += adopted + keyed
             seq.own_blocks -= adopted + keyed
             self.kv.free_anonymous(adopted)
+        if self.offload is not None:
+            self._buffer_stores(seq, before, full, completed)
+
+    def _buffer_stores(
+        self, seq: Sequence, lo: int, hi: int, completed: Callable[[int], int] | None
+    ) -> None:
+        """Write-through: blocks ``[lo, hi)`` of ``seq``'s stream are stored to the CPU tier
+        at the start of the iteration after the one they became full in."""
+        lo = max(lo, seq.stored_upto)
+        if lo >= hi or seq.stream is None:
+            return
+        seq.stored_upto = hi
+        t = self.iterations
+        b = lo
+        while b < hi:
+            x = t if completed is None else completed(b)
+            e = b + 1
+            if completed is not None:
+                while e < hi and completed(e) == x:
+                    e += 1
+            else:
+                e = hi
+            key = (x + 1, 1, seq.run_seq, b)
+            heapq.heappush(self._store_buffer, (key, next(self._store_ids), seq.stream, b, e))
+            b = e
+
+    def _issue_stores(self) -> None:
+        """Stores issued at the start of an earlier iteration are visible from now on."""
+        buf = self._store_buffer
+        t = self.iterations
+        tier = self.offload
+        while buf and buf[0][0][0] <= t - 1:
+            key, _, stream, lo, hi = heapq.heappop(buf)
+            tier.store(stream, lo, hi, key)  # type: ignore[union-attr]
+
+    def _flush_group_stores(self) -> None:
+        """Hand the decode group's newly full blocks to the CPU tier (their keying in the
+        GPU cache stays lazy; the tier's recency must not)."""
+        t = self.iterations
+        bs = self.block_size
+        for seq in self.group:
+            c0, t0 = seq.lazy_c0, seq.lazy_t0
+            full = (c0 + t - t0) // bs
+            if full > seq.stored_upto:
+
+                def completed(b: int, c0: int = c0, t0: int = t0) -> int:
+                    return t0 + (b + 1) * bs - c0 - 1
+
+                self._buffer_stores(seq, seq.stored_upto, full, completed)
+
+    def settle(self) -> None:
+        """Bring the CPU tier to where one-by-one scheduling would have it now (the engine
+        calls this when it goes idle, so both steppings end in the same state)."""
+        if self.offload is not None:
+            self._issue_stores()
+
+    def next_load_ready(self) -> float | None:
+        """When the first CPU load in flight completes (None: none in flight)."""
+        return min((v[0] for v in self._loads.values()), default=None)
 
     def _release(self, seq: Sequence) -> None:
         """Free a request's blocks, tail first: its own (uncached) ones, then its stream's."""
@@ -301,40 +395,88 @@ class Scheduler:
         self._release(seq)
         seq.status = "finished"
 
-    def _admission(self, seq: Sequence, budget: int) -> tuple[int, int, int] | None:
-        """(hit blocks, tokens to schedule, blocks to allocate) if ``seq`` can start now."""
+    def _admission(self, seq: Sequence, budget: int) -> Admission | None:
+        """How ``seq`` would start now, or None if it cannot (not enough free blocks)."""
         bs = self.block_size
         kv = self.kv
         hit = 0
         stream = seq.stream
+        cap = (seq.length - 1) // bs  # vLLM recomputes at least the last token
         if stream is not None and self.caching:
-            # vLLM recomputes at least the last token
-            hit = kv.hit(stream, (seq.length - 1) // bs)
+            hit = kv.hit(stream, cap)
+        unheld = kv.unheld_within(stream, hit) if hit else 0  # type: ignore[arg-type]
+        full = -(-seq.length // bs) - hit
+        if self.offload is not None and stream is not None and self.caching:
+            load = self.offload.run_length(stream, hit, cap)
+            if load:
+                # the GPU prefix hit, then whole CPU blocks: allocate them and load
+                check = full if self.config.reserve_full_prompt else load
+                if check > kv.queue_blocks - unheld:
+                    return None
+                return Admission(hit, 0, load, load)
         start = hit * bs
         n = min(seq.length - start, budget)
         need = -(-(start + n) // bs) - hit
-        check = -(-seq.length // bs) - hit if self.config.reserve_full_prompt else need
-        unheld = kv.unheld_within(stream, hit) if hit else 0  # type: ignore[arg-type]
+        check = full if self.config.reserve_full_prompt else need
         if check > kv.queue_blocks - unheld:
             return None
-        return hit, n, need
+        return Admission(hit, n, need)
 
-    def _admit(self, seq: Sequence, plan: tuple[int, int, int], step: Step) -> int:
+    def _start_load(self, seq: Sequence, plan: Admission) -> None:
+        """The head's prefix continues on the CPU tier: allocate GPU blocks for it and copy
+        them in; the request waits (not running, not counted) until the copy is done."""
+        kv = self.kv
+        tier = self.offload
+        assert tier is not None and seq.stream is not None
+        if plan.hit:
+            kv.hold(seq.stream, 0, plan.hit)
+        kv.enter(seq.stream)
+        seq.held_end = plan.hit
+        self._allocate(seq, plan.load)
+        ready = max(self.now, self._h2d_free_s) + plan.load * tier.load_s_per_block
+        self._h2d_free_s = ready
+        tier.touch(
+            seq.stream,
+            plan.hit,
+            plan.hit + plan.load,
+            (self.iterations, 0, next(self._touches)),
+        )
+        self._loads[seq] = (ready, plan.hit, plan.load)
+        seq.status = "loading"
+
+    def _loaded_admission(self, seq: Sequence, budget: int) -> Admission | None:
+        """A request whose CPU blocks arrived: it starts with them computed."""
+        bs = self.block_size
+        _, hit, load = self._loads[seq]
+        have = hit + load
+        start = have * bs
+        n = min(seq.length - start, budget)
+        need = -(-(start + n) // bs) - have
+        check = -(-seq.length // bs) - have if self.config.reserve_full_prompt else need
+        if check > self.kv.queue_blocks:
+            return None
+        return Admission(hit, n, need, load)
+
+    def _admit(self, seq: Sequence, plan: Admission, step: Step) -> int:
         """Start ``seq`` with its admission plan; returns the tokens it was scheduled."""
-        hit, n, need = plan
+        hit, n, need, load = plan
         kv = self.kv
         self.waiting.popleft()
-        if seq.stream is not None:
-            if hit:
-                kv.hold(seq.stream, 0, hit)
-            kv.enter(seq.stream)
-        seq.held_end = hit
-        seq.computed = hit * self.block_size
+        if seq in self._loads:  # its blocks came from the CPU tier
+            del self._loads[seq]
+            seq.computed = (hit + load) * self.block_size
+        else:
+            if seq.stream is not None:
+                if hit:
+                    kv.hold(seq.stream, 0, hit)
+                kv.enter(seq.stream)
+            seq.held_end = hit
+            seq.computed = hit * self.block_size
         self._allocate(seq, need)
         seq.run_seq = self._run_counter
         self._run_counter += 1
         self.running.append(seq)
-        if seq.status == "waiting":
+        if not seq.has_first_token and seq.preemptions == 0:
             seq.cached_tokens = seq.computed
             step.admitted.append(seq)
         else:
@@ -349,6 +491,8 @@ class Scheduler:
     def schedule(self) -> Step:
         """Schedule the next iteration as vLLM does (blocks are allocated and keyed now)."""
         self.materialize_all()
+        if self.offload is not None:
+            self._issue_stores()
         budget = self.config.max_num_batched_tokens
         step = Step()
         entries = step.entries
@@ -385,14 +529,26 @@ class Scheduler:
     def _admit_waiting(self, budget: int, step: Step) -> None:
         waiting = self.waiting
         max_seqs = self.config.max_num_seqs
+        skipped: list[Sequence] = []  # loading from the CPU tier: vLLM skips them
         while waiting and budget > 0 and self.num_running < max_seqs:
             seq = waiting[0]
-            if self.group and seq.stream is not None and self.caching:
-                self._detach_related(seq.stream)
-            plan = self._admission(seq, budget)
+            if seq in self._loads:
+                if self._loads[seq][0] > self.now:
+                    skipped.append(waiting.popleft())
+                    continue
+                plan = self._loaded_admission(seq, budget)
+            else:
+                if self.group and seq.stream is not None and self.caching:
+                    self._detach_related(seq.stream)
+                plan = self._admission(seq, budget)
             if plan is None:
                 break
+            if plan.tokens == 0:  # start loading its prefix from the CPU tier
+                self._start_load(seq, plan)
+                skipped.append(waiting.popleft())
+                continue
             budget -= self._admit(seq, plan, step)
+        waiting.extendleft(reversed(skipped))
 
     @staticmethod
     def _aggregate(step: Step) -> None:
@@ -448,6 +604,8 @@ class Scheduler:
             self.running = [s for s in self.running if s.status == "running"]
         if self.lazy:
             self._promote()
+            if self.offload is not None and self.group:
+                self._flush_group_stores()
         return events
 
     # -- event stepping ----------------------------------------------------------------
@@ -456,6 +614,8 @@ class Scheduler:
         a :class:`Run` of identical iterations (to :meth:`apply_run`)."""
         if not self.lazy:
             return self.schedule()
+        if self.offload is not None:
+            self._issue_stores()
         if self.waiting and self.caching and self.group:
             head = self.waiting[0].stream
             if head is not None:
@@ -630,6 +790,13 @@ class Scheduler:
         if m < 2:
             return None
         waiting = self.waiting
+        loads = self._loads
+        if loads:
+            if min(v[0] for v in loads.values()) <= self.now:
+                return None  # a CPU load is done: it is admitted in the next iteration
+            # loading requests are skipped: the head is the first one not loading
+            first = next((w for w in waiting if w not in loads), None)
+            waiting = deque([first]) if first is not None else deque()
         if waiting and budget > 0 and self.num_running < cfg.max_num_seqs:
             head = waiting[0]
             if self._admission(head, budget) is not None:
@@ -647,6 +814,17 @@ class Scheduler:
                             j = max(0, -(-target // chunk) - 1)
                             if j < m:
                                 m, bound = j, "admission"
+                    if m < 2:
+                        return None
+                if self._store_buffer:
+                    # a store of the head's lineage that becomes visible may give it a
+                    # CPU hit: stop before it does
+                    uids = {x.uid for x in stream.lineage()}
+                    for key, _, s, _, _ in self._store_buffer:
+                        if s.uid in uids or not uids.isdisjoint(x.uid for x in s.lineage()):
+                            j = key[0] + 1 - t
+                            if j < m:
+                                m, bound = max(j, 0), "admission"
                     if m < 2:
                         return None
                 hit = kv.hit(stream, (head.length - 1) // bs)
@@ -689,10 +867,11 @@ class Scheduler:
         self.kv.pop_free(self.run_allocations(run, iterations))
         p = run.prefiller
         if p is not None:
-            c = p.computed + iterations * run.chunk
+            c0, t0, chunk = p.computed, self.iterations, run.chunk
+            c = c0 + iterations * chunk
             p.own_blocks += max(0, -(-c // bs) - p.held_end - p.own_blocks)
             p.computed = c
-            self._register(p, c)
+            self._register(p, c, lambda b: t0 + -(-((b + 1) * bs - c0) // chunk) - 1)
         last = self.iterations + iterations - 1
         self.iterations = last
         events = self.apply(Step(group_decodes=run.num_decode)) if run.num_decode else []
@@ -713,17 +892,16 @@ class Scheduler:
     def _promote(self) -> None:
         """Move plain decoders from the explicit list into the decode group."""
         running = self.running
-        keep = [s for s in running if not self._eligible(s)]
-        if len(keep) == len(running):
+        joining = [s for s in running if self._eligible(s)]
+        if not joining:
             return
         t = self.iterations
         bs = self.block_size
-        for seq in running:
-            if not self._eligible(seq):
-                continue
+        for seq in joining:
             seq.lazy = True
             seq.lazy_c0 = c0 = seq.computed
             seq.lazy_t0 = t
+            seq.stored_upto = max(seq.stored_upto, seq.held_end)
             self.group[seq] = None
             self._g_kv_base += c0 + 1 - t
             self._g_phase[(t - c0) % bs] += 1
@@ -734,7 +912,7 @@ class Scheduler:
             if seq.stream is not None:
                 for s in seq.stream.lineage():
                     self._g_by_state.setdefault(s.uid, {})[seq] = None
-        self.running = keep
+        self.running = [s for s in running if not s.lazy]
 
     def _materialize(self, seq: Sequence, scheduled: bool = False) -> None:
         """Bring a member's fields up to date and take it out of the group.
@@ -761,7 +939,8 @@ class Scheduler:
                     members.pop(seq, None)
                     if not members:
                         del self._g_by_state[s.uid]
-        self._register(seq, upto)
+        c0, t0 = seq.lazy_c0, seq.lazy_t0
+        self._register(seq, upto, lambda b: t0 + (b + 1) * bs - c0 - 1)
 
     def _materialize_related(self, stream: Stream) -> None:
         """Members whose stream shares a lineage state with ``stream`` become explicit

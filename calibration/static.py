@@ -144,20 +144,28 @@ def schedule_static_batch(
 
 @dataclass(frozen=True)
 class StaticCost:
-    """A priced schedule: kernel time, iteration count and sequence-iterations."""
+    """A priced schedule: kernel time, iteration count, sequence-iterations and the sum
+    over iterations of the KV tokens the scheduled sequences hold (what the framework
+    overhead terms multiply)."""
 
     kernel_s: float
     iterations: int
     sequence_iterations: int
     preemptions: int
+    kv_token_iterations: float = 0.0
 
     def latency(
-        self, per_iteration_s: float, per_sequence_s: float, kernel_scale: float = 1.0
+        self,
+        per_iteration_s: float,
+        per_sequence_s: float,
+        kernel_scale: float = 1.0,
+        per_kv_token_s: float = 0.0,
     ) -> float:
         return (
             kernel_scale * self.kernel_s
             + per_iteration_s * self.iterations
             + per_sequence_s * self.sequence_iterations
+            + per_kv_token_s * self.kv_token_iterations
         )
 
 
@@ -165,16 +173,19 @@ def price_schedule(lm: LatencyModel, sched: StaticSchedule) -> StaticCost:
     """Kernel seconds of a schedule, excluding the framework overhead term."""
     kernel = 0.0
     seq_iters = 0
+    held = 0.0
     if sched.decode_batch:
         b = np.concatenate(sched.decode_batch)
         kv = np.concatenate(sched.decode_kv_total)
         t = lm.linear_time(b) + lm.decode_attention_time(b, kv) + lm.lm_head_tabulated(b)
         kernel += float(t.sum())
         seq_iters += int(b.sum())
+        held += float(kv.sum())
     for n_dec, kv_dec, new, cached in sched.chunk_iterations:
         kernel += lm.kernel_time_of(n_dec, kv_dec, new.tolist(), cached.tolist())
         seq_iters += n_dec + new.size
-    return StaticCost(kernel, sched.iterations, seq_iters, sched.preemptions)
+        held += float(kv_dec + new.sum() + cached.sum())
+    return StaticCost(kernel, sched.iterations, seq_iters, sched.preemptions, held)
 
 
 def static_cost(
@@ -190,7 +201,7 @@ def static_cost(
         batch,
         input_len,
         output_len,
-        lm.kv_capacity_tokens(gpu_memory_utilization),
+        lm.kv_capacity_tokens(gpu_memory_utilization, max_num_batched_tokens, max_num_seqs),
         max_num_batched_tokens,
         max_num_seqs,
     )
@@ -216,7 +227,10 @@ def predict_static_latency(
         max_num_seqs,
         gpu_memory_utilization,
     )
-    over = lm.profile.overhead if lm.include_overhead else {}
+    if not lm.include_overhead:
+        return cost.kernel_s
     return cost.latency(
-        float(over.get("per_iteration_s", 0.0)), float(over.get("per_sequence_s", 0.0))
+        lm.overhead_per_iteration_s,
+        lm.overhead_per_sequence_s,
+        per_kv_token_s=lm.overhead_per_kv_token_s,
     )

@@ -10,7 +10,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -106,6 +106,24 @@ def _json_safe(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_json_safe(v) for v in obj]
     return obj
+
+
+def _with_progress(
+    show: bool, label: str, unit: str, total: int | None, work: Callable[[Any], Any]
+) -> Any:
+    """Run ``work(advance)`` with a progress bar on stderr (``advance()`` per item done,
+    None when no bar is shown): one bar for every long command."""
+    if not show:
+        return work(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    count = "{task.completed}/{task.total}" if total is not None else "{task.completed}"
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn(f"{count} {unit}"),
+        TimeRemainingColumn(), transient=True,
+    ) as bar:  # fmt: skip
+        job = bar.add_task(label, total=total)
+        return work(lambda: bar.advance(job))
 
 
 def _print_json(obj: Any) -> None:
@@ -397,11 +415,114 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     from calibration.fit import build_default_profiles
+    from calibration.profile import Profile
+    from calibration.serving import SHARED_H100_ASSUMPTIONS, load_serving_csv
+    from sim.serving import SERVING_FRAMEWORK, calibrate_serving
 
     _writable_dir(args.out)
-    for path in build_default_profiles(args.shared, args.out):
+    paths = build_default_profiles(args.shared, args.out)
+    csv = Path(args.shared) / "data" / "serving" / "vllm_serving_h100.csv"
+    if csv.is_file():
+        # the serving overhead (a modern vLLM) becomes every profile's default; the
+        # static batches' (a 2024 vLLM) stays under its own name
+        profiles = {(p.gpu, p.dtype): p for p in map(Profile.load, paths)}
+        rows = load_serving_csv(csv)
+        result = calibrate_serving(rows, SHARED_H100_ASSUMPTIONS, profiles=profiles)
+        note = "preset shared-h100: " + "; ".join(
+            f"{m}: {v}" for m, v in SHARED_H100_ASSUMPTIONS.items() if v
+        )
+        entries = result.entries(f"shared/data/serving/{csv.name} ({len(rows)} rows)", note)
+        for path in paths:
+            prof = Profile.load(path)
+            prof.overheads.update(entries)
+            prof.overhead = dict(entries[SERVING_FRAMEWORK])
+            prof.save(path)
+    for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
+    from calibration.profile import Profile, available_profiles, profile_path
+    from calibration.serving import (
+        ASSUMPTION_PRESETS,
+        error_summary,
+        load_serving_csv,
+        parse_assumptions,
+    )
+    from sim.serving import calibrate_serving
+
+    rows = load_serving_csv(args.csv)
+    assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
+    result = calibrate_serving(
+        rows,
+        assumptions,
+        framework=args.framework,
+        per_version=not args.no_per_version,
+        cross_validate_models=not args.no_cv,
+    )
+    note = f"preset {args.preset}; " + "; ".join(
+        f"{model}: {values}" for model, values in assumptions.items() if values
+    )
+    source = f"{Path(args.csv).name}: {len(rows)} rows, {len(result.rows)} fitted"
+    entries = result.entries(source, note)
+    written = []
+    if args.write_defaults or args.out:
+        targets = (
+            [(Profile.load(profile_path(g, d, f)), profile_path(g, d, f))
+             for g, f, d in available_profiles()]
+            if args.write_defaults
+            else [(Profile.load(args.profile) if args.profile
+                   else Profile.load(profile_path(rows[0].gpu, rows[0].dtype)), Path(args.out))]
+        )  # fmt: skip
+        for prof, path in targets:
+            prof.overheads.update(entries)
+            prof.overhead = dict(entries[args.framework])
+            written.append(str(prof.save(path)))
+    summary = error_summary(result.fit.table())
+    cv = error_summary(result.cv_table(), by=("model",)) if result.cross_validation else None
+    if args.json:
+        _print_json(
+            {
+                "overheads": entries,
+                "in_sample": summary.to_dict(orient="records"),
+                "cross_validation": None if cv is None else cv.to_dict(orient="records"),
+                "written": written,
+            }
+        )
+        return 0
+    for r, bound in result.excluded:
+        print(
+            f"left out: {r.label}: measured TPOT {r.tpot_s * 1e3:.2f} ms is below the"
+            f" roofline bound {bound * 1e3:.2f} ms"
+        )
+    for name, entry in entries.items():
+        terms = ", ".join(
+            f"{k} {entry[k] * 1e3:.3f} ms" for k in ("per_iteration_s", "request_overhead_s")
+        )
+        print(
+            f"{name}: {terms}, per_sequence_s {entry['per_sequence_s'] * 1e6:.1f} us"
+            f" ({entry['rows']} rows; TTFT MAPE {entry['ttft_mape']:.1%},"
+            f" TPOT MAPE {entry['tpot_mape']:.1%} in-sample)"
+        )
+    print("\nin-sample (pooled fit):")
+    print(_percent_table(summary))
+    if cv is not None:
+        print("\nleave one model out (fitted on the other model's rows):")
+        print(_percent_table(cv))
+    for out_path in written:
+        print(f"wrote {out_path}")
+    return 0
+
+
+def _percent_table(frame: Any) -> str:
+    """A summary frame with its error columns as percentages."""
+    shown = frame.copy()
+    for col in shown.columns:
+        if col.endswith(("_mape", "_signed")):
+            fmt = "{:+.1%}" if col.endswith("_signed") else "{:.1%}"
+            shown[col] = [fmt.format(v) for v in shown[col]]
+    return shown.to_string(index=False)
 
 
 def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
@@ -437,7 +558,16 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.static import static_cost
 
     profile = Profile.load(args.profile) if args.profile else None
-    lm = LatencyModel(args.model, args.gpu, args.tp, args.dtype, profile=profile)
+    lm = LatencyModel(
+        args.model,
+        args.gpu,
+        args.tp,
+        args.dtype,
+        profile=profile,
+        expert_parallel=args.enable_expert_parallel,
+        framework=args.framework,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
     cost = static_cost(
         lm,
         args.batch,
@@ -447,7 +577,11 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
     # the same arithmetic as calibration.static.predict_static_latency, priced once
-    latency = cost.latency(lm.overhead_per_iteration_s, lm.overhead_per_sequence_s)
+    latency = cost.latency(
+        lm.overhead_per_iteration_s,
+        lm.overhead_per_sequence_s,
+        per_kv_token_s=lm.overhead_per_kv_token_s,
+    )
     if args.json:
         _print_json(
             {
@@ -459,6 +593,7 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
                 "gpu": lm.gpu.name,
                 "tp": lm.tp,
                 "dtype": lm.dtype,
+                "expert_parallel": lm.expert_parallel,
             }
         )
     else:
@@ -533,10 +668,15 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "enable_prefix_caching": not args.no_enable_prefix_caching,
         "stepping": args.stepping,
         "record_iterations": bool(args.out),
+        "enable_expert_parallel": args.enable_expert_parallel,
+        "kv_cache_dtype": args.kv_cache_dtype,
+        "fp8_gemm": args.fp8_gemm,
     }
-    for key in ("max_model_len", "kv_capacity_tokens", "profile"):
+    for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
         if getattr(args, key) is not None:
             engine[key] = getattr(args, key)
+    if args.kv_offloading_size is not None:
+        engine["kv_offloading_bandwidth_GBps"] = args.kv_offloading_bandwidth_gbps
     cfg = validate(
         BenchServeConfig,
         {
@@ -549,29 +689,17 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "burstiness": args.burstiness,
             "max_concurrency": args.max_concurrency,
             "seed": args.seed,
-            "enable_expert_parallel": args.enable_expert_parallel,
+            "closed_loop_start": args.closed_loop_start,
+            "warmup_requests": args.warmup_requests,
         },
         "bench-serve",
     )
     check_config(cfg)
     _writable_dir(args.out)
-    if args.enable_expert_parallel:
-        print(
-            "comem: note: --enable-expert-parallel is accepted but not modelled yet"
-            " (MoE layers are priced as tensor-parallel)",
-            file=sys.stderr,
-        )
-    if not args.json and sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(
-            TextColumn("simulating"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(), transient=True,
-        ) as bar:  # fmt: skip
-            job = bar.add_task("bench-serve", total=cfg.num_prompts)
-            result = run_bench_serve(cfg, progress=lambda: bar.advance(job))
-    else:
-        result = run_bench_serve(cfg)
+    result = _with_progress(
+        not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
+        lambda advance: run_bench_serve(cfg, progress=advance),
+    )  # fmt: skip
     out = result.to_vllm_json(detailed=args.save_detailed)
     if args.out:
         paths = result.recorder.write_parquet(args.out)
@@ -609,6 +737,141 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     )
     for path in out.get("files", []):
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    import os
+
+    from sim.paper import (
+        PAPER_METRICS,
+        figure,
+        paper_files,
+        run_paper,
+        sensitivity,
+        sensitivity_figure,
+        table_markdown,
+        write_table,
+    )
+
+    files = paper_files(args.dir) if not args.only else [Path(f) for f in args.only]
+    for f in files:
+        if not f.is_file():
+            raise ComemInputError(f"{f}: scenario file does not exist")
+    out = Path(args.out)
+    _writable_dir(str(out), "--out")
+    workers = args.workers or max(1, min(len(files), os.cpu_count() or 1))
+    show = not args.json and sys.stderr.isatty()
+    rows = _with_progress(
+        show, "comem paper", "scenarios", len(files),
+        lambda cb: run_paper(files, args.set, workers, cb),
+    )  # fmt: skip
+    written = write_table(rows, out)
+    written.append(figure(rows, out / "paper_speedups.png"))
+    result: dict[str, Any] = {"rows": [r.to_dict() for r in rows], "metrics": PAPER_METRICS}
+    if args.sensitivity:
+        from sim.paper import SENSITIVITY_AXES, SENSITIVITY_BASE
+
+        n = 1 + sum(len(v) for v in SENSITIVITY_AXES.values())
+        sens = _with_progress(
+            show, "sensitivity", "runs", n,
+            lambda cb: sensitivity(SENSITIVITY_BASE, SENSITIVITY_AXES, args.metric, workers, cb),
+        )  # fmt: skip
+        (out / "sensitivity.json").write_text(json.dumps(sens, indent=1, sort_keys=True) + "\n")
+        written.append(out / "sensitivity.json")
+        written.append(sensitivity_figure(sens, out / "sensitivity.png"))
+        result["sensitivity"] = sens
+    result["files"] = [str(p) for p in written]
+    if args.json:
+        _print_json(result)
+        return 0
+    print(table_markdown(rows), end="")
+    if "sensitivity" in result:
+        sens = result["sensitivity"]
+        print(
+            f"\nsensitivity of {sens['architecture']}'s speedup ({sens['metric']}) around"
+            f" {Path(sens['base']).name}: documented setup {sens['base_speedup']:.2f}x"
+        )
+        for axis, vals in sens["variations"].items():
+            shown = ", ".join(
+                f"{v['variation']} {v['speedup']:.2f}x" if v["speedup"] is not None
+                else f"{v['variation']} -"
+                for v in vals
+            )  # fmt: skip
+            print(f"  {axis}: {shown}")
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import os
+
+    from comem.plan import PlanSpec, pareto, pareto_figure, run_plan, table_markdown, write_scenario
+    from sim.config import read_toml, validate
+
+    data: dict[str, Any] = {}
+    if args.spec:
+        data = dict(read_toml(args.spec, "plan").get("plan") or {})
+    flags = {
+        "agent_model": args.agent_model,
+        "memory_model": args.memory_model,
+        "gpu": args.gpu,
+        "gpus": args.gpus,
+        "agents": args.agents,
+        "workload_scenario": args.workload,
+        "steps": args.steps,
+        "objective": args.objective,
+        "slo_step_s": args.slo,
+        "max_gpus": args.max_gpus,
+        "kinds": args.kinds,
+        "dtypes": args.dtypes,
+        "k_values": args.k,
+        "top": args.top,
+    }
+    if args.offload is not None:
+        flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if "agent_model" not in data:
+        raise ComemInputError("plan: give --agent-model (or agent_model in --spec's [plan])")
+    spec = validate(PlanSpec, data, "plan")
+    out = Path(args.out)
+    _writable_dir(str(out), "--out")
+    workers = args.workers or max(1, os.cpu_count() or 1)
+    rows, n = _with_progress(
+        not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
+        lambda advance: run_plan(spec, workers, out, advance),
+    )  # fmt: skip
+    best = rows[0]
+    written = [out / "plan.md", out / "plan.json"]
+    (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
+    payload = {
+        "spec": spec.model_dump(),
+        "candidates": n,
+        "simulated": sum(r.simulated for r in rows),
+        "chosen": best.label,
+        "rows": [r.__dict__ for r in rows],
+        "pareto": [r.label for r in pareto(rows)],
+    }
+    (out / "plan.json").write_text(
+        json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+    )
+    title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
+    written.append(pareto_figure(rows, out / "pareto.png", title))
+    written.append(write_scenario(spec, best.candidate, out / "chosen_scenario.toml"))
+    payload["files"] = [str(p) for p in written]
+    if args.json:
+        _print_json(payload)
+        return 0
+    print(
+        f"{n} candidates, {payload['simulated']} simulated (the rest pruned by the closed form"
+        f" and the KV bound); objective {spec.objective}"
+        + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
+    )
+    print(table_markdown(rows, limit=args.show), end="")
+    print(f"chosen: {best.label}" + ("" if best.meets_slo else " (NO candidate meets the SLO)"))
+    for p in written:
+        print(f"wrote {p}")
     return 0
 
 
@@ -775,14 +1038,33 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     steps = args.steps or default_steps_file()
     if steps is None:
         raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")
-    payload = fit_workload(steps, args.source or None)
+    variable_sources: dict[str, list[str]] = {}
+    for item in args.variable_source or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ComemInputError(
+                f"--variable-source {item!r}: expected VARIABLE=SOURCE, e.g."
+                " system=gemini3pro_mini1.15_verified"
+            )
+        variable_sources.setdefault(name, []).append(source)
+    payload = fit_workload(
+        steps, args.source or None, variable_sources or None, tuple(args.mixture or ())
+    )
+    if args.note:
+        payload["note"] = args.note
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=1) + "\n")
     for name, spec in payload["variables"].items():
+        shape = f"lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
+        if spec["dist"] == "lognormal-mixture":
+            shape = "mixture " + " + ".join(
+                f"{w:.2f} x (mu {m:.2f}, sigma {sd:.2f})"
+                for w, m, sd in zip(spec["weights"], spec["mus"], spec["sigmas"], strict=True)
+            )
         print(
-            f"{name:14s} lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
-            f"  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}  n {spec['n']}"
+            f"{name:14s} {shape}  zeros {spec['zero_fraction']:5.1%}  KS {spec['ks']:.3f}"
+            f"  n {spec['n']}"
         )
     print(f"wrote {out}")
     if args.figure:
@@ -892,7 +1174,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     # quick figures are smoke tests: they never replace the committed full-size ones
     out = args.out or (QUICK_FIGURES_DIR if args.quick else "figures")
     _writable_dir(out)
-    for path in make_figures(out, quick=args.quick):
+    for path in make_figures(out, quick=args.quick, only=args.only):
         print(f"wrote {path}")
     return 0
 
@@ -988,6 +1270,38 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--out", help="directory (default: the package's profiles/)")
     bld.set_defaults(func=cmd_calibrate_build_defaults)
 
+    fs = cal_sub.add_parser(
+        "fit-serving",
+        help="fit the serving framework's overhead on measured vllm bench serve points",
+        description="Replays every row of a serving CSV (schema of shared/data/serving) through"
+        " bench-serve and fits the framework overhead the kernels cannot know: per iteration and"
+        " per scheduled sequence (on TPOT), per request before scheduling (on TTFT); pooled, per"
+        " vLLM version, and cross-validated leaving one model out. Rows whose TPOT is below"
+        " the roofline bound are left out (and listed).",
+    )
+    fs.add_argument("--csv", required=True, help="serving CSV (model, gpu, dtype, tp, ...)")
+    fs.add_argument(
+        "--preset", choices=("none", "shared-h100"), default="none",
+        help="stated assumptions for what the rows do not say [none: vLLM defaults];"
+        " shared-h100: the project's for shared/data/serving/vllm_serving_h100.csv",
+    )  # fmt: skip
+    fs.add_argument(
+        "--assume", action="append", metavar="[MODEL:]KEY=VALUE",
+        help="one assumption (max_num_batched_tokens, prompts_per_client, random_range_ratio,"
+        " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, ...)",
+    )  # fmt: skip
+    fs.add_argument("--framework", default="vllm-serving", help="name of the pooled fit")
+    fs.add_argument("--no-cv", action="store_true", help="skip leave-one-model-out")
+    fs.add_argument("--no-per-version", action="store_true", help="skip per-version fits")
+    fs.add_argument("--profile", help="(--out) the profile to copy the kernels from")
+    fs.add_argument("--out", help="write a profile with the fitted overheads here")
+    fs.add_argument(
+        "--write-defaults", action="store_true",
+        help="store the fits in every embedded profile (the pooled one as the default)",
+    )  # fmt: skip
+    fs.add_argument("--json", action="store_true")
+    fs.set_defaults(func=cmd_calibrate_fit_serving)
+
     mb = cal_sub.add_parser(
         "microbench",
         help="time GEMMs and attention on this device with torch; write kernel tables",
@@ -1011,12 +1325,21 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
     ps.add_argument("--dtype", default="bf16")
+    ps.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
+    )
     ps.add_argument("--batch", type=_positive_int, required=True)
     ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
     ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
     ps.add_argument("--max-num-batched-tokens", type=_positive_int, default=16384)
     ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    ps.add_argument(
+        "--framework", help="the profile's overhead of this framework version (e.g. vllm-2024,"
+        " the 2024 vLLM of the static-batch data) [the profile's default: the serving fit]",
+    )  # fmt: skip
     ps.add_argument("--json", action="store_true")
     _add_allow_large(ps)
     ps.set_defaults(func=cmd_predict_static)
@@ -1051,14 +1374,33 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
     bs.add_argument("--dtype", default="bf16", help="weights: bf16 or fp8 [bf16]")
     bs.add_argument(
-        "--enable-expert-parallel", action="store_true", help="(accepted; not modelled)"
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
+    bs.add_argument(
+        "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
+        help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--fp8-gemm", choices=("auto", "block", "tensor"), default="auto",
+        help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
+        " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
+    )  # fmt: skip
     bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
     bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
     bs.add_argument("--max-model-len", type=_positive_int)
     bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     bs.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size override")
     bs.add_argument("--no-enable-prefix-caching", action="store_true")
+    bs.add_argument("--kv-offloading-backend", choices=("native",), help="vLLM's CPU KV offloading")
+    bs.add_argument(
+        "--kv-offloading-size", type=float, help="GiB of CPU memory for KV blocks (all GPUs)"
+    )
+    bs.add_argument(
+        "--kv-offloading-bandwidth-gbps", type=float, default=50.0,
+        help="host<->GPU copy GB/s per GPU and direction [50: PCIe Gen5 x16, ~80%%]",
+    )  # fmt: skip
     bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
     bs.add_argument("--stepping", choices=("event", "iteration"), default="event")
     bs.add_argument("--num-prompts", type=_positive_int, default=1000)
@@ -1068,12 +1410,71 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
     bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
+    bs.add_argument(
+        "--closed-loop-start", choices=("burst", "staggered"), default="burst",
+        help="with --max-concurrency and rate inf: the first wave sent at once, as vLLM does"
+        " (identical lengths then stay in lockstep) [burst], or spread over one request"
+        " (a desynchronized steady state; the first wave is left out as warm-up)",
+    )  # fmt: skip
+    bs.add_argument(
+        "--warmup-requests", type=int, help="first requests left out of the latency statistics"
+        " [staggered: max-concurrency, else 0]",
+    )  # fmt: skip
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")
     _add_allow_large(bs)
     bs.set_defaults(func=cmd_bench_serve)
+
+    pp = sub.add_parser(
+        "paper",
+        help="run the CoMem authors' experiments as they ran them (scenarios/paper/): one table",
+        description="Every scenarios/paper/*.toml (a documented experiment, or one candidate"
+        " assumption where the authors' code is silent): the speedup of CoMem over full"
+        " context under each metric (llm, total, llm-index-peak, task, makespan), with KV"
+        " saturation and preemptions. Writes paper_table.{csv,md} and paper_speedups.png.",
+    )
+    pp.add_argument("--dir", help="directory of paper scenarios (default: scenarios/paper)")
+    pp.add_argument("--only", nargs="+", help="just these scenario files")
+    pp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every file")
+    pp.add_argument("--sensitivity", action="store_true", help="also the one-at-a-time figure")
+    pp.add_argument("--metric", default="llm", help="metric of the sensitivity figure [llm]")
+    pp.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    pp.add_argument("--out", default="out/paper", help="output directory [out/paper]")
+    pp.add_argument("--json", action="store_true")
+    pp.set_defaults(func=cmd_paper)
+
+    pl = sub.add_parser(
+        "plan",
+        help="which deployment to run: architecture, GPU split, TP/EP/DP, k, offload",
+        description="Enumerates the deployments of --agent-model and --memory-model on"
+        " --gpus x --gpu for --agents agents, prunes them with the closed forms (lockstep"
+        " step latency, KV-capacity bound), simulates the best in parallel (resumable in"
+        " --out/points), ranks by --objective under --slo, and writes the table, the Pareto"
+        " front and the chosen deployment as a scenario file.",
+    )
+    pl.add_argument("--spec", help="TOML file with a [plan] table (flags override it)")
+    pl.add_argument("--agent-model", help="agent model (alias, HF id or config.json)")
+    pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
+    pl.add_argument("--gpu", help="GPU type [h200_sxm]")
+    pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
+    pl.add_argument("--agents", type=_positive_int, help="concurrent agents [64]")
+    pl.add_argument("--workload", help="scenario file whose [workload] the agents run")
+    pl.add_argument("--steps", type=_positive_int, help="override the workload's steps")
+    pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
+    pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
+    pl.add_argument("--max-gpus", type=_positive_int)
+    pl.add_argument("--kinds", nargs="+", choices=("fc", "cp", "sm", "kso"))
+    pl.add_argument("--dtypes", nargs="+", choices=("bf16", "fp8"))
+    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8]")
+    pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
+    pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
+    pl.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
+    pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
 
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
@@ -1159,6 +1560,19 @@ def build_parser() -> argparse.ArgumentParser:
     wf = wl_sub.add_parser("fit", help="fit the 'fitted' workload to a SWE-bench steps CSV")
     wf.add_argument("--steps", help="steps CSV (default: shared/data/workloads/...)")
     wf.add_argument("--source", action="append", help="trace source(s) to fit (default: Gemini)")
+    wf.add_argument(
+        "--variable-source",
+        action="append",
+        metavar="VARIABLE=SOURCE",
+        help="take one variable from another source, e.g. system=gemini3pro_mini1.15_verified",
+    )
+    wf.add_argument(
+        "--mixture",
+        action="append",
+        metavar="VARIABLE",
+        help="fit this variable with two log-normal components (a bimodal one)",
+    )
+    wf.add_argument("--note", help="why this fit (stored in the file, with its provenance)")
     wf.add_argument("--out", default="sim/data/swebench_fitted.json")
     wf.add_argument("--figure", help="write a fit-vs-data figure (PNG) here")
     wf.set_defaults(func=cmd_workload_fit)
@@ -1181,6 +1595,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument(
         "--out", help=f"directory (default: figures, or {QUICK_FIGURES_DIR} with --quick)"
     )
+    fg.add_argument("--only", action="append", metavar="NAME", help="only this figure (repeatable)")
     fg.set_defaults(func=cmd_figures)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -127,7 +128,7 @@ def fig_kv_over_time(out: Path, quick: bool) -> list[Path]:
     n, steps = (8, 16) if quick else (64, 64)
     fig, ax = plt.subplots(figsize=(7, 4))
     for res in _glm_run(n, steps).results:
-        es = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+        es = res.engine_steps[res.engine_steps["engine"].str.contains("/agent", regex=False)]
         end = (es["start_s"] + es["duration_s"]).to_numpy()
         used = (es["kv_used_blocks"] / es["kv_total_blocks"]).to_numpy()
         # empty until the first step ends
@@ -329,6 +330,104 @@ def fig_closed_network(out: Path, quick: bool) -> list[Path]:
     )  # fmt: skip
 
 
+class AdaptiveKRow(NamedTuple):
+    """One simulated point of :func:`fig_adaptive_k`: ``policy`` is ``fixed`` (k, lag as
+    given) or ``adaptive`` (k, lag: its home)."""
+
+    agents: int
+    policy: str
+    k: int
+    lag: int
+    mean_task_latency_s: float
+
+
+def adaptive_k_table(
+    agents: list[int], steps: int, ks: list[int], lags: list[int], home: tuple[int, int] = (4, 1)
+) -> list[AdaptiveKRow]:
+    """Mean task latency of KSO at every fixed (k, lag) and of ``kso-adaptive`` (home k,
+    lag; default rule), on the GLM-4.7 synthetic benchmark at each agent count."""
+    rows = []
+    for n in agents:
+        scn = load_scenario(
+            SCENARIOS / "paper_latency_glm47.toml",
+            [f"workload.agents={n}", f"workload.steps={steps}"],
+        )
+        kso = next(a for a in scn.architectures if a.kind == "kso")
+        archs = [
+            kso.model_copy(update={"name": f"k{k}-lag{lag}", "k": k, "lag": lag})
+            for k in ks
+            for lag in lags
+        ]
+        archs.append(
+            kso.model_copy(
+                update={"name": "adaptive", "kind": "kso-adaptive", "k": home[0], "lag": home[1]}
+            )
+        )
+        result = run_scenario(scn.model_copy(update={"architectures": archs}))
+        for res in result.results:
+            cfg = res.config
+            rows.append(
+                AdaptiveKRow(
+                    n,
+                    "adaptive" if cfg.kind == "kso-adaptive" else "fixed",
+                    cfg.k,
+                    cfg.lag,
+                    float(res.tasks["latency_s"].mean()),
+                )
+            )
+    return rows
+
+
+def fig_adaptive_k(out: Path, quick: bool) -> list[Path]:
+    """Simulation: kso-adaptive's task latency across load against fixed k (lag 1) and
+    the best fixed (k, lag) at each load."""
+    agents = [4, 16] if quick else [8, 16, 32, 64, 128, 256]
+    steps = 12 if quick else 64
+    ks, lags = ([1, 4], [0, 1]) if quick else ([1, 2, 4, 8], [0, 1])
+    rows = adaptive_k_table(agents, steps, ks, lags)
+    fixed = [r for r in rows if r.policy == "fixed"]
+    adaptive = np.array([r.mean_task_latency_s for r in rows if r.policy == "adaptive"])
+
+    def best(n: int, lag: int | None) -> AdaptiveKRow:
+        pool = [r for r in fixed if r.agents == n and (lag is None or r.lag == lag)]
+        return min(pool, key=lambda r: r.mean_task_latency_s)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for k in ks:
+        lat = [r.mean_task_latency_s for r in fixed if r.k == k and r.lag == 1]
+        ax1.plot(agents, lat, "-", lw=1, alpha=0.7, label=f"fixed k = {k}, lag 1")
+    best_any = [best(n, None) for n in agents]
+    ax1.plot(agents, [r.mean_task_latency_s for r in best_any], "k--", lw=1,
+             label="best fixed (k, lag) at each load")  # fmt: skip
+    ax1.plot(agents, adaptive, "o-", color="crimson", lw=2, label="kso-adaptive (home k 4, lag 1)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("concurrent agents")
+    ax1.set_ylabel("mean task latency (s)")
+    ax1.set_title("KSO: adaptive k against fixed k")
+    ax1.legend(fontsize=7)
+    for lag, style, name in (
+        (1, "s-", "best fixed k (lag 1)"),
+        (None, "o--", "best fixed (k, lag)"),
+    ):
+        ref = np.array([best(n, lag).mean_task_latency_s for n in agents])
+        ax2.plot(agents, adaptive / ref, style, label=f"adaptive / {name}")
+        for n, r, v in zip(agents, (best(n, lag) for n in agents), adaptive / ref, strict=True):
+            ax2.annotate(f"k{r.k} lag{r.lag}", (n, v), textcoords="offset points",
+                         xytext=(0, 6 if lag == 1 else -12), ha="center", fontsize=6)  # fmt: skip
+    ax2.axhline(1.0, color="0.6", lw=0.8)
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("concurrent agents")
+    ax2.set_ylabel("latency ratio (< 1: adaptive is faster)")
+    ax2.set_title("Adaptive over the best fixed choice (labels: that choice)")
+    ax2.legend(fontsize=7)
+    return _save(
+        fig, out, "adaptive_k",
+        f"scenario paper_latency_glm47 (KSO arm, {steps} steps, retain 4), GLM-4.7 fp8 on H200,"
+        f" profile vllm-0.19.0; fixed k in {ks}, lag in {lags}",
+    )  # fmt: skip
+
+
 FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
     "sim_latency_vs_concurrency": fig_latency_vs_concurrency,
     "sim_step_cdf_breakdown": fig_step_cdf_and_breakdown,
@@ -338,13 +437,25 @@ FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
     "theory_frontier": fig_frontier,
     "theory_kv_crossover": fig_kv_crossover,
     "theory_closed_network": fig_closed_network,
+    "adaptive_k": fig_adaptive_k,
 }
 
 
-def make_figures(out: str | Path = "figures", quick: bool = False) -> list[Path]:
+def make_figures(
+    out: str | Path = "figures", quick: bool = False, only: list[str] | None = None
+) -> list[Path]:
+    """Write every figure (or those named in ``only``) into ``out``."""
+    from calibration.errors import ComemInputError
+
+    unknown = sorted(set(only or []) - set(FIGURES))
+    if unknown:
+        raise ComemInputError(
+            f"--only: no figure named {', '.join(unknown)}; known: {', '.join(FIGURES)}"
+        )
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for fn in FIGURES.values():
-        paths.extend(fn(directory, quick))
+    for name, fn in FIGURES.items():
+        if only is None or name in only:
+            paths.extend(fn(directory, quick))
     return paths

@@ -43,6 +43,7 @@ from sim.policy import (
     Summarize,
     Task,
     Tool,
+    Waited,
     make_policy,
     total_step_time,
     uses_memory,
@@ -150,6 +151,8 @@ class _Texts:
             return self.words.make(seg.tokens, *self.key, seg.ref, 1)
         if seg.kind == "instruction":
             return self.words.make(seg.tokens, *self.key, seg.ref, 2)
+        if seg.kind == "padding":
+            return self.words.make(seg.tokens, *self.key, seg.ref, 3)
         own = self.actions if seg.kind == "action" else self.summaries
         return own[seg.ref][: seg.tokens]
 
@@ -228,7 +231,7 @@ class LiveAgent:
         jobs: dict[int, _LiveJob] = {}
         start = self._now()
         run = policy.run()
-        reply: AgentReply | None = None
+        reply: AgentReply | Waited | None = None
         res: StreamResult | None = None
         submit = tool = stall = total_stall = 0.0
         prompt_len = summaries = 0
@@ -248,9 +251,12 @@ class LiveAgent:
                     words = res.text.split()
                     with guard:
                         texts.actions[action.step] = words
-                    reply = AgentReply(True, len(words))
+                    # a client sees the latency; queueing and KV are inside the server
+                    reply = AgentReply(True, len(words), latency_s=res.e2e_s)
                 else:
-                    reply = AgentReply(False, failure=f"{res.status}: {res.error}"[:200])
+                    reply = AgentReply(
+                        False, failure=f"{res.status}: {res.error}"[:200], latency_s=res.e2e_s
+                    )
             elif isinstance(action, Tool):
                 time.sleep(action.seconds)
                 tool += action.seconds
@@ -272,6 +278,7 @@ class LiveAgent:
                 w0 = self._now()
                 jobs[action.job].done.wait()
                 stall += self._now() - w0
+                reply = Waited(self._now() - w0)
             elif isinstance(action, StepEnd):
                 swapped = jobs.get(action.swapped) if action.swapped is not None else None
                 if res is not None:  # a step that sent nothing has no row
@@ -459,9 +466,11 @@ def replay_architecture(
     on_task: Callable[[], None] | None = None,
 ) -> tuple[list[ReplayStepRow], list[TaskRow], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
-    summary-request rows, wall time. Closed loop only (each agent runs its tasks back
-    to back)."""
+    summary-request rows, wall time. Closed loop (each agent runs its tasks back to
+    back) or closed batch (every task on its own thread, all started at once)."""
     check_replayable(scenario, target)
+    if scenario.workload.arrivals == "closed-batch":
+        tasks = [[task] for own in tasks for task in own]
     steps: list[ReplayStepRow] = []
     done: list[TaskRow] = []
     summaries: list[tuple[Any, ...]] = []
@@ -506,9 +515,10 @@ def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
     """One clear error before anything is sent, for what a live replay cannot do."""
     from calibration.errors import ComemInputError
 
-    if scenario.workload.arrival_rate_per_s is not None:
+    if scenario.workload.arrivals == "poisson":
         raise ComemInputError(
-            "comem replay: open-loop arrivals are not supported; drop arrival_rate_per_s"
+            "comem replay: Poisson (open-loop) arrivals are not supported; use arrivals ="
+            " 'closed-loop' or 'closed-batch'"
         )
     for arch in scenario.architectures:
         if uses_memory(arch.kind) and target.memory is None:
@@ -653,7 +663,7 @@ def compare_with_simulation(live: ReplayResult, simulated: Any) -> pd.DataFrame:
             row["live_mean_summary_s"] = float(ls["e2e_s"].mean())
             req = s.requests
             if s.config.memory is not None:  # SM, KSO: every memory request summarizes
-                sreq = req[req["engine"].str.endswith("/memory")]
+                sreq = req[req["engine"].str.contains("/memory", regex=False)]
             else:  # CP: the agent engine's requests tagged as summaries
                 sreq = req[req["tag"].map(lambda tg: isinstance(tg, tuple) and "summary" in tg)]
             row["sim_mean_summary_s"] = float(sreq["e2e_s"].mean())

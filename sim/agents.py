@@ -4,7 +4,9 @@ What an agent sends, when it summarizes, swaps and waits is the policy's busines
 (:mod:`sim.policy`, shared with the live agent of :mod:`live.replay`); this module only
 performs its actions: requests go to the agent or memory :class:`~sim.engine.Engine` on
 the prefix-cache stream the policy names, tools take simulated time, and every step and
-task becomes a row.
+task becomes a row. Replies tell the policy what happened, with what a client of the
+engine observes: the request's queueing delay and latency, the agent engine's KV use
+when it ended, and how long the agent waited for a summary.
 
 Per step, next to the project's own breakdown (queue, prefill, decode, tool, stall),
 the row has what the CoMem authors record (AUTHORS_SETUP.md, "What they measure"):
@@ -23,7 +25,7 @@ from typing import Any, NamedTuple
 
 import simpy
 
-from sim.engine import Engine, Request, Stream, StreamSpace
+from sim.engine import AnyEngine, Request, Stream, StreamSpace
 from sim.policy import (
     AgentReply,
     Await,
@@ -36,6 +38,7 @@ from sim.policy import (
     Summarize,
     Task,
     Tool,
+    Waited,
     make_policy,
     total_step_time,
 )
@@ -135,8 +138,8 @@ class Agent:
         agent_id: int,
         name: str,
         params: PolicyParams,
-        agent_engine: Engine,
-        memory_engine: Engine | None,
+        agent_engine: AnyEngine,
+        memory_engine: AnyEngine | None,
         streams: StreamSpace,
         recorder: AgentRecorder,
     ) -> None:
@@ -158,7 +161,7 @@ class Agent:
         jobs: dict[int, _Job] = {}
         start = env.now
         run = policy.run()
-        reply: AgentReply | None = None
+        reply: AgentReply | Waited | None = None
         req: Request | None = None
         submit = tool = stall = total_stall = 0.0
         summaries = 0
@@ -176,7 +179,14 @@ class Agent:
                 req = self.engine.submit(action.prompt.tokens, action.output_tokens, stream, tag)
                 yield req.done
                 ok = req.status == "finished"
-                reply = AgentReply(ok, req.generated)
+                admitted = req.admitted_s == req.admitted_s  # not NaN: it was admitted
+                reply = AgentReply(
+                    ok,
+                    req.generated,
+                    queue_s=req.admitted_s - submit if admitted else None,
+                    latency_s=req.finished_s - submit,
+                    kv_usage=self.engine.kv_used_blocks / self.engine.total_blocks,
+                )
             elif isinstance(action, Tool):
                 yield env.timeout(action.seconds)
                 tool += action.seconds
@@ -188,6 +198,7 @@ class Agent:
                 t0 = env.now
                 yield jobs[action.job].done
                 stall += env.now - t0
+                reply = Waited(env.now - t0)
             elif isinstance(action, StepEnd):
                 swapped = jobs.get(action.swapped) if action.swapped is not None else None
                 if req is not None:  # a step that sent nothing has no row

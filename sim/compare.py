@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas costs 0.25 s to import; `comem --help` reads this module
+    import pandas as pd
 
 STEP_KEYS = ["agent", "task", "step"]
 TASK_KEYS = ["agent", "task"]
@@ -198,7 +200,7 @@ def architecture_summary(res: Any) -> dict[str, Any]:
     lat = ok_steps["step_latency_s"].to_numpy(float)
     task_lat = ok_tasks["latency_s"].to_numpy(float)
     makespan = float(tasks["end_s"].max() - tasks["start_s"].min()) if len(tasks) else 0.0
-    agent_steps = res.engine_steps[res.engine_steps["engine"].str.endswith("/agent")]
+    agent_steps = res.engine_steps[res.engine_steps["engine"].str.contains("/agent", regex=False)]
     kv_peak = (
         float((agent_steps["kv_used_blocks"] / agent_steps["kv_total_blocks"]).max())
         if len(agent_steps)

@@ -56,6 +56,18 @@ class EngineConfig(InputModel):
     tp: PositiveInt = 1
     #: weight precision (the KV cache is bf16 either way)
     dtype: Literal["bf16", "fp8"] = "bf16"
+    #: vLLM's ``--enable-expert-parallel`` (one data-parallel rank): MoE layers split by
+    #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
+    #: dense model
+    enable_expert_parallel: bool = False
+    #: vLLM's ``--kv-cache-dtype``: ``auto`` (the activation dtype, bf16, also for fp8
+    #: weights unless the checkpoint carries KV scales) or ``fp8`` (half the bytes per token)
+    kv_cache_dtype: Literal["auto", "bf16", "fp8"] = "auto"
+    #: the fp8 GEMM kernel (``dtype = "fp8"`` only): ``block`` (128x128 block-scaled, the
+    #: published FP8 checkpoints of Qwen3 / GLM / Qwen3-Coder), ``tensor`` (per-tensor
+    #: scaled: ``--quantization fp8`` on a bf16 checkpoint), ``auto`` (block for MoE models,
+    #: tensor for dense ones)
+    fp8_gemm: Literal["auto", "block", "tensor"] = "auto"
     #: vLLM's --max-num-batched-tokens: tokens an iteration may schedule (chunked prefill)
     max_num_batched_tokens: PositiveInt = 8192
     #: vLLM's --max-num-seqs: requests running at once
@@ -80,7 +92,28 @@ class EngineConfig(InputModel):
     #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:
     #: the latency model's own (a measured profile's fitted value, else 0).
     request_overhead_s: Seconds | None = None
-    #: Keep the per-iteration (per fast step) time series.
+    #: vLLM's native CPU KV offloading (``--kv-offloading-backend native
+    #: --kv-offloading-size GiB``): host memory for an LRU tier of KV blocks, in GiB over
+    #: all of the engine's GPUs; None: off.
+    kv_offloading_size: float | None = Field(default=None, gt=0.0, le=1e6, allow_inf_nan=False)
+    #: Host<->GPU copy bandwidth per GPU and direction, GB/s. Default 50: NVIDIA's
+    #: H100/H200 SXM datasheets give PCIe Gen5 x16 as 128 GB/s (64 GB/s each way); a
+    #: pinned-memory copy reaches about 80% of that (an assumption; set your measurement).
+    kv_offloading_bandwidth_GBps: float = Field(default=50.0, gt=0.0, le=1e5, allow_inf_nan=False)
+    #: Fixed cost of each block's copy (vLLM issues one cudaMemcpyAsync per block); 0 by
+    #: default (not measured here).
+    kv_offloading_copy_overhead_s: Seconds = 0.0
+    #: Engines of one scenario with the same ``gpu_group`` run on the same GPUs (a memory
+    #: model co-located with the agent): each takes its own ``gpu_memory_utilization``
+    #: of every GPU (together at most 1), and their iterations take turns on the GPUs.
+    gpu_group: Name | None = None
+    #: Data-parallel replicas (vLLM ``--data-parallel-size``), each on its own ``tp`` GPUs
+    #: with its own scheduler and KV cache, behind a router.
+    data_parallel_size: PositiveInt = 1
+    #: ``vllm``: the replica with the lowest 4 x waiting + running (vLLM's DP client);
+    #: ``round-robin``; ``prefix-aware``: the longest cached prefix, then vLLM's score.
+    data_parallel_router: Literal["vllm", "round-robin", "prefix-aware"] = "vllm"
+    #: Keep the per-step time series (an iteration, or a run of them in event stepping).
     record_iterations: bool = True
 
 

@@ -23,6 +23,7 @@ every count and to floating-point rounding in times (``tests/test_engine.py``,
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Generator, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ import numpy as np
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, Stream, StreamSpace
+from calibration.kv_cache import KVCache, OffloadTier, Stream, StreamSpace
 from calibration.scheduler import (
     MAX_RUN_ITERATIONS,
     Event,
@@ -44,7 +45,18 @@ from calibration.scheduler import Sequence as SchedSequence
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
-__all__ = ["Engine", "IterationLatency", "Request", "Stream", "StreamSpace"]
+__all__ = [
+    "AnyEngine",
+    "Engine",
+    "IterationLatency",
+    "LockstepReplicas",
+    "ReplicatedEngine",
+    "Request",
+    "SharedGpus",
+    "Stream",
+    "StreamSpace",
+    "build_engines",
+]
 
 #: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
 #: exceeds the loop's below it)
@@ -152,7 +164,18 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
         return MeasuredLatency(profile)
     from calibration.latency import LatencyModel
 
-    return LatencyModel(cfg.model, cfg.gpu, cfg.tp, cfg.dtype, profile=profile)
+    return LatencyModel(
+        cfg.model,
+        cfg.gpu,
+        cfg.tp,
+        cfg.dtype,
+        profile=profile,
+        expert_parallel=cfg.enable_expert_parallel,
+        kv_cache_dtype=cfg.kv_cache_dtype,
+        fp8_gemm=cfg.fp8_gemm,
+        max_num_batched_tokens=cfg.max_num_batched_tokens,
+        max_num_seqs=cfg.max_num_seqs,
+    )
 
 
 def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
@@ -187,10 +210,16 @@ class Engine:
         config: EngineConfig | None = None,
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
+        gpus: SharedGpus | None = None,
+        driver: LockstepReplicas | None = None,
     ) -> None:
         self.env = env
         self.config = config if config is not None else EngineConfig()
         cfg = self.config
+        #: the GPUs this engine shares with others (co-location), if any
+        self.gpus = gpus
+        #: a data-parallel group that steps this engine with its peers (MoE models)
+        self.driver = driver
         if latency is None:
             latency = engine_latency(cfg)
         self.latency = latency
@@ -206,6 +235,7 @@ class Engine:
         self.block_size = cfg.block_size
         blocks = kv_blocks(cfg, latency)
         self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.offload = self._offload_tier(cfg, latency)
         self.scheduler = Scheduler(
             self.kv,
             SchedulerConfig(
@@ -215,11 +245,33 @@ class Engine:
                 reserve_full_prompt=cfg.scheduler_reserve_full_isl,
             ),
             lazy=cfg.stepping != "iteration",
+            offload=self.offload,
         )
         self._wake: simpy.Event | None = None  # the idle engine waits on it
         self._in_run = False  # a run is in flight: a submission interrupts it
         self._ids = 0
-        self.process = env.process(self._run())
+        self.process = env.process(self._run()) if driver is None else None
+
+    @staticmethod
+    def _offload_tier(cfg: EngineConfig, latency: Any) -> OffloadTier | None:
+        """The CPU tier of ``--kv-offloading-size`` GiB (over all GPUs of the engine)."""
+        if cfg.kv_offloading_size is None:
+            return None
+        per_gpu = getattr(latency, "kv_bytes_per_token", None)
+        if per_gpu is None:
+            raise ComemInputError(
+                f"engine '{cfg.name}': CPU KV offloading needs a latency model that knows the"
+                " KV bytes per token (a kernel-fitted profile, not a measured one)"
+            )
+        block_bytes_per_gpu = per_gpu * cfg.block_size
+        capacity = int(cfg.kv_offloading_size * 2**30 // (block_bytes_per_gpu * cfg.tp))
+        if capacity < 1:
+            raise ComemInputError(
+                f"engine '{cfg.name}': kv_offloading_size {cfg.kv_offloading_size} GiB holds"
+                " no KV block"
+            )
+        load_s = block_bytes_per_gpu / (cfg.kv_offloading_bandwidth_GBps * 1e9)
+        return OffloadTier(capacity, cfg.block_size, load_s + cfg.kv_offloading_copy_overhead_s)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -298,8 +350,11 @@ class Engine:
 
     def _enqueue(self, req: Request) -> None:
         self.scheduler.add(req)
-        if self._in_run:
+        if self.driver is not None:
+            self.driver.notify()
+        elif self._in_run:
             self._in_run = False
+            assert self.process is not None
             self.process.interrupt()
         elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
@@ -392,8 +447,6 @@ class Engine:
     def _one_iteration(self, step: Step) -> Generator[simpy.Event, Any, bool]:
         env = self.env
         start = env.now
-        if not step.entries and not step.group_decodes:
-            raise RuntimeError(f"engine '{self.config.name}': no progress possible")
         for seq in step.admitted:
             req: Request = seq  # type: ignore[assignment]
             req.admitted_s = start
@@ -428,6 +481,17 @@ class Engine:
         env = self.env
         ends = self._run_times(run)
         start = env.now
+        ready = self.scheduler.next_load_ready()
+        cut = None
+        if ready is not None and start + ends[-1] >= ready:
+            # a CPU load completes: the iteration after the one in flight admits it
+            cut = int(np.searchsorted(start + ends, ready, side="left"))
+        if self.gpus is not None and self.gpus.queue:
+            cut = 0  # another engine waits for the shared GPUs: one iteration, then its turn
+        if cut is not None and cut + 1 < run.iterations:
+            ends = ends[: cut + 1]
+            run.iterations = cut + 1
+            run.allocations = None
         done = run.iterations
         self._in_run = True
         try:
@@ -442,7 +506,7 @@ class Engine:
         chunks = [run.chunk] * done if run.chunk else []
         self._record_step(start, done, run.num_decode, chunks)
         if self.recorder.itl_samples and run.num_decode:
-            self.recorder.add_itl(ends[:done], run.num_decode)
+            self.recorder.add_itl(ends[:done].copy(), run.num_decode)
         return fired
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
@@ -450,15 +514,351 @@ class Engine:
         sched = self.scheduler
         while True:
             if sched.idle:
+                sched.settle()
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
+            gpus = self.gpus
+            if gpus is not None:  # the shared GPUs are ours for the next step
+                yield gpus.acquire(self)
+            sched.now = env.now
             plan = sched.next(MAX_RUN_ITERATIONS)
+            if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
+                if gpus is not None:
+                    gpus.release(self)
+                ready = sched.next_load_ready()
+                if ready is None:
+                    raise RuntimeError(f"engine '{self.config.name}': no progress possible")
+                # only CPU loads in flight: wait for the first (or a submission)
+                self._wake = env.event()
+                yield env.timeout(max(0.0, ready - env.now)) | self._wake
+                self._wake = None
+                continue
             if isinstance(plan, Run):
                 fired = yield from self._run_iterations(plan)
             else:
                 fired = yield from self._one_iteration(plan)
+            if gpus is not None:
+                gpus.release(self)
             if fired:
                 # let processes woken at this instant submit before the next schedule
                 yield env.timeout(0)
+
+
+class SharedGpus:
+    """GPUs shared by several engines (``gpu_group``: a memory model co-located with the
+    agent). Two vLLM processes on one GPU without MPS time-slice it; this model lets
+    their iterations take turns, first come first served: an engine holds the GPUs for
+    one step, and a run of iterations is cut at the iteration in flight when another
+    engine of the group asks for them. Memory is split by each engine's own
+    ``gpu_memory_utilization``."""
+
+    def __init__(self, env: simpy.Environment, name: str) -> None:
+        self.env = env
+        self.name = name
+        self.holder: Engine | None = None
+        self.queue: deque[tuple[Engine, simpy.Event]] = deque()
+
+    def acquire(self, engine: Engine) -> simpy.Event:
+        ev = self.env.event()
+        if self.holder is None:
+            self.holder = engine
+            ev.succeed()
+            return ev
+        self.queue.append((engine, ev))
+        holder = self.holder
+        if holder._in_run and holder.process is not None:  # stop its run in flight
+            holder._in_run = False
+            holder.process.interrupt()
+        return ev
+
+    def release(self, engine: Engine) -> None:
+        if self.holder is not engine:
+            raise RuntimeError(f"GPU group {self.name}: released by an engine not holding it")
+        if self.queue:
+            nxt, ev = self.queue.popleft()
+            self.holder = nxt
+            ev.succeed()
+        else:
+            self.holder = None
+
+
+class ReplicatedEngine:
+    """``data_parallel_size`` replicas of one engine behind a router (vLLM DP).
+
+    Each replica is an :class:`Engine` with its own scheduler and KV cache. Routing:
+    ``vllm`` sends a request to the replica with the lowest ``4 * waiting + running``
+    (vLLM's DP client; vLLM refreshes the counts from its coordinator about every 100 ms
+    and counts its own assignments in between, here they are exact), ``round-robin``,
+    or ``prefix-aware`` (the longest cached prefix of the request's stream, then vLLM's
+    score). Replicas step independently, as vLLM 0.19 runs a dense model's ranks; a MoE
+    model's ranks step together (:class:`LockstepReplicas`).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: EngineConfig,
+        latency: IterationLatency | None = None,
+        recorder: MetricsRecorder | None = None,
+    ) -> None:
+        if config.enable_expert_parallel:
+            # vLLM's EP spans all DP ranks (EP = TP x DP, tokens all-gathered across
+            # them); replicas that each price their own MoE layers cannot model that
+            raise ComemInputError(
+                f"engine '{config.name}': expert parallelism with data_parallel_size"
+                f" {config.data_parallel_size} is not modelled (vLLM makes EP = TP x DP across"
+                " the DP ranks); use TP with EP, or DP without it"
+            )
+        self.env = env
+        self.config = config
+        self.recorder = recorder if recorder is not None else MetricsRecorder()
+        self.replicas = [
+            Engine(
+                env,
+                config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
+                latency,
+                self.recorder,
+            )
+            for i in range(config.data_parallel_size)
+        ]
+        self.latency = self.replicas[0].latency
+        self._next = 0
+
+    def _route(self, prompt_tokens: int, stream: Stream | None) -> Engine:
+        router = self.config.data_parallel_router
+        reps = self.replicas
+        if router == "round-robin":
+            eng = reps[self._next % len(reps)]
+            self._next += 1
+            return eng
+
+        def score(e: Engine) -> int:
+            sched = e.scheduler
+            return 4 * len(sched.waiting) + sched.num_running
+
+        if router == "prefix-aware" and stream is not None:
+            cap = max(0, (prompt_tokens - 1) // self.config.block_size)
+            return min(reps, key=lambda e: (-e.kv.hit(stream, cap), score(e)))
+        return min(reps, key=score)
+
+    def submit(
+        self,
+        prompt_tokens: int,
+        output_tokens: int,
+        stream: Stream | None = None,
+        tag: Any = None,
+    ) -> Request:
+        return self._route(prompt_tokens, stream).submit(prompt_tokens, output_tokens, stream, tag)
+
+    @property
+    def preemptions(self) -> int:
+        return sum(e.preemptions for e in self.replicas)
+
+    @property
+    def iterations(self) -> int:
+        return sum(e.iterations for e in self.replicas)
+
+    @property
+    def total_blocks(self) -> int:
+        return sum(e.total_blocks for e in self.replicas)
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return sum(e.kv_used_blocks for e in self.replicas)
+
+    @property
+    def running(self) -> list[SchedSequence]:
+        return [r for e in self.replicas for r in e.running]
+
+    @property
+    def waiting(self) -> list[SchedSequence]:
+        return [r for e in self.replicas for r in e.waiting]
+
+    def check_invariants(self) -> None:
+        for e in self.replicas:
+            e.check_invariants()
+
+
+class LockstepReplicas(ReplicatedEngine):
+    """Data-parallel replicas of a MoE model, stepped in lockstep as vLLM does
+    (``VLLM_FACTS.md`` section 5: every rank runs each step, an idle rank a dummy batch,
+    and the step lasts as long as the slowest rank's).
+
+    One SimPy process drives every replica's scheduler: a step is a single iteration of
+    every rank, or, when every busy rank has a run of identical iterations ahead, the
+    shortest of those runs, priced rank by rank and taken as the elementwise maximum.
+    A dummy batch is priced as a one-token decode.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        config: EngineConfig,
+        latency: IterationLatency | None = None,
+        recorder: MetricsRecorder | None = None,
+    ) -> None:
+        if config.enable_expert_parallel:
+            ReplicatedEngine.__init__(self, env, config, latency, recorder)  # raises
+        self.env = env
+        self.config = config
+        self.recorder = recorder if recorder is not None else MetricsRecorder()
+        self.replicas = [
+            Engine(
+                env,
+                config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
+                latency,
+                self.recorder,
+                driver=self,
+            )
+            for i in range(config.data_parallel_size)
+        ]
+        self.latency = self.replicas[0].latency
+        self._next = 0
+        self._wake: simpy.Event | None = None
+        self._in_run = False
+        self.process = env.process(self._run())
+
+    def notify(self) -> None:
+        """A replica got a request: wake the group, or stop its run at the iteration in
+        flight."""
+        if self._in_run:
+            self._in_run = False
+            self.process.interrupt()
+        elif self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _dummy_s(self, engine: Engine) -> float:
+        return engine.latency.iteration_time_of(1, 1)
+
+    def _run(self) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        reps = self.replicas
+        while True:
+            if all(e.scheduler.idle for e in reps):
+                self._wake = env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            start = env.now
+            plans: list[Step | Run | None] = []
+            for e in reps:
+                sched = e.scheduler
+                sched.now = start
+                plans.append(None if sched.idle else sched.next(MAX_RUN_ITERATIONS))
+            busy = [p for p in plans if p is not None]
+            if all(isinstance(p, Run) for p in busy):
+                m = min(p.iterations for p in busy)  # type: ignore[union-attr]
+                per_rank = []
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        per_rank.append(np.full(m, self._dummy_s(e)))
+                    else:
+                        assert isinstance(p, Run)
+                        p.iterations, p.allocations = m, None
+                        per_rank.append(np.diff(e._run_times(p), prepend=0.0))
+                ends = np.cumsum(np.max(np.vstack(per_rank), axis=0))
+                done = m
+                self._in_run = True
+                try:
+                    yield env.timeout(float(ends[-1]))
+                except simpy.Interrupt:
+                    k = min(int(np.searchsorted(ends, env.now - start, side="left")), m - 1)
+                    done = k + 1
+                    yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+                self._in_run = False
+                fired = False
+                for e, p in zip(reps, plans, strict=True):
+                    if p is not None:
+                        assert isinstance(p, Run)
+                        fired |= e._fire(e.scheduler.apply_run(p, done))
+                        chunks = [p.chunk] * done if p.chunk else []
+                        e._record_step(start, done, p.num_decode, chunks)
+            else:
+                durations = []
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        durations.append(self._dummy_s(e))
+                    elif isinstance(p, Run):
+                        p.iterations, p.allocations = 1, None
+                        durations.append(float(e._run_times(p)[0]))
+                    else:
+                        for seq in p.admitted:
+                            req: Request = seq  # type: ignore[assignment]
+                            req.admitted_s = start
+                            if req._admitted is not None:
+                                req._admitted.succeed(req)
+                        durations.append(e._price(p))
+                yield env.timeout(max(durations))
+                fired = False
+                for e, p in zip(reps, plans, strict=True):
+                    if p is None:
+                        continue
+                    if isinstance(p, Run):
+                        fired |= e._fire(e.scheduler.apply_run(p, 1))
+                        e._record_step(start, 1, p.num_decode, [p.chunk] if p.chunk else [])
+                    else:
+                        fired |= e._fire(e.scheduler.apply(p))
+                        e._record_step(start, 1, p.num_decode, p.prefill_new)
+            if fired:
+                yield env.timeout(0)
+
+
+#: what agents and loads submit to: one engine, or data-parallel replicas of it
+AnyEngine = Engine | ReplicatedEngine
+
+
+def build_engines(
+    env: simpy.Environment,
+    configs: dict[str, EngineConfig],
+    latency: dict[str, IterationLatency] | None = None,
+    recorder: MetricsRecorder | None = None,
+) -> dict[str, AnyEngine]:
+    """The engines of one simulation, by role: replicas where ``data_parallel_size`` > 1,
+    shared GPUs where engines name the same ``gpu_group`` (checked: same GPU type and
+    TP, memory fractions adding up to at most 1)."""
+    latency = latency or {}
+    groups: dict[str, list[tuple[str, EngineConfig]]] = {}
+    for role, cfg in configs.items():
+        if cfg.gpu_group is not None:
+            groups.setdefault(cfg.gpu_group, []).append((role, cfg))
+    shared: dict[str, SharedGpus] = {}
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0][1]
+        for _, cfg in members[1:]:
+            if (cfg.gpu, cfg.tp, cfg.data_parallel_size) != (
+                first.gpu,
+                first.tp,
+                first.data_parallel_size,
+            ):
+                raise ComemInputError(
+                    f"gpu_group '{name}': engines '{first.name}' and '{cfg.name}' share GPUs"
+                    " but differ in gpu, tp or data_parallel_size"
+                )
+        total = sum(cfg.gpu_memory_utilization for _, cfg in members)
+        if total > 1.0 + 1e-9:
+            roles = ", ".join(f"{cfg.name} {cfg.gpu_memory_utilization}" for _, cfg in members)
+            raise ComemInputError(
+                f"gpu_group '{name}': gpu_memory_utilization adds up to {total:.2f} > 1"
+                f" ({roles}); give each engine its share"
+            )
+        if any(cfg.data_parallel_size > 1 for _, cfg in members):
+            raise ComemInputError(
+                f"gpu_group '{name}': co-located engines with data parallelism are not modelled"
+            )
+        shared[name] = SharedGpus(env, name)
+    engines: dict[str, AnyEngine] = {}
+    for role, cfg in configs.items():
+        if cfg.data_parallel_size > 1:
+            from calibration.registry import get_model
+
+            # vLLM steps the ranks of a MoE model in lockstep; a dense model's run alone
+            group = LockstepReplicas if get_model(cfg.model).is_moe else ReplicatedEngine
+            engines[role] = group(env, cfg, latency.get(role), recorder)
+        else:
+            gpus = shared.get(cfg.gpu_group) if cfg.gpu_group is not None else None
+            engines[role] = Engine(env, cfg, latency.get(role), recorder, gpus)
+    return engines

@@ -53,8 +53,8 @@ class MetricsRecorder:
     """Collects rows as plain tuples; frames are built on demand.
 
     Engines append one request row when a request ends (finished or rejected) and one
-    series row per step: an iteration in ``iteration`` stepping, a fast step of
-    ``iterations`` identical-shape iterations in ``fast`` stepping.
+    series row per step: an iteration in ``iteration`` stepping, a run of
+    ``iterations`` identical-shape iterations in ``event`` stepping.
     """
 
     requests: list[tuple[Any, ...]] = field(default_factory=list)

@@ -16,9 +16,15 @@ and sends its outcome back:
   ends, whenever that is, the executor calls ``policy.summary_done(job, ok, tokens)``,
   which may answer with a :class:`PreWarm` to send. If ``blocking``, the executor
   waits for that before it resumes the generator.
-- :class:`Await`: wait until the summary job has ended (the time is the step's stall).
+- :class:`Await`: wait until the summary job has ended (the time is the step's stall);
+  send back a :class:`Waited` with the seconds waited.
 - :class:`Tool`: the tool runs for ``seconds``.
 - :class:`StepEnd`: the step is over (the executor writes its row).
+
+Replies carry what the executor observed, for policies that adapt (``kso-adaptive``):
+an :class:`AgentReply` has the request's queueing delay, latency and the agent engine's
+KV use, each None where the executor cannot measure it (the live executor sees no
+queue and no KV). Policies that do not adapt ignore them.
 
 The generator's return value is the task's status: ``"finished"`` or why it ended
 early. Policies are registered by name (:func:`register_policy`); a scenario's
@@ -26,8 +32,10 @@ early. Policies are registered by name (:func:`register_policy`); a scenario's
 
 Kinds: ``fc`` (full context), ``cp`` (coupled: the agent model summarizes inline,
 blocking), ``sm`` (sync memory: the memory model summarizes, blocking), ``kso``
-(CoMem k-step-off, the general ``k``/``lag``/``retain`` form) and ``kso-authors``
-(k-step-off exactly as the CoMem authors' code runs it; see :class:`KSOAuthors`).
+(CoMem k-step-off, the general ``k``/``lag``/``retain`` form), ``kso-authors``
+(k-step-off exactly as the CoMem authors' code runs it; see :class:`KSOAuthors`) and
+``kso-adaptive`` (k-step-off that changes k and lag while it runs, from what it
+observes; see :class:`KSOAdaptive`).
 
 ``lag >= k`` (KSO): summaries queue. Each summary is swapped in ``lag`` steps after its
 launch, whatever was launched since; none replaces another. That is the paper's own
@@ -40,9 +48,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import ConfigDict, NonNegativeInt, PositiveInt, field_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 from calibration.inputs import InputModel, TokensOrZero
 
@@ -66,20 +74,29 @@ class Step:
 
 @dataclass(frozen=True)
 class Task:
+    """A task's system (and task statement) prompt, its steps and summary length.
+
+    ``input_target_tokens``: an agent request whose prompt is shorter is padded with
+    filler up to it, in that request only (the CoMem authors' synthetic benchmark,
+    AUTHORS_SETUP.md: input target 512); 0: no padding.
+    """
+
     system_tokens: int
     steps: tuple[Step, ...]
     summary_tokens: int
+    input_target_tokens: int = 0
 
 
 # --- what contexts are made of --------------------------------------------------------------
 
-SegmentKind = Literal["system", "observation", "action", "summary", "instruction"]
+SegmentKind = Literal["system", "observation", "action", "summary", "instruction", "padding"]
 
 
 @dataclass(frozen=True)
 class Segment:
     """A run of tokens: the system prompt, step ``ref``'s observation, action (its kept
-    part) or summarize instruction, or summary job ``ref``'s output."""
+    part), summarize instruction or request filler (``padding``, never kept in a
+    context), or summary job ``ref``'s output."""
 
     kind: SegmentKind
     ref: int
@@ -176,14 +193,51 @@ Action = Send | Summarize | Await | Tool | StepEnd
 
 @dataclass(frozen=True)
 class AgentReply:
-    """What became of a :class:`Send`: ``generated`` tokens, or a failure (why)."""
+    """What became of a :class:`Send`: ``generated`` tokens, or a failure (why).
+
+    Observations (None: the executor cannot measure it): ``queue_s``, seconds from
+    submission to admission by the engine; ``latency_s``, from submission to the last
+    token; ``kv_usage``, the fraction of the agent engine's KV blocks in use when the
+    request ended."""
 
     ok: bool
     generated: int = 0
     failure: str = "context_exceeded"
+    queue_s: float | None = None
+    latency_s: float | None = None
+    kv_usage: float | None = None
+
+
+@dataclass(frozen=True)
+class Waited:
+    """What became of an :class:`Await`: the seconds the agent waited (None: unknown)."""
+
+    seconds: float | None
 
 
 # --- parameters and the registry ------------------------------------------------------------
+
+
+class AdaptiveParams(InputModel):
+    """The rule of ``kso-adaptive`` (:class:`KSOAdaptive`): the range k and lag move in,
+    and the thresholds that count as pressure and lateness."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: the smallest k the rule moves to
+    k_min: PositiveInt = 1
+    #: the largest k the rule moves to
+    k_max: PositiveInt = 16
+    #: the smallest lag the rule moves to
+    lag_min: NonNegativeInt = 0
+    #: the largest lag the rule moves to
+    lag_max: NonNegativeInt = 4
+    #: KV pressure: the fraction of the agent engine's KV blocks in use
+    kv_high: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    #: queueing pressure: queueing delay over the request's latency
+    queue_high: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
+    #: a late summary: the stall at its swap over the next request's latency
+    stall_high: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.25
 
 
 class PolicyParams(InputModel):
@@ -205,6 +259,8 @@ class PolicyParams(InputModel):
     late_policy: Literal["wait", "skip"] = "wait"
     #: tokens of the summarize instruction appended to a summary prompt
     summary_prompt_tokens: TokensOrZero = 64
+    #: ``kso-adaptive`` only: its rule (None: the defaults)
+    adaptive: AdaptiveParams | None = None
 
     @field_validator("kind")
     @classmethod
@@ -215,7 +271,10 @@ class PolicyParams(InputModel):
 
     def check(self) -> None:
         """The chosen policy's own checks (ValueError with the reason)."""
-        POLICIES[self.kind].check(self)
+        policy = POLICIES[self.kind]
+        if self.adaptive is not None and not policy.adaptive:
+            raise ValueError(f"kind '{self.kind}' has no adaptive rule (kso-adaptive has)")
+        policy.check(self)
 
 
 @dataclass
@@ -231,6 +290,8 @@ class Job:
     failure: str = ""
     #: the stream of the context it brings (a fresh one: the swap prefills uncached)
     stream: PrefixStream | None = None
+    #: the step under way when it ended (its request or tool)
+    done_at_step: int = 0
 
 
 class ContextPolicy:
@@ -244,6 +305,8 @@ class ContextPolicy:
     #: and SM, which block on the summary), or ``overlapped`` max(llm, summary +
     #: prefill) + env (CoMem)
     step_accounting: ClassVar[Literal["sequential", "overlapped"]] = "sequential"
+    #: whether it reads ``PolicyParams.adaptive``
+    adaptive: ClassVar[bool] = False
 
     def __init__(
         self, params: PolicyParams, task: Task, memory_max_model_len: int | None = None
@@ -262,6 +325,10 @@ class ContextPolicy:
         self.raw: list[tuple[Segment, Segment]] = []
         self.jobs: dict[int, Job] = {}
         self._memory_stream = self._new_stream()  # the memory model's view of the history
+        #: the reply to the latest agent request (its observations)
+        self.last_reply: AgentReply | None = None
+        #: the step whose request or tool is under way (summary_done reads it)
+        self.current_step = 0
 
     # -- to override -----------------------------------------------------------------------
     @classmethod
@@ -275,6 +342,7 @@ class ContextPolicy:
         """A summary request has ended (executors call this whenever it happens)."""
         j = self.jobs[job]
         j.done, j.ok, j.tokens, j.failure = True, ok, tokens, failure
+        j.done_at_step = self.current_step
         if ok:
             j.stream = self._fresh_context_stream()
         return None
@@ -304,16 +372,29 @@ class ContextPolicy:
 
     def _agent_step(self, t: int, step: Step) -> Generator[Action, Any, str | None]:
         """Send step ``t``'s request over context + observation; on success the context
-        becomes prompt + kept action and the tool runs. Returns the failure, or None."""
+        becomes prompt + kept action and the tool runs. Returns the failure, or None.
+
+        A prompt below the task's input target is sent with filler appended, on a branch
+        of the context's stream: the filler and the action decoded after it are that
+        request's alone, so the next prompt (without the filler) reuses the cache only up
+        to the end of this prompt."""
         obs = Segment("observation", t, step.observation)
         prompt = (*self.context, obs)
         prompt_tokens = self.context_tokens + step.observation
-        reply = yield Send(t, Prompt(prompt), step.action, self.stream)
+        filler = self.task.input_target_tokens - prompt_tokens
+        sent, stream = Prompt(prompt), self.stream
+        if filler > 0:
+            sent = Prompt((*prompt, Segment("padding", t, filler)))
+            stream = self._new_stream(self.stream, prompt_tokens)
+        self.current_step = t
+        reply = yield Send(t, sent, step.action, stream)
+        self.last_reply = reply
         if not reply.ok:
             return reply.failure
         kept = reply.generated if step.kept is None else min(step.kept, reply.generated)
-        if kept < reply.generated:
-            # dropped reasoning: the context diverges from the stream after the prompt
+        if kept < reply.generated or filler > 0:
+            # dropped reasoning or filler: the context diverges from the stream after the
+            # prompt
             self.stream = self._new_stream(self.stream, prompt_tokens)
         action = Segment("action", t, kept)
         self.context = (*prompt, action)
@@ -575,9 +656,165 @@ class KSOAuthors(ContextPolicy):
         return "finished"
 
 
+@register_policy(
+    "kso-adaptive",
+    "CoMem k-step-off that adapts k and lag while it runs: smaller under KV or queueing"
+    " pressure, larger k when its summaries come late under pressure, larger lag when"
+    " they come late without it",
+)
+class KSOAdaptive(KStepOff):
+    """k-step-off whose k and lag follow what the agent observes (the paper's "adaptive
+    k", future work there). It starts at ``k`` and ``lag`` (its home) and, at every
+    launch point (``k`` steps after the previous launch, once per period), reads:
+
+    - pressure: the agent engine's KV use of the latest request ``>= kv_high``, or its
+      queueing delay ``>= queue_high`` of its latency (signals the executor cannot
+      measure, None, count as no pressure);
+    - late: at the latest swap the agent waited ``>= stall_high`` of the latency of the
+      request that followed;
+    - slack: the latest summary ended at least one whole step before its swap (it
+      would have been on time with one lag less; counted in steps, not seconds).
+
+    Then, one move per decision:
+
+    - under pressure, if late: ``k + 1`` (the memory model cannot keep up with this
+      many summaries); else ``lag - 1``, and at ``lag_min`` ``k - 1``. Smaller contexts
+      hold less KV and prefill less; under pressure a lag of 0 makes the agent wait for
+      its summary outside the engine (no request there), which is cheaper than the
+      raw steps a lag keeps in context.
+    - without pressure: if late, ``lag + 1`` (mask the summary); elif slack,
+      ``lag - 1``; and k moves one step back toward its home ``k``.
+
+    k stays in ``[k_min, k_max]``, lag in ``[lag_min, lag_max]``. A new k applies from
+    this launch point (the launch happens now if ``k`` steps have passed); a summary is
+    swapped in ``lag`` steps after its launch with the lag of its launch, after any
+    earlier one (swaps keep launch order; ``lag >= k`` queues summaries as ``kso``
+    does). It always waits for a late summary (``late_policy = "wait"``). The defaults
+    were chosen on the GLM-4.7 synthetic benchmark (``figures/adaptive_k.png``); the
+    rule knows no time (only what replies carry), so it runs unchanged on live
+    servers, where it sees latency and stalls but no queue and no KV.
+    """
+
+    adaptive = True
+
+    @classmethod
+    def check(cls, params: PolicyParams) -> None:
+        a = params.adaptive or AdaptiveParams()
+        if a.k_min > a.k_max:
+            raise ValueError(f"adaptive.k_min {a.k_min} > adaptive.k_max {a.k_max}")
+        if a.lag_min > a.lag_max:
+            raise ValueError(f"adaptive.lag_min {a.lag_min} > adaptive.lag_max {a.lag_max}")
+        if not a.k_min <= params.k <= a.k_max:
+            raise ValueError(
+                f"k {params.k} outside adaptive [k_min, k_max] = [{a.k_min}, {a.k_max}]"
+            )
+        if not a.lag_min <= params.lag <= a.lag_max:
+            raise ValueError(
+                f"lag {params.lag} outside adaptive [lag_min, lag_max] = [{a.lag_min}, {a.lag_max}]"
+            )
+        if params.late_policy != "wait":
+            raise ValueError("kind 'kso-adaptive' always waits for a late summary")
+
+    def __init__(
+        self, params: PolicyParams, task: Task, memory_max_model_len: int | None = None
+    ) -> None:
+        super().__init__(params, task, memory_max_model_len)
+        self.rule = params.adaptive or AdaptiveParams()
+        self.k = params.k
+        self.lag = params.lag
+        #: (step, k, lag) after every decision, for tests and tables
+        self.decisions: list[tuple[int, int, int]] = []
+        self._stall: float | None = None  # the latest swap's wait, until a reply prices it
+        self._late = False
+        self._slack = False
+        self._k_floor = self.rule.k_min  # under pressure, the k that came late, plus one
+
+    def _pressure(self) -> bool:
+        r, reply = self.rule, self.last_reply
+        if reply is None:
+            return False
+        if reply.kv_usage is not None and reply.kv_usage >= r.kv_high:
+            return True
+        return (
+            reply.queue_s is not None
+            and reply.latency_s is not None
+            and reply.latency_s > 0
+            and reply.queue_s >= r.queue_high * reply.latency_s
+        )
+
+    def _decide(self, t: int) -> None:
+        r = self.rule
+        if self._pressure():
+            if self._late:
+                self.k = min(r.k_max, self.k + 1)
+                self._k_floor = self.k
+            else:
+                self.lag = r.lag_min
+                self.k = max(self._k_floor, r.k_min, self.k // 2)
+        else:
+            self._k_floor = r.k_min
+            if self._late:
+                self.lag = min(r.lag_max, self.lag + 1)
+            elif self._slack:
+                self.lag = max(r.lag_min, self.lag - 1)
+            home = self.params.k
+            self.k += (self.k < home) - (self.k > home)
+        self._late = self._slack = False
+        self.decisions.append((t, self.k, self.lag))
+
+    def _note_reply(self) -> None:
+        """A request's reply has come: price the stall of the swap before it."""
+        reply = self.last_reply
+        if self._stall is None or reply is None:
+            return
+        if reply.latency_s is not None and reply.latency_s > 0:
+            self._late = self._stall >= self.rule.stall_high * reply.latency_s
+        self._stall = None
+
+    def run(self) -> Generator[Action, Any, str]:
+        p, n = self.params, len(self.task.steps)
+        due: dict[int, Job] = {}  # step before which a job is swapped in -> job
+        last_launch, last_due, decided = 0, 0, False
+        for t, step in enumerate(self.task.steps, start=1):
+            swapped = None
+            job = due.pop(t, None)
+            if job is not None:
+                self._stall = 0.0
+                if not job.done:
+                    waited = yield Await(job.id)
+                    seconds = waited.seconds if isinstance(waited, Waited) else None
+                    self._stall = seconds
+                else:
+                    # it ended during step done_at_step; the swap is before step t
+                    self._slack = job.done_at_step <= t - 2
+                if job.done and job.ok:
+                    self._restart(job, max(0, job.cutoff - p.retain))
+                    swapped = job.id
+            failure = yield from self._agent_step(t, step)
+            if failure is not None:
+                yield StepEnd(t, False, swapped)
+                return failure
+            self._note_reply()
+            launched = False
+            if t < n and t - last_launch >= self.k:
+                if not decided:
+                    self._decide(t)
+                    decided = True
+                launched = t - last_launch >= self.k
+            if launched:
+                job = self._new_job(t, t)
+                last_due = max(t + self.lag + 1, last_due + 1)
+                due[last_due] = job
+                last_launch, decided = t, False
+                yield self._memory_request(job, (self.system, *self._raw_since(0)), False)
+            yield StepEnd(t, launched, swapped)
+        return "finished"
+
+
 __all__ = [
     "POLICIES",
     "Action",
+    "AdaptiveParams",
     "AgentReply",
     "Await",
     "ContextPolicy",
@@ -593,6 +830,7 @@ __all__ = [
     "Summarize",
     "Task",
     "Tool",
+    "Waited",
     "make_policy",
     "register_policy",
     "total_step_time",

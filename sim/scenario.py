@@ -27,11 +27,11 @@ from pydantic import (
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.inputs import InputModel, Name, Seconds, Tokens
+from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
-from sim.engine import Engine, IterationLatency, StreamSpace, check_engine
+from sim.engine import IterationLatency, StreamSpace, build_engines, check_engine
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
@@ -50,7 +50,14 @@ class EngineDefaults(_Strict):
 
 
 class SyntheticWorkload(AgentLoad):
-    """Fixed per-step tokens, as in the CoMem authors' latency benchmark."""
+    """Fixed per-step tokens, as in the CoMem authors' latency benchmark.
+
+    Their benchmark exactly (AUTHORS_SETUP.md, "Their synthetic latency benchmark"):
+    ``system_tokens = 500`` (the problem statement), ``first_observation_tokens = 0``,
+    ``observation_tokens = 200``, ``input_target_tokens = 512``, ``action_tokens =
+    1024``, ``summary_tokens = 2048``, 64 steps, tool time 0 (``scenarios/
+    authors_synthetic.toml``).
+    """
 
     kind: Literal["synthetic"] = "synthetic"
     #: steps per task
@@ -59,17 +66,34 @@ class SyntheticWorkload(AgentLoad):
     system_tokens: Tokens = 512
     #: tokens each step's observation (tool output) adds to the prompt
     observation_tokens: Tokens = 512
+    #: the first step's observation (None: ``observation_tokens``); 0 when the first
+    #: request reads the system and task prompt alone
+    first_observation_tokens: TokensOrZero | None = None
     #: tokens each step's action decodes (and keeps in the context)
     action_tokens: Tokens = 1024
+    #: agent requests with shorter prompts are padded up to it, in the request only
+    #: (not kept in the history); 0: none
+    input_target_tokens: TokensOrZero = 0
     #: tool time per step
     tool_s: Seconds = 0.0
     #: ``fixed``: every tool call takes ``tool_s``; ``exponential``: its mean
     tool_s_dist: Literal["fixed", "exponential"] = "fixed"
 
+    def _task(self, tools: list[float]) -> Task:
+        first = self.first_observation_tokens
+        steps = tuple(
+            Step(
+                first if (i == 0 and first is not None) else self.observation_tokens,
+                self.action_tokens,
+                tool,
+            )
+            for i, tool in enumerate(tools)
+        )
+        return Task(self.system_tokens, steps, self.summary_tokens, self.input_target_tokens)
+
     def tasks(self, rng: np.random.Generator) -> list[list[Task]]:
         if self.tool_s_dist == "fixed":
-            step = Step(self.observation_tokens, self.action_tokens, self.tool_s)
-            task = Task(self.system_tokens, (step,) * self.steps, self.summary_tokens)
+            task = self._task([self.tool_s] * self.steps)
             return [[task] * self.tasks_per_agent for _ in range(self.agents)]
         out = []
         for _ in range(self.agents):
@@ -78,12 +102,9 @@ class SyntheticWorkload(AgentLoad):
                 tools = (
                     rng.exponential(self.tool_s, self.steps)
                     if self.tool_s > 0
-                    else [0.0] * self.steps
+                    else np.zeros(self.steps)
                 )
-                steps = tuple(
-                    Step(self.observation_tokens, self.action_tokens, float(e)) for e in tools
-                )
-                own.append(Task(self.system_tokens, steps, self.summary_tokens))
+                own.append(self._task([float(e) for e in tools]))
             out.append(own)
         return out
 
@@ -112,11 +133,24 @@ class ArchitectureConfig(PolicyParams):
         return self
 
 
+class PaperInfo(_Strict):
+    """What a ``scenarios/paper/`` file reproduces (``comem paper`` reads it)."""
+
+    #: the documented experiment (AUTHORS_SETUP.md)
+    experiment: str
+    #: this file's choice where the authors' code is silent ("documented" if none)
+    variant: str = "documented"
+    #: the assumption, in words
+    assumption: str = ""
+
+
 class Scenario(_Strict):
     #: the scenario's name in tables and messages
     name: Name = "scenario"
     #: free text
     description: str = ""
+    #: what a scenarios/paper/ file reproduces (comem paper reads it)
+    paper: PaperInfo | None = None
     #: fixes every random draw (tasks, tool times, arrivals)
     seed: NonNegativeInt = 0
     #: settings for every engine
@@ -268,17 +302,19 @@ def run_architecture(
     metrics = MetricsRecorder()
     stepping = scenario.engine.stepping
     latency = latency or {}
-    agent_cfg = arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
+    configs = {
+        "agent": arch.agent.model_copy(update={"stepping": stepping, "name": f"{arch.name}/agent"})
+    }
+    if arch.memory is not None:
+        configs["memory"] = arch.memory.model_copy(
+            update={"stepping": stepping, "name": f"{arch.name}/memory"}
+        )
     try:
-        engine = Engine(env, agent_cfg, latency.get("agent"), recorder=metrics)
-        memory = None
-        if arch.memory is not None:
-            mem_cfg = arch.memory.model_copy(
-                update={"stepping": stepping, "name": f"{arch.name}/memory"}
-            )
-            memory = Engine(env, mem_cfg, latency.get("memory"), recorder=metrics)
+        engines = build_engines(env, configs, latency, metrics)
     except ComemInputError as exc:
         raise ComemInputError(f"{scenario.name}: architecture '{arch.name}': {exc}") from None
+    engine = engines["agent"]
+    memory = engines.get("memory")
     recorder = AgentRecorder(on_task=on_task)
     streams = StreamSpace()
 
@@ -286,12 +322,19 @@ def run_architecture(
         for i, task in enumerate(own):
             yield from agent.run_task(i, task)
 
+    arrival_mode = scenario.workload.arrivals
     rate = scenario.workload.arrival_rate_per_s
-    if rate is None:
+    if arrival_mode == "closed-loop":
         for a, own in enumerate(tasks):
             agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
             env.process(agent_loop(agent, own))
+    elif arrival_mode == "closed-batch":
+        # every task starts now, each on its own worker; none is replaced
+        for a, task in enumerate(t for own in tasks for t in own):
+            agent = Agent(env, a, arch.name, arch, engine, memory, streams, recorder)
+            env.process(agent_loop(agent, [task]))
     else:
+        assert rate is not None  # the workload's validation
         # open loop: the same tasks, arriving at the same (seeded) Poisson times
         gaps = np.random.default_rng([scenario.seed, 1]).exponential(
             1.0 / rate, sum(len(own) for own in tasks)

@@ -791,7 +791,9 @@ def test_quick_figures_do_not_overwrite_the_committed_ones(monkeypatch, tmp_path
     from comem.cli import QUICK_FIGURES_DIR, main
 
     seen = []
-    monkeypatch.setattr(comem.figures, "make_figures", lambda out, quick: seen.append(out) or [])
+    monkeypatch.setattr(
+        comem.figures, "make_figures", lambda out, quick, only=None: seen.append(out) or []
+    )
     monkeypatch.chdir(tmp_path)
     assert main(["figures", "--quick"]) == 0
     assert main(["figures"]) == 0

@@ -99,6 +99,25 @@ def test_predict_static_grows_with_output_and_batch() -> None:
     assert wider > base
 
 
+def test_expert_parallel_is_priced_in_predict_static_and_bench_serve() -> None:
+    glm = ["--model", "glm-4.7", "--gpu", "h200_sxm", "--tp", "8", "--dtype", "fp8"]
+    results = {}
+    for flag in ([], ["--enable-expert-parallel"]):
+        proc = run_comem("predict-static", *glm, *STATIC, *flag, "--json")
+        assert proc.returncode == 0, proc.stderr
+        data = json.loads(proc.stdout)
+        results[data["expert_parallel"]] = data["latency_s"]
+    assert set(results) == {False, True} and results[True] != results[False]
+    proc = run_comem(
+        "bench-serve", *glm, "--enable-expert-parallel", "--num-prompts", "4",
+        "--random-input-len", "64", "--random-output-len", "4", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "not modelled" not in proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["simulator"]["expert_parallel"] is True and out["completed"] == 4
+
+
 # --- bad input: one line, exit code 2 ---------------------------------------------------
 
 BAD_PREDICT = [
@@ -147,6 +166,11 @@ BAD_PREDICT = [
         [*LLAMA, "--batch", "8", "--input", "10000000", "--output", "128"],
         ["KV blocks"],
         id="request-larger-than-kv-cache",
+    ),
+    pytest.param(
+        [*LLAMA, *STATIC, "--enable-expert-parallel"],
+        ["expert parallelism", "llama-3-8b is dense"],
+        id="expert-parallel-dense",
     ),
     pytest.param(["calibrate"], ["calibrate"], id="missing-subcommand"),
     pytest.param([], ["command"], id="missing-command"),
@@ -515,6 +539,27 @@ def test_theory_latex_lists_every_result() -> None:
     data = json.loads(proc.stdout)
     assert len(data) >= 6 and all(isinstance(v, str) and v for v in data.values())
     assert any("c_{4}" in v for v in data.values())
+
+
+def test_figures_quick_never_overwrites_the_committed_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from comem.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures", "--quick", "--only", "theory_frontier"]) == 0
+    assert (tmp_path / "out" / "figures-quick" / "theory_frontier.png").is_file()
+    assert not (tmp_path / "figures").exists()
+    assert_user_error(run_comem("figures", "--only", "nope"), "--only", "nope", "adaptive_k")
+
+
+def test_bad_adaptive_rule_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[architectures]]\nname = "A"\nkind = "kso-adaptive"\nk = 4\n'
+        'adaptive = { kv_high = 2.0 }\nmemory = { name = "memory" }\n'
+    )
+    assert_user_error(run_comem("run", str(bad)), "bad.toml", "kv_high", "2.0")
 
 
 def test_figures_quick_writes_every_figure(tmp_path: Path) -> None:

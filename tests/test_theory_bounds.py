@@ -12,12 +12,16 @@ from scipy import stats
 from calibration.latency import ConstantLatency
 from sim.scenario import Scenario, run_architecture
 from theory.bounds import (
+    NONE,
     cantelli_stall_probability,
     crossover_agents,
+    crossover_concurrencies,
+    crossover_concurrency,
     fc_peak_context,
     jensen_lower,
     kso_peak_context,
     masking_lag,
+    masking_lags,
     max_agents,
     scarf_upper,
 )
@@ -159,3 +163,116 @@ def test_crossover_concurrency_agrees_with_the_simulator():
         )
         speedup = run_scenario(scenario).summary()["speedup_vs_fc"]["KSO"]
         assert (speedup > 1.0) == kso_wins, (agents, speedup)
+
+
+# --- the planner's helpers: vectorized over candidates, consistent with each other -------
+
+
+def _masking_lag_loop(m, s, vx, vs, eps, max_lag):
+    """The definition, lag by lag (the reference for the closed form)."""
+    for lag in range(max_lag + 1):
+        mu = s - lag * m
+        if eps is None:
+            if mu <= 0:
+                return lag
+        elif cantelli_stall_probability(mu, vs + lag * vx) <= eps:
+            return lag
+    return NONE
+
+
+@pytest.mark.parametrize("eps", [None, 0.3, 0.05, 0.001])
+def test_masking_lags_closed_form_equals_the_definition(eps):
+    rng = np.random.default_rng(0 if eps is None else int(1 / eps))
+    n = 400
+    m = np.where(rng.random(n) < 0.05, 0.0, rng.uniform(0.01, 5.0, n))
+    s = np.where(rng.random(n) < 0.05, 0.0, rng.uniform(0.0, 40.0, n))
+    m[:5], s[:5] = 1.0, np.array([0.0, 1.0, 2.0, 3.0, 2.5])  # exact multiples
+    vx = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0, 4, n))
+    vs = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0, 9, n))
+    got = masking_lags(m, s, vx, vs, eps, max_lag=300)
+    want = [_masking_lag_loop(*x, eps, 300) for x in zip(m, s, vx, vs, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    assert (got == NONE).any() and (got > 0).any()
+    assert masking_lag(float(m[7]), float(s[7]), float(vx[7]), float(vs[7]), eps, 300) == (
+        None if want[7] == NONE else want[7]
+    )
+
+
+def test_max_agents_is_vectorized():
+    caps = np.array([494_620, 1_000_000, 10])
+    ctx = np.array([98_816, 11_776, 11])
+    np.testing.assert_array_equal(max_agents(caps, ctx), [5, 84, 0])
+    assert max_agents(494_620, 98_816) == 5 and isinstance(max_agents(494_620, 98_816), int)
+
+
+def test_crossover_concurrencies_vectorized_and_below_the_kv_limit():
+    from theory.single_agent import AgentParams, lockstep_coefficients, step_timeline
+
+    fc_c = np.array([4e-3, 1.5e-5, 1e-9, 3e-5, 2e-8])
+    kso_c = np.array([5e-3, 2.5e-5, 1.2e-9, 5e-5, 3e-8])
+    mem_c = np.array([2e-3, 5e-6, 3e-10, 1e-5, 5e-9])
+    params = {
+        "system": np.array([512, 512, 2048, 256]),
+        "observation": np.array([512, 128, 512, 1024]),
+        "action": np.array([1024, 256, 512, 64]), "summary": 2048,
+        "tool_s": np.array([0.0, 1.0, 5.0, 0.5]),
+        "steps": 24, "k": np.array([4, 2, 8, 3]), "retain": 4, "lag": np.array([1, 2, 1, 0]),
+    }  # fmt: skip
+    capacity = np.array([200_000, 60_000, 2_000_000, 30_000])
+    c = crossover_concurrencies(params, fc_c, kso_c, mem_c, capacity, max_agents_scan=64)
+    assert (c.crossover <= c.fc_kv_limit + 1).all()
+    np.testing.assert_array_equal(
+        c.fc_kv_limit,
+        max_agents(capacity, fc_peak_context(params["system"], params["observation"],
+                                             params["action"], 24)),
+    )  # fmt: skip
+    for j in range(4):  # each candidate against the step-by-step forms
+        one = {k: (v[j] if isinstance(v, np.ndarray) else v) for k, v in params.items()}
+        n = np.arange(1, 65)
+        p = AgentParams(
+            system=np.full(64, one["system"]), observation=np.full(64, one["observation"]),
+            action=np.full(64, one["action"]), summary=np.full(64, one["summary"]),
+            tool_s=np.full(64, one["tool_s"]), steps=24, k=np.full(64, one["k"]),
+            retain=np.full(64, one["retain"]), lag=np.full(64, one["lag"]),
+        )  # fmt: skip
+        fc = step_timeline("fc", p, lockstep_coefficients(fc_c, n)).latency.sum(0)
+        kso = step_timeline(
+            "kso", p, lockstep_coefficients(kso_c, n), lockstep_coefficients(mem_c, n)
+        ).latency.sum(0)
+        want = crossover_agents(fc, kso, n)
+        assert c.lockstep[j] == (NONE if want is None else want)
+        scalar = crossover_concurrency(one, fc_c, kso_c, mem_c, capacity[j], 64)
+        assert scalar["lockstep"] == want and scalar["crossover"] == c.crossover[j]
+    assert (c.lockstep == NONE).any() or (c.lockstep > 1).any()
+
+
+def test_memory_server_sizing_is_the_masking_condition_at_lag_k():
+    """A memory engine keeps up with n lockstep agents exactly when the lag that masks
+    their summaries (in expectation) is at most k; the sizing is the largest such
+    prefix of n. Random candidates, against the brute force."""
+    from theory.network import memory_server_agents
+    from theory.single_agent import lockstep_parts
+
+    rng = np.random.default_rng(3)
+    n_cand = 60
+    k = rng.integers(1, 9, n_cand)
+    agent_c = np.array([5e-3, 2e-5, 1e-9, 5e-5, 3e-8]).reshape(5, 1) * rng.uniform(
+        0.3, 3, (5, n_cand)
+    )
+    mem_c = np.array([2e-3, 5e-6, 3e-10, 1e-5, 5e-9]).reshape(5, 1) * rng.uniform(
+        0.3, 30, (5, n_cand)
+    )
+    tool = rng.uniform(0, 3, n_cand)
+    step_fixed, step_per = lockstep_parts(rng.integers(2000, 20000, n_cand),
+                                          rng.integers(0, 1500, n_cand), 512, agent_c)  # fmt: skip
+    step_fixed = step_fixed + tool
+    sum_fixed, sum_per = lockstep_parts(rng.integers(5000, 60000, n_cand),
+                                        rng.integers(0, 4000, n_cand), 1024, mem_c)  # fmt: skip
+    cap = 400
+    got = memory_server_agents(k, step_fixed, step_per, sum_fixed, sum_per, max_agents=cap)
+    n = np.arange(1, cap + 1).reshape(-1, 1)
+    lags = masking_lags(step_fixed + n * step_per, sum_fixed + n * sum_per)  # (n, cand)
+    keeps = (lags != NONE) & (lags <= k)
+    want = np.where(keeps.all(axis=0), cap, np.argmin(keeps, axis=0))
+    np.testing.assert_array_equal(got, want)
+    assert (got == 0).any() and (got == cap).any() and ((got > 0) & (got < cap)).any()

@@ -21,5 +21,11 @@ def latex_results() -> dict[str, str]:
         "Cantelli bound on P(stall > 0), mu < 0": sp.latex(bounds.CANTELLI),
         "Little's law (closed system)": sp.latex(network.LITTLE),
         "optimistic throughput bound": sp.latex(network.THROUGHPUT_UPPER),
+        "batch-aware throughput bound (engine busy time)": sp.latex(network.BATCH_THROUGHPUT_UPPER),
+        "batch-aware pessimistic mean response time": sp.latex(network.MEAN_RESPONSE_UPPER),
+        "batch-aware pessimistic throughput bound": sp.latex(network.THROUGHPUT_LOWER),
+        "batch-aware worst-case response time (every request)": sp.latex(
+            network.PESSIMISTIC_RESPONSE
+        ),
         "effectiveness proxy (summary tokens s, raw steps r)": sp.latex(frontier.EFFECTIVENESS),
     }

@@ -194,9 +194,23 @@ def step_latencies(
 def task_latency(
     kind: str, p: AgentParams, agent: np.ndarray, memory: np.ndarray | None = None
 ) -> np.ndarray:
-    """Task latency (per configuration): the sum of its step latencies."""
-    lat, _ = step_latencies(kind, p, agent, memory)
-    return lat.sum(axis=0)
+    """Task latency (per configuration): the sum of its step latencies, in closed form
+    (:func:`theory.whole_task.task_latencies`, equal to summing :func:`step_timeline`)."""
+    from theory.whole_task import task_latencies
+
+    return task_latencies(kind, p, agent, memory).latency
+
+
+def lockstep_parts(
+    prompt: np.ndarray, cached: np.ndarray, out: np.ndarray, coeffs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """N identical requests in lockstep take ``fixed + N * per_agent`` seconds (exactly:
+    see :func:`lockstep_coefficients`); returns (fixed, per_agent). ``fixed`` is the
+    per-iteration cost ``out * c0``, ``per_agent`` what one request adds to them."""
+    c = np.asarray(coeffs, dtype=float)
+    marginal = np.concatenate([np.zeros((1, *c.shape[1:])), c[1:]])
+    fixed = np.asarray(out, dtype=float) * c[0]
+    return fixed, request_latency(prompt, cached, out, marginal)
 
 
 def lockstep_coefficients(coeffs: np.ndarray, agents: np.ndarray | int) -> np.ndarray:
@@ -204,10 +218,13 @@ def lockstep_coefficients(coeffs: np.ndarray, agents: np.ndarray | int) -> np.nd
 
     N identical requests share every iteration (batch = N): the iteration costs
     ``c0 + N * (c1 tokens + c2 pairs + c3 decodes + c4 KV)`` of one of them, so the
-    single-agent forms hold with (c0, N c1, N c2, N c3, N c4). Valid while the N prompts
+    single-agent forms hold with (c0, N c1, N c2, N c3, N c4). ``coeffs``: shape (5,), or
+    (5, ...) broadcasting with ``agents`` (per configuration). Valid while the N prompts
     fit one iteration's token budget, N <= max_num_seqs, and the KV cache holds them.
     """
     c = np.asarray(coeffs, dtype=float)
     n = np.asarray(agents, dtype=float)
     scale = np.stack([np.ones_like(n), n, n, n, n])
-    return c.reshape(5, *([1] * n.ndim)) * scale
+    if c.ndim == 1:  # one set of coefficients for every N
+        c = c.reshape(5, *([1] * n.ndim))
+    return c * scale

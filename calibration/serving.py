@@ -1,0 +1,479 @@
+"""Fitting a serving framework's overhead on online-serving measurements.
+
+The kernel tables price what the GPU does; what a serving framework adds around it they
+cannot know: per engine iteration (scheduling, input preparation, sampling, output
+processing), per iteration on several GPUs, per scheduled sequence, and per request
+before it is scheduled (HTTP, tokenization: TTFT only). Those terms
+(:class:`calibration.profile.FrameworkOverhead`) are fitted here on real ``vllm bench
+serve`` points (a CSV of TTFT and TPOT per model, TP, concurrency and lengths), each
+replayed through the simulator.
+
+A replay is a closed loop whose schedule depends on time, so the fit is a fixed point:
+simulate every row with the current overhead, read off how each mean TTFT and TPOT
+depends on the terms *with that schedule* (the simulation reports, per request, the
+iterations and scheduled sequences its first token and its decode spanned: exactly
+linear), solve the non-negative least squares for new terms, simulate again, until the
+terms move by less than ``tolerance``. TPOT measures iterations, so the per-iteration and
+per-sequence terms are fitted on TPOT; the request overhead, a constant in TTFT, on TTFT.
+
+This module does not simulate (``calibration`` may not import ``sim``): the caller passes
+a :data:`Simulator` (``sim.serving.simulate_row``); ``comem calibrate fit-serving`` wires
+them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.errors import ComemInputError
+from calibration.profile import FrameworkOverhead
+from calibration.registry import check_dtype, get_model
+
+#: Columns a serving CSV must have (``shared/data/serving/README.md``).
+SERVING_COLUMNS = ("model", "gpu", "dtype", "tp", "concurrency", "isl", "osl", "ttft_ms", "tpot_ms")
+
+#: The overhead terms fitted on TPOT (iteration work) and on TTFT (before scheduling).
+TPOT_TERMS = ("per_iteration_s", "per_iteration_tp_s", "per_sequence_s")
+TTFT_TERMS = ("request_overhead_s",)
+#: What ``fit-serving`` fits by default. Not ``per_iteration_tp_s``: told apart from
+#: ``per_iteration_s`` only by one-GPU rows, which the shared data lack (its one TP1 row
+#: is below the roofline); vLLM V1 hands each step to its TP workers through one
+#: shared-memory broadcast, so no separate TP term is assumed.
+SERVING_FIT_TERMS = ("per_iteration_s", "per_sequence_s", "request_overhead_s")
+
+
+@dataclass(frozen=True)
+class ServingRow:
+    """One measured closed-loop benchmark point: ``concurrency`` clients, each sending a
+    request of ``isl`` prompt tokens for exactly ``osl`` output tokens, then the next."""
+
+    model: str
+    gpu: str
+    dtype: str
+    tp: int
+    concurrency: int
+    isl: int
+    osl: int
+    ttft_s: float
+    tpot_s: float
+    vllm_version: str = ""
+    source_id: str = ""
+    measured: str = ""
+
+    @property
+    def framework(self) -> str:
+        """The framework name its fit is kept under: ``vllm-<version>``, or for an
+        unstated version ``vllm-unstated-<year-month measured>``."""
+        if self.vllm_version:
+            return f"vllm-{self.vllm_version}"
+        return "vllm-unstated" + (f"-{self.measured[:7]}" if self.measured else "")
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.dtype} TP{self.tp} c{self.concurrency} {self.isl}x{self.osl}"
+
+
+@dataclass(frozen=True)
+class ServingSetup:
+    """What a serving CSV does not say about a row: the server's flags and the client's.
+
+    Defaults are ``vllm serve`` / ``vllm bench serve`` defaults on an H100 with the
+    prefix cache off (random prompts share no prefix; a cache only costs hashing), a
+    closed loop of ``prompts_per_client`` requests per client (InferenceX-style runs send
+    10 x concurrency), vLLM 0.12's admission (``scheduler_reserve_full_isl`` off).
+    """
+
+    max_num_batched_tokens: int = 8192
+    enable_prefix_caching: bool = False
+    prompts_per_client: int = 10
+    random_range_ratio: float = 0.0
+    closed_loop_start: str = "burst"
+    kv_cache_dtype: str = "auto"
+    fp8_gemm: str = "auto"
+    scheduler_reserve_full_isl: bool = False
+
+    def describe(self) -> str:
+        return (
+            f"budget {self.max_num_batched_tokens}, prefix caching"
+            f" {'on' if self.enable_prefix_caching else 'off'}, {self.prompts_per_client} x C"
+            f" prompts, range ratio {self.random_range_ratio}, {self.closed_loop_start} start,"
+            f" KV {self.kv_cache_dtype}, fp8 GEMM {self.fp8_gemm}"
+        )
+
+
+@dataclass(frozen=True)
+class RowFeatures:
+    """A row's simulated mean TTFT and TPOT at the overhead it was simulated with, and
+    their derivatives with respect to each overhead term on that schedule."""
+
+    ttft_s: float
+    tpot_s: float
+    ttft_per_term: dict[str, float]
+    tpot_per_term: dict[str, float]
+    preemptions: int = 0
+    kv_cache_tokens: int = 0
+
+    def predict(self, at: FrameworkOverhead, base: FrameworkOverhead) -> tuple[float, float]:
+        """Mean TTFT and TPOT with the overhead moved from ``base`` to ``at`` (linear)."""
+        ttft, tpot = self.ttft_s, self.tpot_s
+        for term, slope in self.ttft_per_term.items():
+            ttft += slope * (getattr(at, term) - getattr(base, term))
+        for term, slope in self.tpot_per_term.items():
+            tpot += slope * (getattr(at, term) - getattr(base, term))
+        return ttft, tpot
+
+
+#: Simulates one row under its setup with the given overhead.
+Simulator = Callable[[ServingRow, ServingSetup, FrameworkOverhead], RowFeatures]
+
+
+#: The fastest memory-bound rows of the vLLM 0.19.0 H100 kernel tables (decode GEMMs with
+#: m <= 16, decode attention at long KV) stream 3.07 TB/s of the datasheet's 3.35: no
+#: decode step of vLLM reads its bytes faster than this share of the HBM bandwidth.
+ACHIEVABLE_HBM_FRACTION = 0.92
+
+
+def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
+    """The least TPOT physics allows for ``row`` given its measured TTFT: a roofline with
+    no overhead at all.
+
+    A closed loop's steady state: while one client's request lives (``L = TTFT + (osl -
+    1) TPOT``), each of the ``concurrency`` clients has one prompt prefilled, and the
+    request itself needs ``osl`` iterations. So ``L >= C max(t_prefill, t_decode) +
+    max(osl - C, 0) t_decode``, where a decode iteration streams the weights a GPU holds
+    (the input embedding is only looked up) and the KV of ``concurrency`` requests at the
+    mean context ``isl + osl / 2`` (never more than fits beside the weights at
+    ``gpu_memory_utilization`` 0.9) at :data:`ACHIEVABLE_HBM_FRACTION` of the datasheet
+    bandwidth, and a prefill takes at least its FLOPs at the datasheet peak. A measured
+    TPOT below this bound means the row's stated workload or hardware is not what ran
+    (such rows are left out of a fit, and said so).
+    """
+    from calibration.registry import check_kv_cache_dtype, get_gpu
+
+    m = get_model(row.model)
+    gpu = get_gpu(row.gpu)
+    tp = row.tp
+    embedding = m.vocab * m.hidden * 2
+    weights = (m.weight_bytes(row.dtype) - embedding) / tp
+    kv_value = 1 if check_kv_cache_dtype(setup.kv_cache_dtype) == "fp8" else 2
+    # vLLM replicates KV heads when TP exceeds their number
+    kv_per_token = 2 * m.layers * max(1, m.kv_heads // tp) * m.head_dim * kv_value
+    context = row.isl + row.osl / 2.0
+    room = max(gpu.memory_bytes * 0.9 - m.weight_bytes(row.dtype) / tp, 0.0)
+    kv_read = min(row.concurrency * context * kv_per_token, room)
+    decode = (weights + kv_read) / (gpu.hbm_bandwidth_Bps * ACHIEVABLE_HBM_FRACTION)
+    matrices = m.param_count() - m.vocab * m.hidden * (1 if m.tied_embeddings else 2)
+    if m.is_moe:  # only the routed experts a token uses
+        idle = m.experts - m.top_k
+        matrices -= m.moe_layers * idle * 3 * m.hidden * m.moe_intermediate
+    flops = 2.0 * matrices * row.isl + 2.0 * m.layers * m.q_heads * m.head_dim * row.isl**2
+    prefill = flops / tp / gpu.peak_flops[row.dtype]
+    c = row.concurrency
+    lifetime = c * max(prefill, decode) + max(row.osl - c, 0) * decode
+    return max((lifetime - row.ttft_s) / max(row.osl - 1, 1), decode)
+
+
+def load_serving_csv(path: str | Path) -> list[ServingRow]:
+    """Rows of a serving CSV (schema of ``shared/data/serving``); one clear line per defect."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise ComemInputError(f"{p}: serving CSV does not exist")
+    try:
+        raw = pd.read_csv(p)
+    except Exception as exc:
+        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    missing = [c for c in SERVING_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    rows = []
+    for i, r in enumerate(raw.itertuples(index=False), start=2):
+        where = f"{p}:{i}"
+        try:
+            ints = {k: int(getattr(r, k)) for k in ("tp", "concurrency", "isl", "osl")}
+            ttft, tpot = float(r.ttft_ms), float(r.tpot_ms)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ComemInputError(
+                f"{where}: tp, concurrency, isl, osl, ttft_ms, tpot_ms must be numbers"
+            ) from None
+        if min(ints.values()) < 1 or not (ttft > 0 and tpot > 0):
+            raise ComemInputError(f"{where}: counts must be >= 1 and times > 0")
+        version = getattr(r, "vllm_version", "")
+        measured = getattr(r, "measured", "")
+        rows.append(
+            ServingRow(
+                model=get_model(str(r.model)).alias,
+                gpu=str(r.gpu),
+                dtype=check_dtype(str(r.dtype)),
+                ttft_s=ttft / 1e3,
+                tpot_s=tpot / 1e3,
+                vllm_version="" if version != version else str(version),  # NaN: unstated
+                source_id=str(getattr(r, "source_id", "")),
+                measured="" if measured != measured else str(measured),
+                **ints,
+            )
+        )
+    return rows
+
+
+@dataclass
+class ServingFit:
+    """A fitted overhead, the rows it was fitted on and their final simulation."""
+
+    overhead: FrameworkOverhead
+    rows: list[ServingRow]
+    features: list[RowFeatures]
+    iterations: int
+    history: list[FrameworkOverhead] = field(default_factory=list)
+
+    def table(self) -> Any:
+        return serving_table(self.rows, self.features)
+
+
+def serving_table(rows: Sequence[ServingRow], features: Sequence[RowFeatures]) -> Any:
+    """One record per row: measured and simulated TTFT / TPOT and their relative errors."""
+    import pandas as pd
+
+    records = []
+    for r, f in zip(rows, features, strict=True):
+        records.append(
+            {
+                "model": r.model,
+                "dtype": r.dtype,
+                "tp": r.tp,
+                "concurrency": r.concurrency,
+                "isl": r.isl,
+                "osl": r.osl,
+                "ttft_ms": r.ttft_s * 1e3,
+                "tpot_ms": r.tpot_s * 1e3,
+                "pred_ttft_ms": f.ttft_s * 1e3,
+                "pred_tpot_ms": f.tpot_s * 1e3,
+                "ttft_error": f.ttft_s / r.ttft_s - 1.0,
+                "tpot_error": f.tpot_s / r.tpot_s - 1.0,
+                "preemptions": f.preemptions,
+                "kv_cache_tokens": f.kv_cache_tokens,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def _solve(
+    rows: Sequence[ServingRow],
+    feats: Sequence[RowFeatures],
+    base: FrameworkOverhead,
+    fit_terms: Sequence[str],
+) -> FrameworkOverhead:
+    """One linearized step: NNLS for the TPOT terms, then the TTFT terms given them."""
+    from scipy.optimize import nnls
+
+    updates: dict[str, float] = {}
+    tpot_terms = [t for t in TPOT_TERMS if t in fit_terms]
+    if tpot_terms:
+        y = np.array([r.tpot_s for r in rows])
+        # tpot(theta) = tpot0 - sum_j slope_j base_j + sum_j slope_j theta_j
+        a = np.array([[f.tpot_per_term.get(t, 0.0) for t in tpot_terms] for f in feats])
+        fixed = np.array(
+            [
+                f.tpot_s - sum(f.tpot_per_term.get(t, 0.0) * getattr(base, t) for t in tpot_terms)
+                for f in feats
+            ]
+        )
+        usable = np.any(a > 0, axis=0)  # a term no row depends on (TP 1 only) stays put
+        coef = np.zeros(len(tpot_terms))
+        if usable.any():
+            coef[usable] = nnls(a[:, usable] / y[:, None], 1.0 - fixed / y)[0]
+        for t, c, ok in zip(tpot_terms, coef, usable, strict=True):
+            updates[t] = float(c) if ok else getattr(base, t)
+    moved = replace(base, **updates)
+    ttft_terms = [t for t in TTFT_TERMS if t in fit_terms]
+    if ttft_terms:
+        y = np.array([r.ttft_s for r in rows])
+        pred = np.array([f.predict(moved, base)[0] for f in feats])
+        a = np.array([[f.ttft_per_term.get(t, 0.0) for t in ttft_terms] for f in feats])
+        fixed = pred - a @ np.array([getattr(moved, t) for t in ttft_terms])
+        coef = nnls(a / y[:, None], 1.0 - fixed / y)[0]
+        moved = replace(moved, **{t: float(c) for t, c in zip(ttft_terms, coef, strict=True)})
+    return moved
+
+
+def fit_serving_overhead(
+    rows: Sequence[ServingRow],
+    setups: Sequence[ServingSetup],
+    simulate: Simulator,
+    start: FrameworkOverhead | None = None,
+    fit_terms: Sequence[str] = TPOT_TERMS + TTFT_TERMS,
+    max_iterations: int = 6,
+    tolerance: float = 0.01,
+) -> ServingFit:
+    """Fit the overhead terms ``fit_terms`` (the others stay at ``start``'s values).
+
+    Minimizes the relative errors of TPOT (per-iteration terms) and TTFT (request term),
+    re-simulating until no term moves by more than ``tolerance`` (relative, or 1 us).
+    """
+    if not rows:
+        raise ComemInputError("fit-serving: no rows to fit on")
+    if len(setups) != len(rows):
+        raise ComemInputError("fit-serving: one setup per row is needed")
+    unknown = [t for t in fit_terms if t not in TPOT_TERMS + TTFT_TERMS]
+    if unknown:
+        raise ComemInputError(f"fit-serving: cannot fit {', '.join(unknown)} on serving rows")
+    theta = start if start is not None else FrameworkOverhead()
+    history = [theta]
+    feats: list[RowFeatures] = []
+    done = 0
+    while done < max_iterations:
+        done += 1
+        feats = [simulate(r, s, theta) for r, s in zip(rows, setups, strict=True)]
+        new = _solve(rows, feats, theta, fit_terms)
+        history.append(new)
+        moved = max(
+            abs(getattr(new, t) - getattr(theta, t)) / max(abs(getattr(theta, t)), 1e-6)
+            for t in fit_terms
+        )
+        theta = new
+        if moved < tolerance:
+            break
+    # the reported errors are a simulation at the final terms, not the linearization
+    feats = [simulate(r, s, theta) for r, s in zip(rows, setups, strict=True)]
+    return ServingFit(theta, list(rows), feats, done, history)
+
+
+def error_summary(table: Any, by: Sequence[str] = ("model", "dtype", "tp")) -> Any:
+    """MAPE and mean signed error of TTFT and TPOT per group (and ``all``)."""
+    import pandas as pd
+
+    def stats(g: Any) -> pd.Series:
+        return pd.Series(
+            {
+                "rows": len(g),
+                "ttft_mape": float(np.abs(g["ttft_error"]).mean()),
+                "ttft_signed": float(g["ttft_error"].mean()),
+                "tpot_mape": float(np.abs(g["tpot_error"]).mean()),
+                "tpot_signed": float(g["tpot_error"].mean()),
+            }
+        )
+
+    parts = [table.groupby(list(by)).apply(stats, include_groups=False).reset_index()]
+    total = stats(table).to_frame().T
+    for col in by:
+        total[col] = "all"
+    parts.append(total[[*by, *total.columns[: -len(by)]]])
+    out = pd.concat(parts, ignore_index=True)
+    out["rows"] = out["rows"].astype(int)
+    return out
+
+
+def overhead_entry(
+    fit: ServingFit,
+    framework: str,
+    source: str,
+    setups_note: str,
+    cross_validation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The profile's record of a serving fit: terms, provenance, errors."""
+    table = fit.table()
+    entry: dict[str, Any] = {k: float(f"{v:.6g}") for k, v in fit.overhead.terms().items()}
+    entry.update(
+        {
+            "framework": framework,
+            "fitted_on": source,
+            "assumptions": setups_note,
+            "rows": len(table),
+            "ttft_mape": round(float(np.abs(table["ttft_error"]).mean()), 4),
+            "tpot_mape": round(float(np.abs(table["tpot_error"]).mean()), 4),
+            "fixed_point_iterations": fit.iterations,
+        }
+    )
+    if cross_validation is not None:
+        entry["cv_leave_one_model_out"] = cross_validation
+    return entry
+
+
+def cross_validation_record(tables: dict[str, Any]) -> dict[str, Any]:
+    """Per held-out model: TTFT and TPOT MAPE / signed error (from each fold's table)."""
+    out: dict[str, Any] = {}
+    for model, t in tables.items():
+        out[model] = {
+            "rows": int(len(t)),
+            "ttft_mape": round(float(np.abs(t["ttft_error"]).mean()), 4),
+            "ttft_signed": round(float(t["ttft_error"].mean()), 4),
+            "tpot_mape": round(float(np.abs(t["tpot_error"]).mean()), 4),
+            "tpot_signed": round(float(t["tpot_error"].mean()), 4),
+        }
+    return out
+
+
+#: The project's stated assumptions for ``shared/data/serving/vllm_serving_h100.csv``
+#: (what its rows do not state), by model; ``*`` applies to every row. Reasons:
+#:
+#: - Qwen3-32B (vLLM 0.12.0, an aiconfigurator sweep): ``vllm serve``'s defaults on an H100
+#:   (max_num_batched_tokens 8192), lengths exactly as stated.
+#: - Llama-3.1-70B fp8 (version unstated, 2025-10): its grid (1k/1k, 1k/8k, 8k/1k at 4-64
+#:   clients) is InferenceX's, whose launch scripts set max-num-batched-tokens 32768 (the
+#:   data README) and whose client draws lengths with ``--random-range-ratio 0.8`` (our
+#:   recollection of its benchmark script, not verified here). Identical lengths cannot
+#:   be what ran: a simulated burst of identical requests stays in lockstep, three times
+#:   the measured TTFT, and a desynchronized steady state falls 40% short; varied lengths
+#:   reproduce the measured growth of TTFT with concurrency (README, serving section).
+#: - Everyone: prefix caching off (random prompts), 10 x concurrency prompts per run,
+#:   the first wave sent at once (``vllm bench serve``), vLLM 0.12's admission.
+SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
+    "*": {},
+    "qwen3-32b": {"max_num_batched_tokens": 8192},
+    "llama-3.1-70b": {"max_num_batched_tokens": 32768, "random_range_ratio": 0.8},
+}
+
+#: named sets of assumptions (``comem calibrate fit-serving --preset``)
+ASSUMPTION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "none": {"*": {}},
+    "shared-h100": SHARED_H100_ASSUMPTIONS,
+}
+
+
+def parse_assumptions(
+    items: Sequence[str], base: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``[MODEL:]KEY=VALUE`` items (``--assume``) over ``base``: ``max_num_batched_tokens=32768``
+    for every row, ``llama-3.1-70b:random_range_ratio=0.8`` for one model's."""
+    import json
+
+    out = {k: dict(v) for k, v in (base or {"*": {}}).items()}
+    fields = set(ServingSetup.__dataclass_fields__)
+    for item in items:
+        scope, _, assignment = (
+            item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)
+        )
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ComemInputError(
+                f"--assume {item!r}: expected [MODEL:]KEY=VALUE with KEY one of"
+                f" {', '.join(sorted(fields))}"
+            )
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        model = get_model(scope).alias if scope else "*"
+        out.setdefault(model, {})[key] = value
+    return out
+
+
+def setup_for(row: ServingRow, assumptions: dict[str, dict[str, Any]]) -> ServingSetup:
+    """The setup of ``row``: defaults, then ``*``, then its model's assumptions."""
+    values = dict(assumptions.get("*", {})) | dict(assumptions.get(row.model, {}))
+    try:
+        setup = ServingSetup(**values)
+    except TypeError as exc:
+        raise ComemInputError(f"serving assumptions for {row.model}: {exc}") from None
+    if setup.closed_loop_start not in ("burst", "staggered"):
+        raise ComemInputError(
+            f"serving assumptions for {row.model}: closed_loop_start must be burst or staggered"
+        )
+    return setup

@@ -1,0 +1,629 @@
+"""``comem plan``: which deployment a user with G GPUs should run for N agents.
+
+The question none of the peers answers: given an agent model, a memory model, G GPUs of
+one type and N agents (a workload), which architecture (FC, CP, SM, CoMem k-step-off),
+which split of the GPUs between agent and memory model (dedicated or co-located), which
+TP / expert-parallel / data-parallel layout, which k, and CPU KV offload or not?
+
+1. **Enumerate** every candidate that fits: weights in GPU memory (``fits_in_memory``),
+   GPUs used <= G (and <= ``max_gpus``).
+2. **Prune with theory** (``theory/``): each candidate's mean step latency from the exact
+   lockstep closed form under its engines' linear surrogates (N / DP identical agents per
+   replica), and the KV-capacity bound on agents (contexts that fit the cache at once).
+   Past that bound the closed form is optimistic (it prices no preemption), and
+   co-location's turn-taking is not in it: both are flagged.
+3. **Confirm with the simulator** the ``top`` candidates by estimate, plus the best of
+   every architecture kind, in parallel processes; results are kept in ``out/points/``
+   so an interrupted plan resumes.
+4. **Rank** by the objective (mean or p99 step latency, or steps per second per GPU)
+   among those meeting the SLO; write the table, the Pareto front (latency vs GPUs) and
+   the chosen deployment as a ready scenario file.
+
+This module uses both ``sim`` and ``theory``, which may not import each other, so it
+lives with the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from calibration.errors import ComemInputError
+
+Objective = Literal["mean-step", "p99-step", "steps-per-gpu"]
+Kind = Literal["fc", "cp", "sm", "kso"]
+Dtype = Literal["bf16", "fp8"]
+ALL_KINDS: tuple[Kind, ...] = ("fc", "cp", "sm", "kso")
+ALL_DTYPES: tuple[Dtype, ...] = ("bf16", "fp8")
+
+#: the authors' synthetic benchmark (AUTHORS_SETUP.md), the default workload
+DEFAULT_WORKLOAD: dict[str, Any] = {
+    "kind": "synthetic",
+    "steps": 64,
+    "system_tokens": 500,
+    "observation_tokens": 200,
+    "action_tokens": 1024,
+    "summary_tokens": 2048,
+    "tool_s": 0.0,
+}
+
+
+class PlanSpec(BaseModel):
+    """What the user has and wants (a TOML file's ``[plan]`` table, or CLI flags)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent_model: str
+    memory_model: str = "qwen3-4b"
+    gpu: str = "h200_sxm"
+    gpus: PositiveInt = 8
+    agents: PositiveInt = 64
+    #: a scenario file whose ``workload`` the agents run (default: the authors' synthetic
+    #: benchmark); ``agents`` replaces its agent count
+    workload_scenario: str | None = None
+    steps: PositiveInt | None = None
+    objective: Objective = "mean-step"
+    #: p99 step latency every chosen deployment must meet, seconds
+    slo_step_s: PositiveFloat | None = None
+    max_gpus: PositiveInt | None = None
+    kinds: list[Kind] = Field(default_factory=lambda: list(ALL_KINDS), min_length=1)
+    dtypes: list[Dtype] = Field(default_factory=lambda: list(ALL_DTYPES), min_length=1)
+    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8])
+    retain: PositiveInt = 3
+    offload: list[bool] = Field(default_factory=lambda: [False, True])
+    offload_gib: PositiveFloat = 500.0
+    max_model_len: PositiveInt = 65536
+    memory_max_model_len: PositiveInt = 131072
+    #: candidates the simulator confirms (besides the best of each kind)
+    top: PositiveInt = 6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    kind: str
+    agent_tp: int
+    agent_dp: int
+    agent_dtype: str
+    agent_ep: bool
+    memory_tp: int  # 0: no memory engine
+    memory_placement: str  # "dedicated", "co-located" or "none"
+    k: int
+    offload: bool
+
+    @property
+    def gpus_used(self) -> int:
+        own = self.agent_tp * self.agent_dp
+        return own + (self.memory_tp if self.memory_placement == "dedicated" else 0)
+
+    @property
+    def label(self) -> str:
+        parts = [self.kind.upper()]
+        if self.kind != "fc":
+            parts.append(f"k={self.k}")
+        lay = f"agent TP{self.agent_tp}"
+        if self.agent_dp > 1:
+            lay += f"xDP{self.agent_dp}"
+        if self.agent_ep:
+            lay += "+EP"
+        parts.append(f"{lay} {self.agent_dtype}")
+        if self.memory_placement != "none":
+            parts.append(f"memory TP{self.memory_tp} {self.memory_placement}")
+        if self.offload:
+            parts.append("CPU offload")
+        return ", ".join(parts)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _supports_ep() -> bool:
+    from calibration.latency import LatencyModel
+
+    return "expert_parallel" in inspect.signature(LatencyModel.__init__).parameters
+
+
+@lru_cache(maxsize=256)
+def _latency_model(model: str, gpu: str, tp: int, dtype: str, ep: bool, util: float) -> Any:
+    from calibration.latency import LatencyModel
+
+    kwargs: dict[str, Any] = {"expert_parallel": True} if ep else {}
+    return LatencyModel(model, gpu, tp, dtype, **kwargs)
+
+
+def _fits(model: str, gpu: str, tp: int, dtype: str, util: float) -> bool:
+    from calibration.registry import fits_in_memory, get_gpu, get_model
+
+    try:
+        fits_in_memory(get_model(model), get_gpu(gpu), tp, dtype, util)
+    except ComemInputError:
+        return False
+    return True
+
+
+AGENT_UTIL_COLOCATED = 0.75
+MEMORY_UTIL_COLOCATED = 0.15
+
+
+def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
+    """Every deployment of ``spec`` that fits its GPUs (step 1)."""
+    from calibration.registry import get_model
+
+    model = get_model(spec.agent_model)
+    limit = min(spec.gpus, spec.max_gpus or spec.gpus)
+    tps = [t for t in (1, 2, 4, 8) if t <= limit]
+    dps = [d for d in (1, 2, 4, 8) if d <= limit]
+    eps = [False, True] if model.is_moe and _supports_ep() else [False]
+    out: list[Candidate] = []
+    for kind in spec.kinds:
+        ks = [1] if kind == "fc" else list(spec.k_values)
+        for tp in tps:
+            for dp in dps:
+                for dtype in spec.dtypes:
+                    for ep in eps:
+                        if ep and (tp == 1 or dp > 1):  # EP across DP ranks: not modelled
+                            continue
+                        if not _fits(spec.agent_model, spec.gpu, tp, dtype, 0.9):
+                            continue
+                        placements: list[tuple[str, int]] = [("none", 0)]
+                        if kind in ("sm", "kso"):
+                            placements = [("dedicated", m) for m in (1, 2, 4) if m <= limit]
+                            if dp == 1 and _fits(
+                                spec.agent_model, spec.gpu, tp, dtype, AGENT_UTIL_COLOCATED
+                            ):
+                                placements.append(("co-located", tp))
+                        for place, mtp in placements:
+                            for k in ks:
+                                for off in spec.offload:
+                                    c = Candidate(kind, tp, dp, dtype, ep, mtp, place, k, off)
+                                    if c.gpus_used <= limit:
+                                        out.append(c)
+    if not out:
+        raise ComemInputError(
+            f"plan: no deployment of {spec.agent_model} fits {limit} x {spec.gpu}"
+            f" in {', '.join(spec.dtypes)}"
+        )
+    return out
+
+
+def _workload(spec: PlanSpec) -> dict[str, Any]:
+    if spec.workload_scenario is not None:
+        from sim.config import read_toml
+
+        data = read_toml(spec.workload_scenario, "scenario")
+        workload = dict(data.get("workload") or {})
+        if not workload:
+            raise ComemInputError(f"{spec.workload_scenario}: no [workload] table")
+    else:
+        workload = dict(DEFAULT_WORKLOAD)
+    workload["agents"] = spec.agents
+    if spec.steps is not None:
+        workload["steps"] = spec.steps
+    return workload
+
+
+def scenario_dict(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
+    """The scenario that runs candidate ``c`` (also the file written for the chosen one)."""
+    agent: dict[str, Any] = {
+        "name": "agent",
+        "model": spec.agent_model,
+        "gpu": spec.gpu,
+        "tp": c.agent_tp,
+        "dtype": c.agent_dtype,
+        "max_model_len": spec.max_model_len,
+    }
+    if c.agent_dp > 1:
+        agent["data_parallel_size"] = c.agent_dp
+    if c.agent_ep:
+        agent["enable_expert_parallel"] = True
+    arch: dict[str, Any] = {"name": c.kind.upper(), "kind": c.kind}
+    if c.kind != "fc":
+        arch.update({"k": c.k, "lag": 1, "retain": spec.retain})
+    if c.offload:
+        agent["kv_offloading_size"] = spec.offload_gib
+    if c.memory_placement != "none":
+        memory: dict[str, Any] = {
+            "name": "memory",
+            "model": spec.memory_model,
+            "gpu": spec.gpu,
+            "tp": c.memory_tp,
+            "dtype": "bf16",
+            "max_model_len": spec.memory_max_model_len,
+        }
+        if c.memory_placement == "co-located":
+            agent["gpu_group"] = memory["gpu_group"] = "agent-gpus"
+            agent["gpu_memory_utilization"] = AGENT_UTIL_COLOCATED
+            memory["gpu_memory_utilization"] = MEMORY_UTIL_COLOCATED
+        arch["memory"] = memory
+    arch["agent"] = agent
+    return {
+        "name": f"plan: {c.label}",
+        "description": f"comem plan candidate for {spec.agents} agents on {spec.gpus} x {spec.gpu}",
+        "seed": 0,
+        "engine": {"stepping": "event"},
+        "workload": _workload(spec),
+        "architectures": [arch],
+    }
+
+
+@dataclass
+class Estimate:
+    candidate: Candidate
+    mean_step_s: float  # the closed form's, per replica of N / DP agents in lockstep
+    kv_bound_agents: int  # agents per replica whose contexts fit the KV cache at once
+    optimistic: bool  # past the KV bound, or co-located (the closed form is a bound)
+    #: what pruning ranks by: the closed form plus the recomputation the KV cache forces
+    #: past its bound (the share of contexts that do not fit, re-prefilled every step)
+    prune_step_s: float = math.nan
+
+
+def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
+    """Step 2: the closed form and the KV bound for every candidate."""
+    import numpy as np
+
+    from calibration.surrogate import fit_surrogate
+    from theory.bounds import fc_peak_context, kso_peak_context, max_agents
+    from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies
+
+    w = _workload(spec)
+    if w.get("kind") != "synthetic":
+        # a trace or fitted workload: price its mean step as the synthetic one
+        w = {**DEFAULT_WORKLOAD, **{k: v for k, v in w.items() if k in DEFAULT_WORKLOAD}}
+    steps = int(w.get("steps", 64))
+    system, obs = float(w["system_tokens"]), float(w["observation_tokens"])
+    action, summary = float(w["action_tokens"]), float(w["summary_tokens"])
+    tool = float(w.get("tool_s", 0.0))
+    coeffs: dict[tuple[Any, ...], Any] = {}
+
+    def surrogate(model: str, tp: int, dtype: str, ep: bool) -> Any:
+        key = (model, tp, dtype, ep)
+        if key not in coeffs:
+            s = fit_surrogate(
+                _latency_model(model, spec.gpu, tp, dtype, ep, 0.9), samples=200, holdout=50
+            )
+            coeffs[key] = np.array([s.c0, s.c1, s.c2, s.c3, s.c4])
+        return coeffs[key]
+
+    out = []
+    for c in candidates:
+        n = math.ceil(spec.agents / c.agent_dp)
+        agent_c = lockstep_coefficients(
+            surrogate(spec.agent_model, c.agent_tp, c.agent_dtype, c.agent_ep), n
+        )
+        mem_c = None
+        if c.memory_placement != "none":
+            mem_c = lockstep_coefficients(
+                surrogate(spec.memory_model, c.memory_tp, "bf16", False), n
+            )
+        params = AgentParams(
+            system=np.array(system), observation=np.array(obs), action=np.array(action),
+            summary=np.array(summary), tool_s=np.array(tool), steps=steps,
+            k=np.array(c.k), retain=np.array(spec.retain), lag=np.array(1),
+        )  # fmt: skip
+        # co-located engines take turns on the GPUs: the summary cannot overlap the
+        # agent's work, so price CoMem there as the blocking SM
+        kind = "sm" if c.kind == "kso" and c.memory_placement == "co-located" else c.kind
+        lat, _ = step_latencies(
+            kind, params, agent_c.reshape(5, 1), None if mem_c is None else mem_c.reshape(5, 1)
+        )
+        util = AGENT_UTIL_COLOCATED if c.memory_placement == "co-located" else 0.9
+        kv = _latency_model(
+            spec.agent_model, spec.gpu, c.agent_tp, c.agent_dtype, c.agent_ep, util
+        ).kv_capacity_tokens(util)
+        if c.kind == "fc":
+            ctx = fc_peak_context(system, obs, action, steps)
+        else:
+            ctx = kso_peak_context(system, obs, action, summary, c.k, spec.retain, 1)
+        ctx = min(ctx, spec.max_model_len)
+        bound = max_agents(kv, ctx)
+        mean = float(np.mean(lat))
+        # a pruning heuristic, not a bound: past the KV bound the contexts that do not
+        # fit are evicted and re-prefilled each step, n * (1 - bound / n) of them, priced
+        # as prefills of half a peak context by the engine's surrogate
+        miss = max(0, n - bound)
+        half = ctx / 2.0
+        c_one = surrogate(spec.agent_model, c.agent_tp, c.agent_dtype, c.agent_ep)
+        refill = miss * (c_one[1] * half + c_one[2] * half * (half + 1) / 2.0)
+        out.append(
+            Estimate(
+                c, mean, bound,
+                optimistic=n > bound or c.memory_placement == "co-located",
+                prune_step_s=mean + float(refill),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    """Run one candidate's scenario (in a worker process)."""
+    from sim.compare import architecture_summary
+    from sim.config import validate
+    from sim.scenario import Scenario, run_scenario
+
+    data, key = job
+    scenario = validate(Scenario, data, "plan", frozenset({"synthetic", "trace", "fitted"}))
+    res = run_scenario(scenario).results[0]
+    s = architecture_summary(res)
+    return {
+        "key": key,
+        "mean_step_s": s["mean_step_latency_s"],
+        "p99_step_s": s["p99_step_latency_s"],
+        "steps_per_s": s["throughput_steps_per_s"],
+        "tasks_ended_early": s["tasks_ended_early"],
+        "preemptions": s["preemptions"],
+        "kv_peak": s["kv_peak_fraction"],
+    }
+
+
+def confirm(
+    spec: PlanSpec,
+    candidates: list[Candidate],
+    workers: int = 1,
+    points: Path | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Step 3: simulate candidates (resuming from ``points``: one JSON file per candidate)."""
+    done: dict[str, dict[str, Any]] = {}
+    todo = []
+    for c in candidates:
+        f = points / f"{c.key()}.json" if points is not None else None
+        if f is not None and f.is_file():
+            done[c.key()] = json.loads(f.read_text())
+            if on_done is not None:
+                on_done()
+        else:
+            todo.append((scenario_dict(spec, c), c.key()))
+
+    def keep(result: dict[str, Any]) -> None:
+        done[result["key"]] = result
+        if points is not None:
+            points.mkdir(parents=True, exist_ok=True)
+            tmp = points / f".{result['key']}.tmp"
+            tmp.write_text(json.dumps(result, sort_keys=True))
+            tmp.replace(points / f"{result['key']}.json")
+        if on_done is not None:
+            on_done()
+
+    if workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            keep(_simulate(job))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for fut in as_completed([pool.submit(_simulate, job) for job in todo]):
+                keep(fut.result())
+    return done
+
+
+@dataclass
+class PlanRow:
+    rank: int
+    label: str
+    gpus: int
+    estimate_mean_step_s: float
+    kv_bound_agents: int
+    estimate_optimistic: bool
+    simulated: bool
+    mean_step_s: float = math.nan
+    p99_step_s: float = math.nan
+    steps_per_s_per_gpu: float = math.nan
+    tasks_ended_early: int = 0
+    preemptions: int = 0
+    meets_slo: bool = True
+    candidate: dict[str, Any] = field(default_factory=dict)
+
+
+def objective_value(spec: PlanSpec, row: PlanRow) -> float:
+    """Smaller is better (steps per GPU is negated)."""
+    if spec.objective == "mean-step":
+        return row.mean_step_s
+    if spec.objective == "p99-step":
+        return row.p99_step_s
+    return -row.steps_per_s_per_gpu
+
+
+def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
+    """The objective as the closed form sees it (smaller is better): the step latency, or
+    for steps per GPU minus ``agents / step latency / GPUs`` (each of the N agents in a
+    closed loop completes a step per step latency)."""
+    step = e.prune_step_s if math.isfinite(e.prune_step_s) else e.mean_step_s
+    if spec.objective == "steps-per-gpu":
+        return -spec.agents / step / e.candidate.gpus_used
+    return step
+
+
+def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
+    """The candidates worth simulating: the ``top`` by estimate, and each kind's best.
+
+    CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
+    form prices no offload), so an offload variant is simulated only past the KV bound."""
+    n = spec.agents
+    useful = [
+        e
+        for e in estimates
+        if not e.candidate.offload or math.ceil(n / e.candidate.agent_dp) > e.kv_bound_agents
+    ]
+    by_estimate = sorted(
+        useful, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
+    )
+    chosen = [e.candidate for e in by_estimate[: spec.top]]
+    for kind in spec.kinds:
+        best = next((e.candidate for e in by_estimate if e.candidate.kind == kind), None)
+        if best is not None and best not in chosen:
+            chosen.append(best)
+    return chosen
+
+
+def rank(
+    spec: PlanSpec, estimates: list[Estimate], simulated: dict[str, dict[str, Any]]
+) -> list[PlanRow]:
+    """Step 4: simulated candidates first, by objective among those meeting the SLO (and
+    finishing their tasks), then the rest by estimate."""
+    rows = []
+    for e in estimates:
+        c = e.candidate
+        row = PlanRow(
+            0, c.label, c.gpus_used, e.mean_step_s, e.kv_bound_agents, e.optimistic,
+            simulated=c.key() in simulated, candidate=asdict(c),
+        )  # fmt: skip
+        sim = simulated.get(c.key())
+        if sim is not None:
+            row.mean_step_s = sim["mean_step_s"]
+            row.p99_step_s = sim["p99_step_s"]
+            row.steps_per_s_per_gpu = sim["steps_per_s"] / c.gpus_used
+            row.tasks_ended_early = sim["tasks_ended_early"]
+            row.preemptions = sim["preemptions"]
+            row.meets_slo = (
+                spec.slo_step_s is None or row.p99_step_s <= spec.slo_step_s
+            ) and row.tasks_ended_early == 0
+        rows.append(row)
+
+    def order(r: PlanRow) -> tuple[Any, ...]:
+        if r.simulated:
+            return (0, not r.meets_slo, objective_value(spec, r), r.gpus)
+        return (1, True, r.estimate_mean_step_s, r.gpus)
+
+    rows.sort(key=order)
+    for i, r in enumerate(rows, 1):
+        r.rank = i
+    return rows
+
+
+def pareto(rows: list[PlanRow]) -> list[PlanRow]:
+    """Simulated rows no other beats in both GPUs used and mean step latency."""
+    sim = [r for r in rows if r.simulated and r.tasks_ended_early == 0]
+    front = []
+    for r in sim:
+        if not any(
+            (o.gpus <= r.gpus and o.mean_step_s < r.mean_step_s)
+            or (o.gpus < r.gpus and o.mean_step_s <= r.mean_step_s)
+            for o in sim
+        ):
+            front.append(r)
+    return sorted(front, key=lambda r: r.gpus)
+
+
+def run_plan(
+    spec: PlanSpec,
+    workers: int = 1,
+    out: Path | None = None,
+    on_done: Callable[[], None] | None = None,
+) -> tuple[list[PlanRow], int]:
+    """The whole plan; returns the ranked rows and how many candidates were enumerated."""
+    candidates = enumerate_candidates(spec)
+    estimates = estimate(spec, candidates)
+    chosen = select(spec, estimates)
+    points = out / "points" if out is not None else None
+    simulated = confirm(spec, chosen, workers, points, on_done)
+    return rank(spec, estimates, simulated), len(candidates)
+
+
+def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
+    head = (
+        "| rank | deployment | GPUs | mean step s (sim) | p99 step s (sim) | steps/s/GPU"
+        " (sim) | mean step s (theory) | KV bound (agents/replica) | notes |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for r in rows[:limit]:
+        notes = []
+        if r.estimate_optimistic:
+            notes.append("theory optimistic")
+        if r.simulated and not r.meets_slo:
+            notes.append("misses SLO" if r.tasks_ended_early == 0 else "tasks ended early")
+        if not r.simulated:
+            notes.append("not simulated")
+        fmt = (lambda v: f"{v:.2f}") if True else str
+        sim = [fmt(r.mean_step_s), fmt(r.p99_step_s), f"{r.steps_per_s_per_gpu:.3f}"]
+        if not r.simulated:
+            sim = ["-", "-", "-"]
+        lines.append(
+            f"| {r.rank} | {r.label} | {r.gpus} | " + " | ".join(sim)
+            + f" | {r.estimate_mean_step_s:.2f} | {r.kv_bound_agents} | {', '.join(notes)} |"
+        )  # fmt: skip
+    return head + "\n".join(lines) + "\n"
+
+
+def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sim = [r for r in rows if r.simulated]
+    front = pareto(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for kind, marker in (("fc", "o"), ("cp", "s"), ("sm", "^"), ("kso", "D")):
+        pts = [r for r in sim if r.candidate["kind"] == kind]
+        if pts:
+            ax.scatter([r.gpus for r in pts], [r.mean_step_s for r in pts], marker=marker,
+                       label=kind.upper(), alpha=0.7)  # fmt: skip
+    if front:
+        ax.plot([r.gpus for r in front], [r.mean_step_s for r in front], "k--", lw=1,
+                label="Pareto front")  # fmt: skip
+        for r in front:
+            ax.annotate(r.label, (r.gpus, r.mean_step_s), fontsize=6, xytext=(4, 4),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("GPUs used")
+    ax.set_ylabel("mean step latency (s, simulated)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def write_scenario(spec: PlanSpec, candidate: dict[str, Any], path: Path) -> Path:
+    """The chosen deployment as a scenario file ``comem run`` takes."""
+    c = Candidate(**candidate)
+    data = scenario_dict(spec, c)
+    lines = [
+        f"# Chosen by comem plan: {c.label}",
+        f"# for {spec.agents} agents on {spec.gpus} x {spec.gpu}, objective {spec.objective}",
+    ]
+    lines.append(_toml(data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for scenario dicts (tables, arrays of tables, inline tables)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        raise TypeError(v)
+
+    out = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (dict, list))}
+    for k, v in scalars.items():
+        out.append(f"{k} = {value(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.append(f"\n[{k}]")
+            out.extend(f"{kk} = {value(vv)}" for kk, vv in v.items())
+    for k, v in data.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                out.append(f"\n[[{k}]]")
+                out.extend(f"{kk} = {value(vv)}" for kk, vv in item.items())
+    return "\n".join(out) + "\n"

@@ -1,0 +1,366 @@
+"""``comem paper``: the CoMem authors' experiments as they ran them, one table.
+
+Every scenario file in ``scenarios/paper/`` is one documented experiment, or one
+candidate assumption where the authors' code is silent (each file's ``[paper]`` table
+names the experiment, the variant and the assumption, and its header cites
+``AUTHORS_SETUP.md``). :func:`run_paper` runs them all (in parallel processes; the
+result does not depend on how many) and collects, per experiment x variant x CoMem
+architecture, its speedup over full context under each metric of :mod:`sim.compare`
+(the authors report several and do not say which their figures show), with the KV
+saturation and preemptions that explain it.
+
+:func:`sensitivity` varies one assumption at a time around one experiment and reports
+how far each moves the speedup.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from calibration.errors import ComemInputError
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "paper"
+#: the metrics of the table, in its column order (sim.compare.METRICS names)
+PAPER_METRICS = ("llm", "total", "llm-index-peak", "task", "makespan")
+
+
+@dataclass
+class PaperRow:
+    """One CoMem architecture of one experiment variant against its full-context run."""
+
+    experiment: str
+    variant: str
+    assumption: str
+    file: str
+    architecture: str
+    reference: str
+    speedup: dict[str, float | None]
+    kv_peak_reference: float
+    kv_peak: float
+    preemptions_reference: int
+    preemptions: int
+    tasks: int
+    ended_early: dict[str, int] = field(default_factory=dict)
+    ended_early_reference: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paper_files(directory: str | Path | None = None) -> list[Path]:
+    d = Path(directory) if directory is not None else PAPER_DIR
+    if not d.is_dir():
+        raise ComemInputError(f"{d}: no such directory of paper scenarios")
+    files = sorted(d.glob("*.toml"))
+    if not files:
+        raise ComemInputError(f"{d}: no scenario (*.toml) files")
+    return files
+
+
+def _run_one(job: tuple[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Run one scenario file (in a worker process) and return its table rows."""
+    from sim.compare import architecture_summary, compare
+    from sim.scenario import load_scenario, run_scenario
+
+    path, sets = job
+    scenario = load_scenario(path, list(sets))
+    result = run_scenario(scenario)
+    comparison = compare(result.results)
+    summaries = {r.config.name: architecture_summary(r) for r in result.results}
+    ref = comparison["reference"]
+    info = scenario.paper
+    rows = []
+    for r in result.results:
+        if r.config.kind == "fc" or ref is None:
+            continue
+        own, base = summaries[r.config.name], summaries[ref]
+        rows.append(
+            PaperRow(
+                experiment=info.experiment if info else scenario.name,
+                variant=info.variant if info else "",
+                assumption=info.assumption if info else "",
+                file=Path(path).name,
+                architecture=r.config.name,
+                reference=ref,
+                speedup={
+                    m: comparison["metrics"][m]["speedup"].get(r.config.name) for m in PAPER_METRICS
+                },
+                kv_peak_reference=base["kv_peak_fraction"],
+                kv_peak=own["kv_peak_fraction"],
+                preemptions_reference=base["preemptions"],
+                preemptions=own["preemptions"],
+                tasks=own["tasks"],
+                ended_early=own["ended_early"],
+                ended_early_reference=base["ended_early"],
+            ).to_dict()
+        )
+    return rows
+
+
+def run_jobs(
+    jobs: list[tuple[str, tuple[str, ...]]],
+    workers: int = 1,
+    on_done: Callable[[], None] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Run scenario jobs, in order of ``jobs`` whatever the number of workers."""
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(_run_one(job))
+            if on_done is not None:
+                on_done()
+        return out
+    results: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(_run_one, job): i for i, job in enumerate(jobs)}
+        from concurrent.futures import as_completed
+
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            if on_done is not None:
+                on_done()
+    return [r or [] for r in results]
+
+
+def run_paper(
+    files: Iterable[str | Path],
+    sets: list[str] | None = None,
+    workers: int = 1,
+    on_done: Callable[[], None] | None = None,
+) -> list[PaperRow]:
+    """Run every paper scenario; one row per CoMem architecture per file."""
+    jobs = [(str(f), tuple(sets or [])) for f in files]
+    rows = [PaperRow(**row) for chunk in run_jobs(jobs, workers, on_done) for row in chunk]
+    return rows
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.2f}x"
+
+
+def table_markdown(rows: list[PaperRow]) -> str:
+    """The table, experiment x variant, as Markdown."""
+    head = (
+        "| experiment | variant | CoMem | "
+        + " | ".join(f"speedup ({m})" for m in PAPER_METRICS)
+        + " | KV peak FC / CoMem | preemptions FC / CoMem | ended early FC / CoMem |"
+    )
+    sep = "|" + "---|" * (6 + len(PAPER_METRICS))
+    lines = [head, sep]
+    for r in rows:
+        early = f"{sum(r.ended_early_reference.values())} / {sum(r.ended_early.values())}"
+        lines.append(
+            f"| {r.experiment} | {r.variant} | {r.architecture} | "
+            + " | ".join(_x(r.speedup.get(m)) for m in PAPER_METRICS)
+            + f" | {r.kv_peak_reference:.0%} / {r.kv_peak:.0%}"
+            f" | {r.preemptions_reference} / {r.preemptions} | {early} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[PaperRow], directory: str | Path) -> list[Path]:
+    import json
+
+    import pandas as pd
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    flat = []
+    for r in rows:
+        d = r.to_dict()
+        for m in PAPER_METRICS:
+            d[f"speedup_{m}"] = r.speedup.get(m)
+        del d["speedup"]
+        d["ended_early"] = json.dumps(r.ended_early, sort_keys=True)
+        d["ended_early_reference"] = json.dumps(r.ended_early_reference, sort_keys=True)
+        flat.append(d)
+    csv = out / "paper_table.csv"
+    pd.DataFrame(flat).to_csv(csv, index=False)
+    md = out / "paper_table.md"
+    md.write_text(table_markdown(rows))
+    return [csv, md]
+
+
+def figure(rows: list[PaperRow], path: str | Path) -> Path:
+    """Speedup per metric for every experiment x variant (one group of bars each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [f"{r.experiment}\n{r.variant}\n{r.architecture}" for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / len(PAPER_METRICS)
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(rows) + 3), 5.5))
+    for i, m in enumerate(PAPER_METRICS):
+        vals = [r.speedup.get(m) for r in rows]
+        ys = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
+        ax.bar(x + (i - (len(PAPER_METRICS) - 1) / 2) * width, ys, width, label=m)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylabel("speedup of CoMem over full context (x)")
+    ax.set_title("The CoMem authors' experiments as they ran them (predicted)")
+    ax.legend(title="metric", fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return p
+
+
+#: one assumption at a time around a base experiment: name -> (label, --set overrides)
+SensitivityAxis = dict[str, list[tuple[str, list[str]]]]
+
+
+def sensitivity(
+    base: str | Path,
+    axes: SensitivityAxis,
+    metric: str = "llm",
+    workers: int = 1,
+    on_done: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """The base experiment's speedup, and what each variation of one assumption makes of
+    it (``metric``: a :mod:`sim.compare` metric; the 'metric' axis may vary it too)."""
+    jobs: list[tuple[str, tuple[str, ...]]] = [(str(base), ())]
+    keys: list[tuple[str, str]] = []
+    for axis, options in axes.items():
+        for label, sets in options:
+            jobs.append((str(base), tuple(sets)))
+            keys.append((axis, label))
+    results = run_jobs(jobs, workers, on_done)
+    base_rows = [PaperRow(**r) for r in results[0]]
+    if not base_rows:
+        raise ComemInputError(f"{base}: no CoMem architecture to compare with full context")
+    arch = base_rows[0].architecture
+    base_value = base_rows[0].speedup.get(metric)
+    out: dict[str, Any] = {"base": str(base), "architecture": arch, "metric": metric}
+    out["base_speedup"] = base_value
+    out["base_all_metrics"] = base_rows[0].speedup
+    variations: dict[str, list[dict[str, Any]]] = {}
+    for (axis, label), rows in zip(keys, results[1:], strict=True):
+        row = next((PaperRow(**r) for r in rows if r["architecture"] == arch), None)
+        value = row.speedup.get(metric) if row is not None else None
+        variations.setdefault(axis, []).append({"variation": label, "speedup": value})
+    # the metric itself as an axis: same base run, other metrics
+    variations["metric"] = [
+        {"variation": m, "speedup": v} for m, v in base_rows[0].speedup.items() if m != metric
+    ]
+    out["variations"] = variations
+    return out
+
+
+def sensitivity_figure(result: dict[str, Any], path: str | Path) -> Path:
+    """A tornado chart: per assumption, the range of speedups its variations give."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = result["base_speedup"] or 1.0
+    axes = []
+    for axis, vals in result["variations"].items():
+        ys = [v["speedup"] for v in vals if v["speedup"] is not None]
+        if ys:
+            axes.append((axis, min(ys), max(ys), vals))
+    axes.sort(key=lambda a: max(abs(a[1] - base), abs(a[2] - base)))
+    fig, ax = plt.subplots(figsize=(10, 1.0 * len(axes) + 1.8))
+    ax.set_xscale("log")
+    for i, (_, lo, hi, vals) in enumerate(axes):
+        ax.barh(i, max(hi - lo, 0.02), left=lo, height=0.5, color="tab:blue", alpha=0.5)
+        shown = sorted((v for v in vals if v["speedup"] is not None), key=lambda v: v["speedup"])
+        for n, v in enumerate(shown):
+            up = n % 2 == 0  # alternate above / below so neighbours do not overlap
+            ax.annotate(
+                f"{v['variation']}: {v['speedup']:.2f}x", (v["speedup"], i), fontsize=7,
+                ha="center", va="bottom" if up else "top",
+                xytext=(0, 9 if up else -9), textcoords="offset points",
+            )  # fmt: skip
+            ax.plot([v["speedup"]], [i], "k|", ms=14)
+    ax.axvline(base, color="k", lw=1, label=f"documented setup: {base:.2f}x")
+    ax.axvline(1.0, color="r", lw=0.8, ls="--", label="no speedup")
+    ax.set_yticks(range(len(axes)), [a[0] for a in axes])
+    ax.set_xlabel(f"speedup of {result['architecture']} over full context ({result['metric']})")
+    ax.set_title("Which assumption moves the predicted speedup most")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return p
+
+
+#: the sensitivity figure's base: the experiment whose deployment is fully documented
+SENSITIVITY_BASE = PAPER_DIR / "deepswe_synthetic_benchmark__h100.toml"
+#: one assumption at a time (architecture 0 is FC, 1 CoMem; --set paths of the base)
+SENSITIVITY_AXES: SensitivityAxis = {
+    "GPU allocation": [
+        ("memory TP4 on 4 extra GPUs", ["architectures.1.memory.tp=4"]),
+        (
+            "memory co-located on the agent's 4 GPUs",
+            [
+                "architectures.1.agent.gpu_group=gpus0-3",
+                "architectures.1.agent.gpu_memory_utilization=0.75",
+                "architectures.1.memory.gpu_group=gpus0-3",
+                "architectures.1.memory.tp=4",
+                "architectures.1.memory.gpu_memory_utilization=0.15",
+            ],
+        ),
+    ],
+    "KV capacity": [
+        (
+            "gpu_memory_utilization 0.6",
+            [
+                "architectures.0.agent.gpu_memory_utilization=0.6",
+                "architectures.1.agent.gpu_memory_utilization=0.6",
+            ],
+        ),
+        (
+            "gpu_memory_utilization 0.95",
+            [
+                "architectures.0.agent.gpu_memory_utilization=0.95",
+                "architectures.1.agent.gpu_memory_utilization=0.95",
+            ],
+        ),
+    ],
+    "decode length per step": [
+        ("256 tokens", ["workload.action_tokens=256"]),
+        ("4096 tokens", ["workload.action_tokens=4096"]),
+    ],
+    "context cap": [
+        (
+            "32k",
+            [
+                "architectures.0.agent.max_model_len=32768",
+                "architectures.1.agent.max_model_len=32768",
+            ],
+        ),
+        (
+            "128k",
+            [
+                "architectures.0.agent.max_model_len=131072",
+                "architectures.1.agent.max_model_len=131072",
+            ],
+        ),
+    ],
+    "CPU KV offload": [
+        (
+            "500 GiB (FC agent, CoMem memory)",
+            [
+                "architectures.0.agent.kv_offloading_size=500",
+                "architectures.1.memory.kv_offloading_size=500",
+            ],
+        ),
+    ],
+    "concurrency": [
+        ("64 agents", ["workload.agents=64"]),
+        ("128 agents", ["workload.agents=128"]),
+    ],
+}

@@ -1,0 +1,325 @@
+"""Serving measurements replayed through ``bench-serve``: the simulator side of
+``comem calibrate fit-serving`` (:mod:`calibration.serving` fits, this module simulates).
+
+:func:`simulate_row` runs one measured point (a closed loop of ``concurrency`` clients)
+as ``vllm bench serve`` would, with the row's assumed server flags
+(:class:`calibration.serving.ServingSetup`) and a given framework overhead, and reports
+the mean TTFT and TPOT together with how they depend on each overhead term on the
+simulated schedule: per request, the engine iterations (and scheduled sequences) between
+its arrival at the scheduler and its first token, and between its first token and its
+last, read off the engine's step records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from calibration.errors import ComemInputError
+from calibration.latency import LatencyModel
+from calibration.profile import FrameworkOverhead, Profile, default_profile
+from calibration.serving import (
+    SERVING_FIT_TERMS,
+    TPOT_TERMS,
+    TTFT_TERMS,
+    RowFeatures,
+    ServingFit,
+    ServingRow,
+    ServingSetup,
+    Simulator,
+    cross_validation_record,
+    fit_serving_overhead,
+    overhead_entry,
+    serving_table,
+    setup_for,
+    tpot_lower_bound,
+)
+from sim.bench_serve import BenchServeConfig, BenchServeResult, run_bench_serve, warmup_count
+from sim.config import EngineConfig
+
+#: the name the pooled serving fit is kept under (the profiles' default overhead)
+SERVING_FRAMEWORK = "vllm-serving"
+
+#: step ends closer than this to a request's event time count as that event (seconds)
+_EPS = 1e-9
+
+
+_MODELS: dict[tuple[object, ...], tuple[LatencyModel, Profile | None]] = {}
+
+
+def _latency_model(
+    model: str,
+    gpu: str,
+    tp: int,
+    dtype: str,
+    kv_cache_dtype: str,
+    fp8_gemm: str,
+    budget: int,
+    profile: Profile | None,
+) -> LatencyModel:
+    """One latency model per configuration (its tables take a moment to build)."""
+    key = (model, gpu, tp, dtype, kv_cache_dtype, fp8_gemm, budget, id(profile))
+    if key not in _MODELS:
+        if len(_MODELS) > 64:
+            _MODELS.clear()
+        lm = LatencyModel(
+            model, gpu, tp, dtype, profile=profile, kv_cache_dtype=kv_cache_dtype,
+            fp8_gemm=fp8_gemm, max_num_batched_tokens=budget,
+        )  # fmt: skip
+        _MODELS[key] = (lm, profile)  # the profile is kept alive: its id stays its own
+    return _MODELS[key][0]
+
+
+def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
+    """The ``bench-serve`` run of one measured point under ``setup``."""
+    engine = EngineConfig(
+        name="serving-row",
+        model=row.model,
+        gpu=row.gpu,
+        tp=row.tp,
+        dtype=row.dtype,  # type: ignore[arg-type]
+        kv_cache_dtype=setup.kv_cache_dtype,  # type: ignore[arg-type]
+        fp8_gemm=setup.fp8_gemm,  # type: ignore[arg-type]
+        max_num_batched_tokens=setup.max_num_batched_tokens,
+        enable_prefix_caching=setup.enable_prefix_caching,
+        scheduler_reserve_full_isl=setup.scheduler_reserve_full_isl,
+        record_iterations=True,
+    )
+    return BenchServeConfig(
+        engine=engine,
+        num_prompts=setup.prompts_per_client * row.concurrency,
+        random_input_len=row.isl,
+        random_output_len=row.osl,
+        random_range_ratio=setup.random_range_ratio,
+        max_concurrency=row.concurrency,
+        closed_loop_start=setup.closed_loop_start,  # type: ignore[arg-type]
+    )
+
+
+def simulate_row(
+    row: ServingRow,
+    setup: ServingSetup,
+    overhead: FrameworkOverhead,
+    profile: Profile | None = None,
+) -> RowFeatures:
+    """Simulate ``row`` with ``overhead`` in place of the profile's (the kernel fits are
+    the embedded profile's for the row's GPU and dtype unless ``profile`` is given)."""
+    base = profile if profile is not None else default_profile(row.gpu, row.dtype)
+    lm = _latency_model(
+        row.model, row.gpu, row.tp, row.dtype, setup.kv_cache_dtype, setup.fp8_gemm,
+        setup.max_num_batched_tokens, profile,
+    )  # fmt: skip
+    lm.set_overhead(overhead)
+    cfg = bench_config(row, setup)
+    res = run_bench_serve(cfg, lm)
+    lm.set_overhead(base.framework_overhead())
+    return row_features(res, overhead, row.tp)
+
+
+def row_features(res: BenchServeResult, overhead: FrameworkOverhead, tp: int) -> RowFeatures:
+    """Mean TTFT / TPOT of the measured requests of a run and their overhead slopes."""
+    steps = res.recorder.iterations_frame()
+    start = steps["start_s"].to_numpy(float)
+    end = start + steps["duration_s"].to_numpy(float)
+    order = np.argsort(end, kind="stable")
+    start, end = start[order], end[order]
+    iters = steps["iterations"].to_numpy(float)[order]
+    # sequences summed over a step's iterations: every iteration schedules its decodes, a
+    # run records its prefill chunks one per iteration
+    seqs = iters * steps["decode_seqs"].to_numpy(float)[order]
+    seqs = seqs + steps["prefill_chunks"].to_numpy(float)[order]
+    cum_i = np.concatenate([[0.0], np.cumsum(iters)])
+    cum_s = np.concatenate([[0.0], np.cumsum(seqs)])
+    multi = 1.0 if tp > 1 else 0.0
+
+    warmup = warmup_count(res.config)
+    done = [r for r in res.requests if r.status == "finished" and r.tag >= warmup]
+    if not done:
+        raise RuntimeError("simulated run finished no measured request")
+    ttft, tpot = [], []
+    d_ttft_i, d_ttft_s, d_tpot_i, d_tpot_s = [], [], [], []
+    for r in done:
+        first, last = r.first_token_s, r.finished_s
+        ttft.append(first - r.arrival_s)
+        # TTFT: from the arrival at the scheduler (after the request overhead) to the end
+        # of the iteration that sampled the first token; the iteration in flight at the
+        # arrival counts for the part of it after the arrival
+        entered = r.arrival_s + overhead.request_overhead_s
+        a = int(np.searchsorted(end, entered + _EPS, side="left"))
+        b = int(np.searchsorted(end, first + _EPS, side="right"))
+        n_i, n_s = cum_i[b] - cum_i[a], cum_s[b] - cum_s[a]
+        if a < b and start[a] < entered:
+            part = (end[a] - entered) / (end[a] - start[a])
+            n_i -= (1.0 - part) * iters[a]
+            n_s -= (1.0 - part) * seqs[a]
+        d_ttft_i.append(n_i)
+        d_ttft_s.append(n_s)
+        if r.generated > 1:
+            c = int(np.searchsorted(end, last + _EPS, side="right"))
+            tpot.append((last - first) / (r.generated - 1))
+            d_tpot_i.append((cum_i[c] - cum_i[b]) / (r.generated - 1))
+            d_tpot_s.append((cum_s[c] - cum_s[b]) / (r.generated - 1))
+    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
+    per_it_ttft, per_it_tpot = mean(d_ttft_i), mean(d_tpot_i)
+    return RowFeatures(
+        ttft_s=mean(ttft),
+        tpot_s=mean(tpot),
+        ttft_per_term={
+            "per_iteration_s": per_it_ttft,
+            "per_iteration_tp_s": per_it_ttft * multi,
+            "per_sequence_s": mean(d_ttft_s),
+            "request_overhead_s": 1.0,
+        },
+        tpot_per_term={
+            "per_iteration_s": per_it_tpot,
+            "per_iteration_tp_s": per_it_tpot * multi,
+            "per_sequence_s": mean(d_tpot_s),
+        },
+        preemptions=res.engine.preemptions,
+        kv_cache_tokens=res.engine.total_blocks * res.engine.block_size,
+    )
+
+
+def with_overhead(profile: Profile, overhead: FrameworkOverhead, **extra: object) -> Profile:
+    """A copy of ``profile`` whose default overhead is ``overhead`` (plus ``extra`` keys)."""
+    return replace(profile, overhead=overhead.terms() | dict(extra))
+
+
+#: kernel profiles by (gpu, dtype) to simulate with (None: the embedded ones)
+Profiles = dict[tuple[str, str], Profile] | None
+
+
+def _simulator(profiles: Profiles) -> Simulator:
+    def simulate(row: ServingRow, setup: ServingSetup, overhead: FrameworkOverhead) -> RowFeatures:
+        profile = profiles.get((row.gpu, row.dtype)) if profiles else None
+        return simulate_row(row, setup, overhead, profile)
+
+    return simulate
+
+
+def fit_rows(
+    rows: Sequence[ServingRow],
+    setups: Sequence[ServingSetup],
+    start: FrameworkOverhead | None = None,
+    fit_terms: Sequence[str] = TPOT_TERMS + TTFT_TERMS,
+    profiles: Profiles = None,
+) -> ServingFit:
+    """:func:`calibration.serving.fit_serving_overhead` with this module's simulator."""
+    return fit_serving_overhead(rows, setups, _simulator(profiles), start, fit_terms)
+
+
+def evaluate_rows(
+    rows: Sequence[ServingRow],
+    setups: Sequence[ServingSetup],
+    overhead: FrameworkOverhead,
+    profiles: Profiles = None,
+) -> Any:
+    """Simulate every row with ``overhead``: the per-row error table."""
+    simulate = _simulator(profiles)
+    feats = [simulate(r, s, overhead) for r, s in zip(rows, setups, strict=True)]
+    return serving_table(rows, feats)
+
+
+def cross_validate(
+    rows: Sequence[ServingRow],
+    setups: Sequence[ServingSetup],
+    start: FrameworkOverhead | None = None,
+    fit_terms: Sequence[str] = TPOT_TERMS + TTFT_TERMS,
+    profiles: Profiles = None,
+) -> dict[str, tuple[FrameworkOverhead, Any]]:
+    """Leave one model out: fit on the other models' rows, score the held-out model's.
+
+    Returns, per held-out model, the overhead fitted without it and its error table."""
+    out: dict[str, tuple[FrameworkOverhead, Any]] = {}
+    models = sorted({r.model for r in rows})
+    for held in models:
+        train = [i for i, r in enumerate(rows) if r.model != held]
+        test = [i for i, r in enumerate(rows) if r.model == held]
+        if not train:
+            continue
+        fit = fit_rows(
+            [rows[i] for i in train], [setups[i] for i in train], start, fit_terms, profiles
+        )
+        table = evaluate_rows(
+            [rows[i] for i in test], [setups[i] for i in test], fit.overhead, profiles
+        )
+        out[held] = (fit.overhead, table)
+    return out
+
+
+@dataclass
+class ServingCalibration:
+    """``comem calibrate fit-serving``'s result: the fits and their errors."""
+
+    rows: list[ServingRow]
+    setups: list[ServingSetup]
+    #: rows left out of every fit: measured TPOT below the physical bound (seconds)
+    excluded: list[tuple[ServingRow, float]]
+    fit: ServingFit
+    framework: str
+    per_version: dict[str, ServingFit] = field(default_factory=dict)
+    cross_validation: dict[str, tuple[FrameworkOverhead, Any]] = field(default_factory=dict)
+
+    def cv_table(self) -> Any:
+        import pandas as pd
+
+        return pd.concat([t for _, t in self.cross_validation.values()], ignore_index=True)
+
+    def entries(self, source: str, assumptions_note: str) -> dict[str, dict[str, Any]]:
+        """Profile ``overheads`` entries: the pooled fit (with its cross-validation) and
+        one per framework version."""
+        cv = cross_validation_record({m: t for m, (_, t) in self.cross_validation.items()})
+        excluded = [f"{r.label} (TPOT {r.tpot_s * 1e3:.2f} ms < bound {b * 1e3:.2f})"
+                    for r, b in self.excluded]  # fmt: skip
+        out = {
+            self.framework: overhead_entry(self.fit, self.framework, source, assumptions_note, cv)
+            | {"excluded_rows": excluded}
+        }
+        for name, fit in self.per_version.items():
+            out[name] = overhead_entry(fit, name, source, assumptions_note)
+        return out
+
+
+def calibrate_serving(
+    rows: Sequence[ServingRow],
+    assumptions: dict[str, dict[str, Any]],
+    framework: str = SERVING_FRAMEWORK,
+    fit_terms: Sequence[str] = SERVING_FIT_TERMS,
+    per_version: bool = True,
+    cross_validate_models: bool = True,
+    profiles: Profiles = None,
+) -> ServingCalibration:
+    """Fit the serving overhead on ``rows`` (pooled, and per framework version), with
+    leave-one-model-out cross-validation. Rows below :func:`tpot_lower_bound` are left out."""
+    setups = [setup_for(r, assumptions) for r in rows]
+    keep, excluded = [], []
+    for r, s in zip(rows, setups, strict=True):
+        bound = tpot_lower_bound(r, s)
+        if r.tpot_s < bound:
+            excluded.append((r, bound))
+        else:
+            keep.append((r, s))
+    if not keep:
+        raise ComemInputError("fit-serving: every row is below its roofline bound")
+    kept_rows = [r for r, _ in keep]
+    kept_setups = [s for _, s in keep]
+    pooled = fit_rows(kept_rows, kept_setups, None, fit_terms, profiles)
+    result = ServingCalibration(kept_rows, kept_setups, excluded, pooled, framework)
+    if per_version:
+        versions = sorted({r.framework for r in kept_rows})
+        if len(versions) > 1:
+            for name in versions:
+                idx = [i for i, r in enumerate(kept_rows) if r.framework == name]
+                result.per_version[name] = fit_rows(
+                    [kept_rows[i] for i in idx],
+                    [kept_setups[i] for i in idx],
+                    None,
+                    fit_terms,
+                    profiles,
+                )
+    if cross_validate_models and len({r.model for r in kept_rows}) > 1:
+        result.cross_validation = cross_validate(kept_rows, kept_setups, None, fit_terms, profiles)
+    return result

@@ -1,0 +1,107 @@
+"""`comem bench-serve`: the simulated `vllm bench serve` against the static predictor (all
+requests at once) and queueing results (closed loop: Little's law; Poisson with one
+sequence at a time and a constant iteration: M/D/1)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from calibration import LatencyModel
+from calibration.latency import ConstantLatency
+from calibration.static import predict_static_latency
+from sim.bench_serve import BenchServeConfig, arrival_times, run_bench_serve
+from sim.config import EngineConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMA = LatencyModel("llama-3-8b", "h100_sxm", 1)
+
+
+@pytest.mark.parametrize("stepping", ["event", "iteration"])
+@pytest.mark.parametrize("batch,inp,out", [(16, 512, 64), (64, 2048, 32)])
+def test_all_at_once_equals_the_static_predictor(stepping, batch, inp, out):
+    cfg = BenchServeConfig(
+        engine=EngineConfig(
+            max_num_batched_tokens=16384, enable_prefix_caching=False, stepping=stepping
+        ),
+        num_prompts=batch,
+        random_input_len=inp,
+        random_output_len=out,
+    )
+    res = run_bench_serve(cfg, LLAMA).to_vllm_json()
+    assert res["completed"] == batch and res["failed"] == 0
+    assert res["duration"] == pytest.approx(
+        predict_static_latency(LLAMA, batch, inp, out), rel=1e-9
+    )
+    assert res["total_output_tokens"] == batch * out
+    # one prefill wave then lockstep decoding: every gap is one iteration, and TPOT is the
+    # mean of them per request
+    assert res["mean_itl_ms"] == pytest.approx(res["mean_tpot_ms"], rel=1e-9)
+
+
+def test_closed_loop_obeys_littles_law():
+    """C clients with no think time: C = throughput x mean latency (Little), up to the
+    start and end of the run."""
+    c = 8
+    cfg = BenchServeConfig(
+        engine=EngineConfig(), num_prompts=400, random_input_len=256, random_output_len=64,
+        random_range_ratio=0.5, max_concurrency=c,
+    )  # fmt: skip
+    res = run_bench_serve(cfg, LLAMA).to_vllm_json()
+    assert res["max_concurrent_requests"] == c
+    little = res["request_throughput"] * res["mean_e2el_ms"] / 1000.0
+    assert little == pytest.approx(c, rel=0.03)
+
+
+def test_poisson_one_at_a_time_is_an_md1_queue():
+    """max_num_seqs 1, one-token outputs, a constant iteration time d: each request is one
+    iteration, so the server is M/D/1 and the mean wait is rho d / (2 (1 - rho))
+    (Pollaczek-Khinchine). 30 replications give a 99% confidence interval."""
+    d, rate, n = 0.01, 60.0, 400
+    rho = rate * d
+    waits = []
+    for seed in range(30):
+        cfg = BenchServeConfig(
+            engine=EngineConfig(max_num_seqs=1, kv_capacity_tokens=1 << 20),
+            num_prompts=n, random_input_len=16, random_output_len=1, request_rate=rate,
+            seed=seed,
+        )  # fmt: skip
+        res = run_bench_serve(cfg, ConstantLatency(d)).to_vllm_json()
+        waits.append(res["mean_e2el_ms"] / 1000.0 - d)
+    mean = float(np.mean(waits))
+    half = stats.t.ppf(0.995, len(waits) - 1) * np.std(waits, ddof=1) / math.sqrt(len(waits))
+    expected = rho * d / (2 * (1 - rho))
+    assert abs(mean - expected) <= half + 0.02 * expected, (mean, expected, half)
+
+
+def test_arrivals_follow_vllms_generator():
+    cfg = BenchServeConfig(num_prompts=2000, request_rate=5.0, burstiness=1.0, seed=3)
+    t = arrival_times(cfg, np.random.default_rng(3))
+    assert t[-1] == pytest.approx(2000 / 5.0)  # rescaled: the last goes out at N / rate
+    gaps = np.diff(t)
+    assert stats.kstest(gaps / gaps.mean(), "expon").pvalue > 0.001  # Poisson
+    assert np.all(arrival_times(BenchServeConfig(num_prompts=5), np.random.default_rng(0)) == 0)
+
+
+def test_cli_prints_vllms_result_names():
+    proc = subprocess.run(
+        [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b",
+         "--num-prompts", "20", "--random-input-len", "300", "--random-output-len", "20",
+         "--request-rate", "10", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("completed", "duration", "request_throughput", "output_throughput"):
+        assert key in out
+    for metric in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "p99"):
+            assert math.isfinite(out[f"{stat}_{metric}_ms"])
+    assert out["completed"] == 20

@@ -1,0 +1,73 @@
+"""`comem plan`: the planner's choice equals the best of an exhaustive sweep on small
+cases, its candidates fit, and its chosen scenario runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from comem.plan import (
+    PlanSpec,
+    confirm,
+    enumerate_candidates,
+    estimate,
+    objective_value,
+    rank,
+    run_plan,
+)
+from sim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small(objective: str = "mean-step", **kw) -> PlanSpec:
+    base = dict(
+        agent_model="llama-3-8b", gpu="h100_sxm", gpus=2, agents=6, steps=6,
+        kinds=["fc", "sm", "kso"], dtypes=["bf16"], k_values=[2, 4], offload=[False],
+        objective=objective, top=2,
+    )  # fmt: skip
+    return PlanSpec(**{**base, **kw})
+
+
+@pytest.mark.parametrize("objective", ["mean-step", "steps-per-gpu"])
+def test_the_planner_picks_what_an_exhaustive_sweep_picks(objective, tmp_path):
+    spec = small(objective)
+    rows, n = run_plan(spec, workers=1)
+    candidates = enumerate_candidates(spec)
+    assert n == len(candidates) and sum(r.simulated for r in rows) < n  # it did prune
+    everything = confirm(spec, candidates)  # the exhaustive sweep
+    exhaustive = rank(spec, estimate(spec, candidates), everything)
+    assert rows[0].label == exhaustive[0].label
+    assert objective_value(spec, rows[0]) == pytest.approx(objective_value(spec, exhaustive[0]))
+
+
+def test_candidates_fit_the_gpus_and_memory():
+    spec = small(gpus=4, kinds=["fc", "kso"], dtypes=["bf16", "fp8"])
+    for c in enumerate_candidates(spec):
+        assert c.gpus_used <= 4
+        assert c.memory_placement in ("none", "dedicated", "co-located")
+        assert (c.memory_placement == "none") == (c.kind == "fc")
+
+
+def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
+    args = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "2",
+            "--agents", "4", "--steps", "4", "--kinds", "fc", "kso", "--dtypes", "bf16",
+            "--k", "2", "--offload", "off", "--top", "2", "--workers", "1",
+            "--out", str(tmp_path), "--json"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "comem", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["chosen"] == out["rows"][0]["label"]
+    scenario = load_scenario(tmp_path / "chosen_scenario.toml")
+    assert scenario.architectures[0].kind == out["rows"][0]["candidate"]["kind"]
+    assert (tmp_path / "pareto.png").is_file()
+    # resumable: a second run reuses the simulated points
+    points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))
+    assert points
