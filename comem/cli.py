@@ -1439,7 +1439,14 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--only", nargs="+", help="just these scenario files")
     pp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override every file")
     pp.add_argument("--sensitivity", action="store_true", help="also the one-at-a-time figure")
-    pp.add_argument("--metric", default="llm", help="metric of the sensitivity figure [llm]")
+    from sim.compare import METRICS as COMPARE_METRICS
+
+    pp.add_argument(
+        "--metric",
+        default="llm",
+        choices=list(COMPARE_METRICS),
+        help="metric of the sensitivity figure [llm]",
+    )
     pp.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     pp.add_argument("--out", default="out/paper", help="output directory [out/paper]")
     pp.add_argument("--json", action="store_true")

@@ -36,9 +36,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt
 
 from calibration.errors import ComemInputError
+from calibration.inputs import InputModel
 
 Objective = Literal["mean-step", "p99-step", "steps-per-gpu"]
 Kind = Literal["fc", "cp", "sm", "kso"]
@@ -58,7 +59,7 @@ DEFAULT_WORKLOAD: dict[str, Any] = {
 }
 
 
-class PlanSpec(BaseModel):
+class PlanSpec(InputModel):
     """What the user has and wants (a TOML file's ``[plan]`` table, or CLI flags)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -156,9 +157,10 @@ MEMORY_UTIL_COLOCATED = 0.15
 
 def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
     """Every deployment of ``spec`` that fits its GPUs (step 1)."""
-    from calibration.registry import get_model
+    from calibration.registry import get_gpu, get_model
 
     model = get_model(spec.agent_model)
+    get_gpu(spec.gpu)  # an unknown GPU is that, not "no deployment fits"
     limit = min(spec.gpus, spec.max_gpus or spec.gpus)
     tps = [t for t in (1, 2, 4, 8) if t <= limit]
     dps = [d for d in (1, 2, 4, 8) if d <= limit]
@@ -519,11 +521,31 @@ def run_plan(
 ) -> tuple[list[PlanRow], int]:
     """The whole plan; returns the ranked rows and how many candidates were enumerated."""
     candidates = enumerate_candidates(spec)
+    check_cost(spec, candidates[:1])  # the closed forms price every step too
     estimates = estimate(spec, candidates)
     chosen = select(spec, estimates)
+    check_cost(spec, chosen)
     points = out / "points" if out is not None else None
     simulated = confirm(spec, chosen, workers, points, on_done)
     return rank(spec, estimates, simulated), len(candidates)
+
+
+def check_cost(spec: PlanSpec, candidates: list[Candidate]) -> None:
+    """Refuse a plan whose candidates would cost more than the budgets
+    (:mod:`calibration.limits`): each one as a run, all of them as a sweep."""
+    from calibration import limits
+    from sim.config import validate
+    from sim.scenario import UNION_TAGS, Scenario, agent_steps
+    from sim.scenario import check_cost as check_scenario
+
+    total = 0
+    for c in candidates:
+        scenario = validate(Scenario, scenario_dict(spec, c), "plan", UNION_TAGS)
+        check_scenario(scenario, f"plan: {c.label}")
+        total += agent_steps(scenario)[0]
+    limits.check(
+        limits.SWEEP_AGENT_STEPS, total, f"plan: {len(candidates)} candidates to simulate (--top)"
+    )
 
 
 def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:

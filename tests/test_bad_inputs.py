@@ -585,6 +585,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
     ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
     (
+        "plan-steps",
+        ["plan", "--agent-model", "glm-4.7", "--steps", "1000000000", "--out", "{d}/o/plan"],
+        ["plan", "workload.steps", "--allow-large"],
+    ),
+    (
+        "plan-gpu",
+        ["plan", "--agent-model", "glm-4.7", "--gpu", "tpu", "--out", "{d}/o/plan"],
+        ["unknown gpu 'tpu'"],
+    ),
+    ("paper-metric", ["paper", "--sensitivity", "--metric", "nope"], ["--metric"]),
+    (
         "kernel-lattice-axes",
         [*PS, "--batch", "4", "--profile", "{d}/kp_lattice_axes.json"],
         ["gemm", "axes"],
