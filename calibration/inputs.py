@@ -344,6 +344,8 @@ def validate(
                 f"{field}: must not hold control characters (newline, tab, NUL byte)"
                 f" (got {_short(err.get('input'))})"
             )
+        elif err["type"] == "value_error":  # a model's own check: its message says it all
+            msg = f"{field}: {err['msg'].removeprefix('Value error, ')}"
         else:
             value = err.get("input")
             shown = "" if isinstance(value, dict) else f" (got {_short(value)})"

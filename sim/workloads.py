@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -376,6 +376,19 @@ class FittedVariable(BaseModel):
     sigma: float = Field(ge=0.0, le=10.0, allow_inf_nan=False)
     zero_fraction: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     one_fraction: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    #: "lognormal", or "lognormal-mixture": two components, each with its weight, mu, sigma
+    dist: str = "lognormal"
+    weights: list[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] | None = None
+    mus: list[Annotated[float, Field(ge=-25.0, le=25.0, allow_inf_nan=False)]] | None = None
+    sigmas: list[Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]] | None = None
+
+    @model_validator(mode="after")
+    def _mixture(self) -> FittedVariable:
+        if self.dist == "lognormal-mixture" and not all(
+            v is not None and len(v) == 2 for v in (self.weights, self.mus, self.sigmas)
+        ):
+            raise ValueError("a mixture needs 2 weights, mus and sigmas")
+        return self
 
 
 class FittedFile(BaseModel):
@@ -403,11 +416,6 @@ def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
     missing = [v for v in FITTED_VARIABLES if v not in variables]
     if missing:
         raise ComemInputError(f"{p}: lacks fitted variable(s) {', '.join(missing)}")
-    for name, spec in data["variables"].items():
-        if spec.get("dist") == "lognormal-mixture" and not all(
-            len(spec.get(key, ())) == 2 for key in ("weights", "mus", "sigmas")
-        ):
-            raise ComemInputError(f"{p}: {name}: a mixture needs 2 weights, mus and sigmas")
     validate(FittedFile, data, str(p))
     return dict(data)
 

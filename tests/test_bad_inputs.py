@@ -934,3 +934,20 @@ def test_every_seconds_field_is_finite_and_bounded() -> None:
     ):  # fmt: skip
         with pytest.raises(ComemInputError):
             validate(model, data)
+
+
+def test_fitted_variables_are_checked_whatever_their_shape(tmp_path: Path) -> None:
+    """A variable that is no object, and a mixture with a NaN component, are one line."""
+    from calibration.errors import ComemInputError
+    from sim.workloads import fitted_file, load_fitted
+
+    data = json.loads(fitted_file("swebench_fitted_glm46").read_text())
+    for change, needle in (
+        ({"steps": [1]}, "variables.steps"),
+        ({"completion": {**data["variables"]["completion"], "mus": [math.nan, 1.0]}},
+         "variables.completion.mus.0"),
+    ):  # fmt: skip
+        bad = tmp_path / f"{len(needle)}.json"
+        bad.write_text(json.dumps({**data, "variables": {**data["variables"], **change}}))
+        with pytest.raises(ComemInputError, match=needle.replace(".", r"\.")):
+            load_fitted(str(bad))
