@@ -16,6 +16,7 @@ Exit code 1 if any count differs or a time differs by more than 1e-9 relative.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,8 @@ def compare(scenario: str, sets: list[str], iteration: bool) -> tuple[bool, list
 
 
 def main(argv: list[str] | None = None) -> int:
+    # iteration stepping at 256 agents is above the default budget on purpose
+    os.environ.setdefault("COMEM_ALLOW_LARGE", "1")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default=str(ROOT / "scenarios" / "paper_latency_glm47.toml"))
     parser.add_argument("--agents", type=int, nargs="*", default=[32, 64, 128, 256])

@@ -443,7 +443,7 @@ def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
 
 
 def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
-    """The candidates worth simulating: the ``top`` by estimate, and each kind's best.
+    """The candidates worth simulating: the ``top`` by estimate, and each kind's two best.
 
     CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
     form prices no offload), so an offload variant is simulated only past the KV bound."""
@@ -457,10 +457,18 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
         useful, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
     )
     chosen = [e.candidate for e in by_estimate[: spec.top]]
-    for kind in spec.kinds:
-        best = next((e.candidate for e in by_estimate if e.candidate.kind == kind), None)
-        if best is not None and best not in chosen:
-            chosen.append(best)
+    for kind in spec.kinds:  # and the best two GPU layouts of every architecture
+        layouts: set[tuple[Any, ...]] = set()
+        for e in by_estimate:
+            c = e.candidate
+            layout = (c.agent_tp, c.agent_dp, c.agent_dtype, c.agent_ep, c.memory_placement)
+            if c.kind != kind or layout in layouts:
+                continue
+            layouts.add(layout)
+            if c not in chosen:
+                chosen.append(c)
+            if len(layouts) == 2:
+                break
     return chosen
 
 

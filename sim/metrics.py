@@ -80,11 +80,14 @@ class MetricsRecorder:
         """(gap seconds, how many tokens had that gap), one entry per iteration."""
         if not self._itl_durations:
             return np.zeros(0), np.zeros(0, np.int64)
-        gaps = [np.diff(np.atleast_1d(e), prepend=0.0) for e in self._itl_durations]
-        weights = [
-            np.full(g.size, w, np.int64) for g, w in zip(gaps, self._itl_weights, strict=True)
-        ]
-        return np.concatenate(gaps), np.concatenate(weights)
+        steps = [np.atleast_1d(e) for e in self._itl_durations]
+        lengths = np.fromiter((e.size for e in steps), dtype=np.int64, count=len(steps))
+        ends = np.concatenate(steps)
+        gaps = np.diff(ends, prepend=0.0)
+        first = np.cumsum(lengths) - lengths  # each step's first iteration: its own end
+        gaps[first] = ends[first]
+        weights = np.repeat(np.asarray(self._itl_weights, dtype=np.int64), lengths)
+        return gaps, weights
 
     def add_request(self, row: tuple[Any, ...]) -> None:
         self.requests.append(row)
