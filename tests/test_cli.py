@@ -7,48 +7,18 @@ traceback (see comem/cli.py and calibration/errors.py).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import REPO_ROOT, assert_user_error, run_comem
 
 from calibration.registry import MODELS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_KERNELS = REPO_ROOT.parent / "shared" / "data" / "kernels" / "h100_sxm" / "vllm-0.19.0"
 
 STATIC = ["--batch", "8", "--input", "512", "--output", "128"]
 PREDICT = ["predict-static", "--model", "llama-3-8b"]
 LLAMA = [*PREDICT, "--gpu", "h100_sxm", "--tp", "1"]
-
-
-def run_comem(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m comem *args`` from the repo root, without COMEM_SHARED set."""
-    base = {k: v for k, v in os.environ.items() if k != "COMEM_SHARED"}
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "comem", *args],
-        cwd=REPO_ROOT,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """Exit code 2, one non-empty stderr line naming the problem, no traceback."""
-    report = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert "Traceback" not in proc.stdout + proc.stderr, report
-    assert proc.returncode == 2, report
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].strip(), report
-    line = lines[0]
-    for needle in needles:
-        assert needle in line, f"{needle!r} not in: {line}"
-    return line
 
 
 def static_latency(*extra: str) -> float:

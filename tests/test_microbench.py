@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import assert_user_error, run_comem
 
 from calibration import opmodels as om
 from calibration.errors import ComemInputError
@@ -22,7 +23,6 @@ from calibration.kernels import KERNEL_FILES, load_kernel_tables
 from calibration.latency import Batch, LatencyModel
 from calibration.profile import Profile
 from calibration.registry import ModelSpec, get_gpu, load_gpu_file
-from tests.test_cli import assert_user_error, run_comem
 
 try:
     import torch  # noqa: F401

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cli_helpers import assert_user_error, run_comem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,6 @@ from calibration.registry import (
     get_model,
     load_model_config,
 )
-from tests.test_cli import assert_user_error, run_comem
 
 # The registry's rows as they were written by hand before it was built from configs
 # (shared/data/models.md), plus the three models added with it.
