@@ -341,6 +341,32 @@ def get_model(name: str) -> ModelSpec:
     )
 
 
+def checkpoint_dtype(name: str) -> str:
+    """The weight dtype vLLM loads ``name`` in when no dtype is given: ``fp8`` or ``bf16``.
+
+    vLLM reads the quantization from the checkpoint itself (``--dtype`` sets only the
+    activations), so an FP8 checkpoint runs its GEMMs in fp8. A checkpoint is fp8 when its
+    ``config.json`` (a path, or the local Hugging Face cache) has a ``quantization_config``
+    whose ``quant_method`` is ``fp8``, or, with no config at hand, when its repo name has an
+    ``FP8`` part (``Qwen/Qwen3-32B-FP8``, ``...-Instruct-FP8-Dynamic``).
+    """
+    raw = str(name).strip()
+    config: Path | None = None
+    if raw and (raw.endswith(".json") or os.path.isdir(raw) or os.path.isfile(raw)):
+        p = Path(raw)
+        config = p / "config.json" if p.is_dir() else p
+    elif _norm(raw) not in _MODEL_INDEX:
+        config = _hf_cache_config(raw)
+    if config is not None and config.is_file():
+        quant = read_config_file(config).get("quantization_config")
+        if isinstance(quant, dict):
+            method = str(quant.get("quant_method", "")).lower()
+            return "fp8" if method == "fp8" else "bf16"
+        return "bf16"
+    parts = raw.rsplit("/", 1)[-1].lower().replace("_", "-").split("-")
+    return "fp8" if "fp8" in parts else "bf16"
+
+
 @dataclass(frozen=True)
 class GpuSpec:
     """One GPU: memory, HBM bandwidth, dense peak FLOP/s per dtype, NVLink bandwidth."""

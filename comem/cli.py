@@ -552,10 +552,21 @@ def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight_dtype(args: argparse.Namespace) -> str:
+    """``--dtype``, with ``auto`` resolved as vLLM does: the checkpoint's quantization."""
+    if args.dtype != "auto":
+        return str(args.dtype)
+    from calibration.registry import checkpoint_dtype
+
+    return checkpoint_dtype(args.model)
+
+
 def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.latency import LatencyModel
     from calibration.profile import Profile
     from calibration.static import static_cost
+
+    args.dtype = _weight_dtype(args)
 
     profile = Profile.load(args.profile) if args.profile else None
     lm = LatencyModel(
@@ -640,6 +651,34 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+_DTYPE_HELP = (
+    "weights: bf16 or fp8 [auto: the checkpoint's, as vLLM loads it: fp8 when its config.json"
+    " has an fp8 quantization_config or, without a config, its name an FP8 part; else bf16]"
+)
+
+
+#: vLLM's ``--dtype`` spellings. fp16 is priced as bf16: the same 16-bit tensor-core rate and
+#: bytes on the GPUs modelled (H100/H200 datasheets list one dense FP16/BF16 peak).
+_DTYPE_NAMES = {
+    "auto": "auto",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "bf16",
+    "float16": "bf16",
+    "half": "bf16",
+    "fp8": "fp8",
+}
+
+
+def _dtype_arg(text: str) -> str:
+    key = text.strip().lower()
+    if key not in _DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a weight dtype; use auto, bf16 (bfloat16, float16, half) or fp8"
+        )
+    return _DTYPE_NAMES[key]
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -656,6 +695,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from sim.bench_serve import BenchServeConfig, check_config, run_bench_serve
     from sim.config import validate
 
+    args.dtype = _weight_dtype(args)
     engine: dict[str, Any] = {
         "name": "bench-serve",
         "model": args.model,
@@ -1324,7 +1364,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument("--gpu", default="h100_sxm")
     ps.add_argument("--tp", type=_positive_int, default=1)
-    ps.add_argument("--dtype", default="bf16")
+    ps.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
     ps.add_argument(
         "--enable-expert-parallel",
         action="store_true",
@@ -1372,7 +1412,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--model", required=True, help="model name or alias ('comem list models')")
     bs.add_argument("--gpu", default="h100_sxm", help="GPU ('comem list gpus') [h100_sxm]")
     bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
-    bs.add_argument("--dtype", default="bf16", help="weights: bf16 or fp8 [bf16]")
+    bs.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
     bs.add_argument(
         "--enable-expert-parallel",
         action="store_true",

@@ -216,9 +216,41 @@ def test_latency_model_and_predict_static_accept_a_path(tmp_path: Path) -> None:
     )
     args = ["--gpu", "h100_sxm", "--tp", "2", "--batch", "4", "--input", "256", "--output", "16"]
     a = run_comem("predict-static", "--model", str(path), *args, "--json")
-    b = run_comem("predict-static", "--model", "Qwen/Qwen3-32B-FP8", *args, "--json")
+    b = run_comem(
+        "predict-static", "--model", "Qwen/Qwen3-32B-FP8", *args, "--dtype", "bf16", "--json"
+    )
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     assert json.loads(a.stdout)["latency_s"] == json.loads(b.stdout)["latency_s"]
+
+
+def test_checkpoint_dtype_is_read_from_the_checkpoint(tmp_path: Path) -> None:
+    """vLLM loads an FP8 checkpoint in fp8 whatever ``--dtype`` says; ``auto`` does the same."""
+    from calibration.registry import checkpoint_dtype
+
+    assert checkpoint_dtype("Qwen/Qwen3-32B-FP8") == "fp8"
+    assert checkpoint_dtype("meta-llama/Llama-3.1-8B-Instruct-FP8-Dynamic") == "fp8"
+    assert checkpoint_dtype("Qwen/Qwen3-32B") == "bf16"
+    assert checkpoint_dtype("qwen3-32b") == "bf16"
+    quant = _plain("qwen3-32b") | {"quantization_config": {"quant_method": "fp8"}}
+    assert checkpoint_dtype(str(_write(tmp_path, quant, folder="Qwen3-32B-q"))) == "fp8"
+    other = _plain("qwen3-32b") | {"quantization_config": {"quant_method": "awq"}}
+    assert checkpoint_dtype(str(_write(tmp_path, other, folder="Qwen3-32B-FP8-awq"))) == "bf16"
+    args = ["--gpu", "h100_sxm", "--tp", "2", "--batch", "4", "--input", "256", "--output", "16"]
+    out = {}
+    for model, dtype in (
+        ("Qwen/Qwen3-32B-FP8", "auto"),
+        ("qwen3-32b", "fp8"),
+        ("qwen3-32b", "bfloat16"),
+    ):
+        proc = run_comem("predict-static", "--model", model, *args, "--dtype", dtype, "--json")
+        assert proc.returncode == 0, proc.stderr
+        out[model, dtype] = json.loads(proc.stdout)
+    assert out["Qwen/Qwen3-32B-FP8", "auto"]["dtype"] == "fp8"
+    assert out["Qwen/Qwen3-32B-FP8", "auto"]["latency_s"] == out["qwen3-32b", "fp8"]["latency_s"]
+    assert out["qwen3-32b", "bfloat16"]["dtype"] == "bf16"
+    assert_user_error(
+        run_comem("predict-static", "--model", "qwen3-32b", "--dtype", "int4"), "int4"
+    )
 
 
 def test_engine_sim_accepts_a_path(tmp_path: Path) -> None:
