@@ -54,7 +54,8 @@ class EngineConfig(InputModel):
     gpu: PathText = "h100_sxm"
     #: tensor-parallel GPUs of this instance (1, 2, 4 or 8, dividing the model's heads)
     tp: PositiveInt = 1
-    #: weight precision (the KV cache is bf16 either way)
+    #: weight precision; a scenario states it (bench-serve and predict-static default to the
+    #: checkpoint's, as vLLM loads it). The KV cache: kv_cache_dtype
     dtype: Literal["bf16", "fp8"] = "bf16"
     #: vLLM's ``--enable-expert-parallel`` (one data-parallel rank): MoE layers split by
     #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
