@@ -736,11 +736,17 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     )
     check_config(cfg)
     _writable_dir(args.out)
+    save_to = _bench_serve_result_path(args) if args.save_result else None
     result = _with_progress(
         not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
         lambda advance: run_bench_serve(cfg, progress=advance),
     )  # fmt: skip
-    out = result.to_vllm_json(detailed=args.save_detailed)
+    out = result.to_vllm_json(
+        detailed=args.save_detailed, metrics=args.percentile_metrics,
+        percentiles=args.metric_percentiles,
+    )  # fmt: skip
+    if save_to is not None:
+        save_to.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     if args.out:
         paths = result.recorder.write_parquet(args.out)
         res_path = Path(args.out) / "bench_serve.json"
@@ -765,10 +771,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         print(f"{label:<40}{value!s:<20}")
     titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
               "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}  # fmt: skip
-    for key, title in titles.items():
-        print(f"{title:-^60}")
-        for stat in ("mean", "median", "p99"):
-            name = f"{stat.capitalize() if stat != 'p99' else 'P99'} {key.upper()} (ms):"
+    from sim.bench_serve import percentile_key
+
+    stats = ["mean", "median", *(percentile_key(q) for q in args.metric_percentiles)]
+    for key in args.percentile_metrics:
+        print(f"{titles[key]:-^60}")
+        for stat in stats:
+            name = f"{stat.capitalize()} {key.upper()} (ms):"
             print(f"{name:<40}{out[f'{stat}_{key}_ms']:<20.2f}")
     print("=" * 60)
     print(
@@ -777,7 +786,60 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     )
     for path in out.get("files", []):
         print(f"wrote {path}")
+    if save_to is not None:
+        print(f"wrote {save_to}")
     return 0
+
+
+def _bench_serve_result_path(args: argparse.Namespace) -> Path:
+    """Where ``--save-result`` writes: ``--result-dir``/``--result-filename``, else vLLM's
+    name ``{backend}-{rate}qps[-concurrency{C}]-{model}-{YYYYmmdd-HHMMSS}.json``. An existing
+    file is never replaced: a result someone kept is theirs."""
+    import datetime
+
+    name = args.result_filename
+    if not name:
+        rate = "inf" if math.isinf(args.request_rate) else f"{args.request_rate:g}"
+        conc = f"-concurrency{args.max_concurrency}" if args.max_concurrency else ""
+        model = str(args.model).rstrip("/").rsplit("/", 1)[-1]
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{args.backend}-{rate}qps{conc}-{model}-{stamp}.json"
+    if "/" in name or name in (".", ".."):
+        raise ComemInputError(f"--result-filename: '{name}' must be a file name, not a path")
+    directory = Path(args.result_dir or ".")
+    _writable_dir(str(directory), "--result-dir")
+    path = directory / name
+    if path.exists():
+        raise ComemInputError(f"--save-result: {path} exists; choose another --result-filename")
+    return path
+
+
+def _percentiles_arg(text: str) -> tuple[float, ...]:
+    values = []
+    for part in text.split(","):
+        try:
+            q = float(part)
+        except ValueError:
+            q = math.nan
+        if not 0.0 < q < 100.0:
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not a percentile; give numbers in (0, 100) separated by commas"
+            )
+        values.append(q)
+    return tuple(dict.fromkeys(values))
+
+
+def _percentile_metrics_arg(text: str) -> tuple[str, ...]:
+    from sim.bench_serve import PERCENTILE_METRICS
+
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",")))
+    bad = [n for n in names if n not in PERCENTILE_METRICS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown metric '{bad[0] if bad else text}'; choose among"
+            f" {','.join(PERCENTILE_METRICS)}"
+        )
+    return names
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
@@ -1461,6 +1523,30 @@ def build_parser() -> argparse.ArgumentParser:
         " [staggered: max-concurrency, else 0]",
     )  # fmt: skip
     bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument(
+        "--percentile-metrics", type=_percentile_metrics_arg,
+        default=("ttft", "tpot", "itl", "e2el"),
+        help="metrics whose statistics are reported [ttft,tpot,itl,e2el]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--metric-percentiles", type=_percentiles_arg, default=(99.0,),
+        help="percentiles reported, e.g. 50,90,99 (keys p50_ttft_ms, ...) [99]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--save-result", action="store_true",
+        help="write the result JSON as vLLM does (--result-dir, --result-filename)",
+    )  # fmt: skip
+    bs.add_argument("--result-dir", help="directory of --save-result [.]")
+    bs.add_argument("--result-filename", help="file name of --save-result [vLLM's]")
+    compat = bs.add_argument_group(
+        "vllm bench serve's client flags, accepted so its command lines run unchanged"
+        " (nothing is contacted; the prompts are random, the outputs run to their length)"
+    )
+    compat.add_argument("--dataset-name", choices=("random",), default="random")
+    compat.add_argument("--ignore-eos", action="store_true", help="always so here")
+    compat.add_argument("--backend", default="vllm", choices=("vllm", "openai", "openai-chat"))
+    for flag in ("--host", "--port", "--base-url", "--endpoint", "--tokenizer"):
+        compat.add_argument(flag, help=argparse.SUPPRESS)
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")

@@ -180,9 +180,15 @@ class BenchServeResult:
     engine: Engine
     recorder: MetricsRecorder
 
-    def to_vllm_json(self, detailed: bool = False) -> dict[str, Any]:
-        """The result file ``vllm bench serve --save-result`` writes, with the same names."""
-        return vllm_result(self, detailed)
+    def to_vllm_json(
+        self,
+        detailed: bool = False,
+        metrics: tuple[str, ...] = PERCENTILE_METRICS,
+        percentiles: tuple[float, ...] = (99.0,),
+    ) -> dict[str, Any]:
+        """The result file ``vllm bench serve --save-result`` writes, with the same names
+        (``--percentile-metrics``: ``metrics``; ``--metric-percentiles``: ``percentiles``)."""
+        return vllm_result(self, detailed, metrics, percentiles)
 
 
 def check_config(cfg: BenchServeConfig, latency: IterationLatency | None = None) -> None:
@@ -300,7 +306,19 @@ def _weighted_percentiles(
     return out
 
 
-def vllm_result(res: BenchServeResult, detailed: bool = False) -> dict[str, Any]:
+def percentile_key(q: float) -> str:
+    """vLLM's name of a percentile in result keys: ``99`` -> ``p99``, ``99.9`` -> ``p99.9``."""
+    return f"p{int(q)}" if q == int(q) else f"p{q}"
+
+
+def vllm_result(
+    res: BenchServeResult,
+    detailed: bool = False,
+    metrics: tuple[str, ...] = PERCENTILE_METRICS,
+    percentiles: tuple[float, ...] = (99.0,),
+) -> dict[str, Any]:
+    """vLLM's result dict: mean, median and std of each of ``metrics``, plus the
+    ``percentiles`` (``p99_ttft_ms``, ...), as ``vllm bench serve`` writes them."""
     cfg = res.config
     done = [r for r in res.requests if r.status == "finished"]
     failed = [r for r in res.requests if r.status != "finished"]
@@ -354,24 +372,31 @@ def vllm_result(res: BenchServeResult, detailed: bool = False) -> dict[str, Any]
         },
     }
     samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
-    for name in PERCENTILE_METRICS:
+    qs = (50.0, *percentiles)
+    for name in metrics:
         if name == "itl":
             if itl_weights.sum() > 0:
                 total = float(itl_weights.sum())
                 mean = float((itl_values * itl_weights).sum() / total)
                 var = float((itl_weights * (itl_values - mean) ** 2).sum() / total)
-                median, p99 = _weighted_percentiles(itl_values, itl_weights, (50.0, 99.0))
-                stats = (mean, median, math.sqrt(var), p99)
+                median, *tail = _weighted_percentiles(itl_values, itl_weights, qs)
+                stats = (mean, median, math.sqrt(var), *tail)
             else:
-                stats = (math.nan,) * 4
+                stats = (math.nan,) * (3 + len(percentiles))
         else:
             v = samples[name]
             stats = (
-                (float(v.mean()), float(np.median(v)), float(v.std()), float(np.percentile(v, 99)))
+                (
+                    float(v.mean()),
+                    float(np.median(v)),
+                    float(v.std()),
+                    *(float(np.percentile(v, q)) for q in percentiles),
+                )
                 if v.size
-                else (math.nan,) * 4
+                else (math.nan,) * (3 + len(percentiles))
             )
-        for key, value in zip(("mean", "median", "std", "p99"), stats, strict=True):
+        keys = ("mean", "median", "std", *(percentile_key(q) for q in percentiles))
+        for key, value in zip(keys, stats, strict=True):
             result[f"{key}_{name}_ms"] = value * 1000.0
     if detailed:
         result["input_lens"] = [r.prompt_tokens for r in res.requests]

@@ -105,3 +105,32 @@ def test_cli_prints_vllms_result_names():
         for stat in ("mean", "median", "p99"):
             assert math.isfinite(out[f"{stat}_{metric}_ms"])
     assert out["completed"] == 20
+
+
+def test_a_vllm_bench_serve_command_line_runs_unchanged(tmp_path: Path):
+    """vLLM's client flags are accepted, its percentile flags shape the keys as vLLM names
+    them, and --save-result writes the same JSON once (never over an existing file)."""
+    args = [sys.executable, "-m", "comem", "bench-serve", "--backend", "vllm",
+            "--model", "llama-3-8b", "--dataset-name", "random", "--ignore-eos",
+            "--host", "localhost", "--port", "8000", "--num-prompts", "30",
+            "--random-input-len", "200", "--random-output-len", "16", "--random-range-ratio", "0.5",
+            "--max-concurrency", "4", "--percentile-metrics", "ttft,itl",
+            "--metric-percentiles", "50,90,99.9", "--save-result", "--result-dir", str(tmp_path),
+            "--result-filename", "r.json", "--json"]  # fmt: skip
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    for metric in ("ttft", "itl"):
+        v = [out[f"{k}_{metric}_ms"] for k in ("p50", "p90", "p99.9")]
+        assert v == sorted(v) and out[f"p50_{metric}_ms"] == pytest.approx(
+            out[f"median_{metric}_ms"]
+        )
+    assert not any(k.endswith(("_tpot_ms", "_e2el_ms")) for k in out)
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "r.json exists" in again.stderr
+    assert "Traceback" not in again.stderr and len(again.stderr.splitlines()) == 1
+    bad = subprocess.run(
+        [*args[:-8], "--metric-percentiles", "99,101"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "'101' is not a percentile" in bad.stderr
