@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
@@ -111,8 +112,17 @@ class Prompt:
     segments: tuple[Segment, ...]
     keep_last: int | None = None
 
-    @property
+    @classmethod
+    def of(cls, segments: tuple[Segment, ...], full_tokens: int) -> Prompt:
+        """A prompt whose token count the caller already keeps (a context grows by one
+        step at a time: summing it again every step would be quadratic in its length)."""
+        prompt = cls(segments)
+        prompt.__dict__["full_tokens"] = full_tokens  # what cached_property stores
+        return prompt
+
+    @cached_property
     def full_tokens(self) -> int:
+        """All tokens of the segments (computed once)."""
         return sum(s.tokens for s in self.segments)
 
     @property
@@ -382,9 +392,9 @@ class ContextPolicy:
         prompt = (*self.context, obs)
         prompt_tokens = self.context_tokens + step.observation
         filler = self.task.input_target_tokens - prompt_tokens
-        sent, stream = Prompt(prompt), self.stream
+        sent, stream = Prompt.of(prompt, prompt_tokens), self.stream
         if filler > 0:
-            sent = Prompt((*prompt, Segment("padding", t, filler)))
+            sent = Prompt.of((*prompt, Segment("padding", t, filler)), prompt_tokens + filler)
             stream = self._new_stream(self.stream, prompt_tokens)
         self.current_step = t
         reply = yield Send(t, sent, step.action, stream)
@@ -419,7 +429,8 @@ class ContextPolicy:
         cache makes each job pay for the new tokens only). With ``truncate``, past the
         memory model's context it reads the most recent history (and loses its cache)."""
         history_tokens = sum(s.tokens for s in history)
-        prompt = Prompt((*history, self._instruction(job.step)))
+        instruction = self._instruction(job.step)
+        prompt = Prompt.of((*history, instruction), history_tokens + instruction.tokens)
         limit = None
         if truncate and self.memory_max_model_len is not None:
             limit = max(1, self.memory_max_model_len - self.task.summary_tokens)
@@ -516,7 +527,8 @@ class Coupled(_Blocking):
     def _summary_request(self, job: Job) -> Summarize:
         # over its own context, whose prefix is cached; the summary's tokens go to a
         # branch of the context's stream, which goes on unchanged if the summary fails
-        prompt = Prompt((*self.context, self._instruction(job.step)))
+        instruction = self._instruction(job.step)
+        prompt = Prompt.of((*self.context, instruction), self.context_tokens + instruction.tokens)
         stream = self._new_stream(self.stream, self.context_tokens)
         return Summarize(job.id, job.step, "agent", prompt, self.task.summary_tokens, stream, True)
 
