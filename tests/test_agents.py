@@ -7,6 +7,8 @@ token, then A - 1 decode iterations. Expectations are computed by hand below.
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -256,8 +258,10 @@ ARCH = st.fixed_dictionaries(
 )
 
 
-def _random_scenario(arch: dict, agents: int, steps: int, tokens: int, tool: float, cap: int):
-    engine = {"name": "agent", "kv_capacity_tokens": cap, "max_model_len": 6000}
+def _random_scenario(
+    arch: dict, agents: int, steps: int, tokens: int, tool: float, cap: int, max_len: int = 6000
+):
+    engine = {"name": "agent", "kv_capacity_tokens": cap, "max_model_len": max_len}
     memory = {"name": "memory", "model": "qwen3-4b"} if arch["kind"] in ("sm", "kso") else None
     return Scenario.model_validate(
         {
@@ -276,36 +280,74 @@ def _random_scenario(arch: dict, agents: int, steps: int, tokens: int, tool: flo
     )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    arch=ARCH,
-    agents=st.integers(1, 5),
-    steps=st.integers(1, 9),
-    tokens=st.integers(1, 700),
-    tool=st.sampled_from([0.0, 0.05, 1.0]),
-    cap=st.sampled_from([8000, 40000, 1_000_000]),
-)
-def test_every_task_ends_no_step_is_lost_and_runs_repeat(arch, agents, steps, tokens, tool, cap):
-    scenario = _random_scenario(arch, agents, steps, tokens, tool, cap)
-    first = run_scenario(scenario).results[0]
-    tasks, rows = first.tasks, first.steps
-    assert len(tasks) == agents * 2  # every task ended, with a status
-    assert set(tasks["status"]) <= {"finished", "context_exceeded"}
-    done = tasks[tasks["status"] == "finished"]
-    assert (done["steps"] == steps).all()
-    # one row per executed step, plus the step that hit max_model_len
-    failed = int((tasks["status"] == "context_exceeded").sum())
-    assert len(rows) == int(tasks["steps"].sum()) + failed
-    assert (rows["stall_s"] >= 0).all() and (rows["uncached_prefill_tokens"] >= 0).all()
-    again = run_scenario(scenario).results[0]
-    pd.testing.assert_frame_equal(first.steps, again.steps)
-    pd.testing.assert_frame_equal(first.tasks, again.tasks)
-    iterated = Scenario.model_validate(
-        {**scenario.model_dump(), "engine": {"stepping": "iteration"}}
+def test_every_task_ends_no_step_is_lost_and_runs_repeat():
+    """Random small scenarios, many of which fill the agent's KV cache (preemption), run
+    out of context, or wait for a late summary: every task ends with a status, no step is
+    lost, a run repeats exactly and both steppings agree. The counts at the end assert the
+    examples really reached those regimes."""
+    reached: collections.Counter[str] = collections.Counter()
+
+    light = st.tuples(
+        st.integers(1, 5),  # agents
+        st.integers(1, 9),  # steps
+        st.integers(1, 700),  # tokens per segment
+        st.sampled_from([8000, 40000, 1_000_000]),  # KV capacity
+        st.just(6000),  # max_model_len
     )
-    slow = run_scenario(iterated).results[0]
-    for col in ("step_latency_s", "finished_s", "stall_s"):
-        np.testing.assert_allclose(slow.steps[col], first.steps[col], rtol=1e-9, atol=1e-9)
+    # long contexts on a small cache: preemption, and prompts past max_model_len
+    heavy = st.tuples(
+        st.integers(3, 5),
+        st.integers(6, 9),
+        st.integers(450, 700),
+        st.sampled_from([6000, 8000]),
+        st.just(3500),  # below FC's context after 6 steps of >= 450 + 225 + 450 tokens
+    )
+
+    # derandomized: the regimes reached (asserted below) are the same on every run
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(
+        arch=ARCH,
+        shape=st.one_of(heavy, light),
+        tool=st.sampled_from([0.0, 0.05, 1.0]),
+    )
+    def check(arch, shape, tool):
+        agents, steps, tokens, cap, max_len = shape
+        scenario = _random_scenario(arch, agents, steps, tokens, tool, cap, max_len)
+        first = run_scenario(scenario).results[0]
+        tasks, rows = first.tasks, first.steps
+        assert len(tasks) == agents * 2  # every task ended, with a status
+        assert set(tasks["status"]) <= {"finished", "context_exceeded"}
+        done = tasks[tasks["status"] == "finished"]
+        assert (done["steps"] == steps).all()
+        # one row per executed step, plus the step that hit max_model_len
+        failed = int((tasks["status"] == "context_exceeded").sum())
+        assert len(rows) == int(tasks["steps"].sum()) + failed
+        assert (rows["stall_s"] >= 0).all() and (rows["uncached_prefill_tokens"] >= 0).all()
+        again = run_scenario(scenario).results[0]
+        pd.testing.assert_frame_equal(first.steps, again.steps)
+        pd.testing.assert_frame_equal(first.tasks, again.tasks)
+        iterated = Scenario.model_validate(
+            {**scenario.model_dump(), "engine": {"stepping": "iteration"}}
+        )
+        slow = run_scenario(iterated).results[0]
+        assert slow.preemptions == first.preemptions
+        for col in ("step_latency_s", "finished_s", "stall_s"):
+            np.testing.assert_allclose(slow.steps[col], first.steps[col], rtol=1e-9, atol=1e-9)
+        reached["examples"] += 1
+        reached["preempted"] += first.preemptions > 0
+        reached["context exceeded"] += failed > 0
+        reached["late summary"] += bool((rows["stall_s"] > 0).any())
+        reached["summary swapped"] += int(tasks["summaries"].sum()) > 0
+
+    check()
+    n = reached["examples"]
+    for regime in ("preempted", "context exceeded", "late summary", "summary swapped"):
+        assert reached[regime] >= n // 10, (regime, dict(reached))
 
 
 def test_poisson_task_arrivals_are_shared_by_every_architecture():
