@@ -227,6 +227,8 @@ class Engine:
         if overhead is None:
             overhead = float(getattr(latency, "request_overhead_s", 0.0))
         self.request_overhead_s = overhead
+        #: requests submitted that are still in their per-request overhead (not yet waiting)
+        self.arriving = 0
         #: server time per newly admitted request, charged to the admitting iteration
         #: (HTTP parsing and tokenization that share the engine's core; measured
         #: profiles fit it, GPU profiles have none)
@@ -343,6 +345,7 @@ class Engine:
             self._reject(req, f"needs {need} KV blocks, the cache holds {self.kv.total_blocks}")
             return req
         if self.request_overhead_s > 0:
+            self.arriving += 1
             self.env.process(self._enqueue_after(req, self.request_overhead_s))
         else:
             self._enqueue(req)
@@ -363,6 +366,7 @@ class Engine:
         """A fixed per-request cost outside the iteration loop (HTTP, tokenization),
         measured on live servers (:mod:`calibration.measured`)."""
         yield self.env.timeout(delay)
+        self.arriving -= 1
         self._enqueue(req)
 
     # -- request lifecycle ----------------------------------------------------------------
@@ -635,8 +639,10 @@ class ReplicatedEngine:
             return eng
 
         def score(e: Engine) -> int:
+            # vLLM counts a request at its rank when it is assigned: one still in its
+            # per-request overhead (HTTP, tokenization) is waiting there already
             sched = e.scheduler
-            return 4 * len(sched.waiting) + sched.num_running
+            return 4 * (len(sched.waiting) + e.arriving) + sched.num_running
 
         if router == "prefix-aware" and stream is not None:
             cap = max(0, (prompt_tokens - 1) // self.config.block_size)

@@ -106,6 +106,19 @@ def test_data_parallel_routing(router, expected):
     assert max(r.finished_s for r in reqs) == pytest.approx(5 * D)
 
 
+def test_routing_counts_requests_still_in_their_overhead():
+    """A request routed to a replica counts there at once (vLLM increments its counts on
+    assignment), also while it spends the per-request overhead before it waits."""
+    env = simpy.Environment()
+    eng = ReplicatedEngine(
+        env, cfg("x", data_parallel_size=4, request_overhead_s=0.005), ConstantLatency(D)
+    )
+    reqs = [eng.submit(16, 5) for _ in range(400)]
+    assert [sum(r.engine is e for r in reqs) for e in eng.replicas] == [100, 100, 100, 100]
+    env.run()
+    assert all(e.arriving == 0 for e in eng.replicas)
+
+
 def test_prefix_aware_routing_follows_the_cache():
     env = simpy.Environment()
     eng = ReplicatedEngine(
