@@ -175,6 +175,8 @@ class Step:
     sampled: int = 0
     first_samples: int = 0
     resumed_samples: int = 0
+    #: the requests of ``resumed_samples``
+    resumed: list[Sequence] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -595,6 +597,7 @@ class Scheduler:
             elif seq.resumed:
                 seq.resumed = False
                 step.resumed_samples += 1
+                step.resumed.append(seq)
             if seq.length - seq.prompt_tokens >= seq.output_tokens:
                 self._finish(seq)
                 events.append((seq, "finished"))

@@ -229,6 +229,8 @@ class Engine:
         self.request_overhead_s = overhead
         #: requests submitted that are still in their per-request overhead (not yet waiting)
         self.arriving = 0
+        #: preempted requests' last token times, until they sample again (their ITL gap)
+        self._last_token_s: dict[SchedSequence, float] = {}
         #: server time per newly admitted request, charged to the admitting iteration
         #: (HTTP parsing and tokenization that share the engine's core; measured
         #: profiles fit it, GPU profiles have none)
@@ -456,14 +458,23 @@ class Engine:
             req.admitted_s = start
             if req._admitted is not None:
                 req._admitted.succeed(req)
+        rec = self.recorder
+        if rec.itl_samples:
+            for seq in step.preempted:
+                if seq.has_first_token:
+                    # its last token came at the end of the iteration before (a running
+                    # decode is scheduled every iteration); kept over a second preemption
+                    self._last_token_s.setdefault(seq, start)
         duration = self._price(step)
         yield env.timeout(duration)
         fired = self._fire(self.scheduler.apply(step))
         self._record_step(start, 1, step.num_decode, step.prefill_new)
-        rec = self.recorder
         if rec.itl_samples:
-            rec.add_itl(duration, step.sampled - step.first_samples)
-            rec.itl_after_preemption += step.resumed_samples
+            end = start + duration
+            gaps = [end - self._last_token_s.pop(seq, start) for seq in step.resumed]
+            rec.add_itl(duration, step.sampled - step.first_samples - len(gaps))
+            rec.add_itl_gaps(gaps)
+            rec.itl_after_preemption += len(gaps)
         return fired
 
     def _run_times(self, run: Run) -> np.ndarray:

@@ -66,8 +66,10 @@ class MetricsRecorder:
     itl_samples: bool = False
     _itl_durations: list[Any] = field(default_factory=list)
     _itl_weights: list[Any] = field(default_factory=list)
-    #: tokens whose gap spans a preemption (counted at their iteration's duration)
+    #: tokens whose gap spans a preemption (kept apart in ``_itl_gaps``: their gap runs
+    #: from the request's last token before the preemption)
     itl_after_preemption: int = 0
+    _itl_gaps: list[float] = field(default_factory=list)
 
     def add_itl(self, ends: Any, weight: int) -> None:
         """One step's iterations: their end times from the step's start (a float for one
@@ -76,10 +78,17 @@ class MetricsRecorder:
             self._itl_durations.append(ends)
             self._itl_weights.append(weight)
 
+    def add_itl_gaps(self, gaps: list[float]) -> None:
+        """Gaps of single tokens that are not an iteration's duration (a resumed request's
+        first token after a preemption)."""
+        self._itl_gaps.extend(gaps)
+
     def itl_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(gap seconds, how many tokens had that gap), one entry per iteration."""
+        """(gap seconds, how many tokens had that gap), one entry per iteration plus one
+        per gap added on its own."""
+        extra = np.asarray(self._itl_gaps, dtype=float)
         if not self._itl_durations:
-            return np.zeros(0), np.zeros(0, np.int64)
+            return extra, np.ones(extra.size, np.int64)
         steps = [np.atleast_1d(e) for e in self._itl_durations]
         lengths = np.fromiter((e.size for e in steps), dtype=np.int64, count=len(steps))
         ends = np.concatenate(steps)
@@ -87,6 +96,9 @@ class MetricsRecorder:
         first = np.cumsum(lengths) - lengths  # each step's first iteration: its own end
         gaps[first] = ends[first]
         weights = np.repeat(np.asarray(self._itl_weights, dtype=np.int64), lengths)
+        if extra.size:
+            gaps = np.concatenate([gaps, extra])
+            weights = np.concatenate([weights, np.ones(extra.size, np.int64)])
         return gaps, weights
 
     def add_request(self, row: tuple[Any, ...]) -> None:

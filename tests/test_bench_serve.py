@@ -134,3 +134,24 @@ def test_a_vllm_bench_serve_command_line_runs_unchanged(tmp_path: Path):
         [*args[:-8], "--metric-percentiles", "99,101"], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "'101' is not a percentile" in bad.stderr
+
+
+@pytest.mark.parametrize("stepping", ["iteration", "event"])
+def test_inter_token_gaps_add_up_to_each_decode_also_across_preemptions(stepping):
+    """vLLM's ITL pools every gap between a request's chunks, so over all requests the
+    gaps sum to the time from first to last token; that holds only if a resumed request's
+    first gap runs from its last token before the preemption."""
+    cfg = BenchServeConfig(
+        engine=EngineConfig(model="llama-3-8b", kv_capacity_tokens=60000, stepping=stepping),
+        num_prompts=200, random_input_len=1000, random_output_len=400, random_range_ratio=0.5,
+    )  # fmt: skip
+    res = run_bench_serve(cfg)
+    assert res.engine.preemptions > 0  # the regime this is about
+    values, weights = res.recorder.itl_arrays()
+    done = [r for r in res.requests if r.status == "finished"]
+    decode_time = sum(r.finished_s - r.first_token_s for r in done)
+    assert weights.sum() == sum(r.generated - 1 for r in done)
+    assert float((values * weights).sum()) == pytest.approx(decode_time, rel=1e-9)
+    out = res.to_vllm_json()
+    assert out["itl_tokens_after_preemption"] > 0
+    assert out["std_itl_ms"] > out["mean_itl_ms"]  # the long gaps are there
