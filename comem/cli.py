@@ -746,11 +746,15 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         percentiles=args.metric_percentiles,
     )  # fmt: skip
     if save_to is not None:
-        save_to.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        save_to.write_text(
+            json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        )
     if args.out:
         paths = result.recorder.write_parquet(args.out)
         res_path = Path(args.out) / "bench_serve.json"
-        res_path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+        res_path.write_text(
+            json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        )
         out["files"] = [str(p) for p in [*paths, res_path]]
     if args.json:
         _print_json(out)
