@@ -223,11 +223,11 @@ def run_bench_serve(
     limit = cfg.max_concurrency
     pending: deque[int] = deque()
     in_flight = 0
-    # every prompt is its own content. With prefix caching vLLM hashes its blocks, but no
-    # other request shares them, so the only place that shows is a CPU offload tier
-    # (stores, reloads after a preemption): give each request a stream only then
-    e = cfg.engine
-    streams = StreamSpace() if e.enable_prefix_caching and e.kv_offloading_size else None
+    # every prompt is its own content. With prefix caching vLLM hashes its blocks; no
+    # other request shares them, but a preempted request finds its own freed blocks again
+    # when it is re-admitted (those not evicted meanwhile), and a CPU offload tier stores
+    # and reloads them: each request has its own stream
+    streams = StreamSpace() if cfg.engine.enable_prefix_caching else None
 
     def send(i: int) -> None:
         nonlocal in_flight

@@ -155,3 +155,28 @@ def test_inter_token_gaps_add_up_to_each_decode_also_across_preemptions(stepping
     out = res.to_vllm_json()
     assert out["itl_tokens_after_preemption"] > 0
     assert out["std_itl_ms"] > out["mean_itl_ms"]  # the long gaps are there
+
+
+def test_a_preempted_request_finds_its_own_blocks_again():
+    """Random prompts share nothing, but with prefix caching (vLLM's default) a preempted
+    request's freed blocks keep their hashes: re-admitted, it recomputes only what was
+    evicted meanwhile. Without prefix caching it recomputes everything."""
+    runs = {}
+    for caching in (True, False):
+        cfg = BenchServeConfig(
+            engine=EngineConfig(
+                model="llama-3-8b", kv_capacity_tokens=60000, enable_prefix_caching=caching
+            ),
+            num_prompts=200, random_input_len=1000, random_output_len=1000,
+            random_range_ratio=0.5,
+        )  # fmt: skip
+        runs[caching] = run_bench_serve(cfg)
+    assert runs[True].engine.preemptions > 0 and runs[False].engine.preemptions > 0
+    computed = {
+        caching: int(run.recorder.iterations_frame()["prefill_tokens"].sum())
+        for caching, run in runs.items()
+    }
+    prompts = sum(r.prompt_tokens for r in runs[True].requests)
+    assert computed[True] < computed[False]  # re-admissions hit their own blocks
+    assert computed[True] >= prompts  # every prompt once, at least (nothing shared)
+    assert runs[True].to_vllm_json()["duration"] < runs[False].to_vllm_json()["duration"]
