@@ -386,11 +386,15 @@ class GpuSpec:
 
 #: Known GPUs. Vendor datasheets (SXM parts, dense, no sparsity), via shared/data/models.md;
 #: sm_count from NVIDIA's H100 Tensor Core GPU Architecture whitepaper (H200 = same GH100 die).
-#: NVLink is the total (bidirectional) bandwidth per GPU.
+#: NVLink is the total (bidirectional) bandwidth per GPU. ``memory_gib`` is what vLLM sizes
+#: the KV cache from, the total that ``torch.cuda.mem_get_info()`` reports, measured on the
+#: lent machines (2026-11-27): H100 SXM 85,017,493,504 B = 79.18 GiB (the datasheet's
+#: "80 GB"); H200 SXM 139.8 GiB (benchmarks/device/results/h200_sxm/tables/device.json; the
+#: datasheet's "141 GB").
 GPUS: dict[str, GpuSpec] = {
     "h100_sxm": GpuSpec(
         name="h100_sxm",
-        memory_gib=80,
+        memory_gib=85_017_493_504 / 2**30,
         hbm_bandwidth_Bps=3.35e12,
         peak_flops={"bf16": 989e12, "fp8": 1979e12},
         nvlink_Bps=900e9,
@@ -398,7 +402,7 @@ GPUS: dict[str, GpuSpec] = {
     ),
     "h200_sxm": GpuSpec(
         name="h200_sxm",
-        memory_gib=141,
+        memory_gib=139.8,
         hbm_bandwidth_Bps=4.8e12,
         peak_flops={"bf16": 989e12, "fp8": 1979e12},
         nvlink_Bps=900e9,
