@@ -215,7 +215,7 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
         from calibration.registry import get_gpu
 
         for flag, asked, has in (
-            ("--gpu", args.gpu and get_gpu(args.gpu).name, profile.gpu),
+            ("--gpu", None if args.gpu is None else get_gpu(args.gpu).name, profile.gpu),
             ("--dtype", args.dtype, profile.dtype),
         ):
             if asked is not None and asked != has:
@@ -226,8 +226,8 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
     if not args.no_figures:
         _writable_dir(args.figures, "--figures")
     report = build_report(
-        gpu=args.gpu or "h100_sxm",
-        dtype=args.dtype or "bf16",
+        gpu="h100_sxm" if args.gpu is None else args.gpu,
+        dtype="bf16" if args.dtype is None else args.dtype,
         kernels=args.kernels,
         e2e_csv=args.e2e,
         figures_dir=None if args.no_figures else args.figures,

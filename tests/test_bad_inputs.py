@@ -696,6 +696,24 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--kv-capacity-tokens"],
     ),
     ("empty-name", ["run", "{d}/small.toml", "--set", 'name=""'], ["name", "at least 1"]),
+    (
+        "report-gpu-not-the-profiles",
+        [
+            "calibrate",
+            "report",
+            "--no-figures",
+            "--gpu",
+            "h200_sxm",
+            "--profile",
+            str(KERNEL_PROFILE),
+        ],
+        ["--gpu h200_sxm", "is for h100_sxm"],
+    ),  # fmt: skip
+    (
+        "report-gpu-empty",
+        ["calibrate", "report", "--no-figures", "--gpu", ""],
+        ["no embedded profile"],
+    ),
 ]
 
 
