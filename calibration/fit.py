@@ -149,13 +149,10 @@ def fit_kernel_ops(
 
 def load_e2e(path: str | Path) -> pd.DataFrame:
     """Read the static-batch end-to-end CSV (LLM-Inference-Bench schema)."""
-    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, input_file, numeric_column
+    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, numeric_column, read_csv
 
-    p = input_file(path, "end-to-end CSV")
-    try:
-        raw = pd.read_csv(p)
-    except Exception as exc:
-        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    p = Path(path)
+    raw = read_csv(p, "end-to-end")
     missing = [c for c in E2E_COLUMNS if c not in raw.columns]
     if missing:
         raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")

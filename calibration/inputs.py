@@ -60,13 +60,18 @@ Rate = Annotated[float, Field(ge=1.0 / MAX_SECONDS, allow_inf_nan=False)]
 Tokens = Annotated[int, Field(ge=1, le=MAX_TOKENS)]
 #: A token count, 0 to :data:`MAX_TOKENS`.
 TokensOrZero = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
-#: A file path or a name that may be one (a model's config.json, a device JSON): no
-#: control characters (a NUL byte makes no file name; a newline breaks the line)
+#: A file path or a name that may be one (a model's config.json, a device JSON): not
+#: empty (it names no file), no control characters (a NUL byte makes no file name; a
+#: newline breaks the line)
 NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
-PathText = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=4096)]
-#: A name printed in tables and one-line messages: no control characters (a newline
-#: would break the line), at most 200 characters.
-Name = Annotated[str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, max_length=200)]
+PathText = Annotated[
+    str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, min_length=1, max_length=4096)
+]
+#: A name printed in tables and one-line messages: not empty, no control characters (a
+#: newline would break the line), at most 200 characters.
+Name = Annotated[
+    str, StringConstraints(pattern=NO_CONTROL_CHARACTERS, min_length=1, max_length=200)
+]
 
 
 def _takes_number(annotation: Any) -> bool:
@@ -216,6 +221,30 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         )
         raise ComemInputError(f"{path}: the {what} file is empty (no settings){hint}")
     return _check_nesting(data, str(path))
+
+
+def read_csv(path: str | Path, what: str, **options: Any) -> Any:
+    """A CSV file as a pandas DataFrame (``options`` go to ``pandas.read_csv``); one line
+    if it is no readable CSV (not a file, not UTF-8, empty or a header only, unbalanced
+    quotes, a column ``usecols`` names that is missing). A byte-order mark is dropped."""
+    import pandas as pd
+
+    p = input_file(path, what)
+    try:
+        frame = pd.read_csv(p, encoding="utf-8-sig", **options)
+    except UnicodeDecodeError as exc:
+        raise ComemInputError(
+            f"{p}: not UTF-8 text (byte {exc.start}); a {what} file is UTF-8 text"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise ComemInputError(f"{p}: the {what} file is empty (no header row)") from None
+    except (ValueError, pd.errors.ParserError) as exc:  # ParserError is a ValueError
+        raise ComemInputError(f"{p}: not a readable {what} CSV ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
+    if frame.empty:
+        raise ComemInputError(f"{p}: the {what} file has no rows (a header only)")
+    return frame
 
 
 def numeric_column(
@@ -404,6 +433,26 @@ def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> Non
             )
 
 
+def refuse_input_as_output(
+    out: str | Path | None, inputs: dict[str, str | Path | None], flag: str = "--out"
+) -> None:
+    """An output that is one of the command's input files would replace what it reads
+    (``calibrate fit --measurements m.csv --out m.csv``): one line, before anything."""
+    if out is None or not Path(out).exists():
+        return
+    for name, path in inputs.items():
+        if path is None or not Path(path).exists():
+            continue
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:
+            continue
+        if same:
+            raise ComemInputError(
+                f"{flag} {out}: is the {name} file this command reads; write elsewhere"
+            )
+
+
 def write_text(path: str | Path, text: str, what: str) -> Path:
     """Write a file; an OS error (disk full, permissions) is one line."""
     p = Path(path)
@@ -433,9 +482,11 @@ __all__ = [
     "nesting_depth",
     "parse_json",
     "read_bytes",
+    "read_csv",
     "read_json",
     "read_text",
     "read_toml",
+    "refuse_input_as_output",
     "refuse_overwrite",
     "validate",
     "writable_dir",

@@ -353,17 +353,11 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     """The profiler's CSV, checked; one clear line (file and row) for the first defect:
     a missing column, a count that is no whole number in range, an 'ok' request whose
     times are not finite and positive (a negative inter-token latency included)."""
-    import pandas as pd
 
-    from calibration.inputs import MAX_TOKENS, input_file, numeric_column
+    from calibration.inputs import MAX_TOKENS, numeric_column, read_csv
 
-    p = input_file(path, "measurements")
-    try:
-        frame = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
-    except (ValueError, OSError) as exc:
-        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    p = Path(path)
+    frame = read_csv(p, "measurements")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise ComemInputError(
@@ -384,6 +378,13 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     for col in ("ttft_s", "e2e_s"):
         numeric_column(ok, col, str(p), low=MIN_MEASURED_S, high=MAX_MEASURED_S)
     numeric_column(ok, "mean_itl_s", str(p), low=0.0, high=MAX_MEASURED_S, nullable=True)
+    late = ok["ttft_s"] > ok["e2e_s"]
+    if late.any():  # the first token cannot come after the last
+        label = ok.index[late.to_numpy().nonzero()[0][0]]
+        raise ComemInputError(
+            f"{p}:{int(label) + 2}: ttft_s {ok.at[label, 'ttft_s']:g} is after e2e_s"
+            f" {ok.at[label, 'e2e_s']:g} (the first token cannot come after the request ends)"
+        )
     return frame
 
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field, StrictBool, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from calibration.errors import ComemInputError
 from calibration.profile import FrameworkOverhead
@@ -78,7 +80,11 @@ class ServingRow:
         return f"{self.model} {self.dtype} TP{self.tp} c{self.concurrency} {self.isl}x{self.osl}"
 
 
-@dataclass(frozen=True)
+#: an assumption's whole number (``true`` is no count)
+_Count = Annotated[int, Field(strict=True, ge=1, le=10**9)]
+
+
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class ServingSetup:
     """What a serving CSV does not say about a row: the server's flags and the client's.
 
@@ -88,14 +94,14 @@ class ServingSetup:
     10 x concurrency), vLLM 0.12's admission (``scheduler_reserve_full_isl`` off).
     """
 
-    max_num_batched_tokens: int = 8192
-    enable_prefix_caching: bool = False
-    prompts_per_client: int = 10
-    random_range_ratio: float = 0.0
-    closed_loop_start: str = "burst"
-    kv_cache_dtype: str = "auto"
-    fp8_gemm: str = "auto"
-    scheduler_reserve_full_isl: bool = False
+    max_num_batched_tokens: _Count = 8192
+    enable_prefix_caching: StrictBool = False
+    prompts_per_client: _Count = 10
+    random_range_ratio: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] = 0.0
+    closed_loop_start: Literal["burst", "staggered"] = "burst"
+    kv_cache_dtype: Literal["auto", "bf16", "fp8"] = "auto"
+    fp8_gemm: Literal["auto", "block", "tensor"] = "auto"
+    scheduler_reserve_full_isl: StrictBool = False
 
     def describe(self) -> str:
         return (
@@ -180,37 +186,37 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
 
 def load_serving_csv(path: str | Path) -> list[ServingRow]:
     """Rows of a serving CSV (schema of ``shared/data/serving``); one clear line per defect."""
-    import pandas as pd
+    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, numeric_column, read_csv
+    from calibration.registry import get_gpu
 
     p = Path(path)
-    if not p.is_file():
-        raise ComemInputError(f"{p}: serving CSV does not exist")
-    try:
-        raw = pd.read_csv(p)
-    except Exception as exc:
-        raise ComemInputError(f"{p}: not a readable CSV ({exc})") from None
+    raw = read_csv(p, "serving")
     missing = [c for c in SERVING_COLUMNS if c not in raw.columns]
     if missing:
         raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    where = str(p)
+    counts = {"tp": 64, "concurrency": MAX_TOKENS, "isl": MAX_TOKENS, "osl": MAX_TOKENS}
+    for col, high in counts.items():
+        raw[col] = numeric_column(raw, col, where, low=1, high=high, whole=True)
+    for col in ("ttft_ms", "tpot_ms"):  # milliseconds: finite, above a nanosecond
+        raw[col] = numeric_column(raw, col, where, low=1e-6, high=MAX_SECONDS * 1e3)
     rows = []
     for i, r in enumerate(raw.itertuples(index=False), start=2):
-        where = f"{p}:{i}"
-        try:
-            ints = {k: int(getattr(r, k)) for k in ("tp", "concurrency", "isl", "osl")}
-            ttft, tpot = float(r.ttft_ms), float(r.tpot_ms)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise ComemInputError(
-                f"{where}: tp, concurrency, isl, osl, ttft_ms, tpot_ms must be numbers"
-            ) from None
-        if min(ints.values()) < 1 or not (ttft > 0 and tpot > 0):
-            raise ComemInputError(f"{where}: counts must be >= 1 and times > 0")
+        ints = {k: int(getattr(r, k)) for k in counts}
+        ttft, tpot = float(r.ttft_ms), float(r.tpot_ms)
         version = getattr(r, "vllm_version", "")
         measured = getattr(r, "measured", "")
+        try:
+            model = get_model(str(r.model)).alias
+            get_gpu(str(r.gpu))  # known, or a device file
+            dtype = check_dtype(str(r.dtype))
+        except ComemInputError as exc:
+            raise ComemInputError(f"{p}:{i}: {exc}") from None
         rows.append(
             ServingRow(
-                model=get_model(str(r.model)).alias,
+                model=model,
                 gpu=str(r.gpu),
-                dtype=check_dtype(str(r.dtype)),
+                dtype=dtype,
                 ttft_s=ttft / 1e3,
                 tpot_s=tpot / 1e3,
                 vllm_version="" if version != version else str(version),  # NaN: unstated
@@ -458,22 +464,28 @@ def parse_assumptions(
             )
         try:
             value: Any = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (a word), or no usable number
             value = raw
+        _check_assumption(key, value, f"--assume {item!r}")
         model = get_model(scope).alias if scope else "*"
         out.setdefault(model, {})[key] = value
     return out
 
 
+def _check_assumption(key: str, value: Any, where: str) -> None:
+    """One line if ``value`` cannot be the assumption ``key`` (a count that is no whole
+    number >= 1, a ratio outside [0, 1), a word that is no choice, text for a flag)."""
+    try:
+        ServingSetup(**{key: value})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ComemInputError(f"{where}: {err['msg']} (got {shown})") from None
+
+
 def setup_for(row: ServingRow, assumptions: dict[str, dict[str, Any]]) -> ServingSetup:
     """The setup of ``row``: defaults, then ``*``, then its model's assumptions."""
     values = dict(assumptions.get("*", {})) | dict(assumptions.get(row.model, {}))
-    try:
-        setup = ServingSetup(**values)
-    except TypeError as exc:
-        raise ComemInputError(f"serving assumptions for {row.model}: {exc}") from None
-    if setup.closed_loop_start not in ("burst", "staggered"):
-        raise ComemInputError(
-            f"serving assumptions for {row.model}: closed_loop_start must be burst or staggered"
-        )
-    return setup
+    for key, value in values.items():
+        _check_assumption(key, value, f"serving assumptions for {row.model}: {key}")
+    return ServingSetup(**values)

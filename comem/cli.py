@@ -71,6 +71,36 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_shown(text)}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _token_count(text: str) -> int:
+    """A count of tokens (a budget, a cache size, a block size): 1 to 10^9, the bound of
+    every token field of the input files."""
+    from calibration.inputs import MAX_TOKENS
+
+    value = _positive_int(text)
+    if value > MAX_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be a token count <= {MAX_TOKENS:.0e}, got {text}")
+    return value
+
+
+def _name(text: str) -> str:
+    """A name (a framework, a served model): not empty, no control characters."""
+    if not text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"expected a name of printable characters, got {_shown(text)}"
+        )
+    return text
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -79,6 +109,49 @@ def _non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _path(text: str) -> str:
+    """A file or directory argument: an empty one names nothing (it would be skipped, or
+    mean the current directory, without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
+#: the arguments that name files or directories (every command's): checked by :func:`_path`
+_PATH_ARGS = frozenset(
+    {"out", "profile", "grid", "spec", "workload", "kernels", "measurements", "e2e",
+     "fallback_kernels", "overhead_from", "figures", "csv", "dir", "only", "steps", "figure",
+     "scenario", "sweep", "shared"}
+)  # fmt: skip
+
+
+def _check_paths(parser: argparse.ArgumentParser) -> None:
+    """Give every path argument of ``parser`` and its subcommands the :func:`_path` type."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _check_paths(sub)
+        elif action.dest in _PATH_ARGS and action.type is None and action.nargs != 0:
+            action.type = _path
+
+
+def _workers(requested: int | None, jobs: int) -> int:
+    """Worker processes for ``jobs`` jobs: ``--workers`` (at most 4 per CPU: a process
+    pool forks them all at once) or the CPU count, never more than there are jobs."""
+    import os
+
+    from calibration import limits
+
+    cpus = os.cpu_count() or 1
+    if requested is not None:
+        limits.check(
+            limits.Budget(4 * cpus, f"worker processes (4 per CPU; this machine has {cpus})"),
+            requested,
+            f"--workers {requested}",
+        )
+    return max(1, min(requested or cpus, jobs))
 
 
 def _writable_dir(path: str | None, flag: str = "--out") -> None:
@@ -138,11 +211,23 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
     from calibration.report import build_report, render_text
 
     profile = Profile.load(args.profile) if args.profile else None
+    if profile is not None:  # the report is the profile's: another --gpu/--dtype is a mistake
+        from calibration.registry import get_gpu
+
+        for flag, asked, has in (
+            ("--gpu", None if args.gpu is None else get_gpu(args.gpu).name, profile.gpu),
+            ("--dtype", args.dtype, profile.dtype),
+        ):
+            if asked is not None and asked != has:
+                raise ComemInputError(
+                    f"{flag} {asked}: the --profile {args.profile} is for {has};"
+                    f" leave {flag} out, or give a profile for {asked}"
+                )
     if not args.no_figures:
         _writable_dir(args.figures, "--figures")
     report = build_report(
-        gpu=args.gpu,
-        dtype=args.dtype,
+        gpu="h100_sxm" if args.gpu is None else args.gpu,
+        dtype="bf16" if args.dtype is None else args.dtype,
         kernels=args.kernels,
         e2e_csv=args.e2e,
         figures_dir=None if args.no_figures else args.figures,
@@ -157,8 +242,14 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.fit import fit_profile
+    from calibration.inputs import refuse_input_as_output
     from calibration.profile import Profile
 
+    refuse_input_as_output(
+        args.out,
+        {"--measurements": args.measurements, "--e2e": args.e2e,
+         "--overhead-from": args.overhead_from},
+    )  # fmt: skip
     _writable_file(args.out)
     if args.measurements:
         return _fit_measured(args)
@@ -443,6 +534,7 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
+    from calibration.inputs import refuse_input_as_output
     from calibration.profile import Profile, available_profiles, profile_path
     from calibration.serving import (
         ASSUMPTION_PRESETS,
@@ -452,6 +544,8 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     )
     from sim.serving import calibrate_serving
 
+    refuse_input_as_output(args.out, {"--csv": args.csv})
+    _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
     result = calibrate_serving(
@@ -526,8 +620,14 @@ def _percent_table(frame: Any) -> str:
 
 
 def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
-    from calibration.microbench import run_microbench
+    from calibration.inputs import refuse_overwrite
+    from calibration.microbench import DEVICE_FILE, KERNEL_FILES, run_microbench
 
+    # the tables are measurements (GPU time): never replaced without --force
+    out_dir = Path(args.out)
+    names = [DEVICE_FILE, *(fname for fname, _ in KERNEL_FILES.values())]
+    refuse_overwrite([out_dir / n for n in names], args.force)
+    _writable_dir(args.out)
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     result = run_microbench(args.out, device=args.device, quick=args.quick, progress=progress)
     if args.json:
@@ -847,7 +947,6 @@ def _percentile_metrics_arg(text: str) -> tuple[str, ...]:
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    import os
 
     from sim.paper import (
         PAPER_METRICS,
@@ -866,7 +965,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
             raise ComemInputError(f"{f}: scenario file does not exist")
     out = Path(args.out)
     _writable_dir(str(out), "--out")
-    workers = args.workers or max(1, min(len(files), os.cpu_count() or 1))
+    workers = _workers(args.workers, len(files))
     show = not args.json and sys.stderr.isatty()
     rows = _with_progress(
         show, "comem paper", "scenarios", len(files),
@@ -911,14 +1010,18 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    import os
 
     from comem.plan import PlanSpec, pareto, pareto_figure, run_plan, table_markdown, write_scenario
     from sim.config import read_toml, validate
 
     data: dict[str, Any] = {}
     if args.spec:
-        data = dict(read_toml(args.spec, "plan").get("plan") or {})
+        table = read_toml(args.spec, "plan")
+        other = sorted(set(table) - {"plan"})
+        if other or not isinstance(table.get("plan"), dict):
+            found = f" (found {', '.join(other)})" if other else ""
+            raise ComemInputError(f"{args.spec}: expected one [plan] table of settings{found}")
+        data = dict(table["plan"])
     flags = {
         "agent_model": args.agent_model,
         "memory_model": args.memory_model,
@@ -943,7 +1046,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     spec = validate(PlanSpec, data, "plan")
     out = Path(args.out)
     _writable_dir(str(out), "--out")
-    workers = args.workers or max(1, os.cpu_count() or 1)
+    workers = _workers(args.workers, 10**6)  # the candidates are counted later
     rows, n = _with_progress(
         not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
@@ -1137,8 +1240,11 @@ def _run_table(
 
 
 def cmd_workload_fit(args: argparse.Namespace) -> int:
+    from calibration.inputs import refuse_input_as_output
     from sim.workloads import default_steps_file, fit_workload, plot_fitted
 
+    refuse_input_as_output(args.out, {"--steps": args.steps})
+    refuse_input_as_output(args.figure, {"--steps": args.steps}, "--figure")
     _writable_file(args.out)
     _writable_file(args.figure, "--figure")
     steps = args.steps or default_steps_file()
@@ -1212,20 +1318,12 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import os
 
-    from calibration import limits
     from sim.sweep import failed_points, load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
-    cpus = os.cpu_count() or 1
-    workers = args.workers or cpus
-    limits.check(
-        limits.Budget(4 * cpus, f"worker processes (4 per CPU; this machine has {cpus})"),
-        workers,
-        f"--workers {workers}",
-    )
+    workers = _workers(args.workers, len(sweep.points))
     _writable_dir(out)
     show = not args.json and sys.stderr.isatty()
     if show:
@@ -1336,8 +1434,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal_sub = cal.add_subparsers(dest="calibrate_command", required=True, parser_class=_Parser)
 
     rep = cal_sub.add_parser("report", help="print the calibration report and write its plots")
-    rep.add_argument("--gpu", default="h100_sxm")
-    rep.add_argument("--dtype", default="bf16")
+    rep.add_argument("--gpu", help="GPU of the embedded profile to report on [h100_sxm]")
+    rep.add_argument("--dtype", help="dtype of the embedded profile [bf16]")
     rep.add_argument("--profile", help="a profile JSON file instead of the embedded default")
     rep.add_argument("--kernels", help="kernel-table directory to recompute per-op errors on")
     rep.add_argument("--e2e", help="end-to-end static-batch CSV to recompute the e2e error on")
@@ -1355,13 +1453,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="profile JSON file to write")
     fit.add_argument(
         "--max-batch-tokens",
-        type=_positive_int,
+        type=_token_count,
         help="(--measurements) the server's token budget per iteration",
     )
     fit.add_argument(
-        "--kv-capacity-tokens", type=_positive_int, help="(--measurements) the server's KV tokens"
+        "--kv-capacity-tokens", type=_token_count, help="(--measurements) the server's KV tokens"
     )
-    fit.add_argument("--block-size", type=_positive_int, help="(--measurements) KV block size")
+    fit.add_argument("--block-size", type=_token_count, help="(--measurements) KV block size")
     fit.add_argument("--server", help="(--measurements) free-text description of the server")
     fit.add_argument("--gpu", help="GPU name (default: from the tables' device column)")
     fit.add_argument("--dtype", default="bf16")
@@ -1396,7 +1494,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one assumption (max_num_batched_tokens, prompts_per_client, random_range_ratio,"
         " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, ...)",
     )  # fmt: skip
-    fs.add_argument("--framework", default="vllm-serving", help="name of the pooled fit")
+    fs.add_argument(
+        "--framework", type=_name, default="vllm-serving", help="name of the pooled fit"
+    )
     fs.add_argument("--no-cv", action="store_true", help="skip leave-one-model-out")
     fs.add_argument("--no-per-version", action="store_true", help="skip per-version fits")
     fs.add_argument("--profile", help="(--out) the profile to copy the kernels from")
@@ -1418,6 +1518,7 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
     mb.add_argument("--quick", action="store_true", help="tiny shapes (seconds, for CPU/CI)")
     mb.add_argument("--json", action="store_true", help="print the summary as JSON")
+    mb.add_argument("--force", action="store_true", help="replace kernel tables already in --out")
     mb.set_defaults(func=cmd_calibrate_microbench)
 
     ps = sub.add_parser(
@@ -1439,11 +1540,12 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--batch", type=_positive_int, required=True)
     ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
     ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
-    ps.add_argument("--max-num-batched-tokens", type=_positive_int, default=16384)
+    ps.add_argument("--max-num-batched-tokens", type=_token_count, default=16384)
     ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
     ps.add_argument(
-        "--framework", help="the profile's overhead of this framework version (e.g. vllm-2024,"
+        "--framework", type=_name,
+        help="the profile's overhead of this framework version (e.g. vllm-2024,"
         " the 2024 vLLM of the static-batch data) [the profile's default: the serving fit]",
     )  # fmt: skip
     ps.add_argument("--json", action="store_true")
@@ -1493,18 +1595,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
         " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
     )  # fmt: skip
-    bs.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
-    bs.add_argument("--max-num-seqs", type=_positive_int, default=1024)
-    bs.add_argument("--max-model-len", type=_positive_int)
+    bs.add_argument("--max-num-batched-tokens", type=_token_count, default=8192)
+    bs.add_argument("--max-num-seqs", type=_token_count, default=1024)
+    bs.add_argument("--max-model-len", type=_token_count)
     bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
-    bs.add_argument("--kv-capacity-tokens", type=_positive_int, help="KV cache size override")
+    bs.add_argument("--kv-capacity-tokens", type=_token_count, help="KV cache size override")
     bs.add_argument("--no-enable-prefix-caching", action="store_true")
     bs.add_argument("--kv-offloading-backend", choices=("native",), help="vLLM's CPU KV offloading")
     bs.add_argument(
         "--kv-offloading-size", type=float, help="GiB of CPU memory for KV blocks (all GPUs)"
     )
     bs.add_argument(
-        "--kv-offloading-bandwidth-gbps", type=float, default=50.0,
+        "--kv-offloading-bandwidth-gbps", type=_positive_number, default=50.0,
         help="host<->GPU copy GB/s per GPU and direction [50: PCIe Gen5 x16, ~80%%]",
     )  # fmt: skip
     bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
@@ -1644,7 +1746,7 @@ def build_parser() -> argparse.ArgumentParser:
         "profile", help="measure a live OpenAI-compatible server over a grid of loads (CSV)"
     )
     pr.add_argument("--endpoint", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-    pr.add_argument("--model", required=True, help="model name the server knows")
+    pr.add_argument("--model", type=_name, required=True, help="model name the server knows")
     pr.add_argument("--grid", help="grid TOML (input_tokens, output_tokens, concurrency, rounds)")
     pr.add_argument(
         "--out",
@@ -1666,9 +1768,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("scenario", help="scenario TOML file (closed-loop workload)")
     rp.add_argument("--endpoint", required=True, help="agent model server base URL")
-    rp.add_argument("--model", required=True, help="agent model name")
+    rp.add_argument("--model", type=_name, required=True, help="agent model name")
     rp.add_argument("--memory-endpoint", help="memory model server (needed by SM and KSO)")
-    rp.add_argument("--memory-model", help="memory model name (default: --model)")
+    rp.add_argument("--memory-model", type=_name, help="memory model name (default: --model)")
     rp.add_argument("--profile", help="measured profile JSON: also simulate and compare")
     rp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a scenario field")
     rp.add_argument("--timeout", type=_positive_seconds, default=120.0, help="seconds per request")
@@ -1748,7 +1850,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))
     ls.set_defaults(func=cmd_list)
+    _check_paths(parser)
     return parser
+
+
+def _one_line(text: str) -> str:
+    """An error message as one printable line: a newline or other control character
+    quoted from the user's input (a name, a parser's message) is shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1760,11 +1869,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with allowing_large(getattr(args, "allow_large", False)):
             return int(args.func(args))
     except ComemInputError as exc:
-        print(f"comem: error: {exc}", file=sys.stderr)
+        print(f"comem: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's files, disks or network: one line as well
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"comem: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"comem: error: {_one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
     except MemoryError:  # past a budget with --allow-large, or a small machine
         print(

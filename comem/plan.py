@@ -34,12 +34,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt
 
 from calibration.errors import ComemInputError
-from calibration.inputs import InputModel
+from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText
+
+#: the most GPUs a plan enumerates deployments for (a larger count is a typo: the
+#: enumeration grows with every divisor of it)
+MAX_PLAN_GPUS = 4096
 
 Objective = Literal["mean-step", "p99-step", "steps-per-gpu"]
 Kind = Literal["fc", "cp", "sm", "kso"]
@@ -64,25 +68,27 @@ class PlanSpec(InputModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    agent_model: str
-    memory_model: str = "qwen3-4b"
-    gpu: str = "h200_sxm"
-    gpus: PositiveInt = 8
+    agent_model: PathText
+    memory_model: PathText = "qwen3-4b"
+    gpu: PathText = "h200_sxm"
+    gpus: int = Field(default=8, ge=1, le=MAX_PLAN_GPUS)
     agents: PositiveInt = 64
     #: a scenario file whose ``workload`` the agents run (default: the authors' synthetic
     #: benchmark); ``agents`` replaces its agent count
-    workload_scenario: str | None = None
+    workload_scenario: PathText | None = None
     steps: PositiveInt | None = None
     objective: Objective = "mean-step"
     #: p99 step latency every chosen deployment must meet, seconds
-    slo_step_s: PositiveFloat | None = None
+    slo_step_s: Annotated[float, Field(gt=0.0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
     max_gpus: PositiveInt | None = None
     kinds: list[Kind] = Field(default_factory=lambda: list(ALL_KINDS), min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: list(ALL_DTYPES), min_length=1)
-    k_values: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8])
+    k_values: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
+        default_factory=lambda: [1, 2, 4, 8], min_length=1
+    )
     retain: PositiveInt = 3
     offload: list[bool] = Field(default_factory=lambda: [False, True])
-    offload_gib: PositiveFloat = 500.0
+    offload_gib: float = Field(default=500.0, gt=0.0, le=1e6, allow_inf_nan=False)
     max_model_len: PositiveInt = 65536
     memory_max_model_len: PositiveInt = 131072
     #: candidates the simulator confirms (besides the best of each kind)
@@ -399,7 +405,7 @@ def confirm(
         for job in todo:
             keep(_simulate(job))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
             for fut in as_completed([pool.submit(_simulate, job) for job in todo]):
                 keep(fut.result())
     return done

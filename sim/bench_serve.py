@@ -76,6 +76,11 @@ class BenchServeConfig(InputModel):
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
+        if self.warmup_requests is not None and self.warmup_requests >= self.num_prompts:
+            raise ValueError(
+                f"warmup_requests ({self.warmup_requests}) leaves none of the"
+                f" {self.num_prompts} prompts to measure"
+            )
         rate = self.request_rate
         if math.isnan(rate) or (math.isfinite(rate) and rate < 1.0 / MAX_SECONDS):
             raise ValueError(

@@ -30,6 +30,11 @@ from calibration.inputs import (
 
 __all__ = ["EngineConfig", "Stepping", "apply_overrides", "parse_value", "read_toml", "validate"]
 
+#: The most data-parallel replicas of one engine: each is a scheduler and a KV cache in
+#: memory (a million of them fill gigabytes before the first step); 1024 replicas of
+#: even one GPU each are beyond any deployment the project studies.
+MAX_REPLICAS = 1024
+
 #: ``event``: jump over runs of identical iterations (the default); ``iteration``: one
 #: SimPy step per engine iteration (the reference). ``fast`` is the old name of ``event``.
 Stepping = Literal["event", "iteration", "fast"]
@@ -110,7 +115,7 @@ class EngineConfig(InputModel):
     gpu_group: Name | None = None
     #: Data-parallel replicas (vLLM ``--data-parallel-size``), each on its own ``tp`` GPUs
     #: with its own scheduler and KV cache, behind a router.
-    data_parallel_size: PositiveInt = 1
+    data_parallel_size: int = Field(default=1, ge=1, le=MAX_REPLICAS)
     #: ``vllm``: the replica with the lowest 4 x waiting + running (vLLM's DP client);
     #: ``round-robin``; ``prefix-aware``: the longest cached prefix, then vLLM's score.
     data_parallel_router: Literal["vllm", "round-robin", "prefix-aware"] = "vllm"

@@ -116,7 +116,7 @@ def run_jobs(
                 on_done()
         return out
     results: list[list[dict[str, Any]] | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
         futures = {pool.submit(_run_one, job): i for i, job in enumerate(jobs)}
         from concurrent.futures import as_completed
 

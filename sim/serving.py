@@ -37,7 +37,13 @@ from calibration.serving import (
     setup_for,
     tpot_lower_bound,
 )
-from sim.bench_serve import BenchServeConfig, BenchServeResult, run_bench_serve, warmup_count
+from sim.bench_serve import (
+    BenchServeConfig,
+    BenchServeResult,
+    check_config,
+    run_bench_serve,
+    warmup_count,
+)
 from sim.config import EngineConfig
 
 #: the name the pooled serving fit is kept under (the profiles' default overhead)
@@ -81,8 +87,8 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         gpu=row.gpu,
         tp=row.tp,
         dtype=row.dtype,  # type: ignore[arg-type]
-        kv_cache_dtype=setup.kv_cache_dtype,  # type: ignore[arg-type]
-        fp8_gemm=setup.fp8_gemm,  # type: ignore[arg-type]
+        kv_cache_dtype=setup.kv_cache_dtype,
+        fp8_gemm=setup.fp8_gemm,
         max_num_batched_tokens=setup.max_num_batched_tokens,
         enable_prefix_caching=setup.enable_prefix_caching,
         scheduler_reserve_full_isl=setup.scheduler_reserve_full_isl,
@@ -95,7 +101,7 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         random_output_len=row.osl,
         random_range_ratio=setup.random_range_ratio,
         max_concurrency=row.concurrency,
-        closed_loop_start=setup.closed_loop_start,  # type: ignore[arg-type]
+        closed_loop_start=setup.closed_loop_start,
     )
 
 
@@ -295,6 +301,11 @@ def calibrate_serving(
     """Fit the serving overhead on ``rows`` (pooled, and per framework version), with
     leave-one-model-out cross-validation. Rows below :func:`tpot_lower_bound` are left out."""
     setups = [setup_for(r, assumptions) for r in rows]
+    for r, s in zip(rows, setups, strict=True):  # a server that cannot exist, a huge run
+        try:
+            check_config(bench_config(r, s))
+        except ComemInputError as exc:
+            raise ComemInputError(f"serving row {r.label}: {exc}") from None
     keep, excluded = [], []
     for r, s in zip(rows, setups, strict=True):
         bound = tpot_lower_bound(r, s)

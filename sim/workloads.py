@@ -49,9 +49,9 @@ def default_steps_file() -> Path | None:
 @lru_cache(maxsize=4)
 def load_steps(path: str) -> pd.DataFrame:
     """Read and clean a steps CSV (one row per LLM call)."""
-    from calibration.inputs import input_file, numeric_column
+    from calibration.inputs import numeric_column, read_csv
 
-    p = input_file(path, "agent-steps")
+    p = Path(path)
     needed = [
         "source",
         "trajectory_id",
@@ -63,10 +63,7 @@ def load_steps(path: str) -> pd.DataFrame:
         "observation_tokens_est_chars4",
         "tool_time_s",
     ]
-    try:
-        frame = pd.read_csv(p, usecols=needed)
-    except (ValueError, pd.errors.ParserError) as exc:  # UnicodeDecodeError included
-        raise ComemInputError(f"{p}: not a steps CSV ({exc})") from None
+    frame = read_csv(p, "agent-steps", usecols=needed)
     where = str(p)
     low, high = -MAX_TOKENS, MAX_TOKENS
     frame["step"] = numeric_column(frame, "step", where, low=0, high=MAX_TOKENS, whole=True)

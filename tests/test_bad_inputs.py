@@ -230,6 +230,17 @@ def _write_fixtures(d: Path) -> None:
     for name, body in sweeps.items():
         (d / f"sweep_{name}.toml").write_text(base + body)
     (d / "fitted_copy.json").write_text(FITTED.read_text())
+    serving = "model,gpu,dtype,tp,concurrency,isl,osl,ttft_ms,tpot_ms\n"
+    (d / "serving_ok.csv").write_text(serving + "llama-3.1-8b,h100_sxm,bf16,1,8,128,32,30,8\n")
+    (d / "serving_tp_inf.csv").write_text(
+        serving + "llama-3.1-8b,h100_sxm,bf16,inf,8,128,32,30,8\n"
+    )
+    (d / "binary.csv").write_bytes(bytes(range(256)))
+    good.assign(ttft_s=100.0).to_csv(d / "ttft_late.csv", index=False)
+    (d / "plan_int.toml").write_text("plan = 5\n")
+    (d / "plan_offload_inf.toml").write_text('[plan]\nagent_model = "glm-4.7"\noffload_gib = inf\n')
+    (d / "tables").mkdir()
+    (d / "tables" / "gemm_perf.parquet").write_text("measured\n")
     (d / "sweep_one_fails.toml").write_text(
         f'base = "{d / "fitted_good.toml"}"\n[set]\n"workload.agents" = 1\n[grid]\n'
         f'"workload.path" = ["{FITTED}", "{d / "garbage.json"}", "{d / "fitted_copy.json"}"]\n'
@@ -621,6 +632,88 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["run", "{d}/small.toml", "--set", 'workload={"kind": "trace", "sources": []}'],
         ["workload.sources"],
     ),
+    # found by a hostile-user sweep of every command and flag (fuzz-fixes)
+    (
+        "serving-csv-inf",
+        ["calibrate", "fit-serving", "--csv", "{d}/serving_tp_inf.csv"],
+        ["serving_tp_inf.csv:2", "'tp'"],
+    ),
+    (
+        "assume-not-a-number",
+        [
+            "calibrate",
+            "fit-serving",
+            "--csv",
+            "{d}/serving_ok.csv",
+            "--assume",
+            "max_num_batched_tokens=abc",
+        ],
+        ["--assume", "valid integer"],
+    ),  # fmt: skip
+    ("csv-binary", [*FIT, "--measurements", "{d}/binary.csv"], ["binary.csv", "not UTF-8"]),
+    ("csv-ttft-after-e2e", [*FIT, "--measurements", "{d}/ttft_late.csv"], ["ttft_s", "e2e_s"]),
+    ("name-newline", [*PS, "--batch", "1", "--model", "a\nb"], ["unknown model", "a\\nb"]),
+    (
+        "out-is-input",
+        [*FIT[:-2], "--measurements", "{d}/good.csv", "--out", "{d}/good.csv"],
+        ["is the --measurements file"],
+    ),
+    ("paper-workers", ["paper", "--workers", "100000"], ["--workers", "--allow-large"]),
+    (
+        "plan-spec-not-a-table",
+        ["plan", "--spec", "{d}/plan_int.toml", "--out", "{d}/o/plan"],
+        ["plan_int.toml", "[plan]"],
+    ),
+    (
+        "plan-offload-inf",
+        ["plan", "--spec", "{d}/plan_offload_inf.toml", "--out", "{d}/o/plan"],
+        ["offload_gib", "finite"],
+    ),
+    (
+        "data-parallel-million",
+        [
+            "run",
+            "{d}/small.toml",
+            "--set",
+            'architectures=[{"name": "A", "kind": "fc", "agent": {"data_parallel_size": 1000000}}]',
+        ],
+        ["data_parallel_size"],
+    ),  # fmt: skip
+    (
+        "microbench-keeps-tables",
+        ["calibrate", "microbench", "--device", "cpu", "--quick", "--out", "{d}/tables"],
+        ["gemm_perf.parquet", "--force"],
+    ),
+    (
+        "warmup-all-prompts",
+        ["bench-serve", "--model", "llama-3-8b", "--num-prompts", "8", "--warmup-requests", "8"],
+        ["warmup_requests"],
+    ),
+    ("empty-out", ["run", "{d}/small.toml", "--out", ""], ["--out", "empty"]),
+    (
+        "token-flag-huge",
+        [*FIT, "--measurements", "{d}/good.csv", "--kv-capacity-tokens", str(10**18)],
+        ["--kv-capacity-tokens"],
+    ),
+    ("empty-name", ["run", "{d}/small.toml", "--set", 'name=""'], ["name", "at least 1"]),
+    (
+        "report-gpu-not-the-profiles",
+        [
+            "calibrate",
+            "report",
+            "--no-figures",
+            "--gpu",
+            "h200_sxm",
+            "--profile",
+            str(KERNEL_PROFILE),
+        ],
+        ["--gpu h200_sxm", "is for h100_sxm"],
+    ),  # fmt: skip
+    (
+        "report-gpu-empty",
+        ["calibrate", "report", "--no-figures", "--gpu", ""],
+        ["no embedded profile"],
+    ),
 ]
 
 
@@ -682,6 +775,8 @@ def test_server_garbage_becomes_one_printable_line() -> None:
 def test_no_case_leaves_a_directory_for_its_failed_output(files: Path) -> None:
     assert (files / "a_file.txt").read_text() == "not a directory\n"
     assert (files / "replayed" / "live_steps.csv").read_text() == "measured\n"
+    assert (files / "tables" / "gemm_perf.parquet").read_text() == "measured\n"
+    assert pd.read_csv(files / "good.csv").equals(_measurements(np.random.default_rng(0)))
 
 
 # --- nothing the user had is lost --------------------------------------------------------

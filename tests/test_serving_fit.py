@@ -169,8 +169,9 @@ def test_load_serving_csv(tmp_path: Path):
     "body,match",
     [
         ("model,gpu\nx,y\n", "missing column"),
-        (HEADER + "llama-3-8b,h100_sxm,bf16,two,4,1,1,1,1\n", r"s\.csv:2: tp, concurrency"),
-        (HEADER + "llama-3-8b,h100_sxm,bf16,1,0,1,1,1,1\n", "counts must be >= 1"),
+        (HEADER + "llama-3-8b,h100_sxm,bf16,two,4,1,1,1,1\n", r"s\.csv:2: column 'tp' is not"),
+        (HEADER + "llama-3-8b,h100_sxm,bf16,1,0,1,1,1,1\n", r"'concurrency' must be a whole"),
+        (HEADER + "llama-3-8b,h100_sxm,bf16,inf,1,1,1,1,1\n", r"s\.csv:2: column 'tp'"),
         (HEADER + "no-such-model,h100_sxm,bf16,1,1,1,1,1,1\n", "unknown model"),
     ],
 )
