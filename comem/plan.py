@@ -427,6 +427,10 @@ class PlanRow:
     preemptions: int = 0
     meets_slo: bool = True
     candidate: dict[str, Any] = field(default_factory=dict)
+    #: a MoE agent as DP replicas without EP: vLLM shards its MoE layers over all TP x DP
+    #: GPUs (``flatten_tp_across_dp``), the simulator over each replica's TP only, so its
+    #: KV capacity and MoE weight reads are pessimistic
+    moe_dp_pessimistic: bool = False
 
 
 def objective_value(spec: PlanSpec, row: PlanRow) -> float:
@@ -483,12 +487,16 @@ def rank(
 ) -> list[PlanRow]:
     """Step 4: simulated candidates first, by objective among those meeting the SLO (and
     finishing their tasks), then the rest by estimate."""
+    from calibration.registry import get_model
+
+    moe = get_model(spec.agent_model).is_moe
     rows = []
     for e in estimates:
         c = e.candidate
         row = PlanRow(
             0, c.label, c.gpus_used, e.mean_step_s, e.kv_bound_agents, e.optimistic,
             simulated=c.key() in simulated, candidate=asdict(c),
+            moe_dp_pessimistic=moe and c.agent_dp > 1 and not c.agent_ep,
         )  # fmt: skip
         sim = simulated.get(c.key())
         if sim is not None:
@@ -573,6 +581,8 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
         notes = []
         if r.estimate_optimistic:
             notes.append("theory optimistic")
+        if r.moe_dp_pessimistic:
+            notes.append("MoE DP pessimistic")
         if r.simulated and not r.meets_slo:
             notes.append("misses SLO" if r.tasks_ended_early == 0 else "tasks ended early")
         if not r.simulated:

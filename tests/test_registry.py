@@ -221,7 +221,8 @@ def test_malformed_spec_rejected() -> None:
 
 def test_gpus() -> None:
     h100, h200 = get_gpu("h100_sxm"), get_gpu("H200_SXM")
-    assert h100.memory_gib == 80 and h200.memory_gib == 141
+    # what torch.cuda.mem_get_info() reports (vLLM sizes from it), not the datasheets' 80/141 GB
+    assert h100.memory_bytes == 85_017_493_504 and h200.memory_gib == 139.8
     assert h100.hbm_bandwidth_Bps == pytest.approx(3.35e12)
     assert h200.hbm_bandwidth_Bps == pytest.approx(4.8e12)
     for gpu in (h100, h200):
@@ -257,9 +258,9 @@ def test_dtypes() -> None:
 
 def test_fits_in_memory_value() -> None:
     spec, gpu = get_model("llama-3-8b"), get_gpu("h100_sxm")
-    expected = 80 * GIB * 0.9 - spec.weight_bytes("bf16") - GIB
+    expected = gpu.memory_bytes * 0.9 - spec.weight_bytes("bf16") - GIB
     assert fits_in_memory(spec, gpu, 1, "bf16") == int(expected)
-    half = 80 * GIB * 0.5 - spec.weight_bytes("bf16") / 2 - GIB
+    half = gpu.memory_bytes * 0.5 - spec.weight_bytes("bf16") / 2 - GIB
     assert fits_in_memory(spec, gpu, 2, "bf16", gpu_memory_utilization=0.5) == int(half)
 
 
