@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, OffloadTier, Stream
+from calibration.kv_cache import KVCache, OffloadTier, Stream, StreamSpace
 
 #: the longest run planned at once, in iterations (bounds the arrays priced at once)
 MAX_RUN_ITERATIONS = 1 << 16
@@ -254,6 +254,12 @@ class Scheduler:
         self.block_size = kv.block_size
         self.caching = kv.enable_prefix_caching and self.config.enable_prefix_caching
         self.lazy = lazy
+        #: with prefix caching: give a request without a stream a private one when it is
+        #: preempted, keying the blocks it computed, so that re-admitted it finds those
+        #: not evicted meanwhile. Equivalent to a private stream from the start when no
+        #: other request shares its content (vLLM hashes every block; only the request
+        #: itself can hit them), without keying blocks of requests never preempted.
+        self.private_streams: StreamSpace | None = None
         self.waiting: deque[Sequence] = deque()
         #: running requests outside the decode group, in admission order
         self.running: list[Sequence] = []
@@ -386,6 +392,10 @@ class Scheduler:
         seq.own_blocks = 0
 
     def _preempt(self, seq: Sequence) -> None:
+        if seq.stream is None and self.private_streams is not None and self.caching:
+            seq.stream = self.private_streams.new()
+            self.kv.enter(seq.stream)
+            self._register(seq, seq.computed)
         self._release(seq)
         seq.computed = 0
         seq.preemptions += 1

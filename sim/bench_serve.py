@@ -231,8 +231,13 @@ def run_bench_serve(
     # every prompt is its own content. With prefix caching vLLM hashes its blocks; no
     # other request shares them, but a preempted request finds its own freed blocks again
     # when it is re-admitted (those not evicted meanwhile), and a CPU offload tier stores
-    # and reloads them: each request has its own stream
-    streams = StreamSpace() if cfg.engine.enable_prefix_caching else None
+    # and reloads them. With offload each request has its own stream from the start;
+    # without, the scheduler gives one to a request when it is preempted (the same hits,
+    # without keying the blocks of requests that never are)
+    e = cfg.engine
+    streams = StreamSpace() if e.enable_prefix_caching and e.kv_offloading_size else None
+    if e.enable_prefix_caching and streams is None:
+        engine.scheduler.private_streams = StreamSpace()
 
     def send(i: int) -> None:
         nonlocal in_flight

@@ -180,3 +180,27 @@ def test_a_preempted_request_finds_its_own_blocks_again():
     assert computed[True] < computed[False]  # re-admissions hit their own blocks
     assert computed[True] >= prompts  # every prompt once, at least (nothing shared)
     assert runs[True].to_vllm_json()["duration"] < runs[False].to_vllm_json()["duration"]
+
+
+def test_private_streams_at_preemption_equal_streams_from_the_start(monkeypatch):
+    """bench-serve keys a request's blocks only when it is preempted (nobody else can hit
+    them): the schedule equals that of a stream per request from the start."""
+    from calibration.kv_cache import StreamSpace
+    from sim import engine as engine_module
+
+    cfg = BenchServeConfig(
+        engine=EngineConfig(model="llama-3-8b", kv_capacity_tokens=60000),
+        num_prompts=150, random_input_len=1000, random_output_len=600, random_range_ratio=0.5,
+    )  # fmt: skip
+    lazy = run_bench_serve(cfg)
+    space, submit = StreamSpace(), engine_module.Engine.submit
+
+    def with_stream(self, prompt, output, stream=None, tag=None):
+        return submit(self, prompt, output, stream if stream is not None else space.new(), tag)
+
+    monkeypatch.setattr(engine_module.Engine, "submit", with_stream)
+    eager = run_bench_serve(cfg)
+    assert lazy.engine.preemptions == eager.engine.preemptions > 0
+    a, b = lazy.to_vllm_json(), eager.to_vllm_json()
+    for key in ("duration", "mean_ttft_ms", "p99_itl_ms", "std_itl_ms", "mean_e2el_ms"):
+        assert a[key] == pytest.approx(b[key], rel=1e-12), key
