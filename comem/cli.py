@@ -925,9 +925,9 @@ def _percentiles_arg(text: str) -> tuple[float, ...]:
             q = float(part)
         except ValueError:
             q = math.nan
-        if not 0.0 < q < 100.0:
+        if not 0.0 < q <= 100.0:
             raise argparse.ArgumentTypeError(
-                f"'{part}' is not a percentile; give numbers in (0, 100) separated by commas"
+                f"'{part}' is not a percentile; give numbers in (0, 100] separated by commas"
             )
         values.append(q)
     return tuple(dict.fromkeys(values))
