@@ -365,6 +365,7 @@ def vllm_result(
         if duration > 0
         else 0.0,
         "max_concurrent_requests": _max_concurrency(res.requests),
+        "max_output_tokens_per_s": _max_output_tokens_per_s(res, done, start),
         "closed_loop_start": cfg.closed_loop_start,
         "warmup_requests": warmup,
         "preemptions": res.engine.preemptions,
@@ -418,13 +419,29 @@ def vllm_result(
 
 
 def _max_concurrency(requests: list[Request]) -> int:
-    """Most requests in flight at once (sent, not completed)."""
-    events = [(r.arrival_s, 1) for r in requests] + [
-        (r.finished_s, -1) for r in requests if r.finished_s == r.finished_s
-    ]
-    events.sort(key=lambda e: (e[0], e[1]))
-    peak = level = 0
-    for _, d in events:
-        level += d
-        peak = max(peak, level)
-    return peak
+    """vLLM's ``max_concurrent_requests``: the most requests in flight in any one-second
+    bucket from the first send (a request counts in every bucket from its send's to its
+    completion's, both included)."""
+    done = [r for r in requests if r.status == "finished"]
+    if not done:
+        return 0
+    t0 = min(r.arrival_s for r in requests)
+    first = np.array([int(r.arrival_s - t0) for r in done])
+    last = np.array([int(r.finished_s - t0) for r in done])
+    counts = np.zeros(int(last.max()) + 2, dtype=np.int64)
+    np.add.at(counts, first, 1)
+    np.add.at(counts, last + 1, -1)
+    return int(np.cumsum(counts).max())
+
+
+def _max_output_tokens_per_s(res: BenchServeResult, done: list[Request], t0: float) -> float:
+    """vLLM's ``max_output_tokens_per_s``: the most output tokens (first ones included) that
+    arrive in any one-second bucket from the first send."""
+    times, weights = res.recorder.later_token_times()
+    firsts = np.array([r.first_token_s for r in done], dtype=float)
+    all_t = np.concatenate([times, firsts])
+    all_w = np.concatenate([weights, np.ones(firsts.size, np.int64)])
+    if all_t.size == 0:
+        return 0.0
+    buckets = np.floor(all_t - t0).astype(np.int64)  # vLLM: int(token_time - first send)
+    return float(np.bincount(buckets, weights=all_w).max())

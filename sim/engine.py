@@ -472,8 +472,8 @@ class Engine:
         if rec.itl_samples:
             end = start + duration
             gaps = [end - self._last_token_s.pop(seq, start) for seq in step.resumed]
-            rec.add_itl(duration, step.sampled - step.first_samples - len(gaps))
-            rec.add_itl_gaps(gaps)
+            rec.add_itl(duration, step.sampled - step.first_samples - len(gaps), start)
+            rec.add_itl_gaps(gaps, end)
             rec.itl_after_preemption += len(gaps)
         return fired
 
@@ -521,7 +521,7 @@ class Engine:
         chunks = [run.chunk] * done if run.chunk else []
         self._record_step(start, done, run.num_decode, chunks)
         if self.recorder.itl_samples and run.num_decode:
-            self.recorder.add_itl(ends[:done].copy(), run.num_decode)
+            self.recorder.add_itl(ends[:done].copy(), run.num_decode, start)
         return fired
 
     def _run(self) -> Generator[simpy.Event, Any, None]:

@@ -70,18 +70,38 @@ class MetricsRecorder:
     #: from the request's last token before the preemption)
     itl_after_preemption: int = 0
     _itl_gaps: list[float] = field(default_factory=list)
+    #: absolute start time of each ``add_itl`` step, and the time of each lone gap's token
+    _itl_starts: list[float] = field(default_factory=list)
+    _itl_gap_times: list[float] = field(default_factory=list)
 
-    def add_itl(self, ends: Any, weight: int) -> None:
-        """One step's iterations: their end times from the step's start (a float for one
-        iteration, an array for a run) and the tokens each sampled that were not first."""
+    def add_itl(self, ends: Any, weight: int, start: float = 0.0) -> None:
+        """One step's iterations: their end times from the step's ``start`` (a float for
+        one iteration, an array for a run) and the tokens each sampled that were not first."""
         if weight > 0:
             self._itl_durations.append(ends)
             self._itl_weights.append(weight)
+            self._itl_starts.append(start)
 
-    def add_itl_gaps(self, gaps: list[float]) -> None:
+    def add_itl_gaps(self, gaps: list[float], at: float = 0.0) -> None:
         """Gaps of single tokens that are not an iteration's duration (a resumed request's
-        first token after a preemption)."""
+        first token after a preemption), sampled at time ``at``."""
         self._itl_gaps.extend(gaps)
+        self._itl_gap_times.extend([at] * len(gaps))
+
+    def later_token_times(self) -> tuple[np.ndarray, np.ndarray]:
+        """(absolute time, tokens sampled then) of every token that is not a request's
+        first, one entry per iteration plus one per lone gap."""
+        extra_t = np.asarray(self._itl_gap_times, dtype=float)
+        if not self._itl_durations:
+            return extra_t, np.ones(extra_t.size, np.int64)
+        steps = [np.atleast_1d(e) for e in self._itl_durations]
+        lengths = np.fromiter((e.size for e in steps), dtype=np.int64, count=len(steps))
+        times = np.concatenate(steps) + np.repeat(np.asarray(self._itl_starts), lengths)
+        weights = np.repeat(np.asarray(self._itl_weights, dtype=np.int64), lengths)
+        return (
+            np.concatenate([times, extra_t]),
+            np.concatenate([weights, np.ones(extra_t.size, np.int64)]),
+        )
 
     def itl_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(gap seconds, how many tokens had that gap), one entry per iteration plus one

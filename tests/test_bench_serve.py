@@ -54,8 +54,13 @@ def test_closed_loop_obeys_littles_law():
         engine=EngineConfig(), num_prompts=400, random_input_len=256, random_output_len=64,
         random_range_ratio=0.5, max_concurrency=c,
     )  # fmt: skip
-    res = run_bench_serve(cfg, LLAMA).to_vllm_json()
-    assert res["max_concurrent_requests"] == c
+    run = run_bench_serve(cfg, LLAMA)
+    res = run.to_vllm_json()
+    events = sorted(
+        [(r.arrival_s, 1) for r in run.requests] + [(r.finished_s, -1) for r in run.requests]
+    )
+    assert max(np.cumsum([d for _, d in events])) == c  # never more than C in flight
+    assert res["max_concurrent_requests"] >= c  # vLLM's per-second count
     little = res["request_throughput"] * res["mean_e2el_ms"] / 1000.0
     assert little == pytest.approx(c, rel=0.03)
 
@@ -204,3 +209,23 @@ def test_private_streams_at_preemption_equal_streams_from_the_start(monkeypatch)
     a, b = lazy.to_vllm_json(), eager.to_vllm_json()
     for key in ("duration", "mean_ttft_ms", "p99_itl_ms", "std_itl_ms", "mean_e2el_ms"):
         assert a[key] == pytest.approx(b[key], rel=1e-12), key
+
+
+def test_per_second_peaks_count_every_token_and_request():
+    """vLLM's per-second peaks: every output token lands in one one-second bucket (so the
+    buckets add up to total_output_tokens), and a closed loop of C clients has at least C
+    requests in flight in some second."""
+    cfg = BenchServeConfig(
+        engine=EngineConfig(model="llama-3-8b", kv_capacity_tokens=60000),
+        num_prompts=120, random_input_len=800, random_output_len=300, random_range_ratio=0.5,
+        max_concurrency=16,
+    )  # fmt: skip
+    res = run_bench_serve(cfg)
+    out = res.to_vllm_json()
+    times, weights = res.recorder.later_token_times()
+    done = [r for r in res.requests if r.status == "finished"]
+    assert int(weights.sum()) + len(done) == out["total_output_tokens"]
+    assert (times >= 0).all() and times.max() <= max(r.finished_s for r in done) + 1e-9
+    assert out["max_concurrent_requests"] >= 16
+    # no second can hold more tokens than the whole run, nor fewer than the mean rate
+    assert out["output_throughput"] <= out["max_output_tokens_per_s"] <= out["total_output_tokens"]
