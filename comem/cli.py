@@ -869,6 +869,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         ("Total generated tokens:", out["total_output_tokens"]),
         ("Request throughput (req/s):", f"{out['request_throughput']:.2f}"),
         ("Output token throughput (tok/s):", f"{out['output_throughput']:.2f}"),
+        ("Peak output token throughput (tok/s):", f"{out['max_output_tokens_per_s']:.2f}"),
+        ("Peak concurrent requests:", out["max_concurrent_requests"]),
         ("Total token throughput (tok/s):", f"{out['total_token_throughput']:.2f}"),
     ]
     for label, value in rows:
