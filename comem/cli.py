@@ -1560,7 +1560,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fields (defaults in brackets): engine.model [llama-3-8b], engine.gpu,"
         " engine.tp, engine.dtype, engine.max_num_batched_tokens [8192],"
         " engine.max_num_seqs [1024], engine.max_model_len, engine.enable_prefix_caching,"
-        " engine.stepping [fast|iteration], engine.kv_capacity_tokens; load.clients [64],"
+        " engine.stepping [event|iteration], engine.kv_capacity_tokens; load.clients [64],"
         " load.requests [16], load.first_prompt [512], load.extend [512], load.output [1024],"
         " load.think_s [0], load.carry_output [false].",
     )
