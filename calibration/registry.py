@@ -311,6 +311,11 @@ def _hf_cache_config(hf_id: str) -> Path | None:
     return configs[-1] if configs else None
 
 
+def _names_a_config(raw: str) -> bool:
+    """``raw`` is a path to a ``config.json`` (or a directory holding one), not a name."""
+    return bool(raw) and (raw.endswith(".json") or os.path.isdir(raw) or os.path.isfile(raw))
+
+
 def get_model(name: str) -> ModelSpec:
     """Look a model up: alias, Hugging Face id (case-insensitive) or ``config.json`` path.
 
@@ -323,7 +328,7 @@ def get_model(name: str) -> ModelSpec:
     spec = _MODEL_INDEX.get(key)
     if spec is not None:
         return spec
-    if raw and (raw.endswith(".json") or os.path.isdir(raw) or os.path.isfile(raw)):
+    if _names_a_config(raw):
         return load_model_config(raw)
     cached = _hf_cache_config(raw)
     if cached is not None:
@@ -352,7 +357,7 @@ def checkpoint_dtype(name: str) -> str:
     """
     raw = str(name).strip()
     config: Path | None = None
-    if raw and (raw.endswith(".json") or os.path.isdir(raw) or os.path.isfile(raw)):
+    if _names_a_config(raw):
         p = Path(raw)
         config = p / "config.json" if p.is_dir() else p
     elif _norm(raw) not in _MODEL_INDEX:

@@ -635,11 +635,16 @@ class ReplicatedEngine:
                 config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
                 latency,
                 self.recorder,
+                driver=self._driver(),
             )
             for i in range(config.data_parallel_size)
         ]
         self.latency = self.replicas[0].latency
         self._next = 0
+
+    def _driver(self) -> LockstepReplicas | None:
+        """Who steps the replicas: each itself (None), or one driver for all."""
+        return None
 
     def _route(self, prompt_tokens: int, stream: Stream | None) -> Engine:
         router = self.config.data_parallel_router
@@ -716,26 +721,13 @@ class LockstepReplicas(ReplicatedEngine):
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
     ) -> None:
-        if config.enable_expert_parallel:
-            ReplicatedEngine.__init__(self, env, config, latency, recorder)  # raises
-        self.env = env
-        self.config = config
-        self.recorder = recorder if recorder is not None else MetricsRecorder()
-        self.replicas = [
-            Engine(
-                env,
-                config.model_copy(update={"name": f"{config.name}#dp{i}", "data_parallel_size": 1}),
-                latency,
-                self.recorder,
-                driver=self,
-            )
-            for i in range(config.data_parallel_size)
-        ]
-        self.latency = self.replicas[0].latency
-        self._next = 0
+        super().__init__(env, config, latency, recorder)
         self._wake: simpy.Event | None = None
         self._in_run = False
         self.process = env.process(self._run())
+
+    def _driver(self) -> LockstepReplicas:
+        return self
 
     def notify(self) -> None:
         """A replica got a request: wake the group, or stop its run at the iteration in

@@ -88,38 +88,38 @@ class MetricsRecorder:
         self._itl_gaps.extend(gaps)
         self._itl_gap_times.extend([at] * len(gaps))
 
-    def later_token_times(self) -> tuple[np.ndarray, np.ndarray]:
-        """(absolute time, tokens sampled then) of every token that is not a request's
-        first, one entry per iteration plus one per lone gap."""
-        extra_t = np.asarray(self._itl_gap_times, dtype=float)
-        if not self._itl_durations:
-            return extra_t, np.ones(extra_t.size, np.int64)
+    def _step_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every recorded iteration: its end from its step's start, its step's index, and
+        the tokens it sampled that were not a request's first."""
         steps = [np.atleast_1d(e) for e in self._itl_durations]
         lengths = np.fromiter((e.size for e in steps), dtype=np.int64, count=len(steps))
-        times = np.concatenate(steps) + np.repeat(np.asarray(self._itl_starts), lengths)
-        weights = np.repeat(np.asarray(self._itl_weights, dtype=np.int64), lengths)
-        return (
-            np.concatenate([times, extra_t]),
-            np.concatenate([weights, np.ones(extra_t.size, np.int64)]),
-        )
+        index = np.repeat(np.arange(len(steps)), lengths)
+        weights = np.asarray(self._itl_weights, dtype=np.int64)[index]
+        return np.concatenate(steps), index, weights
 
     def itl_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(gap seconds, how many tokens had that gap), one entry per iteration plus one
         per gap added on its own."""
         extra = np.asarray(self._itl_gaps, dtype=float)
+        ones = np.ones(extra.size, np.int64)
         if not self._itl_durations:
-            return extra, np.ones(extra.size, np.int64)
-        steps = [np.atleast_1d(e) for e in self._itl_durations]
-        lengths = np.fromiter((e.size for e in steps), dtype=np.int64, count=len(steps))
-        ends = np.concatenate(steps)
+            return extra, ones
+        ends, index, weights = self._step_arrays()
         gaps = np.diff(ends, prepend=0.0)
-        first = np.cumsum(lengths) - lengths  # each step's first iteration: its own end
+        first = np.flatnonzero(np.diff(index, prepend=-1))  # a step's first: its own end
         gaps[first] = ends[first]
-        weights = np.repeat(np.asarray(self._itl_weights, dtype=np.int64), lengths)
-        if extra.size:
-            gaps = np.concatenate([gaps, extra])
-            weights = np.concatenate([weights, np.ones(extra.size, np.int64)])
-        return gaps, weights
+        return np.concatenate([gaps, extra]), np.concatenate([weights, ones])
+
+    def later_token_times(self) -> tuple[np.ndarray, np.ndarray]:
+        """(absolute time, tokens sampled then) of every token that is not a request's
+        first, one entry per iteration plus one per lone gap."""
+        extra_t = np.asarray(self._itl_gap_times, dtype=float)
+        ones = np.ones(extra_t.size, np.int64)
+        if not self._itl_durations:
+            return extra_t, ones
+        ends, index, weights = self._step_arrays()
+        times = ends + np.asarray(self._itl_starts)[index]
+        return np.concatenate([times, extra_t]), np.concatenate([weights, ones])
 
     def add_request(self, row: tuple[Any, ...]) -> None:
         self.requests.append(row)
