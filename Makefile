@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# Every install takes its versions from the lock (a pip constraints file: the resolved
+# version of every direct and transitive dependency, and of the build backend), so a
+# release on the registry cannot change what `make test` or CI runs. `make lock`
+# refreshes it on purpose (README, "Set-up").
+LOCK := requirements/lock.txt
+LOCK_VENV := .venv-lock
 
-.PHONY: venv run test lint bench figures clean
+.PHONY: venv run test lint bench figures clean lock
 
 venv: $(STAMP)
 
@@ -17,10 +23,27 @@ $(VENV):
 	         "Run e.g. 'make PYTHON=python3.11'." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when pyproject.toml changes.
-$(STAMP): pyproject.toml | $(VENV)
-	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+# Re-install only when pyproject.toml or the lock changes. The build backend comes from
+# the lock too (no build isolation: an isolated build would fetch the newest setuptools).
+$(STAMP): pyproject.toml $(LOCK) | $(VENV)
+	$(BIN)/python -m pip install -q -c $(LOCK) setuptools wheel
+	$(BIN)/python -m pip install -q --no-build-isolation -c $(LOCK) -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
+
+# Refresh the lock: resolve the newest releases pyproject.toml allows in a scratch venv,
+# run the whole suite there (live tests included), and only then write the lock.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q --upgrade setuptools wheel
+	$(LOCK_VENV)/bin/python -m pip install -q -e '.[dev,serve]'
+	$(LOCK_VENV)/bin/python -m pytest -q
+	{ echo "# comem-sim lock: written by 'make lock' on $$(date -u +%F) after the suite passed"; \
+	  echo "# (Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version(), platform.machine())'))."; \
+	  echo "# Used as pip constraints (-c) by every install; edit pyproject.toml, then 'make lock'."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable | grep -v '^pip=='; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 run: $(STAMP)
 	$(BIN)/comem run scenarios/paper_latency_glm47.toml
@@ -41,4 +64,5 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf $(LOCK_VENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

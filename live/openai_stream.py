@@ -40,6 +40,21 @@ class StreamResult:
     finish_reason: str = ""
 
     @property
+    def token_counts_from(self) -> str:
+        """Where :meth:`counts` come from: ``usage`` (the server's usage block gave both)
+        or ``client`` (it sent none, although asked: the prompt as sent, the completion as
+        the streamed text chunks, which is one token per chunk on vLLM and transformers
+        serve, and may undercount on a server that batches tokens into a chunk)."""
+        return "usage" if self.prompt_tokens >= 0 and self.completion_tokens >= 0 else "client"
+
+    def counts(self, prompt_sent: int) -> tuple[int, int]:
+        """(prompt, completion) tokens: the server's when it reported them, else what the
+        client knows (``prompt_sent`` and the streamed chunks); never -1."""
+        if self.token_counts_from == "usage":
+            return self.prompt_tokens, self.completion_tokens
+        return prompt_sent, len(self.token_s)
+
+    @property
     def ok(self) -> bool:
         return self.status == "ok"
 
@@ -121,6 +136,8 @@ def stream_completion(
         "max_tokens": int(max_tokens),
         "stream": True,
         "temperature": 0.0,
+        # without it vLLM (and transformers serve >= 5.25) stream no usage at all
+        "stream_options": {"include_usage": True},
         **(extra_body or {}),
     }
     payload = json.dumps(body).encode()

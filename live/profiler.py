@@ -52,6 +52,7 @@ PROFILE_COLUMNS = (
     "http_status",
     "prompt_tokens",
     "completion_tokens",
+    "token_counts_from",
     "streamed_chunks",
     "start_offset_s",
     "ttft_s",
@@ -198,6 +199,9 @@ def _row(
     r: StreamResult,
 ) -> list[Any]:
     gaps = np.diff(r.token_s) if len(r.token_s) > 1 else np.array([np.nan])
+    # an 'ok' request always has counts: the server's, else the client's (and says so);
+    # a failed one measured nothing (-1, 'none')
+    prompt, completion = r.counts(cached + isl) if r.ok else (-1, -1)
     return [
         point,
         cached,
@@ -209,8 +213,9 @@ def _row(
         r.status,
         r.error,
         r.http_status,
-        r.prompt_tokens,
-        r.completion_tokens,
+        prompt,
+        completion,
+        r.token_counts_from if r.ok else "none",
         len(r.token_s),
         f"{r.start_s - wave_start:.6f}",
         f"{r.ttft_s:.6f}",

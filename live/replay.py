@@ -77,6 +77,8 @@ class ReplayStepRow(NamedTuple):
     prefill_exec_time_s: float
     env_exec_time_s: float
     total_step_time_s: float
+    #: ``usage`` (the server's counts) or ``client`` (prompt as sent, streamed chunks)
+    token_counts_from: str
 
 
 REPLAY_STEP_COLUMNS = ReplayStepRow._fields
@@ -94,6 +96,7 @@ REPLAY_SUMMARY_COLUMNS = (
     "e2e_s",
     "prompt_tokens",
     "output_tokens",
+    "token_counts_from",
 )
 
 
@@ -360,8 +363,8 @@ class LiveAgent:
             submit,
             res.ttft_s,
             res.e2e_s,
-            res.prompt_tokens if res.prompt_tokens >= 0 else prompt,
-            res.output_tokens,
+            *res.counts(prompt),
+            res.token_counts_from,
         )
         with self.lock:
             self.summaries.append(row)
@@ -394,8 +397,7 @@ class LiveAgent:
             tool_s,
             stall,
             res.e2e_s + tool_s + stall,
-            res.prompt_tokens if res.prompt_tokens >= 0 else prompt_len,
-            res.output_tokens,
+            *res.counts(prompt_len),
             end.launched,
             end.swapped is not None,
             res.e2e_s,
@@ -403,6 +405,7 @@ class LiveAgent:
             pre,
             tool_s,
             total_step_time(policy.step_accounting, res.e2e_s, summary, pre, tool_s),
+            res.token_counts_from,
         )
         with self.lock:
             self.steps.append(row)

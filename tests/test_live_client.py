@@ -42,7 +42,9 @@ def _event(text: str, finish: str | None = None) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Behaviour chosen by the path prefix: /ok, /http500, /badjson, /truncated, /slow."""
+    """Behaviour chosen by the path prefix: /ok, /http500, /badjson, /truncated, /slow,
+    /nousage (never a usage block). Like vLLM, a usage block is streamed only when the
+    request asks for it (``stream_options.include_usage``)."""
 
     def log_message(self, *args: object) -> None:  # quiet
         pass
@@ -77,8 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(_event(f" w{i}", "length" if i == n - 1 else None))
             self.wfile.flush()
             time.sleep(0.002)
-        usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
-        self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        asked = (body.get("stream_options") or {}).get("include_usage") is True
+        if asked and mode != "nousage":
+            usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
+            self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
 
 
@@ -98,6 +102,33 @@ def test_profile_client_measures_a_good_stream(fake_server):
     assert 0 < r.ttft_s <= r.token_s[-1] <= r.e2e_s
     assert r.mean_itl_s > 0.001  # the server sleeps 2 ms between tokens
     assert r.text.split() == [f"w{i}" for i in range(8)]
+    assert r.token_counts_from == "usage" and r.counts(99) == (3, 8)
+
+
+def test_profile_client_counts_tokens_itself_when_the_server_sends_no_usage(fake_server):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, "/nousage"), "m", "w1 w2 w3", 8)
+    assert r.status == "ok", r.error
+    assert r.prompt_tokens == -1 and r.completion_tokens == -1  # what the server said
+    assert r.token_counts_from == "client" and r.counts(3) == (3, 8)
+
+
+def test_profile_rows_from_a_server_without_usage_say_where_counts_came_from(fake_server, tmp_path):
+    grid = ProfileGrid(
+        input_tokens=[4],
+        output_tokens=[5],
+        concurrency=[2],
+        cached_tokens=[0],
+        warmup_requests=0,
+    )
+    out = tmp_path / "p.csv"
+    run_profile(Endpoint("127.0.0.1", fake_server, "/nousage"), "m", grid, out)
+    frame = pd.read_csv(out)
+    assert (frame["status"] == "ok").all()
+    assert (frame["token_counts_from"] == "client").all()
+    assert (frame["completion_tokens"] == 5).all() and (frame["prompt_tokens"] == 4).all()
+    ok = run_profile(Endpoint("127.0.0.1", fake_server, "/ok"), "m", grid, tmp_path / "u.csv")
+    assert ok["statuses"] == {"ok": 2}
+    assert (pd.read_csv(tmp_path / "u.csv")["token_counts_from"] == "usage").all()
 
 
 @pytest.mark.parametrize(
