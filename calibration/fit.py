@@ -247,7 +247,7 @@ def e2e_errors(costs: pd.DataFrame, overhead: FrameworkOverhead) -> pd.DataFrame
     return costs.assign(predicted_s=pred, rel_error=pred / costs["latency_s"] - 1.0)
 
 
-def _nnls_overhead(costs: pd.DataFrame) -> FrameworkOverhead:
+def nnls_overhead(costs: pd.DataFrame) -> FrameworkOverhead:
     """Non-negative least squares on relative error: every term is a cost, none a saving."""
     y = costs["latency_s"].to_numpy(float)
     a = costs[list(E2E_TERMS.values())].to_numpy(float) / y[:, None]
@@ -271,7 +271,7 @@ def fit_overhead(
     GQA Llama-3-8B); fitted that way, leave-one-model-out error gets worse, not better.
     """
     costs = e2e_costs(profile, e2e, gpu)
-    overhead = _nnls_overhead(costs)
+    overhead = nnls_overhead(costs)
     table = e2e_errors(costs, overhead)
     rel = np.abs(table["rel_error"].to_numpy())
     held_out = []
@@ -280,7 +280,7 @@ def fit_overhead(
         train = costs[costs["model"] != model]
         if train.empty:
             continue
-        test = e2e_errors(costs[costs["model"] == model], _nnls_overhead(train))
+        test = e2e_errors(costs[costs["model"] == model], nnls_overhead(train))
         err = test["rel_error"].to_numpy()
         held_out.append(err)
         by_model[str(model)] = {
@@ -304,6 +304,8 @@ def e2e_overhead_entry(fit: OverheadFit, rows: int) -> dict[str, Any]:
         {
             "framework": E2E_FRAMEWORK,
             "fitted_on": E2E_SOURCE,
+            # the 2024 vLLM (V0) had no asynchronous scheduling: CPU and GPU add up
+            "async_scheduling": False,
             "e2e_mape": round(fit.mape, 4),
             "e2e_worst": round(fit.worst, 4),
             "e2e_rows": rows,

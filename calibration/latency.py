@@ -149,6 +149,12 @@ class LatencyModel:
     ``overheads``, e.g. ``vllm-2024`` for the static batches of LLM-Inference-Bench);
     None: the profile's default (:class:`calibration.profile.FrameworkOverhead`).
 
+    ``async_scheduling`` is vLLM's ``--async-scheduling`` (on by default from v0.14; None:
+    as the server the framework overhead was fitted on, its entry's ``async_scheduling``): the
+    framework's CPU work for the next iteration overlaps this one's GPU work, so an
+    iteration costs ``max(GPU, CPU) + serial`` instead of ``GPU + CPU + serial``
+    (:class:`calibration.profile.FrameworkOverhead`).
+
     ``expert_parallel`` is vLLM's ``--enable-expert-parallel`` with one data-parallel
     rank: the MoE layers are split by whole experts over the ``tp`` GPUs (EP = TP,
     MoE-TP = 1) instead of slicing every expert; attention, dense layers, shared experts
@@ -171,6 +177,7 @@ class LatencyModel:
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 1024,
         framework: str | None = None,
+        async_scheduling: bool | None = None,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
@@ -249,14 +256,24 @@ class LatencyModel:
         self._pre_rows: list[list[float]] = []
         self._pre_grid = np.zeros((0, 0))
         self.framework = framework
+        #: None: as the framework's server ran (its overhead entry says; vLLM >= 0.14: on)
+        self.async_scheduling = (
+            self.profile.framework_async(framework)
+            if async_scheduling is None
+            else bool(async_scheduling)
+        )
         #: the framework's CPU work per iteration (on this TP), per scheduled sequence, per
-        #: token of KV held by the scheduled sequences, and per request before scheduling
-        #: (the engine reads ``request_overhead_s``: HTTP and tokenization, in TTFT)
+        #: token of KV held by the scheduled sequences, the part of each iteration that
+        #: never overlaps, and per request before scheduling (the engine reads
+        #: ``request_overhead_s``: HTTP and tokenization, in TTFT)
         self.overhead_per_iteration_s = 0.0
         self.overhead_per_sequence_s = 0.0
         self.overhead_per_kv_token_s = 0.0
+        self.overhead_serial_s = 0.0
         self.request_overhead_s = 0.0
         self.set_overhead(self.profile.framework_overhead(framework))
+        #: metric -> band of the overhead fit's cross-validated errors (for intervals)
+        self.error_bands = self.profile.framework_bands(framework)
 
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
         """Price iterations with ``overhead`` from now on (the kernel tables are kept:
@@ -264,6 +281,7 @@ class LatencyModel:
         self.overhead_per_iteration_s = overhead.iteration_s(self.tp)
         self.overhead_per_sequence_s = overhead.per_sequence_s
         self.overhead_per_kv_token_s = overhead.per_kv_token_s
+        self.overhead_serial_s = overhead.per_iteration_serial_s
         self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
 
     def _scalar_setup(self) -> None:
@@ -588,17 +606,18 @@ class LatencyModel:
         t = self.kernel_time_of(num_decode, decode_kv_total, prefill_new, prefill_cached)
         if t and self.include_overhead:
             seqs = num_decode + len(prefill_new)
-            t += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
+            cpu = self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
             if self.overhead_per_kv_token_s:
                 kv = decode_kv_total + sum(prefill_new) + sum(prefill_cached)
-                t += self.overhead_per_kv_token_s * kv
+                cpu += self.overhead_per_kv_token_s * kv
+            t = (t if t > cpu else cpu) if self.async_scheduling else t + cpu
+            t += self.overhead_serial_s
         return t
 
     # -- whole iterations ---------------------------------------------------------------
-    def overhead_time(
-        self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | int = 0
-    ) -> np.ndarray:
-        """Framework time of iterations of ``n_seqs`` sequences holding ``kv_tokens``."""
+    def cpu_time(self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | float = 0) -> np.ndarray:
+        """The framework's CPU work of iterations of ``n_seqs`` sequences holding
+        ``kv_tokens`` (what asynchronous scheduling overlaps; 0 without overhead)."""
         s = np.asarray(n_seqs, dtype=float)
         if not self.include_overhead:
             return np.zeros_like(s)
@@ -608,6 +627,37 @@ class LatencyModel:
             + self.overhead_per_sequence_s * s
             + self.overhead_per_kv_token_s * kv
         )
+
+    def with_framework(
+        self,
+        gpu_s: np.ndarray,
+        n_seqs: np.ndarray | int,
+        kv_tokens: np.ndarray | float = 0,
+    ) -> np.ndarray:
+        """Iteration times from their GPU times: ``max(GPU, CPU) + serial`` with
+        asynchronous scheduling, ``GPU + CPU + serial`` without (vectorized; an empty
+        iteration, GPU time 0, stays 0)."""
+        gpu = np.asarray(gpu_s, dtype=float)
+        if not self.include_overhead:
+            return gpu
+        cpu = self.cpu_time(n_seqs, kv_tokens)
+        t = np.maximum(gpu, cpu) if self.async_scheduling else gpu + cpu
+        return np.where(gpu > 0, t + self.overhead_serial_s, 0.0)
+
+    def overhead_time(
+        self,
+        n_seqs: np.ndarray | int,
+        kv_tokens: np.ndarray | int = 0,
+        gpu_s: np.ndarray | float | None = None,
+    ) -> np.ndarray:
+        """Framework time added to iterations of ``n_seqs`` sequences holding
+        ``kv_tokens``: all of the CPU work plus the serial part without asynchronous
+        scheduling; with it, only what the GPU time ``gpu_s`` does not hide."""
+        if gpu_s is None or not self.async_scheduling:
+            cpu = self.cpu_time(n_seqs, kv_tokens)
+            return cpu + (self.overhead_serial_s if self.include_overhead else 0.0)
+        gpu = np.asarray(gpu_s, dtype=float)
+        return self.with_framework(gpu, n_seqs, kv_tokens) - gpu
 
     def breakdown(self, batch: Batch) -> dict[str, float]:
         """Seconds per component of one iteration (sums to :meth:`iteration_time`)."""
@@ -623,7 +673,10 @@ class LatencyModel:
         )
         parts["lm_head"] = float(self.lm_head_tabulated(batch.num_seqs))
         held = kv + int(batch.prefill_new.sum() + batch.prefill_cached.sum())
-        parts["overhead"] = float(self.overhead_time(batch.num_seqs, held))
+        gpu = self.kernel_time_of(
+            batch.num_decode, kv, batch.prefill_new.tolist(), batch.prefill_cached.tolist()
+        )
+        parts["overhead"] = float(self.overhead_time(batch.num_seqs, held, gpu))
         # The tabulated sum is made monotone in N: charge any difference to the GEMMs.
         tabulated = float(self.linear_time(n))
         linear = sum(v for k, v in parts.items() if k in self._linear_keys())
@@ -646,8 +699,8 @@ class LatencyModel:
         """Vectorized iteration times of decode-only iterations (no prefill chunks)."""
         b = np.asarray(batch_size, dtype=np.int64)
         t = self.linear_time(b) + self.decode_attention_time(b, kv_total)
-        t = t + self.lm_head_tabulated(b) + self.overhead_time(b, kv_total)
-        return np.where(b > 0, t, 0.0)
+        t = t + self.lm_head_tabulated(b)
+        return self.with_framework(np.where(b > 0, t, 0.0), b, kv_total)
 
     def single_chunk_attention_times(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """Vectorized :meth:`prefill_attention_scalar` of iterations with one chunk each."""
@@ -677,13 +730,8 @@ class LatencyModel:
             return np.zeros(steps)
         self._ensure_table(n)
         base = self._table_list[n] + self._lm_table[seqs]
-        if self.include_overhead:
-            base += self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
         j = np.arange(steps, dtype=float)
         t = np.full(steps, base)
-        if self.include_overhead and self.overhead_per_kv_token_s:
-            held = kv_total0 + num_decode * j + (cached0 + chunk * (j + 1) if chunk else 0.0)
-            t += self.overhead_per_kv_token_s * held
         if num_decode:
             # one table row (the batch size is fixed), linear in the mean KV per sequence:
             # np.interp is the scalar path's interpolation, vectorized
@@ -709,7 +757,12 @@ class LatencyModel:
             t += self.model.layers * self._ctx[0] + np.interp(
                 cached0 + chunk * j, PREFILL_TABLE_PREFIX_KNOTS, row
             )
-        return t
+        if not self.include_overhead:
+            return t
+        held: np.ndarray | float = 0.0
+        if self.overhead_per_kv_token_s:
+            held = kv_total0 + num_decode * j + (cached0 + chunk * (j + 1) if chunk else 0.0)
+        return self.with_framework(t, seqs, held)
 
     def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:
         """The LM-head times :meth:`iteration_time` uses (monotone in sequences)."""

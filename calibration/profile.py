@@ -125,6 +125,7 @@ OVERHEAD_TERMS = (
     "per_iteration_tp_s",
     "per_sequence_s",
     "per_kv_token_s",
+    "per_iteration_serial_s",
     "request_overhead_s",
 )
 
@@ -133,20 +134,26 @@ OVERHEAD_TERMS = (
 class FrameworkOverhead:
     """What a serving framework adds to the kernels, which no kernel table can know.
 
-    Per engine iteration: ``per_iteration_s`` (scheduling, input preparation, sampling,
-    output processing), ``per_iteration_tp_s`` more when the model spans several GPUs
-    (the driver hands every iteration's inputs to its workers), ``per_sequence_s`` per
-    scheduled sequence, ``per_kv_token_s`` per token of KV the scheduled sequences hold
-    (block tables rebuilt every step, as the 2024 vLLM did). Per request, before it is
-    scheduled: ``request_overhead_s`` (HTTP, tokenization: in TTFT, not in TPOT). Fitted
-    per framework version on end-to-end measurements (``comem calibrate fit`` with
-    ``--e2e``, ``comem calibrate fit-serving``).
+    The engine's CPU work per iteration, which vLLM V1 does between two forward passes:
+    ``per_iteration_s`` (scheduling, input preparation, launching the step, processing
+    its output), ``per_iteration_tp_s`` more when the model spans several GPUs (the
+    driver hands every iteration's inputs to its workers), ``per_sequence_s`` per
+    scheduled sequence (its block table and input rows, its sampled token's update),
+    ``per_kv_token_s`` per token of KV the scheduled sequences hold (block tables rebuilt
+    every step, as the 2024 vLLM did). With asynchronous scheduling (vLLM >= 0.14 by
+    default: ``VLLM_FACTS.md``, More facts A) this CPU work for step n+1 overlaps the GPU
+    work of step n, so an iteration costs ``max(GPU, CPU)``; without it, ``GPU + CPU``.
+    ``per_iteration_serial_s`` is what never overlaps (the hand-off between steps), added
+    either way. Per request, before it is scheduled: ``request_overhead_s`` (HTTP,
+    tokenization: in TTFT, not in TPOT). Fitted on end-to-end measurements (``comem
+    calibrate fit`` with ``--e2e``, ``comem calibrate fit-serving``).
     """
 
     per_iteration_s: float = 0.0
     per_iteration_tp_s: float = 0.0
     per_sequence_s: float = 0.0
     per_kv_token_s: float = 0.0
+    per_iteration_serial_s: float = 0.0
     request_overhead_s: float = 0.0
 
     @classmethod
@@ -196,6 +203,21 @@ class Profile:
                 f" '{framework}' (has: {have})"
             )
         return FrameworkOverhead.from_dict(self.overheads[framework])
+
+    def framework_bands(self, framework: str | None = None) -> dict[str, Any]:
+        """The error bands of ``framework``'s fit (:mod:`calibration.uncertainty`; {} when
+        it has none): metric -> :class:`calibration.uncertainty.ErrorBand`."""
+        from calibration.uncertainty import read_bands
+
+        entry = self.overhead if framework is None else self.overheads.get(framework, {})
+        where = f"profile {self.source or self.gpu + '/' + self.dtype}"
+        return read_bands(entry, where)
+
+    def framework_async(self, framework: str | None = None) -> bool:
+        """Whether the server ``framework`` was fitted on scheduled asynchronously (its
+        entry's ``async_scheduling``; absent: True, vLLM's default since v0.14)."""
+        entry = self.overhead if framework is None else self.overheads.get(framework, {})
+        return bool(entry.get("async_scheduling", True))
 
     def op(self, key: str) -> OpFit:
         try:

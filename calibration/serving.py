@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 from pydantic import ConfigDict, Field, StrictBool, ValidationError
@@ -40,13 +40,33 @@ from calibration.registry import check_dtype, get_model
 SERVING_COLUMNS = ("model", "gpu", "dtype", "tp", "concurrency", "isl", "osl", "ttft_ms", "tpot_ms")
 
 #: The overhead terms fitted on TPOT (iteration work) and on TTFT (before scheduling).
-TPOT_TERMS = ("per_iteration_s", "per_iteration_tp_s", "per_sequence_s")
+TPOT_TERMS = ("per_iteration_s", "per_iteration_tp_s", "per_sequence_s", "per_iteration_serial_s")
 TTFT_TERMS = ("request_overhead_s",)
 #: What ``fit-serving`` fits by default. Not ``per_iteration_tp_s``: told apart from
 #: ``per_iteration_s`` only by one-GPU rows, which the shared data lack (its one TP1 row
 #: is below the roofline); vLLM V1 hands each step to its TP workers through one
 #: shared-memory broadcast, so no separate TP term is assumed.
-SERVING_FIT_TERMS = ("per_iteration_s", "per_sequence_s", "request_overhead_s")
+SERVING_FIT_TERMS = (
+    "per_iteration_s",
+    "per_sequence_s",
+    "per_iteration_serial_s",
+    "request_overhead_s",
+)
+
+#: The first vLLM release that schedules asynchronously by default (``VLLM_FACTS.md``,
+#: More facts A: the field defaults to False in v0.13.0, to None = on in v0.14.0).
+ASYNC_SCHEDULING_SINCE = (0, 14)
+
+
+def version_schedules_async(version: str) -> bool | None:
+    """Whether vLLM ``version`` (``0.16.0``) schedules asynchronously by default; None
+    when the version is unstated or unreadable."""
+    parts = version.strip().lstrip("v").split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+    return (major, minor) >= ASYNC_SCHEDULING_SINCE
 
 
 @dataclass(frozen=True)
@@ -66,6 +86,8 @@ class ServingRow:
     vllm_version: str = ""
     source_id: str = ""
     measured: str = ""
+    #: vLLM's --enable-expert-parallel (MoE experts split over the TP GPUs)
+    expert_parallel: bool = False
 
     @property
     def framework(self) -> str:
@@ -103,9 +125,21 @@ class ServingSetup:
     fp8_gemm: Literal["auto", "block", "tensor"] = "auto"
     scheduler_reserve_full_isl: StrictBool = False
 
+    #: vLLM's --async-scheduling; None: the row's version's default
+    #: (:func:`version_schedules_async`), off when its version is unstated (such rows were
+    #: measured in 2025, before v0.14)
+    async_scheduling: StrictBool | None = None
+
+    def schedules_async(self, row: ServingRow) -> bool:
+        """Whether ``row``'s server scheduled asynchronously, under this setup."""
+        if self.async_scheduling is not None:
+            return self.async_scheduling
+        return bool(version_schedules_async(row.vllm_version))
+
     def describe(self) -> str:
+        sched = {None: "by version", True: "on", False: "off"}[self.async_scheduling]
         return (
-            f"budget {self.max_num_batched_tokens}, prefix caching"
+            f"async scheduling {sched}, budget {self.max_num_batched_tokens}, prefix caching"
             f" {'on' if self.enable_prefix_caching else 'off'}, {self.prompts_per_client} x C"
             f" prompts, range ratio {self.random_range_ratio}, {self.closed_loop_start} start,"
             f" KV {self.kv_cache_dtype}, fp8 GEMM {self.fp8_gemm}"
@@ -136,6 +170,11 @@ class RowFeatures:
 
 #: Simulates one row under its setup with the given overhead.
 Simulator = Callable[[ServingRow, ServingSetup, FrameworkOverhead], RowFeatures]
+#: Simulates many rows (each under its setup) with one overhead: a :data:`Simulator` over
+#: a list, which may run rows in parallel (the result is the same, row for row)
+BatchSimulator = Callable[
+    [Sequence[ServingRow], Sequence[ServingSetup], FrameworkOverhead], list[RowFeatures]
+]
 
 
 #: The fastest memory-bound rows of the vLLM 0.19.0 H100 kernel tables (decode GEMMs with
@@ -152,7 +191,8 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
     1) TPOT``), each of the ``concurrency`` clients has one prompt prefilled, and the
     request itself needs ``osl`` iterations. So ``L >= C max(t_prefill, t_decode) +
     max(osl - C, 0) t_decode``, where a decode iteration streams the weights a GPU holds
-    (the input embedding is only looked up) and the KV of ``concurrency`` requests at the
+    (the input embedding is only looked up; of a MoE layer, only the experts the batch's
+    tokens are routed to) and the KV of ``concurrency`` requests at the
     mean context ``isl + osl / 2`` (never more than fits beside the weights at
     ``gpu_memory_utilization`` 0.9) at :data:`ACHIEVABLE_HBM_FRACTION` of the datasheet
     bandwidth, and a prefill takes at least its FLOPs at the datasheet peak. A measured
@@ -166,6 +206,14 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
     tp = row.tp
     embedding = m.vocab * m.hidden * 2
     weights = (m.weight_bytes(row.dtype) - embedding) / tp
+    if m.is_moe:
+        # a decode step of c sequences streams only the routed experts they pick: c x
+        # top_k draws over E experts reach E (1 - (1 - k/E)^c) distinct ones per layer
+        idle = m.experts - m.experts * (1.0 - (1.0 - m.top_k / m.experts) ** row.concurrency)
+        per_expert = (
+            3 * m.hidden * m.moe_intermediate * m.weight_bytes(row.dtype) / max(m.param_count(), 1)
+        )  # bytes per parameter of the checkpoint, on average
+        weights -= m.moe_layers * idle * per_expert / tp
     kv_value = 1 if check_kv_cache_dtype(setup.kv_cache_dtype) == "fp8" else 2
     # vLLM replicates KV heads when TP exceeds their number
     kv_per_token = 2 * m.layers * max(1, m.kv_heads // tp) * m.head_dim * kv_value
@@ -222,10 +270,109 @@ def load_serving_csv(path: str | Path) -> list[ServingRow]:
                 vllm_version="" if version != version else str(version),  # NaN: unstated
                 source_id=str(getattr(r, "source_id", "")),
                 measured="" if measured != measured else str(measured),
-                **ints,
+                tp=ints["tp"],
+                concurrency=ints["concurrency"],
+                isl=ints["isl"],
+                osl=ints["osl"],
             )
         )
     return rows
+
+
+#: Columns of aiconfigurator's silicon sample CSV
+#: (``shared/data/serving/vllm_serving_silicon_more.csv``).
+SILICON_COLUMNS = (
+    "model_path", "system", "precision", "backend_version", "isl", "osl", "tp_size",
+    "attention_dp_size", "moe_tp_size", "moe_ep_size", "silicon_data_source",
+    "silicon_ttft_ms", "silicon_tpot_ms",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A measured row that is not fitted or scored, and why (named in every report)."""
+
+    label: str
+    reason: str
+
+
+def _silicon_model(path: str, config_dir: Path | None) -> str:
+    """The registry alias of ``path`` (an HF id), else the path of its config.json in
+    ``config_dir`` (aiconfigurator's ``<org>--<name>_config.json``); raises
+    ComemInputError when neither exists."""
+    try:
+        return get_model(path).alias
+    except ComemInputError:
+        if config_dir is None:
+            raise
+        config = config_dir / f"{path.replace('/', '--')}_config.json"
+        if not config.is_file():
+            raise
+        get_model(str(config))  # a family the simulator refuses raises here
+        return str(config)
+
+
+def load_silicon_csv(
+    path: str | Path, config_dir: str | Path | None = None
+) -> tuple[list[ServingRow], list[SkippedRow]]:
+    """Serving rows of aiconfigurator's silicon sample CSV, as its README says to read them.
+
+    The concurrency is ``silicon_concurrency=`` of ``silicon_data_source`` (not
+    ``batch_size``); rows that repeat a configuration are averaged into one row (exact
+    repeats are one measurement listed twice; re-measurements differ by a few percent,
+    and their mean is the better estimate); ``moe_ep_size`` > 1 with ``moe_tp_size`` 1
+    is ``--enable-expert-parallel``. Skipped, with the reason: attention data
+    parallelism (its parallelism is uncertain: README), a dtype the latency model has no
+    kernels for, a model it cannot price."""
+    import pandas as pd
+
+    from calibration.inputs import read_csv
+
+    p = Path(path)
+    raw = read_csv(p, "silicon serving")
+    missing = [c for c in SILICON_COLUMNS if c not in raw.columns]
+    if missing:
+        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    conc = raw["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
+    measured = raw["silicon_data_source"].astype(str).str.extract(r"measured=([0-9-]+)")[0]
+    frame = raw.assign(concurrency=pd.to_numeric(conc), measured=measured.fillna(""))
+    frame = frame.dropna(subset=["concurrency"])
+    frame["backend_version"] = frame["backend_version"].fillna("").astype(str)
+    keys = [
+        "model_path", "system", "precision", "backend_version", "isl", "osl", "tp_size",
+        "attention_dp_size", "moe_tp_size", "moe_ep_size", "concurrency",
+    ]  # fmt: skip
+    groups = frame.groupby(keys, sort=True, dropna=False)
+    table = groups[["silicon_ttft_ms", "silicon_tpot_ms"]].mean().reset_index()
+    table["measured"] = groups["measured"].min().to_numpy()
+    cdir = Path(config_dir) if config_dir is not None else None
+    rows: list[ServingRow] = []
+    skipped: list[SkippedRow] = []
+    for r in table.itertuples(index=False):
+        label = (
+            f"{r.model_path} {r.system} vllm {r.backend_version or 'unstated'} {r.precision}"
+            f" TP{r.tp_size} c{int(r.concurrency)} {r.isl}x{r.osl}"
+        )
+        if int(r.attention_dp_size) > 1:
+            skipped.append(SkippedRow(label, "attention data parallelism (uncertain: README)"))
+            continue
+        try:
+            dtype = check_dtype(str(r.precision))
+            model = _silicon_model(str(r.model_path), cdir)
+        except ComemInputError as exc:
+            skipped.append(SkippedRow(label, str(exc).split(";")[0]))
+            continue
+        ep = int(r.moe_ep_size) > 1 and int(r.moe_tp_size) == 1
+        rows.append(
+            ServingRow(
+                model=model, gpu=str(r.system), dtype=dtype, tp=int(r.tp_size),
+                concurrency=int(r.concurrency), isl=int(r.isl), osl=int(r.osl),
+                ttft_s=float(r.silicon_ttft_ms) / 1e3, tpot_s=float(r.silicon_tpot_ms) / 1e3,
+                vllm_version=r.backend_version, measured=str(r.measured),
+                source_id=p.name, expert_parallel=ep,
+            )
+        )  # fmt: skip
+    return rows, skipped
 
 
 @dataclass
@@ -311,17 +458,26 @@ def _solve(
 def fit_serving_overhead(
     rows: Sequence[ServingRow],
     setups: Sequence[ServingSetup],
-    simulate: Simulator,
+    simulate: Simulator | BatchSimulator,
     start: FrameworkOverhead | None = None,
     fit_terms: Sequence[str] = TPOT_TERMS + TTFT_TERMS,
     max_iterations: int = 6,
     tolerance: float = 0.01,
+    batch: bool = False,
 ) -> ServingFit:
     """Fit the overhead terms ``fit_terms`` (the others stay at ``start``'s values).
 
     Minimizes the relative errors of TPOT (per-iteration terms) and TTFT (request term),
     re-simulating until no term moves by more than ``tolerance`` (relative, or 1 us).
+    ``batch``: ``simulate`` is a :data:`BatchSimulator`.
     """
+
+    def simulate_all(theta: FrameworkOverhead) -> list[RowFeatures]:
+        if batch:
+            return cast(BatchSimulator, simulate)(rows, setups, theta)
+        one = cast(Simulator, simulate)
+        return [one(r, s, theta) for r, s in zip(rows, setups, strict=True)]
+
     if not rows:
         raise ComemInputError("fit-serving: no rows to fit on")
     if len(setups) != len(rows):
@@ -335,7 +491,7 @@ def fit_serving_overhead(
     done = 0
     while done < max_iterations:
         done += 1
-        feats = [simulate(r, s, theta) for r, s in zip(rows, setups, strict=True)]
+        feats = simulate_all(theta)
         new = _solve(rows, feats, theta, fit_terms)
         history.append(new)
         moved = max(
@@ -346,7 +502,7 @@ def fit_serving_overhead(
         if moved < tolerance:
             break
     # the reported errors are a simulation at the final terms, not the linearization
-    feats = [simulate(r, s, theta) for r, s in zip(rows, setups, strict=True)]
+    feats = simulate_all(theta)
     return ServingFit(theta, list(rows), feats, done, history)
 
 
@@ -435,10 +591,28 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
     "llama-3.1-70b": {"max_num_batched_tokens": 32768, "random_range_ratio": 0.8},
 }
 
+#: The project's stated assumptions for aiconfigurator's silicon rows
+#: (``shared/data/serving/vllm_serving_silicon_more.csv``): what its generated benchmark
+#: does (the data README): aiperf, closed loop of c clients, 20 x c measured requests,
+#: lengths exactly as stated; the server at ``vllm serve`` defaults (budget 8192 on
+#: H100/H200); asynchronous scheduling by the row's version. aiperf's 2 x c warm-up
+#: requests are a phase of their own that ends before the measured one starts: the
+#: server is idle again (random prompts leave nothing to reuse), and the measured phase
+#: begins with a burst of c requests, whose first wave is in the statistics. Simulated
+#: as a fresh burst of 20 x c requests, none left out. (Leaving the first wave out, as
+#: a continuous run with 2 x c warm-up would, predicts MiniMax-M2.5's TTFT at 128 clients
+#: 5x too low: the burst's queue of prefills is most of the measured mean.)
+#: Not modelled: the chat template's tokens aiperf's chat endpoint adds to each prompt
+#: (tens of tokens on a 1k-8k prompt).
+SILICON_ASSUMPTIONS: dict[str, dict[str, Any]] = {
+    "*": {"prompts_per_client": 20},
+}
+
 #: named sets of assumptions (``comem calibrate fit-serving --preset``)
 ASSUMPTION_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "none": {"*": {}},
     "shared-h100": SHARED_H100_ASSUMPTIONS,
+    "silicon": SILICON_ASSUMPTIONS,
 }
 
 

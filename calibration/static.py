@@ -153,6 +153,20 @@ class StaticCost:
     sequence_iterations: int
     preemptions: int
     kv_token_iterations: float = 0.0
+    #: per iteration: GPU seconds, scheduled sequences and KV tokens held (what
+    #: :meth:`latency_with` needs: asynchronous scheduling prices each iteration as a max)
+    gpu_s: np.ndarray | None = field(default=None, compare=False, repr=False)
+    seqs: np.ndarray | None = field(default=None, compare=False, repr=False)
+    held: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def latency_with(self, lm: LatencyModel) -> float:
+        """Seconds of the whole schedule with ``lm``'s framework overhead, iteration by
+        iteration (:meth:`LatencyModel.with_framework`: overlapped under asynchronous
+        scheduling, added without)."""
+        if self.gpu_s is None or self.seqs is None:
+            raise ValueError("StaticCost was built without per-iteration times")
+        held = self.held if lm.overhead_per_kv_token_s and self.held is not None else 0
+        return float(lm.with_framework(self.gpu_s, self.seqs, held).sum())
 
     def latency(
         self,
@@ -171,21 +185,28 @@ class StaticCost:
 
 def price_schedule(lm: LatencyModel, sched: StaticSchedule) -> StaticCost:
     """Kernel seconds of a schedule, excluding the framework overhead term."""
-    kernel = 0.0
-    seq_iters = 0
-    held = 0.0
+    gpu: list[np.ndarray] = []
+    seqs: list[np.ndarray] = []
+    held: list[np.ndarray] = []
     if sched.decode_batch:
         b = np.concatenate(sched.decode_batch)
         kv = np.concatenate(sched.decode_kv_total)
-        t = lm.linear_time(b) + lm.decode_attention_time(b, kv) + lm.lm_head_tabulated(b)
-        kernel += float(t.sum())
-        seq_iters += int(b.sum())
-        held += float(kv.sum())
-    for n_dec, kv_dec, new, cached in sched.chunk_iterations:
-        kernel += lm.kernel_time_of(n_dec, kv_dec, new.tolist(), cached.tolist())
-        seq_iters += n_dec + new.size
-        held += float(kv_dec + new.sum() + cached.sum())
-    return StaticCost(kernel, sched.iterations, seq_iters, sched.preemptions, held)
+        gpu.append(lm.linear_time(b) + lm.decode_attention_time(b, kv) + lm.lm_head_tabulated(b))
+        seqs.append(b.astype(float))
+        held.append(kv.astype(float))
+    chunks = sched.chunk_iterations
+    if chunks:
+        gpu.append(
+            np.array([lm.kernel_time_of(n, k, new.tolist(), c.tolist()) for n, k, new, c in chunks])
+        )
+        seqs.append(np.array([float(n + new.size) for n, _, new, _ in chunks]))
+        held.append(np.array([float(kv + new.sum() + c.sum()) for _, kv, new, c in chunks]))
+    g = np.concatenate(gpu) if gpu else np.zeros(0)
+    s = np.concatenate(seqs) if seqs else np.zeros(0)
+    h = np.concatenate(held) if held else np.zeros(0)
+    return StaticCost(
+        float(g.sum()), sched.iterations, int(s.sum()), sched.preemptions, float(h.sum()), g, s, h
+    )
 
 
 def static_cost(
@@ -229,8 +250,4 @@ def predict_static_latency(
     )
     if not lm.include_overhead:
         return cost.kernel_s
-    return cost.latency(
-        lm.overhead_per_iteration_s,
-        lm.overhead_per_sequence_s,
-        per_kv_token_s=lm.overhead_per_kv_token_s,
-    )
+    return cost.latency_with(lm)

@@ -689,15 +689,19 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
     )
     # the same arithmetic as calibration.static.predict_static_latency, priced once
-    latency = cost.latency(
-        lm.overhead_per_iteration_s,
-        lm.overhead_per_sequence_s,
-        per_kv_token_s=lm.overhead_per_kv_token_s,
-    )
+    latency = cost.latency_with(lm) if lm.include_overhead else cost.kernel_s
+    # a static batch is decode iterations: TPOT's cross-validated band (the static fit's
+    # own, measured on whole batches, where the framework has one)
+    band = lm.error_bands.get("static") or lm.error_bands.get("tpot")
+    low, high = band.interval(latency) if band is not None else (None, None)
     if args.json:
         _print_json(
             {
                 "latency_s": latency,
+                "latency_s_low": low,
+                "latency_s_high": high,
+                "interval_level": None if band is None else band.level,
+                "async_scheduling": lm.async_scheduling,
                 "iterations": cost.iterations,
                 "preemptions": cost.preemptions,
                 "kernel_s": cost.kernel_s,
@@ -708,6 +712,8 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
                 "expert_parallel": lm.expert_parallel,
             }
         )
+    elif band is not None and low is not None and high is not None:
+        print(f"{latency:.4f} s  [{low:.4f}, {high:.4f}] ({band.level:.0%} interval)")
     else:
         print(f"{latency:.4f} s")
     return 0
@@ -832,6 +838,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "closed_loop_start": args.closed_loop_start,
             "warmup_requests": args.warmup_requests,
+            "client_issue_delay_s": args.client_issue_delay,
         },
         "bench-serve",
     )
@@ -885,8 +892,17 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         print(f"{titles[key]:-^60}")
         for stat in stats:
             name = f"{stat.capitalize()} {key.upper()} (ms):"
-            print(f"{name:<40}{out[f'{stat}_{key}_ms']:<20.2f}")
+            value = out[f"{stat}_{key}_ms"]
+            low, high = out.get(f"{stat}_{key}_ms_low"), out.get(f"{stat}_{key}_ms_high")
+            band = f"  [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
+            print(f"{name:<40}{value:<20.2f}{band}")
     print("=" * 60)
+    if "error_bands" in out:
+        level = next(iter(out["error_bands"].values()))["level"]
+        print(
+            f"[low, high]: {level:.0%} interval from the calibration's errors on models and GPUs"
+            " it was not fitted to (comem calibrate report)"
+        )
     print(
         f"preemptions {out['preemptions']}, {out['simulator']['iterations']} engine iterations,"
         f" KV cache {out['simulator']['kv_cache_blocks']} blocks"
@@ -1156,6 +1172,16 @@ _RUN_COLUMNS: list[tuple[str, str, Any]] = [
     ),
     ("speedup", "", None),
     ("task s", "mean task latency over its finished tasks, seconds", "mean_task_latency_s"),
+    (
+        "task 80%",
+        "interval of the mean task latency from the calibration's cross-validated errors"
+        " (tool time exact, GPU time scaled), seconds",
+        lambda s: (
+            f"{s['mean_task_latency_s_low']:.3g}-{s['mean_task_latency_s_high']:.3g}"
+            if "mean_task_latency_s_low" in s
+            else "-"
+        ),
+    ),
     (
         "step s",
         "mean step latency (queue + prefill + decode + tool + stall) over its finished"
@@ -1630,6 +1656,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument(
         "--warmup-requests", type=int, help="first requests left out of the latency statistics"
         " [staggered: max-concurrency, else 0]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--client-issue-delay", type=float, default=0.0, metavar="S",
+        help="mean seconds a closed-loop client takes to send its next request (exponential,"
+        " seeded): the jitter that desynchronizes clients [0: ideal client]",
     )  # fmt: skip
     bs.add_argument("--seed", type=int, default=0)
     bs.add_argument(

@@ -302,6 +302,41 @@ def rung_calibration() -> list[Rung]:
     return rungs
 
 
+def rung_interval_coverage() -> Rung | None:
+    """80% intervals on rows held out by model: for each model, the band built from the
+    other models' held-out residuals, its coverage on this model's rows (nested: no row
+    judges the band it helped build). From the committed cross-validated predictions
+    (``calibration/profiles/serving_cv.json``, ``benchmarks/serving_transfer.py``)."""
+    from calibration.profile import PROFILE_DIR
+    from calibration.uncertainty import band_from_errors, coverage
+
+    path = PROFILE_DIR / "serving_cv.json"
+    if not path.is_file():
+        return None
+    import json
+
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["fold"] == "model"]
+    inside, total = 0.0, 0
+    for model in sorted({r["held_out"] for r in rows}):
+        mine = [r for r in rows if r["held_out"] == model]
+        others = [r for r in rows if r["held_out"] != model]
+        for metric in ("ttft", "tpot"):
+            band = band_from_errors(metric, [r[f"{metric}_error"] for r in others])
+            pred = np.array([r[f"pred_{metric}_ms"] for r in mine])
+            meas = np.array([r[f"{metric}_ms"] for r in mine])
+            inside += coverage(band, pred, meas) * len(mine)
+            total += len(mine)
+    cov = inside / total if total else math.nan
+    return Rung(
+        f"80% intervals cover held-out-by-model serving rows ({total // 2} rows, TTFT and TPOT)",
+        "coverage",
+        cov,
+        0.9,
+        0.7 <= cov <= 0.9,
+        "stored",
+    )
+
+
 def rung_paper_claim(quick: bool) -> Rung:
     low, high = (16, 64) if quick else (16, 128)
     speed = []
@@ -324,6 +359,7 @@ def run_ladder(quick: bool = False, seed: int = 0) -> list[Rung]:
         rung_mg1(8 if quick else 24, seed + 1000),
         rung_stall_bounds(8 if quick else 20),
         *rung_calibration(),
+        *[r for r in [rung_interval_coverage()] if r is not None],
         rung_paper_claim(quick),
     ]
     return rungs

@@ -33,7 +33,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import simpy
@@ -73,6 +73,11 @@ class BenchServeConfig(InputModel):
     #: Requests left out of the statistics, counted from the first sent (the ramp-up of a
     #: staggered start): ``None`` means C for a staggered closed loop, else 0.
     warmup_requests: NonNegativeInt | None = None
+    #: Mean seconds a closed-loop client takes between the end of one request and the send
+    #: of its next (its own HTTP and bookkeeping), drawn per request from an exponential
+    #: distribution (seeded by ``seed``): the jitter that desynchronizes clients whose
+    #: requests finished in the same iteration. 0: the ideal client, as before.
+    client_issue_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
@@ -247,13 +252,28 @@ def run_bench_serve(
         requests.append(req)
         req.done.callbacks.append(finished)
 
+    # a client's issue delays have their own stream: lengths and arrivals stay as without
+    delays = np.random.default_rng([cfg.seed, 1]) if cfg.client_issue_delay_s > 0 else None
+
     def finished(_: simpy.Event) -> None:
         nonlocal in_flight
         in_flight -= 1
         if progress is not None:
             progress()
-        if pending:
-            send(pending.popleft())
+        if not pending:
+            return
+        nxt = pending.popleft()
+        if delays is None:
+            send(nxt)
+        else:  # the client's slot stays taken while it prepares the next request
+            in_flight += 1
+            wait = env.timeout(float(delays.exponential(cfg.client_issue_delay_s)), nxt)
+            wait.callbacks.append(_send_after_delay)
+
+    def _send_after_delay(event: simpy.Event) -> None:
+        nonlocal in_flight
+        in_flight -= 1
+        send(cast(int, event.value))
 
     def arrive(i: int) -> None:
         if limit is None or in_flight < limit:
@@ -409,6 +429,7 @@ def vllm_result(
         keys = ("mean", "median", "std", *(percentile_key(q) for q in percentiles))
         for key, value in zip(keys, stats, strict=True):
             result[f"{key}_{name}_ms"] = value * 1000.0
+    add_intervals(result, getattr(res.engine.latency, "error_bands", {}))
     if detailed:
         result["input_lens"] = [r.prompt_tokens for r in res.requests]
         result["output_lens"] = [r.generated for r in res.requests]
@@ -416,6 +437,29 @@ def vllm_result(
         result["start_times"] = [r.arrival_s for r in res.requests]
         result["errors"] = [r.reason for r in res.requests]
     return result
+
+
+#: which cross-validated error band each latency metric's interval comes from
+_BAND_OF = {"ttft": "ttft", "tpot": "tpot", "itl": "tpot"}
+
+
+def add_intervals(result: dict[str, Any], bands: dict[str, Any]) -> None:
+    """``mean_<metric>_ms_low`` / ``_high`` beside each mean (the interval of the
+    calibration's cross-validated errors, :mod:`calibration.uncertainty`) and the bands
+    themselves under ``error_bands``. The end-to-end latency's: its first token's
+    interval plus the rest of it scaled as TPOT's."""
+    if not bands:
+        return
+    for metric, band_name in _BAND_OF.items():
+        key = f"mean_{metric}_ms"
+        if key in result and band_name in bands:
+            result[f"{key}_low"], result[f"{key}_high"] = bands[band_name].interval(result[key])
+    if {"mean_e2el_ms", "mean_ttft_ms_low"} <= result.keys() and "tpot" in bands:
+        rest = result["mean_e2el_ms"] - result["mean_ttft_ms"]
+        low, high = bands["tpot"].interval(rest)
+        result["mean_e2el_ms_low"] = result["mean_ttft_ms_low"] + low
+        result["mean_e2el_ms_high"] = result["mean_ttft_ms_high"] + high
+    result["error_bands"] = {k: b.to_dict() for k, b in bands.items()}
 
 
 def _max_concurrency(requests: list[Request]) -> int:

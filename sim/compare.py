@@ -239,7 +239,33 @@ def architecture_summary(res: Any) -> dict[str, Any]:
         "total_step_time_s",
     ):
         out[f"mean_{col}"] = _stat(ok_steps[col].to_numpy(float), "mean")
+    add_latency_intervals(out, res.config.agent)
     return out
+
+
+def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:
+    """``*_low`` / ``*_high`` beside the mean step and task latencies: the time the
+    agent spends on (or waiting for) GPUs scaled by the agent engine's cross-validated
+    TPOT band (:func:`sim.engine.engine_error_bands`; decode dominates an agent's step),
+    the tool time as it is (no error: the workload's). No band, no interval."""
+    from sim.engine import engine_error_bands
+
+    band = engine_error_bands(agent).get("tpot")
+    if band is None:
+        return
+    step = out.get("mean_step_latency_s")
+    tool = out.get("mean_env_exec_time_s")
+    if step is None or tool is None or not math.isfinite(step) or step <= 0:
+        return
+    gpu_share = max(0.0, 1.0 - tool / step)
+    for key in ("mean_step_latency_s", "mean_task_latency_s"):
+        mean = out.get(key)
+        if mean is None or not math.isfinite(mean):
+            continue
+        low, high = band.interval(mean * gpu_share)
+        out[f"{key}_low"] = mean * (1.0 - gpu_share) + low
+        out[f"{key}_high"] = mean * (1.0 - gpu_share) + high
+    out["interval_level"] = band.level
 
 
 def compare(results: list[Any]) -> dict[str, Any]:

@@ -89,6 +89,10 @@ class EngineConfig(InputModel):
     #: vLLM 0.19's ``scheduler_reserve_full_isl``: admit a waiting request only if free
     #: KV blocks cover its whole prompt (false: its first chunk, as vLLM 0.12 does)
     scheduler_reserve_full_isl: bool = True
+    #: vLLM's ``--async-scheduling``: the CPU work of the next iteration overlaps this
+    #: one's GPU work (on by default from vLLM 0.14); None: as the server the profile's
+    #: framework overhead was fitted on (the embedded default: on)
+    async_scheduling: bool | None = None
     #: how the simulation steps the engine (a scenario's engine.stepping sets every one)
     stepping: Stepping = "event"
     #: KV-cache capacity override in tokens (default: derived from GPU memory).

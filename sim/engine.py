@@ -154,6 +154,23 @@ def _label(cfg: EngineConfig) -> str:
     return "engine" if cfg.name == "engine" else f"engine '{cfg.name}'"
 
 
+def engine_error_bands(cfg: EngineConfig) -> dict[str, Any]:
+    """The cross-validated error bands of the calibration ``cfg``'s engine prices with
+    (:mod:`calibration.uncertainty`): its profile's framework fit's; {} for a measured
+    profile or a GPU without an embedded one (then no interval is claimed)."""
+    from calibration.measured import load_profile
+    from calibration.profile import Profile, default_profile
+    from calibration.registry import get_gpu
+
+    if cfg.profile:
+        profile = load_profile(cfg.profile)
+        return profile.framework_bands() if isinstance(profile, Profile) else {}
+    try:
+        return default_profile(get_gpu(cfg.gpu).name, cfg.dtype).framework_bands()
+    except ComemInputError:
+        return {}
+
+
 def engine_latency(cfg: EngineConfig) -> IterationLatency:
     """The latency model an engine of ``cfg`` prices its iterations with: its profile's
     (a measured one, or kernel fits for its gpu and dtype) or the embedded default."""
@@ -175,6 +192,7 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
         fp8_gemm=cfg.fp8_gemm,
         max_num_batched_tokens=cfg.max_num_batched_tokens,
         max_num_seqs=cfg.max_num_seqs,
+        async_scheduling=cfg.async_scheduling,
     )
 
 

@@ -25,11 +25,11 @@ from calibration.serving import (
     SERVING_FIT_TERMS,
     TPOT_TERMS,
     TTFT_TERMS,
+    BatchSimulator,
     RowFeatures,
     ServingFit,
     ServingRow,
     ServingSetup,
-    Simulator,
     cross_validation_record,
     fit_serving_overhead,
     overhead_entry,
@@ -65,15 +65,21 @@ def _latency_model(
     fp8_gemm: str,
     budget: int,
     profile: Profile | None,
+    async_scheduling: bool = True,
+    expert_parallel: bool = False,
 ) -> LatencyModel:
     """One latency model per configuration (its tables take a moment to build)."""
-    key = (model, gpu, tp, dtype, kv_cache_dtype, fp8_gemm, budget, id(profile))
+    key = (
+        model, gpu, tp, dtype, kv_cache_dtype, fp8_gemm, budget, id(profile), async_scheduling,
+        expert_parallel,
+    )  # fmt: skip
     if key not in _MODELS:
         if len(_MODELS) > 64:
             _MODELS.clear()
         lm = LatencyModel(
             model, gpu, tp, dtype, profile=profile, kv_cache_dtype=kv_cache_dtype,
             fp8_gemm=fp8_gemm, max_num_batched_tokens=budget,
+            async_scheduling=async_scheduling, expert_parallel=expert_parallel,
         )  # fmt: skip
         _MODELS[key] = (lm, profile)  # the profile is kept alive: its id stays its own
     return _MODELS[key][0]
@@ -92,6 +98,8 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         max_num_batched_tokens=setup.max_num_batched_tokens,
         enable_prefix_caching=setup.enable_prefix_caching,
         scheduler_reserve_full_isl=setup.scheduler_reserve_full_isl,
+        async_scheduling=setup.schedules_async(row),
+        enable_expert_parallel=row.expert_parallel,
         record_iterations=True,
     )
     return BenchServeConfig(
@@ -116,29 +124,64 @@ def simulate_row(
     base = profile if profile is not None else default_profile(row.gpu, row.dtype)
     lm = _latency_model(
         row.model, row.gpu, row.tp, row.dtype, setup.kv_cache_dtype, setup.fp8_gemm,
-        setup.max_num_batched_tokens, profile,
+        setup.max_num_batched_tokens, profile, setup.schedules_async(row), row.expert_parallel,
     )  # fmt: skip
     lm.set_overhead(overhead)
     cfg = bench_config(row, setup)
     res = run_bench_serve(cfg, lm)
     lm.set_overhead(base.framework_overhead())
-    return row_features(res, overhead, row.tp)
+    return row_features(res, overhead, row.tp, lm.async_scheduling)
 
 
-def row_features(res: BenchServeResult, overhead: FrameworkOverhead, tp: int) -> RowFeatures:
-    """Mean TTFT / TPOT of the measured requests of a run and their overhead slopes."""
+def _cpu_bound(
+    iters: np.ndarray,
+    seqs: np.ndarray,
+    duration: np.ndarray,
+    overhead: FrameworkOverhead,
+    tp: int,
+) -> np.ndarray:
+    """Per recorded step (a run of iterations), whether its iterations took their CPU
+    time under asynchronous scheduling (``max(GPU, CPU)`` was the CPU): then the CPU
+    terms move the step's time one for one; otherwise not at all. A run is CPU-bound
+    when its mean iteration time is its CPU time (every iteration's max is at least
+    it), so a run that is partly CPU-bound counts as GPU-bound (the fit's next
+    simulation corrects what that linearization misses)."""
+    per_iter = duration / np.maximum(iters, 1.0) - overhead.per_iteration_serial_s
+    cpu = overhead.iteration_s(tp) + overhead.per_sequence_s * seqs / np.maximum(iters, 1.0)
+    return (cpu > 0) & (per_iter <= cpu * (1.0 + 1e-9) + 1e-12)
+
+
+def row_features(
+    res: BenchServeResult, overhead: FrameworkOverhead, tp: int, async_scheduling: bool = False
+) -> RowFeatures:
+    """Mean TTFT / TPOT of the measured requests of a run and their overhead slopes.
+
+    Per request, the slopes count the iterations (and scheduled sequences) its first
+    token and its decode spanned: the serial term moves every iteration, the CPU terms
+    every iteration without asynchronous scheduling and only the CPU-bound ones with it
+    (:func:`_cpu_bound`)."""
     steps = res.recorder.iterations_frame()
     start = steps["start_s"].to_numpy(float)
-    end = start + steps["duration_s"].to_numpy(float)
+    duration = steps["duration_s"].to_numpy(float)
+    end = start + duration
     order = np.argsort(end, kind="stable")
-    start, end = start[order], end[order]
+    start, end, duration = start[order], end[order], duration[order]
     iters = steps["iterations"].to_numpy(float)[order]
     # sequences summed over a step's iterations: every iteration schedules its decodes, a
     # run records its prefill chunks one per iteration
     seqs = iters * steps["decode_seqs"].to_numpy(float)[order]
     seqs = seqs + steps["prefill_chunks"].to_numpy(float)[order]
-    cum_i = np.concatenate([[0.0], np.cumsum(iters)])
-    cum_s = np.concatenate([[0.0], np.cumsum(seqs)])
+    cpu_w = (
+        _cpu_bound(iters, seqs, duration, overhead, tp).astype(float)
+        if async_scheduling
+        else np.ones_like(iters)
+    )
+    cum = {
+        "i": np.concatenate([[0.0], np.cumsum(iters)]),
+        "ci": np.concatenate([[0.0], np.cumsum(iters * cpu_w)]),
+        "cs": np.concatenate([[0.0], np.cumsum(seqs * cpu_w)]),
+    }
+    per_step = {"i": iters, "ci": iters * cpu_w, "cs": seqs * cpu_w}
     multi = 1.0 if tp > 1 else 0.0
 
     warmup = warmup_count(res.config)
@@ -146,7 +189,8 @@ def row_features(res: BenchServeResult, overhead: FrameworkOverhead, tp: int) ->
     if not done:
         raise RuntimeError("simulated run finished no measured request")
     ttft, tpot = [], []
-    d_ttft_i, d_ttft_s, d_tpot_i, d_tpot_s = [], [], [], []
+    d_ttft: dict[str, list[float]] = {k: [] for k in cum}
+    d_tpot: dict[str, list[float]] = {k: [] for k in cum}
     for r in done:
         first, last = r.first_token_s, r.finished_s
         ttft.append(first - r.arrival_s)
@@ -156,34 +200,29 @@ def row_features(res: BenchServeResult, overhead: FrameworkOverhead, tp: int) ->
         entered = r.arrival_s + overhead.request_overhead_s
         a = int(np.searchsorted(end, entered + _EPS, side="left"))
         b = int(np.searchsorted(end, first + _EPS, side="right"))
-        n_i, n_s = cum_i[b] - cum_i[a], cum_s[b] - cum_s[a]
-        if a < b and start[a] < entered:
-            part = (end[a] - entered) / (end[a] - start[a])
-            n_i -= (1.0 - part) * iters[a]
-            n_s -= (1.0 - part) * seqs[a]
-        d_ttft_i.append(n_i)
-        d_ttft_s.append(n_s)
+        cut = (end[a] - entered) / (end[a] - start[a]) if a < b and start[a] < entered else 1.0
+        for k, c in cum.items():
+            d_ttft[k].append(c[b] - c[a] - (1.0 - cut) * per_step[k][a] if a < b else 0.0)
         if r.generated > 1:
-            c = int(np.searchsorted(end, last + _EPS, side="right"))
+            e = int(np.searchsorted(end, last + _EPS, side="right"))
             tpot.append((last - first) / (r.generated - 1))
-            d_tpot_i.append((cum_i[c] - cum_i[b]) / (r.generated - 1))
-            d_tpot_s.append((cum_s[c] - cum_s[b]) / (r.generated - 1))
+            for k, c in cum.items():
+                d_tpot[k].append((c[e] - c[b]) / (r.generated - 1))
     mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
-    per_it_ttft, per_it_tpot = mean(d_ttft_i), mean(d_tpot_i)
+
+    def slopes(d: dict[str, list[float]]) -> dict[str, float]:
+        return {
+            "per_iteration_s": mean(d["ci"]),
+            "per_iteration_tp_s": mean(d["ci"]) * multi,
+            "per_sequence_s": mean(d["cs"]),
+            "per_iteration_serial_s": mean(d["i"]),
+        }
+
     return RowFeatures(
         ttft_s=mean(ttft),
         tpot_s=mean(tpot),
-        ttft_per_term={
-            "per_iteration_s": per_it_ttft,
-            "per_iteration_tp_s": per_it_ttft * multi,
-            "per_sequence_s": mean(d_ttft_s),
-            "request_overhead_s": 1.0,
-        },
-        tpot_per_term={
-            "per_iteration_s": per_it_tpot,
-            "per_iteration_tp_s": per_it_tpot * multi,
-            "per_sequence_s": mean(d_tpot_s),
-        },
+        ttft_per_term=slopes(d_ttft) | {"request_overhead_s": 1.0},
+        tpot_per_term=slopes(d_tpot),
         preemptions=res.engine.preemptions,
         kv_cache_tokens=res.engine.total_blocks * res.engine.block_size,
     )
@@ -198,10 +237,43 @@ def with_overhead(profile: Profile, overhead: FrameworkOverhead, **extra: object
 Profiles = dict[tuple[str, str], Profile] | None
 
 
-def _simulator(profiles: Profiles) -> Simulator:
-    def simulate(row: ServingRow, setup: ServingSetup, overhead: FrameworkOverhead) -> RowFeatures:
-        profile = profiles.get((row.gpu, row.dtype)) if profiles else None
-        return simulate_row(row, setup, overhead, profile)
+#: the profiles a forked worker of :func:`simulate_rows` simulates with
+_WORKER_PROFILES: Profiles = None
+
+
+def _simulate_job(job: tuple[ServingRow, ServingSetup, FrameworkOverhead]) -> RowFeatures:
+    row, setup, overhead = job
+    profiles = _WORKER_PROFILES
+    return simulate_row(
+        row, setup, overhead, profiles.get((row.gpu, row.dtype)) if profiles else None
+    )
+
+
+def simulate_rows(
+    rows: Sequence[ServingRow],
+    setups: Sequence[ServingSetup],
+    overhead: FrameworkOverhead,
+    profiles: Profiles = None,
+    workers: int = 1,
+) -> list[RowFeatures]:
+    """Every row simulated with ``overhead``; with ``workers`` > 1 in forked processes
+    (each row's simulation is independent and seeded: the same result, row for row)."""
+    global _WORKER_PROFILES
+    _WORKER_PROFILES = profiles
+    jobs = [(r, s, overhead) for r, s in zip(rows, setups, strict=True)]
+    if workers <= 1 or len(jobs) < 2:
+        return [_simulate_job(j) for j in jobs]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        return pool.map(_simulate_job, jobs, chunksize=1)
+
+
+def _simulator(profiles: Profiles, workers: int = 1) -> BatchSimulator:
+    def simulate(
+        rows: Sequence[ServingRow], setups: Sequence[ServingSetup], overhead: FrameworkOverhead
+    ) -> list[RowFeatures]:
+        return simulate_rows(rows, setups, overhead, profiles, workers)
 
     return simulate
 
@@ -212,9 +284,12 @@ def fit_rows(
     start: FrameworkOverhead | None = None,
     fit_terms: Sequence[str] = TPOT_TERMS + TTFT_TERMS,
     profiles: Profiles = None,
+    workers: int = 1,
 ) -> ServingFit:
     """:func:`calibration.serving.fit_serving_overhead` with this module's simulator."""
-    return fit_serving_overhead(rows, setups, _simulator(profiles), start, fit_terms)
+    return fit_serving_overhead(
+        rows, setups, _simulator(profiles, workers), start, fit_terms, batch=True
+    )
 
 
 def evaluate_rows(
@@ -222,11 +297,10 @@ def evaluate_rows(
     setups: Sequence[ServingSetup],
     overhead: FrameworkOverhead,
     profiles: Profiles = None,
+    workers: int = 1,
 ) -> Any:
     """Simulate every row with ``overhead``: the per-row error table."""
-    simulate = _simulator(profiles)
-    feats = [simulate(r, s, overhead) for r, s in zip(rows, setups, strict=True)]
-    return serving_table(rows, feats)
+    return serving_table(rows, simulate_rows(rows, setups, overhead, profiles, workers))
 
 
 def cross_validate(

@@ -57,7 +57,12 @@ def test_predict_static_json_and_plain_agree() -> None:
 
     plain = run_comem(*LLAMA, *STATIC)
     assert plain.returncode == 0, plain.stderr
-    assert plain.stdout == f"{latency:.4f} s\n"  # the number and its unit
+    # the number and its unit, then its interval when the calibration has error bands
+    if data["latency_s_low"] is None:
+        assert plain.stdout == f"{latency:.4f} s\n"
+    else:
+        assert data["latency_s_low"] < latency < data["latency_s_high"]
+        assert plain.stdout.startswith(f"{latency:.4f} s  [{data['latency_s_low']:.4f}, ")
     assert float(plain.stdout.split()[0]) == pytest.approx(latency, abs=5e-5)
 
 

@@ -55,7 +55,7 @@ def test_engine_runs_the_static_benchmark_like_the_predictor(batch, length, capa
     else:
         sched = schedule_static_batch(batch, length, length, capacity, 16384)
         cost = price_schedule(LLAMA, sched)
-        predicted = cost.latency(LLAMA.overhead_per_iteration_s, LLAMA.overhead_per_sequence_s)
+        predicted = cost.latency_with(LLAMA)
     assert max(r.finished_s for r in reqs) == pytest.approx(predicted, rel=1e-9)
     assert eng.iterations == sched.iterations
     assert eng.preemptions == sched.preemptions

@@ -1,0 +1,337 @@
+"""Does the serving model transfer? All real serving rows, one joint fit, cross-validated
+by model and by GPU (needs ../shared).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/serving_transfer.py [--shared ../shared]
+        [--variants async,sync] [--out benchmarks/results/serving_transfer]
+
+Rows: ``shared/data/serving/vllm_serving_h100.csv`` (Qwen3-32B, vLLM 0.12; Llama-3.1-70B,
+unstated 2025-10) and ``vllm_serving_silicon_more.csv`` (MiniMax-M2.5 H100 0.18 TP4+EP,
+H200 0.16 TP4 and 0.18 TP8; gpt-oss-120b and Kimi-K2.5 when the simulator can price
+them, else listed as skipped with the reason), each replayed through ``comem
+bench-serve`` under its stated assumptions (printed). For each variant of the overhead
+model (below) it fits the overhead terms on all rows (joint), then leaves each model out
+(LOMO: fitted on the other models' rows) and each GPU out (LOGO: H100 <-> H200), and
+prints TTFT / TPOT MAPE and signed error per held-out model and GPU.
+
+Variants (a term stays only if it lowers the cross-validated error):
+
+- ``sync``: the previous model: CPU work added to every iteration (no asynchronous
+  scheduling), fitted per iteration and per sequence, plus a per-request term;
+- ``async``: vLLM's asynchronous scheduling where the row's version has it by default
+  (>= 0.14): an iteration costs max(GPU, CPU) + serial; fitted CPU per iteration, per
+  sequence, the serial part and the per-request term;
+- ``async-noserial``: the same without the serial term.
+
+Writes ``<out>/<variant>.csv`` (every held-out prediction: what the error bars of
+``bench-serve`` are built from) and ``<out>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from calibration.profile import FrameworkOverhead
+from calibration.serving import (
+    SERVING_FIT_TERMS,
+    SHARED_H100_ASSUMPTIONS,
+    SILICON_ASSUMPTIONS,
+    ServingRow,
+    ServingSetup,
+    error_summary,
+    load_serving_csv,
+    load_silicon_csv,
+    setup_for,
+    tpot_lower_bound,
+)
+from sim.serving import evaluate_rows, fit_rows
+
+#: processes simulating rows (results do not depend on it)
+WORKERS = 2
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sync": {
+        "async": False,
+        "terms": ("per_iteration_s", "per_sequence_s", "request_overhead_s"),
+    },
+    "async": {"async": None, "terms": SERVING_FIT_TERMS},
+    "async-noserial": {
+        "async": None,
+        "terms": tuple(t for t in SERVING_FIT_TERMS if t != "per_iteration_serial_s"),
+    },
+}
+
+
+def short(model: str) -> str:
+    """A model's display name: its alias, or the config file's model part."""
+    name = Path(model).name
+    return name.removesuffix("_config.json").split("--")[-1].lower() if "/" in model else name
+
+
+def load_rows(shared: Path) -> tuple[list[ServingRow], list[ServingSetup], list[str]]:
+    """Every serving row with its setup, and the skipped ones (one line each)."""
+    data = shared / "data" / "serving"
+    h100 = load_serving_csv(data / "vllm_serving_h100.csv")
+    setups = [setup_for(r, SHARED_H100_ASSUMPTIONS) for r in h100]
+    silicon, skipped = load_silicon_csv(
+        data / "vllm_serving_silicon_more.csv", shared / "data" / "model_configs"
+    )
+    setups += [setup_for(r, SILICON_ASSUMPTIONS) for r in silicon]
+    notes = [f"{s.label}: {s.reason}" for s in skipped]
+    return [*h100, *silicon], setups, notes
+
+
+def keep_physical(
+    rows: list[ServingRow], setups: list[ServingSetup]
+) -> tuple[list[ServingRow], list[ServingSetup], list[str]]:
+    """Rows whose measured TPOT is not below the roofline bound (the others cannot be
+    what their columns say: left out, named)."""
+    kept_r, kept_s, out = [], [], []
+    for r, s in zip(rows, setups, strict=True):
+        bound = tpot_lower_bound(r, s)
+        if r.tpot_s < bound:
+            out.append(f"{short(r.model)} {r.label}: TPOT {r.tpot_s * 1e3:.2f} < {bound * 1e3:.2f}")
+        else:
+            kept_r.append(r)
+            kept_s.append(s)
+    return kept_r, kept_s, out
+
+
+def _with_async(setups: list[ServingSetup], value: bool | None) -> list[ServingSetup]:
+    from dataclasses import replace
+
+    return [replace(s, async_scheduling=value) for s in setups]
+
+
+def _fold(
+    rows: list[ServingRow],
+    setups: list[ServingSetup],
+    train: np.ndarray,
+    terms: tuple[str, ...],
+    start: FrameworkOverhead | None,
+) -> tuple[FrameworkOverhead, pd.DataFrame]:
+    """Fit on ``train``, predict the rest: (fitted overhead, held-out table)."""
+    fit = fit_rows(
+        [rows[i] for i in np.flatnonzero(train)],
+        [setups[i] for i in np.flatnonzero(train)],
+        start,
+        terms,
+        workers=WORKERS,
+    )
+    test = np.flatnonzero(~train)
+    table = evaluate_rows(
+        [rows[i] for i in test], [setups[i] for i in test], fit.overhead, workers=WORKERS
+    )
+    return fit.overhead, table.assign(row=test)
+
+
+def run_variant(
+    name: str, rows: list[ServingRow], setups: list[ServingSetup]
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Joint fit, LOMO and LOGO of one variant: its summary and held-out predictions."""
+    spec = VARIANTS[name]
+    setups = _with_async(setups, spec["async"])
+    terms = spec["terms"]
+    t0 = time.perf_counter()
+    joint = fit_rows(rows, setups, None, terms, workers=WORKERS)
+    summary: dict[str, Any] = {"joint": joint.overhead.terms(), "folds": {}}
+    models = np.array([r.model for r in rows])
+    gpus = np.array([r.gpu for r in rows])
+    held: list[pd.DataFrame] = []
+    for kind, labels in (("model", models), ("gpu", gpus)):
+        for label in sorted(set(labels)):
+            train = labels != label
+            if not train.any():
+                continue
+            overhead, table = _fold(rows, setups, train, terms, joint.overhead)
+            table = table.assign(fold=kind, held_out=short(label), gpu=gpus[~train])
+            summary["folds"][f"{kind}:{short(label)}"] = overhead.terms()
+            held.append(table)
+    out = pd.concat(held, ignore_index=True)
+    out["model"] = [short(m) for m in out["model"]]
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    summary["joint_in_sample"] = _errors(joint.table())
+    for kind in ("model", "gpu"):
+        summary[f"cv_{kind}"] = _errors(out[out["fold"] == kind])
+    return summary, out
+
+
+def _errors(table: pd.DataFrame) -> dict[str, float]:
+    return {
+        "rows": int(len(table)),
+        "ttft_mape": round(float(np.abs(table["ttft_error"]).mean()), 4),
+        "ttft_signed": round(float(table["ttft_error"].mean()), 4),
+        "tpot_mape": round(float(np.abs(table["tpot_error"]).mean()), 4),
+        "tpot_signed": round(float(table["tpot_error"].mean()), 4),
+    }
+
+
+def _pct(frame: pd.DataFrame) -> str:
+    shown = frame.copy()
+    for col in shown.columns:
+        if col.endswith("_mape"):
+            shown[col] = [f"{v:.1%}" for v in shown[col]]
+        elif col.endswith("_signed"):
+            shown[col] = [f"{v:+.1%}" for v in shown[col]]
+    return shown.to_string(index=False)
+
+
+def report(name: str, summary: dict[str, Any], held: pd.DataFrame) -> None:
+    j = summary["joint"]
+    print(f"\n== {name} ({summary['seconds']:.0f} s) ==")
+    print(
+        "joint fit: "
+        + ", ".join(f"{k} {v * 1e3:.4g} ms" for k, v in j.items() if v)
+        + f"; in-sample {summary['joint_in_sample']}"
+    )
+    for kind in ("model", "gpu"):
+        part = held[held["fold"] == kind]
+        print(f"leave one {kind} out, per held-out model and GPU:")
+        print(_pct(error_summary(part, by=("held_out", "model", "gpu"))))
+
+
+SERVING_CV_FILE = "serving_cv.json"
+
+
+def cv_record(held: pd.DataFrame, kind: str) -> dict[str, Any]:
+    """Per held-out model (or GPU): rows, MAPE and signed error of TTFT and TPOT."""
+    part = held[held["fold"] == kind]
+    return {str(k): _errors(g) for k, g in part.groupby("held_out")}
+
+
+def write_defaults(
+    name: str, summary: dict[str, Any], held: pd.DataFrame, rows: list[ServingRow], shared: Path
+) -> list[Path]:
+    """The variant's joint fit as every embedded profile's default serving overhead, with
+    its cross-validation and 80% error bands (pooled LOMO and LOGO residuals); the
+    held-out predictions as ``calibration/profiles/serving_cv.json`` (``comem validate``
+    checks the bands' coverage on them); the 2024 static fit's own band."""
+    import datetime
+
+    from calibration.fit import e2e_costs, e2e_errors, load_e2e, nnls_overhead
+    from calibration.profile import PROFILE_DIR, Profile, available_profiles, profile_path
+    from calibration.uncertainty import band_from_errors
+    from sim.serving import SERVING_FRAMEWORK
+
+    source = (
+        f"shared/data/serving/vllm_serving_h100.csv + vllm_serving_silicon_more.csv:"
+        f" {len(rows)} rows ({', '.join(sorted({short(r.model) for r in rows}))})"
+    )
+    bands = {
+        m: band_from_errors(m, held[f"{m}_error"], source=f"LOMO+LOGO held-out rows, {source}")
+        for m in ("ttft", "tpot")
+    }
+    entry: dict[str, Any] = {k: float(f"{v:.6g}") for k, v in summary["joint"].items()}
+    entry |= {
+        "framework": SERVING_FRAMEWORK,
+        "form": f"{name}: iteration = max(GPU, CPU) + serial with async scheduling,"
+        " GPU + CPU + serial without (by each row's vLLM version)",
+        "async_scheduling": True,
+        "fitted_on": source,
+        "assumptions": "calibration.serving.SHARED_H100_ASSUMPTIONS (H100 csv),"
+        " SILICON_ASSUMPTIONS (silicon rows)",
+        "command": "PYTHONPATH=. python benchmarks/serving_transfer.py --write-defaults",
+        "date": datetime.date.today().isoformat(),
+        "rows": len(rows),
+        "ttft_mape": summary["joint_in_sample"]["ttft_mape"],
+        "tpot_mape": summary["joint_in_sample"]["tpot_mape"],
+        "cv_leave_one_model_out": cv_record(held, "model"),
+        "cv_leave_one_gpu_out": cv_record(held, "gpu"),
+        "error_bands": {m: b.to_dict() for m, b in bands.items()},
+    }
+    # the 2024 static batches' band: their leave-one-model-out residuals
+    e2e = load_e2e(shared / "data" / "e2e" / "vllm_static_batch_h100.csv")
+    costs = e2e_costs(Profile.load(profile_path("h100_sxm", "bf16")), e2e)
+    static_err = pd.concat(
+        [
+            e2e_errors(costs[costs["model"] == m], nnls_overhead(costs[costs["model"] != m]))
+            for m in sorted(costs["model"].unique())
+        ]
+    )["rel_error"]
+    static_band = band_from_errors("static", static_err, source="LOMO static batches (2024 vLLM)")
+    written = []
+    for gpu, framework, dtype in available_profiles():
+        path = profile_path(gpu, dtype, framework)
+        prof = Profile.load(path)
+        prof.overheads[SERVING_FRAMEWORK] = entry
+        prof.overhead = dict(entry)
+        for key, old in prof.overheads.items():
+            if key.startswith("vllm-0.") or key.startswith("vllm-unstated"):
+                old["async_scheduling"] = False  # fitted in the sync form, per version
+        if "vllm-2024" in prof.overheads:
+            prof.overheads["vllm-2024"]["error_bands"] = {"static": static_band.to_dict()}
+        written.append(prof.save(path))
+    cols = ["fold", "held_out", "model", "gpu", "tp", "concurrency", "isl", "osl"]
+    cols += ["ttft_ms", "pred_ttft_ms", "tpot_ms", "pred_tpot_ms", "ttft_error", "tpot_error"]
+    cv_path = PROFILE_DIR / SERVING_CV_FILE
+    payload = {
+        "what": "held-out predictions of the default serving fit (benchmarks/serving_transfer.py)",
+        "variant": name,
+        "fitted_on": source,
+        "date": entry["date"],
+        "rows": held[cols].round(6).to_dict(orient="records"),
+    }
+    cv_path.write_text(json.dumps(payload, indent=0) + "\n")
+    return [*written, cv_path]
+
+
+def main(argv: list[str] | None = None) -> int:
+    global WORKERS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--variants", default="async,sync,async-noserial")
+    ap.add_argument("--out", default="benchmarks/results/serving_transfer")
+    ap.add_argument("--workers", type=int, default=WORKERS)
+    ap.add_argument(
+        "--write-defaults", action="store_true",
+        help="write the first variant's fit into the embedded profiles (and serving_cv.json)",
+    )  # fmt: skip
+    args = ap.parse_args(argv)
+    WORKERS = max(1, args.workers)
+    rows, setups, skipped = load_rows(Path(args.shared))
+    rows, setups, unphysical = keep_physical(rows, setups)
+    print(
+        f"{len(rows)} rows; skipped {len(skipped)} (unpriceable),"
+        f" {len(unphysical)} (below the roofline)"
+    )
+    reasons = pd.Series([s.split(": ", 1)[1] for s in skipped]).value_counts()
+    for reason, n in reasons.items():
+        print(f"  skipped {n}: {reason}")
+    for line in unphysical:
+        print(f"  left out: {line}")
+    print("assumptions per source: H100 csv: SHARED_H100_ASSUMPTIONS; silicon: SILICON_ASSUMPTIONS")
+    for r, s in sorted(
+        {
+            (short(r.model), r.gpu, r.vllm_version): (r, s)
+            for r, s in zip(rows, setups, strict=True)
+        }.items()
+    ):
+        print(f"  {r[0]} {r[1]} vllm {r[2] or 'unstated'}: {s[1].describe()}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    for name in args.variants.split(","):
+        summary, held = run_variant(name, rows, setups)
+        report(name, summary, held)
+        held.to_csv(out / f"{name}.csv", index=False)
+        summaries[name] = summary
+    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    if args.write_defaults:
+        first = args.variants.split(",")[0]
+        held = pd.read_csv(out / f"{first}.csv")
+        for path in write_defaults(first, summaries[first], held, rows, Path(args.shared)):
+            print(f"wrote {path}")
+    print("\nsummary (cross-validated):")
+    for name, s in summaries.items():
+        print(f"  {name}: LOMO {s['cv_model']}  LOGO {s['cv_gpu']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

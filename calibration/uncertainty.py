@@ -1,0 +1,105 @@
+"""Error bars from cross-validated residuals.
+
+A prediction's interval is what the model's errors on data it was not fitted to say:
+the ratio predicted / measured of every held-out row (leave one model out, leave one GPU
+out: ``benchmarks/serving_transfer.py``), and its quantiles. An 80% band is the 10th
+and 90th percentile of that ratio; a new prediction ``p`` then has the interval
+``[p / ratio_high, p / ratio_low]``: the measured value it is consistent with, as often
+as the held-out rows were. The band is stored with the overhead fit it belongs to
+(``error_bands`` of a profile's overhead entry), so it travels with the embedded
+profiles and needs no ``../shared`` at run time.
+
+This is an empirical band, not a confidence interval of a parameter: it covers what the
+held-out models and GPUs covered. A workload or machine unlike all of them (another
+attention family, another vLLM generation) can fall outside; ``comem validate`` checks
+the coverage on rows held out by model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from calibration.errors import ComemInputError
+
+#: The interval width every prediction reports (the ``*_low`` / ``*_high`` columns).
+DEFAULT_LEVEL = 0.8
+
+
+@dataclass(frozen=True)
+class ErrorBand:
+    """Quantiles of predicted / measured on held-out rows, for one metric."""
+
+    metric: str
+    level: float
+    ratio_low: float
+    ratio_high: float
+    rows: int
+    source: str = ""
+
+    def interval(self, predicted: float) -> tuple[float, float]:
+        """``(low, high)`` of the measured value a prediction ``predicted`` stands for."""
+        if not math.isfinite(predicted):
+            return predicted, predicted
+        return predicted / self.ratio_high, predicted / self.ratio_low
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "error band") -> ErrorBand:
+        try:
+            band = cls(
+                metric=str(data["metric"]),
+                level=float(data["level"]),
+                ratio_low=float(data["ratio_low"]),
+                ratio_high=float(data["ratio_high"]),
+                rows=int(data["rows"]),
+                source=str(data.get("source", "")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ComemInputError(f"{where}: not an error band ({exc})") from None
+        ok = (
+            0.0 < band.level < 1.0
+            and 0.0 < band.ratio_low <= band.ratio_high < math.inf
+            and band.rows >= 1
+        )
+        if not ok:
+            raise ComemInputError(
+                f"{where}: an error band needs 0 < level < 1, 0 < ratio_low <= ratio_high"
+                f" (finite) and rows >= 1; got {data!r}"
+            )
+        return band
+
+
+def band_from_errors(
+    metric: str, errors: Iterable[float], level: float = DEFAULT_LEVEL, source: str = ""
+) -> ErrorBand:
+    """The band of relative errors ``predicted / measured - 1`` of held-out rows."""
+    ratio = 1.0 + np.asarray(list(errors), dtype=float)
+    ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+    if ratio.size == 0:
+        raise ComemInputError(f"error band for {metric}: no held-out rows")
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(ratio, [tail, 1.0 - tail])
+    return ErrorBand(metric, level, float(low), float(high), int(ratio.size), source)
+
+
+def coverage(band: ErrorBand, predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Share of rows whose measured value lies inside the prediction's interval."""
+    p = np.asarray(predicted, float)
+    m = np.asarray(measured, float)
+    inside = (m >= p / band.ratio_high) & (m <= p / band.ratio_low)
+    return float(inside.mean()) if inside.size else math.nan
+
+
+def read_bands(entry: dict[str, Any], where: str) -> dict[str, ErrorBand]:
+    """The ``error_bands`` of a profile's overhead entry (metric -> band); {} if none."""
+    raw = entry.get("error_bands") or {}
+    if not isinstance(raw, dict):
+        raise ComemInputError(f"{where}: 'error_bands' must map metrics to bands")
+    return {str(k): ErrorBand.from_dict(v, f"{where}: error band {k}") for k, v in raw.items()}
