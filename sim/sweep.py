@@ -146,6 +146,7 @@ def load_sweep(path: str | Path) -> Sweep:
     )
     base_data = read_toml(base_path, "scenario")
     points = []
+    labels: dict[str, str] = {}  # point key -> the first grid point that resolved to it
     total_steps = 0
     for index, combo in enumerate(itertools.product(*values)):
         sets = fixed + [
@@ -154,6 +155,14 @@ def load_sweep(path: str | Path) -> Sweep:
         label = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
         scenario = scenario_from(base_data, sets, f"{where}: point {index} ({label}): {base}")
         total_steps += agent_steps(scenario)[0] * seeds
+        same = labels.setdefault(point_key(scenario, 0), f"point {index} ({label})")
+        if same != f"point {index} ({label})":
+            # one point file per scenario: a second point that resolves to the same one
+            # would be run once and counted once, a point silently dropped
+            raise ComemInputError(
+                f"{where}: point {index} ({label}) is the same scenario as {same}"
+                " (a value repeated in the grid?); list each value once"
+            )
         for rep in range(seeds):
             key = point_key(scenario, rep)
             seeded = scenario.model_copy(update={"seed": point_seed(sweep_seed, key)})
