@@ -96,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return  # connection closes mid-stream, no finish_reason
             if mode == "slow" and i == 1:
                 time.sleep(3.0)
+            if mode == "paced":  # 20 ms a token: a replay long enough to be killed
+                time.sleep(0.02)
             self.wfile.write(_event(f" w{i}", "length" if i == n - 1 else None))
             self.wfile.flush()
             time.sleep(0.002)
@@ -195,7 +197,9 @@ def test_profile_client_deadline_bounds_the_whole_request(fake_server, mode, sta
     """A server that never stops sending (a byte at a time, or one endless line) ends
     at the deadline or the line limit: the per-read timeout alone never fires."""
     t0 = time.perf_counter()
-    r = stream_completion(Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 4, timeout_s=1.0)
+    r = stream_completion(
+        Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 4, timeout_s=1.0
+    )
     took = time.perf_counter() - t0
     assert took < 2.0, (mode, took, r.status, r.error)
     assert r.status == (status or r.status) and r.status in ("timeout", "malformed"), r.error
@@ -221,6 +225,40 @@ def test_profile_metrics_scrape_has_a_whole_deadline(fake_server, monkeypatch):
     assert scrape() is None and scrape.given_up  # one slow scrape: no more of them
     t1 = time.perf_counter()
     assert scrape() is None and time.perf_counter() - t1 < 0.1
+
+
+def test_replay_killed_by_sigterm_keeps_every_measured_step(fake_server, tmp_path):
+    """Rows go to disk as they are measured: a SIGTERM half-way loses none of them."""
+    import os
+    import signal
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "killed"\n[workload]\nagents = 2\nsteps = 200\nsystem_tokens = 8\n'
+        "observation_tokens = 4\naction_tokens = 4\nsummary_tokens = 4\n"
+        '[[architectures]]\nname = "FC"\nkind = "fc"\n'
+    )
+    out = tmp_path / "out"
+    endpoint = f"http://127.0.0.1:{fake_server}/paced"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comem", "replay", str(scenario), "--endpoint", endpoint,
+         "--model", "m", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    steps = out / "live_steps.csv"
+    deadline = time.monotonic() + 60
+    rows = 0
+    while time.monotonic() < deadline and rows < 6:  # some steps measured, most to come
+        time.sleep(0.2)
+        rows = len(steps.read_text().splitlines()) - 1 if steps.exists() else 0
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM  # killed, not finished
+    frame = pd.read_csv(steps)
+    assert len(frame) >= 6 and len(frame) < 2 * 200
+    assert (frame["status"] == "ok").all() and (frame["action_tokens"] == 4).all()
+    assert list(frame.columns)[:4] == ["architecture", "agent", "task", "step"]
+    assert json.loads((out / "config.json").read_text())["name"] == "killed"
 
 
 def test_profile_client_refused_connection():
