@@ -12,6 +12,7 @@ a long run never ends in a traceback because its results cannot be written.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -479,6 +480,33 @@ def input_paths(value: Any, where: str = "") -> dict[str, Path]:
     return found
 
 
+def files_digest(settings: Any) -> str:
+    """A hash of the bytes of every file ``settings`` names (:func:`input_paths`), "" when
+    it names none: a resumable output keyed by its settings alone would be read back as
+    good after the trace or profile it was computed from changed."""
+    import hashlib
+
+    found = input_paths(settings)
+    if not found:
+        return ""
+    digest = hashlib.sha256()
+    for name in sorted(found):
+        p = found[name]
+        st = p.stat()
+        digest.update(f"{name}\0".encode())
+        digest.update(_file_sha256(str(p.resolve()), st.st_mtime_ns, st.st_size))
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> bytes:
+    """A file's SHA-256, once per version of it (a sweep keys thousands of points by the
+    same trace)."""
+    import hashlib
+
+    return hashlib.sha256(read_bytes(path, "input")).digest()
+
+
 def refuse_outputs_over_inputs(
     outputs: list[Path], inputs: dict[str, Any], flag: str = "--out"
 ) -> None:
@@ -521,6 +549,7 @@ __all__ = [
     "read_json",
     "read_text",
     "read_toml",
+    "files_digest",
     "input_paths",
     "refuse_input_as_output",
     "refuse_outputs_over_inputs",

@@ -424,14 +424,14 @@ POINT_FIELDS = ("mean_step_s", "p99_step_s", "steps_per_s", "tasks_ended_early",
 def point_key(spec: PlanSpec, c: Candidate) -> str:
     """The name of candidate ``c``'s point file: a hash of everything its simulation
     depends on, the whole scenario it runs (agents, models, GPU, workload, limits) and
-    the bytes of the files that scenario reads (a trace or fitted workload), so a plan
+    the bytes of the files that scenario reads (a trace, a model's config.json), so a plan
     re-run with other ``--agents`` (or model, or workload) in the same ``--out`` never
     reads another question's results: both sets of points coexist."""
+    from calibration.inputs import files_digest
+
     scenario = scenario_dict(spec, c)
     digest = hashlib.sha256(json.dumps(scenario, sort_keys=True, default=str).encode())
-    path = scenario["workload"].get("path")
-    if isinstance(path, str) and Path(path).is_file():
-        digest.update(Path(path).read_bytes())
+    digest.update(files_digest(scenario).encode())
     return digest.hexdigest()[:24]
 
 

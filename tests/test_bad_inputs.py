@@ -1396,3 +1396,32 @@ def test_a_full_disk_names_the_output(monkeypatch, tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert f"--out {tmp_path / 'o'}" in err[0] and "No space left" in err[0]
+
+
+def test_a_sweep_point_is_keyed_by_the_files_it_reads(tmp_path: Path) -> None:
+    """A point computed from a trace or fitted file since changed is simulated again
+    (a new point file), with the same seed; a scenario that reads no file keeps its key."""
+    from sim.sweep import load_sweep, point_key
+
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(FITTED.read_text())
+    base = tmp_path / "base.toml"
+    base.write_text(f'[workload]\nkind = "fitted"\nagents = 1\nmax_steps = 3\npath = "{fitted}"\n')
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'base = "{base}"\n[grid]\n"workload.agents" = [1, 2]\n')
+    before = load_sweep(sweep).points
+    data = json.loads(fitted.read_text())
+    data["variables"]["steps"]["mu"] += 0.5
+    fitted.write_text(json.dumps(data))
+    after = load_sweep(sweep).points
+    assert all(a.key != b.key for a, b in zip(after, before, strict=True))
+    assert [a.scenario.seed for a in after] == [b.scenario.seed for b in before]
+    plain = load_sweep(_small_sweep(tmp_path)).points[0]
+    assert plain.key == point_key(plain.scenario, 0)  # no file read: the key of before
+
+
+def _small_sweep(d: Path) -> Path:
+    (d / "small.toml").write_text(SMALL)
+    sweep = d / "small_sweep.toml"
+    sweep.write_text(f'base = "{d / "small.toml"}"\n[grid]\n"workload.agents" = [1]\n')
+    return sweep
