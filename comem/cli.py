@@ -509,6 +509,12 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_overwrite
 
     out = Path(args.out)
+    _outputs_not_inputs(
+        out,
+        ("profile.csv", "profile.metrics.csv", "profile.json", "live_steps.csv",
+         "live_tasks.csv", "live_summaries.csv", "config.json", "comparison.csv", "loop.json"),
+        {"--scenario": args.scenario, "--grid": args.grid, "settings": scenario.model_dump()},
+    )  # fmt: skip
     refuse_overwrite([out / "profile.csv", out / "live_steps.csv"], args.force)
     _writable_dir(args.out)
     try:

@@ -221,12 +221,12 @@ def stream_completion(
         resp = conn.getresponse()
         res.http_status = resp.status
         if resp.status != 200:
-            detail = resp.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
+            detail = resp.read(300).decode("utf-8", "replace").strip()
             res.status, res.error = "http_error", f"HTTP {resp.status}: {detail}"
-            return res
-        _read_events(resp, res, start, deadline)
-        if watchdog.fired:  # the socket was shut under a read: what came is cut short
-            raise _Deadline
+        else:
+            _read_events(resp, res, start, deadline)
+            if watchdog.fired:  # the socket was shut under a read: what came is cut short
+                raise _Deadline
     except ConnectionRefusedError as exc:
         res.status, res.error = "refused", f"connection refused ({exc})"
     except TimeoutError:
@@ -242,7 +242,7 @@ def stream_completion(
     finally:
         watchdog.cancel()
         conn.close()
-    if watchdog.fired and res.status != "ok":
+    if watchdog.fired and res.status not in ("ok", "http_error"):
         res.status, res.error = "timeout", f"not finished within {timeout_s:g} s"
     res.error = one_line(res.error)
     return res
@@ -320,7 +320,8 @@ def _read_events(
                 res.token_s.append(now - start)
                 parts.append(piece)
             if choice.get("finish_reason"):
-                res.finish_reason = str(choice["finish_reason"])
+                # a server's text goes into CSV cells: one printable line
+                res.finish_reason = one_line(str(choice["finish_reason"]), 40)
         usage = event.get("usage")
         if isinstance(usage, dict):
             res.prompt_tokens = _count(usage.get("prompt_tokens"), "prompt_tokens")

@@ -85,6 +85,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
             self.wfile.write(b"data: [DONE]\n\n")
             return
+        if mode == "ctrlfinish":  # a finish_reason with a newline and an escape
+            self.wfile.write(_event(" w0", "len\ngth\x1b[31m"))
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
         if mode == "badchoice":
             self.wfile.write(b'data: {"choices": ["x"]}\n\n')
             return
@@ -204,6 +208,12 @@ def test_profile_client_deadline_bounds_the_whole_request(fake_server, mode, sta
     assert took < 2.0, (mode, took, r.status, r.error)
     assert r.status == (status or r.status) and r.status in ("timeout", "malformed"), r.error
     assert not r.ok
+
+
+def test_profile_fields_from_a_server_are_printable(fake_server):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, "/ctrlfinish"), "m", "w1", 4)
+    assert r.status == "ok" and r.finish_reason == "len gth [31m"
+    assert r.finish_reason.isprintable()
 
 
 @pytest.mark.parametrize("mode", ["negusage", "hugeusage"])
