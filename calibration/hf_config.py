@@ -43,8 +43,18 @@ def _where(where: str, name: str) -> str:
     return f"{where}: {name}" if where else name
 
 
+#: The most layers a config may declare: the deepest released LLMs have ~130; a count
+#: of millions is a typo (and per-layer walks over it would take minutes).
+MAX_LAYERS = 4096
+
+
 def _int_field(
-    cfg: Mapping[str, Any], name: str, where: str, default: int | None = None, minimum: int = 1
+    cfg: Mapping[str, Any],
+    name: str,
+    where: str,
+    default: int | None = None,
+    minimum: int = 1,
+    maximum: int | None = None,
 ) -> int:
     value = cfg.get(name)
     if value is None:
@@ -55,6 +65,8 @@ def _int_field(
         raise ComemInputError(f"{_where(where, name)} must be an integer, got {value!r}")
     if value < minimum:
         raise ComemInputError(f"{_where(where, name)} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ComemInputError(f"{_where(where, name)} must be <= {maximum}, got {value}")
     return value
 
 
@@ -154,7 +166,7 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         cfg = text
         where = _where(where, "text_config")
     _check_priceable(cfg, where)
-    layers = _int_field(cfg, "num_hidden_layers", where)
+    layers = _int_field(cfg, "num_hidden_layers", where, maximum=MAX_LAYERS)
     hidden = _int_field(cfg, "hidden_size", where)
     q_heads = _int_field(cfg, "num_attention_heads", where)
     # transformers: a missing num_key_value_heads means multi-head attention

@@ -92,6 +92,9 @@ MAY_BE_EMPTY = frozenset({"allreduce"})
 def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise KernelDataError(f"{path}: kernel file is missing")
+    from calibration.inputs import input_file
+
+    input_file(path, "kernel table")  # its size limit
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for corrupt files

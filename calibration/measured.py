@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,7 +185,10 @@ class MeasuredProfile:
         }
 
     def save(self, path: str | Path) -> Path:
-        return write_profile_json(path, self.to_dict())
+        data = self.to_dict()
+        # what comem writes, comem must read: checked by the reader before it is written
+        MeasuredProfile.from_dict(json.loads(json.dumps(data)), f"{path} (not written)")
+        return write_profile_json(path, data)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> MeasuredProfile:
@@ -533,15 +537,12 @@ def cache_config_from_metrics(path: str | Path) -> tuple[int, int] | None:
     sample in a ``comem profile`` metrics sidecar CSV, or None if it has none."""
     import re
 
-    import pandas as pd
+    from calibration.inputs import read_csv
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         return None
-    try:
-        frame = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None
+    frame = read_csv(p, "metrics sidecar")  # its size limit, one line for any defect
     if "sample" not in frame.columns:
         return None
     for sample in frame["sample"].astype(str):
@@ -552,6 +553,11 @@ def cache_config_from_metrics(path: str | Path) -> tuple[int, int] | None:
             blocks, block = int(labels["num_gpu_blocks"]), int(labels["block_size"])
         except (KeyError, ValueError):
             continue
+        if not (1 <= block <= 4096 and 1 <= blocks * block <= MAX_TOKENS_PER_ENGINE):
+            raise ComemInputError(
+                f"{p}: vllm:cache_config_info gives {blocks} blocks of {block} tokens, no"
+                " engine's KV cache; give --kv-capacity-tokens and --block-size instead"
+            )
         return blocks * block, block
     return None
 

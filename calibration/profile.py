@@ -7,6 +7,7 @@ default, so nothing needs ``../shared`` at run time.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from dataclasses import dataclass, field
@@ -241,7 +242,10 @@ class Profile:
         }
 
     def save(self, path: str | Path) -> Path:
-        return write_profile_json(path, self.to_dict())
+        data = self.to_dict()
+        # what comem writes, comem must read: checked by the reader before it is written
+        Profile.from_dict(json.loads(json.dumps(data)), f"{path} (not written)")
+        return write_profile_json(path, data)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Profile:

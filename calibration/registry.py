@@ -303,12 +303,27 @@ def _hf_cache_config(hf_id: str) -> Path | None:
             return None
         repo = found[0]
     ref = repo / "refs" / "main"
-    if ref.is_file():
-        candidate = repo / "snapshots" / ref.read_text().strip() / "config.json"
+    commit = _read_ref(ref) if ref.is_file() else None
+    if commit is not None:
+        candidate = repo / "snapshots" / commit / "config.json"
         if candidate.is_file():
             return candidate
     configs = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
     return configs[-1] if configs else None
+
+
+def _read_ref(ref: Path) -> str | None:
+    """The snapshot a ``refs/main`` names, or None when it names none (not UTF-8, not one
+    plain name, unreadable): a damaged cache file, so the newest snapshot is used."""
+    try:
+        with ref.open("rb") as fh:
+            raw = fh.read(257)
+        text = raw.decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or len(text) > 256 or not text.isalnum():
+        return None
+    return text
 
 
 def _names_a_config(raw: str) -> bool:

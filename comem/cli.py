@@ -117,6 +117,10 @@ def _path(text: str) -> str:
     mean the current directory, without a word)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if not text.isprintable():  # a newline or NUL makes no usable file name
+        raise argparse.ArgumentTypeError(
+            f"expected a path of printable characters, got {_shown(text)}"
+        )
     return text
 
 
@@ -124,7 +128,7 @@ def _path(text: str) -> str:
 _PATH_ARGS = frozenset(
     {"out", "profile", "grid", "spec", "workload", "kernels", "measurements", "e2e",
      "fallback_kernels", "overhead_from", "figures", "csv", "dir", "only", "steps", "figure",
-     "scenario", "sweep", "shared"}
+     "scenario", "sweep", "shared", "result_dir", "result_filename"}
 )  # fmt: skip
 
 
@@ -169,6 +173,25 @@ def _writable_file(path: str | None, flag: str = "--out") -> None:
         from calibration.inputs import writable_file
 
         writable_file(path, flag)
+
+
+def _outputs_not_inputs(
+    out: str | Path | None, names: Sequence[str], inputs: dict[str, Any], flag: str = "--out"
+) -> None:
+    """Refuse an ``--out`` directory where a file the command writes (``names``) is one of
+    its inputs: a model's config.json, a profile, the scenario itself. ``inputs``: paths
+    by name, and settings (``model_dump()``) whose strings may name files."""
+    if out is None:
+        return
+    from calibration.inputs import input_paths, refuse_outputs_over_inputs
+
+    found: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if isinstance(value, dict | list):  # named by their field: agent.model
+            found.update(input_paths(value))
+        else:
+            found[name] = value
+    refuse_outputs_over_inputs([Path(out) / n for n in names], found, flag)
 
 
 def _json_safe(obj: Any) -> Any:
@@ -246,10 +269,11 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_input_as_output
     from calibration.profile import Profile
 
+    sidecar = Path(args.measurements).with_suffix(".metrics.csv") if args.measurements else None
     refuse_input_as_output(
         args.out,
         {"--measurements": args.measurements, "--e2e": args.e2e,
-         "--overhead-from": args.overhead_from},
+         "--overhead-from": args.overhead_from, "--measurements' metrics sidecar": sidecar},
     )  # fmt: skip
     _writable_file(args.out)
     if args.measurements:
@@ -322,12 +346,15 @@ def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    from calibration.inputs import refuse_outputs_over_inputs
     from live.openai_stream import Endpoint
     from live.profiler import load_grid, run_profile
 
     endpoint = Endpoint.parse(args.endpoint)
     grid = load_grid(args.grid)
     extra = _parse_json_object(args.extra_body, "--extra-body")
+    out = Path(args.out)  # --force replaces measurements, never the grid it reads
+    refuse_outputs_over_inputs([out, out.with_suffix(".metrics.csv")], {"--grid": args.grid})
     summary = run_profile(
         endpoint,
         args.model,
@@ -418,9 +445,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from calibration.inputs import refuse_overwrite
 
         names = ("live_steps.csv", "live_tasks.csv", "live_summaries.csv", "comparison.csv")
+        _outputs_not_inputs(
+            args.out,
+            (*names, "config.json"),
+            {"scenario": args.scenario, "--profile": args.profile,
+             "settings": scenario.model_dump()},
+        )  # fmt: skip
         refuse_overwrite([Path(args.out) / n for n in names], args.force)
     _writable_dir(args.out)
-    live = replay_scenario(scenario, target, progress=not args.json and sys.stderr.isatty())
+    live = replay_scenario(
+        scenario, target, progress=not args.json and sys.stderr.isatty(), out=args.out
+    )
     written = live.write(args.out) if args.out else []
     out: dict[str, Any] = {**live.summary(), "files": written}
     comparison = None
@@ -474,6 +509,12 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_overwrite
 
     out = Path(args.out)
+    _outputs_not_inputs(
+        out,
+        ("profile.csv", "profile.metrics.csv", "profile.json", "live_steps.csv",
+         "live_tasks.csv", "live_summaries.csv", "config.json", "comparison.csv", "loop.json"),
+        {"--scenario": args.scenario, "--grid": args.grid, "settings": scenario.model_dump()},
+    )  # fmt: skip
     refuse_overwrite([out / "profile.csv", out / "live_steps.csv"], args.force)
     _writable_dir(args.out)
     try:
@@ -725,6 +766,11 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
 
     run = validate(EngineRun, apply_overrides({}, args.set or []))
     check_run(run)
+    _outputs_not_inputs(
+        args.out,
+        ("requests.parquet", "engine_steps.parquet", "config.json"),
+        {"settings": run.model_dump()},
+    )
     _writable_dir(args.out)
     result = run_engine_load(run, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
@@ -843,6 +889,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         "bench-serve",
     )
     check_config(cfg)
+    _outputs_not_inputs(
+        args.out,
+        ("requests.parquet", "engine_steps.parquet", "bench_serve.json"),
+        {"settings": cfg.model_dump()},
+    )
     _writable_dir(args.out)
     save_to = _bench_serve_result_path(args) if args.save_result else None
     result = _with_progress(
@@ -1064,12 +1115,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         raise ComemInputError("plan: give --agent-model (or agent_model in --spec's [plan])")
     spec = validate(PlanSpec, data, "plan")
     out = Path(args.out)
+    _outputs_not_inputs(
+        out,
+        ("plan.md", "plan.json", "pareto.png", "chosen_scenario.toml"),
+        {"--spec": args.spec, "settings": spec.model_dump()},
+    )
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, 10**6)  # the candidates are counted later
     rows, n = _with_progress(
         not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
+    from comem.plan import Candidate, left_out_kinds
+
+    warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
+    for note in warnings:
+        print(f"comem plan: warning: {note}", file=sys.stderr)
     best = rows[0]
     written = [out / "plan.md", out / "plan.json"]
     (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
@@ -1080,6 +1141,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "chosen": best.label,
         "rows": [r.__dict__ for r in rows],
         "pareto": [r.label for r in pareto(rows)],
+        "warnings": warnings,
     }
     (out / "plan.json").write_text(
         json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
@@ -1108,6 +1170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, run_scenario
 
     scenario = load_scenario(args.scenario, args.set or [])
+    _outputs_not_inputs(
+        args.out,
+        ("steps.parquet", "tasks.parquet", "requests.parquet", "engine_steps.parquet",
+         "config.json"),
+        {"scenario": args.scenario, "settings": scenario.model_dump()},
+    )  # fmt: skip
     _writable_dir(args.out)
     result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
     summary = result.summary()
@@ -1157,7 +1225,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 #: why tasks ended early, as the table abbreviates it
-_EARLY = {"context_exceeded": "ctx", "memory_context_exceeded": "mem"}
+_EARLY = {
+    "context_exceeded": "ctx",
+    "memory_context_exceeded": "mem",
+    "kv_cache_too_small": "kv",
+    "memory_kv_cache_too_small": "mem-kv",
+}
 
 #: the ``comem run`` table's columns, most important first (narrow terminals drop the
 #: last ones): header, legend, cell
@@ -1167,7 +1240,8 @@ _RUN_COLUMNS: list[tuple[str, str, Any]] = [
     (
         "early",
         "tasks that ended early, by reason: ctx = an agent prompt passed max_model_len,"
-        " mem = a memory prompt passed the memory model's limit",
+        " mem = a memory prompt passed the memory model's limit, kv / mem-kv = one the"
+        " engine's whole KV cache cannot hold",
         lambda s: " ".join(f"{v} {_EARLY.get(k, k)}" for k, v in s["ended_early"].items()) or "0",
     ),
     ("speedup", "", None),
@@ -1293,9 +1367,9 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     )
     if args.note:
         payload["note"] = args.note
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    from calibration.inputs import write_text
+
+    out = write_text(args.out, json.dumps(payload, indent=1) + "\n", "fitted workload")
     for name, spec in payload["variables"].items():
         shape = f"lognormal mu {spec['mu']:8.3f} sigma {spec['sigma']:6.3f}"
         if spec["dist"] == "lognormal-mixture":
@@ -1352,6 +1426,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
+    _outputs_not_inputs(
+        out, ("results.parquet", "results.csv", "sweep.json"), {"sweep": args.sweep}
+    )
     workers = _workers(args.workers, len(sweep.points))
     _writable_dir(out)
     show = not args.json and sys.stderr.isatty()
@@ -1489,7 +1566,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-capacity-tokens", type=_token_count, help="(--measurements) the server's KV tokens"
     )
     fit.add_argument("--block-size", type=_token_count, help="(--measurements) KV block size")
-    fit.add_argument("--server", help="(--measurements) free-text description of the server")
+    fit.add_argument(
+        "--server", type=_name, help="(--measurements) free-text description of the server"
+    )
     fit.add_argument("--gpu", help="GPU name (default: from the tables' device column)")
     fit.add_argument("--dtype", default="bf16")
     fit.add_argument("--e2e", help="end-to-end static-batch CSV to fit the overhead term on")
@@ -1906,7 +1985,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"comem: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine's files, disks or network: one line as well
-        where = f"{exc.filename}: " if exc.filename else ""
+        # a full disk raises from a write, which names no file: name the output then
+        out = getattr(args, "out", None)
+        where = f"{exc.filename}: " if exc.filename else (f"writing --out {out}: " if out else "")
         print(f"comem: error: {_one_line(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
         return 2
     except MemoryError:  # past a budget with --allow-large, or a small machine

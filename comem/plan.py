@@ -183,10 +183,20 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
                         if not _fits(spec.agent_model, spec.gpu, tp, dtype, 0.9):
                             continue
                         placements: list[tuple[str, int]] = [("none", 0)]
-                        if kind in ("sm", "kso"):
-                            placements = [("dedicated", m) for m in (1, 2, 4) if m <= limit]
-                            if dp == 1 and _fits(
-                                spec.agent_model, spec.gpu, tp, dtype, AGENT_UTIL_COLOCATED
+                        if kind in ("sm", "kso"):  # only where the memory model fits too
+                            placements = [
+                                ("dedicated", m)
+                                for m in (1, 2, 4)
+                                if m <= limit and _fits(spec.memory_model, spec.gpu, m, "bf16", 0.9)
+                            ]
+                            if (
+                                dp == 1
+                                and _fits(
+                                    spec.agent_model, spec.gpu, tp, dtype, AGENT_UTIL_COLOCATED
+                                )
+                                and _fits(
+                                    spec.memory_model, spec.gpu, tp, "bf16", MEMORY_UTIL_COLOCATED
+                                )
                             ):
                                 placements.append(("co-located", tp))
                         for place, mtp in placements:
@@ -196,27 +206,59 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
                                     if c.gpus_used <= limit:
                                         out.append(c)
     if not out:
+        memory = (
+            f" (SM and KSO also need the memory model {spec.memory_model} to fit)"
+            if set(spec.kinds) & {"sm", "kso"}
+            else ""
+        )
         raise ComemInputError(
             f"plan: no deployment of {spec.agent_model} fits {limit} x {spec.gpu}"
-            f" in {', '.join(spec.dtypes)}"
+            f" in {', '.join(spec.dtypes)}{memory}"
         )
     return out
 
 
+def left_out_kinds(spec: PlanSpec, candidates: list[Candidate]) -> list[str]:
+    """A warning per asked architecture kind that no candidate has (SM and KSO where the
+    memory model fits no GPU layout): the plan goes on with the others, and says so."""
+    have = {c.kind for c in candidates}
+    return [
+        f"{kind.upper()}: no deployment fits (the memory model {spec.memory_model} fits no"
+        f" layout of {spec.gpu} beside the agent model); left out of the plan"
+        for kind in spec.kinds
+        if kind not in have
+    ]
+
+
 def _workload(spec: PlanSpec) -> dict[str, Any]:
+    """The workload table the candidates run, checked by the scenario's own model (a
+    field left at its default, a misspelt one or a ``workload`` that is no table is one
+    line naming the file, not a KeyError later)."""
+    where = "plan"
     if spec.workload_scenario is not None:
         from sim.config import read_toml
 
+        where = str(spec.workload_scenario)
         data = read_toml(spec.workload_scenario, "scenario")
-        workload = dict(data.get("workload") or {})
-        if not workload:
-            raise ComemInputError(f"{spec.workload_scenario}: no [workload] table")
+        raw = data.get("workload")
+        if not isinstance(raw, dict) or not raw:
+            got = "" if raw is None else f" (workload is {type(raw).__name__}, not a table)"
+            raise ComemInputError(f"{where}: no [workload] table{got}")
+        workload = dict(raw)
     else:
         workload = dict(DEFAULT_WORKLOAD)
     workload["agents"] = spec.agents
     if spec.steps is not None:
         workload["steps"] = spec.steps
+    _workload_model(workload, where)
     return workload
+
+
+def _workload_model(workload: dict[str, Any], where: str) -> Any:
+    from sim.config import validate
+    from sim.scenario import UNION_TAGS, Scenario
+
+    return validate(Scenario, {"workload": workload}, where, UNION_TAGS).workload
 
 
 def scenario_dict(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
@@ -279,17 +321,20 @@ def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
     import numpy as np
 
     from calibration.surrogate import fit_surrogate
+    from sim.scenario import SyntheticWorkload
     from theory.bounds import fc_peak_context, kso_peak_context, max_agents
     from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies
 
-    w = _workload(spec)
-    if w.get("kind") != "synthetic":
+    raw = _workload(spec)
+    model = _workload_model(raw, str(spec.workload_scenario or "plan"))
+    if not isinstance(model, SyntheticWorkload):
         # a trace or fitted workload: price its mean step as the synthetic one
-        w = {**DEFAULT_WORKLOAD, **{k: v for k, v in w.items() if k in DEFAULT_WORKLOAD}}
-    steps = int(w.get("steps", 64))
-    system, obs = float(w["system_tokens"]), float(w["observation_tokens"])
-    action, summary = float(w["action_tokens"]), float(w["summary_tokens"])
-    tool = float(w.get("tool_s", 0.0))
+        base = {**DEFAULT_WORKLOAD, "agents": spec.agents, "summary_tokens": model.summary_tokens}
+        model = _workload_model(base, "plan")
+    steps = int(spec.steps or model.steps)
+    system, obs = float(model.system_tokens), float(model.observation_tokens)
+    action, summary = float(model.action_tokens), float(model.summary_tokens)
+    tool = float(model.tool_s)
     coeffs: dict[tuple[Any, ...], Any] = {}
 
     def surrogate(model: str, tp: int, dtype: str, ep: bool) -> Any:
@@ -372,6 +417,44 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     }
 
 
+#: what a point file holds, checked when a plan resumes from it
+POINT_FIELDS = ("mean_step_s", "p99_step_s", "steps_per_s", "tasks_ended_early", "preemptions")
+
+
+def point_key(spec: PlanSpec, c: Candidate) -> str:
+    """The name of candidate ``c``'s point file: a hash of everything its simulation
+    depends on, the whole scenario it runs (agents, models, GPU, workload, limits) and
+    the bytes of the files that scenario reads (a trace, a model's config.json), so a plan
+    re-run with other ``--agents`` (or model, or workload) in the same ``--out`` never
+    reads another question's results: both sets of points coexist."""
+    from calibration.inputs import files_digest
+
+    scenario = scenario_dict(spec, c)
+    digest = hashlib.sha256(json.dumps(scenario, sort_keys=True, default=str).encode())
+    digest.update(files_digest(scenario).encode())
+    return digest.hexdigest()[:24]
+
+
+def _read_point(f: Path, key: str) -> dict[str, Any] | None:
+    """A point file's result, or None when it is damaged (truncated, empty, another
+    shape): the candidate is then simulated again, the file replaced."""
+    from calibration.inputs import read_json
+
+    if not f.exists():
+        return None
+    try:
+        value = read_json(f, "plan point")  # its size limit; any defect: simulate again
+    except ComemInputError:
+        return None
+    if not isinstance(value, dict) or value.get("point") != key:
+        return None
+    for name in POINT_FIELDS:
+        v = value.get(name)
+        if isinstance(v, bool) or not isinstance(v, int | float):  # NaN: no step finished
+            return None
+    return value
+
+
 def confirm(
     spec: PlanSpec,
     candidates: list[Candidate],
@@ -379,13 +462,16 @@ def confirm(
     points: Path | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Step 3: simulate candidates (resuming from ``points``: one JSON file per candidate)."""
+    """Step 3: simulate candidates (resuming from ``points``: one JSON file per candidate,
+    named by :func:`point_key`). Returns results by ``Candidate.key()``."""
     done: dict[str, dict[str, Any]] = {}
     todo = []
+    files: dict[str, str] = {}  # candidate key -> point key
     for c in candidates:
-        f = points / f"{c.key()}.json" if points is not None else None
-        if f is not None and f.is_file():
-            done[c.key()] = json.loads(f.read_text())
+        pk = files[c.key()] = point_key(spec, c)
+        kept = _read_point(points / f"{pk}.json", pk) if points is not None else None
+        if kept is not None:
+            done[c.key()] = {**kept, "key": c.key()}
             if on_done is not None:
                 on_done()
         else:
@@ -394,10 +480,11 @@ def confirm(
     def keep(result: dict[str, Any]) -> None:
         done[result["key"]] = result
         if points is not None:
+            pk = files[result["key"]]
             points.mkdir(parents=True, exist_ok=True)
-            tmp = points / f".{result['key']}.tmp"
-            tmp.write_text(json.dumps(result, sort_keys=True))
-            tmp.replace(points / f"{result['key']}.json")
+            tmp = points / f".{pk}.tmp"
+            tmp.write_text(json.dumps({**result, "point": pk}, sort_keys=True))
+            tmp.replace(points / f"{pk}.json")
         if on_done is not None:
             on_done()
 

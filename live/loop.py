@@ -105,7 +105,10 @@ def run_live_loop(
         probe_mid = speed_probe(agent.endpoint, model, seed=2)
         t = time.perf_counter()
         live = replay_scenario(
-            scenario, LiveTarget(agent.endpoint, model, memory.endpoint, model), progress
+            scenario,
+            LiveTarget(agent.endpoint, model, memory.endpoint, model),
+            progress,
+            out=str(out),
         )
         timings["replay"] = time.perf_counter() - t
         probe_after = speed_probe(agent.endpoint, model, seed=3)

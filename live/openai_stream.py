@@ -2,15 +2,20 @@
 
 Standard library only (``http.client``), so it runs anywhere. Every failure mode ends
 as a :class:`StreamResult` with a ``status`` instead of an exception: the caller
-records it and goes on. A request never outlives ``timeout_s``: the socket read
-timeout bounds a silent server and a deadline check after every line bounds one that
-dribbles.
+records it and goes on. A request (or a GET such as a ``/metrics`` scrape) never
+outlives its ``timeout_s``, whatever the server does: a watchdog shuts the socket at
+the deadline (:class:`_Watchdog`), so a server that dribbles a byte a second, or sends
+one endless line, ends as a ``timeout`` like a silent one. A line or a body is read
+up to a size limit, so a fast endless line ends as ``malformed``, not as memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +25,47 @@ from calibration.errors import ComemInputError
 
 #: Every status a request can end with.
 STATUSES = ("ok", "timeout", "refused", "http_error", "malformed", "error")
+
+#: The longest server-sent event line read (a completion chunk is ~200 bytes; a final
+#: usage event a few hundred): past it the stream is ``malformed``.
+MAX_EVENT_BYTES = 1 << 20
+#: The largest body a GET reads (vLLM's ``/metrics`` is ~100 kB).
+MAX_GET_BYTES = 16 << 20
+#: The largest token count a usage block may report (calibration.inputs.MAX_TOKENS);
+#: a negative or larger count makes the request ``malformed``, not ``ok``.
+MAX_USAGE_TOKENS = 10**9
+
+
+class _Watchdog:
+    """Shut a connection's socket at a deadline, from a timer thread: every blocked
+    read then returns at once (EOF or an error), whatever the server is sending. The
+    socket timeout alone bounds each wait, not the whole exchange."""
+
+    def __init__(self, conn: http.client.HTTPConnection, timeout_s: float) -> None:
+        self.conn = conn
+        self.fired = False
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(timeout_s, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def connect(self) -> None:
+        """Connect (bounded by the socket timeout) and keep the socket: a response read
+        to EOF outlives ``conn.sock`` (http.client drops it once the response is open)."""
+        self.conn.connect()
+        self._sock = self.conn.sock
+        if self.fired:
+            self._fire()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self._sock or self.conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 @dataclass
@@ -99,9 +145,11 @@ class Endpoint:
         if parts.scheme != "http" or not parts.hostname:
             raise ComemInputError(f"{where}: expected http://HOST:PORT[/PREFIX], got {url!r}")
         try:
-            port = parts.port or 80
+            port = 80 if parts.port is None else parts.port
         except ValueError:
             raise ComemInputError(f"{where}: bad port in {url!r}") from None
+        if port == 0:  # no server listens on port 0 (it is not "the default port")
+            raise ComemInputError(f"{where}: port 0 in {url!r}: expected a port 1 to 65535")
         prefix = parts.path.rstrip("/")
         if prefix.endswith("/v1"):
             prefix = prefix[: -len("/v1")]
@@ -111,13 +159,29 @@ class Endpoint:
         return f"http://{self.host}:{self.port}{self.prefix}"
 
     def get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-        """A plain GET; raises OSError / http.client.HTTPException on failure."""
+        """A plain GET, all of it (connect, headers, body) within ``timeout_s``, the body
+        at most :data:`MAX_GET_BYTES`; raises TimeoutError past the deadline, OSError /
+        http.client.HTTPException on other failures."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s)
+        watchdog = _Watchdog(conn, timeout_s)
         try:
+            watchdog.connect()
             conn.request("GET", self.prefix + path)
             resp = conn.getresponse()
-            return resp.status, resp.read()
+            body = resp.read(MAX_GET_BYTES + 1)
+            if watchdog.fired:
+                raise TimeoutError(f"GET {path}: not finished within {timeout_s:g} s")
+            if len(body) > MAX_GET_BYTES:
+                raise http.client.HTTPException(
+                    f"GET {path}: body larger than {MAX_GET_BYTES >> 20} MiB"
+                )
+            return resp.status, body
+        except (OSError, http.client.HTTPException):
+            if watchdog.fired:
+                raise TimeoutError(f"GET {path}: not finished within {timeout_s:g} s") from None
+            raise
         finally:
+            watchdog.cancel()
             conn.close()
 
 
@@ -145,7 +209,9 @@ def stream_completion(
     deadline = start + timeout_s
     res = StreamResult(status="error", start_s=start)
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=timeout_s)
+    watchdog = _Watchdog(conn, timeout_s)
     try:
+        watchdog.connect()
         conn.request(
             "POST",
             endpoint.prefix + "/v1/completions",
@@ -155,10 +221,12 @@ def stream_completion(
         resp = conn.getresponse()
         res.http_status = resp.status
         if resp.status != 200:
-            detail = resp.read(300).decode("utf-8", "replace").strip().replace("\n", " ")
+            detail = resp.read(300).decode("utf-8", "replace").strip()
             res.status, res.error = "http_error", f"HTTP {resp.status}: {detail}"
-            return res
-        _read_events(resp, res, start, deadline)
+        else:
+            _read_events(resp, res, start, deadline)
+            if watchdog.fired:  # the socket was shut under a read: what came is cut short
+                raise _Deadline
     except ConnectionRefusedError as exc:
         res.status, res.error = "refused", f"connection refused ({exc})"
     except TimeoutError:
@@ -172,7 +240,10 @@ def stream_completion(
     except Exception as exc:  # a server fault must be a row, never a crash of the run
         res.status, res.error = "error", f"{type(exc).__name__}: {exc}"
     finally:
+        watchdog.cancel()
         conn.close()
+    if watchdog.fired and res.status not in ("ok", "http_error"):
+        res.status, res.error = "timeout", f"not finished within {timeout_s:g} s"
     res.error = one_line(res.error)
     return res
 
@@ -184,9 +255,19 @@ def one_line(text: str, limit: int = 300) -> str:
     return clean if len(clean) <= limit else clean[: limit - 3] + "..."
 
 
-def _count(value: Any) -> int:
-    """A token count from a usage block; -1 when absent or not a whole number."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else -1
+def _count(value: Any, name: str) -> int:
+    """A token count from a usage block; -1 when absent. A count that is no whole number
+    in [0, :data:`MAX_USAGE_TOKENS`] is a malformed reply (recording it as ``ok`` would
+    feed a fit nonsense)."""
+    if value is None:
+        return -1
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not (0 <= value <= MAX_USAGE_TOKENS)
+    ):
+        raise _Malformed(f"usage {name} is not a token count: {str(value)[:40]!r}")
+    return value
 
 
 class _Deadline(Exception):
@@ -204,12 +285,14 @@ def _read_events(
     parts: list[str] = []
     done = False
     while True:
-        line = resp.readline()
+        line = resp.readline(MAX_EVENT_BYTES + 1)
         now = time.perf_counter()
-        if not line:
-            break
         if now > deadline:
             raise _Deadline
+        if not line:
+            break
+        if len(line) > MAX_EVENT_BYTES:
+            raise _Malformed(f"an event line longer than {MAX_EVENT_BYTES >> 20} MiB")
         text = line.decode("utf-8", "replace").strip()
         if not text or text.startswith(":"):
             continue
@@ -237,11 +320,12 @@ def _read_events(
                 res.token_s.append(now - start)
                 parts.append(piece)
             if choice.get("finish_reason"):
-                res.finish_reason = str(choice["finish_reason"])
+                # a server's text goes into CSV cells: one printable line
+                res.finish_reason = one_line(str(choice["finish_reason"]), 40)
         usage = event.get("usage")
         if isinstance(usage, dict):
-            res.prompt_tokens = _count(usage.get("prompt_tokens"))
-            res.completion_tokens = _count(usage.get("completion_tokens"))
+            res.prompt_tokens = _count(usage.get("prompt_tokens"), "prompt_tokens")
+            res.completion_tokens = _count(usage.get("completion_tokens"), "completion_tokens")
     end = time.perf_counter()
     res.text = "".join(parts)
     if not res.token_s:

@@ -83,7 +83,7 @@ class ProfileGrid(InputModel):
     #: prompt words are ``{prefix}{i}`` with i < vocabulary_words (the tiny model's
     #: tokenizer maps each to one token; other tokenizers may split them, and the
     #: server's reported prompt_tokens is what the fit uses)
-    word_prefix: str = Field(default="w", pattern=r"^\S*$", max_length=32)
+    word_prefix: str = Field(default="w", pattern=r"^[^\s\x00-\x1f\x7f]*$", max_length=32)
     vocabulary_words: PositiveInt = Field(default=4000, le=10**9)
     seed: NonNegativeInt = 0
 
@@ -142,10 +142,38 @@ def random_prompt(rng: np.random.Generator, n: int, grid: ProfileGrid) -> str:
     return " ".join(f"{grid.word_prefix}{i}" for i in ids)
 
 
-def scrape_metrics(endpoint: Endpoint) -> dict[str, float] | None:
-    """vLLM's ``vllm:`` Prometheus samples (histogram buckets left out), or None."""
+#: the whole of one ``/metrics`` scrape (connect, headers, body), seconds
+SCRAPE_TIMEOUT_S = 5.0
+
+
+class _Scraper:
+    """Scrapes ``/metrics`` until one scrape runs past its deadline: a server that serves
+    it slowly would otherwise add two timeouts to every grid point."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.given_up = False
+
+    def __call__(self) -> dict[str, float] | None:
+        if self.given_up:
+            return None
+        try:
+            return scrape_metrics(self.endpoint, raise_timeout=True)
+        except TimeoutError:
+            self.given_up = True
+            return None
+
+
+def scrape_metrics(endpoint: Endpoint, raise_timeout: bool = False) -> dict[str, float] | None:
+    """vLLM's ``vllm:`` Prometheus samples (histogram buckets left out), or None. The
+    whole scrape takes at most :data:`SCRAPE_TIMEOUT_S` (``raise_timeout``: a scrape
+    past it raises TimeoutError instead of returning None)."""
     try:
-        status, body = endpoint.get("/metrics", timeout_s=5.0)
+        status, body = endpoint.get("/metrics", timeout_s=SCRAPE_TIMEOUT_S)
+    except TimeoutError:
+        if raise_timeout:
+            raise
+        return None
     except (OSError, http.client.HTTPException):
         return None
     if status != 200:
@@ -252,6 +280,7 @@ def run_profile(
     statuses: Counter[str] = Counter()
     per_point: list[dict[str, Any]] = []
     rng = np.random.default_rng(grid.seed)
+    scrape = _Scraper(endpoint)
     bar = None
     job = None
     if progress:
@@ -274,7 +303,7 @@ def run_profile(
         workers = max(grid.concurrency)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for point, (cached, isl, osl, c) in enumerate(grid.points()):
-                before = scrape_metrics(endpoint)
+                before = scrape()
                 rows: list[StreamResult] = []
                 for rnd in range(grid.rounds):
                     prompts = [random_prompt(rng, isl, grid) for _ in range(c)]
@@ -320,7 +349,7 @@ def run_profile(
                         rows.append(r)
                         if bar is not None and job is not None:
                             bar.advance(job)
-                after = scrape_metrics(endpoint)
+                after = scrape() if before is not None else None
                 if before is not None and after is not None:
                     if metrics_writer is None:
                         metrics_writer = _RowWriter(

@@ -24,12 +24,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from live.openai_stream import Endpoint, StreamResult, stream_completion
+from live.profiler import _RowWriter
 from sim.agents import TASK_COLUMNS, TaskRow
 from sim.policy import (
     AgentReply,
@@ -443,22 +445,50 @@ class ReplayResult:
         return {"scenario": self.scenario.name, "architectures": out}
 
     def write(self, directory: str) -> list[str]:
-        from pathlib import Path
-
+        """Every table (sorted) and the scenario; each file replaced whole (a file
+        streamed during the run is swapped for the sorted one, never left half)."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for name, frame in (
-            ("live_steps", self.steps),
-            ("live_tasks", self.tasks),
-            ("live_summaries", self.summaries),
+        for key, frame in (
+            ("steps", self.steps),
+            ("tasks", self.tasks),
+            ("summaries", self.summaries),
         ):
-            p = out / f"{name}.csv"
-            frame.to_csv(p, index=False)
+            p = out / REPLAY_FILES[key][0]
+            tmp = p.with_name(f".{p.name}.tmp")
+            frame.to_csv(tmp, index=False)
+            tmp.replace(p)
             paths.append(str(p))
-        cfg = out / "config.json"
-        cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
-        return [*paths, str(cfg)]
+        return [*paths, str(_write_config(self.scenario, out))]
+
+
+def _write_config(scenario: Scenario, out: Path) -> Path:
+    from calibration.inputs import write_text
+
+    return write_text(out / "config.json", scenario.model_dump_json(indent=1) + "\n", "config")
+
+
+class _StreamedRows(list[Any]):
+    """Rows kept in memory and, with a writer, appended to its CSV (flushed and synced)
+    the moment they are taken: a replay killed half-way keeps every measured row."""
+
+    def __init__(self, writer: _RowWriter | None = None) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def append(self, row: Any) -> None:
+        super().append(row)
+        if self.writer is not None:
+            self.writer.write(list(row))
+
+
+#: the CSV files of a replay, by the rows they hold
+REPLAY_FILES = {
+    "steps": ("live_steps.csv", REPLAY_STEP_COLUMNS),
+    "tasks": ("live_tasks.csv", TASK_COLUMNS),
+    "summaries": ("live_summaries.csv", REPLAY_SUMMARY_COLUMNS),
+}
 
 
 def replay_architecture(
@@ -467,16 +497,19 @@ def replay_architecture(
     tasks: list[list[Task]],
     target: LiveTarget,
     on_task: Callable[[], None] | None = None,
+    writers: dict[str, _RowWriter] | None = None,
 ) -> tuple[list[ReplayStepRow], list[TaskRow], list[tuple[Any, ...]], float]:
     """Run every agent of one architecture as a thread; returns step rows, task rows,
     summary-request rows, wall time. Closed loop (each agent runs its tasks back to
-    back) or closed batch (every task on its own thread, all started at once)."""
+    back) or closed batch (every task on its own thread, all started at once).
+    ``writers`` (by :data:`REPLAY_FILES` key): rows also go to them as they are taken."""
     check_replayable(scenario, target)
     if scenario.workload.arrivals == "closed-batch":
         tasks = [[task] for own in tasks for task in own]
-    steps: list[ReplayStepRow] = []
-    done: list[TaskRow] = []
-    summaries: list[tuple[Any, ...]] = []
+    sink = writers or {}
+    steps: list[ReplayStepRow] = _StreamedRows(sink.get("steps"))
+    done: list[TaskRow] = _StreamedRows(sink.get("tasks"))
+    summaries: list[tuple[Any, ...]] = _StreamedRows(sink.get("summaries"))
     lock = threading.Lock()
     stream = next(i for i, a in enumerate(scenario.architectures) if a.name == arch.name)
     words = _Words(target, scenario.seed, stream)
@@ -563,12 +596,23 @@ def check_live_cost(scenario: Scenario) -> None:
     limits.check(limits.LIVE_REQUESTS, steps, f"{scenario.name}: {fields}")
 
 
-def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = False) -> ReplayResult:
-    """Replay every architecture of ``scenario`` (one after the other) on live servers."""
+def replay_scenario(
+    scenario: Scenario, target: LiveTarget, progress: bool = False, out: str | None = None
+) -> ReplayResult:
+    """Replay every architecture of ``scenario`` (one after the other) on live servers.
+
+    ``out``: a directory where ``config.json`` is written first and every row is
+    appended to its CSV as it is measured (a run killed half-way keeps what it
+    measured); :meth:`ReplayResult.write` then rewrites the files sorted."""
     check_live_cost(scenario)
     rng = np.random.default_rng(scenario.seed)
     tasks = scenario.workload.tasks(rng)
     check_replayable(scenario, target)
+    writers: dict[str, _RowWriter] = {}
+    if out is not None:
+        _write_config(scenario, Path(out))
+        for key, (name, columns) in REPLAY_FILES.items():
+            writers[key] = _RowWriter(Path(out) / name, tuple(columns))
     warm_up(target)
     all_steps: list[tuple[Any, ...]] = []
     all_tasks: list[tuple[Any, ...]] = []
@@ -595,7 +639,9 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
             if bar is not None and job is not None:
                 bar.update(job, description=f"replay {arch.name}")
             advance = (lambda: bar.advance(job)) if bar is not None and job is not None else None
-            steps, done, summ, secs = replay_architecture(scenario, arch, tasks, target, advance)
+            steps, done, summ, secs = replay_architecture(
+                scenario, arch, tasks, target, advance, writers
+            )
             all_steps += sorted(steps, key=lambda r: (r[1], r[2], r[3]))
             all_tasks += sorted(done, key=lambda r: (r[1], r[2]))
             all_summaries += sorted(summ, key=lambda r: (r[1], r[2], r[3]))
@@ -603,6 +649,8 @@ def replay_scenario(scenario: Scenario, target: LiveTarget, progress: bool = Fal
     finally:
         if bar is not None:
             bar.stop()
+        for w in writers.values():
+            w.close()
     return ReplayResult(
         scenario,
         pd.DataFrame(all_steps, columns=list(REPLAY_STEP_COLUMNS)),

@@ -95,7 +95,8 @@ class TaskRow(NamedTuple):
     latency_s: float
     steps: int
     #: ``finished``, or why the task ended early (``context_exceeded``: an agent prompt
-    #: past max_model_len; ``memory_context_exceeded``: a memory prompt past its limit)
+    #: past max_model_len; ``kv_cache_too_small``: one the engine's whole KV cache cannot
+    #: hold; ``memory_``: the same of a memory prompt)
     status: str
     summaries: int
     stall_s: float
@@ -103,6 +104,13 @@ class TaskRow(NamedTuple):
 
 STEP_COLUMNS = StepRow._fields
 TASK_COLUMNS = TaskRow._fields
+
+
+def _failure(req: Any) -> str:
+    """Why the engine refused a request: its prompt past ``max_model_len``
+    (``context_exceeded``), or more tokens than its whole KV cache holds
+    (``kv_cache_too_small``: a deployment too small for the task, not a long task)."""
+    return "kv_cache_too_small" if "KV blocks" in str(req.reason) else "context_exceeded"
 
 
 @dataclass
@@ -183,6 +191,7 @@ class Agent:
                 reply = AgentReply(
                     ok,
                     req.generated,
+                    failure=_failure(req),
                     queue_s=req.admitted_s - submit if admitted else None,
                     latency_s=req.finished_s - submit,
                     kv_usage=self.engine.kv_used_blocks / self.engine.total_blocks,
@@ -276,7 +285,7 @@ class Agent:
     ) -> None:
         ok = req.status == "finished"
         job.e2e_s = self.env.now - job.submit_s
-        warm = policy.summary_done(job_id, ok, req.generated, "" if ok else "context_exceeded")
+        warm = policy.summary_done(job_id, ok, req.generated, "" if ok else _failure(req))
         if warm is not None:
             job.pre_warm_submit_s = self.env.now
             stream = self._stream(known, warm.stream)

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import simpy
 
-from sim.engine import Engine, StreamSpace
+from sim.engine import AnyEngine, StreamSpace
 
 
 def closed_loop_client(
     env: simpy.Environment,
-    engine: Engine,
+    engine: AnyEngine,
     streams: StreamSpace,
     requests: int,
     first_prompt: int,
@@ -50,7 +50,7 @@ def closed_loop_client(
 
 def start_closed_loop(
     env: simpy.Environment,
-    engine: Engine,
+    engine: AnyEngine,
     clients: int,
     requests: int,
     first_prompt: int,
@@ -82,7 +82,7 @@ def start_closed_loop(
 
 def poisson_arrivals(
     env: simpy.Environment,
-    engine: Engine,
+    engine: AnyEngine,
     rate_per_s: float,
     count: int,
     prompt: Callable[[np.random.Generator], int],

@@ -268,6 +268,25 @@ def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:
     out["interval_level"] = band.level
 
 
+def _rejected(r: Any) -> list[str]:
+    """A warning per engine of ``r`` that refused requests (a prompt past max_model_len,
+    or one its whole KV cache cannot hold): a summary the memory engine refuses is
+    simply not swapped in, so a run would otherwise report a KSO that summarized
+    nothing as an honest 1.00x."""
+    req = r.requests
+    if req is None or not len(req) or "status" not in req:
+        return []
+    out = []
+    bad = req[req["status"] == "rejected"]
+    for engine, g in bad.groupby("engine", sort=True):
+        out.append(
+            f"{r.config.name}: engine '{engine}' refused {len(g)} of"
+            f" {int((req['engine'] == engine).sum())} requests (first: {g['reason'].iloc[0]});"
+            " what they should have done (summaries, steps) did not happen"
+        )
+    return out
+
+
 def compare(results: list[Any]) -> dict[str, Any]:
     """Speedups of every architecture over the reference (first ``fc`` one), for every
     metric, on comparable work; and the warnings a reader must see."""
@@ -282,6 +301,7 @@ def compare(results: list[Any]) -> dict[str, Any]:
                 f"{r.config.name}: {int(early.sum())} of {len(tasks)} tasks ended early ({why});"
                 " speedups compare only work both architectures did"
             )
+        warnings.extend(_rejected(r))
     if ref is None:
         return {"reference": None, "metrics": {}, "warnings": warnings}
     metrics: dict[str, Any] = {}

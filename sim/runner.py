@@ -15,7 +15,7 @@ from calibration import limits
 from calibration.inputs import InputModel, Seconds, Tokens, TokensOrZero
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
-from sim.engine import Engine, check_engine
+from sim.engine import AnyEngine, build_engines, check_engine
 from sim.metrics import MetricsRecorder
 
 
@@ -46,7 +46,7 @@ class EngineRun(InputModel):
 class EngineRunResult:
     config: EngineRun
     recorder: MetricsRecorder
-    engine: Engine
+    engine: AnyEngine
     wall_s: float
 
     def summary(self) -> dict[str, Any]:
@@ -79,7 +79,9 @@ def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
     check_run(run)
     env = simpy.Environment()
     recorder = MetricsRecorder()
-    engine = Engine(env, run.engine, recorder=recorder)
+    # as a scenario builds it: data_parallel_size replicas behind a router (a MoE model's
+    # in lockstep), expert parallelism with DP refused
+    engine = build_engines(env, {"engine": run.engine}, None, recorder)["engine"]
     load = run.load
     start_closed_loop(
         env,
@@ -124,7 +126,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def summarize(recorder: MetricsRecorder, engine: Engine, wall_s: float = 0.0) -> dict[str, Any]:
+def summarize(recorder: MetricsRecorder, engine: AnyEngine, wall_s: float = 0.0) -> dict[str, Any]:
     """Headline numbers of one run, JSON-ready. Deterministic: the simulator's own wall
     time (``wall_s``, kept on :class:`EngineRunResult`) is not in it, so identical runs
     give identical summaries."""

@@ -28,6 +28,7 @@ import pandas as pd
 
 from calibration import limits
 from calibration.errors import ComemInputError
+from calibration.inputs import files_digest
 from sim.config import read_toml
 from sim.scenario import Scenario, agent_steps, run_scenario, scenario_from
 
@@ -82,10 +83,15 @@ def _grid_values(name: str, spec: Any, where: str) -> list[Any]:
     )
 
 
-def point_key(scenario: Scenario, replicate: int) -> str:
-    """Hash of the resolved scenario (seed excluded) and the replicate index."""
+def point_key(scenario: Scenario, replicate: int, files: bool = False) -> str:
+    """Hash of the resolved scenario (seed excluded) and the replicate index; with
+    ``files``, also of the bytes of every file it reads (a trace, a profile, a model's
+    config.json; the same key when it reads none): the name of its point file, so a
+    point computed from a file since changed is simulated again, not read back."""
     body = scenario.model_dump_json(exclude={"seed"})
-    return hashlib.sha256(f"{body}|{replicate}".encode()).hexdigest()[:16]
+    extra = files_digest(scenario.model_dump()) if files else ""
+    tail = f"|{extra}" if extra else ""
+    return hashlib.sha256(f"{body}|{replicate}{tail}".encode()).hexdigest()[:16]
 
 
 def point_seed(sweep_seed: int, key: str) -> int:
@@ -146,6 +152,7 @@ def load_sweep(path: str | Path) -> Sweep:
     )
     base_data = read_toml(base_path, "scenario")
     points = []
+    labels: dict[str, str] = {}  # point key -> the first grid point that resolved to it
     total_steps = 0
     for index, combo in enumerate(itertools.product(*values)):
         sets = fixed + [
@@ -154,9 +161,19 @@ def load_sweep(path: str | Path) -> Sweep:
         label = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo, strict=True))
         scenario = scenario_from(base_data, sets, f"{where}: point {index} ({label}): {base}")
         total_steps += agent_steps(scenario)[0] * seeds
+        same = labels.setdefault(point_key(scenario, 0), f"point {index} ({label})")
+        if same != f"point {index} ({label})":
+            # one point file per scenario: a second point that resolves to the same one
+            # would be run once and counted once, a point silently dropped
+            raise ComemInputError(
+                f"{where}: point {index} ({label}) is the same scenario as {same}"
+                " (a value repeated in the grid?); list each value once"
+            )
         for rep in range(seeds):
-            key = point_key(scenario, rep)
-            seeded = scenario.model_copy(update={"seed": point_seed(sweep_seed, key)})
+            # the seed from the settings alone (a file's new bytes change no draw)
+            seed = point_seed(sweep_seed, point_key(scenario, rep))
+            seeded = scenario.model_copy(update={"seed": seed})
+            key = point_key(scenario, rep, files=True)
             points.append(SweepPoint(key, index, dict(zip(names, combo, strict=True)), rep, seeded))
     limits.check(limits.SWEEP_AGENT_STEPS, total_steps, f"{where}: all {len(points)} points")
     return Sweep(p, points)

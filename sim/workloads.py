@@ -263,13 +263,19 @@ def fit_lognormal_mixture(pos: np.ndarray, iterations: int = 500) -> dict[str, A
     mu = np.quantile(y, [0.25, 0.75])
     sd = np.full(2, y.std() / 2)
     w = np.array([0.5, 0.5])
-    for _ in range(iterations):
-        dens = w * np.exp(-0.5 * ((y[:, None] - mu) / sd) ** 2) / sd
-        resp = dens / dens.sum(axis=1, keepdims=True)
-        n_k = resp.sum(axis=0)
-        w = n_k / y.size
-        mu = (resp * y[:, None]).sum(axis=0) / n_k
-        sd = np.sqrt((resp * (y[:, None] - mu) ** 2).sum(axis=0) / n_k)
+    with np.errstate(all="ignore"):  # a collapsing component is checked below, not warned
+        for _ in range(iterations):
+            dens = w * np.exp(-0.5 * ((y[:, None] - mu) / sd) ** 2) / sd
+            resp = dens / dens.sum(axis=1, keepdims=True)
+            n_k = resp.sum(axis=0)
+            w = n_k / y.size
+            mu = (resp * y[:, None]).sum(axis=0) / n_k
+            sd = np.sqrt((resp * (y[:, None] - mu) ** 2).sum(axis=0) / n_k)
+    if not (np.isfinite(w).all() and np.isfinite(mu).all() and (sd > 0).all()):
+        raise ValueError(
+            "two log-normal components do not fit these values (one collapsed onto a"
+            " single value); fit it as one log-normal (leave it out of --mixture)"
+        )
     return {
         "weights": [round(float(v), 5) for v in w],
         "mus": [round(float(v), 5) for v in mu],
@@ -343,7 +349,10 @@ def fit_workload(
             **extra,
         }
         if name in mixtures and pos.size:
-            mix = fit_lognormal_mixture(pos)
+            try:
+                mix = fit_lognormal_mixture(pos)
+            except ValueError as exc:
+                raise ComemInputError(f"{path}: {name}: {exc}") from None
             ks = stats.kstest(pos, _mixture_cdf(mix)).statistic
             fits[name] |= {"dist": "lognormal-mixture", **mix, "ks": round(float(ks), 4)}
     payload: dict[str, Any] = {
@@ -358,6 +367,8 @@ def fit_workload(
     }
     if variable_sources:
         payload["variable_sources"] = {k: list(v) for k, v in sorted(variable_sources.items())}
+    # what comem writes, comem must read: the payload passes the reader's own checks
+    check_fitted(payload, f"workload fit of {path} (nothing written)")
     return payload
 
 
@@ -399,22 +410,30 @@ class FittedFile(BaseModel):
 @lru_cache(maxsize=2)
 def load_fitted(path: str = str(FITTED_FILE)) -> dict[str, Any]:
     """Read and check a fitted-workload file; one line naming the first defect."""
-    from calibration.inputs import read_json, validate
+    from calibration.inputs import read_json
 
     p = Path(path)
     data = read_json(p, "fitted-workload")
+    check_fitted(data, str(p))
+    return dict(data)
+
+
+def check_fitted(data: Any, where: str) -> None:
+    """A fitted-workload payload as :func:`load_fitted` accepts it; else one line naming
+    the first defect (``workload fit`` checks what it writes by this, too)."""
+    from calibration.inputs import validate
+
     if not isinstance(data, dict):
         raise ComemInputError(
-            f"{p}: a fitted-workload file is a JSON object, got {type(data).__name__}"
+            f"{where}: a fitted-workload file is a JSON object, got {type(data).__name__}"
         )
     variables = data.get("variables")
     if not isinstance(variables, dict):
-        raise ComemInputError(f"{p}: 'variables' must map names to fitted distributions")
+        raise ComemInputError(f"{where}: 'variables' must map names to fitted distributions")
     missing = [v for v in FITTED_VARIABLES if v not in variables]
     if missing:
-        raise ComemInputError(f"{p}: lacks fitted variable(s) {', '.join(missing)}")
-    validate(FittedFile, data, str(p))
-    return dict(data)
+        raise ComemInputError(f"{where}: lacks fitted variable(s) {', '.join(missing)}")
+    validate(FittedFile, data, where)
 
 
 def _draw(spec: dict[str, Any], rng: np.random.Generator, size: int) -> np.ndarray:

@@ -241,9 +241,71 @@ def _write_fixtures(d: Path) -> None:
     (d / "plan_offload_inf.toml").write_text('[plan]\nagent_model = "glm-4.7"\noffload_gib = inf\n')
     (d / "tables").mkdir()
     (d / "tables" / "gemm_perf.parquet").write_text("measured\n")
+    _write_round_three_fixtures(d, good)
     (d / "sweep_one_fails.toml").write_text(
         f'base = "{d / "fitted_good.toml"}"\n[set]\n"workload.agents" = 1\n[grid]\n'
         f'"workload.path" = ["{FITTED}", "{d / "garbage.json"}", "{d / "fitted_copy.json"}"]\n'
+    )
+
+
+MODEL_CONFIGS = REPO / "calibration" / "model_configs"
+
+
+def _hf_config(alias: str, **change: Any) -> dict[str, Any]:
+    """A committed model config as a user has it (no registry metadata), changed."""
+    data = json.loads((MODEL_CONFIGS / f"{alias}.json").read_text())
+    data.pop("_comem", None)
+    return {**data, **change}
+
+
+def _steps_csv(path: Path, tool: list[float] | None = None,
+               completion: list[int] | None = None) -> None:  # fmt: skip
+    """A small steps CSV for ``workload fit`` (source s1, 6 trajectories of 3-8 steps)."""
+    rng = np.random.default_rng(0)
+    lines = [
+        "source,trajectory_id,step,prompt_tokens,completion_tokens,visible_output_tokens,"
+        "observation_tokens_derived,observation_tokens_est_chars4,tool_time_s"
+    ]
+    i = 0
+    for t in range(6):
+        for s in range(3 + t):
+            drawn = int(rng.integers(50, 500))
+            c = drawn if completion is None else completion[i % len(completion)]
+            tt = float(rng.uniform(0.5, 5)) if tool is None else tool[i % len(tool)]
+            obs = int(rng.integers(10, 300))
+            lines.append(f"s1,t{t},{s},{1000 + 100 * s + t},{c},{c // 2},{obs},{obs},{tt!r}")
+            i += 1
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_round_three_fixtures(d: Path, good: pd.DataFrame) -> None:
+    """Issue 27's causes: plan workloads, HF configs, outputs over inputs, files comem
+    writes, sidecars, silently wrong values."""
+    (d / "plan_wl_not_table.toml").write_text("workload = 5\n")
+    (d / "moe_layers.json").write_text(
+        json.dumps(_hf_config("qwen3-235b-a22b", num_hidden_layers=10**9))
+    )
+    (d / "model_dir").mkdir()
+    (d / "model_dir" / "config.json").write_text(json.dumps(_hf_config("llama-3-8b")))
+    (d / "model_in_out.toml").write_text(
+        SMALL + ARCH_FC + f'agent = {{ model = "{d / "model_dir"}" }}\n'
+    )
+    for name in ("side", "kv", "big"):
+        good.to_csv(d / f"{name}.csv", index=False)
+    (d / "side.metrics.csv").write_text("point,phase,sample,value\n0,before,vllm:x,1\n")
+    (d / "kv.metrics.csv").write_text(
+        "point,phase,sample,value\n0,before,"
+        '"vllm:cache_config_info{block_size=""16"",num_gpu_blocks=""100000000000000000000000""}",'
+        "1.0\n"
+    )
+    with (d / "big.metrics.csv").open("wb") as fh:  # sparse: 300 MB on no disk
+        fh.truncate(300 * 10**6)
+    (d / "grid_self.toml").write_text((d / "grid_small.toml").read_text())
+    _steps_csv(d / "steps_sigma.csv", tool=[1e-300, 1e6])
+    _steps_csv(d / "steps_mix.csv", completion=[100] * 20 + [1000] * 13)
+    (d / "grid_ctrl.toml").write_text('word_prefix = "w\\u0001"\n')
+    (d / "sweep_dup.toml").write_text(
+        f'base = "{d / "small.toml"}"\n[grid]\n"workload.agents" = [1, 2, 1]\n'
     )
 
 
@@ -714,6 +776,163 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["calibrate", "report", "--no-figures", "--gpu", ""],
         ["no embedded profile"],
     ),
+    # issue 27: tracebacks
+    (
+        "plan-workload-not-a-table",
+        [
+            "plan",
+            "--agent-model",
+            "llama-3-8b",
+            "--workload",
+            "{d}/plan_wl_not_table.toml",
+            "--out",
+            "{d}/o/plan",
+        ],
+        ["plan_wl_not_table.toml", "not a table"],
+    ),  # fmt: skip
+    # a hang: a MoE config walked layer by layer
+    (
+        "moe-layers-huge",
+        [*PS, "--batch", "1", "--model", "{d}/moe_layers.json"],
+        ["moe_layers.json", "num_hidden_layers", "<= 4096"],
+    ),  # fmt: skip
+    # user files lost: every output checked against every input, sidecars and grids too
+    (
+        "out-holds-the-model",
+        ["run", "{d}/model_in_out.toml", "--out", "{d}/model_dir"],
+        ["--out", "config.json", "reads"],
+    ),
+    (
+        "engine-sim-out-holds-the-model",
+        ["engine-sim", "--set", "engine.model={d}/model_dir", "--out", "{d}/model_dir"],
+        ["--out", "config.json", "reads"],
+    ),
+    (
+        "fit-out-is-the-sidecar",
+        [*FIT[:-2], "--measurements", "{d}/side.csv", "--out", "{d}/side.metrics.csv"],
+        ["side.metrics.csv", "sidecar", "reads"],
+    ),
+    (
+        "profile-out-is-the-grid",
+        [*PROFILE, "--grid", "{d}/grid_self.toml", "--out", "{d}/grid_self.toml", "--force"],
+        ["grid_self.toml", "--grid", "reads"],
+    ),
+    # files comem writes and would then refuse to read: refused before they are written
+    (
+        "fit-kv-from-sidecar-absurd",
+        [*FIT[:-2], "--measurements", "{d}/kv.csv", "--out", "{d}/o/kv.json"],
+        ["kv.metrics.csv", "cache_config_info", "--kv-capacity-tokens"],
+    ),
+    (
+        "workload-fit-sigma-out-of-bounds",
+        [
+            "workload",
+            "fit",
+            "--steps",
+            "{d}/steps_sigma.csv",
+            "--source",
+            "s1",
+            "--out",
+            "{d}/o/sigma.json",
+        ],
+        ["nothing written", "tool_s"],
+    ),  # fmt: skip
+    (
+        "workload-fit-mixture-collapses",
+        [
+            "workload",
+            "fit",
+            "--steps",
+            "{d}/steps_mix.csv",
+            "--source",
+            "s1",
+            "--mixture",
+            "completion",
+            "--out",
+            "{d}/o/mix.json",
+        ],
+        ["completion", "collapsed"],
+    ),  # fmt: skip
+    # input size limits on every file read
+    (
+        "sidecar-too-large",
+        [*FIT[:-2], "--measurements", "{d}/big.csv", "--out", "{d}/o/big.json"],
+        ["big.metrics.csv", "too large"],
+    ),
+    # silently wrong values, now refused
+    (
+        "engine-sim-ep-with-dp",
+        [
+            "engine-sim",
+            "--set",
+            "engine.model=qwen3-235b-a22b",
+            "--set",
+            "engine.gpu=h200_sxm",
+            "--set",
+            "engine.tp=8",
+            "--set",
+            "engine.data_parallel_size=2",
+            "--set",
+            "engine.enable_expert_parallel=true",
+        ],
+        ["expert parallelism", "data_parallel_size 2"],
+    ),  # fmt: skip
+    (
+        "result-dir-empty",
+        [
+            "bench-serve",
+            "--model",
+            "llama-3-8b",
+            "--num-prompts",
+            "2",
+            "--save-result",
+            "--result-dir",
+            "",
+        ],
+        ["--result-dir", "empty"],
+    ),  # fmt: skip
+    (
+        "result-filename-newline",
+        [
+            "bench-serve",
+            "--model",
+            "llama-3-8b",
+            "--num-prompts",
+            "2",
+            "--save-result",
+            "--result-filename",
+            "a\nb.json",
+        ],
+        ["--result-filename", "printable"],
+    ),  # fmt: skip
+    (
+        "server-description-control",
+        [
+            *FIT[:-2],
+            "--measurements",
+            "{d}/good.csv",
+            "--out",
+            "{d}/o/s.json",
+            "--server",
+            "vllm\x1b[31m",
+        ],
+        ["--server", "printable"],
+    ),  # fmt: skip
+    (
+        "grid-control-character",
+        [*PROFILE, "--grid", "{d}/grid_ctrl.toml", "--out", "{d}/o/c.csv"],
+        ["grid_ctrl.toml", "word_prefix"],
+    ),  # fmt: skip
+    (
+        "endpoint-port-0",
+        ["profile", "--endpoint", "http://127.0.0.1:0", "--model", "m"],
+        ["--endpoint", "port 0"],
+    ),  # fmt: skip
+    (
+        "sweep-duplicate-point",
+        ["sweep", "{d}/sweep_dup.toml", "--out", "{d}/o/dup"],
+        ["point 2", "same scenario as point 0", "once"],
+    ),
 ]
 
 
@@ -1046,3 +1265,163 @@ def test_fitted_variables_are_checked_whatever_their_shape(tmp_path: Path) -> No
         bad.write_text(json.dumps({**data, "variables": {**data["variables"], **change}}))
         with pytest.raises(ComemInputError, match=needle.replace(".", r"\.")):
             load_fitted(str(bad))
+
+
+# --- issue 27: stale results, lost files, silently wrong runs ------------------------------
+
+PLAN = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "1",
+        "--steps", "2", "--top", "1", "--json"]  # fmt: skip
+
+
+def test_plan_out_answers_only_its_own_question(files: Path, tmp_path: Path) -> None:
+    """A point file is keyed by the whole scenario it simulated: a re-run with other
+    --agents in the same --out simulates its own points (both sets coexist), a
+    workload that leaves fields at their defaults plans, and a damaged point file is
+    simulated again instead of read."""
+    workload = tmp_path / "w.toml"
+    workload.write_text("[workload]\nagents = 2\n")  # every other field at its default
+    out = tmp_path / "plan"
+    argv = [*PLAN, "--kinds", "fc", "--workload", str(workload), "--out", str(out)]
+    first = _comem(*argv, "--agents", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    points = sorted((out / "points").glob("*.json"))
+    assert len(points) == 2  # TP1 bf16 and fp8
+    other = _comem(*argv, "--agents", "16", cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert len(list((out / "points").glob("*.json"))) == 4  # its own two, beside the first
+
+    def simulated(proc: subprocess.CompletedProcess) -> dict[str, float]:
+        rows = json.loads(proc.stdout)["rows"]
+        return {r["label"]: r["mean_step_s"] for r in rows if r["simulated"]}
+
+    rows_2, rows_16 = simulated(first), simulated(other)
+    assert len(rows_2) == 2 and rows_2.keys() == rows_16.keys()
+    assert all(rows_16[k] > rows_2[k] for k in rows_2)  # 16 agents share the GPU: slower
+    points[0].write_text('{"mean_step_s": 1')  # truncated
+    points[1].write_text("{}")
+    again = _comem(*argv, "--agents", "2", cwd=tmp_path)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert simulated(again) == rows_2
+    assert all(json.loads(p.read_text())["point"] == p.stem for p in points)
+
+
+def test_plan_leaves_out_what_the_memory_model_cannot_serve(tmp_path: Path) -> None:
+    """A memory model too big for the GPUs rules out SM and KSO, with a warning, not the
+    FC and CP deployments that need no memory model."""
+    proc = _comem(*PLAN, "--agents", "2", "--kinds", "fc", "cp", "sm",
+                  "--memory-model", "qwen3-coder-480b", "--out", str(tmp_path / "p"),
+                  cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    kinds = {r["candidate"]["kind"] for r in data["rows"]}
+    assert kinds == {"fc", "cp"}
+    assert len(data["warnings"]) == 1 and data["warnings"][0].startswith("SM: no deployment")
+    assert "comem plan: warning: SM:" in proc.stderr and "qwen3-coder-480b" in proc.stderr
+
+
+def test_a_damaged_hugging_face_ref_falls_back_to_the_newest_snapshot(tmp_path: Path) -> None:
+    hub = tmp_path / "hub"
+    repo = hub / "models--SomeOrg--Tiny-Llama"
+    (repo / "snapshots" / "aaa").mkdir(parents=True)
+    (repo / "snapshots" / "aaa" / "config.json").write_text(json.dumps(_hf_config("llama-3-8b")))
+    (repo / "refs").mkdir()
+    for ref in (b"\xff\xfe\x00garbage", b"../../etc", b""):
+        (repo / "refs" / "main").write_bytes(ref)
+        proc = _comem(*PS, "--batch", "1", "--model", "SomeOrg/Tiny-Llama", cwd=tmp_path,
+                      env={"HF_HUB_CACHE": str(hub)})  # fmt: skip
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert float(proc.stdout.split()[-2]) > 0  # a latency, in seconds
+
+
+def test_engine_sim_runs_the_data_parallel_replicas_it_is_given(capsys) -> None:
+    from comem.cli import main
+
+    runs = {}
+    for dp in (1, 4):
+        assert main(["engine-sim", "--set", f"engine.data_parallel_size={dp}", "--json"]) == 0
+        runs[dp] = json.loads(capsys.readouterr().out)
+    assert runs[4]["kv_total_blocks"] == 4 * runs[1]["kv_total_blocks"]
+    assert runs[4]["requests_per_s"] > 2 * runs[1]["requests_per_s"]
+
+
+def test_engines_that_refuse_work_are_reported_not_hidden() -> None:
+    """An agent KV cache below one prompt ends tasks as kv_cache_too_small (not as a
+    long context); a memory engine that cannot hold one summary prompt runs no summary:
+    both are warnings, not a quiet 1.00x."""
+    from sim.scenario import run_scenario, scenario_from
+
+    text = (
+        'name = "kv"\n[workload]\nagents = 2\nsteps = 4\nsystem_tokens = 500\n'
+        "observation_tokens = 100\naction_tokens = 50\nsummary_tokens = 64\n"
+        '[[architectures]]\nname = "FC"\nkind = "fc"\nagent = { kv_capacity_tokens = 4096 }\n'
+        '[[architectures]]\nname = "KSO"\nkind = "kso"\nk = 2\n'
+        "agent = { kv_capacity_tokens = 4096 }\nmemory = { kv_capacity_tokens = 512 }\n"
+        '[[architectures]]\nname = "TINY"\nkind = "fc"\nagent = { kv_capacity_tokens = 256 }\n'
+    )
+    import tomllib
+
+    result = run_scenario(scenario_from(tomllib.loads(text), [], "kv"))
+    tiny = result.results[2].tasks
+    assert set(tiny["status"]) == {"kv_cache_too_small"}
+    warnings = result.summary()["warnings"]
+    assert any(w.startswith("KSO: engine 'KSO/memory' refused 2 of 2") for w in warnings)
+    assert any("TINY: 2 of 2 tasks ended early (kv_cache_too_small 2)" in w for w in warnings)
+    assert not any(w.startswith("FC") for w in warnings)
+
+
+def test_a_profile_comem_could_not_read_back_is_not_written(tmp_path: Path) -> None:
+    from calibration.errors import ComemInputError
+    from calibration.measured import MeasuredProfile
+
+    prof = MeasuredProfile.load(MEASURED_PROFILE)
+    prof.kv_capacity_tokens = 10**24
+    out = tmp_path / "p.json"
+    with pytest.raises(ComemInputError, match="kv_capacity_tokens"):
+        prof.save(out)
+    assert not out.exists()
+
+
+def test_a_full_disk_names_the_output(monkeypatch, tmp_path: Path, capsys) -> None:
+    import errno
+
+    from comem.cli import main
+
+    def full(*_: Any, **__: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # no file name, as write()
+
+    monkeypatch.setattr("sim.scenario.ScenarioResult.write", full)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SMALL)
+    rc = main(["run", str(scenario), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert f"--out {tmp_path / 'o'}" in err[0] and "No space left" in err[0]
+
+
+def test_a_sweep_point_is_keyed_by_the_files_it_reads(tmp_path: Path) -> None:
+    """A point computed from a trace or fitted file since changed is simulated again
+    (a new point file), with the same seed; a scenario that reads no file keeps its key."""
+    from sim.sweep import load_sweep, point_key
+
+    fitted = tmp_path / "fitted.json"
+    fitted.write_text(FITTED.read_text())
+    base = tmp_path / "base.toml"
+    base.write_text(f'[workload]\nkind = "fitted"\nagents = 1\nmax_steps = 3\npath = "{fitted}"\n')
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text(f'base = "{base}"\n[grid]\n"workload.agents" = [1, 2]\n')
+    before = load_sweep(sweep).points
+    data = json.loads(fitted.read_text())
+    data["variables"]["steps"]["mu"] += 0.5
+    fitted.write_text(json.dumps(data))
+    after = load_sweep(sweep).points
+    assert all(a.key != b.key for a, b in zip(after, before, strict=True))
+    assert [a.scenario.seed for a in after] == [b.scenario.seed for b in before]
+    plain = load_sweep(_small_sweep(tmp_path)).points[0]
+    assert plain.key == point_key(plain.scenario, 0)  # no file read: the key of before
+
+
+def _small_sweep(d: Path) -> Path:
+    (d / "small.toml").write_text(SMALL)
+    sweep = d / "small_sweep.toml"
+    sweep.write_text(f'base = "{d / "small.toml"}"\n[grid]\n"workload.agents" = [1]\n')
+    return sweep

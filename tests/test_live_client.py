@@ -50,6 +50,12 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        if self.path.endswith("/metrics") and self.path.startswith("/dribble"):
+            # a /metrics that never ends: one byte every 50 ms
+            self.send_response(200)
+            self.end_headers()
+            _dribble(self.wfile, b"vllm:x 1\n")
+            return
         self.send_response(404)
         self.end_headers()
 
@@ -65,6 +71,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
         n = int(body["max_tokens"])
+        if mode == "dribble":  # a server that answers one byte at a time, forever
+            _dribble(self.wfile, _event(" w"))
+            return
+        if mode == "endless":  # one SSE line that never ends, sent fast
+            self.wfile.write(b'data: {"choices": [{"text": "')
+            _dribble(self.wfile, b"x" * 65536, pause=0.0)
+            return
+        if mode in ("negusage", "hugeusage"):
+            count = -5 if mode == "negusage" else 10**12
+            self.wfile.write(_event(" w0", "length"))
+            usage = {"prompt_tokens": 3, "completion_tokens": count}
+            self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
+        if mode == "ctrlfinish":  # a finish_reason with a newline and an escape
+            self.wfile.write(_event(" w0", "len\ngth\x1b[31m"))
+            self.wfile.write(b"data: [DONE]\n\n")
+            return
         if mode == "badchoice":
             self.wfile.write(b'data: {"choices": ["x"]}\n\n')
             return
@@ -76,6 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return  # connection closes mid-stream, no finish_reason
             if mode == "slow" and i == 1:
                 time.sleep(3.0)
+            if mode == "paced":  # 20 ms a token: a replay long enough to be killed
+                time.sleep(0.02)
             self.wfile.write(_event(f" w{i}", "length" if i == n - 1 else None))
             self.wfile.flush()
             time.sleep(0.002)
@@ -84,6 +110,24 @@ class _Handler(BaseHTTPRequestHandler):
             usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": n}
             self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
+
+
+def _dribble(wfile, data: bytes, pause: float = 0.05, limit_s: float = 30.0) -> None:
+    """Send ``data`` over and over, a byte (or, with no pause, a block) at a time, until
+    the client hangs up (or ``limit_s``: a test server must end too)."""
+    end = time.monotonic() + limit_s
+    try:
+        while time.monotonic() < end:
+            if pause:
+                for b in data:
+                    wfile.write(bytes([b]))
+                    wfile.flush()
+                    time.sleep(pause)
+            else:
+                wfile.write(data)
+                wfile.flush()
+    except OSError:  # the client shut the connection: what the deadline is for
+        pass
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +194,81 @@ def test_profile_client_times_out_instead_of_hanging(fake_server):
     r = stream_completion(Endpoint("127.0.0.1", fake_server, "/slow"), "m", "w1", 4, timeout_s=0.5)
     assert r.status == "timeout"
     assert time.perf_counter() - t0 < 2.5
+
+
+@pytest.mark.parametrize(("mode", "status"), [("dribble", "timeout"), ("endless", None)])
+def test_profile_client_deadline_bounds_the_whole_request(fake_server, mode, status):
+    """A server that never stops sending (a byte at a time, or one endless line) ends
+    at the deadline or the line limit: the per-read timeout alone never fires."""
+    t0 = time.perf_counter()
+    r = stream_completion(
+        Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 4, timeout_s=1.0
+    )
+    took = time.perf_counter() - t0
+    assert took < 2.0, (mode, took, r.status, r.error)
+    assert r.status == (status or r.status) and r.status in ("timeout", "malformed"), r.error
+    assert not r.ok
+
+
+def test_profile_fields_from_a_server_are_printable(fake_server):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, "/ctrlfinish"), "m", "w1", 4)
+    assert r.status == "ok" and r.finish_reason == "len gth [31m"
+    assert r.finish_reason.isprintable()
+
+
+@pytest.mark.parametrize("mode", ["negusage", "hugeusage"])
+def test_profile_client_refuses_impossible_usage_counts(fake_server, mode):
+    r = stream_completion(Endpoint("127.0.0.1", fake_server, f"/{mode}"), "m", "w1", 4)
+    assert r.status == "malformed" and "completion_tokens" in r.error
+
+
+def test_profile_metrics_scrape_has_a_whole_deadline(fake_server, monkeypatch):
+    from live import profiler
+
+    monkeypatch.setattr(profiler, "SCRAPE_TIMEOUT_S", 0.5)
+    t0 = time.perf_counter()
+    assert profiler.scrape_metrics(Endpoint("127.0.0.1", fake_server, "/dribble")) is None
+    assert time.perf_counter() - t0 < 2.0
+    with pytest.raises(TimeoutError):
+        Endpoint("127.0.0.1", fake_server, "/dribble").get("/metrics", timeout_s=0.3)
+    scrape = profiler._Scraper(Endpoint("127.0.0.1", fake_server, "/dribble"))
+    assert scrape() is None and scrape.given_up  # one slow scrape: no more of them
+    t1 = time.perf_counter()
+    assert scrape() is None and time.perf_counter() - t1 < 0.1
+
+
+def test_replay_killed_by_sigterm_keeps_every_measured_step(fake_server, tmp_path):
+    """Rows go to disk as they are measured: a SIGTERM half-way loses none of them."""
+    import os
+    import signal
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(
+        'name = "killed"\n[workload]\nagents = 2\nsteps = 200\nsystem_tokens = 8\n'
+        "observation_tokens = 4\naction_tokens = 4\nsummary_tokens = 4\n"
+        '[[architectures]]\nname = "FC"\nkind = "fc"\n'
+    )
+    out = tmp_path / "out"
+    endpoint = f"http://127.0.0.1:{fake_server}/paced"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "comem", "replay", str(scenario), "--endpoint", endpoint,
+         "--model", "m", "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    steps = out / "live_steps.csv"
+    deadline = time.monotonic() + 60
+    rows = 0
+    while time.monotonic() < deadline and rows < 6:  # some steps measured, most to come
+        time.sleep(0.2)
+        rows = len(steps.read_text().splitlines()) - 1 if steps.exists() else 0
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM  # killed, not finished
+    frame = pd.read_csv(steps)
+    assert len(frame) >= 6 and len(frame) < 2 * 200
+    assert (frame["status"] == "ok").all() and (frame["action_tokens"] == 4).all()
+    assert list(frame.columns)[:4] == ["architecture", "agent", "task", "step"]
+    assert json.loads((out / "config.json").read_text())["name"] == "killed"
 
 
 def test_profile_client_refused_connection():
