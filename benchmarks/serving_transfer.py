@@ -149,7 +149,10 @@ def run_variant(
             train = labels != label
             if not train.any():
                 continue
-            overhead, table = _fold(rows, setups, train, terms, joint.overhead)
+            # from zero, not from the joint fit: a term the training rows cannot
+            # identify (the CPU terms on async, GPU-bound rows alone) must not carry
+            # what the held-out rows taught the joint fit
+            overhead, table = _fold(rows, setups, train, terms, None)
             table = table.assign(fold=kind, held_out=short(label), gpu=gpus[~train])
             summary["folds"][f"{kind}:{short(label)}"] = overhead.terms()
             held.append(table)
@@ -198,6 +201,70 @@ def report(name: str, summary: dict[str, Any], held: pd.DataFrame) -> None:
 
 SERVING_CV_FILE = "serving_cv.json"
 
+#: row families whose TTFT the figure draws against concurrency: (model, gpu, tp, isl, osl)
+TTFT_FAMILIES = (
+    ("qwen3-32b", "h100_sxm", 2, 1024, 128),
+    ("qwen3-32b", "h100_sxm", 8, 4096, 1024),
+    ("llama-3.1-70b", "h100_sxm", 4, 1024, 1024),
+    ("minimax-m2.5", "h200_sxm", 8, 8192, 1024),
+)
+
+
+def draw(held: pd.DataFrame, path: Path) -> Path:
+    """Left: held-out TPOT and TTFT against measured, by model (leave one model out).
+    Right: TTFT against concurrency for a few row families, simulated (held out) and
+    measured: where clients are and are not reproduced."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lomo = held[held["fold"] == "model"]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+    for ax, what in zip(axes[:2], ("tpot", "ttft"), strict=True):
+        for model, g in lomo.groupby("model"):
+            ax.loglog(g[f"{what}_ms"], g[f"pred_{what}_ms"], "o", ms=3.5, alpha=0.7, label=model)
+        lo = min(lomo[f"{what}_ms"].min(), lomo[f"pred_{what}_ms"].min())
+        hi = max(lomo[f"{what}_ms"].max(), lomo[f"pred_{what}_ms"].max())
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        for f in (0.8, 1.25):
+            ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.5)
+        err = lomo[f"{what}_error"]
+        ax.set_title(
+            f"{what.upper()} held out by model: MAPE {np.abs(err).mean():.1%},"
+            f" signed {err.mean():+.1%}",
+            fontsize=9,
+        )
+        ax.set_xlabel(f"measured {what.upper()} (ms)")
+        ax.set_ylabel(f"simulated {what.upper()} (ms)")
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    for i, (model, gpu, tp, isl, osl) in enumerate(TTFT_FAMILIES):
+        g = lomo[
+            (lomo["model"] == model) & (lomo["gpu"] == gpu) & (lomo["tp"] == tp)
+            & (lomo["isl"] == isl) & (lomo["osl"] == osl)
+        ].sort_values("concurrency")  # fmt: skip
+        if g.empty:
+            continue
+        color = f"C{i}"
+        label = f"{model} {gpu.split('_')[0]} TP{tp} {isl}x{osl}"
+        ax.loglog(g["concurrency"], g["ttft_ms"], "o-", color=color, ms=4, label=label)
+        ax.loglog(g["concurrency"], g["pred_ttft_ms"], "x--", color=color, ms=5)
+    ax.set_xlabel("concurrency (clients)")
+    ax.set_ylabel("mean TTFT (ms)")
+    ax.set_title("TTFT vs clients: measured (o) and simulated held out (x)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.suptitle(
+        "comem bench-serve vs real vLLM serving (H100, H200; vLLM 0.12-0.18), each model's rows"
+        " predicted by a fit on the other models",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 
 def cv_record(held: pd.DataFrame, kind: str) -> dict[str, Any]:
     """Per held-out model (or GPU): rows, MAPE and signed error of TTFT and TPOT."""
@@ -214,7 +281,14 @@ def write_defaults(
     checks the bands' coverage on them); the 2024 static fit's own band."""
     import datetime
 
-    from calibration.fit import e2e_costs, e2e_errors, load_e2e, nnls_overhead
+    from calibration.fit import (
+        e2e_costs,
+        e2e_errors,
+        e2e_overhead_entry,
+        fit_overhead,
+        load_e2e,
+        nnls_overhead,
+    )
     from calibration.profile import PROFILE_DIR, Profile, available_profiles, profile_path
     from calibration.uncertainty import band_from_errors
     from sim.serving import SERVING_FRAMEWORK
@@ -255,6 +329,9 @@ def write_defaults(
         ]
     )["rel_error"]
     static_band = band_from_errors("static", static_err, source="LOMO static batches (2024 vLLM)")
+    static_fit, _ = fit_overhead(Profile.load(profile_path("h100_sxm", "bf16")), e2e)
+    static_entry = e2e_overhead_entry(static_fit, len(e2e))
+    static_entry["error_bands"] = {"static": static_band.to_dict()}
     written = []
     for gpu, framework, dtype in available_profiles():
         path = profile_path(gpu, dtype, framework)
@@ -264,8 +341,8 @@ def write_defaults(
         for key, old in prof.overheads.items():
             if key.startswith("vllm-0.") or key.startswith("vllm-unstated"):
                 old["async_scheduling"] = False  # fitted in the sync form, per version
-        if "vllm-2024" in prof.overheads:
-            prof.overheads["vllm-2024"]["error_bands"] = {"static": static_band.to_dict()}
+        if "vllm-2024" in prof.overheads:  # the 2024 static fit, per TP collective
+            prof.overheads["vllm-2024"] = static_entry
         written.append(prof.save(path))
     cols = ["fold", "held_out", "model", "gpu", "tp", "concurrency", "isl", "osl"]
     cols += ["ttft_ms", "pred_ttft_ms", "tpot_ms", "pred_tpot_ms", "ttft_error", "tpot_error"]
@@ -288,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="async,sync,async-noserial")
     ap.add_argument("--out", default="benchmarks/results/serving_transfer")
     ap.add_argument("--workers", type=int, default=WORKERS)
+    ap.add_argument("--figure", default="figures/calibration/serving_transfer.png")
+    ap.add_argument(
+        "--from-results",
+        action="store_true",
+        help="do not fit: read <out>/summary.json and <out>/<variant>.csv of an earlier run",
+    )
     ap.add_argument(
         "--write-defaults", action="store_true",
         help="write the first variant's fit into the embedded profiles (and serving_cv.json)",
@@ -316,14 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    for name in args.variants.split(","):
-        summary, held = run_variant(name, rows, setups)
-        report(name, summary, held)
-        held.to_csv(out / f"{name}.csv", index=False)
-        summaries[name] = summary
-    (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    if args.from_results:
+        summaries = json.loads((out / "summary.json").read_text())
+    else:
+        for name in args.variants.split(","):
+            summary, held = run_variant(name, rows, setups)
+            report(name, summary, held)
+            held.to_csv(out / f"{name}.csv", index=False)
+            summaries[name] = summary
+        (out / "summary.json").write_text(json.dumps(summaries, indent=1))
+    first = args.variants.split(",")[0]
+    if args.figure:
+        print(f"figure: {draw(pd.read_csv(out / f'{first}.csv'), Path(args.figure))}")
     if args.write_defaults:
-        first = args.variants.split(",")[0]
         held = pd.read_csv(out / f"{first}.csv")
         for path in write_defaults(first, summaries[first], held, rows, Path(args.shared)):
             print(f"wrote {path}")

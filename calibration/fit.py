@@ -182,7 +182,7 @@ E2E_SOURCE = (
 #: the column of :func:`e2e_costs` each multiplies.
 E2E_TERMS = {
     "per_iteration_s": "iterations",
-    "per_iteration_tp_s": "tp_iterations",
+    "per_collective_s": "collective_iterations",
     "per_sequence_s": "sequence_iterations",
     "per_kv_token_s": "kv_token_iterations",
 }
@@ -214,7 +214,9 @@ def e2e_costs(profile: Profile, e2e: pd.DataFrame, gpu: str = "h100_sxm") -> pd.
 
     The schedule of a static batch does not depend on time, so a row's latency is the
     kernel time plus each overhead term times its count (:data:`E2E_TERMS`): linear in
-    the overhead. ``benchmark_latency`` runs vLLM's offline engine: budget 16384.
+    the overhead. ``collective_iterations`` counts the TP all-reduces (two a layer) of
+    every iteration on more than one GPU. ``benchmark_latency`` runs vLLM's offline
+    engine: budget 16384.
     """
     from calibration.latency import LatencyModel
     from calibration.static import DEFAULT_STATIC_BUDGET, static_cost
@@ -232,7 +234,10 @@ def e2e_costs(profile: Profile, e2e: pd.DataFrame, gpu: str = "h100_sxm") -> pd.
     return e2e.assign(
         kernel_s=[c.kernel_s for c in costs],
         iterations=[c.iterations for c in costs],
-        tp_iterations=[c.iterations * int(m) for c, m in zip(costs, multi_gpu, strict=True)],
+        collective_iterations=[
+            c.iterations * 2 * get_model(str(model)).layers * int(m)
+            for c, model, m in zip(costs, e2e["model"], multi_gpu, strict=True)
+        ],
         sequence_iterations=[c.sequence_iterations for c in costs],
         kv_token_iterations=[c.kv_token_iterations for c in costs],
         preemptions=[c.preemptions for c in costs],
@@ -261,8 +266,10 @@ def fit_overhead(
     """Fit the 2024 vLLM's framework overhead on static-batch runs, and cross-validate it.
 
     The kernel time is the vLLM 0.19.0 kernels' as measured (not scaled). What the 2024
-    runs spent beyond it is fitted as :data:`E2E_TERMS`: per iteration, per iteration on
-    several GPUs (V0's driver broadcasts every step's inputs to its workers), per
+    runs spent beyond it is fitted as :data:`E2E_TERMS`: per iteration, per TP collective
+    on several GPUs (V0 launched each all-reduce from Python, through its workers: a
+    cost per call, so it grows with the layers, which a per-iteration term fitted on two
+    32-layer models would not carry to an 80-layer one), per
     scheduled sequence, and per KV token the scheduled sequences hold. That last term is
     the physical cause of the old predictor's shortfall that grew with context and batch
     (-2% at 128 tokens, -15% at 2048): V0 rebuilt every sequence's block table on the

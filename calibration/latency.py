@@ -257,6 +257,9 @@ class LatencyModel:
         self._pre_grid = np.zeros((0, 0))
         self.framework = framework
         #: None: as the framework's server ran (its overhead entry says; vLLM >= 0.14: on)
+        #: tensor-parallel collectives one iteration launches: an all-reduce after the
+        #: attention and one after the MLP / MoE of every layer (0 on one GPU)
+        self.tp_collectives = 2 * self.model.layers if tp > 1 else 0
         self.async_scheduling = (
             self.profile.framework_async(framework)
             if async_scheduling is None
@@ -278,7 +281,7 @@ class LatencyModel:
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
         """Price iterations with ``overhead`` from now on (the kernel tables are kept:
         what fitting an overhead needs, one simulation after another)."""
-        self.overhead_per_iteration_s = overhead.iteration_s(self.tp)
+        self.overhead_per_iteration_s = overhead.iteration_s(self.tp, self.tp_collectives)
         self.overhead_per_sequence_s = overhead.per_sequence_s
         self.overhead_per_kv_token_s = overhead.per_kv_token_s
         self.overhead_serial_s = overhead.per_iteration_serial_s

@@ -124,6 +124,7 @@ def op_form(key: str) -> OpForm:
 OVERHEAD_TERMS = (
     "per_iteration_s",
     "per_iteration_tp_s",
+    "per_collective_s",
     "per_sequence_s",
     "per_kv_token_s",
     "per_iteration_serial_s",
@@ -138,7 +139,10 @@ class FrameworkOverhead:
     The engine's CPU work per iteration, which vLLM V1 does between two forward passes:
     ``per_iteration_s`` (scheduling, input preparation, launching the step, processing
     its output), ``per_iteration_tp_s`` more when the model spans several GPUs (the
-    driver hands every iteration's inputs to its workers), ``per_sequence_s`` per
+    driver hands every iteration's inputs to its workers), ``per_collective_s`` per
+    tensor-parallel collective an iteration launches on several GPUs (two all-reduces a
+    layer: what a framework adds to each collective scales with the model's depth, so a
+    fit on 32-layer models carries over to 80-layer ones), ``per_sequence_s`` per
     scheduled sequence (its block table and input rows, its sampled token's update),
     ``per_kv_token_s`` per token of KV the scheduled sequences hold (block tables rebuilt
     every step, as the 2024 vLLM did). With asynchronous scheduling (vLLM >= 0.14 by
@@ -152,6 +156,7 @@ class FrameworkOverhead:
 
     per_iteration_s: float = 0.0
     per_iteration_tp_s: float = 0.0
+    per_collective_s: float = 0.0
     per_sequence_s: float = 0.0
     per_kv_token_s: float = 0.0
     per_iteration_serial_s: float = 0.0
@@ -164,9 +169,11 @@ class FrameworkOverhead:
     def terms(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in OVERHEAD_TERMS}
 
-    def iteration_s(self, tp: int) -> float:
-        """The per-iteration constant on ``tp`` GPUs."""
-        return self.per_iteration_s + (self.per_iteration_tp_s if tp > 1 else 0.0)
+    def iteration_s(self, tp: int, collectives: int = 0) -> float:
+        """The per-iteration constant on ``tp`` GPUs of a model whose iteration launches
+        ``collectives`` tensor-parallel collectives (0 on one GPU)."""
+        multi = (self.per_iteration_tp_s + self.per_collective_s * collectives) if tp > 1 else 0.0
+        return self.per_iteration_s + multi
 
 
 def _non_negative(value: Any) -> bool:

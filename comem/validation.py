@@ -291,7 +291,8 @@ def rung_calibration() -> list[Rung]:
         tpot = sum(v["tpot_mape"] * v["rows"] for v in cv.values()) / rows
         rungs.append(
             Rung(
-                f"bench-serve TPOT vs real vLLM serving ({rows} runs, H100, leave one model out)",
+                f"bench-serve TPOT vs real vLLM serving ({rows} runs, H100 and H200,"
+                " leave one model out)",
                 "MAPE",
                 tpot,
                 0.08,

@@ -241,8 +241,9 @@ def test_framework_overheads_by_name():
     static = LatencyModel("llama-3-8b", "h100_sxm", 2, framework="vllm-2024")
     serving = LatencyModel("llama-3-8b", "h100_sxm", 2)
     o = prof.framework_overhead("vllm-2024")
+    # on 2 GPUs: the per-iteration terms plus one cost per TP collective (2 a layer)
     assert static.overhead_per_iteration_s == pytest.approx(
-        o.per_iteration_s + o.per_iteration_tp_s
+        o.per_iteration_s + o.per_iteration_tp_s + o.per_collective_s * 2 * 32
     )
     assert static.overhead_per_kv_token_s == o.per_kv_token_s > 0
     assert serving.overhead_per_kv_token_s == prof.framework_overhead().per_kv_token_s
