@@ -74,7 +74,8 @@ class EffectivenessParams(InputModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: the raw (full-context) agent's resolve rate on the scenario's tasks
+    #: the raw (full-context) agent's resolve rate on the scenario's tasks, without a
+    #: context cap (tasks a cap ends in the simulation lower it: capped_resolve_factor)
     baseline_resolve_rate: Probability = 0.5
     #: the agent model's summaries (cp): loss scale against the runs' generic summarizer
     agent_loss_scale: Scale = 1.0

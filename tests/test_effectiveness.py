@@ -175,3 +175,17 @@ def test_fit_command_without_data_is_one_line(tmp_path):
     res = run_comem("fit-effectiveness", "--data", str(tmp_path / "none"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "no such directory" in res.stderr
+
+
+def test_show_prints_the_committed_fit_and_the_map_without_shared():
+    import json
+
+    res = run_comem("fit-effectiveness", "--show", "--baseline", "0.7", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["estimate"]["b_m"] == pytest.approx(FIT.b_m)
+    rows = {r["architecture"]: r for r in out["architectures"]}
+    assert rows["FC"]["resolve_rate"] == pytest.approx(0.7)
+    assert rows["KSO k=1 retain=3 lag=1 (1-step-off)"]["resolve_rate_extrapolated"]
+    bad = run_comem("fit-effectiveness", "--show", "--baseline", "1.2")
+    assert bad.returncode == 2 and "--baseline" in bad.stderr
