@@ -128,7 +128,7 @@ def _path(text: str) -> str:
 _PATH_ARGS = frozenset(
     {"out", "profile", "grid", "spec", "workload", "kernels", "measurements", "e2e",
      "fallback_kernels", "overhead_from", "figures", "csv", "dir", "only", "steps", "figure",
-     "scenario", "sweep", "shared", "result_dir", "result_filename"}
+     "scenario", "sweep", "shared", "result_dir", "result_filename", "data"}
 )  # fmt: skip
 
 
@@ -1107,6 +1107,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "dtypes": args.dtypes,
         "k_values": args.k,
         "top": args.top,
+        "max_resolve_loss_pp": args.max_resolve_loss,
+        "baseline_resolve_rate": args.baseline_resolve_rate,
+        "memory_loss_scale": args.memory_loss_scale,
     }
     if args.offload is not None:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
@@ -1157,9 +1160,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{n} candidates, {payload['simulated']} simulated (the rest pruned by the closed form"
         f" and the KV bound); objective {spec.objective}"
         + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
+        + (
+            f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
+            if spec.max_resolve_loss_pp is not None
+            else ""
+        )
     )
     print(table_markdown(rows, limit=args.show), end="")
-    print(f"chosen: {best.label}" + ("" if best.meets_slo else " (NO candidate meets the SLO)"))
+    met = best.meets_slo and best.meets_resolve
+    print(
+        f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
+        f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
+        f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
+        f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
+        + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
+    )
     for p in written:
         print(f"wrote {p}")
     return 0
@@ -1245,6 +1260,27 @@ _RUN_COLUMNS: list[tuple[str, str, Any]] = [
         lambda s: " ".join(f"{v} {_EARLY.get(k, k)}" for k, v in s["ended_early"].items()) or "0",
     ),
     ("speedup", "", None),
+    (
+        "resolve %",
+        "resolve rate of the fitted effectiveness model (SWE-bench runs of The Complexity"
+        " Trap, relative to [effectiveness] baseline_resolve_rate) [95% interval];"
+        " * = outside the fitted range",
+        lambda s: (
+            f"{100 * s['resolve_rate']:.1f} [{100 * s['resolve_rate_low']:.1f},"
+            f" {100 * s['resolve_rate_high']:.1f}]"
+            + ("*" if s["resolve_rate_extrapolated"] else "")
+        ),
+    ),
+    (
+        "resolve pp",
+        "resolve-rate change against the reference architecture, percentage points [95%]",
+        lambda s: (
+            "-"
+            if "resolve_rate_delta_pp" not in s
+            else f"{s['resolve_rate_delta_pp']:+.1f} [{s['resolve_rate_delta_pp_low']:+.1f},"
+            f" {s['resolve_rate_delta_pp_high']:+.1f}]"
+        ),
+    ),
     ("task s", "mean task latency over its finished tasks, seconds", "mean_task_latency_s"),
     (
         "task 80%",
@@ -1476,6 +1512,113 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def cmd_fit_effectiveness(args: argparse.Namespace) -> int:
+    """Refit the effectiveness model from ../shared (or --data), or with --show read the
+    committed fit; print its numbers and what it predicts for each architecture."""
+    import json as json_mod
+
+    from sim.effectiveness import FIT_PATH, load_fit
+
+    out = Path(args.out) if args.out else FIT_PATH
+    if args.show:
+        load_fit(out)  # a defect is one line
+        report = json_mod.loads(out.read_text())
+    else:
+        from sim.effectiveness_fit import fit_and_write
+
+        report = fit_and_write(_effectiveness_data(args.data), out, args.draws, args.seed)
+    table = _architecture_table(out, args.baseline)
+    if args.json:
+        _print_json(
+            {**{k: v for k, v in report.items() if k != "bootstrap"}, "architectures": table}
+        )
+        return 0
+    est = report["estimate"]
+    print(
+        f"logit change per instance = (b_0 + b_m / (1 + M)) / k: b_0 = {est['b_0']:.3f},"
+        f" b_m = {est['b_m']:.3f}; instance SD {est['instance_sd']:.2f};"
+        f" run-to-run tau {est['tau']:.3f}; fitted k {report['fitted_range']['k']},"
+        f" raw tail M {report['fitted_range']['raw_tail']}"
+    )
+    for form, cv in report["cross_validation"].items():
+        c = cv["summary"]
+        print(
+            f"leave-one-configuration-out ({form}): {c['configurations']} configurations,"
+            f" MAE {c['mae_pp']:.2f} pp (same-as-raw: {c['mae_raw_pp']:.2f} pp),"
+            f" 95% interval coverage {c['coverage_95']:.0%}"
+        )
+    print(f"at a full-context resolve rate of {args.baseline:.1%}:")
+    for row in table:
+        print(
+            f"  {row['architecture']:<34} k {row['k']:>4}  M {row['raw_tail']:>4}"
+            f"  {100 * row['resolve_rate']:5.1f}% [{100 * row['resolve_rate_low']:.1f},"
+            f" {100 * row['resolve_rate_high']:.1f}]  {row['resolve_rate_delta_pp']:+5.1f} pp"
+            f" [{row['resolve_rate_delta_pp_low']:+.1f}, {row['resolve_rate_delta_pp_high']:+.1f}]"
+            + ("  (extrapolated)" if row["resolve_rate_extrapolated"] else "")
+        )
+    if not args.show:
+        print(f"wrote {out}")
+    return 0
+
+
+def _effectiveness_data(given: str | None) -> Path:
+    """The runs' directory: ``--data``, or ../shared's (``$COMEM_SHARED``)."""
+    from calibration.report import find_shared
+
+    shared = find_shared()
+    if given is not None:
+        data = Path(given)
+    elif shared is not None:
+        data = shared / "data" / "effectiveness"
+    else:
+        raise ComemInputError("fit-effectiveness: no ../shared (set COMEM_SHARED or give --data)")
+    if not data.is_dir():
+        raise ComemInputError(f"{data}: no such directory (the effectiveness runs; see --data)")
+    return data
+
+
+#: the architectures ``comem fit-effectiveness`` prints predictions for
+_EFFECT_EXAMPLES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("FC", {"kind": "fc"}),
+    ("CP k=8 retain=3", {"kind": "cp", "k": 8, "retain": 3}),
+    ("SM k=8 retain=3", {"kind": "sm", "k": 8, "retain": 3}),
+    ("KSO k=8 retain=3 lag=1", {"kind": "kso", "k": 8, "retain": 3, "lag": 1}),
+    ("CP k=4 retain=3", {"kind": "cp", "k": 4, "retain": 3}),
+    ("KSO k=4 retain=3 lag=1", {"kind": "kso", "k": 4, "retain": 3, "lag": 1}),
+    ("KSO k=1 retain=3 lag=1 (1-step-off)", {"kind": "kso", "k": 1, "retain": 3, "lag": 1}),
+    ("kso-authors R=4 (GLM-4.7)", {"kind": "kso-authors", "retain": 4}),
+    ("kso-authors R=2 (DeepSWE, Qwen)", {"kind": "kso-authors", "retain": 2}),
+)
+
+
+def _architecture_table(path: Path, baseline: float) -> list[dict[str, Any]]:
+    """Each example architecture's features and predicted resolve rate against FC."""
+    from sim.effectiveness import (
+        EffectivenessParams,
+        load_fit,
+        policy_features,
+        resolve_delta,
+        resolve_rate,
+        summary_fields,
+    )
+    from sim.policy import PolicyParams
+
+    if not 0.0 < baseline < 1.0:
+        raise ComemInputError(f"--baseline: expected a rate in (0, 1), got {baseline}")
+    fit = load_fit(path)
+    params = EffectivenessParams(baseline_resolve_rate=baseline)
+    fc = resolve_rate(policy_features(PolicyParams(kind="fc")), params, fit)
+    rows = []
+    for name, kw in _EFFECT_EXAMPLES:
+        f = policy_features(PolicyParams(**kw))
+        rate = resolve_rate(f, params, fit)
+        rows.append(
+            {"architecture": name, "k": f.k, "raw_tail": f.raw_tail, "lag": f.lag,
+             "summarizer": f.summarizer, **summary_fields(rate, resolve_delta(rate, fc))}
+        )  # fmt: skip
+    return rows
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -1822,6 +1965,23 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8]")
     pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
     pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
+    pl.add_argument(
+        "--max-resolve-loss",
+        type=float,
+        metavar="PP",
+        help="most resolve-rate points a deployment may lose against full context (the"
+        " fitted model's pessimistic 95%% end) [no limit]",
+    )
+    pl.add_argument(
+        "--baseline-resolve-rate",
+        type=float,
+        help="the full-context agent's resolve rate on these tasks, in (0, 1) [0.5]",
+    )
+    pl.add_argument(
+        "--memory-loss-scale",
+        type=float,
+        help="memory-model summaries' loss against a generic LLM summarizer (0: lossless) [1]",
+    )
     pl.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
     pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")
@@ -1937,6 +2097,26 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--json", action="store_true")
     _add_allow_large(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    fe = sub.add_parser(
+        "fit-effectiveness",
+        help="refit the effectiveness model on The Complexity Trap runs (../shared)",
+    )
+    fe.add_argument(
+        "--data",
+        help="the runs' directory (default: ../shared/data/effectiveness, or $COMEM_SHARED's)",
+    )
+    fe.add_argument("--out", help="the fit's JSON (default: sim/data/effectiveness_fit.json)")
+    fe.add_argument("--draws", type=_positive_int, default=200, help="instance-bootstrap draws")
+    fe.add_argument("--seed", type=_non_negative_int, default=23)
+    fe.add_argument(
+        "--show", action="store_true", help="print the committed fit (no refit, no ../shared)"
+    )
+    fe.add_argument(
+        "--baseline", type=float, default=0.5, help="full-context resolve rate for the examples"
+    )
+    fe.add_argument("--json", action="store_true")
+    fe.set_defaults(func=cmd_fit_effectiveness)
 
     fg = sub.add_parser("figures", help="regenerate the figures (PNG and PDF)")
     fg.add_argument(

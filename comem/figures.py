@@ -24,11 +24,9 @@ from calibration.surrogate import fit_surrogate  # noqa: E402
 from comem.validation import swap_stall_means  # noqa: E402
 from sim.scenario import ScenarioResult, load_scenario, run_scenario  # noqa: E402
 from theory.bounds import jensen_lower, scarf_upper  # noqa: E402
-from theory.frontier import effectiveness, pareto_front  # noqa: E402
 from theory.single_agent import (  # noqa: E402
     AgentParams,
     lockstep_coefficients,
-    step_latencies,
     step_timeline,
 )
 
@@ -232,30 +230,145 @@ def fig_stall_bounds(out: Path, quick: bool) -> list[Path]:
 
 
 def fig_frontier(out: Path, quick: bool) -> list[Path]:
-    """Theory: efficiency-effectiveness frontier for CP and KSO over (k, summary, retain)."""
+    """Theory: task latency vs fitted resolve rate for CP and KSO across k and load."""
+    from sim.effectiveness import (
+        EffectivenessParams,
+        PolicyFeatures,
+        Summarizer,
+        load_fit,
+        resolve_rate,
+    )
+    from theory.frontier import LogitEffect, frontier_points
+
+    fit = load_fit()
+    effect = LogitEffect(fit.b_0, fit.b_m, fit.instance_sd)
     coeffs = fit_surrogate(LatencyModel("deepswe", "h100_sxm", 4, "bf16")).coefficients
-    grid = [(k, s, r) for k in (2, 4, 8) for s in (256, 1024, 2048) for r in (0, 2, 4)]
-    k, s, r = (np.array(v) for v in zip(*grid, strict=True))
+    mem = fit_surrogate(LatencyModel("qwen3-4b", "h100_sxm", 1, "bf16")).coefficients
+    ks = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32])
+    n = ks.size
     p = AgentParams(
-        system=np.full(k.size, 512), observation=np.full(k.size, 512),
-        action=np.full(k.size, 256), summary=s, tool_s=np.full(k.size, 2.0),
-        steps=24 if quick else 48, k=k, retain=r, lag=np.ones(k.size, dtype=int),
-    )  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for kind, extra, marker in (("cp", 0, "o"), ("kso", 1, "s")):
-        lat = step_latencies(kind, p, coeffs, coeffs)[0].sum(0)
-        eff = effectiveness(s, r + extra)
-        ax.scatter(lat, eff, marker=marker, alpha=0.5, label=kind.upper())
-        front = pareto_front(lat, eff)
-        ax.plot(lat[front], eff[front], "-", lw=1)
-    ax.set_xlabel("task latency (s)")
-    ax.set_ylabel("effectiveness proxy E(s, r)")
-    ax.set_title("Efficiency-effectiveness frontier")
-    ax.legend()
+        system=np.full(n, 512),
+        observation=np.full(n, 512),
+        action=np.full(n, 256),
+        summary=np.full(n, 1024),
+        tool_s=np.full(n, 2.0),
+        steps=24 if quick else 64,
+        k=ks,
+        retain=np.full(n, 3),
+        lag=np.ones(n, dtype=int),
+    )
+    params = EffectivenessParams(baseline_resolve_rate=0.5)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for agents, alpha in ((1, 1.0), (32, 0.55)):
+        arms: tuple[tuple[str, str, float, Summarizer], ...] = (
+            ("cp", "o", 3.0, "agent"),
+            ("kso", "s", 4.0, "memory"),
+        )
+        for kind, marker, tail, who in arms:
+            pts = frontier_points(kind, p, coeffs, mem, np.array([agents]), 0.5, effect)
+            lat = np.array([q.task_latency_s for q in pts])
+            rates = [
+                resolve_rate(PolicyFeatures(float(k), tail, 0.0, who), params, fit) for k in ks
+            ]
+            mid = np.array([100 * r.rate for r in rates])
+            err = np.array(
+                [
+                    [m - 100 * r.low for m, r in zip(mid, rates, strict=True)],
+                    [100 * r.high - m for m, r in zip(mid, rates, strict=True)],
+                ]
+            )
+            ax.errorbar(
+                lat,
+                mid,
+                yerr=err,
+                fmt=marker + "-",
+                alpha=alpha,
+                capsize=2,
+                lw=1,
+                label=f"{kind.upper()} ({agents} agent{'s' if agents > 1 else ''})",
+            )
+            out_of_range = np.array([r.extrapolated for r in rates])
+            ax.scatter(
+                lat[out_of_range],
+                mid[out_of_range],
+                s=60,
+                facecolors="none",
+                edgecolors="red",
+                zorder=3,
+            )
+            for x, y, k in zip(lat, mid, ks, strict=True):
+                if agents == 1 and k in (1, 4, 32):
+                    ax.annotate(
+                        f"k={k}", (x, y), fontsize=6, xytext=(3, -9), textcoords="offset points"
+                    )
+    ax.axhline(50, color="0.5", ls=":", lw=1, label="full context (baseline)")
+    ax.set_xlabel("task latency (s, closed form, lockstep agents)")
+    ax.set_ylabel("resolve rate (%, fitted model, 95% interval)")
+    ax.set_title("Efficiency-effectiveness frontier: CP vs KSO across k and load")
+    ax.legend(fontsize=7)
     return _save(
         fig, out, "theory_frontier",
-        "closed forms, DeepSWE surrogate (H100 TP4); E = 1 - 2^(-s/1024) 2^(-r/2); "
-        "grid k x summary x retain",
+        "closed forms, DeepSWE agent (H100 TP4) and Qwen3-4B memory surrogates; tool 2 s;"
+        " retain 3, lag 1 (KSO keeps 4 raw steps); baseline 50%; resolve rate from the model"
+        " fitted on The Complexity Trap runs (sim/data/effectiveness_fit.json); red rings:"
+        " k outside the fitted range (extrapolated)",
+    )  # fmt: skip
+
+
+def fig_effectiveness_fit(out: Path, quick: bool) -> list[Path]:
+    """The fitted effectiveness model against the runs it was fitted on (held out)."""
+    import json
+    import re
+
+    from sim.effectiveness import FIT_PATH, EffectivenessParams, PolicyFeatures, load_fit
+    from sim.effectiveness import resolve_rate as rate_of
+
+    fit = load_fit()
+    report = json.loads(FIT_PATH.read_text())
+    rows = report["cross_validation"][report["form"]]["configurations"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ns = np.geomspace(3, 43, 40)
+    for m, color in ((0, "C3"), (1, "C1"), (10, "C0")):
+        params = EffectivenessParams(baseline_resolve_rate=0.25)
+        rates = [rate_of(PolicyFeatures(float(n), float(m), 0.0, "agent"), params, fit) for n in ns]
+        ax.plot(ns, [100 * (r.rate - 0.25) for r in rates], color=color, label=f"fitted, M = {m}")
+        ax.fill_between(
+            ns,
+            [100 * (r.low - 0.25) for r in rates],
+            [100 * (r.high - 0.25) for r in rates],
+            color=color,
+            alpha=0.12,
+        )
+    for i, row in enumerate(rows):
+        found = re.search(r"\|N([0-9.]+)\|M([0-9.]*)\|", row["config"])
+        if not found:
+            continue
+        n_run, m_run = float(found.group(1)), float(found.group(2) or 0)
+        color = "C3" if m_run == 0 else ("C1" if m_run < 10 else "C0")
+        lite = "|lite|" in row["config"]
+        ax.scatter(
+            n_run * (1.0 + 0.03 * (i % 5 - 2)),  # spread overlapping configurations
+            100 * (row["observed"] - row["raw"]),
+            color=color,
+            marker="o" if lite else "^",
+            s=12 + 8 * row["runs"],
+            alpha=0.6,
+            edgecolors="none",
+        )
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("N = k, turns between two summaries (log)")
+    ax.set_ylabel("resolve rate change vs raw agent (points)")
+    ax.set_title("Effectiveness model vs the Complexity Trap runs")
+    ax.legend(fontsize=7)
+    cv = report["cross_validation"][report["form"]]["summary"]
+    return _save(
+        fig, out, "effectiveness_fit",
+        "curves: fitted model at a 25% raw rate, 95% intervals (instance bootstrap + run-to-run"
+        " spread); points: each configuration's runs (o Lite-50, 3 runs; ^ Verified, 1 run) minus"
+        " the raw agent on the same instances, colour by M (red 0, orange 1-5, blue 10-20);"
+        f" leave-one-configuration-out MAE {cv['mae_pp']:.1f} pp (same-as-raw"
+        f" {cv['mae_raw_pp']:.1f} pp), 95% coverage {cv['coverage_95']:.0%}",
     )  # fmt: skip
 
 
@@ -435,6 +548,7 @@ FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
     "theory_speedup": fig_theory_speedup,
     "theory_stall_bounds": fig_stall_bounds,
     "theory_frontier": fig_frontier,
+    "effectiveness_fit": fig_effectiveness_fit,
     "theory_kv_crossover": fig_kv_crossover,
     "theory_closed_network": fig_closed_network,
     "adaptive_k": fig_adaptive_k,

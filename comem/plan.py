@@ -16,8 +16,11 @@ TP / expert-parallel / data-parallel layout, which k, and CPU KV offload or not?
    every architecture kind, in parallel processes; results are kept in ``out/points/``
    so an interrupted plan resumes.
 4. **Rank** by the objective (mean or p99 step latency, or steps per second per GPU)
-   among those meeting the SLO; write the table, the Pareto front (latency vs GPUs) and
-   the chosen deployment as a ready scenario file.
+   among those meeting the SLO and, with ``max_resolve_loss_pp``, losing at most that
+   many points of resolve rate against the full-context agent at the pessimistic end of
+   the fitted effectiveness model's 95% interval (:mod:`sim.effectiveness`); write the
+   table (both columns), the Pareto fronts (latency vs GPUs, latency vs resolve rate)
+   and the chosen deployment as a ready scenario file.
 
 This module uses both ``sim`` and ``theory``, which may not import each other, so it
 lives with the command line.
@@ -36,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import ConfigDict, Field, PositiveInt
 
 from calibration.errors import ComemInputError
@@ -93,6 +97,13 @@ class PlanSpec(InputModel):
     memory_max_model_len: PositiveInt = 131072
     #: candidates the simulator confirms (besides the best of each kind)
     top: PositiveInt = 6
+    #: the full-context agent's resolve rate on these tasks (effectiveness baseline)
+    baseline_resolve_rate: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    #: the memory model's summaries' loss scale against a generic LLM summarizer
+    memory_loss_scale: float = Field(default=1.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    #: most resolve-rate points a chosen deployment may lose against full context, at the
+    #: pessimistic end of the 95% interval (None: no constraint)
+    max_resolve_loss_pp: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -301,6 +312,10 @@ def scenario_dict(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
         "seed": 0,
         "engine": {"stepping": "event"},
         "workload": _workload(spec),
+        "effectiveness": {
+            "baseline_resolve_rate": spec.baseline_resolve_rate,
+            "memory_loss_scale": spec.memory_loss_scale,
+        },
         "architectures": [arch],
     }
 
@@ -412,6 +427,7 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
         "p99_step_s": s["p99_step_latency_s"],
         "steps_per_s": s["throughput_steps_per_s"],
         "tasks_ended_early": s["tasks_ended_early"],
+        "tasks": s["tasks"],
         "preemptions": s["preemptions"],
         "kv_peak": s["kv_peak_fraction"],
     }
@@ -518,6 +534,16 @@ class PlanRow:
     #: GPUs (``flatten_tp_across_dp``), the simulator over each replica's TP only, so its
     #: KV capacity and MoE weight reads are pessimistic
     moe_dp_pessimistic: bool = False
+    #: the fitted effectiveness model (sim.effectiveness): resolve rate [95%], its change
+    #: against the full-context agent in points [95%], and whether it meets the constraint
+    resolve_rate: float = math.nan
+    resolve_rate_low: float = math.nan
+    resolve_rate_high: float = math.nan
+    resolve_rate_delta_pp: float = math.nan
+    resolve_rate_delta_pp_low: float = math.nan
+    resolve_rate_delta_pp_high: float = math.nan
+    resolve_rate_extrapolated: bool = False
+    meets_resolve: bool = True
 
 
 def objective_value(spec: PlanSpec, row: PlanRow) -> float:
@@ -595,17 +621,46 @@ def rank(
             row.meets_slo = (
                 spec.slo_step_s is None or row.p99_step_s <= spec.slo_step_s
             ) and row.tasks_ended_early == 0
+        ended = sim["tasks_ended_early"] / max(sim.get("tasks", spec.agents), 1) if sim else 0.0
+        _effectiveness(spec, c, ended, row)
         rows.append(row)
 
     def order(r: PlanRow) -> tuple[Any, ...]:
         if r.simulated:
-            return (0, not r.meets_slo, objective_value(spec, r), r.gpus)
+            return (0, not (r.meets_slo and r.meets_resolve), objective_value(spec, r), r.gpus)
         return (1, True, r.estimate_mean_step_s, r.gpus)
 
     rows.sort(key=order)
     for i, r in enumerate(rows, 1):
         r.rank = i
     return rows
+
+
+def _effectiveness(spec: PlanSpec, c: Candidate, ended_early: float, row: PlanRow) -> None:
+    """Fill ``row``'s resolve-rate fields (against the full-context agent that finishes
+    its tasks) and whether it meets ``max_resolve_loss_pp``."""
+    from sim.effectiveness import (
+        EffectivenessParams,
+        PolicyFeatures,
+        policy_features,
+        resolve_delta,
+        resolve_rate,
+        summary_fields,
+    )
+    from sim.policy import PolicyParams
+
+    params = EffectivenessParams(
+        baseline_resolve_rate=spec.baseline_resolve_rate, memory_loss_scale=spec.memory_loss_scale
+    )
+    policy = PolicyParams(kind=c.kind, k=c.k, lag=1, retain=spec.retain)
+    rate = resolve_rate(policy_features(policy), params, ended_early=ended_early)
+    ref = resolve_rate(PolicyFeatures(math.inf, math.inf, 0.0, "none"), params)
+    for key, value in summary_fields(rate, resolve_delta(rate, ref)).items():
+        setattr(row, key, value)
+    row.meets_resolve = (
+        spec.max_resolve_loss_pp is None
+        or row.resolve_rate_delta_pp_low >= -spec.max_resolve_loss_pp
+    )
 
 
 def pareto(rows: list[PlanRow]) -> list[PlanRow]:
@@ -660,8 +715,9 @@ def check_cost(spec: PlanSpec, candidates: list[Candidate]) -> None:
 def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     head = (
         "| rank | deployment | GPUs | mean step s (sim) | p99 step s (sim) | steps/s/GPU"
-        " (sim) | mean step s (theory) | KV bound (agents/replica) | notes |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        " (sim) | mean step s (theory) | KV bound (agents/replica) | resolve % [95%] |"
+        " resolve pp vs FC [95%] | notes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows[:limit]:
@@ -674,15 +730,83 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
             notes.append("misses SLO" if r.tasks_ended_early == 0 else "tasks ended early")
         if not r.simulated:
             notes.append("not simulated")
+        if not r.meets_resolve:
+            notes.append("loses too many resolved tasks")
+        if r.resolve_rate_extrapolated:
+            notes.append("resolve rate extrapolated")
         fmt = (lambda v: f"{v:.2f}") if True else str
         sim = [fmt(r.mean_step_s), fmt(r.p99_step_s), f"{r.steps_per_s_per_gpu:.3f}"]
         if not r.simulated:
             sim = ["-", "-", "-"]
         lines.append(
             f"| {r.rank} | {r.label} | {r.gpus} | " + " | ".join(sim)
-            + f" | {r.estimate_mean_step_s:.2f} | {r.kv_bound_agents} | {', '.join(notes)} |"
+            + f" | {r.estimate_mean_step_s:.2f} | {r.kv_bound_agents} | {_resolve_cells(r)}"
+            + f" | {', '.join(notes)} |"
         )  # fmt: skip
     return head + "\n".join(lines) + "\n"
+
+
+def _resolve_cells(r: PlanRow) -> str:
+    """The two effectiveness cells of a table row."""
+    return (
+        f"{100 * r.resolve_rate:.1f} [{100 * r.resolve_rate_low:.1f},"
+        f" {100 * r.resolve_rate_high:.1f}]"
+        f" | {r.resolve_rate_delta_pp:+.1f} [{r.resolve_rate_delta_pp_low:+.1f},"
+        f" {r.resolve_rate_delta_pp_high:+.1f}]"
+    )
+
+
+def pareto_effectiveness(rows: list[PlanRow]) -> list[PlanRow]:
+    """Simulated rows no other beats in both mean step latency and resolve rate."""
+    sim = [r for r in rows if r.simulated and r.tasks_ended_early == 0]
+    return sorted(
+        (
+            r
+            for r in sim
+            if not any(
+                (o.mean_step_s <= r.mean_step_s and o.resolve_rate > r.resolve_rate)
+                or (o.mean_step_s < r.mean_step_s and o.resolve_rate >= r.resolve_rate)
+                for o in sim
+            )
+        ),
+        key=lambda r: r.mean_step_s,
+    )
+
+
+def _effectiveness_panel(ax: Any, rows: list[PlanRow]) -> None:
+    """Mean step latency against resolve rate with 95% intervals, and its Pareto front."""
+    sim = [r for r in rows if r.simulated]
+    for kind, marker in (("fc", "o"), ("cp", "s"), ("sm", "^"), ("kso", "D")):
+        pts = [r for r in sim if r.candidate["kind"] == kind]
+        if pts:
+            rate = np.array([100 * r.resolve_rate for r in pts])
+            err = np.array(
+                [
+                    [100 * (r.resolve_rate - r.resolve_rate_low) for r in pts],
+                    [100 * (r.resolve_rate_high - r.resolve_rate) for r in pts],
+                ]
+            )
+            ax.errorbar(
+                [r.mean_step_s for r in pts],
+                rate,
+                yerr=err,
+                fmt=marker,
+                alpha=0.7,
+                capsize=2,
+                label=kind.upper(),
+            )
+    front = pareto_effectiveness(rows)
+    if front:
+        ax.plot(
+            [r.mean_step_s for r in front],
+            [100 * r.resolve_rate for r in front],
+            "k--",
+            lw=1,
+            label="Pareto front",
+        )
+    ax.set_xlabel("mean step latency (s, simulated)")
+    ax.set_ylabel("resolve rate (%, fitted model, 95%)")
+    ax.legend(fontsize=7)
 
 
 def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
@@ -693,7 +817,8 @@ def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
 
     sim = [r for r in rows if r.simulated]
     front = pareto(rows)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 5))
+    _effectiveness_panel(ax_eff, rows)
     for kind, marker in (("fc", "o"), ("cp", "s"), ("sm", "^"), ("kso", "D")):
         pts = [r for r in sim if r.candidate["kind"] == kind]
         if pts:
@@ -707,7 +832,7 @@ def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
                         textcoords="offset points")  # fmt: skip
     ax.set_xlabel("GPUs used")
     ax.set_ylabel("mean step latency (s, simulated)")
-    ax.set_title(title, fontsize=9)
+    fig.suptitle(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

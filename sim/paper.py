@@ -29,6 +29,17 @@ PAPER_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "paper"
 PAPER_METRICS = ("llm", "total", "llm-index-peak", "task", "makespan")
 
 
+#: the effectiveness fields a row copies from its architecture's summary
+RESOLVE_KEYS = (
+    "resolve_rate",
+    "resolve_rate_low",
+    "resolve_rate_high",
+    "resolve_rate_delta_pp",
+    "resolve_rate_delta_pp_low",
+    "resolve_rate_delta_pp_high",
+)
+
+
 @dataclass
 class PaperRow:
     """One CoMem architecture of one experiment variant against its full-context run."""
@@ -47,6 +58,15 @@ class PaperRow:
     tasks: int
     ended_early: dict[str, int] = field(default_factory=dict)
     ended_early_reference: dict[str, int] = field(default_factory=dict)
+    #: the fitted effectiveness model's resolve rates (sim.effectiveness), with 95%
+    #: intervals, and the change against the reference in percentage points
+    resolve_rate_reference: float = math.nan
+    resolve_rate: float = math.nan
+    resolve_rate_low: float = math.nan
+    resolve_rate_high: float = math.nan
+    resolve_rate_delta_pp: float = math.nan
+    resolve_rate_delta_pp_low: float = math.nan
+    resolve_rate_delta_pp_high: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,14 +84,14 @@ def paper_files(directory: str | Path | None = None) -> list[Path]:
 
 def _run_one(job: tuple[str, tuple[str, ...]]) -> list[dict[str, Any]]:
     """Run one scenario file (in a worker process) and return its table rows."""
-    from sim.compare import architecture_summary, compare
+    from sim.compare import compare
     from sim.scenario import load_scenario, run_scenario
 
     path, sets = job
     scenario = load_scenario(path, list(sets))
     result = run_scenario(scenario)
     comparison = compare(result.results)
-    summaries = {r.config.name: architecture_summary(r) for r in result.results}
+    summaries = result.summary()["architectures"]
     ref = comparison["reference"]
     info = scenario.paper
     rows = []
@@ -97,6 +117,8 @@ def _run_one(job: tuple[str, tuple[str, ...]]) -> list[dict[str, Any]]:
                 tasks=own["tasks"],
                 ended_early=own["ended_early"],
                 ended_early_reference=base["ended_early"],
+                resolve_rate_reference=base["resolve_rate"],
+                **{k: own[k] for k in RESOLVE_KEYS},
             ).to_dict()
         )
     return rows
@@ -148,9 +170,10 @@ def table_markdown(rows: list[PaperRow]) -> str:
     head = (
         "| experiment | variant | CoMem | "
         + " | ".join(f"speedup ({m})" for m in PAPER_METRICS)
-        + " | KV peak FC / CoMem | preemptions FC / CoMem | ended early FC / CoMem |"
+        + " | KV peak FC / CoMem | preemptions FC / CoMem | ended early FC / CoMem"
+        + " | resolve rate FC / CoMem [95%] | resolve pp vs FC [95%] |"
     )
-    sep = "|" + "---|" * (6 + len(PAPER_METRICS))
+    sep = "|" + "---|" * (8 + len(PAPER_METRICS))
     lines = [head, sep]
     for r in rows:
         early = f"{sum(r.ended_early_reference.values())} / {sum(r.ended_early.values())}"
@@ -158,7 +181,11 @@ def table_markdown(rows: list[PaperRow]) -> str:
             f"| {r.experiment} | {r.variant} | {r.architecture} | "
             + " | ".join(_x(r.speedup.get(m)) for m in PAPER_METRICS)
             + f" | {r.kv_peak_reference:.0%} / {r.kv_peak:.0%}"
-            f" | {r.preemptions_reference} / {r.preemptions} | {early} |"
+            f" | {r.preemptions_reference} / {r.preemptions} | {early}"
+            f" | {r.resolve_rate_reference:.1%} / {r.resolve_rate:.1%}"
+            f" [{r.resolve_rate_low:.1%}, {r.resolve_rate_high:.1%}]"
+            f" | {r.resolve_rate_delta_pp:+.1f} [{r.resolve_rate_delta_pp_low:+.1f},"
+            f" {r.resolve_rate_delta_pp_high:+.1f}] |"
         )
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
+from sim.effectiveness import EffectivenessParams, architecture_effectiveness
 from sim.engine import IterationLatency, StreamSpace, build_engines, check_engine
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
@@ -159,6 +160,8 @@ class Scenario(_Strict):
     workload: Annotated[
         SyntheticWorkload | TraceWorkload | FittedWorkload, Field(discriminator="kind")
     ] = Field(default_factory=SyntheticWorkload)
+    #: what the fitted effectiveness model needs to know (:mod:`sim.effectiveness`)
+    effectiveness: EffectivenessParams = Field(default_factory=EffectivenessParams)
     #: the architectures compared, each on the same sampled tasks (the first fc one is
     #: the reference of every speedup)
     architectures: list[ArchitectureConfig] = Field(
@@ -374,6 +377,14 @@ class ScenarioResult:
         time is not in it (``ArchitectureResult.wall_s``)."""
         archs = {r.config.name: architecture_summary(r) for r in self.results}
         comparison = compare(self.results)
+        effect = architecture_effectiveness(
+            self.scenario.effectiveness,
+            {r.config.name: r.config for r in self.results},
+            {n: a["tasks_ended_early"] / max(a["tasks"], 1) for n, a in archs.items()},
+            comparison["reference"],
+        )
+        for name, fields in effect.items():
+            archs[name].update(fields)
         metrics = comparison["metrics"]
         return {
             "scenario": self.scenario.name,
@@ -381,6 +392,7 @@ class ScenarioResult:
             "speedup_vs_fc": metrics["task"]["speedup"] if metrics else {},
             "comparison": {"reference": comparison["reference"], "metrics": metrics},
             "warnings": comparison["warnings"],
+            "effectiveness": self.scenario.effectiveness.model_dump(),
         }
 
     def write(self, directory: str | Path) -> list[Path]:

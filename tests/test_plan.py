@@ -71,3 +71,34 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     # resumable: a second run reuses the simulated points
     points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))
     assert points
+
+
+def test_a_resolve_loss_limit_changes_the_choice_and_both_columns_show():
+    """KSO simulated faster than FC wins on latency; under a limit of 0.5 points of
+    resolve rate (pessimistic end) only FC, which loses none, may rank first."""
+    from comem.plan import table_markdown
+
+    spec = small(kinds=["fc", "kso"], k_values=[2], baseline_resolve_rate=0.6)
+    candidates = enumerate_candidates(spec)
+    estimates = estimate(spec, candidates)
+    simulated = {
+        c.key(): {"mean_step_s": 1.0 if c.kind == "kso" else 2.0, "p99_step_s": 3.0,
+                  "steps_per_s": 1.0, "tasks_ended_early": 0, "tasks": 6, "preemptions": 0,
+                  "kv_peak": 0.5}
+        for c in candidates
+    }  # fmt: skip
+    free = rank(spec, estimates, simulated)
+    limited = rank(spec.model_copy(update={"max_resolve_loss_pp": 0.5}), estimates, simulated)
+    for rows in (free, limited):
+        for r in rows:
+            if r.candidate["kind"] == "fc":
+                assert r.resolve_rate == pytest.approx(0.6) and r.resolve_rate_delta_pp == 0.0
+            else:
+                assert r.resolve_rate_low <= r.resolve_rate < 0.6
+                assert r.resolve_rate_delta_pp_low < r.resolve_rate_delta_pp < 0
+    assert free[0].candidate["kind"] == "kso"
+    best = limited[0]
+    assert best.candidate["kind"] == "fc" and best.meets_resolve
+    assert all(not r.meets_resolve for r in limited if r.candidate["kind"] == "kso")
+    table = table_markdown(limited, limit=len(limited))
+    assert "resolve % [95%]" in table and "loses too many resolved tasks" in table

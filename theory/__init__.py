@@ -27,5 +27,11 @@ def latex_results() -> dict[str, str]:
         "batch-aware worst-case response time (every request)": sp.latex(
             network.PESSIMISTIC_RESPONSE
         ),
-        "effectiveness proxy (summary tokens s, raw steps r)": sp.latex(frontier.EFFECTIVENESS),
+        "resolve rate (fitted, k steps per summary, M raw steps kept)": sp.latex(
+            frontier.RESOLVE_RATE
+        ),
+        "KSO at least as effective as CP iff q_mem / q_agent <=": sp.latex(frontier.QUALITY_BOUND),
+        "former effectiveness proxy (summary tokens s, raw steps r)": sp.latex(
+            frontier.EFFECTIVENESS_PROXY
+        ),
     }
