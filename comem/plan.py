@@ -372,6 +372,21 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     }
 
 
+def point_name(scenario: dict[str, Any]) -> str:
+    """The file name of a simulated point: a hash of the scenario it ran (workload,
+    models, GPUs, layout), so a point is reused only for the same simulation, whatever
+    plan asked for it."""
+    text = json.dumps(scenario, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cost(spec: PlanSpec, c: Candidate) -> tuple[int, int]:
+    """Rough relative cost of simulating ``c``, for starting the longest first: a memory
+    engine on the agent's GPUs, then one of its own, then none; more agents per replica."""
+    placement = {"co-located": 2, "dedicated": 1}.get(c.memory_placement, 0)
+    return placement, math.ceil(spec.agents / c.agent_dp)
+
+
 def confirm(
     spec: PlanSpec,
     candidates: list[Candidate],
@@ -379,25 +394,31 @@ def confirm(
     points: Path | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Step 3: simulate candidates (resuming from ``points``: one JSON file per candidate)."""
+    """Step 3: simulate candidates (resuming from ``points``: one JSON file per simulated
+    scenario, :func:`point_name`), the costliest first; the result does not depend on
+    the number of workers."""
     done: dict[str, dict[str, Any]] = {}
     todo = []
-    for c in candidates:
-        f = points / f"{c.key()}.json" if points is not None else None
+    names: dict[str, str] = {}
+    for c in sorted(candidates, key=lambda c: _cost(spec, c), reverse=True):
+        data = scenario_dict(spec, c)
+        names[c.key()] = point_name(data)
+        f = points / f"{names[c.key()]}.json" if points is not None else None
         if f is not None and f.is_file():
             done[c.key()] = json.loads(f.read_text())
             if on_done is not None:
                 on_done()
         else:
-            todo.append((scenario_dict(spec, c), c.key()))
+            todo.append((data, c.key()))
 
     def keep(result: dict[str, Any]) -> None:
         done[result["key"]] = result
         if points is not None:
             points.mkdir(parents=True, exist_ok=True)
-            tmp = points / f".{result['key']}.tmp"
+            name = names[result["key"]]
+            tmp = points / f".{name}.tmp"
             tmp.write_text(json.dumps(result, sort_keys=True))
-            tmp.replace(points / f"{result['key']}.json")
+            tmp.replace(points / f"{name}.json")
         if on_done is not None:
             on_done()
 

@@ -71,3 +71,15 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     # resumable: a second run reuses the simulated points
     points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))
     assert points
+
+
+def test_points_are_reused_only_for_the_same_simulation(tmp_path):
+    """A point is named by the scenario it ran: another plan in the same folder reuses
+    it when it asks for the same simulation, and simulates anew when the workload differs."""
+    candidates = [c for c in enumerate_candidates(small()) if c.kind == "fc"][:1]
+    first = confirm(small(), candidates, points=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert confirm(small(top=5), candidates, points=tmp_path) == first  # same scenario
+    other = confirm(small(agents=3), candidates, points=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert other != first
