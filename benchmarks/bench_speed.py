@@ -23,8 +23,10 @@ Rows (``--rows``; default: every row but ``figures`` and ``test``, which take mi
     .venv/bin/python benchmarks/bench_speed.py --base ../base           # before / after
 
 Each command runs in a fresh process (``python -m comem``, imports included) with the
-checkout first on ``PYTHONPATH``; the best of ``--repeat`` runs is kept. Prints a
-Markdown table (the README's speed table is this output) and exits 1 if a command fails.
+checkout first on ``PYTHONPATH``; the best of ``--repeat`` runs is kept, with its CPU
+seconds (user + system of the process and its workers: steadier than wall time on a
+shared machine, but a parallel command's CPU time is not its wall time). Prints a
+Markdown table (the README's speed table is this output); a failing command raises.
 Times on a shared machine are noisy: compare ratios measured in the same run.
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -94,10 +97,11 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
 DEFAULT_ROWS = ["dedicated", "colocated", "open-loop", "plan", "paper"]
 
 
-def _time(checkout: Path, row: str, repeat: int) -> float:
-    """Best wall seconds of the row's command on ``checkout`` (raises if it fails)."""
+def _time(checkout: Path, row: str, repeat: int) -> tuple[float, float]:
+    """Best wall seconds of the row's command on ``checkout``, and the CPU seconds (user
+    + system, worker processes included) of that run (raises if it fails)."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "COMEM_ALLOW_LARGE": "1"}
-    best = float("inf")
+    best = (float("inf"), float("inf"))
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as out:
             if row == "test":
@@ -105,12 +109,15 @@ def _time(checkout: Path, row: str, repeat: int) -> float:
             else:
                 args = [a.replace("{out}", out) for a in ROWS[row][2]]
                 cmd = [sys.executable, "-m", "comem", *args]
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"{row} on {checkout} failed:\n{proc.stderr[-2000:]}")
-        best = min(best, wall)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        best = min(best, (wall, cpu))
     return best
 
 
@@ -130,23 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
     args = parser.parse_args(argv)
     checkouts = [("now", ROOT)] + ([("base", args.base.resolve())] if args.base else [])
-    times: dict[tuple[str, str], float] = {}
+    times: dict[tuple[str, str], tuple[float, float]] = {}
     for row in args.rows:
         for name, checkout in checkouts:
-            times[row, name] = _time(checkout, row, args.repeat)
-            print(f"{row} ({name}): {times[row, name]:.2f} s", file=sys.stderr, flush=True)
-    head = "| row | goal | now |" + (" base | base / now |" if args.base else "")
+            wall, cpu = times[row, name] = _time(checkout, row, args.repeat)
+            print(f"{row} ({name}): {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr)
+    head = "| row | goal | now: wall (CPU) |"
+    if args.base:
+        head += " base: wall (CPU) | base / now: wall (CPU) |"
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
     for row in args.rows:
         now = times[row, "now"]
-        cell = f"{now:.1f} s"
+        cell = f"{now[0]:.1f} s ({now[1]:.1f} s)"
         if row == "colocated" and ("dedicated", "now") in times:
-            cell += f" ({now / times['dedicated', 'now']:.2f}x dedicated)"
+            ded = times["dedicated", "now"]
+            cell += f", {now[0] / ded[0]:.2f}x ({now[1] / ded[1]:.2f}x) dedicated"
         line = f"| {ROWS[row][0]} | {ROWS[row][1]} | {cell} |"
         if args.base:
             base = times[row, "base"]
-            line += f" {base:.1f} s | {base / now:.1f}x |"
+            line += f" {base[0]:.1f} s ({base[1]:.1f} s) |"
+            line += f" {base[0] / now[0]:.1f}x ({base[1] / now[1]:.1f}x) |"
         print(line)
     if "open-loop" in args.rows:
         print(f"\nopen-loop peer: {_peer()}")
