@@ -551,15 +551,19 @@ class Engine:
     def _run_iterations(self, run: Run) -> Generator[simpy.Event, Any, bool]:
         env = self.env
         full = run.iterations
-        ends = self._run_times(run)
         start = env.now
-        ready = self.scheduler.next_load_ready()
         cut = None
-        if ready is not None and start + ends[-1] >= ready:
-            # a CPU load completes: the iteration after the one in flight admits it
-            cut = int(np.searchsorted(start + ends, ready, side="left"))
         if self.gpus is not None and self.gpus.queue:
-            cut = 0  # another engine waits for the shared GPUs: one iteration, then its turn
+            # another engine waits for the shared GPUs: one iteration, then its turn
+            # (priced alone, as the first of the whole run would be)
+            cut = 0
+            ends = np.asarray(self._turn_durations(run, 1), dtype=float)
+        else:
+            ends = self._run_times(run)
+            ready = self.scheduler.next_load_ready()
+            if ready is not None and start + ends[-1] >= ready:
+                # a CPU load completes: the iteration after the one in flight admits it
+                cut = int(np.searchsorted(start + ends, ready, side="left"))
         if cut is not None and cut + 1 < run.iterations:
             ends = ends[: cut + 1]
             run.iterations = cut + 1
