@@ -496,15 +496,18 @@ class Engine:
 
     def _run_times(self, run: Run) -> np.ndarray:
         """End times of the run's iterations, relative to its start."""
-        return np.cumsum(self._run_durations(run, run.iterations))
-
-    def _run_durations(self, run: Run, m: int) -> Any:
-        """Durations of the run's first ``m`` iterations (a list or an array)."""
+        m, b, chunk = run.iterations, run.num_decode, run.chunk
+        kv0, cached0 = run.decode_kv_total0, run.prefill_cached0
         if m <= SCALAR_RUN_LIMIT:  # numpy's per-call cost exceeds the loop's
-            return self._scalar_durations(run, 0, m)
-        return self.latency.steady_iteration_times(
-            run.num_decode, run.decode_kv_total0, run.chunk, run.prefill_cached0, m
-        )
+            price = self.latency.iteration_time_of
+            news = [chunk] if chunk else []
+            acc = 0.0
+            ends = []
+            for j in range(m):
+                acc += price(b, kv0 + b * j, news, [cached0 + chunk * j] if chunk else [])
+                ends.append(acc)
+            return np.asarray(ends)
+        return np.cumsum(self.latency.steady_iteration_times(b, kv0, chunk, cached0, m))
 
     def _scalar_durations(self, run: Run, lo: int, hi: int) -> list[float]:
         """Durations of the run's iterations ``lo`` to ``hi - 1``, priced one by one."""
