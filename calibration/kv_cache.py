@@ -431,6 +431,14 @@ class _CpuRun:
         self.alive = True
 
 
+def _run_lo(run: _CpuRun) -> int:
+    return run.lo
+
+
+def _run_hi(run: _CpuRun) -> int:
+    return run.hi
+
+
 class OffloadTier:
     """vLLM's native CPU KV offloading (``--kv-offloading-backend native
     --kv-offloading-size GiB``; ``VLLM_FACTS.md`` section 3, vLLM 0.19): an LRU of KV
@@ -476,9 +484,10 @@ class OffloadTier:
         """Parts of ``[lo, hi)`` of stream ``uid`` that are NOT on the tier."""
         missing = []
         cur = lo
-        for run in self._runs.get(uid, ()):
-            if run.hi <= cur:
-                continue
+        runs = self._runs.get(uid, [])
+        # runs are disjoint and sorted: skip those ending at or before lo at once
+        for i in range(bisect.bisect_right(runs, lo, key=_run_hi), len(runs)):
+            run = runs[i]
             if run.lo >= hi:
                 break
             if run.lo > cur:
@@ -493,7 +502,7 @@ class OffloadTier:
     def _insert(self, uid: int, lo: int, hi: int, key: tuple[Any, ...]) -> None:
         runs = self._runs.setdefault(uid, [])
         run = _CpuRun(uid, lo, hi, key)
-        idx = bisect.bisect_left([r.lo for r in runs], lo)
+        idx = bisect.bisect_left(runs, lo, key=_run_lo)
         runs.insert(idx, run)
         self._push(run)
         self.blocks += hi - lo
@@ -542,7 +551,11 @@ class OffloadTier:
                 run.alive = False
                 heapq.heappop(heap)
                 runs = self._runs[run.uid]
-                runs.remove(run)
+                i = bisect.bisect_left(runs, run.hi, key=_run_hi)  # hi is unique
+                if i < len(runs) and runs[i] is run:
+                    del runs[i]
+                else:
+                    runs.remove(run)
 
     def run_length(self, stream: Stream, start: int, max_blocks: int) -> int:
         """Consecutive blocks of ``stream`` on the tier from block ``start`` (at most up to
@@ -553,9 +566,9 @@ class OffloadTier:
         for s, a, b in lineage_ranges(stream, self.block_size, start, max_blocks):
             if a != cur:
                 break
-            for run in self._runs.get(s.uid, ()):
-                if run.hi <= cur:
-                    continue
+            runs = self._runs.get(s.uid, [])
+            for i in range(bisect.bisect_right(runs, cur, key=_run_hi), len(runs)):
+                run = runs[i]
                 if run.lo > cur:
                     break
                 cur = min(run.hi, b)

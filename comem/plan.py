@@ -471,6 +471,13 @@ def _read_point(f: Path, key: str) -> dict[str, Any] | None:
     return value
 
 
+def _cost(spec: PlanSpec, c: Candidate) -> tuple[int, int]:
+    """Rough relative cost of simulating ``c``, for starting the longest first: a memory
+    engine on the agent's GPUs, then one of its own, then none; more agents per replica."""
+    placement = {"co-located": 2, "dedicated": 1}.get(c.memory_placement, 0)
+    return placement, math.ceil(spec.agents / c.agent_dp)
+
+
 def confirm(
     spec: PlanSpec,
     candidates: list[Candidate],
@@ -478,12 +485,13 @@ def confirm(
     points: Path | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Step 3: simulate candidates (resuming from ``points``: one JSON file per candidate,
-    named by :func:`point_key`). Returns results by ``Candidate.key()``."""
+    """Step 3: simulate candidates, the costliest first (resuming from ``points``: one JSON
+    file per candidate, named by :func:`point_key`). Returns results by
+    ``Candidate.key()``; the result does not depend on the number of workers."""
     done: dict[str, dict[str, Any]] = {}
     todo = []
     files: dict[str, str] = {}  # candidate key -> point key
-    for c in candidates:
+    for c in sorted(candidates, key=lambda c: _cost(spec, c), reverse=True):
         pk = files[c.key()] = point_key(spec, c)
         kept = _read_point(points / f"{pk}.json", pk) if points is not None else None
         if kept is not None:

@@ -15,8 +15,12 @@ for the run of identical-shape iterations ahead (until a request finishes, a pro
 completes, a block allocation would fail, the waiting head could be admitted) and
 prices the whole run in one vectorized call, as one SimPy timeout. A submission
 during a run stops it at the end of the iteration in flight, exactly where the
-iteration-stepped engine would see it. Results equal iteration stepping exactly in
-every count and to floating-point rounding in times (``tests/test_engine.py``,
+iteration-stepped engine would see it. Two engines sharing GPUs (:class:`SharedGpus`),
+which iteration stepping alternates one iteration each, run joint runs: the holder's run
+and the rest of the queued engine's, interleaved and priced together, cut at the first
+end of either run or at the iteration in flight when either gets a submission.
+Results equal iteration stepping exactly in every count and to floating-point rounding
+in times (``tests/test_engine.py``, ``tests/test_deployment.py``,
 ``benchmarks/bench_stepping.py``).
 """
 
@@ -271,6 +275,13 @@ class Engine:
         )
         self._wake: simpy.Event | None = None  # the idle engine waits on it
         self._in_run = False  # a run is in flight: a submission interrupts it
+        #: the rest of a run cut short to give the shared GPUs to the other engine: what
+        #: this engine runs next, until a submission changes its scheduler's state
+        self._parked: Run | None = None
+        #: a submission arrived since the engine last planned (its run's rest is stale)
+        self._stale = False
+        if gpus is not None:
+            gpus.members += 1
         self._ids = 0
         self.process = env.process(self._run()) if driver is None else None
 
@@ -373,6 +384,8 @@ class Engine:
 
     def _enqueue(self, req: Request) -> None:
         self.scheduler.add(req)
+        self._parked = None
+        self._stale = True
         if self.driver is not None:
             self.driver.notify()
         elif self._in_run:
@@ -381,6 +394,8 @@ class Engine:
             self.process.interrupt()
         elif self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self.gpus is not None:  # queued: stop a joint run that prices our iterations
+            self.gpus.stop_joint()
 
     def _enqueue_after(self, req: Request, delay: float) -> Generator[simpy.Event, Any, None]:
         """A fixed per-request cost outside the iteration loop (HTTP, tokenization),
@@ -438,7 +453,9 @@ class Engine:
                     req._done.succeed(req)
         return bool(events)
 
-    def _record_step(self, start: float, iterations: int, decode: int, chunks: list[int]) -> None:
+    def _record_step(
+        self, start: float, iterations: int, decode: int, chunks: list[int], end: float = math.nan
+    ) -> None:
         if not self.config.record_iterations:
             return
         kv = self.kv
@@ -446,7 +463,7 @@ class Engine:
             (
                 self.config.name,
                 start,
-                self.env.now - start,
+                (self.env.now if end != end else end) - start,
                 iterations,
                 decode,
                 len(chunks),
@@ -510,17 +527,64 @@ class Engine:
             return np.asarray(ends)
         return np.cumsum(self.latency.steady_iteration_times(b, kv0, chunk, cached0, m))
 
+    def _scalar_durations(self, run: Run, lo: int, hi: int) -> list[float]:
+        """Durations of the run's iterations ``lo`` to ``hi - 1``, priced one by one."""
+        b, chunk = run.num_decode, run.chunk
+        kv0, cached0 = run.decode_kv_total0, run.prefill_cached0
+        price = self.latency.iteration_time_of
+        news = [chunk] if chunk else []
+        return [
+            price(b, kv0 + b * j, news, [cached0 + chunk * j] if chunk else [])
+            for j in range(lo, hi)
+        ]
+
+    def _turn_durations(self, run: Run, n: int) -> Any:
+        """Durations of the run's first ``n`` iterations, each priced as the first of what
+        is left of the run would be (:meth:`_run_times`: vectorized while more than
+        ``SCALAR_RUN_LIMIT`` are left, one by one after)."""
+        vec = min(n, run.iterations - SCALAR_RUN_LIMIT)
+        if vec <= 0:
+            return self._scalar_durations(run, 0, n)
+        head = self.latency.steady_iteration_times(
+            run.num_decode, run.decode_kv_total0, run.chunk, run.prefill_cached0, vec
+        )
+        if vec == n:
+            return head
+        return np.concatenate([head, self._scalar_durations(run, vec, n)])
+
+    @staticmethod
+    def _rest(run: Run, done: int, full: int) -> Run | None:
+        """What is left of a run of ``full`` iterations after its first ``done``."""
+        if done >= full:
+            return None
+        d, chunk = run.num_decode, run.chunk
+        return Run(
+            full - done,
+            d,
+            run.decode_kv_total0 + d * done,
+            run.prefiller,
+            chunk,
+            run.prefill_cached0 + chunk * done,
+            None,
+            run.bound,
+        )
+
     def _run_iterations(self, run: Run) -> Generator[simpy.Event, Any, bool]:
         env = self.env
-        ends = self._run_times(run)
+        full = run.iterations
         start = env.now
-        ready = self.scheduler.next_load_ready()
         cut = None
-        if ready is not None and start + ends[-1] >= ready:
-            # a CPU load completes: the iteration after the one in flight admits it
-            cut = int(np.searchsorted(start + ends, ready, side="left"))
         if self.gpus is not None and self.gpus.queue:
-            cut = 0  # another engine waits for the shared GPUs: one iteration, then its turn
+            # another engine waits for the shared GPUs: one iteration, then its turn
+            # (priced alone, as the first of the whole run would be)
+            cut = 0
+            ends = np.asarray(self._turn_durations(run, 1), dtype=float)
+        else:
+            ends = self._run_times(run)
+            ready = self.scheduler.next_load_ready()
+            if ready is not None and start + ends[-1] >= ready:
+                # a CPU load completes: the iteration after the one in flight admits it
+                cut = int(np.searchsorted(start + ends, ready, side="left"))
         if cut is not None and cut + 1 < run.iterations:
             ends = ends[: cut + 1]
             run.iterations = cut + 1
@@ -540,22 +604,98 @@ class Engine:
         self._record_step(start, done, run.num_decode, chunks)
         if self.recorder.itl_samples and run.num_decode:
             self.recorder.add_itl(ends[:done].copy(), run.num_decode, start)
+        if self.gpus is not None and not self._stale and self.offload is None:
+            self._parked = self._rest(run, done, full)
         return fired
+
+    def _joint_run(self, run: Run, other: Engine) -> Generator[simpy.Event, Any, tuple[bool, bool]]:
+        """Our run and the rest of ``other``'s taking turns on the shared GPUs, ours first,
+        as one SimPy timeout: iteration stepping alternates the two engines' iterations one
+        by one, and neither engine's iterations depend on the other's. Stops at the end of
+        either run, or at the iteration in flight when either engine gets a submission.
+        Each iteration is priced, and its end time summed, as when the engines took turns
+        one iteration at a time. Returns whether the engine whose iteration came last fired
+        events, and whether it is us."""
+        env = self.env
+        gpus = self.gpus
+        rest = other._parked
+        assert gpus is not None and rest is not None
+        a_max = min(run.iterations, rest.iterations)  # ours
+        b_max = min(run.iterations - 1, rest.iterations)  # the other's, one behind
+        start = env.now
+        acc = np.empty(a_max + b_max + 1)
+        acc[0] = start
+        acc[1::2] = self._turn_durations(run, a_max)
+        acc[2::2] = other._turn_durations(rest, b_max)
+        times = np.cumsum(acc)  # start, then each turn's end: the sums SimPy would make
+        last = len(times) - 2  # index of the last turn
+        self._in_run = True
+        gpus.joint = self
+        try:
+            yield env.timeout(_delay_to(start, float(times[last + 1])))
+        except simpy.Interrupt:
+            k = int(np.searchsorted(times[1:], env.now, side="left"))
+            last = min(k, last)
+            yield env.timeout(_delay_to(env.now, float(times[last + 1])))
+        self._in_run = False
+        gpus.joint = None
+        a, b = last // 2 + 1, (last + 1) // 2
+        fired, ours_rest = self._advance(run, a, times[0::2], times[1::2])
+        if b:
+            fired_other, rest_rest = other._advance(rest, b, times[1::2], times[2::2])
+            fired |= fired_other
+            if other._parked is rest:
+                other._parked = rest_rest
+        ours = last % 2 == 0
+        if ours and not self._stale:
+            self._parked = ours_rest
+        return fired, ours
+
+    def _advance(
+        self, run: Run, n: int, starts: np.ndarray, ends: np.ndarray
+    ) -> tuple[bool, Run | None]:
+        """Apply the first ``n`` iterations of ``run`` that took turns on shared GPUs
+        (``starts``, ``ends``: each one's times), recording the state before the last one
+        and after it (as iteration stepping, whose rows hold the run's KV peak when its
+        last iteration frees blocks). Returns whether events fired, and the run's rest."""
+        sched = self.scheduler
+        fired = False
+        if n > 1:
+            fired = self._fire(sched.apply_run(run, n - 1))
+            chunks = [run.chunk] * (n - 1) if run.chunk else []
+            self._record_step(float(starts[0]), n - 1, run.num_decode, chunks, float(ends[n - 2]))
+            tail = self._rest(run, n - 1, run.iterations)
+            assert tail is not None
+            run = tail
+        fired |= self._fire(sched.apply_run(run, 1))
+        chunks = [run.chunk] if run.chunk else []
+        self._record_step(float(starts[n - 1]), 1, run.num_decode, chunks, float(ends[n - 1]))
+        return fired, self._rest(run, 1, run.iterations)
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         sched = self.scheduler
+        gpus = self.gpus
+        holding = False  # we keep the shared GPUs after a joint run the other engine ended
         while True:
             if sched.idle:
+                if holding:
+                    assert gpus is not None
+                    gpus.release(self)
+                    holding = False
                 sched.settle()
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
                 continue
-            gpus = self.gpus
-            if gpus is not None:  # the shared GPUs are ours for the next step
-                yield gpus.acquire(self)
+            # the shared GPUs are ours for the next step (SERVED: the other engine ran our
+            # iterations and fired their events; we go on as if we had released them)
+            if gpus is not None and not holding and (yield gpus.acquire(self)) is SERVED:
+                continue
+            holding = False
             sched.now = env.now
+            self._parked = None
+            self._stale = False
             plan = sched.next(MAX_RUN_ITERATIONS)
             if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
                 if gpus is not None:
@@ -568,7 +708,19 @@ class Engine:
                 yield env.timeout(max(0.0, ready - env.now)) | self._wake
                 self._wake = None
                 continue
-            if isinstance(plan, Run):
+            other = gpus.partner(self) if gpus is not None and isinstance(plan, Run) else None
+            if other is not None:
+                assert gpus is not None and isinstance(plan, Run)
+                fired, ours = yield from self._joint_run(plan, other)
+                if not ours:
+                    # as if the other engine released the GPUs to us after its iteration
+                    holding = True
+                    resume = env.timeout(0)
+                    if fired:
+                        gpus.serve(other)
+                    yield resume
+                    continue
+            elif isinstance(plan, Run):
                 fired = yield from self._run_iterations(plan)
             else:
                 fired = yield from self._one_iteration(plan)
@@ -579,19 +731,41 @@ class Engine:
                 yield env.timeout(0)
 
 
+def _delay_to(now: float, t: float) -> float:
+    """The delay that takes SimPy's clock from ``now`` to exactly ``t`` (``now + (t - now)``
+    can miss ``t`` by a rounding step)."""
+    d = max(0.0, t - now)
+    for _ in range(4):
+        got = now + d
+        if got == t:
+            break
+        d = max(0.0, math.nextafter(d, math.inf if got < t else -math.inf))
+    return d
+
+
+#: what a queued engine's ``acquire`` event gives when the holder ran its iterations
+#: in a joint run and fired their events: it goes on as if it had released the GPUs
+SERVED = object()
+
+
 class SharedGpus:
     """GPUs shared by several engines (``gpu_group``: a memory model co-located with the
     agent). Two vLLM processes on one GPU without MPS time-slice it; this model lets
     their iterations take turns, first come first served: an engine holds the GPUs for
     one step, and a run of iterations is cut at the iteration in flight when another
-    engine of the group asks for them. Memory is split by each engine's own
-    ``gpu_memory_utilization``."""
+    engine of the group asks for them. With two engines in event stepping, the holder
+    runs its run and the rest of the queued engine's (:meth:`Engine._joint_run`) as one
+    step. Memory is split by each engine's own ``gpu_memory_utilization``."""
 
     def __init__(self, env: simpy.Environment, name: str) -> None:
         self.env = env
         self.name = name
         self.holder: Engine | None = None
         self.queue: deque[tuple[Engine, simpy.Event]] = deque()
+        #: engines in the group (each counts itself in)
+        self.members = 0
+        #: the holder while it runs a joint run (its iterations and the queued engine's)
+        self.joint: Engine | None = None
 
     def acquire(self, engine: Engine) -> simpy.Event:
         ev = self.env.event()
@@ -605,6 +779,32 @@ class SharedGpus:
             holder._in_run = False
             holder.process.interrupt()
         return ev
+
+    def partner(self, engine: Engine) -> Engine | None:
+        """The engine ``engine`` (the holder) can run a joint run with: the other of a
+        two-engine group, queued, with the rest of a run parked (event stepping, no CPU
+        KV tier, no per-token ITL samples)."""
+        if self.members != 2 or len(self.queue) != 1:
+            return None
+        other = self.queue[0][0]
+        if other._parked is None or engine.offload is not None:
+            return None
+        if engine.recorder.itl_samples or other.recorder.itl_samples:
+            return None
+        return other
+
+    def serve(self, engine: Engine) -> None:
+        """Take the queued ``engine`` out of the queue: the holder ran its iterations."""
+        other, ev = self.queue.popleft()
+        assert other is engine
+        ev.succeed(SERVED)
+
+    def stop_joint(self) -> None:
+        """A queued engine got a submission: stop a joint run at the iteration in flight."""
+        eng = self.joint
+        if eng is not None and eng._in_run and eng.process is not None:
+            eng._in_run = False
+            eng.process.interrupt()
 
     def release(self, engine: Engine) -> None:
         if self.holder is not engine:

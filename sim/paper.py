@@ -15,6 +15,8 @@ how far each moves the speedup.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -82,20 +84,57 @@ def paper_files(directory: str | Path | None = None) -> list[Path]:
     return files
 
 
-def _run_one(job: tuple[str, tuple[str, ...]]) -> list[dict[str, Any]]:
-    """Run one scenario file (in a worker process) and return its table rows."""
-    from sim.compare import compare
-    from sim.scenario import load_scenario, run_scenario
+#: one scenario run: its file and its --set overrides
+Job = tuple[str, tuple[str, ...]]
 
-    path, sets = job
+
+def _architecture_key(path: str, scenario: Any, index: int) -> str:
+    """What one architecture's simulation depends on: equal keys, equal results (the
+    workload and its seed, the engine defaults, the architecture, the file's folder for
+    relative trace paths), so a run shared by several scenarios is simulated once."""
+    data = {
+        "dir": str(Path(path).resolve().parent),
+        "seed": scenario.seed,
+        "engine": scenario.engine.model_dump(mode="json"),
+        "workload": scenario.workload.model_dump(mode="json"),
+        "architecture": scenario.architectures[index].model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cost(scenario: Any, index: int) -> int:
+    """A rough relative cost of one architecture's simulation (the longest go first)."""
+    from sim.scenario import agent_steps
+
+    steps = agent_steps(scenario)[0] // len(scenario.architectures)
+    return steps * (2 if scenario.architectures[index].memory is not None else 1)
+
+
+def _run_architecture(path: str, sets: tuple[str, ...], index: int) -> Any:
+    """Simulate architecture ``index`` of one scenario (in a worker process) on the
+    scenario's sampled tasks, as :func:`sim.scenario.run_scenario` does."""
+    import numpy as np
+
+    from sim.scenario import check_iterations, load_scenario, run_architecture
+
     scenario = load_scenario(path, list(sets))
-    result = run_scenario(scenario)
-    comparison = compare(result.results)
-    summaries = result.summary()["architectures"]
+    tasks = scenario.workload.tasks(np.random.default_rng(scenario.seed))
+    check_iterations(scenario, tasks)
+    return run_architecture(scenario, scenario.architectures[index], tasks)
+
+
+def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
+    """The table rows of one scenario from its architectures' results."""
+    from sim.compare import compare
+    from sim.scenario import ScenarioResult
+
+    comparison = compare(results)
+    # the scenario's summary: each architecture's figures and its resolve rate
+    summaries = ScenarioResult(scenario, results).summary()["architectures"]
     ref = comparison["reference"]
     info = scenario.paper
     rows = []
-    for r in result.results:
+    for r in results:
         if r.config.kind == "fc" or ref is None:
             continue
         own, base = summaries[r.config.name], summaries[ref]
@@ -125,28 +164,52 @@ def _run_one(job: tuple[str, tuple[str, ...]]) -> list[dict[str, Any]]:
 
 
 def run_jobs(
-    jobs: list[tuple[str, tuple[str, ...]]],
+    jobs: list[Job],
     workers: int = 1,
     on_done: Callable[[], None] | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Run scenario jobs, in order of ``jobs`` whatever the number of workers."""
-    if workers <= 1 or len(jobs) <= 1:
-        out = []
-        for job in jobs:
-            out.append(_run_one(job))
-            if on_done is not None:
-                on_done()
-        return out
-    results: list[list[dict[str, Any]] | None] = [None] * len(jobs)
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = {pool.submit(_run_one, job): i for i, job in enumerate(jobs)}
+    """Run scenario jobs and return each one's rows, in order of ``jobs``, equal whatever
+    the number of workers. Each architecture is one task (the costliest first), and an
+    architecture that several jobs run alike (the full-context reference of variants
+    that change only CoMem) is simulated once. ``on_done``: once per finished job."""
+    from sim.scenario import load_scenario
+
+    scenarios = [load_scenario(path, list(sets)) for path, sets in jobs]
+    keys = [
+        [_architecture_key(path, sc, i) for i in range(len(sc.architectures))]
+        for (path, _), sc in zip(jobs, scenarios, strict=True)
+    ]
+    tasks: dict[str, tuple[int, str, tuple[str, ...], int]] = {}
+    for (path, sets), sc, ks in zip(jobs, scenarios, keys, strict=True):
+        for i, k in enumerate(ks):
+            tasks.setdefault(k, (-_cost(sc, i), path, sets, i))
+    order = sorted(tasks, key=lambda k: tasks[k][0])  # stable: ties keep job order
+    results: dict[str, Any] = {}
+    left = [len(set(ks)) for ks in keys]
+    out: list[list[dict[str, Any]] | None] = [None] * len(jobs)
+
+    def finish(key: str, result: Any) -> None:
+        results[key] = result
+        for j, ks in enumerate(keys):
+            if key in ks:
+                left[j] -= 1
+                if left[j] == 0:
+                    path = jobs[j][0]
+                    out[j] = _rows(path, scenarios[j], [results[k] for k in ks])
+                    if on_done is not None:
+                        on_done()
+
+    if workers <= 1 or len(order) <= 1:
+        for k in order:
+            finish(k, _run_architecture(*tasks[k][1:]))
+    else:
         from concurrent.futures import as_completed
 
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
-            if on_done is not None:
-                on_done()
-    return [r or [] for r in results]
+        with ProcessPoolExecutor(max_workers=min(workers, len(order))) as pool:
+            futures = {pool.submit(_run_architecture, *tasks[k][1:]): k for k in order}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result())
+    return [r or [] for r in out]
 
 
 def run_paper(
@@ -156,7 +219,7 @@ def run_paper(
     on_done: Callable[[], None] | None = None,
 ) -> list[PaperRow]:
     """Run every paper scenario; one row per CoMem architecture per file."""
-    jobs = [(str(f), tuple(sets or [])) for f in files]
+    jobs: list[Job] = [(str(f), tuple(sets or [])) for f in files]
     rows = [PaperRow(**row) for chunk in run_jobs(jobs, workers, on_done) for row in chunk]
     return rows
 
@@ -255,7 +318,7 @@ def sensitivity(
 ) -> dict[str, Any]:
     """The base experiment's speedup, and what each variation of one assumption makes of
     it (``metric``: a :mod:`sim.compare` metric; the 'metric' axis may vary it too)."""
-    jobs: list[tuple[str, tuple[str, ...]]] = [(str(base), ())]
+    jobs: list[Job] = [(str(base), ())]
     keys: list[tuple[str, str]] = []
     for axis, options in axes.items():
         for label, sets in options:

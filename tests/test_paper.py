@@ -49,3 +49,33 @@ def test_comem_paper_prints_and_writes_the_table(tmp_path):
     for name in ("paper_table.csv", "paper_table.md", "paper_speedups.png"):
         assert (tmp_path / name).is_file()
     assert "speedup (llm)" in (tmp_path / "paper_table.md").read_text()
+
+
+def test_paper_jobs_share_equal_architectures_and_do_not_depend_on_workers(monkeypatch):
+    """The two GLM-4.7 synthetic variants have the same full-context run: simulated once,
+    and the rows are those of each scenario run on its own, with 1 or 2 workers."""
+    import sim.paper as paper
+    from sim.scenario import run_scenario
+
+    files = [
+        str(PAPER_DIR / "glm47_synthetic_benchmark__agent_dedicated_tp4.toml"),
+        str(PAPER_DIR / "glm47_synthetic_benchmark__agent_colocated_with_memory.toml"),
+    ]
+    jobs = [(f, tuple(TINY)) for f in files]
+    calls = []
+    run = paper._run_architecture
+
+    def counted(path, sets, index):
+        calls.append((Path(path).name, index))
+        return run(path, sets, index)
+
+    monkeypatch.setattr(paper, "_run_architecture", counted)
+    one = paper.run_jobs(jobs, workers=1)
+    assert len(calls) == 3  # FC once, each CoMem once
+    alone = [
+        paper._rows(f, sc, run_scenario(sc).results)
+        for f, sc in ((f, load_scenario(f, TINY)) for f in files)
+    ]
+    assert one == alone
+    monkeypatch.undo()  # worker processes pickle the module's own function
+    assert paper.run_jobs(jobs, workers=2) == one

@@ -102,3 +102,17 @@ def test_a_resolve_loss_limit_changes_the_choice_and_both_columns_show():
     assert all(not r.meets_resolve for r in limited if r.candidate["kind"] == "kso")
     table = table_markdown(limited, limit=len(limited))
     assert "resolve % [95%]" in table and "loses too many resolved tasks" in table
+
+
+def test_points_are_reused_only_for_the_same_simulation(tmp_path):
+    """A point is named by the scenario it ran: another plan in the same folder reuses
+    it when it asks for the same simulation, and simulates anew when the workload differs."""
+    candidates = [c for c in enumerate_candidates(small()) if c.kind == "fc"][:1]
+    first = confirm(small(), candidates, points=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    again = confirm(small(top=5), candidates, points=tmp_path)  # the same scenario
+    strip = lambda d: {k: {f: v for f, v in r.items() if f != "point"} for k, r in d.items()}  # noqa: E731
+    assert strip(again) == strip(first)
+    other = confirm(small(agents=3), candidates, points=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2
+    assert other != first
