@@ -1,27 +1,20 @@
-"""Each attention family as the shapes the fitted attention and GEMM ops price.
+"""Each attention family as the shapes its fitted ops price, per GPU of a TP engine.
 
-The kernel tables time grouped-query attention (``context_attention`` / ``generation_attention``)
-over any heads and head dims, and GEMMs of any shape. Every family is priced as the work its
-kernels do, mapped onto those ops by matching the two quantities the op models scale with:
-HBM bytes per cached token and FLOPs per (query, key) pair (``opmodels``' rooflines):
+* GQA, full or sliding layers: the GQA attention ops (``context_attention`` /
+  ``generation_attention``) as fitted; a sliding layer reads at most its window.
+* MLA / DSA: ops fitted on their own module tables (``mla_*`` / ``dsa_*``,
+  :mod:`calibration.family_fit`), with the shapes of vLLM's kernels: decode is absorbed MLA,
+  every query head reading the one latent vector of ``kv_lora_rank + qk_rope_head_dim``
+  values per token (one KV "head" of half the latent width, so K + V bytes are one latent;
+  the query heads scaled to ``2 x (latent + kv_lora_rank)`` FLOPs per head and token);
+  prefill up-projects the cache and runs MHA of ``nq`` heads at the mean of the q/k width
+  ``qk_nope + qk_rope`` and the v width. DSA's module includes its indexer.
+* Gated DeltaNet layers: ops fitted on ``gdn_perf``; decode reads and writes each request's
+  recurrent state (``linear_k_dim`` "tokens" of ``linear_v_heads`` heads of
+  ``linear_v_dim`` in the state's dtype); prefill is linear in the chunk's tokens.
 
-* GQA, full or sliding layers: the ops as fitted (a sliding layer reads at most its window).
-* MLA decode (vLLM's absorbed MLA backends): every query head reads the one latent vector of
-  ``kv_lora_rank + qk_rope_head_dim`` values per token (K) and its first ``kv_lora_rank``
-  (V): one KV "head" of half the latent width (so K + V bytes are one latent), with the query
-  heads scaled so that FLOPs per token are ``2 x (latent + kv_lora_rank)`` per head.
-* MLA prefill (vLLM up-projects the cache and runs MHA): ``nq`` heads of q/k width
-  ``qk_nope + qk_rope`` and v width ``v_head_dim``, priced at their mean width.
-* DSA: MLA over at most ``index_topk`` keys per query (a window on the attended keys), plus
-  the indexer: ``index_n_heads`` heads of ``index_head_dim`` scoring every cached key (fp8
-  keys, 132 bytes a token).
-* Gated DeltaNet layers: decode reads and writes each request's recurrent state (like
-  attention over ``linear_k_dim`` "tokens" of ``linear_v_heads`` heads of ``linear_v_dim``
-  in the state's dtype); prefill is the chunked delta rule, each token working with the
-  64 tokens of its chunk (a window of 64) over the value heads.
-
-``calibration.report`` / tests compare these mappings with the families' own kernel tables
-(``mla_*_module_perf``, ``gdn_perf``) where ``shared/`` has them.
+:func:`projection_gemms` lists the attention / linear layers' projection GEMMs, priced by
+the profile's GEMM op (the module fits subtract them, so they are not counted twice).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from calibration.profile import (
     FrameworkOverhead,
     Profile,
     code_commit,
+    op_form,
 )
 from calibration.registry import GpuSpec, check_dtype, compute_dtype, get_gpu, get_model
 
@@ -34,6 +35,10 @@ DEVICE_NAMES = {
     "NVIDIA A100-SXM4-80GB": "a100_sxm",
     "NVIDIA L40S": "l40s",
 }
+
+#: The routing a MoE op is fitted on when a table has no balanced rows (A100's): aiconfigurator's
+#: least skewed power law.
+SKEWED_ROUTING = "power_law_1.01"
 
 #: A roofline that misses its own table by more than this (MAPE) means the table is
 #: physically inconsistent, not that the model is too simple (see fit_kernel_ops).
@@ -115,6 +120,12 @@ def fit_kernel_ops(
     f, y = om.gemm_rows(tables.gemm, "bf16")
     ops["gemm_bf16"] = fit_op(om.GEMM, f, y, hw_bf16)
     f, y = om.moe_rows(tables.moe, dtype)
+    if len(y) < 4 and len(om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)[1]) >= 4:
+        f, y = om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)
+        notes.append(
+            f"moe: no balanced-routing rows (A100's table has only power-law routing); fitted"
+            f" on {SKEWED_ROUTING}, whose busiest expert sets the time: an upper bound"
+        )
     if len(y) >= 4:
         ops["moe"] = fit_op(om.MOE, f, y, hw_dtype)
         ep_rows = int(np.sum(f["ep"] > 1))
@@ -554,11 +565,50 @@ def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> lis
             prof.ops |= family
             kept = [n for n in prof.provenance.get("notes", []) if not n.startswith(FAMILIES)]
             prof.provenance["notes"] = kept + notes
+            fallback = None
+            if name == "h200_sxm":  # as build_default_profiles fits it
+                fallback = load_kernel_tables(kernels / "h100_sxm" / "vllm-0.19.0")
+            add_cross_validation(prof, tables, fallback)
             prof.provenance["family_ops"] = (
-                f"added by add_family_ops at {code_commit()}, {_dt.date.today().isoformat()}"
+                f"family ops and every op's cv added by add_family_ops at {code_commit()},"
+                f" {_dt.date.today().isoformat()}"
             )
             written.append(prof.save(out / profile_path(name, dtype).name))
     return written
+
+
+def _op_rows(
+    key: str, tables: KernelTables, dtype: str, fallback: KernelTables | None
+) -> tuple[om.Features, np.ndarray] | None:
+    """The rows ``fit_kernel_ops`` fits op ``key`` on (None: not one of its ops)."""
+    kv = "fp8" if key.endswith(FP8_KV_SUFFIX) else "bf16"
+    base = key.removesuffix(FP8_KV_SUFFIX)
+    if base in ("gemm", "gemm_bf16", "gemm_fp8_tensor"):
+        kernel = om.FP8_TENSOR_KERNEL if base == "gemm_fp8_tensor" else None
+        return om.gemm_rows(tables.gemm, "bf16" if base == "gemm_bf16" else dtype, kernel)
+    if base == "moe":
+        return om.moe_rows(tables.moe, dtype)
+    if base == "context_attention":
+        source = fallback if fallback is not None else tables
+        return om.context_rows(source.context_attention, kv)
+    if base == "generation_attention":
+        return om.generation_rows(tables.generation_attention, kv)
+    if base.startswith("allreduce_"):
+        return om.allreduce_rows(tables.allreduce, int(base.split("_")[1]))
+    return None
+
+
+def add_cross_validation(
+    prof: Profile, tables: KernelTables, fallback: KernelTables | None = None
+) -> None:
+    """Record every kernel op's shape-held-out cross-validated error (``stats["cv"]``) in a
+    profile fitted without it; its parameters are left as they are."""
+    for key, fit in prof.ops.items():
+        rows = _op_rows(key, tables, prof.dtype, fallback)
+        if rows is None or "cv" in fit.stats:
+            continue
+        f, y = rows
+        fit.stats["cv"] = om.cross_validate(op_form(key), f, y, fit.hw)
 
 
 #: The family op prefixes (calibration.family_fit).

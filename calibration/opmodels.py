@@ -455,10 +455,12 @@ def kernel_dtype(values: pd.Series, dtype: str, moe: bool = False) -> str:
     return name
 
 
-def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
+def moe_rows(
+    df: pd.DataFrame, dtype: str, distribution: str = "balanced"
+) -> tuple[Features, np.ndarray]:
     """Fused-MoE rows on one node: tensor-parallel (``moe_tp_size`` <= 8, one rank's
     slice of every expert) and expert-parallel (``moe_ep_size`` 2-8, one rank's whole
-    experts, all tokens), balanced routing."""
+    experts, all tokens), ``distribution`` routing (balanced unless the table has none)."""
     name = kernel_dtype(df["moe_dtype"], dtype, moe=True)
     one_node = ((df["moe_ep_size"] == 1) & (df["moe_tp_size"] <= 8)) | (
         (df["moe_tp_size"] == 1) & (df["moe_ep_size"] <= 8)
@@ -466,7 +468,7 @@ def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
     rows = df[
         (df["moe_dtype"] == name)
         & one_node
-        & (df["distribution"] == "balanced")
+        & (df["distribution"] == distribution)
         & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
         & (df["num_tokens"] <= 16384)
     ]

@@ -708,6 +708,15 @@ def get_gpu(name: str) -> GpuSpec:
     raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
 
 
+def serve_batch_defaults(gpu: GpuSpec) -> tuple[int, int]:
+    """``vllm serve``'s default (max_num_batched_tokens, max_num_seqs) on ``gpu``: 8192 /
+    1024 on GPUs of 70 GiB or more except A100, else 2048 / 256 (VLLM_FACTS C,
+    ``engine/arg_utils.py`` ``get_batch_defaults``)."""
+    if gpu.memory_gib >= 70 and not gpu.name.startswith("a100"):
+        return 8192, 1024
+    return 2048, 256
+
+
 def profile_run_bytes(
     model: ModelSpec, tp: int, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024
 ) -> int:

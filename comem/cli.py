@@ -810,6 +810,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from sim.config import validate
 
     args.dtype = _weight_dtype(args)
+    from calibration.registry import get_gpu, serve_batch_defaults
+
+    tokens, seqs = serve_batch_defaults(get_gpu(args.gpu))
+    if args.max_num_batched_tokens is None:
+        args.max_num_batched_tokens = tokens
+    if args.max_num_seqs is None:
+        args.max_num_seqs = seqs
     engine: dict[str, Any] = {
         "name": "bench-serve",
         "model": args.model,
@@ -1417,10 +1424,12 @@ def _print_gpu(g: Any, profiles: list[tuple[str, str, str]]) -> None:
             for d in dtypes
         }
     )
+    fp8_kv = any("generation_attention_fp8kv" in default_profile(g.name, d).ops for d in dtypes)
+    kv = ("bf16, fp8" if fp8_kv else "bf16") if dtypes else "none"
     print(
         f"{g.name:9s} {g.memory_gib:6.1f} GiB  {g.hbm_bandwidth_Bps / 1e12:.2f} TB/s  "
         f"TFLOP/s {peaks}  kernels: vLLM {', '.join(versions) or '-'},"
-        f" dtypes {', '.join(dtypes) or 'none'}"
+        f" weights {', '.join(dtypes) or 'none'}, KV cache {kv}"
     )
     memory = g.memory_assumption or "measured (torch.cuda.mem_get_info total on the GPU)"
     print(f"{'':9s} memory vLLM sizes the KV cache from: {memory}")
@@ -1444,6 +1453,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         for gpu, framework, dtype in available_profiles():
             print(f"{gpu:10s} {framework:12s} {dtype}")
+    return 0
+
+
+def cmd_calibrate_cv(args: argparse.Namespace) -> int:
+    """Per op of every embedded profile (or those of ``--gpu``): in-sample and
+    cross-validated (whole shapes held out) MAPE."""
+    from calibration.profile import available_profiles, default_profile
+
+    print("gpu       dtype  op                          rows  MAPE   CV MAPE  CV p90")
+    for gpu, _, dtype in available_profiles():
+        if args.gpu and gpu not in args.gpu:
+            continue
+        for key, fit in sorted(default_profile(gpu, dtype).ops.items()):
+            own, cv = fit.stats.get("with_lattice", {}), fit.stats.get("cv")
+            cv_text = f"{cv['mape']:7.1%}  {cv['p90']:6.1%}" if cv else "      -       -"
+            print(
+                f"{gpu:9s} {dtype:6s} {key:27s} {own.get('rows', 0):6d}"
+                f" {own.get('mape', math.nan):6.1%} {cv_text}"
+            )
     return 0
 
 
@@ -1512,6 +1540,16 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overhead-from", help="copy the overhead term from this profile")
     _add_allow_large(fit)
     fit.set_defaults(func=cmd_calibrate_fit)
+
+    cvp = cal_sub.add_parser(
+        "cv",
+        help="per-op error of the embedded profiles: in-sample and cross-validated",
+        description="Every op of every embedded profile: its MAPE on its table and, where"
+        " fitted with it (the GPUs beyond H100/H200 bf16/fp8, the family ops), its 5-fold"
+        " cross-validated MAPE with whole shapes held out.",
+    )
+    cvp.add_argument("--gpu", nargs="+", help="only these GPUs")
+    cvp.set_defaults(func=cmd_calibrate_cv)
 
     bld = cal_sub.add_parser("build-defaults", help="regenerate the embedded profiles")
     bld.add_argument("--shared", required=True, help="the shared/ data checkout")
@@ -1645,8 +1683,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
         " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
     )  # fmt: skip
-    bs.add_argument("--max-num-batched-tokens", type=_token_count, default=8192)
-    bs.add_argument("--max-num-seqs", type=_token_count, default=1024)
+    bs.add_argument(
+        "--max-num-batched-tokens", type=_token_count,
+        help="[vLLM serve's default: 8192 on GPUs of 70 GiB or more but A100, else 2048]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--max-num-seqs", type=_token_count,
+        help="[vLLM serve's default: 1024 on GPUs of 70 GiB or more but A100, else 256]",
+    )  # fmt: skip
     bs.add_argument("--max-model-len", type=_token_count)
     bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     bs.add_argument("--kv-capacity-tokens", type=_token_count, help="KV cache size override")
