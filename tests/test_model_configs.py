@@ -297,7 +297,7 @@ def test_checkpoint_dtype_is_read_from_the_checkpoint(tmp_path: Path) -> None:
     assert out["Qwen/Qwen3-32B-FP8", "auto"]["latency_s"] == out["qwen3-32b", "fp8"]["latency_s"]
     assert out["qwen3-32b", "bfloat16"]["dtype"] == "bf16"
     assert_user_error(
-        run_comem("predict-static", "--model", "qwen3-32b", "--dtype", "int4"), "int4"
+        run_comem("predict-static", "--model", "qwen3-32b", "--dtype", "int3"), "int3"
     )
 
 
