@@ -393,9 +393,9 @@ def _model_index() -> dict[str, ModelSpec]:
 
 _MODEL_INDEX = _model_index()
 
-#: Checkpoint suffixes that do not change the architecture: an FP8 checkpoint or an
+#: Checkpoint suffixes that do not change the architecture: an FP8 / NVFP4 checkpoint or an
 #: instruction-tuned model is priced as its base (the weight dtype is its own argument).
-_VARIANT_SUFFIXES = ("-fp8", "-instruct")
+_VARIANT_SUFFIXES = ("-fp8-dynamic", "-fp8", "-nvfp4", "-fp4", "-instruct")
 
 
 def _hf_cache_config(hf_id: str) -> Path | None:
@@ -453,8 +453,10 @@ def get_model(name: str) -> ModelSpec:
     for suffix in _VARIANT_SUFFIXES:
         if stripped.endswith(suffix):
             stripped = stripped[: -len(suffix)]
-            if stripped in _MODEL_INDEX:
-                return _MODEL_INDEX[stripped]
+            # a quantized re-upload under another org (nvidia/DeepSeek-R1-FP4): its repo name
+            for candidate in (stripped, stripped.split("/", 1)[-1]):
+                if candidate in _MODEL_INDEX:
+                    return _MODEL_INDEX[candidate]
     raise UnknownNameError(
         f"unknown model '{name}'; known: {', '.join(MODELS)}; or the path of a Hugging Face"
         " config.json"

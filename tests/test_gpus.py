@@ -91,6 +91,10 @@ def test_checkpoints_load_in_their_own_dtype() -> None:
     assert checkpoint_dtype("gpt-oss-120b") == "mxfp4"
     assert checkpoint_dtype("deepseek-v3") == "fp8" and checkpoint_dtype("glm-5") == "bf16"
     assert checkpoint_dtype("nvidia/DeepSeek-R1-NVFP4") == "fp4"
+    # a quantized re-upload under another org is priced as its base architecture
+    assert get_model("nvidia/DeepSeek-R1-0528-FP4").alias == "deepseek-v3"
+    assert get_model("nvidia/Llama-3.3-70B-Instruct-FP4").alias == "llama-3.1-70b"
+    assert checkpoint_dtype("nvidia/Llama-3.3-70B-Instruct-FP4") == "fp4"
     modelopt = {"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4"}}
     assert quantization_dtype(modelopt) == "fp4"
     w4a8 = {
