@@ -53,6 +53,7 @@ PUBLISHED_B = {
     "kimi-k2-instruct": 1040.0,
     "kimi-k2.5": 1040.0,
     "gpt-oss-120b": 116.8,
+    "gpt-oss-20b": 21.0,
     "glm-5": 744.0,
 }
 
