@@ -166,6 +166,12 @@ class LatencyModel:
     and the router stay tensor-parallel. Tokens are replicated (no all-to-all) and the
     layer's TP all-reduce sums the ranks' outputs, as without it. A dense model has no
     experts to split: asking for it is an error (vLLM ignores the flag there).
+
+    ``data_parallel_size`` with ``expert_parallel``: the model is one of that many DP ranks
+    whose experts span all of them (EP = TP x DP): the MoE layers run over every rank's
+    tokens (this rank's count times the DP size, as vLLM pads the ranks to the largest) with
+    an all-gather and a reduce-scatter per MoE layer, and each GPU holds ``1 / (TP x DP)``
+    of the routed experts. Without expert parallelism the DP size does not change a rank.
     """
 
     def __init__(
@@ -182,6 +188,7 @@ class LatencyModel:
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 1024,
         framework: str | None = None,
+        data_parallel_size: int = 1,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
@@ -211,6 +218,15 @@ class LatencyModel:
                 f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
             )
         self.tp = tp
+        #: data-parallel ranks the experts span (``--data-parallel-size`` with
+        #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
+        self.dp = int(data_parallel_size) if expert_parallel else 1
+        if self.dp > 1 and tp * self.dp not in SUPPORTED_TP[1:]:
+            raise ComemInputError(
+                f"data_parallel_size {self.dp} x tp {tp} = {tp * self.dp} expert-parallel ranks:"
+                " their all-gather / reduce-scatter is priced from the all-reduce tables,"
+                " measured on 2, 4 or 8 GPUs of one node"
+            )
         if profile is not None and (profile.gpu, profile.dtype) != (self.gpu.name, self.dtype):
             # a profile's op fits price one GPU's kernels in one dtype; the KV capacity
             # and weights come from the engine's GPU: mixed, they describe no machine
@@ -226,9 +242,11 @@ class LatencyModel:
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
-        self.ep = tp if expert_parallel else 1
+        self.ep = tp * self.dp if expert_parallel else 1
         if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
             self.profile.op(f"allreduce_{tp}")
+        if self.dp > 1:
+            self.profile.op(f"allreduce_{self.ep}")
         #: profile op keys of the dense GEMMs and of the two attentions
         self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
         #: bytes per weight of the dense GEMMs (the weight-only dtypes keep them bf16)
@@ -246,8 +264,9 @@ class LatencyModel:
             )
         # Raises a clear error when the weights do not fit at this TP.
         self.kv_budget_bytes_per_gpu = fits_in_memory(
-            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes()
-        )
+            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes(),
+            expert_ranks=self.ep if self.dp > 1 else None,
+        )  # fmt: skip
         m = self.model
         self.q_heads = m.q_heads // tp
         # vLLM replicates KV heads when tp exceeds their number.
@@ -363,8 +382,9 @@ class LatencyModel:
         and the profiling run's peak (vLLM's sizing; GPU memory as ``memory_gib``)."""
         reserve = self.reserve_bytes(max_num_batched_tokens, max_num_seqs)
         free = fits_in_memory(
-            self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization, reserve
-        )
+            self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization, reserve,
+            self.ep if self.dp > 1 else None,
+        )  # fmt: skip
         return int(free // self.kv_layout.bytes_per_token)
 
     # -- token-proportional ops (tabulated) ------------------------------------------
@@ -410,8 +430,12 @@ class LatencyModel:
             layers = m.moe_layers
             # expert parallel: whole experts (unsliced), ceil(experts / ep) on a rank
             inter = m.moe_intermediate / (1 if self.ep > 1 else tp)
+            # DP ranks with EP all-gather their tokens (padded to the largest rank's: the
+            # lockstep step lasts as its slowest rank, priced at its own count) before the
+            # experts and reduce-scatter after (VLLM_FACTS 4, G)
+            gathered = n * self.dp
             feats = {
-                "tokens": n,
+                "tokens": gathered,
                 "hidden": np.full_like(n, m.hidden),
                 "inter": np.full_like(n, inter),
                 "experts": np.full_like(n, m.experts),
@@ -427,6 +451,12 @@ class LatencyModel:
                 extra = extra + self._gemm("gemm", n, 2 * width, m.hidden, aligned)
                 extra = extra + self._gemm("gemm", n, m.hidden, width, aligned)
             out["moe_router_shared_gemm"] = layers * extra
+            if self.dp > 1:
+                # all-gather + reduce-scatter of the gathered hidden states over the EP
+                # ranks: the two halves of a ring all-reduce of that message
+                ar_ep = self.profile.op(f"allreduce_{self.ep}")
+                msg = {"bytes": gathered * m.hidden * 2.0}
+                out["ep_all_gather"] = layers * op_predict(op_form("allreduce"), ar_ep, msg)
         if tp > 1:
             ar = self.profile.op(f"allreduce_{tp}")
             feats = {"bytes": n * m.hidden * 2.0}
@@ -720,7 +750,10 @@ class LatencyModel:
         return parts
 
     def _linear_keys(self) -> set[str]:
-        return {"attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce"}
+        return {
+            "attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce",
+            "ep_all_gather",
+        }  # fmt: skip
 
     def iteration_time(self, batch: Batch) -> float:
         """Seconds one engine iteration over ``batch`` takes (0 for an empty batch)."""

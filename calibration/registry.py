@@ -751,8 +751,12 @@ def fits_in_memory(
     dtype: str,
     gpu_memory_utilization: float = 0.9,
     reserve_bytes: int | None = None,
+    expert_ranks: int | None = None,
 ) -> int:
     """Free KV-cache bytes per GPU after weights (sharded over ``tp``) and the reserve.
+
+    ``expert_ranks``: the routed experts are split over this many GPUs instead (expert
+    parallelism across ``data_parallel_size`` x ``tp`` ranks).
 
     Usable memory is ``gpu_memory_utilization`` of the GPU; from it the weights / tp and a
     reserve are subtracted (``reserve_bytes``, default a flat 1 GiB: the KV cache's size
@@ -767,6 +771,9 @@ def fits_in_memory(
         )
     weights = model.weight_bytes(dt)
     per_gpu = weights / tp
+    if expert_ranks is not None and model.is_moe:
+        experts = model.routed_expert_params() * DTYPE_BYTES[dt]
+        per_gpu = (weights - experts) / tp + experts / expert_ranks
     usable = gpu.memory_bytes * gpu_memory_utilization
     reserve = ACTIVATION_RESERVE_BYTES if reserve_bytes is None else reserve_bytes
     free = usable - per_gpu - reserve
