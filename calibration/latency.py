@@ -243,10 +243,8 @@ class LatencyModel:
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
         self.ep = tp * self.dp if expert_parallel else 1
-        if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
-            self.profile.op(f"allreduce_{tp}")
-        if self.dp > 1:
-            self.profile.op(f"allreduce_{self.ep}")
+        for ranks in {tp, self.ep} - {1}:  # fail now, not at the first iteration
+            self._check_allreduce(ranks)
         #: profile op keys of the dense GEMMs and of the two attentions
         self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
         #: bytes per weight of the dense GEMMs (the weight-only dtypes keep them bf16)
@@ -254,6 +252,11 @@ class LatencyModel:
         suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" else ""
         self._ctx_key = "context_attention" + suffix
         self._gen_key = "generation_attention" + suffix
+        # a family's own ops first: its refusal names the config field
+        for part in attention_parts(self.model, tp, False) + attention_parts(self.model, tp, True):
+            if part.op != "attention":
+                self._part_fit(part, prefill=False)
+                self._part_fit(part, prefill=True)
         for key in (self._gemm_key, self._ctx_key, self._gen_key):
             self.profile.op(key)
         if self.ep > 1 and "nonlocal_slot" not in self.profile.op("moe").params:
@@ -314,6 +317,20 @@ class LatencyModel:
         self.overhead_per_sequence_s = overhead.per_sequence_s
         self.overhead_per_kv_token_s = overhead.per_kv_token_s
         self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
+
+    def _check_allreduce(self, ranks: int) -> None:
+        """One line when the profile has no all-reduce over ``ranks`` GPUs (GB200: 2, 4)."""
+        key = f"allreduce_{ranks}"
+        if key not in self.profile.ops:
+            have = sorted(
+                int(k.split("_")[1]) for k in self.profile.ops if k.startswith("allreduce_")
+            )
+            measured = f"the all-reduce on {', '.join(map(str, have))} GPUs only"
+            raise ComemInputError(
+                f"tp={self.tp}{f' x data_parallel_size={self.dp}' if self.dp > 1 else ''} on"
+                f" {self.gpu.name}: its kernel tables measure"
+                f" {measured if have else 'no all-reduce'} (no {key})"
+            )
 
     def _part_fit(self, part: AttentionPart, prefill: bool) -> OpFit:
         """The profile op that prices ``part``; one line naming the config field when the
