@@ -21,11 +21,24 @@ from calibration.profile import (
     FrameworkOverhead,
     Profile,
     code_commit,
+    op_form,
 )
-from calibration.registry import GpuSpec, check_dtype, get_gpu, get_model
+from calibration.registry import GpuSpec, check_dtype, compute_dtype, get_gpu, get_model
 
 #: device strings in the aiconfigurator tables -> registry GPU names
-DEVICE_NAMES = {"NVIDIA H100 80GB HBM3": "h100_sxm", "NVIDIA H200": "h200_sxm"}
+DEVICE_NAMES = {
+    "NVIDIA H100 80GB HBM3": "h100_sxm",
+    "NVIDIA H200": "h200_sxm",
+    "NVIDIA B200": "b200_sxm",
+    "NVIDIA B300 SXM6 AC": "b300_sxm",
+    "NVIDIA GB200": "gb200",
+    "NVIDIA A100-SXM4-80GB": "a100_sxm",
+    "NVIDIA L40S": "l40s",
+}
+
+#: The routing a MoE op is fitted on when a table has no balanced rows (A100's): aiconfigurator's
+#: least skewed power law.
+SKEWED_ROUTING = "power_law_1.01"
 
 #: A roofline that misses its own table by more than this (MAPE) means the table is
 #: physically inconsistent, not that the model is too simple (see fit_kernel_ops).
@@ -51,11 +64,24 @@ def gpu_of_tables(tables: KernelTables) -> str:
     )
 
 
+def _fitter(cross_validate: bool) -> Any:
+    """``fit_form``, plus the op's shape-held-out error (``stats["cv"]``) when asked."""
+
+    def fit(form: om.OpForm, f: om.Features, y: np.ndarray, hw: dict[str, float]) -> OpFit:
+        result = om.fit_form(form, f, y, hw)
+        if cross_validate:
+            result.stats["cv"] = om.cross_validate(form, f, y, hw)
+        return result
+
+    return fit
+
+
 def fit_kernel_ops(
     tables: KernelTables,
     gpu: GpuSpec,
     dtype: str,
     fallback: KernelTables | None = None,
+    cross_validate: bool = False,
 ) -> tuple[dict[str, OpFit], list[str]]:
     """Fit every op model of a profile; returns the fits and notes on what was done.
 
@@ -69,11 +95,12 @@ def fit_kernel_ops(
     fitted there and the profile records it.
     """
     dtype = check_dtype(dtype)
-    if dtype not in gpu.peak_flops:
+    if compute_dtype(dtype) not in gpu.peak_flops:
         raise KernelDataError(f"{tables.directory}: gpu {gpu.name} has no {dtype} peak FLOP/s")
     notes: list[str] = []
     hw_bf16 = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
-    hw_dtype = {"peak_flops": gpu.peak_flops[dtype], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    peak = gpu.peak_flops[compute_dtype(dtype)]
+    hw_dtype = {"peak_flops": peak, "hbm_Bps": gpu.hbm_bandwidth_Bps}
     # A device's own tables (calibrate microbench) may lack an op or a dtype: the ops every
     # model needs must be there; MoE and all-reduce are left out with a note.
     for op, rows, which in (
@@ -87,13 +114,20 @@ def fit_kernel_ops(
                 f"{tables.directory}: {len(rows[1])} usable {which} {op} row(s), 4 needed"
             )
     ops: dict[str, OpFit] = {}
+    fit_op = _fitter(cross_validate)
     f, y = om.gemm_rows(tables.gemm, dtype)
-    ops["gemm"] = om.fit_form(om.GEMM, f, y, hw_dtype)
+    ops["gemm"] = fit_op(om.GEMM, f, y, hw_dtype)
     f, y = om.gemm_rows(tables.gemm, "bf16")
-    ops["gemm_bf16"] = om.fit_form(om.GEMM, f, y, hw_bf16)
+    ops["gemm_bf16"] = fit_op(om.GEMM, f, y, hw_bf16)
     f, y = om.moe_rows(tables.moe, dtype)
+    if len(y) < 4 and len(om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)[1]) >= 4:
+        f, y = om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)
+        notes.append(
+            f"moe: no balanced-routing rows (A100's table has only power-law routing); fitted"
+            f" on {SKEWED_ROUTING}, whose busiest expert sets the time: an upper bound"
+        )
     if len(y) >= 4:
-        ops["moe"] = om.fit_form(om.MOE, f, y, hw_dtype)
+        ops["moe"] = fit_op(om.MOE, f, y, hw_dtype)
         ep_rows = int(np.sum(f["ep"] > 1))
         pred = om.predict(om.MOE, ops["moe"], f)
         ops["moe"].stats["with_lattice_by_ep"] = {
@@ -108,7 +142,7 @@ def fit_kernel_ops(
     if dtype == "fp8":
         f, y = om.gemm_rows(tables.gemm, dtype, kernel=om.FP8_TENSOR_KERNEL)
         if len(y) >= 4:
-            ops["gemm_fp8_tensor"] = om.fit_form(om.GEMM, f, y, hw_dtype)
+            ops["gemm_fp8_tensor"] = fit_op(om.GEMM, f, y, hw_dtype)
         else:
             notes.append("gemm_fp8_tensor: no per-tensor fp8 GEMM rows, fp8_gemm=tensor not priced")
     # attention work is spread over the SMs in tiles (see opmodels.query_tiles)
@@ -119,11 +153,11 @@ def fit_kernel_ops(
         if kv == "fp8" and len(y) < 4:
             notes.append("attention: no fp8 KV-cache rows, kv_cache_dtype=fp8 not priced")
             continue
-        ctx = om.fit_form(om.CONTEXT_ATTENTION, f, y, hw_ctx)
+        ctx = fit_op(om.CONTEXT_ATTENTION, f, y, hw_ctx)
         if ctx.stats["roofline_only"]["mape"] > INCONSISTENT_MAPE and fallback is not None:
             own = ctx.stats["roofline_only"]["mape"]
             fb_f, fb_y = om.context_rows(fallback.context_attention, kv)
-            ctx = om.fit_form(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_ctx)
+            ctx = fit_op(om.CONTEXT_ATTENTION, fb_f, fb_y, hw_ctx)
             ctx.stats["fitted_on"] = str(fallback.directory)
             ctx.stats["own_table_mape"] = round(
                 om.mape(om.predict(om.CONTEXT_ATTENTION, ctx, f), y), 4
@@ -134,13 +168,13 @@ def fit_kernel_ops(
             )
         ops["context_attention" + suffix] = ctx
         f, y = om.generation_rows(tables.generation_attention, kv)
-        ops["generation_attention" + suffix] = om.fit_form(om.GENERATION_ATTENTION, f, y, hw_bf16)
+        ops["generation_attention" + suffix] = fit_op(om.GENERATION_ATTENTION, f, y, hw_bf16)
     for n in (2, 4, 8):
         f, y = om.allreduce_rows(tables.allreduce, n)
         if len(y) < 4:
             notes.append(f"allreduce_{n}: fewer than 4 rows, not fitted")
             continue
-        ops[f"allreduce_{n}"] = om.fit_form(om.ALLREDUCE, f, y, hw_bf16)
+        ops[f"allreduce_{n}"] = fit_op(om.ALLREDUCE, f, y, hw_bf16)
     return ops, notes
 
 
@@ -333,22 +367,40 @@ def fit_profile(
     e2e_csv: str | Path | None = None,
     fallback_kernel_dir: str | Path | None = None,
     overhead_from: Profile | None = None,
+    replace: dict[str, Path] | None = None,
+    cross_validate: bool = False,
+    family_folders: list[Path] | None = None,
 ) -> Profile:
     """Fit a full profile from a kernel directory (and optionally an end-to-end CSV).
 
     The overhead term comes from ``e2e_csv`` when given, else from ``overhead_from``
     (the per-iteration CPU work does not depend on the GPU model), else it is zero.
     """
-    tables = load_kernel_tables(kernel_dir)
+    tables = load_kernel_tables(kernel_dir, replace)
     gpu_name = gpu or gpu_of_tables(tables)
     spec = get_gpu(gpu_name)
     fallback = load_kernel_tables(fallback_kernel_dir) if fallback_kernel_dir else None
-    ops, notes = fit_kernel_ops(tables, spec, dtype, fallback)
+    ops, notes = fit_kernel_ops(tables, spec, dtype, fallback, cross_validate)
+    if family_folders:
+        from calibration.family_fit import fit_family_ops
+
+        hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
+        hw["sm_count"] = float(spec.sm_count)
+        gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], check_dtype(dtype))
+        family, family_notes = fit_family_ops(
+            family_folders, ops, hw, gemm_type, _fitter(cross_validate)
+        )
+        ops |= family
+        notes += family_notes
     framework = DEFAULT_FRAMEWORK
+    folder = Path(kernel_dir).name
+    version = folder.removeprefix("vllm-") if folder.startswith("vllm-") else "unknown"
     kernel_data = (
         "NVIDIA ai-dynamo/aiconfigurator commit 095f58a51c4ca8e61b66ec108d86f223f8d559ce, "
-        f"systems/data/{spec.name}/<op>/vllm/0.19.0 (Apache-2.0)"
+        f"systems/data/{spec.name}/<op>/vllm/{version} (Apache-2.0)"
     )
+    for op, path in (replace or {}).items():
+        kernel_data += f"; {op} from {'/'.join(path.parts[-3:])}"
     described = tables.directory / DEVICE_FILE
     if described.is_file():  # a device's own tables, from comem calibrate microbench
         from calibration.inputs import read_json
@@ -363,8 +415,10 @@ def fit_profile(
         "kernel_dir": "/".join(Path(kernel_dir).parts[-3:]),
         "kernel_dtypes": {
             "gemm_moe": om.kernel_dtype(tables.gemm["gemm_dtype"], check_dtype(dtype)),
+            "moe": om.kernel_dtype(tables.moe["moe_dtype"], check_dtype(dtype), moe=True),
             "attention_kv": "bfloat16",
         },
+        "kernel_vllm_version": version,
         "fit_code_commit": code_commit(),
         "fit_date": _dt.date.today().isoformat(),
         "notes": notes,
@@ -412,3 +466,159 @@ def build_default_profiles(shared: str | Path, out_dir: str | Path | None = None
         prof = fit_profile(directory, dtype, gpu, None, fallback, overhead_from=base)
         written.append(prof.save(out / profile_path(gpu, dtype).name))
     return written
+
+
+@dataclass(frozen=True)
+class GpuTables:
+    """Where a GPU's profiles are fitted from: its aiconfigurator version ``folder``, ops
+    whose table comes from another folder (``replace``: op -> path under the GPU), the
+    dtypes to build (``only``; empty: every dtype its tables price) and a ``fallback``
+    GPU for an inconsistent op table (see :func:`fit_kernel_ops`)."""
+
+    folder: str
+    replace: tuple[tuple[str, str], ...] = ()
+    only: tuple[str, ...] = ()
+    fallback: str | None = None
+
+
+#: The profiles beyond H100/H200 bf16/fp8 (``shared/data/kernels/README.md``). L40S: the
+#: 0.22.0 decode-attention table is a 175-row gap fill (step 63..423), so the 0.24.0 table
+#: (FlashAttention-2 rows for a bf16 cache, FlashInfer for fp8) is used. H100/H200 get only
+#: their weight-only-expert profiles here (their bf16/fp8 ones come from
+#: :func:`build_default_profiles`); H200's context attention falls back to H100's as there.
+OTHER_GPUS: dict[str, GpuTables] = {
+    "b200_sxm": GpuTables("vllm-0.19.0"),
+    "b300_sxm": GpuTables("vllm-0.19.0"),
+    "gb200": GpuTables("vllm-0.19.0"),
+    "a100_sxm": GpuTables("vllm-0.14.0"),
+    "l40s": GpuTables(
+        "vllm-0.22.0",
+        (("generation_attention", "vllm-0.24.0/generation_attention_perf.parquet"),),
+    ),
+    "h100_sxm": GpuTables("vllm-0.19.0", only=("int4", "mxfp4")),
+    "h200_sxm": GpuTables("vllm-0.19.0", only=("int4", "mxfp4"), fallback="h100_sxm"),
+}
+
+#: The committed profile whose framework overhead a new GPU's profile copies, per dtype:
+#: the overhead is CPU work per iteration, sequence and request (fitted on H100 serving
+#: runs, see README); fp4 runs as fp8 does, the weight-only dtypes as bf16.
+OVERHEAD_DONOR = {"bf16": "bf16", "fp8": "fp8", "fp4": "fp8", "int4": "bf16", "mxfp4": "bf16"}
+
+
+def profile_dtypes(tables: KernelTables, gpu: GpuSpec) -> list[str]:
+    """The weight dtypes a GPU's tables price: its GEMM dtype's rows and peak FLOP/s (fp8,
+    fp4), or, for the expert-only dtypes, its MoE table's rows (int4, mxfp4)."""
+    gemm = set(tables.gemm["gemm_dtype"])
+    moe = set(tables.moe["moe_dtype"])
+    found = ["bf16"]
+    if "fp8" in gpu.peak_flops and gemm & {"fp8", "fp8_block"}:
+        found.append("fp8")
+    if "fp4" in gpu.peak_flops and "nvfp4" in gemm and "nvfp4" in moe:
+        found.append("fp4")
+    found += [d for d in ("int4", "mxfp4") if om.MOE_KERNEL_DTYPES[d] in moe]
+    return found
+
+
+def build_other_gpu_profiles(
+    shared: str | Path, gpus: list[str] | None = None, out_dir: str | Path | None = None
+) -> list[Path]:
+    """Fit the embedded profiles of :data:`OTHER_GPUS` (every dtype their tables price),
+    each op with its shape-held-out cross-validated error; the framework overhead is copied
+    from the committed h200_sxm profile (:data:`OVERHEAD_DONOR`), left as it is."""
+    from calibration.profile import PROFILE_DIR, default_profile, profile_path
+
+    kernels = Path(shared) / "data" / "kernels"
+    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
+    written = []
+    for name in gpus or list(OTHER_GPUS):
+        if name not in OTHER_GPUS:
+            raise ComemInputError(f"unknown gpu '{name}' to build; known: {', '.join(OTHER_GPUS)}")
+        where = OTHER_GPUS[name]
+        directory = kernels / name / where.folder
+        replace = {op: kernels / name / rel for op, rel in where.replace}
+        fallback = kernels / where.fallback / where.folder if where.fallback else None
+        tables = load_kernel_tables(directory, replace)
+        dtypes = profile_dtypes(tables, get_gpu(name))
+        folders = sorted((kernels / name).glob("vllm-*"))
+        for dtype in [d for d in dtypes if not where.only or d in where.only]:
+            donor = default_profile("h200_sxm", OVERHEAD_DONOR[dtype])
+            prof = fit_profile(
+                directory, dtype, name, None, fallback, overhead_from=donor,
+                replace=replace, cross_validate=True, family_folders=folders,
+            )  # fmt: skip
+            written.append(prof.save(out / profile_path(name, dtype).name))
+    return written
+
+
+def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Add the attention families' ops (:mod:`calibration.family_fit`) to the committed
+    H100/H200 bf16/fp8 profiles, leaving every other op and their overhead blocks as they
+    are (those come from :func:`build_default_profiles` and ``calibrate fit-serving``)."""
+    from calibration.family_fit import fit_family_ops
+    from calibration.profile import PROFILE_DIR, Profile, profile_path
+
+    kernels = Path(shared) / "data" / "kernels"
+    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
+    written = []
+    for name in ("h100_sxm", "h200_sxm"):
+        spec = get_gpu(name)
+        tables = load_kernel_tables(kernels / name / "vllm-0.19.0")
+        for dtype in ("bf16", "fp8"):
+            prof = Profile.load(profile_path(name, dtype))
+            hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
+            hw["sm_count"] = float(spec.sm_count)
+            gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], dtype)
+            folders = sorted((kernels / name).glob("vllm-*"))
+            family, notes = fit_family_ops(folders, prof.ops, hw, gemm_type, _fitter(True))
+            prof.ops = {k: v for k, v in prof.ops.items() if k.split("_")[0] not in FAMILIES}
+            prof.ops |= family
+            kept = [n for n in prof.provenance.get("notes", []) if not n.startswith(FAMILIES)]
+            prof.provenance["notes"] = kept + notes
+            fallback = None
+            if name == "h200_sxm":  # as build_default_profiles fits it
+                fallback = load_kernel_tables(kernels / "h100_sxm" / "vllm-0.19.0")
+            add_cross_validation(prof, tables, fallback)
+            prof.provenance["family_ops"] = (
+                f"family ops and every op's cv added by add_family_ops at {code_commit()},"
+                f" {_dt.date.today().isoformat()}"
+            )
+            written.append(prof.save(out / profile_path(name, dtype).name))
+    return written
+
+
+def _op_rows(
+    key: str, tables: KernelTables, dtype: str, fallback: KernelTables | None
+) -> tuple[om.Features, np.ndarray] | None:
+    """The rows ``fit_kernel_ops`` fits op ``key`` on (None: not one of its ops)."""
+    kv = "fp8" if key.endswith(FP8_KV_SUFFIX) else "bf16"
+    base = key.removesuffix(FP8_KV_SUFFIX)
+    if base in ("gemm", "gemm_bf16", "gemm_fp8_tensor"):
+        kernel = om.FP8_TENSOR_KERNEL if base == "gemm_fp8_tensor" else None
+        return om.gemm_rows(tables.gemm, "bf16" if base == "gemm_bf16" else dtype, kernel)
+    if base == "moe":
+        return om.moe_rows(tables.moe, dtype)
+    if base == "context_attention":
+        source = fallback if fallback is not None else tables
+        return om.context_rows(source.context_attention, kv)
+    if base == "generation_attention":
+        return om.generation_rows(tables.generation_attention, kv)
+    if base.startswith("allreduce_"):
+        return om.allreduce_rows(tables.allreduce, int(base.split("_")[1]))
+    return None
+
+
+def add_cross_validation(
+    prof: Profile, tables: KernelTables, fallback: KernelTables | None = None
+) -> None:
+    """Record every kernel op's shape-held-out cross-validated error (``stats["cv"]``) in a
+    profile fitted without it; its parameters are left as they are."""
+    for key, fit in prof.ops.items():
+        rows = _op_rows(key, tables, prof.dtype, fallback)
+        if rows is None or "cv" in fit.stats:
+            continue
+        f, y = rows
+        fit.stats["cv"] = om.cross_validate(op_form(key), f, y, fit.hw)
+
+
+#: The family op prefixes (calibration.family_fit).
+FAMILIES = ("mla", "dsa", "gdn")

@@ -3,9 +3,11 @@
 The registry's own models are such configs (``calibration/model_configs/``), and a user's model
 is one too, so one parser prices both. Only what the latency model needs is read: layer count,
 widths, heads, vocabulary, tied embeddings, and the MoE layout (routed / shared experts, which
-layers are sparse). A config with an attention the latency model cannot price (multi-head
-latent attention, hybrid or linear attention, sliding windows on some layers only) is refused
-with the field that says so, rather than priced as plain attention.
+layers are sparse), and the attention family: grouped-query, multi-head latent (MLA) with
+DeepSeek's sparse indexer (DSA), hybrid Gated-DeltaNet linear layers, sliding windows on all
+or some layers. A config with an attention no kernel table prices (Mamba layers, chunked
+local attention) is refused with the field that says so, rather than priced as plain
+attention.
 
 Field names and their meaning follow the ``transformers`` configuration classes of each family
 (Llama, Mistral, Mixtral, Qwen2, Qwen2-MoE, Qwen3, Qwen3-MoE, DeepSeek-V2/V3, GLM-4.5), as listed
@@ -21,19 +23,19 @@ from typing import Any
 
 from calibration.errors import ComemInputError
 
-#: Fields whose presence (non-null) means an attention the latency model does not price.
+#: Fields whose presence (non-null) means an attention the latency model does not price:
+#: no kernel table times these layers (README, "Attention families").
 _UNPRICED_FIELDS = {
-    "kv_lora_rank": "multi-head latent attention (MLA)",
-    "q_lora_rank": "multi-head latent attention (MLA)",
-    "attention_chunk_size": "chunked local attention",
-    "linear_num_value_heads": "linear attention layers",
-    "full_attention_interval": "hybrid linear/full attention",
+    "attention_chunk_size": "chunked local attention (no kernel table)",
     "attn_layer_period": "hybrid Mamba/attention layers",
-    "hybrid_override_pattern": "hybrid Mamba/attention layers",
+    "hybrid_override_pattern": "hybrid Mamba-2/attention layers (no Mamba kernel table)",
     "layers_block_type": "hybrid Mamba/attention layers",
     "mamba_d_state": "Mamba (state-space) layers",
     "ssm_state_size": "Mamba (state-space) layers",
 }
+
+#: Layer kinds of ``layer_types`` the latency model prices.
+_LAYER_KINDS = ("full_attention", "sliding_attention", "linear_attention")
 
 #: model_type values of state-space / recurrent models that carry none of the fields above.
 _UNPRICED_MODEL_TYPES = {"mamba", "mamba2", "rwkv", "recurrent_gemma", "xlstm"}
@@ -84,51 +86,105 @@ def _check_priceable(cfg: Mapping[str, Any], where: str) -> None:
         )
 
 
-def _sliding_window(cfg: Mapping[str, Any], layers: int, where: str) -> int | None:
-    """The attention window of every layer, or None for full attention everywhere.
-
-    Used when ``sliding_window`` is set unless ``use_sliding_window`` is false (Mistral-7B
-    sets only the former; Qwen2/Qwen3 set a window but switch it off). A window on some
-    layers only (``layer_types`` mixing kinds, Qwen2's ``max_window_layers`` below the layer
-    count) is hybrid attention, refused.
-    """
+def _layer_kinds(cfg: Mapping[str, Any], layers: int, where: str) -> list[str]:
+    """Each layer's attention kind: ``layer_types`` when given, else every
+    ``full_attention_interval``-th layer full and the others linear (Qwen3-Next / Qwen3.5),
+    else all full."""
     layer_types = cfg.get("layer_types")
     if layer_types is not None:
         if not isinstance(layer_types, list) or len(layer_types) != layers:
             raise ComemInputError(
                 f"{_where(where, 'layer_types')} must list one kind per layer ({layers})"
             )
-        kinds = set(layer_types)
-        if kinds - {"full_attention", "sliding_attention"}:
-            other = sorted(str(k) for k in kinds - {"full_attention", "sliding_attention"})
+        other = sorted({str(k) for k in layer_types} - set(_LAYER_KINDS))
+        if other:
             raise ComemInputError(
                 f"{_where(where, 'layer_types')} has {', '.join(other)} layers: not priced by"
                 " the latency model"
             )
-        if kinds == {"full_attention", "sliding_attention"}:
-            n = layer_types.count("sliding_attention")
-            raise ComemInputError(
-                f"{_where(where, 'layer_types')} mixes {n} sliding-window and {layers - n}"
-                " full-attention layers (hybrid attention): not priced by the latency model"
-            )
-        if kinds == {"full_attention"}:
-            return None
+        return [str(k) for k in layer_types]
+    if cfg.get("full_attention_interval") is not None:
+        every = _int_field(cfg, "full_attention_interval", where)
+        return [
+            "full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(layers)
+        ]
+    return ["full_attention"] * layers
+
+
+def _sliding_window(cfg: Mapping[str, Any], kinds: list[str], where: str) -> tuple[int | None, int]:
+    """The sliding window and how many layers use it (None, 0: full attention everywhere).
+
+    ``layer_types`` says which layers slide (gpt-oss alternates); without it the window is
+    on every layer when ``sliding_window`` is set unless ``use_sliding_window`` is false
+    (Mistral-7B sets only the former; Qwen2/Qwen3 set a window but switch it off), and
+    Qwen2's ``max_window_layers`` puts it on layers ``i >= max_window_layers`` only.
+    """
+    layers = len(kinds)
+    sliding = kinds.count("sliding_attention")
+    if "layer_types" in cfg and cfg.get("layer_types") is not None:
+        if not sliding:
+            return None, 0
+        return _int_field(cfg, "sliding_window", where), sliding
     window = cfg.get("sliding_window")
     if window is None or cfg.get("use_sliding_window") is False:
-        return None
+        return None, 0
     window = _int_field(cfg, "sliding_window", where)
     if "max_window_layers" in cfg and cfg.get("use_sliding_window") is True:
         # Qwen2 (transformers): layer i uses the window iff i >= max_window_layers.
         first = _int_field(cfg, "max_window_layers", where, minimum=0)
         if first >= layers:
-            return None
-        if first > 0:
+            return None, 0
+        return window, layers - first
+    return window, layers
+
+
+def _mla_fields(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2, GLM-5) and DeepSeek sparse
+    attention's indexer (``index_topk``: DeepSeek-V3.2, GLM-5), or {} without MLA."""
+    if cfg.get("kv_lora_rank") in (None, 0):
+        if cfg.get("q_lora_rank") not in (None, 0):
             raise ComemInputError(
-                f"{_where(where, 'max_window_layers')} = {first} puts a sliding window on"
-                f" {layers - first} of {layers} layers (hybrid attention): not priced by the"
-                " latency model"
+                f"{_where(where, 'q_lora_rank')} is set without kv_lora_rank: not MLA as"
+                " DeepSeek defines it, not priced"
             )
-    return window
+        return {}
+    fields: dict[str, Any] = {
+        "kv_lora_rank": _int_field(cfg, "kv_lora_rank", where),
+        "qk_rope_head_dim": _int_field(cfg, "qk_rope_head_dim", where),
+        "qk_nope_head_dim": _int_field(cfg, "qk_nope_head_dim", where),
+        "v_head_dim": _int_field(cfg, "v_head_dim", where),
+        "q_lora_rank": _int_field(cfg, "q_lora_rank", where, default=0, minimum=0),
+    }
+    if cfg.get("index_topk") is not None:
+        fields["index_topk"] = _int_field(cfg, "index_topk", where)
+        fields["index_n_heads"] = _int_field(cfg, "index_n_heads", where)
+        fields["index_head_dim"] = _int_field(cfg, "index_head_dim", where)
+    return fields
+
+
+#: Bytes of the recurrent state's dtype names (``mamba_ssm_dtype``).
+_STATE_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _linear_fields(cfg: Mapping[str, Any], linear: int, where: str) -> dict[str, Any]:
+    """Gated DeltaNet layers (Qwen3-Next, Qwen3.5): heads, dims, conv kernel, state dtype."""
+    if not linear:
+        return {}
+    state = cfg.get("mamba_ssm_dtype", "bfloat16")
+    if state not in _STATE_DTYPE_BYTES:
+        raise ComemInputError(
+            f"{_where(where, 'mamba_ssm_dtype')} must be one of"
+            f" {', '.join(_STATE_DTYPE_BYTES)}, got {state!r}"
+        )
+    return {
+        "linear_layers": linear,
+        "linear_k_heads": _int_field(cfg, "linear_num_key_heads", where),
+        "linear_v_heads": _int_field(cfg, "linear_num_value_heads", where),
+        "linear_k_dim": _int_field(cfg, "linear_key_head_dim", where),
+        "linear_v_dim": _int_field(cfg, "linear_value_head_dim", where),
+        "linear_conv": _int_field(cfg, "linear_conv_kernel_dim", where),
+        "linear_state_bytes": _STATE_DTYPE_BYTES[state],
+    }
 
 
 def _moe_layer_count(cfg: Mapping[str, Any], layers: int, where: str) -> int:
@@ -188,7 +244,14 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         raise ComemInputError(
             f"{_where(where, 'tie_word_embeddings')} must be true or false, got {tied!r}"
         )
-    window = _sliding_window(cfg, layers, where)
+    kinds = _layer_kinds(cfg, layers, where)
+    window, sliding = _sliding_window(cfg, kinds, where)
+    attention = _mla_fields(cfg, where) | _linear_fields(
+        cfg, kinds.count("linear_attention"), where
+    )
+    gate = cfg.get("attn_output_gate", False)
+    if not isinstance(gate, bool):
+        raise ComemInputError(f"{_where(where, 'attn_output_gate')} must be true or false")
 
     experts_field = next(
         (f for f in ("num_experts", "n_routed_experts", "num_local_experts") if cfg.get(f)), None
@@ -235,6 +298,9 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         "head_dim": head_dim,
         "tied_embeddings": tied,
         "sliding_window": window,
+        "sliding_layers": sliding,
+        "attn_output_gate": gate,
+        **attention,
         "experts": experts,
         "top_k": top_k,
         "moe_intermediate": moe_inter,

@@ -100,6 +100,9 @@ def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) 
     except Exception as exc:  # pyarrow raises many types for corrupt files
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise KernelDataError(f"{path}: not a readable parquet file ({first})") from None
+    if "window_size" in columns and "window_size" not in frame.columns:
+        # B300 / GB200 attention tables have no window column: every row is full attention
+        frame = frame.assign(window_size=0)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise KernelDataError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -114,17 +117,20 @@ def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) 
     return frame.reset_index(drop=True)
 
 
-def load_kernel_tables(directory: str | Path) -> KernelTables:
-    """Read and validate every op table under ``directory``.
+def load_kernel_tables(
+    directory: str | Path, replace: dict[str, Path] | None = None
+) -> KernelTables:
+    """Read and validate every op table under ``directory`` (``replace``: an op's table
+    read from another file instead, e.g. a newer vLLM's where this one's is a gap fill).
 
     Raises :class:`KernelDataError` naming the file and the problem.
     """
     root = Path(directory)
     if not root.is_dir():
         raise KernelDataError(f"{root}: kernel directory does not exist")
+    paths = {op: root / fname for op, (fname, _) in KERNEL_FILES.items()} | (replace or {})
     tables = {
-        op: _read_one(root / fname, cols, op in MAY_BE_EMPTY)
-        for op, (fname, cols) in KERNEL_FILES.items()
+        op: _read_one(paths[op], cols, op in MAY_BE_EMPTY) for op, (_, cols) in KERNEL_FILES.items()
     }
     gemm = tables["gemm"]
     device = str(gemm["device"].iloc[0]) if "device" in gemm.columns else "unknown"

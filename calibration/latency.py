@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from calibration.attention_parts import AttentionPart, attention_parts, projection_gemms
 from calibration.errors import ComemInputError
+from calibration.kv_layout import KVLayout, kv_layout
 from calibration.opmodels import (
     GENERATION_ATTENTION,
     OpFit,
@@ -37,10 +39,12 @@ from calibration.profile import (
     op_form,
 )
 from calibration.registry import (
+    DTYPE_BYTES,
     GpuSpec,
     ModelSpec,
     check_dtype,
     check_kv_cache_dtype,
+    compute_dtype,
     fits_in_memory,
     get_gpu,
     get_model,
@@ -64,6 +68,13 @@ PREFILL_TABLE_PREFIX_KNOTS = np.concatenate(
 _TABLE_MIN = 1 << 14
 _TABLE_MAX = 1 << 21
 
+
+#: Per family op: the config field that names it, what it is, its kernel tables.
+FAMILY_FIELDS = {
+    "mla": ("kv_lora_rank", "multi-head latent attention (MLA)", "mla_*_module_perf / *_mla_perf"),
+    "dsa": ("index_topk", "DeepSeek sparse attention (DSA)", "dsa_*_module_perf"),
+    "gdn": ("layer_types", "Gated DeltaNet linear attention", "gdn_perf"),
+}
 
 #: vLLM V1's default CUDA-graph capture sizes (CompilationConfig: 1, 2, 4, then steps of 8
 #: to 256 and of 16 to max_capture_size = 512). Iterations up to 512 tokens are padded
@@ -161,6 +172,12 @@ class LatencyModel:
     and the router stay tensor-parallel. Tokens are replicated (no all-to-all) and the
     layer's TP all-reduce sums the ranks' outputs, as without it. A dense model has no
     experts to split: asking for it is an error (vLLM ignores the flag there).
+
+    ``data_parallel_size`` with ``expert_parallel``: the model is one of that many DP ranks
+    whose experts span all of them (EP = TP x DP): the MoE layers run over every rank's
+    tokens (this rank's count times the DP size, as vLLM pads the ranks to the largest) with
+    an all-gather and a reduce-scatter per MoE layer, and each GPU holds ``1 / (TP x DP)``
+    of the routed experts. Without expert parallelism the DP size does not change a rank.
     """
 
     def __init__(
@@ -177,12 +194,16 @@ class LatencyModel:
         max_num_batched_tokens: int = 8192,
         max_num_seqs: int = 1024,
         framework: str | None = None,
+        data_parallel_size: int = 1,
         async_scheduling: bool | None = None,
     ) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
         self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
+        if self.model.index_topk and str(kv_cache_dtype).strip().lower() == "auto":
+            # DeepSeek sparse attention: vLLM's default cache is fp8_ds_mla (VLLM_FACTS D)
+            self.kv_cache_dtype = "fp8"
         if fp8_gemm not in FP8_GEMM_KINDS:
             raise ComemInputError(
                 f"unknown fp8_gemm '{fp8_gemm}'; known: {', '.join(FP8_GEMM_KINDS)}"
@@ -204,6 +225,15 @@ class LatencyModel:
                 f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
             )
         self.tp = tp
+        #: data-parallel ranks the experts span (``--data-parallel-size`` with
+        #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
+        self.dp = int(data_parallel_size) if expert_parallel else 1
+        if self.dp > 1 and tp * self.dp not in SUPPORTED_TP[1:]:
+            raise ComemInputError(
+                f"data_parallel_size {self.dp} x tp {tp} = {tp * self.dp} expert-parallel ranks:"
+                " their all-gather / reduce-scatter is priced from the all-reduce tables,"
+                " measured on 2, 4 or 8 GPUs of one node"
+            )
         if profile is not None and (profile.gpu, profile.dtype) != (self.gpu.name, self.dtype):
             # a profile's op fits price one GPU's kernels in one dtype; the KV capacity
             # and weights come from the engine's GPU: mixed, they describe no machine
@@ -219,14 +249,21 @@ class LatencyModel:
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
-        self.ep = tp if expert_parallel else 1
-        if tp > 1:  # fail now, not at the first iteration (a one-GPU profile has none)
-            self.profile.op(f"allreduce_{tp}")
+        self.ep = tp * self.dp if expert_parallel else 1
+        for ranks in {tp, self.ep} - {1}:  # fail now, not at the first iteration
+            self._check_allreduce(ranks)
         #: profile op keys of the dense GEMMs and of the two attentions
         self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
+        #: bytes per weight of the dense GEMMs (the weight-only dtypes keep them bf16)
+        self._gemm_weight_bytes = DTYPE_BYTES[compute_dtype(self.dtype)]
         suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" else ""
         self._ctx_key = "context_attention" + suffix
         self._gen_key = "generation_attention" + suffix
+        # a family's own ops first: its refusal names the config field
+        for part in attention_parts(self.model, tp, False) + attention_parts(self.model, tp, True):
+            if part.op != "attention":
+                self._part_fit(part, prefill=False)
+                self._part_fit(part, prefill=True)
         for key in (self._gemm_key, self._ctx_key, self._gen_key):
             self.profile.op(key)
         if self.ep > 1 and "nonlocal_slot" not in self.profile.op("moe").params:
@@ -237,12 +274,27 @@ class LatencyModel:
             )
         # Raises a clear error when the weights do not fit at this TP.
         self.kv_budget_bytes_per_gpu = fits_in_memory(
-            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes()
-        )
+            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes(),
+            expert_ranks=self.ep if self.dp > 1 else None,
+        )  # fmt: skip
         m = self.model
         self.q_heads = m.q_heads // tp
         # vLLM replicates KV heads when tp exceeds their number.
         self.kv_heads = max(1, m.kv_heads // tp)
+        #: the attention shapes decode and prefill run (attention_parts: per family)
+        self._dec_parts = attention_parts(m, tp, prefill=False)
+        self._pre_parts = attention_parts(m, tp, prefill=True)
+        #: KV per decode sequence beyond which no part reads more (every part windowed or
+        #: constant: a uniform sliding window), None when some part reads all of it
+        caps = [p.window for p in self._dec_parts if p.state_tokens is None]
+        self._dec_cap: int | None = None
+        if caps and all(c is not None for c in caps):
+            self._dec_cap = max(c for c in caps if c is not None)
+        #: context-attention launches per iteration (one per layer and part)
+        self._ctx_launches = sum(part.layers for part in self._pre_parts)
+        for part in self._dec_parts + self._pre_parts:
+            self._part_fit(part, prefill=False)
+            self._part_fit(part, prefill=True)
         self._table = np.zeros(0)
         self._table_list: list[float] = []
         self._lm_table: list[float] = []
@@ -287,6 +339,37 @@ class LatencyModel:
         self.overhead_serial_s = overhead.per_iteration_serial_s
         self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
 
+    def _check_allreduce(self, ranks: int) -> None:
+        """One line when the profile has no all-reduce over ``ranks`` GPUs (GB200: 2, 4)."""
+        key = f"allreduce_{ranks}"
+        if key not in self.profile.ops:
+            have = sorted(
+                int(k.split("_")[1]) for k in self.profile.ops if k.startswith("allreduce_")
+            )
+            measured = f"the all-reduce on {', '.join(map(str, have))} GPUs only"
+            raise ComemInputError(
+                f"tp={self.tp}{f' x data_parallel_size={self.dp}' if self.dp > 1 else ''} on"
+                f" {self.gpu.name}: its kernel tables measure"
+                f" {measured if have else 'no all-reduce'} (no {key})"
+            )
+
+    def _part_fit(self, part: AttentionPart, prefill: bool) -> OpFit:
+        """The profile op that prices ``part``; one line naming the config field when the
+        profile has no fit for its family (no kernel table of it on this GPU)."""
+        if part.op == "attention":
+            return self.profile.op(self._ctx_key if prefill else self._gen_key)
+        suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" and part.op != "gdn" else ""
+        key = f"{part.op}_{'context' if prefill else 'generation'}{suffix}"
+        if key not in self.profile.ops:
+            field, what, table = FAMILY_FIELDS[part.op]
+            raise ComemInputError(
+                f"model {self.model.alias}: {field} is set: {what} is priced from the"
+                f" {table} kernel tables, and profile {self.profile.gpu}/{self.profile.dtype}"
+                f" has no {key} fit (no such table for this GPU"
+                f"{' with an fp8 KV cache' if suffix else ''})"
+            )
+        return self.profile.op(key)
+
     def _scalar_setup(self) -> None:
         """Constants of the plain-Python attention paths used per iteration."""
         ctx = self.profile.op(self._ctx_key)
@@ -303,10 +386,17 @@ class LatencyModel:
 
     # -- KV cache ---------------------------------------------------------------------
     @property
-    def kv_bytes_per_token(self) -> int:
-        """KV-cache bytes one token occupies on one GPU (in ``kv_cache_dtype``)."""
+    def kv_layout(self) -> KVLayout:
+        """vLLM's KV-cache layout of this model on one GPU (:mod:`calibration.kv_layout`)."""
         per_value = 1 if self.kv_cache_dtype == "fp8" else 2
-        return 2 * self.model.layers * self.kv_heads * self.model.head_dim * per_value
+        return kv_layout(self.model, self.tp, per_value, self.gpu.name)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one more token of context occupies on one GPU (in
+        ``kv_cache_dtype``): every layer that keeps all tokens (not the sliding or linear
+        layers, whose per-request part is constant)."""
+        return int(round(self.kv_layout.bytes_per_token))
 
     def reserve_bytes(
         self, max_num_batched_tokens: int | None = None, max_num_seqs: int | None = None
@@ -330,9 +420,10 @@ class LatencyModel:
         and the profiling run's peak (vLLM's sizing; GPU memory as ``memory_gib``)."""
         reserve = self.reserve_bytes(max_num_batched_tokens, max_num_seqs)
         free = fits_in_memory(
-            self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization, reserve
-        )
-        return int(free // self.kv_bytes_per_token)
+            self.model, self.gpu, self.tp, self.dtype, gpu_memory_utilization, reserve,
+            self.ep if self.dp > 1 else None,
+        )  # fmt: skip
+        return int(free // self.kv_layout.bytes_per_token)
 
     # -- token-proportional ops (tabulated) ------------------------------------------
     def _gemm(
@@ -346,7 +437,7 @@ class LatencyModel:
         fit = self.profile.op(key)
         if aligned and fit.params.get("unaligned_factor", 1.0) != 1.0:
             fit = OpFit(fit.op, fit.params | {"unaligned_factor": 1.0}, fit.hw, fit.lattice)
-        in_bytes = 1.0 if (key != "gemm_bf16" and self.dtype == "fp8") else 2.0
+        in_bytes = 2.0 if key == "gemm_bf16" else self._gemm_weight_bytes
         feats = {
             "m": m,
             "n": np.full_like(m, float(n)),
@@ -360,14 +451,14 @@ class LatencyModel:
         (``aligned``: without the GEMMs' penalty for token counts not a multiple of 4)."""
         m = self.model
         tp = self.tp
-        hd = m.head_dim
         # N = 0 is zeroed at the end; small iterations run as CUDA graphs padded to the
         # next capture size, so their token-proportional ops see the padded count.
         n = cuda_graph_padded(np.maximum(n_tokens, 1)).astype(float)
         out: dict[str, np.ndarray] = {}
-        qkv = self._gemm("gemm", n, (self.q_heads + 2 * self.kv_heads) * hd, m.hidden, aligned)
-        o_proj = self._gemm("gemm", n, m.hidden, self.q_heads * hd, aligned)
-        out["attn_proj_gemm"] = m.layers * (qkv + o_proj)
+        proj = np.zeros_like(n)
+        for layers, width, depth, _ in projection_gemms(m, tp):
+            proj = proj + layers * self._gemm("gemm", n, width, depth, aligned)
+        out["attn_proj_gemm"] = proj
         dense = m.dense_layers
         if dense and m.intermediate:
             up = self._gemm("gemm", n, 2 * m.intermediate // tp, m.hidden, aligned)
@@ -377,14 +468,18 @@ class LatencyModel:
             layers = m.moe_layers
             # expert parallel: whole experts (unsliced), ceil(experts / ep) on a rank
             inter = m.moe_intermediate / (1 if self.ep > 1 else tp)
+            # DP ranks with EP all-gather their tokens (padded to the largest rank's: the
+            # lockstep step lasts as its slowest rank, priced at its own count) before the
+            # experts and reduce-scatter after (VLLM_FACTS 4, G)
+            gathered = n * self.dp
             feats = {
-                "tokens": n,
+                "tokens": gathered,
                 "hidden": np.full_like(n, m.hidden),
                 "inter": np.full_like(n, inter),
                 "experts": np.full_like(n, m.experts),
                 "top_k": np.full_like(n, m.top_k),
                 "ep": np.full_like(n, self.ep),
-                "w_bytes": np.full_like(n, 1.0 if self.dtype == "fp8" else 2.0),
+                "w_bytes": np.full_like(n, DTYPE_BYTES[self.dtype]),
             }
             out["moe"] = layers * op_predict(op_form("moe"), self.profile.op("moe"), feats)
             router = self._gemm("gemm_bf16", n, m.experts, m.hidden, aligned)
@@ -394,6 +489,12 @@ class LatencyModel:
                 extra = extra + self._gemm("gemm", n, 2 * width, m.hidden, aligned)
                 extra = extra + self._gemm("gemm", n, m.hidden, width, aligned)
             out["moe_router_shared_gemm"] = layers * extra
+            if self.dp > 1:
+                # all-gather + reduce-scatter of the gathered hidden states over the EP
+                # ranks: the two halves of a ring all-reduce of that message
+                ar_ep = self.profile.op(f"allreduce_{self.ep}")
+                msg = {"bytes": gathered * m.hidden * 2.0}
+                out["ep_all_gather"] = layers * op_predict(op_form("allreduce"), ar_ep, msg)
         if tp > 1:
             ar = self.profile.op(f"allreduce_{tp}")
             feats = {"bytes": n * m.hidden * 2.0}
@@ -437,36 +538,47 @@ class LatencyModel:
         return np.where(s > 0, t, 0.0)
 
     # -- attention ----------------------------------------------------------------------
-    def _windowed_kv(self, batch_size: np.ndarray, kv_total: np.ndarray) -> np.ndarray:
-        """KV tokens decode attention reads under a sliding window (all of them without).
-
-        The engine passes the batch's total KV, not each sequence's: ``min(total, B * window)``
-        is exact when every sequence is on one side of the window and an overestimate (never
-        below the true cost) when they straddle it.
-        """
-        window = self.model.sliding_window
-        if window is None:
-            return kv_total
-        return np.minimum(kv_total, np.asarray(batch_size, dtype=float) * window)
-
     def decode_attention_op(
         self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
     ) -> np.ndarray:
-        """The fitted generation-attention op model (all layers), evaluated directly."""
+        """The fitted generation-attention op model (all layers), evaluated directly.
+
+        Every attention part (:mod:`calibration.attention_parts`) reads its share of the
+        batch's KV: all of it, at most ``window`` tokens per sequence (sliding layers, DSA's
+        top-k; exact when every sequence is on one side of the window and an overestimate,
+        never below the true cost, when they straddle it), or a constant state per sequence.
+        """
         b = np.asarray(batch_size, dtype=float)
-        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
-        b_safe = np.maximum(b, 1.0)
-        feats = {
-            "batch": b_safe,
-            "kv_total": np.maximum(kv, b_safe),
-            "nq": np.full_like(b_safe, self.q_heads),
-            "nkv": np.full_like(b_safe, self.kv_heads),
-            "hd": np.full_like(b_safe, self.model.head_dim),
-            "kv_bytes": np.full_like(b_safe, 1.0 if self.kv_cache_dtype == "fp8" else 2.0),
-        }
-        fit = self.profile.op(self._gen_key)
-        t = self.model.layers * op_predict(GENERATION_ATTENTION, fit, feats)
+        t = np.sum(self.decode_attention_parts(b, kv_total), axis=0)
         return np.where(b > 0, t, 0.0)
+
+    def decode_attention_parts(
+        self, batch_size: np.ndarray | float, kv_total: np.ndarray | float
+    ) -> list[np.ndarray]:
+        """:meth:`decode_attention_op` of each attention part (all its layers), unsummed."""
+        b_safe = np.maximum(np.asarray(batch_size, dtype=float), 1.0)
+        kv_all = np.maximum(np.asarray(kv_total, dtype=float), b_safe)
+        cache_bytes = 1.0 if self.kv_cache_dtype == "fp8" else 2.0
+        shape = np.ones_like(kv_all * b_safe)
+        times = []
+        for part in self._dec_parts:
+            fit = self._part_fit(part, prefill=False)
+            if part.state_tokens is not None:
+                kv = b_safe * part.state_tokens
+            elif part.window is not None:
+                kv = np.minimum(kv_all, b_safe * part.window)
+            else:
+                kv = kv_all
+            feats = {
+                "batch": b_safe * shape,
+                "kv_total": kv * shape,
+                "nq": shape * part.nq,
+                "nkv": shape * part.nkv,
+                "hd": shape * part.hd,
+                "kv_bytes": shape * (part.kv_bytes or cache_bytes),
+            }
+            times.append(part.layers * op_predict(GENERATION_ATTENTION, fit, feats))
+        return times
 
     def _ensure_decode_table(self) -> None:
         """Tabulate decode attention on (every B up to DECODE_TABLE_B, mean KV per sequence).
@@ -493,7 +605,9 @@ class LatencyModel:
         """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
         self._ensure_decode_table()
         b = np.asarray(batch_size, dtype=np.int64)
-        kv = self._windowed_kv(b, np.asarray(kv_total, dtype=float))
+        kv = np.asarray(kv_total, dtype=float)
+        if self._dec_cap is not None:
+            kv = np.minimum(kv, b * float(self._dec_cap))
         kv = np.maximum(kv, np.maximum(b, 1))
         mean = kv / np.maximum(b, 1)
         knots = self._dec_knots_arr
@@ -515,9 +629,8 @@ class LatencyModel:
         if batch_size > DECODE_TABLE_B:
             return float(self.decode_attention_op(batch_size, kv_total))
         self._ensure_decode_table()
-        window = self.model.sliding_window
-        if window is not None:
-            kv_total = min(kv_total, batch_size * window)
+        if self._dec_cap is not None:
+            kv_total = min(kv_total, batch_size * self._dec_cap)
         mean = max(kv_total, batch_size) / batch_size
         knots = self._dec_knots
         j = min(max(bisect.bisect_right(knots, mean) - 1, 0), len(knots) - 2)
@@ -527,16 +640,39 @@ class LatencyModel:
 
     def prefill_chunk_op(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
         """The fitted context-attention op per chunk (all layers, launch floor excluded)."""
-        _, inv_flops, inv_bw, pnorm, lattice = self._ctx
+        return np.sum(self.prefill_chunk_parts(new, cached), axis=0)
+
+    def prefill_chunk_parts(self, new: np.ndarray, cached: np.ndarray) -> list[np.ndarray]:
+        """:meth:`prefill_chunk_op` of each attention part (all its layers), unsummed."""
         q = np.asarray(new, dtype=float)
         c = np.asarray(cached, dtype=float)
-        nq, nkv, hd = float(self.q_heads), float(self.kv_heads), float(self.model.head_dim)
-        flops, moved = context_flops_bytes(q, c, nq, nkv, hd, self.model.sliding_window)
-        tiles = query_tiles(q, nq, nkv)
-        w = smooth_max(flops * inv_flops + tiles * self._ctx_tile_s, moved * inv_bw, pnorm)
-        if lattice is not None:
-            w = w * lattice.factor(np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(nq)))
-        return self.model.layers * w
+        times = []
+        for part in self._pre_parts:
+            fit = self._part_fit(part, prefill=True)
+            if op_form(fit.op).name == "generation_attention":  # GDN: batch 1 per chunk
+                ones = np.ones_like(q + c)
+                feats = {
+                    "batch": ones,
+                    "kv_total": np.maximum(q, 1.0) * ones,
+                    "nq": ones * part.nq,
+                    "nkv": ones * part.nkv,
+                    "hd": ones * part.hd,
+                    "kv_bytes": ones * (part.kv_bytes or 2.0),
+                }
+                w = op_predict(GENERATION_ATTENTION, fit, feats) - fit.params["t0"]
+                times.append(part.layers * np.maximum(w, 0.0))
+                continue
+            p, hw = fit.params, fit.hw
+            flops, moved = context_flops_bytes(q, c, part.nq, part.nkv, part.hd, part.window)
+            tiles = query_tiles(q, part.nq, part.nkv)
+            t_compute = flops / (hw["peak_flops"] * p["eff_compute"])
+            t_compute = t_compute + tiles * p["tau"] / hw["sm_count"]
+            w = smooth_max(t_compute, moved / (hw["hbm_Bps"] * p["eff_memory"]), p["p"])
+            if fit.lattice is not None:
+                coords = np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(part.nq))
+                w = w * fit.lattice.factor(*coords)
+            times.append(part.layers * w)
+        return times
 
     def _ensure_prefill_table(self) -> None:
         """Tabulate the per-chunk cost over (new tokens, cached prefix), monotone in both.
@@ -562,7 +698,7 @@ class LatencyModel:
             return 0.0
         self._ensure_prefill_table()
         qk, ck, rows = self._pre_q, self._pre_c, self._pre_rows
-        total = self.model.layers * self._ctx[0]
+        total = self._ctx_launches * self._ctx[0]
         for q_int, c_int in zip(new, cached, strict=True):
             q, c = float(q_int), float(c_int)
             i = min(max(bisect.bisect_right(qk, q) - 1, 0), len(qk) - 2)
@@ -687,7 +823,10 @@ class LatencyModel:
         return parts
 
     def _linear_keys(self) -> set[str]:
-        return {"attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce"}
+        return {
+            "attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce",
+            "ep_all_gather",
+        }  # fmt: skip
 
     def iteration_time(self, batch: Batch) -> float:
         """Seconds one engine iteration over ``batch`` takes (0 for an empty batch)."""
@@ -717,7 +856,7 @@ class LatencyModel:
         wc = np.minimum((c - ck[j]) / (ck[j + 1] - ck[j]), 1.0)
         a = grid[i, j] + wc * (grid[i, j + 1] - grid[i, j])
         b = grid[i + 1, j] + wc * (grid[i + 1, j + 1] - grid[i + 1, j])
-        return self.model.layers * self._ctx[0] + (a + wq * (b - a))
+        return self._ctx_launches * self._ctx[0] + (a + wq * (b - a))
 
     def steady_iteration_times(
         self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
@@ -741,9 +880,8 @@ class LatencyModel:
             if num_decode <= DECODE_TABLE_B:
                 self._ensure_decode_table()
                 kv = kv_total0 + num_decode * j
-                window = self.model.sliding_window
-                if window is not None:
-                    kv = np.minimum(kv, float(num_decode * window))
+                if self._dec_cap is not None:
+                    kv = np.minimum(kv, float(num_decode * self._dec_cap))
                 mean = kv / num_decode
                 t += np.interp(mean, self._dec_knots_arr, self._dec_grid[num_decode - 1])
             else:
@@ -757,7 +895,7 @@ class LatencyModel:
             wq = min((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
             grid = self._pre_grid
             row = grid[i] + wq * (grid[i + 1] - grid[i])
-            t += self.model.layers * self._ctx[0] + np.interp(
+            t += self._ctx_launches * self._ctx[0] + np.interp(
                 cached0 + chunk * j, PREFILL_TABLE_PREFIX_KNOTS, row
             )
         if not self.include_overhead:

@@ -398,10 +398,23 @@ def _median_of_repeats(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     return rows.groupby(key, as_index=False).agg(latency=("latency", "median"))
 
 
-#: kernel dtype names in the aiconfigurator tables for each profile dtype. fp8 uses the
-#: block-scaled kernels: the FP8 checkpoints of GLM-4.7 and Qwen3-Coder are 128x128
-#: block-quantized.
-KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block"}
+#: kernel dtype names in the aiconfigurator tables for each profile dtype, GEMM and MoE.
+#: fp8 uses the block-scaled kernels (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder are
+#: 128x128 block-quantized); fp4 the NVFP4 ones (CUTLASS GEMM, FlashInfer TRT-LLM MoE); the
+#: weight-only dtypes keep bf16 GEMMs and quantize the experts (Marlin int4, MXFP4 MoE).
+KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block", "fp4": "nvfp4"}
+MOE_KERNEL_DTYPES = KERNEL_DTYPES | {"int4": "int4_wo", "mxfp4": "w4a16_mxfp4"}
+
+#: Bytes per weight element of each table dtype name (scales included, see
+#: :data:`calibration.registry.DTYPE_BYTES`).
+TABLE_DTYPE_BYTES = {
+    "bfloat16": 2.0,
+    "fp8": 1.0,
+    "fp8_block": 1.0,
+    "nvfp4": 0.5 + 1.0 / 16,
+    "int4_wo": 0.5 + 2.0 / 32,
+    "w4a16_mxfp4": 0.5 + 1.0 / 32,
+}
 
 #: The per-tensor scaled fp8 GEMM (vLLM's CUTLASS ``scaled_mm``): ``--quantization fp8`` on
 #: a bf16 checkpoint and the per-tensor / per-channel FP8 checkpoints (Llama-3.1 FP8).
@@ -417,35 +430,45 @@ def gemm_rows(
     rows = rows[(rows["n"] >= 512) & (rows["k"] >= 512)]
     rows = _median_of_repeats(rows, ["m", "n", "k"])
     f = {c: rows[c].to_numpy(float) for c in ("m", "n", "k")}
-    f["in_bytes"] = np.full(len(rows), 2.0 if name == "bfloat16" else 1.0)
+    f["in_bytes"] = np.full(len(rows), TABLE_DTYPE_BYTES[name])
     return f, rows["latency"].to_numpy(float) * 1e-3
 
 
 #: The MoE kernels a profile is fitted on: vLLM's fused kernel (the committed tables) and the
 #: reference layer of ``comem calibrate microbench`` (a device's own tables).
-MOE_KERNEL_SOURCES = ("vllm_fused_moe", "torch_loop_over_experts")
+MOE_KERNEL_SOURCES = (
+    "vllm_fused_moe",
+    "torch_loop_over_experts",
+    "vllm_flashinfer_trtllm_moe_fp4",
+    "vllm_marlin_int4_moe",
+    "vllm_mxfp4_moe",
+)
 
 
-def kernel_dtype(values: pd.Series, dtype: str) -> str:
-    """The tables' dtype name for a profile dtype: fp8 is block-scaled where the table has
-    it (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder), else per-tensor scaled."""
-    name = KERNEL_DTYPES[dtype]
+def kernel_dtype(values: pd.Series, dtype: str, moe: bool = False) -> str:
+    """The tables' dtype name for a profile dtype (GEMM, or MoE with ``moe``): fp8 is
+    block-scaled where the table has it (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder),
+    else per-tensor scaled; the weight-only dtypes run bf16 GEMMs."""
+    name = (MOE_KERNEL_DTYPES if moe else KERNEL_DTYPES).get(dtype, "bfloat16")
     if dtype == "fp8" and not (values == name).any():
         return "fp8"
     return name
 
 
-def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
+def moe_rows(
+    df: pd.DataFrame, dtype: str, distribution: str = "balanced"
+) -> tuple[Features, np.ndarray]:
     """Fused-MoE rows on one node: tensor-parallel (``moe_tp_size`` <= 8, one rank's
     slice of every expert) and expert-parallel (``moe_ep_size`` 2-8, one rank's whole
-    experts, all tokens), balanced routing."""
+    experts, all tokens), ``distribution`` routing (balanced unless the table has none)."""
+    name = kernel_dtype(df["moe_dtype"], dtype, moe=True)
     one_node = ((df["moe_ep_size"] == 1) & (df["moe_tp_size"] <= 8)) | (
         (df["moe_tp_size"] == 1) & (df["moe_ep_size"] <= 8)
     )
     rows = df[
-        (df["moe_dtype"] == kernel_dtype(df["moe_dtype"], dtype))
+        (df["moe_dtype"] == name)
         & one_node
-        & (df["distribution"] == "balanced")
+        & (df["distribution"] == distribution)
         & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
         & (df["num_tokens"] <= 16384)
     ]
@@ -468,7 +491,7 @@ def moe_rows(df: pd.DataFrame, dtype: str) -> tuple[Features, np.ndarray]:
         "experts": rows["num_experts"].to_numpy(float),
         "top_k": rows["topk"].to_numpy(float),
         "ep": rows["moe_ep_size"].to_numpy(float),
-        "w_bytes": np.full(len(rows), 2.0 if dtype == "bf16" else 1.0),
+        "w_bytes": np.full(len(rows), TABLE_DTYPE_BYTES[name]),
     }
     return f, rows["latency"].to_numpy(float) * 1e-3
 
@@ -534,3 +557,48 @@ def allreduce_rows(df: pd.DataFrame, num_gpus: int) -> tuple[Features, np.ndarra
     rows = _median_of_repeats(rows, ["message_size"])
     f = {"bytes": rows["message_size"].to_numpy(float) * 2.0}
     return f, rows["latency"].to_numpy(float) * 1e-3
+
+
+# --- cross-validation -------------------------------------------------------------------
+
+#: Feature columns whose combination is one measured *shape* per op form: cross-validation
+#: holds whole shapes out (a GEMM's weight, a MoE model's experts, an attention's heads),
+#: so its error is that of a shape the tables do not have, which is how models are priced.
+SHAPE_KEYS: dict[str, tuple[str, ...]] = {
+    "gemm": ("n", "k"),
+    "moe": ("hidden", "inter", "experts", "top_k"),
+    "context_attention": ("nq", "nkv", "hd"),
+    "generation_attention": ("nq", "nkv", "hd"),
+    "allreduce": ("bytes",),
+}
+CV_FOLDS = 5
+
+
+def shape_folds(form: OpForm, features: Features, folds: int = CV_FOLDS) -> np.ndarray:
+    """Fold of every row: its shape's rank among the distinct shapes, modulo ``folds``
+    (rows one by one when there are fewer shapes than folds)."""
+    keys = np.stack([features[k] for k in SHAPE_KEYS[form.name]], axis=1)
+    _, shape_id = np.unique(keys, axis=0, return_inverse=True)
+    shape_id = np.asarray(shape_id).reshape(-1)
+    if shape_id.max() + 1 < folds:
+        shape_id = np.arange(len(shape_id))
+    return np.asarray(shape_id % folds)
+
+
+def cross_validate(
+    form: OpForm, features: Features, measured_s: np.ndarray, hw: dict[str, float]
+) -> dict[str, Any]:
+    """Out-of-fold error of the op model: fitted (roofline and lattice) on the other folds'
+    shapes, evaluated on each held-out fold (:func:`shape_folds`)."""
+    fold = shape_folds(form, features)
+    pred = np.empty_like(measured_s)
+    for k in np.unique(fold):
+        test = fold == k
+        train = {name: v[~test] for name, v in features.items()}
+        fit = fit_form(form, train, measured_s[~test], hw)
+        held = {name: v[test] for name, v in features.items()}
+        pred[test] = predict(form, fit, held)
+    stats: dict[str, Any] = error_stats(pred, measured_s)
+    stats["folds"] = int(len(np.unique(fold)))
+    stats["held_out"] = "whole shapes: " + ", ".join(SHAPE_KEYS[form.name])
+    return stats

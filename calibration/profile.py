@@ -117,7 +117,19 @@ def op_form(key: str) -> OpForm:
         return FORMS["allreduce"]
     if key.startswith("gemm"):
         return FORMS["gemm"]
-    return FORMS[key]
+    return FORMS[FAMILY_FORMS.get(key, key)]
+
+
+#: The attention families' ops (fitted on their own tables, calibration.family_fit) and the
+#: form each is fitted with.
+FAMILY_FORMS = {
+    "mla_generation": "generation_attention",
+    "dsa_generation": "generation_attention",
+    "gdn_generation": "generation_attention",
+    "gdn_context": "generation_attention",
+    "mla_context": "context_attention",
+    "dsa_context": "context_attention",
+}
 
 
 #: The fitted terms of a framework overhead (see :class:`FrameworkOverhead`).

@@ -17,14 +17,28 @@ from calibration.hf_config import architecture_from_config, read_config_file
 
 GIB = 2**30
 
-#: Supported weight dtypes (the KV cache has its own, see :data:`KV_CACHE_DTYPES`).
-DTYPES = ("bf16", "fp8")
+#: Supported weight dtypes (the KV cache has its own, see :data:`KV_CACHE_DTYPES`):
+#: ``fp4`` is NVFP4 (ModelOpt W4A4: 4-bit values, one fp8 scale per 16, Blackwell tensor
+#: cores), ``int4`` int4 weight-only experts (compressed-tensors pack-quantized, group 32,
+#: bf16 scales, Marlin kernels: Kimi-K2.5), ``mxfp4`` MXFP4 weight-only experts (4-bit
+#: values, one e8m0 scale per 32: gpt-oss). ``int4`` and ``mxfp4`` quantize only the
+#: routed experts; everything else stays bf16, as those checkpoints ship.
+DTYPES = ("bf16", "fp8", "fp4", "int4", "mxfp4")
+#: Dtypes that quantize only the routed experts (the rest of the model is bf16).
+EXPERT_ONLY_DTYPES = ("int4", "mxfp4")
 #: vLLM's ``--kv-cache-dtype`` choices the project prices. ``auto`` is vLLM's default: the
 #: model's activation dtype, bf16 here also for fp8 weights (a checkpoint that carries
 #: KV-cache scales would switch vLLM to fp8: say ``fp8`` then).
 KV_CACHE_DTYPES = ("auto", "bf16", "fp8")
-_DTYPE_BYTES = {"bf16": 2, "fp8": 1}
-_DTYPE_ALIASES = {"bfloat16": "bf16"}
+#: Bytes per quantized weight, scales included (block-scale layouts as named above).
+DTYPE_BYTES: dict[str, float] = {
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "fp4": 0.5 + 1.0 / 16,
+    "int4": 0.5 + 2.0 / 32,
+    "mxfp4": 0.5 + 1.0 / 32,
+}
+_DTYPE_ALIASES = {"bfloat16": "bf16", "nvfp4": "fp4", "int4_wo": "int4", "w4a16": "int4"}
 
 #: GPU memory held back for activations / CUDA graphs / workspace, per GPU, when only
 #: asking whether a model fits (:func:`fits_in_memory`); the KV-cache size uses
@@ -92,6 +106,28 @@ class ModelSpec:
     head_dim: int = 128
     tied_embeddings: bool = False
     sliding_window: int | None = None
+    #: layers with the sliding window (-1: all when ``sliding_window`` is set, else none)
+    sliding_layers: int = -1
+    #: Qwen3.5's gated attention: q_proj also outputs a gate as wide as the queries
+    attn_output_gate: bool = False
+    # multi-head latent attention (0: none); DeepSeek sparse attention's indexer (0: none)
+    kv_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
+    q_lora_rank: int = 0
+    index_topk: int = 0
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    # Gated DeltaNet linear-attention layers (0: none): heads, head dims, conv kernel width,
+    # bytes per element of the recurrent state (``mamba_ssm_dtype``)
+    linear_layers: int = 0
+    linear_k_heads: int = 0
+    linear_v_heads: int = 0
+    linear_k_dim: int = 0
+    linear_v_dim: int = 0
+    linear_conv: int = 0
+    linear_state_bytes: int = 2
     experts: int = 0
     top_k: int = 0
     moe_intermediate: int = 0
@@ -101,6 +137,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.dense_layers == -1:
             object.__setattr__(self, "dense_layers", 0 if self.experts else self.layers)
+        if self.sliding_layers == -1:
+            object.__setattr__(self, "sliding_layers", self.layers if self.sliding_window else 0)
+        if self.sliding_layers + self.linear_layers > self.layers:
+            raise ComemInputError(
+                f"model {self.alias}: sliding ({self.sliding_layers}) and linear"
+                f" ({self.linear_layers}) layers exceed the {self.layers} layers"
+            )
         for name in ("layers", "hidden", "q_heads", "kv_heads", "vocab", "head_dim"):
             if getattr(self, name) < 1:
                 raise ComemInputError(f"model {self.alias}: {name} must be >= 1")
@@ -128,6 +171,58 @@ class ModelSpec:
             )
 
     @property
+    def attention(self) -> str:
+        """The attention family: ``dsa``, ``mla``, ``gdn`` (hybrid linear), ``sliding``
+        (a window on some or all layers) or ``gqa`` (grouped-query, MHA included)."""
+        if self.index_topk:
+            return "dsa"
+        if self.kv_lora_rank:
+            return "mla"
+        if self.linear_layers:
+            return "gdn"
+        if self.sliding_layers:
+            return "sliding"
+        return "gqa"
+
+    @property
+    def full_layers(self) -> int:
+        """Layers whose attention keeps every token (no window, not linear)."""
+        return self.layers - self.sliding_layers - self.linear_layers
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers with softmax attention (full or sliding): those that cache tokens."""
+        return self.layers - self.linear_layers
+
+    def _attention_params(self) -> int:
+        """Parameters of one softmax-attention layer (q, k, v, o; MLA's low-rank
+        projections and DSA's indexer)."""
+        h, hd, nq = self.hidden, self.head_dim, self.q_heads
+        if not self.kv_lora_rank:
+            q_width = nq * hd * (2 if self.attn_output_gate else 1)
+            return h * (q_width + 2 * self.kv_heads * hd) + nq * hd * h
+        qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+        q = self.q_lora_rank * (h + nq * qk) if self.q_lora_rank else h * nq * qk
+        kv = h * (self.kv_lora_rank + self.qk_rope_head_dim) + self.kv_lora_rank * nq * (
+            self.qk_nope_head_dim + self.v_head_dim
+        )
+        indexer = 0
+        if self.index_topk:
+            d, n = self.index_head_dim, self.index_n_heads
+            indexer = self.q_lora_rank * n * d + h * d + h * n
+        return q + kv + nq * self.v_head_dim * h + indexer
+
+    def _linear_params(self) -> int:
+        """Parameters of one Gated DeltaNet layer: q/k/v/z and b/a input projections, the
+        depthwise conv over q, k, v, the output projection (vLLM ``Qwen3NextGatedDeltaNet``)."""
+        key = self.linear_k_heads * self.linear_k_dim
+        value = self.linear_v_heads * self.linear_v_dim
+        h = self.hidden
+        return h * (2 * key + 2 * value + 2 * self.linear_v_heads) + (
+            (2 * key + value) * self.linear_conv + value * h
+        )
+
+    @property
     def is_moe(self) -> bool:
         """True if the model has mixture-of-experts layers."""
         return self.experts > 0
@@ -143,8 +238,9 @@ class ModelSpec:
 
     def param_count(self) -> int:
         """Parameter count from the architecture (norms and biases ignored, no MTP layers)."""
-        h, hd = self.hidden, self.head_dim
-        attention = h * (self.q_heads + 2 * self.kv_heads) * hd + self.q_heads * hd * h
+        h = self.hidden
+        attention = self.attention_layers * self._attention_params()
+        attention += self.linear_layers * self._linear_params()
         dense_mlp = 3 * h * self.intermediate
         moe = (
             (self.experts + self.shared_experts) * 3 * h * self.moe_intermediate
@@ -152,20 +248,39 @@ class ModelSpec:
         )
         return (
             self._embedding_params()
-            + self.layers * attention
+            + attention
             + self.dense_layers * dense_mlp
             + self.moe_layers * moe
         )
 
+    def routed_expert_params(self) -> int:
+        """Parameters of the routed experts (what ``int4`` / ``mxfp4`` quantize)."""
+        return self.moe_layers * self.experts * 3 * self.hidden * self.moe_intermediate
+
     def weight_bytes(self, dtype: str) -> int:
-        """Bytes of all weights in ``dtype``; embedding and LM head stay bf16 in fp8."""
+        """Bytes of all weights in ``dtype`` (:data:`DTYPE_BYTES`, scales included);
+        embedding and LM head stay bf16, and under ``int4`` / ``mxfp4`` all but the routed
+        experts do."""
         dt = check_dtype(dtype)
         emb = self._embedding_params()
-        return 2 * emb + _DTYPE_BYTES[dt] * (self.param_count() - emb)
+        if dt in EXPERT_ONLY_DTYPES:
+            if not self.is_moe:
+                raise ComemInputError(
+                    f"dtype {dt} quantizes routed experts only: {self.alias} is dense"
+                )
+            experts = self.routed_expert_params()
+            rest = self.param_count() - experts
+            return int(2 * rest + DTYPE_BYTES[dt] * experts)
+        return int(2 * emb + DTYPE_BYTES[dt] * (self.param_count() - emb))
 
     def kv_bytes_per_token(self, kv_dtype_bytes: int = 2) -> int:
-        """KV-cache bytes per token over the whole model (all layers, all KV heads, K and V)."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
+        """KV-cache bytes one more token of context costs over the whole model on one GPU
+        (tp 1), as vLLM lays the cache out (:func:`calibration.kv_layout.kv_layout`): all
+        layers' K and V for grouped-query attention, one latent per layer for MLA (plus
+        DSA's indexer keys), only the full-attention layers of hybrid models."""
+        from calibration.kv_layout import kv_layout
+
+        return int(round(kv_layout(self, 1, kv_dtype_bytes).bytes_per_token))
 
     def check_tp(self, tp: int, expert_parallel: bool = False) -> None:
         """Raise :class:`ComemInputError` unless tensor parallelism ``tp`` can shard the model.
@@ -278,9 +393,9 @@ def _model_index() -> dict[str, ModelSpec]:
 
 _MODEL_INDEX = _model_index()
 
-#: Checkpoint suffixes that do not change the architecture: an FP8 checkpoint or an
+#: Checkpoint suffixes that do not change the architecture: an FP8 / NVFP4 checkpoint or an
 #: instruction-tuned model is priced as its base (the weight dtype is its own argument).
-_VARIANT_SUFFIXES = ("-fp8", "-instruct")
+_VARIANT_SUFFIXES = ("-fp8-dynamic", "-fp8", "-nvfp4", "-fp4", "-instruct")
 
 
 def _hf_cache_config(hf_id: str) -> Path | None:
@@ -353,38 +468,87 @@ def get_model(name: str) -> ModelSpec:
     for suffix in _VARIANT_SUFFIXES:
         if stripped.endswith(suffix):
             stripped = stripped[: -len(suffix)]
-            if stripped in _MODEL_INDEX:
-                return _MODEL_INDEX[stripped]
+            # a quantized re-upload under another org (nvidia/DeepSeek-R1-FP4): its repo name
+            for candidate in (stripped, stripped.split("/", 1)[-1]):
+                if candidate in _MODEL_INDEX:
+                    return _MODEL_INDEX[candidate]
     raise UnknownNameError(
         f"unknown model '{name}'; known: {', '.join(MODELS)}; or the path of a Hugging Face"
         " config.json"
     )
 
 
+def quantization_dtype(config: dict[str, Any], quant_file: Path | None = None) -> str:
+    """The weight dtype vLLM loads a checkpoint in, from its ``quantization_config`` (or a
+    ModelOpt ``hf_quant_config.json`` beside it): ``fp8`` (quant_method fp8, ModelOpt FP8),
+    ``fp4`` (ModelOpt NVFP4), ``mxfp4`` (gpt-oss), ``int4`` (compressed-tensors 4-bit
+    integer weights without quantized activations: Kimi-K2.5), else ``bf16``."""
+    text = config.get("text_config")
+    quant = config.get("quantization_config")
+    if quant is None and isinstance(text, dict):
+        quant = text.get("quantization_config")
+    if not isinstance(quant, dict) and quant_file is not None and quant_file.is_file():
+        outer = read_config_file(quant_file).get("quantization")
+        quant = {"quant_method": "modelopt", **outer} if isinstance(outer, dict) else None
+    if not isinstance(quant, dict):
+        return "bf16"
+    method = str(quant.get("quant_method", "")).lower()
+    algo = str(quant.get("quant_algo", "")).upper()
+    if method == "fp8" or (method == "modelopt" and algo == "FP8"):
+        return "fp8"
+    if method in ("modelopt", "modelopt_fp4") and algo == "NVFP4":
+        return "fp4"
+    if method == "mxfp4":
+        return "mxfp4"
+    if method == "compressed-tensors":
+        groups = quant.get("config_groups") or {}
+        for group in groups.values() if isinstance(groups, dict) else ():
+            if not isinstance(group, dict):
+                continue
+            weights = group.get("weights") or {}
+            int4 = weights.get("num_bits") == 4 and weights.get("type") == "int"
+            if int4 and not group.get("input_activations"):
+                return "int4"
+    return "bf16"
+
+
 def checkpoint_dtype(name: str) -> str:
-    """The weight dtype vLLM loads ``name`` in when no dtype is given: ``fp8`` or ``bf16``.
+    """The weight dtype vLLM loads ``name`` in when no dtype is given (:data:`DTYPES`).
 
     vLLM reads the quantization from the checkpoint itself (``--dtype`` sets only the
-    activations), so an FP8 checkpoint runs its GEMMs in fp8. A checkpoint is fp8 when its
-    ``config.json`` (a path, or the local Hugging Face cache) has a ``quantization_config``
-    whose ``quant_method`` is ``fp8``, or, with no config at hand, when its repo name has an
-    ``FP8`` part (``Qwen/Qwen3-32B-FP8``, ``...-Instruct-FP8-Dynamic``).
+    activations), so an FP8 checkpoint runs its GEMMs in fp8 (:func:`quantization_dtype`).
+    The config is the registry's own (which keeps each checkpoint's
+    ``quantization_config``), a path, or the local Hugging Face cache; with none at hand a
+    repo name with an ``FP8`` / ``NVFP4`` part (``Qwen/Qwen3-32B-FP8``,
+    ``...-Instruct-FP8-Dynamic``, ``nvidia/DeepSeek-R1-NVFP4``) says fp8 / fp4.
     """
     raw = str(name).strip()
     config: Path | None = None
     if _names_a_config(raw):
         p = Path(raw)
         config = p / "config.json" if p.is_dir() else p
-    elif _norm(raw) not in _MODEL_INDEX:
+    elif _norm(raw) in _MODEL_INDEX:
+        alias = _MODEL_INDEX[_norm(raw)].alias
+        registry = MODEL_CONFIG_DIR / f"{alias}.json"
+        if registry.is_file() and not _names_fp8_or_fp4(raw):
+            return quantization_dtype(read_config_file(registry))
+    else:
         config = _hf_cache_config(raw)
     if config is not None and config.is_file():
-        quant = read_config_file(config).get("quantization_config")
-        if isinstance(quant, dict):
-            method = str(quant.get("quant_method", "")).lower()
-            return "fp8" if method == "fp8" else "bf16"
-        return "bf16"
+        return quantization_dtype(
+            read_config_file(config), config.with_name("hf_quant_config.json")
+        )
+    return _names_fp8_or_fp4(raw) or "bf16"
+
+
+def _names_fp8_or_fp4(raw: str) -> str | None:
+    """``fp8`` / ``fp4`` when the repo name has an ``FP8`` / ``NVFP4`` / ``FP4`` part."""
     parts = raw.rsplit("/", 1)[-1].lower().replace("_", "-").split("-")
-    return "fp8" if "fp8" in parts else "bf16"
+    if "fp8" in parts:
+        return "fp8"
+    if "nvfp4" in parts or "fp4" in parts:
+        return "fp4"
+    return None
 
 
 @dataclass(frozen=True)
@@ -397,6 +561,9 @@ class GpuSpec:
     peak_flops: dict[str, float] = field(hash=False)
     nvlink_Bps: float
     sm_count: int
+    #: how ``memory_gib`` was obtained: None when measured (what vLLM sizes from), else
+    #: the assumption made (printed by ``comem list gpus`` and with every KV capacity)
+    memory_assumption: str | None = None
 
     @property
     def memory_bytes(self) -> float:
@@ -430,7 +597,77 @@ GPUS: dict[str, GpuSpec] = {
     ),
 }
 
-_GPU_EXTRA_NAMES = {"h100": "h100_sxm", "h200": "h200_sxm"}
+#: torch's total over the datasheet capacity, measured on H100 SXM (79.18 GiB of "80 GiB"):
+#: the share the driver keeps. Applied to GPUs whose capacity is a datasheet figure.
+MEASURED_TOTAL_SHARE = (85_017_493_504 / 2**30) / 80.0
+
+
+def _unmeasured(name: str, capacity_bytes: float, datasheet: bool, **rest: Any) -> GpuSpec:
+    """A GPU whose usable memory is not measured: from aiconfigurator's ``mem_capacity``
+    (``shared/data/gpus/<name>.yaml``); a datasheet figure is scaled by
+    :data:`MEASURED_TOTAL_SHARE`, an ``nvidia-smi`` figure (the driver's total, which torch
+    reports too) is kept."""
+    gib = capacity_bytes / GIB
+    if datasheet:
+        note = (
+            f"assumed, not measured: datasheet {gib:.1f} GiB x {MEASURED_TOTAL_SHARE:.4f}"
+            " (torch's share of the datasheet figure measured on H100 SXM)"
+        )
+        gib *= MEASURED_TOTAL_SHARE
+    else:
+        note = f"assumed, not measured: the nvidia-smi total {gib:.1f} GiB (aiconfigurator)"
+    return GpuSpec(name=name, memory_gib=gib, memory_assumption=note, **rest)
+
+
+# Datasheet figures as aiconfigurator@095f58a5 collects them (shared/data/gpus/*.yaml: dense
+# peaks, HBM bandwidth, one-direction link x 2 for the bidirectional NVLink figure used
+# above). SM counts: NVIDIA's A100 whitepaper (108), L40S datasheet (142), Blackwell
+# technical brief (B200 / GB200: 148 of the die's 160), Blackwell Ultra blog (B300: 160).
+# The SM count only scales the context-attention tile cost, which is fitted per GPU.
+GPUS.update(
+    {
+        "b200_sxm": _unmeasured(
+            "b200_sxm", 193_273_528_320, True, hbm_bandwidth_Bps=7.7e12,
+            peak_flops={"bf16": 2250e12, "fp8": 4500e12, "fp4": 9000e12},
+            nvlink_Bps=1800e9, sm_count=148,
+        ),
+        "b300_sxm": _unmeasured(
+            "b300_sxm", 288_400_343_040, False, hbm_bandwidth_Bps=7.75e12,
+            peak_flops={"bf16": 2250e12, "fp8": 4500e12, "fp4": 14000e12},
+            nvlink_Bps=1800e9, sm_count=160,
+        ),
+        "gb200": _unmeasured(
+            "gb200", 198_674_743_296, False, hbm_bandwidth_Bps=8.0e12,
+            peak_flops={"bf16": 2500e12, "fp8": 5000e12, "fp4": 10000e12},
+            nvlink_Bps=1800e9, sm_count=148,
+        ),
+        "a100_sxm": _unmeasured(
+            "a100_sxm", 85_899_345_920, True, hbm_bandwidth_Bps=2.039e12,
+            peak_flops={"bf16": 312e12}, nvlink_Bps=600e9, sm_count=108,
+        ),
+        "l40s": _unmeasured(
+            "l40s", 48_305_799_168, False, hbm_bandwidth_Bps=0.864e12,
+            peak_flops={"bf16": 362.05e12, "fp8": 733e12}, nvlink_Bps=0.0, sm_count=142,
+        ),
+    }
+)  # fmt: skip
+
+
+def compute_dtype(dtype: str) -> str:
+    """The tensor-core dtype a weight dtype computes in: int4 / mxfp4 weight-only experts
+    are dequantized to bf16 in the kernel."""
+    return "bf16" if dtype in EXPERT_ONLY_DTYPES else dtype
+
+
+_GPU_EXTRA_NAMES = {
+    "h100": "h100_sxm",
+    "h200": "h200_sxm",
+    "b200": "b200_sxm",
+    "b300": "b300_sxm",
+    "a100": "a100_sxm",
+    "a100_80gb": "a100_sxm",
+    "gb200_nvl72": "gb200",
+}
 
 
 def load_gpu_file(path: str | Path) -> GpuSpec:
@@ -488,6 +725,15 @@ def get_gpu(name: str) -> GpuSpec:
     raise UnknownNameError(f"unknown gpu '{name}'; known: {', '.join(GPUS)}")
 
 
+def serve_batch_defaults(gpu: GpuSpec) -> tuple[int, int]:
+    """``vllm serve``'s default (max_num_batched_tokens, max_num_seqs) on ``gpu``: 8192 /
+    1024 on GPUs of 70 GiB or more except A100, else 2048 / 256 (VLLM_FACTS C,
+    ``engine/arg_utils.py`` ``get_batch_defaults``)."""
+    if gpu.memory_gib >= 70 and not gpu.name.startswith("a100"):
+        return 8192, 1024
+    return 2048, 256
+
+
 def profile_run_bytes(
     model: ModelSpec, tp: int, max_num_batched_tokens: int = 8192, max_num_seqs: int = 1024
 ) -> int:
@@ -520,8 +766,12 @@ def fits_in_memory(
     dtype: str,
     gpu_memory_utilization: float = 0.9,
     reserve_bytes: int | None = None,
+    expert_ranks: int | None = None,
 ) -> int:
     """Free KV-cache bytes per GPU after weights (sharded over ``tp``) and the reserve.
+
+    ``expert_ranks``: the routed experts are split over this many GPUs instead (expert
+    parallelism across ``data_parallel_size`` x ``tp`` ranks).
 
     Usable memory is ``gpu_memory_utilization`` of the GPU; from it the weights / tp and a
     reserve are subtracted (``reserve_bytes``, default a flat 1 GiB: the KV cache's size
@@ -536,6 +786,9 @@ def fits_in_memory(
         )
     weights = model.weight_bytes(dt)
     per_gpu = weights / tp
+    if expert_ranks is not None and model.is_moe:
+        experts = model.routed_expert_params() * DTYPE_BYTES[dt]
+        per_gpu = (weights - experts) / tp + experts / expert_ranks
     usable = gpu.memory_bytes * gpu_memory_utilization
     reserve = ACTIVATION_RESERVE_BYTES if reserve_bytes is None else reserve_bytes
     free = usable - per_gpu - reserve

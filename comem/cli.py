@@ -553,6 +553,12 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
     from sim.serving import SERVING_FRAMEWORK, calibrate_serving
 
     _writable_dir(args.out)
+    if args.other_gpus is not None:
+        from calibration.fit import build_other_gpu_profiles
+
+        for path in build_other_gpu_profiles(args.shared, args.other_gpus or None, args.out):
+            print(f"wrote {path}")
+        return 0
     paths = build_default_profiles(args.shared, args.out)
     csv = Path(args.shared) / "data" / "serving" / "vllm_serving_h100.csv"
     if csv.is_file():
@@ -805,8 +811,10 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
 
 
 _DTYPE_HELP = (
-    "weights: bf16 or fp8 [auto: the checkpoint's, as vLLM loads it: fp8 when its config.json"
-    " has an fp8 quantization_config or, without a config, its name an FP8 part; else bf16]"
+    "weights: bf16, fp8, fp4 (NVFP4), int4 or mxfp4 (weight-only routed experts) [auto: the"
+    " checkpoint's, as vLLM loads it: from its config.json's quantization_config (fp8, ModelOpt"
+    " NVFP4, compressed-tensors int4, mxfp4) or, without a config, an FP8 / NVFP4 part of its"
+    " name; else bf16]"
 )
 
 
@@ -820,6 +828,10 @@ _DTYPE_NAMES = {
     "float16": "bf16",
     "half": "bf16",
     "fp8": "fp8",
+    "fp4": "fp4",
+    "nvfp4": "fp4",
+    "int4": "int4",
+    "mxfp4": "mxfp4",
 }
 
 
@@ -827,7 +839,8 @@ def _dtype_arg(text: str) -> str:
     key = text.strip().lower()
     if key not in _DTYPE_NAMES:
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not a weight dtype; use auto, bf16 (bfloat16, float16, half) or fp8"
+            f"'{text}' is not a weight dtype; use auto, bf16 (bfloat16, float16, half), fp8,"
+            " fp4 (nvfp4), int4 or mxfp4"
         )
     return _DTYPE_NAMES[key]
 
@@ -849,6 +862,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     from sim.config import validate
 
     args.dtype = _weight_dtype(args)
+    from calibration.registry import get_gpu, serve_batch_defaults
+
+    tokens, seqs = serve_batch_defaults(get_gpu(args.gpu))
+    if args.max_num_batched_tokens is None:
+        args.max_num_batched_tokens = tokens
+    if args.max_num_seqs is None:
+        args.max_num_seqs = seqs
     engine: dict[str, Any] = {
         "name": "bench-serve",
         "model": args.model,
@@ -1636,6 +1656,31 @@ def cmd_figures(args: argparse.Namespace) -> int:
 QUICK_FIGURES_DIR = "out/figures-quick"
 
 
+def _print_gpu(g: Any, profiles: list[tuple[str, str, str]]) -> None:
+    """One GPU of ``comem list gpus``: datasheet, memory (and its assumption), kernels."""
+    from calibration.profile import default_profile
+
+    peaks = "  ".join(
+        f"{d} {v / 1e12:.0f}" for d, v in g.peak_flops.items() if d in ("bf16", "fp8", "fp4")
+    )
+    dtypes = [d for gpu, _, d in profiles if gpu == g.name]
+    versions = sorted(
+        {
+            str(default_profile(g.name, d).provenance.get("kernel_dir", "")).rsplit("vllm-", 1)[-1]
+            for d in dtypes
+        }
+    )
+    fp8_kv = any("generation_attention_fp8kv" in default_profile(g.name, d).ops for d in dtypes)
+    kv = ("bf16, fp8" if fp8_kv else "bf16") if dtypes else "none"
+    print(
+        f"{g.name:9s} {g.memory_gib:6.1f} GiB  {g.hbm_bandwidth_Bps / 1e12:.2f} TB/s  "
+        f"TFLOP/s {peaks}  kernels: vLLM {', '.join(versions) or '-'},"
+        f" weights {', '.join(dtypes) or 'none'}, KV cache {kv}"
+    )
+    memory = g.memory_assumption or "measured (torch.cuda.mem_get_info total on the GPU)"
+    print(f"{'':9s} memory vLLM sizes the KV cache from: {memory}")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from calibration.profile import available_profiles
     from calibration.registry import GPUS, REGISTRY
@@ -1650,14 +1695,38 @@ def cmd_list(args: argparse.Namespace) -> int:
             )
     elif args.what == "gpus":
         for g in GPUS.values():
-            print(
-                f"{g.name:10s} {g.memory_gib:6.0f} GiB  {g.hbm_bandwidth_Bps / 1e12:.2f} TB/s  "
-                f"bf16 {g.peak_flops['bf16'] / 1e12:.0f} TFLOP/s  "
-                f"fp8 {g.peak_flops['fp8'] / 1e12:.0f} TFLOP/s"
-            )
+            _print_gpu(g, available_profiles())
     else:
         for gpu, framework, dtype in available_profiles():
             print(f"{gpu:10s} {framework:12s} {dtype}")
+    return 0
+
+
+def cmd_calibrate_cv(args: argparse.Namespace) -> int:
+    """Per op of every embedded profile (or those of ``--gpu``): in-sample and
+    cross-validated (whole shapes held out) MAPE."""
+    from calibration.profile import available_profiles, default_profile
+
+    print("gpu       dtype  op                          rows  MAPE   CV MAPE  CV p90")
+    for gpu, _, dtype in available_profiles():
+        if args.gpu and gpu not in args.gpu:
+            continue
+        for key, fit in sorted(default_profile(gpu, dtype).ops.items()):
+            own, cv = fit.stats.get("with_lattice", {}), fit.stats.get("cv")
+            cv_text = f"{cv['mape']:7.1%}  {cv['p90']:6.1%}" if cv else "      -       -"
+            print(
+                f"{gpu:9s} {dtype:6s} {key:27s} {own.get('rows', 0):6d}"
+                f" {own.get('mape', math.nan):6.1%} {cv_text}"
+            )
+    return 0
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from comem.families import run_families
+
+    _writable_dir(args.out)
+    for path in run_families(args.gpus, Path(args.out)):
+        print(f"wrote {path}")
     return 0
 
 
@@ -1720,9 +1789,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_large(fit)
     fit.set_defaults(func=cmd_calibrate_fit)
 
+    cvp = cal_sub.add_parser(
+        "cv",
+        help="per-op error of the embedded profiles: in-sample and cross-validated",
+        description="Every op of every embedded profile: its MAPE on its table and, where"
+        " fitted with it (the GPUs beyond H100/H200 bf16/fp8, the family ops), its 5-fold"
+        " cross-validated MAPE with whole shapes held out.",
+    )
+    cvp.add_argument("--gpu", nargs="+", help="only these GPUs")
+    cvp.set_defaults(func=cmd_calibrate_cv)
+
     bld = cal_sub.add_parser("build-defaults", help="regenerate the embedded profiles")
     bld.add_argument("--shared", required=True, help="the shared/ data checkout")
     bld.add_argument("--out", help="directory (default: the package's profiles/)")
+    bld.add_argument(
+        "--other-gpus", nargs="*", metavar="GPU",
+        help="instead of H100/H200: fit the other GPUs' profiles (all of b200_sxm, b300_sxm,"
+        " gb200, a100_sxm, l40s, or those named), every dtype their tables price, each op"
+        " cross-validated on held-out shapes; the overhead is copied from h200_sxm's",
+    )  # fmt: skip
     bld.set_defaults(func=cmd_calibrate_build_defaults)
 
     fs = cal_sub.add_parser(
@@ -1846,8 +1931,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
         " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
     )  # fmt: skip
-    bs.add_argument("--max-num-batched-tokens", type=_token_count, default=8192)
-    bs.add_argument("--max-num-seqs", type=_token_count, default=1024)
+    bs.add_argument(
+        "--max-num-batched-tokens", type=_token_count,
+        help="[vLLM serve's default: 8192 on GPUs of 70 GiB or more but A100, else 2048]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--max-num-seqs", type=_token_count,
+        help="[vLLM serve's default: 1024 on GPUs of 70 GiB or more but A100, else 256]",
+    )  # fmt: skip
     bs.add_argument("--max-model-len", type=_token_count)
     bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
     bs.add_argument("--kv-capacity-tokens", type=_token_count, help="KV cache size override")
@@ -2139,6 +2230,17 @@ def build_parser() -> argparse.ArgumentParser:
     th = sub.add_parser("theory", help="print the closed forms and bounds as LaTeX")
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_theory)
+
+    fam = sub.add_parser(
+        "families",
+        help="per attention family: KV bytes per token and the concurrency where CoMem beats FC",
+        description="One model per attention family (GQA dense, GQA MoE, MLA, DSA, hybrid GDN,"
+        " sliding) on each GPU: KV bytes per token, and the authors' synthetic benchmark run at"
+        " 1, 2, 4, ... agents until CoMem's llm_exec_time beats FC's, then at 4x that.",
+    )
+    fam.add_argument("--gpus", nargs="+", default=["h200_sxm", "b200_sxm"])
+    fam.add_argument("--out", default="figures/families", help="directory [figures/families]")
+    fam.set_defaults(func=cmd_families)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
     ls.add_argument("what", choices=("models", "gpus", "profiles"))

@@ -61,7 +61,7 @@ class EngineConfig(InputModel):
     tp: PositiveInt = 1
     #: weight precision; a scenario states it (bench-serve and predict-static default to the
     #: checkpoint's, as vLLM loads it). The KV cache: kv_cache_dtype
-    dtype: Literal["bf16", "fp8"] = "bf16"
+    dtype: Literal["bf16", "fp8", "fp4", "int4", "mxfp4"] = "bf16"
     #: vLLM's ``--enable-expert-parallel`` (one data-parallel rank): MoE layers split by
     #: whole experts over the ``tp`` GPUs instead of slicing every expert; an error for a
     #: dense model

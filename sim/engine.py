@@ -196,6 +196,7 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
         fp8_gemm=cfg.fp8_gemm,
         max_num_batched_tokens=cfg.max_num_batched_tokens,
         max_num_seqs=cfg.max_num_seqs,
+        data_parallel_size=cfg.data_parallel_size,
         async_scheduling=cfg.async_scheduling,
     )
 
@@ -836,14 +837,10 @@ class ReplicatedEngine:
         latency: IterationLatency | None = None,
         recorder: MetricsRecorder | None = None,
     ) -> None:
-        if config.enable_expert_parallel:
-            # vLLM's EP spans all DP ranks (EP = TP x DP, tokens all-gathered across
-            # them); replicas that each price their own MoE layers cannot model that
-            raise ComemInputError(
-                f"engine '{config.name}': expert parallelism with data_parallel_size"
-                f" {config.data_parallel_size} is not modelled (vLLM makes EP = TP x DP across"
-                " the DP ranks); use TP with EP, or DP without it"
-            )
+        if config.enable_expert_parallel and latency is None:
+            # vLLM's EP spans all DP ranks (EP = TP x DP, tokens all-gathered across them):
+            # every replica prices its iterations with the whole group's MoE layers
+            latency = engine_latency(config)
         self.env = env
         self.config = config
         self.recorder = recorder if recorder is not None else MetricsRecorder()

@@ -101,8 +101,8 @@ BAD_PREDICT = [
         ["no-such-model", "llama-3-8b"],
         id="unknown-model",
     ),
-    pytest.param([*PREDICT, "--gpu", "a100", *STATIC], ["a100", "h100_sxm"], id="unknown-gpu"),
-    pytest.param([*LLAMA, "--dtype", "int4", *STATIC], ["int4", "bf16"], id="unknown-dtype"),
+    pytest.param([*PREDICT, "--gpu", "v100", *STATIC], ["v100", "h100_sxm"], id="unknown-gpu"),
+    pytest.param([*LLAMA, "--dtype", "int3", *STATIC], ["int3", "bf16"], id="unknown-dtype"),
     # tp=3 is rejected before the head check (only 1, 2, 4, 8 are supported).
     pytest.param([*PREDICT, "--tp", "3", *STATIC], ["tp=3"], id="tp3-llama"),
     # A supported TP that does not divide the 28 query heads of qwen2-7b.

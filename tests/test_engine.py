@@ -428,7 +428,7 @@ def test_request_larger_than_the_cache_is_rejected():
         ("max_num_seqs", -3, "max_num_seqs"),
         ("gpu_memory_utilization", 1.5, "gpu_memory_utilization"),
         ("stepping", "warp", "stepping"),
-        ("dtype", "int4", "dtype"),
+        ("dtype", "int3", "dtype"),
         ("blocksize", 16, "blocksize"),
     ],
 )

@@ -39,6 +39,22 @@ PUBLISHED_B = {
     "qwen3-coder-480b": 480.0,
     "qwen3-235b-a22b": 235.0,
     "glm-4.7": 355.0,  # includes the MTP layer, which param_count() leaves out
+    # shared/data/model_configs (model cards; MTP layers and vision towers left out)
+    "minimax-m2.5": 229.0,
+    "qwen3-30b-a3b": 30.5,
+    "qwen3-8b": 8.2,
+    "qwen3.5-27b": 27.0,
+    "qwen3.5-35b-a3b": 35.0,
+    "qwen3.5-397b-a17b": 397.0,
+    "deepseek-v3": 671.0,
+    "deepseek-v3.2": 671.0,
+    "llama-3.1-405b": 405.0,
+    "mixtral-8x7b": 46.7,
+    "kimi-k2-instruct": 1040.0,
+    "kimi-k2.5": 1040.0,
+    "gpt-oss-120b": 116.8,
+    "gpt-oss-20b": 21.0,
+    "glm-5": 744.0,
 }
 
 
@@ -155,7 +171,24 @@ def test_weight_bytes() -> None:
     assert glm.weight_bytes("fp8") / 1e9 == pytest.approx(355, rel=0.01)
     assert get_model("qwen3-coder-480b").weight_bytes("bf16") / 1e9 == pytest.approx(960, rel=0.01)
     with pytest.raises(UnknownNameError):
-        spec.weight_bytes("int4")
+        spec.weight_bytes("fp16")
+    with pytest.raises(ComemInputError, match="routed experts only"):
+        spec.weight_bytes("int4")  # a dense model has no experts to quantize
+
+
+def test_weight_bytes_of_4_bit_checkpoints() -> None:
+    # Kimi-K2.5: routed experts int4 (group 32, bf16 scale: 4.5 bits), everything else bf16
+    kimi = get_model("kimi-k2.5")
+    experts = 60 * 384 * 3 * 7168 * 2048
+    assert kimi.routed_expert_params() == experts
+    assert kimi.weight_bytes("int4") == int(2 * (kimi.param_count() - experts) + 0.5625 * experts)
+    assert kimi.weight_bytes("int4") / 1e9 == pytest.approx(595, rel=0.01)
+    # gpt-oss-120b: MXFP4 experts (4.25 bits): the published checkpoint is ~65 GB
+    assert get_model("gpt-oss-120b").weight_bytes("mxfp4") / 1e9 == pytest.approx(65, rel=0.03)
+    # NVFP4: 4.5 bits for every quantized weight, embeddings bf16
+    llama = get_model("llama-3.1-70b")
+    emb = 2 * llama.vocab * llama.hidden
+    assert llama.weight_bytes("fp4") == int(2 * emb + 0.5625 * (llama.param_count() - emb))
 
 
 # -- tensor parallelism ----------------------------------------------------------------
@@ -231,7 +264,29 @@ def test_gpus() -> None:
         assert gpu.sm_count == 132
         assert gpu.memory_bytes == gpu.memory_gib * GIB
     assert get_gpu("h100") is h100 and get_gpu("H100-SXM") is h100
-    assert set(GPUS) == {"h100_sxm", "h200_sxm"}
+    assert set(GPUS) == {
+        "h100_sxm",
+        "h200_sxm",
+        "b200_sxm",
+        "b300_sxm",
+        "gb200",
+        "a100_sxm",
+        "l40s",
+    }
+    assert h100.memory_assumption is None and h200.memory_assumption is None
+
+
+def test_unmeasured_gpus_state_their_memory_assumption() -> None:
+    # datasheet capacity scaled by torch's share measured on H100 (79.18 of 80 GiB)
+    b200 = get_gpu("b200")
+    assert b200.memory_gib == pytest.approx(180 * 85_017_493_504 / 2**30 / 80)
+    assert "assumed, not measured" in (b200.memory_assumption or "")
+    # an nvidia-smi figure (the driver's total) is kept
+    assert get_gpu("b300_sxm").memory_gib == pytest.approx(275040 / 1024)
+    assert get_gpu("gb200").memory_gib == pytest.approx(189471 / 1024)
+    assert get_gpu("l40s").memory_gib == pytest.approx(46068 / 1024)
+    assert "fp8" not in get_gpu("a100_sxm").peak_flops  # A100 has no fp8 tensor cores
+    assert get_gpu("b200_sxm").peak_flops["fp4"] == pytest.approx(9000e12)
 
 
 def test_gpu_spec_hashable() -> None:
@@ -240,16 +295,17 @@ def test_gpu_spec_hashable() -> None:
 
 
 def test_unknown_gpu_lists_known_names() -> None:
-    with pytest.raises(UnknownNameError, match=r"^unknown gpu 'a100'; known: h100_sxm, h200_sxm$"):
-        get_gpu("a100")
+    with pytest.raises(UnknownNameError, match=r"^unknown gpu 'v100'; known: h100_sxm, h200_sxm, "):
+        get_gpu("v100")
 
 
 def test_dtypes() -> None:
-    assert DTYPES == ("bf16", "fp8")
+    assert DTYPES == ("bf16", "fp8", "fp4", "int4", "mxfp4")
+    assert check_dtype("nvfp4") == "fp4" and check_dtype("int4_wo") == "int4"
     assert check_dtype("bf16") == "bf16"
     assert check_dtype("BFloat16") == "bf16"
     assert check_dtype("FP8") == "fp8"
-    with pytest.raises(UnknownNameError, match=r"^unknown dtype 'fp16'; known: bf16, fp8$"):
+    with pytest.raises(UnknownNameError, match=r"^unknown dtype 'fp16'; known: bf16, fp8, fp4,"):
         check_dtype("fp16")
 
 

@@ -1,0 +1,129 @@
+"""The GPUs beyond H100/H200 and the 4-bit weight profiles: what is embedded, with which
+errors, and that they price physically (faster memory, faster decode)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from calibration.errors import ComemInputError
+from calibration.latency import Batch, LatencyModel
+from calibration.profile import available_profiles, default_profile
+from calibration.registry import get_model, quantization_dtype
+from tests.cli_helpers import run_comem
+
+#: (gpu, dtype) -> vLLM version folder of its kernel tables
+OTHER = {
+    **{("b200_sxm", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4", "mxfp4")},
+    **{("b300_sxm", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4")},
+    **{("gb200", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4")},
+    ("a100_sxm", "bf16"): "0.14.0",
+    ("l40s", "bf16"): "0.22.0",
+    ("l40s", "int4"): "0.22.0",
+    ("h100_sxm", "int4"): "0.19.0",
+    ("h200_sxm", "int4"): "0.19.0",
+    ("h200_sxm", "mxfp4"): "0.19.0",
+}
+DONOR = {"bf16": "bf16", "fp8": "fp8", "fp4": "fp8", "int4": "bf16", "mxfp4": "bf16"}
+
+
+def test_every_other_gpu_profile_is_embedded() -> None:
+    have = {(g, d) for g, _, d in available_profiles()}
+    assert set(OTHER) <= have
+    assert have - set(OTHER) == {(g, d) for g in ("h100_sxm", "h200_sxm") for d in ("bf16", "fp8")}
+
+
+@pytest.mark.parametrize(("gpu", "dtype"), sorted(OTHER))
+def test_profile_provenance_and_cross_validated_errors(gpu: str, dtype: str) -> None:
+    prof = default_profile(gpu, dtype)
+    assert prof.provenance["kernel_dir"] == f"kernels/{gpu}/vllm-{OTHER[gpu, dtype]}"
+    # the serving overhead is the H200's of the same kind, and says so
+    assert prof.overhead["copied_from"] == f"h200_sxm/{DONOR[dtype]}"
+    assert (
+        prof.overhead["per_iteration_s"]
+        == default_profile("h200_sxm", DONOR[dtype]).overhead["per_iteration_s"]
+    )
+    for key, fit in prof.ops.items():
+        cv = fit.stats["cv"]
+        assert cv["rows"] == fit.stats["with_lattice"]["rows"] > 0, key
+        # held-out shapes cost more than in-sample, never absurdly
+        assert fit.stats["with_lattice"]["mape"] <= cv["mape"] + 0.02 < 0.6, (key, cv)
+    for key in ("gemm", "gemm_bf16", "generation_attention"):
+        assert prof.op(key).stats["cv"]["mape"] < 0.2, key
+
+
+def _decode_s(gpu: str, model: str = "llama-3.1-8b", dtype: str = "bf16", tp: int = 1) -> float:
+    lm = LatencyModel(get_model(model), gpu, tp, dtype, include_overhead=False)
+    return lm.iteration_time(Batch(decode_kv=[4096] * 8))
+
+
+def test_decode_follows_hbm_bandwidth_across_gpus() -> None:
+    # a small-batch decode streams the weights: L40S (0.86 TB/s) < A100 (2.0) < H100 (3.35)
+    # < H200 (4.8) < B200 (7.7) in speed, each within 2x of the bandwidth ratio
+    order = ["l40s", "a100_sxm", "h100_sxm", "h200_sxm", "b200_sxm"]
+    times = [_decode_s(g) for g in order]
+    assert times == sorted(times, reverse=True)
+    assert 0.5 < (times[0] / times[-1]) / (7.7 / 0.864) < 2.0
+
+
+def test_fp4_weights_decode_faster_than_fp8_and_bf16_on_blackwell() -> None:
+    bf16, fp8, fp4 = (_decode_s("b200_sxm", "llama-3.1-70b", d, 2) for d in ("bf16", "fp8", "fp4"))
+    assert fp4 < fp8 < bf16
+
+
+def test_gb200_all_reduce_stops_at_4_gpus() -> None:
+    with pytest.raises(ComemInputError, match="allreduce_8") as info:
+        LatencyModel(get_model("llama-3.1-70b"), "gb200", 8, "bf16")
+    assert "\n" not in str(info.value)
+
+
+def test_a100_has_no_fp8_and_l40s_no_fp8_gemm() -> None:
+    for gpu in ("a100_sxm", "l40s"):
+        with pytest.raises(ComemInputError, match=f"no embedded profile for {gpu}/fp8"):
+            LatencyModel(get_model("llama-3.1-8b"), gpu, 1, "fp8")
+
+
+def test_checkpoints_load_in_their_own_dtype() -> None:
+    from calibration.registry import checkpoint_dtype
+
+    assert checkpoint_dtype("kimi-k2.5") == "int4"
+    assert checkpoint_dtype("gpt-oss-120b") == "mxfp4"
+    assert checkpoint_dtype("deepseek-v3") == "fp8" and checkpoint_dtype("glm-5") == "bf16"
+    assert checkpoint_dtype("nvidia/DeepSeek-R1-NVFP4") == "fp4"
+    # a quantized re-upload under another org is priced as its base architecture
+    assert get_model("nvidia/DeepSeek-R1-0528-FP4").alias == "deepseek-v3"
+    assert get_model("nvidia/Llama-3.3-70B-Instruct-FP4").alias == "llama-3.1-70b"
+    assert checkpoint_dtype("nvidia/Llama-3.3-70B-Instruct-FP4") == "fp4"
+    modelopt = {"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4"}}
+    assert quantization_dtype(modelopt) == "fp4"
+    w4a8 = {
+        "quant_method": "compressed-tensors",
+        "config_groups": {
+            "g": {"weights": {"num_bits": 4, "type": "int"}, "input_activations": {"num_bits": 8}}
+        },
+    }
+    assert quantization_dtype({"quantization_config": w4a8}) == "bf16"  # not weight-only
+
+
+def test_list_gpus_states_versions_dtypes_and_memory_assumption() -> None:
+    proc = run_comem("list", "gpus")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "b200_sxm" in out and "vLLM 0.19.0" in out and "vLLM 0.14.0" in out
+    assert "weights bf16, fp4, fp8, int4, mxfp4, KV cache bf16, fp8" in out
+    assert out.count("assumed, not measured") == 5
+    assert "measured (torch.cuda.mem_get_info" in out
+
+
+def test_capacity_on_b200_uses_the_stated_memory() -> None:
+    lm = LatencyModel(get_model("llama-3.1-8b"), "b200_sxm", 1, "bf16")
+    usable = lm.gpu.memory_bytes * 0.9 - lm.model.weight_bytes("bf16") - lm.reserve_bytes()
+    assert lm.kv_capacity_tokens() == math.floor(usable / (32 * 4096))
+
+
+def test_a100_moe_is_fitted_on_its_skewed_routing_and_says_so() -> None:
+    prof = default_profile("a100_sxm", "bf16")
+    assert any("power_law_1.01" in note for note in prof.provenance["notes"])
+    bf16_h100 = _decode_s("h100_sxm", "mixtral-8x7b", "bf16", 2)
+    assert _decode_s("a100_sxm", "mixtral-8x7b", "bf16", 2) > bf16_h100
