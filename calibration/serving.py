@@ -199,7 +199,7 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
     TPOT below this bound means the row's stated workload or hardware is not what ran
     (such rows are left out of a fit, and said so).
     """
-    from calibration.registry import check_kv_cache_dtype, get_gpu
+    from calibration.registry import check_kv_cache_dtype, compute_dtype, get_gpu
 
     m = get_model(row.model)
     gpu = get_gpu(row.gpu)
@@ -226,7 +226,9 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
         idle = m.experts - m.top_k
         matrices -= m.moe_layers * idle * 3 * m.hidden * m.moe_intermediate
     flops = 2.0 * matrices * row.isl + 2.0 * m.layers * m.q_heads * m.head_dim * row.isl**2
-    prefill = flops / tp / gpu.peak_flops[row.dtype]
+    # weight-only 4-bit experts compute in bf16; a dtype without a datasheet peak: bf16's
+    peak = gpu.peak_flops.get(compute_dtype(row.dtype)) or gpu.peak_flops["bf16"]
+    prefill = flops / tp / peak
     c = row.concurrency
     lifetime = c * max(prefill, decode) + max(row.osl - c, 0) * decode
     return max((lifetime - row.ttft_s) / max(row.osl - 1, 1), decode)
@@ -312,6 +314,21 @@ def _silicon_model(path: str, config_dir: Path | None) -> str:
         return str(config)
 
 
+def _silicon_dtype(precision: str, model: str, gpu: str) -> str:
+    """The weight dtype a silicon row ran in: its ``precision``, except that a 4-bit one
+    is what the checkpoint ships, as vLLM loads it (gpt-oss's rows say fp4 for its MXFP4
+    experts, which Hopper runs as 4-bit weights: data README); refused when no embedded
+    profile prices that dtype on that GPU."""
+    from calibration.profile import default_profile
+    from calibration.registry import checkpoint_dtype
+
+    dtype = check_dtype(precision)
+    if dtype in ("fp4", "int4", "mxfp4"):
+        dtype = checkpoint_dtype(model)
+    default_profile(gpu, dtype)  # one line when there is none
+    return dtype
+
+
 def load_silicon_csv(
     path: str | Path, config_dir: str | Path | None = None
 ) -> tuple[list[ServingRow], list[SkippedRow]]:
@@ -357,8 +374,8 @@ def load_silicon_csv(
             skipped.append(SkippedRow(label, "attention data parallelism (uncertain: README)"))
             continue
         try:
-            dtype = check_dtype(str(r.precision))
             model = _silicon_model(str(r.model_path), cdir)
+            dtype = _silicon_dtype(str(r.precision), model, str(r.system))
         except ComemInputError as exc:
             skipped.append(SkippedRow(label, str(exc).split(";")[0]))
             continue

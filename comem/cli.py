@@ -974,6 +974,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             f"[low, high]: {level:.0%} interval from the calibration's errors on models and GPUs"
             " it was not fitted to (comem calibrate report)"
         )
+        if out.get("error_bands_caveat"):
+            print(f"caveat: {out['error_bands_caveat']}")
     print(
         f"preemptions {out['preemptions']}, {out['simulator']['iterations']} engine iterations,"
         f" KV cache {out['simulator']['kv_cache_blocks']} blocks"

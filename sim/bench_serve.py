@@ -430,6 +430,9 @@ def vllm_result(
         for key, value in zip(keys, stats, strict=True):
             result[f"{key}_{name}_ms"] = value * 1000.0
     add_intervals(result, getattr(res.engine.latency, "error_bands", {}))
+    caveat = getattr(res.engine.latency, "band_caveat", "")
+    if caveat and "error_bands" in result:
+        result["error_bands_caveat"] = caveat
     if detailed:
         result["input_lens"] = [r.prompt_tokens for r in res.requests]
         result["output_lens"] = [r.generated for r in res.requests]
