@@ -352,11 +352,18 @@ def write_defaults(
     static_entry = e2e_overhead_entry(static_fit, len(e2e))
     static_entry["error_bands"] = {"static": static_band.to_dict()}
     written = []
+    fitted_on = {(r.gpu, r.dtype) for r in rows}
     for gpu, framework, dtype in available_profiles():
         path = profile_path(gpu, dtype, framework)
         prof = Profile.load(path)
-        prof.overheads[SERVING_FRAMEWORK] = entry
-        prof.overhead = dict(entry)
+        own = dict(entry)
+        if (gpu, dtype) not in fitted_on:
+            # no serving rows were measured on this GPU and weight dtype: the same fit,
+            # said to be borrowed (the H200's of the same kind)
+            donor = "fp8" if dtype in ("fp8", "fp4") else "bf16"
+            own["copied_from"] = f"h200_sxm/{donor}"
+        prof.overheads[SERVING_FRAMEWORK] = own
+        prof.overhead = dict(own)
         for key, old in prof.overheads.items():
             if key.startswith("vllm-0.") or key.startswith("vllm-unstated"):
                 old["async_scheduling"] = False  # fitted in the sync form, per version

@@ -38,7 +38,7 @@ def test_every_other_gpu_profile_is_embedded() -> None:
 def test_profile_provenance_and_cross_validated_errors(gpu: str, dtype: str) -> None:
     prof = default_profile(gpu, dtype)
     assert prof.provenance["kernel_dir"] == f"kernels/{gpu}/vllm-{OTHER[gpu, dtype]}"
-    # the serving overhead is the H200's of the same kind, and says so
+    # the serving overhead was fitted on other GPUs' (or dtypes') serving rows, and says so
     assert prof.overhead["copied_from"] == f"h200_sxm/{DONOR[dtype]}"
     assert (
         prof.overhead["per_iteration_s"]
