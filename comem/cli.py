@@ -976,9 +976,16 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         )
         if out.get("error_bands_caveat"):
             print(f"caveat: {out['error_bands_caveat']}")
+    sim = out["simulator"]
+    sched = {True: "async scheduling", False: "sync scheduling"}.get(sim["async_scheduling"], "")
     print(
-        f"preemptions {out['preemptions']}, {out['simulator']['iterations']} engine iterations,"
-        f" KV cache {out['simulator']['kv_cache_blocks']} blocks"
+        f"simulated server: {out['model_id']} on {sim['tp']} x {sim['gpu']} (TP{sim['tp']}"
+        f"{', EP' if sim['expert_parallel'] else ''}), {sim['dtype']}, {sched},"
+        f" framework overhead {sim['overhead']}"
+    )
+    print(
+        f"preemptions {out['preemptions']}, {sim['iterations']} engine iterations,"
+        f" KV cache {sim['kv_cache_blocks']} blocks"
     )
     for path in out.get("files", []):
         print(f"wrote {path}")

@@ -400,6 +400,8 @@ def vllm_result(
             "iterations": res.engine.iterations,
             "stepping": cfg.engine.stepping,
             "expert_parallel": cfg.engine.enable_expert_parallel,
+            "async_scheduling": getattr(res.engine.latency, "async_scheduling", None),
+            "overhead": _overhead_name(res.engine.latency),
         },
     }
     samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
@@ -440,6 +442,19 @@ def vllm_result(
         result["start_times"] = [r.arrival_s for r in res.requests]
         result["errors"] = [r.reason for r in res.requests]
     return result
+
+
+def _overhead_name(latency: Any) -> str:
+    """The framework overhead a latency model prices with (its fit's name)."""
+    name = getattr(latency, "framework", None)
+    profile = getattr(latency, "profile", None)
+    if (
+        name is None
+        and profile is not None
+        and isinstance(getattr(profile, "overhead", None), dict)
+    ):
+        name = profile.overhead.get("framework")
+    return str(name or "measured profile")
 
 
 #: which cross-validated error band each latency metric's interval comes from
