@@ -15,6 +15,7 @@ model that charged less for more work would make schedulers game it).
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -334,6 +335,7 @@ class LatencyModel:
         #: measured only as held-out checks (README: gpt-oss-120b +47%, Kimi-K2.5 +112%
         #: TPOT on H200)
         self.band_caveat = self._band_caveat()
+        self._check_finite()
 
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
         """Price iterations with ``overhead`` from now on (the kernel tables are kept:
@@ -357,6 +359,20 @@ class LatencyModel:
                 f" {self.gpu.name}: its kernel tables measure"
                 f" {measured if have else 'no all-reduce'} (no {key})"
             )
+
+    def _check_finite(self) -> None:
+        """One line when the profile prices a plain decode step or a 512-token prefill as
+        no finite time under 10^4 s (op parameters that pass their own bounds, e.g. a
+        bandwidth of 1e-300 B/s, can still make every iteration last forever)."""
+        for n_dec, kv, new in ((1, 1024, [512]), (8, 8 * 1024, [])):
+            with np.errstate(all="ignore"):  # an overflow is what is being checked
+                t = self.kernel_time_of(n_dec, kv, new, [0] * len(new))
+            if not (math.isfinite(t) and 0.0 <= t < 1e4):
+                which = f"profile {self.profile.source}" if self.profile.source else "the profile"
+                raise ComemInputError(
+                    f"{which} ({self.profile.gpu}/{self.profile.dtype}) prices one iteration of"
+                    f" {self.model.alias} at {t:g} s: its op parameters describe no GPU"
+                )
 
     def _band_caveat(self) -> str:
         families = sorted(

@@ -28,6 +28,9 @@ from calibration.errors import ComemInputError
 
 #: The interval width every prediction reports (the ``*_low`` / ``*_high`` columns).
 DEFAULT_LEVEL = 0.8
+#: predicted / measured beyond these is no calibration's error band (a 1000x miss)
+RATIO_MIN = 1e-3
+RATIO_MAX = 1e3
 
 
 @dataclass(frozen=True)
@@ -61,17 +64,19 @@ class ErrorBand:
                 rows=int(data["rows"]),
                 source=str(data.get("source", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ComemInputError(f"{where}: not an error band ({exc})") from None
         ok = (
             0.0 < band.level < 1.0
-            and 0.0 < band.ratio_low <= band.ratio_high < math.inf
-            and band.rows >= 1
+            and RATIO_MIN <= band.ratio_low <= band.ratio_high <= RATIO_MAX
+            and 1 <= band.rows <= 10**9
+            and all(c.isprintable() for c in band.metric + band.source)
         )
         if not ok:
+            shown = repr(data) if len(repr(data)) <= 200 else repr(data)[:197] + "..."
             raise ComemInputError(
-                f"{where}: an error band needs 0 < level < 1, 0 < ratio_low <= ratio_high"
-                f" (finite) and rows >= 1; got {data!r}"
+                f"{where}: an error band needs 0 < level < 1, {RATIO_MIN:g} <= ratio_low <="
+                f" ratio_high <= {RATIO_MAX:g}, 1 <= rows <= 1e9 and printable text; got {shown}"
             )
         return band
 

@@ -41,8 +41,8 @@ def _shown(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
-def _int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``low``."""
+def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low`` (and <= ``high``)."""
 
     def parse(text: str) -> int:
         try:
@@ -53,6 +53,8 @@ def _int_at_least(low: int) -> Callable[[str], int]:
             ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
 
     return parse
@@ -592,7 +594,7 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     )
     from sim.serving import calibrate_serving
 
-    refuse_input_as_output(args.out, {"--csv": args.csv})
+    refuse_input_as_output(args.out, {"--csv": args.csv, "--profile": args.profile})
     _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
@@ -1551,6 +1553,12 @@ def cmd_fit_effectiveness(args: argparse.Namespace) -> int:
     from sim.effectiveness import FIT_PATH, load_fit
 
     out = Path(args.out) if args.out else FIT_PATH
+    if not args.show and args.data:
+        from calibration.inputs import refuse_input_as_output
+
+        data = Path(args.data)
+        files = [p for p in data.rglob("*") if p.is_file()] if data.is_dir() else [data]
+        refuse_input_as_output(str(out), {f"--data ({p.name})": p for p in files[:10_000]})
     if args.show:
         load_fit(out)  # a defect is one line
         report = json_mod.loads(out.read_text())
@@ -1731,8 +1739,13 @@ def cmd_calibrate_cv(args: argparse.Namespace) -> int:
 
 
 def cmd_families(args: argparse.Namespace) -> int:
+    from calibration.registry import get_gpu
     from comem.families import run_families
 
+    for gpu in args.gpus or []:
+        if not str(gpu).strip():
+            raise ComemInputError("--gpus: an empty GPU name")
+        get_gpu(gpu)  # an unknown GPU is one line, not a table of refusals
     _writable_dir(args.out)
     for path in run_families(args.gpus, Path(args.out)):
         print(f"wrote {path}")
@@ -2207,7 +2220,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the runs' directory (default: ../shared/data/effectiveness, or $COMEM_SHARED's)",
     )
     fe.add_argument("--out", help="the fit's JSON (default: sim/data/effectiveness_fit.json)")
-    fe.add_argument("--draws", type=_positive_int, default=200, help="instance-bootstrap draws")
+    fe.add_argument(
+        "--draws", type=_int_at_least(1, 10_000), default=200,
+        help="instance-bootstrap draws (1-10000; each is a refit, ~10 s)",
+    )  # fmt: skip
     fe.add_argument("--seed", type=_non_negative_int, default=23)
     fe.add_argument(
         "--show", action="store_true", help="print the committed fit (no refit, no ../shared)"

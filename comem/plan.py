@@ -178,6 +178,8 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
 
     model = get_model(spec.agent_model)
     get_gpu(spec.gpu)  # an unknown GPU is that, not "no deployment fits"
+    if {"sm", "kso"} & set(spec.kinds):
+        get_model(spec.memory_model)  # a broken config is its own error, not "fits nowhere"
     limit = min(spec.gpus, spec.max_gpus or spec.gpus)
     tps = [t for t in (1, 2, 4, 8) if t <= limit]
     dps = [d for d in (1, 2, 4, 8) if d <= limit]
@@ -468,6 +470,11 @@ def _read_point(f: Path, key: str) -> dict[str, Any] | None:
         v = value.get(name)
         if isinstance(v, bool) or not isinstance(v, int | float):  # NaN: no step finished
             return None
+        if v < 0 or v == math.inf:  # no simulation writes a negative or infinite figure
+            return None
+    tasks = value.get("tasks")
+    if isinstance(tasks, int) and not 0 <= value["tasks_ended_early"] <= tasks:
+        return None
     return value
 
 

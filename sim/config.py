@@ -96,7 +96,7 @@ class EngineConfig(InputModel):
     #: how the simulation steps the engine (a scenario's engine.stepping sets every one)
     stepping: Stepping = "event"
     #: KV-cache capacity override in tokens (default: derived from GPU memory).
-    kv_capacity_tokens: PositiveInt | None = None
+    kv_capacity_tokens: Tokens | None = None
     #: A profile JSON file instead of the embedded default for (gpu, dtype).
     profile: PathText | None = None
     #: Fixed cost per request before it joins the queue (HTTP, tokenization); None:

@@ -410,13 +410,21 @@ class ScenarioResult:
                 ignore_index=True,
             ),
         }
+        # a complete result is its tables plus config.json, written last; a run killed
+        # while writing leaves no config.json and no half-written table (each table is
+        # written beside and renamed into place), so it is never read as a whole result
+        cfg = out / "config.json"
+        cfg.unlink(missing_ok=True)
         paths = []
         for name, frame in tables.items():
             path = out / f"{name}.parquet"
-            frame.to_parquet(path, index=False)
+            tmp = out / f".{name}.parquet.tmp"
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
             paths.append(path)
-        cfg = out / "config.json"
-        cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
+        tmp_cfg = out / ".config.json.tmp"
+        tmp_cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
+        tmp_cfg.replace(cfg)
         return [*paths, cfg]
 
 

@@ -1427,3 +1427,140 @@ def _small_sweep(d: Path) -> Path:
     sweep = d / "small_sweep.toml"
     sweep.write_text(f'base = "{d / "small.toml"}"\n[grid]\n"workload.agents" = [1]\n')
     return sweep
+
+
+# -- round three, second pass: what an outside hostile pass found after the fixes ----------
+
+from tests.cli_helpers import assert_user_error, run_comem  # noqa: E402
+
+STATIC_ARGS = ("--batch", "1", "--input", "64", "--output", "8")
+
+
+def _profile_with(tmp_path: Path, name: str, change: Any) -> Path:
+    """The embedded H100 bf16 profile with ``change(data)`` applied, written as ``name``."""
+    from calibration.profile import profile_path
+
+    data = json.loads(profile_path("h100_sxm", "bf16").read_text())
+    change(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data).replace('"@inf"', "1e400"))
+    return path
+
+
+def test_a_profile_error_band_that_overflows_is_one_line(tmp_path: Path) -> None:
+    def huge_rows(d: dict[str, Any]) -> None:
+        d["overhead"]["error_bands"]["tpot"]["rows"] = "@inf"
+
+    path = _profile_with(tmp_path, "rows.json", huge_rows)
+    proc = run_comem(
+        "predict-static", "--model", "llama-3-8b", *STATIC_ARGS, "--profile", str(path)
+    )
+    assert_user_error(proc, "rows.json", "error band")
+
+    def tiny_ratio(d: dict[str, Any]) -> None:
+        d["overhead"]["error_bands"]["tpot"]["ratio_low"] = 5e-324
+        d["overhead"]["error_bands"]["tpot"]["ratio_high"] = 5e-324
+
+    path = _profile_with(tmp_path, "tiny.json", tiny_ratio)
+    assert_user_error(
+        run_comem("predict-static", "--model", "llama-3-8b", *STATIC_ARGS, "--profile", str(path)),
+        "ratio_low",
+    )
+
+
+def test_a_profile_that_prices_no_finite_iteration_is_refused(tmp_path: Path) -> None:
+    """Op parameters each within their bounds can still describe no GPU (peak FLOP/s of
+    1e-300): the latency model refuses it instead of simulating forever or printing inf."""
+
+    def tiny_flops(d: dict[str, Any]) -> None:
+        for op in d["ops"].values():
+            if "hw" in op and "peak_flops" in op["hw"]:
+                op["hw"]["peak_flops"] = 1e-300
+
+    path = _profile_with(tmp_path, "slow.json", tiny_flops)
+    for cmd in (
+        ["predict-static", "--model", "llama-3-8b", *STATIC_ARGS, "--profile", str(path)],
+        ["bench-serve", "--model", "llama-3-8b", "--num-prompts", "4", "--profile", str(path)],
+    ):
+        assert_user_error(run_comem(*cmd), "slow.json", "describe")
+
+
+def test_fit_outputs_never_replace_their_inputs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    runs = data / "runs.csv"
+    runs.write_text("a,b\n1,2\n")
+    proc = run_comem("fit-effectiveness", "--data", str(data), "--draws", "2", "--out", str(runs))
+    assert_user_error(proc, "runs.csv")
+    assert runs.read_text() == "a,b\n1,2\n"
+    assert_user_error(run_comem("fit-effectiveness", "--draws", "1000000000"), "--draws")
+    from calibration.profile import profile_path
+
+    prof = tmp_path / "p.json"
+    prof.write_text(profile_path("h100_sxm", "bf16").read_text())
+    csv = tmp_path / "s.csv"
+    csv.write_text(
+        "model,gpu,dtype,tp,concurrency,isl,osl,ttft_ms,tpot_ms\n"
+        "llama-3-8b,h100_sxm,bf16,1,2,64,8,50,10\n"
+    )
+    before = prof.read_text()
+    proc = run_comem(
+        "calibrate", "fit-serving", "--csv", str(csv), "--profile", str(prof), "--out", str(prof)
+    )
+    assert_user_error(proc, "--profile")
+    assert prof.read_text() == before
+
+
+def test_families_and_plan_name_what_is_wrong(tmp_path: Path) -> None:
+    assert_user_error(run_comem("families", "--gpus", "rtx", "--out", str(tmp_path)), "rtx")
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+    proc = run_comem(
+        "plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "2",
+        "--agents", "4", "--memory-model", str(bad), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert_user_error(proc, "config.json")
+
+
+def test_run_out_is_complete_or_has_no_config(tmp_path: Path) -> None:
+    """A result directory is whole (config.json written last, tables renamed into place):
+    writing over an older result first removes its config.json."""
+    from sim.scenario import ScenarioResult, load_scenario, run_scenario
+
+    sc = load_scenario(
+        REPO / "scenarios" / "paper_latency_glm47.toml", ["workload.agents=2", "workload.steps=2"]
+    )
+    res = run_scenario(sc)
+    out = tmp_path / "r"
+    res.write(out)
+    assert (out / "config.json").is_file() and not list(out.glob(".*.tmp"))
+
+    class Boom(RuntimeError):
+        pass
+
+    broken = ScenarioResult(sc, res.results)
+    original = pd.DataFrame.to_parquet
+
+    def fail(self: pd.DataFrame, path: Any, *a: Any, **k: Any) -> None:
+        if "requests" in str(path):
+            raise Boom
+        original(self, path, *a, **k)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(pd.DataFrame, "to_parquet", fail), pytest.raises(Boom):
+        broken.write(out)
+    assert not (out / "config.json").exists()  # the half-written result is not a result
+
+
+def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path) -> None:
+    from comem.plan import _read_point
+
+    good = {"point": "k", "mean_step_s": 1.0, "p99_step_s": 2.0, "steps_per_s": 1.0,
+            "tasks_ended_early": 0, "preemptions": 0, "tasks": 4}  # fmt: skip
+    f = tmp_path / "k.json"
+    for bad in ({"mean_step_s": -1.0}, {"steps_per_s": math.inf}, {"tasks_ended_early": 999}):
+        f.write_text(json.dumps(good | bad).replace("Infinity", "1e400"))
+        assert _read_point(f, "k") is None, bad
+    f.write_text(json.dumps(good))
+    assert _read_point(f, "k") == good
