@@ -926,6 +926,13 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         detailed=args.save_detailed, metrics=args.percentile_metrics,
         percentiles=args.metric_percentiles,
     )  # fmt: skip
+    if out["failed"]:
+        first = next((r.reason for r in result.requests if r.status != "finished"), "")
+        print(
+            f"comem bench-serve: warning: {out['failed']} of {cfg.num_prompts} requests failed"
+            f" (first: {first or 'no reason recorded'}); the statistics cover the others",
+            file=sys.stderr,
+        )
     if save_to is not None:
         save_to.write_text(
             json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
@@ -1884,6 +1891,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ps.add_argument(
         "--model",
+        type=_name,
         required=True,
         help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
     )

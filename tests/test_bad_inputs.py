@@ -1564,3 +1564,13 @@ def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path)
         assert _read_point(f, "k") is None, bad
     f.write_text(json.dumps(good))
     assert _read_point(f, "k") == good
+
+
+def test_bench_serve_warns_when_requests_fail_and_predict_static_names_are_printable() -> None:
+    proc = run_comem(
+        "bench-serve", "--model", "llama-3-8b", "--max-model-len", "10", "--num-prompts", "4"
+    )
+    assert proc.returncode == 0 and "4 of 4 requests failed" in proc.stderr, proc.stderr
+    assert_user_error(
+        run_comem("predict-static", "--model", "llama-3-8b\n", *STATIC_ARGS), "--model"
+    )
