@@ -237,7 +237,13 @@ class Profile:
         """Whether the server ``framework`` was fitted on scheduled asynchronously (its
         entry's ``async_scheduling``; absent: True, vLLM's default since v0.14)."""
         entry = self.overhead if framework is None else self.overheads.get(framework, {})
-        return bool(entry.get("async_scheduling", True))
+        value = entry.get("async_scheduling", True)
+        if not isinstance(value, bool):
+            raise ComemInputError(
+                f"profile {self.source or self.gpu + '/' + self.dtype}: overhead"
+                f" async_scheduling must be true or false, got {value!r}"[:300]
+            )
+        return value
 
     def op(self, key: str) -> OpFit:
         try:

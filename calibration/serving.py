@@ -61,7 +61,8 @@ ASYNC_SCHEDULING_SINCE = (0, 14)
 def version_schedules_async(version: str) -> bool | None:
     """Whether vLLM ``version`` (``0.16.0``) schedules asynchronously by default; None
     when the version is unstated or unreadable."""
-    parts = version.strip().lstrip("v").split(".")
+    text = version.strip().lower().removeprefix("vllm-").removeprefix("vllm")
+    parts = text.lstrip("v").split(".")
     try:
         major, minor = int(parts[0]), int(parts[1])
     except (IndexError, ValueError):
@@ -567,6 +568,9 @@ def overhead_entry(
             "ttft_mape": round(float(np.abs(table["ttft_error"]).mean()), 4),
             "tpot_mape": round(float(np.abs(table["tpot_error"]).mean()), 4),
             "fixed_point_iterations": fit.iterations,
+            # the servers the rows ran on: asynchronous scheduling by their versions (a
+            # profile read later prices its engines the same way unless told otherwise)
+            "async_scheduling": any(ServingSetup().schedules_async(r) for r in fit.rows),
         }
     )
     if cross_validation is not None:

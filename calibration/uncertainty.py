@@ -55,14 +55,28 @@ class ErrorBand:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "error band") -> ErrorBand:
+        def number(key: str) -> float:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{key} must be a number, got {type(value).__name__}")
+            return float(value)
+
         try:
+            if not isinstance(data, dict):
+                raise TypeError(f"an object is needed, got {type(data).__name__}")
+            rows = data["rows"]
+            if isinstance(rows, bool) or not isinstance(rows, int):
+                raise TypeError(f"rows must be a whole number, got {rows!r}"[:120])
+            metric, source = data["metric"], data.get("source", "")
+            if not isinstance(metric, str) or not isinstance(source, str):
+                raise TypeError("metric and source must be text")
             band = cls(
-                metric=str(data["metric"]),
-                level=float(data["level"]),
-                ratio_low=float(data["ratio_low"]),
-                ratio_high=float(data["ratio_high"]),
-                rows=int(data["rows"]),
-                source=str(data.get("source", "")),
+                metric=metric,
+                level=number("level"),
+                ratio_low=number("ratio_low"),
+                ratio_high=number("ratio_high"),
+                rows=rows,
+                source=source,
             )
         except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ComemInputError(f"{where}: not an error band ({exc})") from None
@@ -107,4 +121,11 @@ def read_bands(entry: dict[str, Any], where: str) -> dict[str, ErrorBand]:
     raw = entry.get("error_bands") or {}
     if not isinstance(raw, dict):
         raise ComemInputError(f"{where}: 'error_bands' must map metrics to bands")
-    return {str(k): ErrorBand.from_dict(v, f"{where}: error band {k}") for k, v in raw.items()}
+    bands = {}
+    for key, value in raw.items():
+        name = str(key) if len(str(key)) <= 40 else str(key)[:37] + "..."
+        band = ErrorBand.from_dict(value, f"{where}: error band {name!r}")
+        if band.metric != key:
+            raise ComemInputError(f"{where}: error band {name!r} is for metric {band.metric!r}")
+        bands[str(key)] = band
+    return bands

@@ -81,6 +81,12 @@ class BenchServeConfig(InputModel):
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
+        closed = math.isinf(self.request_rate) and self.max_concurrency is not None
+        if self.client_issue_delay_s > 0 and not closed:
+            raise ValueError(
+                "client_issue_delay_s needs a closed loop (--max-concurrency with request"
+                " rate inf): with an arrival rate the send times are the rate's"
+            )
         if self.warmup_requests is not None and self.warmup_requests >= self.num_prompts:
             raise ValueError(
                 f"warmup_requests ({self.warmup_requests}) leaves none of the"

@@ -714,7 +714,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ),  # fmt: skip
     ("csv-binary", [*FIT, "--measurements", "{d}/binary.csv"], ["binary.csv", "not UTF-8"]),
     ("csv-ttft-after-e2e", [*FIT, "--measurements", "{d}/ttft_late.csv"], ["ttft_s", "e2e_s"]),
-    ("name-newline", [*PS, "--batch", "1", "--model", "a\nb"], ["unknown model", "a\\nb"]),
+    ("name-newline", [*PS, "--batch", "1", "--model", "a\nb"], ["--model", "a\\nb"]),
     (
         "out-is-input",
         [*FIT[:-2], "--measurements", "{d}/good.csv", "--out", "{d}/good.csv"],
@@ -1574,3 +1574,48 @@ def test_bench_serve_warns_when_requests_fail_and_predict_static_names_are_print
     assert_user_error(
         run_comem("predict-static", "--model", "llama-3-8b\n", *STATIC_ARGS), "--model"
     )
+
+
+def test_profile_async_flags_and_bands_are_typed(tmp_path: Path) -> None:
+    """A profile's async_scheduling is true or false, an error band's numbers are numbers
+    and its metric its key: anything else is one line, not a silently different model."""
+
+    def text_flag(d: dict[str, Any]) -> None:
+        d["overhead"]["async_scheduling"] = "false"
+
+    def text_ratio(d: dict[str, Any]) -> None:
+        d["overhead"]["error_bands"]["tpot"]["ratio_low"] = "0.5"
+
+    def wrong_metric(d: dict[str, Any]) -> None:
+        d["overhead"]["error_bands"]["tpot"]["metric"] = "ttft"
+
+    for name, change, needle in (
+        ("flag.json", text_flag, "async_scheduling"),
+        ("ratio.json", text_ratio, "ratio_low"),
+        ("metric.json", wrong_metric, "metric"),
+    ):
+        path = _profile_with(tmp_path, name, change)
+        proc = run_comem(
+            "predict-static", "--model", "llama-3-8b", *STATIC_ARGS, "--profile", str(path)
+        )
+        assert_user_error(proc, name, needle)
+
+
+def test_client_issue_delay_needs_a_closed_loop() -> None:
+    proc = run_comem(
+        "bench-serve", "--model", "llama-3-8b", "--num-prompts", "4", "--request-rate", "2",
+        "--client-issue-delay", "5",
+    )  # fmt: skip
+    assert_user_error(proc, "closed loop")
+
+
+def test_a_fit_on_old_servers_says_they_were_synchronous() -> None:
+    from calibration.serving import ServingRow, version_schedules_async
+
+    assert (
+        version_schedules_async("vllm-0.19.0") is True and version_schedules_async("V0.12") is False
+    )
+    rows = [ServingRow("llama-3-8b", "h100_sxm", "bf16", 1, 4, 64, 8, 1, 1, vllm_version="0.12.0")]
+    from calibration.serving import ServingSetup
+
+    assert not any(ServingSetup().schedules_async(r) for r in rows)
