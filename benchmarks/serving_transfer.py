@@ -229,6 +229,35 @@ TTFT_FAMILIES = (
 )
 
 
+def scatter_panel(
+    ax: Any, table: pd.DataFrame, what: str, by: list[str], bands: tuple[float, float], how: str
+) -> None:
+    """Simulated against measured ``what`` (``ttft`` / ``tpot``, ms) on log axes, one
+    series per ``by`` group, the diagonal and the ``bands`` factors dotted, the MAPE and
+    signed error in the title (shared by this script and ``serving_validation.py``)."""
+    markers = "os^vD<>"
+    for i, (key, g) in enumerate(table.groupby(by)):
+        label = " ".join(map(str, key if isinstance(key, tuple) else (key,)))
+        ax.loglog(
+            g[f"{what}_ms"], g[f"pred_{what}_ms"], markers[i % len(markers)], ms=3.5, alpha=0.7,
+            label=label,
+        )  # fmt: skip
+    lo = min(table[f"{what}_ms"].min(), table[f"pred_{what}_ms"].min())
+    hi = max(table[f"{what}_ms"].max(), table[f"pred_{what}_ms"].max())
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    for f in bands:
+        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.5)
+    err = table[f"{what}_error"]
+    ax.set_title(
+        f"{what.upper()} {how}: MAPE {np.abs(err).mean():.1%}, signed {err.mean():+.1%}"
+        f" (n={len(table)})",
+        fontsize=9,
+    )
+    ax.set_xlabel(f"measured {what.upper()} (ms)")
+    ax.set_ylabel(f"simulated {what.upper()} (ms)")
+    ax.legend(fontsize=7)
+
+
 def draw(held: pd.DataFrame, path: Path) -> Path:
     """Left: held-out TPOT and TTFT against measured, by model (leave one model out).
     Right: TTFT against concurrency for a few row families, simulated (held out) and
@@ -241,22 +270,7 @@ def draw(held: pd.DataFrame, path: Path) -> Path:
     lomo = held[held["fold"] == "model"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
     for ax, what in zip(axes[:2], ("tpot", "ttft"), strict=True):
-        for model, g in lomo.groupby("model"):
-            ax.loglog(g[f"{what}_ms"], g[f"pred_{what}_ms"], "o", ms=3.5, alpha=0.7, label=model)
-        lo = min(lomo[f"{what}_ms"].min(), lomo[f"pred_{what}_ms"].min())
-        hi = max(lomo[f"{what}_ms"].max(), lomo[f"pred_{what}_ms"].max())
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        for f in (0.8, 1.25):
-            ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.5)
-        err = lomo[f"{what}_error"]
-        ax.set_title(
-            f"{what.upper()} held out by model: MAPE {np.abs(err).mean():.1%},"
-            f" signed {err.mean():+.1%}",
-            fontsize=9,
-        )
-        ax.set_xlabel(f"measured {what.upper()} (ms)")
-        ax.set_ylabel(f"simulated {what.upper()} (ms)")
-        ax.legend(fontsize=7)
+        scatter_panel(ax, lomo, what, ["model"], (0.8, 1.25), "held out by model")
     ax = axes[2]
     for i, (model, gpu, tp, isl, osl) in enumerate(TTFT_FAMILIES):
         g = lomo[

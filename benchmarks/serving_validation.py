@@ -107,28 +107,11 @@ def draw(cv: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from benchmarks.serving_transfer import scatter_panel
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    markers = {"qwen3-32b": "o", "llama-3.1-70b": "s"}
-    for ax, (what, unit) in zip(axes, (("ttft", "ms"), ("tpot", "ms")), strict=True):
-        for (model, dtype), g in cv.groupby(["model", "dtype"]):
-            ax.loglog(
-                g[f"{what}_ms"], g[f"pred_{what}_ms"], markers.get(model, "^"), ms=4, alpha=0.75,
-                label=f"{model} {dtype}",
-            )  # fmt: skip
-        lo = min(cv[f"{what}_ms"].min(), cv[f"pred_{what}_ms"].min())
-        hi = max(cv[f"{what}_ms"].max(), cv[f"pred_{what}_ms"].max())
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
-        for f in (0.5, 2.0):
-            ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.5)
-        err = cv[f"{what}_error"]
-        ax.set_title(
-            f"{what.upper()}: MAPE {np.abs(err).mean():.1%}, signed {err.mean():+.1%}"
-            f" (n={len(cv)})",
-            fontsize=9,
-        )
-        ax.set_xlabel(f"measured {what.upper()} ({unit})")
-        ax.set_ylabel(f"simulated {what.upper()} ({unit})")
-        ax.legend(fontsize=7)
+    for ax, what in zip(axes, ("ttft", "tpot"), strict=True):
+        scatter_panel(ax, cv, what, ["model", "dtype"], (0.5, 2.0), "leave one model out")
     fig.suptitle(
         "comem bench-serve vs real vLLM serving on H100, overhead fitted on the other model"
         " (leave one model out)",
