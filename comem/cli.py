@@ -1871,6 +1871,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="store the fits in every embedded profile (the pooled one as the default)",
     )  # fmt: skip
     fs.add_argument("--json", action="store_true")
+    _add_allow_large(fs)
     fs.set_defaults(func=cmd_calibrate_fit_serving)
 
     mb = cal_sub.add_parser(
@@ -2059,6 +2060,7 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     pp.add_argument("--out", default="out/paper", help="output directory [out/paper]")
     pp.add_argument("--json", action="store_true")
+    _add_allow_large(pp)
     pp.set_defaults(func=cmd_paper)
 
     pl = sub.add_parser(
@@ -2107,6 +2109,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
     pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")
     pl.add_argument("--json", action="store_true")
+    _add_allow_large(pl)
     pl.set_defaults(func=cmd_plan)
 
     rn = sub.add_parser(
@@ -2240,6 +2243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", type=float, default=0.5, help="full-context resolve rate for the examples"
     )
     fe.add_argument("--json", action="store_true")
+    _add_allow_large(fe)
     fe.set_defaults(func=cmd_fit_effectiveness)
 
     fg = sub.add_parser("figures", help="regenerate the figures (PNG and PDF)")
@@ -2252,6 +2256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help=f"directory (default: figures, or {QUICK_FIGURES_DIR} with --quick)"
     )
     fg.add_argument("--only", action="append", metavar="NAME", help="only this figure (repeatable)")
+    _add_allow_large(fg)
     fg.set_defaults(func=cmd_figures)
 
     va = sub.add_parser("validate", help="run the validation ladder (sim vs theory vs data)")
@@ -2273,6 +2278,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fam.add_argument("--gpus", nargs="+", default=["h200_sxm", "b200_sxm"])
     fam.add_argument("--out", default="figures/families", help="directory [figures/families]")
+    _add_allow_large(fam)
     fam.set_defaults(func=cmd_families)
 
     ls = sub.add_parser("list", help="list known models, GPUs or embedded profiles")
