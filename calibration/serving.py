@@ -645,6 +645,7 @@ def parse_assumptions(
     import json
 
     out = {k: dict(v) for k, v in (base or {"*": {}}).items()}
+    given: dict[tuple[str, str], Any] = {}  # what --assume itself said
     fields = set(ServingSetup.__dataclass_fields__)
     for item in items:
         scope, _, assignment = (
@@ -663,6 +664,12 @@ def parse_assumptions(
             value = raw
         _check_assumption(key, value, f"--assume {item!r}")
         model = get_model(scope).alias if scope else "*"
+        if (model, key) in given and given[model, key] != value:
+            raise ComemInputError(
+                f"--assume {item!r}: {key} was already given as {given[model, key]!r}"
+                f" for {'every row' if model == '*' else model} (one value each)"
+            )
+        given[model, key] = value
         out.setdefault(model, {})[key] = value
     return out
 

@@ -1619,3 +1619,13 @@ def test_a_fit_on_old_servers_says_they_were_synchronous() -> None:
     from calibration.serving import ServingSetup
 
     assert not any(ServingSetup().schedules_async(r) for r in rows)
+
+
+def test_repeated_conflicting_assumptions_are_refused() -> None:
+    from calibration.errors import ComemInputError
+    from calibration.serving import parse_assumptions
+
+    with pytest.raises(ComemInputError, match="already given"):
+        parse_assumptions(["async_scheduling=true", "async_scheduling=false"])
+    same = parse_assumptions(["max_num_batched_tokens=4096", "max_num_batched_tokens=4096"])
+    assert same["*"]["max_num_batched_tokens"] == 4096
