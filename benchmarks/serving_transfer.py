@@ -305,6 +305,19 @@ def cv_record(held: pd.DataFrame, kind: str) -> dict[str, Any]:
     return {str(k): _errors(g) for k, g in part.groupby("held_out")}
 
 
+def static_overhead_entry(shared: Path) -> dict[str, Any]:
+    """The 2024 static batches' overhead entry (per TP collective) with its own band: the
+    leave-one-model-out residuals :func:`calibration.fit.fit_overhead` computes."""
+    from calibration.fit import e2e_overhead_entry, fit_overhead, load_e2e
+    from calibration.profile import Profile, profile_path
+    from calibration.uncertainty import band_from_errors
+
+    e2e = load_e2e(shared / "data" / "e2e" / "vllm_static_batch_h100.csv")
+    fit, _ = fit_overhead(Profile.load(profile_path("h100_sxm", "bf16")), e2e)
+    band = band_from_errors("static", fit.cv_errors, source="LOMO static batches (2024 vLLM)")
+    return e2e_overhead_entry(fit, len(e2e)) | {"error_bands": {"static": band.to_dict()}}
+
+
 def write_defaults(
     name: str, summary: dict[str, Any], held: pd.DataFrame, rows: list[ServingRow], shared: Path
 ) -> list[Path]:
@@ -314,14 +327,6 @@ def write_defaults(
     checks the bands' coverage on them); the 2024 static fit's own band."""
     import datetime
 
-    from calibration.fit import (
-        e2e_costs,
-        e2e_errors,
-        e2e_overhead_entry,
-        fit_overhead,
-        load_e2e,
-        nnls_overhead,
-    )
     from calibration.profile import PROFILE_DIR, Profile, available_profiles, profile_path
     from calibration.uncertainty import band_from_errors
     from sim.serving import SERVING_FRAMEWORK
@@ -352,19 +357,7 @@ def write_defaults(
         "cv_leave_one_gpu_out": cv_record(held, "gpu"),
         "error_bands": {m: b.to_dict() for m, b in bands.items()},
     }
-    # the 2024 static batches' band: their leave-one-model-out residuals
-    e2e = load_e2e(shared / "data" / "e2e" / "vllm_static_batch_h100.csv")
-    costs = e2e_costs(Profile.load(profile_path("h100_sxm", "bf16")), e2e)
-    static_err = pd.concat(
-        [
-            e2e_errors(costs[costs["model"] == m], nnls_overhead(costs[costs["model"] != m]))
-            for m in sorted(costs["model"].unique())
-        ]
-    )["rel_error"]
-    static_band = band_from_errors("static", static_err, source="LOMO static batches (2024 vLLM)")
-    static_fit, _ = fit_overhead(Profile.load(profile_path("h100_sxm", "bf16")), e2e)
-    static_entry = e2e_overhead_entry(static_fit, len(e2e))
-    static_entry["error_bands"] = {"static": static_band.to_dict()}
+    static_entry = static_overhead_entry(shared)
     written = []
     fitted_on = {(r.gpu, r.dtype) for r in rows}
     for gpu, framework, dtype in available_profiles():

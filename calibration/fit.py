@@ -233,6 +233,8 @@ class OverheadFit:
     cv_mape: float
     cv_worst: float
     cv_by_model: dict[str, dict[str, float]]
+    #: every row's signed relative error when its model was left out of the fit
+    cv_errors: tuple[float, ...] = ()
 
     @property
     def per_iteration_s(self) -> float:
@@ -331,8 +333,9 @@ def fit_overhead(
         }
     cv = np.abs(np.concatenate(held_out)) if held_out else rel
     fit = OverheadFit(
-        overhead, float(rel.mean()), float(rel.max()), float(cv.mean()), float(cv.max()), by_model
-    )
+        overhead, float(rel.mean()), float(rel.max()), float(cv.mean()), float(cv.max()), by_model,
+        tuple(float(e) for e in np.concatenate(held_out)) if held_out else (),
+    )  # fmt: skip
     return fit, table
 
 
