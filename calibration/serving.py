@@ -125,6 +125,11 @@ class ServingSetup:
     kv_cache_dtype: Literal["auto", "bf16", "fp8"] = "auto"
     fp8_gemm: Literal["auto", "block", "tensor"] = "auto"
     scheduler_reserve_full_isl: StrictBool = False
+    #: mean seconds a closed-loop client takes to send its next request after one ends
+    #: (exponential, seeded; ``bench-serve --client-issue-delay``): 0, the ideal client
+    client_issue_delay_s: Annotated[
+        float, Field(strict=True, ge=0.0, le=60.0, allow_inf_nan=False)
+    ] = 0.0
 
     #: vLLM's --async-scheduling; None: the row's version's default
     #: (:func:`version_schedules_async`), off when its version is unstated (such rows were
@@ -144,6 +149,11 @@ class ServingSetup:
             f" {'on' if self.enable_prefix_caching else 'off'}, {self.prompts_per_client} x C"
             f" prompts, range ratio {self.random_range_ratio}, {self.closed_loop_start} start,"
             f" KV {self.kv_cache_dtype}, fp8 GEMM {self.fp8_gemm}"
+            + (
+                f", client issue delay {self.client_issue_delay_s * 1e3:g} ms (exponential)"
+                if self.client_issue_delay_s
+                else ""
+            )
         )
 
 

@@ -110,6 +110,7 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         random_range_ratio=setup.random_range_ratio,
         max_concurrency=row.concurrency,
         closed_loop_start=setup.closed_loop_start,
+        client_issue_delay_s=setup.client_issue_delay_s,
     )
 
 

@@ -197,6 +197,24 @@ def test_assumptions_apply_by_model():
         setup_for(llama, parse_assumptions(["closed_loop_start=sometimes"]))
 
 
+def test_client_issue_delay_is_an_assumption_the_replay_uses():
+    """``--assume client_issue_delay_s=...`` reaches the simulated clients: a group of
+    clients whose requests ended together no longer sends in the same instant, so the
+    first wave's lockstep prefill is split and the mean TTFT moves."""
+    from sim.serving import bench_config
+
+    row = ServingRow("llama-3-8b", "h100_sxm", "bf16", 1, 8, 256, 16, 0.01, 0.01)
+    jitter = setup_for(row, parse_assumptions(["client_issue_delay_s=0.05"]))
+    assert bench_config(row, jitter).client_issue_delay_s == 0.05
+    assert "client issue delay 50 ms" in jitter.describe()
+    ideal = ServingSetup()
+    slow = simulate_row(row, jitter, FrameworkOverhead()).ttft_s
+    assert slow != simulate_row(row, ideal, FrameworkOverhead()).ttft_s
+    for bad in ("true", "-0.1", "NaN", "61"):
+        with pytest.raises(ComemInputError, match="client_issue_delay_s"):
+            setup_for(row, parse_assumptions([f"client_issue_delay_s={bad}"]))
+
+
 # -- latency model: KV dtype, fp8 GEMM kind, KV sizing, overheads ---------------------------
 
 
@@ -410,3 +428,23 @@ def test_cli_fit_serving_rejects_bad_input(tmp_path: Path):
     csv.write_text(HEADER + "llama-3-8b,h100_sxm,bf16,1,4,256,32,50,10\n")
     proc = _comem("calibrate", "fit-serving", "--csv", str(csv), "--assume", "budget=3")
     assert proc.returncode == 2 and "expected [MODEL:]KEY=VALUE" in proc.stderr
+
+
+def test_ttft_envelope_summary_counts_rows_between_and_above_the_client_states():
+    """benchmarks/ttft_envelopes.py: a row is inside when its measured TTFT lies between
+    the staggered and the burst simulation, above when it exceeds both."""
+    import pandas as pd
+
+    from benchmarks.ttft_envelopes import summarize
+
+    t = pd.DataFrame(
+        {
+            "model": ["m"] * 3, "gpu": ["g"] * 3, "isl": [1024] * 3,
+            "ttft_ms": [100.0, 300.0, 50.0], "tpot_ms": [10.0] * 3,
+            "ttft_burst_ms": [200.0, 200.0, 200.0], "tpot_burst_ms": [10.0] * 3,
+            "ttft_staggered_ms": [50.0, 50.0, 60.0], "tpot_staggered_ms": [10.0] * 3,
+        }
+    )  # fmt: skip
+    text = summarize(t, ["burst", "staggered"])
+    assert "between the staggered and the burst TTFT: 33%; above both: 33%" in text
+    assert "| m | g | 1024 | 3 | 0.5 |" in text  # median of 0.5, 1.5, 0.25
