@@ -478,11 +478,22 @@ def get_model(name: str) -> ModelSpec:
     )
 
 
+#: quantization methods vLLM serves as 4-bit integer weights with 16-bit activations (AWQ
+#: and GPTQ run Marlin kernels on Hopper), priced as ``int4``
+_INT4_METHODS = ("awq", "awq_marlin", "gptq", "gptq_marlin")
+#: fp8 methods besides ``fp8`` itself (FBGEMM's and per-token-per-channel fp8 checkpoints)
+_FP8_METHODS = ("fp8", "fbgemm_fp8", "ptpc_fp8")
+
+
 def quantization_dtype(config: dict[str, Any], quant_file: Path | None = None) -> str:
     """The weight dtype vLLM loads a checkpoint in, from its ``quantization_config`` (or a
-    ModelOpt ``hf_quant_config.json`` beside it): ``fp8`` (quant_method fp8, ModelOpt FP8),
-    ``fp4`` (ModelOpt NVFP4), ``mxfp4`` (gpt-oss), ``int4`` (compressed-tensors 4-bit
-    integer weights without quantized activations: Kimi-K2.5), else ``bf16``."""
+    ModelOpt ``hf_quant_config.json`` beside it): ``fp8`` (quant_method fp8, ModelOpt FP8,
+    compressed-tensors float8), ``fp4`` (NVFP4: ModelOpt or compressed-tensors 4-bit
+    floats), ``mxfp4`` (gpt-oss), ``int4`` (4-bit integer weights without quantized
+    activations: compressed-tensors as Kimi-K2.5, AWQ, GPTQ), ``bf16`` without one.
+
+    A method or bit width no kernel table here prices (bitsandbytes, 8-bit integers, ...)
+    is refused in one line: pricing it as bf16 would read twice to four times the bytes."""
     text = config.get("text_config")
     quant = config.get("quantization_config")
     if quant is None and isinstance(text, dict):
@@ -494,22 +505,47 @@ def quantization_dtype(config: dict[str, Any], quant_file: Path | None = None) -
         return "bf16"
     method = str(quant.get("quant_method", "")).lower()
     algo = str(quant.get("quant_algo", "")).upper()
-    if method == "fp8" or (method == "modelopt" and algo == "FP8"):
+    if method in _FP8_METHODS or (method == "modelopt" and algo == "FP8"):
         return "fp8"
     if method in ("modelopt", "modelopt_fp4") and algo == "NVFP4":
         return "fp4"
     if method == "mxfp4":
         return "mxfp4"
-    if method == "compressed-tensors":
-        groups = quant.get("config_groups") or {}
-        for group in groups.values() if isinstance(groups, dict) else ():
-            if not isinstance(group, dict):
-                continue
-            weights = group.get("weights") or {}
-            int4 = weights.get("num_bits") == 4 and weights.get("type") == "int"
-            if int4 and not group.get("input_activations"):
-                return "int4"
-    return "bf16"
+    found = None
+    if method in _INT4_METHODS:
+        bits = quant.get("bits", quant.get("w_bit", 4))
+        found = "int4" if bits == 4 else None
+    elif method == "compressed-tensors":
+        found = _compressed_tensors_dtype(quant)
+    if found is None:
+        shown = method or "(none)"
+        raise ComemInputError(
+            f"quantization_config: method {shown!r}"
+            + (f" ({algo})" if algo else "")
+            + " is not priced (fp8, NVFP4, MXFP4 and 4-bit integer weights are);"
+            " give the weight dtype with --dtype"
+        )
+    return found
+
+
+def _compressed_tensors_dtype(quant: dict[str, Any]) -> str | None:
+    """A compressed-tensors checkpoint's weight dtype from its first quantized group:
+    8-bit floats ``fp8``; 4-bit floats ``fp4`` (NVFP4); 4-bit integers without quantized
+    activations ``int4``; anything else None (not priced)."""
+    groups = quant.get("config_groups") or {}
+    for group in groups.values() if isinstance(groups, dict) else ():
+        if not isinstance(group, dict):
+            continue
+        weights = group.get("weights") or {}
+        bits, kind = weights.get("num_bits"), weights.get("type")
+        if bits == 8 and kind == "float":
+            return "fp8"
+        if bits == 4 and kind == "float":
+            return "fp4"
+        if bits == 4 and kind == "int" and not group.get("input_activations"):
+            return "int4"
+        return None
+    return None
 
 
 def checkpoint_dtype(name: str) -> str:
@@ -535,9 +571,12 @@ def checkpoint_dtype(name: str) -> str:
     else:
         config = _hf_cache_config(raw)
     if config is not None and config.is_file():
-        return quantization_dtype(
-            read_config_file(config), config.with_name("hf_quant_config.json")
-        )
+        try:
+            return quantization_dtype(
+                read_config_file(config), config.with_name("hf_quant_config.json")
+            )
+        except ComemInputError as exc:
+            raise ComemInputError(f"{config}: {exc}") from None
     return _names_fp8_or_fp4(raw) or "bf16"
 
 

@@ -103,7 +103,8 @@ def test_checkpoints_load_in_their_own_dtype() -> None:
             "g": {"weights": {"num_bits": 4, "type": "int"}, "input_activations": {"num_bits": 8}}
         },
     }
-    assert quantization_dtype({"quantization_config": w4a8}) == "bf16"  # not weight-only
+    with pytest.raises(ComemInputError, match="'compressed-tensors' is not priced"):
+        quantization_dtype({"quantization_config": w4a8})  # int4 x int8: no table prices it
 
 
 def test_list_gpus_states_versions_dtypes_and_memory_assumption() -> None:

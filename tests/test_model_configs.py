@@ -281,8 +281,8 @@ def test_checkpoint_dtype_is_read_from_the_checkpoint(tmp_path: Path) -> None:
     assert checkpoint_dtype("qwen3-32b") == "bf16"
     quant = _plain("qwen3-32b") | {"quantization_config": {"quant_method": "fp8"}}
     assert checkpoint_dtype(str(_write(tmp_path, quant, folder="Qwen3-32B-q"))) == "fp8"
-    other = _plain("qwen3-32b") | {"quantization_config": {"quant_method": "awq"}}
-    assert checkpoint_dtype(str(_write(tmp_path, other, folder="Qwen3-32B-FP8-awq"))) == "bf16"
+    awq = _plain("qwen3-32b") | {"quantization_config": {"quant_method": "awq", "bits": 4}}
+    assert checkpoint_dtype(str(_write(tmp_path, awq, folder="Qwen3-32B-FP8-awq"))) == "int4"
     args = ["--gpu", "h100_sxm", "--tp", "2", "--batch", "4", "--input", "256", "--output", "16"]
     out = {}
     for model, dtype in (
@@ -548,3 +548,33 @@ def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00\xff")
     proc = run_comem("engine-sim", "--set", f"engine.model={garbage}")
     assert_user_error(proc, "bad.json", "UTF-8")
+
+
+def test_quantization_methods_are_read_or_refused() -> None:
+    """Each checkpoint quantization vLLM serves is read as the weights it loads; one that
+    no table prices is refused in one line rather than priced as bf16 (2-4x the bytes)."""
+    from calibration.registry import quantization_dtype
+
+    def ct(bits: int, kind: str, acts: object = None) -> dict[str, object]:
+        group = {"weights": {"num_bits": bits, "type": kind}, "input_activations": acts}
+        return {"quant_method": "compressed-tensors", "config_groups": {"group_0": group}}
+
+    cases = {
+        "fp8 dynamic (compressed-tensors)": (ct(8, "float", {"num_bits": 8}), "fp8"),
+        "NVFP4 (compressed-tensors)": (ct(4, "float", {"num_bits": 4}), "fp4"),
+        "int4 weight-only (compressed-tensors)": (ct(4, "int"), "int4"),
+        "GPTQ 4-bit": ({"quant_method": "gptq", "bits": 4}, "int4"),
+        "FBGEMM fp8": ({"quant_method": "fbgemm_fp8"}, "fp8"),
+    }
+    for what, (quant, dtype) in cases.items():
+        assert quantization_dtype({"quantization_config": quant}) == dtype, what
+    refused = {
+        "bitsandbytes": {"quant_method": "bitsandbytes"},
+        "GPTQ 8-bit": {"quant_method": "gptq", "bits": 8},
+        "int8 w8a8": ct(8, "int", {"num_bits": 8}),
+        "no method": {"load_in_4bit": True},
+    }
+    for what, quant in refused.items():
+        with pytest.raises(ComemInputError, match="is not priced.*--dtype"):
+            quantization_dtype({"quantization_config": quant})
+        assert what
