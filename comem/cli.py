@@ -1070,7 +1070,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
     files = paper_files(args.dir) if not args.only else [Path(f) for f in args.only]
     for f in files:
         if not f.is_file():
-            raise ComemInputError(f"{f}: scenario file does not exist")
+            what = "is not a regular file" if f.exists() else "does not exist"
+            raise ComemInputError(f"{f}: scenario file {what}")
     out = Path(args.out)
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, len(files))

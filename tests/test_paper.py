@@ -79,3 +79,15 @@ def test_paper_jobs_share_equal_architectures_and_do_not_depend_on_workers(monke
     assert one == alone
     monkeypatch.undo()  # worker processes pickle the module's own function
     assert paper.run_jobs(jobs, workers=2) == one
+
+
+def test_paper_only_names_what_is_wrong_with_a_path(tmp_path):
+    """``--only`` a device or a directory: it exists, so 'does not exist' would mislead."""
+    from cli_helpers import assert_user_error, run_comem
+
+    for path, says in (
+        ("/dev/null", "is not a regular file"),
+        (str(tmp_path), "is not a regular file"),
+        (str(tmp_path / "none.toml"), "does not exist"),
+    ):
+        assert_user_error(run_comem("paper", "--only", path, "--out", str(tmp_path)), says)
