@@ -93,6 +93,7 @@ class Sequence:
         "prompt_tokens",
         "resumed",
         "run_seq",
+        "state_blocks",
         "status",
         "stored_upto",
         "stream",
@@ -109,6 +110,9 @@ class Sequence:
         self.length = prompt_tokens
         self.held_end = 0
         self.own_blocks = 0
+        #: blocks held whatever the length (hybrid models' linear states and sliding
+        #: windows, :attr:`SchedulerConfig.request_blocks`), while admitted
+        self.state_blocks = 0
         self.status: SequenceStatus = "waiting"
         self.preemptions = 0
         self.cached_tokens = 0
@@ -139,12 +143,21 @@ class SchedulerConfig:
     #: vLLM 0.19 ``scheduler_reserve_full_isl``: admit a waiting request only if the
     #: free blocks cover its whole current length (vLLM 0.12: its first chunk)
     reserve_full_prompt: bool = True
+    #: blocks every admitted request holds whatever its length, taken at admission and
+    #: freed with its other blocks (vLLM's hybrid KV-cache manager: one block per
+    #: linear-attention group for the request's state, the window's blocks per sliding
+    #: group; :meth:`calibration.kv_layout.KVLayout.request_state_blocks`)
+    request_blocks: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ComemInputError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.request_blocks, int) or self.request_blocks < 0:
+            raise ComemInputError(
+                f"request_blocks must be an integer >= 0, got {self.request_blocks!r}"
+            )
 
 
 @dataclass
@@ -383,7 +396,8 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         """Free a request's blocks, tail first: its own (uncached) ones, then its stream's."""
-        self.kv.free_anonymous(seq.own_blocks)
+        self.kv.free_anonymous(seq.own_blocks + seq.state_blocks)
+        seq.state_blocks = 0
         if seq.stream is not None:
             if seq.held_end:
                 self.kv.hold(seq.stream, seq.held_end, 0)
@@ -417,7 +431,7 @@ class Scheduler:
         if stream is not None and self.caching:
             hit = kv.hit(stream, cap)
         unheld = kv.unheld_within(stream, hit) if hit else 0  # type: ignore[arg-type]
-        full = -(-seq.length // bs) - hit
+        full = -(-seq.length // bs) - hit + self.config.request_blocks
         if self.offload is not None and stream is not None and self.caching:
             load = self.offload.run_length(stream, hit, cap)
             if load:
@@ -429,7 +443,7 @@ class Scheduler:
         start = hit * bs
         n = min(seq.length - start, budget)
         need = -(-(start + n) // bs) - hit
-        check = full if self.config.reserve_full_prompt else need
+        check = full if self.config.reserve_full_prompt else need + self.config.request_blocks
         if check > kv.queue_blocks - unheld:
             return None
         return Admission(hit, n, need)
@@ -485,6 +499,9 @@ class Scheduler:
             seq.held_end = hit
             seq.computed = hit * self.block_size
         self._allocate(seq, need)
+        if self.config.request_blocks:
+            kv.pop_free(self.config.request_blocks)
+            seq.state_blocks = self.config.request_blocks
         seq.run_seq = self._run_counter
         self._run_counter += 1
         self.running.append(seq)
@@ -1001,8 +1018,9 @@ class Scheduler:
         changes nothing)."""
         bs = self.block_size
         t = self.iterations
-        own = sum(s.own_blocks for s in self.running)
-        held = sum(s.blocks for s in self.running)
+        state = sum(s.state_blocks for s in self.running) + sum(s.state_blocks for s in self.group)
+        own = sum(s.own_blocks for s in self.running) + state
+        held = sum(s.blocks for s in self.running) + state
         if self.group:
             kv_total = sum(s.lazy_c0 + (t - s.lazy_t0) + 1 for s in self.group)
             assert kv_total == self._g_kv_base + len(self.group) * t
@@ -1021,5 +1039,8 @@ class Scheduler:
             assert s.blocks * bs >= s.computed, (s.id, s.blocks, s.computed)
             assert s.status == "running"
             assert not s.lazy
+        for s in self.running:
+            assert s.state_blocks == self.config.request_blocks, (s.id, s.state_blocks)
         for s in self.waiting:
             assert s.blocks == 0 and s.computed == 0, s.id
+            assert s.state_blocks == 0 or s in self._loads, s.id

@@ -30,7 +30,7 @@ import math
 from collections import deque
 from collections.abc import Generator, Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import simpy
@@ -201,16 +201,51 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
     )
 
 
-def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
-    """KV blocks of an engine of ``cfg`` (vLLM keeps block 0 as its null block)."""
+class KVGeometry(NamedTuple):
+    """An engine's KV cache in the simulator's blocks (``block_size`` tokens of every
+    layer that keeps all tokens): how many there are, and how many each running request
+    holds whatever its length (hybrid models' linear states and sliding windows)."""
+
+    block_size: int
+    total_blocks: int
+    request_blocks: int
+    #: the model has linear-attention (GDN) layers
+    linear: bool
+
+
+def kv_geometry(cfg: EngineConfig, latency: IterationLatency) -> KVGeometry:
+    """The KV cache of an engine of ``cfg`` as vLLM lays it out
+    (:mod:`calibration.kv_layout`; vLLM keeps block 0 as its null block). A latency model
+    without a layout (a measured profile) gets ``block_size`` and no constant part."""
+    block, state, linear = cfg.block_size, 0, False
+    layout_for = getattr(latency, "kv_layout_for", None)
+    if layout_for is not None:
+        lay = layout_for(cfg.block_size)
+        block, state, linear = lay.block_size, lay.request_state_blocks(), lay.linear_groups > 0
     capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
-    blocks = capacity // cfg.block_size - 1
+    blocks = capacity // block - 1
     if blocks < 1:
         raise ComemInputError(
             f"{_label(cfg)}: a KV cache of {capacity} tokens holds no"
-            f" {cfg.block_size}-token block besides vLLM's null block"
+            f" {block}-token block besides vLLM's null block"
         )
-    return blocks
+    if state and cfg.kv_offloading_size is not None:
+        raise ComemInputError(
+            f"{_label(cfg)}: kv_offloading_size with a hybrid model (linear-attention or"
+            " sliding-window layers): vLLM's offloading connector disables the hybrid KV-cache"
+            " manager for it, which is not modelled"
+        )
+    if state + 1 > blocks:
+        raise ComemInputError(
+            f"{_label(cfg)}: one request's constant KV part ({state} blocks of {block}"
+            f" tokens: linear states, sliding windows) fills the {blocks}-block cache"
+        )
+    return KVGeometry(block, blocks, state, linear)
+
+
+def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
+    """KV blocks of an engine of ``cfg`` (vLLM keeps block 0 as its null block)."""
+    return kv_geometry(cfg, latency).total_blocks
 
 
 def check_engine(cfg: EngineConfig) -> None:
@@ -259,10 +294,10 @@ class Engine:
         #: profiles fit it, GPU profiles have none)
         self.admission_s = float(getattr(latency, "admission_s", 0.0))
         self.recorder = recorder if recorder is not None else MetricsRecorder()
-        self.block_size = cfg.block_size
-        blocks = kv_blocks(cfg, latency)
-        self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.offload = self._offload_tier(cfg, latency)
+        geo = kv_geometry(cfg, latency)
+        self.block_size = geo.block_size
+        self.kv = KVCache(geo.total_blocks, geo.block_size, cfg.enable_prefix_caching)
+        self.offload = self._offload_tier(cfg, latency, geo.block_size)
         self.scheduler = Scheduler(
             self.kv,
             SchedulerConfig(
@@ -270,6 +305,7 @@ class Engine:
                 max_num_seqs=cfg.max_num_seqs,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 reserve_full_prompt=cfg.scheduler_reserve_full_isl,
+                request_blocks=geo.request_blocks,
             ),
             lazy=cfg.stepping != "iteration",
             offload=self.offload,
@@ -287,7 +323,7 @@ class Engine:
         self.process = env.process(self._run()) if driver is None else None
 
     @staticmethod
-    def _offload_tier(cfg: EngineConfig, latency: Any) -> OffloadTier | None:
+    def _offload_tier(cfg: EngineConfig, latency: Any, block_size: int) -> OffloadTier | None:
         """The CPU tier of ``--kv-offloading-size`` GiB (over all GPUs of the engine)."""
         if cfg.kv_offloading_size is None:
             return None
@@ -297,7 +333,7 @@ class Engine:
                 f"engine '{cfg.name}': CPU KV offloading needs a latency model that knows the"
                 " KV bytes per token (a kernel-fitted profile, not a measured one)"
             )
-        block_bytes_per_gpu = per_gpu * cfg.block_size
+        block_bytes_per_gpu = per_gpu * block_size
         capacity = int(cfg.kv_offloading_size * 2**30 // (block_bytes_per_gpu * cfg.tp))
         if capacity < 1:
             raise ComemInputError(
@@ -305,7 +341,7 @@ class Engine:
                 " no KV block"
             )
         load_s = block_bytes_per_gpu / (cfg.kv_offloading_bandwidth_GBps * 1e9)
-        return OffloadTier(capacity, cfg.block_size, load_s + cfg.kv_offloading_copy_overhead_s)
+        return OffloadTier(capacity, block_size, load_s + cfg.kv_offloading_copy_overhead_s)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -373,6 +409,7 @@ class Engine:
         # vLLM stops generation at max_model_len
         req.output_tokens = min(req.output_tokens, cfg.max_model_len - req.prompt_tokens)
         need = self.kv.blocks_for(req.prompt_tokens + req.output_tokens - 1)
+        need += self.scheduler.config.request_blocks
         if need > self.kv.total_blocks:
             self._reject(req, f"needs {need} KV blocks, the cache holds {self.kv.total_blocks}")
             return req
@@ -876,7 +913,7 @@ class ReplicatedEngine:
             return 4 * (len(sched.waiting) + e.arriving) + sched.num_running
 
         if router == "prefix-aware" and stream is not None:
-            cap = max(0, (prompt_tokens - 1) // self.config.block_size)
+            cap = max(0, (prompt_tokens - 1) // reps[0].block_size)
             return min(reps, key=lambda e: (-e.kv.hit(stream, cap), score(e)))
         return min(reps, key=score)
 
