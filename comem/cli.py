@@ -892,6 +892,8 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             engine[key] = getattr(args, key)
     if args.kv_offloading_size is not None:
         engine["kv_offloading_bandwidth_GBps"] = args.kv_offloading_bandwidth_gbps
+    if args.data_parallel_size is not None:
+        engine["data_parallel_size"] = args.data_parallel_size
     cfg = validate(
         BenchServeConfig,
         {
@@ -988,7 +990,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     sim = out["simulator"]
     sched = {True: "async scheduling", False: "sync scheduling"}.get(sim["async_scheduling"], "")
     print(
-        f"simulated server: {out['model_id']} on {sim['tp']} x {sim['gpu']} (TP{sim['tp']}"
+        f"simulated server: {out['model_id']} on"
+        f" {sim['tp'] * sim.get('data_parallel_size', 1)} x {sim['gpu']} (TP{sim['tp']}"
+        f"{', DP' + str(sim['data_parallel_size']) if 'data_parallel_size' in sim else ''}"
         f"{', EP' if sim['expert_parallel'] else ''}), {sim['dtype']}, {sched},"
         f" framework overhead {sim['overhead']}"
     )
@@ -1953,6 +1957,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
+    bs.add_argument(
+        "--data-parallel-size", "-dp", type=_positive_int, default=None,
+        help="DP ranks of TP GPUs each, own scheduler and KV cache; a request goes to the"
+        " rank with the lowest 4 x waiting + running (vLLM's DP load balancer); MoE ranks"
+        " step in lockstep; with --enable-expert-parallel EP = TP x DP [1]",
+    )  # fmt: skip
     bs.add_argument(
         "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
         help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",

@@ -939,6 +939,10 @@ class ReplicatedEngine:
         return sum(e.total_blocks for e in self.replicas)
 
     @property
+    def block_size(self) -> int:
+        return self.replicas[0].block_size
+
+    @property
     def kv_used_blocks(self) -> int:
         return sum(e.kv_used_blocks for e in self.replicas)
 
