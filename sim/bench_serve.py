@@ -348,6 +348,16 @@ def _dp_fields(e: EngineConfig) -> dict[str, Any]:
     }
 
 
+def _spec_fields(e: EngineConfig) -> dict[str, Any]:
+    """Speculative decoding, named only when on (a result file without it is as it was)."""
+    if not e.num_speculative_tokens:
+        return {}
+    return {
+        "num_speculative_tokens": e.num_speculative_tokens,
+        "spec_acceptance_rate": e.spec_acceptance_rate,
+    }
+
+
 def _weighted_percentiles(
     values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]
 ) -> list[float]:
@@ -433,6 +443,7 @@ def vllm_result(
             "stepping": cfg.engine.stepping,
             "expert_parallel": cfg.engine.enable_expert_parallel,
             **_dp_fields(cfg.engine),
+            **_spec_fields(cfg.engine),
             "async_scheduling": getattr(res.engine.latency, "async_scheduling", None),
             "overhead": _overhead_name(res.engine.latency),
         },

@@ -46,6 +46,7 @@ from calibration.scheduler import (
     Step,
 )
 from calibration.scheduler import Sequence as SchedSequence
+from calibration.spec_decode import check_speculative, spec_iteration_time
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
@@ -217,12 +218,23 @@ def kv_geometry(cfg: EngineConfig, latency: IterationLatency) -> KVGeometry:
     """The KV cache of an engine of ``cfg`` as vLLM lays it out
     (:mod:`calibration.kv_layout`; vLLM keeps block 0 as its null block). A latency model
     without a layout (a measured profile) gets ``block_size`` and no constant part."""
+    if cfg.num_speculative_tokens:
+        model = getattr(latency, "model", None)
+        if model is None or not hasattr(latency, "linear_time"):
+            raise ComemInputError(
+                f"{_label(cfg)}: num_speculative_tokens: speculative decoding is priced from"
+                " the kernel-fitted latency model, not a measured profile"
+            )
+        check_speculative(model, cfg.num_speculative_tokens, cfg.spec_acceptance_rate, _label(cfg))
     block, state, linear = cfg.block_size, 0, False
     layout_for = getattr(latency, "kv_layout_for", None)
+    lay = None
     if layout_for is not None:
         lay = layout_for(cfg.block_size)
         block, state, linear = lay.block_size, lay.request_state_blocks(), lay.linear_groups > 0
     capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
+    if cfg.num_speculative_tokens and lay is not None and not cfg.kv_capacity_tokens:
+        capacity = _with_mtp_layers(capacity, lay, latency)
     blocks = capacity // block - 1
     if blocks < 1:
         raise ComemInputError(
@@ -241,6 +253,16 @@ def kv_geometry(cfg: EngineConfig, latency: IterationLatency) -> KVGeometry:
             f" tokens: linear states, sliding windows) fills the {blocks}-block cache"
         )
     return KVGeometry(block, blocks, state, linear)
+
+
+def _with_mtp_layers(capacity: int, lay: Any, latency: Any) -> int:
+    """Tokens the cache holds once the MTP modules' attention layers keep their KV too (vLLM
+    allocates the drafter's layers from the same pool): each token costs one more layer's
+    bytes per module. (The modules' weights, about one decoder layer each, are not
+    subtracted.)"""
+    per_layer = lay.page_bytes / lay.block_size
+    bpt = lay.bytes_per_token
+    return int(capacity * bpt // (bpt + latency.model.mtp_layers * per_layer))
 
 
 def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
@@ -306,6 +328,8 @@ class Engine:
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 reserve_full_prompt=cfg.scheduler_reserve_full_isl,
                 request_blocks=geo.request_blocks,
+                num_speculative_tokens=cfg.num_speculative_tokens,
+                spec_acceptance_rate=cfg.spec_acceptance_rate,
             ),
             lazy=cfg.stepping != "iteration",
             offload=self.offload,
@@ -516,9 +540,22 @@ class Engine:
 
     # -- stepping ---------------------------------------------------------------------
     def _price(self, step: Step) -> float:
-        duration = self.latency.iteration_time_of(
-            step.num_decode, step.decode_kv_total, step.prefill_new, step.prefill_cached
-        )
+        k = self.config.num_speculative_tokens
+        if k:  # the verify pass's drafts and the MTP drafter after every forward
+            duration = spec_iteration_time(
+                self.latency,
+                step.num_decode,
+                step.decode_kv_total,
+                step.prefill_new,
+                step.prefill_cached,
+                step.spec_tokens,
+                step.spec_seqs,
+                k,
+            )
+        else:
+            duration = self.latency.iteration_time_of(
+                step.num_decode, step.decode_kv_total, step.prefill_new, step.prefill_cached
+            )
         if step.admitted and self.admission_s:
             duration += self.admission_s * len(step.admitted)
         return duration
