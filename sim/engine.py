@@ -233,8 +233,11 @@ def kv_geometry(cfg: EngineConfig, latency: IterationLatency) -> KVGeometry:
         lay = layout_for(cfg.block_size)
         block, state, linear = lay.block_size, lay.request_state_blocks(), lay.linear_groups > 0
     capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
-    if cfg.num_speculative_tokens and lay is not None and not cfg.kv_capacity_tokens:
-        capacity = _with_mtp_layers(capacity, lay, latency)
+    if cfg.num_speculative_tokens and lay is not None:
+        if not cfg.kv_capacity_tokens:
+            capacity = _with_mtp_layers(capacity, lay, latency)
+        # vLLM's MambaManager keeps num_speculative_blocks (k) more states per linear group
+        state += -(-lay.linear_groups * cfg.num_speculative_tokens // lay.token_groups)
     blocks = capacity // block - 1
     if blocks < 1:
         raise ComemInputError(

@@ -158,3 +158,13 @@ def test_bench_serve_speculative_config_as_vllm_takes_it() -> None:
         run_comem(*base, "--speculative-config", '{"num_speculative_tokens": 0}'),
         "num_speculative_tokens",
     )
+
+
+def test_hybrid_linear_groups_keep_k_more_states_with_drafts() -> None:
+    # Qwen3.5-27B: 3 linear groups, each 1 state block plus num_speculative_blocks (k = 2)
+    env = simpy.Environment()
+    cfg = dict(model="qwen3.5-27b", gpu="h200_sxm", kv_capacity_tokens=784 * 101)
+    plain = Engine(env, EngineConfig(**cfg, enable_prefix_caching=False))
+    spec = Engine(env, EngineConfig(**cfg, num_speculative_tokens=2, spec_acceptance_rate=0.5))
+    assert plain.scheduler.config.request_blocks == 3
+    assert spec.scheduler.config.request_blocks == 3 * (1 + 2)
