@@ -306,7 +306,22 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         "moe_intermediate": moe_inter,
         "shared_experts": shared,
         "dense_layers": dense_layers,
+        "mtp_layers": _mtp_layers(cfg, where),
     }
+
+
+#: config fields naming a checkpoint's MTP modules, by model family
+_MTP_FIELDS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_modules")
+
+
+def _mtp_layers(cfg: Mapping[str, Any], where: str) -> int:
+    """MTP modules the checkpoint ships (0: none; MiniMax counts them only with use_mtp)."""
+    if cfg.get("use_mtp") is False:
+        return 0
+    for name in _MTP_FIELDS:
+        if cfg.get(name) is not None:
+            return _int_field(cfg, name, where, default=0, minimum=0)
+    return 0
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -124,13 +124,31 @@ class KVLayout:
             sliding = min(full, math.ceil(span / self.block_size) + 1)
         return self.full_groups * full + self.sliding_groups * sliding + self.linear_groups
 
-    def constant_bytes_per_request(self) -> int:
-        """Pool bytes a decoding request holds whatever its length: its linear states and
-        its sliding window (the window's blocks plus one)."""
+    def constant_blocks(self) -> int:
+        """Pool blocks a decoding request holds whatever its length: one per linear group
+        (its state) and, per sliding group, the window's blocks plus one."""
         sliding = 0
         if self.sliding_groups and self.window is not None:
             sliding = self.sliding_groups * (math.ceil((self.window - 1) / self.block_size) + 1)
-        return (self.linear_groups + sliding) * self.block_bytes
+        return self.linear_groups + sliding
+
+    def constant_bytes_per_request(self) -> int:
+        """Pool bytes a decoding request holds whatever its length: its linear states and
+        its sliding window (the window's blocks plus one)."""
+        return self.constant_blocks() * self.block_bytes
+
+    @property
+    def token_groups(self) -> int:
+        """Groups that keep every token (at least 1: a model of linear or sliding layers
+        only counts its tokens in one)."""
+        return max(1, self.full_groups)
+
+    def request_state_blocks(self) -> int:
+        """:meth:`constant_blocks` in the simulator's blocks: one simulated block of
+        ``block_size`` tokens is a pool block in each full group (:attr:`token_groups`
+        of them), so a request's constant part is rounded up to whole such blocks (exact
+        for every shipped model: each has one full group)."""
+        return -(-self.constant_blocks() // self.token_groups)
 
 
 def _group_size(counts: list[int]) -> int:
@@ -140,22 +158,32 @@ def _group_size(counts: list[int]) -> int:
     return high if high < GROUP_RATIO * low else low
 
 
-def kv_layout(model: ModelSpec, tp: int, kv_bytes: int, gpu: str = "h100_sxm") -> KVLayout:
+def kv_layout(
+    model: ModelSpec,
+    tp: int,
+    kv_bytes: int,
+    gpu: str = "h100_sxm",
+    block_size: int = DEFAULT_BLOCK,
+) -> KVLayout:
     """The KV-cache layout vLLM gives ``model`` at ``tp`` with ``kv_bytes`` per cached value
-    (2: bf16, 1: fp8) on ``gpu`` (its MLA backend's block size)."""
+    (2: bf16, 1: fp8) on ``gpu`` (its MLA backend's block size) for ``--block-size``
+    ``block_size``: the block is raised to what the attention backend needs (MLA, DSA)
+    and, with linear layers, until one attention page holds a linear state (vLLM's
+    ``HybridAttentionMambaModelConfig``: a smaller ``--block-size`` is raised, a larger
+    one kept, the state's page padded to it)."""
     if kv_bytes not in (1, 2):
         raise ComemInputError(f"kv_bytes must be 1 (fp8) or 2 (bf16), got {kv_bytes}")
     per_token = attention_bytes_per_token(model, tp, kv_bytes)
-    block = DEFAULT_BLOCK
+    block = block_size
     if model.index_topk:
-        block = DSA_BLOCK
+        block = max(block, DSA_BLOCK)
     elif model.kv_lora_rank:
-        block = MLA_BLOCK.get(gpu, DEFAULT_BLOCK)
+        block = max(block, MLA_BLOCK.get(gpu, DEFAULT_BLOCK))
     full, sliding, linear = model.full_layers, model.sliding_layers, model.linear_layers
     if linear:
         state = linear_state_bytes(model, tp)
         # raise the attention block to a multiple of 16 whose page holds one state
-        block = DEFAULT_BLOCK * math.ceil(state / (per_token * DEFAULT_BLOCK))
+        block = max(block, DEFAULT_BLOCK * math.ceil(state / (per_token * DEFAULT_BLOCK)))
     window = model.sliding_window if sliding else None
     if not linear and (not sliding or sliding == model.layers):
         # one kind of layer: one group of all of them (a uniform window keeps its tokens

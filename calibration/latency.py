@@ -424,8 +424,13 @@ class LatencyModel:
     @property
     def kv_layout(self) -> KVLayout:
         """vLLM's KV-cache layout of this model on one GPU (:mod:`calibration.kv_layout`)."""
+        return self.kv_layout_for(16)
+
+    def kv_layout_for(self, block_size: int) -> KVLayout:
+        """The layout for ``--block-size`` ``block_size`` (raised as vLLM raises it for
+        MLA/DSA backends and hybrid linear-attention models)."""
         per_value = 1 if self.kv_cache_dtype == "fp8" else 2
-        return kv_layout(self.model, self.tp, per_value, self.gpu.name)
+        return kv_layout(self.model, self.tp, per_value, self.gpu.name, block_size)
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -133,6 +133,10 @@ class ModelSpec:
     moe_intermediate: int = 0
     shared_experts: int = 0
     dense_layers: int = -1
+    #: multi-token-prediction modules shipped with the checkpoint (``num_nextn_predict_layers``
+    #: DeepSeek/GLM, ``mtp_num_hidden_layers`` Qwen3.5, ``num_mtp_modules`` MiniMax): the
+    #: draft layers of vLLM's ``--speculative-config '{"method": "mtp", ...}'``
+    mtp_layers: int = 0
 
     def __post_init__(self) -> None:
         if self.dense_layers == -1:

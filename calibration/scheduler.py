@@ -93,6 +93,8 @@ class Sequence:
         "prompt_tokens",
         "resumed",
         "run_seq",
+        "spec_carry",
+        "state_blocks",
         "status",
         "stored_upto",
         "stream",
@@ -109,6 +111,12 @@ class Sequence:
         self.length = prompt_tokens
         self.held_end = 0
         self.own_blocks = 0
+        #: blocks held whatever the length (hybrid models' linear states and sliding
+        #: windows, :attr:`SchedulerConfig.request_blocks`), while admitted
+        self.state_blocks = 0
+        #: speculative decoding: the fraction of a token its verify steps owe it
+        #: (:func:`calibration.spec_decode.emitted_tokens`)
+        self.spec_carry = 0.0
         self.status: SequenceStatus = "waiting"
         self.preemptions = 0
         self.cached_tokens = 0
@@ -139,12 +147,26 @@ class SchedulerConfig:
     #: vLLM 0.19 ``scheduler_reserve_full_isl``: admit a waiting request only if the
     #: free blocks cover its whole current length (vLLM 0.12: its first chunk)
     reserve_full_prompt: bool = True
+    #: blocks every admitted request holds whatever its length, taken at admission and
+    #: freed with its other blocks (vLLM's hybrid KV-cache manager: one block per
+    #: linear-attention group for the request's state, the window's blocks per sliding
+    #: group; :meth:`calibration.kv_layout.KVLayout.request_state_blocks`)
+    request_blocks: int = 0
+    #: speculative decoding (vLLM ``--speculative-config``, MTP): draft tokens a decoding
+    #: request is scheduled per step besides its last token (0: off), and the probability
+    #: that each draft is accepted (:mod:`calibration.spec_decode`)
+    num_speculative_tokens: int = 0
+    spec_acceptance_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ComemInputError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.request_blocks, int) or self.request_blocks < 0:
+            raise ComemInputError(
+                f"request_blocks must be an integer >= 0, got {self.request_blocks!r}"
+            )
 
 
 @dataclass
@@ -177,6 +199,11 @@ class Step:
     resumed_samples: int = 0
     #: the requests of ``resumed_samples``
     resumed: list[Sequence] = field(default_factory=list)
+    #: speculative decoding: decodes that verify drafts, the drafts in all, and the tokens
+    #: sampled beyond one per request (``sampled`` counts requests that sampled)
+    spec_seqs: int = 0
+    spec_tokens: int = 0
+    extra_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
@@ -253,7 +280,11 @@ class Scheduler:
         self.config = config if config is not None else SchedulerConfig()
         self.block_size = kv.block_size
         self.caching = kv.enable_prefix_caching and self.config.enable_prefix_caching
-        self.lazy = lazy
+        #: speculative decoding: draft tokens per decode; the KV lookahead (vLLM's
+        #: ``num_lookahead_tokens``) is as many. Event stepping's decode group and runs assume
+        #: one token per decode, so with drafts every iteration is scheduled on its own.
+        self.drafts = self.config.num_speculative_tokens
+        self.lazy = lazy and not self.drafts
         #: with prefix caching: give a request without a stream a private one when it is
         #: preempted, keying the blocks it computed, so that re-admitted it finds those
         #: not evicted meanwhile. Equivalent to a private stream from the start when no
@@ -383,7 +414,8 @@ class Scheduler:
 
     def _release(self, seq: Sequence) -> None:
         """Free a request's blocks, tail first: its own (uncached) ones, then its stream's."""
-        self.kv.free_anonymous(seq.own_blocks)
+        self.kv.free_anonymous(seq.own_blocks + seq.state_blocks)
+        seq.state_blocks = 0
         if seq.stream is not None:
             if seq.held_end:
                 self.kv.hold(seq.stream, seq.held_end, 0)
@@ -417,7 +449,7 @@ class Scheduler:
         if stream is not None and self.caching:
             hit = kv.hit(stream, cap)
         unheld = kv.unheld_within(stream, hit) if hit else 0  # type: ignore[arg-type]
-        full = -(-seq.length // bs) - hit
+        full = -(-seq.length // bs) - hit + self.config.request_blocks
         if self.offload is not None and stream is not None and self.caching:
             load = self.offload.run_length(stream, hit, cap)
             if load:
@@ -428,8 +460,8 @@ class Scheduler:
                 return Admission(hit, 0, load, load)
         start = hit * bs
         n = min(seq.length - start, budget)
-        need = -(-(start + n) // bs) - hit
-        check = full if self.config.reserve_full_prompt else need
+        need = -(-(start + n + self.drafts) // bs) - hit
+        check = full if self.config.reserve_full_prompt else need + self.config.request_blocks
         if check > kv.queue_blocks - unheld:
             return None
         return Admission(hit, n, need)
@@ -485,6 +517,9 @@ class Scheduler:
             seq.held_end = hit
             seq.computed = hit * self.block_size
         self._allocate(seq, need)
+        if self.config.request_blocks:
+            kv.pop_free(self.config.request_blocks)
+            seq.state_blocks = self.config.request_blocks
         seq.run_seq = self._run_counter
         self._run_counter += 1
         self.running.append(seq)
@@ -516,9 +551,11 @@ class Scheduler:
             seq = running[i]
             c = seq.computed
             n = seq.length - c
+            if n == 1 and self.drafts and seq.has_first_token:
+                n += self.drafts  # verify the drafts (cut below if the budget runs out)
             if n > budget:
                 n = budget
-            need = (c + n + bs - 1) // bs - seq.held_end - seq.own_blocks
+            need = (c + n + self.drafts + bs - 1) // bs - seq.held_end - seq.own_blocks
             if need > 0:
                 while need > kv.queue_blocks:
                     victim = running.pop()
@@ -529,7 +566,7 @@ class Scheduler:
                 if step.preempted and (i >= len(running) or running[i] is not seq):
                     break
                 self._allocate(seq, need)
-            self._register(seq, c + n)
+            self._register(seq, min(c + n, seq.length))  # drafts are not cached
             entries.append((seq, n))
             budget -= n
             i += 1
@@ -569,6 +606,11 @@ class Scheduler:
             if n == 1 and c > 0 and seq.length - c == 1:
                 step.num_decode += 1
                 step.decode_kv_total += c + 1
+            elif n > 1 and seq.length - c == 1:  # a verify pass: 1 + (n - 1) drafts
+                step.num_decode += 1
+                step.decode_kv_total += c + n
+                step.spec_seqs += 1
+                step.spec_tokens += n - 1
             else:
                 step.prefill_new.append(n)
                 step.prefill_cached.append(c)
@@ -595,7 +637,11 @@ class Scheduler:
         done: list[Sequence] = []
         sampled = step.group_decodes - len(finishing)
         for seq, n in entries:
-            seq.computed += n
+            drafts = n - (seq.length - seq.computed)
+            if drafts > 0:  # a verify pass: the accepted drafts and one more token
+                self._verify(seq, drafts, step)
+            else:
+                seq.computed += n
             if seq.computed != seq.length:
                 continue
             seq.length += 1  # a token is sampled
@@ -620,6 +666,20 @@ class Scheduler:
             if self.offload is not None and self.group:
                 self._flush_group_stores()
         return events
+
+    def _verify(self, seq: Sequence, drafts: int, step: Step) -> None:
+        """``seq`` verified ``drafts`` drafts: it emits the accepted ones and one more token
+        (at most its output's rest); the rejected drafts' KV is dropped (computed falls back
+        to the tokens kept), its blocks stay allocated as vLLM's do."""
+        from calibration.spec_decode import emitted_tokens
+
+        emitted, seq.spec_carry = emitted_tokens(
+            drafts, self.config.spec_acceptance_rate, seq.spec_carry
+        )
+        emitted = min(emitted, seq.output_tokens - seq.generated)
+        seq.computed += emitted  # its last token, then the accepted drafts
+        seq.length += emitted - 1  # the accepted drafts; apply samples the last token
+        step.extra_tokens += emitted - 1
 
     # -- event stepping ----------------------------------------------------------------
     def next(self, max_iterations: int = MAX_RUN_ITERATIONS) -> Step | Run:
@@ -1001,8 +1061,9 @@ class Scheduler:
         changes nothing)."""
         bs = self.block_size
         t = self.iterations
-        own = sum(s.own_blocks for s in self.running)
-        held = sum(s.blocks for s in self.running)
+        state = sum(s.state_blocks for s in self.running) + sum(s.state_blocks for s in self.group)
+        own = sum(s.own_blocks for s in self.running) + state
+        held = sum(s.blocks for s in self.running) + state
         if self.group:
             kv_total = sum(s.lazy_c0 + (t - s.lazy_t0) + 1 for s in self.group)
             assert kv_total == self._g_kv_base + len(self.group) * t
@@ -1021,5 +1082,8 @@ class Scheduler:
             assert s.blocks * bs >= s.computed, (s.id, s.blocks, s.computed)
             assert s.status == "running"
             assert not s.lazy
+        for s in self.running:
+            assert s.state_blocks == self.config.request_blocks, (s.id, s.state_blocks)
         for s in self.waiting:
             assert s.blocks == 0 and s.computed == 0, s.id
+            assert s.state_blocks == 0 or s in self._loads, s.id

@@ -53,6 +53,8 @@ def schedule_static_batch(
     max_num_batched_tokens: int = DEFAULT_STATIC_BUDGET,
     max_num_seqs: int = DEFAULT_STATIC_MAX_SEQS,
     reserve_full_prompt: bool = True,
+    block_size: int = BLOCK_SIZE,
+    request_blocks: int = 0,
 ) -> StaticSchedule:
     """Replay the scheduler (:mod:`calibration.scheduler`, the engine's own) on a batch of
     identical prompts arriving together; decode-only iterations come back in bulk, mixed
@@ -60,7 +62,9 @@ def schedule_static_batch(
 
     ``chunk_iterations`` entries are ``(n_decode, decode_kv_total, chunk_new, chunk_cached)``.
     The prompts share no prefix (``benchmark_latency`` draws random token ids), and
-    ``kv_capacity_tokens`` includes vLLM's null block, as the engine's does.
+    ``kv_capacity_tokens`` includes vLLM's null block, as the engine's does;
+    ``block_size`` and ``request_blocks`` are the engine's KV geometry (a hybrid model's
+    raised block and each request's constant part, :func:`sim.engine.kv_geometry`).
     """
     for name, value in (
         ("batch", batch),
@@ -71,8 +75,8 @@ def schedule_static_batch(
     ):
         if value < 1:
             raise ComemInputError(f"{name} must be >= 1, got {value}")
-    total_blocks = kv_capacity_tokens // BLOCK_SIZE - 1
-    need_blocks = -(-(input_len + output_len - 1) // BLOCK_SIZE)
+    total_blocks = kv_capacity_tokens // block_size - 1
+    need_blocks = -(-(input_len + output_len - 1) // block_size) + request_blocks
     if need_blocks > total_blocks:
         raise ComemInputError(
             f"one request of {input_len}+{output_len} tokens needs {need_blocks} KV blocks,"
@@ -88,7 +92,7 @@ def schedule_static_batch(
         waves * (output_len + -(-at_once * input_len // max_num_batched_tokens)),
         f"static batch of {batch} x {input_len}+{output_len} tokens (in waves of {at_once})",
     )
-    kv = KVCache(total_blocks, BLOCK_SIZE, enable_prefix_caching=False)
+    kv = KVCache(total_blocks, block_size, enable_prefix_caching=False)
     sched = Scheduler(
         kv,
         SchedulerConfig(
@@ -96,6 +100,7 @@ def schedule_static_batch(
             max_num_seqs=int(max_num_seqs),
             enable_prefix_caching=False,
             reserve_full_prompt=reserve_full_prompt,
+            request_blocks=request_blocks,
         ),
         lazy=True,
     )
@@ -218,6 +223,9 @@ def static_cost(
     max_num_seqs: int = DEFAULT_STATIC_MAX_SEQS,
     gpu_memory_utilization: float = 0.9,
 ) -> StaticCost:
+    # the KV cache as the engine lays it out (hybrid models: vLLM's raised block and
+    # each request's linear states / sliding windows, :func:`sim.engine.kv_geometry`)
+    lay = lm.kv_layout_for(BLOCK_SIZE)
     sched = schedule_static_batch(
         batch,
         input_len,
@@ -225,6 +233,8 @@ def static_cost(
         lm.kv_capacity_tokens(gpu_memory_utilization, max_num_batched_tokens, max_num_seqs),
         max_num_batched_tokens,
         max_num_seqs,
+        block_size=lay.block_size,
+        request_blocks=lay.request_state_blocks(),
     )
     return price_schedule(lm, sched)
 

@@ -74,6 +74,44 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {_shown(text)}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _speculative_config(text: str) -> int:
+    """vLLM's ``--speculative-config`` JSON, MTP only: the number of draft tokens."""
+    import json
+
+    try:
+        spec = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {_shown(text)}") from None
+    if not isinstance(spec, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {_shown(text)}")
+    extra = sorted(set(spec) - {"method", "num_speculative_tokens"})
+    if extra:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(str(extra[0]))} is not modelled (only method and num_speculative_tokens)"
+        )
+    method = spec.get("method", "mtp")
+    if not isinstance(method, str) or not (method == "mtp" or method.endswith("_mtp")):
+        raise argparse.ArgumentTypeError(
+            f"method {_shown(str(method))}: only MTP (the checkpoint's own modules) is modelled"
+        )
+    k = spec.get("num_speculative_tokens")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 16:
+        raise argparse.ArgumentTypeError(
+            f"num_speculative_tokens must be a whole number in 1..16, got {_shown(str(k))}"
+        )
+    return k
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -859,6 +897,14 @@ def _rate(text: str) -> float:
     return value
 
 
+def _spec_words(sim: dict[str, Any]) -> str:
+    """The simulated server's speculative decoding, if any, for its one-line description."""
+    k = sim.get("num_speculative_tokens")
+    if not k:
+        return ""
+    return f" MTP {k} drafts/step (acceptance {sim['spec_acceptance_rate']}),"
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from sim.bench_serve import BenchServeConfig, check_config, run_bench_serve
     from sim.config import validate
@@ -892,6 +938,16 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             engine[key] = getattr(args, key)
     if args.kv_offloading_size is not None:
         engine["kv_offloading_bandwidth_GBps"] = args.kv_offloading_bandwidth_gbps
+    if args.data_parallel_size is not None:
+        engine["data_parallel_size"] = args.data_parallel_size
+    if (args.speculative_config is None) != (args.spec_acceptance_rate is None):
+        raise ComemInputError(
+            "--speculative-config and --spec-acceptance-rate go together (drafts need the"
+            " rate at which they are accepted: not measured here, give your draft's)"
+        )
+    if args.speculative_config is not None:
+        engine["num_speculative_tokens"] = args.speculative_config
+        engine["spec_acceptance_rate"] = args.spec_acceptance_rate
     cfg = validate(
         BenchServeConfig,
         {
@@ -988,8 +1044,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     sim = out["simulator"]
     sched = {True: "async scheduling", False: "sync scheduling"}.get(sim["async_scheduling"], "")
     print(
-        f"simulated server: {out['model_id']} on {sim['tp']} x {sim['gpu']} (TP{sim['tp']}"
+        f"simulated server: {out['model_id']} on"
+        f" {sim['tp'] * sim.get('data_parallel_size', 1)} x {sim['gpu']} (TP{sim['tp']}"
+        f"{', DP' + str(sim['data_parallel_size']) if 'data_parallel_size' in sim else ''}"
         f"{', EP' if sim['expert_parallel'] else ''}), {sim['dtype']}, {sched},"
+        f"{_spec_words(sim)}"
         f" framework overhead {sim['overhead']}"
     )
     print(
@@ -1954,6 +2013,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
     )
+    bs.add_argument(
+        "--data-parallel-size", "-dp", type=_positive_int, default=None,
+        help="DP ranks of TP GPUs each, own scheduler and KV cache; a request goes to the"
+        " rank with the lowest 4 x waiting + running (vLLM's DP load balancer); MoE ranks"
+        " step in lockstep; with --enable-expert-parallel EP = TP x DP [1]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--speculative-config", type=_speculative_config, default=None, metavar="JSON",
+        help='MTP speculative decoding, e.g. \'{"method": "mtp", "num_speculative_tokens":'
+        " 3}' (models shipping MTP modules: DeepSeek, GLM, MiniMax, Qwen3.5)",
+    )  # fmt: skip
+    bs.add_argument(
+        "--spec-acceptance-rate", type=_probability, default=None, metavar="A",
+        help="probability each draft is accepted given the ones before were (with"
+        " --speculative-config; a step of k drafts emits (1 - A^(k+1)) / (1 - A) tokens)",
+    )  # fmt: skip
     bs.add_argument(
         "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
         help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",

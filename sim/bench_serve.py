@@ -42,7 +42,14 @@ from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_valid
 from calibration import limits
 from calibration.inputs import MAX_SECONDS, InputModel, Tokens
 from sim.config import EngineConfig
-from sim.engine import Engine, IterationLatency, Request, StreamSpace, check_engine
+from sim.engine import (
+    AnyEngine,
+    IterationLatency,
+    Request,
+    StreamSpace,
+    build_engines,
+    check_engine,
+)
 from sim.metrics import MetricsRecorder
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -193,7 +200,9 @@ def warmup_count(cfg: BenchServeConfig) -> int:
 class BenchServeResult:
     config: BenchServeConfig
     requests: list[Request]
-    engine: Engine
+    #: the server: one engine, or ``data_parallel_size`` ranks behind vLLM's DP load
+    #: balancer (:class:`sim.engine.ReplicatedEngine`, in lockstep for MoE models)
+    engine: AnyEngine
     recorder: MetricsRecorder
 
     def to_vllm_json(
@@ -234,7 +243,12 @@ def run_bench_serve(
     sends = arrival_times(cfg, rng)
     env = simpy.Environment()
     recorder = MetricsRecorder(itl_samples=True)
-    engine = Engine(env, cfg.engine, latency, recorder=recorder)
+    # --data-parallel-size N: N ranks, each with its own scheduler and KV cache; a new
+    # request goes to the rank with the lowest 4 x waiting + running (vLLM's DP client)
+    engine = build_engines(
+        env, {"server": cfg.engine}, {"server": latency} if latency else None, recorder
+    )["server"]
+    ranks = getattr(engine, "replicas", [engine])
     requests: list[Request] = []
     limit = cfg.max_concurrency
     pending: deque[int] = deque()
@@ -248,7 +262,8 @@ def run_bench_serve(
     e = cfg.engine
     streams = StreamSpace() if e.enable_prefix_caching and e.kv_offloading_size else None
     if e.enable_prefix_caching and streams is None:
-        engine.scheduler.private_streams = StreamSpace()
+        for rank in ranks:
+            rank.scheduler.private_streams = StreamSpace()
 
     def send(i: int) -> None:
         nonlocal in_flight
@@ -320,6 +335,27 @@ def run_bench_serve(
     env.run()
     requests.sort(key=lambda r: r.tag)
     return BenchServeResult(cfg, requests, engine, recorder)
+
+
+def _dp_fields(e: EngineConfig) -> dict[str, Any]:
+    """The data-parallel ranks, named only where there are several (a DP-1 result file is
+    as it was)."""
+    if e.data_parallel_size == 1:
+        return {}
+    return {
+        "data_parallel_size": e.data_parallel_size,
+        "data_parallel_router": e.data_parallel_router,
+    }
+
+
+def _spec_fields(e: EngineConfig) -> dict[str, Any]:
+    """Speculative decoding, named only when on (a result file without it is as it was)."""
+    if not e.num_speculative_tokens:
+        return {}
+    return {
+        "num_speculative_tokens": e.num_speculative_tokens,
+        "spec_acceptance_rate": e.spec_acceptance_rate,
+    }
 
 
 def _weighted_percentiles(
@@ -406,6 +442,8 @@ def vllm_result(
             "iterations": res.engine.iterations,
             "stepping": cfg.engine.stepping,
             "expert_parallel": cfg.engine.enable_expert_parallel,
+            **_dp_fields(cfg.engine),
+            **_spec_fields(cfg.engine),
             "async_scheduling": getattr(res.engine.latency, "async_scheduling", None),
             "overhead": _overhead_name(res.engine.latency),
         },

@@ -125,6 +125,15 @@ class EngineConfig(InputModel):
     data_parallel_router: Literal["vllm", "round-robin", "prefix-aware"] = "vllm"
     #: Keep the per-step time series (an iteration, or a run of them in event stepping).
     record_iterations: bool = True
+    #: Speculative decoding with the checkpoint's MTP modules (vLLM ``--speculative-config
+    #: '{"method": "mtp", "num_speculative_tokens": k}'``): draft tokens per decode step
+    #: (0: off). Each step verifies 1 + k tokens per decoding request in the target model,
+    #: then runs the MTP module; event stepping then schedules iteration by iteration.
+    num_speculative_tokens: int = Field(default=0, ge=0, le=16)
+    #: Probability that a draft is accepted, given the drafts before it were (independent
+    #: per token: a step of k drafts emits (1 - a^(k+1)) / (1 - a) tokens on average). Not
+    #: measured here: set what your draft model reaches on your data.
+    spec_acceptance_rate: float = Field(default=0.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
 
 def parse_value(text: str, where: str = "--set") -> Any:

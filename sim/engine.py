@@ -30,7 +30,7 @@ import math
 from collections import deque
 from collections.abc import Generator, Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import simpy
@@ -46,6 +46,7 @@ from calibration.scheduler import (
     Step,
 )
 from calibration.scheduler import Sequence as SchedSequence
+from calibration.spec_decode import check_speculative, spec_iteration_time
 from sim.config import EngineConfig
 from sim.metrics import MetricsRecorder
 
@@ -201,16 +202,75 @@ def engine_latency(cfg: EngineConfig) -> IterationLatency:
     )
 
 
-def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
-    """KV blocks of an engine of ``cfg`` (vLLM keeps block 0 as its null block)."""
+class KVGeometry(NamedTuple):
+    """An engine's KV cache in the simulator's blocks (``block_size`` tokens of every
+    layer that keeps all tokens): how many there are, and how many each running request
+    holds whatever its length (hybrid models' linear states and sliding windows)."""
+
+    block_size: int
+    total_blocks: int
+    request_blocks: int
+    #: the model has linear-attention (GDN) layers
+    linear: bool
+
+
+def kv_geometry(cfg: EngineConfig, latency: IterationLatency) -> KVGeometry:
+    """The KV cache of an engine of ``cfg`` as vLLM lays it out
+    (:mod:`calibration.kv_layout`; vLLM keeps block 0 as its null block). A latency model
+    without a layout (a measured profile) gets ``block_size`` and no constant part."""
+    if cfg.num_speculative_tokens:
+        model = getattr(latency, "model", None)
+        if model is None or not hasattr(latency, "linear_time"):
+            raise ComemInputError(
+                f"{_label(cfg)}: num_speculative_tokens: speculative decoding is priced from"
+                " the kernel-fitted latency model, not a measured profile"
+            )
+        check_speculative(model, cfg.num_speculative_tokens, cfg.spec_acceptance_rate, _label(cfg))
+    block, state, linear = cfg.block_size, 0, False
+    layout_for = getattr(latency, "kv_layout_for", None)
+    lay = None
+    if layout_for is not None:
+        lay = layout_for(cfg.block_size)
+        block, state, linear = lay.block_size, lay.request_state_blocks(), lay.linear_groups > 0
     capacity = cfg.kv_capacity_tokens or latency.kv_capacity_tokens(cfg.gpu_memory_utilization)
-    blocks = capacity // cfg.block_size - 1
+    if cfg.num_speculative_tokens and lay is not None:
+        if not cfg.kv_capacity_tokens:
+            capacity = _with_mtp_layers(capacity, lay, latency)
+        # vLLM's MambaManager keeps num_speculative_blocks (k) more states per linear group
+        state += -(-lay.linear_groups * cfg.num_speculative_tokens // lay.token_groups)
+    blocks = capacity // block - 1
     if blocks < 1:
         raise ComemInputError(
             f"{_label(cfg)}: a KV cache of {capacity} tokens holds no"
-            f" {cfg.block_size}-token block besides vLLM's null block"
+            f" {block}-token block besides vLLM's null block"
         )
-    return blocks
+    if state and cfg.kv_offloading_size is not None:
+        raise ComemInputError(
+            f"{_label(cfg)}: kv_offloading_size with a hybrid model (linear-attention or"
+            " sliding-window layers): vLLM's offloading connector disables the hybrid KV-cache"
+            " manager for it, which is not modelled"
+        )
+    if state + 1 > blocks:
+        raise ComemInputError(
+            f"{_label(cfg)}: one request's constant KV part ({state} blocks of {block}"
+            f" tokens: linear states, sliding windows) fills the {blocks}-block cache"
+        )
+    return KVGeometry(block, blocks, state, linear)
+
+
+def _with_mtp_layers(capacity: int, lay: Any, latency: Any) -> int:
+    """Tokens the cache holds once the MTP modules' attention layers keep their KV too (vLLM
+    allocates the drafter's layers from the same pool): each token costs one more layer's
+    bytes per module. (The modules' weights, about one decoder layer each, are not
+    subtracted.)"""
+    per_layer = lay.page_bytes / lay.block_size
+    bpt = lay.bytes_per_token
+    return int(capacity * bpt // (bpt + latency.model.mtp_layers * per_layer))
+
+
+def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
+    """KV blocks of an engine of ``cfg`` (vLLM keeps block 0 as its null block)."""
+    return kv_geometry(cfg, latency).total_blocks
 
 
 def check_engine(cfg: EngineConfig) -> None:
@@ -259,10 +319,10 @@ class Engine:
         #: profiles fit it, GPU profiles have none)
         self.admission_s = float(getattr(latency, "admission_s", 0.0))
         self.recorder = recorder if recorder is not None else MetricsRecorder()
-        self.block_size = cfg.block_size
-        blocks = kv_blocks(cfg, latency)
-        self.kv = KVCache(blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.offload = self._offload_tier(cfg, latency)
+        geo = kv_geometry(cfg, latency)
+        self.block_size = geo.block_size
+        self.kv = KVCache(geo.total_blocks, geo.block_size, cfg.enable_prefix_caching)
+        self.offload = self._offload_tier(cfg, latency, geo.block_size)
         self.scheduler = Scheduler(
             self.kv,
             SchedulerConfig(
@@ -270,6 +330,9 @@ class Engine:
                 max_num_seqs=cfg.max_num_seqs,
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 reserve_full_prompt=cfg.scheduler_reserve_full_isl,
+                request_blocks=geo.request_blocks,
+                num_speculative_tokens=cfg.num_speculative_tokens,
+                spec_acceptance_rate=cfg.spec_acceptance_rate,
             ),
             lazy=cfg.stepping != "iteration",
             offload=self.offload,
@@ -287,7 +350,7 @@ class Engine:
         self.process = env.process(self._run()) if driver is None else None
 
     @staticmethod
-    def _offload_tier(cfg: EngineConfig, latency: Any) -> OffloadTier | None:
+    def _offload_tier(cfg: EngineConfig, latency: Any, block_size: int) -> OffloadTier | None:
         """The CPU tier of ``--kv-offloading-size`` GiB (over all GPUs of the engine)."""
         if cfg.kv_offloading_size is None:
             return None
@@ -297,7 +360,7 @@ class Engine:
                 f"engine '{cfg.name}': CPU KV offloading needs a latency model that knows the"
                 " KV bytes per token (a kernel-fitted profile, not a measured one)"
             )
-        block_bytes_per_gpu = per_gpu * cfg.block_size
+        block_bytes_per_gpu = per_gpu * block_size
         capacity = int(cfg.kv_offloading_size * 2**30 // (block_bytes_per_gpu * cfg.tp))
         if capacity < 1:
             raise ComemInputError(
@@ -305,7 +368,7 @@ class Engine:
                 " no KV block"
             )
         load_s = block_bytes_per_gpu / (cfg.kv_offloading_bandwidth_GBps * 1e9)
-        return OffloadTier(capacity, cfg.block_size, load_s + cfg.kv_offloading_copy_overhead_s)
+        return OffloadTier(capacity, block_size, load_s + cfg.kv_offloading_copy_overhead_s)
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -373,6 +436,7 @@ class Engine:
         # vLLM stops generation at max_model_len
         req.output_tokens = min(req.output_tokens, cfg.max_model_len - req.prompt_tokens)
         need = self.kv.blocks_for(req.prompt_tokens + req.output_tokens - 1)
+        need += self.scheduler.config.request_blocks
         if need > self.kv.total_blocks:
             self._reject(req, f"needs {need} KV blocks, the cache holds {self.kv.total_blocks}")
             return req
@@ -479,9 +543,22 @@ class Engine:
 
     # -- stepping ---------------------------------------------------------------------
     def _price(self, step: Step) -> float:
-        duration = self.latency.iteration_time_of(
-            step.num_decode, step.decode_kv_total, step.prefill_new, step.prefill_cached
-        )
+        k = self.config.num_speculative_tokens
+        if k:  # the verify pass's drafts and the MTP drafter after every forward
+            duration = spec_iteration_time(
+                self.latency,
+                step.num_decode,
+                step.decode_kv_total,
+                step.prefill_new,
+                step.prefill_cached,
+                step.spec_tokens,
+                step.spec_seqs,
+                k,
+            )
+        else:
+            duration = self.latency.iteration_time_of(
+                step.num_decode, step.decode_kv_total, step.prefill_new, step.prefill_cached
+            )
         if step.admitted and self.admission_s:
             duration += self.admission_s * len(step.admitted)
         return duration
@@ -876,7 +953,7 @@ class ReplicatedEngine:
             return 4 * (len(sched.waiting) + e.arriving) + sched.num_running
 
         if router == "prefix-aware" and stream is not None:
-            cap = max(0, (prompt_tokens - 1) // self.config.block_size)
+            cap = max(0, (prompt_tokens - 1) // reps[0].block_size)
             return min(reps, key=lambda e: (-e.kv.hit(stream, cap), score(e)))
         return min(reps, key=score)
 
@@ -900,6 +977,10 @@ class ReplicatedEngine:
     @property
     def total_blocks(self) -> int:
         return sum(e.total_blocks for e in self.replicas)
+
+    @property
+    def block_size(self) -> int:
+        return self.replicas[0].block_size
 
     @property
     def kv_used_blocks(self) -> int:

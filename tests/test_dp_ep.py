@@ -70,3 +70,74 @@ def test_a_scenario_engine_runs_dp_attention_with_ep() -> None:
     summary = run_scenario(scenario_from(data, [], "dp-ep")).summary()
     assert summary["architectures"]["FC"]["steps"] == 16
     assert summary["architectures"]["CoMem"]["tasks_finished"] == 4
+
+
+# --- bench-serve --data-parallel-size ------------------------------------------------------
+
+
+def _bench(dp: int, ep: bool, model: str = "qwen3-30b-a3b", prompts: int = 64, **more):
+    from sim.bench_serve import BenchServeConfig, run_bench_serve
+
+    engine = {"model": model, "gpu": "h200_sxm", "tp": 1, "dtype": "bf16"}
+    engine |= {"data_parallel_size": dp, "enable_expert_parallel": ep}
+    cfg = BenchServeConfig.model_validate(
+        {"engine": engine, "num_prompts": prompts, "random_input_len": 512}
+        | {"random_output_len": 64}
+        | more
+    )
+    return run_bench_serve(cfg)
+
+
+def test_bench_serve_spreads_requests_over_ranks_as_vllms_balancer() -> None:
+    # all sent at once: the lowest 4 x waiting + running takes each, so they alternate
+    res = _bench(4, True, prompts=66)
+    per_rank = sorted(
+        sum(1 for q in res.requests if q.engine is rank)
+        for rank in res.engine.replicas  # type: ignore[union-attr]
+    )
+    assert per_rank == [16, 16, 17, 17]
+    assert type(res.engine).__name__ == "LockstepReplicas"  # MoE ranks step together
+
+
+def test_bench_serve_dp_ep_prices_as_a_scenario_engine_does() -> None:
+    """--data-parallel-size 2 --enable-expert-parallel builds the scenario engines' DP+EP
+    server: each rank's latency model has EP = TP x DP = 2 (MoE over both ranks' tokens),
+    the KV blocks are both ranks', and the decode step a request sees is that model's step
+    for its rank's 32 sequences (within 15%: async scheduling, prefill iterations)."""
+    res = _bench(2, True, prompts=64)
+    out = res.to_vllm_json()
+    lm = res.engine.latency
+    assert (lm.dp, lm.ep) == (2, 2)  # type: ignore[union-attr]
+    one = _bench(1, False, prompts=32)
+    assert out["simulator"]["data_parallel_size"] == 2
+    assert "data_parallel_size" not in one.to_vllm_json()["simulator"]
+    # the experts split over 2 GPUs leave each rank more KV than one GPU holding them all
+    assert out["simulator"]["kv_cache_blocks"] > 2 * one.engine.total_blocks
+    step = lm.iteration_time_of(32, 32 * (512 + 32)) * 1000
+    assert out["completed"] == 64
+    assert out["mean_tpot_ms"] == pytest.approx(step, rel=0.15)
+
+
+def test_bench_serve_dense_dp_ranks_run_alone() -> None:
+    res = _bench(2, False, model="qwen3-8b", prompts=40)
+    out = res.to_vllm_json()
+    assert out["simulator"]["data_parallel_size"] == 2 and out["completed"] == 40
+    assert type(res.engine).__name__ == "ReplicatedEngine"
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--model", "qwen3-8b", "-dp", "2", "--enable-expert-parallel"], ["dense"]),
+        (
+            ["--model", "glm-4.7", "--gpu", "h200_sxm", "--tp", "4", "-dp", "4"]
+            + ["--enable-expert-parallel"],
+            ["data_parallel_size 4", "16 expert-parallel ranks"],
+        ),
+        (["--model", "qwen3-8b", "--data-parallel-size", "0"], ["--data-parallel-size"]),
+    ],
+)
+def test_bench_serve_impossible_dp_is_one_line(args: list[str], needles: list[str]) -> None:
+    from cli_helpers import assert_user_error, run_comem
+
+    assert_user_error(run_comem("bench-serve", *args, "--num-prompts", "4"), *needles)

@@ -102,6 +102,7 @@ EXPECTED = [
         moe_intermediate=1536,
         shared_experts=1,
         dense_layers=3,
+        mtp_layers=1,  # num_nextn_predict_layers
     ),
 ]
 
@@ -112,18 +113,20 @@ EXPECTED_FAMILIES = [
         "deepseek-ai/DeepSeek-V3", "deepseek-v3", 61, 7168, 18432, 128, 128, 129280,
         head_dim=56, kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128,
         v_head_dim=128, q_lora_rank=1536, experts=256, top_k=8, moe_intermediate=2048,
-        shared_experts=1, dense_layers=3,
+        shared_experts=1, dense_layers=3, mtp_layers=1,
     ),
     ModelSpec(
         "zai-org/GLM-5", "glm-5", 78, 6144, 12288, 64, 64, 154880, head_dim=64,
         kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=192, v_head_dim=256,
         q_lora_rank=2048, index_topk=2048, index_n_heads=32, index_head_dim=128,
         experts=256, top_k=8, moe_intermediate=2048, shared_experts=1, dense_layers=3,
+        mtp_layers=1,
     ),
     ModelSpec(
         "Qwen/Qwen3.5-27B", "qwen3.5-27b", 64, 5120, 17408, 24, 4, 248320, head_dim=256,
         attn_output_gate=True, linear_layers=48, linear_k_heads=16, linear_v_heads=48,
         linear_k_dim=128, linear_v_dim=128, linear_conv=4, linear_state_bytes=4,
+        mtp_layers=1,  # mtp_num_hidden_layers
     ),
     ModelSpec(
         "openai/gpt-oss-120b", "gpt-oss-120b", 36, 2880, 0, 64, 8, 201088, head_dim=64,
