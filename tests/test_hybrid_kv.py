@@ -174,7 +174,13 @@ def _hybrid_run(stepping: str, p: dict, seed: int) -> tuple[list, Engine]:
 def test_hybrid_saturation_preempts_and_both_steppings_agree() -> None:
     reached: collections.Counter[str] = collections.Counter()
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomized: the regimes reached (asserted below) are the same on every run
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(p=HYBRID_LOAD, seed=st.integers(0, 2**16))
     def check(p: dict, seed: int) -> None:
         slow, eng_slow = _hybrid_run("iteration", p, seed)
