@@ -196,7 +196,8 @@ def test_hybrid_saturation_preempts_and_both_steppings_agree() -> None:
         reached["preempted"] += eng_slow.preemptions > 0
 
     check()
-    assert reached["preempted"] >= reached["examples"] // 5, dict(reached)
+    # as the other property tests: a tenth of the draws (6 of 25 reach it today)
+    assert reached["preempted"] >= reached["examples"] // 10, dict(reached)
 
 
 def test_static_predictor_charges_the_states_as_the_engine_does() -> None:
