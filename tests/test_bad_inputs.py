@@ -1118,7 +1118,9 @@ def test_quick_figures_do_not_overwrite_the_committed_ones(monkeypatch, tmp_path
 
     seen = []
     monkeypatch.setattr(
-        comem.figures, "make_figures", lambda out, quick, only=None: seen.append(out) or []
+        comem.figures,
+        "make_figures",
+        lambda out, quick, only=None, workers=1: seen.append(out) or [],
     )
     monkeypatch.chdir(tmp_path)
     assert main(["figures", "--quick"]) == 0
