@@ -42,7 +42,14 @@ from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_valid
 from calibration import limits
 from calibration.inputs import MAX_SECONDS, InputModel, Tokens
 from sim.config import EngineConfig
-from sim.engine import Engine, IterationLatency, Request, StreamSpace, check_engine
+from sim.engine import (
+    Engine,
+    IterationLatency,
+    Request,
+    StreamSpace,
+    check_engine,
+    simulation_gc,
+)
 from sim.metrics import MetricsRecorder
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
@@ -317,7 +324,8 @@ def run_bench_serve(
                 arrive(i)
     else:
         env.process(dispatcher())
-    env.run()
+    with simulation_gc():
+        env.run()
     requests.sort(key=lambda r: r.tag)
     return BenchServeResult(cfg, requests, engine, recorder)
 

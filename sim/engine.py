@@ -26,9 +26,11 @@ in times (``tests/test_engine.py``, ``tests/test_deployment.py``,
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -60,11 +62,33 @@ __all__ = [
     "Stream",
     "StreamSpace",
     "build_engines",
+    "simulation_gc",
 ]
 
 #: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
 #: exceeds the loop's below it)
 SCALAR_RUN_LIMIT = 4
+
+
+#: the garbage collector's first threshold while a simulation runs (Python's default: 700)
+SIMULATION_GC_THRESHOLD = 50_000
+
+
+@contextmanager
+def simulation_gc() -> Iterator[None]:
+    """Fewer and cheaper garbage collections while a simulation runs (about a fifth of
+    a 256-agent run's time went to them): what exists now (modules, the scenario) is
+    frozen out of the collections, and the youngest generation is collected after
+    50,000 allocations instead of 700. Cycles are still collected; nothing a simulation
+    computes depends on when."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(SIMULATION_GC_THRESHOLD, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 class IterationLatency(Protocol):
