@@ -201,7 +201,15 @@ def engine_error_bands(cfg: EngineConfig) -> dict[str, Any]:
 
 def engine_latency(cfg: EngineConfig) -> IterationLatency:
     """The latency model an engine of ``cfg`` prices its iterations with: its profile's
-    (a measured one, or kernel fits for its gpu and dtype) or the embedded default."""
+    (a measured one, or kernel fits for its gpu and dtype) or the embedded default.
+    Built once per configuration and process (a model is not changed once built; its
+    tables are filled on first use): the check of a scenario's engines builds them, and
+    the simulations, in this process or in workers forked from it, reuse them."""
+    return _engine_latency_cached(cfg.model_copy(update={"name": "engine"}))
+
+
+@lru_cache(maxsize=64)
+def _engine_latency_cached(cfg: EngineConfig) -> IterationLatency:
     from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
 
     profile = load_profile(cfg.profile) if cfg.profile else None
