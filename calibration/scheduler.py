@@ -763,7 +763,8 @@ class Scheduler:
                 entries.append((seq, n))
             budget -= n
             i += 1
-        assert i == len(order), "the lazy schedule was checked to budget every request"
+        # requests left when the budget ran out (newer than every member: the lazy path
+        # checked it) are not scheduled, as in the reference
         self._group_scheduled = bool(self.group)
         return step, budget
 
