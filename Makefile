@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
 
-.PHONY: venv run test lint bench figures clean lock
+.PHONY: venv run test test-fast test-slow test-live lint bench figures clean lock
 
 venv: $(STAMP)
 
@@ -48,8 +48,19 @@ lock:
 run: $(STAMP)
 	$(BIN)/comem run scenarios/paper_latency_glm47.toml
 
+# Every test (what CI runs); the lanes split it by marker (pyproject.toml): fast is what
+# is left without the slow (over ~1.5 s each) and live (real servers) ones.
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow and not live"
+
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m "slow and not live"
+
+test-live: $(STAMP)
+	$(BIN)/pytest -q -m live
 
 figures: $(STAMP)
 	$(BIN)/comem figures

@@ -1,7 +1,7 @@
 """Whole-process wall time of each row of the speed table (issue 26), and the same
 commands on another checkout in the same run for a before/after ratio.
 
-Rows (``--rows``; default: every row but ``figures`` and ``test``, which take minutes):
+Rows (``--rows``; default: every row but ``figures`` and the tests, which take minutes):
 
 - ``dedicated``: the authors' GLM-4.7 synthetic benchmark, 256 agents, memory model on
   its own GPUs (``comem run ...agent_dedicated_tp4.toml --set workload.agents=256``)
@@ -14,6 +14,7 @@ Rows (``--rows``; default: every row but ``figures`` and ``test``, which take mi
 - ``paper``: ``comem paper`` (a fresh ``--out``)
 - ``figures``: ``comem figures`` (a fresh ``--out``)
 - ``test``: the test suite (``pytest -q -x``; run it once, not alongside other work)
+- ``test-fast``: the fast lane (``pytest -q -m "not slow and not live"``, ``make test-fast``)
 
 ::
 
@@ -93,6 +94,7 @@ ROWS: dict[str, tuple[str, str, list[str]]] = {
     "paper": ("comem paper", "<= 20 s", ["paper", "--json", "--out", "{out}"]),
     "figures": ("comem figures", "<= 60 s", ["figures", "--out", "{out}"]),
     "test": ("the test suite (pytest -q -x)", "<= 5 min", []),
+    "test-fast": ("the fast lane (make test-fast)", "<= 60 s", []),
 }
 DEFAULT_ROWS = ["dedicated", "colocated", "open-loop", "plan", "paper"]
 
@@ -101,11 +103,15 @@ def _time(checkout: Path, row: str, repeat: int) -> tuple[float, float]:
     """Best wall seconds of the row's command on ``checkout``, and the CPU seconds (user
     + system, worker processes included) of that run (raises if it fails)."""
     env = {**os.environ, "PYTHONPATH": str(checkout), "COMEM_ALLOW_LARGE": "1"}
+    if row in ("test", "test-fast"):
+        del env["COMEM_ALLOW_LARGE"]  # the tests check the budgets' refusals
     best = (float("inf"), float("inf"))
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as out:
-            if row == "test":
+            if row in ("test", "test-fast"):
                 cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+                if row == "test-fast":
+                    cmd += ["-m", "not slow and not live"]
             else:
                 args = [a.replace("{out}", out) for a in ROWS[row][2]]
                 cmd = [sys.executable, "-m", "comem", *args]
@@ -134,12 +140,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=DEFAULT_ROWS)
     parser.add_argument("--base", type=Path, help="another checkout: the same commands on it")
+    parser.add_argument(
+        "--base-rows",
+        nargs="+",
+        choices=list(ROWS),
+        help="the rows also timed on --base (default: all of --rows)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
     args = parser.parse_args(argv)
     checkouts = [("now", ROOT)] + ([("base", args.base.resolve())] if args.base else [])
+    base_rows = set(args.rows if args.base_rows is None else args.base_rows)
     times: dict[tuple[str, str], tuple[float, float]] = {}
     for row in args.rows:
         for name, checkout in checkouts:
+            if name == "base" and row not in base_rows:
+                continue
             wall, cpu = times[row, name] = _time(checkout, row, args.repeat)
             print(f"{row} ({name}): {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr)
     head = "| row | goal | now: wall (CPU) |"
@@ -154,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             ded = times["dedicated", "now"]
             cell += f", {now[0] / ded[0]:.2f}x ({now[1] / ded[1]:.2f}x) dedicated"
         line = f"| {ROWS[row][0]} | {ROWS[row][1]} | {cell} |"
-        if args.base:
+        if args.base and (row, "base") not in times:
+            line += " - | - |"
+        elif args.base:
             base = times[row, "base"]
             line += f" {base[0]:.1f} s ({base[1]:.1f} s) |"
             line += f" {base[0] / now[0]:.1f}x ({base[1] / now[1]:.1f}x) |"

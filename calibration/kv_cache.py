@@ -482,9 +482,11 @@ class OffloadTier:
 
     def _present(self, uid: int, lo: int, hi: int) -> list[tuple[int, int]]:
         """Parts of ``[lo, hi)`` of stream ``uid`` that are NOT on the tier."""
+        runs = self._runs.get(uid)
+        if not runs or runs[-1].hi <= lo:  # the common case: stores extend a stream
+            return [(lo, hi)] if lo < hi else []
         missing = []
         cur = lo
-        runs = self._runs.get(uid, [])
         # runs are disjoint and sorted: skip those ending at or before lo at once
         for i in range(bisect.bisect_right(runs, lo, key=_run_hi), len(runs)):
             run = runs[i]
@@ -502,8 +504,10 @@ class OffloadTier:
     def _insert(self, uid: int, lo: int, hi: int, key: tuple[Any, ...]) -> None:
         runs = self._runs.setdefault(uid, [])
         run = _CpuRun(uid, lo, hi, key)
-        idx = bisect.bisect_left(runs, lo, key=_run_lo)
-        runs.insert(idx, run)
+        if not runs or runs[-1].lo < lo:  # after every run (the common case)
+            runs.append(run)
+        else:
+            runs.insert(bisect.bisect_left(runs, lo, key=_run_lo), run)
         self._push(run)
         self.blocks += hi - lo
 
@@ -530,6 +534,22 @@ class OffloadTier:
 
     def store(self, stream: Stream, lo: int, hi: int, key: tuple[Any, ...]) -> None:
         """Blocks ``[lo, hi)`` of ``stream`` became full; store those not on the tier yet."""
+        own = stream.shared_tokens // self.block_size if stream.parent is not None else 0
+        runs = self._runs.get(stream.uid)
+        if lo >= own and (not runs or runs[-1].hi <= lo):
+            # the common case, a stream's own blocks past all it has stored: what
+            # lineage_ranges, _present and _insert would do, inline
+            if lo < hi:
+                run = _CpuRun(stream.uid, lo, hi, key)
+                if runs is None:
+                    self._runs[stream.uid] = [run]
+                else:
+                    runs.append(run)
+                heapq.heappush(self._heap, (key, next(self._counter), run))
+                self.blocks += hi - lo
+                self.stored_blocks += hi - lo
+            self._evict()
+            return
         for s, a, b in lineage_ranges(stream, self.block_size, lo, hi):
             for m_lo, m_hi in self._present(s.uid, a, b):
                 self._insert(s.uid, m_lo, m_hi, key)

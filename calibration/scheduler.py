@@ -728,8 +728,15 @@ class Scheduler:
         budget = cfg.max_num_batched_tokens - d
         group_blocks = self._g_phase[t % self.block_size] if d else 0
         needs = self._explicit_needs(budget) if budget >= 0 else None
-        if needs is None or needs[0] + group_blocks > kv.queue_blocks:
-            return self.schedule()  # budget contention or a preemption: the reference
+        if needs is None:
+            return self.schedule()  # budget contention: the reference
+        if needs[0] + group_blocks > kv.queue_blocks:
+            if self.offload is not None:
+                return self.schedule()
+            step, left = self._schedule_short()  # an allocation may fail: a preemption
+            if step.preempted:  # nothing is admitted in the iteration
+                return self._finish_lazy(step)
+            return self._admit_lazy(step, left)
         step = Step(group_decodes=d)
         kv.pop_free(group_blocks)
         self._group_scheduled = d > 0
@@ -746,17 +753,80 @@ class Scheduler:
             self._register(seq, c + n)
             entries.append((seq, n))
             budget -= n
+        return self._admit_lazy(step, budget)
+
+    def _admit_lazy(self, step: Step, budget: int) -> Step:
+        """Admit waiting requests into a lazily scheduled iteration, then aggregate it."""
         self._admit_waiting(budget, step)
         if self._detached:  # members that left while this iteration was scheduled
-            entries.extend(self._detached)
+            step.entries.extend(self._detached)
             self._detached = []
-            entries.sort(key=lambda e: e[0].run_seq)
+            step.entries.sort(key=lambda e: e[0].run_seq)
+        return self._finish_lazy(step)
+
+    def _finish_lazy(self, step: Step) -> Step:
+        """Aggregate a lazily scheduled iteration: its explicit entries and the group."""
         self._aggregate(step)
         d = len(self.group)
         step.group_decodes = d
         step.num_decode += d
-        step.decode_kv_total += self._g_kv_base + d * t
+        step.decode_kv_total += self._g_kv_base + d * self.iterations
         return step
+
+    def _schedule_short(self) -> tuple[Step, int]:
+        """The running requests' part of :meth:`schedule` when the free blocks may not
+        cover every allocation, without bringing the decode group up to date: the walk
+        in admission order is the reference's (a member takes one token and, at its
+        phase, one block), and only the victims of a preemption, the newest running
+        requests, are materialized. Members that survive stay in the group: their
+        blocks are taken in the walk, their keying stays lazy (they extend their own
+        streams alone, which no free-queue operation touches). Returns the step with
+        its explicit entries (not aggregated) and its victims in ``preempted``, and the
+        budget left."""
+        kv = self.kv
+        bs = self.block_size
+        t = self.iterations
+        step = Step()
+        entries = step.entries
+        order = sorted([*self.running, *self.group], key=lambda s: s.run_seq)
+        budget = self.config.max_num_batched_tokens
+        i = 0
+        while i < len(order) and budget > 0:
+            seq = order[i]
+            lazy = seq.lazy
+            if lazy:
+                n = 1
+                need = 1 if (seq.lazy_c0 + t - seq.lazy_t0) % bs == 0 else 0
+            else:
+                c = seq.computed
+                n = min(seq.length - c, budget)
+                need = (c + n + bs - 1) // bs - seq.held_end - seq.own_blocks
+            if need > 0:
+                while need > kv.queue_blocks:
+                    victim = order.pop()
+                    if victim.lazy:
+                        self._materialize(victim)
+                    else:
+                        self.running.remove(victim)
+                    self._preempt(victim)
+                    step.preempted.append(victim)
+                    if victim is seq:
+                        break
+                if i >= len(order):  # the request itself was preempted
+                    break
+                if lazy:
+                    kv.pop_free(need)
+                else:
+                    self._allocate(seq, need)
+            if not lazy:
+                self._register(seq, c + n)
+                entries.append((seq, n))
+            budget -= n
+            i += 1
+        # requests left when the budget ran out (newer than every member: the lazy path
+        # checked it) are not scheduled, as in the reference
+        self._group_scheduled = bool(self.group)
+        return step, budget
 
     def _plan_run(self, max_iterations: int) -> Run | None:
         """The run of identical-shape iterations starting now, or None if the next

@@ -1726,12 +1726,13 @@ def _architecture_table(path: Path, baseline: float) -> list[dict[str, Any]]:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from comem.figures import make_figures
+    from comem.figures import FIGURES, make_figures
 
     # quick figures are smoke tests: they never replace the committed full-size ones
     out = args.out or (QUICK_FIGURES_DIR if args.quick else "figures")
     _writable_dir(out)
-    for path in make_figures(out, quick=args.quick, only=args.only):
+    workers = _workers(args.workers, len(args.only or FIGURES))
+    for path in make_figures(out, quick=args.quick, only=args.only, workers=workers):
         print(f"wrote {path}")
     return 0
 
@@ -2332,6 +2333,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help=f"directory (default: figures, or {QUICK_FIGURES_DIR} with --quick)"
     )
     fg.add_argument("--only", action="append", metavar="NAME", help="only this figure (repeatable)")
+    fg.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     _add_allow_large(fg)
     fg.set_defaults(func=cmd_figures)
 

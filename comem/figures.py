@@ -8,10 +8,11 @@ test suite can run every figure function.
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -22,7 +23,14 @@ import numpy as np  # noqa: E402
 from calibration import LatencyModel  # noqa: E402
 from calibration.surrogate import fit_surrogate  # noqa: E402
 from comem.validation import swap_stall_means  # noqa: E402
-from sim.scenario import ScenarioResult, load_scenario, run_scenario  # noqa: E402
+from sim.scenario import (  # noqa: E402
+    ArchitectureResult,
+    ScenarioResult,
+    check_cost,
+    check_iterations,
+    load_scenario,
+    run_architecture,
+)
 from theory.bounds import jensen_lower, scarf_upper  # noqa: E402
 from theory.single_agent import (  # noqa: E402
     AgentParams,
@@ -31,6 +39,52 @@ from theory.single_agent import (  # noqa: E402
 )
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+#: one simulated architecture a figure reads: a scenario file of ``scenarios/``, its
+#: ``--set`` overrides, the architecture's index, and fields changed on it (``model_copy``)
+SimSpec = tuple[str, tuple[str, ...], int, tuple[tuple[str, Any], ...]]
+
+#: the architectures simulated so far in this process, or by :func:`make_figures`'
+#: workers: every figure that reads one reads the same run
+_SIMS: dict[SimSpec, ArchitectureResult] = {}
+
+
+def _simulate(spec: SimSpec) -> ArchitectureResult:
+    """One architecture of a scenario on the scenario's sampled tasks, as
+    :func:`sim.scenario.run_scenario` simulates it (each architecture runs on its own)."""
+    name, sets, index, update = spec
+    scn = load_scenario(SCENARIOS / name, list(sets))
+    check_cost(scn, scn.name)
+    tasks = scn.workload.tasks(np.random.default_rng(scn.seed))
+    check_iterations(scn, tasks)
+    arch = scn.architectures[index]
+    if update:
+        arch = arch.model_copy(update=dict(update))
+    return run_architecture(scn, arch, tasks)
+
+
+def _sim(spec: SimSpec) -> ArchitectureResult:
+    """:func:`_simulate`, once per spec."""
+    res = _SIMS.get(spec)
+    if res is None:
+        res = _SIMS[spec] = _simulate(spec)
+    return res
+
+
+@cache
+def _architectures(name: str) -> int:
+    """How many architectures the scenario file ``name`` compares."""
+    return len(tomllib.loads((SCENARIOS / name).read_text())["architectures"])
+
+
+def _spec_cost(spec: SimSpec) -> int:
+    """A rough relative cost of a spec (agents x steps; the longest go first)."""
+    cost = 1
+    for item in spec[1]:
+        key, _, value = item.partition("=")
+        if key in ("workload.agents", "workload.steps"):
+            cost *= int(value)
+    return cost
 
 
 def _save(fig: plt.Figure, out: Path, name: str, caption: str) -> list[Path]:
@@ -52,8 +106,7 @@ def _save(fig: plt.Figure, out: Path, name: str, caption: str) -> list[Path]:
 
 def fig_latency_vs_concurrency(out: Path, quick: bool) -> list[Path]:
     """Simulation: mean task latency of FC and KSO vs agents, with speedup labels."""
-    agents = [4, 16] if quick else [16, 32, 64, 128, 256]
-    steps = 16 if quick else 64
+    agents, steps = _concurrency_points(quick)
     fc, kso = [], []
     for n in agents:
         s = _glm_run(n, steps).summary()["architectures"]
@@ -76,19 +129,34 @@ def fig_latency_vs_concurrency(out: Path, quick: bool) -> list[Path]:
     )  # fmt: skip
 
 
-@lru_cache(maxsize=2)
+def _concurrency_points(quick: bool) -> tuple[list[int], int]:
+    """The agent counts and steps of :func:`fig_latency_vs_concurrency`."""
+    return ([4, 16], 16) if quick else ([16, 32, 64, 128, 256], 64)
+
+
+def _one_run_point(quick: bool) -> tuple[int, int]:
+    """Agents and steps of the run the step-CDF and KV-over-time figures read."""
+    return (8, 16) if quick else (64, 64)
+
+
+GLM = "paper_latency_glm47.toml"
+
+
+def _glm_specs(agents: int, steps: int) -> list[SimSpec]:
+    sets = (f"workload.agents={agents}", f"workload.steps={steps}")
+    return [(GLM, sets, i, ()) for i in range(_architectures(GLM))]
+
+
 def _glm_run(agents: int, steps: int) -> ScenarioResult:
     """The GLM-4.7 paper scenario, simulated once for every figure that reads it."""
-    scn = load_scenario(
-        SCENARIOS / "paper_latency_glm47.toml",
-        [f"workload.agents={agents}", f"workload.steps={steps}"],
-    )
-    return run_scenario(scn)
+    specs = _glm_specs(agents, steps)
+    scn = load_scenario(SCENARIOS / GLM, list(specs[0][1]))
+    return ScenarioResult(scn, [_sim(spec) for spec in specs])
 
 
 def fig_step_cdf_and_breakdown(out: Path, quick: bool) -> list[Path]:
     """Simulation: per-step latency CDFs, and where a step's time goes."""
-    n, steps = (8, 16) if quick else (64, 64)
+    n, steps = _one_run_point(quick)
     result = _glm_run(n, steps)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     parts = ("queue_s", "prefill_s", "decode_s", "tool_s", "stall_s")
@@ -123,7 +191,7 @@ def fig_kv_over_time(out: Path, quick: bool) -> list[Path]:
     its step's end until the next step's end: across the next step, whose running
     requests hold at least those blocks. (Drawn from the step's start, a step that ends
     with every request finishing showed an empty cache during its whole run.)"""
-    n, steps = (8, 16) if quick else (64, 64)
+    n, steps = _one_run_point(quick)
     fig, ax = plt.subplots(figsize=(7, 4))
     for res in _glm_run(n, steps).results:
         es = res.engine_steps[res.engine_steps["engine"].str.contains("/agent", regex=False)]
@@ -413,15 +481,10 @@ def fig_closed_network(out: Path, quick: bool) -> list[Path]:
     """Theory + simulation: steps/s vs agents against the optimistic bound N / (R1 + Z)."""
     from theory.network import throughput_upper
 
-    agents = [1, 2, 4, 8] if quick else [1, 2, 4, 8, 16, 32, 64]
-    tool = 2.0
+    agents, tool = _network_points(quick)
     xs, solo_cycle = [], None
-    for n in agents:
-        scn = load_scenario(
-            SCENARIOS / "paper_latency_deepswe.toml",
-            [f"workload.agents={n}", "workload.steps=8", f"workload.tool_s={tool}"],
-        )
-        fc = run_scenario(scn).results[0]
+    for spec in _network_specs(quick):
+        fc = _sim(spec)
         makespan = fc.tasks["end_s"].max()
         xs.append(len(fc.steps) / makespan)
         if solo_cycle is None:
@@ -443,6 +506,25 @@ def fig_closed_network(out: Path, quick: bool) -> list[Path]:
     )  # fmt: skip
 
 
+def _network_points(quick: bool) -> tuple[list[int], float]:
+    """Agent counts and tool time of :func:`fig_closed_network`."""
+    return ([1, 2, 4, 8] if quick else [1, 2, 4, 8, 16, 32, 64]), 2.0
+
+
+def _network_specs(quick: bool) -> list[SimSpec]:
+    """The full-context architecture (the first) of the DeepSWE scenario per agent count."""
+    agents, tool = _network_points(quick)
+    return [
+        (
+            "paper_latency_deepswe.toml",
+            (f"workload.agents={n}", "workload.steps=8", f"workload.tool_s={tool}"),
+            0,
+            (),
+        )
+        for n in agents
+    ]
+
+
 class AdaptiveKRow(NamedTuple):
     """One simulated point of :func:`fig_adaptive_k`: ``policy`` is ``fixed`` (k, lag as
     given) or ``adaptive`` (k, lag: its home)."""
@@ -461,24 +543,8 @@ def adaptive_k_table(
     lag; default rule), on the GLM-4.7 synthetic benchmark at each agent count."""
     rows = []
     for n in agents:
-        scn = load_scenario(
-            SCENARIOS / "paper_latency_glm47.toml",
-            [f"workload.agents={n}", f"workload.steps={steps}"],
-        )
-        kso = next(a for a in scn.architectures if a.kind == "kso")
-        archs = [
-            kso.model_copy(update={"name": f"k{k}-lag{lag}", "k": k, "lag": lag})
-            for k in ks
-            for lag in lags
-        ]
-        archs.append(
-            kso.model_copy(
-                update={"name": "adaptive", "kind": "kso-adaptive", "k": home[0], "lag": home[1]}
-            )
-        )
-        result = run_scenario(scn.model_copy(update={"architectures": archs}))
-        for res in result.results:
-            cfg = res.config
+        for spec in _adaptive_specs([n], steps, ks, lags, home):
+            cfg = (res := _sim(spec)).config
             rows.append(
                 AdaptiveKRow(
                     n,
@@ -491,12 +557,46 @@ def adaptive_k_table(
     return rows
 
 
+def _adaptive_specs(
+    agents: list[int], steps: int, ks: list[int], lags: list[int], home: tuple[int, int]
+) -> list[SimSpec]:
+    """Per agent count: KSO at every fixed (k, lag), then kso-adaptive at its home."""
+    specs: list[SimSpec] = []
+    for n in agents:
+        sets = (f"workload.agents={n}", f"workload.steps={steps}")
+        scn = load_scenario(SCENARIOS / GLM, list(sets))
+        kso = next(i for i, a in enumerate(scn.architectures) if a.kind == "kso")
+        base = scn.architectures[kso]
+        # the scenario's own KSO where it has that (k, lag): the run the other figures
+        # read (an architecture's name only labels its rows)
+        specs += [
+            (GLM, sets, kso, ())
+            if (k, lag) == (base.k, base.lag)
+            else (GLM, sets, kso, (("name", f"k{k}-lag{lag}"), ("k", k), ("lag", lag)))
+            for k in ks
+            for lag in lags
+        ]
+        adaptive = (
+            ("name", "adaptive"),
+            ("kind", "kso-adaptive"),
+            ("k", home[0]),
+            ("lag", home[1]),
+        )
+        specs.append((GLM, sets, kso, adaptive))
+    return specs
+
+
+def _adaptive_points(quick: bool) -> tuple[list[int], int, list[int], list[int]]:
+    """Agent counts, steps, fixed k and lags of :func:`fig_adaptive_k`."""
+    if quick:
+        return [4, 16], 12, [1, 4], [0, 1]
+    return [8, 16, 32, 64, 128, 256], 64, [1, 2, 4, 8], [0, 1]
+
+
 def fig_adaptive_k(out: Path, quick: bool) -> list[Path]:
     """Simulation: kso-adaptive's task latency across load against fixed k (lag 1) and
     the best fixed (k, lag) at each load."""
-    agents = [4, 16] if quick else [8, 16, 32, 64, 128, 256]
-    steps = 12 if quick else 64
-    ks, lags = ([1, 4], [0, 1]) if quick else ([1, 2, 4, 8], [0, 1])
+    agents, steps, ks, lags = _adaptive_points(quick)
     rows = adaptive_k_table(agents, steps, ks, lags)
     fixed = [r for r in rows if r.policy == "fixed"]
     adaptive = np.array([r.mean_task_latency_s for r in rows if r.policy == "adaptive"])
@@ -555,10 +655,57 @@ FIGURES: dict[str, Callable[[Path, bool], list[Path]]] = {
 }
 
 
+#: the simulated architectures each simulation figure reads (quick or full size)
+SIMULATIONS: dict[str, Callable[[bool], list[SimSpec]]] = {
+    "sim_latency_vs_concurrency": lambda quick: [
+        spec
+        for n in _concurrency_points(quick)[0]
+        for spec in _glm_specs(n, _concurrency_points(quick)[1])
+    ],
+    "sim_step_cdf_breakdown": lambda quick: _glm_specs(*_one_run_point(quick)),
+    "sim_kv_over_time": lambda quick: _glm_specs(*_one_run_point(quick)),
+    "theory_closed_network": _network_specs,
+    "adaptive_k": lambda quick: _adaptive_specs(*_adaptive_points(quick), (4, 1)),
+}
+
+
+def _draw(name: str, out: Path, quick: bool) -> list[Path]:
+    """One figure (in a worker process)."""
+    return FIGURES[name](out, quick)
+
+
+def _prefetch(names: list[str], out: Path, quick: bool, workers: int) -> dict[str, list[Path]]:
+    """Simulate what the figures ``names`` read, and draw those that simulate nothing, in
+    ``workers`` processes (the costliest simulations first). Each simulation and figure is
+    computed on its own, so the results do not depend on the number of workers. Returns
+    the figures drawn."""
+    from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+
+    specs = list(dict.fromkeys(s for n in names if n in SIMULATIONS for s in SIMULATIONS[n](quick)))
+    specs = sorted((s for s in specs if s not in _SIMS), key=_spec_cost, reverse=True)
+    drawn: dict[str, list[Path]] = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        sims: dict[Future[Any], SimSpec] = {pool.submit(_simulate, s): s for s in specs}
+        figs: dict[Future[Any], str] = {
+            pool.submit(_draw, n, out, quick): n for n in names if n not in SIMULATIONS
+        }
+        for fut in as_completed([*sims, *figs]):
+            if fut in sims:
+                _SIMS[sims[fut]] = fut.result()
+            else:
+                drawn[figs[fut]] = fut.result()
+    return drawn
+
+
 def make_figures(
-    out: str | Path = "figures", quick: bool = False, only: list[str] | None = None
+    out: str | Path = "figures",
+    quick: bool = False,
+    only: list[str] | None = None,
+    workers: int = 1,
 ) -> list[Path]:
-    """Write every figure (or those named in ``only``) into ``out``."""
+    """Write every figure (or those named in ``only``) into ``out``; with ``workers`` > 1
+    the simulations and the figures that need none run in that many processes first
+    (the same figures whatever the number)."""
     from calibration.errors import ComemInputError
 
     unknown = sorted(set(only or []) - set(FIGURES))
@@ -568,8 +715,9 @@ def make_figures(
         )
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
+    names = [name for name in FIGURES if only is None or name in only]
+    drawn = _prefetch(names, directory, quick, workers) if workers > 1 else {}
     paths: list[Path] = []
-    for name, fn in FIGURES.items():
-        if only is None or name in only:
-            paths.extend(fn(directory, quick))
+    for name in names:
+        paths.extend(drawn[name] if name in drawn else FIGURES[name](directory, quick))
     return paths

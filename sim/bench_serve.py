@@ -49,6 +49,7 @@ from sim.engine import (
     StreamSpace,
     build_engines,
     check_engine,
+    simulation_gc,
 )
 from sim.metrics import MetricsRecorder
 
@@ -332,7 +333,8 @@ def run_bench_serve(
                 arrive(i)
     else:
         env.process(dispatcher())
-    env.run()
+    with simulation_gc():
+        env.run()
     requests.sort(key=lambda r: r.tag)
     return BenchServeResult(cfg, requests, engine, recorder)
 

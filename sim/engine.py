@@ -26,9 +26,11 @@ in times (``tests/test_engine.py``, ``tests/test_deployment.py``,
 
 from __future__ import annotations
 
+import gc
 import math
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -61,11 +63,33 @@ __all__ = [
     "Stream",
     "StreamSpace",
     "build_engines",
+    "simulation_gc",
 ]
 
 #: runs up to this many iterations are priced by a plain loop (numpy's per-call cost
 #: exceeds the loop's below it)
 SCALAR_RUN_LIMIT = 4
+
+
+#: the garbage collector's first threshold while a simulation runs (Python's default: 700)
+SIMULATION_GC_THRESHOLD = 50_000
+
+
+@contextmanager
+def simulation_gc() -> Iterator[None]:
+    """Fewer and cheaper garbage collections while a simulation runs (about a fifth of
+    a 256-agent run's time went to them): what exists now (modules, the scenario) is
+    frozen out of the collections, and the youngest generation is collected after
+    50,000 allocations instead of 700. Cycles are still collected; nothing a simulation
+    computes depends on when."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(SIMULATION_GC_THRESHOLD, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
 
 
 class IterationLatency(Protocol):
@@ -178,7 +202,15 @@ def engine_error_bands(cfg: EngineConfig) -> dict[str, Any]:
 
 def engine_latency(cfg: EngineConfig) -> IterationLatency:
     """The latency model an engine of ``cfg`` prices its iterations with: its profile's
-    (a measured one, or kernel fits for its gpu and dtype) or the embedded default."""
+    (a measured one, or kernel fits for its gpu and dtype) or the embedded default.
+    Built once per configuration and process (a model is not changed once built; its
+    tables are filled on first use): the check of a scenario's engines builds them, and
+    the simulations, in this process or in workers forked from it, reuse them."""
+    return _engine_latency_cached(cfg.model_copy(update={"name": "engine"}))
+
+
+@lru_cache(maxsize=64)
+def _engine_latency_cached(cfg: EngineConfig) -> IterationLatency:
     from calibration.measured import MeasuredLatency, MeasuredProfile, load_profile
 
     profile = load_profile(cfg.profile) if cfg.profile else None

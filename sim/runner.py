@@ -15,7 +15,7 @@ from calibration import limits
 from calibration.inputs import InputModel, Seconds, Tokens, TokensOrZero
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
-from sim.engine import AnyEngine, build_engines, check_engine
+from sim.engine import AnyEngine, build_engines, check_engine, simulation_gc
 from sim.metrics import MetricsRecorder
 
 
@@ -108,10 +108,12 @@ def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
         ) as bar:
             task = bar.add_task("simulating", total=total)
             recorder.on_request = lambda row: bar.advance(task)
-            env.run()
+            with simulation_gc():
+                env.run()
         recorder.on_request = None
     else:
-        env.run()
+        with simulation_gc():
+            env.run()
     return EngineRunResult(run, recorder, engine, time.perf_counter() - t0)
 
 

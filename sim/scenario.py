@@ -32,7 +32,13 @@ from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
 from sim.effectiveness import EffectivenessParams, architecture_effectiveness
-from sim.engine import IterationLatency, StreamSpace, build_engines, check_engine
+from sim.engine import (
+    IterationLatency,
+    StreamSpace,
+    build_engines,
+    check_engine,
+    simulation_gc,
+)
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
@@ -351,7 +357,8 @@ def run_architecture(
 
         env.process(arrivals())
     t0 = time.perf_counter()
-    env.run()
+    with simulation_gc():
+        env.run()
     wall = time.perf_counter() - t0
     preempt = engine.preemptions + (memory.preemptions if memory is not None else 0)
     return ArchitectureResult(

@@ -264,6 +264,7 @@ def _scenario(kind: str, stepping: str = "event", agents: int = 16):
     return scn.model_copy(update={"architectures": [arch]})
 
 
+@pytest.mark.slow
 def test_simulated_adaptive_reacts_to_kv_pressure_deterministically():
     from sim.scenario import run_scenario
 

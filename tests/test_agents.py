@@ -173,6 +173,7 @@ def test_authors_kso_ends_a_task_whose_memory_prompt_is_rejected():
     assert general["status"] == "finished"  # it reads the recent history instead
 
 
+@pytest.mark.slow
 def test_the_authors_policy_runs_their_synthetic_benchmark():
     scenario = load_scenario(
         "scenarios/paper_latency_glm47_kso_variants.toml",
@@ -224,6 +225,7 @@ def test_a_registered_policy_runs_on_the_simulated_agent_unchanged():
     assert steps.loc[3, "prompt_tokens"] == SYS + S + OBS
 
 
+@pytest.mark.slow
 def test_shipped_scenario_runs_and_kso_beats_fc_under_load():
     scenario = load_scenario("scenarios/paper_latency_glm47.toml", ["workload.agents=32"])
     summary = run_scenario(scenario).summary()
@@ -280,6 +282,7 @@ def _random_scenario(
     )
 
 
+@pytest.mark.slow
 def test_every_task_ends_no_step_is_lost_and_runs_repeat():
     """Random small scenarios, many of which fill the agent's KV cache (preemption), run
     out of context, or wait for a late summary: every task ends with a status, no step is

@@ -973,6 +973,7 @@ def assert_one_line(result: dict[str, Any], *needles: str) -> str:
 @pytest.mark.parametrize(
     ("cid", "needles"), [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES]
 )
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2(outcomes: dict[str, dict[str, Any]], cid: str,
                                       needles: list[str]) -> None:  # fmt: skip
     line = assert_one_line(outcomes[cid], *needles)
@@ -1011,6 +1012,7 @@ def _comem(*argv: str, cwd: Path, env: dict[str, str] | None = None) -> subproce
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_profile_never_overwrites_measurements(files: Path, tmp_path: Path) -> None:
     precious = tmp_path / "precious.csv"
     sidecar = tmp_path / "precious.metrics.csv"
@@ -1037,6 +1039,7 @@ def test_profile_never_overwrites_measurements(files: Path, tmp_path: Path) -> N
     assert list(rows["status"]) == ["refused"] and not sidecar.exists()
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_point_records_it_and_goes_on(files: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     proc = _comem("sweep", str(files / "sweep_one_fails.toml"), "--workers", "1", "--out",
@@ -1073,6 +1076,7 @@ def test_a_damaged_point_file_is_named(files: Path, tmp_path: Path) -> None:
         collect(sweep, tmp_path)
 
 
+@pytest.mark.slow
 def test_allow_large_lifts_a_budget(files: Path, tmp_path: Path) -> None:
     over = 4 * (os.cpu_count() or 1) + 1  # the worker budget: 4 per CPU
     argv = ["sweep", str(files / "sweep_ok.toml"), "--workers", str(over), "--out"]
@@ -1118,7 +1122,9 @@ def test_quick_figures_do_not_overwrite_the_committed_ones(monkeypatch, tmp_path
 
     seen = []
     monkeypatch.setattr(
-        comem.figures, "make_figures", lambda out, quick, only=None: seen.append(out) or []
+        comem.figures,
+        "make_figures",
+        lambda out, quick, only=None, workers=1: seen.append(out) or [],
     )
     monkeypatch.chdir(tmp_path)
     assert main(["figures", "--quick"]) == 0
@@ -1275,6 +1281,7 @@ PLAN = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "1
         "--steps", "2", "--top", "1", "--json"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_plan_out_answers_only_its_own_question(files: Path, tmp_path: Path) -> None:
     """A point file is keyed by the whole scenario it simulated: a re-run with other
     --agents in the same --out simulates its own points (both sets coexist), a
@@ -1307,6 +1314,7 @@ def test_plan_out_answers_only_its_own_question(files: Path, tmp_path: Path) -> 
     assert all(json.loads(p.read_text())["point"] == p.stem for p in points)
 
 
+@pytest.mark.slow
 def test_plan_leaves_out_what_the_memory_model_cannot_serve(tmp_path: Path) -> None:
     """A memory model too big for the GPUs rules out SM and KSO, with a warning, not the
     FC and CP deployments that need no memory model."""
@@ -1321,6 +1329,7 @@ def test_plan_leaves_out_what_the_memory_model_cannot_serve(tmp_path: Path) -> N
     assert "comem plan: warning: SM:" in proc.stderr and "qwen3-coder-480b" in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_damaged_hugging_face_ref_falls_back_to_the_newest_snapshot(tmp_path: Path) -> None:
     hub = tmp_path / "hub"
     repo = hub / "models--SomeOrg--Tiny-Llama"
@@ -1468,6 +1477,7 @@ def test_a_profile_error_band_that_overflows_is_one_line(tmp_path: Path) -> None
     )
 
 
+@pytest.mark.slow
 def test_a_profile_that_prices_no_finite_iteration_is_refused(tmp_path: Path) -> None:
     """Op parameters each within their bounds can still describe no GPU (peak FLOP/s of
     1e-300): the latency model refuses it instead of simulating forever or printing inf."""
@@ -1485,6 +1495,7 @@ def test_a_profile_that_prices_no_finite_iteration_is_refused(tmp_path: Path) ->
         assert_user_error(run_comem(*cmd), "slow.json", "describe")
 
 
+@pytest.mark.slow
 def test_fit_outputs_never_replace_their_inputs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -1511,6 +1522,7 @@ def test_fit_outputs_never_replace_their_inputs(tmp_path: Path) -> None:
     assert prof.read_text() == before
 
 
+@pytest.mark.slow
 def test_families_and_plan_name_what_is_wrong(tmp_path: Path) -> None:
     assert_user_error(run_comem("families", "--gpus", "rtx", "--out", str(tmp_path)), "rtx")
     bad = tmp_path / "config.json"
@@ -1566,6 +1578,7 @@ def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path)
     assert _read_point(f, "k") == good
 
 
+@pytest.mark.slow
 def test_bench_serve_warns_when_requests_fail_and_predict_static_names_are_printable() -> None:
     proc = run_comem(
         "bench-serve", "--model", "llama-3-8b", "--max-model-len", "10", "--num-prompts", "4"
@@ -1576,6 +1589,7 @@ def test_bench_serve_warns_when_requests_fail_and_predict_static_names_are_print
     )
 
 
+@pytest.mark.slow
 def test_profile_async_flags_and_bands_are_typed(tmp_path: Path) -> None:
     """A profile's async_scheduling is true or false, an error band's numbers are numbers
     and its metric its key: anything else is one line, not a silently different model."""

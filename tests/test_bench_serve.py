@@ -95,6 +95,7 @@ def test_arrivals_follow_vllms_generator():
     assert np.all(arrival_times(BenchServeConfig(num_prompts=5), np.random.default_rng(0)) == 0)
 
 
+@pytest.mark.slow
 def test_cli_prints_vllms_result_names():
     proc = subprocess.run(
         [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b",
@@ -112,6 +113,7 @@ def test_cli_prints_vllms_result_names():
     assert out["completed"] == 20
 
 
+@pytest.mark.slow
 def test_a_vllm_bench_serve_command_line_runs_unchanged(tmp_path: Path):
     """vLLM's client flags are accepted, its percentile flags shape the keys as vLLM names
     them, and --save-result writes the same JSON once (never over an existing file)."""

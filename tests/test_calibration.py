@@ -82,6 +82,7 @@ def test_fitted_ops_reproduce_kernel_tables_within_reported_error(gpu, dtype, ke
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_refit_from_kernel_tables_matches_committed_profile(kernel_dir):
     """`comem calibrate fit` is reproducible: a refit gives the committed coefficients."""
     tables = load_kernel_tables(kernel_dir("h100_sxm"))
@@ -93,6 +94,7 @@ def test_refit_from_kernel_tables_matches_committed_profile(kernel_dir):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_static_predictor_against_every_e2e_row(e2e_csv):
     """vLLM benchmark_latency on H100 (2024 vLLM): the issue's aims (MAPE <= 7%, worst row
     <= 20%), also with the overhead fitted on the other model only (leave one model out)."""

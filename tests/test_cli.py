@@ -47,6 +47,7 @@ def test_calibrate_help_lists_subcommands() -> None:
 # --- predict-static --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_static_json_and_plain_agree() -> None:
     proc = run_comem(*LLAMA, *STATIC, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -66,6 +67,7 @@ def test_predict_static_json_and_plain_agree() -> None:
     assert float(plain.stdout.split()[0]) == pytest.approx(latency, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_predict_static_grows_with_output_and_batch() -> None:
     base = static_latency("--batch", "8", "--input", "512", "--output", "128")
     longer = static_latency("--batch", "8", "--input", "512", "--output", "256")
@@ -74,6 +76,7 @@ def test_predict_static_grows_with_output_and_batch() -> None:
     assert wider > base
 
 
+@pytest.mark.slow
 def test_expert_parallel_is_priced_in_predict_static_and_bench_serve() -> None:
     glm = ["--model", "glm-4.7", "--gpu", "h200_sxm", "--tp", "8", "--dtype", "fp8"]
     results = {}
@@ -154,15 +157,18 @@ BAD_PREDICT = [
 
 
 @pytest.mark.parametrize(("args", "needles"), BAD_PREDICT)
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2(args: list[str], needles: list[str]) -> None:
     assert_user_error(run_comem(*args), *needles)
 
 
+@pytest.mark.slow
 def test_fit_missing_kernel_dir() -> None:
     proc = run_comem("calibrate", "fit", "--kernels", "/nonexistent", "--out", "/tmp/x.json")
     assert_user_error(proc, "/nonexistent", "does not exist")
 
 
+@pytest.mark.slow
 def test_fit_corrupt_parquet(tmp_path: Path) -> None:
     (tmp_path / "gemm_perf.parquet").write_bytes(b"this is not parquet\x00\xff" * 20)
     proc = run_comem(
@@ -172,6 +178,7 @@ def test_fit_corrupt_parquet(tmp_path: Path) -> None:
     assert not (tmp_path / "p.json").exists()
 
 
+@pytest.mark.slow
 def test_fit_empty_kernel_dir_names_a_file(tmp_path: Path) -> None:
     proc = run_comem(
         "calibrate", "fit", "--kernels", str(tmp_path), "--out", str(tmp_path / "p.json")
@@ -179,11 +186,13 @@ def test_fit_empty_kernel_dir_names_a_file(tmp_path: Path) -> None:
     assert_user_error(proc, "_perf.parquet")
 
 
+@pytest.mark.slow
 def test_report_missing_profile() -> None:
     proc = run_comem("calibrate", "report", "--no-figures", "--profile", "/nonexistent.json")
     assert_user_error(proc, "/nonexistent.json")
 
 
+@pytest.mark.slow
 def test_report_profile_invalid_json(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -218,6 +227,7 @@ def test_profile_wrong_json_shape(tmp_path: Path, content: str) -> None:
 
 @pytest.mark.shared
 @pytest.mark.skipif(not SHARED_KERNELS.is_dir(), reason="needs ../shared kernel tables")
+@pytest.mark.slow
 def test_fit_unwritable_out(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("")
@@ -239,6 +249,7 @@ def test_list_models() -> None:
         assert spec.alias in listed
 
 
+@pytest.mark.slow
 def test_list_profiles() -> None:
     proc = run_comem("list", "profiles")
     assert proc.returncode == 0, proc.stderr
@@ -274,6 +285,7 @@ def test_calibrate_report_json(tmp_path: Path) -> None:
     assert data["e2e"]["mape"] < 0.10
 
 
+@pytest.mark.slow
 def test_report_kernels_dir_must_exist(tmp_path: Path) -> None:
     proc = run_comem("calibrate", "report", "--no-figures", "--kernels", str(tmp_path / "nope"))
     assert_user_error(proc, "nope")
@@ -282,6 +294,7 @@ def test_report_kernels_dir_must_exist(tmp_path: Path) -> None:
 # --- engine-sim -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_engine_sim_writes_tidy_tables_and_a_json_summary(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -324,6 +337,7 @@ def test_engine_sim_writes_tidy_tables_and_a_json_summary(tmp_path: Path) -> Non
         ("engine.model=gpt-9", "gpt-9"),
     ],
 )
+@pytest.mark.slow
 def test_engine_sim_bad_settings_are_one_line(setting: str, needle: str) -> None:
     assert_user_error(run_comem("engine-sim", "--set", setting), needle)
 
@@ -331,6 +345,7 @@ def test_engine_sim_bad_settings_are_one_line(setting: str, needle: str) -> None
 # --- run -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_json_summary_and_tables(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -383,6 +398,7 @@ def strict_json(text: str) -> dict:
     return json.loads(text, parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_run_flags_tasks_that_ended_early_and_does_not_count_them_as_wins() -> None:
     # KSO's context passes 8000 tokens at its first swap (step 6): every task ends there
     cut = ["--set", "architectures.1.agent.max_model_len=8000"]
@@ -406,6 +422,7 @@ def test_run_flags_tasks_that_ended_early_and_does_not_count_them_as_wins() -> N
     assert "ended early" in table.stderr and "tasks both finished" in words(table.stdout)
 
 
+@pytest.mark.slow
 def test_run_where_every_prompt_is_too_long_prints_honest_output() -> None:
     # the first prompt (1024 tokens) exceeds 1000: no step of KSO runs at all
     cut = ["--set", "architectures.1.agent.max_model_len=1000"]
@@ -422,6 +439,7 @@ def test_run_where_every_prompt_is_too_long_prints_honest_output() -> None:
     assert table.returncode == 0 and "KSO!" in table.stdout, table.stderr
 
 
+@pytest.mark.slow
 def test_run_lag_at_least_k_swaps_queued_summaries(tmp_path: Path) -> None:
     import pandas as pd
 
@@ -434,6 +452,7 @@ def test_run_lag_at_least_k_swaps_queued_summaries(tmp_path: Path) -> None:
     assert (tasks.loc[tasks["architecture"] == "KSO", "summaries"] == 6).all()
 
 
+@pytest.mark.slow
 def test_run_json_is_byte_identical_across_runs() -> None:
     first = run_comem("run", GLM, *SMALL, "--json")
     second = run_comem("run", GLM, *SMALL, "--json")
@@ -442,6 +461,7 @@ def test_run_json_is_byte_identical_across_runs() -> None:
     assert "wall_s" not in first.stdout
 
 
+@pytest.mark.slow
 def test_run_table_fits_the_terminal_and_explains_every_column() -> None:
     narrow = run_comem("run", GLM, *SMALL, env={"COLUMNS": "80"})
     wide = run_comem("run", GLM, *SMALL, env={"COLUMNS": "220"})
@@ -457,6 +477,7 @@ def test_run_table_fits_the_terminal_and_explains_every_column() -> None:
     assert "mean per step" in legend and "agent and memory engines summed" in legend
 
 
+@pytest.mark.slow
 def test_run_metric_picks_the_speedup_column() -> None:
     proc = run_comem("run", GLM, *SMALL, "--metric", "llm", env={"COLUMNS": "120"})
     assert proc.returncode == 0, proc.stderr
@@ -489,6 +510,7 @@ def test_run_metric_picks_the_speedup_column() -> None:
         ("[workload]\nkind = 'trace'\npath = '/nope.csv'\n", "/nope.csv"),
     ],
 )
+@pytest.mark.slow
 def test_run_bad_scenario_files_are_one_line(tmp_path: Path, content: str, needle: str) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(content)
@@ -498,6 +520,7 @@ def test_run_bad_scenario_files_are_one_line(tmp_path: Path, content: str, needl
 # --- validate ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_validate_quick_passes_every_computed_rung() -> None:
     """Every rung this run measures passes; the stored calibration rungs report what the
     fits recorded. One of them misses its goal today and says so (exit 1): bench-serve
@@ -514,6 +537,7 @@ def test_validate_quick_passes_every_computed_rung() -> None:
     assert proc.returncode == (0 if data["ok"] else 1), proc.stderr
 
 
+@pytest.mark.slow
 def test_theory_latex_lists_every_result() -> None:
     proc = run_comem("theory", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -522,6 +546,7 @@ def test_theory_latex_lists_every_result() -> None:
     assert any("c_{4}" in v for v in data.values())
 
 
+@pytest.mark.slow
 def test_figures_quick_never_overwrites_the_committed_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -534,6 +559,7 @@ def test_figures_quick_never_overwrites_the_committed_ones(
     assert_user_error(run_comem("figures", "--only", "nope"), "--only", "nope", "adaptive_k")
 
 
+@pytest.mark.slow
 def test_bad_adaptive_rule_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(
@@ -543,6 +569,7 @@ def test_bad_adaptive_rule_is_one_line(tmp_path: Path) -> None:
     assert_user_error(run_comem("run", str(bad)), "bad.toml", "kv_high", "2.0")
 
 
+@pytest.mark.slow
 def test_figures_quick_writes_every_figure(tmp_path: Path) -> None:
     from comem.figures import FIGURES
 

@@ -135,6 +135,7 @@ def test_prefix_aware_routing_follows_the_cache():
     assert again.cached_tokens == 16 * 10
 
 
+@pytest.mark.slow
 def test_event_stepping_equals_iteration_stepping_when_engines_share_gpus():
     for seed in range(4):
         rng = np.random.default_rng(seed)
@@ -169,6 +170,7 @@ def test_event_stepping_equals_iteration_stepping_when_engines_share_gpus():
             np.testing.assert_allclose(b["finished_s"], a["finished_s"], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_moe_replicas_step_in_lockstep():
     """vLLM steps a MoE model's DP ranks together: a rank with a long prompt holds back the
     other's decodes (its steps last as long as the slowest rank's), unlike a dense model's
@@ -199,6 +201,7 @@ def test_moe_replicas_step_in_lockstep():
     )
 
 
+@pytest.mark.slow
 def test_lockstep_replicas_agree_in_both_steppings():
     out = {}
     for mode in ("iteration", "event"):
@@ -222,6 +225,7 @@ def _poisson(env, engine, rng, rate, n, prompts, outputs):
         engine.submit(int(rng.integers(*prompts)), int(rng.integers(*outputs)))
 
 
+@pytest.mark.slow
 def test_co_located_engines_run_joint_runs_equal_to_iteration_stepping():
     """Event stepping prices the two engines' runs together and interleaves them; open-loop
     submissions at random times stop a joint run at the iteration in flight, whichever

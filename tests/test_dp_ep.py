@@ -58,6 +58,7 @@ def test_more_than_eight_expert_ranks_is_refused_naming_the_field() -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_scenario_engine_runs_dp_attention_with_ep() -> None:
     data = read_toml(SCENARIO, "scenario")
     data["workload"].update(agents=4, steps=4)

@@ -132,6 +132,7 @@ def test_a_bad_baseline_is_one_clear_error(value):
         load_scenario(None, [f"effectiveness.baseline_resolve_rate={value}"])
 
 
+@pytest.mark.slow
 def test_the_fitter_recovers_known_coefficients():
     """Synthetic runs from the model itself (no ../shared): the fit finds b_0, b_m."""
     rng = np.random.default_rng(5)
@@ -161,6 +162,7 @@ def test_the_fitter_recovers_known_coefficients():
     assert got.beta[1] < 0
 
 
+@pytest.mark.slow
 def test_refit_from_shared_equals_the_committed_estimate():
     shared = find_shared()
     if shared is None or not (shared / "data" / "effectiveness").is_dir():
@@ -171,12 +173,14 @@ def test_refit_from_shared_equals_the_committed_estimate():
     assert got.beta[1] == pytest.approx(FIT.b_m, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_fit_command_without_data_is_one_line(tmp_path):
     res = run_comem("fit-effectiveness", "--data", str(tmp_path / "none"))
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "no such directory" in res.stderr
 
 
+@pytest.mark.slow
 def test_show_prints_the_committed_fit_and_the_map_without_shared():
     import json
 

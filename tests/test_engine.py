@@ -196,6 +196,7 @@ def test_event_stepping_equals_iteration_stepping():
         assert reached[regime] >= n // 10, (regime, dict(reached))
 
 
+@pytest.mark.slow
 def test_paper_scenario_steps_agree_in_both_steppings():
     """The issue's smallest disagreeing case (GLM-4.7 latency benchmark, 48 agents x 8
     steps, KV saturated with preemptions): identical in both steppings."""
@@ -224,6 +225,7 @@ def test_paper_scenario_steps_agree_in_both_steppings():
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=WORKLOADS, seed=st.integers(0, 2**16))
+@pytest.mark.slow
 def test_conservation(params, seed):
     params = {**params, "horizon": 1e9}  # run to completion
     frame, eng = _run_workload("event", params, seed)
@@ -282,6 +284,7 @@ def test_identical_inputs_give_identical_outputs():
 # --- queueing theory: M/G/1 ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mg1_waiting_time_matches_pollaczek_khinchine():
     """Constant iteration time tau, one sequence at a time, geometric output lengths:
     service S = tau * X, X ~ Geometric(p) on {1, 2, ...}. Poisson arrivals at rate lam.

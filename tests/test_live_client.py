@@ -237,6 +237,7 @@ def test_profile_metrics_scrape_has_a_whole_deadline(fake_server, monkeypatch):
     assert scrape() is None and time.perf_counter() - t1 < 0.1
 
 
+@pytest.mark.slow
 def test_replay_killed_by_sigterm_keeps_every_measured_step(fake_server, tmp_path):
     """Rows go to disk as they are measured: a SIGTERM half-way loses none of them."""
     import os
@@ -321,6 +322,7 @@ def test_profile_cached_prefix_waves(fake_server, tmp_path):
     assert sorted(frame["cached_tokens"]) == [0, 0, 40, 40]
 
 
+@pytest.mark.slow
 def test_profile_cli_bad_input_is_one_line(tmp_path):
     grid = tmp_path / "g.toml"
     grid.write_text("concurrency = [0]\n")

@@ -25,7 +25,7 @@ from live.profiler import speed_probe
 from live.server import ServerProcess, ServerSettings, serve_available, serving
 
 REASON = serve_available()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ROOT / "scenarios" / "live" / "tiny_cpu.toml"

@@ -159,6 +159,7 @@ def test_fp8_profile_when_scaled_mm_runs(bench: Path, tmp_path: Path) -> None:
     assert prof.provenance["kernel_dtypes"]["gemm_moe"] == "fp8"  # per-tensor scaled
 
 
+@pytest.mark.slow
 def test_without_torch_one_line_exit_2(tmp_path: Path) -> None:
     blocker = tmp_path / "torch"
     blocker.mkdir()

@@ -258,6 +258,7 @@ def test_hf_id_from_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         get_model("SomeOrg/Other")
 
 
+@pytest.mark.slow
 def test_latency_model_and_predict_static_accept_a_path(tmp_path: Path) -> None:
     path = _write(tmp_path, _plain("qwen3-32b"), folder="Qwen3-32B")
     batch = Batch(decode_kv=[1000, 3000], prefill_new=[512], prefill_cached=[2048])
@@ -274,6 +275,7 @@ def test_latency_model_and_predict_static_accept_a_path(tmp_path: Path) -> None:
     assert json.loads(a.stdout)["latency_s"] == json.loads(b.stdout)["latency_s"]
 
 
+@pytest.mark.slow
 def test_checkpoint_dtype_is_read_from_the_checkpoint(tmp_path: Path) -> None:
     """vLLM loads an FP8 checkpoint in fp8 whatever ``--dtype`` says; ``auto`` does the same."""
     from calibration.registry import checkpoint_dtype
@@ -304,6 +306,7 @@ def test_checkpoint_dtype_is_read_from_the_checkpoint(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_engine_sim_accepts_a_path(tmp_path: Path) -> None:
     path = _write(tmp_path, _plain("llama-3.1-8b"), folder="Llama-3.1-8B")
     load = ["load.clients=2", "load.requests=1", "load.first_prompt=64", "load.output=8"]
@@ -537,6 +540,7 @@ def test_missing_paths(tmp_path: Path) -> None:
         get_model(str(tmp_path))  # a directory without a config.json
 
 
+@pytest.mark.slow
 def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
     path = _write(tmp_path, _mutate("llama-3-8b", mamba_d_state=16))
     proc = run_comem(

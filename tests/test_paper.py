@@ -25,12 +25,14 @@ def test_every_paper_scenario_validates_and_says_what_it_reproduces(path):
     assert kinds[0] == "fc" and len(kinds) >= 2
 
 
+@pytest.mark.slow
 def test_sensitivity_variations_are_valid_overrides():
     for options in SENSITIVITY_AXES.values():
         for _, sets in options:
             load_scenario(SENSITIVITY_BASE, sets)  # raises on a bad field
 
 
+@pytest.mark.slow
 def test_comem_paper_prints_and_writes_the_table(tmp_path):
     files = [str(PAPER_DIR / "deepswe_synthetic_benchmark__h100.toml")]
     args = ["paper", "--only", *files, "--out", str(tmp_path), "--json", "--workers", "1"]
@@ -51,6 +53,7 @@ def test_comem_paper_prints_and_writes_the_table(tmp_path):
     assert "speedup (llm)" in (tmp_path / "paper_table.md").read_text()
 
 
+@pytest.mark.slow
 def test_paper_jobs_share_equal_architectures_and_do_not_depend_on_workers(monkeypatch):
     """The two GLM-4.7 synthetic variants have the same full-context run: simulated once,
     and the rows are those of each scenario run on its own, with 1 or 2 workers."""

@@ -34,6 +34,7 @@ def small(objective: str = "mean-step", **kw) -> PlanSpec:
 
 
 @pytest.mark.parametrize("objective", ["mean-step", "steps-per-gpu"])
+@pytest.mark.slow
 def test_the_planner_picks_what_an_exhaustive_sweep_picks(objective, tmp_path):
     spec = small(objective)
     rows, n = run_plan(spec, workers=1)
@@ -53,6 +54,7 @@ def test_candidates_fit_the_gpus_and_memory():
         assert (c.memory_placement == "none") == (c.kind == "fc")
 
 
+@pytest.mark.slow
 def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     args = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "2",
             "--agents", "4", "--steps", "4", "--kinds", "fc", "kso", "--dtypes", "bf16",

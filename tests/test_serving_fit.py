@@ -391,6 +391,7 @@ def _comem(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_fit_serving_round_trip(tmp_path: Path):
     """`comem calibrate fit-serving` on rows the simulator measured with known terms
     writes a profile whose default overhead is those terms."""
@@ -420,6 +421,7 @@ def test_cli_fit_serving_round_trip(tmp_path: Path):
     assert prof.overheads["vllm-serving"]["rows"] == len(rows)
 
 
+@pytest.mark.slow
 def test_cli_fit_serving_rejects_bad_input(tmp_path: Path):
     proc = _comem("calibrate", "fit-serving", "--csv", str(tmp_path / "none.csv"))
     assert proc.returncode == 2

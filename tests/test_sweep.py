@@ -28,6 +28,7 @@ def _sweep_file(tmp: Path, agents=(2, 3, 4, 5), ks=(1, 2, 4), seeds=1) -> Path:
     return f
 
 
+@pytest.mark.slow
 def test_tables_do_not_depend_on_workers_or_scheduler(tmp_path):
     sweep = load_sweep(_sweep_file(tmp_path, agents=(2, 3), ks=(2, 4), seeds=2))
     assert len(sweep.points) == 8
@@ -51,6 +52,7 @@ def test_point_seeds_derive_from_the_sweep_seed_and_key(tmp_path):
     assert [p.key for p in again.points] == keys
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     spec = _sweep_file(tmp_path)  # 12 points
     out = tmp_path / "run"
@@ -81,6 +83,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
         ('"workload.agents" = 7', "list or a range"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sweep_files_are_one_line_exit_2(tmp_path, grid, needle):
     bad = tmp_path / "bad.toml"
     bad.write_text(f'base = "{BASE}"\n[grid]\n{grid}\n')

@@ -124,6 +124,7 @@ def test_stall_is_non_increasing_in_lag_and_zero_once_masked():
     assert _kso_stall_total(lag - 1) > 0.0
 
 
+@pytest.mark.slow
 def test_full_context_latency_non_decreasing_in_agents():
     from sim.scenario import load_scenario, run_scenario
 
@@ -138,6 +139,7 @@ def test_full_context_latency_non_decreasing_in_agents():
     assert all(b >= a * (1 - 1e-12) for a, b in zip(means, means[1:], strict=False))
 
 
+@pytest.mark.slow
 def test_crossover_concurrency_agrees_with_the_simulator():
     """Theory (lockstep forms + FC's KV limit) puts DeepSWE's crossover near 22 agents;
     the simulator has FC ahead well below it and KSO ahead well above it."""

@@ -55,6 +55,7 @@ def test_former_proxy_saturates_and_is_monotone():
 
 @settings(max_examples=50, deadline=None)
 @given(p0=st.floats(0.05, 0.95), k=st.integers(1, 64), m=st.integers(0, 20), q=st.floats(0, 3))
+@pytest.mark.slow
 def test_closed_form_equals_the_symbolic_form_and_the_simulator_model(p0, k, m, q):
     """theory's numpy form, its sympy form and sim.effectiveness agree (one model)."""
     sym = float(
