@@ -46,7 +46,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 run: $(STAMP)
-	$(BIN)/comem run scenarios/paper_latency_glm47.toml
+	$(BIN)/comem run    # the default experiment: the authors' documented setup
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -84,6 +84,17 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    """Seconds, 0 allowed (a tool that returns at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0.0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in [0, 1e6], got {text}")
+    return value
+
+
 def _positive_number(text: str) -> float:
     try:
         value = float(text)
@@ -210,19 +221,13 @@ def _json_safe(obj: Any) -> Any:
 def _with_progress(
     show: bool, label: str, unit: str, total: int | None, work: Callable[[Any], Any]
 ) -> Any:
-    """Run ``work(advance)`` with a progress bar on stderr (``advance()`` per item done,
-    None when no bar is shown): one bar for every long command."""
-    if not show:
-        return work(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    """Run ``work(advance)`` with progress on stderr (``advance()`` per item done, None
+    when ``show`` is false): a bar on a terminal, plain lines in a log
+    (:mod:`sim.progress`)."""
+    from sim.progress import progress
 
-    count = "{task.completed}/{task.total}" if total is not None else "{task.completed}"
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn(f"{count} {unit}"),
-        TimeRemainingColumn(), transient=True,
-    ) as bar:  # fmt: skip
-        job = bar.add_task(label, total=total)
-        return work(lambda: bar.advance(job))
+    with progress(label, unit, total, show) as counter:
+        return work(counter)
 
 
 def _print_json(obj: Any) -> None:
@@ -524,7 +529,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
             args.out,
             scenario,
             grid,
-            progress=sys.stderr.isatty() and not args.json,
+            progress=not args.json and sys.stderr.isatty(),
             overwrite=args.force,
         )
     except RuntimeError as exc:  # a server that would not start: its log says why
@@ -780,7 +785,7 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
         {"settings": run.model_dump()},
     )
     _writable_dir(args.out)
-    result = run_engine_load(run, progress=not args.json and sys.stderr.isatty())
+    result = run_engine_load(run, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
     if args.json:
@@ -919,7 +924,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     _writable_dir(args.out)
     save_to = _bench_serve_result_path(args) if args.save_result else None
     result = _with_progress(
-        not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
+        not args.json, "bench-serve", "requests", cfg.num_prompts,
         lambda advance: run_bench_serve(cfg, progress=advance),
     )  # fmt: skip
     out = result.to_vllm_json(
@@ -1074,7 +1079,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, len(files))
-    show = not args.json and sys.stderr.isatty()
+    show = not args.json
     rows = _with_progress(
         show, "comem paper", "scenarios", len(files),
         lambda cb: run_paper(files, args.set, workers, cb),
@@ -1138,6 +1143,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "agents": args.agents,
         "workload_scenario": args.workload,
         "steps": args.steps,
+        "workload_set": _plan_workload_set(args, data),
         "objective": args.objective,
         "slo_step_s": args.slo,
         "max_gpus": args.max_gpus,
@@ -1152,8 +1158,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.offload is not None:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
     data.update({k: v for k, v in flags.items() if v is not None})
-    if "agent_model" not in data:
-        raise ComemInputError("plan: give --agent-model (or agent_model in --spec's [plan])")
     spec = validate(PlanSpec, data, "plan")
     out = Path(args.out)
     _outputs_not_inputs(
@@ -1164,12 +1168,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, 10**6)  # the candidates are counted later
     rows, n = _with_progress(
-        not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
+        not args.json, "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
-    from comem.plan import Candidate, left_out_kinds
+    from comem.plan import Candidate, assumptions, edge_warnings, left_out_kinds
 
     warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
+    warnings += edge_warnings(spec, rows)
     for note in warnings:
         print(f"comem plan: warning: {note}", file=sys.stderr)
     best = rows[0]
@@ -1183,13 +1188,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "rows": [r.__dict__ for r in rows],
         "pareto": [r.label for r in pareto(rows)],
         "warnings": warnings,
+        "assumptions": assumptions(spec),
     }
     (out / "plan.json").write_text(
         json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
     )
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
     written.append(pareto_figure(rows, out / "pareto.png", title))
-    written.append(write_scenario(spec, best.candidate, out / "chosen_scenario.toml"))
+    written.append(write_scenario(spec, rows, out / "chosen_scenario.toml"))
     payload["files"] = [str(p) for p in written]
     if args.json:
         _print_json(payload)
@@ -1204,6 +1210,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    print("assumptions:")
+    for line in payload["assumptions"]:
+        print(f"- {line}")
     print(table_markdown(rows, limit=args.show), end="")
     met = best.meets_slo and best.meets_resolve
     print(
@@ -1218,11 +1227,84 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sim.explain import explain, load_side, table_markdown
+
+    a = load_side(args.a, args.set_a or [])
+    b = load_side(args.b, args.set_b or [])
+    if args.out:
+        _writable_file(args.out)
+    workers = _workers(args.workers, 10**6)
+    result = _with_progress(
+        not args.json, "comem explain: runs", "runs", None,
+        lambda advance: explain(a, b, args.metric, workers, advance),
+    )  # fmt: skip
+    text = table_markdown(result)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        _print_json(result)
+    else:
+        print(text, end="")
+    return 0
+
+
+def _workload_sets(args: argparse.Namespace, scenario: str, command: str) -> list[str]:
+    """The workload flags (``--context-tokens`` ...) as ``--set`` overrides of the
+    scenario's workload, the mapping said on stderr."""
+    from sim.config import read_toml
+    from sim.workload_flags import as_sets, from_args, workload_fields
+
+    flags = from_args(args)
+    if not flags.given():
+        return []
+    base = read_toml(scenario, "scenario").get("workload", {})
+    fields, note = workload_fields(base if isinstance(base, dict) else {}, flags)
+    if not getattr(args, "json", False):
+        print(f"{command}: {note}", file=sys.stderr)
+    return as_sets(fields)
+
+
+def _default_name() -> str:
+    from sim.paper import DEFAULT_SCENARIO
+
+    return (
+        "the CoMem authors' documented setup"
+        f" ({DEFAULT_SCENARIO.relative_to(DEFAULT_SCENARIO.parents[2])})"
+    )
+
+
+def _plan_workload_set(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any] | None:
+    """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
+    from comem.plan import scenario_workload
+    from sim.workload_flags import from_args, workload_fields
+
+    flags = from_args(args)
+    if flags.context_tokens is None and all(
+        getattr(flags, k) is None for k in ("decode_tokens", "observation_tokens", "tool_s")
+    ):
+        return None
+    base = scenario_workload(args.workload or spec.get("workload_scenario"))
+    fields, note = workload_fields(base, flags)
+    if not args.json:
+        print(f"comem plan: {note}", file=sys.stderr)
+    return {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")} | (
+        {"steps": fields["steps"]} if "steps" in fields and args.steps is None else {}
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
+    from sim.describe import scenario_description, scenario_lines, verdict_lines
+    from sim.paper import DEFAULT_SCENARIO
     from sim.scenario import load_scenario, run_scenario
 
-    scenario = load_scenario(args.scenario, args.set or [])
+    if args.scenario is None:
+        args.scenario = str(DEFAULT_SCENARIO)
+        if not args.json:
+            print(f"comem run: the default experiment, {_default_name()}", file=sys.stderr)
+    sets = (args.set or []) + _workload_sets(args, args.scenario, "comem run")
+    scenario = load_scenario(args.scenario, sets)
     _outputs_not_inputs(
         args.out,
         ("steps.parquet", "tasks.parquet", "requests.parquet", "engine_steps.parquet",
@@ -1230,7 +1312,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         {"scenario": args.scenario, "settings": scenario.model_dump()},
     )  # fmt: skip
     _writable_dir(args.out)
-    result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
+    result = run_scenario(scenario, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
     comparison = summary["comparison"]
@@ -1246,8 +1328,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
     for note in notes:
         print(f"comem run: warning: {note}", file=sys.stderr)
+    described = scenario_description(scenario)
     if args.json:
-        _print_json({**summary, "files": [str(p) for p in written]})
+        _print_json({**summary, "described": described, "files": [str(p) for p in written]})
         return 0
     from rich.console import Console
 
@@ -1261,6 +1344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     table, legend = _run_table(summary, args.metric, console.width, title)
     console.print(table)
     for line in legend:
+        console.print(line, highlight=False, markup=False)
+    for line in scenario_lines(scenario) + verdict_lines(summary, args.metric):
         console.print(line, highlight=False, markup=False)
     if ref is None:
         console.print("no full-context (fc) architecture: no speedups", highlight=False)
@@ -1496,33 +1581,25 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
 
-    from sim.sweep import failed_points, load_sweep, run_sweep
+    from sim.sweep import base_path, failed_points, load_sweep, run_sweep
 
-    sweep = load_sweep(args.sweep)
+    extra = _workload_sets(args, str(base_path(args.sweep)), "comem sweep")
+    sweep = load_sweep(args.sweep, extra)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
     _outputs_not_inputs(
         out, ("results.parquet", "results.csv", "sweep.json"), {"sweep": args.sweep}
     )
     workers = _workers(args.workers, len(sweep.points))
     _writable_dir(out)
-    show = not args.json and sys.stderr.isatty()
-    if show:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} points"),
-            TimeRemainingColumn(),
-            transient=True,
-        ) as bar:
-            job = bar.add_task(Path(args.sweep).stem, total=len(sweep.points))
-            table = run_sweep(
-                sweep, out, workers, args.scheduler,
-                on_point=lambda done, total: bar.update(job, completed=done),
-            )  # fmt: skip
-    else:
-        table = run_sweep(sweep, out, workers, args.scheduler)
+    def work(advance: Any) -> Any:
+        def on_point(done: int, total: int) -> None:
+            while advance is not None and advance.done < done:
+                advance()
+
+        return run_sweep(sweep, out, workers, args.scheduler, on_point=on_point)
+
+    table = _with_progress(not args.json, Path(args.sweep).stem, "points", len(sweep.points), work)
     results = Path(out) / "results.parquet"
     failed = failed_points(table)
     if args.json:
@@ -2077,9 +2154,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
     pl.add_argument("--gpu", help="GPU type [h200_sxm]")
     pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
-    pl.add_argument("--agents", type=_positive_int, help="concurrent agents [64]")
-    pl.add_argument("--workload", help="scenario file whose [workload] the agents run")
-    pl.add_argument("--steps", type=_positive_int, help="override the workload's steps")
+    pl.add_argument(
+        "--workload",
+        help="scenario file whose [workload] the agents run [the default experiment's]",
+    )
+    from sim.workload_flags import add_flags
+
+    add_flags(pl, _token_count, _positive_int, _seconds)
     pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
     pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
     pl.add_argument("--max-gpus", type=_positive_int)
@@ -2112,10 +2193,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_large(pl)
     pl.set_defaults(func=cmd_plan)
 
+    ex = sub.add_parser(
+        "explain",
+        help="why two answers differ: which inputs differ, how much each moves the verdict",
+        description="A and B: scenario files, 'comem run --out' or 'comem plan --out'"
+        " directories. Lists the inputs that differ (workload fields, full context's engine,"
+        " CoMem's policy and engines) and re-runs A with each one taken from B alone.",
+    )
+    ex.add_argument("a", help="the first answer (scenario file, run or plan --out directory)")
+    ex.add_argument("b", help="the second answer")
+    ex.add_argument("--set-a", action="append", metavar="KEY=VALUE", help="override A's field")
+    ex.add_argument("--set-b", action="append", metavar="KEY=VALUE", help="override B's field")
+    ex.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    from sim.compare import DEFAULT_METRIC as _METRIC
+    from sim.compare import METRICS as _METRICS
+
+    ex.add_argument(
+        "--metric", choices=list(_METRICS), default=_METRIC,
+        help=f"the verdict's metric (default: {_METRIC}; see comem run --help)",
+    )  # fmt: skip
+    ex.add_argument("--out", help="also write the table (Markdown) to this file")
+    ex.add_argument("--json", action="store_true")
+    _add_allow_large(ex)
+    ex.set_defaults(func=cmd_explain)
+
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
     )
-    rn.add_argument("scenario", help="scenario TOML file (see scenarios/ and --help-fields)")
+    rn.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario TOML file (see scenarios/ and --help-fields); left out: the default"
+        " experiment, the authors' documented setup (scenarios/paper/"
+        "glm47_synthetic_benchmark__agent_dedicated_tp4.toml)",
+    )
     rn.add_argument(
         "--help-fields",
         action=_HelpFields,
@@ -2124,6 +2235,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a field: workload.agents=128"
     )
+    from sim.workload_flags import add_flags as _add_workload_flags
+
+    _add_workload_flags(rn, _token_count, _positive_int, _seconds)
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     from sim.compare import DEFAULT_METRIC, METRICS, METRICS_HELP
@@ -2217,6 +2331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", help="sweep TOML file (see sweeps/)")
     sw.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     sw.add_argument("--scheduler", help="'local' (a Dask LocalCluster) or a Dask scheduler address")
+    _add_workload_flags(sw, _token_count, _positive_int, _seconds)
     sw.add_argument("--out", help="output directory (default: out/<sweep name>)")
     sw.add_argument("--json", action="store_true")
     _add_allow_large(sw)

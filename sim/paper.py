@@ -27,8 +27,14 @@ from typing import Any
 from calibration.errors import ComemInputError
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "paper"
+#: the default experiment, the one story `make run`, `comem run` without a file, `comem
+#: plan` without a workload and `comem paper` (its first row) all tell: the CoMem
+#: authors' synthetic latency benchmark for GLM-4.7 as AUTHORS_SETUP.md documents it
+#: (16 agents, 64 steps, FC TP8+EP bf16 on 8 H200s vs CoMem with the agent TP4+EP fp8
+#: on GPUs 0-3 and the memory model Qwen3-4B TP4 on GPUs 4-7)
+DEFAULT_SCENARIO = PAPER_DIR / "glm47_synthetic_benchmark__agent_dedicated_tp4.toml"
 #: the metrics of the table, in its column order (sim.compare.METRICS names)
-PAPER_METRICS = ("llm", "total", "llm-index-peak", "task", "makespan")
+PAPER_METRICS = ("step", "llm", "total", "llm-index-peak", "task", "makespan")
 
 
 #: the effectiveness fields a row copies from its architecture's summary
@@ -69,6 +75,13 @@ class PaperRow:
     resolve_rate_delta_pp: float = math.nan
     resolve_rate_delta_pp_low: float = math.nan
     resolve_rate_delta_pp_high: float = math.nan
+    #: what the row ran (sim.describe): full context's deployment, CoMem's (policy and
+    #: deployment), the workload
+    deployment_reference: str = ""
+    deployment: str = ""
+    workload: str = ""
+    #: the default experiment (DEFAULT_SCENARIO)
+    default: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +94,8 @@ def paper_files(directory: str | Path | None = None) -> list[Path]:
     files = sorted(d.glob("*.toml"))
     if not files:
         raise ComemInputError(f"{d}: no scenario (*.toml) files")
-    return files
+    # the default experiment first: the table's first row is the default story
+    return sorted(files, key=lambda f: f.resolve() != DEFAULT_SCENARIO.resolve())
 
 
 #: one scenario run: its file and its --set overrides
@@ -126,6 +140,7 @@ def _run_architecture(path: str, sets: tuple[str, ...], index: int) -> Any:
 def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
     """The table rows of one scenario from its architectures' results."""
     from sim.compare import compare
+    from sim.describe import deployment, policy, workload
     from sim.scenario import ScenarioResult
 
     comparison = compare(results)
@@ -134,8 +149,9 @@ def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
     ref = comparison["reference"]
     info = scenario.paper
     rows = []
+    ref_config = next((r.config for r in results if r.config.name == ref), None)
     for r in results:
-        if r.config.kind == "fc" or ref is None:
+        if r.config.kind == "fc" or ref is None or ref_config is None:
             continue
         own, base = summaries[r.config.name], summaries[ref]
         rows.append(
@@ -158,6 +174,10 @@ def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
                 ended_early_reference=base["ended_early"],
                 resolve_rate_reference=base["resolve_rate"],
                 **{k: own[k] for k in RESOLVE_KEYS},
+                deployment_reference=deployment(ref_config),
+                deployment=f"{policy(r.config)}; {deployment(r.config)}",
+                workload=workload(scenario.workload),
+                default=Path(path).resolve() == DEFAULT_SCENARIO.resolve(),
             ).to_dict()
         )
     return rows
@@ -229,19 +249,19 @@ def _x(v: float | None) -> str:
 
 
 def table_markdown(rows: list[PaperRow]) -> str:
-    """The table, experiment x variant, as Markdown."""
+    """The table, experiment x variant, as Markdown, then what each row ran."""
     head = (
-        "| experiment | variant | CoMem | "
+        "| # | experiment | variant | CoMem | "
         + " | ".join(f"speedup ({m})" for m in PAPER_METRICS)
         + " | KV peak FC / CoMem | preemptions FC / CoMem | ended early FC / CoMem"
         + " | resolve rate FC / CoMem [95%] | resolve pp vs FC [95%] |"
     )
-    sep = "|" + "---|" * (8 + len(PAPER_METRICS))
+    sep = "|" + "---|" * (9 + len(PAPER_METRICS))
     lines = [head, sep]
-    for r in rows:
+    for i, r in enumerate(rows, 1):
         early = f"{sum(r.ended_early_reference.values())} / {sum(r.ended_early.values())}"
         lines.append(
-            f"| {r.experiment} | {r.variant} | {r.architecture} | "
+            f"| {i}{'*' if r.default else ''} | {r.experiment} | {r.variant} | {r.architecture} | "
             + " | ".join(_x(r.speedup.get(m)) for m in PAPER_METRICS)
             + f" | {r.kv_peak_reference:.0%} / {r.kv_peak:.0%}"
             f" | {r.preemptions_reference} / {r.preemptions} | {early}"
@@ -250,6 +270,21 @@ def table_markdown(rows: list[PaperRow]) -> str:
             f" | {r.resolve_rate_delta_pp:+.1f} [{r.resolve_rate_delta_pp_low:+.1f},"
             f" {r.resolve_rate_delta_pp_high:+.1f}] |"
         )
+    lines.append("")
+    lines.append(
+        "What each row ran (speedup = full context's time over CoMem's; > 1: CoMem faster):"
+    )
+    for i, r in enumerate(rows, 1):
+        mark = (
+            "* the default experiment (`make run`, `comem run`, `comem plan`)" if r.default else ""
+        )
+        lines.append(
+            f"{i}. {r.experiment}, {r.variant}, {r.architecture} [{r.file}]"
+            + (f" {mark}" if mark else "")
+        )
+        lines.append(f"   - workload: {r.workload}")
+        lines.append(f"   - {r.reference}: {r.deployment_reference}")
+        lines.append(f"   - {r.architecture}: {r.deployment}")
     return "\n".join(lines) + "\n"
 
 

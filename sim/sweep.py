@@ -105,10 +105,20 @@ def _whole(value: Any, low: int) -> bool:
 SWEEP_KEYS = ("base", "grid", "set", "seeds", "seed", "description")
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def base_path(path: str | Path) -> Path:
+    """The base scenario file a sweep file names (its ``base``, relative to it)."""
+    p = Path(path)
+    base = read_toml(p, "sweep").get("base")
+    if not isinstance(base, str) or not base.strip() or "\x00" in base:
+        raise ComemInputError(f"{p.name}: 'base' must name a scenario file, got {base!r}")
+    return (p.parent / base).resolve()
+
+
+def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
     """Read a sweep file and resolve (validate) every point before anything runs: its
     size and every point's cost are checked (:mod:`calibration.limits`) before the
-    points are made."""
+    points are made. ``extra_sets``: overrides after the file's ``[set]`` (the
+    command line's workload flags), before each point's grid values."""
     p = Path(path)
     data = read_toml(p, "sweep")
     where = p.name
@@ -143,6 +153,7 @@ def load_sweep(path: str | Path) -> Sweep:
             if not key.strip() or "=" in key:
                 raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
     fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
+    fixed += extra_sets or []
     names = list(grid)
     values = [_grid_values(n, grid[n], where) for n in names]
     limits.check(
