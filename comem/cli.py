@@ -1135,6 +1135,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             found = f" (found {', '.join(other)})" if other else ""
             raise ComemInputError(f"{args.spec}: expected one [plan] table of settings{found}")
         data = dict(table["plan"])
+    workload_set, note = _plan_workload_set(args, data)
     flags = {
         "agent_model": args.agent_model,
         "memory_model": args.memory_model,
@@ -1143,7 +1144,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "agents": args.agents,
         "workload_scenario": args.workload,
         "steps": args.steps,
-        "workload_set": _plan_workload_set(args, data),
+        "workload_set": workload_set,
         "objective": args.objective,
         "slo_step_s": args.slo,
         "max_gpus": args.max_gpus,
@@ -1159,6 +1160,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
     data.update({k: v for k, v in flags.items() if v is not None})
     spec = validate(PlanSpec, data, "plan")
+    if note and not args.json:
+        print(f"comem plan: {note}", file=sys.stderr)
     out = Path(args.out)
     _outputs_not_inputs(
         out,
@@ -1171,7 +1174,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         not args.json, "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
-    from comem.plan import Candidate, assumptions, edge_warnings, left_out_kinds
+    from comem.plan import Candidate, assumptions, edge_warnings, left_out_kinds, verdict
 
     warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
     warnings += edge_warnings(spec, rows)
@@ -1189,6 +1192,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "pareto": [r.label for r in pareto(rows)],
         "warnings": warnings,
         "assumptions": assumptions(spec),
+        "verdict": verdict(rows),
     }
     (out / "plan.json").write_text(
         json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
@@ -1222,6 +1226,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
         + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
     )
+    print(payload["verdict"])
     for p in written:
         print(f"wrote {p}")
     return 0
@@ -1249,20 +1254,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _workload_sets(args: argparse.Namespace, scenario: str, command: str) -> list[str]:
+def _workload_sets(args: argparse.Namespace, scenario: str) -> tuple[list[str], str]:
     """The workload flags (``--context-tokens`` ...) as ``--set`` overrides of the
-    scenario's workload, the mapping said on stderr."""
+    scenario's workload, and the line saying how they were mapped."""
     from sim.config import read_toml
     from sim.workload_flags import as_sets, from_args, workload_fields
 
     flags = from_args(args)
     if not flags.given():
-        return []
+        return [], ""
     base = read_toml(scenario, "scenario").get("workload", {})
     fields, note = workload_fields(base if isinstance(base, dict) else {}, flags)
-    if not getattr(args, "json", False):
-        print(f"{command}: {note}", file=sys.stderr)
-    return as_sets(fields)
+    return as_sets(fields), note
 
 
 def _default_name() -> str:
@@ -1274,7 +1277,9 @@ def _default_name() -> str:
     )
 
 
-def _plan_workload_set(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, Any] | None:
+def _plan_workload_set(
+    args: argparse.Namespace, spec: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
     """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
     from comem.plan import scenario_workload
     from sim.workload_flags import from_args, workload_fields
@@ -1283,14 +1288,13 @@ def _plan_workload_set(args: argparse.Namespace, spec: dict[str, Any]) -> dict[s
     if flags.context_tokens is None and all(
         getattr(flags, k) is None for k in ("decode_tokens", "observation_tokens", "tool_s")
     ):
-        return None
+        return None, ""
     base = scenario_workload(args.workload or spec.get("workload_scenario"))
     fields, note = workload_fields(base, flags)
-    if not args.json:
-        print(f"comem plan: {note}", file=sys.stderr)
-    return {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")} | (
-        {"steps": fields["steps"]} if "steps" in fields and args.steps is None else {}
-    )
+    kept = {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")}
+    if "steps" in fields and args.steps is None:  # derived from --context-tokens
+        kept["steps"] = fields["steps"]
+    return kept, note
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -1299,12 +1303,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.paper import DEFAULT_SCENARIO
     from sim.scenario import load_scenario, run_scenario
 
+    notes = []
     if args.scenario is None:
         args.scenario = str(DEFAULT_SCENARIO)
-        if not args.json:
-            print(f"comem run: the default experiment, {_default_name()}", file=sys.stderr)
-    sets = (args.set or []) + _workload_sets(args, args.scenario, "comem run")
-    scenario = load_scenario(args.scenario, sets)
+        notes.append(f"comem run: the default experiment, {_default_name()}")
+    extra, note = _workload_sets(args, args.scenario)
+    scenario = load_scenario(args.scenario, (args.set or []) + extra)
+    if note:
+        notes.append(f"comem run: {note}")
+    for line in notes if not args.json else []:  # once the input is known to be good
+        print(line, file=sys.stderr)
     _outputs_not_inputs(
         args.out,
         ("steps.parquet", "tasks.parquet", "requests.parquet", "engine_steps.parquet",
@@ -1583,8 +1591,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from sim.sweep import base_path, failed_points, load_sweep, run_sweep
 
-    extra = _workload_sets(args, str(base_path(args.sweep)), "comem sweep")
+    extra, note = _workload_sets(args, str(base_path(args.sweep)))
     sweep = load_sweep(args.sweep, extra)
+    if note and not args.json:
+        print(f"comem sweep: {note}", file=sys.stderr)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
     _outputs_not_inputs(
         out, ("results.parquet", "results.csv", "sweep.json"), {"sweep": args.sweep}

@@ -932,7 +932,8 @@ def assumptions(spec: PlanSpec) -> list[str]:
 
     source = spec.workload_scenario or f"the default experiment's ({DEFAULT_SCENARIO.name})"
     model = _workload_model(_workload(spec), str(source))
-    set_text = f", with {spec.workload_set}" if spec.workload_set else ""
+    set_text = ", with " + ", ".join(f"{k} = {v}" for k, v in spec.workload_set.items())
+    set_text = set_text if spec.workload_set else ""
     offload = {(False,): "off", (True,): "on", (False, True): "both", (True, False): "both"}
     return [
         f"workload (from {source}{set_text}): {workload(model)}",
@@ -948,6 +949,22 @@ def assumptions(spec: PlanSpec) -> list[str]:
         f"resolve rates: full context {spec.baseline_resolve_rate:.0%} on these tasks"
         f" (assumed), memory-model loss scale {spec.memory_loss_scale:g}",
     ]
+
+
+def verdict(rows: list[PlanRow]) -> str:
+    """The chosen deployment against the best full-context one simulated, by mean step
+    latency (what ``comem run`` of chosen_scenario.toml prints as its verdict)."""
+    best = rows[0]
+    fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
+    if best.candidate["kind"] == "fc" or fc is None or not best.mean_step_s > 0:
+        return f"verdict: {best.label} (no full-context deployment to compare with)"
+    x = fc.mean_step_s / best.mean_step_s
+    word = "faster" if x >= 1 else "slower"
+    return (
+        f"verdict: {best.label} is {max(x, 1 / x):.2f}x {word} than the best full context"
+        f" ({fc.label}) by mean step latency over its own steps (speedup {x:.2f}x);"
+        " chosen_scenario.toml holds both: comem run it for every metric on the same steps"
+    )
 
 
 def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:

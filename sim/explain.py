@@ -165,12 +165,49 @@ def differing_inputs(a: Side, b: Side) -> list[Input]:
         out.append(Input("full context: engine", *diff,
                          _setter("architectures", 0, "agent", value=fb["agent"])))  # fmt: skip
     out.extend(_policy_inputs(ca, cb))
+    out.extend(_placement_inputs(ca, cb))
     for role in ("agent", "memory"):
-        diff = _engine_diff(ca.get(role), cb.get(role))
+        diff = _engine_diff(_unplaced(ca.get(role)), _unplaced(cb.get(role)))
         if diff:
             out.append(Input(f"CoMem: {role} engine", *diff,
                              _setter("architectures", 1, role, value=cb.get(role))))  # fmt: skip
     return out
+
+
+#: where an engine runs: one input for both of CoMem's engines (co-location is the two
+#: sharing a gpu_group; one engine's group alone changes nothing)
+_PLACEMENT = ("gpu_group", "gpu_memory_utilization")
+
+
+def _unplaced(engine: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if engine is None else {k: v for k, v in engine.items() if k not in _PLACEMENT}
+
+
+def _placement_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
+    """CoMem's placement (its engines' GPU groups and memory shares) as one input."""
+    roles = [r for r in ("agent", "memory") if ca.get(r) is not None and cb.get(r) is not None]
+
+    def placed(arch: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {r: {k: arch[r].get(k) for k in _PLACEMENT} for r in roles}
+
+    pa, pb = placed(ca), placed(cb)
+    if pa == pb:
+        return []
+
+    def shown(p: dict[str, dict[str, Any]]) -> str:
+        groups = {p[r]["gpu_group"] for r in roles}
+        share = " / ".join(f"{_show(p[r]['gpu_memory_utilization'])}" for r in roles)
+        if len(roles) == 2 and len(groups) == 1 and None not in groups:
+            return f"sharing GPUs ({' and '.join(roles)} GPU memory {share})"
+        return f"own GPUs each (GPU memory {share})"
+
+    def apply(data: dict[str, Any]) -> None:
+        arch = data["architectures"][1]
+        for r in roles:
+            for k, v in pb[r].items():
+                _setter(r, k, value=v)(arch)
+
+    return [Input("CoMem: placement", shown(pa), shown(pb), apply)]
 
 
 def _policy_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:

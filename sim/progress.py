@@ -1,9 +1,9 @@
 """Progress of long commands on stderr: a bar on a terminal, plain lines elsewhere.
 
 On a terminal, a rich bar (count, total, time left). When stderr is not a terminal (a
-log, CI), one plain line per step of work (at most about 50 lines for a long job:
-every 2% of the total), each with the count, the total, the time so far and the time
-left, instead of silence.
+log, CI), plain lines instead of silence: one per step of work for a job of up to 20
+steps, else one per tenth of the total (and one at least every 10 s), each with the
+count, the total, the time so far and the time left.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class Counter:
         self.stream = stream
         self.start = time.monotonic()
         self._printed = -1
+        self._last = self.start
 
     def set_total(self, total: int) -> None:
         self.total = total
@@ -35,15 +36,17 @@ class Counter:
     def __call__(self) -> None:
         self.done += 1
         total = self.total
-        step = max(1, total // 50) if total else 1
-        if self.done % step == 0 or self.done == total:
+        tenth = (10 * self.done // total) != (10 * (self.done - 1) // total) if total else True
+        every = total is None or total <= 20 or tenth or self.done == total
+        if every or time.monotonic() - self._last >= 10.0:
             self._line()
 
     def _line(self) -> None:
         if self._printed == self.done:
             return
         self._printed = self.done
-        spent = time.monotonic() - self.start
+        self._last = time.monotonic()
+        spent = self._last - self.start
         count = f"{self.done}/{self.total}" if self.total else str(self.done)
         eta = ""
         if self.total and 0 < self.done < self.total:
