@@ -1589,7 +1589,14 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
 
-    from sim.sweep import base_path, failed_points, load_sweep, run_sweep
+    from sim.sweep import (
+        base_path,
+        failed_points,
+        load_sweep,
+        run_sweep,
+        summary,
+        summary_markdown,
+    )
 
     extra, note = _workload_sets(args, str(base_path(args.sweep)))
     sweep = load_sweep(args.sweep, extra)
@@ -1620,9 +1627,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "failed_points": len(failed),
                 "out": out,
                 "results": str(results),
+                "summary": summary(table),
             }
         )
     else:
+        print(summary_markdown(summary(table)), end="")
         print(f"{len(sweep.points)} points, {len(table)} rows -> {results}")
     if len(failed):
         first = failed.iloc[0]

@@ -179,3 +179,22 @@ def test_explain_on_the_paper_rows_finds_the_placement_and_reads_run_dirs(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert "(none: the two answers ran the same inputs)" in proc.stdout
     assert_user_error(run_comem("explain", str(tmp_path), OLD), "neither a plan's --out")
+
+
+def test_sweep_summary_marks_a_best_k_on_the_grid_edge() -> None:
+    from sim.sweep import summary, summary_markdown
+
+    speed = {(2, 1): 1.0, (2, 2): 1.5, (2, 4): 1.2, (4, 1): 0.9, (4, 2): 1.1, (4, 4): 1.3}
+    rows = []
+    for point, ((agents, k), x) in enumerate(speed.items()):
+        for arch, kind, value in (("FC", "fc", 1.0), ("KSO", "kso", x)):
+            rows.append({"point": point, "architecture": arch, "kind": kind, "error": "",
+                         "grid.workload.agents": agents, "grid.architectures.1.k": k,
+                         "speedup_step": value, "resolve_rate_delta_pp": -k / 2})  # fmt: skip
+    result = summary(pd.DataFrame(rows))
+    best = {r["grid.workload.agents"]: r for r in result["best_k"]}
+    assert best[2]["grid.architectures.1.k"] == 2 and not best[2]["edge"]
+    assert best[4]["grid.architectures.1.k"] == 4 and best[4]["edge"]
+    assert result["winner"]["speedup"] == 1.5 and result["winner"]["edge"] == ["workload.agents"]
+    text = summary_markdown(result)
+    assert "| 4 | KSO | 4* | 1.30x | -2.0 |" in text and "| 2 | KSO | 2 | 1.50x |" in text
