@@ -417,13 +417,13 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     if k_axis is not None:
         others = [a for a in axes if a != k_axis]
         for _, group in means.groupby(["architecture", *others], dropna=False, sort=True):
-            top = group.loc[group["speedup"].idxmax()].to_dict()
+            top = group.sort_values("speedup", ascending=False).iloc[0].to_dict()
             top["edge"] = _on_edge(top[k_axis], values[k_axis])
             best_k.append(top)
     finite = means[means["speedup"].notna()]
     winner = None
     if len(finite):
-        winner = finite.loc[finite["speedup"].idxmax()].to_dict()
+        winner = finite.sort_values("speedup", ascending=False).iloc[0].to_dict()
         winner["edge"] = [a[len("grid.") :] for a in axes if _on_edge(winner[a], values[a])]
     return {"metric": metric, "axes": axes, "rows": rows, "best_k": best_k, "winner": winner}
 
