@@ -417,7 +417,9 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     if k_axis is not None:
         others = [a for a in axes if a != k_axis]
         for _, group in means.groupby(["architecture", *others], dropna=False, sort=True):
-            top = group.sort_values("speedup", ascending=False).iloc[0].to_dict()
+            top: dict[str, Any] = {
+                str(k): v for k, v in group.sort_values("speedup", ascending=False).iloc[0].items()
+            }
             top["edge"] = _on_edge(top[k_axis], values[k_axis])
             best_k.append(top)
     finite = means[means["speedup"].notna()]
