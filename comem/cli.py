@@ -23,6 +23,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """An unknown flag names the command it was given to and that command's help
+        (``comem bench-serve --help``), not the top-level one."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(ns, "command_prog", self.prog)
+            hint = (
+                " (a `vllm bench serve` flag comem neither prices nor accepts)"
+                if prog.endswith("bench-serve") and extras[0].startswith("--")
+                else ""
+            )
+            self.exit(
+                2,
+                f"{prog}: error: unrecognized arguments: {' '.join(extras)}{hint}"
+                f" (see '{prog} --help')\n",
+            )
+        return ns
+
 
 class _HelpFields(argparse.Action):
     """``--help-fields``: print every scenario field (generated from the models) and exit."""
@@ -865,7 +883,14 @@ def _rate(text: str) -> float:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from sim.bench_serve import BenchServeConfig, check_config, run_bench_serve
+    from sim.bench_serve import (
+        ACCEPTED_CLIENT_FLAGS,
+        BenchServeConfig,
+        accepted_flag_notes,
+        check_config,
+        parse_goodput,
+        run_bench_serve,
+    )
     from sim.config import validate
 
     args.dtype = _weight_dtype(args)
@@ -912,6 +937,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "closed_loop_start": args.closed_loop_start,
             "warmup_requests": args.warmup_requests,
             "client_issue_delay_s": args.client_issue_delay,
+            "random_prefix_len": args.random_prefix_len,
+            "goodput": parse_goodput(args.goodput or []),
+            "backend": args.backend,
         },
         "bench-serve",
     )
@@ -931,6 +959,12 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         detailed=args.save_detailed, metrics=args.percentile_metrics,
         percentiles=args.metric_percentiles,
     )  # fmt: skip
+    given = [
+        f for f in ACCEPTED_CLIENT_FLAGS
+        if getattr(args, "accepted_" + f[2:].replace("-", "_")) not in (None, False)
+    ]  # fmt: skip
+    for note in accepted_flag_notes(given):  # once the run is known to be good
+        print(f"comem bench-serve: note: {note}", file=sys.stderr)
     if out["failed"]:
         first = next((r.reason for r in result.requests if r.status != "finished"), "")
         print(
@@ -961,6 +995,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         ("Total input tokens:", out["total_input_tokens"]),
         ("Total generated tokens:", out["total_output_tokens"]),
         ("Request throughput (req/s):", f"{out['request_throughput']:.2f}"),
+        *(
+            [("Request goodput (req/s):", f"{out['request_goodput']:.2f}")]
+            if "request_goodput" in out
+            else []
+        ),
         ("Output token throughput (tok/s):", f"{out['output_throughput']:.2f}"),
         ("Peak output token throughput (tok/s):", f"{out['max_output_tokens_per_s']:.2f}"),
         ("Peak concurrent requests:", out["max_concurrent_requests"]),
@@ -2084,6 +2123,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--random-input-len", type=_positive_int, default=1024)
     bs.add_argument("--random-output-len", type=_positive_int, default=128)
     bs.add_argument("--random-range-ratio", type=float, default=0.0)
+    bs.add_argument(
+        "--random-prefix-len", type=_non_negative_int, default=0,
+        help="tokens every prompt starts with, the same for all (with prefix caching,"
+        " computed once) [0]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--goodput", nargs="+", metavar="KEY:MS",
+        help="service-level objectives (ttft, tpot, e2el in ms): request_goodput, the"
+        " requests per second meeting all of them",
+    )  # fmt: skip
     bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
     bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
@@ -2124,9 +2173,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compat.add_argument("--dataset-name", choices=("random",), default="random")
     compat.add_argument("--ignore-eos", action="store_true", help="always so here")
-    compat.add_argument("--backend", default="vllm", choices=("vllm", "openai", "openai-chat"))
-    for flag in ("--host", "--port", "--base-url", "--endpoint", "--tokenizer"):
-        compat.add_argument(flag, help=argparse.SUPPRESS)
+    compat.add_argument(
+        "--backend", default="vllm", choices=("vllm", "openai", "openai-chat"),
+        help="reported as given in the result's backend",
+    )  # fmt: skip
+    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS
+
+    for flag, (nargs, why) in ACCEPTED_CLIENT_FLAGS.items():
+        dest = "accepted_" + flag[2:].replace("-", "_")
+        if nargs == 0:
+            compat.add_argument(flag, dest=dest, action="store_true", help=f"accepted: {why}")
+        else:
+            compat.add_argument(
+                flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"accepted: {why}"
+            )
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")
@@ -2419,7 +2479,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("models", "gpus", "profiles"))
     ls.set_defaults(func=cmd_list)
     _check_paths(parser)
+    _name_commands(sub)
     return parser
+
+
+def _name_commands(sub: Any) -> None:
+    """Each (sub)command's full name (``comem calibrate fit``), for its errors."""
+    for command in sub.choices.values():
+        command.set_defaults(command_prog=command.prog)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _name_commands(action)
 
 
 def _one_line(text: str) -> str:
