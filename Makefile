@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
 
-.PHONY: venv run test lint bench figures clean lock
+.PHONY: venv run test lint bench figures clean lock docs why
 
 venv: $(STAMP)
 
@@ -51,6 +51,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# The docs' generated pages (scenario and CLI reference, front page), then the site.
+docs: $(STAMP)
+	$(BIN)/python -m comem.docs_gen
+	$(BIN)/mkdocs build --strict
+
+# The "why answers differ" page: comem explain on the four verdicts (a few minutes).
+why: $(STAMP)
+	$(BIN)/python -m comem.why --workers 2
+
 figures: $(STAMP)
 	$(BIN)/comem figures
 
@@ -63,6 +72,6 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q || [ $$? -eq 5 ]  # 5: no benchmarks collected yet
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
 	rm -rf $(LOCK_VENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

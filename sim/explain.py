@@ -72,6 +72,9 @@ def load_side(text: str, sets: list[str] | None = None) -> Side:
     raw = read_json(path, "scenario") if path.suffix == ".json" else read_toml(path, "scenario")
     if not isinstance(raw, dict):
         raise ComemInputError(f"{path}: not a scenario (a table of settings)")
+    archs = raw.get("architectures")
+    if isinstance(archs, list):  # a run's config.json lists every field, defaults too
+        raw = {**raw, "architectures": [_lean(a) if isinstance(a, dict) else a for a in archs]}
     scenario = scenario_from(raw, sets or [], path.name)
     data = scenario.model_dump(mode="json", exclude_none=True)
     ref = next((a for a in data["architectures"] if a["kind"] == "fc"), None)
