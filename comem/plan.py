@@ -867,16 +867,25 @@ def _effectiveness_panel(ax: Any, rows: list[PlanRow]) -> None:
     ax.legend(fontsize=7)
 
 
-def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _gpu_panel(ax: Any, rows: list[PlanRow]) -> None:
+    """Mean step latency against GPUs used, with its Pareto front; where every candidate
+    uses the same GPUs (a GPU axis of one point), each candidate's latency as a bar."""
+    from matplotlib.ticker import MaxNLocator
 
     sim = [r for r in rows if r.simulated]
+    gpus = {r.gpus for r in sim}
+    if len(gpus) <= 1:
+        ordered = sorted(sim, key=lambda r: r.mean_step_s)
+        colors = {"fc": "C0", "cp": "C1", "sm": "C2", "kso": "C3"}
+        ax.barh(range(len(ordered)), [r.mean_step_s for r in ordered],
+                color=[colors[r.candidate["kind"]] for r in ordered])  # fmt: skip
+        ax.set_yticks(range(len(ordered)), [r.label for r in ordered], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("mean step latency (s, simulated)")
+        n = next(iter(gpus)) if gpus else 0
+        ax.set_title(f"every candidate uses {n} GPUs: latency per candidate", fontsize=8)
+        return
     front = pareto(rows)
-    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 5))
-    _effectiveness_panel(ax_eff, rows)
     for kind, marker in (("fc", "o"), ("cp", "s"), ("sm", "^"), ("kso", "D")):
         pts = [r for r in sim if r.candidate["kind"] == kind]
         if pts:
@@ -888,10 +897,22 @@ def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
         for r in front:
             ax.annotate(r.label, (r.gpus, r.mean_step_s), fontsize=6, xytext=(4, 4),
                         textcoords="offset points")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # GPUs come whole
     ax.set_xlabel("GPUs used")
     ax.set_ylabel("mean step latency (s, simulated)")
-    fig.suptitle(title, fontsize=9)
     ax.legend(fontsize=8)
+
+
+def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(13, 5.5))
+    _gpu_panel(ax, rows)
+    _effectiveness_panel(ax_eff, rows)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

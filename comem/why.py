@@ -86,6 +86,8 @@ def generate(workers: int = 1) -> str:
         "moves A's verdict by this factor*.",
         "",
     ]
+    sections: list[str] = []
+    verdicts: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
         plan_file = _plan_file(Path(tmp), workers)
         for case in _cases(plan_file):
@@ -93,8 +95,23 @@ def generate(workers: int = 1) -> str:
             a, b = load_side(a_path, a_sets), load_side(b_path, b_sets)
             a.source, b.source = a_name, b_name
             result = explain(a, b, DEFAULT_METRIC, workers)
-            lines += [f"## {case['title']}", "", table_markdown(result)]
-    return "\n".join(lines)
+            verdicts[a_name] = result["a"]["speedup"]
+            verdicts[b_name] = result["b"]["speedup"]
+            sections += [f"## {case['title']}", "", table_markdown(result)]
+    lines += [
+        "The four answers, all read by mean step latency (CoMem's speedup over full",
+        "context):",
+        "",
+    ]
+    for name, value in verdicts.items():
+        lines.append(f"- {name}: {'-' if value is None else f'{value:.2f}x'}")
+    lines += [
+        "",
+        "They differ because they ran different inputs, not because the tool is",
+        "inconsistent: the tables say which inputs, and how much each one moves the answer.",
+        "",
+    ]
+    return "\n".join(lines + sections)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -376,10 +376,14 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
         lines.append("| (none: the two answers ran the same inputs) | | | | | |")
     lines.append("")
     inter = result["interaction"]
+    if inter is None:
+        rest = ""
+    elif abs(inter - 1.0) < 0.005:
+        rest = " (the product: the inputs do not interact)"
+    else:
+        rest = f" (x{inter:.2f} beyond the product: the inputs interact)"
     lines.append(
         f"One input at a time multiplies {a_name}'s verdict by"
-        f" x{result['one_at_a_time_product']:.2f}; all together they give {b_name}'s"
-        + ("" if inter is None else f" (x{inter:.2f} beyond the product: the inputs interact)")
-        + "."
+        f" x{result['one_at_a_time_product']:.2f}; all together they give {b_name}'s{rest}."
     )
     return "\n".join(lines) + "\n"

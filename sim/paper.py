@@ -312,27 +312,46 @@ def write_table(rows: list[PaperRow], directory: str | Path) -> list[Path]:
 
 
 def figure(rows: list[PaperRow], path: str | Path) -> Path:
-    """Speedup per metric for every experiment x variant (one group of bars each)."""
+    """Speedup per metric for every experiment x variant (one group of bars each), on a
+    log axis (a 5x peak does not flatten a 1.1x mean); a metric with nothing to compare
+    is marked n/a at its place, the reason in the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r.experiment}\n{r.variant}\n{r.architecture}" for r in rows]
+    labels = [
+        f"{i}{'*' if r.default else ''}. {r.experiment}\n{r.variant}" for i, r in enumerate(rows, 1)
+    ]
     x = np.arange(len(rows))
     width = 0.8 / len(PAPER_METRICS)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(rows) + 3), 5.5))
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.1 * len(rows) + 4), 6.5))
+    missing = False
     for i, m in enumerate(PAPER_METRICS):
+        at = x + (i - (len(PAPER_METRICS) - 1) / 2) * width
         vals = [r.speedup.get(m) for r in rows]
-        ys = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
-        ax.bar(x + (i - (len(PAPER_METRICS) - 1) / 2) * width, ys, width, label=m)
+        ok = [v is not None and math.isfinite(v) and v > 0 for v in vals]
+        heights = [float(v) for v, good in zip(vals, ok, strict=True) if good and v is not None]
+        ax.bar(at[ok], heights, width, label=m)
+        for xi, good in zip(at, ok, strict=True):
+            if not good:
+                missing = True
+                ax.text(xi, 1.0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+    ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylabel("speedup of CoMem over full context (x)")
-    ax.set_title("The CoMem authors' experiments as they ran them (predicted)")
-    ax.legend(title="metric", fontsize=8)
-    fig.tight_layout()
+    ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("speedup of CoMem over full context (x, log scale; > 1: CoMem faster)")
+    ax.set_title("The CoMem authors' experiments as they ran them (predicted; * = default)")
+    ax.legend(title="metric", fontsize=8, ncols=2)
+    if missing:
+        fig.text(
+            0.01, 0.01,
+            "n/a: nothing to compare by that metric (e.g. task and makespan where every"
+            " full-context task ended early at max_model_len)",
+            fontsize=7,
+        )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=130)

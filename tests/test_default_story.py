@@ -198,3 +198,59 @@ def test_sweep_summary_marks_a_best_k_on_the_grid_edge() -> None:
     assert result["winner"]["speedup"] == 1.5 and result["winner"]["edge"] == ["workload.agents"]
     text = summary_markdown(result)
     assert "| 4 | KSO | 4* | 1.30x | -2.0 |" in text and "| 2 | KSO | 2 | 1.50x |" in text
+
+
+def _rows_for_figures(gpus: list[int]):
+    from comem.plan import Candidate, PlanRow
+
+    out = []
+    for i, g in enumerate(gpus):
+        c = Candidate("kso" if i else "fc", g, 1, "bf16", False, 1 if i else 0,
+                      "dedicated" if i else "none", 2, False)  # fmt: skip
+        out.append(PlanRow(i, f"{c.label} #{i}", c.gpus_used, 1.0 + i, 9, False, True,
+                           mean_step_s=1.0 + i, candidate=c.__dict__))  # fmt: skip
+    return out
+
+
+def test_plan_figure_reads_when_every_candidate_uses_the_same_gpus() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from comem.plan import _gpu_panel
+
+    same = _rows_for_figures([4, 4, 4])
+    for r in same:
+        r.gpus = 4
+    fig, ax = plt.subplots()
+    _gpu_panel(ax, same)
+    assert len(ax.patches) == 3  # one bar per candidate, not three dots on one x
+    assert [t.get_text() for t in ax.get_yticklabels()] == [r.label for r in same]
+    assert "every candidate uses 4 GPUs" in ax.get_title()
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    _gpu_panel(ax, _rows_for_figures([1, 2, 4]))
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)  # no half GPUs
+    plt.close(fig)
+
+
+def test_paper_figure_marks_missing_bars_on_a_log_axis(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sim.paper import PAPER_METRICS, PaperRow, figure
+
+    speed = {m: 1.2 for m in PAPER_METRICS} | {"task": None, "llm-index-peak": 9.0}
+    rows = [PaperRow("exp", f"v{i}", "", "f.toml", "CoMem", "FC", dict(speed), 0.5, 0.4, 0, 0,
+                     16) for i in range(2)]  # fmt: skip
+    saved = {}
+    monkeypatch.setattr(plt, "close", lambda fig: saved.setdefault("fig", fig))
+    figure(rows, tmp_path / "p.png")
+    ax = saved["fig"].axes[0]
+    assert ax.get_yscale() == "log"
+    assert sum(t.get_text() == "n/a" for t in ax.texts) == 2  # one missing bar per row
+    assert any("n/a: nothing to compare" in t.get_text() for t in saved["fig"].texts)
