@@ -1143,6 +1143,14 @@ def cmd_paper(args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     print(table_markdown(rows), end="")
+    default = next((r for r in rows if r.default), None)
+    if default is not None:
+        step = default.speedup.get("step")
+        shown = "-" if step is None else f"{step:.2f}x"
+        print(
+            "verdict of the default experiment (row 1, what `comem run` runs):"
+            f" {default.architecture} {shown} over {default.reference} by mean step latency"
+        )
     if "sensitivity" in result:
         sens = result["sensitivity"]
         print(
@@ -1670,6 +1678,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             }
         )
     else:
+        from sim.describe import scenario_lines
+
+        print(f"base scenario {sweep.points[0].scenario.name}, as point 0 ran it:")
+        for line in scenario_lines(sweep.points[0].scenario):
+            print(f"  {line}")
         print(summary_markdown(summary(table)), end="")
         print(f"{len(sweep.points)} points, {len(table)} rows -> {results}")
     if len(failed):
