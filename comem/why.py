@@ -14,7 +14,6 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = "scenarios/paper_latency_glm47.toml"
@@ -44,30 +43,32 @@ def _plan_file(directory: Path, workers: int) -> Path:
     return write_scenario(spec, rows, directory / "chosen_scenario.toml")
 
 
-def _cases(plan_file: Path) -> list[dict[str, Any]]:
+def _answers(plan_file: Path) -> dict[str, tuple[str, list[str]]]:
+    """The four answers (the paper's has two rows): name -> (scenario, --set overrides)."""
     run = f"comem run {OLD} --set " + " --set ".join(USER_SETS)
-    return [
-        {
-            "title": "`make run` before issue 24 against the default experiment",
-            "a": (f"old `make run` (`comem run {OLD}`)", OLD, []),
-            "b": ("`make run` now, `comem paper`'s first row", DEFAULT, []),
-        },
-        {
-            "title": "`comem paper`'s two rows for GLM-4.7: where CoMem's agent runs",
-            "a": ("agent on its own 4 GPUs (the default)", DEFAULT, []),
-            "b": ("agent sharing the memory model's GPUs", COLOCATED, []),
-        },
-        {
-            "title": "The default experiment against the user's own question",
-            "a": ("the default experiment", DEFAULT, []),
-            "b": (f"the user's run (`{run}`)", OLD, USER_SETS),
-        },
-        {
-            "title": "The user's own run against `comem plan`'s choice",
-            "a": ("the user's run", OLD, USER_SETS),
-            "b": (f"`comem plan {USER_FLAGS}` (its chosen_scenario.toml)", str(plan_file), []),
-        },
-    ]
+    return {
+        f"1. the old `make run` (`comem run {OLD}`)": (OLD, []),
+        "2a. `comem paper`'s first row = `make run` now: the default experiment, CoMem's"
+        " agent on its own 4 GPUs": (DEFAULT, []),
+        "2b. `comem paper`'s other GLM-4.7 row: CoMem's agent sharing the memory model's GPUs": (
+            COLOCATED,
+            [],
+        ),
+        f"3. the user's own run (`{run}`, the question mapped onto the old file)": (
+            OLD,
+            USER_SETS,
+        ),
+        f"4. `comem plan {USER_FLAGS}` (its chosen_scenario.toml)": (str(plan_file), []),
+    }
+
+
+#: the pairs explained: (title, answer A's number, answer B's number)
+CASES = [
+    ("The old `make run` scenario against the default experiment", "1.", "2a."),
+    ("`comem paper`'s two rows for GLM-4.7: where CoMem's agent runs", "2a.", "2b."),
+    ("The default experiment against the user's own question", "2a.", "3."),
+    ("The user's own run against `comem plan`'s choice", "3.", "4."),
+]
 
 
 def generate(workers: int = 1) -> str:
@@ -89,26 +90,31 @@ def generate(workers: int = 1) -> str:
     sections: list[str] = []
     verdicts: dict[str, float | None] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        plan_file = _plan_file(Path(tmp), workers)
-        for case in _cases(plan_file):
-            (a_name, a_path, a_sets), (b_name, b_path, b_sets) = case["a"], case["b"]
+        answers = _answers(_plan_file(Path(tmp), workers))
+        for title, first, second in CASES:
+            (a_name, (a_path, a_sets)), (b_name, (b_path, b_sets)) = (
+                next((n, v) for n, v in answers.items() if n.startswith(key))
+                for key in (first, second)
+            )
             a, b = load_side(a_path, a_sets), load_side(b_path, b_sets)
             a.source, b.source = a_name, b_name
             result = explain(a, b, DEFAULT_METRIC, workers)
             verdicts[a_name] = result["a"]["speedup"]
             verdicts[b_name] = result["b"]["speedup"]
-            sections += [f"## {case['title']}", "", table_markdown(result)]
+            sections += [f"## {title}", "", table_markdown(result, first.rstrip("."),
+                                                          second.rstrip("."))]  # fmt: skip
     lines += [
-        "The four answers, all read by mean step latency (CoMem's speedup over full",
-        "context):",
+        "The answers, all read by mean step latency (CoMem's speedup over full context;",
+        "> 1: CoMem faster):",
         "",
     ]
-    for name, value in verdicts.items():
+    for name in answers:
+        value = verdicts.get(name)
         lines.append(f"- {name}: {'-' if value is None else f'{value:.2f}x'}")
     lines += [
         "",
-        "They differ because they ran different inputs, not because the tool is",
-        "inconsistent: the tables say which inputs, and how much each one moves the answer.",
+        "They differ because they ran different inputs: the tables say which inputs, and how",
+        "much each one alone moves the answer.",
         "",
     ]
     return "\n".join(lines + sections)
