@@ -986,6 +986,12 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
         return 0
+    _print_bench_serve(out, args, save_to)
+    return 0
+
+
+def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:
+    """``vllm bench serve``'s text result, then the simulated server it ran on."""
     print(f"{' Serving Benchmark Result (simulated) ':=^60}")
     rows = [
         ("Successful requests:", out["completed"]),
@@ -1044,7 +1050,6 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if save_to is not None:
         print(f"wrote {save_to}")
-    return 0
 
 
 def _bench_serve_result_path(args: argparse.Namespace) -> Path:
@@ -1169,9 +1174,10 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-
-    from comem.plan import PlanSpec, pareto, pareto_figure, run_plan, table_markdown, write_scenario
+def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
+    """``plan``'s settings: a ``--spec`` file's [plan] table, the flags over it, the rest
+    from the default experiment; and the line saying how the workload flags mapped."""
+    from comem.plan import PlanSpec
     from sim.config import read_toml, validate
 
     data: dict[str, Any] = {}
@@ -1206,7 +1212,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.offload is not None:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
     data.update({k: v for k, v in flags.items() if v is not None})
-    spec = validate(PlanSpec, data, "plan")
+    return validate(PlanSpec, data, "plan"), note
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from comem.plan import (
+        Candidate,
+        assumptions,
+        edge_warnings,
+        left_out_kinds,
+        pareto,
+        pareto_figure,
+        run_plan,
+        table_markdown,
+        verdict,
+        write_scenario,
+    )  # fmt: skip
+
+    spec, note = _plan_spec(args)
     if note and not args.json:
         print(f"comem plan: {note}", file=sys.stderr)
     out = Path(args.out)
@@ -1221,20 +1244,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         not args.json, "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
-    from comem.plan import Candidate, assumptions, edge_warnings, left_out_kinds, verdict
-
     warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
     warnings += edge_warnings(spec, rows)
-    for note in warnings:
-        print(f"comem plan: warning: {note}", file=sys.stderr)
-    best = rows[0]
+    for line in warnings:
+        print(f"comem plan: warning: {line}", file=sys.stderr)
     written = [out / "plan.md", out / "plan.json"]
     (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
     payload = {
         "spec": spec.model_dump(),
         "candidates": n,
         "simulated": sum(r.simulated for r in rows),
-        "chosen": best.label,
+        "chosen": rows[0].label,
         "rows": [r.__dict__ for r in rows],
         "pareto": [r.label for r in pareto(rows)],
         "warnings": warnings,
@@ -1250,10 +1270,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     payload["files"] = [str(p) for p in written]
     if args.json:
         _print_json(payload)
-        return 0
+    else:
+        _print_plan(spec, rows, payload, args.show)
+    return 0
+
+
+def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) -> None:
+    from comem.plan import table_markdown
+
+    best = rows[0]
     print(
-        f"{n} candidates, {payload['simulated']} simulated (the rest pruned by the closed form"
-        f" and the KV bound); objective {spec.objective}"
+        f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
+        f" pruned by the closed form and the KV bound); objective {spec.objective}"
         + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
         + (
             f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
@@ -1264,7 +1292,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print("assumptions:")
     for line in payload["assumptions"]:
         print(f"- {line}")
-    print(table_markdown(rows, limit=args.show), end="")
+    print(table_markdown(rows, limit=show), end="")
     met = best.meets_slo and best.meets_resolve
     print(
         f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
@@ -1274,9 +1302,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
     )
     print(payload["verdict"])
-    for p in written:
+    for p in payload["files"]:
         print(f"wrote {p}")
-    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
