@@ -960,7 +960,7 @@ def assumptions(spec: PlanSpec) -> list[str]:
         f"workload (from {source}{set_text}): {workload(model)}",
         f"agent {spec.agent_model} on at most {min(spec.gpus, spec.max_gpus or spec.gpus)}"
         f" x {spec.gpu}, dtypes {' '.join(spec.dtypes)}, max_model_len {spec.max_model_len};"
-        f" TP 1-8, DP 1-8, EP where MoE",
+        " TP and DP of 1, 2, 4 or 8 within those GPUs, EP where MoE",
         f"memory model {spec.memory_model} bf16 (TP 1-4 dedicated, or co-located sharing the"
         f" agent's GPUs: memory split {AGENT_UTIL_COLOCATED} / {MEMORY_UTIL_COLOCATED}),"
         f" max_model_len {spec.memory_max_model_len}",

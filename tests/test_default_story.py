@@ -254,3 +254,20 @@ def test_paper_figure_marks_missing_bars_on_a_log_axis(tmp_path: Path, monkeypat
     assert ax.get_yscale() == "log"
     assert sum(t.get_text() == "n/a" for t in ax.texts) == 2  # one missing bar per row
     assert any("n/a: nothing to compare" in t.get_text() for t in saved["fig"].texts)
+
+
+def test_plan_takes_the_workload_flags_and_prints_its_assumptions(tmp_path: Path) -> None:
+    args = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "2",
+            "--agents", "4", "--context-tokens", "3000", "--decode-tokens", "100",
+            "--tool-s", "1", "--kinds", "fc", "kso", "--dtypes", "bf16", "--k", "2",
+            "--offload", "off", "--top", "2", "--workers", "1", "--out", str(tmp_path)]  # fmt: skip
+    proc = run_comem(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "workload.action_tokens = 100, workload.tool_s = 1.0" in proc.stderr
+    assumptions = proc.stdout.split("assumptions:")[1].split("| rank")[0]
+    assert "agents" in assumptions and "decoded 100 tokens, tool 1 s" in assumptions
+    mean = re.search(r"mean full-context prompt ([\d,]+) tokens", assumptions)
+    assert mean and abs(int(mean.group(1).replace(",", "")) - 3000) <= 150
+    assert "verdict:" in proc.stdout and "chosen:" in proc.stdout
+    data = json.loads((tmp_path / "plan.json").read_text())
+    assert data["spec"]["workload_set"]["action_tokens"] == 100
