@@ -885,14 +885,22 @@ def _rate(text: str) -> float:
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from sim.bench_serve import (
         ACCEPTED_CLIENT_FLAGS,
+        REFUSED_CLIENT_FLAGS,
         BenchServeConfig,
         accepted_flag_notes,
         check_config,
         parse_goodput,
+        refused_flag,
         run_bench_serve,
     )
     from sim.config import validate
 
+    refusal = refused_flag(
+        [f for f in REFUSED_CLIENT_FLAGS if getattr(args, "refused_" + f[2:].replace("-", "_"))
+         not in (None, False)]
+    )  # fmt: skip
+    if refusal is not None:
+        raise ComemInputError(refusal)
     args.dtype = _weight_dtype(args)
     from calibration.registry import get_gpu, serve_batch_defaults
 
@@ -2217,16 +2225,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="vllm", choices=("vllm", "openai", "openai-chat"),
         help="reported as given in the result's backend",
     )  # fmt: skip
-    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS
+    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, REFUSED_CLIENT_FLAGS
 
-    for flag, (nargs, why) in ACCEPTED_CLIENT_FLAGS.items():
-        dest = "accepted_" + flag[2:].replace("-", "_")
-        if nargs == 0:
-            compat.add_argument(flag, dest=dest, action="store_true", help=f"accepted: {why}")
-        else:
-            compat.add_argument(
-                flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"accepted: {why}"
-            )
+    for table, word in ((ACCEPTED_CLIENT_FLAGS, "accepted"), (REFUSED_CLIENT_FLAGS, "refused")):
+        for flag, (nargs, why) in table.items():
+            dest = f"{word}_" + flag[2:].replace("-", "_")
+            if nargs == 0:
+                compat.add_argument(flag, dest=dest, action="store_true", help=f"{word}: {why}")
+            else:
+                compat.add_argument(
+                    flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"{word}: {why}"
+                )
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")

@@ -580,6 +580,32 @@ ACCEPTED_CLIENT_FLAGS: dict[str, tuple[int | str, str]] = {
 }
 
 
+#: ``vllm bench serve`` flags that would change the result and are not simulated: flag ->
+#: (nargs, why). Each is refused with its reason (one line, exit 2), not run wrongly.
+REFUSED_CLIENT_FLAGS: dict[str, tuple[int | str, str]] = {
+    "--ramp-up-strategy": (1, "a request rate that ramps over the run is not simulated"),
+    "--ramp-up-start-rps": (1, "a request rate that ramps over the run is not simulated"),
+    "--ramp-up-end-rps": (1, "a request rate that ramps over the run is not simulated"),
+    "--use-beam-search": (0, "beam search is not simulated"),
+    "--logprobs": (1, "returning logprobs is not priced"),
+    "--dataset-path": (1, "only the random dataset is simulated (--dataset-name random)"),
+    "--lora-modules": ("*", "LoRA adapters are not priced"),
+    "--no-stream": (0, "only streaming requests are simulated"),
+    "--append-result": (0, "--save-result writes a new file; appending is not supported"),
+    "--extra-body": (1, "an extra request body may change the outputs: not simulated"),
+}
+
+
+def refused_flag(given: list[str]) -> str | None:
+    """The one-line refusal of the first refused flag given (None: none given)."""
+    if not given:
+        return None
+    flag = given[0]
+    return (
+        f"{flag}: {REFUSED_CLIENT_FLAGS[flag][1]} (comem bench-serve --help lists the flags taken)"
+    )
+
+
 def accepted_flag_notes(given: list[str]) -> list[str]:
     """One line per accepted flag the user gave."""
     return [

@@ -289,6 +289,12 @@ def test_bench_serve_unknown_flag_points_at_its_help():
     )  # fmt: skip
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert "--ramp-up-x" in proc.stderr and "see 'comem bench-serve --help'" in proc.stderr
+    ramp = subprocess.run(
+        [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b",
+         "--ramp-up-strategy", "linear"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ramp.returncode == 2 and len(ramp.stderr.splitlines()) == 1
+    assert "--ramp-up-strategy" in ramp.stderr and "not simulated" in ramp.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b", "--goodput",
          "ttfx:3"], cwd=ROOT, capture_output=True, text=True, timeout=60,
