@@ -271,3 +271,14 @@ def test_plan_takes_the_workload_flags_and_prints_its_assumptions(tmp_path: Path
     assert "verdict:" in proc.stdout and "chosen:" in proc.stdout
     data = json.loads((tmp_path / "plan.json").read_text())
     assert data["spec"]["workload_set"]["action_tokens"] == 100
+
+
+def test_the_why_page_maps_the_question_as_the_workload_flags_do() -> None:
+    from comem.why import DEFAULT, DEFAULT_SETS, OLD, USER_SETS
+    from sim.config import read_toml
+    from sim.workload_flags import WorkloadFlags, as_sets, workload_fields
+
+    flags = WorkloadFlags(agents=64, context_tokens=20000, decode_tokens=300, tool_s=5.0)
+    for path, sets in ((DEFAULT, DEFAULT_SETS), (OLD, USER_SETS)):
+        fields, _ = workload_fields(read_toml(ROOT / path, "scenario")["workload"], flags)
+        assert as_sets(fields) == sets, path
