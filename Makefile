@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LOCK := requirements/lock.txt
 LOCK_VENV := .venv-lock
 
-.PHONY: venv run test test-fast test-slow test-live lint bench figures clean lock
+.PHONY: venv run test test-fast test-slow test-live lint bench figures clean lock docs why
 
 venv: $(STAMP)
 
@@ -46,7 +46,7 @@ lock:
 	rm -rf $(LOCK_VENV)
 
 run: $(STAMP)
-	$(BIN)/comem run scenarios/paper_latency_glm47.toml
+	$(BIN)/comem run    # the default experiment: the authors' documented setup
 
 # Every test (what CI runs); the lanes split it by marker (pyproject.toml): fast is what
 # is left without the slow (over ~1.5 s each) and live (real servers) ones.
@@ -62,6 +62,15 @@ test-slow: $(STAMP)
 test-live: $(STAMP)
 	$(BIN)/pytest -q -m live
 
+# The docs' generated pages (scenario and CLI reference, front page), then the site.
+docs: $(STAMP)
+	$(BIN)/python -m comem.docs_gen
+	$(BIN)/mkdocs build --strict
+
+# The "why answers differ" page: comem explain on the four verdicts (a few minutes).
+why: $(STAMP)
+	$(BIN)/python -m comem.why --workers 2
+
 figures: $(STAMP)
 	$(BIN)/comem figures
 
@@ -74,6 +83,6 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q || [ $$? -eq 5 ]  # 5: no benchmarks collected yet
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
+	rm -rf build dist site *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .benchmarks
 	rm -rf $(LOCK_VENV)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -23,6 +23,24 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """An unknown flag names the command it was given to and that command's help
+        (``comem bench-serve --help``), not the top-level one."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            prog = getattr(ns, "command_prog", self.prog)
+            hint = (
+                " (a `vllm bench serve` flag comem neither prices nor accepts)"
+                if prog.endswith("bench-serve") and extras[0].startswith("--")
+                else ""
+            )
+            self.exit(
+                2,
+                f"{prog}: error: unrecognized arguments: {' '.join(extras)}{hint}"
+                f" (see '{prog} --help')\n",
+            )
+        return ns
+
 
 class _HelpFields(argparse.Action):
     """``--help-fields``: print every scenario field (generated from the models) and exit."""
@@ -119,6 +137,17 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
     if not 0.0 < value <= 1e6:
         raise argparse.ArgumentTypeError(f"must be a number of seconds in (0, 1e6], got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 allowed (a tool that returns at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got '{text}'") from None
+    if not 0.0 <= value <= 1e6:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds in [0, 1e6], got {text}")
     return value
 
 
@@ -248,19 +277,13 @@ def _json_safe(obj: Any) -> Any:
 def _with_progress(
     show: bool, label: str, unit: str, total: int | None, work: Callable[[Any], Any]
 ) -> Any:
-    """Run ``work(advance)`` with a progress bar on stderr (``advance()`` per item done,
-    None when no bar is shown): one bar for every long command."""
-    if not show:
-        return work(None)
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    """Run ``work(advance)`` with progress on stderr (``advance()`` per item done, None
+    when ``show`` is false): a bar on a terminal, plain lines in a log
+    (:mod:`sim.progress`)."""
+    from sim.progress import progress
 
-    count = "{task.completed}/{task.total}" if total is not None else "{task.completed}"
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn(f"{count} {unit}"),
-        TimeRemainingColumn(), transient=True,
-    ) as bar:  # fmt: skip
-        job = bar.add_task(label, total=total)
-        return work(lambda: bar.advance(job))
+    with progress(label, unit, total, show) as counter:
+        return work(counter)
 
 
 def _print_json(obj: Any) -> None:
@@ -562,7 +585,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
             args.out,
             scenario,
             grid,
-            progress=sys.stderr.isatty() and not args.json,
+            progress=not args.json and sys.stderr.isatty(),
             overwrite=args.force,
         )
     except RuntimeError as exc:  # a server that would not start: its log says why
@@ -818,7 +841,7 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
         {"settings": run.model_dump()},
     )
     _writable_dir(args.out)
-    result = run_engine_load(run, progress=not args.json and sys.stderr.isatty())
+    result = run_engine_load(run, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
     if args.json:
@@ -906,9 +929,24 @@ def _spec_words(sim: dict[str, Any]) -> str:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
-    from sim.bench_serve import BenchServeConfig, check_config, run_bench_serve
+    from sim.bench_serve import (
+        ACCEPTED_CLIENT_FLAGS,
+        REFUSED_CLIENT_FLAGS,
+        BenchServeConfig,
+        accepted_flag_notes,
+        check_config,
+        parse_goodput,
+        refused_flag,
+        run_bench_serve,
+    )
     from sim.config import validate
 
+    refusal = refused_flag(
+        [f for f in REFUSED_CLIENT_FLAGS if getattr(args, "refused_" + f[2:].replace("-", "_"))
+         not in (None, False)]
+    )  # fmt: skip
+    if refusal is not None:
+        raise ComemInputError(refusal)
     args.dtype = _weight_dtype(args)
     from calibration.registry import get_gpu, serve_batch_defaults
 
@@ -963,6 +1001,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             "closed_loop_start": args.closed_loop_start,
             "warmup_requests": args.warmup_requests,
             "client_issue_delay_s": args.client_issue_delay,
+            "random_prefix_len": args.random_prefix_len,
+            "goodput": parse_goodput(args.goodput or []),
+            "backend": args.backend,
         },
         "bench-serve",
     )
@@ -975,13 +1016,19 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     _writable_dir(args.out)
     save_to = _bench_serve_result_path(args) if args.save_result else None
     result = _with_progress(
-        not args.json and sys.stderr.isatty(), "bench-serve", "requests", cfg.num_prompts,
+        not args.json, "bench-serve", "requests", cfg.num_prompts,
         lambda advance: run_bench_serve(cfg, progress=advance),
     )  # fmt: skip
     out = result.to_vllm_json(
         detailed=args.save_detailed, metrics=args.percentile_metrics,
         percentiles=args.metric_percentiles,
     )  # fmt: skip
+    given = [
+        f for f in ACCEPTED_CLIENT_FLAGS
+        if getattr(args, "accepted_" + f[2:].replace("-", "_")) not in (None, False)
+    ]  # fmt: skip
+    for note in accepted_flag_notes(given):  # once the run is known to be good
+        print(f"comem bench-serve: note: {note}", file=sys.stderr)
     if out["failed"]:
         first = next((r.reason for r in result.requests if r.status != "finished"), "")
         print(
@@ -1003,6 +1050,12 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(out)
         return 0
+    _print_bench_serve(out, args, save_to)
+    return 0
+
+
+def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:
+    """``vllm bench serve``'s text result, then the simulated server it ran on."""
     print(f"{' Serving Benchmark Result (simulated) ':=^60}")
     rows = [
         ("Successful requests:", out["completed"]),
@@ -1012,6 +1065,11 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         ("Total input tokens:", out["total_input_tokens"]),
         ("Total generated tokens:", out["total_output_tokens"]),
         ("Request throughput (req/s):", f"{out['request_throughput']:.2f}"),
+        *(
+            [("Request goodput (req/s):", f"{out['request_goodput']:.2f}")]
+            if "request_goodput" in out
+            else []
+        ),
         ("Output token throughput (tok/s):", f"{out['output_throughput']:.2f}"),
         ("Peak output token throughput (tok/s):", f"{out['max_output_tokens_per_s']:.2f}"),
         ("Peak concurrent requests:", out["max_concurrent_requests"]),
@@ -1059,7 +1117,6 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if save_to is not None:
         print(f"wrote {save_to}")
-    return 0
 
 
 def _bench_serve_result_path(args: argparse.Namespace) -> Path:
@@ -1134,7 +1191,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, len(files))
-    show = not args.json and sys.stderr.isatty()
+    show = not args.json
     rows = _with_progress(
         show, "comem paper", "scenarios", len(files),
         lambda cb: run_paper(files, args.set, workers, cb),
@@ -1159,6 +1216,14 @@ def cmd_paper(args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     print(table_markdown(rows), end="")
+    default = next((r for r in rows if r.default), None)
+    if default is not None:
+        step = default.speedup.get("step")
+        shown = "-" if step is None else f"{step:.2f}x"
+        print(
+            "verdict of the default experiment (row 1, what `comem run` runs):"
+            f" {default.architecture} {shown} over {default.reference} by mean step latency"
+        )
     if "sensitivity" in result:
         sens = result["sensitivity"]
         print(
@@ -1177,9 +1242,10 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-
-    from comem.plan import PlanSpec, pareto, pareto_figure, run_plan, table_markdown, write_scenario
+def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
+    """``plan``'s settings: a ``--spec`` file's [plan] table, the flags over it, the rest
+    from the default experiment; and the line saying how the workload flags mapped."""
+    from comem.plan import PlanSpec
     from sim.config import read_toml, validate
 
     data: dict[str, Any] = {}
@@ -1190,6 +1256,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             found = f" (found {', '.join(other)})" if other else ""
             raise ComemInputError(f"{args.spec}: expected one [plan] table of settings{found}")
         data = dict(table["plan"])
+    workload_set, note = _plan_workload_set(args, data)
     flags = {
         "agent_model": args.agent_model,
         "memory_model": args.memory_model,
@@ -1198,6 +1265,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "agents": args.agents,
         "workload_scenario": args.workload,
         "steps": args.steps,
+        "workload_set": workload_set,
         "objective": args.objective,
         "slo_step_s": args.slo,
         "max_gpus": args.max_gpus,
@@ -1212,9 +1280,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.offload is not None:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
     data.update({k: v for k, v in flags.items() if v is not None})
-    if "agent_model" not in data:
-        raise ComemInputError("plan: give --agent-model (or agent_model in --spec's [plan])")
-    spec = validate(PlanSpec, data, "plan")
+    return validate(PlanSpec, data, "plan"), note
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from comem.plan import (
+        Candidate,
+        assumptions,
+        edge_warnings,
+        left_out_kinds,
+        pareto,
+        pareto_figure,
+        run_plan,
+        table_markdown,
+        verdict,
+        write_scenario,
+    )  # fmt: skip
+
+    spec, note = _plan_spec(args)
+    if note and not args.json:
+        print(f"comem plan: {note}", file=sys.stderr)
     out = Path(args.out)
     _outputs_not_inputs(
         out,
@@ -1224,39 +1309,47 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, 10**6)  # the candidates are counted later
     rows, n = _with_progress(
-        not args.json and sys.stderr.isatty(), "comem plan: simulating", "candidates", None,
+        not args.json, "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
-    from comem.plan import Candidate, left_out_kinds
-
     warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
-    for note in warnings:
-        print(f"comem plan: warning: {note}", file=sys.stderr)
-    best = rows[0]
+    warnings += edge_warnings(spec, rows)
+    for line in warnings:
+        print(f"comem plan: warning: {line}", file=sys.stderr)
     written = [out / "plan.md", out / "plan.json"]
     (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
     payload = {
         "spec": spec.model_dump(),
         "candidates": n,
         "simulated": sum(r.simulated for r in rows),
-        "chosen": best.label,
+        "chosen": rows[0].label,
         "rows": [r.__dict__ for r in rows],
         "pareto": [r.label for r in pareto(rows)],
         "warnings": warnings,
+        "assumptions": assumptions(spec),
+        "verdict": verdict(rows),
     }
     (out / "plan.json").write_text(
         json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
     )
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
     written.append(pareto_figure(rows, out / "pareto.png", title))
-    written.append(write_scenario(spec, best.candidate, out / "chosen_scenario.toml"))
+    written.append(write_scenario(spec, rows, out / "chosen_scenario.toml"))
     payload["files"] = [str(p) for p in written]
     if args.json:
         _print_json(payload)
-        return 0
+    else:
+        _print_plan(spec, rows, payload, args.show)
+    return 0
+
+
+def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) -> None:
+    from comem.plan import table_markdown
+
+    best = rows[0]
     print(
-        f"{n} candidates, {payload['simulated']} simulated (the rest pruned by the closed form"
-        f" and the KV bound); objective {spec.objective}"
+        f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
+        f" pruned by the closed form and the KV bound); objective {spec.objective}"
         + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
         + (
             f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
@@ -1264,7 +1357,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    print(table_markdown(rows, limit=args.show), end="")
+    print("assumptions:")
+    for line in payload["assumptions"]:
+        print(f"- {line}")
+    print(table_markdown(rows, limit=show), end="")
     met = best.meets_slo and best.meets_resolve
     print(
         f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
@@ -1273,16 +1369,92 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
         + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
     )
-    for p in written:
+    print(payload["verdict"])
+    for p in payload["files"]:
         print(f"wrote {p}")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sim.explain import explain, load_side, table_markdown
+
+    a = load_side(args.a, args.set_a or [])
+    b = load_side(args.b, args.set_b or [])
+    if args.out:
+        _writable_file(args.out)
+    workers = _workers(args.workers, 10**6)
+    result = _with_progress(
+        not args.json, "comem explain: runs", "runs", None,
+        lambda advance: explain(a, b, args.metric, workers, advance),
+    )  # fmt: skip
+    text = table_markdown(result)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        _print_json(result)
+    else:
+        print(text, end="")
     return 0
+
+
+def _workload_sets(args: argparse.Namespace, scenario: str) -> tuple[list[str], str]:
+    """The workload flags (``--context-tokens`` ...) as ``--set`` overrides of the
+    scenario's workload, and the line saying how they were mapped."""
+    from sim.config import read_toml
+    from sim.workload_flags import as_sets, from_args, workload_fields
+
+    flags = from_args(args)
+    if not flags.given():
+        return [], ""
+    base = read_toml(scenario, "scenario").get("workload", {})
+    fields, note = workload_fields(base if isinstance(base, dict) else {}, flags)
+    return as_sets(fields), note
+
+
+def _default_name() -> str:
+    from sim.paper import DEFAULT_SCENARIO
+
+    return (
+        "the CoMem authors' documented setup"
+        f" ({DEFAULT_SCENARIO.relative_to(DEFAULT_SCENARIO.parents[2])})"
+    )
+
+
+def _plan_workload_set(
+    args: argparse.Namespace, spec: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
+    from comem.plan import scenario_workload
+    from sim.workload_flags import from_args, workload_fields
+
+    flags = from_args(args)
+    if flags.context_tokens is None and all(
+        getattr(flags, k) is None for k in ("decode_tokens", "observation_tokens", "tool_s")
+    ):
+        return None, ""
+    base = scenario_workload(args.workload or spec.get("workload_scenario"))
+    fields, note = workload_fields(base, flags)
+    kept = {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")}
+    if "steps" in fields and args.steps is None:  # derived from --context-tokens
+        kept["steps"] = fields["steps"]
+    return kept, note
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
+    from sim.describe import scenario_description, scenario_lines, verdict_lines
+    from sim.paper import DEFAULT_SCENARIO
     from sim.scenario import load_scenario, run_scenario
 
-    scenario = load_scenario(args.scenario, args.set or [])
+    notes = []
+    if args.scenario is None:
+        args.scenario = str(DEFAULT_SCENARIO)
+        notes.append(f"comem run: the default experiment, {_default_name()}")
+    extra, note = _workload_sets(args, args.scenario)
+    scenario = load_scenario(args.scenario, (args.set or []) + extra)
+    if note:
+        notes.append(f"comem run: {note}")
+    for line in notes if not args.json else []:  # once the input is known to be good
+        print(line, file=sys.stderr)
     _outputs_not_inputs(
         args.out,
         ("steps.parquet", "tasks.parquet", "requests.parquet", "engine_steps.parquet",
@@ -1290,7 +1462,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         {"scenario": args.scenario, "settings": scenario.model_dump()},
     )  # fmt: skip
     _writable_dir(args.out)
-    result = run_scenario(scenario, progress=not args.json and sys.stderr.isatty())
+    result = run_scenario(scenario, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
     comparison = summary["comparison"]
@@ -1306,8 +1478,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
     for note in notes:
         print(f"comem run: warning: {note}", file=sys.stderr)
+    described = scenario_description(scenario)
     if args.json:
-        _print_json({**summary, "files": [str(p) for p in written]})
+        _print_json({**summary, "described": described, "files": [str(p) for p in written]})
         return 0
     from rich.console import Console
 
@@ -1321,6 +1494,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     table, legend = _run_table(summary, args.metric, console.width, title)
     console.print(table)
     for line in legend:
+        console.print(line, highlight=False, markup=False)
+    for line in scenario_lines(scenario) + verdict_lines(summary, args.metric):
         console.print(line, highlight=False, markup=False)
     if ref is None:
         console.print("no full-context (fc) architecture: no speedups", highlight=False)
@@ -1556,33 +1731,34 @@ def cmd_theory(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
 
-    from sim.sweep import failed_points, load_sweep, run_sweep
+    from sim.sweep import (
+        base_path,
+        failed_points,
+        load_sweep,
+        run_sweep,
+        summary,
+        summary_markdown,
+    )
 
-    sweep = load_sweep(args.sweep)
+    extra, note = _workload_sets(args, str(base_path(args.sweep)))
+    sweep = load_sweep(args.sweep, extra)
+    if note and not args.json:
+        print(f"comem sweep: {note}", file=sys.stderr)
     out = args.out or str(Path("out") / Path(args.sweep).stem)
     _outputs_not_inputs(
         out, ("results.parquet", "results.csv", "sweep.json"), {"sweep": args.sweep}
     )
     workers = _workers(args.workers, len(sweep.points))
     _writable_dir(out)
-    show = not args.json and sys.stderr.isatty()
-    if show:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} points"),
-            TimeRemainingColumn(),
-            transient=True,
-        ) as bar:
-            job = bar.add_task(Path(args.sweep).stem, total=len(sweep.points))
-            table = run_sweep(
-                sweep, out, workers, args.scheduler,
-                on_point=lambda done, total: bar.update(job, completed=done),
-            )  # fmt: skip
-    else:
-        table = run_sweep(sweep, out, workers, args.scheduler)
+    def work(advance: Any) -> Any:
+        def on_point(done: int, total: int) -> None:
+            while advance is not None and advance.done < done:
+                advance()
+
+        return run_sweep(sweep, out, workers, args.scheduler, on_point=on_point)
+
+    table = _with_progress(not args.json, Path(args.sweep).stem, "points", len(sweep.points), work)
     results = Path(out) / "results.parquet"
     failed = failed_points(table)
     if args.json:
@@ -1593,9 +1769,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "failed_points": len(failed),
                 "out": out,
                 "results": str(results),
+                "summary": summary(table),
             }
         )
     else:
+        from sim.describe import scenario_lines
+
+        print(f"base scenario {sweep.points[0].scenario.name}, as point 0 ran it:")
+        for line in scenario_lines(sweep.points[0].scenario):
+            print(f"  {line}")
+        print(summary_markdown(summary(table)), end="")
         print(f"{len(sweep.points)} points, {len(table)} rows -> {results}")
     if len(failed):
         first = failed.iloc[0]
@@ -2065,6 +2248,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--random-input-len", type=_positive_int, default=1024)
     bs.add_argument("--random-output-len", type=_positive_int, default=128)
     bs.add_argument("--random-range-ratio", type=float, default=0.0)
+    bs.add_argument(
+        "--random-prefix-len", type=_non_negative_int, default=0,
+        help="tokens every prompt starts with, the same for all (with prefix caching,"
+        " computed once) [0]",
+    )  # fmt: skip
+    bs.add_argument(
+        "--goodput", nargs="+", metavar="KEY:MS",
+        help="service-level objectives (ttft, tpot, e2el in ms): request_goodput, the"
+        " requests per second meeting all of them",
+    )  # fmt: skip
     bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
     bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
@@ -2105,9 +2298,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compat.add_argument("--dataset-name", choices=("random",), default="random")
     compat.add_argument("--ignore-eos", action="store_true", help="always so here")
-    compat.add_argument("--backend", default="vllm", choices=("vllm", "openai", "openai-chat"))
-    for flag in ("--host", "--port", "--base-url", "--endpoint", "--tokenizer"):
-        compat.add_argument(flag, help=argparse.SUPPRESS)
+    compat.add_argument(
+        "--backend", default="vllm", choices=("vllm", "openai", "openai-chat"),
+        help="reported as given in the result's backend",
+    )  # fmt: skip
+    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, REFUSED_CLIENT_FLAGS
+
+    for table, word in ((ACCEPTED_CLIENT_FLAGS, "accepted"), (REFUSED_CLIENT_FLAGS, "refused")):
+        for flag, (nargs, why) in table.items():
+            dest = f"{word}_" + flag[2:].replace("-", "_")
+            if nargs == 0:
+                compat.add_argument(flag, dest=dest, action="store_true", help=f"{word}: {why}")
+            else:
+                compat.add_argument(
+                    flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"{word}: {why}"
+                )
     bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
     bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
     bs.add_argument("--json", action="store_true", help="print the result JSON")
@@ -2154,9 +2359,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
     pl.add_argument("--gpu", help="GPU type [h200_sxm]")
     pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
-    pl.add_argument("--agents", type=_positive_int, help="concurrent agents [64]")
-    pl.add_argument("--workload", help="scenario file whose [workload] the agents run")
-    pl.add_argument("--steps", type=_positive_int, help="override the workload's steps")
+    pl.add_argument(
+        "--workload",
+        help="scenario file whose [workload] the agents run [the default experiment's]",
+    )
+    from sim.workload_flags import add_flags
+
+    add_flags(pl, _token_count, _positive_int, _seconds)
     pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
     pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
     pl.add_argument("--max-gpus", type=_positive_int)
@@ -2189,10 +2398,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_allow_large(pl)
     pl.set_defaults(func=cmd_plan)
 
+    ex = sub.add_parser(
+        "explain",
+        help="why two answers differ: which inputs differ, how much each moves the verdict",
+        description="A and B: scenario files, 'comem run --out' or 'comem plan --out'"
+        " directories. Lists the inputs that differ (workload fields, full context's engine,"
+        " CoMem's policy and engines) and re-runs A with each one taken from B alone.",
+    )
+    ex.add_argument("a", help="the first answer (scenario file, run or plan --out directory)")
+    ex.add_argument("b", help="the second answer")
+    ex.add_argument("--set-a", action="append", metavar="KEY=VALUE", help="override A's field")
+    ex.add_argument("--set-b", action="append", metavar="KEY=VALUE", help="override B's field")
+    ex.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    from sim.compare import DEFAULT_METRIC as _METRIC
+    from sim.compare import METRICS as _METRICS
+
+    ex.add_argument(
+        "--metric", choices=list(_METRICS), default=_METRIC,
+        help=f"the verdict's metric (default: {_METRIC}; see comem run --help)",
+    )  # fmt: skip
+    ex.add_argument("--out", help="also write the table (Markdown) to this file")
+    ex.add_argument("--json", action="store_true")
+    _add_allow_large(ex)
+    ex.set_defaults(func=cmd_explain)
+
     rn = sub.add_parser(
         "run", help="run every architecture of a scenario and compare them (the main job)"
     )
-    rn.add_argument("scenario", help="scenario TOML file (see scenarios/ and --help-fields)")
+    rn.add_argument(
+        "scenario",
+        nargs="?",
+        help="scenario TOML file (see scenarios/ and --help-fields); left out: the default"
+        " experiment, the authors' documented setup (scenarios/paper/"
+        "glm47_synthetic_benchmark__agent_dedicated_tp4.toml)",
+    )
     rn.add_argument(
         "--help-fields",
         action=_HelpFields,
@@ -2201,6 +2440,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a field: workload.agents=128"
     )
+    from sim.workload_flags import add_flags as _add_workload_flags
+
+    _add_workload_flags(rn, _token_count, _positive_int, _seconds)
     rn.add_argument("--out", help="directory for the Parquet tables and the resolved config")
     rn.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     from sim.compare import DEFAULT_METRIC, METRICS, METRICS_HELP
@@ -2294,6 +2536,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", help="sweep TOML file (see sweeps/)")
     sw.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     sw.add_argument("--scheduler", help="'local' (a Dask LocalCluster) or a Dask scheduler address")
+    _add_workload_flags(sw, _token_count, _positive_int, _seconds)
     sw.add_argument("--out", help="output directory (default: out/<sweep name>)")
     sw.add_argument("--json", action="store_true")
     _add_allow_large(sw)
@@ -2363,7 +2606,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=("models", "gpus", "profiles"))
     ls.set_defaults(func=cmd_list)
     _check_paths(parser)
+    _name_commands(sub)
     return parser
+
+
+def _name_commands(sub: Any) -> None:
+    """Each (sub)command's full name (``comem calibrate fit``), for its errors."""
+    for command in sub.choices.values():
+        command.set_defaults(command_prog=command.prog)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _name_commands(action)
 
 
 def _one_line(text: str) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import ConfigDict, Field, PositiveInt
+from pydantic import ConfigDict, Field, PositiveInt, model_validator
 
 from calibration.errors import ComemInputError
 from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText
@@ -55,7 +55,9 @@ Dtype = Literal["bf16", "fp8"]
 ALL_KINDS: tuple[Kind, ...] = ("fc", "cp", "sm", "kso")
 ALL_DTYPES: tuple[Dtype, ...] = ("bf16", "fp8")
 
-#: the authors' synthetic benchmark (AUTHORS_SETUP.md), the default workload
+#: the authors' synthetic benchmark (AUTHORS_SETUP.md): how a trace or fitted workload's
+#: mean step is priced by the closed form (the default workload itself is the default
+#: experiment's, :data:`sim.paper.DEFAULT_SCENARIO`)
 DEFAULT_WORKLOAD: dict[str, Any] = {
     "kind": "synthetic",
     "steps": 64,
@@ -72,14 +74,19 @@ class PlanSpec(InputModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: left out: the default experiment's agent model (GLM-4.7)
     agent_model: PathText
     memory_model: PathText = "qwen3-4b"
     gpu: PathText = "h200_sxm"
     gpus: int = Field(default=8, ge=1, le=MAX_PLAN_GPUS)
-    agents: PositiveInt = 64
-    #: a scenario file whose ``workload`` the agents run (default: the authors' synthetic
-    #: benchmark); ``agents`` replaces its agent count
+    #: left out: the workload scenario's agent count (the default experiment's: 16)
+    agents: PositiveInt
+    #: a scenario file whose ``workload`` the agents run (default: the default
+    #: experiment's, the authors' synthetic benchmark); ``agents`` replaces its agent count
     workload_scenario: PathText | None = None
+    #: workload fields set on top of the workload scenario's (``--context-tokens`` and
+    #: the other workload flags, mapped by :func:`sim.workload_flags.workload_fields`)
+    workload_set: dict[str, Any] = Field(default_factory=dict)
     steps: PositiveInt | None = None
     objective: Objective = "mean-step"
     #: p99 step latency every chosen deployment must meet, seconds
@@ -104,6 +111,21 @@ class PlanSpec(InputModel):
     #: most resolve-rate points a chosen deployment may lose against full context, at the
     #: pessimistic end of the 95% interval (None: no constraint)
     max_resolve_loss_pp: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_the_default_experiment(cls, data: Any) -> Any:
+        """What the user left out comes from the default experiment (or, for the agent
+        count, from the workload scenario given), so a bare ``comem plan`` plans the
+        experiment ``comem run`` runs."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("agent_model") is None:
+            data["agent_model"] = _default_agent()["model"]
+        if data.get("agents") is None:
+            data["agents"] = scenario_workload(data.get("workload_scenario")).get("agents", 16)
+        return data
 
 
 @dataclass(frozen=True)
@@ -243,26 +265,44 @@ def left_out_kinds(spec: PlanSpec, candidates: list[Candidate]) -> list[str]:
     ]
 
 
+def scenario_workload(path: Any) -> dict[str, Any]:
+    """The ``[workload]`` table of a scenario file (None: the default experiment's)."""
+    from sim.config import read_toml
+    from sim.paper import DEFAULT_SCENARIO
+
+    where = str(path if path is not None else DEFAULT_SCENARIO)
+    data = read_toml(where, "scenario")
+    raw = data.get("workload")
+    if not isinstance(raw, dict) or not raw:
+        got = "" if raw is None else f" (workload is {type(raw).__name__}, not a table)"
+        raise ComemInputError(f"{where}: no [workload] table{got}")
+    return dict(raw)
+
+
+@lru_cache(maxsize=1)
+def _default_agent() -> dict[str, Any]:
+    """The default experiment's CoMem agent engine (its model is plan's default)."""
+    from sim.config import read_toml
+    from sim.paper import DEFAULT_SCENARIO
+
+    archs = read_toml(str(DEFAULT_SCENARIO), "scenario")["architectures"]
+    return dict(next(a for a in archs if a["kind"] != "fc")["agent"])
+
+
 def _workload(spec: PlanSpec) -> dict[str, Any]:
     """The workload table the candidates run, checked by the scenario's own model (a
     field left at its default, a misspelt one or a ``workload`` that is no table is one
     line naming the file, not a KeyError later)."""
-    where = "plan"
-    if spec.workload_scenario is not None:
-        from sim.config import read_toml
+    from sim.paper import DEFAULT_SCENARIO
 
-        where = str(spec.workload_scenario)
-        data = read_toml(spec.workload_scenario, "scenario")
-        raw = data.get("workload")
-        if not isinstance(raw, dict) or not raw:
-            got = "" if raw is None else f" (workload is {type(raw).__name__}, not a table)"
-            raise ComemInputError(f"{where}: no [workload] table{got}")
-        workload = dict(raw)
-    else:
-        workload = dict(DEFAULT_WORKLOAD)
+    where = str(spec.workload_scenario or DEFAULT_SCENARIO)
+    workload = scenario_workload(spec.workload_scenario)
+    workload.update(spec.workload_set)
     workload["agents"] = spec.agents
     if spec.steps is not None:
-        workload["steps"] = spec.steps
+        # a trace or fitted workload cuts its tasks at max_steps
+        kind = workload.get("kind", "synthetic")
+        workload["steps" if kind == "synthetic" else "max_steps"] = spec.steps
     _workload_model(workload, where)
     return workload
 
@@ -704,6 +744,9 @@ def run_plan(
     estimates = estimate(spec, candidates)
     chosen = select(spec, estimates)
     check_cost(spec, chosen)
+    set_total = getattr(on_done, "set_total", None)
+    if set_total is not None:  # the progress bar's total, now known
+        set_total(len(chosen))
     points = out / "points" if out is not None else None
     simulated = confirm(spec, chosen, workers, points, on_done)
     return rank(spec, estimates, simulated), len(candidates)
@@ -824,16 +867,25 @@ def _effectiveness_panel(ax: Any, rows: list[PlanRow]) -> None:
     ax.legend(fontsize=7)
 
 
-def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _gpu_panel(ax: Any, rows: list[PlanRow]) -> None:
+    """Mean step latency against GPUs used, with its Pareto front; where every candidate
+    uses the same GPUs (a GPU axis of one point), each candidate's latency as a bar."""
+    from matplotlib.ticker import MaxNLocator
 
     sim = [r for r in rows if r.simulated]
+    gpus = {r.gpus for r in sim}
+    if len(gpus) <= 1:
+        ordered = sorted(sim, key=lambda r: r.mean_step_s)
+        colors = {"fc": "C0", "cp": "C1", "sm": "C2", "kso": "C3"}
+        ax.barh(range(len(ordered)), [r.mean_step_s for r in ordered],
+                color=[colors[r.candidate["kind"]] for r in ordered])  # fmt: skip
+        ax.set_yticks(range(len(ordered)), [r.label for r in ordered], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_xlabel("mean step latency (s, simulated)")
+        n = next(iter(gpus)) if gpus else 0
+        ax.set_title(f"every candidate uses {n} GPUs: latency per candidate", fontsize=8)
+        return
     front = pareto(rows)
-    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(12, 5))
-    _effectiveness_panel(ax_eff, rows)
     for kind, marker in (("fc", "o"), ("cp", "s"), ("sm", "^"), ("kso", "D")):
         pts = [r for r in sim if r.candidate["kind"] == kind]
         if pts:
@@ -845,10 +897,22 @@ def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
         for r in front:
             ax.annotate(r.label, (r.gpus, r.mean_step_s), fontsize=6, xytext=(4, 4),
                         textcoords="offset points")  # fmt: skip
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # GPUs come whole
     ax.set_xlabel("GPUs used")
     ax.set_ylabel("mean step latency (s, simulated)")
-    fig.suptitle(title, fontsize=9)
     ax.legend(fontsize=8)
+
+
+def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_eff) = plt.subplots(1, 2, figsize=(13, 5.5))
+    _gpu_panel(ax, rows)
+    _effectiveness_panel(ax_eff, rows)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -856,18 +920,97 @@ def pareto_figure(rows: list[PlanRow], path: Path, title: str) -> Path:
     return path
 
 
-def write_scenario(spec: PlanSpec, candidate: dict[str, Any], path: Path) -> Path:
-    """The chosen deployment as a scenario file ``comem run`` takes."""
-    c = Candidate(**candidate)
+def write_scenario(spec: PlanSpec, rows: list[PlanRow], path: Path) -> Path:
+    """The chosen deployment as a scenario file ``comem run`` takes, with the best
+    full-context deployment the plan simulated first as its baseline (so ``comem run``
+    of the file prints the speedup the plan ranked by)."""
+    c = Candidate(**rows[0].candidate)
     data = scenario_dict(spec, c)
     lines = [
         f"# Chosen by comem plan: {c.label}",
         f"# for {spec.agents} agents on {spec.gpus} x {spec.gpu}, objective {spec.objective}",
     ]
+    fc = next(
+        (Candidate(**r.candidate) for r in rows if r.simulated and r.candidate["kind"] == "fc"),
+        None,
+    )
+    if c.kind != "fc" and fc is not None:
+        lines.append(f"# baseline: the best full-context deployment simulated, {fc.label}")
+        data["architectures"] = scenario_dict(spec, fc)["architectures"] + data["architectures"]
+        data["name"] = f"plan: {c.label} vs {fc.label}"
+    elif c.kind != "fc":
+        lines.append("# no full-context deployment was simulated (--kinds): no baseline")
     lines.append(_toml(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def assumptions(spec: PlanSpec) -> list[str]:
+    """What the plan assumed, one line each (printed before its table)."""
+    from sim.describe import workload
+    from sim.paper import DEFAULT_SCENARIO
+
+    source = spec.workload_scenario or f"the default experiment's ({DEFAULT_SCENARIO.name})"
+    model = _workload_model(_workload(spec), str(source))
+    set_text = ", with " + ", ".join(f"{k} = {v}" for k, v in spec.workload_set.items())
+    set_text = set_text if spec.workload_set else ""
+    offload = {(False,): "off", (True,): "on", (False, True): "both", (True, False): "both"}
+    return [
+        f"workload (from {source}{set_text}): {workload(model)}",
+        f"agent {spec.agent_model} on at most {min(spec.gpus, spec.max_gpus or spec.gpus)}"
+        f" x {spec.gpu}, dtypes {' '.join(spec.dtypes)}, max_model_len {spec.max_model_len};"
+        " TP and DP of 1, 2, 4 or 8 within those GPUs, EP where MoE",
+        f"memory model {spec.memory_model} bf16 (TP 1-4 dedicated, or co-located sharing the"
+        f" agent's GPUs: memory split {AGENT_UTIL_COLOCATED} / {MEMORY_UTIL_COLOCATED}),"
+        f" max_model_len {spec.memory_max_model_len}",
+        f"kinds {' '.join(spec.kinds)}; k tried {' '.join(map(str, spec.k_values))}; retain"
+        f" {spec.retain}, lag 1; CPU KV offload {offload[tuple(spec.offload)]}"
+        f" ({spec.offload_gib:g} GiB)",
+        f"resolve rates: full context {spec.baseline_resolve_rate:.0%} on these tasks"
+        f" (assumed), memory-model loss scale {spec.memory_loss_scale:g}",
+    ]
+
+
+def verdict(rows: list[PlanRow]) -> str:
+    """The chosen deployment against the best full-context one simulated, by mean step
+    latency (what ``comem run`` of chosen_scenario.toml prints as its verdict)."""
+    best = rows[0]
+    fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
+    if best.candidate["kind"] == "fc" or fc is None or not best.mean_step_s > 0:
+        return f"verdict: {best.label} (no full-context deployment to compare with)"
+    x = fc.mean_step_s / best.mean_step_s
+    word = "faster" if x >= 1 else "slower"
+    return (
+        f"verdict: {best.label} is {max(x, 1 / x):.2f}x {word} than the best full context"
+        f" ({fc.label}) by mean step latency over its own steps (speedup {x:.2f}x);"
+        " chosen_scenario.toml holds both: comem run it for every metric on the same steps"
+    )
+
+
+def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
+    """The chosen deployment on the edge of what the plan searched: a better one may lie
+    beyond it."""
+    c = Candidate(**rows[0].candidate)
+    out = []
+    ks = sorted(set(spec.k_values))
+    if c.kind != "fc" and len(ks) > 1 and c.k in (ks[0], ks[-1]):
+        side = "largest" if c.k == ks[-1] else "smallest"
+        wider = f"{ks[-1]} {2 * ks[-1]} {4 * ks[-1]}" if c.k == ks[-1] else "1 2"
+        if not (c.k == ks[0] and c.k == 1):
+            out.append(
+                f"the best k ({c.k}) is the {side} tried (--k {' '.join(map(str, ks))}):"
+                f" a better one may lie beyond; try --k {wider}"
+            )
+    limit = min(spec.gpus, spec.max_gpus or spec.gpus)
+    tps = [t for t in (1, 2, 4, 8) if t <= limit]
+    if len(tps) > 1 and c.agent_tp == tps[-1]:
+        why = "the most GPUs allowed" if tps[-1] == limit else "the largest TP the plan tries"
+        out.append(
+            f"the best agent TP ({c.agent_tp}) is on the edge of the search ({why}):"
+            " a larger one may be better"
+        )
+    return out
 
 
 def _toml(data: dict[str, Any]) -> str:

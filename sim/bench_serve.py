@@ -6,8 +6,11 @@ other and can put a simulated result file next to a measured one:
 
 - ``num_prompts`` requests; input and output lengths uniform integers in
   ``[floor(L(1 - r)), ceil(L(1 + r))]`` (``--random-range-ratio`` r, output >= 1),
-  prompts sharing no prefix; every request generates exactly its output length
-  (``--ignore-eos``).
+  prompts sharing no prefix but the ``--random-prefix-len`` tokens every prompt starts
+  with (added to its drawn length; with prefix caching, computed once and then hit);
+  every request generates exactly its output length (``--ignore-eos``).
+- ``--goodput ttft:MS tpot:MS e2el:MS``: ``request_goodput``, the requests per second
+  that met every given objective, as vLLM counts it.
 - Arrivals: ``--request-rate inf`` sends all at once; a finite rate draws gaps from a
   Gamma distribution (shape ``burstiness``, scale ``1 / (rate * burstiness)``; 1 =
   Poisson) and rescales them so the last arrival is at ``num_prompts / rate``.
@@ -33,14 +36,14 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import numpy as np
 import simpy
 from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from calibration import limits
-from calibration.inputs import MAX_SECONDS, InputModel, Tokens
+from calibration.inputs import MAX_SECONDS, InputModel, Tokens, TokensOrZero
 from sim.config import EngineConfig
 from sim.engine import (
     AnyEngine,
@@ -54,6 +57,8 @@ from sim.engine import (
 from sim.metrics import MetricsRecorder
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
+#: a goodput objective: milliseconds, finite and positive
+PositiveMs = Annotated[float, Field(gt=0.0, le=MAX_SECONDS * 1000.0, allow_inf_nan=False)]
 
 
 class BenchServeConfig(InputModel):
@@ -66,6 +71,12 @@ class BenchServeConfig(InputModel):
     random_input_len: Tokens = 1024
     random_output_len: Tokens = 128
     random_range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: tokens every prompt starts with (the same tokens), before its drawn input
+    random_prefix_len: TokensOrZero = 0
+    #: service-level objectives in ms (``--goodput ttft:500``): ``request_goodput``
+    goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveMs] = Field(default_factory=dict)
+    #: the client's --backend, reported as given (what the user asked for)
+    backend: Literal["vllm", "openai", "openai-chat"] = "vllm"
     #: requests per second; ``inf`` sends every request at once
     request_rate: float = Field(default=math.inf, gt=0.0)
     #: the Gamma shape of the gaps (1: Poisson); below 0.01 most gaps are exactly 0.0
@@ -120,7 +131,8 @@ def random_lengths(
         hi = max(lo, math.ceil(mean * (1 + r)))
         return rng.integers(lo, hi + 1, cfg.num_prompts)
 
-    return draw(cfg.random_input_len, 1), draw(cfg.random_output_len, 1)
+    inputs = draw(cfg.random_input_len, 1) + cfg.random_prefix_len
+    return inputs, draw(cfg.random_output_len, 1)
 
 
 def arrival_times(cfg: BenchServeConfig, rng: np.random.Generator) -> np.ndarray:
@@ -261,15 +273,21 @@ def run_bench_serve(
     # without, the scheduler gives one to a request when it is preempted (the same hits,
     # without keying the blocks of requests that never are)
     e = cfg.engine
-    streams = StreamSpace() if e.enable_prefix_caching and e.kv_offloading_size else None
+    shared = e.enable_prefix_caching and cfg.random_prefix_len > 0
+    own = e.enable_prefix_caching and (e.kv_offloading_size or shared)
+    streams = StreamSpace() if own else None
     if e.enable_prefix_caching and streams is None:
         for rank in ranks:
             rank.scheduler.private_streams = StreamSpace()
+    # --random-prefix-len: every prompt's first tokens are one stream's, shared
+    prefix = streams.new() if streams is not None and shared else None
 
     def send(i: int) -> None:
         nonlocal in_flight
         in_flight += 1
-        stream = streams.new() if streams is not None else None
+        stream = None
+        if streams is not None:
+            stream = streams.new(prefix, cfg.random_prefix_len if prefix else 0)
         req = engine.submit(int(inputs[i]), int(outputs[i]), stream, tag=i)
         requests.append(req)
         req.done.callbacks.append(finished)
@@ -411,7 +429,7 @@ def vllm_result(
     tpot = (e2el[multi] - ttft[multi]) / (m_out[multi] - 1)
     itl_values, itl_weights = res.recorder.itl_arrays()
     result: dict[str, Any] = {
-        "backend": "comem-sim",
+        "backend": cfg.backend,
         "model_id": cfg.engine.model,
         "tokenizer_id": None,
         "num_prompts": cfg.num_prompts,
@@ -431,6 +449,7 @@ def vllm_result(
         "max_concurrent_requests": _max_concurrency(res.requests),
         "max_output_tokens_per_s": _max_output_tokens_per_s(res, done, start),
         "closed_loop_start": cfg.closed_loop_start,
+        "random_prefix_len": cfg.random_prefix_len,
         "warmup_requests": warmup,
         "preemptions": res.engine.preemptions,
         "itl_tokens_after_preemption": res.recorder.itl_after_preemption,
@@ -450,6 +469,8 @@ def vllm_result(
             "overhead": _overhead_name(res.engine.latency),
         },
     }
+    if cfg.goodput:
+        result["request_goodput"] = _goodput(cfg, done, duration)
     samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
     qs = (50.0, *percentiles)
     for name in metrics:
@@ -488,6 +509,22 @@ def vllm_result(
         result["start_times"] = [r.arrival_s for r in res.requests]
         result["errors"] = [r.reason for r in res.requests]
     return result
+
+
+def _goodput(cfg: BenchServeConfig, done: list[Request], duration: float) -> float:
+    """Requests per second that met every ``--goodput`` objective (vLLM's
+    ``request_goodput``: over the completed requests and the benchmark's duration; TPOT
+    of a one-token output is 0)."""
+    if duration <= 0:
+        return 0.0
+    good = 0
+    for r in done:
+        ttft = r.first_token_s - r.arrival_s
+        e2el = r.finished_s - r.arrival_s
+        tpot = (e2el - ttft) / (r.generated - 1) if r.generated > 1 else 0.0
+        values = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
+        good += all(values[k] * 1000.0 <= slo for k, slo in cfg.goodput.items())
+    return good / duration
 
 
 def _overhead_name(latency: Any) -> str:
@@ -553,3 +590,86 @@ def _max_output_tokens_per_s(res: BenchServeResult, done: list[Request], t0: flo
         return 0.0
     buckets = np.floor(all_t - t0).astype(np.int64)  # vLLM: int(token_time - first send)
     return float(np.bincount(buckets, weights=all_w).max())
+
+
+#: ``vllm bench serve`` flags that do not change the simulation: flag -> (its nargs:
+#: 0 for a switch, 1 for one value, "*" for several; why it changes nothing). Each is
+#: accepted with this one-line note, so a real command line runs unchanged.
+ACCEPTED_CLIENT_FLAGS: dict[str, tuple[int | str, str]] = {
+    "--host": (1, "nothing is contacted: the server is simulated"),
+    "--port": (1, "nothing is contacted: the server is simulated"),
+    "--base-url": (1, "nothing is contacted: the server is simulated"),
+    "--endpoint": (1, "nothing is contacted: the server is simulated"),
+    "--header": ("*", "nothing is contacted: no HTTP headers are sent"),
+    "--insecure": (0, "nothing is contacted: no TLS"),
+    "--ready-check-timeout-sec": (1, "the simulated server is ready at once"),
+    "--tokenizer": (1, "no tokenizer: prompt lengths are the token counts asked for"),
+    "--tokenizer-mode": (1, "no tokenizer: prompt lengths are the token counts asked for"),
+    "--trust-remote-code": (0, "no tokenizer or model code is loaded"),
+    "--served-model-name": (1, "a name only: the model priced is --model"),
+    "--label": (1, "a name only: it labels the result file"),
+    "--metadata": ("*", "a note only: it is stored in the result file by vLLM"),
+    "--request-id-prefix": (1, "request ids are not simulated"),
+    "--disable-tqdm": (0, "progress goes to stderr; --json prints none"),
+    "--num-warmups": (1, "the simulated server has no cold start to warm up"),
+    "--temperature": (1, "sampling changes no length: every output runs to its length"),
+    "--top-p": (1, "sampling changes no length: every output runs to its length"),
+    "--top-k": (1, "sampling changes no length: every output runs to its length"),
+    "--min-p": (1, "sampling changes no length: every output runs to its length"),
+    "--disable-shuffle": (0, "the random dataset is drawn in order already"),
+}
+
+
+#: ``vllm bench serve`` flags that would change the result and are not simulated: flag ->
+#: (nargs, why). Each is refused with its reason (one line, exit 2), not run wrongly.
+REFUSED_CLIENT_FLAGS: dict[str, tuple[int | str, str]] = {
+    "--ramp-up-strategy": (1, "a request rate that ramps over the run is not simulated"),
+    "--ramp-up-start-rps": (1, "a request rate that ramps over the run is not simulated"),
+    "--ramp-up-end-rps": (1, "a request rate that ramps over the run is not simulated"),
+    "--use-beam-search": (0, "beam search is not simulated"),
+    "--logprobs": (1, "returning logprobs is not priced"),
+    "--dataset-path": (1, "only the random dataset is simulated (--dataset-name random)"),
+    "--lora-modules": ("*", "LoRA adapters are not priced"),
+    "--no-stream": (0, "only streaming requests are simulated"),
+    "--append-result": (0, "--save-result writes a new file; appending is not supported"),
+    "--extra-body": (1, "an extra request body may change the outputs: not simulated"),
+}
+
+
+def refused_flag(given: list[str]) -> str | None:
+    """The one-line refusal of the first refused flag given (None: none given)."""
+    if not given:
+        return None
+    flag = given[0]
+    return (
+        f"{flag}: {REFUSED_CLIENT_FLAGS[flag][1]} (comem bench-serve --help lists the flags taken)"
+    )
+
+
+def accepted_flag_notes(given: list[str]) -> list[str]:
+    """One line per accepted flag the user gave."""
+    return [
+        f"{flag} does not change the simulation ({ACCEPTED_CLIENT_FLAGS[flag][1]})"
+        for flag in given
+    ]
+
+
+def parse_goodput(items: list[str]) -> dict[str, float]:
+    """``--goodput ttft:500 tpot:50``: objectives in ms, as vLLM reads them."""
+    from calibration.errors import ComemInputError
+
+    out: dict[str, float] = {}
+    for item in items:
+        key, sep, value = item.partition(":")
+        if not sep or key not in ("ttft", "tpot", "e2el"):
+            raise ComemInputError(
+                f"--goodput: expected KEY:MILLISECONDS with KEY ttft, tpot or e2el, got {item!r}"
+            )
+        try:
+            ms = float(value)
+        except ValueError:
+            raise ComemInputError(f"--goodput {key}: {value!r} is no number of ms") from None
+        if not (math.isfinite(ms) and ms > 0):
+            raise ComemInputError(f"--goodput {key}: must be a finite number of ms > 0")
+        out[key] = ms
+    return out

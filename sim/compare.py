@@ -167,7 +167,10 @@ METRICS: dict[str, Metric] = {
         ),
     )
 }
-DEFAULT_METRIC = "task"
+#: the verdict's metric wherever one is printed (`comem run`, `explain`, `paper`'s first
+#: column): what an agent waits per step, tools and summary stalls included, as `comem
+#: plan` ranks (its mean-step objective)
+DEFAULT_METRIC = "step"
 #: the metrics in one sentence (``comem run --help``)
 METRICS_HELP = (
     "task = mean task latency, over the tasks both finished; over the steps both ran:"

@@ -27,8 +27,14 @@ from typing import Any
 from calibration.errors import ComemInputError
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "paper"
+#: the default experiment, the one story `make run`, `comem run` without a file, `comem
+#: plan` without a workload and `comem paper` (its first row) all tell: the CoMem
+#: authors' synthetic latency benchmark for GLM-4.7 as AUTHORS_SETUP.md documents it
+#: (16 agents, 64 steps, FC TP8+EP bf16 on 8 H200s vs CoMem with the agent TP4+EP fp8
+#: on GPUs 0-3 and the memory model Qwen3-4B TP4 on GPUs 4-7)
+DEFAULT_SCENARIO = PAPER_DIR / "glm47_synthetic_benchmark__agent_dedicated_tp4.toml"
 #: the metrics of the table, in its column order (sim.compare.METRICS names)
-PAPER_METRICS = ("llm", "total", "llm-index-peak", "task", "makespan")
+PAPER_METRICS = ("step", "llm", "total", "llm-index-peak", "task", "makespan")
 
 
 #: the effectiveness fields a row copies from its architecture's summary
@@ -69,6 +75,13 @@ class PaperRow:
     resolve_rate_delta_pp: float = math.nan
     resolve_rate_delta_pp_low: float = math.nan
     resolve_rate_delta_pp_high: float = math.nan
+    #: what the row ran (sim.describe): full context's deployment, CoMem's (policy and
+    #: deployment), the workload
+    deployment_reference: str = ""
+    deployment: str = ""
+    workload: str = ""
+    #: the default experiment (DEFAULT_SCENARIO)
+    default: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +94,8 @@ def paper_files(directory: str | Path | None = None) -> list[Path]:
     files = sorted(d.glob("*.toml"))
     if not files:
         raise ComemInputError(f"{d}: no scenario (*.toml) files")
-    return files
+    # the default experiment first: the table's first row is the default story
+    return sorted(files, key=lambda f: f.resolve() != DEFAULT_SCENARIO.resolve())
 
 
 #: one scenario run: its file and its --set overrides
@@ -125,6 +139,7 @@ def _run_architecture(path: str, sets: tuple[str, ...], index: int) -> Any:
 
 def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
     """The table rows of one scenario from its architectures' results."""
+    from sim.describe import deployment, policy, workload
     from sim.scenario import ScenarioResult
 
     # the scenario's summary: each architecture's figures and its resolve rate, and
@@ -135,8 +150,9 @@ def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
     ref = comparison["reference"]
     info = scenario.paper
     rows = []
+    ref_config = next((r.config for r in results if r.config.name == ref), None)
     for r in results:
-        if r.config.kind == "fc" or ref is None:
+        if r.config.kind == "fc" or ref is None or ref_config is None:
             continue
         own, base = summaries[r.config.name], summaries[ref]
         rows.append(
@@ -159,6 +175,10 @@ def _rows(path: str, scenario: Any, results: list[Any]) -> list[dict[str, Any]]:
                 ended_early_reference=base["ended_early"],
                 resolve_rate_reference=base["resolve_rate"],
                 **{k: own[k] for k in RESOLVE_KEYS},
+                deployment_reference=deployment(ref_config),
+                deployment=f"{policy(r.config)}; {deployment(r.config)}",
+                workload=workload(scenario.workload),
+                default=Path(path).resolve() == DEFAULT_SCENARIO.resolve(),
             ).to_dict()
         )
     return rows
@@ -230,19 +250,19 @@ def _x(v: float | None) -> str:
 
 
 def table_markdown(rows: list[PaperRow]) -> str:
-    """The table, experiment x variant, as Markdown."""
+    """The table, experiment x variant, as Markdown, then what each row ran."""
     head = (
-        "| experiment | variant | CoMem | "
+        "| # | experiment | variant | CoMem | "
         + " | ".join(f"speedup ({m})" for m in PAPER_METRICS)
         + " | KV peak FC / CoMem | preemptions FC / CoMem | ended early FC / CoMem"
         + " | resolve rate FC / CoMem [95%] | resolve pp vs FC [95%] |"
     )
-    sep = "|" + "---|" * (8 + len(PAPER_METRICS))
+    sep = "|" + "---|" * (9 + len(PAPER_METRICS))
     lines = [head, sep]
-    for r in rows:
+    for i, r in enumerate(rows, 1):
         early = f"{sum(r.ended_early_reference.values())} / {sum(r.ended_early.values())}"
         lines.append(
-            f"| {r.experiment} | {r.variant} | {r.architecture} | "
+            f"| {i}{'*' if r.default else ''} | {r.experiment} | {r.variant} | {r.architecture} | "
             + " | ".join(_x(r.speedup.get(m)) for m in PAPER_METRICS)
             + f" | {r.kv_peak_reference:.0%} / {r.kv_peak:.0%}"
             f" | {r.preemptions_reference} / {r.preemptions} | {early}"
@@ -251,6 +271,21 @@ def table_markdown(rows: list[PaperRow]) -> str:
             f" | {r.resolve_rate_delta_pp:+.1f} [{r.resolve_rate_delta_pp_low:+.1f},"
             f" {r.resolve_rate_delta_pp_high:+.1f}] |"
         )
+    lines.append("")
+    lines.append(
+        "What each row ran (speedup = full context's time over CoMem's; > 1: CoMem faster):"
+    )
+    for i, r in enumerate(rows, 1):
+        mark = (
+            "* the default experiment (`make run`, `comem run`, `comem plan`)" if r.default else ""
+        )
+        lines.append(
+            f"{i}. {r.experiment}, {r.variant}, {r.architecture} [{r.file}]"
+            + (f" {mark}" if mark else "")
+        )
+        lines.append(f"   - workload: {r.workload}")
+        lines.append(f"   - {r.reference}: {r.deployment_reference}")
+        lines.append(f"   - {r.architecture}: {r.deployment}")
     return "\n".join(lines) + "\n"
 
 
@@ -278,27 +313,46 @@ def write_table(rows: list[PaperRow], directory: str | Path) -> list[Path]:
 
 
 def figure(rows: list[PaperRow], path: str | Path) -> Path:
-    """Speedup per metric for every experiment x variant (one group of bars each)."""
+    """Speedup per metric for every experiment x variant (one group of bars each), on a
+    log axis (a 5x peak does not flatten a 1.1x mean); a metric with nothing to compare
+    is marked n/a at its place, the reason in the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    labels = [f"{r.experiment}\n{r.variant}\n{r.architecture}" for r in rows]
+    labels = [
+        f"{i}{'*' if r.default else ''}. {r.experiment}\n{r.variant}" for i, r in enumerate(rows, 1)
+    ]
     x = np.arange(len(rows))
     width = 0.8 / len(PAPER_METRICS)
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(rows) + 3), 5.5))
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.1 * len(rows) + 4), 6.5))
+    missing = False
     for i, m in enumerate(PAPER_METRICS):
+        at = x + (i - (len(PAPER_METRICS) - 1) / 2) * width
         vals = [r.speedup.get(m) for r in rows]
-        ys = [v if v is not None and math.isfinite(v) else 0.0 for v in vals]
-        ax.bar(x + (i - (len(PAPER_METRICS) - 1) / 2) * width, ys, width, label=m)
+        ok = [v is not None and math.isfinite(v) and v > 0 for v in vals]
+        heights = [float(v) for v, good in zip(vals, ok, strict=True) if good and v is not None]
+        ax.bar(at[ok], heights, width, label=m)
+        for xi, good in zip(at, ok, strict=True):
+            if not good:
+                missing = True
+                ax.text(xi, 1.0, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+    ax.set_yscale("log")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(x, labels, fontsize=7)
-    ax.set_ylabel("speedup of CoMem over full context (x)")
-    ax.set_title("The CoMem authors' experiments as they ran them (predicted)")
-    ax.legend(title="metric", fontsize=8)
-    fig.tight_layout()
+    ax.set_xticks(x, labels, fontsize=7, rotation=30, ha="right")
+    ax.set_ylabel("speedup of CoMem over full context (x, log scale; > 1: CoMem faster)")
+    ax.set_title("The CoMem authors' experiments as they ran them (predicted; * = default)")
+    ax.legend(title="metric", fontsize=8, ncols=2)
+    if missing:
+        fig.text(
+            0.01, 0.01,
+            "n/a: nothing to compare by that metric (e.g. task and makespan where every"
+            " full-context task ended early at max_model_len)",
+            fontsize=7,
+        )  # fmt: skip
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=130)

@@ -96,24 +96,14 @@ def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
     )
     total = load.clients * load.requests
     t0 = time.perf_counter()
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from sim.progress import progress as shown
 
-        with Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} requests"),
-            TimeRemainingColumn(),
-            transient=True,
-        ) as bar:
-            task = bar.add_task("simulating", total=total)
-            recorder.on_request = lambda row: bar.advance(task)
-            with simulation_gc():
-                env.run()
-        recorder.on_request = None
-    else:
+    with shown("simulating", "requests", total, progress) as counter:
+        if counter is not None:
+            recorder.on_request = lambda row: counter()
         with simulation_gc():
             env.run()
+    recorder.on_request = None
     return EngineRunResult(run, recorder, engine, time.perf_counter() - t0)
 
 

@@ -441,25 +441,13 @@ def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
     rng = np.random.default_rng(scenario.seed)
     tasks = scenario.workload.tasks(rng)
     check_iterations(scenario, tasks)
-    if not progress:
-        return ScenarioResult(
-            scenario, [run_architecture(scenario, a, tasks) for a in scenario.architectures]
-        )
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    from sim.progress import progress as shown
 
     total = sum(len(own) for own in tasks) * len(scenario.architectures)
     results = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tasks"),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as bar:
-        job = bar.add_task(scenario.name, total=total)
+    with shown(scenario.name, "tasks", total, progress) as counter:
         for arch in scenario.architectures:
-            bar.update(job, description=f"{scenario.name}: {arch.name}")
-            results.append(
-                run_architecture(scenario, arch, tasks, on_task=lambda: bar.advance(job))
-            )
+            if counter is not None:
+                counter.describe(f"{scenario.name}: {arch.name}")
+            results.append(run_architecture(scenario, arch, tasks, on_task=counter))
     return ScenarioResult(scenario, results)

@@ -105,10 +105,20 @@ def _whole(value: Any, low: int) -> bool:
 SWEEP_KEYS = ("base", "grid", "set", "seeds", "seed", "description")
 
 
-def load_sweep(path: str | Path) -> Sweep:
+def base_path(path: str | Path) -> Path:
+    """The base scenario file a sweep file names (its ``base``, relative to it)."""
+    p = Path(path)
+    base = read_toml(p, "sweep").get("base")
+    if not isinstance(base, str) or not base.strip() or "\x00" in base:
+        raise ComemInputError(f"{p.name}: 'base' must name a scenario file, got {base!r}")
+    return (p.parent / base).resolve()
+
+
+def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
     """Read a sweep file and resolve (validate) every point before anything runs: its
     size and every point's cost are checked (:mod:`calibration.limits`) before the
-    points are made."""
+    points are made. ``extra_sets``: overrides after the file's ``[set]`` (the
+    command line's workload flags), before each point's grid values."""
     p = Path(path)
     data = read_toml(p, "sweep")
     where = p.name
@@ -143,6 +153,7 @@ def load_sweep(path: str | Path) -> Sweep:
             if not key.strip() or "=" in key:
                 raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
     fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
+    fixed += extra_sets or []
     names = list(grid)
     values = [_grid_values(n, grid[n], where) for n in names]
     limits.check(
@@ -368,3 +379,108 @@ def run_sweep(
         if on_point is not None:
             on_point(done, total)
     return collect(sweep, out)
+
+
+def _axes(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("grid.")]
+
+
+def _on_edge(value: Any, values: list[Any]) -> bool:
+    """A value at the smallest or largest of a numeric axis (the grid cannot say what
+    lies beyond it)."""
+    numeric = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return len(numeric) == len(values) >= 2 and value in (min(numeric), max(numeric))
+
+
+def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
+    """What a sweep answers, per grid point and CoMem-style architecture: the speedup
+    over full context by ``metric`` and the resolve-rate change (means over seeds); the
+    best k per point of the other axes where the grid has a k axis; and the winner, with
+    the axes on whose edge it sits."""
+    col = f"speedup_{metric.replace('-', '_')}"
+    ok = table[(table["error"].fillna("") == "") & (table["kind"] != "fc")] if len(table) else table
+    axes = _axes(table)
+    if not len(ok) or col not in ok.columns:
+        return {"metric": metric, "rows": [], "best_k": [], "winner": None}
+    means = (
+        ok.groupby(["point", "architecture", *axes], dropna=False, sort=True)[
+            [col, "resolve_rate_delta_pp"]
+        ]
+        .mean()
+        .reset_index()
+        .rename(columns={col: "speedup"})
+    )
+    values = {a: sorted(table[a].dropna().unique().tolist()) for a in axes}
+    rows = means.to_dict("records")
+    best_k: list[dict[str, Any]] = []
+    k_axis = next((a for a in axes if a.endswith(".k")), None)
+    if k_axis is not None:
+        others = [a for a in axes if a != k_axis]
+        for _, group in means.groupby(["architecture", *others], dropna=False, sort=True):
+            top: dict[str, Any] = {
+                str(k): v for k, v in group.sort_values("speedup", ascending=False).iloc[0].items()
+            }
+            top["edge"] = _on_edge(top[k_axis], values[k_axis])
+            best_k.append(top)
+    finite = means[means["speedup"].notna()]
+    winner = None
+    if len(finite):
+        winner = finite.sort_values("speedup", ascending=False).iloc[0].to_dict()
+        winner["edge"] = [a[len("grid.") :] for a in axes if _on_edge(winner[a], values[a])]
+    return {"metric": metric, "axes": axes, "rows": rows, "best_k": best_k, "winner": winner}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:g}"
+    return str(value)
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """The summary as short Markdown tables (a ``*`` marks a best k on its grid's edge)."""
+    axes = result.get("axes", [])
+    names = [a[len("grid.") :] for a in axes]
+    lines = [
+        f"speedup = full context's mean over CoMem's by {result['metric']} (> 1: CoMem"
+        " faster); resolve pp = resolve-rate change against full context",
+        "",
+        "| point | " + " | ".join(names) + " | architecture | speedup | resolve pp |",
+        "|---" * (len(names) + 4) + "|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['point']} | " + " | ".join(_fmt(r[a]) for a in axes)
+            + f" | {r['architecture']} | {_x(r['speedup'])} | {r['resolve_rate_delta_pp']:+.1f} |"
+        )  # fmt: skip
+    if result["best_k"]:
+        k_axis = next(a for a in axes if a.endswith(".k"))
+        others = [a for a in axes if a != k_axis]
+        lines += [
+            "",
+            "best k per point of the other axes (* = on the edge of the k grid: a better k"
+            " may lie beyond it)",
+            "",
+            "| " + " | ".join(a[len("grid.") :] for a in others) + " | architecture | best k"
+            " | speedup | resolve pp |",
+            "|---" * (len(others) + 4) + "|",
+        ]
+        for r in result["best_k"]:
+            lines.append(
+                "| " + " | ".join(_fmt(r[a]) for a in others)
+                + f" | {r['architecture']} | {_fmt(r[k_axis])}{'*' if r['edge'] else ''}"
+                f" | {_x(r['speedup'])} | {r['resolve_rate_delta_pp']:+.1f} |"
+            )  # fmt: skip
+    w = result["winner"]
+    if w is not None:
+        at = ", ".join(f"{a[len('grid.') :]}={_fmt(w[a])}" for a in axes)
+        edge = (
+            f"; on the edge of the grid in {', '.join(w['edge'])}: widen it to see past it"
+            if w["edge"]
+            else ""
+        )
+        lines += ["", f"winner: {w['architecture']} at {at}, {_x(w['speedup'])}{edge}"]
+    return "\n".join(lines) + "\n"
+
+
+def _x(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}x"

@@ -233,3 +233,72 @@ def test_per_second_peaks_count_every_token_and_request():
     seconds = math.floor(out["duration"]) + 1
     total = out["total_output_tokens"]
     assert total / seconds <= out["max_output_tokens_per_s"] <= total
+
+
+def _bench(*flags: str) -> tuple[dict, str]:
+    args = ["bench-serve", "--model", "llama-3-8b", "--num-prompts", "64",
+            "--max-concurrency", "8", "--random-input-len", "512", "--random-output-len",
+            "32", "--json", *flags]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "comem", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_bench_serve_accepts_vllm_client_flags_with_a_note_and_the_same_result():
+    plain, quiet = _bench()
+    flags = ["--trust-remote-code", "--disable-tqdm", "--served-model-name", "m",
+             "--label", "run1", "--temperature", "0.7", "--header", "a=b", "c=d",
+             "--host", "h", "--port", "1"]  # fmt: skip
+    same, notes = _bench(*flags)
+    assert same == plain and quiet == ""
+    lines = notes.strip().splitlines()
+    named = [f for f in flags if f.startswith("--")]
+    assert len(lines) == len(named)
+    for flag in named:
+        note = f"comem bench-serve: note: {flag} does not change the simulation ("
+        assert sum(line.startswith(note) for line in lines) == 1, flag
+    assert plain["backend"] == "vllm" and _bench("--backend", "openai-chat")[0]["backend"] == (
+        "openai-chat"
+    )
+
+
+def test_bench_serve_prices_goodput_and_a_shared_prefix():
+    loose, _ = _bench("--goodput", "ttft:1e9", "e2el:1e9")
+    assert loose["request_goodput"] == pytest.approx(loose["request_throughput"])
+    tight, _ = _bench("--goodput", "ttft:0.001")
+    assert tight["request_goodput"] == 0.0
+    varied = ("--random-range-ratio", "0.5", "--save-detailed")
+    detail, _ = _bench(*varied, "--goodput", "ttft:1e9")
+    cut = 1000 * float(np.median(detail["ttfts"]))
+    half, _ = _bench(*varied, "--goodput", f"ttft:{cut}")
+    good = sum(1000 * t <= cut for t in detail["ttfts"])
+    assert 0 < good < 64 and half["request_goodput"] == pytest.approx(good / half["duration"])
+    cached, _ = _bench("--random-prefix-len", "2048")
+    uncached, _ = _bench("--random-prefix-len", "2048", "--no-enable-prefix-caching")
+    plain, _ = _bench()
+    assert cached["total_input_tokens"] == 64 * (512 + 2048) == uncached["total_input_tokens"]
+    # the shared prefix is computed once: first tokens come as fast as without a prefix,
+    # far faster than recomputing it for every request
+    assert cached["mean_ttft_ms"] < 0.6 * uncached["mean_ttft_ms"]
+    assert cached["mean_ttft_ms"] < 1.25 * plain["mean_ttft_ms"]
+
+
+def test_bench_serve_unknown_flag_points_at_its_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b", "--ramp-up-x"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "--ramp-up-x" in proc.stderr and "see 'comem bench-serve --help'" in proc.stderr
+    ramp = subprocess.run(
+        [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b",
+         "--ramp-up-strategy", "linear"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ramp.returncode == 2 and len(ramp.stderr.splitlines()) == 1
+    assert "--ramp-up-strategy" in ramp.stderr and "not simulated" in ramp.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "comem", "bench-serve", "--model", "llama-3-8b", "--goodput",
+         "ttfx:3"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--goodput" in bad.stderr and "Traceback" not in bad.stderr

@@ -415,7 +415,7 @@ def test_run_flags_tasks_that_ended_early_and_does_not_count_them_as_wins() -> N
     assert metrics["llm"]["compared"]["KSO"] == 2 * 5
     assert metrics["llm"]["speedup"]["KSO"] > 0
     assert "KSO: 2 of 2 tasks ended early (context_exceeded 2)" in proc.stderr
-    table = run_comem("run", GLM, *SMALL, *cut)
+    table = run_comem("run", GLM, *SMALL, *cut, "--metric", "task")
     assert table.returncode == 0, table.stderr
     row = next(line for line in table.stdout.splitlines() if "KSO!" in line)
     assert "2 ctx" in row and "x" not in row.split("│")[4]  # speedup cell: "-"
@@ -434,7 +434,7 @@ def test_run_where_every_prompt_is_too_long_prints_honest_output() -> None:
     assert kso["mean_task_latency_s"] is None  # nothing to average: null, not NaN
     for metric in data["comparison"]["metrics"].values():
         assert metric["speedup"]["KSO"] is None
-    assert "no speedup by mean task latency" in proc.stderr
+    assert "no speedup by mean step latency" in proc.stderr  # the default metric
     table = run_comem("run", GLM, *SMALL, *cut)
     assert table.returncode == 0 and "KSO!" in table.stdout, table.stderr
 
@@ -472,7 +472,7 @@ def test_run_table_fits_the_terminal_and_explains_every_column() -> None:
     assert "preempt" in wide.stdout.split("arch:")[0]
     legend = wide.stdout.split("arch:")[1]
     for name in ("done:", "early:", "task s:", "uncached tok:", "KV peak:", "preempt:",
-                 "llm s:", "total s:", "speedup (task):"):  # fmt: skip
+                 "llm s:", "total s:", "speedup (step):"):  # fmt: skip
         assert name in legend, name
     assert "mean per step" in legend and "agent and memory engines summed" in legend
 
@@ -486,7 +486,7 @@ def test_run_metric_picks_the_speedup_column() -> None:
     assert "speedup (llm): FC's mean llm_exec_time per step" in words(proc.stdout)
     assert "steps both ran" in words(proc.stdout)
     helptext = words(run_comem("run", "--help").stdout)
-    assert "(default: task)" in helptext and "makespan per completed task" in helptext
+    assert "(default: step)" in helptext and "makespan per completed task" in helptext
     data = strict_json(run_comem("run", GLM, *SMALL, "--json").stdout)
     assert set(data["comparison"]["metrics"]) == {
         "task", "step", "llm", "total", "llm-index", "llm-index-peak", "makespan",

@@ -68,7 +68,11 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     out = json.loads(proc.stdout)
     assert out["chosen"] == out["rows"][0]["label"]
     scenario = load_scenario(tmp_path / "chosen_scenario.toml")
-    assert scenario.architectures[0].kind == out["rows"][0]["candidate"]["kind"]
+    chosen = out["rows"][0]["candidate"]["kind"]
+    assert scenario.architectures[-1].kind == chosen
+    if chosen != "fc":  # the full-context baseline comes with it
+        assert [a.kind for a in scenario.architectures] == ["fc", chosen]
+    assert out["assumptions"] and "workload" in out["assumptions"][0]
     assert (tmp_path / "pareto.png").is_file()
     # resumable: a second run reuses the simulated points
     points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))

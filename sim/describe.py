@@ -1,0 +1,147 @@
+"""One line each for what a result depends on: the deployment behind an architecture
+(GPUs, TP / EP / DP, dtype, where the memory model runs, CPU offload) and the workload
+(tokens per step, context cap, k, retain). Every command that prints a verdict prints
+these, so two answers can be told apart at a glance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def engine_layout(engine: Any) -> str:
+    """``glm-4.7 fp8 TP4+EP`` (``xDP2`` with data parallelism)."""
+    lay = f"TP{engine.tp}"
+    if engine.data_parallel_size > 1:
+        lay += f"xDP{engine.data_parallel_size}"
+    if engine.enable_expert_parallel:
+        lay += "+EP"
+    return f"{engine.model} {engine.dtype} {lay}"
+
+
+def engine_gpus(engine: Any) -> int:
+    return int(engine.tp * engine.data_parallel_size)
+
+
+def architecture_gpus(arch: Any) -> int:
+    """GPUs an architecture uses: the agent's, plus the memory model's unless it shares
+    the agent's GPUs (the same ``gpu_group``)."""
+    n = engine_gpus(arch.agent)
+    memory = arch.memory
+    if memory is not None and not _shared(arch):
+        n += engine_gpus(memory)
+    return n
+
+
+def _shared(arch: Any) -> bool:
+    memory = arch.memory
+    return bool(
+        memory is not None and memory.gpu_group and memory.gpu_group == arch.agent.gpu_group
+    )
+
+
+def _offload(engine: Any) -> str:
+    size = engine.kv_offloading_size
+    return f", CPU KV offload {size:g} GiB" if size else ""
+
+
+def deployment(arch: Any) -> str:
+    """Where an architecture runs, in one line."""
+    agent = arch.agent
+    text = (
+        f"{architecture_gpus(arch)} x {agent.gpu}: agent {engine_layout(agent)}"
+        f" (max_model_len {agent.max_model_len}{_offload(agent)})"
+    )
+    memory = arch.memory
+    if memory is not None:
+        where = (
+            "sharing the agent's GPUs" if _shared(arch) else f"on {engine_gpus(memory)} own GPUs"
+        )
+        text += (
+            f"; memory {engine_layout(memory)} {where}"
+            f" (max_model_len {memory.max_model_len}{_offload(memory)})"
+        )
+    return text
+
+
+def policy(arch: Any) -> str:
+    """The context policy's parameters that matter for its kind."""
+    kind = arch.kind
+    if kind == "fc":
+        return "fc: the whole history"
+    if kind == "kso-authors":
+        return f"kso-authors: retain {arch.retain} (the authors' R; summary every R steps)"
+    if kind in ("kso", "kso-adaptive"):
+        return f"{kind}: k {arch.k}, lag {arch.lag}, retain {arch.retain}"
+    return f"{kind}: k {arch.k}, retain {arch.retain}"
+
+
+def workload(w: Any) -> str:
+    """The workload in the terms a user thinks in (tokens per step, steps, tools)."""
+    head = f"{w.agents} agents x {w.tasks_per_agent} task(s), {w.arrivals}"
+    if w.kind != "synthetic":
+        return f"{head}; {w.kind} workload; summaries {w.summary_tokens} tokens"
+    first = w.first_observation_tokens
+    first_text = "" if first is None else f" (first {first})"
+    pad = f"; prompts padded to {w.input_target_tokens}" if w.input_target_tokens else ""
+    return (
+        f"{head}; {w.steps} steps; system {w.system_tokens} tokens, per step"
+        f" observation {w.observation_tokens}{first_text} + decoded {w.action_tokens} tokens,"
+        f" tool {w.tool_s:g} s ({w.tool_s_dist}); mean full-context prompt"
+        f" {mean_context_tokens(w):,.0f} tokens; summaries {w.summary_tokens} tokens{pad}"
+    )
+
+
+def mean_context_tokens(w: Any) -> float:
+    """The mean prompt a full-context agent reads over a synthetic task (uncapped):
+    system + the first observation, then each step adds an action and an observation."""
+    first = (
+        w.observation_tokens if w.first_observation_tokens is None else w.first_observation_tokens
+    )
+    per_step = w.observation_tokens + w.action_tokens
+    return float(w.system_tokens + first + (w.steps - 1) / 2 * per_step)
+
+
+def scenario_lines(scenario: Any) -> list[str]:
+    """The workload, then one line per architecture: policy and deployment."""
+    lines = [f"workload: {workload(scenario.workload)}"]
+    for arch in scenario.architectures:
+        lines.append(f"{arch.name}: {policy(arch)}; {deployment(arch)}")
+    return lines
+
+
+def scenario_description(scenario: Any) -> dict[str, Any]:
+    """The same, as JSON fields."""
+    return {
+        "workload": workload(scenario.workload),
+        "architectures": {
+            a.name: {"policy": policy(a), "deployment": deployment(a), "gpus": architecture_gpus(a)}
+            for a in scenario.architectures
+        },
+    }
+
+
+def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
+    """'CoMem is 1.29x faster than FC by mean step latency' for every architecture
+    against the reference (a :meth:`sim.scenario.ScenarioResult.summary`)."""
+    comparison = summary["comparison"]
+    ref = comparison["reference"]
+    if ref is None:
+        return []
+    chosen = comparison["metrics"][metric]
+    lines = []
+    for name, value in chosen["speedup"].items():
+        if name == ref:
+            continue
+        if value is None:
+            lines.append(f"verdict: {name} vs {ref}: no {chosen['label']} to compare")
+            continue
+        word = "faster" if value >= 1.0 else "slower"
+        times = value if value >= 1.0 else 1.0 / value
+        pp = summary["architectures"].get(name, {}).get("resolve_rate_delta_pp")
+        resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp"
+        lines.append(
+            f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
+            f" (speedup {value:.2f}x{resolve})"
+        )
+    return lines
