@@ -876,8 +876,8 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
 _DTYPE_HELP = (
     "weights: bf16, fp8, fp4 (NVFP4), int4 or mxfp4 (weight-only routed experts) [auto: the"
     " checkpoint's, as vLLM loads it: from its config.json's quantization_config (fp8, ModelOpt"
-    " NVFP4, compressed-tensors int4, mxfp4) or, without a config, an FP8 / NVFP4 part of its"
-    " name; else bf16]"
+    " or compressed-tensors NVFP4, compressed-tensors / AWQ / GPTQ int4, mxfp4; others are"
+    " refused) or, without a config, an FP8 / NVFP4 part of its name; else bf16]"
 )
 
 
