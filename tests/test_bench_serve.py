@@ -245,6 +245,7 @@ def _bench(*flags: str) -> tuple[dict, str]:
     return json.loads(proc.stdout), proc.stderr
 
 
+@pytest.mark.slow
 def test_bench_serve_accepts_vllm_client_flags_with_a_note_and_the_same_result():
     plain, quiet = _bench()
     flags = ["--trust-remote-code", "--disable-tqdm", "--served-model-name", "m",
@@ -263,6 +264,7 @@ def test_bench_serve_accepts_vllm_client_flags_with_a_note_and_the_same_result()
     )
 
 
+@pytest.mark.slow
 def test_bench_serve_prices_goodput_and_a_shared_prefix():
     loose, _ = _bench("--goodput", "ttft:1e9", "e2el:1e9")
     assert loose["request_goodput"] == pytest.approx(loose["request_throughput"])

@@ -39,6 +39,7 @@ def test_make_run_comem_run_plan_and_paper_name_one_default_experiment() -> None
         assert workload[key] == value, key
 
 
+@pytest.mark.slow
 def test_comem_run_without_a_file_runs_the_default_and_names_its_deployments() -> None:
     proc = run_comem("run", *TINY, env={"COLUMNS": "200"})
     assert proc.returncode == 0, proc.stderr
@@ -116,6 +117,7 @@ def test_run_flags_print_the_mapping_and_change_the_workload() -> None:
     assert "3 steps" in proc.stdout and "decoded 300 tokens, tool 2 s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_progress_is_plain_lines_off_a_terminal() -> None:
     proc = run_comem("run", *TINY)  # stderr is a pipe here
     lines = [ln for ln in proc.stderr.splitlines() if " tasks, " in ln]
@@ -164,6 +166,7 @@ def test_explain_lists_the_inputs_that_differ_and_moves_each() -> None:
     assert explain(a, a, "step")["inputs"] == []
 
 
+@pytest.mark.slow
 def test_explain_on_the_paper_rows_finds_the_placement_and_reads_run_dirs(tmp_path) -> None:
     from sim.explain import differing_inputs, load_side
 
@@ -256,6 +259,7 @@ def test_paper_figure_marks_missing_bars_on_a_log_axis(tmp_path: Path, monkeypat
     assert any("n/a: nothing to compare" in t.get_text() for t in saved["fig"].texts)
 
 
+@pytest.mark.slow
 def test_plan_takes_the_workload_flags_and_prints_its_assumptions(tmp_path: Path) -> None:
     args = ["plan", "--agent-model", "llama-3-8b", "--gpu", "h100_sxm", "--gpus", "2",
             "--agents", "4", "--context-tokens", "3000", "--decode-tokens", "100",

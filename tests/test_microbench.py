@@ -171,6 +171,7 @@ def test_without_torch_one_line_exit_2(tmp_path: Path) -> None:
 
 
 @needs_torch
+@pytest.mark.slow
 def test_cuda_without_a_gpu_is_one_line(tmp_path: Path) -> None:
     import torch
 

@@ -132,6 +132,7 @@ def test_the_mtp_layers_kv_shrinks_the_cache_by_their_share() -> None:
     assert eng.total_blocks < eng0.total_blocks
 
 
+@pytest.mark.slow
 def test_bench_serve_speculative_config_as_vllm_takes_it() -> None:
     from cli_helpers import assert_user_error, run_comem
 
