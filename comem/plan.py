@@ -995,22 +995,37 @@ def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
     out = []
     ks = sorted(set(spec.k_values))
     if c.kind != "fc" and len(ks) > 1 and c.k in (ks[0], ks[-1]):
-        side = "largest" if c.k == ks[-1] else "smallest"
-        wider = f"{ks[-1]} {2 * ks[-1]} {4 * ks[-1]}" if c.k == ks[-1] else "1 2"
-        if not (c.k == ks[0] and c.k == 1):
+        hint = _k_hint(c.k, c.k == ks[-1], spec.steps)
+        if hint:
+            side = "largest" if c.k == ks[-1] else "smallest"
             out.append(
                 f"the best k ({c.k}) is the {side} tried (--k {' '.join(map(str, ks))}):"
-                f" a better one may lie beyond; try --k {wider}"
+                f" a better one may lie beyond; {hint}"
             )
+    # the agent TP at the user's own GPU budget (--gpus / --max-gpus) is their choice,
+    # not an edge of the search; at the largest TP the plan tries it is
     limit = min(spec.gpus, spec.max_gpus or spec.gpus)
     tps = [t for t in (1, 2, 4, 8) if t <= limit]
-    if len(tps) > 1 and c.agent_tp == tps[-1]:
-        why = "the most GPUs allowed" if tps[-1] == limit else "the largest TP the plan tries"
+    if len(tps) > 1 and c.agent_tp == tps[-1] and tps[-1] < limit:
         out.append(
-            f"the best agent TP ({c.agent_tp}) is on the edge of the search ({why}):"
-            " a larger one may be better"
+            f"the best agent TP ({c.agent_tp}) is the largest the plan tries, with"
+            f" {limit} GPUs allowed: a larger deployment may be better"
         )
     return out
+
+
+def _k_hint(k: int, largest: bool, steps: int | None) -> str:
+    """Which k to try next: the neighbours beyond the edge (never 0, and never a k of a
+    task's whole length or more, which would never summarize); '' when there are none."""
+    if largest:
+        beyond = [k + k // 2, 2 * k]
+        beyond = [x for x in beyond if steps is None or x < steps]
+    else:
+        beyond = [x for x in (k // 2, (3 * k) // 4) if x >= 1]
+    beyond = sorted(set(beyond) - {k})
+    if not beyond:
+        return ""
+    return f"try --k {' '.join(map(str, sorted({*beyond, k})))}"
 
 
 def _toml(data: dict[str, Any]) -> str:

@@ -121,9 +121,22 @@ def scenario_description(scenario: Any) -> dict[str, Any]:
     }
 
 
+def unfinished(summary: dict[str, Any], name: str) -> str | None:
+    """'FC finished 0 of 16 tasks (context_exceeded 16)' when some of an architecture's
+    tasks ended early (its steps then cover part of the work), else None."""
+    arch = summary["architectures"].get(name, {})
+    total, done = arch.get("tasks"), arch.get("tasks_finished")
+    if not total or done is None or done >= total:
+        return None
+    why = ", ".join(f"{k} {v}" for k, v in sorted((arch.get("ended_early") or {}).items()))
+    return f"{name} finished {done} of {total} tasks" + (f" ({why})" if why else "")
+
+
 def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
     """'CoMem is 1.29x faster than FC by mean step latency' for every architecture
-    against the reference (a :meth:`sim.scenario.ScenarioResult.summary`)."""
+    against the reference (a :meth:`sim.scenario.ScenarioResult.summary`), with the
+    tasks either side did not finish: a side whose tasks ended early (a prompt past
+    max_model_len) was timed over part of the work, which the verdict must say."""
     comparison = summary["comparison"]
     ref = comparison["reference"]
     if ref is None:
@@ -140,8 +153,10 @@ def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
         times = value if value >= 1.0 else 1.0 / value
         pp = summary["architectures"].get(name, {}).get("resolve_rate_delta_pp")
         resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp"
+        partial = [u for u in (unfinished(summary, ref), unfinished(summary, name)) if u]
+        caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""
         lines.append(
             f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
-            f" (speedup {value:.2f}x{resolve})"
+            f" (speedup {value:.2f}x{resolve}){caveat}"
         )
     return lines

@@ -213,6 +213,18 @@ def _placement_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
     return [Input("CoMem: placement", shown(pa), shown(pb), apply)]
 
 
+def _policy_text(arch: dict[str, Any], keys: list[str]) -> str:
+    """'kind kso-authors, retain 3': the kind and those of ``keys`` its kind has (a
+    field another kind refuses, such as k for kso-authors, is not shown at its default)."""
+    from sim.policy import POLICIES
+
+    refused = set(getattr(POLICIES.get(arch["kind"]), "_NOT_THEIRS", ()))
+    own = [k for k in keys if k not in refused]
+    return ", ".join(
+        [f"kind {arch['kind']}", *(f"{k} {_show(arch.get(k, _policy_default(k)))}" for k in own)]
+    )
+
+
 def _policy_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
     """CoMem's policy fields one by one; the whole policy at once where the kinds
     differ (a kind's fields do not carry over to another kind)."""
@@ -227,15 +239,7 @@ def _policy_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
             arch.clear()
             arch.update({**keep, **copy.deepcopy(policy)})
 
-        shown = ["kind", *diff]
-        return [
-            Input(
-                "CoMem: policy",
-                ", ".join(f"{k} {_show(ca.get(k, _policy_default(k)))}" for k in shown),
-                ", ".join(f"{k} {_show(cb.get(k, _policy_default(k)))}" for k in shown),
-                apply,
-            )
-        ]
+        return [Input("CoMem: policy", _policy_text(ca, diff), _policy_text(cb, diff), apply)]
     return [
         Input(
             f"CoMem: {k}",
@@ -259,12 +263,16 @@ def verdict(data: dict[str, Any], metric: str) -> dict[str, Any]:
     try:
         scenario = scenario_from(copy.deepcopy(data), [], "explain")
     except ComemInputError as exc:
-        return {"speedup": None, "resolve_pp": None, "error": str(exc)}
+        return {"speedup": None, "resolve_pp": None, "error": str(exc), "partial": []}
+    from sim.describe import unfinished
+
     summary = run_scenario(scenario).summary()
     name = scenario.architectures[1].name
     speedup = summary["comparison"]["metrics"][metric]["speedup"].get(name)
     pp = summary["architectures"][name].get("resolve_rate_delta_pp")
-    return {"speedup": speedup, "resolve_pp": pp, "error": None}
+    # a side whose tasks ended early was timed over part of the work: said beside the number
+    partial = [u for u in (unfinished(summary, a.name) for a in scenario.architectures) if u]
+    return {"speedup": speedup, "resolve_pp": pp, "error": None, "partial": partial}
 
 
 def _run_one(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
@@ -341,8 +349,10 @@ def _run_all(
     return out
 
 
-def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+def _x(v: float | None, partial: list[str] | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}x" + (f" (partial: {'; '.join(partial)})" if partial else "")
 
 
 def _pp(v: float | None) -> str:
@@ -358,9 +368,9 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
     lines = [
         f"Verdict: speedup of CoMem over full context by {label} (> 1: CoMem faster).",
         f"- {a_name} = {a['source']} ({a['architectures'][1]} vs {a['architectures'][0]}):"
-        f" {_x(a['speedup'])}, resolve {_pp(a['resolve_pp'])} pp",
+        f" {_x(a['speedup'], a.get('partial'))}, resolve {_pp(a['resolve_pp'])} pp",
         f"- {b_name} = {b['source']} ({b['architectures'][1]} vs {b['architectures'][0]}):"
-        f" {_x(b['speedup'])}, resolve {_pp(b['resolve_pp'])} pp",
+        f" {_x(b['speedup'], b.get('partial'))}, resolve {_pp(b['resolve_pp'])} pp",
         "",
         f"| input | {a_name} | {b_name} | {a_name} with this from {b_name} | moves the"
         f" verdict | resolve pp |",
@@ -368,7 +378,11 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
     ]
     for r in result["inputs"]:
         moved = "-" if r["moves"] is None else f"x{r['moves']:.2f}"
-        cell = _x(r["speedup"]) if r["error"] is None else f"cannot run alone: {r['error']}"
+        cell = (
+            _x(r["speedup"], r.get("partial"))
+            if r["error"] is None
+            else f"cannot run alone: {r['error']}"
+        )
         lines.append(
             f"| {r['input']} | {r['a']} | {r['b']} | {cell} | {moved} | {_pp(r['resolve_pp'])} |"
         )

@@ -140,8 +140,18 @@ def test_plan_warns_on_the_edge_and_writes_the_baseline(tmp_path: Path) -> None:
     kso = Candidate("kso", 4, 1, "bf16", False, 4, "co-located", 4, False)
     fc = Candidate("fc", 2, 1, "bf16", False, 0, "none", 1, False)
     notes = edge_warnings(spec, [row(kso, 1.0), row(fc, 3.0)])
-    assert any("best k (4) is the largest tried" in n for n in notes)
-    assert any("best agent TP (4) is on the edge" in n for n in notes)
+    assert any("best k (4) is the largest tried" in n and "try --k 4 6 8" in n for n in notes)
+    # TP 4 on the 4 GPUs allowed is the user's budget, not an edge of the search
+    assert not any("agent TP" in n for n in notes)
+    wide = spec.model_copy(update={"gpus": 16})
+    tp8 = Candidate("kso", 8, 1, "bf16", False, 8, "co-located", 4, False)
+    assert any("best agent TP (8) is the largest" in n for n in edge_warnings(wide, [row(tp8, 1)]))
+    # past the task's length a k never summarizes: no k to suggest, no warning
+    short = spec.model_copy(update={"steps": 6})
+    assert not any("best k" in n for n in edge_warnings(short, [row(kso, 1.0)]))
+    smallest = spec.model_copy(update={"k_values": [4, 8]})
+    (hint,) = [n for n in edge_warnings(smallest, [row(kso, 1.0)]) if "best k" in n]
+    assert "smallest tried" in hint and "try --k 2 3 4" in hint
     middle = Candidate("kso", 2, 1, "bf16", False, 2, "co-located", 2, False)
     assert not any("best k" in n for n in edge_warnings(spec.model_copy(
         update={"k_values": [1, 2, 4]}), [row(middle, 1.0)]))  # fmt: skip
@@ -286,3 +296,36 @@ def test_the_why_page_maps_the_question_as_the_workload_flags_do() -> None:
     for path, sets in ((DEFAULT, DEFAULT_SETS), (OLD, USER_SETS)):
         fields, _ = workload_fields(read_toml(ROOT / path, "scenario")["workload"], flags)
         assert as_sets(fields) == sets, path
+
+
+def test_verdict_says_when_a_side_finished_only_part_of_its_tasks() -> None:
+    """A side whose tasks ended early (prompt past max_model_len) was timed over part of
+    the work: the verdict line says so, beside the number."""
+    from sim.describe import verdict_lines
+
+    summary = {
+        "comparison": {
+            "reference": "FC",
+            "metrics": {"step": {"label": "mean step latency", "speedup": {"CoMem": 1.29}}},
+        },
+        "architectures": {
+            "FC": {"tasks": 16, "tasks_finished": 0, "ended_early": {"context_exceeded": 16}},
+            "CoMem": {"tasks": 16, "tasks_finished": 16, "resolve_rate_delta_pp": 42.1},
+        },
+    }
+    (line,) = verdict_lines(summary, "step")
+    assert "1.29x faster than FC" in line
+    assert line.endswith("over partial work: FC finished 0 of 16 tasks (context_exceeded 16)")
+    summary["architectures"]["FC"].update(tasks_finished=16, ended_early={})
+    (line,) = verdict_lines(summary, "step")
+    assert "partial" not in line
+
+
+def test_explain_shows_a_policy_by_the_fields_its_kind_has() -> None:
+    """kso-authors has no k: its side of a policy row never shows one."""
+    from sim.explain import _policy_text
+
+    assert _policy_text({"kind": "kso-authors", "retain": 3}, ["k", "retain"]) == (
+        "kind kso-authors, retain 3"
+    )
+    assert _policy_text({"kind": "kso", "k": 8}, ["k", "retain"]).startswith("kind kso, k 8")
