@@ -255,7 +255,7 @@ class PolicyParams(InputModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: the context policy: fc, cp, sm, kso, kso-authors or kso-adaptive (see the README's table)
+    #: the context policy: fc, cp, sm, kso, kso-authors or kso-adaptive (docs/explanation/agents.md)
     kind: str
     #: a summary every k steps (cp, sm, kso)
     k: PositiveInt = 4

@@ -468,7 +468,7 @@ class FittedWorkload(AgentLoad):
     ``path``: a fit file, or a committed fit's name: ``swebench_fitted`` (the default,
     Gemini-3-Pro mini-swe-agent on Verified) or ``swebench_fitted_glm46`` (decode lengths,
     steps and observations of GLM-4.6 under OpenHands, the trace closest to the CoMem
-    authors' GLM agent; see the README). ``keep_reasoning`` as for ``trace``.
+    authors' GLM agent; see docs/explanation/agents.md). ``keep_reasoning`` as for ``trace``.
     """
 
     kind: Literal["fitted"] = "fitted"
