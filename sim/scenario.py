@@ -446,8 +446,9 @@ def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
     total = sum(len(own) for own in tasks) * len(scenario.architectures)
     results = []
     with shown(scenario.name, "tasks", total, progress) as counter:
-        for arch in scenario.architectures:
-            if counter is not None:
-                counter.describe(f"{scenario.name}: {arch.name}")
+        n = len(scenario.architectures)
+        for i, arch in enumerate(scenario.architectures, 1):
+            if counter is not None:  # the count is over every architecture's tasks
+                counter.describe(f"{scenario.name}: {arch.name} ({i} of {n})")
             results.append(run_architecture(scenario, arch, tasks, on_task=counter))
     return ScenarioResult(scenario, results)
