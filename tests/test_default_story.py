@@ -124,7 +124,7 @@ def test_progress_is_plain_lines_off_a_terminal() -> None:
     assert lines and lines[-1].startswith(
         "glm47_synthetic_benchmark__agent_dedicated_tp4: CoMem (2 of 2): 4/4 tasks"
     )
-    assert lines[-1].split()[2] == "4/4"  # 2 agents x 2 architectures, the last line: all
+    assert lines[-1].split()[5] == "4/4"  # 2 agents x 2 architectures, the last line: all
     quiet = run_comem("run", *TINY, "--json")
     assert " tasks, " not in quiet.stderr
 
