@@ -81,15 +81,42 @@ def _spec_words(sim: dict[str, Any]) -> str:
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from sim.bench_serve import run_bench_serve
+
+    cfg = _bench_serve_config(args)
+    _outputs_not_inputs(
+        args.out,
+        ("requests.parquet", "engine_steps.parquet", "bench_serve.json"),
+        {"settings": cfg.model_dump()},
+    )
+    _writable_dir(args.out)
+    save_to = _bench_serve_result_path(args) if args.save_result else None
+    result = _with_progress(
+        not args.json, "bench-serve", "requests", cfg.num_prompts,
+        lambda advance: run_bench_serve(cfg, progress=advance),
+    )  # fmt: skip
+    out = result.to_vllm_json(
+        detailed=args.save_detailed, metrics=args.percentile_metrics,
+        percentiles=args.metric_percentiles,
+    )  # fmt: skip
+    _warn_bench_serve(args, out, result, cfg.num_prompts)
+    _write_bench_serve(args, out, result, save_to)
+    if args.json:
+        _print_json(out)
+        return 0
+    _print_bench_serve(out, args, save_to)
+    return 0
+
+
+def _bench_serve_config(args: argparse.Namespace) -> Any:
+    """The flags as a checked ``BenchServeConfig`` (a refused client flag, a bad model,
+    GPU or combination is one line, before anything runs)."""
     from sim.bench_serve import (
-        ACCEPTED_CLIENT_FLAGS,
         REFUSED_CLIENT_FLAGS,
         BenchServeConfig,
-        accepted_flag_notes,
         check_config,
         parse_goodput,
         refused_flag,
-        run_bench_serve,
     )
     from sim.config import validate
 
@@ -100,6 +127,34 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if refusal is not None:
         raise ComemInputError(refusal)
     args.dtype = _weight_dtype(args)
+    cfg = validate(
+        BenchServeConfig,
+        {
+            "engine": _engine_fields(args),
+            "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio,
+            "request_rate": args.request_rate,
+            "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency,
+            "seed": args.seed,
+            "closed_loop_start": args.closed_loop_start,
+            "warmup_requests": args.warmup_requests,
+            "client_issue_delay_s": args.client_issue_delay,
+            "random_prefix_len": args.random_prefix_len,
+            "goodput": parse_goodput(args.goodput or []),
+            "backend": args.backend,
+        },
+        "bench-serve",
+    )
+    check_config(cfg)
+    return cfg
+
+
+def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The server flags as the engine's fields (vLLM serve's batch defaults for the GPU
+    where the flags leave them out)."""
     from calibration.registry import get_gpu, serve_batch_defaults
 
     tokens, seqs = serve_batch_defaults(get_gpu(args.gpu))
@@ -138,43 +193,15 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if args.speculative_config is not None:
         engine["num_speculative_tokens"] = args.speculative_config
         engine["spec_acceptance_rate"] = args.spec_acceptance_rate
-    cfg = validate(
-        BenchServeConfig,
-        {
-            "engine": engine,
-            "num_prompts": args.num_prompts,
-            "random_input_len": args.random_input_len,
-            "random_output_len": args.random_output_len,
-            "random_range_ratio": args.random_range_ratio,
-            "request_rate": args.request_rate,
-            "burstiness": args.burstiness,
-            "max_concurrency": args.max_concurrency,
-            "seed": args.seed,
-            "closed_loop_start": args.closed_loop_start,
-            "warmup_requests": args.warmup_requests,
-            "client_issue_delay_s": args.client_issue_delay,
-            "random_prefix_len": args.random_prefix_len,
-            "goodput": parse_goodput(args.goodput or []),
-            "backend": args.backend,
-        },
-        "bench-serve",
-    )
-    check_config(cfg)
-    _outputs_not_inputs(
-        args.out,
-        ("requests.parquet", "engine_steps.parquet", "bench_serve.json"),
-        {"settings": cfg.model_dump()},
-    )
-    _writable_dir(args.out)
-    save_to = _bench_serve_result_path(args) if args.save_result else None
-    result = _with_progress(
-        not args.json, "bench-serve", "requests", cfg.num_prompts,
-        lambda advance: run_bench_serve(cfg, progress=advance),
-    )  # fmt: skip
-    out = result.to_vllm_json(
-        detailed=args.save_detailed, metrics=args.percentile_metrics,
-        percentiles=args.metric_percentiles,
-    )  # fmt: skip
+    return engine
+
+
+def _warn_bench_serve(
+    args: argparse.Namespace, out: dict[str, Any], result: Any, num_prompts: int
+) -> None:
+    """Notes on the accepted client flags given, and the failed requests, on stderr."""
+    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, accepted_flag_notes
+
     given = [
         f for f in ACCEPTED_CLIENT_FLAGS
         if getattr(args, "accepted_" + f[2:].replace("-", "_")) not in (None, False)
@@ -184,10 +211,17 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
     if out["failed"]:
         first = next((r.reason for r in result.requests if r.status != "finished"), "")
         print(
-            f"comem bench-serve: warning: {out['failed']} of {cfg.num_prompts} requests failed"
+            f"comem bench-serve: warning: {out['failed']} of {num_prompts} requests failed"
             f" (first: {first or 'no reason recorded'}); the statistics cover the others",
             file=sys.stderr,
         )
+
+
+def _write_bench_serve(
+    args: argparse.Namespace, out: dict[str, Any], result: Any, save_to: Path | None
+) -> None:
+    """The result JSON to ``--save-result``'s file, and with the Parquet tables to ``--out``
+    (whose files ``out`` then lists)."""
     if save_to is not None:
         save_to.write_text(
             json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
@@ -199,11 +233,6 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
             json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
         )
         out["files"] = [str(p) for p in [*paths, res_path]]
-    if args.json:
-        _print_json(out)
-        return 0
-    _print_bench_serve(out, args, save_to)
-    return 0
 
 
 def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:
@@ -323,6 +352,7 @@ def _percentile_metrics_arg(text: str) -> tuple[str, ...]:
 
 
 def register(sub: Any) -> None:
+    """``comem bench-serve``: the server flags, the client flags, vLLM's others."""
     bs = sub.add_parser(
         "bench-serve",
         help="simulated `vllm bench serve` (random dataset): vLLM's flags and result names",
@@ -330,6 +360,18 @@ def register(sub: Any) -> None:
         " --ignore-eos`: the same flags (defaults are vLLM's) and the same result JSON"
         " (--json). Server flags: --model .. --stepping; client flags: --num-prompts ..",
     )
+    _add_server_flags(bs)
+    _add_client_flags(bs)
+    _add_vllm_client_flags(bs)
+    bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
+    bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
+    bs.add_argument("--json", action="store_true", help="print the result JSON")
+    _add_allow_large(bs)
+    bs.set_defaults(func=cmd_bench_serve)
+
+
+def _add_server_flags(bs: argparse.ArgumentParser) -> None:
+    """`vllm serve`'s flags (the simulated server)."""
     bs.add_argument("--model", required=True, help="model name or alias ('comem list models')")
     bs.add_argument("--gpu", default="h100_sxm", help="GPU ('comem list gpus') [h100_sxm]")
     bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
@@ -386,6 +428,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
     bs.add_argument("--stepping", choices=("event", "iteration"), default="event")
+
+
+def _add_client_flags(bs: argparse.ArgumentParser) -> None:
+    """`vllm bench serve`'s flags that shape the load and the result."""
     bs.add_argument("--num-prompts", type=_positive_int, default=1000)
     bs.add_argument("--random-input-len", type=_positive_int, default=1024)
     bs.add_argument("--random-output-len", type=_positive_int, default=128)
@@ -434,6 +480,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     bs.add_argument("--result-dir", help="directory of --save-result [.]")
     bs.add_argument("--result-filename", help="file name of --save-result [vLLM's]")
+
+
+def _add_vllm_client_flags(bs: argparse.ArgumentParser) -> None:
+    """`vllm bench serve`'s other flags: accepted (and noted) or refused, one line each."""
     compat = bs.add_argument_group(
         "vllm bench serve's client flags, accepted so its command lines run unchanged"
         " (nothing is contacted; the prompts are random, the outputs run to their length)"
@@ -455,8 +505,3 @@ def register(sub: Any) -> None:
                 compat.add_argument(
                     flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"{word}: {why}"
                 )
-    bs.add_argument("--save-detailed", action="store_true", help="per-request lists in the JSON")
-    bs.add_argument("--out", help="directory for bench_serve.json and the Parquet tables")
-    bs.add_argument("--json", action="store_true", help="print the result JSON")
-    _add_allow_large(bs)
-    bs.set_defaults(func=cmd_bench_serve)

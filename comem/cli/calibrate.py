@@ -291,9 +291,18 @@ def cmd_calibrate_cv(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    """``comem calibrate`` and its subcommands."""
     cal = sub.add_parser("calibrate", help="latency-model calibration (report, fit)")
     cal_sub = cal.add_subparsers(dest="calibrate_command", required=True, parser_class=_Parser)
+    _register_report(cal_sub)
+    _register_fit(cal_sub)
+    _register_cv(cal_sub)
+    _register_build_defaults(cal_sub)
+    _register_fit_serving(cal_sub)
+    _register_microbench(cal_sub)
 
+
+def _register_report(cal_sub: Any) -> None:
     rep = cal_sub.add_parser("report", help="print the calibration report and write its plots")
     rep.add_argument("--gpu", help="GPU of the embedded profile to report on [h100_sxm]")
     rep.add_argument("--dtype", help="dtype of the embedded profile [bf16]")
@@ -305,6 +314,8 @@ def register(sub: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.set_defaults(func=cmd_calibrate_report)
 
+
+def _register_fit(cal_sub: Any) -> None:
     fit = cal_sub.add_parser(
         "fit", help="fit a profile from kernel tables or from a live server's measurements"
     )
@@ -332,6 +343,8 @@ def register(sub: Any) -> None:
     _add_allow_large(fit)
     fit.set_defaults(func=cmd_calibrate_fit)
 
+
+def _register_cv(cal_sub: Any) -> None:
     cvp = cal_sub.add_parser(
         "cv",
         help="per-op error of the embedded profiles: in-sample and cross-validated",
@@ -342,6 +355,8 @@ def register(sub: Any) -> None:
     cvp.add_argument("--gpu", nargs="+", help="only these GPUs")
     cvp.set_defaults(func=cmd_calibrate_cv)
 
+
+def _register_build_defaults(cal_sub: Any) -> None:
     bld = cal_sub.add_parser("build-defaults", help="regenerate the embedded profiles")
     bld.add_argument("--shared", required=True, help="the shared/ data checkout")
     bld.add_argument("--out", help="directory (default: the package's profiles/)")
@@ -353,6 +368,8 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     bld.set_defaults(func=cmd_calibrate_build_defaults)
 
+
+def _register_fit_serving(cal_sub: Any) -> None:
     fs = cal_sub.add_parser(
         "fit-serving",
         help="fit the serving framework's overhead on measured vllm bench serve points",
@@ -388,6 +405,8 @@ def register(sub: Any) -> None:
     _add_allow_large(fs)
     fs.set_defaults(func=cmd_calibrate_fit_serving)
 
+
+def _register_microbench(cal_sub: Any) -> None:
     mb = cal_sub.add_parser(
         "microbench",
         help="time GEMMs and attention on this device with torch; write kernel tables",
