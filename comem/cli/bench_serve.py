@@ -23,6 +23,8 @@ from comem.cli.args import (
     _token_count,
 )
 from comem.cli.common import (
+    _field_choices,
+    _field_default,
     _json_safe,
     _outputs_not_inputs,
     _print_json,
@@ -370,11 +372,39 @@ def register(sub: Any) -> None:
     bs.set_defaults(func=cmd_bench_serve)
 
 
+def _engine(name: str) -> Any:
+    """The default of the engine field a server flag mirrors (``sim.config.EngineConfig``)."""
+    from sim.config import EngineConfig
+
+    return _field_default(EngineConfig, name)
+
+
+def _engine_choices(name: str) -> tuple[Any, ...]:
+    from sim.config import EngineConfig
+
+    return _field_choices(EngineConfig, name)
+
+
+def _client(name: str) -> Any:
+    """The default of the field a client flag mirrors (``sim.bench_serve.BenchServeConfig``)."""
+    from sim.bench_serve import BenchServeConfig
+
+    return _field_default(BenchServeConfig, name)
+
+
+def _client_choices(name: str) -> tuple[Any, ...]:
+    from sim.bench_serve import BenchServeConfig
+
+    return _field_choices(BenchServeConfig, name)
+
+
 def _add_server_flags(bs: argparse.ArgumentParser) -> None:
     """`vllm serve`'s flags (the simulated server)."""
     bs.add_argument("--model", required=True, help="model name or alias ('comem list models')")
-    bs.add_argument("--gpu", default="h100_sxm", help="GPU ('comem list gpus') [h100_sxm]")
-    bs.add_argument("--tp", "--tensor-parallel-size", type=_positive_int, default=1, dest="tp")
+    bs.add_argument("--gpu", default=_engine("gpu"), help="GPU ('comem list gpus') [h100_sxm]")
+    bs.add_argument(
+        "--tp", "--tensor-parallel-size", type=_positive_int, default=_engine("tp"), dest="tp"
+    )
     bs.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
     bs.add_argument(
         "--enable-expert-parallel",
@@ -398,11 +428,12 @@ def _add_server_flags(bs: argparse.ArgumentParser) -> None:
         " --speculative-config; a step of k drafts emits (1 - A^(k+1)) / (1 - A) tokens)",
     )  # fmt: skip
     bs.add_argument(
-        "--kv-cache-dtype", choices=("auto", "bf16", "fp8"), default="auto",
+        "--kv-cache-dtype", choices=_engine_choices("kv_cache_dtype"),
+        default=_engine("kv_cache_dtype"),
         help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",
     )  # fmt: skip
     bs.add_argument(
-        "--fp8-gemm", choices=("auto", "block", "tensor"), default="auto",
+        "--fp8-gemm", choices=_engine_choices("fp8_gemm"), default=_engine("fp8_gemm"),
         help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
         " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
     )  # fmt: skip
@@ -415,7 +446,9 @@ def _add_server_flags(bs: argparse.ArgumentParser) -> None:
         help="[vLLM serve's default: 1024 on GPUs of 70 GiB or more but A100, else 256]",
     )  # fmt: skip
     bs.add_argument("--max-model-len", type=_token_count)
-    bs.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
+    bs.add_argument(
+        "--gpu-memory-utilization", type=_fraction, default=_engine("gpu_memory_utilization")
+    )
     bs.add_argument("--kv-capacity-tokens", type=_token_count, help="KV cache size override")
     bs.add_argument("--no-enable-prefix-caching", action="store_true")
     bs.add_argument("--kv-offloading-backend", choices=("native",), help="vLLM's CPU KV offloading")
@@ -423,21 +456,22 @@ def _add_server_flags(bs: argparse.ArgumentParser) -> None:
         "--kv-offloading-size", type=float, help="GiB of CPU memory for KV blocks (all GPUs)"
     )
     bs.add_argument(
-        "--kv-offloading-bandwidth-gbps", type=_positive_number, default=50.0,
+        "--kv-offloading-bandwidth-gbps", type=_positive_number,
+        default=_engine("kv_offloading_bandwidth_GBps"),
         help="host<->GPU copy GB/s per GPU and direction [50: PCIe Gen5 x16, ~80%%]",
     )  # fmt: skip
     bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
-    bs.add_argument("--stepping", choices=("event", "iteration"), default="event")
+    bs.add_argument("--stepping", choices=("event", "iteration"), default=_engine("stepping"))
 
 
 def _add_client_flags(bs: argparse.ArgumentParser) -> None:
     """`vllm bench serve`'s flags that shape the load and the result."""
-    bs.add_argument("--num-prompts", type=_positive_int, default=1000)
-    bs.add_argument("--random-input-len", type=_positive_int, default=1024)
-    bs.add_argument("--random-output-len", type=_positive_int, default=128)
-    bs.add_argument("--random-range-ratio", type=float, default=0.0)
+    bs.add_argument("--num-prompts", type=_positive_int, default=_client("num_prompts"))
+    bs.add_argument("--random-input-len", type=_positive_int, default=_client("random_input_len"))
+    bs.add_argument("--random-output-len", type=_positive_int, default=_client("random_output_len"))
+    bs.add_argument("--random-range-ratio", type=float, default=_client("random_range_ratio"))
     bs.add_argument(
-        "--random-prefix-len", type=_non_negative_int, default=0,
+        "--random-prefix-len", type=_non_negative_int, default=_client("random_prefix_len"),
         help="tokens every prompt starts with, the same for all (with prefix caching,"
         " computed once) [0]",
     )  # fmt: skip
@@ -446,11 +480,17 @@ def _add_client_flags(bs: argparse.ArgumentParser) -> None:
         help="service-level objectives (ttft, tpot, e2el in ms): request_goodput, the"
         " requests per second meeting all of them",
     )  # fmt: skip
-    bs.add_argument("--request-rate", type=_rate, default=float("inf"), help="req/s [inf]")
-    bs.add_argument("--burstiness", type=float, default=1.0, help="Gamma shape [1: Poisson]")
+    bs.add_argument(
+        "--request-rate", type=_rate, default=_client("request_rate"), help="req/s [inf]"
+    )
+    bs.add_argument(
+        "--burstiness", type=float, default=_client("burstiness"),
+        help="Gamma shape [1: Poisson]",
+    )  # fmt: skip
     bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
     bs.add_argument(
-        "--closed-loop-start", choices=("burst", "staggered"), default="burst",
+        "--closed-loop-start", choices=_client_choices("closed_loop_start"),
+        default=_client("closed_loop_start"),
         help="with --max-concurrency and rate inf: the first wave sent at once, as vLLM does"
         " (identical lengths then stay in lockstep) [burst], or spread over one request"
         " (a desynchronized steady state; the first wave is left out as warm-up)",
@@ -460,11 +500,11 @@ def _add_client_flags(bs: argparse.ArgumentParser) -> None:
         " [staggered: max-concurrency, else 0]",
     )  # fmt: skip
     bs.add_argument(
-        "--client-issue-delay", type=float, default=0.0, metavar="S",
+        "--client-issue-delay", type=float, default=_client("client_issue_delay_s"), metavar="S",
         help="mean seconds a closed-loop client takes to send its next request (exponential,"
         " seeded): the jitter that desynchronizes clients [0: ideal client]",
     )  # fmt: skip
-    bs.add_argument("--seed", type=int, default=0)
+    bs.add_argument("--seed", type=int, default=_client("seed"))
     bs.add_argument(
         "--percentile-metrics", type=_percentile_metrics_arg,
         default=("ttft", "tpot", "itl", "e2el"),
@@ -491,7 +531,7 @@ def _add_vllm_client_flags(bs: argparse.ArgumentParser) -> None:
     compat.add_argument("--dataset-name", choices=("random",), default="random")
     compat.add_argument("--ignore-eos", action="store_true", help="always so here")
     compat.add_argument(
-        "--backend", default="vllm", choices=("vllm", "openai", "openai-chat"),
+        "--backend", default=_client("backend"), choices=_client_choices("backend"),
         help="reported as given in the result's backend",
     )  # fmt: skip
     from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, REFUSED_CLIENT_FLAGS
