@@ -885,20 +885,6 @@ class LatencyModel:
         t = t + self.lm_head_tabulated(b)
         return self.with_framework(np.where(b > 0, t, 0.0), b, kv_total)
 
-    def single_chunk_attention_times(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
-        """Vectorized :meth:`prefill_attention_scalar` of iterations with one chunk each."""
-        self._ensure_prefill_table()
-        qk, ck, grid = PREFILL_TABLE_Q_KNOTS, PREFILL_TABLE_PREFIX_KNOTS, self._pre_grid
-        q = np.asarray(new, dtype=float)
-        c = np.asarray(cached, dtype=float)
-        i = np.clip(np.searchsorted(qk, q, side="right") - 1, 0, qk.size - 2)
-        j = np.clip(np.searchsorted(ck, c, side="right") - 1, 0, ck.size - 2)
-        wq = np.minimum((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
-        wc = np.minimum((c - ck[j]) / (ck[j + 1] - ck[j]), 1.0)
-        a = grid[i, j] + wc * (grid[i, j + 1] - grid[i, j])
-        b = grid[i + 1, j] + wc * (grid[i + 1, j + 1] - grid[i + 1, j])
-        return self._ctx_launches * self._ctx[0] + (a + wq * (b - a))
-
     def steady_iteration_times(
         self, num_decode: int, kv_total0: int, chunk: int, cached0: int, steps: int
     ) -> np.ndarray:

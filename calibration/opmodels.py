@@ -34,15 +34,6 @@ def smooth_max(a: np.ndarray, b: np.ndarray, p: float) -> np.ndarray:
     return np.where(hi > 0, hi * (1.0 + (lo / safe) ** p) ** (1.0 / p), 0.0)
 
 
-def smooth_max_scalar(a: float, b: float, p: float) -> float:
-    """:func:`smooth_max` for two Python floats."""
-    hi = a if a > b else b
-    if hi <= 0.0:
-        return 0.0
-    lo = b if a > b else a
-    return float(hi * (1.0 + (lo / hi) ** p) ** (1.0 / p))
-
-
 @dataclass
 class OpFit:
     """A fitted op model: roofline parameters, hardware constants and lattice."""

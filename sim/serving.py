@@ -13,7 +13,7 @@ last, read off the engine's step records.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -227,11 +227,6 @@ def row_features(
         preemptions=res.engine.preemptions,
         kv_cache_tokens=res.engine.total_blocks * res.engine.block_size,
     )
-
-
-def with_overhead(profile: Profile, overhead: FrameworkOverhead, **extra: object) -> Profile:
-    """A copy of ``profile`` whose default overhead is ``overhead`` (plus ``extra`` keys)."""
-    return replace(profile, overhead=overhead.terms() | dict(extra))
 
 
 #: kernel profiles by (gpu, dtype) to simulate with (None: the embedded ones)

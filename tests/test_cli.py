@@ -1,7 +1,7 @@
 """End-to-end tests of the ``comem`` command, run as a real subprocess.
 
 Every user error must end as exactly one line on stderr and exit code 2, never a
-traceback (see comem/cli.py and calibration/errors.py).
+traceback (see comem/cli/app.py and calibration/errors.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""``comem explain``: why two answers differ."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from comem.cli.args import _add_allow_large, _positive_int
+from comem.cli.common import _print_json, _with_progress, _workers, _writable_file
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sim.explain import explain, load_side, table_markdown
+
+    a = load_side(args.a, args.set_a or [])
+    b = load_side(args.b, args.set_b or [])
+    if args.out:
+        _writable_file(args.out)
+    workers = _workers(args.workers, 10**6)
+    result = _with_progress(
+        not args.json, "comem explain: runs", "runs", None,
+        lambda advance: explain(a, b, args.metric, workers, advance),
+    )  # fmt: skip
+    text = table_markdown(result)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        _print_json(result)
+    else:
+        print(text, end="")
+    return 0
+
+
+def register(sub: Any) -> None:
+    ex = sub.add_parser(
+        "explain",
+        help="why two answers differ: which inputs differ, how much each moves the verdict",
+        description="A and B: scenario files, 'comem run --out' or 'comem plan --out'"
+        " directories. Lists the inputs that differ (workload fields, full context's engine,"
+        " CoMem's policy and engines) and re-runs A with each one taken from B alone.",
+    )
+    ex.add_argument("a", help="the first answer (scenario file, run or plan --out directory)")
+    ex.add_argument("b", help="the second answer")
+    ex.add_argument("--set-a", action="append", metavar="KEY=VALUE", help="override A's field")
+    ex.add_argument("--set-b", action="append", metavar="KEY=VALUE", help="override B's field")
+    ex.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    from sim.compare import DEFAULT_METRIC as _METRIC
+    from sim.compare import METRICS as _METRICS
+
+    ex.add_argument(
+        "--metric", choices=list(_METRICS), default=_METRIC,
+        help=f"the verdict's metric (default: {_METRIC}; see comem run --help)",
+    )  # fmt: skip
+    ex.add_argument("--out", help="also write the table (Markdown) to this file")
+    ex.add_argument("--json", action="store_true")
+    _add_allow_large(ex)
+    ex.set_defaults(func=cmd_explain)

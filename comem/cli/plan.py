@@ -1,0 +1,232 @@
+"""``comem plan``: which deployment to run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from calibration.errors import ComemInputError
+from comem.cli.args import (
+    _add_allow_large,
+    _positive_int,
+    _positive_seconds,
+    _seconds,
+    _token_count,
+)
+from comem.cli.common import (
+    _outputs_not_inputs,
+    _print_json,
+    _with_progress,
+    _workers,
+    _writable_dir,
+)
+
+
+def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
+    """``plan``'s settings: a ``--spec`` file's [plan] table, the flags over it, the rest
+    from the default experiment; and the line saying how the workload flags mapped."""
+    from comem.plan import PlanSpec
+    from sim.config import read_toml, validate
+
+    data: dict[str, Any] = {}
+    if args.spec:
+        table = read_toml(args.spec, "plan")
+        other = sorted(set(table) - {"plan"})
+        if other or not isinstance(table.get("plan"), dict):
+            found = f" (found {', '.join(other)})" if other else ""
+            raise ComemInputError(f"{args.spec}: expected one [plan] table of settings{found}")
+        data = dict(table["plan"])
+    workload_set, note = _plan_workload_set(args, data)
+    flags = {
+        "agent_model": args.agent_model,
+        "memory_model": args.memory_model,
+        "gpu": args.gpu,
+        "gpus": args.gpus,
+        "agents": args.agents,
+        "workload_scenario": args.workload,
+        "steps": args.steps,
+        "workload_set": workload_set,
+        "objective": args.objective,
+        "slo_step_s": args.slo,
+        "max_gpus": args.max_gpus,
+        "kinds": args.kinds,
+        "dtypes": args.dtypes,
+        "k_values": args.k,
+        "top": args.top,
+        "max_resolve_loss_pp": args.max_resolve_loss,
+        "baseline_resolve_rate": args.baseline_resolve_rate,
+        "memory_loss_scale": args.memory_loss_scale,
+    }
+    if args.offload is not None:
+        flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return validate(PlanSpec, data, "plan"), note
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from comem.plan import (
+        Candidate,
+        assumptions,
+        edge_warnings,
+        left_out_kinds,
+        pareto,
+        pareto_figure,
+        run_plan,
+        table_markdown,
+        verdict,
+        write_scenario,
+    )  # fmt: skip
+
+    spec, note = _plan_spec(args)
+    if note and not args.json:
+        print(f"comem plan: {note}", file=sys.stderr)
+    out = Path(args.out)
+    _outputs_not_inputs(
+        out,
+        ("plan.md", "plan.json", "pareto.png", "chosen_scenario.toml"),
+        {"--spec": args.spec, "settings": spec.model_dump()},
+    )
+    _writable_dir(str(out), "--out")
+    workers = _workers(args.workers, 10**6)  # the candidates are counted later
+    rows, n = _with_progress(
+        not args.json, "comem plan: simulating", "candidates", None,
+        lambda advance: run_plan(spec, workers, out, advance),
+    )  # fmt: skip
+    warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
+    warnings += edge_warnings(spec, rows)
+    for line in warnings:
+        print(f"comem plan: warning: {line}", file=sys.stderr)
+    written = [out / "plan.md", out / "plan.json"]
+    (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
+    payload = {
+        "spec": spec.model_dump(),
+        "candidates": n,
+        "simulated": sum(r.simulated for r in rows),
+        "chosen": rows[0].label,
+        "rows": [r.__dict__ for r in rows],
+        "pareto": [r.label for r in pareto(rows)],
+        "warnings": warnings,
+        "assumptions": assumptions(spec),
+        "verdict": verdict(rows),
+    }
+    (out / "plan.json").write_text(
+        json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+    )
+    title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
+    written.append(pareto_figure(rows, out / "pareto.png", title))
+    written.append(write_scenario(spec, rows, out / "chosen_scenario.toml"))
+    payload["files"] = [str(p) for p in written]
+    if args.json:
+        _print_json(payload)
+    else:
+        _print_plan(spec, rows, payload, args.show)
+    return 0
+
+
+def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) -> None:
+    from comem.plan import table_markdown
+
+    best = rows[0]
+    print(
+        f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
+        f" pruned by the closed form and the KV bound); objective {spec.objective}"
+        + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
+        + (
+            f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
+            if spec.max_resolve_loss_pp is not None
+            else ""
+        )
+    )
+    print("assumptions:")
+    for line in payload["assumptions"]:
+        print(f"- {line}")
+    print(table_markdown(rows, limit=show), end="")
+    met = best.meets_slo and best.meets_resolve
+    print(
+        f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
+        f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
+        f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
+        f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
+        + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
+    )
+    print(payload["verdict"])
+    for p in payload["files"]:
+        print(f"wrote {p}")
+
+
+def _plan_workload_set(
+    args: argparse.Namespace, spec: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str]:
+    """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
+    from comem.plan import scenario_workload
+    from sim.workload_flags import from_args, workload_fields
+
+    flags = from_args(args)
+    if flags.context_tokens is None and all(
+        getattr(flags, k) is None for k in ("decode_tokens", "observation_tokens", "tool_s")
+    ):
+        return None, ""
+    base = scenario_workload(args.workload or spec.get("workload_scenario"))
+    fields, note = workload_fields(base, flags)
+    kept = {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")}
+    if "steps" in fields and args.steps is None:  # derived from --context-tokens
+        kept["steps"] = fields["steps"]
+    return kept, note
+
+
+def register(sub: Any) -> None:
+    pl = sub.add_parser(
+        "plan",
+        help="which deployment to run: architecture, GPU split, TP/EP/DP, k, offload",
+        description="Enumerates the deployments of --agent-model and --memory-model on"
+        " --gpus x --gpu for --agents agents, prunes them with the closed forms (lockstep"
+        " step latency, KV-capacity bound), simulates the best in parallel (resumable in"
+        " --out/points), ranks by --objective under --slo, and writes the table, the Pareto"
+        " front and the chosen deployment as a scenario file.",
+    )
+    pl.add_argument("--spec", help="TOML file with a [plan] table (flags override it)")
+    pl.add_argument("--agent-model", help="agent model (alias, HF id or config.json)")
+    pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
+    pl.add_argument("--gpu", help="GPU type [h200_sxm]")
+    pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
+    pl.add_argument(
+        "--workload",
+        help="scenario file whose [workload] the agents run [the default experiment's]",
+    )
+    from sim.workload_flags import add_flags
+
+    add_flags(pl, _token_count, _positive_int, _seconds)
+    pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
+    pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
+    pl.add_argument("--max-gpus", type=_positive_int)
+    pl.add_argument("--kinds", nargs="+", choices=("fc", "cp", "sm", "kso"))
+    pl.add_argument("--dtypes", nargs="+", choices=("bf16", "fp8"))
+    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8]")
+    pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
+    pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
+    pl.add_argument(
+        "--max-resolve-loss",
+        type=float,
+        metavar="PP",
+        help="most resolve-rate points a deployment may lose against full context (the"
+        " fitted model's pessimistic 95%% end) [no limit]",
+    )
+    pl.add_argument(
+        "--baseline-resolve-rate",
+        type=float,
+        help="the full-context agent's resolve rate on these tasks, in (0, 1) [0.5]",
+    )
+    pl.add_argument(
+        "--memory-loss-scale",
+        type=float,
+        help="memory-model summaries' loss against a generic LLM summarizer (0: lossless) [1]",
+    )
+    pl.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
+    pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
+    pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")
+    pl.add_argument("--json", action="store_true")
+    _add_allow_large(pl)
+    pl.set_defaults(func=cmd_plan)

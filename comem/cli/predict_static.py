@@ -1,0 +1,108 @@
+"""``comem predict-static``: the latency of one static batch."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from comem.cli.args import (
+    _DTYPE_HELP,
+    _add_allow_large,
+    _dtype_arg,
+    _fraction,
+    _name,
+    _positive_int,
+    _token_count,
+)
+from comem.cli.common import _print_json, _weight_dtype
+
+
+def cmd_predict_static(args: argparse.Namespace) -> int:
+    from calibration.latency import LatencyModel
+    from calibration.profile import Profile
+    from calibration.static import static_cost
+
+    args.dtype = _weight_dtype(args)
+
+    profile = Profile.load(args.profile) if args.profile else None
+    lm = LatencyModel(
+        args.model,
+        args.gpu,
+        args.tp,
+        args.dtype,
+        profile=profile,
+        expert_parallel=args.enable_expert_parallel,
+        framework=args.framework,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+    cost = static_cost(
+        lm,
+        args.batch,
+        args.input,
+        args.output,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
+    # the same arithmetic as calibration.static.predict_static_latency, priced once
+    latency = cost.latency_with(lm) if lm.include_overhead else cost.kernel_s
+    # a static batch is decode iterations: TPOT's cross-validated band (the static fit's
+    # own, measured on whole batches, where the framework has one)
+    band = lm.error_bands.get("static") or lm.error_bands.get("tpot")
+    low, high = band.interval(latency) if band is not None else (None, None)
+    if args.json:
+        _print_json(
+            {
+                "latency_s": latency,
+                "latency_s_low": low,
+                "latency_s_high": high,
+                "interval_level": None if band is None else band.level,
+                "async_scheduling": lm.async_scheduling,
+                "iterations": cost.iterations,
+                "preemptions": cost.preemptions,
+                "kernel_s": cost.kernel_s,
+                "model": lm.model.alias,
+                "gpu": lm.gpu.name,
+                "tp": lm.tp,
+                "dtype": lm.dtype,
+                "expert_parallel": lm.expert_parallel,
+            }
+        )
+    elif band is not None and low is not None and high is not None:
+        print(f"{latency:.4f} s  [{low:.4f}, {high:.4f}] ({band.level:.0%} interval)")
+    else:
+        print(f"{latency:.4f} s")
+    return 0
+
+
+def register(sub: Any) -> None:
+    ps = sub.add_parser(
+        "predict-static", help="predicted latency of one static batch (vLLM benchmark_latency)"
+    )
+    ps.add_argument(
+        "--model",
+        type=_name,
+        required=True,
+        help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
+    )
+    ps.add_argument("--gpu", default="h100_sxm")
+    ps.add_argument("--tp", type=_positive_int, default=1)
+    ps.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
+    ps.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
+    )
+    ps.add_argument("--batch", type=_positive_int, required=True)
+    ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
+    ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
+    ps.add_argument("--max-num-batched-tokens", type=_token_count, default=16384)
+    ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
+    ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    ps.add_argument(
+        "--framework", type=_name,
+        help="the profile's overhead of this framework version (e.g. vllm-2024,"
+        " the 2024 vLLM of the static-batch data) [the profile's default: the serving fit]",
+    )  # fmt: skip
+    ps.add_argument("--json", action="store_true")
+    _add_allow_large(ps)
+    ps.set_defaults(func=cmd_predict_static)
