@@ -24,7 +24,7 @@ from typing import Any
 from calibration.errors import ComemInputError
 
 #: Fields whose presence (non-null) means an attention the latency model does not price:
-#: no kernel table times these layers (README, "Attention families").
+#: no kernel table times these layers (docs/explanation/gpus-and-attention.md).
 _UNPRICED_FIELDS = {
     "attention_chunk_size": "chunked local attention (no kernel table)",
     "attn_layer_period": "hybrid Mamba/attention layers",

@@ -332,8 +332,8 @@ class LatencyModel:
         self.error_bands = self.profile.framework_bands(framework)
         #: why the bands may not cover this model ("" when they do): they come from
         #: full-attention GQA models in bf16/fp8; other families and 4-bit weights were
-        #: measured only as held-out checks (README: gpt-oss-120b +47%, Kimi-K2.5 +112%
-        #: TPOT on H200)
+        #: measured only as held-out checks (docs/explanation/latency-model.md:
+        #: gpt-oss-120b +47%, Kimi-K2.5 +112% TPOT on H200)
         self.band_caveat = self._band_caveat()
         self._check_finite()
 
@@ -386,7 +386,8 @@ class LatencyModel:
             return ""
         return (
             f"{', '.join(outside)}: outside the GQA bf16/fp8 rows the error bands come from"
-            " (held out, such models measured +47% to +112% TPOT: README)"
+            " (held out, such models measured +47% to +112% TPOT:"
+            " docs/explanation/latency-model.md)"
         )
 
     def _part_fit(self, part: AttentionPart, prefill: bool) -> OpFit:

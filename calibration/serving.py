@@ -613,7 +613,7 @@ def cross_validation_record(tables: dict[str, Any]) -> dict[str, Any]:
 #:   recollection of its benchmark script, not verified here). Identical lengths cannot
 #:   be what ran: a simulated burst of identical requests stays in lockstep, three times
 #:   the measured TTFT, and a desynchronized steady state falls 40% short; varied lengths
-#:   reproduce the measured growth of TTFT with concurrency (README, serving section).
+#:   reproduce the measured growth of TTFT with concurrency (docs/explanation/latency-model.md).
 #: - Everyone: prefix caching off (random prompts), 10 x concurrency prompts per run,
 #:   the first wave sent at once (``vllm bench serve``), vLLM 0.12's admission.
 SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {

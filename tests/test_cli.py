@@ -579,3 +579,17 @@ def test_figures_quick_writes_every_figure(tmp_path: Path) -> None:
         for ext in ("png", "pdf"):
             f = tmp_path / f"{name}.{ext}"
             assert f.is_file() and f.stat().st_size > 5000, f
+
+
+def test_version_and_a_misspelled_flag_get_an_answer() -> None:
+    """``--version`` prints the package's; a flag one typo away from a real one is named."""
+    proc = run_comem("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("comem-sim ")
+    assert_user_error(
+        run_comem("bench-serve", "--model", "llama-3-8b", "--max-concurency", "4"),
+        "did you mean --max-concurrency?",
+        "comem bench-serve --help",
+    )
+    far = run_comem("bench-serve", "--model", "llama-3-8b", "--frobnicate", "3")
+    assert_user_error(far, "neither prices nor accepts")
+    assert "did you mean" not in far.stderr

@@ -60,12 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="comem",
         description="Systems model of decoupled context memory (CoMem) for LLM agents.",
     )
+    parser.add_argument("--version", action="version", version=f"comem-sim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.register(sub)
     _check_paths(parser)
     _name_commands(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (``pyproject.toml``), or 'unknown' from a bare tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("comem-sim")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _name_commands(sub: Any) -> None:

@@ -20,17 +20,40 @@ class _Parser(argparse.ArgumentParser):
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
             prog = getattr(ns, "command_prog", self.prog)
-            hint = (
-                " (a `vllm bench serve` flag comem neither prices nor accepts)"
-                if prog.endswith("bench-serve") and extras[0].startswith("--")
-                else ""
-            )
+            near = _closest_flag(self, prog, extras[0])
+            if near:
+                hint = f" (did you mean {near}?)"
+            elif prog.endswith("bench-serve") and extras[0].startswith("--"):
+                hint = " (a `vllm bench serve` flag comem neither prices nor accepts)"
+            else:
+                hint = ""
             self.exit(
                 2,
                 f"{prog}: error: unrecognized arguments: {' '.join(extras)}{hint}"
                 f" (see '{prog} --help')\n",
             )
         return ns
+
+
+def _closest_flag(parser: argparse.ArgumentParser, prog: str, given: str) -> str | None:
+    """The flag of the (sub)command ``prog`` that ``given`` most likely misspells."""
+    import difflib
+
+    if not given.startswith("--"):
+        return None
+    flags: list[str] = []
+
+    def collect(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    collect(child)
+            elif p.prog == prog:
+                flags.extend(o for o in action.option_strings if o.startswith("--"))
+
+    collect(parser)
+    found = difflib.get_close_matches(given.split("=", 1)[0], flags, n=1, cutoff=0.8)
+    return found[0] if found else None
 
 
 def _shown(text: str) -> str:
@@ -204,6 +227,6 @@ def _add_allow_large(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-large",
         action="store_true",
-        help="run even above the work budgets that catch typos (see README, 'Budgets';"
-        f" also {ALLOW_LARGE_ENV}=1)",
+        help="run even above the work budgets that catch typos (docs/reference/inputs.md,"
+        f" 'Budgets'; also {ALLOW_LARGE_ENV}=1)",
     )
