@@ -95,7 +95,7 @@ class PlanSpec(InputModel):
     kinds: list[Kind] = Field(default_factory=lambda: list(ALL_KINDS), min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: list(ALL_DTYPES), min_length=1)
     k_values: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
-        default_factory=lambda: [1, 2, 4, 8], min_length=1
+        default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1
     )
     retain: PositiveInt = 3
     offload: list[bool] = Field(default_factory=lambda: [False, True])

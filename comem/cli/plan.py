@@ -204,7 +204,7 @@ def register(sub: Any) -> None:
     pl.add_argument("--max-gpus", type=_positive_int)
     pl.add_argument("--kinds", nargs="+", choices=("fc", "cp", "sm", "kso"))
     pl.add_argument("--dtypes", nargs="+", choices=("bf16", "fp8"))
-    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8]")
+    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8 16 32]")
     pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
     pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
     pl.add_argument(
