@@ -331,3 +331,9 @@ def test_explain_shows_a_policy_by_the_fields_its_kind_has() -> None:
         "kind kso-authors, retain 3"
     )
     assert _policy_text({"kind": "kso", "k": 8}, ["k", "retain"]).startswith("kind kso, k 8")
+
+
+def test_a_budget_refusal_says_which_fields_the_workload_flags_set() -> None:
+    """--context-tokens derives the steps: a budget naming workload.steps says so."""
+    proc = run_comem("run", "--context-tokens", "5000000")
+    assert_user_error(proc, "workload.steps", "workload flags: workload.steps = ")

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from calibration.errors import ComemInputError
 from comem.cli.args import _add_allow_large, _positive_int, _seconds, _token_count
 from comem.cli.common import _outputs_not_inputs, _print_json, _workload_sets, _writable_dir
 
@@ -44,7 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.scenario = str(DEFAULT_SCENARIO)
         notes.append(f"comem run: the default experiment, {_default_name()}")
     extra, note = _workload_sets(args, args.scenario)
-    scenario = load_scenario(args.scenario, (args.set or []) + extra)
+    try:
+        scenario = load_scenario(args.scenario, (args.set or []) + extra)
+    except ComemInputError as exc:
+        # a budget names the scenario's fields; say which of them the flags set
+        raise ComemInputError(f"{exc} ({note})" if note else str(exc)) from None
     if note:
         notes.append(f"comem run: {note}")
     for line in notes if not args.json else []:  # once the input is known to be good
