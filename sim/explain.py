@@ -54,9 +54,7 @@ class Input:
 def load_side(text: str, sets: list[str] | None = None) -> Side:
     """A scenario file (TOML), a ``comem run --out`` directory (its ``config.json``) or a
     ``comem plan --out`` directory (its ``chosen_scenario.toml``)."""
-    from calibration.inputs import read_json
-    from sim.config import read_toml
-    from sim.scenario import scenario_from
+    from sim.scenario import lean_architecture, read_scenario_data, scenario_from
 
     path = Path(text)
     if path.is_dir():
@@ -69,12 +67,7 @@ def load_side(text: str, sets: list[str] | None = None) -> Side:
                 f"{text}: neither a plan's --out (chosen_scenario.toml) nor a run's --out"
                 " (config.json)"
             )
-    raw = read_json(path, "scenario") if path.suffix == ".json" else read_toml(path, "scenario")
-    if not isinstance(raw, dict):
-        raise ComemInputError(f"{path}: not a scenario (a table of settings)")
-    archs = raw.get("architectures")
-    if isinstance(archs, list):  # a run's config.json lists every field, defaults too
-        raw = {**raw, "architectures": [_lean(a) if isinstance(a, dict) else a for a in archs]}
+    raw = read_scenario_data(path)
     scenario = scenario_from(raw, sets or [], path.name)
     data = scenario.model_dump(mode="json", exclude_none=True)
     ref = next((a for a in data["architectures"] if a["kind"] == "fc"), None)
@@ -83,7 +76,7 @@ def load_side(text: str, sets: list[str] | None = None) -> Side:
         raise ComemInputError(
             f"{path}: explain needs a full-context (fc) architecture and another to compare"
         )
-    data["architectures"] = [_lean(ref), _lean(other)]
+    data["architectures"] = [lean_architecture(ref), lean_architecture(other)]
     return Side(str(path), data, ref["name"], other["name"])
 
 
@@ -94,14 +87,6 @@ def _policy_default(key: str) -> Any:
     return None if f is None else f.default
 
 
-def _lean(arch: dict[str, Any]) -> dict[str, Any]:
-    """An architecture without its policy fields at their defaults (a policy refuses
-    fields it does not have even at their defaults, e.g. ``k`` for ``kso-authors``)."""
-    return {
-        k: v
-        for k, v in arch.items()
-        if k in ("name", "kind", "agent", "memory") or v != _policy_default(k)
-    }
 
 
 def _show(value: Any) -> str:

@@ -191,14 +191,49 @@ class Scenario(_Strict):
 
 
 def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Scenario:
-    """Read a TOML scenario (or the defaults), apply ``--set`` overrides, validate, and
-    check what it would cost (:func:`check_cost`)."""
+    """Read a TOML scenario, or the ``config.json`` a ``comem run --out`` wrote (or the
+    defaults), apply ``--set`` overrides, validate, and check what it would cost
+    (:func:`check_cost`)."""
     data: dict[str, Any] = {}
     where = "scenario"
     if path is not None:
         where = Path(path).name
-        data = read_toml(path, "scenario")
+        data = read_scenario_data(path)
     return scenario_from(data, sets or [], where)
+
+
+def read_scenario_data(path: str | Path) -> dict[str, Any]:
+    """A scenario file's table: TOML, or a run's ``config.json``, which lists every field,
+    defaults included; its architectures are taken without their policy fields at the
+    defaults (a policy refuses fields it does not have even at their defaults, e.g. ``k``
+    for ``kso-authors``), so that the file runs again as it ran."""
+    from calibration.inputs import read_json
+
+    if Path(path).suffix.lower() != ".json":
+        return read_toml(path, "scenario")
+    raw = read_json(path, "scenario")
+    if not isinstance(raw, dict):
+        raise ComemInputError(f"{path}: not a scenario (a table of settings)")
+    archs = raw.get("architectures")
+    if isinstance(archs, list):
+        lean = [lean_architecture(a) if isinstance(a, dict) else a for a in archs]
+        raw = {**raw, "architectures": lean}
+    return raw
+
+
+def lean_architecture(arch: dict[str, Any]) -> dict[str, Any]:
+    """An architecture without its policy fields at their defaults."""
+    from sim.policy import PolicyParams
+
+    def default(key: str) -> Any:
+        f = PolicyParams.model_fields.get(key)
+        return None if f is None else f.default
+
+    return {
+        k: v
+        for k, v in arch.items()
+        if k in ("name", "kind", "agent", "memory") or v != default(k)
+    }
 
 
 def scenario_from(data: dict[str, Any], sets: list[str], where: str) -> Scenario:

@@ -337,3 +337,16 @@ def test_a_budget_refusal_says_which_fields_the_workload_flags_set() -> None:
     """--context-tokens derives the steps: a budget naming workload.steps says so."""
     proc = run_comem("run", "--context-tokens", "5000000")
     assert_user_error(proc, "workload.steps", "workload flags: workload.steps = ")
+
+
+@pytest.mark.slow
+def test_a_runs_config_json_runs_again_as_it_ran(tmp_path: Path) -> None:
+    """``comem run out/config.json`` reruns a run (the default experiment's kso-authors
+    included, whose config lists a k it refuses): the same tables, byte for byte."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert run_comem("run", *TINY, "--out", str(first), "--json").returncode == 0
+    proc = run_comem("run", str(first / "config.json"), "--out", str(again), "--json")
+    assert proc.returncode == 0, proc.stderr
+    for table in ("steps", "tasks", "requests"):
+        a = (first / f"{table}.parquet").read_bytes()
+        assert a == (again / f"{table}.parquet").read_bytes(), table

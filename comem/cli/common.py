@@ -101,13 +101,13 @@ def _weight_dtype(args: argparse.Namespace) -> str:
 def _workload_sets(args: argparse.Namespace, scenario: str) -> tuple[list[str], str]:
     """The workload flags (``--context-tokens`` ...) as ``--set`` overrides of the
     scenario's workload, and the line saying how they were mapped."""
-    from sim.config import read_toml
+    from sim.scenario import read_scenario_data
     from sim.workload_flags import as_sets, from_args, workload_fields
 
     flags = from_args(args)
     if not flags.given():
         return [], ""
-    base = read_toml(scenario, "scenario").get("workload", {})
+    base = read_scenario_data(scenario).get("workload", {})
     fields, note = workload_fields(base if isinstance(base, dict) else {}, flags)
     return as_sets(fields), note
 
