@@ -80,15 +80,6 @@ def load_side(text: str, sets: list[str] | None = None) -> Side:
     return Side(str(path), data, ref["name"], other["name"])
 
 
-def _policy_default(key: str) -> Any:
-    from sim.policy import PolicyParams
-
-    f = PolicyParams.model_fields.get(key)
-    return None if f is None else f.default
-
-
-
-
 def _show(value: Any) -> str:
     if value is None:
         return "-"
@@ -202,19 +193,22 @@ def _policy_text(arch: dict[str, Any], keys: list[str]) -> str:
     """'kind kso-authors, retain 3': the kind and those of ``keys`` its kind has (a
     field another kind refuses, such as k for kso-authors, is not shown at its default)."""
     from sim.policy import POLICIES
+    from sim.scenario import policy_default
 
     refused = set(getattr(POLICIES.get(arch["kind"]), "_NOT_THEIRS", ()))
     own = [k for k in keys if k not in refused]
     return ", ".join(
-        [f"kind {arch['kind']}", *(f"{k} {_show(arch.get(k, _policy_default(k)))}" for k in own)]
+        [f"kind {arch['kind']}", *(f"{k} {_show(arch.get(k, policy_default(k)))}" for k in own)]
     )
 
 
 def _policy_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
     """CoMem's policy fields one by one; the whole policy at once where the kinds
     differ (a kind's fields do not carry over to another kind)."""
+    from sim.scenario import policy_default
+
     keys = sorted((set(ca) | set(cb)) - {"agent", "memory", "name", "kind"})
-    diff = [k for k in keys if ca.get(k, _policy_default(k)) != cb.get(k, _policy_default(k))]
+    diff = [k for k in keys if ca.get(k, policy_default(k)) != cb.get(k, policy_default(k))]
     if ca["kind"] != cb["kind"]:
         policy = {k: v for k, v in cb.items() if k not in ("agent", "memory", "name")}
 
@@ -228,8 +222,8 @@ def _policy_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
     return [
         Input(
             f"CoMem: {k}",
-            _show(ca.get(k, _policy_default(k))),
-            _show(cb.get(k, _policy_default(k))),
+            _show(ca.get(k, policy_default(k))),
+            _show(cb.get(k, policy_default(k))),
             _setter("architectures", 1, k, value=cb.get(k)),
         )
         for k in diff

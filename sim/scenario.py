@@ -221,18 +221,20 @@ def read_scenario_data(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def lean_architecture(arch: dict[str, Any]) -> dict[str, Any]:
-    """An architecture without its policy fields at their defaults."""
+def policy_default(key: str) -> Any:
+    """A policy field's default (None for a key that is no policy field)."""
     from sim.policy import PolicyParams
 
-    def default(key: str) -> Any:
-        f = PolicyParams.model_fields.get(key)
-        return None if f is None else f.default
+    f = PolicyParams.model_fields.get(key)
+    return None if f is None else f.default
 
+
+def lean_architecture(arch: dict[str, Any]) -> dict[str, Any]:
+    """An architecture without its policy fields at their defaults."""
     return {
         k: v
         for k, v in arch.items()
-        if k in ("name", "kind", "agent", "memory") or v != default(k)
+        if k in ("name", "kind", "agent", "memory") or v != policy_default(k)
     }
 
 
