@@ -5,7 +5,7 @@
 #   bash benchmarks/identity/outputs.sh OUTDIR          # write them
 #   diff -r BEFORE AFTER                                # compare two trees' outputs
 # Both runs must use the same worker count (results do not depend on it, timings lines do
-# not appear in --json). Takes ~10 min on 2 cores.
+# not appear in --json). Paths under OUTDIR and progress estimates are masked. ~7 min on 2 cores.
 set -euo pipefail
 out=${1:?usage: outputs.sh OUTDIR}
 mkdir -p "$out"
@@ -24,4 +24,10 @@ $comem predict-static --model Qwen/Qwen3-32B --tp 2 --batch 32 --input 2048 --ou
 $comem predict-static --model meta-llama/Llama-3.1-70B-Instruct --gpu h100_sxm --tp 4 --batch 8 --input 1024 --output 128 --json > "$out/ps1.json" 2>&1 || true
 $comem engine-sim --json > "$out/engine_sim.json" 2>&1 || true
 $comem families > "$out/families.txt" 2>&1 || true
+cp figures/families/families.csv "$out/families.csv"
+# what legitimately differs between two runs: the output directory's own name and
+# wall-clock progress estimates
+for f in "$out"/*.json "$out"/*.txt "$out"/*.err; do
+  sed -i -e "s#$out#OUT#g" -e '/ s left$/d' "$f"
+done
 echo "done: $out"
