@@ -1,4 +1,4 @@
-"""The one vLLM V1 scheduler (calibration/scheduler.py) on hand-worked schedules.
+"""The one vLLM V1 scheduler (engine/scheduler.py, engine/stepping.py) on hand-worked schedules.
 
 Every expected value below is worked out by hand from VLLM_FACTS.md section 1 (the
 running loop, then admission; preemption of the newest running request; the victim at
@@ -13,13 +13,16 @@ from __future__ import annotations
 import pytest
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, StreamSpace
-from calibration.scheduler import Run, Scheduler, SchedulerConfig, Sequence, Step
+from engine.kv_cache import KVCache, StreamSpace
+from engine.request import Run, Sequence, Step
+from engine.scheduler import Scheduler, SchedulerConfig
+from engine.stepping import EventStepper
 
 
 def make(blocks: int, budget: int, lazy: bool = False, **cfg) -> Scheduler:
     kv = KVCache(blocks, block_size=4)
-    return Scheduler(kv, SchedulerConfig(max_num_batched_tokens=budget, **cfg), lazy=lazy)
+    config = SchedulerConfig(max_num_batched_tokens=budget, **cfg)
+    return EventStepper(kv, config) if lazy else Scheduler(kv, config)
 
 
 def trace(sched: Scheduler, limit: int = 10_000) -> list[tuple]:
