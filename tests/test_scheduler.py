@@ -206,3 +206,21 @@ def test_bad_limits_are_one_clear_error():
         SchedulerConfig(max_num_batched_tokens=0)
     with pytest.raises(ComemInputError, match="max_num_seqs"):
         SchedulerConfig(max_num_seqs=-3)
+
+
+def test_the_engine_package_has_no_time():
+    """engine/ imports neither SimPy nor sim/, comem/ or calibration's latency model: the
+    static predictor and the measured fit (calibration) import it, not the other way."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, engine.stepping, engine.offload; "
+        "bad = {m for m in sys.modules if m.split('.')[0] in {'simpy', 'sim', 'comem', 'live'}"
+        " or m in {'calibration.latency', 'calibration.static', 'calibration.measured'}}; "
+        "assert not bad, bad"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
