@@ -103,9 +103,6 @@ class Scheduler:
     group.
     """
 
-    #: event stepping (the decode group and runs) is on: never in the reference
-    lazy = False
-
     def __init__(
         self,
         kv: KVCache,
