@@ -44,11 +44,11 @@ if TYPE_CHECKING:  # pandas and scipy are for reading and fitting measurements o
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, StreamSpace
 from calibration.profile import Profile, code_commit, read_profile_json, write_profile_json
-from calibration.scheduler import Scheduler, SchedulerConfig
-from calibration.scheduler import Sequence as ScheduledRequest
 from calibration.surrogate import LinearSurrogate, SurrogateLatency
+from engine.kv_cache import KVCache, StreamSpace
+from engine.request import Sequence as ScheduledRequest
+from engine.scheduler import Scheduler, SchedulerConfig
 
 MEASURED_SCHEMA = "comem-measured-profile/1"
 REQUIRED_COLUMNS = (
@@ -85,7 +85,7 @@ def closed_batch_features(
     cached_tokens: int = 0,
 ) -> WaveFeatures:
     """Replay the schedule of ``concurrency`` identical requests arriving together (the
-    project's one scheduler, :mod:`calibration.scheduler`, iteration by iteration) and
+    project's one scheduler, :mod:`engine.scheduler`, iteration by iteration) and
     sum the surrogate's features per request. The KV cache is taken as large enough
     (the profiler's loads must fit it, which is checked when fitting). ``cached_tokens``
     of each prompt are prefix-cache hits (block-aligned already), left by a warm-up."""

@@ -2,7 +2,7 @@
 
 One batch of B identical prompts of ``input_len`` tokens arrives at t = 0; each request
 generates ``output_len`` tokens. The project's one vLLM V1 scheduler
-(:mod:`calibration.scheduler`: running requests first, then waiting ones FCFS, under
+(:mod:`engine.scheduler`: running requests first, then waiting ones FCFS, under
 the token budget and ``max_num_seqs``; chunked prefill; paged KV in 16-token blocks;
 recompute preemption of the newest running request when a block cannot be allocated)
 replays the batch and each iteration is charged its latency-model time. The schedule
@@ -18,9 +18,11 @@ import numpy as np
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache
 from calibration.latency import LatencyModel
-from calibration.scheduler import Run, Scheduler, SchedulerConfig, Sequence
+from engine.kv_cache import KVCache
+from engine.request import Run, Sequence, Step
+from engine.scheduler import SchedulerConfig
+from engine.stepping import EventStepper
 
 BLOCK_SIZE = 16
 
@@ -56,7 +58,7 @@ def schedule_static_batch(
     block_size: int = BLOCK_SIZE,
     request_blocks: int = 0,
 ) -> StaticSchedule:
-    """Replay the scheduler (:mod:`calibration.scheduler`, the engine's own) on a batch of
+    """Replay the scheduler (:mod:`engine.scheduler`, the engine's own) on a batch of
     identical prompts arriving together; decode-only iterations come back in bulk, mixed
     ones one by one.
 
@@ -64,7 +66,7 @@ def schedule_static_batch(
     The prompts share no prefix (``benchmark_latency`` draws random token ids), and
     ``kv_capacity_tokens`` includes vLLM's null block, as the engine's does;
     ``block_size`` and ``request_blocks`` are the engine's KV geometry (a hybrid model's
-    raised block and each request's constant part, :func:`sim.engine.kv_geometry`).
+    raised block and each request's constant part, :func:`sim.kv_geometry.kv_geometry`).
     """
     for name, value in (
         ("batch", batch),
@@ -93,7 +95,7 @@ def schedule_static_batch(
         f"static batch of {batch} x {input_len}+{output_len} tokens (in waves of {at_once})",
     )
     kv = KVCache(total_blocks, block_size, enable_prefix_caching=False)
-    sched = Scheduler(
+    sched = EventStepper(
         kv,
         SchedulerConfig(
             max_num_batched_tokens=int(max_num_batched_tokens),
@@ -102,7 +104,6 @@ def schedule_static_batch(
             reserve_full_prompt=reserve_full_prompt,
             request_blocks=request_blocks,
         ),
-        lazy=True,
     )
     for i in range(batch):
         sched.add(Sequence(i, int(input_len), int(output_len)))
@@ -111,40 +112,50 @@ def schedule_static_batch(
     while finished < batch:
         plan = sched.next()
         if isinstance(plan, Run):
-            m, b = plan.iterations, plan.num_decode
-            if plan.chunk:
-                for j in range(m):
-                    out.chunk_iterations.append(
-                        (
-                            b,
-                            plan.decode_kv_total0 + b * j,
-                            np.array([plan.chunk], np.int64),
-                            np.array([plan.prefill_cached0 + plan.chunk * j], np.int64),
-                        )
-                    )
-            else:
-                out.decode_batch.append(np.full(m, b, np.int64))
-                out.decode_kv_total.append(plan.decode_kv_total0 + b * np.arange(m, dtype=np.int64))
-            events = sched.apply_run(plan, m)
+            _add_run(out, plan)
+            events = sched.apply_run(plan, plan.iterations)
         else:
             if not plan.entries and not plan.group_decodes:
                 raise ComemInputError("static batch cannot make progress (KV cache too small)")
-            if plan.prefill_new:
-                out.chunk_iterations.append(
-                    (
-                        plan.num_decode,
-                        plan.decode_kv_total,
-                        np.array(plan.prefill_new, np.int64),
-                        np.array(plan.prefill_cached, np.int64),
-                    )
-                )
-            else:
-                out.decode_batch.append(np.array([plan.num_decode], np.int64))
-                out.decode_kv_total.append(np.array([plan.decode_kv_total], np.int64))
+            _add_step(out, plan)
             events = sched.apply(plan)
         finished += sum(1 for _, what in events if what == "finished")
     out.preemptions = sched.preemptions
     return out
+
+
+def _add_run(out: StaticSchedule, run: Run) -> None:
+    """A run's iterations: decode-only ones in bulk, those with a prompt chunk one by one."""
+    m, b = run.iterations, run.num_decode
+    if run.chunk:
+        for j in range(m):
+            out.chunk_iterations.append(
+                (
+                    b,
+                    run.decode_kv_total0 + b * j,
+                    np.array([run.chunk], np.int64),
+                    np.array([run.prefill_cached0 + run.chunk * j], np.int64),
+                )
+            )
+    else:
+        out.decode_batch.append(np.full(m, b, np.int64))
+        out.decode_kv_total.append(run.decode_kv_total0 + b * np.arange(m, dtype=np.int64))
+
+
+def _add_step(out: StaticSchedule, step: Step) -> None:
+    """One scheduled iteration's aggregates."""
+    if step.prefill_new:
+        out.chunk_iterations.append(
+            (
+                step.num_decode,
+                step.decode_kv_total,
+                np.array(step.prefill_new, np.int64),
+                np.array(step.prefill_cached, np.int64),
+            )
+        )
+    else:
+        out.decode_batch.append(np.array([step.num_decode], np.int64))
+        out.decode_kv_total.append(np.array([step.decode_kv_total], np.int64))
 
 
 @dataclass(frozen=True)
@@ -224,7 +235,7 @@ def static_cost(
     gpu_memory_utilization: float = 0.9,
 ) -> StaticCost:
     # the KV cache as the engine lays it out (hybrid models: vLLM's raised block and
-    # each request's linear states / sliding windows, :func:`sim.engine.kv_geometry`)
+    # each request's linear states / sliding windows, :func:`sim.kv_geometry.kv_geometry`)
     lay = lm.kv_layout_for(BLOCK_SIZE)
     sched = schedule_static_batch(
         batch,

@@ -26,7 +26,8 @@ from calibration.profile import default_profile
 from calibration.surrogate import LinearSurrogate, SurrogateLatency
 from sim.clients import poisson_arrivals, start_closed_loop
 from sim.config import EngineConfig, Stepping
-from sim.engine import Engine, IterationLatency
+from sim.engine import Engine
+from sim.engine_latency import IterationLatency
 from sim.scenario import Scenario, load_scenario, run_architecture, run_scenario
 from theory.bounds import jensen_lower, scarf_upper
 from theory.single_agent import AgentParams, step_latencies

@@ -25,7 +25,8 @@ from typing import Any, NamedTuple
 
 import simpy
 
-from sim.engine import AnyEngine, Request, Stream, StreamSpace
+from engine.kv_cache import Stream, StreamSpace
+from sim.deployment import AnyEngine
 from sim.policy import (
     AgentReply,
     Await,
@@ -42,6 +43,7 @@ from sim.policy import (
     make_policy,
     total_step_time,
 )
+from sim.request import Request
 
 __all__ = [
     "STEP_COLUMNS",

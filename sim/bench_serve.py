@@ -44,17 +44,13 @@ from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_valid
 
 from calibration import limits
 from calibration.inputs import MAX_SECONDS, InputModel, Tokens, TokensOrZero
+from engine.kv_cache import StreamSpace
 from sim.config import EngineConfig
-from sim.engine import (
-    AnyEngine,
-    IterationLatency,
-    Request,
-    StreamSpace,
-    build_engines,
-    check_engine,
-    simulation_gc,
-)
+from sim.deployment import AnyEngine, build_engines, simulation_gc
+from sim.engine_latency import IterationLatency
+from sim.kv_geometry import check_engine
 from sim.metrics import MetricsRecorder
+from sim.request import Request
 
 PERCENTILE_METRICS = ("ttft", "tpot", "itl", "e2el")
 #: a goodput objective: milliseconds, finite and positive
@@ -214,7 +210,7 @@ class BenchServeResult:
     config: BenchServeConfig
     requests: list[Request]
     #: the server: one engine, or ``data_parallel_size`` ranks behind vLLM's DP load
-    #: balancer (:class:`sim.engine.ReplicatedEngine`, in lockstep for MoE models)
+    #: balancer (:class:`sim.data_parallel.ReplicatedEngine`, in lockstep for MoE models)
     engine: AnyEngine
     recorder: MetricsRecorder
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from sim.engine import AnyEngine, StreamSpace
+from engine.kv_cache import StreamSpace
+from sim.deployment import AnyEngine
 
 
 def closed_loop_client(

@@ -249,9 +249,9 @@ def architecture_summary(res: Any) -> dict[str, Any]:
 def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:
     """``*_low`` / ``*_high`` beside the mean step and task latencies: the time the
     agent spends on (or waiting for) GPUs scaled by the agent engine's cross-validated
-    TPOT band (:func:`sim.engine.engine_error_bands`; decode dominates an agent's step),
+    TPOT band (:func:`sim.engine_latency.engine_error_bands`; decode dominates an agent's step),
     the tool time as it is (no error: the workload's). No band, no interval."""
-    from sim.engine import engine_error_bands
+    from sim.engine_latency import engine_error_bands
 
     band = engine_error_bands(agent).get("tpot")
     if band is None:

@@ -15,7 +15,8 @@ from calibration import limits
 from calibration.inputs import InputModel, Seconds, Tokens, TokensOrZero
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
-from sim.engine import AnyEngine, build_engines, check_engine, simulation_gc
+from sim.deployment import AnyEngine, build_engines, simulation_gc
+from sim.kv_geometry import check_engine
 from sim.metrics import MetricsRecorder
 
 

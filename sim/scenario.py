@@ -28,17 +28,14 @@ from pydantic import (
 from calibration import limits
 from calibration.errors import ComemInputError
 from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
+from engine.kv_cache import StreamSpace
 from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
+from sim.deployment import build_engines, simulation_gc
 from sim.effectiveness import EffectivenessParams, architecture_effectiveness
-from sim.engine import (
-    IterationLatency,
-    StreamSpace,
-    build_engines,
-    check_engine,
-    simulation_gc,
-)
+from sim.engine_latency import IterationLatency
+from sim.kv_geometry import check_engine
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, Step, Task, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload

@@ -192,7 +192,7 @@ def test_a_preempted_request_finds_its_own_blocks_again():
 def test_private_streams_at_preemption_equal_streams_from_the_start(monkeypatch):
     """bench-serve keys a request's blocks only when it is preempted (nobody else can hit
     them): the schedule equals that of a stream per request from the start."""
-    from calibration.kv_cache import StreamSpace
+    from engine.kv_cache import StreamSpace
     from sim import engine as engine_module
 
     cfg = BenchServeConfig(

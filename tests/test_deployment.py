@@ -9,11 +9,13 @@ import pytest
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import StreamSpace
 from calibration.latency import ConstantLatency
+from engine.kv_cache import StreamSpace
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
-from sim.engine import Engine, ReplicatedEngine, build_engines
+from sim.data_parallel import ReplicatedEngine
+from sim.deployment import build_engines
+from sim.engine import Engine
 
 D = 0.01  # seconds per iteration
 
@@ -175,7 +177,7 @@ def test_moe_replicas_step_in_lockstep():
     """vLLM steps a MoE model's DP ranks together: a rank with a long prompt holds back the
     other's decodes (its steps last as long as the slowest rank's), unlike a dense model's
     independent ranks."""
-    from sim.engine import LockstepReplicas
+    from sim.data_parallel import LockstepReplicas
 
     def short_request_end(model: str, with_long: bool) -> float:
         env = simpy.Environment()

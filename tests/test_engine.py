@@ -19,9 +19,10 @@ from calibration import LatencyModel
 from calibration.errors import ComemInputError
 from calibration.latency import ConstantLatency
 from calibration.static import predict_static_latency, price_schedule, schedule_static_batch
+from engine.kv_cache import StreamSpace
 from sim.clients import poisson_arrivals, start_closed_loop
 from sim.config import EngineConfig, validate
-from sim.engine import Engine, StreamSpace
+from sim.engine import Engine
 
 LLAMA = LatencyModel("llama-3-8b", "h100_sxm", 1)
 

@@ -1,4 +1,4 @@
-"""The KV-cache module on its own (calibration/kv_cache.py): vLLM's free queue, the prefix
+"""The KV-cache module on its own (engine/kv_cache.py): vLLM's free queue, the prefix
 cache over streams, eviction order. Expected values worked out by hand from VLLM_FACTS.md
 section 2."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, StreamSpace
+from engine.kv_cache import KVCache, StreamSpace
 
 
 def test_the_free_queue_is_first_in_first_out_cached_or_not():

@@ -1,4 +1,4 @@
-"""vLLM's native CPU KV offloading (calibration/kv_cache.py OffloadTier, wired through the
+"""vLLM's native CPU KV offloading (engine/offload.py OffloadTier, wired through the
 scheduler and the engine) on hand-computed cases, and event == iteration stepping with it.
 Facts: VLLM_FACTS.md section 3 (write-through stores issued at the start of the next
 iteration, LRU, lookup only for requests with nothing computed, the GPU hit first, then
@@ -13,8 +13,9 @@ import pytest
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import OffloadTier, StreamSpace
 from calibration.latency import ConstantLatency
+from engine.kv_cache import StreamSpace
+from engine.offload import OffloadTier
 from sim.clients import start_closed_loop
 from sim.config import EngineConfig
 from sim.engine import Engine

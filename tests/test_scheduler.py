@@ -1,4 +1,4 @@
-"""The one vLLM V1 scheduler (calibration/scheduler.py) on hand-worked schedules.
+"""The one vLLM V1 scheduler (engine/scheduler.py, engine/stepping.py) on hand-worked schedules.
 
 Every expected value below is worked out by hand from VLLM_FACTS.md section 1 (the
 running loop, then admission; preemption of the newest running request; the victim at
@@ -13,13 +13,16 @@ from __future__ import annotations
 import pytest
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache, StreamSpace
-from calibration.scheduler import Run, Scheduler, SchedulerConfig, Sequence, Step
+from engine.kv_cache import KVCache, StreamSpace
+from engine.request import Run, Sequence, Step
+from engine.scheduler import Scheduler, SchedulerConfig
+from engine.stepping import EventStepper
 
 
 def make(blocks: int, budget: int, lazy: bool = False, **cfg) -> Scheduler:
     kv = KVCache(blocks, block_size=4)
-    return Scheduler(kv, SchedulerConfig(max_num_batched_tokens=budget, **cfg), lazy=lazy)
+    config = SchedulerConfig(max_num_batched_tokens=budget, **cfg)
+    return EventStepper(kv, config) if lazy else Scheduler(kv, config)
 
 
 def trace(sched: Scheduler, limit: int = 10_000) -> list[tuple]:
@@ -203,3 +206,21 @@ def test_bad_limits_are_one_clear_error():
         SchedulerConfig(max_num_batched_tokens=0)
     with pytest.raises(ComemInputError, match="max_num_seqs"):
         SchedulerConfig(max_num_seqs=-3)
+
+
+def test_the_engine_package_has_no_time():
+    """engine/ imports neither SimPy nor sim/, comem/ or calibration's latency model: the
+    static predictor and the measured fit (calibration) import it, not the other way."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, engine.stepping, engine.offload; "
+        "bad = {m for m in sys.modules if m.split('.')[0] in {'simpy', 'sim', 'comem', 'live'}"
+        " or m in {'calibration.latency', 'calibration.static', 'calibration.measured'}}; "
+        "assert not bad, bad"
+    )
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -10,16 +10,17 @@ import pytest
 import simpy
 
 from calibration.errors import ComemInputError
-from calibration.kv_cache import KVCache
 from calibration.latency import LatencyModel
 from calibration.registry import get_model
-from calibration.scheduler import Scheduler, SchedulerConfig, Sequence
 from calibration.spec_decode import (
     draft_time,
     emitted_tokens,
     expected_tokens,
     spec_iteration_time,
 )
+from engine.kv_cache import KVCache
+from engine.request import Sequence
+from engine.scheduler import Scheduler, SchedulerConfig
 from sim.config import EngineConfig
 from sim.engine import Engine
 
