@@ -15,23 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sim.policy import (
-    POLICIES,
-    AgentReply,
-    Await,
-    ContextPolicy,
-    PolicyParams,
-    PreWarm,
-    Send,
-    Step,
-    StepEnd,
-    Summarize,
-    Task,
-    Tool,
-    make_policy,
-    register_policy,
-    total_step_time,
-)
+from sim.actions import AgentReply, Await, PreWarm, Send, Step, StepEnd, Summarize, Task, Tool
+from sim.context_policy import ContextPolicy, total_step_time
+from sim.policy import POLICIES, PolicyParams, make_policy, register_policy
 
 SYS, OBS, A, S, Q = 32, 16, 4, 8, 2  # system, observation, action, summary, instruction
 RAW = OBS + A
