@@ -50,41 +50,28 @@ def drive_blocking(steps: Generator[Blocking, Any, T]) -> T:
             result, error = None, exc
 
 
-class ReplayStepRow(NamedTuple):
-    """One live step: the columns of :class:`sim.rows.StepRow` a client can observe
-    (``queue_s`` and ``cached_tokens`` are inside the server), and whose token counts
-    these are."""
+#: the step columns a client cannot observe: they are inside the server
+_SERVER_SIDE = frozenset({"admitted_s", "queue_s", "cached_tokens", "uncached_prefill_tokens"})
+#: a live step's columns: those of :class:`sim.rows.StepRow` a client observes, in its
+#: order, then whose token counts these are
+REPLAY_STEP_COLUMNS = (
+    *(column for column in StepRow._fields if column not in _SERVER_SIDE),
+    "token_counts_from",
+)
 
-    architecture: str
-    agent: int
-    task: int
-    step: int
-    status: str
-    submit_s: float
-    first_token_s: float
-    finished_s: float
-    prefill_s: float
-    decode_s: float
-    tool_s: float
-    stall_s: float
-    step_latency_s: float
-    prompt_tokens: int
-    action_tokens: int
-    summary_launched: bool
-    summary_swapped: bool
-    llm_exec_time_s: float
-    summary_exec_time_s: float
-    prefill_exec_time_s: float
-    env_exec_time_s: float
-    total_step_time_s: float
-    #: ``usage`` (the server's counts) or ``client`` (prompt as sent, streamed chunks)
+
+class ReplayStepRow(NamedTuple):
+    """One live step: its :class:`sim.rows.StepRow` (the server-side columns left out
+    of the table, :data:`REPLAY_STEP_COLUMNS`) and whose token counts these are:
+    ``usage`` (the server's) or ``client`` (the prompt as sent, the streamed chunks)."""
+
+    row: StepRow
     token_counts_from: str
 
-    @classmethod
-    def of(cls, row: StepRow, token_counts_from: str) -> ReplayStepRow:
-        """The client's columns of ``row``, taken by name."""
-        values = {**row._asdict(), "token_counts_from": token_counts_from}
-        return cls(**{name: values[name] for name in cls._fields})
+    def cells(self) -> list[Any]:
+        """The row's values under :data:`REPLAY_STEP_COLUMNS`."""
+        values = {**self.row._asdict(), "token_counts_from": self.token_counts_from}
+        return [values[column] for column in REPLAY_STEP_COLUMNS]
 
 
 class ReplaySummaryRow(NamedTuple):
@@ -173,32 +160,24 @@ class LiveRows:
             rows.append(row)
 
 
+@dataclass(eq=False)
 class LiveAgent:
     """One agent thread running its tasks, one :class:`LiveTask` after the other."""
 
-    def __init__(
-        self,
-        agent_id: int,
-        name: str,
-        params: PolicyParams,
-        target: LiveTarget,
-        words: Words,
-        t0: float,
-        rows: LiveRows,
-        on_task: Callable[[], None] | None = None,
-        memory_max_model_len: int | None = None,
-    ) -> None:
-        self.id = agent_id
-        self.name = name
-        self.params = params
-        self.target = target
-        self.words = words
-        self.t0 = t0
-        self.rows = rows
-        self.crashed: str | None = None
-        self.memory_max_model_len = memory_max_model_len
-        self.on_task = on_task
-        self.background: list[threading.Thread] = []
+    id: int
+    name: str
+    params: PolicyParams
+    target: LiveTarget
+    words: Words
+    #: the clock's zero (``time.perf_counter``)
+    t0: float
+    rows: LiveRows
+    #: called after each finished task (progress bars)
+    on_task: Callable[[], None] | None = None
+    memory_max_model_len: int | None = None
+    #: why its thread died, if it did
+    crashed: str | None = field(default=None, init=False)
+    background: list[threading.Thread] = field(default_factory=list, init=False)
 
     def now(self) -> float:
         return time.perf_counter() - self.t0
@@ -364,7 +343,8 @@ class LiveTask(TaskExecutor[Blocking, _LiveJob]):
         th.start()
 
     def record_step(self, row: StepRow, request: AgentRequest) -> None:
-        self.owner.rows.add(self.owner.rows.steps, ReplayStepRow.of(row, request.token_counts_from))
+        step = ReplayStepRow(row, request.token_counts_from)
+        self.owner.rows.add(self.owner.rows.steps, step)
 
     def record_task(self, row: TaskRow) -> None:
         self.owner.rows.add(self.owner.rows.tasks, row)

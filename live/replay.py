@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from live.agent import (
+    REPLAY_STEP_COLUMNS,
     LiveAgent,
     LiveRows,
     LiveTarget,
@@ -101,19 +102,22 @@ class _StreamedRows(list[Any]):
     """Rows kept in memory and, with a writer, appended to its CSV (flushed and synced)
     the moment they are taken: a replay killed half-way keeps every measured row."""
 
-    def __init__(self, writer: _RowWriter | None = None) -> None:
+    def __init__(
+        self, writer: _RowWriter | None = None, cells: Callable[[Any], list[Any]] = list
+    ) -> None:
         super().__init__()
         self.writer = writer
+        self.cells = cells  # a row's values in the CSV's columns
 
     def append(self, row: Any) -> None:
         super().append(row)
         if self.writer is not None:
-            self.writer.write(list(row))
+            self.writer.write(self.cells(row))
 
 
 #: the CSV files of a replay, by the rows they hold
 REPLAY_FILES = {
-    "steps": ("live_steps.csv", ReplayStepRow._fields),
+    "steps": ("live_steps.csv", REPLAY_STEP_COLUMNS),
     "tasks": ("live_tasks.csv", TaskRow._fields),
     "summaries": ("live_summaries.csv", ReplaySummaryRow._fields),
 }
@@ -136,7 +140,7 @@ def replay_architecture(
         tasks = [[task] for own in tasks for task in own]
     sink = writers or {}
     rows = LiveRows(
-        steps=_StreamedRows(sink.get("steps")),
+        steps=_StreamedRows(sink.get("steps"), ReplayStepRow.cells),
         tasks=_StreamedRows(sink.get("tasks")),
         summaries=_StreamedRows(sink.get("summaries")),
     )
@@ -268,7 +272,7 @@ def replay_scenario(
                 bar.update(job, description=f"replay {arch.name}")
             advance = (lambda: bar.advance(job)) if bar is not None and job is not None else None
             rows, secs = replay_architecture(scenario, arch, tasks, target, advance, writers)
-            all_steps += sorted(rows.steps, key=lambda r: (r.agent, r.task, r.step))
+            all_steps += sorted(rows.steps, key=lambda r: (r.row.agent, r.row.task, r.row.step))
             all_tasks += sorted(rows.tasks, key=lambda r: (r.agent, r.task))
             all_summaries += sorted(rows.summaries, key=lambda r: (r.agent, r.task, r.step))
             wall[arch.name] = secs
@@ -279,7 +283,7 @@ def replay_scenario(
             w.close()
     return ReplayResult(
         scenario,
-        frame(all_steps, ReplayStepRow._fields),
+        frame([r.cells() for r in all_steps], REPLAY_STEP_COLUMNS),
         frame(all_tasks, TaskRow._fields),
         wall,
         frame(all_summaries, ReplaySummaryRow._fields),

@@ -76,28 +76,19 @@ class _SimJob(SummaryJob):
     pre_warm_submit_s: float = 0.0
 
 
+@dataclass(eq=False)
 class Agent:
     """One agent process running tasks under the policy ``params.kind``."""
 
-    def __init__(
-        self,
-        env: simpy.Environment,
-        agent_id: int,
-        name: str,
-        params: PolicyParams,
-        agent_engine: AnyEngine,
-        memory_engine: AnyEngine | None,
-        streams: StreamSpace,
-        recorder: AgentRecorder,
-    ) -> None:
-        self.env = env
-        self.id = agent_id
-        self.name = name
-        self.params = params
-        self.engine = agent_engine
-        self.memory = memory_engine
-        self.streams = streams
-        self.recorder = recorder
+    env: simpy.Environment
+    id: int
+    name: str
+    params: PolicyParams
+    #: the agent model's engine, and the memory model's (None: the policy needs none)
+    engine: AnyEngine
+    memory: AnyEngine | None
+    streams: StreamSpace
+    recorder: AgentRecorder
 
     def run_task(self, task_id: int, task: Task) -> Generator[simpy.Event, Any, str]:
         limit = self.memory.config.max_model_len if self.memory is not None else None

@@ -75,28 +75,38 @@ class KStepOff(ContextPolicy):
     step_accounting = "overlapped"
 
     def run(self) -> Generator[Action, Any, str]:
-        p, n = self.params, len(self.task.steps)
+        n = len(self.task.steps)
         due: dict[int, Job] = {}  # step before which a job is swapped in -> job
         for t, step in enumerate(self.task.steps, start=1):
             swapped = None
             job = due.pop(t, None)
             if job is not None:
-                if not job.done and p.late_policy == "wait":
-                    yield Await(job.id)
+                yield from self._before_swap(job, t)
                 if job.done and job.ok:
-                    self._restart(job, max(0, job.cutoff - p.retain))
+                    self._restart(job, max(0, job.cutoff - self.params.retain))
                     swapped = job.id
             failure = yield from self._agent_step(t, step)
             if failure is not None:
                 yield StepEnd(t, False, swapped)
                 return failure
-            launched = t % p.k == 0 and t < n
-            if launched:
+            swap_at = self._launch(t, n)
+            if swap_at is not None:
                 job = self._new_job(t, t)
-                due[t + p.lag + 1] = job
+                due[swap_at] = job
                 yield self._memory_request(job, (self.system, *self._raw_since(0)), False)
-            yield StepEnd(t, launched, swapped)
+            yield StepEnd(t, swap_at is not None, swapped)
         return "finished"
+
+    def _before_swap(self, job: Job, t: int) -> Generator[Action, Any, None]:
+        """Job ``job`` is due before step ``t``: wait for it if it is late (or not)."""
+        if not job.done and self.params.late_policy == "wait":
+            yield Await(job.id)
+
+    def _launch(self, t: int, n: int) -> int | None:
+        """After step ``t`` of ``n``: the step before which a summary launched now is
+        swapped in, or None to launch none."""
+        p = self.params
+        return t + p.lag + 1 if t % p.k == 0 and t < n else None
 
     def summary_done(self, job: int, ok: bool, tokens: int, failure: str = "") -> PreWarm | None:
         super().summary_done(job, ok, tokens, failure)
@@ -258,6 +268,9 @@ class KSOAdaptive(KStepOff):
         self._late = False
         self._slack = False
         self._k_floor = self.rule.k_min  # under pressure, the k that came late, plus one
+        self._last_launch = 0  # the step of the latest launch
+        self._last_due = 0  # the step before which the latest launched summary is swapped
+        self._decided = False  # whether this period's launch point has decided
 
     def _pressure(self) -> bool:
         r, reply = self.rule, self.last_reply
@@ -301,41 +314,27 @@ class KSOAdaptive(KStepOff):
             self._late = self._stall >= self.rule.stall_high * reply.latency_s
         self._stall = None
 
-    def run(self) -> Generator[Action, Any, str]:
-        p, n = self.params, len(self.task.steps)
-        due: dict[int, Job] = {}  # step before which a job is swapped in -> job
-        last_launch, last_due, decided = 0, 0, False
-        for t, step in enumerate(self.task.steps, start=1):
-            swapped = None
-            job = due.pop(t, None)
-            if job is not None:
-                self._stall = 0.0
-                if not job.done:
-                    waited = yield Await(job.id)
-                    seconds = waited.seconds if isinstance(waited, Waited) else None
-                    self._stall = seconds
-                else:
-                    # it ended during step done_at_step; the swap is before step t
-                    self._slack = job.done_at_step <= t - 2
-                if job.done and job.ok:
-                    self._restart(job, max(0, job.cutoff - p.retain))
-                    swapped = job.id
-            failure = yield from self._agent_step(t, step)
-            if failure is not None:
-                yield StepEnd(t, False, swapped)
-                return failure
-            self._note_reply()
-            launched = False
-            if t < n and t - last_launch >= self.k:
-                if not decided:
-                    self._decide(t)
-                    decided = True
-                launched = t - last_launch >= self.k
-            if launched:
-                job = self._new_job(t, t)
-                last_due = max(t + self.lag + 1, last_due + 1)
-                due[last_due] = job
-                last_launch, decided = t, False
-                yield self._memory_request(job, (self.system, *self._raw_since(0)), False)
-            yield StepEnd(t, launched, swapped)
-        return "finished"
+    def _before_swap(self, job: Job, t: int) -> Generator[Action, Any, None]:
+        """Always wait for a late summary, and note how late or early it was."""
+        self._stall = 0.0
+        if not job.done:
+            waited = yield Await(job.id)
+            self._stall = waited.seconds if isinstance(waited, Waited) else None
+        else:
+            # it ended during step done_at_step; the swap is before step t
+            self._slack = job.done_at_step <= t - 2
+
+    def _launch(self, t: int, n: int) -> int | None:
+        """A launch point ``k`` steps after the previous launch: decide (once per
+        period) and launch if the new ``k`` steps have passed; swaps keep launch order."""
+        self._note_reply()
+        if not (t < n and t - self._last_launch >= self.k):
+            return None
+        if not self._decided:
+            self._decide(t)
+            self._decided = True
+        if t - self._last_launch < self.k:
+            return None
+        self._last_due = max(t + self.lag + 1, self._last_due + 1)
+        self._last_launch, self._decided = t, False
+        return self._last_due

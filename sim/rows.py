@@ -110,7 +110,7 @@ class TaskRow(NamedTuple):
     stall_s: float
 
 
-def frame(rows: Sequence[tuple[Any, ...]], columns: tuple[str, ...]) -> pd.DataFrame:
+def frame(rows: Sequence[Sequence[Any]], columns: tuple[str, ...]) -> pd.DataFrame:
     """The table of ``rows`` under ``columns``, a record's fields (``StepRow._fields``)."""
     import pandas as pd
 
