@@ -1,4 +1,4 @@
-"""kso-adaptive (sim/policy.py): its rule on its own (no SimPy: a tiny executor feeds it
+"""kso-adaptive (sim/kso.py): its rule on its own (no SimPy: a tiny executor feeds it
 chosen observations), its parameter checks, and the simulated agent running it."""
 
 from __future__ import annotations

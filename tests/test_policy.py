@@ -1,9 +1,10 @@
 """The context-policy core (sim/policy.py) on its own: no SimPy, no torch, no time.
 
-A tiny executor below drives a policy the way sim.agents and live.replay do, with
-summaries that finish after a chosen number of agent requests; the tests read what
-the policy asked for: prompts (tokens), streams (cached or fresh), summaries launched,
-waited for and swapped in. The timelines are those of comem-pipeline.png.
+A tiny executor below drives a policy the way sim.executor's loop does (under
+sim.agents and live.agent), with summaries that finish after a chosen number of agent
+requests; the tests read what the policy asked for: prompts (tokens), streams (cached
+or fresh), summaries launched, waited for and swapped in. The timelines are those of
+comem-pipeline.png.
 """
 
 from __future__ import annotations
