@@ -98,7 +98,7 @@ class KStepOff(ContextPolicy):
         return "finished"
 
     def _before_swap(self, job: Job, t: int) -> Generator[Action, Any, None]:
-        """Job ``job`` is due before step ``t``: wait for it if it is late (or not)."""
+        """Job ``job`` is due before step ``t``: wait for it if late (``late_policy``)."""
         if not job.done and self.params.late_policy == "wait":
             yield Await(job.id)
 
