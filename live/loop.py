@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from live.agent import LiveTarget
 from live.profiler import ProfileGrid, run_profile, speed_probe
-from live.replay import LiveTarget, compare_with_simulation, replay_scenario, simulate_live
+from live.replay import compare_with_simulation, replay_scenario, simulate_live
 from live.server import ServerSettings, serving
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "live" / "tiny_cpu.toml"

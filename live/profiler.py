@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -276,118 +276,145 @@ def run_profile(
     writable_file(out)
     writer = _RowWriter(out, PROFILE_COLUMNS)
     metrics_path.unlink(missing_ok=True)  # an old server's metrics must not be read as ours
-    metrics_writer: _RowWriter | None = None
-    statuses: Counter[str] = Counter()
-    per_point: list[dict[str, Any]] = []
-    rng = np.random.default_rng(grid.seed)
-    scrape = _Scraper(endpoint)
-    bar = None
-    job = None
-    if progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(
-            TextColumn(f"profiling {endpoint} ({grid.size * grid.rounds} waves)"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} requests"),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        job = bar.add_task("profile", total=sum(p[-1] for p in grid.points()) * grid.rounds)
-        bar.start()
+    run = _ProfileRun(endpoint, model, grid, extra_body, writer, metrics_path)
+    bar = _progress_bar(endpoint, grid) if progress else None
     try:
         for _ in range(grid.warmup_requests):
-            stream_completion(
-                endpoint, model, random_prompt(rng, 16, grid), 4, grid.timeout_s, extra_body
-            )
-        workers = max(grid.concurrency)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for point, (cached, isl, osl, c) in enumerate(grid.points()):
-                before = scrape()
-                rows: list[StreamResult] = []
-                for rnd in range(grid.rounds):
-                    prompts = [random_prompt(rng, isl, grid) for _ in range(c)]
-                    if cached:
-                        # 2 output tokens, not 1: transformers serve indexes a request's
-                        # full blocks for reuse only after a forward pass that follows
-                        # them, so a 1-token request leaves nothing cached (measured:
-                        # 48 ms TTFT after a 1-token warm-up, 8 ms after a 2-token one)
-                        prefixes = [random_prompt(rng, cached, grid) for _ in range(c)]
-                        warm = [
-                            pool.submit(
-                                stream_completion,
-                                endpoint,
-                                model,
-                                pre,
-                                2,
-                                grid.timeout_s,
-                                extra_body,
-                            )
-                            for pre in prefixes
-                        ]
-                        for fut in warm:
-                            fut.result()
-                        prompts = [
-                            f"{pre} {new}" for pre, new in zip(prefixes, prompts, strict=True)
-                        ]
-                    barrier = threading.Barrier(c)
-
-                    def one(
-                        prompt: str, barrier: threading.Barrier = barrier, osl: int = osl
-                    ) -> StreamResult:
-                        barrier.wait()
-                        return stream_completion(
-                            endpoint, model, prompt, osl, grid.timeout_s, extra_body
-                        )
-
-                    wave_start = time.perf_counter()
-                    futures = [pool.submit(one, p) for p in prompts]
-                    for idx, fut in enumerate(futures):
-                        r = fut.result()
-                        writer.write(_row(point, cached, isl, osl, c, rnd, idx, wave_start, r))
-                        statuses[r.status] += 1
-                        rows.append(r)
-                        if bar is not None and job is not None:
-                            bar.advance(job)
-                after = scrape() if before is not None else None
-                if before is not None and after is not None:
-                    if metrics_writer is None:
-                        metrics_writer = _RowWriter(
-                            metrics_path, ("point", "phase", "sample", "value")
-                        )
-                    for phase, samples in (("before", before), ("after", after)):
-                        for name, value in samples.items():
-                            metrics_writer.write([point, phase, name, value])
-                ok = [r for r in rows if r.ok]
-                per_point.append(
-                    {
-                        "point": point,
-                        "cached_tokens": cached,
-                        "input_tokens": isl,
-                        "output_tokens": osl,
-                        "concurrency": c,
-                        "ok": len(ok),
-                        "failed": len(rows) - len(ok),
-                        "ttft_ms": _median_ms([r.ttft_s for r in ok]),
-                        "itl_ms": _median_ms([r.mean_itl_s for r in ok]),
-                        "e2e_ms": _median_ms([r.e2e_s for r in ok]),
-                    }
-                )
+            run.request(random_prompt(run.rng, 16, grid), 4)
+        with ThreadPoolExecutor(max_workers=max(grid.concurrency)) as pool:
+            for point, shape in enumerate(grid.points()):
+                run.measure_point(pool, point, shape, bar)
     finally:
         if bar is not None:
             bar.stop()
         writer.close()
-        if metrics_writer is not None:
-            metrics_writer.close()
+        if run.metrics_writer is not None:
+            run.metrics_writer.close()
     return {
         "endpoint": str(endpoint),
         "model": model,
         "csv": str(out),
-        "metrics_csv": str(metrics_path) if metrics_writer is not None else None,
-        "requests": sum(statuses.values()),
-        "statuses": dict(statuses),
-        "points": per_point,
+        "metrics_csv": str(metrics_path) if run.metrics_writer is not None else None,
+        "requests": sum(run.statuses.values()),
+        "statuses": dict(run.statuses),
+        "points": run.per_point,
     }
+
+
+def _progress_bar(endpoint: Endpoint, grid: ProfileGrid) -> Any:
+    """A started rich bar of the requests of every wave (its one task: ``tasks[0]``)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn(f"profiling {endpoint} ({grid.size * grid.rounds} waves)"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} requests"),
+        TimeElapsedColumn(),
+        transient=True,
+    )
+    bar.add_task("profile", total=sum(p[-1] for p in grid.points()) * grid.rounds)
+    bar.start()
+    return bar
+
+
+class _ProfileRun:
+    """One profile under way: what it sends with, where its rows go, what it counted."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        model: str,
+        grid: ProfileGrid,
+        extra_body: dict[str, Any] | None,
+        writer: _RowWriter,
+        metrics_path: Path,
+    ) -> None:
+        self.endpoint = endpoint
+        self.model = model
+        self.grid = grid
+        self.extra_body = extra_body
+        self.writer = writer
+        self.metrics_path = metrics_path
+        #: the /metrics sidecar, opened at the first point the server answers it
+        self.metrics_writer: _RowWriter | None = None
+        self.statuses: Counter[str] = Counter()
+        self.per_point: list[dict[str, Any]] = []
+        self.rng = np.random.default_rng(grid.seed)
+        self.scrape = _Scraper(endpoint)
+
+    def request(self, prompt: str, max_tokens: int) -> StreamResult:
+        return stream_completion(
+            self.endpoint, self.model, prompt, max_tokens, self.grid.timeout_s, self.extra_body
+        )
+
+    def measure_point(
+        self, pool: ThreadPoolExecutor, point: int, shape: tuple[int, int, int, int], bar: Any
+    ) -> None:
+        """Every round of one grid point, its /metrics samples and its summary."""
+        cached, isl, osl, c = shape
+        before = self.scrape()
+        rows: list[StreamResult] = []
+        for rnd in range(self.grid.rounds):
+            wave_start, futures = self._wave(pool, shape)
+            for idx, fut in enumerate(futures):
+                r = fut.result()
+                self.writer.write(_row(point, cached, isl, osl, c, rnd, idx, wave_start, r))
+                self.statuses[r.status] += 1
+                rows.append(r)
+                if bar is not None:
+                    bar.advance(bar.task_ids[0])
+        after = self.scrape() if before is not None else None
+        if before is not None and after is not None:
+            self._write_metrics(point, before, after)
+        ok = [r for r in rows if r.ok]
+        self.per_point.append(
+            {
+                "point": point,
+                "cached_tokens": cached,
+                "input_tokens": isl,
+                "output_tokens": osl,
+                "concurrency": c,
+                "ok": len(ok),
+                "failed": len(rows) - len(ok),
+                "ttft_ms": _median_ms([r.ttft_s for r in ok]),
+                "itl_ms": _median_ms([r.mean_itl_s for r in ok]),
+                "e2e_ms": _median_ms([r.e2e_s for r in ok]),
+            }
+        )
+
+    def _wave(
+        self, pool: ThreadPoolExecutor, shape: tuple[int, int, int, int]
+    ) -> tuple[float, list[Future[StreamResult]]]:
+        """One wave: ``c`` requests released together (after their cached prefixes, if
+        any, are warmed); its start and the requests' futures."""
+        cached, isl, osl, c = shape
+        grid, rng = self.grid, self.rng
+        prompts = [random_prompt(rng, isl, grid) for _ in range(c)]
+        if cached:
+            # 2 output tokens, not 1: transformers serve indexes a request's full blocks
+            # for reuse only after a forward pass that follows them, so a 1-token
+            # request leaves nothing cached (measured: 48 ms TTFT after a 1-token
+            # warm-up, 8 ms after a 2-token one)
+            prefixes = [random_prompt(rng, cached, grid) for _ in range(c)]
+            for fut in [pool.submit(self.request, pre, 2) for pre in prefixes]:
+                fut.result()
+            prompts = [f"{pre} {new}" for pre, new in zip(prefixes, prompts, strict=True)]
+        barrier = threading.Barrier(c)
+
+        def one(prompt: str) -> StreamResult:
+            barrier.wait()
+            return self.request(prompt, osl)
+
+        wave_start = time.perf_counter()
+        return wave_start, [pool.submit(one, p) for p in prompts]
+
+    def _write_metrics(self, point: int, before: dict[str, float], after: dict[str, float]) -> None:
+        if self.metrics_writer is None:
+            columns = ("point", "phase", "sample", "value")
+            self.metrics_writer = _RowWriter(self.metrics_path, columns)
+        for phase, samples in (("before", before), ("after", after)):
+            for name, value in samples.items():
+                self.metrics_writer.write([point, phase, name, value])
 
 
 def _median_ms(values: list[float]) -> float:

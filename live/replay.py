@@ -3,18 +3,15 @@
 Every architecture of a scenario (FC, CP, SM, KSO, ...) runs its sampled tasks (the
 same ones the simulator runs: same seed, same sampler) against live OpenAI-compatible
 servers: the agent model at ``agent_endpoint``, the memory model at
-``memory_endpoint``. Each agent is a thread executing the same context policy as the
-simulated agent (:mod:`sim.policy`): the policy says what to send, when to summarize,
-wait and swap; this module turns its token segments into real text (words that are
-one token each for the tiny model's tokenizer: seeded words for the system prompt,
-observations and instructions, the servers' own output for actions and summaries), so
-the server's prefix cache sees what the simulator's prefix cache sees. Asynchronous
-summaries run on background threads.
+``memory_endpoint``. Each agent is a thread (:class:`live.agent.LiveAgent`) running the
+same context policy and the same loop over its actions as the simulated agent
+(:mod:`sim.executor`).
 
-Per-step rows use :data:`sim.agents.STEP_COLUMNS` semantics where the client can
-observe them: ``step_latency_s = finished - submit + tool_s + stall_s``, with the
-summarization wait of CP/SM and the swap wait of KSO in ``stall_s``, and the authors'
-per-step metrics (``llm_exec_time_s`` ... ``total_step_time_s``). ``queue_s`` and
+Per-step rows (:class:`live.agent.ReplayStepRow`) use :class:`sim.rows.StepRow`
+semantics where the client can observe them:
+``step_latency_s = finished - submit + tool_s + stall_s``, with the summarization
+wait of CP/SM and the swap wait of KSO in ``stall_s``, and the authors' per-step
+metrics (``llm_exec_time_s`` ... ``total_step_time_s``). ``queue_s`` and
 ``cached_tokens`` are inside the server, so they are not recorded.
 """
 
@@ -25,392 +22,26 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from live.openai_stream import Endpoint, StreamResult, stream_completion
+from live.agent import (
+    REPLAY_STEP_COLUMNS,
+    LiveAgent,
+    LiveRows,
+    LiveTarget,
+    ReplayStepRow,
+    ReplaySummaryRow,
+    Words,
+)
+from live.openai_stream import stream_completion
 from live.profiler import _RowWriter
-from sim.agents import TASK_COLUMNS, TaskRow
-from sim.policy import (
-    AgentReply,
-    Await,
-    ContextPolicy,
-    PolicyParams,
-    Prompt,
-    Segment,
-    Send,
-    StepEnd,
-    Summarize,
-    Task,
-    Tool,
-    Waited,
-    make_policy,
-    total_step_time,
-    uses_memory,
-)
+from sim.actions import Task
+from sim.policy import uses_memory
+from sim.rows import TaskRow, frame
 from sim.scenario import ArchitectureConfig, Scenario
-
-
-class ReplayStepRow(NamedTuple):
-    """One live step, in :class:`sim.agents.StepRow` terms where a client can observe
-    them (``queue_s`` and ``cached_tokens`` are inside the server)."""
-
-    architecture: str
-    agent: int
-    task: int
-    step: int
-    status: str
-    submit_s: float
-    first_token_s: float
-    finished_s: float
-    prefill_s: float
-    decode_s: float
-    tool_s: float
-    stall_s: float
-    step_latency_s: float
-    prompt_tokens: int
-    action_tokens: int
-    summary_launched: bool
-    summary_swapped: bool
-    llm_exec_time_s: float
-    summary_exec_time_s: float
-    prefill_exec_time_s: float
-    env_exec_time_s: float
-    total_step_time_s: float
-    #: ``usage`` (the server's counts) or ``client`` (prompt as sent, streamed chunks)
-    token_counts_from: str
-
-
-REPLAY_STEP_COLUMNS = ReplayStepRow._fields
-
-#: one row per summarization request (CP on the agent server, SM/KSO on the memory one)
-REPLAY_SUMMARY_COLUMNS = (
-    "architecture",
-    "agent",
-    "task",
-    "step",
-    "server",
-    "status",
-    "submit_s",
-    "ttft_s",
-    "e2e_s",
-    "prompt_tokens",
-    "output_tokens",
-    "token_counts_from",
-)
-
-
-@dataclass(frozen=True)
-class LiveTarget:
-    """Where and how to send requests."""
-
-    agent: Endpoint
-    model: str
-    memory: Endpoint | None = None
-    memory_model: str | None = None
-    timeout_s: float = 120.0
-    extra_body: dict[str, Any] = field(default_factory=dict)
-    vocabulary_words: int = 4000
-    word_prefix: str = "w"
-
-
-class _Words:
-    """Seeded random prompt words, one token each for the tiny model's tokenizer."""
-
-    def __init__(self, target: LiveTarget, seed: int, stream: int = 0) -> None:
-        self.target = target
-        self.seed = seed
-        self.stream = stream  # one per architecture: no prompt is cached by another's run
-
-    def make(self, n: int, *key: int) -> list[str]:
-        rng = np.random.default_rng([self.seed, self.stream, *key])
-        ids = rng.integers(0, self.target.vocabulary_words, n)
-        return [f"{self.target.word_prefix}{i}" for i in ids]
-
-
-@dataclass
-class _LiveJob:
-    """A summary request on a live server, as the executor sees it."""
-
-    done: threading.Event = field(default_factory=threading.Event)
-    e2e_s: float = 0.0
-    pre_warm_s: float = 0.0
-
-
-class _Texts:
-    """The words of a task's segments: seeded prompt words for the system prompt,
-    observations and instructions; what the servers wrote for actions and summaries."""
-
-    def __init__(self, words: _Words, key: tuple[int, int]) -> None:
-        self.words = words
-        self.key = key
-        self.actions: dict[int, list[str]] = {}
-        self.summaries: dict[int, list[str]] = {}
-
-    def segment(self, seg: Segment) -> list[str]:
-        if seg.kind == "system":
-            return self.words.make(seg.tokens, *self.key, 0)
-        if seg.kind == "observation":
-            return self.words.make(seg.tokens, *self.key, seg.ref, 1)
-        if seg.kind == "instruction":
-            return self.words.make(seg.tokens, *self.key, seg.ref, 2)
-        if seg.kind == "padding":
-            return self.words.make(seg.tokens, *self.key, seg.ref, 3)
-        own = self.actions if seg.kind == "action" else self.summaries
-        return own[seg.ref][: seg.tokens]
-
-    def render(self, prompt: Prompt) -> list[str]:
-        out = [w for seg in prompt.segments for w in self.segment(seg)]
-        return out[-prompt.keep_last :] if prompt.keep_last is not None else out
-
-
-class LiveAgent:
-    """One agent thread executing a context policy (:mod:`sim.policy`) against live
-    servers: the same state machine the simulated agent executes."""
-
-    def __init__(
-        self,
-        agent_id: int,
-        name: str,
-        params: PolicyParams,
-        target: LiveTarget,
-        words: _Words,
-        t0: float,
-        steps: list[ReplayStepRow],
-        tasks: list[TaskRow],
-        lock: threading.Lock,
-        on_task: Callable[[], None] | None = None,
-        summaries: list[tuple[Any, ...]] | None = None,
-        memory_max_model_len: int | None = None,
-    ) -> None:
-        self.id = agent_id
-        self.name = name
-        self.params = params
-        self.target = target
-        self.words = words
-        self.t0 = t0
-        self.steps = steps
-        self.tasks = tasks
-        self.summaries: list[tuple[Any, ...]] = summaries if summaries is not None else []
-        self.crashed: str | None = None
-        self.memory_max_model_len = memory_max_model_len
-        self.lock = lock
-        self.on_task = on_task
-        self._background: list[threading.Thread] = []
-
-    def _now(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def _request(
-        self, memory: bool, prompt: list[str], max_tokens: int
-    ) -> tuple[StreamResult, float]:
-        t = self.target
-        endpoint = t.memory if memory and t.memory is not None else t.agent
-        model = (t.memory_model or t.model) if memory else t.model
-        submit = self._now()
-        res = stream_completion(
-            endpoint, model, " ".join(prompt), max_tokens, t.timeout_s, t.extra_body
-        )
-        return res, submit
-
-    def run(self, own: list[Task]) -> None:
-        """Run the tasks; an unexpected exception is kept (``self.crashed``), not lost
-        with the thread, so the caller can report it."""
-        try:
-            for task_id, task in enumerate(own):
-                self.run_task(task_id, task)
-                if self.on_task is not None:
-                    self.on_task()
-        except Exception as exc:
-            self.crashed = f"agent {self.id}: {type(exc).__name__}: {exc}"
-        finally:
-            for th in self._background:
-                th.join()
-
-    def run_task(self, task_id: int, task: Task) -> str:
-        policy = make_policy(self.params, task, self.memory_max_model_len)
-        texts = _Texts(self.words, (self.id, task_id))
-        guard = threading.Lock()  # the policy and texts, shared with summary threads
-        jobs: dict[int, _LiveJob] = {}
-        start = self._now()
-        run = policy.run()
-        reply: AgentReply | Waited | None = None
-        res: StreamResult | None = None
-        submit = tool = stall = total_stall = 0.0
-        prompt_len = summaries = 0
-        while True:
-            with guard:
-                try:
-                    action = run.send(reply)
-                except StopIteration as end:
-                    status = str(end.value)
-                    break
-                prompt = texts.render(action.prompt) if isinstance(action, Send | Summarize) else []
-            reply = None
-            if isinstance(action, Send):
-                prompt_len = len(prompt)
-                res, submit = self._request(False, prompt, action.output_tokens)
-                if res.ok:
-                    words = res.text.split()
-                    with guard:
-                        texts.actions[action.step] = words
-                    # a client sees the latency; queueing and KV are inside the server
-                    reply = AgentReply(True, len(words), latency_s=res.e2e_s)
-                else:
-                    reply = AgentReply(
-                        False, failure=f"{res.status}: {res.error}"[:200], latency_s=res.e2e_s
-                    )
-            elif isinstance(action, Tool):
-                time.sleep(action.seconds)
-                tool += action.seconds
-            elif isinstance(action, Summarize):
-                job = jobs[action.job] = _LiveJob()
-                w0 = self._now()
-                if action.blocking:
-                    self._summarize(policy, texts, guard, action, prompt, job, task_id)
-                    stall += self._now() - w0
-                else:
-                    th = threading.Thread(
-                        target=self._summarize,
-                        args=(policy, texts, guard, action, prompt, job, task_id),
-                        daemon=True,
-                    )
-                    self._background.append(th)
-                    th.start()
-            elif isinstance(action, Await):
-                w0 = self._now()
-                jobs[action.job].done.wait()
-                stall += self._now() - w0
-                reply = Waited(self._now() - w0)
-            elif isinstance(action, StepEnd):
-                swapped = jobs.get(action.swapped) if action.swapped is not None else None
-                if res is not None:  # a step that sent nothing has no row
-                    self._record(
-                        policy, task_id, action, res, submit, prompt_len, tool, stall, swapped
-                    )
-                summaries += swapped is not None
-                total_stall += stall
-                res, tool, stall = None, 0.0, 0.0
-        end_s = self._now()
-        row = TaskRow(
-            self.name,
-            self.id,
-            task_id,
-            start,
-            end_s,
-            end_s - start,
-            len(policy.raw),
-            status,
-            summaries,
-            total_stall + stall,
-        )
-        with self.lock:
-            self.tasks.append(row)
-        return status
-
-    def _summarize(
-        self,
-        policy: ContextPolicy,
-        texts: _Texts,
-        guard: threading.Lock,
-        act: Summarize,
-        prompt: list[str],
-        job: _LiveJob,
-        task_id: int,
-    ) -> None:
-        """One summary request, then ``policy.summary_done``; the job's event is always
-        set (the agent may be waiting on it), before any pre-warm is sent."""
-        memory = act.model == "memory"
-        warm, warm_prompt = None, []
-        try:
-            res: StreamResult | None = None
-            error = ""
-            try:
-                res, submit = self._request(memory, prompt, act.output_tokens)
-                self._record_summary(task_id, act.step, memory, res, submit, len(prompt))
-                job.e2e_s = res.e2e_s
-            except Exception as exc:  # the thread must not die silently
-                error = f"{type(exc).__name__}: {exc}"
-            ok = res is not None and res.ok
-            words = res.text.split() if res is not None and ok else []
-            if res is not None and not ok:
-                error = f"{res.status}: {res.error}"
-            with guard:
-                texts.summaries[act.job] = words
-                warm = policy.summary_done(act.job, ok, len(words), error[:200])
-                warm_prompt = texts.render(warm.prompt) if warm is not None else []
-        finally:
-            job.done.set()
-        if warm is not None:
-            # prefill the next context now, as the simulator does once the summary is
-            # ready (the swap does not wait for it). 2 tokens: transformers serve caches
-            # a prompt's blocks only after a forward pass that follows them (see
-            # live.profiler); the simulator's pre-warm is 1 token, which vLLM caches at
-            # prefill
-            res, _ = self._request(False, warm_prompt, 2)
-            job.pre_warm_s = res.e2e_s
-
-    def _record_summary(
-        self, task_id: int, t: int, memory: bool, res: StreamResult, submit: float, prompt: int
-    ) -> None:
-        row = (
-            self.name,
-            self.id,
-            task_id,
-            t,
-            "memory" if memory else "agent",
-            res.status,
-            submit,
-            res.ttft_s,
-            res.e2e_s,
-            *res.counts(prompt),
-            res.token_counts_from,
-        )
-        with self.lock:
-            self.summaries.append(row)
-
-    def _record(
-        self,
-        policy: ContextPolicy,
-        task_id: int,
-        end: StepEnd,
-        res: StreamResult,
-        submit: float,
-        prompt_len: int,
-        tool_s: float,
-        stall: float,
-        swapped: _LiveJob | None,
-    ) -> None:
-        summary = swapped.e2e_s if swapped is not None else 0.0
-        pre = swapped.pre_warm_s if swapped is not None else 0.0
-        row = ReplayStepRow(
-            self.name,
-            self.id,
-            task_id,
-            end.step,
-            res.status,
-            submit,
-            submit + res.ttft_s,
-            submit + res.e2e_s,
-            res.ttft_s,
-            res.e2e_s - res.ttft_s,
-            tool_s,
-            stall,
-            res.e2e_s + tool_s + stall,
-            *res.counts(prompt_len),
-            end.launched,
-            end.swapped is not None,
-            res.e2e_s,
-            summary,
-            pre,
-            tool_s,
-            total_step_time(policy.step_accounting, res.e2e_s, summary, pre, tool_s),
-            res.token_counts_from,
-        )
-        with self.lock:
-            self.steps.append(row)
 
 
 @dataclass
@@ -419,9 +50,7 @@ class ReplayResult:
     steps: pd.DataFrame
     tasks: pd.DataFrame
     wall_s: dict[str, float]
-    summaries: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(REPLAY_SUMMARY_COLUMNS))
-    )
+    summaries: pd.DataFrame = field(default_factory=lambda: frame([], ReplaySummaryRow._fields))
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -450,14 +79,14 @@ class ReplayResult:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         paths = []
-        for key, frame in (
+        for key, table in (
             ("steps", self.steps),
             ("tasks", self.tasks),
             ("summaries", self.summaries),
         ):
             p = out / REPLAY_FILES[key][0]
             tmp = p.with_name(f".{p.name}.tmp")
-            frame.to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
             tmp.replace(p)
             paths.append(str(p))
         return [*paths, str(_write_config(self.scenario, out))]
@@ -473,21 +102,24 @@ class _StreamedRows(list[Any]):
     """Rows kept in memory and, with a writer, appended to its CSV (flushed and synced)
     the moment they are taken: a replay killed half-way keeps every measured row."""
 
-    def __init__(self, writer: _RowWriter | None = None) -> None:
+    def __init__(
+        self, writer: _RowWriter | None = None, cells: Callable[[Any], list[Any]] = list
+    ) -> None:
         super().__init__()
         self.writer = writer
+        self.cells = cells  # a row's values in the CSV's columns
 
     def append(self, row: Any) -> None:
         super().append(row)
         if self.writer is not None:
-            self.writer.write(list(row))
+            self.writer.write(self.cells(row))
 
 
 #: the CSV files of a replay, by the rows they hold
 REPLAY_FILES = {
     "steps": ("live_steps.csv", REPLAY_STEP_COLUMNS),
-    "tasks": ("live_tasks.csv", TASK_COLUMNS),
-    "summaries": ("live_summaries.csv", REPLAY_SUMMARY_COLUMNS),
+    "tasks": ("live_tasks.csv", TaskRow._fields),
+    "summaries": ("live_summaries.csv", ReplaySummaryRow._fields),
 }
 
 
@@ -498,37 +130,26 @@ def replay_architecture(
     target: LiveTarget,
     on_task: Callable[[], None] | None = None,
     writers: dict[str, _RowWriter] | None = None,
-) -> tuple[list[ReplayStepRow], list[TaskRow], list[tuple[Any, ...]], float]:
-    """Run every agent of one architecture as a thread; returns step rows, task rows,
-    summary-request rows, wall time. Closed loop (each agent runs its tasks back to
-    back) or closed batch (every task on its own thread, all started at once).
-    ``writers`` (by :data:`REPLAY_FILES` key): rows also go to them as they are taken."""
+) -> tuple[LiveRows, float]:
+    """Run every agent of one architecture as a thread; returns its rows and the wall
+    time. Closed loop (each agent runs its tasks back to back) or closed batch (every
+    task on its own thread, all started at once). ``writers`` (by :data:`REPLAY_FILES`
+    key): rows also go to them as they are taken."""
     check_replayable(scenario, target)
     if scenario.workload.arrivals == "closed-batch":
         tasks = [[task] for own in tasks for task in own]
     sink = writers or {}
-    steps: list[ReplayStepRow] = _StreamedRows(sink.get("steps"))
-    done: list[TaskRow] = _StreamedRows(sink.get("tasks"))
-    summaries: list[tuple[Any, ...]] = _StreamedRows(sink.get("summaries"))
-    lock = threading.Lock()
+    rows = LiveRows(
+        steps=_StreamedRows(sink.get("steps"), ReplayStepRow.cells),
+        tasks=_StreamedRows(sink.get("tasks")),
+        summaries=_StreamedRows(sink.get("summaries")),
+    )
     stream = next(i for i, a in enumerate(scenario.architectures) if a.name == arch.name)
-    words = _Words(target, scenario.seed, stream)
+    words = Words(target, scenario.seed, stream)
+    limit = arch.memory.max_model_len if arch.memory is not None else None
     t0 = time.perf_counter()
     agents = [
-        LiveAgent(
-            a,
-            arch.name,
-            arch,
-            target,
-            words,
-            t0,
-            steps,
-            done,
-            lock,
-            on_task,
-            summaries,
-            arch.memory.max_model_len if arch.memory is not None else None,
-        )
+        LiveAgent(a, arch.name, arch, target, words, t0, rows, on_task, limit)
         for a in range(len(tasks))
     ]
     threads = [
@@ -542,9 +163,20 @@ def replay_architecture(
     nan = float("nan")
     for ag in agents:  # a crash ends the agent's tasks: a task row says so
         if ag.crashed is not None:
-            crash = f"crashed: {ag.crashed}"
-            done.append(TaskRow(arch.name, ag.id, -1, nan, nan, nan, 0, crash, 0, nan))
-    return steps, done, summaries, time.perf_counter() - t0
+            crash = TaskRow(
+                architecture=arch.name,
+                agent=ag.id,
+                task=-1,
+                start_s=nan,
+                end_s=nan,
+                latency_s=nan,
+                steps=0,
+                status=f"crashed: {ag.crashed}",
+                summaries=0,
+                stall_s=nan,
+            )
+            rows.tasks.append(crash)
+    return rows, time.perf_counter() - t0
 
 
 def check_replayable(scenario: Scenario, target: LiveTarget) -> None:
@@ -567,7 +199,7 @@ def warm_up(target: LiveTarget, requests: int = 2) -> None:
     """A few short requests to every server first: the first request a server sees
     pays one-off costs (the tiny model's first takes ~2 s against ~10 ms after), which
     the simulator does not model and a profile does not contain."""
-    words = _Words(target, 12345)
+    words = Words(target, 12345)
     for endpoint, model in ((target.agent, target.model), (target.memory, target.memory_model)):
         if endpoint is None:
             continue
@@ -614,9 +246,9 @@ def replay_scenario(
         for key, (name, columns) in REPLAY_FILES.items():
             writers[key] = _RowWriter(Path(out) / name, tuple(columns))
     warm_up(target)
-    all_steps: list[tuple[Any, ...]] = []
-    all_tasks: list[tuple[Any, ...]] = []
-    all_summaries: list[tuple[Any, ...]] = []
+    all_steps: list[ReplayStepRow] = []
+    all_tasks: list[TaskRow] = []
+    all_summaries: list[ReplaySummaryRow] = []
     wall: dict[str, float] = {}
     bar = None
     job = None
@@ -639,12 +271,10 @@ def replay_scenario(
             if bar is not None and job is not None:
                 bar.update(job, description=f"replay {arch.name}")
             advance = (lambda: bar.advance(job)) if bar is not None and job is not None else None
-            steps, done, summ, secs = replay_architecture(
-                scenario, arch, tasks, target, advance, writers
-            )
-            all_steps += sorted(steps, key=lambda r: (r[1], r[2], r[3]))
-            all_tasks += sorted(done, key=lambda r: (r[1], r[2]))
-            all_summaries += sorted(summ, key=lambda r: (r[1], r[2], r[3]))
+            rows, secs = replay_architecture(scenario, arch, tasks, target, advance, writers)
+            all_steps += sorted(rows.steps, key=lambda r: (r.row.agent, r.row.task, r.row.step))
+            all_tasks += sorted(rows.tasks, key=lambda r: (r.agent, r.task))
+            all_summaries += sorted(rows.summaries, key=lambda r: (r.agent, r.task, r.step))
             wall[arch.name] = secs
     finally:
         if bar is not None:
@@ -653,10 +283,10 @@ def replay_scenario(
             w.close()
     return ReplayResult(
         scenario,
-        pd.DataFrame(all_steps, columns=list(REPLAY_STEP_COLUMNS)),
-        pd.DataFrame(all_tasks, columns=list(TASK_COLUMNS)),
+        frame([r.cells() for r in all_steps], REPLAY_STEP_COLUMNS),
+        frame(all_tasks, TaskRow._fields),
         wall,
-        pd.DataFrame(all_summaries, columns=list(REPLAY_SUMMARY_COLUMNS)),
+        frame(all_summaries, ReplaySummaryRow._fields),
     )
 
 

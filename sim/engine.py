@@ -46,6 +46,7 @@ from sim.kv_geometry import kv_geometry, offload_tier
 from sim.metrics import MetricsRecorder
 from sim.pricing import run_end_times, run_rest, step_time, turn_durations
 from sim.request import Request
+from sim.rows import IterationRow, RequestRow
 from sim.shared_gpus import SERVED, delay_to
 
 if TYPE_CHECKING:
@@ -221,24 +222,24 @@ class Engine:
         gen = req.generated
         tpot = (req.finished_s - req.first_token_s) / (gen - 1) if gen > 1 else math.nan
         self.recorder.add_request(
-            (
-                self.config.name,
-                req.id,
-                req.tag,
-                req.status,
-                req.reason,
-                req.prompt_tokens,
-                gen,
-                req.arrival_s,
-                req.admitted_s,
-                req.first_token_s,
-                req.finished_s,
-                req.admitted_s - req.arrival_s,
-                req.first_token_s - req.arrival_s,
-                tpot,
-                req.finished_s - req.arrival_s,
-                req.preemptions,
-                req.cached_tokens,
+            RequestRow(
+                engine=self.config.name,
+                request_id=req.id,
+                tag=req.tag,
+                status=req.status,
+                reason=req.reason,
+                prompt_tokens=req.prompt_tokens,
+                output_tokens=gen,
+                arrival_s=req.arrival_s,
+                admitted_s=req.admitted_s,
+                first_token_s=req.first_token_s,
+                finished_s=req.finished_s,
+                queue_s=req.admitted_s - req.arrival_s,
+                ttft_s=req.first_token_s - req.arrival_s,
+                tpot_s=tpot,
+                e2e_s=req.finished_s - req.arrival_s,
+                preemptions=req.preemptions,
+                cached_tokens=req.cached_tokens,
             )
         )
 
@@ -272,19 +273,19 @@ class Engine:
             return
         kv = self.kv
         self.recorder.iterations.append(
-            (
-                self.config.name,
-                start,
-                (self.env.now if end != end else end) - start,
-                iterations,
-                decode,
-                len(chunks),
-                sum(chunks),
-                self.scheduler.num_running,
-                len(self.scheduler.waiting),
-                kv.used_blocks,
-                kv.cached_free_blocks,
-                kv.total_blocks,
+            IterationRow(
+                engine=self.config.name,
+                start_s=start,
+                duration_s=(self.env.now if end != end else end) - start,
+                iterations=iterations,
+                decode_seqs=decode,
+                prefill_chunks=len(chunks),
+                prefill_tokens=sum(chunks),
+                running=self.scheduler.num_running,
+                waiting=len(self.scheduler.waiting),
+                kv_used_blocks=kv.used_blocks,
+                kv_cached_blocks=kv.cached_free_blocks,
+                kv_total_blocks=kv.total_blocks,
             )
         )
 

@@ -9,58 +9,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sim.rows import IterationRow, RequestRow, frame
+
 if TYPE_CHECKING:
     import pandas as pd
-
-REQUEST_COLUMNS = (
-    "engine",
-    "request_id",
-    "tag",
-    "status",
-    "reason",
-    "prompt_tokens",
-    "output_tokens",
-    "arrival_s",
-    "admitted_s",
-    "first_token_s",
-    "finished_s",
-    "queue_s",
-    "ttft_s",
-    "tpot_s",
-    "e2e_s",
-    "preemptions",
-    "cached_tokens",
-)
-
-ITERATION_COLUMNS = (
-    "engine",
-    "start_s",
-    "duration_s",
-    "iterations",
-    "decode_seqs",
-    "prefill_chunks",
-    "prefill_tokens",
-    "running",
-    "waiting",
-    "kv_used_blocks",
-    "kv_cached_blocks",
-    "kv_total_blocks",
-)
 
 
 @dataclass
 class MetricsRecorder:
-    """Collects rows as plain tuples; frames are built on demand.
+    """Collects rows (:mod:`sim.rows`); frames are built on demand.
 
     Engines append one request row when a request ends (finished or rejected) and one
     series row per step: an iteration in ``iteration`` stepping, a run of
     ``iterations`` identical-shape iterations in ``event`` stepping.
     """
 
-    requests: list[tuple[Any, ...]] = field(default_factory=list)
-    iterations: list[tuple[Any, ...]] = field(default_factory=list)
+    requests: list[RequestRow] = field(default_factory=list)
+    iterations: list[IterationRow] = field(default_factory=list)
     #: called with each request row as it is recorded (progress bars, streaming)
-    on_request: Callable[[tuple[Any, ...]], None] | None = None
+    on_request: Callable[[RequestRow], None] | None = None
     #: keep inter-token gaps (``vllm bench serve``'s ITL): per iteration, its duration
     #: and how many tokens it sampled that were not a request's first
     itl_samples: bool = False
@@ -121,20 +88,16 @@ class MetricsRecorder:
         times = ends + np.asarray(self._itl_starts)[index]
         return np.concatenate([times, extra_t]), np.concatenate([weights, ones])
 
-    def add_request(self, row: tuple[Any, ...]) -> None:
+    def add_request(self, row: RequestRow) -> None:
         self.requests.append(row)
         if self.on_request is not None:
             self.on_request(row)
 
     def requests_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.requests, columns=list(REQUEST_COLUMNS))
+        return frame(self.requests, RequestRow._fields)
 
     def iterations_frame(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.iterations, columns=list(ITERATION_COLUMNS))
+        return frame(self.iterations, IterationRow._fields)
 
     def write_parquet(self, directory: str | Path) -> list[Path]:
         out = Path(directory)

@@ -29,7 +29,8 @@ from calibration import limits
 from calibration.errors import ComemInputError
 from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
 from engine.kv_cache import StreamSpace
-from sim.agents import STEP_COLUMNS, TASK_COLUMNS, Agent, AgentRecorder
+from sim.actions import Step, Task
+from sim.agents import Agent, AgentRecorder
 from sim.compare import architecture_summary, compare
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
 from sim.deployment import build_engines, simulation_gc
@@ -37,7 +38,7 @@ from sim.effectiveness import EffectivenessParams, architecture_effectiveness
 from sim.engine_latency import IterationLatency
 from sim.kv_geometry import check_engine
 from sim.metrics import MetricsRecorder
-from sim.policy import PolicyParams, Step, Task, uses_memory
+from sim.policy import PolicyParams, uses_memory
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
@@ -397,8 +398,8 @@ def run_architecture(
     preempt = engine.preemptions + (memory.preemptions if memory is not None else 0)
     return ArchitectureResult(
         arch,
-        pd.DataFrame(recorder.steps, columns=list(STEP_COLUMNS)),
-        pd.DataFrame(recorder.tasks, columns=list(TASK_COLUMNS)),
+        recorder.steps_frame(),
+        recorder.tasks_frame(),
         metrics.requests_frame(),
         metrics.iterations_frame(),
         preempt,

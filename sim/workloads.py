@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from calibration.errors import ComemInputError
 from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText, Rate, Tokens
-from sim.policy import Step, Task
+from sim.actions import Step, Task
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 FITTED_FILE = DATA_DIR / "swebench_fitted.json"

@@ -1,4 +1,4 @@
-"""kso-adaptive (sim/policy.py): its rule on its own (no SimPy: a tiny executor feeds it
+"""kso-adaptive (sim/kso.py): its rule on its own (no SimPy: a tiny executor feeds it
 chosen observations), its parameter checks, and the simulated agent running it."""
 
 from __future__ import annotations
@@ -11,22 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from calibration.errors import ComemInputError
-from sim.policy import (
-    POLICIES,
-    AdaptiveParams,
-    AgentReply,
-    Await,
-    KSOAdaptive,
-    PolicyParams,
-    Send,
-    Step,
-    StepEnd,
-    Summarize,
-    Task,
-    Tool,
-    Waited,
-    make_policy,
-)
+from sim.actions import AgentReply, Await, Send, Step, StepEnd, Summarize, Task, Tool, Waited
+from sim.kso import AdaptiveParams, KSOAdaptive
+from sim.policy import POLICIES, PolicyParams, make_policy
 
 SYS, OBS, A, S = 32, 16, 4, 8
 

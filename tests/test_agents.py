@@ -198,7 +198,9 @@ def test_the_authors_policy_runs_their_synthetic_benchmark():
 
 
 def test_a_registered_policy_runs_on_the_simulated_agent_unchanged():
-    from sim.policy import POLICIES, ContextPolicy, StepEnd, register_policy
+    from sim.actions import StepEnd
+    from sim.context_policy import ContextPolicy
+    from sim.policy import POLICIES, register_policy
 
     @register_policy("sm-every-step", "sync memory after every step")
     class EveryStep(ContextPolicy):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from calibration.errors import ComemInputError
-from sim.policy import AgentReply, PolicyParams, Send, Step, StepEnd, Task, make_policy
+from sim.actions import AgentReply, Send, Step, StepEnd, Task
+from sim.policy import PolicyParams, make_policy
 from sim.scenario import Scenario, load_scenario, run_scenario
 from sim.workloads import (
     FittedWorkload,

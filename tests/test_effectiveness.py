@@ -13,7 +13,8 @@ from calibration.report import find_shared
 from sim import effectiveness as ef
 from sim import effectiveness_fit as fit_mod
 from sim.effectiveness import EffectivenessParams, PolicyFeatures, policy_features
-from sim.policy import AdaptiveParams, PolicyParams
+from sim.kso import AdaptiveParams
+from sim.policy import PolicyParams
 from sim.scenario import load_scenario, run_scenario, scenario_from
 
 FIT = ef.load_fit()

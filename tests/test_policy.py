@@ -1,9 +1,10 @@
 """The context-policy core (sim/policy.py) on its own: no SimPy, no torch, no time.
 
-A tiny executor below drives a policy the way sim.agents and live.replay do, with
-summaries that finish after a chosen number of agent requests; the tests read what
-the policy asked for: prompts (tokens), streams (cached or fresh), summaries launched,
-waited for and swapped in. The timelines are those of comem-pipeline.png.
+A tiny executor below drives a policy the way sim.executor's loop does (under
+sim.agents and live.agent), with summaries that finish after a chosen number of agent
+requests; the tests read what the policy asked for: prompts (tokens), streams (cached
+or fresh), summaries launched, waited for and swapped in. The timelines are those of
+comem-pipeline.png.
 """
 
 from __future__ import annotations
@@ -15,23 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sim.policy import (
-    POLICIES,
-    AgentReply,
-    Await,
-    ContextPolicy,
-    PolicyParams,
-    PreWarm,
-    Send,
-    Step,
-    StepEnd,
-    Summarize,
-    Task,
-    Tool,
-    make_policy,
-    register_policy,
-    total_step_time,
-)
+from sim.actions import AgentReply, Await, PreWarm, Send, Step, StepEnd, Summarize, Task, Tool
+from sim.context_policy import ContextPolicy, total_step_time
+from sim.policy import POLICIES, PolicyParams, make_policy, register_policy
 
 SYS, OBS, A, S, Q = 32, 16, 4, 8, 2  # system, observation, action, summary, instruction
 RAW = OBS + A

@@ -92,9 +92,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from live.agent import LiveTarget
     from live.openai_stream import Endpoint
     from live.replay import (
-        LiveTarget,
         check_live_cost,
         compare_with_simulation,
         comparison_line,

@@ -1,0 +1,59 @@
+"""The one policy loop (sim.executor) and its rows: the thread driver, and the columns
+every table keeps (the Parquet and CSV files stay as they were)."""
+
+from __future__ import annotations
+
+import pytest
+
+from live.agent import REPLAY_STEP_COLUMNS, ReplayStepRow, drive_blocking
+from sim.rows import IterationRow, RequestRow, StepRow, TaskRow
+
+
+def test_drive_blocking_makes_each_call_and_throws_its_error_in():
+    seen = []
+
+    def steps():
+        seen.append((yield lambda: 1))
+        try:
+            yield lambda: 1 / 0
+        except ZeroDivisionError:
+            seen.append("caught")
+        return "done"
+
+    assert drive_blocking(steps()) == "done"
+    assert seen == [1, "caught"]
+
+    def released():
+        try:
+            yield lambda: 1 / 0
+        finally:
+            seen.append("released")
+
+    with pytest.raises(ZeroDivisionError):
+        drive_blocking(released())
+    assert seen[-1] == "released"  # a job is released even when its request fails
+
+
+def test_rows_keep_their_columns():
+    assert RequestRow._fields[:5] == ("engine", "request_id", "tag", "status", "reason")
+    assert len(RequestRow._fields) == 17 and RequestRow._fields[-1] == "cached_tokens"
+    assert IterationRow._fields[-3:] == ("kv_used_blocks", "kv_cached_blocks", "kv_total_blocks")
+    assert len(StepRow._fields) == 26 and StepRow._fields[-1] == "total_step_time_s"
+    assert TaskRow._fields == (
+        "architecture", "agent", "task", "start_s", "end_s", "latency_s", "steps", "status",
+        "summaries", "stall_s",
+    )  # fmt: skip
+
+
+def test_a_live_step_row_is_the_step_row_a_client_sees():
+    assert REPLAY_STEP_COLUMNS == (
+        "architecture", "agent", "task", "step", "status", "submit_s", "first_token_s",
+        "finished_s", "prefill_s", "decode_s", "tool_s", "stall_s", "step_latency_s",
+        "prompt_tokens", "action_tokens", "summary_launched", "summary_swapped",
+        "llm_exec_time_s", "summary_exec_time_s", "prefill_exec_time_s", "env_exec_time_s",
+        "total_step_time_s", "token_counts_from",
+    )  # fmt: skip
+    row = StepRow(**{name: i for i, name in enumerate(StepRow._fields)})  # type: ignore[arg-type]
+    cells = ReplayStepRow(row, "usage").cells()
+    assert cells[-1] == "usage"
+    assert cells[:-1] == [getattr(row, c) for c in REPLAY_STEP_COLUMNS[:-1]]
