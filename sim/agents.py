@@ -159,7 +159,7 @@ class SimTask(TaskExecutor[simpy.Event, _SimJob]):
             engine, tag = self.owner.engine, (self.agent, self.task, act.step, "summary")
         else:
             assert self.owner.memory is not None
-            engine, tag = self.owner.memory, (self.agent, self.task, act.step)
+            engine, tag = self.owner.memory, (self.agent, self.task, act.step, "summary")
         job = self.jobs[act.job] = _SimJob(submit_s=self.env.now, done=self.env.event())
         stream = self._stream(act.stream)
         job.request = engine.submit(act.prompt.tokens, act.output_tokens, stream, tag)
@@ -175,7 +175,7 @@ class SimTask(TaskExecutor[simpy.Event, _SimJob]):
         job.pre_warm_submit_s = self.env.now
         stream = self._stream(warm.stream)
         job.pre_warm = self.owner.engine.submit(
-            warm.prompt.tokens, 1, stream, tag=(self.agent, "pre-warm")
+            warm.prompt.tokens, 1, stream, tag=(self.agent, self.task, None, "pre-warm")
         )
         return None  # nothing waits for it: the swap goes on whether it has ended or not
 

@@ -115,3 +115,29 @@ def frame(rows: Sequence[Sequence[Any]], columns: tuple[str, ...]) -> pd.DataFra
     import pandas as pd
 
     return pd.DataFrame(rows, columns=list(columns))
+
+
+#: what an agent's request was for (``requests.parquet``'s ``purpose`` column)
+REQUEST_PURPOSES = ("step", "summary", "pre-warm")
+
+
+def agent_request_columns(requests: pd.DataFrame) -> pd.DataFrame:
+    """An agent run's request table with its ``tag`` (``(agent, task, step)``, or with a
+    fourth member ``"summary"`` / ``"pre-warm"``; in memory, a tuple) as four typed
+    columns, ``agent``, ``task``, ``step`` (empty for a pre-warm) and ``purpose``, as
+    Parquet stores them (a column of tuples of mixed types cannot be written)."""
+    import pandas as pd
+
+    tags = list(requests["tag"])
+    named = pd.DataFrame(
+        {
+            "agent": pd.Series([tg[0] for tg in tags], dtype="Int64"),
+            "task": pd.Series([tg[1] for tg in tags], dtype="Int64"),
+            "step": pd.Series([tg[2] for tg in tags], dtype="Int64"),
+            "purpose": pd.Series([tg[3] if len(tg) > 3 else "step" for tg in tags], dtype=object),
+        },
+        index=requests.index,
+    )
+    cols = list(requests.columns)
+    at = cols.index("tag")
+    return pd.concat([requests[cols[:at]], named, requests[cols[at + 1 :]]], axis=1)

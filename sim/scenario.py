@@ -39,6 +39,7 @@ from sim.engine_latency import IterationLatency
 from sim.kv_geometry import check_engine
 from sim.metrics import MetricsRecorder
 from sim.policy import PolicyParams, uses_memory
+from sim.rows import agent_request_columns
 from sim.workloads import AgentLoad, FittedWorkload, TraceWorkload
 
 
@@ -443,9 +444,11 @@ class ScenarioResult:
         tables = {
             "steps": pd.concat([r.steps for r in self.results], ignore_index=True),
             "tasks": pd.concat([r.tasks for r in self.results], ignore_index=True),
-            "requests": pd.concat(
-                [r.requests.assign(architecture=r.config.name) for r in self.results],
-                ignore_index=True,
+            "requests": agent_request_columns(
+                pd.concat(
+                    [r.requests.assign(architecture=r.config.name) for r in self.results],
+                    ignore_index=True,
+                )
             ),
             "engine_steps": pd.concat(
                 [r.engine_steps.assign(architecture=r.config.name) for r in self.results],

@@ -57,3 +57,42 @@ def test_a_live_step_row_is_the_step_row_a_client_sees():
     cells = ReplayStepRow(row, "usage").cells()
     assert cells[-1] == "usage"
     assert cells[:-1] == [getattr(row, c) for c in REPLAY_STEP_COLUMNS[:-1]]
+
+
+def test_requests_parquet_names_what_each_agent_request_was_for(tmp_path):
+    """A coupled summary, a memory summary and a pre-warm are written with the step
+    requests (their tags once mixed strings into a column of int tuples, which Parquet
+    refused: ``comem run --out`` lost the run)."""
+    import pandas as pd
+
+    from sim.scenario import run_scenario, scenario_from
+
+    engine = {"name": "agent", "model": "llama-3-8b", "gpu": "h100_sxm", "tp": 1}
+    scenario = scenario_from(
+        {
+            "name": "tags",
+            "seed": 1,
+            "workload": {"kind": "synthetic", "agents": 2, "steps": 6},
+            "architectures": [
+                {"name": "CP", "kind": "cp", "k": 2, "agent": engine},
+                {
+                    "name": "KSO", "kind": "kso", "k": 2, "pre_warm": True, "agent": engine,
+                    "memory": engine | {"name": "memory"},
+                },
+            ],
+        },
+        [],
+        "tags",
+    )  # fmt: skip
+    run_scenario(scenario).write(tmp_path)
+    req = pd.read_parquet(tmp_path / "requests.parquet")
+    assert "tag" not in req.columns
+    counts = req.groupby(["engine", "purpose"]).size().to_dict()
+    assert counts == {
+        ("CP/agent", "step"): 12, ("CP/agent", "summary"): 4,
+        ("KSO/agent", "pre-warm"): 4, ("KSO/agent", "step"): 12,
+        ("KSO/memory", "summary"): 4,
+    }  # fmt: skip
+    steps = req[req["purpose"] == "step"]
+    assert steps["step"].notna().all() and req[req["purpose"] == "pre-warm"]["step"].isna().all()
+    assert set(steps["agent"]) == {0, 1}
