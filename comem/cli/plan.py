@@ -28,7 +28,7 @@ from comem.cli.common import (
 def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
     """``plan``'s settings: a ``--spec`` file's [plan] table, the flags over it, the rest
     from the default experiment; and the line saying how the workload flags mapped."""
-    from comem.plan import PlanSpec
+    from comem.plan.space import PlanSpec
     from sim.config import read_toml, validate
 
     data: dict[str, Any] = {}
@@ -67,18 +67,17 @@ def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from comem.plan import (
-        Candidate,
+    from comem.plan.figure import pareto_figure
+    from comem.plan.rank import pareto
+    from comem.plan.report import (
         assumptions,
         edge_warnings,
-        left_out_kinds,
-        pareto,
-        pareto_figure,
-        run_plan,
         table_markdown,
         verdict,
         write_scenario,
-    )  # fmt: skip
+    )
+    from comem.plan.run import run_plan
+    from comem.plan.space import Candidate, left_out_kinds
 
     spec, note = _plan_spec(args)
     if note and not args.json:
@@ -127,7 +126,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) -> None:
-    from comem.plan import table_markdown
+    from comem.plan.report import table_markdown
 
     best = rows[0]
     print(
@@ -161,7 +160,7 @@ def _plan_workload_set(
     args: argparse.Namespace, spec: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str]:
     """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
-    from comem.plan import scenario_workload
+    from comem.plan.space import scenario_workload
     from sim.workload_flags import from_args, workload_fields
 
     flags = from_args(args)
