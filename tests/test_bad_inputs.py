@@ -510,7 +510,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (
         "budget-bench-input",
         ["bench-serve", "--model", "llama-3-8b", "--random-input-len", str(10**12)],
-        ["random_input_len"],
+        ["--random-input-len"],
     ),  # fmt: skip
     (
         "budget-engine-sim",

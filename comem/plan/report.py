@@ -47,6 +47,35 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], show: int) -> str:
+    """What ``comem plan`` prints: the search, what it assumed (``payload``: what
+    plan.json holds), the ``show`` best rows, the chosen deployment and the verdict."""
+    best = rows[0]
+    head = (
+        f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
+        f" pruned by the closed form and the KV bound); objective {spec.objective}"
+        + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
+        + (
+            f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
+            if spec.max_resolve_loss_pp is not None
+            else ""
+        )
+    )
+    met = best.meets_slo and best.meets_resolve
+    chosen = (
+        f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
+        f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
+        f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
+        f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
+        + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
+    )
+    lines = [head, "assumptions:", *(f"- {line}" for line in payload["assumptions"])]
+    return (
+        "\n".join(lines) + "\n" + table_markdown(rows, limit=show)
+        + chosen + "\n" + payload["verdict"] + "\n"
+    )  # fmt: skip
+
+
 def _resolve_cells(r: PlanRow) -> str:
     """The two effectiveness cells of a table row."""
     return (

@@ -58,27 +58,38 @@ class PlanSpec(InputModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: left out: the default experiment's agent model (GLM-4.7)
-    agent_model: PathText
-    memory_model: PathText = "qwen3-4b"
-    gpu: PathText = "h200_sxm"
-    gpus: int = Field(default=8, ge=1, le=MAX_PLAN_GPUS)
+    agent_model: PathText = Field(description="agent model (alias, HF id or config.json)")
+    memory_model: PathText = Field(default="qwen3-4b", description="memory model [{default}]")
+    gpu: PathText = Field(default="h200_sxm", description="GPU type [{default}]")
+    gpus: int = Field(default=8, ge=1, le=MAX_PLAN_GPUS, description="GPUs available [{default}]")
     #: left out: the workload scenario's agent count (the default experiment's: 16)
     agents: PositiveInt
     #: a scenario file whose ``workload`` the agents run (default: the default
     #: experiment's, the authors' synthetic benchmark); ``agents`` replaces its agent count
-    workload_scenario: PathText | None = None
+    workload_scenario: PathText | None = Field(
+        default=None,
+        description="scenario file whose [workload] the agents run [the default experiment's]",
+        json_schema_extra={"flags": ["--workload"]},
+    )
     #: workload fields set on top of the workload scenario's (``--context-tokens`` and
     #: the other workload flags, mapped by :func:`sim.workload_flags.workload_fields`)
     workload_set: dict[str, Any] = Field(default_factory=dict)
     steps: PositiveInt | None = None
     objective: Objective = "mean-step"
     #: p99 step latency every chosen deployment must meet, seconds
-    slo_step_s: Annotated[float, Field(gt=0.0, le=MAX_SECONDS, allow_inf_nan=False)] | None = None
+    slo_step_s: Annotated[float, Field(gt=0.0, le=MAX_SECONDS, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="p99 step latency to meet, seconds",
+        json_schema_extra={"flags": ["--slo"]},
+    )
     max_gpus: PositiveInt | None = None
     kinds: list[Kind] = Field(default_factory=lambda: list(ALL_KINDS), min_length=1)
     dtypes: list[Dtype] = Field(default_factory=lambda: list(ALL_DTYPES), min_length=1)
     k_values: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
-        default_factory=lambda: [1, 2, 4, 8, 16, 32], min_length=1
+        default_factory=lambda: [1, 2, 4, 8, 16, 32],
+        min_length=1,
+        description="k values to try [{default}]",
+        json_schema_extra={"flags": ["--k"]},
     )
     retain: PositiveInt = 3
     offload: list[bool] = Field(default_factory=lambda: [False, True])
@@ -86,14 +97,37 @@ class PlanSpec(InputModel):
     max_model_len: PositiveInt = 65536
     memory_max_model_len: PositiveInt = 131072
     #: candidates the simulator confirms (besides the best of each kind)
-    top: PositiveInt = 6
+    top: PositiveInt = Field(
+        default=6, description="candidates to simulate [{default} + best per kind]"
+    )
     #: the full-context agent's resolve rate on these tasks (effectiveness baseline)
-    baseline_resolve_rate: float = Field(default=0.5, gt=0.0, lt=1.0, allow_inf_nan=False)
+    baseline_resolve_rate: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="the full-context agent's resolve rate on these tasks, in (0, 1) [{default}]",
+    )
     #: the memory model's summaries' loss scale against a generic LLM summarizer
-    memory_loss_scale: float = Field(default=1.0, ge=0.0, le=10.0, allow_inf_nan=False)
+    memory_loss_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="memory-model summaries' loss against a generic LLM summarizer"
+        " (0: lossless) [1]",
+    )
     #: most resolve-rate points a chosen deployment may lose against full context, at the
     #: pessimistic end of the 95% interval (None: no constraint)
-    max_resolve_loss_pp: float | None = Field(default=None, ge=0.0, le=100.0, allow_inf_nan=False)
+    max_resolve_loss_pp: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=100.0,
+        allow_inf_nan=False,
+        description="most resolve-rate points a deployment may lose against full context (the"
+        " fitted model's pessimistic 95% end) [no limit]",
+        json_schema_extra={"flags": ["--max-resolve-loss"], "metavar": "PP"},
+    )
 
     @model_validator(mode="before")
     @classmethod
