@@ -40,7 +40,9 @@ PAGE = ROOT / "docs" / "explanation" / "why-answers-differ.md"
 
 def _plan_file(directory: Path, workers: int) -> Path:
     """``comem plan`` on the user's question; its chosen_scenario.toml."""
-    from comem.plan import PlanSpec, run_plan, scenario_workload, write_scenario
+    from comem.plan.report import write_scenario
+    from comem.plan.run import run_plan
+    from comem.plan.space import PlanSpec, scenario_workload
     from sim.workload_flags import WorkloadFlags, workload_fields
 
     flags = WorkloadFlags(context_tokens=20000, decode_tokens=300, tool_s=5.0)

@@ -68,31 +68,58 @@ class BenchServeConfig(InputModel):
     random_output_len: Tokens = 128
     random_range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
     #: tokens every prompt starts with (the same tokens), before its drawn input
-    random_prefix_len: TokensOrZero = 0
+    random_prefix_len: TokensOrZero = Field(
+        default=0,
+        description="tokens every prompt starts with, the same for all (with prefix caching,"
+        " computed once) [{default}]",
+    )
     #: service-level objectives in ms (``--goodput ttft:500``): ``request_goodput``
     goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveMs] = Field(default_factory=dict)
     #: the client's --backend, reported as given (what the user asked for)
-    backend: Literal["vllm", "openai", "openai-chat"] = "vllm"
+    backend: Literal["vllm", "openai", "openai-chat"] = Field(
+        default="vllm", description="reported as given in the result's backend"
+    )
     #: requests per second; ``inf`` sends every request at once
-    request_rate: float = Field(default=math.inf, gt=0.0)
+    request_rate: float = Field(default=math.inf, gt=0.0, description="req/s [{default}]")
     #: the Gamma shape of the gaps (1: Poisson); below 0.01 most gaps are exactly 0.0
     #: in float64, so the rescaling to ``num_prompts / rate`` has nothing to scale
-    burstiness: float = Field(default=1.0, ge=0.01, allow_inf_nan=False)
-    max_concurrency: PositiveInt | None = None
+    burstiness: float = Field(
+        default=1.0, ge=0.01, allow_inf_nan=False, description="Gamma shape [1: Poisson]"
+    )
+    max_concurrency: PositiveInt | None = Field(
+        default=None, description="requests in flight at most"
+    )
     seed: NonNegativeInt = 0
     #: How a closed loop (rate ``inf`` with ``max_concurrency`` C) starts; see
     #: :func:`first_sends`. ``burst`` (vLLM as run): the first C requests at t = 0, as
     #: ``vllm bench serve`` sends them; ``staggered``: spread evenly over one request's
     #: duration, the desynchronized steady state.
-    closed_loop_start: Literal["burst", "staggered"] = "burst"
+    closed_loop_start: Literal["burst", "staggered"] = Field(
+        default="burst",
+        description="with --max-concurrency and rate inf: the first wave sent at once, as vLLM"
+        " does (identical lengths then stay in lockstep) [burst], or spread over one request"
+        " (a desynchronized steady state; the first wave is left out as warm-up)",
+    )
     #: Requests left out of the statistics, counted from the first sent (the ramp-up of a
     #: staggered start): ``None`` means C for a staggered closed loop, else 0.
-    warmup_requests: NonNegativeInt | None = None
+    warmup_requests: NonNegativeInt | None = Field(
+        default=None,
+        description="first requests left out of the latency statistics"
+        " [staggered: max-concurrency, else 0]",
+    )
     #: Mean seconds a closed-loop client takes between the end of one request and the send
     #: of its next (its own HTTP and bookkeeping), drawn per request from an exponential
     #: distribution (seeded by ``seed``): the jitter that desynchronizes clients whose
     #: requests finished in the same iteration. 0: the ideal client, as before.
-    client_issue_delay_s: float = Field(default=0.0, ge=0.0, le=60.0, allow_inf_nan=False)
+    client_issue_delay_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=60.0,
+        allow_inf_nan=False,
+        description="mean seconds a closed-loop client takes to send its next request"
+        " (exponential, seeded): the jitter that desynchronizes clients [0: ideal client]",
+        json_schema_extra={"flags": ["--client-issue-delay"], "metavar": "S"},
+    )
 
     @model_validator(mode="after")
     def _finite(self) -> BenchServeConfig:
@@ -222,6 +249,8 @@ class BenchServeResult:
     ) -> dict[str, Any]:
         """The result file ``vllm bench serve --save-result`` writes, with the same names
         (``--percentile-metrics``: ``metrics``; ``--metric-percentiles``: ``percentiles``)."""
+        from sim.bench_serve_result import vllm_result
+
         return vllm_result(self, detailed, metrics, percentiles)
 
 
@@ -257,17 +286,26 @@ def run_bench_serve(
     engine = build_engines(
         env, {"server": cfg.engine}, {"server": latency} if latency else None, recorder
     )["server"]
-    ranks = getattr(engine, "replicas", [engine])
-    requests: list[Request] = []
-    limit = cfg.max_concurrency
-    pending: deque[int] = deque()
-    in_flight = 0
-    # every prompt is its own content. With prefix caching vLLM hashes its blocks; no
-    # other request shares them, but a preempted request finds its own freed blocks again
-    # when it is re-admitted (those not evicted meanwhile), and a CPU offload tier stores
-    # and reloads them. With offload each request has its own stream from the start;
-    # without, the scheduler gives one to a request when it is preempted (the same hits,
-    # without keying the blocks of requests that never are)
+    streams = _prompt_streams(cfg, getattr(engine, "replicas", [engine]))
+    client = _Client(cfg, env, engine, (inputs, outputs), streams, progress)
+    client.start(sends)
+    with simulation_gc():
+        env.run()
+    client.requests.sort(key=lambda r: r.tag)
+    return BenchServeResult(cfg, client.requests, engine, recorder)
+
+
+def _prompt_streams(
+    cfg: BenchServeConfig, ranks: list[Any]
+) -> tuple[StreamSpace | None, Any | None]:
+    """The token streams of the prompts, and the shared prefix's (None: none).
+
+    Every prompt is its own content. With prefix caching vLLM hashes its blocks; no
+    other request shares them, but a preempted request finds its own freed blocks again
+    when it is re-admitted (those not evicted meanwhile), and a CPU offload tier stores
+    and reloads them. With offload each request has its own stream from the start;
+    without, the scheduler gives one to a request when it is preempted (the same hits,
+    without keying the blocks of requests that never are)."""
     e = cfg.engine
     shared = e.enable_prefix_caching and cfg.random_prefix_len > 0
     own = e.enable_prefix_caching and (e.kv_offloading_size or shared)
@@ -277,315 +315,104 @@ def run_bench_serve(
             rank.scheduler.private_streams = StreamSpace()
     # --random-prefix-len: every prompt's first tokens are one stream's, shared
     prefix = streams.new() if streams is not None and shared else None
+    return streams, prefix
 
-    def send(i: int) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        stream = None
-        if streams is not None:
-            stream = streams.new(prefix, cfg.random_prefix_len if prefix else 0)
-        req = engine.submit(int(inputs[i]), int(outputs[i]), stream, tag=i)
-        requests.append(req)
-        req.done.callbacks.append(finished)
 
-    # a client's issue delays have their own stream: lengths and arrivals stay as without
-    delays = np.random.default_rng([cfg.seed, 1]) if cfg.client_issue_delay_s > 0 else None
+class _Client:
+    """``vllm bench serve``'s client: sends each request at its time, or, with
+    ``max_concurrency``, when one of that many slots is free (a closed loop with rate
+    ``inf``); a closed-loop client may take ``client_issue_delay_s`` to send its next."""
 
-    def finished(_: simpy.Event) -> None:
-        nonlocal in_flight
-        in_flight -= 1
-        if progress is not None:
-            progress()
-        if not pending:
+    def __init__(
+        self,
+        cfg: BenchServeConfig,
+        env: simpy.Environment,
+        engine: AnyEngine,
+        lengths: tuple[np.ndarray, np.ndarray],
+        streams: tuple[StreamSpace | None, Any | None],
+        progress: Callable[[], None] | None,
+    ) -> None:
+        self.cfg, self.env, self.engine, self.progress = cfg, env, engine, progress
+        #: each request's input and output tokens, by its index
+        self.inputs, self.outputs = lengths
+        #: the prompts' token streams, and the prefix every prompt shares (None: none)
+        self.streams, self.prefix = streams
+        self.requests: list[Request] = []
+        self.pending: deque[int] = deque()
+        self.in_flight = 0
+        # a client's issue delays have their own stream: lengths and arrivals stay as without
+        self.delays = np.random.default_rng([cfg.seed, 1]) if cfg.client_issue_delay_s > 0 else None
+
+    def start(self, sends: np.ndarray) -> None:
+        """Schedule the sends: at the arrival times, or a closed loop's first wave."""
+        cfg = self.cfg
+        if not math.isinf(cfg.request_rate):
+            self.env.process(self._dispatch(sends))
             return
-        nxt = pending.popleft()
-        if delays is None:
-            send(nxt)
-        else:  # the client's slot stays taken while it prepares the next request
-            in_flight += 1
-            wait = env.timeout(float(delays.exponential(cfg.client_issue_delay_s)), nxt)
-            wait.callbacks.append(_send_after_delay)
-
-    def _send_after_delay(event: simpy.Event) -> None:
-        nonlocal in_flight
-        in_flight -= 1
-        send(cast(int, event.value))
-
-    def arrive(i: int) -> None:
-        if limit is None or in_flight < limit:
-            send(i)
+        starts = (
+            first_sends(cfg, self.engine.latency)
+            if cfg.max_concurrency is not None
+            else np.zeros(0)
+        )
+        if starts.size and starts[-1] > 0:
+            self.env.process(self._staggered(starts))
         else:
-            pending.append(i)
+            for i in range(cfg.num_prompts):
+                self._arrive(i)
 
-    def dispatcher() -> Any:
+    def _send(self, i: int) -> None:
+        self.in_flight += 1
+        stream = None
+        if self.streams is not None:
+            prefix_len = self.cfg.random_prefix_len if self.prefix else 0
+            stream = self.streams.new(self.prefix, prefix_len)
+        req = self.engine.submit(int(self.inputs[i]), int(self.outputs[i]), stream, tag=i)
+        self.requests.append(req)
+        req.done.callbacks.append(self._finished)
+
+    def _finished(self, _: simpy.Event) -> None:
+        self.in_flight -= 1
+        if self.progress is not None:
+            self.progress()
+        if not self.pending:
+            return
+        nxt = self.pending.popleft()
+        if self.delays is None:
+            self._send(nxt)
+        else:  # the client's slot stays taken while it prepares the next request
+            self.in_flight += 1
+            delay = float(self.delays.exponential(self.cfg.client_issue_delay_s))
+            self.env.timeout(delay, nxt).callbacks.append(self._send_after_delay)
+
+    def _send_after_delay(self, event: simpy.Event) -> None:
+        self.in_flight -= 1
+        self._send(cast(int, event.value))
+
+    def _arrive(self, i: int) -> None:
+        limit = self.cfg.max_concurrency
+        if limit is None or self.in_flight < limit:
+            self._send(i)
+        else:
+            self.pending.append(i)
+
+    def _dispatch(self, sends: np.ndarray) -> Any:
         now = 0.0
         for i, t in enumerate(sends):
             if t > now:
-                yield env.timeout(float(t) - now)
+                yield self.env.timeout(float(t) - now)
                 now = float(t)
-            arrive(i)
+            self._arrive(i)
 
-    def staggered(starts: np.ndarray) -> Any:
+    def _staggered(self, starts: np.ndarray) -> Any:
         # the later requests wait for a client from the start, so that a request done
         # before the last client started still hands its client the next one
-        pending.extend(range(starts.size, cfg.num_prompts))
+        self.pending.extend(range(starts.size, self.cfg.num_prompts))
         now = 0.0
         for i, t in enumerate(starts):
             if t > now:
-                yield env.timeout(float(t) - now)
+                yield self.env.timeout(float(t) - now)
                 now = float(t)
-            send(i)
-
-    if math.isinf(cfg.request_rate):
-        starts = (
-            first_sends(cfg, engine.latency) if cfg.max_concurrency is not None else np.zeros(0)
-        )
-        if starts.size and starts[-1] > 0:
-            env.process(staggered(starts))
-        else:
-            for i in range(cfg.num_prompts):
-                arrive(i)
-    else:
-        env.process(dispatcher())
-    with simulation_gc():
-        env.run()
-    requests.sort(key=lambda r: r.tag)
-    return BenchServeResult(cfg, requests, engine, recorder)
-
-
-def _dp_fields(e: EngineConfig) -> dict[str, Any]:
-    """The data-parallel ranks, named only where there are several (a DP-1 result file is
-    as it was)."""
-    if e.data_parallel_size == 1:
-        return {}
-    return {
-        "data_parallel_size": e.data_parallel_size,
-        "data_parallel_router": e.data_parallel_router,
-    }
-
-
-def _spec_fields(e: EngineConfig) -> dict[str, Any]:
-    """Speculative decoding, named only when on (a result file without it is as it was)."""
-    if not e.num_speculative_tokens:
-        return {}
-    return {
-        "num_speculative_tokens": e.num_speculative_tokens,
-        "spec_acceptance_rate": e.spec_acceptance_rate,
-    }
-
-
-def _weighted_percentiles(
-    values: np.ndarray, weights: np.ndarray, qs: tuple[float, ...]
-) -> list[float]:
-    """np.percentile of ``values`` each repeated ``weights`` times (exact, linear)."""
-    order = np.argsort(values, kind="stable")
-    v = values[order]
-    w = weights[order].astype(np.int64)
-    cum = np.cumsum(w)
-    total = int(cum[-1])
-    out = []
-    for q in qs:
-        pos = q / 100.0 * (total - 1)  # numpy's "linear" method on the expanded array
-        lo = math.floor(pos)
-        frac = pos - lo
-        a = v[np.searchsorted(cum, lo, side="right")]
-        b = v[np.searchsorted(cum, min(lo + 1, total - 1), side="right")]
-        out.append(float(a + frac * (b - a)))
-    return out
-
-
-def percentile_key(q: float) -> str:
-    """vLLM's name of a percentile in result keys: ``99`` -> ``p99``, ``99.9`` -> ``p99.9``."""
-    return f"p{int(q)}" if q == int(q) else f"p{q}"
-
-
-def vllm_result(
-    res: BenchServeResult,
-    detailed: bool = False,
-    metrics: tuple[str, ...] = PERCENTILE_METRICS,
-    percentiles: tuple[float, ...] = (99.0,),
-) -> dict[str, Any]:
-    """vLLM's result dict: mean, median and std of each of ``metrics``, plus the
-    ``percentiles`` (``p99_ttft_ms``, ...), as ``vllm bench serve`` writes them."""
-    cfg = res.config
-    done = [r for r in res.requests if r.status == "finished"]
-    failed = [r for r in res.requests if r.status != "finished"]
-    start = min((r.arrival_s for r in res.requests), default=0.0)
-    end = max((r.finished_s for r in done), default=start)
-    duration = end - start
-    out_tokens = np.array([r.generated for r in done], dtype=np.int64)
-    in_tokens = np.array([r.prompt_tokens for r in done], dtype=np.int64)
-    # latency statistics leave the warm-up requests (the first sent) out
-    warmup = warmup_count(cfg)
-    measured = [r for r in done if r.tag >= warmup]
-    m_out = np.array([r.generated for r in measured], dtype=np.int64)
-    ttft = np.array([r.first_token_s - r.arrival_s for r in measured])
-    e2el = np.array([r.finished_s - r.arrival_s for r in measured])
-    multi = m_out > 1
-    tpot = (e2el[multi] - ttft[multi]) / (m_out[multi] - 1)
-    itl_values, itl_weights = res.recorder.itl_arrays()
-    result: dict[str, Any] = {
-        "backend": cfg.backend,
-        "model_id": cfg.engine.model,
-        "tokenizer_id": None,
-        "num_prompts": cfg.num_prompts,
-        "request_rate": "inf" if math.isinf(cfg.request_rate) else cfg.request_rate,
-        "burstiness": cfg.burstiness,
-        "max_concurrency": cfg.max_concurrency,
-        "duration": duration,
-        "completed": len(done),
-        "failed": len(failed),
-        "total_input_tokens": int(in_tokens.sum()),
-        "total_output_tokens": int(out_tokens.sum()),
-        "request_throughput": len(done) / duration if duration > 0 else 0.0,
-        "output_throughput": float(out_tokens.sum()) / duration if duration > 0 else 0.0,
-        "total_token_throughput": float(in_tokens.sum() + out_tokens.sum()) / duration
-        if duration > 0
-        else 0.0,
-        "max_concurrent_requests": _max_concurrency(res.requests),
-        "max_output_tokens_per_s": _max_output_tokens_per_s(res, done, start),
-        "closed_loop_start": cfg.closed_loop_start,
-        "random_prefix_len": cfg.random_prefix_len,
-        "warmup_requests": warmup,
-        "preemptions": res.engine.preemptions,
-        "itl_tokens_after_preemption": res.recorder.itl_after_preemption,
-        "simulator": {
-            "gpu": cfg.engine.gpu,
-            "tp": cfg.engine.tp,
-            "dtype": cfg.engine.dtype,
-            "max_num_batched_tokens": cfg.engine.max_num_batched_tokens,
-            "max_num_seqs": cfg.engine.max_num_seqs,
-            "kv_cache_blocks": res.engine.total_blocks,
-            "iterations": res.engine.iterations,
-            "stepping": cfg.engine.stepping,
-            "expert_parallel": cfg.engine.enable_expert_parallel,
-            **_dp_fields(cfg.engine),
-            **_spec_fields(cfg.engine),
-            "async_scheduling": getattr(res.engine.latency, "async_scheduling", None),
-            "overhead": _overhead_name(res.engine.latency),
-        },
-    }
-    if cfg.goodput:
-        result["request_goodput"] = _goodput(cfg, done, duration)
-    samples = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
-    qs = (50.0, *percentiles)
-    for name in metrics:
-        if name == "itl":
-            if itl_weights.sum() > 0:
-                total = float(itl_weights.sum())
-                mean = float((itl_values * itl_weights).sum() / total)
-                var = float((itl_weights * (itl_values - mean) ** 2).sum() / total)
-                median, *tail = _weighted_percentiles(itl_values, itl_weights, qs)
-                stats = (mean, median, math.sqrt(var), *tail)
-            else:
-                stats = (math.nan,) * (3 + len(percentiles))
-        else:
-            v = samples[name]
-            stats = (
-                (
-                    float(v.mean()),
-                    float(np.median(v)),
-                    float(v.std()),
-                    *(float(np.percentile(v, q)) for q in percentiles),
-                )
-                if v.size
-                else (math.nan,) * (3 + len(percentiles))
-            )
-        keys = ("mean", "median", "std", *(percentile_key(q) for q in percentiles))
-        for key, value in zip(keys, stats, strict=True):
-            result[f"{key}_{name}_ms"] = value * 1000.0
-    add_intervals(result, getattr(res.engine.latency, "error_bands", {}))
-    caveat = getattr(res.engine.latency, "band_caveat", "")
-    if caveat and "error_bands" in result:
-        result["error_bands_caveat"] = caveat
-    if detailed:
-        result["input_lens"] = [r.prompt_tokens for r in res.requests]
-        result["output_lens"] = [r.generated for r in res.requests]
-        result["ttfts"] = [r.first_token_s - r.arrival_s for r in res.requests]
-        result["start_times"] = [r.arrival_s for r in res.requests]
-        result["errors"] = [r.reason for r in res.requests]
-    return result
-
-
-def _goodput(cfg: BenchServeConfig, done: list[Request], duration: float) -> float:
-    """Requests per second that met every ``--goodput`` objective (vLLM's
-    ``request_goodput``: over the completed requests and the benchmark's duration; TPOT
-    of a one-token output is 0)."""
-    if duration <= 0:
-        return 0.0
-    good = 0
-    for r in done:
-        ttft = r.first_token_s - r.arrival_s
-        e2el = r.finished_s - r.arrival_s
-        tpot = (e2el - ttft) / (r.generated - 1) if r.generated > 1 else 0.0
-        values = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
-        good += all(values[k] * 1000.0 <= slo for k, slo in cfg.goodput.items())
-    return good / duration
-
-
-def _overhead_name(latency: Any) -> str:
-    """The framework overhead a latency model prices with (its fit's name)."""
-    name = getattr(latency, "framework", None)
-    profile = getattr(latency, "profile", None)
-    if (
-        name is None
-        and profile is not None
-        and isinstance(getattr(profile, "overhead", None), dict)
-    ):
-        name = profile.overhead.get("framework")
-    return str(name or "measured profile")
-
-
-#: which cross-validated error band each latency metric's interval comes from
-_BAND_OF = {"ttft": "ttft", "tpot": "tpot", "itl": "tpot"}
-
-
-def add_intervals(result: dict[str, Any], bands: dict[str, Any]) -> None:
-    """``mean_<metric>_ms_low`` / ``_high`` beside each mean (the interval of the
-    calibration's cross-validated errors, :mod:`calibration.uncertainty`) and the bands
-    themselves under ``error_bands``. The end-to-end latency's: its first token's
-    interval plus the rest of it scaled as TPOT's."""
-    if not bands:
-        return
-    for metric, band_name in _BAND_OF.items():
-        key = f"mean_{metric}_ms"
-        if key in result and band_name in bands:
-            result[f"{key}_low"], result[f"{key}_high"] = bands[band_name].interval(result[key])
-    if {"mean_e2el_ms", "mean_ttft_ms_low"} <= result.keys() and "tpot" in bands:
-        rest = result["mean_e2el_ms"] - result["mean_ttft_ms"]
-        low, high = bands["tpot"].interval(rest)
-        result["mean_e2el_ms_low"] = result["mean_ttft_ms_low"] + low
-        result["mean_e2el_ms_high"] = result["mean_ttft_ms_high"] + high
-    result["error_bands"] = {k: b.to_dict() for k, b in bands.items()}
-
-
-def _max_concurrency(requests: list[Request]) -> int:
-    """vLLM's ``max_concurrent_requests``: the most requests in flight in any one-second
-    bucket from the first send (a request counts in every bucket from its send's to its
-    completion's, both included)."""
-    done = [r for r in requests if r.status == "finished"]
-    if not done:
-        return 0
-    t0 = min(r.arrival_s for r in requests)
-    first = np.array([int(r.arrival_s - t0) for r in done])
-    last = np.array([int(r.finished_s - t0) for r in done])
-    counts = np.zeros(int(last.max()) + 2, dtype=np.int64)
-    np.add.at(counts, first, 1)
-    np.add.at(counts, last + 1, -1)
-    return int(np.cumsum(counts).max())
-
-
-def _max_output_tokens_per_s(res: BenchServeResult, done: list[Request], t0: float) -> float:
-    """vLLM's ``max_output_tokens_per_s``: the most output tokens (first ones included) that
-    arrive in any one-second bucket from the first send."""
-    times, weights = res.recorder.later_token_times()
-    firsts = np.array([r.first_token_s for r in done], dtype=float)
-    all_t = np.concatenate([times, firsts])
-    all_w = np.concatenate([weights, np.ones(firsts.size, np.int64)])
-    if all_t.size == 0:
-        return 0.0
-    buckets = np.floor(all_t - t0).astype(np.int64)  # vLLM: int(token_time - first send)
-    return float(np.bincount(buckets, weights=all_w).max())
+            self._send(i)
 
 
 #: ``vllm bench serve`` flags that do not change the simulation: flag -> (its nargs:

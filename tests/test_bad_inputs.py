@@ -510,7 +510,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (
         "budget-bench-input",
         ["bench-serve", "--model", "llama-3-8b", "--random-input-len", str(10**12)],
-        ["random_input_len"],
+        ["--random-input-len"],
     ),  # fmt: skip
     (
         "budget-engine-sim",
@@ -1569,7 +1569,7 @@ def test_run_out_is_complete_or_has_no_config(tmp_path: Path) -> None:
 
 
 def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path) -> None:
-    from comem.plan import _read_point
+    from comem.plan.confirm import _read_point
 
     good = {"point": "k", "mean_step_s": 1.0, "p99_step_s": 2.0, "steps_per_s": 1.0,
             "tasks_ended_early": 0, "preemptions": 0, "tasks": 4}  # fmt: skip

@@ -21,7 +21,8 @@ TINY = ["--set", "workload.agents=2", "--set", "workload.steps=4"]
 
 
 def test_make_run_comem_run_plan_and_paper_name_one_default_experiment() -> None:
-    from comem.plan import PlanSpec, _workload
+    from comem.plan.scenario import _workload
+    from comem.plan.space import PlanSpec
 
     make = (ROOT / "Makefile").read_text()
     recipe = make.split("\nrun:", 1)[1].split("\n\n", 1)[0]
@@ -130,7 +131,9 @@ def test_progress_is_plain_lines_off_a_terminal() -> None:
 
 
 def test_plan_warns_on_the_edge_and_writes_the_baseline(tmp_path: Path) -> None:
-    from comem.plan import Candidate, PlanRow, PlanSpec, edge_warnings, verdict
+    from comem.plan.rank import PlanRow
+    from comem.plan.report import edge_warnings, verdict
+    from comem.plan.space import Candidate, PlanSpec
 
     spec = PlanSpec.model_validate({"agent_model": "llama-3-8b", "gpu": "h100_sxm", "gpus": 4,
                                     "agents": 4, "k_values": [2, 4]})  # fmt: skip
@@ -216,7 +219,8 @@ def test_sweep_summary_marks_a_best_k_on_the_grid_edge() -> None:
 
 
 def _rows_for_figures(gpus: list[int]):
-    from comem.plan import Candidate, PlanRow
+    from comem.plan.rank import PlanRow
+    from comem.plan.space import Candidate
 
     out = []
     for i, g in enumerate(gpus):
@@ -233,7 +237,7 @@ def test_plan_figure_reads_when_every_candidate_uses_the_same_gpus() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from comem.plan import _gpu_panel
+    from comem.plan.figure import _gpu_panel
 
     same = _rows_for_figures([4, 4, 4])
     for r in same:

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from comem.plan import (
-    PlanSpec,
-    confirm,
-    enumerate_candidates,
-    estimate,
-    objective_value,
-    rank,
-    run_plan,
-)
+from comem.plan.confirm import confirm
+from comem.plan.estimate import estimate
+from comem.plan.rank import objective_value, rank
+from comem.plan.run import run_plan
+from comem.plan.space import PlanSpec, enumerate_candidates
 from sim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +78,7 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
 def test_a_resolve_loss_limit_changes_the_choice_and_both_columns_show():
     """KSO simulated faster than FC wins on latency; under a limit of 0.5 points of
     resolve rate (pessimistic end) only FC, which loses none, may rank first."""
-    from comem.plan import table_markdown
+    from comem.plan.report import table_markdown
 
     spec = small(kinds=["fc", "kso"], k_values=[2], baseline_resolve_rate=0.6)
     candidates = enumerate_candidates(spec)

@@ -172,7 +172,8 @@ def _path(text: str) -> str:
 _PATH_ARGS = frozenset(
     {"out", "profile", "grid", "spec", "workload", "kernels", "measurements", "e2e",
      "fallback_kernels", "overhead_from", "figures", "csv", "dir", "only", "steps", "figure",
-     "scenario", "sweep", "shared", "result_dir", "result_filename", "data"}
+     "scenario", "sweep", "shared", "result_dir", "result_filename", "data",
+     "workload_scenario"}
 )  # fmt: skip
 
 
@@ -219,6 +220,16 @@ def _dtype_arg(text: str) -> str:
             " fp4 (nvfp4), int4 or mxfp4"
         )
     return _DTYPE_NAMES[key]
+
+
+#: ``--dtype`` over the engine's ``dtype`` field (:func:`comem.cli.fields.add_model_flags`):
+#: vLLM's spellings, and ``auto``, the checkpoint's own (resolved by ``_weight_dtype``)
+_DTYPE_FLAG: dict[str, Any] = {
+    "type": _dtype_arg,
+    "default": "auto",
+    "choices": None,
+    "help": _DTYPE_HELP,
+}
 
 
 def _add_allow_large(parser: argparse.ArgumentParser) -> None:

@@ -10,21 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
-from comem.cli.args import (
-    _DTYPE_HELP,
-    _add_allow_large,
-    _dtype_arg,
-    _fraction,
-    _non_negative_int,
-    _positive_int,
-    _positive_number,
-    _probability,
-    _shown,
-    _token_count,
-)
+from comem.cli.args import _DTYPE_FLAG, _add_allow_large, _shown, _token_count
 from comem.cli.common import (
-    _field_choices,
-    _field_default,
     _json_safe,
     _outputs_not_inputs,
     _print_json,
@@ -32,6 +19,40 @@ from comem.cli.common import (
     _with_progress,
     _writable_dir,
 )
+from comem.cli.fields import add_model_flags, fields_of
+
+#: the ``vllm serve`` flags that are ``sim.config.EngineConfig`` fields, in ``--help``'s
+#: order (``--dtype``, ``--speculative-config`` and ``--kv-offloading-backend`` between)
+SERVER_FIELDS = (
+    ("model", "gpu", "tp", "dtype", "enable_expert_parallel", "data_parallel_size"),
+    ("spec_acceptance_rate", "kv_cache_dtype", "fp8_gemm", "max_num_batched_tokens",
+     "max_num_seqs", "max_model_len", "gpu_memory_utilization", "kv_capacity_tokens",
+     "enable_prefix_caching"),
+    ("kv_offloading_size", "kv_offloading_bandwidth_GBps", "profile", "stepping"),
+)  # fmt: skip
+
+#: where a server flag is not its field as it stands: a required model; vLLM's dtype
+#: spellings (and ``auto``, the checkpoint's); batch limits whose default is vLLM
+#: serve's for the GPU (None until the GPU is known), bounded as token counts; a draft
+#: acceptance rate given only with ``--speculative-config``; stepping without the old name
+SERVER_OVERRIDES: dict[str, dict[str, Any]] = {
+    "model": {"required": True, "default": None},
+    "dtype": _DTYPE_FLAG,
+    "max_num_batched_tokens": {"type": _token_count, "default": None},
+    "max_num_seqs": {"type": _token_count, "default": None},
+    "spec_acceptance_rate": {"default": None},
+    "stepping": {"choices": ("event", "iteration")},
+}
+
+#: the ``vllm bench serve`` flags that are ``sim.bench_serve.BenchServeConfig`` fields:
+#: the load (before ``--goodput``), the schedule of sends, and the reported backend
+CLIENT_FIELDS = (
+    ("num_prompts", "random_input_len", "random_output_len", "random_range_ratio",
+     "random_prefix_len"),
+    ("request_rate", "burstiness", "max_concurrency", "closed_loop_start", "warmup_requests",
+     "client_issue_delay_s", "seed"),
+    ("backend",),
+)  # fmt: skip
 
 
 def _speculative_config(text: str) -> int:
@@ -72,14 +93,6 @@ def _rate(text: str) -> float:
     if not value > 0:  # also NaN
         raise argparse.ArgumentTypeError(f"must be > 0 (or inf), got {text}")
     return value
-
-
-def _spec_words(sim: dict[str, Any]) -> str:
-    """The simulated server's speculative decoding, if any, for its one-line description."""
-    k = sim.get("num_speculative_tokens")
-    if not k:
-        return ""
-    return f" MTP {k} drafts/step (acceptance {sim['spec_acceptance_rate']}),"
 
 
 def cmd_bench_serve(args: argparse.Namespace) -> int:
@@ -129,25 +142,10 @@ def _bench_serve_config(args: argparse.Namespace) -> Any:
     if refusal is not None:
         raise ComemInputError(refusal)
     args.dtype = _weight_dtype(args)
+    client = fields_of(args, [f for group in CLIENT_FIELDS for f in group])
     cfg = validate(
         BenchServeConfig,
-        {
-            "engine": _engine_fields(args),
-            "num_prompts": args.num_prompts,
-            "random_input_len": args.random_input_len,
-            "random_output_len": args.random_output_len,
-            "random_range_ratio": args.random_range_ratio,
-            "request_rate": args.request_rate,
-            "burstiness": args.burstiness,
-            "max_concurrency": args.max_concurrency,
-            "seed": args.seed,
-            "closed_loop_start": args.closed_loop_start,
-            "warmup_requests": args.warmup_requests,
-            "client_issue_delay_s": args.client_issue_delay,
-            "random_prefix_len": args.random_prefix_len,
-            "goodput": parse_goodput(args.goodput or []),
-            "backend": args.backend,
-        },
+        {"engine": _engine_fields(args), **client, "goodput": parse_goodput(args.goodput or [])},
         "bench-serve",
     )
     check_config(cfg)
@@ -164,29 +162,12 @@ def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
         args.max_num_batched_tokens = tokens
     if args.max_num_seqs is None:
         args.max_num_seqs = seqs
+    given = fields_of(args, [f for group in SERVER_FIELDS for f in group])
     engine: dict[str, Any] = {
         "name": "bench-serve",
-        "model": args.model,
-        "gpu": args.gpu,
-        "tp": args.tp,
-        "dtype": args.dtype,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "enable_prefix_caching": not args.no_enable_prefix_caching,
-        "stepping": args.stepping,
+        **{k: v for k, v in given.items() if v is not None},
         "record_iterations": bool(args.out),
-        "enable_expert_parallel": args.enable_expert_parallel,
-        "kv_cache_dtype": args.kv_cache_dtype,
-        "fp8_gemm": args.fp8_gemm,
     }
-    for key in ("max_model_len", "kv_capacity_tokens", "profile", "kv_offloading_size"):
-        if getattr(args, key) is not None:
-            engine[key] = getattr(args, key)
-    if args.kv_offloading_size is not None:
-        engine["kv_offloading_bandwidth_GBps"] = args.kv_offloading_bandwidth_gbps
-    if args.data_parallel_size is not None:
-        engine["data_parallel_size"] = args.data_parallel_size
     if (args.speculative_config is None) != (args.spec_acceptance_rate is None):
         raise ComemInputError(
             "--speculative-config and --spec-acceptance-rate go together (drafts need the"
@@ -194,7 +175,6 @@ def _engine_fields(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.speculative_config is not None:
         engine["num_speculative_tokens"] = args.speculative_config
-        engine["spec_acceptance_rate"] = args.spec_acceptance_rate
     return engine
 
 
@@ -238,64 +218,11 @@ def _write_bench_serve(
 
 
 def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:
-    """``vllm bench serve``'s text result, then the simulated server it ran on."""
-    print(f"{' Serving Benchmark Result (simulated) ':=^60}")
-    rows = [
-        ("Successful requests:", out["completed"]),
-        ("Failed requests:", out["failed"]),
-        ("Maximum request concurrency:", out["max_concurrency"]),
-        ("Benchmark duration (s):", f"{out['duration']:.2f}"),
-        ("Total input tokens:", out["total_input_tokens"]),
-        ("Total generated tokens:", out["total_output_tokens"]),
-        ("Request throughput (req/s):", f"{out['request_throughput']:.2f}"),
-        *(
-            [("Request goodput (req/s):", f"{out['request_goodput']:.2f}")]
-            if "request_goodput" in out
-            else []
-        ),
-        ("Output token throughput (tok/s):", f"{out['output_throughput']:.2f}"),
-        ("Peak output token throughput (tok/s):", f"{out['max_output_tokens_per_s']:.2f}"),
-        ("Peak concurrent requests:", out["max_concurrent_requests"]),
-        ("Total token throughput (tok/s):", f"{out['total_token_throughput']:.2f}"),
-    ]
-    for label, value in rows:
-        print(f"{label:<40}{value!s:<20}")
-    titles = {"ttft": "Time to First Token", "tpot": "Time per Output Token (excl. 1st token)",
-              "itl": "Inter-token Latency", "e2el": "End-to-end Latency"}  # fmt: skip
-    from sim.bench_serve import percentile_key
+    """``vllm bench serve``'s text result and the simulated server, then the files written."""
+    from sim.bench_serve_result import text_report
 
-    stats = ["mean", "median", *(percentile_key(q) for q in args.metric_percentiles)]
-    for key in args.percentile_metrics:
-        print(f"{titles[key]:-^60}")
-        for stat in stats:
-            name = f"{stat.capitalize()} {key.upper()} (ms):"
-            value = out[f"{stat}_{key}_ms"]
-            low, high = out.get(f"{stat}_{key}_ms_low"), out.get(f"{stat}_{key}_ms_high")
-            band = f"  [{low:.2f}, {high:.2f}]" if low is not None and high is not None else ""
-            print(f"{name:<40}{value:<20.2f}{band}")
-    print("=" * 60)
-    if "error_bands" in out:
-        level = next(iter(out["error_bands"].values()))["level"]
-        print(
-            f"[low, high]: {level:.0%} interval from the calibration's errors on models and GPUs"
-            " it was not fitted to (comem calibrate report)"
-        )
-        if out.get("error_bands_caveat"):
-            print(f"caveat: {out['error_bands_caveat']}")
-    sim = out["simulator"]
-    sched = {True: "async scheduling", False: "sync scheduling"}.get(sim["async_scheduling"], "")
-    print(
-        f"simulated server: {out['model_id']} on"
-        f" {sim['tp'] * sim.get('data_parallel_size', 1)} x {sim['gpu']} (TP{sim['tp']}"
-        f"{', DP' + str(sim['data_parallel_size']) if 'data_parallel_size' in sim else ''}"
-        f"{', EP' if sim['expert_parallel'] else ''}), {sim['dtype']}, {sched},"
-        f"{_spec_words(sim)}"
-        f" framework overhead {sim['overhead']}"
-    )
-    print(
-        f"preemptions {out['preemptions']}, {sim['iterations']} engine iterations,"
-        f" KV cache {sim['kv_cache_blocks']} blocks"
-    )
+    for line in text_report(out, args.percentile_metrics, args.metric_percentiles):
+        print(line)
     for path in out.get("files", []):
         print(f"wrote {path}")
     if save_to is not None:
@@ -372,139 +299,35 @@ def register(sub: Any) -> None:
     bs.set_defaults(func=cmd_bench_serve)
 
 
-def _engine(name: str) -> Any:
-    """The default of the engine field a server flag mirrors (``sim.config.EngineConfig``)."""
-    from sim.config import EngineConfig
-
-    return _field_default(EngineConfig, name)
-
-
-def _engine_choices(name: str) -> tuple[Any, ...]:
-    from sim.config import EngineConfig
-
-    return _field_choices(EngineConfig, name)
-
-
-def _client(name: str) -> Any:
-    """The default of the field a client flag mirrors (``sim.bench_serve.BenchServeConfig``)."""
-    from sim.bench_serve import BenchServeConfig
-
-    return _field_default(BenchServeConfig, name)
-
-
-def _client_choices(name: str) -> tuple[Any, ...]:
-    from sim.bench_serve import BenchServeConfig
-
-    return _field_choices(BenchServeConfig, name)
-
-
 def _add_server_flags(bs: argparse.ArgumentParser) -> None:
-    """`vllm serve`'s flags (the simulated server)."""
-    bs.add_argument("--model", required=True, help="model name or alias ('comem list models')")
-    bs.add_argument("--gpu", default=_engine("gpu"), help="GPU ('comem list gpus') [h100_sxm]")
-    bs.add_argument(
-        "--tp", "--tensor-parallel-size", type=_positive_int, default=_engine("tp"), dest="tp"
-    )
-    bs.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
-    bs.add_argument(
-        "--enable-expert-parallel",
-        action="store_true",
-        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
-    )
-    bs.add_argument(
-        "--data-parallel-size", "-dp", type=_positive_int, default=None,
-        help="DP ranks of TP GPUs each, own scheduler and KV cache; a request goes to the"
-        " rank with the lowest 4 x waiting + running (vLLM's DP load balancer); MoE ranks"
-        " step in lockstep; with --enable-expert-parallel EP = TP x DP [1]",
-    )  # fmt: skip
+    """`vllm serve`'s flags (the simulated server): the engine's fields, and vLLM's JSON
+    speculative config and offloading backend."""
+    from sim.config import EngineConfig
+
+    first, middle, last = SERVER_FIELDS
+    add_model_flags(bs, EngineConfig, first, SERVER_OVERRIDES)
     bs.add_argument(
         "--speculative-config", type=_speculative_config, default=None, metavar="JSON",
         help='MTP speculative decoding, e.g. \'{"method": "mtp", "num_speculative_tokens":'
         " 3}' (models shipping MTP modules: DeepSeek, GLM, MiniMax, Qwen3.5)",
     )  # fmt: skip
-    bs.add_argument(
-        "--spec-acceptance-rate", type=_probability, default=None, metavar="A",
-        help="probability each draft is accepted given the ones before were (with"
-        " --speculative-config; a step of k drafts emits (1 - A^(k+1)) / (1 - A) tokens)",
-    )  # fmt: skip
-    bs.add_argument(
-        "--kv-cache-dtype", choices=_engine_choices("kv_cache_dtype"),
-        default=_engine("kv_cache_dtype"),
-        help="KV cache dtype [auto: bf16, vLLM's default also for fp8 weights]",
-    )  # fmt: skip
-    bs.add_argument(
-        "--fp8-gemm", choices=_engine_choices("fp8_gemm"), default=_engine("fp8_gemm"),
-        help="fp8 GEMM kernel: 128x128 block-scaled (the Qwen3/GLM FP8 checkpoints) or"
-        " per-tensor (--quantization fp8) [auto: block for MoE, tensor for dense models]",
-    )  # fmt: skip
-    bs.add_argument(
-        "--max-num-batched-tokens", type=_token_count,
-        help="[vLLM serve's default: 8192 on GPUs of 70 GiB or more but A100, else 2048]",
-    )  # fmt: skip
-    bs.add_argument(
-        "--max-num-seqs", type=_token_count,
-        help="[vLLM serve's default: 1024 on GPUs of 70 GiB or more but A100, else 256]",
-    )  # fmt: skip
-    bs.add_argument("--max-model-len", type=_token_count)
-    bs.add_argument(
-        "--gpu-memory-utilization", type=_fraction, default=_engine("gpu_memory_utilization")
-    )
-    bs.add_argument("--kv-capacity-tokens", type=_token_count, help="KV cache size override")
-    bs.add_argument("--no-enable-prefix-caching", action="store_true")
+    add_model_flags(bs, EngineConfig, middle, SERVER_OVERRIDES)
     bs.add_argument("--kv-offloading-backend", choices=("native",), help="vLLM's CPU KV offloading")
-    bs.add_argument(
-        "--kv-offloading-size", type=float, help="GiB of CPU memory for KV blocks (all GPUs)"
-    )
-    bs.add_argument(
-        "--kv-offloading-bandwidth-gbps", type=_positive_number,
-        default=_engine("kv_offloading_bandwidth_GBps"),
-        help="host<->GPU copy GB/s per GPU and direction [50: PCIe Gen5 x16, ~80%%]",
-    )  # fmt: skip
-    bs.add_argument("--profile", help="a profile JSON (kernel-fitted or measured)")
-    bs.add_argument("--stepping", choices=("event", "iteration"), default=_engine("stepping"))
+    add_model_flags(bs, EngineConfig, last, SERVER_OVERRIDES)
 
 
 def _add_client_flags(bs: argparse.ArgumentParser) -> None:
     """`vllm bench serve`'s flags that shape the load and the result."""
-    bs.add_argument("--num-prompts", type=_positive_int, default=_client("num_prompts"))
-    bs.add_argument("--random-input-len", type=_positive_int, default=_client("random_input_len"))
-    bs.add_argument("--random-output-len", type=_positive_int, default=_client("random_output_len"))
-    bs.add_argument("--random-range-ratio", type=float, default=_client("random_range_ratio"))
-    bs.add_argument(
-        "--random-prefix-len", type=_non_negative_int, default=_client("random_prefix_len"),
-        help="tokens every prompt starts with, the same for all (with prefix caching,"
-        " computed once) [0]",
-    )  # fmt: skip
+    from sim.bench_serve import BenchServeConfig
+
+    load, sends, _ = CLIENT_FIELDS
+    add_model_flags(bs, BenchServeConfig, load)
     bs.add_argument(
         "--goodput", nargs="+", metavar="KEY:MS",
         help="service-level objectives (ttft, tpot, e2el in ms): request_goodput, the"
         " requests per second meeting all of them",
     )  # fmt: skip
-    bs.add_argument(
-        "--request-rate", type=_rate, default=_client("request_rate"), help="req/s [inf]"
-    )
-    bs.add_argument(
-        "--burstiness", type=float, default=_client("burstiness"),
-        help="Gamma shape [1: Poisson]",
-    )  # fmt: skip
-    bs.add_argument("--max-concurrency", type=_positive_int, help="requests in flight at most")
-    bs.add_argument(
-        "--closed-loop-start", choices=_client_choices("closed_loop_start"),
-        default=_client("closed_loop_start"),
-        help="with --max-concurrency and rate inf: the first wave sent at once, as vLLM does"
-        " (identical lengths then stay in lockstep) [burst], or spread over one request"
-        " (a desynchronized steady state; the first wave is left out as warm-up)",
-    )  # fmt: skip
-    bs.add_argument(
-        "--warmup-requests", type=int, help="first requests left out of the latency statistics"
-        " [staggered: max-concurrency, else 0]",
-    )  # fmt: skip
-    bs.add_argument(
-        "--client-issue-delay", type=float, default=_client("client_issue_delay_s"), metavar="S",
-        help="mean seconds a closed-loop client takes to send its next request (exponential,"
-        " seeded): the jitter that desynchronizes clients [0: ideal client]",
-    )  # fmt: skip
-    bs.add_argument("--seed", type=int, default=_client("seed"))
+    add_model_flags(bs, BenchServeConfig, sends, {"request_rate": {"type": _rate}})
     bs.add_argument(
         "--percentile-metrics", type=_percentile_metrics_arg,
         default=("ttft", "tpot", "itl", "e2el"),
@@ -530,11 +353,9 @@ def _add_vllm_client_flags(bs: argparse.ArgumentParser) -> None:
     )
     compat.add_argument("--dataset-name", choices=("random",), default="random")
     compat.add_argument("--ignore-eos", action="store_true", help="always so here")
-    compat.add_argument(
-        "--backend", default=_client("backend"), choices=_client_choices("backend"),
-        help="reported as given in the result's backend",
-    )  # fmt: skip
-    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, REFUSED_CLIENT_FLAGS
+    from sim.bench_serve import ACCEPTED_CLIENT_FLAGS, REFUSED_CLIENT_FLAGS, BenchServeConfig
+
+    add_model_flags(compat, BenchServeConfig, CLIENT_FIELDS[2])
 
     for table, word in ((ACCEPTED_CLIENT_FLAGS, "accepted"), (REFUSED_CLIENT_FLAGS, "refused")):
         for flag, (nargs, why) in table.items():

@@ -110,20 +110,3 @@ def _workload_sets(args: argparse.Namespace, scenario: str) -> tuple[list[str], 
     base = read_scenario_data(scenario).get("workload", {})
     fields, note = workload_fields(base if isinstance(base, dict) else {}, flags)
     return as_sets(fields), note
-
-
-def _field_default(model: Any, name: str) -> Any:
-    """The default of ``model``'s field ``name``: a flag that mirrors a config field takes
-    its default from the model, where it is declared once."""
-    return model.model_fields[name].get_default(call_default_factory=True)
-
-
-def _field_choices(model: Any, name: str) -> tuple[Any, ...]:
-    """The values of ``model``'s ``Literal`` field ``name``, in the model's order: the
-    choices of the flag that mirrors it."""
-    import typing
-
-    values = typing.get_args(model.model_fields[name].annotation)
-    if not values:  # pragma: no cover - a programming error, not a user's
-        raise TypeError(f"{model.__name__}.{name} is not a Literal field")
-    return values

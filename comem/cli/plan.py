@@ -12,7 +12,6 @@ from calibration.errors import ComemInputError
 from comem.cli.args import (
     _add_allow_large,
     _positive_int,
-    _positive_seconds,
     _seconds,
     _token_count,
 )
@@ -23,12 +22,21 @@ from comem.cli.common import (
     _workers,
     _writable_dir,
 )
+from comem.cli.fields import add_model_flags, fields_of
+
+#: the flags that are ``PlanSpec`` fields, in ``--help``'s order: the machines and the
+#: workload (the workload flags follow), the search (then ``--offload``), its limits
+PLAN_FIELDS = (
+    ("agent_model", "memory_model", "gpu", "gpus", "workload_scenario"),
+    ("objective", "slo_step_s", "max_gpus", "kinds", "dtypes", "k_values"),
+    ("top", "max_resolve_loss_pp", "baseline_resolve_rate", "memory_loss_scale"),
+)
 
 
 def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
     """``plan``'s settings: a ``--spec`` file's [plan] table, the flags over it, the rest
     from the default experiment; and the line saying how the workload flags mapped."""
-    from comem.plan import PlanSpec
+    from comem.plan.space import PlanSpec
     from sim.config import read_toml, validate
 
     data: dict[str, Any] = {}
@@ -41,24 +49,10 @@ def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
         data = dict(table["plan"])
     workload_set, note = _plan_workload_set(args, data)
     flags = {
-        "agent_model": args.agent_model,
-        "memory_model": args.memory_model,
-        "gpu": args.gpu,
-        "gpus": args.gpus,
+        **fields_of(args, [f for group in PLAN_FIELDS for f in group]),
         "agents": args.agents,
-        "workload_scenario": args.workload,
         "steps": args.steps,
         "workload_set": workload_set,
-        "objective": args.objective,
-        "slo_step_s": args.slo,
-        "max_gpus": args.max_gpus,
-        "kinds": args.kinds,
-        "dtypes": args.dtypes,
-        "k_values": args.k,
-        "top": args.top,
-        "max_resolve_loss_pp": args.max_resolve_loss,
-        "baseline_resolve_rate": args.baseline_resolve_rate,
-        "memory_loss_scale": args.memory_loss_scale,
     }
     if args.offload is not None:
         flags["offload"] = {"on": [True], "off": [False], "both": [False, True]}[args.offload]
@@ -67,18 +61,17 @@ def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from comem.plan import (
-        Candidate,
+    from comem.plan.figure import pareto_figure
+    from comem.plan.rank import pareto
+    from comem.plan.report import (
         assumptions,
         edge_warnings,
-        left_out_kinds,
-        pareto,
-        pareto_figure,
-        run_plan,
         table_markdown,
         verdict,
         write_scenario,
-    )  # fmt: skip
+    )
+    from comem.plan.run import run_plan
+    from comem.plan.space import Candidate, left_out_kinds
 
     spec, note = _plan_spec(args)
     if note and not args.json:
@@ -127,32 +120,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) -> None:
-    from comem.plan import table_markdown
+    from comem.plan.report import text_report
 
-    best = rows[0]
-    print(
-        f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
-        f" pruned by the closed form and the KV bound); objective {spec.objective}"
-        + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
-        + (
-            f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
-            if spec.max_resolve_loss_pp is not None
-            else ""
-        )
-    )
-    print("assumptions:")
-    for line in payload["assumptions"]:
-        print(f"- {line}")
-    print(table_markdown(rows, limit=show), end="")
-    met = best.meets_slo and best.meets_resolve
-    print(
-        f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
-        f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
-        f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
-        f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
-        + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
-    )
-    print(payload["verdict"])
+    print(text_report(spec, rows, payload, show), end="")
     for p in payload["files"]:
         print(f"wrote {p}")
 
@@ -161,7 +131,7 @@ def _plan_workload_set(
     args: argparse.Namespace, spec: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str]:
     """``plan``'s workload flags as workload fields (agents and steps are the spec's)."""
-    from comem.plan import scenario_workload
+    from comem.plan.space import scenario_workload
     from sim.workload_flags import from_args, workload_fields
 
     flags = from_args(args)
@@ -169,7 +139,7 @@ def _plan_workload_set(
         getattr(flags, k) is None for k in ("decode_tokens", "observation_tokens", "tool_s")
     ):
         return None, ""
-    base = scenario_workload(args.workload or spec.get("workload_scenario"))
+    base = scenario_workload(args.workload_scenario or spec.get("workload_scenario"))
     fields, note = workload_fields(base, flags)
     kept = {k: v for k, v in fields.items() if k not in ("agents", "steps", "max_steps")}
     if "steps" in fields and args.steps is None:  # derived from --context-tokens
@@ -187,43 +157,17 @@ def register(sub: Any) -> None:
         " --out/points), ranks by --objective under --slo, and writes the table, the Pareto"
         " front and the chosen deployment as a scenario file.",
     )
+    from comem.plan.space import PlanSpec
+
     pl.add_argument("--spec", help="TOML file with a [plan] table (flags override it)")
-    pl.add_argument("--agent-model", help="agent model (alias, HF id or config.json)")
-    pl.add_argument("--memory-model", help="memory model [qwen3-4b]")
-    pl.add_argument("--gpu", help="GPU type [h200_sxm]")
-    pl.add_argument("--gpus", type=_positive_int, help="GPUs available [8]")
-    pl.add_argument(
-        "--workload",
-        help="scenario file whose [workload] the agents run [the default experiment's]",
-    )
+    machines, search, limits = PLAN_FIELDS
+    add_model_flags(pl, PlanSpec, machines, defaults=False)
     from sim.workload_flags import add_flags
 
     add_flags(pl, _token_count, _positive_int, _seconds)
-    pl.add_argument("--objective", choices=("mean-step", "p99-step", "steps-per-gpu"))
-    pl.add_argument("--slo", type=_positive_seconds, help="p99 step latency to meet, seconds")
-    pl.add_argument("--max-gpus", type=_positive_int)
-    pl.add_argument("--kinds", nargs="+", choices=("fc", "cp", "sm", "kso"))
-    pl.add_argument("--dtypes", nargs="+", choices=("bf16", "fp8"))
-    pl.add_argument("--k", nargs="+", type=_positive_int, help="k values to try [1 2 4 8 16 32]")
+    add_model_flags(pl, PlanSpec, search, defaults=False)
     pl.add_argument("--offload", choices=("on", "off", "both"), help="CPU KV offload [both]")
-    pl.add_argument("--top", type=_positive_int, help="candidates to simulate [6 + best per kind]")
-    pl.add_argument(
-        "--max-resolve-loss",
-        type=float,
-        metavar="PP",
-        help="most resolve-rate points a deployment may lose against full context (the"
-        " fitted model's pessimistic 95%% end) [no limit]",
-    )
-    pl.add_argument(
-        "--baseline-resolve-rate",
-        type=float,
-        help="the full-context agent's resolve rate on these tasks, in (0, 1) [0.5]",
-    )
-    pl.add_argument(
-        "--memory-loss-scale",
-        type=float,
-        help="memory-model summaries' loss against a generic LLM summarizer (0: lossless) [1]",
-    )
+    add_model_flags(pl, PlanSpec, limits, defaults=False)
     pl.add_argument("--workers", type=_positive_int, help="processes (default: CPU count)")
     pl.add_argument("--show", type=_positive_int, default=12, help="rows printed [12]")
     pl.add_argument("--out", default="out/plan", help="output directory [out/plan]")

@@ -6,15 +6,21 @@ import argparse
 from typing import Any
 
 from comem.cli.args import (
-    _DTYPE_HELP,
+    _DTYPE_FLAG,
     _add_allow_large,
-    _dtype_arg,
-    _fraction,
     _name,
     _positive_int,
     _token_count,
 )
 from comem.cli.common import _print_json, _weight_dtype
+from comem.cli.fields import add_model_flags
+
+#: where an engine flag of a static batch is not the engine field as it stands: vLLM's
+#: dtype spellings; benchmark_latency's token budget (a whole batch's prompts at once)
+ENGINE: dict[str, dict[str, Any]] = {
+    "dtype": _DTYPE_FLAG,
+    "max_num_batched_tokens": {"type": _token_count, "default": 16384, "help": None},
+}
 
 
 def cmd_predict_static(args: argparse.Namespace) -> int:
@@ -75,6 +81,8 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    from sim.config import EngineConfig
+
     ps = sub.add_parser(
         "predict-static", help="predicted latency of one static batch (vLLM benchmark_latency)"
     )
@@ -84,20 +92,13 @@ def register(sub: Any) -> None:
         required=True,
         help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
     )
-    ps.add_argument("--gpu", default="h100_sxm")
-    ps.add_argument("--tp", type=_positive_int, default=1)
-    ps.add_argument("--dtype", type=_dtype_arg, default="auto", help=_DTYPE_HELP)
-    ps.add_argument(
-        "--enable-expert-parallel",
-        action="store_true",
-        help="split MoE layers by whole experts over the TP GPUs (MoE models only)",
-    )
+    add_model_flags(ps, EngineConfig, ("gpu", "tp", "dtype", "enable_expert_parallel"), ENGINE)
     ps.add_argument("--batch", type=_positive_int, required=True)
     ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
     ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
-    ps.add_argument("--max-num-batched-tokens", type=_token_count, default=16384)
-    ps.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9)
-    ps.add_argument("--profile", help="a profile JSON file instead of the embedded default")
+    add_model_flags(
+        ps, EngineConfig, ("max_num_batched_tokens", "gpu_memory_utilization", "profile"), ENGINE
+    )
     ps.add_argument(
         "--framework", type=_name,
         help="the profile's overhead of this framework version (e.g. vllm-2024,"

@@ -1,0 +1,150 @@
+"""Step 2 of ``comem plan``: prune with theory. Each candidate's mean step latency from
+the exact lockstep closed form under its engines' linear surrogates, its KV-capacity
+bound on agents, and which candidates are worth simulating (:func:`select`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from comem.plan.scenario import _workload, _workload_model
+from comem.plan.space import (
+    AGENT_UTIL_COLOCATED,
+    DEFAULT_WORKLOAD,
+    Candidate,
+    PlanSpec,
+    _latency_model,
+)
+
+
+@dataclass
+class Estimate:
+    candidate: Candidate
+    mean_step_s: float  # the closed form's, per replica of N / DP agents in lockstep
+    kv_bound_agents: int  # agents per replica whose contexts fit the KV cache at once
+    optimistic: bool  # past the KV bound, or co-located (the closed form is a bound)
+    #: what pruning ranks by: the closed form plus the recomputation the KV cache forces
+    #: past its bound (the share of contexts that do not fit, re-prefilled every step)
+    prune_step_s: float = math.nan
+
+
+def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
+    """Step 2: the closed form and the KV bound for every candidate."""
+
+    from calibration.surrogate import fit_surrogate
+    from sim.scenario import SyntheticWorkload
+    from theory.bounds import fc_peak_context, kso_peak_context, max_agents
+    from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies
+
+    raw = _workload(spec)
+    model = _workload_model(raw, str(spec.workload_scenario or "plan"))
+    if not isinstance(model, SyntheticWorkload):
+        # a trace or fitted workload: price its mean step as the synthetic one
+        base = {**DEFAULT_WORKLOAD, "agents": spec.agents, "summary_tokens": model.summary_tokens}
+        model = _workload_model(base, "plan")
+    steps = int(spec.steps or model.steps)
+    system, obs = float(model.system_tokens), float(model.observation_tokens)
+    action, summary = float(model.action_tokens), float(model.summary_tokens)
+    tool = float(model.tool_s)
+    coeffs: dict[tuple[Any, ...], Any] = {}
+
+    def surrogate(model: str, tp: int, dtype: str, ep: bool) -> Any:
+        key = (model, tp, dtype, ep)
+        if key not in coeffs:
+            s = fit_surrogate(
+                _latency_model(model, spec.gpu, tp, dtype, ep, 0.9), samples=200, holdout=50
+            )
+            coeffs[key] = np.array([s.c0, s.c1, s.c2, s.c3, s.c4])
+        return coeffs[key]
+
+    out = []
+    for c in candidates:
+        n = math.ceil(spec.agents / c.agent_dp)
+        agent_c = lockstep_coefficients(
+            surrogate(spec.agent_model, c.agent_tp, c.agent_dtype, c.agent_ep), n
+        )
+        mem_c = None
+        if c.memory_placement != "none":
+            mem_c = lockstep_coefficients(
+                surrogate(spec.memory_model, c.memory_tp, "bf16", False), n
+            )
+        params = AgentParams(
+            system=np.array(system), observation=np.array(obs), action=np.array(action),
+            summary=np.array(summary), tool_s=np.array(tool), steps=steps,
+            k=np.array(c.k), retain=np.array(spec.retain), lag=np.array(1),
+        )  # fmt: skip
+        # co-located engines take turns on the GPUs: the summary cannot overlap the
+        # agent's work, so price CoMem there as the blocking SM
+        kind = "sm" if c.kind == "kso" and c.memory_placement == "co-located" else c.kind
+        lat, _ = step_latencies(
+            kind, params, agent_c.reshape(5, 1), None if mem_c is None else mem_c.reshape(5, 1)
+        )
+        util = AGENT_UTIL_COLOCATED if c.memory_placement == "co-located" else 0.9
+        kv = _latency_model(
+            spec.agent_model, spec.gpu, c.agent_tp, c.agent_dtype, c.agent_ep, util
+        ).kv_capacity_tokens(util)
+        if c.kind == "fc":
+            ctx = fc_peak_context(system, obs, action, steps)
+        else:
+            ctx = kso_peak_context(system, obs, action, summary, c.k, spec.retain, 1)
+        ctx = min(ctx, spec.max_model_len)
+        bound = max_agents(kv, ctx)
+        mean = float(np.mean(lat))
+        # a pruning heuristic, not a bound: past the KV bound the contexts that do not
+        # fit are evicted and re-prefilled each step, n * (1 - bound / n) of them, priced
+        # as prefills of half a peak context by the engine's surrogate
+        miss = max(0, n - bound)
+        half = ctx / 2.0
+        c_one = surrogate(spec.agent_model, c.agent_tp, c.agent_dtype, c.agent_ep)
+        refill = miss * (c_one[1] * half + c_one[2] * half * (half + 1) / 2.0)
+        out.append(
+            Estimate(
+                c, mean, bound,
+                optimistic=n > bound or c.memory_placement == "co-located",
+                prune_step_s=mean + float(refill),
+            )
+        )  # fmt: skip
+    return out
+
+
+def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
+    """The objective as the closed form sees it (smaller is better): the step latency, or
+    for steps per GPU minus ``agents / step latency / GPUs`` (each of the N agents in a
+    closed loop completes a step per step latency)."""
+    step = e.prune_step_s if math.isfinite(e.prune_step_s) else e.mean_step_s
+    if spec.objective == "steps-per-gpu":
+        return -spec.agents / step / e.candidate.gpus_used
+    return step
+
+
+def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
+    """The candidates worth simulating: the ``top`` by estimate, and each kind's two best.
+
+    CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
+    form prices no offload), so an offload variant is simulated only past the KV bound."""
+    n = spec.agents
+    useful = [
+        e
+        for e in estimates
+        if not e.candidate.offload or math.ceil(n / e.candidate.agent_dp) > e.kv_bound_agents
+    ]
+    by_estimate = sorted(
+        useful, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
+    )
+    chosen = [e.candidate for e in by_estimate[: spec.top]]
+    for kind in spec.kinds:  # and the best two GPU layouts of every architecture
+        layouts: set[tuple[Any, ...]] = set()
+        for e in by_estimate:
+            c = e.candidate
+            layout = (c.agent_tp, c.agent_dp, c.agent_dtype, c.agent_ep, c.memory_placement)
+            if c.kind != kind or layout in layouts:
+                continue
+            layouts.add(layout)
+            if c not in chosen:
+                chosen.append(c)
+            if len(layouts) == 2:
+                break
+    return chosen
