@@ -12,6 +12,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from calibration import opmodels as om
+from calibration.dtypes import check_dtype, compute_dtype
 from calibration.errors import ComemInputError, KernelDataError
 from calibration.kernels import KernelTables, load_kernel_tables
 from calibration.opmodels import OpFit
@@ -23,7 +24,7 @@ from calibration.profile import (
     code_commit,
     op_form,
 )
-from calibration.registry import GpuSpec, check_dtype, compute_dtype, get_gpu, get_model
+from calibration.registry import GpuSpec, get_gpu, get_model
 
 #: device strings in the aiconfigurator tables -> registry GPU names
 DEVICE_NAMES = {

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from calibration.errors import ComemInputError
-from calibration.registry import ModelSpec
+from calibration.model_spec import ModelSpec
 
 #: vLLM's default KV block (tokens).
 DEFAULT_BLOCK = 16

@@ -22,22 +22,13 @@ import numpy as np
 
 from calibration.attention_cost import AttentionCost
 from calibration.attention_parts import AttentionPart, attention_parts
+from calibration.dtypes import DTYPE_BYTES, check_dtype, check_kv_cache_dtype, compute_dtype
 from calibration.errors import ComemInputError
 from calibration.kv_layout import KVLayout, kv_layout
+from calibration.model_spec import ModelSpec
 from calibration.opmodels import OpFit
 from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile, default_profile
-from calibration.registry import (
-    DTYPE_BYTES,
-    GpuSpec,
-    ModelSpec,
-    check_dtype,
-    check_kv_cache_dtype,
-    compute_dtype,
-    fits_in_memory,
-    get_gpu,
-    get_model,
-    profile_run_bytes,
-)
+from calibration.registry import GpuSpec, fits_in_memory, get_gpu, get_model, profile_run_bytes
 from calibration.token_ops import LINEAR_OP_KEYS, TokenOpCost
 
 SUPPORTED_TP = (1, 2, 4, 8)

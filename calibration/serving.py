@@ -32,9 +32,10 @@ import numpy as np
 from pydantic import ConfigDict, Field, StrictBool, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from calibration.dtypes import check_dtype
 from calibration.errors import ComemInputError
 from calibration.profile import FrameworkOverhead
-from calibration.registry import check_dtype, get_model
+from calibration.registry import get_model
 
 #: Columns a serving CSV must have (``shared/data/serving/README.md``).
 SERVING_COLUMNS = ("model", "gpu", "dtype", "tp", "concurrency", "isl", "osl", "ttft_ms", "tpot_ms")
@@ -210,7 +211,8 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
     TPOT below this bound means the row's stated workload or hardware is not what ran
     (such rows are left out of a fit, and said so).
     """
-    from calibration.registry import check_kv_cache_dtype, compute_dtype, get_gpu
+    from calibration.dtypes import check_kv_cache_dtype, compute_dtype
+    from calibration.registry import get_gpu
 
     m = get_model(row.model)
     gpu = get_gpu(row.gpu)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from calibration.attention_parts import projection_gemms
+from calibration.dtypes import DTYPE_BYTES
 from calibration.errors import ComemInputError
+from calibration.model_spec import ModelSpec
 from calibration.opmodels import OpFit
 from calibration.opmodels import predict as op_predict
 from calibration.profile import Profile, op_form
-from calibration.registry import DTYPE_BYTES, ModelSpec
 
 _TABLE_MIN = 1 << 14
 _TABLE_MAX = 1 << 21
