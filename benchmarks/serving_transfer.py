@@ -39,17 +39,16 @@ import pandas as pd
 
 from calibration.profile import FrameworkOverhead
 from calibration.serving import (
-    SERVING_FIT_TERMS,
     SHARED_H100_ASSUMPTIONS,
     SILICON_ASSUMPTIONS,
     ServingRow,
     ServingSetup,
-    error_summary,
     load_serving_csv,
     load_silicon_csv,
     setup_for,
     tpot_lower_bound,
 )
+from calibration.serving_fit import SERVING_FIT_TERMS, error_summary
 from sim.serving import evaluate_rows, fit_rows
 
 #: processes simulating rows (results do not depend on it)
