@@ -307,7 +307,7 @@ def cv_record(held: pd.DataFrame, kind: str) -> dict[str, Any]:
 def static_overhead_entry(shared: Path) -> dict[str, Any]:
     """The 2024 static batches' overhead entry (per TP collective) with its own band: the
     leave-one-model-out residuals :func:`calibration.fit.fit_overhead` computes."""
-    from calibration.fit import e2e_overhead_entry, fit_overhead, load_e2e
+    from calibration.e2e_overhead import e2e_overhead_entry, fit_overhead, load_e2e
     from calibration.profile import Profile, profile_path
     from calibration.uncertainty import band_from_errors
 

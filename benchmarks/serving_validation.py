@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from calibration.fit import fit_overhead, load_e2e
+from calibration.e2e_overhead import fit_overhead, load_e2e
 from calibration.profile import FrameworkOverhead, default_profile
 from calibration.serving import SHARED_H100_ASSUMPTIONS, load_serving_csv, setup_for
 from calibration.serving_fit import error_summary

@@ -209,7 +209,7 @@ def build_report(
     profile: Profile | None = None,
 ) -> CalibrationReport:
     """Assemble the report; recompute and plot what the available data allows."""
-    from calibration.fit import E2E_FRAMEWORK, e2e_costs, e2e_errors, load_e2e
+    from calibration.e2e_overhead import E2E_FRAMEWORK, e2e_costs, e2e_errors, load_e2e
 
     prof = profile if profile is not None else default_profile(gpu, dtype)
     try:  # the report prices models on the profile's GPU: it must be one
