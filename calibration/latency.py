@@ -22,27 +22,21 @@ import numpy as np
 
 from calibration.attention_cost import AttentionCost
 from calibration.attention_parts import AttentionPart, attention_parts
-from calibration.dtypes import DTYPE_BYTES, check_dtype, check_kv_cache_dtype, compute_dtype
+from calibration.dtypes import DTYPE_BYTES, check_dtype, compute_dtype
 from calibration.errors import ComemInputError
 from calibration.kv_layout import KVLayout, kv_layout
+from calibration.latency_inputs import (
+    FAMILY_FIELDS,
+    check_parallelism,
+    engine_profile,
+    fp8_gemm_kernel,
+    resolve_kv_cache_dtype,
+)
 from calibration.model_spec import ModelSpec
 from calibration.opmodels import OpFit
-from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile, default_profile
+from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile
 from calibration.registry import GpuSpec, fits_in_memory, get_gpu, get_model, profile_run_bytes
 from calibration.token_ops import LINEAR_OP_KEYS, TokenOpCost
-
-SUPPORTED_TP = (1, 2, 4, 8)
-#: ``fp8_gemm`` choices: the 128x128 block-scaled fp8 GEMM (the published FP8 checkpoints
-#: of Qwen3, GLM-4.5/4.7, Qwen3-Coder), the per-tensor scaled one (``--quantization fp8``
-#: on a bf16 checkpoint; per-tensor / per-channel checkpoints such as Llama-3.1 FP8), or
-#: ``auto``: block for mixture-of-experts models, tensor for dense ones.
-FP8_GEMM_KINDS = ("auto", "block", "tensor")
-#: Per family op: the config field that names it, what it is, its kernel tables.
-FAMILY_FIELDS = {
-    "mla": ("kv_lora_rank", "multi-head latent attention (MLA)", "mla_*_module_perf / *_mla_perf"),
-    "dsa": ("index_topk", "DeepSeek sparse attention (DSA)", "dsa_*_module_perf"),
-    "gdn": ("layer_types", "Gated DeltaNet linear attention", "gdn_perf"),
-}
 
 
 def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -108,7 +102,8 @@ class LatencyModel:
 
     ``kv_cache_dtype`` is vLLM's ``--kv-cache-dtype`` (``auto``: bf16): an fp8 cache holds
     twice the tokens and is priced by the attention ops fitted on the fp8-KV kernel rows.
-    ``fp8_gemm`` picks the fp8 GEMM kernel (:data:`FP8_GEMM_KINDS`; ignored for bf16).
+    ``fp8_gemm`` picks the fp8 GEMM kernel (ignored for bf16; the choices:
+    :data:`calibration.latency_inputs.FP8_GEMM_KINDS`).
     ``max_num_batched_tokens`` and ``max_num_seqs`` size vLLM's profiling run, which the
     KV cache does not get (:func:`calibration.registry.profile_run_bytes`).
 
@@ -161,16 +156,16 @@ class LatencyModel:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
-        self.kv_cache_dtype = _kv_cache_dtype(self.model, kv_cache_dtype)
+        self.kv_cache_dtype = resolve_kv_cache_dtype(self.model, kv_cache_dtype)
         #: the fp8 GEMM kernel (None in bf16)
-        self.fp8_gemm: str | None = _fp8_gemm_kernel(self.model, self.dtype, fp8_gemm)
+        self.fp8_gemm: str | None = fp8_gemm_kernel(self.model, self.dtype, fp8_gemm)
         self.max_num_batched_tokens = int(max_num_batched_tokens)
         self.max_num_seqs = int(max_num_seqs)
         self.tp = tp
         #: data-parallel ranks the experts span (``--data-parallel-size`` with
         #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
-        self.dp = _check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
-        self.profile = _engine_profile(profile, self.gpu, self.dtype)
+        self.dp = check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
+        self.profile = engine_profile(profile, self.gpu, self.dtype)
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
@@ -563,64 +558,6 @@ class LatencyModel:
         if self.overhead_per_kv_token_s:
             held = kv_total0 + num_decode * j + (cached0 + chunk * (j + 1) if chunk else 0.0)
         return self.with_framework(t, seqs, held)
-
-
-def _kv_cache_dtype(model: ModelSpec, kv_cache_dtype: str) -> str:
-    """``bf16`` or ``fp8``: ``--kv-cache-dtype``, where ``auto`` is fp8 for DeepSeek sparse
-    attention (vLLM's default cache there is fp8_ds_mla, VLLM_FACTS D)."""
-    checked = check_kv_cache_dtype(kv_cache_dtype)
-    if model.index_topk and str(kv_cache_dtype).strip().lower() == "auto":
-        return "fp8"
-    return checked
-
-
-def _fp8_gemm_kernel(model: ModelSpec, dtype: str, fp8_gemm: str) -> str | None:
-    """The fp8 GEMM kernel ``fp8_gemm`` names (``auto``: block for mixture-of-experts
-    models, tensor for dense ones); None when the weights are not fp8."""
-    if fp8_gemm not in FP8_GEMM_KINDS:
-        raise ComemInputError(f"unknown fp8_gemm '{fp8_gemm}'; known: {', '.join(FP8_GEMM_KINDS)}")
-    if fp8_gemm == "auto":
-        fp8_gemm = "block" if model.is_moe else "tensor"
-    return fp8_gemm if dtype == "fp8" else None
-
-
-def _check_parallelism(
-    model: ModelSpec, tp: int, expert_parallel: bool, data_parallel_size: int
-) -> int:
-    """Check that ``tp`` (and expert parallelism over ``data_parallel_size`` ranks) can
-    shard ``model`` on one node; return the DP ranks the experts span (1 without EP)."""
-    if expert_parallel and not model.is_moe:
-        raise ComemInputError(
-            f"expert parallelism needs a mixture-of-experts model: {model.alias} is dense"
-        )
-    model.check_tp(tp, expert_parallel=expert_parallel)
-    if tp not in SUPPORTED_TP:
-        raise ComemInputError(
-            f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
-            f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
-        )
-    dp = int(data_parallel_size) if expert_parallel else 1
-    if dp > 1 and tp * dp not in SUPPORTED_TP[1:]:
-        raise ComemInputError(
-            f"data_parallel_size {dp} x tp {tp} = {tp * dp} expert-parallel ranks:"
-            " their all-gather / reduce-scatter is priced from the all-reduce tables,"
-            " measured on 2, 4 or 8 GPUs of one node"
-        )
-    return dp
-
-
-def _engine_profile(profile: Profile | None, gpu: GpuSpec, dtype: str) -> Profile:
-    """``profile``, which must be for the engine's GPU and dtype, else the embedded one."""
-    if profile is not None and (profile.gpu, profile.dtype) != (gpu.name, dtype):
-        # a profile's op fits price one GPU's kernels in one dtype; the KV capacity
-        # and weights come from the engine's GPU: mixed, they describe no machine
-        which = f"profile {profile.source}" if profile.source else "the profile"
-        raise ComemInputError(
-            f"{which} is for {profile.gpu}/{profile.dtype}, but the engine runs"
-            f" {gpu.name}/{dtype}: set the engine's gpu and dtype to the"
-            f" profile's, or use a profile fitted on {gpu.name}/{dtype}"
-        )
-    return profile if profile is not None else default_profile(gpu.name, dtype)
 
 
 class ConstantLatency:
