@@ -102,12 +102,6 @@ class KVLayout:
         """Blocks of the pool (vLLM's null block included) in ``avail_bytes``."""
         return int(avail_bytes // self.block_bytes)
 
-    def token_capacity(self, avail_bytes: float) -> int:
-        """Tokens of context the pool holds for the layers that keep every token, before
-        any request's constant part (:meth:`request_blocks`' sliding and linear blocks)."""
-        per_token_groups = max(1, self.full_groups)
-        return self.num_blocks(avail_bytes) // per_token_groups * self.block_size
-
     @property
     def bytes_per_token(self) -> float:
         """Pool bytes one more token of context costs (the full groups' share)."""

@@ -176,8 +176,8 @@ class LatencyModel:
         self._ctx_key = "context_attention" + suffix
         self._gen_key = "generation_attention" + suffix
         self._check_profile_prices()
-        # Raises a clear error when the weights do not fit at this TP.
-        self.kv_budget_bytes_per_gpu = fits_in_memory(
+        # a clear error when the weights do not fit at this TP
+        fits_in_memory(
             self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes(),
             expert_ranks=self.ep if self.dp > 1 else None,
         )  # fmt: skip
