@@ -94,12 +94,12 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
 
 
 def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
-    import pandas as pd
-
     """One row per wave in which every request succeeded: means of what was measured.
 
     A wave with a failed request ran a different batch than the replay assumes, so it
     is left out (and counted)."""
+    import pandas as pd
+
     rows = []
     if "cached_tokens" not in frame.columns:
         frame = frame.assign(cached_tokens=0)
