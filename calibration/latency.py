@@ -7,9 +7,10 @@ the LM head for every scheduled sequence, plus a per-iteration framework overhea
 
 Speed matters (the simulator calls this hundreds of thousands of times), so every
 op whose cost depends only on the token count is tabulated once per model over
-``N = 0..`` and summed into one array; attention is evaluated from the batch's
-aggregates. The table is made non-decreasing in N (a real GPU is not quite, but a
-model that charged less for more work would make schedulers game it).
+``N = 0..`` and summed into one array (:mod:`calibration.token_ops`); attention is
+evaluated from the batch's aggregates (:mod:`calibration.attention_cost`). The tables are
+made non-decreasing (a real GPU is not quite, but a model that charged less for more work
+would make schedulers game it).
 """
 
 from __future__ import annotations
