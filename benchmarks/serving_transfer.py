@@ -39,17 +39,16 @@ import pandas as pd
 
 from calibration.profile import FrameworkOverhead
 from calibration.serving import (
-    SERVING_FIT_TERMS,
     SHARED_H100_ASSUMPTIONS,
     SILICON_ASSUMPTIONS,
     ServingRow,
     ServingSetup,
-    error_summary,
     load_serving_csv,
     load_silicon_csv,
     setup_for,
     tpot_lower_bound,
 )
+from calibration.serving_fit import SERVING_FIT_TERMS, error_summary
 from sim.serving import evaluate_rows, fit_rows
 
 #: processes simulating rows (results do not depend on it)
@@ -308,7 +307,7 @@ def cv_record(held: pd.DataFrame, kind: str) -> dict[str, Any]:
 def static_overhead_entry(shared: Path) -> dict[str, Any]:
     """The 2024 static batches' overhead entry (per TP collective) with its own band: the
     leave-one-model-out residuals :func:`calibration.fit.fit_overhead` computes."""
-    from calibration.fit import e2e_overhead_entry, fit_overhead, load_e2e
+    from calibration.e2e_overhead import e2e_overhead_entry, fit_overhead, load_e2e
     from calibration.profile import Profile, profile_path
     from calibration.uncertainty import band_from_errors
 

@@ -30,14 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from calibration.fit import fit_overhead, load_e2e
+from calibration.e2e_overhead import fit_overhead, load_e2e
 from calibration.profile import FrameworkOverhead, default_profile
-from calibration.serving import (
-    SHARED_H100_ASSUMPTIONS,
-    error_summary,
-    load_serving_csv,
-    setup_for,
-)
+from calibration.serving import SHARED_H100_ASSUMPTIONS, load_serving_csv, setup_for
+from calibration.serving_fit import error_summary
 from sim.serving import calibrate_serving, evaluate_rows
 
 GOALS = {"serving_tpot_mape": 0.08, "serving_ttft_mape": 0.15, "static_mape": 0.07}

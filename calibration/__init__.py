@@ -14,8 +14,9 @@ from calibration.errors import ComemInputError, KernelDataError, UnknownNameErro
 
 if TYPE_CHECKING:
     from calibration.latency import Batch, LatencyModel
+    from calibration.model_spec import ModelSpec
     from calibration.profile import Profile, available_profiles, default_profile
-    from calibration.registry import GPUS, MODELS, GpuSpec, ModelSpec, get_gpu, get_model
+    from calibration.registry import GPUS, MODELS, GpuSpec, get_gpu, get_model
     from calibration.static import predict_static_latency
 
 #: names resolved on first use, so ``import calibration.errors`` (every command's start)
@@ -29,7 +30,7 @@ _LAZY = {
     "GPUS": "calibration.registry",
     "MODELS": "calibration.registry",
     "GpuSpec": "calibration.registry",
-    "ModelSpec": "calibration.registry",
+    "ModelSpec": "calibration.model_spec",
     "get_gpu": "calibration.registry",
     "get_model": "calibration.registry",
     "predict_static_latency": "calibration.static",

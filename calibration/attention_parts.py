@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from calibration.registry import ModelSpec
+from calibration.model_spec import ModelSpec
 
 
 @dataclass(frozen=True)

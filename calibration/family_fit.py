@@ -27,8 +27,9 @@ import pandas as pd
 
 from calibration import opmodels as om
 from calibration.attention_parts import mla_decode_shape, mla_prefill_hd, projection_gemms
+from calibration.model_spec import ModelSpec
 from calibration.opmodels import OpFit
-from calibration.registry import ModelSpec, get_model
+from calibration.registry import get_model
 
 #: A module row's share that is left to the attention op at least (the projections'
 #: prediction may exceed a small row: launch-bound GEMMs overlap inside the module).

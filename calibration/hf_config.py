@@ -224,20 +224,7 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
     _check_priceable(cfg, where)
     layers = _int_field(cfg, "num_hidden_layers", where, maximum=MAX_LAYERS)
     hidden = _int_field(cfg, "hidden_size", where)
-    q_heads = _int_field(cfg, "num_attention_heads", where)
-    # transformers: a missing num_key_value_heads means multi-head attention
-    kv_heads = _int_field(cfg, "num_key_value_heads", where, default=q_heads)
-    if q_heads % kv_heads:
-        raise ComemInputError(
-            f"{_where(where, 'num_key_value_heads')} ({kv_heads}) must divide"
-            f" num_attention_heads ({q_heads})"
-        )
-    if cfg.get("head_dim") is None and hidden % q_heads:
-        raise ComemInputError(
-            f"{_where(where, 'num_attention_heads')} ({q_heads}) does not divide hidden_size"
-            f" ({hidden}) and there is no head_dim"
-        )
-    head_dim = _int_field(cfg, "head_dim", where, default=hidden // q_heads)
+    q_heads, kv_heads, head_dim = _head_fields(cfg, hidden, where)
     vocab = _int_field(cfg, "vocab_size", where)
     tied = cfg.get("tie_word_embeddings", False)
     if not isinstance(tied, bool):
@@ -252,7 +239,51 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
     gate = cfg.get("attn_output_gate", False)
     if not isinstance(gate, bool):
         raise ComemInputError(f"{_where(where, 'attn_output_gate')} must be true or false")
+    moe = _moe_fields(cfg, layers, where)
+    dense_layers = layers - moe.pop("moe_layers")
+    intermediate = _int_field(cfg, "intermediate_size", where) if dense_layers else 0
+    return {
+        "layers": layers,
+        "hidden": hidden,
+        "intermediate": intermediate,
+        "q_heads": q_heads,
+        "kv_heads": kv_heads,
+        "vocab": vocab,
+        "head_dim": head_dim,
+        "tied_embeddings": tied,
+        "sliding_window": window,
+        "sliding_layers": sliding,
+        "attn_output_gate": gate,
+        **attention,
+        **moe,
+        "dense_layers": dense_layers,
+        "mtp_layers": _mtp_layers(cfg, where),
+    }
 
+
+def _head_fields(cfg: Mapping[str, Any], hidden: int, where: str) -> tuple[int, int, int]:
+    """Query heads, KV heads (a missing ``num_key_value_heads`` means multi-head attention,
+    as in transformers) and the head dimension (``hidden_size`` / heads unless given)."""
+    q_heads = _int_field(cfg, "num_attention_heads", where)
+    kv_heads = _int_field(cfg, "num_key_value_heads", where, default=q_heads)
+    if q_heads % kv_heads:
+        raise ComemInputError(
+            f"{_where(where, 'num_key_value_heads')} ({kv_heads}) must divide"
+            f" num_attention_heads ({q_heads})"
+        )
+    if cfg.get("head_dim") is None and hidden % q_heads:
+        raise ComemInputError(
+            f"{_where(where, 'num_attention_heads')} ({q_heads}) does not divide hidden_size"
+            f" ({hidden}) and there is no head_dim"
+        )
+    head_dim = _int_field(cfg, "head_dim", where, default=hidden // q_heads)
+    return q_heads, kv_heads, head_dim
+
+
+def _moe_fields(cfg: Mapping[str, Any], layers: int, where: str) -> dict[str, int]:
+    """The mixture-of-experts fields (all 0 for a dense model) and ``moe_layers``, the
+    number of MoE layers: routed experts, active per token, their width, and the shared
+    experts in units of that width."""
     experts_field = next(
         (f for f in ("num_experts", "n_routed_experts", "num_local_experts") if cfg.get(f)), None
     )
@@ -286,27 +317,12 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
             shared += width // moe_inter
     else:
         experts = 0
-    dense_layers = layers - moe_layers
-    intermediate = _int_field(cfg, "intermediate_size", where) if dense_layers else 0
     return {
-        "layers": layers,
-        "hidden": hidden,
-        "intermediate": intermediate,
-        "q_heads": q_heads,
-        "kv_heads": kv_heads,
-        "vocab": vocab,
-        "head_dim": head_dim,
-        "tied_embeddings": tied,
-        "sliding_window": window,
-        "sliding_layers": sliding,
-        "attn_output_gate": gate,
-        **attention,
         "experts": experts,
         "top_k": top_k,
         "moe_intermediate": moe_inter,
         "shared_experts": shared,
-        "dense_layers": dense_layers,
-        "mtp_layers": _mtp_layers(cfg, where),
+        "moe_layers": moe_layers,
     }
 
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from calibration.errors import ComemInputError
-from calibration.registry import ModelSpec
+from calibration.model_spec import ModelSpec
 
 #: vLLM's default KV block (tokens).
 DEFAULT_BLOCK = 16
@@ -101,12 +101,6 @@ class KVLayout:
     def num_blocks(self, avail_bytes: float) -> int:
         """Blocks of the pool (vLLM's null block included) in ``avail_bytes``."""
         return int(avail_bytes // self.block_bytes)
-
-    def token_capacity(self, avail_bytes: float) -> int:
-        """Tokens of context the pool holds for the layers that keep every token, before
-        any request's constant part (:meth:`request_blocks`' sliding and linear blocks)."""
-        per_token_groups = max(1, self.full_groups)
-        return self.num_blocks(avail_bytes) // per_token_groups * self.block_size
 
     @property
     def bytes_per_token(self) -> float:

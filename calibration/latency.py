@@ -7,87 +7,37 @@ the LM head for every scheduled sequence, plus a per-iteration framework overhea
 
 Speed matters (the simulator calls this hundreds of thousands of times), so every
 op whose cost depends only on the token count is tabulated once per model over
-``N = 0..`` and summed into one array; attention is evaluated from the batch's
-aggregates. The table is made non-decreasing in N (a real GPU is not quite, but a
-model that charged less for more work would make schedulers game it).
+``N = 0..`` and summed into one array (:mod:`calibration.token_ops`); attention is
+evaluated from the batch's aggregates (:mod:`calibration.attention_cost`). The tables are
+made non-decreasing (a real GPU is not quite, but a model that charged less for more work
+would make schedulers game it).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from calibration.attention_parts import AttentionPart, attention_parts, projection_gemms
+from calibration.attention_cost import AttentionCost
+from calibration.attention_parts import AttentionPart, attention_parts
+from calibration.dtypes import DTYPE_BYTES, check_dtype, compute_dtype
 from calibration.errors import ComemInputError
 from calibration.kv_layout import KVLayout, kv_layout
-from calibration.opmodels import (
-    GENERATION_ATTENTION,
-    OpFit,
-    context_flops_bytes,
-    query_tiles,
-    smooth_max,
+from calibration.latency_inputs import (
+    FAMILY_FIELDS,
+    check_parallelism,
+    engine_profile,
+    fp8_gemm_kernel,
+    resolve_kv_cache_dtype,
 )
-from calibration.opmodels import predict as op_predict
-from calibration.profile import (
-    FP8_KV_SUFFIX,
-    FrameworkOverhead,
-    Profile,
-    default_profile,
-    op_form,
-)
-from calibration.registry import (
-    DTYPE_BYTES,
-    GpuSpec,
-    ModelSpec,
-    check_dtype,
-    check_kv_cache_dtype,
-    compute_dtype,
-    fits_in_memory,
-    get_gpu,
-    get_model,
-    profile_run_bytes,
-)
-
-SUPPORTED_TP = (1, 2, 4, 8)
-#: ``fp8_gemm`` choices: the 128x128 block-scaled fp8 GEMM (the published FP8 checkpoints
-#: of Qwen3, GLM-4.5/4.7, Qwen3-Coder), the per-tensor scaled one (``--quantization fp8``
-#: on a bf16 checkpoint; per-tensor / per-channel checkpoints such as Llama-3.1 FP8), or
-#: ``auto``: block for mixture-of-experts models, tensor for dense ones.
-FP8_GEMM_KINDS = ("auto", "block", "tensor")
-DECODE_TABLE_B = 2048
-#: Mean-KV-per-sequence knots of the decode-attention table: 1 .. 2^20 tokens, ratio ~1.1.
-DECODE_TABLE_KV_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 150)))
-#: Prefill-chunk table knots: new tokens 1 .. 2^20, cached prefix 0 .. 2^22 (ratio ~1.08).
-PREFILL_TABLE_Q_KNOTS = np.unique(np.round(np.geomspace(1.0, 2.0**20, 180)))
-PREFILL_TABLE_PREFIX_KNOTS = np.concatenate(
-    [[0.0], np.unique(np.round(np.geomspace(1.0, 2.0**22, 200)))]
-)
-_TABLE_MIN = 1 << 14
-_TABLE_MAX = 1 << 21
-
-
-#: Per family op: the config field that names it, what it is, its kernel tables.
-FAMILY_FIELDS = {
-    "mla": ("kv_lora_rank", "multi-head latent attention (MLA)", "mla_*_module_perf / *_mla_perf"),
-    "dsa": ("index_topk", "DeepSeek sparse attention (DSA)", "dsa_*_module_perf"),
-    "gdn": ("layer_types", "Gated DeltaNet linear attention", "gdn_perf"),
-}
-
-#: vLLM V1's default CUDA-graph capture sizes (CompilationConfig: 1, 2, 4, then steps of 8
-#: to 256 and of 16 to max_capture_size = 512). Iterations up to 512 tokens are padded
-#: to the next size; larger ones run eagerly at their own size.
-CUDA_GRAPH_SIZES = np.array([1, 2, 4, *range(8, 256, 8), *range(256, 513, 16)])
-
-
-def cuda_graph_padded(n_tokens: np.ndarray) -> np.ndarray:
-    """Token count the GPU actually processes for iterations of ``n_tokens`` tokens."""
-    n = np.asarray(n_tokens, dtype=np.int64)
-    idx = np.searchsorted(CUDA_GRAPH_SIZES, np.minimum(n, CUDA_GRAPH_SIZES[-1]))
-    return np.where(n <= CUDA_GRAPH_SIZES[-1], CUDA_GRAPH_SIZES[idx], n)
+from calibration.model_spec import ModelSpec
+from calibration.opmodels import OpFit
+from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile
+from calibration.registry import GpuSpec, fits_in_memory, get_gpu, get_model, profile_run_bytes
+from calibration.token_ops import LINEAR_OP_KEYS, TokenOpCost
 
 
 def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -153,7 +103,8 @@ class LatencyModel:
 
     ``kv_cache_dtype`` is vLLM's ``--kv-cache-dtype`` (``auto``: bf16): an fp8 cache holds
     twice the tokens and is priced by the attention ops fitted on the fp8-KV kernel rows.
-    ``fp8_gemm`` picks the fp8 GEMM kernel (:data:`FP8_GEMM_KINDS`; ignored for bf16).
+    ``fp8_gemm`` picks the fp8 GEMM kernel (ignored for bf16; the choices:
+    :data:`calibration.latency_inputs.FP8_GEMM_KINDS`).
     ``max_num_batched_tokens`` and ``max_num_seqs`` size vLLM's profiling run, which the
     KV cache does not get (:func:`calibration.registry.profile_run_bytes`).
 
@@ -179,6 +130,11 @@ class LatencyModel:
     tokens (this rank's count times the DP size, as vLLM pads the ranks to the largest) with
     an all-gather and a reduce-scatter per MoE layer, and each GPU holds ``1 / (TP x DP)``
     of the routed experts. Without expert parallelism the DP size does not change a rank.
+
+    An iteration's GPU time is the tabulated token-proportional ops (``token_ops``,
+    :class:`calibration.token_ops.TokenOpCost`) plus attention (``attention``,
+    :class:`calibration.attention_cost.AttentionCost`); the framework overhead around it
+    is the ``overhead_*`` terms (see "framework overhead" below).
     """
 
     def __init__(
@@ -201,67 +157,52 @@ class LatencyModel:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.dtype = check_dtype(dtype)
-        self.kv_cache_dtype = check_kv_cache_dtype(kv_cache_dtype)
-        if self.model.index_topk and str(kv_cache_dtype).strip().lower() == "auto":
-            # DeepSeek sparse attention: vLLM's default cache is fp8_ds_mla (VLLM_FACTS D)
-            self.kv_cache_dtype = "fp8"
-        if fp8_gemm not in FP8_GEMM_KINDS:
-            raise ComemInputError(
-                f"unknown fp8_gemm '{fp8_gemm}'; known: {', '.join(FP8_GEMM_KINDS)}"
-            )
-        if fp8_gemm == "auto":
-            fp8_gemm = "block" if self.model.is_moe else "tensor"
+        self.kv_cache_dtype = resolve_kv_cache_dtype(self.model, kv_cache_dtype)
         #: the fp8 GEMM kernel (None in bf16)
-        self.fp8_gemm: str | None = fp8_gemm if self.dtype == "fp8" else None
+        self.fp8_gemm: str | None = fp8_gemm_kernel(self.model, self.dtype, fp8_gemm)
         self.max_num_batched_tokens = int(max_num_batched_tokens)
         self.max_num_seqs = int(max_num_seqs)
-        if expert_parallel and not self.model.is_moe:
-            raise ComemInputError(
-                f"expert parallelism needs a mixture-of-experts model: {self.model.alias} is dense"
-            )
-        self.model.check_tp(tp, expert_parallel=expert_parallel)
-        if tp not in SUPPORTED_TP:
-            raise ComemInputError(
-                f"tp={tp} is not supported: one node, all-reduce measured for 2, 4, 8 GPUs"
-                f" (choose from {', '.join(map(str, SUPPORTED_TP))})"
-            )
         self.tp = tp
         #: data-parallel ranks the experts span (``--data-parallel-size`` with
         #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
-        self.dp = int(data_parallel_size) if expert_parallel else 1
-        if self.dp > 1 and tp * self.dp not in SUPPORTED_TP[1:]:
-            raise ComemInputError(
-                f"data_parallel_size {self.dp} x tp {tp} = {tp * self.dp} expert-parallel ranks:"
-                " their all-gather / reduce-scatter is priced from the all-reduce tables,"
-                " measured on 2, 4 or 8 GPUs of one node"
-            )
-        if profile is not None and (profile.gpu, profile.dtype) != (self.gpu.name, self.dtype):
-            # a profile's op fits price one GPU's kernels in one dtype; the KV capacity
-            # and weights come from the engine's GPU: mixed, they describe no machine
-            which = f"profile {profile.source}" if profile.source else "the profile"
-            raise ComemInputError(
-                f"{which} is for {profile.gpu}/{profile.dtype}, but the engine runs"
-                f" {self.gpu.name}/{self.dtype}: set the engine's gpu and dtype to the"
-                f" profile's, or use a profile fitted on {self.gpu.name}/{self.dtype}"
-            )
-        self.profile = (
-            profile if profile is not None else default_profile(self.gpu.name, self.dtype)
-        )
+        self.dp = check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
+        self.profile = engine_profile(profile, self.gpu, self.dtype)
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
         self.ep = tp * self.dp if expert_parallel else 1
-        for ranks in {tp, self.ep} - {1}:  # fail now, not at the first iteration
-            self._check_allreduce(ranks)
         #: profile op keys of the dense GEMMs and of the two attentions
         self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
-        #: bytes per weight of the dense GEMMs (the weight-only dtypes keep them bf16)
-        self._gemm_weight_bytes = DTYPE_BYTES[compute_dtype(self.dtype)]
         suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" else ""
         self._ctx_key = "context_attention" + suffix
         self._gen_key = "generation_attention" + suffix
+        self._check_profile_prices()
+        # a clear error when the weights do not fit at this TP
+        fits_in_memory(
+            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes(),
+            expert_ranks=self.ep if self.dp > 1 else None,
+        )  # fmt: skip
+        self.attention = self._attention_cost()
+        self.token_ops = TokenOpCost(
+            self.model, self.profile, tp, self.ep, self.dp, self.dtype, self._gemm_key,
+            # bytes per weight of the dense GEMMs (the weight-only dtypes keep them bf16)
+            DTYPE_BYTES[compute_dtype(self.dtype)],
+        )  # fmt: skip
+        self.framework = framework
+        self._init_overhead(framework, async_scheduling)
+        self._check_finite()
+
+    # -- what the engine may ask of the profile -----------------------------------------
+    def _check_profile_prices(self) -> None:
+        """Fail now, not at the first iteration, when the profile has no fit for an op
+        this engine runs: an all-reduce, a family's attention, the GEMM / attention keys,
+        expert parallelism."""
+        for ranks in {self.tp, self.ep} - {1}:
+            self._check_allreduce(ranks)
         # a family's own ops first: its refusal names the config field
-        for part in attention_parts(self.model, tp, False) + attention_parts(self.model, tp, True):
+        for part in attention_parts(self.model, self.tp, False) + attention_parts(
+            self.model, self.tp, True
+        ):
             if part.op != "attention":
                 self._part_fit(part, prefill=False)
                 self._part_fit(part, prefill=True)
@@ -273,78 +214,6 @@ class LatencyModel:
                 " parallelism: its MoE op was fitted without moe_ep_size rows (refit it with"
                 " 'comem calibrate build-defaults' or 'comem calibrate fit')"
             )
-        # Raises a clear error when the weights do not fit at this TP.
-        self.kv_budget_bytes_per_gpu = fits_in_memory(
-            self.model, self.gpu, tp, self.dtype, reserve_bytes=self.reserve_bytes(),
-            expert_ranks=self.ep if self.dp > 1 else None,
-        )  # fmt: skip
-        m = self.model
-        self.q_heads = m.q_heads // tp
-        # vLLM replicates KV heads when tp exceeds their number.
-        self.kv_heads = max(1, m.kv_heads // tp)
-        #: the attention shapes decode and prefill run (attention_parts: per family)
-        self._dec_parts = attention_parts(m, tp, prefill=False)
-        self._pre_parts = attention_parts(m, tp, prefill=True)
-        #: KV per decode sequence beyond which no part reads more (every part windowed or
-        #: constant: a uniform sliding window), None when some part reads all of it
-        caps = [p.window for p in self._dec_parts if p.state_tokens is None]
-        self._dec_cap: int | None = None
-        if caps and all(c is not None for c in caps):
-            self._dec_cap = max(c for c in caps if c is not None)
-        #: context-attention launches per iteration (one per layer and part)
-        self._ctx_launches = sum(part.layers for part in self._pre_parts)
-        for part in self._dec_parts + self._pre_parts:
-            self._part_fit(part, prefill=False)
-            self._part_fit(part, prefill=True)
-        self._table = np.zeros(0)
-        self._table_list: list[float] = []
-        self._lm_table: list[float] = []
-        self._scalar_setup()
-        self._dec_knots_arr = DECODE_TABLE_KV_KNOTS
-        self._dec_knots: list[float] = DECODE_TABLE_KV_KNOTS.tolist()
-        self._dec_rows: list[list[float]] = []
-        self._dec_grid = np.zeros((0, 0))
-        self._pre_q: list[float] = PREFILL_TABLE_Q_KNOTS.tolist()
-        self._pre_c: list[float] = PREFILL_TABLE_PREFIX_KNOTS.tolist()
-        self._pre_rows: list[list[float]] = []
-        self._pre_grid = np.zeros((0, 0))
-        self.framework = framework
-        #: None: as the framework's server ran (its overhead entry says; vLLM >= 0.14: on)
-        #: tensor-parallel collectives one iteration launches: an all-reduce after the
-        #: attention and one after the MLP / MoE of every layer (0 on one GPU)
-        self.tp_collectives = 2 * self.model.layers if tp > 1 else 0
-        self.async_scheduling = (
-            self.profile.framework_async(framework)
-            if async_scheduling is None
-            else bool(async_scheduling)
-        )
-        #: the framework's CPU work per iteration (on this TP), per scheduled sequence, per
-        #: token of KV held by the scheduled sequences, the part of each iteration that
-        #: never overlaps, and per request before scheduling (the engine reads
-        #: ``request_overhead_s``: HTTP and tokenization, in TTFT)
-        self.overhead_per_iteration_s = 0.0
-        self.overhead_per_sequence_s = 0.0
-        self.overhead_per_kv_token_s = 0.0
-        self.overhead_serial_s = 0.0
-        self.request_overhead_s = 0.0
-        self.set_overhead(self.profile.framework_overhead(framework))
-        #: metric -> band of the overhead fit's cross-validated errors (for intervals)
-        self.error_bands = self.profile.framework_bands(framework)
-        #: why the bands may not cover this model ("" when they do): they come from
-        #: full-attention GQA models in bf16/fp8; other families and 4-bit weights were
-        #: measured only as held-out checks (docs/explanation/latency-model.md:
-        #: gpt-oss-120b +47%, Kimi-K2.5 +112% TPOT on H200)
-        self.band_caveat = self._band_caveat()
-        self._check_finite()
-
-    def set_overhead(self, overhead: FrameworkOverhead) -> None:
-        """Price iterations with ``overhead`` from now on (the kernel tables are kept:
-        what fitting an overhead needs, one simulation after another)."""
-        self.overhead_per_iteration_s = overhead.iteration_s(self.tp, self.tp_collectives)
-        self.overhead_per_sequence_s = overhead.per_sequence_s
-        self.overhead_per_kv_token_s = overhead.per_kv_token_s
-        self.overhead_serial_s = overhead.per_iteration_serial_s
-        self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
 
     def _check_allreduce(self, ranks: int) -> None:
         """One line when the profile has no all-reduce over ``ranks`` GPUs (GB200: 2, 4)."""
@@ -374,22 +243,6 @@ class LatencyModel:
                     f" {self.model.alias} at {t:g} s: its op parameters describe no GPU"
                 )
 
-    def _band_caveat(self) -> str:
-        families = sorted(
-            {p.op for p in self._dec_parts if p.op != "attention"}
-            | {"sliding window" for p in self._dec_parts if p.window is not None}
-        )
-        outside = [*families] + (
-            [f"{self.dtype} weights"] if self.dtype not in ("bf16", "fp8") else []
-        )
-        if not outside:
-            return ""
-        return (
-            f"{', '.join(outside)}: outside the GQA bf16/fp8 rows the error bands come from"
-            " (held out, such models measured +47% to +112% TPOT:"
-            " docs/explanation/latency-model.md)"
-        )
-
     def _part_fit(self, part: AttentionPart, prefill: bool) -> OpFit:
         """The profile op that prices ``part``; one line naming the config field when the
         profile has no fit for its family (no kernel table of it on this GPU)."""
@@ -407,19 +260,129 @@ class LatencyModel:
             )
         return self.profile.op(key)
 
-    def _scalar_setup(self) -> None:
-        """Constants of the plain-Python attention paths used per iteration."""
-        ctx = self.profile.op(self._ctx_key)
-        cp, chw = ctx.params, ctx.hw
-        self._ctx = (
-            cp["t0"],
-            1.0 / (chw["peak_flops"] * cp["eff_compute"]),
-            1.0 / (chw["hbm_Bps"] * cp["eff_memory"]),
-            cp["p"],
-            ctx.lattice,
+    def _attention_cost(self) -> AttentionCost:
+        """The attention shapes decode and prefill run (per family), each with its fit."""
+        decode = attention_parts(self.model, self.tp, prefill=False)
+        prefill = attention_parts(self.model, self.tp, prefill=True)
+        return AttentionCost(
+            [(part, self._part_fit(part, prefill=False)) for part in decode],
+            [(part, self._part_fit(part, prefill=True)) for part in prefill],
+            cache_bytes=1.0 if self.kv_cache_dtype == "fp8" else 2.0,
+            context_t0=self.profile.op(self._ctx_key).params["t0"],
         )
-        #: seconds one attention work tile adds, spread over the SMs
-        self._ctx_tile_s = cp["tau"] / chw["sm_count"]
+
+    # -- framework overhead -------------------------------------------------------------
+    def _init_overhead(self, framework: str | None, async_scheduling: bool | None) -> None:
+        """The framework overhead terms, asynchronous scheduling and the error bands of
+        ``framework``'s fitted overhead entry in the profile."""
+        #: tensor-parallel collectives one iteration launches: an all-reduce after the
+        #: attention and one after the MLP / MoE of every layer (0 on one GPU)
+        self.tp_collectives = 2 * self.model.layers if self.tp > 1 else 0
+        #: None: as the framework's server ran (its overhead entry says; vLLM >= 0.14: on)
+        self.async_scheduling = (
+            self.profile.framework_async(framework)
+            if async_scheduling is None
+            else bool(async_scheduling)
+        )
+        #: the framework's CPU work per iteration (on this TP), per scheduled sequence, per
+        #: token of KV held by the scheduled sequences, the part of each iteration that
+        #: never overlaps, and per request before scheduling (the engine reads
+        #: ``request_overhead_s``: HTTP and tokenization, in TTFT)
+        self.overhead_per_iteration_s = 0.0
+        self.overhead_per_sequence_s = 0.0
+        self.overhead_per_kv_token_s = 0.0
+        self.overhead_serial_s = 0.0
+        self.request_overhead_s = 0.0
+        self.set_overhead(self.profile.framework_overhead(framework))
+        #: metric -> band of the overhead fit's cross-validated errors (for intervals)
+        self.error_bands = self.profile.framework_bands(framework)
+        #: why the bands may not cover this model ("" when they do): they come from
+        #: full-attention GQA models in bf16/fp8; other families and 4-bit weights were
+        #: measured only as held-out checks (docs/explanation/latency-model.md:
+        #: gpt-oss-120b +47%, Kimi-K2.5 +112% TPOT on H200)
+        self.band_caveat = self._band_caveat()
+
+    def set_overhead(self, overhead: FrameworkOverhead) -> None:
+        """Price iterations with ``overhead`` from now on (the kernel tables are kept:
+        what fitting an overhead needs, one simulation after another)."""
+        self.overhead_per_iteration_s = overhead.iteration_s(self.tp, self.tp_collectives)
+        self.overhead_per_sequence_s = overhead.per_sequence_s
+        self.overhead_per_kv_token_s = overhead.per_kv_token_s
+        self.overhead_serial_s = overhead.per_iteration_serial_s
+        self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
+
+    def _band_caveat(self) -> str:
+        decode_parts = [part for part, _ in self.attention.decode_parts]
+        families = sorted(
+            {p.op for p in decode_parts if p.op != "attention"}
+            | {"sliding window" for p in decode_parts if p.window is not None}
+        )
+        outside = [*families] + (
+            [f"{self.dtype} weights"] if self.dtype not in ("bf16", "fp8") else []
+        )
+        if not outside:
+            return ""
+        return (
+            f"{', '.join(outside)}: outside the GQA bf16/fp8 rows the error bands come from"
+            " (held out, such models measured +47% to +112% TPOT:"
+            " docs/explanation/latency-model.md)"
+        )
+
+    def _plus_overhead(
+        self, gpu_s: float, seqs: int, decode_kv: int, new: Sequence[int], cached: Sequence[int]
+    ) -> float:
+        """One iteration of GPU time ``gpu_s`` over ``seqs`` sequences (decodes over
+        ``decode_kv`` tokens, prefill chunks of ``new`` tokens over ``cached``) with the
+        framework's overhead: the scalar :meth:`with_framework`."""
+        cpu = self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
+        if self.overhead_per_kv_token_s:
+            cpu += self.overhead_per_kv_token_s * (decode_kv + sum(new) + sum(cached))
+        t = (gpu_s if gpu_s > cpu else cpu) if self.async_scheduling else gpu_s + cpu
+        return t + self.overhead_serial_s
+
+    def cpu_time(self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | float = 0) -> np.ndarray:
+        """The framework's CPU work of iterations of ``n_seqs`` sequences holding
+        ``kv_tokens`` (what asynchronous scheduling overlaps; 0 without overhead)."""
+        s = np.asarray(n_seqs, dtype=float)
+        if not self.include_overhead:
+            return np.zeros_like(s)
+        kv = np.asarray(kv_tokens, dtype=float)
+        return (
+            self.overhead_per_iteration_s
+            + self.overhead_per_sequence_s * s
+            + self.overhead_per_kv_token_s * kv
+        )
+
+    def with_framework(
+        self,
+        gpu_s: np.ndarray,
+        n_seqs: np.ndarray | int,
+        kv_tokens: np.ndarray | float = 0,
+    ) -> np.ndarray:
+        """Iteration times from their GPU times: ``max(GPU, CPU) + serial`` with
+        asynchronous scheduling, ``GPU + CPU + serial`` without (vectorized; an empty
+        iteration, GPU time 0, stays 0)."""
+        gpu = np.asarray(gpu_s, dtype=float)
+        if not self.include_overhead:
+            return gpu
+        cpu = self.cpu_time(n_seqs, kv_tokens)
+        t = np.maximum(gpu, cpu) if self.async_scheduling else gpu + cpu
+        return np.where(gpu > 0, t + self.overhead_serial_s, 0.0)
+
+    def overhead_time(
+        self,
+        n_seqs: np.ndarray | int,
+        kv_tokens: np.ndarray | int = 0,
+        gpu_s: np.ndarray | float | None = None,
+    ) -> np.ndarray:
+        """Framework time added to iterations of ``n_seqs`` sequences holding
+        ``kv_tokens``: all of the CPU work plus the serial part without asynchronous
+        scheduling; with it, only what the GPU time ``gpu_s`` does not hide."""
+        if gpu_s is None or not self.async_scheduling:
+            cpu = self.cpu_time(n_seqs, kv_tokens)
+            return cpu + (self.overhead_serial_s if self.include_overhead else 0.0)
+        gpu = np.asarray(gpu_s, dtype=float)
+        return self.with_framework(gpu, n_seqs, kv_tokens) - gpu
 
     # -- KV cache ---------------------------------------------------------------------
     @property
@@ -467,292 +430,30 @@ class LatencyModel:
         )  # fmt: skip
         return int(free // self.kv_layout.bytes_per_token)
 
-    # -- token-proportional ops (tabulated) ------------------------------------------
-    def _gemm(
-        self, key: str, m: np.ndarray, n: float, k: float, aligned: bool = False
-    ) -> np.ndarray:
-        """A GEMM of the model's weights (``gemm``: in the weight dtype, with the chosen fp8
-        kernel) or of the bf16 ones (``gemm_bf16``: LM head, router). ``aligned``: as if
-        every token count were a multiple of 4 (no slow-path penalty)."""
-        if key == "gemm":
-            key = self._gemm_key
-        fit = self.profile.op(key)
-        if aligned and fit.params.get("unaligned_factor", 1.0) != 1.0:
-            fit = OpFit(fit.op, fit.params | {"unaligned_factor": 1.0}, fit.hw, fit.lattice)
-        in_bytes = 2.0 if key == "gemm_bf16" else self._gemm_weight_bytes
-        feats = {
-            "m": m,
-            "n": np.full_like(m, float(n)),
-            "k": np.full_like(m, float(k)),
-            "in_bytes": np.full_like(m, in_bytes),
-        }
-        return op_predict(op_form(key), fit, feats)
-
-    def _linear_ops(self, n_tokens: np.ndarray, aligned: bool = False) -> dict[str, np.ndarray]:
-        """Per-op time (all layers) of every op whose cost depends only on tokens
-        (``aligned``: without the GEMMs' penalty for token counts not a multiple of 4)."""
-        m = self.model
-        tp = self.tp
-        # N = 0 is zeroed at the end; small iterations run as CUDA graphs padded to the
-        # next capture size, so their token-proportional ops see the padded count.
-        n = cuda_graph_padded(np.maximum(n_tokens, 1)).astype(float)
-        out: dict[str, np.ndarray] = {}
-        proj = np.zeros_like(n)
-        for layers, width, depth, _ in projection_gemms(m, tp):
-            proj = proj + layers * self._gemm("gemm", n, width, depth, aligned)
-        out["attn_proj_gemm"] = proj
-        dense = m.dense_layers
-        if dense and m.intermediate:
-            up = self._gemm("gemm", n, 2 * m.intermediate // tp, m.hidden, aligned)
-            down = self._gemm("gemm", n, m.hidden, m.intermediate // tp, aligned)
-            out["mlp_gemm"] = dense * (up + down)
-        if m.is_moe:
-            layers = m.moe_layers
-            # expert parallel: whole experts (unsliced), ceil(experts / ep) on a rank
-            inter = m.moe_intermediate / (1 if self.ep > 1 else tp)
-            # DP ranks with EP all-gather their tokens (padded to the largest rank's: the
-            # lockstep step lasts as its slowest rank, priced at its own count) before the
-            # experts and reduce-scatter after (VLLM_FACTS 4, G)
-            gathered = n * self.dp
-            feats = {
-                "tokens": gathered,
-                "hidden": np.full_like(n, m.hidden),
-                "inter": np.full_like(n, inter),
-                "experts": np.full_like(n, m.experts),
-                "top_k": np.full_like(n, m.top_k),
-                "ep": np.full_like(n, self.ep),
-                "w_bytes": np.full_like(n, DTYPE_BYTES[self.dtype]),
-            }
-            out["moe"] = layers * op_predict(op_form("moe"), self.profile.op("moe"), feats)
-            router = self._gemm("gemm_bf16", n, m.experts, m.hidden, aligned)
-            extra = router
-            if m.shared_experts:
-                width = m.shared_experts * m.moe_intermediate // tp
-                extra = extra + self._gemm("gemm", n, 2 * width, m.hidden, aligned)
-                extra = extra + self._gemm("gemm", n, m.hidden, width, aligned)
-            out["moe_router_shared_gemm"] = layers * extra
-            if self.dp > 1:
-                # all-gather + reduce-scatter of the gathered hidden states over the EP
-                # ranks: the two halves of a ring all-reduce of that message
-                ar_ep = self.profile.op(f"allreduce_{self.ep}")
-                msg = {"bytes": gathered * m.hidden * 2.0}
-                out["ep_all_gather"] = layers * op_predict(op_form("allreduce"), ar_ep, msg)
-        if tp > 1:
-            ar = self.profile.op(f"allreduce_{tp}")
-            feats = {"bytes": n * m.hidden * 2.0}
-            out["allreduce"] = 2 * m.layers * op_predict(op_form("allreduce"), ar, feats)
-        for key in out:
-            out[key] = np.where(n_tokens > 0, out[key], 0.0)
-        return out
-
-    def _ensure_table(self, n_max: int) -> None:
-        if n_max < self._table.size:
-            return
-        if n_max >= _TABLE_MAX:
-            raise ComemInputError(
-                f"iteration of {n_max} tokens exceeds the supported {_TABLE_MAX - 1}"
-            )
-        size = max(_TABLE_MIN, 1 << int(np.ceil(np.log2(n_max + 1))))
-        # The fp8 block GEMM is ~25% slower on token counts that are not a multiple of 4
-        # (vLLM runs CUTLASS only on aligned rows; the op model fits that). Iterations are
-        # priced as aligned: with CUDA graphs only the 1- and 2-token graphs would pay it,
-        # and a non-decreasing table would carry their penalty to every larger iteration
-        # (up to 25% too dear on decodes), while keeping it would make 1 token dearer than 3.
-        ops = self._linear_ops(np.arange(size), aligned=True)
-        total = np.sum(list(ops.values()), axis=0)
-        self._table = np.maximum.accumulate(total)
-        self._table_list = self._table.tolist()
-        heads = self.lm_head_time(np.arange(size))
-        self._lm_table = np.maximum.accumulate(heads).tolist()
-
+    # -- the parts of an iteration ------------------------------------------------------
     def linear_time(self, n_tokens: np.ndarray | int) -> np.ndarray:
         """Seconds of all token-proportional ops for iterations of ``n_tokens`` tokens."""
-        idx = np.asarray(n_tokens, dtype=np.int64)
-        self._ensure_table(int(idx.max()) if idx.size else 0)
-        return self._table[idx]
+        return self.token_ops.linear_time(n_tokens)
 
-    def lm_head_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
-        # (untabulated: the tables call this; iteration_time reads the tabulated copy)
-        """LM head over the last token of every scheduled sequence (bf16 GEMM)."""
-        s = np.asarray(n_seqs, dtype=float)
-        m = self.model
-        t = self._gemm("gemm_bf16", np.maximum(s, 1.0), m.vocab // self.tp, m.hidden)
-        return np.where(s > 0, t, 0.0)
-
-    # -- attention ----------------------------------------------------------------------
-    def decode_attention_op(
-        self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
-    ) -> np.ndarray:
-        """The fitted generation-attention op model (all layers), evaluated directly.
-
-        Every attention part (:mod:`calibration.attention_parts`) reads its share of the
-        batch's KV: all of it, at most ``window`` tokens per sequence (sliding layers, DSA's
-        top-k; exact when every sequence is on one side of the window and an overestimate,
-        never below the true cost, when they straddle it), or a constant state per sequence.
-        """
-        b = np.asarray(batch_size, dtype=float)
-        t = np.sum(self.decode_attention_parts(b, kv_total), axis=0)
-        return np.where(b > 0, t, 0.0)
-
-    def decode_attention_parts(
-        self, batch_size: np.ndarray | float, kv_total: np.ndarray | float
-    ) -> list[np.ndarray]:
-        """:meth:`decode_attention_op` of each attention part (all its layers), unsummed."""
-        b_safe = np.maximum(np.asarray(batch_size, dtype=float), 1.0)
-        kv_all = np.maximum(np.asarray(kv_total, dtype=float), b_safe)
-        cache_bytes = 1.0 if self.kv_cache_dtype == "fp8" else 2.0
-        shape = np.ones_like(kv_all * b_safe)
-        times = []
-        for part in self._dec_parts:
-            fit = self._part_fit(part, prefill=False)
-            if part.state_tokens is not None:
-                kv = b_safe * part.state_tokens
-            elif part.window is not None:
-                kv = np.minimum(kv_all, b_safe * part.window)
-            else:
-                kv = kv_all
-            feats = {
-                "batch": b_safe * shape,
-                "kv_total": kv * shape,
-                "nq": shape * part.nq,
-                "nkv": shape * part.nkv,
-                "hd": shape * part.hd,
-                "kv_bytes": shape * (part.kv_bytes or cache_bytes),
-            }
-            times.append(part.layers * op_predict(GENERATION_ATTENTION, fit, feats))
-        return times
-
-    def _ensure_decode_table(self) -> None:
-        """Tabulate decode attention on (every B up to DECODE_TABLE_B, mean KV per sequence).
-
-        The fitted op model's lattice can make it dip slightly as KV grows; the table is
-        made non-decreasing along both axes, and linear interpolation in the mean KV
-        between knots (ratio 1.1) keeps it so: more KV, or one more sequence at least as
-        long as the mean, never costs less. (At a fixed *total* KV, more sequences can be
-        faster: more parallel work units. That is measured, and kept.) Beyond
-        DECODE_TABLE_B the op model is evaluated directly.
-        """
-        if self._dec_rows:
-            return
-        b = np.arange(1, DECODE_TABLE_B + 1, dtype=float)[:, None]
-        mean = self._dec_knots_arr[None, :]
-        grid = self.decode_attention_op(np.broadcast_to(b, (b.size, mean.size)), b * mean)
-        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=1), axis=0)
-        self._dec_grid = grid
-        self._dec_rows = grid.tolist()
+    def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        """The LM-head times :meth:`iteration_time` uses (monotone in sequences)."""
+        return self.token_ops.lm_head_tabulated(n_seqs)
 
     def decode_attention_time(
         self, batch_size: np.ndarray | int, kv_total: np.ndarray | int
     ) -> np.ndarray:
         """Generation attention (all layers) for ``batch_size`` decodes over ``kv_total``."""
-        self._ensure_decode_table()
-        b = np.asarray(batch_size, dtype=np.int64)
-        kv = np.asarray(kv_total, dtype=float)
-        if self._dec_cap is not None:
-            kv = np.minimum(kv, b * float(self._dec_cap))
-        kv = np.maximum(kv, np.maximum(b, 1))
-        mean = kv / np.maximum(b, 1)
-        knots = self._dec_knots_arr
-        j = np.clip(np.searchsorted(knots, mean, side="right") - 1, 0, knots.size - 2)
-        w = np.minimum((mean - knots[j]) / (knots[j + 1] - knots[j]), 1.0)
-        row = np.clip(b, 1, DECODE_TABLE_B) - 1
-        lo = self._dec_grid[row, j]
-        hi = self._dec_grid[row, j + 1]
-        t = lo + w * (hi - lo)
-        big = b > DECODE_TABLE_B
-        if np.any(big):
-            t = np.where(big, self.decode_attention_op(b, kv), t)
-        return np.where(b > 0, t, 0.0)
+        return self.attention.decode_time(batch_size, kv_total)
 
     def decode_attention_scalar(self, batch_size: int, kv_total: int) -> float:
         """Plain-Python :meth:`decode_attention_time` for one iteration."""
-        if batch_size <= 0:
-            return 0.0
-        if batch_size > DECODE_TABLE_B:
-            return float(self.decode_attention_op(batch_size, kv_total))
-        self._ensure_decode_table()
-        if self._dec_cap is not None:
-            kv_total = min(kv_total, batch_size * self._dec_cap)
-        mean = max(kv_total, batch_size) / batch_size
-        knots = self._dec_knots
-        j = min(max(bisect.bisect_right(knots, mean) - 1, 0), len(knots) - 2)
-        w = min((mean - knots[j]) / (knots[j + 1] - knots[j]), 1.0)
-        row = self._dec_rows[batch_size - 1]
-        return row[j] + w * (row[j + 1] - row[j])
-
-    def prefill_chunk_op(self, new: np.ndarray, cached: np.ndarray) -> np.ndarray:
-        """The fitted context-attention op per chunk (all layers, launch floor excluded)."""
-        return np.sum(self.prefill_chunk_parts(new, cached), axis=0)
-
-    def prefill_chunk_parts(self, new: np.ndarray, cached: np.ndarray) -> list[np.ndarray]:
-        """:meth:`prefill_chunk_op` of each attention part (all its layers), unsummed."""
-        q = np.asarray(new, dtype=float)
-        c = np.asarray(cached, dtype=float)
-        times = []
-        for part in self._pre_parts:
-            fit = self._part_fit(part, prefill=True)
-            if op_form(fit.op).name == "generation_attention":  # GDN: batch 1 per chunk
-                ones = np.ones_like(q + c)
-                feats = {
-                    "batch": ones,
-                    "kv_total": np.maximum(q, 1.0) * ones,
-                    "nq": ones * part.nq,
-                    "nkv": ones * part.nkv,
-                    "hd": ones * part.hd,
-                    "kv_bytes": ones * (part.kv_bytes or 2.0),
-                }
-                w = op_predict(GENERATION_ATTENTION, fit, feats) - fit.params["t0"]
-                times.append(part.layers * np.maximum(w, 0.0))
-                continue
-            p, hw = fit.params, fit.hw
-            flops, moved = context_flops_bytes(q, c, part.nq, part.nkv, part.hd, part.window)
-            tiles = query_tiles(q, part.nq, part.nkv)
-            t_compute = flops / (hw["peak_flops"] * p["eff_compute"])
-            t_compute = t_compute + tiles * p["tau"] / hw["sm_count"]
-            w = smooth_max(t_compute, moved / (hw["hbm_Bps"] * p["eff_memory"]), p["p"])
-            if fit.lattice is not None:
-                coords = np.log2(np.maximum(q, 1.0)), np.full_like(q, np.log2(part.nq))
-                w = w * fit.lattice.factor(*coords)
-            times.append(part.layers * w)
-        return times
-
-    def _ensure_prefill_table(self) -> None:
-        """Tabulate the per-chunk cost over (new tokens, cached prefix), monotone in both.
-
-        As for decode: the lattice may dip between knots; the table is made
-        non-decreasing along both axes and bilinear interpolation keeps it so, so a longer
-        chunk, a longer prefix or one more chunk never costs less.
-        """
-        if self._pre_rows:
-            return
-        q = PREFILL_TABLE_Q_KNOTS[:, None]
-        c = PREFILL_TABLE_PREFIX_KNOTS[None, :]
-        grid = self.prefill_chunk_op(
-            np.broadcast_to(q, (q.size, c.size)), np.broadcast_to(c, (q.size, c.size))
-        )
-        grid = np.maximum.accumulate(np.maximum.accumulate(grid, axis=1), axis=0)
-        self._pre_grid = grid
-        self._pre_rows = grid.tolist()
+        return self.attention.decode_scalar(batch_size, kv_total)
 
     def prefill_attention_scalar(self, new: Sequence[int], cached: Sequence[int]) -> float:
         """Context attention (all layers) of one iteration's prefill chunks (one launch)."""
-        if not new:
-            return 0.0
-        self._ensure_prefill_table()
-        qk, ck, rows = self._pre_q, self._pre_c, self._pre_rows
-        total = self._ctx_launches * self._ctx[0]
-        for q_int, c_int in zip(new, cached, strict=True):
-            q, c = float(q_int), float(c_int)
-            i = min(max(bisect.bisect_right(qk, q) - 1, 0), len(qk) - 2)
-            j = min(max(bisect.bisect_right(ck, c) - 1, 0), len(ck) - 2)
-            wq = min((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
-            wc = min((c - ck[j]) / (ck[j + 1] - ck[j]), 1.0)
-            lo, hi = rows[i], rows[i + 1]
-            a = lo[j] + wc * (lo[j + 1] - lo[j])
-            b = hi[j] + wc * (hi[j + 1] - hi[j])
-            total += a + wq * (b - a)
-        return total
+        return self.attention.prefill_scalar(new, cached)
 
+    # -- whole iterations ---------------------------------------------------------------
     def kernel_time_of(
         self,
         num_decode: int,
@@ -764,13 +465,14 @@ class LatencyModel:
         n = num_decode + sum(prefill_new)
         if n <= 0:
             return 0.0
-        if n >= len(self._table_list):
-            self._ensure_table(n)
-        t = self._table_list[n] + self._lm_table[num_decode + len(prefill_new)]
+        ops = self.token_ops
+        if n >= len(ops.table_list):
+            ops.ensure_table(n)
+        t = ops.table_list[n] + ops.lm_table[num_decode + len(prefill_new)]
         if num_decode:
-            t += self.decode_attention_scalar(num_decode, decode_kv_total)
+            t += self.attention.decode_scalar(num_decode, decode_kv_total)
         if prefill_new:
-            t += self.prefill_attention_scalar(prefill_new, prefill_cached)
+            t += self.attention.prefill_scalar(prefill_new, prefill_cached)
         return t
 
     def iteration_time_of(
@@ -787,65 +489,15 @@ class LatencyModel:
         t = self.kernel_time_of(num_decode, decode_kv_total, prefill_new, prefill_cached)
         if t and self.include_overhead:
             seqs = num_decode + len(prefill_new)
-            cpu = self.overhead_per_iteration_s + self.overhead_per_sequence_s * seqs
-            if self.overhead_per_kv_token_s:
-                kv = decode_kv_total + sum(prefill_new) + sum(prefill_cached)
-                cpu += self.overhead_per_kv_token_s * kv
-            t = (t if t > cpu else cpu) if self.async_scheduling else t + cpu
-            t += self.overhead_serial_s
+            t = self._plus_overhead(t, seqs, decode_kv_total, prefill_new, prefill_cached)
         return t
-
-    # -- whole iterations ---------------------------------------------------------------
-    def cpu_time(self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | float = 0) -> np.ndarray:
-        """The framework's CPU work of iterations of ``n_seqs`` sequences holding
-        ``kv_tokens`` (what asynchronous scheduling overlaps; 0 without overhead)."""
-        s = np.asarray(n_seqs, dtype=float)
-        if not self.include_overhead:
-            return np.zeros_like(s)
-        kv = np.asarray(kv_tokens, dtype=float)
-        return (
-            self.overhead_per_iteration_s
-            + self.overhead_per_sequence_s * s
-            + self.overhead_per_kv_token_s * kv
-        )
-
-    def with_framework(
-        self,
-        gpu_s: np.ndarray,
-        n_seqs: np.ndarray | int,
-        kv_tokens: np.ndarray | float = 0,
-    ) -> np.ndarray:
-        """Iteration times from their GPU times: ``max(GPU, CPU) + serial`` with
-        asynchronous scheduling, ``GPU + CPU + serial`` without (vectorized; an empty
-        iteration, GPU time 0, stays 0)."""
-        gpu = np.asarray(gpu_s, dtype=float)
-        if not self.include_overhead:
-            return gpu
-        cpu = self.cpu_time(n_seqs, kv_tokens)
-        t = np.maximum(gpu, cpu) if self.async_scheduling else gpu + cpu
-        return np.where(gpu > 0, t + self.overhead_serial_s, 0.0)
-
-    def overhead_time(
-        self,
-        n_seqs: np.ndarray | int,
-        kv_tokens: np.ndarray | int = 0,
-        gpu_s: np.ndarray | float | None = None,
-    ) -> np.ndarray:
-        """Framework time added to iterations of ``n_seqs`` sequences holding
-        ``kv_tokens``: all of the CPU work plus the serial part without asynchronous
-        scheduling; with it, only what the GPU time ``gpu_s`` does not hide."""
-        if gpu_s is None or not self.async_scheduling:
-            cpu = self.cpu_time(n_seqs, kv_tokens)
-            return cpu + (self.overhead_serial_s if self.include_overhead else 0.0)
-        gpu = np.asarray(gpu_s, dtype=float)
-        return self.with_framework(gpu, n_seqs, kv_tokens) - gpu
 
     def breakdown(self, batch: Batch) -> dict[str, float]:
         """Seconds per component of one iteration (sums to :meth:`iteration_time`)."""
         n = batch.num_tokens
         if n == 0:
             return {}
-        ops = self._linear_ops(np.array([n]), aligned=True)
+        ops = self.token_ops.linear_ops(np.array([n]), aligned=True)
         parts = {k: float(v[0]) for k, v in ops.items()}
         kv = int(batch.decode_kv.sum())
         parts["decode_attention"] = self.decode_attention_scalar(batch.num_decode, kv)
@@ -860,15 +512,9 @@ class LatencyModel:
         parts["overhead"] = float(self.overhead_time(batch.num_seqs, held, gpu))
         # The tabulated sum is made monotone in N: charge any difference to the GEMMs.
         tabulated = float(self.linear_time(n))
-        linear = sum(v for k, v in parts.items() if k in self._linear_keys())
+        linear = sum(v for k, v in parts.items() if k in LINEAR_OP_KEYS)
         parts["monotone_adjustment"] = tabulated - linear
         return parts
-
-    def _linear_keys(self) -> set[str]:
-        return {
-            "attn_proj_gemm", "mlp_gemm", "moe", "moe_router_shared_gemm", "allreduce",
-            "ep_all_gather",
-        }  # fmt: skip
 
     def iteration_time(self, batch: Batch) -> float:
         """Seconds one engine iteration over ``batch`` takes (0 for an empty batch)."""
@@ -898,46 +544,21 @@ class LatencyModel:
         seqs = num_decode + (1 if chunk else 0)
         if n == 0:
             return np.zeros(steps)
-        self._ensure_table(n)
-        base = self._table_list[n] + self._lm_table[seqs]
+        ops = self.token_ops
+        ops.ensure_table(n)
+        base = ops.table_list[n] + ops.lm_table[seqs]
         j = np.arange(steps, dtype=float)
         t = np.full(steps, base)
         if num_decode:
-            # one table row (the batch size is fixed), linear in the mean KV per sequence:
-            # np.interp is the scalar path's interpolation, vectorized
-            if num_decode <= DECODE_TABLE_B:
-                self._ensure_decode_table()
-                kv = kv_total0 + num_decode * j
-                if self._dec_cap is not None:
-                    kv = np.minimum(kv, float(num_decode * self._dec_cap))
-                mean = kv / num_decode
-                t += np.interp(mean, self._dec_knots_arr, self._dec_grid[num_decode - 1])
-            else:
-                kv = kv_total0 + num_decode * j.astype(np.int64)
-                t += self.decode_attention_time(np.full(steps, num_decode, dtype=np.int64), kv)
+            t += self.attention.steady_decode(num_decode, kv_total0, j)
         if chunk:
-            self._ensure_prefill_table()
-            qk = self._pre_q
-            q = float(chunk)
-            i = min(max(bisect.bisect_right(qk, q) - 1, 0), len(qk) - 2)
-            wq = min((q - qk[i]) / (qk[i + 1] - qk[i]), 1.0)
-            grid = self._pre_grid
-            row = grid[i] + wq * (grid[i + 1] - grid[i])
-            t += self._ctx_launches * self._ctx[0] + np.interp(
-                cached0 + chunk * j, PREFILL_TABLE_PREFIX_KNOTS, row
-            )
+            t += self.attention.steady_prefill(chunk, cached0, j)
         if not self.include_overhead:
             return t
         held: np.ndarray | float = 0.0
         if self.overhead_per_kv_token_s:
             held = kv_total0 + num_decode * j + (cached0 + chunk * (j + 1) if chunk else 0.0)
         return self.with_framework(t, seqs, held)
-
-    def lm_head_tabulated(self, n_seqs: np.ndarray | int) -> np.ndarray:
-        """The LM-head times :meth:`iteration_time` uses (monotone in sequences)."""
-        idx = np.asarray(n_seqs, dtype=np.int64)
-        self._ensure_table(int(idx.max()) if idx.size else 0)
-        return np.asarray(self._lm_table)[idx]
 
 
 class ConstantLatency:

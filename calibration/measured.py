@@ -42,7 +42,7 @@ import numpy as np
 if TYPE_CHECKING:  # pandas and scipy are for reading and fitting measurements only
     import pandas as pd
 
-from calibration import limits
+from calibration import limits, measurements
 from calibration.errors import ComemInputError
 from calibration.profile import Profile, code_commit, read_profile_json, write_profile_json
 from calibration.surrogate import LinearSurrogate, SurrogateLatency
@@ -51,19 +51,6 @@ from engine.request import Sequence as ScheduledRequest
 from engine.scheduler import Scheduler, SchedulerConfig
 
 MEASURED_SCHEMA = "comem-measured-profile/1"
-REQUIRED_COLUMNS = (
-    "point",
-    "round",
-    "concurrency",
-    "status",
-    "prompt_tokens",
-    "completion_tokens",
-    "input_tokens",
-    "output_tokens",
-    "ttft_s",
-    "mean_itl_s",
-    "e2e_s",
-)
 
 
 @dataclass(frozen=True)
@@ -261,6 +248,7 @@ def _check_measured(data: dict[str, Any], source: str) -> None:
         raise ComemInputError(
             f"{source}: every iteration coefficient is 0: iterations would take no time"
         )
+    most = measurements.MAX_TOKENS_PER_ENGINE
     for key, required in (
         ("max_num_batched_tokens", True),
         ("kv_capacity_tokens", False),
@@ -269,19 +257,13 @@ def _check_measured(data: dict[str, Any], source: str) -> None:
         count: Any = data.get(key)
         if count is None and not required:
             continue
-        if not number(count) or not 1 <= count <= MAX_TOKENS_PER_ENGINE or count != int(count):
+        if not number(count) or not 1 <= count <= most or count != int(count):
             raise ComemInputError(
-                f"{source}: {key} must be a whole number in [1, {MAX_TOKENS_PER_ENGINE:.0e}],"
-                f" got {count!r}"
+                f"{source}: {key} must be a whole number in [1, {most:.0e}], got {count!r}"
             )
     for key in ("server", "fit_error", "provenance"):
         if not isinstance(data.get(key) or {}, dict):
             raise ComemInputError(f"{source}: '{key}' must be an object")
-
-
-#: KV capacity or token budget above this is no single engine (10^12 tokens of KV is
-#: petabytes)
-MAX_TOKENS_PER_ENGINE = 10**12
 
 
 class MeasuredLatency(SurrogateLatency):
@@ -336,94 +318,9 @@ def load_profile(path: str | Path) -> Profile | MeasuredProfile:
     return Profile.from_dict(data, source=str(path))
 
 
-#: whole-number columns and their least value (``-1``: the server reported no count)
-_WHOLE_COLUMNS = {
-    "point": 0,
-    "round": 0,
-    "concurrency": 1,
-    "input_tokens": 0,
-    "output_tokens": 1,
-    "cached_tokens": 0,
-    "prompt_tokens": -1,
-    "completion_tokens": -1,
-}
-#: measured times outside these bounds (seconds) are no request of a profile (no HTTP
-#: round trip takes under a microsecond)
-MIN_MEASURED_S = 1e-6
-MAX_MEASURED_S = 1e6
-
-
-def read_measurements(path: str | Path) -> pd.DataFrame:
-    """The profiler's CSV, checked; one clear line (file and row) for the first defect:
-    a missing column, a count that is no whole number in range, an 'ok' request whose
-    times are not finite and positive (a negative inter-token latency included)."""
-
-    from calibration.inputs import MAX_TOKENS, numeric_column, read_csv
-
-    p = Path(path)
-    frame = read_csv(p, "measurements")
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ComemInputError(
-            f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
-        )
-
-    for col in [*REQUIRED_COLUMNS, "cached_tokens"]:
-        if col == "status" or col not in frame.columns:
-            continue
-        if col in _WHOLE_COLUMNS:
-            frame[col] = numeric_column(
-                frame, col, str(p), low=_WHOLE_COLUMNS[col], high=MAX_TOKENS, whole=True
-            )
-        else:  # times: empty for a failed request
-            frame[col] = numeric_column(frame, col, str(p), nullable=True)
-    # an 'ok' request's times are finite and positive (its ITL may be empty: one token)
-    ok = frame[frame["status"] == "ok"]
-    for col in ("ttft_s", "e2e_s"):
-        numeric_column(ok, col, str(p), low=MIN_MEASURED_S, high=MAX_MEASURED_S)
-    numeric_column(ok, "mean_itl_s", str(p), low=0.0, high=MAX_MEASURED_S, nullable=True)
-    late = ok["ttft_s"] > ok["e2e_s"]
-    if late.any():  # the first token cannot come after the last
-        label = ok.index[late.to_numpy().nonzero()[0][0]]
-        raise ComemInputError(
-            f"{p}:{int(label) + 2}: ttft_s {ok.at[label, 'ttft_s']:g} is after e2e_s"
-            f" {ok.at[label, 'e2e_s']:g} (the first token cannot come after the request ends)"
-        )
-    return frame
-
-
-def wave_table(frame: pd.DataFrame) -> pd.DataFrame:
-    import pandas as pd
-
-    """One row per wave in which every request succeeded: means of what was measured.
-
-    A wave with a failed request ran a different batch than the replay assumes, so it
-    is left out (and counted)."""
-    rows = []
-    if "cached_tokens" not in frame.columns:
-        frame = frame.assign(cached_tokens=0)
-    for (point, rnd), g in frame.groupby(["point", "round"], sort=True):
-        if (g["status"] != "ok").any():
-            continue
-        completion = g["completion_tokens"].where(g["completion_tokens"] >= 0, g["output_tokens"])
-        asked = g["input_tokens"] + g["cached_tokens"]
-        prompt = g["prompt_tokens"].where(g["prompt_tokens"] >= 1, asked)
-        rows.append(
-            {
-                "point": int(point),  # type: ignore[call-overload]
-                "round": int(rnd),  # type: ignore[call-overload]
-                "concurrency": int(g["concurrency"].iloc[0]),
-                "cached_tokens": int(g["cached_tokens"].iloc[0]),
-                # an 'ok' request had a first token, whatever count the server sent
-                "prompt_tokens": max(1, int(round(prompt.mean()))),
-                "output_tokens": max(1, int(round(completion.mean()))),
-                "requests": len(g),
-                "ttft_s": float(g["ttft_s"].mean()),
-                "itl_s": float(g["mean_itl_s"].mean()),
-                "e2e_s": float(g["e2e_s"].mean()),
-            }
-        )
-    return pd.DataFrame(rows)
+#: A wave as the fit replays it: (concurrency, prompt tokens, output tokens, cached tokens
+#: in whole blocks).
+Wave = tuple[int, int, int, int]
 
 
 def fit_measured_profile(
@@ -435,7 +332,72 @@ def fit_measured_profile(
     source: str = "<frame>",
 ) -> MeasuredProfile:
     """Fit the surrogate and the request overhead to every complete wave of ``frame``."""
-    waves = wave_table(frame)
+    waves = measurements.wave_table(frame)
+    table = _replayable_waves(waves, max_num_batched_tokens, kv_capacity_tokens, block_size, source)
+    feats = [
+        closed_batch_features(c, p, o, max_num_batched_tokens, cached_tokens=h)
+        for c, p, o, h in table
+    ]
+    # TTFT rows: surrogate features + 1 for the request overhead; ITL rows: + 0
+    x_ttft = np.array([[*f.ttft, 1.0] for f in feats])
+    multi = (waves["output_tokens"].to_numpy() > 1) & (waves["itl_s"].to_numpy() > 0)
+    if not multi.any():  # nothing would pin the decode terms down
+        raise ComemInputError(
+            f"{source}: no complete wave measured an inter-token latency (each generated"
+            " at most one token, or its mean_itl_s is empty or 0); the fit needs waves of"
+            " >= 2 output tokens"
+        )
+    x_itl = np.array([[*f.itl, 0.0] for f, m in zip(feats, multi, strict=True) if m])
+    y_ttft = waves["ttft_s"].to_numpy(float)
+    y_itl = waves.loc[multi, "itl_s"].to_numpy(float)
+    coef = _relative_nnls(x_ttft, y_ttft, x_itl, y_itl)
+    sur_coef, packed, admission, overhead = coef[:5], float(coef[5]), float(coef[6]), float(coef[7])
+
+    def rel(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
+        return np.abs(pred / meas - 1.0)
+
+    e_ttft = rel(x_ttft @ coef, y_ttft)
+    e_itl = rel(x_itl @ coef, y_itl)
+    x_e2e = np.array([[*f.e2e, 1.0] for f in feats])
+    e_e2e = rel(x_e2e @ coef, waves["e2e_s"].to_numpy(float))
+    fit_error = {
+        "waves": len(waves),
+        "waves_left_out": int(frame.groupby(["point", "round"]).ngroups - len(waves)),
+        "ttft_mape": float(e_ttft.mean()),
+        "ttft_max_rel_error": float(e_ttft.max()),
+        "itl_mape": float(e_itl.mean()) if e_itl.size else float("nan"),
+        "itl_max_rel_error": float(e_itl.max()) if e_itl.size else float("nan"),
+        "e2e_mape": float(e_e2e.mean()),
+        "e2e_max_rel_error": float(e_e2e.max()),
+    }
+    c0, c1, c2, c3, c4 = (float(c) for c in sur_coef)
+    sur = LinearSurrogate(
+        c0, c1, c2, c3, c4, mape=fit_error["itl_mape"],
+        max_rel_error=fit_error["itl_max_rel_error"], p90_rel_error=float("nan"),
+    )  # fmt: skip
+    return MeasuredProfile(
+        surrogate=sur,
+        request_overhead_s=overhead,
+        max_num_batched_tokens=max_num_batched_tokens,
+        packed_attention_s=packed,
+        admission_s=admission,
+        kv_capacity_tokens=kv_capacity_tokens,
+        block_size=block_size,
+        server=dict(server or {}),
+        fit_error=fit_error,
+        provenance={},
+    )
+
+
+def _replayable_waves(
+    waves: pd.DataFrame,
+    max_num_batched_tokens: int,
+    kv_capacity_tokens: int | None,
+    block_size: int | None,
+    source: str,
+) -> list[Wave]:
+    """The waves to replay (cached prefixes in whole blocks, at least one token left to
+    compute), refused when too few to fit, preempting, or beyond the replay's budget."""
     if len(waves) < 6:
         raise ComemInputError(
             f"{source}: {len(waves)} complete waves; the fit needs at least 6 (vary input"
@@ -462,104 +424,23 @@ def fit_measured_profile(
         sum(wave_iterations(c, p, o, h, max_num_batched_tokens) for c, p, o, h in table),
         f"{source}: columns concurrency x prompt_tokens, completion_tokens (replayed per wave)",
     )
-    feats = [
-        closed_batch_features(c, p, o, max_num_batched_tokens, cached_tokens=h)
-        for c, p, o, h in table
-    ]
-    # TTFT rows: surrogate features + 1 for the request overhead; ITL rows: + 0
-    x_ttft = np.array([[*f.ttft, 1.0] for f in feats])
-    multi = (waves["output_tokens"].to_numpy() > 1) & (waves["itl_s"].to_numpy() > 0)
-    if not multi.any():  # nothing would pin the decode terms down
-        raise ComemInputError(
-            f"{source}: no complete wave measured an inter-token latency (each generated"
-            " at most one token, or its mean_itl_s is empty or 0); the fit needs waves of"
-            " >= 2 output tokens"
-        )
-    x_itl = np.array([[*f.itl, 0.0] for f, m in zip(feats, multi, strict=True) if m])
-    y_ttft = waves["ttft_s"].to_numpy(float)
-    y_itl = waves.loc[multi, "itl_s"].to_numpy(float)
+    return table
+
+
+def _relative_nnls(
+    x_ttft: np.ndarray, y_ttft: np.ndarray, x_itl: np.ndarray, y_itl: np.ndarray
+) -> np.ndarray:
+    """Non-negative least squares on relative errors; TTFT and ITL rows each carry equal
+    total weight (there are as many of each as waves, or fewer ITL)."""
+    from scipy.optimize import nnls
+
     x = np.vstack([x_ttft, x_itl])
     y = np.concatenate([y_ttft, y_itl])
-    # relative least squares; each target kind carries equal total weight
     w = np.concatenate(
         [np.full(len(y_ttft), 1.0 / len(y_ttft)), np.full(len(y_itl), 1.0 / max(1, len(y_itl)))]
     )
     w = np.sqrt(w) / y
-    from scipy.optimize import nnls
-
-    coef = nnls(x * w[:, None], y * w)[0]
-    sur_coef, packed, admission, overhead = coef[:5], float(coef[5]), float(coef[6]), float(coef[7])
-
-    def rel(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
-        return np.abs(pred / meas - 1.0)
-
-    e_ttft = rel(x_ttft @ coef, y_ttft)
-    e_itl = rel(x_itl @ coef, y_itl)
-    x_e2e = np.array([[*f.e2e, 1.0] for f in feats])
-    e_e2e = rel(x_e2e @ coef, waves["e2e_s"].to_numpy(float))
-    fit_error = {
-        "waves": len(waves),
-        "waves_left_out": int(frame.groupby(["point", "round"]).ngroups - len(waves)),
-        "ttft_mape": float(e_ttft.mean()),
-        "ttft_max_rel_error": float(e_ttft.max()),
-        "itl_mape": float(e_itl.mean()) if e_itl.size else float("nan"),
-        "itl_max_rel_error": float(e_itl.max()) if e_itl.size else float("nan"),
-        "e2e_mape": float(e_e2e.mean()),
-        "e2e_max_rel_error": float(e_e2e.max()),
-    }
-    c0, c1, c2, c3, c4 = (float(c) for c in sur_coef)
-    sur = LinearSurrogate(
-        c0,
-        c1,
-        c2,
-        c3,
-        c4,
-        mape=fit_error["itl_mape"],
-        max_rel_error=fit_error["itl_max_rel_error"],
-        p90_rel_error=float("nan"),
-    )
-    return MeasuredProfile(
-        surrogate=sur,
-        request_overhead_s=overhead,
-        max_num_batched_tokens=max_num_batched_tokens,
-        packed_attention_s=packed,
-        admission_s=admission,
-        kv_capacity_tokens=kv_capacity_tokens,
-        block_size=block_size,
-        server=dict(server or {}),
-        fit_error=fit_error,
-        provenance={},
-    )
-
-
-def cache_config_from_metrics(path: str | Path) -> tuple[int, int] | None:
-    """(KV capacity in tokens, block size) from vLLM's ``vllm:cache_config_info``
-    sample in a ``comem profile`` metrics sidecar CSV, or None if it has none."""
-    import re
-
-    from calibration.inputs import read_csv
-
-    p = Path(path)
-    if not p.exists():
-        return None
-    frame = read_csv(p, "metrics sidecar")  # its size limit, one line for any defect
-    if "sample" not in frame.columns:
-        return None
-    for sample in frame["sample"].astype(str):
-        if not sample.startswith("vllm:cache_config_info{"):
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', sample))
-        try:
-            blocks, block = int(labels["num_gpu_blocks"]), int(labels["block_size"])
-        except (KeyError, ValueError):
-            continue
-        if not (1 <= block <= 4096 and 1 <= blocks * block <= MAX_TOKENS_PER_ENGINE):
-            raise ComemInputError(
-                f"{p}: vllm:cache_config_info gives {blocks} blocks of {block} tokens, no"
-                " engine's KV cache; give --kv-capacity-tokens and --block-size instead"
-            )
-        return blocks * block, block
-    return None
+    return np.asarray(nnls(x * w[:, None], y * w)[0])
 
 
 def fit_measurements_file(
@@ -571,10 +452,10 @@ def fit_measurements_file(
 ) -> MeasuredProfile:
     """:func:`fit_measured_profile` on a CSV, with provenance (file hash, code, date)."""
     p = Path(csv_path)
-    frame = read_measurements(p)
+    frame = measurements.read_measurements(p)
     kv_from = "given" if kv_capacity_tokens is not None else "unknown"
     if kv_capacity_tokens is None:
-        found = cache_config_from_metrics(p.with_suffix(".metrics.csv"))
+        found = measurements.cache_config_from_metrics(p.with_suffix(".metrics.csv"))
         if found is not None:
             kv_capacity_tokens, metrics_block = found
             block_size = block_size or metrics_block
@@ -602,6 +483,4 @@ __all__ = [
     "fit_measured_profile",
     "fit_measurements_file",
     "load_profile",
-    "read_measurements",
-    "wave_table",
 ]

@@ -40,6 +40,15 @@ import pandas as pd
 
 from calibration.errors import ComemInputError
 from calibration.kernels import KERNEL_FILES
+from calibration.microbench_plan import (
+    ContextShape,
+    DecodeShape,
+    GemmShape,
+    MoeShape,
+    Plan,
+    gpu_plan,
+    quick_plan,
+)
 from calibration.opmodels import MOE_KERNEL_SOURCES
 
 #: kernel_source of the reference MoE layer (one of those the fit reads)
@@ -62,134 +71,6 @@ def require_torch() -> Any:
             " (pip install 'comem-sim[serve]', or a CUDA build of torch for a GPU)"
         ) from None
     return torch
-
-
-# --- what to measure -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GemmShape:
-    """``m`` tokens times a weight of ``n`` outputs by ``k`` inputs."""
-
-    m: int
-    n: int
-    k: int
-
-
-@dataclass(frozen=True)
-class ContextShape:
-    """Prefill: ``batch`` sequences of ``isl`` new tokens after ``prefix`` cached ones."""
-
-    batch: int
-    isl: int
-    prefix: int
-    nq: int
-    nkv: int
-    head_dim: int = 128
-
-
-@dataclass(frozen=True)
-class DecodeShape:
-    """Decode: ``batch`` sequences, one new token each, over ``kv_len`` keys each."""
-
-    batch: int
-    kv_len: int
-    nq: int
-    nkv: int
-    head_dim: int = 128
-
-
-@dataclass(frozen=True)
-class MoeShape:
-    """One MoE layer: ``tokens`` tokens routed (balanced) to ``top_k`` of ``experts``."""
-
-    tokens: int
-    hidden: int
-    inter: int
-    experts: int
-    top_k: int
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Every shape of one microbenchmark run."""
-
-    name: str
-    gemm: tuple[GemmShape, ...]
-    context: tuple[ContextShape, ...]
-    decode: tuple[DecodeShape, ...]
-    moe: tuple[MoeShape, ...]
-    #: seconds each timed run should last at least (more calls per run for short ops)
-    min_run_s: float = 0.002
-    runs: int = 5
-    warmup: int = 3
-
-
-def _grid(*axes: tuple[int, ...]) -> list[tuple[int, ...]]:
-    out: list[tuple[int, ...]] = [()]
-    for axis in axes:
-        out = [(*prefix, v) for prefix in out for v in axis]
-    return out
-
-
-def quick_plan() -> Plan:
-    """Tiny shapes (seconds on a laptop CPU), enough rows for every op fit."""
-    nk = ((512, 512), (1024, 512), (512, 1024))
-    heads = ((2, 1), (4, 2), (8, 8))
-    return Plan(
-        name="quick",
-        gemm=tuple(GemmShape(m, n, k) for m in (1, 4, 16, 64) for n, k in nk),
-        context=tuple(
-            ContextShape(b, s, p, nq, nkv)
-            for b, s, p in ((1, 16, 0), (1, 64, 0), (2, 64, 0), (1, 256, 0), (1, 64, 256))
-            for nq, nkv in heads
-        ),
-        decode=tuple(
-            DecodeShape(b, kv, nq, nkv)
-            for b, kv in _grid((1, 4, 16), (16, 128, 1024))
-            for nq, nkv in ((2, 1), (8, 2))
-        ),
-        moe=tuple(MoeShape(t, 512, i, 8, 2) for t in (1, 4, 16, 64) for i in (256, 512)),
-        min_run_s=0.001,
-        runs=3,
-        warmup=1,
-    )
-
-
-def gpu_plan() -> Plan:
-    """The prepared data-center GPU set: shapes on the committed H100/H200 tables' grids
-    (so they can be compared row by row), about a minute on an H100."""
-    ms = (1, 8, 32, 128, 512, 2048, 8192)
-    nk = ((4096, 4096), (6144, 4096), (4096, 12288), (16384, 4096), (8192, 8192), (1024, 5120))
-    heads = ((32, 8), (64, 8), (8, 1), (16, 2))
-    context = [
-        ContextShape(b, s, 0, nq, nkv)
-        for b, s in ((1, 128), (1, 512), (1, 2048), (1, 8192), (4, 512), (4, 2048), (16, 1024))
-        for nq, nkv in heads
-    ]
-    # prefill over a cached prefix: absent from the committed tables (their step is 0)
-    context += [
-        ContextShape(1, s, p, nq, nkv)
-        for s, p in ((512, 2048), (512, 8192), (2048, 8192), (2048, 30720))
-        for nq, nkv in heads
-    ]
-    decode = [
-        DecodeShape(b, kv, nq, nkv)
-        for b, kv in _grid((1, 8, 32, 128), (128, 1024, 4096, 16384))
-        for nq, nkv in heads
-    ]
-    moe = [MoeShape(t, 4096, 1536, 128, 8) for t in (1, 16, 128, 1024, 4096)]
-    moe += [MoeShape(t, 6144, 2560, 160, 8) for t in (1, 128, 1024)]
-    return Plan(
-        name="gpu",
-        gemm=tuple(GemmShape(m, n, k) for m in ms for n, k in nk),
-        context=tuple(context),
-        decode=tuple(decode),
-        moe=tuple(moe),
-    )
-
-
-PLANS: dict[str, Callable[[], Plan]] = {"quick": quick_plan, "gpu": gpu_plan}
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -411,47 +292,92 @@ def run_microbench(
         torch.set_num_threads(threads)
 
 
-def _run_plan(
-    torch: Any, out: Path, device: str, plan: Plan, say: Callable[[str], None]
-) -> MicrobenchResult:
-    timer = Timer(torch, device, plan)
-    name = device_name(torch, device)
-    skipped: list[str] = []
+class _Measurer:
+    """Times one shape's op; a shape the device cannot run (out of memory, an unsupported
+    fp8 shape) is listed in ``skipped`` instead of failing the run."""
 
-    def measure(what: str, make: Callable[[], Callable[[], Any]]) -> float | None:
+    def __init__(self, torch: Any, device: str, plan: Plan) -> None:
+        self.torch = torch
+        self.device = device
+        self.timer = Timer(torch, device, plan)
+        #: the device's name, as written in every row
+        self.name = device_name(torch, device)
+        self.skipped: list[str] = []
+
+    def seconds(self, what: str, make: Callable[[], Callable[[], Any]]) -> float | None:
+        torch = self.torch
         try:
             with torch.inference_mode():
-                return timer.seconds(make())
+                return self.timer.seconds(make())
         except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
             first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-            skipped.append(f"{what}: {first}")
-            if device == "cuda":
+            self.skipped.append(f"{what}: {first}")
+            if self.device == "cuda":
                 torch.cuda.empty_cache()
             return None
 
+    def row(self, op: str, source: str) -> dict[str, Any]:
+        """The columns every row of ``op``'s table starts with."""
+        return _common(self.torch, self.name, op, source)
+
+
+def _run_plan(
+    torch: Any, out: Path, device: str, plan: Plan, say: Callable[[str], None]
+) -> MicrobenchResult:
+    m = _Measurer(torch, device, plan)
     dtypes = ["bf16"] + (["fp8"] if _fp8_works(torch, device) else [])
     if "fp8" not in dtypes:
-        skipped.append("fp8 GEMMs: torch._scaled_mm does not run fp8 on this device")
-    gemm_rows = []
+        m.skipped.append("fp8 GEMMs: torch._scaled_mm does not run fp8 on this device")
+    tables = {
+        "gemm": _gemm_rows(m, plan, dtypes, say),
+        "context_attention": _context_rows(m, plan, say),
+        "generation_attention": _decode_rows(m, plan, say),
+        "moe": _moe_rows(m, plan, say),
+    }
+    for op, rows in tables.items():
+        if not rows:
+            raise ComemInputError(f"microbench: every {op} shape failed ({'; '.join(m.skipped)})")
+    rows_written = {}
+    for op, (fname, _columns) in KERNEL_FILES.items():
+        rows = tables.get(op, [])
+        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=_ALLREDUCE_COLUMNS)
+        frame.to_parquet(out / fname, index=False)
+        rows_written[op] = len(frame)
+    say("copy bandwidth")
+    with torch.inference_mode():
+        bandwidth = _copy_bandwidth(torch, device, m.timer, plan.name == "quick")
+    info = _device_info(m, plan, _gemm_peaks(tables["gemm"]), bandwidth)
+    (out / DEVICE_FILE).write_text(json.dumps(info, indent=1) + "\n")
+    return MicrobenchResult(out, rows_written, info, m.skipped)
+
+
+def _gemm_rows(
+    m: _Measurer, plan: Plan, dtypes: list[str], say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    rows = []
     for dtype in dtypes:
         say(f"gemm {dtype}: {len(plan.gemm)} shapes")
         for s in plan.gemm:
-            t = measure(f"gemm {dtype} {s}", partial(_gemm_fn, torch, device, s, dtype))
+            t = m.seconds(f"gemm {dtype} {s}", partial(_gemm_fn, m.torch, m.device, s, dtype))
             if t is not None:
                 source = "torch_linear" if dtype == "bf16" else "torch_scaled_mm_per_tensor"
-                gemm_rows.append(
-                    _common(torch, name, "gemm", source)
+                rows.append(
+                    m.row("gemm", source)
                     | {"gemm_dtype": "bfloat16" if dtype == "bf16" else "fp8"}
                     | asdict(s)
                     | {"latency": t * 1e3}
                 )
+    return rows
+
+
+def _context_rows(m: _Measurer, plan: Plan, say: Callable[[str], None]) -> list[dict[str, Any]]:
     say(f"context attention: {len(plan.context)} shapes")
-    ctx_rows = []
+    rows = []
     for c in plan.context:
-        t = measure(f"context {c}", partial(_context_fn, torch, device, c))
+        t = m.seconds(f"context {c}", partial(_context_fn, m.torch, m.device, c))
         if t is not None:
-            ctx_rows.append(
-                _common(torch, name, "context_attention", "torch_sdpa")
+            rows.append(
+                m.row("context_attention", "torch_sdpa")
                 | {
                     "batch_size": c.batch,
                     "isl": c.isl,
@@ -466,13 +392,17 @@ def _run_plan(
                     "latency": t * 1e3,
                 }
             )
+    return rows
+
+
+def _decode_rows(m: _Measurer, plan: Plan, say: Callable[[str], None]) -> list[dict[str, Any]]:
     say(f"decode attention: {len(plan.decode)} shapes")
-    gen_rows = []
+    rows = []
     for d in plan.decode:
-        t = measure(f"decode {d}", partial(_decode_fn, torch, device, d))
+        t = m.seconds(f"decode {d}", partial(_decode_fn, m.torch, m.device, d))
         if t is not None:
-            gen_rows.append(
-                _common(torch, name, "generation_attention", "torch_grouped_matmul")
+            rows.append(
+                m.row("generation_attention", "torch_grouped_matmul")
                 | {
                     "batch_size": d.batch,
                     "isl": 1,
@@ -487,54 +417,53 @@ def _run_plan(
                     "latency": t * 1e3,
                 }
             )
+    return rows
+
+
+def _moe_rows(m: _Measurer, plan: Plan, say: Callable[[str], None]) -> list[dict[str, Any]]:
     say(f"moe: {len(plan.moe)} shapes")
-    moe_rows = []
-    for m in plan.moe:
-        t = measure(f"moe {m}", partial(_moe_fn, torch, device, m))
+    rows = []
+    for e in plan.moe:
+        t = m.seconds(f"moe {e}", partial(_moe_fn, m.torch, m.device, e))
         if t is not None:
-            moe_rows.append(
-                _common(torch, name, "moe", MOE_KERNEL_SOURCE)
+            rows.append(
+                m.row("moe", MOE_KERNEL_SOURCE)
                 | {
                     "moe_dtype": "bfloat16",
-                    "num_tokens": m.tokens,
-                    "hidden_size": m.hidden,
-                    "inter_size": m.inter,
-                    "topk": m.top_k,
-                    "num_experts": m.experts,
+                    "num_tokens": e.tokens,
+                    "hidden_size": e.hidden,
+                    "inter_size": e.inter,
+                    "topk": e.top_k,
+                    "num_experts": e.experts,
                     "moe_tp_size": 1,
                     "moe_ep_size": 1,
                     "distribution": "balanced",
                     "latency": t * 1e3,
                 }
             )
-    tables = {
-        "gemm": gemm_rows,
-        "context_attention": ctx_rows,
-        "generation_attention": gen_rows,
-        "moe": moe_rows,
-    }
-    for op, rows in tables.items():
-        if not rows:
-            raise ComemInputError(f"microbench: every {op} shape failed ({'; '.join(skipped)})")
-    rows_written = {}
-    for op, (fname, _columns) in KERNEL_FILES.items():
-        rows = tables.get(op, [])
-        frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=_ALLREDUCE_COLUMNS)
-        frame.to_parquet(out / fname, index=False)
-        rows_written[op] = len(frame)
+    return rows
+
+
+def _gemm_peaks(gemm_rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The fastest measured GEMM FLOP/s per dtype (what ``device.json`` calls the peak)."""
     bf16 = [r for r in gemm_rows if r["gemm_dtype"] != "fp8"]
     bf16_peak = max(2.0 * r["m"] * r["n"] * r["k"] / (r["latency"] * 1e-3) for r in bf16)
     peaks = {"bf16": bf16_peak}
     fp8 = [r for r in gemm_rows if r["gemm_dtype"] == "fp8"]
     if fp8:
         peaks["fp8"] = max(2.0 * r["m"] * r["n"] * r["k"] / (r["latency"] * 1e-3) for r in fp8)
-    say("copy bandwidth")
-    with torch.inference_mode():
-        bandwidth = _copy_bandwidth(torch, device, timer, plan.name == "quick")
+    return peaks
+
+
+def _device_info(
+    m: _Measurer, plan: Plan, peaks: dict[str, float], bandwidth: float
+) -> dict[str, Any]:
+    """``device.json``: the device as ``get_gpu`` reads it, and how it was measured."""
+    torch, device = m.torch, m.device
     props = torch.cuda.get_device_properties(0) if device == "cuda" else None
-    info = {
-        "name": KNOWN_DEVICES.get(name, _slug(name)),
-        "device": name,
+    return {
+        "name": KNOWN_DEVICES.get(m.name, _slug(m.name)),
+        "device": m.name,
         "memory_gib": round(_memory_bytes(torch, device) / 2**30, 2),
         "hbm_bandwidth_Bps": float(f"{bandwidth:.4g}"),
         "peak_flops": {k: float(f"{v:.4g}") for k, v in peaks.items()},
@@ -546,10 +475,8 @@ def _run_plan(
             f" {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}; peak_flops is the"
             " fastest measured GEMM, hbm_bandwidth_Bps a measured device copy (read + write)"
         ),
-        "skipped": skipped,
+        "skipped": m.skipped,
     }
-    (out / DEVICE_FILE).write_text(json.dumps(info, indent=1) + "\n")
-    return MicrobenchResult(out, rows_written, info, skipped)
 
 
 _ALLREDUCE_COLUMNS = [

@@ -397,7 +397,7 @@ KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block", "fp4": "nvfp4"}
 MOE_KERNEL_DTYPES = KERNEL_DTYPES | {"int4": "int4_wo", "mxfp4": "w4a16_mxfp4"}
 
 #: Bytes per weight element of each table dtype name (scales included, see
-#: :data:`calibration.registry.DTYPE_BYTES`).
+#: :data:`calibration.dtypes.DTYPE_BYTES`).
 TABLE_DTYPE_BYTES = {
     "bfloat16": 2.0,
     "fp8": 1.0,

@@ -15,10 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from calibration.dtypes import DTYPES
 from calibration.errors import ComemInputError
 from calibration.inputs import read_json, write_text
 from calibration.opmodels import FORMS, OpFit, OpForm
-from calibration.registry import DTYPES
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_FRAMEWORK = "vllm-0.19.0"

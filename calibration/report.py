@@ -209,25 +209,9 @@ def build_report(
     profile: Profile | None = None,
 ) -> CalibrationReport:
     """Assemble the report; recompute and plot what the available data allows."""
-    from calibration.fit import E2E_FRAMEWORK, e2e_costs, e2e_errors, load_e2e
-
-    prof = profile if profile is not None else default_profile(gpu, dtype)
-    try:  # the report prices models on the profile's GPU: it must be one
-        get_gpu(prof.gpu)
-    except ComemInputError:
-        where = f"{prof.source}: " if prof.source else ""
-        raise ComemInputError(
-            f"{where}the profile is for gpu '{prof.gpu}', which is neither a known GPU"
-            " ('comem list gpus') nor a device JSON file; the report needs its specs"
-        ) from None
+    prof = _report_profile(profile, gpu, dtype)
     if kernels is not None:  # fail on a missing or bad table before the slow parts
-        if not Path(kernels).is_dir():
-            raise KernelDataError(f"{kernels}: kernel directory does not exist")
-        from calibration.kernels import KERNEL_FILES
-
-        for fname, _ in KERNEL_FILES.values():
-            if not (Path(kernels) / fname).is_file():
-                raise KernelDataError(f"{Path(kernels) / fname}: kernel file is missing")
+        _check_kernel_dir(kernels)
     report = CalibrationReport(prof.gpu, prof.dtype)
     report.ops = _op_rows(prof)
     report.notes.extend(prof.provenance.get("notes", []))
@@ -241,7 +225,41 @@ def build_report(
     out = Path(figures_dir) if figures_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+    _add_surrogates(report, prof)
+    _add_e2e(report, prof, e2e_csv, out)
+    if kernels is not None:
+        _recompute_op_errors(report, prof, kernels, out)
+    return report
 
+
+def _report_profile(profile: Profile | None, gpu: str, dtype: str) -> Profile:
+    """The profile to report on (``profile``, else the embedded one of ``gpu``/``dtype``),
+    refused when its GPU is unknown: the report prices models on it."""
+    prof = profile if profile is not None else default_profile(gpu, dtype)
+    try:
+        get_gpu(prof.gpu)
+    except ComemInputError:
+        where = f"{prof.source}: " if prof.source else ""
+        raise ComemInputError(
+            f"{where}the profile is for gpu '{prof.gpu}', which is neither a known GPU"
+            " ('comem list gpus') nor a device JSON file; the report needs its specs"
+        ) from None
+    return prof
+
+
+def _check_kernel_dir(kernels: str | Path) -> None:
+    """One line when ``kernels`` is no directory or lacks a kernel table."""
+    if not Path(kernels).is_dir():
+        raise KernelDataError(f"{kernels}: kernel directory does not exist")
+    from calibration.kernels import KERNEL_FILES
+
+    for fname, _ in KERNEL_FILES.values():
+        if not (Path(kernels) / fname).is_file():
+            raise KernelDataError(f"{Path(kernels) / fname}: kernel file is missing")
+
+
+def _add_surrogates(report: CalibrationReport, prof: Profile) -> None:
+    """The linear surrogate's fit on each of the dtype's reference setups."""
     for model, tp in SURROGATE_SETUPS[prof.dtype]:
         try:
             lm = LatencyModel(get_model(model), prof.gpu, tp, prof.dtype, profile=prof)
@@ -259,6 +277,14 @@ def build_report(
                 "coefficients": [float(f"{c:.4g}") for c in s.coefficients],
             }
         )
+
+
+def _add_e2e(
+    report: CalibrationReport, prof: Profile, e2e_csv: str | Path | None, out: Path | None
+) -> None:
+    """The static-batch end-to-end error: recomputed from ``e2e_csv`` (bf16 profiles),
+    else as the profile stored it."""
+    from calibration.e2e_overhead import E2E_FRAMEWORK, e2e_costs, e2e_errors, load_e2e
 
     # the static batches are a 2024 vLLM: priced with that framework's fitted overhead
     stored = prof.overheads.get(E2E_FRAMEWORK, prof.overhead)
@@ -290,22 +316,26 @@ def build_report(
         }
         if "cv_leave_one_model_out" in stored:
             report.e2e["cv_leave_one_model_out"] = stored["cv_leave_one_model_out"]
-    if kernels is not None:
-        selections = _kernel_selections(prof, Path(kernels))
-        for row in report.ops:
-            op, _, ep = row["op"].partition(" ep=")
-            if op in selections and row["fitted_on"] == "own table":
-                feats, measured = selections[op]
-                if ep:
-                    keep = feats["ep"] == float(ep)
-                    feats = {k: v[keep] for k, v in feats.items()}
-                    measured = measured[keep]
-                pred = om.predict(_form(op), prof.op(op), feats)
-                row.update(om.error_stats(pred, measured))
-                row["recomputed_on"] = str(kernels)
-        if out is not None:
-            report.figures.append(str(_kernel_scatter(prof, selections, out)))
-    return report
+
+
+def _recompute_op_errors(
+    report: CalibrationReport, prof: Profile, kernels: str | Path, out: Path | None
+) -> None:
+    """Each op fitted on its own table: its error recomputed on ``kernels``' rows."""
+    selections = _kernel_selections(prof, Path(kernels))
+    for row in report.ops:
+        op, _, ep = row["op"].partition(" ep=")
+        if op in selections and row["fitted_on"] == "own table":
+            feats, measured = selections[op]
+            if ep:
+                keep = feats["ep"] == float(ep)
+                feats = {k: v[keep] for k, v in feats.items()}
+                measured = measured[keep]
+            pred = om.predict(_form(op), prof.op(op), feats)
+            row.update(om.error_stats(pred, measured))
+            row["recomputed_on"] = str(kernels)
+    if out is not None:
+        report.figures.append(str(_kernel_scatter(prof, selections, out)))
 
 
 def render_text(report: CalibrationReport) -> str:

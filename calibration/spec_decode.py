@@ -85,7 +85,7 @@ def draft_time(lm: Any, tokens: int, spec_seqs: int, kv_total: int, k: int) -> f
 
     def one_pass(n: int, seqs: int) -> float:
         t = float(lm.linear_time(n)) / layers
-        t += float(lm._gemm("gemm", _arr(n), m.hidden, 2 * m.hidden, True)[0])
+        t += float(lm.token_ops.gemm("gemm", _arr(n), m.hidden, 2 * m.hidden, True)[0])
         t += float(lm.lm_head_tabulated(seqs))
         if seqs:
             t += lm.decode_attention_scalar(seqs, kv_total) / layers

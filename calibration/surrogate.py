@@ -16,8 +16,6 @@ import numpy as np
 
 from calibration.latency import Batch, LatencyModel
 
-FEATURES = ("1", "N_tokens", "prefill_pairs", "B_decode", "KV_decoded")
-
 
 @dataclass(frozen=True)
 class LinearSurrogate:

@@ -21,21 +21,18 @@ import numpy as np
 from calibration.errors import ComemInputError
 from calibration.latency import LatencyModel
 from calibration.profile import FrameworkOverhead, Profile, default_profile
-from calibration.serving import (
+from calibration.serving import ServingRow, ServingSetup, setup_for, tpot_lower_bound
+from calibration.serving_fit import (
     SERVING_FIT_TERMS,
     TPOT_TERMS,
     TTFT_TERMS,
     BatchSimulator,
     RowFeatures,
     ServingFit,
-    ServingRow,
-    ServingSetup,
     cross_validation_record,
     fit_serving_overhead,
     overhead_entry,
     serving_table,
-    setup_for,
-    tpot_lower_bound,
 )
 from sim.bench_serve import (
     BenchServeConfig,
@@ -282,7 +279,7 @@ def fit_rows(
     profiles: Profiles = None,
     workers: int = 1,
 ) -> ServingFit:
-    """:func:`calibration.serving.fit_serving_overhead` with this module's simulator."""
+    """:func:`calibration.serving_fit.fit_serving_overhead` with this module's simulator."""
     return fit_serving_overhead(
         rows, setups, _simulator(profiles, workers), start, fit_terms, batch=True
     )

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calibration import opmodels as om
+from calibration.e2e_overhead import fit_overhead, load_e2e
 from calibration.errors import ComemInputError, KernelDataError, UnknownNameError
-from calibration.fit import fit_kernel_ops, fit_overhead, load_e2e
+from calibration.fit import fit_kernel_ops
 from calibration.kernels import KERNEL_FILES, load_kernel_tables
 from calibration.latency import Batch, LatencyModel
 from calibration.lattice import Lattice

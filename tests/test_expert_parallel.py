@@ -78,7 +78,7 @@ def test_expert_parallel_changes_only_the_moe_op():
     tp = LatencyModel(model, "h200_sxm", 4, "fp8")
     ep = LatencyModel(model, "h200_sxm", 4, "fp8", expert_parallel=True)
     n = np.array([1, 7, 64, 300, 2048])
-    a, b = tp._linear_ops(n), ep._linear_ops(n)
+    a, b = tp.token_ops.linear_ops(n), ep.token_ops.linear_ops(n)
     assert a.keys() == b.keys()
     for key in a:
         if key != "moe":
@@ -179,7 +179,7 @@ def test_ep8_moe_matches_the_tables_rows_at_qwen3_coder_shape(gpu, kernel_dir):
             * 1e-3
         )
         lm = LatencyModel(model, gpu, 8, "bf16", expert_parallel=ep_flag)
-        per_layer = lm._linear_ops(tokens)["moe"] / model.moe_layers
+        per_layer = lm.token_ops.linear_ops(tokens)["moe"] / model.moe_layers
         rel = per_layer / measured - 1.0
         assert np.abs(rel).max() < 0.15, (ep_flag, np.round(rel, 3))
         assert np.abs(rel).mean() < 0.08, (ep_flag, np.round(rel, 3))

@@ -21,8 +21,9 @@ from calibration import opmodels as om
 from calibration.errors import ComemInputError
 from calibration.kernels import KERNEL_FILES, load_kernel_tables
 from calibration.latency import Batch, LatencyModel
+from calibration.model_spec import ModelSpec
 from calibration.profile import Profile
-from calibration.registry import ModelSpec, get_gpu, load_gpu_file
+from calibration.registry import get_gpu, load_gpu_file
 
 try:
     import torch  # noqa: F401

@@ -23,15 +23,9 @@ from hypothesis import strategies as st
 from calibration.errors import ComemInputError
 from calibration.hf_config import architecture_from_config
 from calibration.latency import Batch, LatencyModel
+from calibration.model_spec import ModelSpec
 from calibration.opmodels import attended_pairs
-from calibration.registry import (
-    MODEL_CONFIG_DIR,
-    MODELS,
-    REGISTRY,
-    ModelSpec,
-    get_model,
-    load_model_config,
-)
+from calibration.registry import MODEL_CONFIG_DIR, MODELS, REGISTRY, get_model, load_model_config
 
 # The registry's rows as they were written by hand before it was built from configs
 # (shared/data/models.md), plus the three models added with it.

@@ -8,19 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from calibration.dtypes import DTYPES, check_dtype
 from calibration.errors import ComemInputError, KernelDataError, UnknownNameError
-from calibration.registry import (
-    DTYPES,
-    GIB,
-    GPUS,
-    MODELS,
-    GpuSpec,
-    ModelSpec,
-    check_dtype,
-    fits_in_memory,
-    get_gpu,
-    get_model,
-)
+from calibration.model_spec import ModelSpec
+from calibration.registry import GIB, GPUS, MODELS, GpuSpec, fits_in_memory, get_gpu, get_model
 
 # Published parameter counts (model cards / papers), in billions.
 PUBLISHED_B = {

@@ -19,15 +19,14 @@ from calibration.latency import LatencyModel
 from calibration.profile import FrameworkOverhead, Profile, default_profile
 from calibration.registry import profile_run_bytes
 from calibration.serving import (
-    RowFeatures,
     ServingRow,
     ServingSetup,
-    fit_serving_overhead,
     load_serving_csv,
     parse_assumptions,
     setup_for,
     tpot_lower_bound,
 )
+from calibration.serving_fit import RowFeatures, fit_serving_overhead
 from sim.bench_serve import BenchServeConfig, first_sends, run_bench_serve, warmup_count
 from sim.config import EngineConfig
 from sim.serving import evaluate_rows, fit_rows, simulate_row

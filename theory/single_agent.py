@@ -102,81 +102,111 @@ def step_timeline(
     they do, and there the forms ignore that the memory engine batches them together.
     With ``lag < k`` (the agent waits at the swap, before the next launch) they never do.
     """
-    shape = np.broadcast(p.system, p.observation, p.action, p.summary, p.tool_s, p.k).shape
-    n = shape if shape else (1,)
-    b = p.block
-    s0 = np.broadcast_to(p.system, n).astype(float)
-    o = np.broadcast_to(p.observation, n).astype(float)
-    a = np.broadcast_to(p.action, n).astype(float)
-    s = np.broadcast_to(p.summary, n).astype(float)
-    e = np.broadcast_to(p.tool_s, n).astype(float)
-    k = np.broadcast_to(p.k, n)
-    retain = np.broadcast_to(p.retain, n)
-    lag = np.broadcast_to(p.lag, n)
-    raw = o + a  # tokens one finished step adds to the history
-    fresh_hit = b * np.floor(s0 / b)
-
-    lat = np.zeros((p.steps, *n))
-    stall = np.zeros((p.steps, *n))
-    ctx = s0.copy()  # context before the observation
-    hit = np.zeros(n)  # cached tokens for the next prompt
-    mem_cached = np.zeros(n)  # memory model: history cached from its previous job
-    clock = np.zeros(n)  # the agent's time since the task started
-    # KSO, per launch step (row t, 1-based; row 0 unused): launched, when its summary is
-    # ready, the context it brings; and when the previous launch's job was ready
-    launched = np.zeros((p.steps + 1, *n), dtype=bool)
-    ready_at = np.zeros((p.steps + 1, *n))
-    brings = np.zeros((p.steps + 1, *n))
-    last_ready = np.full(n, -np.inf)
-    exact = np.ones(n, dtype=bool)
+    run = _Recurrence(p)
     for t in range(1, p.steps + 1):
         if kind == "kso":
-            src = t - lag - 1  # the launch step whose summary is due now
-            row = np.clip(src, 0, p.steps)[None]
-            swap = (src >= 1) & np.take_along_axis(launched, row, 0)[0]
-            wait = np.where(
-                swap, np.maximum(0.0, np.take_along_axis(ready_at, row, 0)[0] - clock), 0.0
-            )
-            stall[t - 1] += wait
-            clock += wait
-            ctx = np.where(swap, np.take_along_axis(brings, row, 0)[0], ctx)
-            hit = np.where(swap, fresh_hit, hit)
-        prompt = ctx + o
-        # vLLM recomputes at least the last prompt token: whole blocks below it
-        req = request_latency(prompt, np.minimum(hit, b * np.floor((prompt - 1) / b)), a, agent)
-        lat[t - 1] += req + e
-        clock += req + e
-        hit = b * np.floor((prompt + a - 1) / b)
-        ctx = prompt + a
+            run.swap_in_due_summary(t)
+        run.agent_request(t, agent)
         if kind == "fc" or t == p.steps:
             continue
-        launch = (t % k) == 0
-        history = s0 + t * raw
-        kept = s0 + s + np.minimum(retain, t) * raw
+        launch = (t % run.k) == 0
         if kind == "cp":
-            q = ctx + p.instruction
-            m = request_latency(q, hit, s, agent)
-            stall[t - 1] += np.where(launch, m, 0.0)
-            clock += np.where(launch, m, 0.0)
-            ctx = np.where(launch, kept, ctx)
-            hit = np.where(launch, fresh_hit, hit)
+            run.compress_in_place(t, launch, agent)
         else:
             assert memory is not None
-            q = history + p.instruction
-            m = request_latency(q, mem_cached, s, memory)
-            mem_cached = np.where(launch, b * np.floor(history / b), mem_cached)
-            if kind == "sm":
-                stall[t - 1] += np.where(launch, m, 0.0)
-                clock += np.where(launch, m, 0.0)
-                ctx = np.where(launch, kept, ctx)
-                hit = np.where(launch, fresh_hit, hit)
-            else:  # kso
-                exact &= ~(launch & (last_ready > clock))
-                launched[t] = launch
-                ready_at[t] = clock + m
-                brings[t] = kept + lag * raw
-                last_ready = np.where(launch, clock + m, last_ready)
-    return StepTimeline(lat + stall, stall, exact)
+            run.memory_job(t, launch, kind, memory)
+    return StepTimeline(run.lat + run.stall, run.stall, run.exact)
+
+
+class _Recurrence:
+    """The per-configuration state :func:`step_timeline` steps through: the agent's
+    context, its cached prefix and clock, the memory model's cached history, and KSO's
+    launched summaries (per launch step t, 1-based; row 0 unused: launched, when its
+    summary is ready, the context it brings)."""
+
+    def __init__(self, p: AgentParams) -> None:
+        shape = np.broadcast(p.system, p.observation, p.action, p.summary, p.tool_s, p.k).shape
+        n = shape if shape else (1,)
+        self.p = p
+        self.b = p.block
+        self.s0 = np.broadcast_to(p.system, n).astype(float)
+        self.o = np.broadcast_to(p.observation, n).astype(float)
+        self.a = np.broadcast_to(p.action, n).astype(float)
+        self.s = np.broadcast_to(p.summary, n).astype(float)
+        self.e = np.broadcast_to(p.tool_s, n).astype(float)
+        self.k = np.broadcast_to(p.k, n)
+        self.retain = np.broadcast_to(p.retain, n)
+        self.lag = np.broadcast_to(p.lag, n)
+        self.raw = self.o + self.a  # tokens one finished step adds to the history
+        self.fresh_hit = self.b * np.floor(self.s0 / self.b)
+        self.lat = np.zeros((p.steps, *n))
+        self.stall = np.zeros((p.steps, *n))
+        self.ctx = self.s0.copy()  # context before the observation
+        self.hit = np.zeros(n)  # cached tokens for the next prompt
+        self.mem_cached = np.zeros(n)  # memory model: history cached from its previous job
+        self.clock = np.zeros(n)  # the agent's time since the task started
+        self.launched = np.zeros((p.steps + 1, *n), dtype=bool)
+        self.ready_at = np.zeros((p.steps + 1, *n))
+        self.brings = np.zeros((p.steps + 1, *n))
+        self.last_ready = np.full(n, -np.inf)  # when the previous launch's job was ready
+        self.exact = np.ones(n, dtype=bool)
+
+    def swap_in_due_summary(self, t: int) -> None:
+        """KSO, before step t: swap in the summary launched ``lag + 1`` steps earlier,
+        waiting for it if it is not ready."""
+        src = t - self.lag - 1  # the launch step whose summary is due now
+        row = np.clip(src, 0, self.p.steps)[None]
+        swap = (src >= 1) & np.take_along_axis(self.launched, row, 0)[0]
+        wait = np.where(
+            swap, np.maximum(0.0, np.take_along_axis(self.ready_at, row, 0)[0] - self.clock), 0.0
+        )
+        self.stall[t - 1] += wait
+        self.clock += wait
+        self.ctx = np.where(swap, np.take_along_axis(self.brings, row, 0)[0], self.ctx)
+        self.hit = np.where(swap, self.fresh_hit, self.hit)
+
+    def agent_request(self, t: int, agent: np.ndarray) -> None:
+        """Step t's request on the agent engine, then its tool call."""
+        b = self.b
+        prompt = self.ctx + self.o
+        # vLLM recomputes at least the last prompt token: whole blocks below it
+        cached = np.minimum(self.hit, b * np.floor((prompt - 1) / b))
+        req = request_latency(prompt, cached, self.a, agent)
+        self.lat[t - 1] += req + self.e
+        self.clock += req + self.e
+        self.hit = b * np.floor((prompt + self.a - 1) / b)
+        self.ctx = prompt + self.a
+
+    def _kept(self, t: int) -> np.ndarray:
+        """The context after a summary at step t: system, summary, the retained steps."""
+        return self.s0 + self.s + np.minimum(self.retain, t) * self.raw
+
+    def compress_in_place(self, t: int, launch: np.ndarray, agent: np.ndarray) -> None:
+        """CP: where ``launch``, the agent engine summarizes its own context, stalling."""
+        m = request_latency(self.ctx + self.p.instruction, self.hit, self.s, agent)
+        self.stall[t - 1] += np.where(launch, m, 0.0)
+        self.clock += np.where(launch, m, 0.0)
+        self.ctx = np.where(launch, self._kept(t), self.ctx)
+        self.hit = np.where(launch, self.fresh_hit, self.hit)
+
+    def memory_job(self, t: int, launch: np.ndarray, kind: str, memory: np.ndarray) -> None:
+        """SM / KSO: where ``launch``, the memory engine summarizes the history; SM waits
+        for it, KSO launches it and swaps it in ``lag`` steps later."""
+        history = self.s0 + t * self.raw
+        q = history + self.p.instruction
+        m = request_latency(q, self.mem_cached, self.s, memory)
+        self.mem_cached = np.where(launch, self.b * np.floor(history / self.b), self.mem_cached)
+        if kind == "sm":
+            self.stall[t - 1] += np.where(launch, m, 0.0)
+            self.clock += np.where(launch, m, 0.0)
+            self.ctx = np.where(launch, self._kept(t), self.ctx)
+            self.hit = np.where(launch, self.fresh_hit, self.hit)
+        else:  # kso
+            self.exact &= ~(launch & (self.last_ready > self.clock))
+            self.launched[t] = launch
+            self.ready_at[t] = self.clock + m
+            self.brings[t] = self._kept(t) + self.lag * self.raw
+            self.last_ready = np.where(launch, self.clock + m, self.last_ready)
 
 
 def step_latencies(

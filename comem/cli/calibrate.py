@@ -155,12 +155,8 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_input_as_output
     from calibration.profile import Profile, available_profiles, profile_path
-    from calibration.serving import (
-        ASSUMPTION_PRESETS,
-        error_summary,
-        load_serving_csv,
-        parse_assumptions,
-    )
+    from calibration.serving import ASSUMPTION_PRESETS, load_serving_csv, parse_assumptions
+    from calibration.serving_fit import error_summary
     from sim.serving import calibrate_serving
 
     refuse_input_as_output(args.out, {"--csv": args.csv, "--profile": args.profile})
