@@ -1,6 +1,6 @@
 """The documentation's generated pages: the scenario reference (from the models), the
 CLI reference (from the parser) and the site's front page (from the README). ``make
-docs`` writes them; ``tests/test_docs.py`` checks the committed ones are current.
+docs`` writes them; ``tests/docs/test_docs.py`` checks the committed ones are current.
 (The "why answers differ" page runs simulations: :mod:`comem.why`, ``make why``.)
 """
 

@@ -5,7 +5,7 @@ and ~5 s of tools per step: should I deploy CoMem?", the tool once gave four ver
 (issue 24): the old ``make run`` scenario, ``comem paper`` (two placements of CoMem's
 agent), the user's own ``--set`` run, and ``comem plan``. Each section below runs
 ``comem explain`` on two of them. Regenerate with ``make why`` (``python -m comem.why``);
-``tests/test_docs.py`` checks the committed page is what the code gives.
+``tests/docs/test_docs.py`` checks the committed page is what the code gives.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ iterations, much faster; the hooks it overrides here (:meth:`Scheduler.materiali
 ``_before_lookup``, ``_apply_group``, ``_after_apply``, ``_referenced_blocks``) do
 nothing in the reference.
 
-``tests/test_scheduler.py`` checks hand-worked schedules; ``tests/test_engine.py``
+``tests/engine/test_scheduler.py`` checks hand-worked schedules; ``tests/sim/test_engine.py``
 checks that both steppings agree exactly on random loads that fill the cache and
 preempt.
 """

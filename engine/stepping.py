@@ -18,7 +18,7 @@ devices:
   identical-shape iterations when it can prove them (:mod:`engine.runs`): they are
   priced in one vectorized call and applied in one :meth:`EventStepper.apply_run`.
 
-``tests/test_engine.py`` checks that both steppings agree exactly on random loads that
+``tests/sim/test_engine.py`` checks that both steppings agree exactly on random loads that
 fill the cache and preempt.
 """
 

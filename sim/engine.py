@@ -21,7 +21,7 @@ each, run joint runs: the holder's run and the rest of the queued engine's, inte
 and priced together, cut at the first end of either run or at the iteration in flight
 when either gets a submission.
 Results equal iteration stepping exactly in every count and to floating-point rounding
-in times (``tests/test_engine.py``, ``tests/test_deployment.py``,
+in times (``tests/sim/test_engine.py``, ``tests/sim/test_deployment.py``,
 ``benchmarks/bench_stepping.py``).
 """
 

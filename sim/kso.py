@@ -143,7 +143,7 @@ class KSOAuthors(ContextPolicy):
     the summary starts one step earlier (before the agent request, with the new
     observation, so it is swapped in before step R+1, not R+2), the swapped context
     keeps the last action rather than a whole raw step, and the memory prompt is never
-    cut. ``tests/test_policy.py`` shows both.
+    cut. ``tests/sim/test_policy.py`` shows both.
     """
 
     kind = "kso-authors"

@@ -12,7 +12,7 @@ overlapped steps, tool time included); the agent then stalls ``W = (S - X)^+``.
 The helpers a planner prunes with (masking lag, KV limit on agents, crossover
 concurrency; memory-server sizing is in :mod:`theory.network`) take arrays of
 candidates and return arrays (:data:`NONE` where no value exists); the scalar forms
-are thin wrappers. They agree with each other (``tests/test_theory_bounds.py``): the
+are thin wrappers. They agree with each other (``tests/theory/test_bounds.py``): the
 crossover is at most one past FC's KV limit, and a memory server keeps up with N
 lockstep agents exactly when the lag that masks their summaries is at most k.
 """

@@ -2,7 +2,7 @@
 
 One case per cause of issue 15 (and of the sweep that followed it), each fed to the
 real ``comem`` entry point. The command-line cases run in one child process
-(``python tests/test_bad_inputs.py --batch``: ``comem.cli.main`` per case, each under
+(``python tests/comem/test_bad_inputs.py --batch``: ``comem.cli.main`` per case, each under
 an alarm and the child under a memory limit, so a regression shows as a traceback,
 a "hang" or a killed child instead of taking the machine), which keeps ~90 cases
 to seconds. Each case asserts exit code 2 and one stderr line naming the problem (live
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KERNEL_PROFILE = REPO / "calibration" / "profiles" / "h100_sxm__vllm-0.19.0__bf16.json"
 H200_FP8_PROFILE = REPO / "calibration" / "profiles" / "h200_sxm__vllm-0.19.0__fp8.json"
 MEASURED_PROFILE = (

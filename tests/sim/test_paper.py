@@ -12,7 +12,7 @@ import pytest
 from sim.paper import PAPER_DIR, PAPER_METRICS, SENSITIVITY_AXES, SENSITIVITY_BASE, paper_files
 from sim.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["workload.agents=2", "workload.steps=6"]
 
 

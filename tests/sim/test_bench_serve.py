@@ -20,7 +20,7 @@ from calibration.static import predict_static_latency
 from sim.bench_serve import BenchServeConfig, arrival_times, run_bench_serve
 from sim.config import EngineConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LLAMA = LatencyModel("llama-3-8b", "h100_sxm", 1)
 
 

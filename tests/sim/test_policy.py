@@ -22,7 +22,7 @@ from sim.policy import POLICIES, PolicyParams, make_policy, register_policy
 
 SYS, OBS, A, S, Q = 32, 16, 4, 8, 2  # system, observation, action, summary, instruction
 RAW = OBS + A
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def task(steps: int = 6, tool: float = 0.5, kept: int | None = None) -> Task:

@@ -15,7 +15,7 @@ from calibration.errors import ComemInputError
 from sim.paper import DEFAULT_SCENARIO, paper_files
 from sim.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OLD = "scenarios/paper_latency_glm47.toml"
 TINY = ["--set", "workload.agents=2", "--set", "workload.steps=4"]
 

@@ -221,6 +221,6 @@ def test_the_engine_package_has_no_time():
         " or m in {'calibration.latency', 'calibration.static', 'calibration.measured'}}; "
         "assert not bad, bad"
     )
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -24,7 +24,7 @@ from calibration.static import predict_static_latency, schedule_static_batch
 from calibration.surrogate import design_batches, fit_surrogate
 
 #: the H100/H200 profiles these tests were written for (the other GPUs' and the weight-only
-#: dtypes' profiles: tests/test_gpus.py)
+#: dtypes' profiles: tests/calibration/test_gpus.py)
 PROFILES = [
     (g, d)
     for g, _, d in available_profiles()

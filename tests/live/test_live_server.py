@@ -27,7 +27,7 @@ from live.server import ServerProcess, ServerSettings, serve_available, serving
 REASON = serve_available()
 pytestmark = [pytest.mark.live, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "live" / "tiny_cpu.toml"
 #: The issue's aim is a simulated mean step latency within 15% of the live one. Quiet
 #: runs of `comem live-loop` on 2 cores measured +3% to +5% (FC) and -1% to +3% (KSO).

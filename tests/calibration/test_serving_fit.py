@@ -381,7 +381,7 @@ def test_committed_serving_fit_cross_validated_records():
 
 
 def _comem(*args: str) -> subprocess.CompletedProcess[str]:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "COMEM_SHARED"}
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run(

@@ -165,7 +165,7 @@ def test_without_torch_one_line_exit_2(tmp_path: Path) -> None:
     blocker = tmp_path / "torch"
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('no torch here')\n")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
     proc = run_comem("calibrate", "microbench", "--out", str(tmp_path / "o"), env=env)
     assert_user_error(proc, "needs torch", "serve")

@@ -17,7 +17,7 @@ from comem.plan.run import run_plan
 from comem.plan.space import PlanSpec, enumerate_candidates
 from sim.scenario import load_scenario
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small(objective: str = "mean-step", **kw) -> PlanSpec:

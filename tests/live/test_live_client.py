@@ -465,7 +465,7 @@ def test_profile_grid_and_live_scenario_files_are_valid():
     from live.profiler import load_grid
     from sim.scenario import load_scenario
 
-    root = Path(__file__).resolve().parent.parent / "scenarios" / "live"
+    root = Path(__file__).resolve().parents[2] / "scenarios" / "live"
     assert load_grid(root / "profile_grid_gpu.toml").size == 96
     sc = load_scenario(root / "tiny_cpu.toml")
     assert [a.kind for a in sc.architectures] == ["fc", "kso"]

@@ -15,7 +15,7 @@ import pytest
 
 from sim.sweep import load_sweep, point_seed, run_sweep
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "scenarios" / "paper_latency_glm47.toml"
 
 

@@ -21,7 +21,7 @@ from sim.workloads import (
     load_fitted,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SYS, OBS, A, TARGET = 500, 200, 1024, 512
 
 

@@ -206,7 +206,7 @@ def test_paper_scenario_steps_agree_in_both_steppings():
     out = {}
     for stepping in ("event", "iteration"):
         scenario = load_scenario(
-            Path(__file__).resolve().parent.parent / "scenarios" / "paper_latency_glm47.toml",
+            Path(__file__).resolve().parents[2] / "scenarios" / "paper_latency_glm47.toml",
             ["workload.agents=48", "workload.steps=8", f"engine.stepping={stepping}"],
         )
         out[stepping] = run_scenario(scenario).results
