@@ -82,8 +82,11 @@ def _latency_model(
     return _MODELS[key][0]
 
 
-def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
-    """The ``bench-serve`` run of one measured point under ``setup``."""
+def bench_config(
+    row: ServingRow, setup: ServingSetup, kv_capacity_tokens: int | None = None
+) -> BenchServeConfig:
+    """The ``bench-serve`` run of one measured point under ``setup`` (``kv_capacity_tokens``:
+    the KV cache's size instead of vLLM's sizing, for what-if studies of the knee)."""
     engine = EngineConfig(
         name="serving-row",
         model=row.model,
@@ -98,6 +101,7 @@ def bench_config(row: ServingRow, setup: ServingSetup) -> BenchServeConfig:
         async_scheduling=setup.schedules_async(row),
         enable_expert_parallel=row.expert_parallel,
         record_iterations=True,
+        kv_capacity_tokens=kv_capacity_tokens,
     )
     return BenchServeConfig(
         engine=engine,
@@ -116,16 +120,19 @@ def simulate_row(
     setup: ServingSetup,
     overhead: FrameworkOverhead,
     profile: Profile | None = None,
+    kv_scale: float = 1.0,
 ) -> RowFeatures:
     """Simulate ``row`` with ``overhead`` in place of the profile's (the kernel fits are
-    the embedded profile's for the row's GPU and dtype unless ``profile`` is given)."""
+    the embedded profile's for the row's GPU and dtype unless ``profile`` is given);
+    ``kv_scale``: the KV cache at that multiple of vLLM's sizing."""
     base = profile if profile is not None else default_profile(row.gpu, row.dtype)
     lm = _latency_model(
         row.model, row.gpu, row.tp, row.dtype, setup.kv_cache_dtype, setup.fp8_gemm,
         setup.max_num_batched_tokens, profile, setup.schedules_async(row), row.expert_parallel,
     )  # fmt: skip
     lm.set_overhead(overhead)
-    cfg = bench_config(row, setup)
+    kv = None if kv_scale == 1.0 else int(lm.kv_capacity_tokens() * kv_scale)
+    cfg = bench_config(row, setup, kv)
     res = run_bench_serve(cfg, lm)
     lm.set_overhead(base.framework_overhead())
     return row_features(res, overhead, row.tp, lm.async_scheduling)

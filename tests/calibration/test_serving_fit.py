@@ -449,3 +449,22 @@ def test_ttft_envelope_summary_counts_rows_between_and_above_the_client_states()
     text = summarize(t, ["burst", "staggered"])
     assert "between the staggered and the burst TTFT: 33%; above both: 33%" in text
     assert "| m | g | 1024 | 3 | 0.5 |" in text  # median of 0.5, 1.5, 0.25
+
+
+def test_kv_scale_moves_a_row_across_the_knee():
+    """``simulate_row(kv_scale=...)`` (``benchmarks/kv_knee.py``) sizes the KV cache at a
+    multiple of vLLM's: 16 clients growing 256 -> 2304 tokens need 36,864 tokens at once,
+    so a cache of about 0.8 of that preempts and queues, and four times it never does."""
+    from sim.serving import bench_config
+
+    row = ServingRow("llama-3-8b", "h100_sxm", "bf16", 1, 16, 256, 2048, 1.0, 1.0)
+    setup = ServingSetup(prompts_per_client=2)
+    assert bench_config(row, setup, 30_000).engine.kv_capacity_tokens == 30_000
+    from calibration.latency import LatencyModel
+
+    full = LatencyModel("llama-3-8b", "h100_sxm", 1, "bf16").kv_capacity_tokens()
+    tight = simulate_row(row, setup, FrameworkOverhead(), kv_scale=30_000 / full)
+    roomy = simulate_row(row, setup, FrameworkOverhead(), kv_scale=4 * 36_864 / full)
+    assert tight.preemptions > 0 and roomy.preemptions == 0
+    assert tight.kv_cache_tokens < 36_864 < roomy.kv_cache_tokens
+    assert tight.ttft_s > roomy.ttft_s
