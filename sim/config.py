@@ -135,6 +135,7 @@ class EngineConfig(InputModel):
         le=1e6,
         allow_inf_nan=False,
         description="GiB of CPU memory for KV blocks (all GPUs)",
+        json_schema_extra={"unit": "GiB"},
     )
     #: Host<->GPU copy bandwidth per GPU and direction, GB/s. Default 50: NVIDIA's
     #: H100/H200 SXM datasheets give PCIe Gen5 x16 as 128 GB/s (64 GB/s each way); a

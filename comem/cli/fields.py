@@ -90,7 +90,7 @@ def flag_arguments(model: type[BaseModel], name: str) -> tuple[list[str], dict[s
         kwargs["choices"] = choices
         del kwargs["metavar"]  # argparse shows the choices
     else:
-        parse = _parser(value_type, _bounds(info))
+        parse = _parser(value_type, _bounds(info), str(extra.get("unit", "")))
         if parse is not None:
             kwargs["type"] = parse
     return flags, kwargs
@@ -129,9 +129,11 @@ def _bounds(info: FieldInfo) -> dict[str, Any]:
     return {k: getattr(m, k) for m in metadata for k in keys if getattr(m, k, None) is not None}
 
 
-def _parser(value_type: Any, bounds: dict[str, Any]) -> Callable[[str], Any] | None:
+def _parser(value_type: Any, bounds: dict[str, Any], unit: str = "") -> Callable[[str], Any] | None:
     """The argparse type of a number field: its bounds checked where the flag is read;
-    None for text (a name or a path, checked by the model)."""
+    None for text (a name or a path, checked by the model). A float bounded like
+    :data:`calibration.inputs.Seconds` is a duration unless the field declares another
+    ``unit`` (``json_schema_extra``: GiB of offload memory share the 1e6 bound)."""
     from calibration.inputs import MAX_SECONDS, MAX_TOKENS
 
     if value_type is int:
@@ -144,7 +146,7 @@ def _parser(value_type: Any, bounds: dict[str, Any]) -> Callable[[str], Any] | N
         finite = bounds.get("allow_inf_nan") is False
         if bounds.get("gt") == 0.0 and bounds.get("le") == 1.0:
             return _fraction
-        if bounds.get("le") == MAX_SECONDS and finite:  # a duration
+        if bounds.get("le") == MAX_SECONDS and finite and unit in ("", "s"):  # a duration
             return _positive_seconds if bounds.get("gt") == 0.0 else _seconds
         if bounds.get("ge") == 0.0 and bounds.get("le") == 1.0:
             return _probability

@@ -593,3 +593,10 @@ def test_version_and_a_misspelled_flag_get_an_answer() -> None:
     far = run_comem("bench-serve", "--model", "llama-3-8b", "--frobnicate", "3")
     assert_user_error(far, "neither prices nor accepts")
     assert "did you mean" not in far.stderr
+
+
+def test_a_flag_bounded_like_a_duration_but_in_gib_is_not_called_seconds():
+    """--kv-offloading-size shares the 1e6 bound of durations; its message is a number's."""
+    out = run_comem("bench-serve", "--model", "llama-3-8b", "--kv-offloading-size", "-5")
+    assert_user_error(out, "--kv-offloading-size")
+    assert "seconds" not in out.stderr and "> 0" in out.stderr
