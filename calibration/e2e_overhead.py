@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
-from calibration.errors import ComemInputError
 from calibration.profile import FrameworkOverhead, Profile
 from calibration.registry import get_model
 
@@ -26,13 +25,17 @@ E2E_COLUMNS = ("Num of Hardware", "Model", "Input Output Length", "Batch Size", 
 
 def load_e2e(path: str | Path) -> pd.DataFrame:
     """Read the static-batch end-to-end CSV (LLM-Inference-Bench schema)."""
-    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, numeric_column, read_csv
+    from calibration.inputs import (
+        MAX_SECONDS,
+        MAX_TOKENS,
+        numeric_column,
+        read_csv,
+        require_columns,
+    )
 
     p = Path(path)
     raw = read_csv(p, "end-to-end")
-    missing = [c for c in E2E_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    require_columns(raw, E2E_COLUMNS, p)
     where = str(p)
     rows = pd.DataFrame(
         {

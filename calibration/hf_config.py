@@ -1,4 +1,5 @@
-"""Read a Hugging Face ``config.json`` into the architecture fields of a :class:`ModelSpec`.
+"""Read a Hugging Face ``config.json`` into the architecture fields of a
+:class:`calibration.model_spec.ModelSpec`.
 
 The registry's own models are such configs (``calibration/model_configs/``), and a user's model
 is one too, so one parser prices both. Only what the latency model needs is read: layer count,

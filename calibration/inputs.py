@@ -248,6 +248,20 @@ def read_csv(path: str | Path, what: str, **options: Any) -> Any:
     return frame
 
 
+def require_columns(
+    frame: Any,
+    columns: Any,
+    where: Any,
+    note: str = "",
+    error: type[ComemInputError] = ComemInputError,
+) -> None:
+    """Refuse a table without every one of ``columns``: one line naming the missing ones,
+    after ``where`` (the file) and before ``note``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise error(f"{where}: missing column(s) {', '.join(missing)}{note}")
+
+
 def numeric_column(
     frame: Any,
     column: str,
@@ -554,6 +568,7 @@ __all__ = [
     "refuse_input_as_output",
     "refuse_outputs_over_inputs",
     "refuse_overwrite",
+    "require_columns",
     "validate",
     "writable_dir",
     "writable_file",

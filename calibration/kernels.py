@@ -92,7 +92,7 @@ MAY_BE_EMPTY = frozenset({"allreduce"})
 def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) -> pd.DataFrame:
     if not path.is_file():
         raise KernelDataError(f"{path}: kernel file is missing")
-    from calibration.inputs import input_file
+    from calibration.inputs import input_file, require_columns
 
     input_file(path, "kernel table")  # its size limit
     try:
@@ -103,9 +103,7 @@ def _read_one(path: Path, columns: tuple[str, ...], may_be_empty: bool = False) 
     if "window_size" in columns and "window_size" not in frame.columns:
         # B300 / GB200 attention tables have no window column: every row is full attention
         frame = frame.assign(window_size=0)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise KernelDataError(f"{path}: missing column(s) {', '.join(missing)}")
+    require_columns(frame, columns, path, error=KernelDataError)
     frame = frame.loc[:, [*columns, *(["device"] if "device" in frame.columns else [])]]
     latency = pd.to_numeric(frame["latency"], errors="coerce")
     frame = frame.assign(latency=latency)

@@ -59,15 +59,11 @@ def read_measurements(path: str | Path) -> pd.DataFrame:
     a missing column, a count that is no whole number in range, an 'ok' request whose
     times are not finite and positive (a negative inter-token latency included)."""
 
-    from calibration.inputs import MAX_TOKENS, numeric_column, read_csv
+    from calibration.inputs import MAX_TOKENS, numeric_column, read_csv, require_columns
 
     p = Path(path)
     frame = read_csv(p, "measurements")
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ComemInputError(
-            f"{p}: missing column(s) {', '.join(missing)} (expected 'comem profile' output)"
-        )
+    require_columns(frame, REQUIRED_COLUMNS, p, " (expected 'comem profile' output)")
 
     for col in [*REQUIRED_COLUMNS, "cached_tokens"]:
         if col == "status" or col not in frame.columns:

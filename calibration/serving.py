@@ -191,14 +191,18 @@ def tpot_lower_bound(row: ServingRow, setup: ServingSetup) -> float:
 
 def load_serving_csv(path: str | Path) -> list[ServingRow]:
     """Rows of a serving CSV (schema of ``shared/data/serving``); one clear line per defect."""
-    from calibration.inputs import MAX_SECONDS, MAX_TOKENS, numeric_column, read_csv
+    from calibration.inputs import (
+        MAX_SECONDS,
+        MAX_TOKENS,
+        numeric_column,
+        read_csv,
+        require_columns,
+    )
     from calibration.registry import get_gpu
 
     p = Path(path)
     raw = read_csv(p, "serving")
-    missing = [c for c in SERVING_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    require_columns(raw, SERVING_COLUMNS, p)
     where = str(p)
     counts = {"tp": 64, "concurrency": MAX_TOKENS, "isl": MAX_TOKENS, "osl": MAX_TOKENS}
     for col, high in counts.items():
@@ -298,13 +302,11 @@ def load_silicon_csv(
     kernels for, a model it cannot price."""
     import pandas as pd
 
-    from calibration.inputs import read_csv
+    from calibration.inputs import read_csv, require_columns
 
     p = Path(path)
     raw = read_csv(p, "silicon serving")
-    missing = [c for c in SILICON_COLUMNS if c not in raw.columns]
-    if missing:
-        raise ComemInputError(f"{p}: missing column(s) {', '.join(missing)}")
+    require_columns(raw, SILICON_COLUMNS, p)
     conc = raw["silicon_data_source"].astype(str).str.extract(r"silicon_concurrency=(\d+)")[0]
     measured = raw["silicon_data_source"].astype(str).str.extract(r"measured=([0-9-]+)")[0]
     frame = raw.assign(concurrency=pd.to_numeric(conc), measured=measured.fillna(""))

@@ -7,7 +7,7 @@ the token budget and ``max_num_seqs``; chunked prefill; paged KV in 16-token blo
 recompute preemption of the newest running request when a block cannot be allocated)
 replays the batch and each iteration is charged its latency-model time. The schedule
 does not depend on time, so it is computed once and priced vectorized; this also makes
-the overhead fit a linear least-squares problem (see :mod:`calibration.fit`).
+the overhead fit a linear least-squares problem (see :mod:`calibration.e2e_overhead`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from calibration.errors import ComemInputError
 
@@ -160,25 +159,3 @@ def _plot(rows: list[FamilyRow], path: Path) -> Path:
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
-
-
-def format_rows(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown table lines of ``families.csv`` rows."""
-    lines = [
-        "| family | GPU | model (TP, dtype) | KV B/token (per GPU) | KV capacity, tokens |"
-        " beats FC from | speedup there | at 4x (llm at 4x) | >= 1.25x from |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r["refused"]:
-            lines.append(f"| {r['family']} | {r['gpu']} | {r['model']} | refused: {r['refused']} |")
-            continue
-        lines.append(
-            f"| {r['family']} | {r['gpu']} | {r['model']} ({r['tp']}, {r['dtype']}) |"
-            f" {r['kv_bytes_per_token']} ({r['kv_bytes_per_token_per_gpu']}) |"
-            f" {r['kv_capacity_tokens']} | {r['crossover_agents'] or '-'} |"
-            f" {r['speedup_at_crossover'] or '-'} |"
-            f" {r['speedup_at_4x'] or '-'} ({r['llm_speedup_at_4x'] or '-'}) |"
-            f" {r['pays_agents'] or '-'} |"
-        )
-    return lines

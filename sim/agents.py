@@ -7,15 +7,9 @@ performs the actions in simulated time: requests go to the agent or memory
 :class:`~sim.engine.Engine` on the prefix-cache stream the policy names, and tools take
 simulated time. Replies tell the policy what happened, with what a client of the
 engine observes: the request's queueing delay and latency, the agent engine's KV use
-when it ended, and how long the agent waited for a summary.
-
-Per step, next to the project's own breakdown (queue, prefill, decode, tool, stall),
-the row has what the CoMem authors record (AUTHORS_SETUP.md, "What they measure"):
-``llm_exec_time_s`` (the agent request at the client, queueing included),
-``summary_exec_time_s`` (the summary request whose result the context took up at this
-step), ``prefill_exec_time_s`` (its pre-warm request, when there is one),
-``env_exec_time_s`` (tool), and ``total_step_time_s`` by their formula for the policy
-(:func:`sim.context_policy.total_step_time`).
+when it ended, and how long the agent waited for a summary. :class:`AgentRecorder` keeps
+the step and task rows the loop writes (:class:`sim.rows.StepRow`, whose docstring says
+what the authors' per-step columns are, and :class:`sim.rows.TaskRow`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ tasks both finished, and the batch metric per completed task. Each metric says s
 Metrics (``METRICS``; the reference is the scenario's first ``fc`` architecture, the
 speedup its value over the other's, so > 1 means faster than the reference):
 
-- ``task``: mean task latency (the project's default);
+- ``task``: mean task latency;
 - ``step``: mean per-step latency, the project's (queue + prefill + decode + tool +
-  stall);
+  stall); the verdict's metric (:data:`DEFAULT_METRIC`);
 - ``llm``: mean per-step ``llm_exec_time`` (the authors' "mean LLM time per step");
 - ``total``: mean per-step ``total_step_time`` (the authors' formula);
 - ``llm-index`` / ``llm-index-peak``: per step index, the reference's mean

@@ -14,7 +14,7 @@ from engine.kv_cache import Stream
 from engine.request import Run, Sequence, Step
 from engine.runs import MAX_RUN_ITERATIONS
 from sim.config import EngineConfig
-from sim.engine import Engine
+from sim.engine import Engine, wait_out_run
 from sim.engine_latency import IterationLatency, engine_latency
 from sim.metrics import MetricsRecorder
 from sim.pricing import run_end_times
@@ -203,14 +203,8 @@ class LockstepReplicas(ReplicatedEngine):
                 p.iterations, p.allocations = m, None
                 per_rank.append(np.diff(run_end_times(e.latency, p), prepend=0.0))
         ends = np.cumsum(np.max(np.vstack(per_rank), axis=0))
-        done = m
         self._in_run = True
-        try:
-            yield env.timeout(float(ends[-1]))
-        except simpy.Interrupt:
-            k = min(int(np.searchsorted(ends, env.now - start, side="left")), m - 1)
-            done = k + 1
-            yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+        done = yield from wait_out_run(env, start, ends, m)
         self._in_run = False
         fired = False
         for e, p in zip(reps, plans, strict=True):

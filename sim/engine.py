@@ -54,6 +54,23 @@ if TYPE_CHECKING:
     from sim.shared_gpus import SharedGpus
 
 
+def wait_out_run(
+    env: simpy.Environment, start: float, ends: np.ndarray, iterations: int
+) -> Generator[simpy.Event, Any, int]:
+    """Wait out a run of ``iterations`` iterations that started at ``start`` and whose
+    iterations end ``ends`` seconds after it, as one SimPy timeout; a submission
+    (a :class:`simpy.Interrupt`) stops it at the end of the iteration in flight. Returns
+    how many iterations ran."""
+    try:
+        yield env.timeout(float(ends[-1]))
+    except simpy.Interrupt:
+        # a submission arrived: stop at the end of the iteration in flight
+        k = min(int(np.searchsorted(ends, env.now - start, side="left")), iterations - 1)
+        yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+        return k + 1
+    return iterations
+
+
 class Engine:
     """A simulated serving engine. ``submit`` requests; SimPy events report progress."""
 
@@ -346,15 +363,8 @@ class Engine:
             ends = ends[: cut + 1]
             run.iterations = cut + 1
             run.allocations = None
-        done = run.iterations
         self._in_run = True
-        try:
-            yield env.timeout(float(ends[-1]))
-        except simpy.Interrupt:
-            # a submission arrived: stop at the end of the iteration in flight
-            k = min(int(np.searchsorted(ends, env.now - start, side="left")), done - 1)
-            done = k + 1
-            yield env.timeout(max(0.0, start + float(ends[k]) - env.now))
+        done = yield from wait_out_run(env, start, ends, run.iterations)
         self._in_run = False
         fired = self._fire(self.scheduler.apply_run(run, done))
         chunks = [run.chunk] * done if run.chunk else []

@@ -24,8 +24,6 @@ from typing import Any
 
 from calibration.errors import ComemInputError
 
-#: fields that name things and change no result
-_NAMES = {"name", "description", "paper"}
 #: engine fields shown first when an engine differs (the deployment)
 _ENGINE_KEYS = ("gpu", "model", "tp", "data_parallel_size", "enable_expert_parallel", "dtype")
 

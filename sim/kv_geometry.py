@@ -88,7 +88,7 @@ def kv_blocks(cfg: EngineConfig, latency: IterationLatency) -> int:
 
 
 def check_engine(cfg: EngineConfig) -> None:
-    """Everything :class:`Engine` would refuse at construction, without a simulation:
+    """Everything :class:`sim.engine.Engine` would refuse at construction, without a simulation:
     the model, GPU, dtype and tp, the profile, whether the weights fit, the KV cache."""
     _check_engine_cached(cfg.model_copy(update={"name": "engine"}))
 

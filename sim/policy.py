@@ -18,9 +18,9 @@ family, :mod:`sim.actions` what a policy and its executor say to each other.
 Kinds: ``fc`` (full context), ``cp`` (coupled: the agent model summarizes inline,
 blocking), ``sm`` (sync memory: the memory model summarizes, blocking), ``kso``
 (CoMem k-step-off, the general ``k``/``lag``/``retain`` form), ``kso-authors``
-(k-step-off exactly as the CoMem authors' code runs it; see :class:`KSOAuthors`) and
+(k-step-off exactly as the CoMem authors' code runs it; see :class:`sim.kso.KSOAuthors`) and
 ``kso-adaptive`` (k-step-off that changes k and lag while it runs, from what it
-observes; see :class:`KSOAdaptive`).
+observes; see :class:`sim.kso.KSOAdaptive`).
 """
 
 from __future__ import annotations

@@ -59,7 +59,16 @@ class IterationRow(NamedTuple):
 
 
 class StepRow(NamedTuple):
-    """One agent step (the agent request of the step, its tool and its waits)."""
+    """One agent step (the agent request of the step, its tool and its waits).
+
+    Next to the project's own breakdown (queue, prefill, decode, tool, stall), the row has
+    what the CoMem authors record (AUTHORS_SETUP.md, "What they measure"):
+    ``llm_exec_time_s`` (the agent request at the client, queueing included),
+    ``summary_exec_time_s`` (the summary request whose result the context took up at this
+    step), ``prefill_exec_time_s`` (its pre-warm request, when there is one),
+    ``env_exec_time_s`` (tool), and ``total_step_time_s`` by their formula for the policy
+    (:func:`sim.context_policy.total_step_time`).
+    """
 
     architecture: str
     agent: int

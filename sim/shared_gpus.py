@@ -35,7 +35,7 @@ class SharedGpus:
     their iterations take turns, first come first served: an engine holds the GPUs for
     one step, and a run of iterations is cut at the iteration in flight when another
     engine of the group asks for them. With two engines in event stepping, the holder
-    runs its run and the rest of the queued engine's (:meth:`Engine._joint_run`) as one
+    runs its run and the rest of the queued engine's (:meth:`sim.engine.Engine._joint_run`) as one
     step. Memory is split by each engine's own ``gpu_memory_utilization``."""
 
     def __init__(self, env: simpy.Environment, name: str) -> None:

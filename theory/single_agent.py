@@ -14,7 +14,7 @@ a fresh context (after a summary) hits only the shared system prompt,
 history of its previous job. KSO: a summary launched after step t overlaps steps
 t+1 .. t+lag and is swapped in before step t+lag+1; the agent stalls for
 ``max(0, M - sum of the overlapped steps)``. With ``lag >= k`` summaries queue (each is
-swapped in lag steps after its launch), as in :mod:`sim.policy`; the forms are exact
+swapped in lag steps after its launch), as in :mod:`sim.kso`; the forms are exact
 while an agent's memory jobs do not overlap, which :func:`step_timeline` reports.
 
 The step recurrences are evaluated vectorized over configurations (numpy), so sweeps
@@ -95,7 +95,7 @@ def step_timeline(
 
     ``agent``/``memory``: surrogate coefficients (c0..c4) of the two engines.
 
-    KSO with ``lag >= k``: summaries queue, as in :mod:`sim.policy` (each one is swapped
+    KSO with ``lag >= k``: summaries queue, as in :mod:`sim.kso` (each one is swapped
     in ``lag`` steps after its launch; none replaces another). Each memory job is priced
     alone on the memory engine, which is exact while an agent's jobs do not overlap (each
     ends before the next is launched); ``exact`` is False for the configurations where

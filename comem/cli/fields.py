@@ -1,9 +1,9 @@
 """Command-line flags generated from the fields of the config models they mirror.
 
 A flag that sets a field of a config model (``sim.config.EngineConfig``,
-``sim.bench_serve.BenchServeConfig``) takes its name, type, bounds, choices, default and
-help from the field, as vLLM generates its flags from its config dataclasses: each is
-declared once, on the model.
+``sim.bench_serve.BenchServeConfig``, ``comem.plan.space.PlanSpec``) takes its name,
+type, bounds, choices, default and help from the field, as vLLM generates its flags from
+its config dataclasses: each is declared once, on the model.
 
 - name: ``--`` and the field's name with dashes; ``json_schema_extra={"flags": [...]}``
   where vLLM's differs (the first is the flag's name, the others its aliases);

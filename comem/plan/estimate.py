@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,15 @@ from comem.plan.space import (
     DEFAULT_WORKLOAD,
     Candidate,
     PlanSpec,
-    _latency_model,
 )
+
+
+@lru_cache(maxsize=256)
+def _latency_model(model: str, gpu: str, tp: int, dtype: str, ep: bool, util: float) -> Any:
+    from calibration.latency import LatencyModel
+
+    kwargs: dict[str, Any] = {"expert_parallel": True} if ep else {}
+    return LatencyModel(model, gpu, tp, dtype, **kwargs)
 
 
 @dataclass

@@ -189,14 +189,6 @@ def _supports_ep() -> bool:
     return "expert_parallel" in inspect.signature(LatencyModel.__init__).parameters
 
 
-@lru_cache(maxsize=256)
-def _latency_model(model: str, gpu: str, tp: int, dtype: str, ep: bool, util: float) -> Any:
-    from calibration.latency import LatencyModel
-
-    kwargs: dict[str, Any] = {"expert_parallel": True} if ep else {}
-    return LatencyModel(model, gpu, tp, dtype, **kwargs)
-
-
 def _fits(model: str, gpu: str, tp: int, dtype: str, util: float) -> bool:
     from calibration.registry import fits_in_memory, get_gpu, get_model
 
@@ -207,9 +199,8 @@ def _fits(model: str, gpu: str, tp: int, dtype: str, util: float) -> bool:
     return True
 
 
+#: the GPU memory shares of an agent and a memory engine co-located on the same GPUs
 AGENT_UTIL_COLOCATED = 0.75
-
-
 MEMORY_UTIL_COLOCATED = 0.15
 
 

@@ -15,7 +15,7 @@ from calibration import opmodels as om
 from calibration.e2e_overhead import fit_overhead, load_e2e
 from calibration.errors import ComemInputError, KernelDataError, UnknownNameError
 from calibration.fit import fit_kernel_ops
-from calibration.kernels import KERNEL_FILES, load_kernel_tables
+from calibration.kernels import load_kernel_tables
 from calibration.latency import Batch, LatencyModel
 from calibration.lattice import Lattice
 from calibration.profile import Profile, available_profiles, default_profile
@@ -347,11 +347,6 @@ def test_bad_batches_are_rejected():
         predict_static_latency(lm, 0, 10, 10)
     with pytest.raises(ComemInputError, match="KV blocks"):
         predict_static_latency(lm, 1, 4_000_000, 10)
-
-
-def _write_tables(directory: Path, tables) -> None:
-    for op, (fname, _) in KERNEL_FILES.items():
-        tables.table(op).to_parquet(directory / fname)
 
 
 def test_malformed_kernel_files_name_file_and_problem(tmp_path: Path):

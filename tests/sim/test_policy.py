@@ -1,4 +1,4 @@
-"""The context-policy core (sim/policy.py) on its own: no SimPy, no torch, no time.
+"""The context policies (sim/policy.py, sim/kso.py) on their own: no SimPy, no torch, no time.
 
 A tiny executor below drives a policy the way sim.executor's loop does (under
 sim.agents and live.agent), with summaries that finish after a chosen number of agent
