@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from live.agent import REPLAY_STEP_COLUMNS, ReplayStepRow, drive_blocking
-from sim.rows import IterationRow, RequestRow, StepRow, TaskRow
+from sim.rows import REQUEST_PURPOSES, IterationRow, RequestRow, StepRow, TaskRow
 
 
 def test_drive_blocking_makes_each_call_and_throws_its_error_in():
@@ -93,6 +93,7 @@ def test_requests_parquet_names_what_each_agent_request_was_for(tmp_path):
         ("KSO/agent", "pre-warm"): 4, ("KSO/agent", "step"): 12,
         ("KSO/memory", "summary"): 4,
     }  # fmt: skip
+    assert set(req["purpose"]) <= set(REQUEST_PURPOSES)
     steps = req[req["purpose"] == "step"]
     assert steps["step"].notna().all() and req[req["purpose"] == "pre-warm"]["step"].isna().all()
     assert set(steps["agent"]) == {0, 1}
