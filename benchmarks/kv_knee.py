@@ -16,16 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks.serving_transfer import load_rows
 from calibration.profile import FrameworkOverhead
-from calibration.serving import (
-    SHARED_H100_ASSUMPTIONS,
-    SILICON_ASSUMPTIONS,
-    ServingRow,
-    ServingSetup,
-    load_serving_csv,
-    load_silicon_csv,
-    setup_for,
-)
+from calibration.serving import ServingRow, ServingSetup
 from sim.serving import simulate_row
 
 SCALES = (1.0, 1.25, 1.5, 1.75, 2.0)
@@ -40,19 +33,12 @@ KNEE_ROWS = tuple(
 
 
 def knee_rows(shared: Path) -> list[tuple[ServingRow, ServingSetup]]:
-    data = shared / "data" / "serving"
-    rows = [
-        (r, setup_for(r, SHARED_H100_ASSUMPTIONS))
-        for r in load_serving_csv(data / "vllm_serving_h100.csv")
-    ]
-    silicon, _ = load_silicon_csv(
-        data / "vllm_serving_silicon_more.csv", shared / "data" / "model_configs"
-    )
-    rows += [(r, setup_for(r, SILICON_ASSUMPTIONS)) for r in silicon]
+    """The rows of :data:`KNEE_ROWS`, with the setups the transfer benchmark gives them."""
+    rows, setups, _ = load_rows(shared)
     out = []
     for model, tp, c, isl, osl in KNEE_ROWS:
         out += [
-            (r, s) for r, s in rows
+            (r, s) for r, s in zip(rows, setups, strict=True)
             if model in r.model.lower() and r.gpu == "h100_sxm"
             and (r.tp, r.concurrency, r.isl, r.osl) == (tp, c, isl, osl)
         ][:1]  # fmt: skip
