@@ -475,5 +475,46 @@ def add_cross_validation(
         fit.stats["cv"] = om.cross_validate(op_form(key), f, y, fit.hw)
 
 
+def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Record in every committed profile the coordinate range each kernel op's lattice was
+    fitted on (``Lattice.data_range``: past it the correction is held, not decayed), from
+    the same rows its fit used; nothing is refitted, so every prediction inside the tables
+    stays as it was. The family ops (fitted on their own rows) keep the axes' ends."""
+    from calibration.profile import PROFILE_DIR, Profile, profile_path
+
+    kernels = Path(shared) / "data" / "kernels"
+    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
+    builds = {("h100_sxm", d): GpuTables("vllm-0.19.0") for d in ("bf16", "fp8")}
+    builds |= {
+        ("h200_sxm", d): GpuTables("vllm-0.19.0", fallback="h100_sxm") for d in ("bf16", "fp8")
+    }
+    for name, where in OTHER_GPUS.items():
+        for path in sorted(PROFILE_DIR.glob(f"{name}__*.json")):
+            dtype = path.stem.rsplit("__", 1)[1]
+            if not where.only or dtype in where.only:
+                builds[(name, dtype)] = where
+    written = []
+    for (name, dtype), where in builds.items():
+        replace = {op: kernels / name / rel for op, rel in where.replace}
+        tables = load_kernel_tables(kernels / name / where.folder, replace)
+        fallback = (
+            load_kernel_tables(kernels / where.fallback / where.folder) if where.fallback else None
+        )
+        prof = Profile.load(profile_path(name, dtype))
+        for key, fit in prof.ops.items():
+            rows = _op_rows(key, tables, dtype, fallback)
+            fitted = fit.stats.get("with_lattice", {}).get("rows")
+            if fit.lattice is None or rows is None or len(rows[1]) != fitted:
+                continue  # not its rows (a family op, or fitted on another table)
+            coords = op_form(key).coords(rows[0])
+            fit.lattice.data_range = [(float(np.min(c)), float(np.max(c))) for c in coords]
+        prof.provenance["data_ranges"] = (
+            f"lattice data ranges added by add_data_ranges at {code_commit()},"
+            f" {_dt.date.today().isoformat()}"
+        )
+        written.append(prof.save(out / profile_path(name, dtype).name))
+    return written
+
+
 #: The family op prefixes (calibration.family_fit).
 FAMILIES = ("mla", "dsa", "gdn")

@@ -2,10 +2,17 @@
 
 Each per-op model is a roofline (physics) times ``exp(lattice(log2 features))``. The
 lattice absorbs kernel-selection effects (tile shapes, split-K, wave quantization)
-that no compact formula captures, while the roofline keeps extrapolation sane: the
-lattice is clamped at its edges, so outside the measured range only the physics
-scales. Values are fitted by ridge least squares on log residuals, so knots without
-data stay at 0 (no correction).
+that no compact formula captures, while the roofline keeps extrapolation sane: outside
+the measured range only the physics scales. Values are fitted by ridge least squares on
+log residuals, so knots without data stay at 0 (no correction).
+
+Past the data the correction is held at its value at the data's edge (``data_range``),
+not let decay to 0 between the last measured knot and the next: fitted on part of a
+table and scored on the rest (longer prefills and KV caches, more tokens per GEMM,
+experts sliced more ways), holding it extrapolates better in 21 of 24 op/GPU/dtype cases
+(``benchmarks/op_extrapolation.py``; e.g. a MoE sliced 4-8 ways from its 1-2-way rows,
+9.9-14.9% against 11.7-19.9%). It loses on H200's prefill table, which the profiles do
+not use (inconsistent: H100's is fitted instead), and on H100's bf16 decode (6.6% / 5.2%).
 """
 
 from __future__ import annotations
@@ -24,19 +31,32 @@ class Lattice:
 
     axes: list[np.ndarray]
     values: np.ndarray
-    _py: tuple[list[list[float]], list[float], list[int]] | None = field(
+    #: per axis, the (low, high) log2 coordinates the fit saw; a point outside is evaluated
+    #: at the nearest edge (None: the axes' own ends, as profiles written before it)
+    data_range: list[tuple[float, float]] | None = None
+    _py: tuple[list[list[float]], list[float], list[int], list[tuple[float, float]]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
     def _corners(self, coords: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         lows, weights = [], []
-        for axis, c in zip(self.axes, coords, strict=True):
-            c = np.clip(np.asarray(c, dtype=float), axis[0], axis[-1])
+        for axis, c, (lo, hi) in zip(self.axes, coords, self._edges(), strict=True):
+            c = np.clip(np.asarray(c, dtype=float), lo, hi)
             i = np.clip(np.searchsorted(axis, c, side="right") - 1, 0, len(axis) - 2)
             w = (c - axis[i]) / (axis[i + 1] - axis[i])
             lows.append(i)
             weights.append(w)
         return lows, weights
+
+    def _edges(self) -> list[tuple[float, float]]:
+        """Where each axis's coordinate is clamped: the data's range within the axis."""
+        ends = [(float(a[0]), float(a[-1])) for a in self.axes]
+        if self.data_range is None:
+            return ends
+        return [
+            (min(max(lo, a0), a1), max(min(hi, a1), a0))
+            for (lo, hi), (a0, a1) in zip(self.data_range, ends, strict=True)
+        ]
 
     def _stencil(self, coords: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Flat knot indices and weights of the 2^d corners around each point."""
@@ -79,12 +99,13 @@ class Lattice:
                 [list(map(float, a)) for a in self.axes],
                 self.values.ravel().tolist(),
                 strides,
+                self._edges(),
             )
-        axes, values, strides = self._py
+        axes, values, strides, edges = self._py
         base = 0
         spans: list[tuple[int, float]] = []
-        for axis, c, stride in zip(axes, coords, strides, strict=True):
-            c = min(max(c, axis[0]), axis[-1])
+        for axis, c, stride, (lo, hi) in zip(axes, coords, strides, edges, strict=True):
+            c = min(max(c, lo), hi)
             i = min(max(bisect.bisect_right(axis, c) - 1, 0), len(axis) - 2)
             w = (c - axis[i]) / (axis[i + 1] - axis[i])
             base += i * stride
@@ -129,16 +150,24 @@ class Lattice:
         )
         solution = lsqr(design, np.asarray(log_residual, dtype=float), damp=ridge)[0]
         lat.values = solution.reshape(lat.values.shape)
+        lat.data_range = [
+            (float(np.min(c)), float(np.max(c))) for c in (np.asarray(c, float) for c in coords)
+        ]
         return lat
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "axes_log2": [[float(v) for v in a] for a in self.axes],
             "log_values": [round(float(v), 5) for v in self.values.ravel()],
         }
+        if self.data_range is not None:
+            out["data_range_log2"] = [[round(lo, 5), round(hi, 5)] for lo, hi in self.data_range]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Lattice:
         axes = [np.asarray(a, dtype=float) for a in data["axes_log2"]]
         values = np.asarray(data["log_values"], dtype=float).reshape(tuple(len(a) for a in axes))
-        return cls(axes, values)
+        rng = data.get("data_range_log2")
+        data_range = None if rng is None else [(float(lo), float(hi)) for lo, hi in rng]
+        return cls(axes, values, data_range)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,21 @@ def test_malformed_profile_files(tmp_path: Path):
         Profile.load(bad)
     with pytest.raises(ComemInputError, match="no embedded profile"):
         default_profile("h100_sxm", "int8")
+
+
+def test_the_lattice_holds_its_correction_past_the_data():
+    """Fitted on coordinates 2-4 of knots 0-8, the correction at 6 is the one at 4 (the
+    data's edge), in the array and the scalar path, and survives a profile's JSON; a
+    lattice without a recorded range (a profile written before) decays to no correction
+    at the next knot without data, as it did."""
+    coords = np.linspace(2.0, 4.0, 9)
+    lat = Lattice.fit([np.arange(9.0)], [coords], np.full(9, 0.3), ridge=1e-6)
+    assert lat.data_range == [(2.0, 4.0)]
+    edge = float(lat.log_factor(np.array([4.0]))[0])
+    assert edge == pytest.approx(0.3, abs=1e-3)
+    assert float(lat.log_factor(np.array([6.0]))[0]) == pytest.approx(edge)
+    assert math.log(lat.factor_scalar(7.5)) == pytest.approx(edge)
+    again = Lattice.from_dict(lat.to_dict())
+    assert float(again.log_factor(np.array([6.0]))[0]) == pytest.approx(edge, abs=1e-4)
+    old = Lattice(lat.axes, lat.values)  # no data range: the axes' ends
+    assert abs(float(old.log_factor(np.array([6.0]))[0])) < 1e-3
