@@ -7,7 +7,7 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -479,7 +479,8 @@ def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> li
     """Record in every committed profile the coordinate range each kernel op's lattice was
     fitted on (``Lattice.data_range``: past it the correction is held, not decayed), from
     the same rows its fit used; nothing is refitted, so every prediction inside the tables
-    stays as it was. The family ops (fitted on their own rows) keep the axes' ends."""
+    stays as it was. An op whose rows cannot be found again (their count differs from its
+    fit's) keeps the axes' ends."""
     from calibration.profile import PROFILE_DIR, Profile, profile_path
 
     kernels = Path(shared) / "data" / "kernels"
@@ -501,19 +502,41 @@ def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> li
             load_kernel_tables(kernels / where.fallback / where.folder) if where.fallback else None
         )
         prof = Profile.load(profile_path(name, dtype))
-        for key, fit in prof.ops.items():
+        coords = _family_coords(kernels / name, tables, prof, dtype)
+        for key in prof.ops:
             rows = _op_rows(key, tables, dtype, fallback)
-            fitted = fit.stats.get("with_lattice", {}).get("rows")
-            if fit.lattice is None or rows is None or len(rows[1]) != fitted:
-                continue  # not its rows (a family op, or fitted on another table)
-            coords = op_form(key).coords(rows[0])
-            fit.lattice.data_range = [(float(np.min(c)), float(np.max(c))) for c in coords]
+            if rows is not None:
+                coords[key] = (len(rows[1]), op_form(key).coords(rows[0]))
+        for key, (count, axes) in coords.items():
+            op = prof.ops.get(key)
+            if op is None or op.lattice is None or count != op.stats["with_lattice"]["rows"]:
+                continue  # not the rows it was fitted on
+            op.lattice.data_range = [(float(np.min(c)), float(np.max(c))) for c in axes]
         prof.provenance["data_ranges"] = (
             f"lattice data ranges added by add_data_ranges at {code_commit()},"
             f" {_dt.date.today().isoformat()}"
         )
         written.append(prof.save(out / profile_path(name, dtype).name))
     return written
+
+
+def _family_coords(
+    gpu_dir: Path, tables: KernelTables, prof: Profile, dtype: str
+) -> dict[str, tuple[int, list[np.ndarray]]]:
+    """Per attention-family op, the count and lattice coordinates of the rows
+    :func:`calibration.family_fit.fit_family_ops` fits it on (found as it finds them)."""
+    from calibration.family_fit import fit_family_ops
+
+    spec = get_gpu(prof.gpu)
+    hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
+    hw["sm_count"] = float(spec.sm_count)
+    gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], dtype)
+
+    def rows_of(form: om.OpForm, f: om.Features, y: np.ndarray, _: Any) -> Any:
+        return (len(y), form.coords(f))
+
+    found, _ = fit_family_ops(sorted(gpu_dir.glob("vllm-*")), prof.ops, hw, gemm_type, rows_of)
+    return cast(dict[str, tuple[int, list[np.ndarray]]], found)
 
 
 #: The family op prefixes (calibration.family_fit).
