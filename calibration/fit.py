@@ -237,13 +237,8 @@ def fit_profile(
     fallback = load_kernel_tables(fallback_kernel_dir) if fallback_kernel_dir else None
     ops, notes = fit_kernel_ops(tables, spec, dtype, fallback, cross_validate)
     if family_folders:
-        from calibration.family_fit import fit_family_ops
-
-        hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
-        hw["sm_count"] = float(spec.sm_count)
-        gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], check_dtype(dtype))
-        family, family_notes = fit_family_ops(
-            family_folders, ops, hw, gemm_type, _fitter(cross_validate)
+        family, family_notes = _fit_families(
+            family_folders, ops, spec, tables, dtype, _fitter(cross_validate)
         )
         ops |= family
         notes += family_notes
@@ -409,7 +404,6 @@ def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> lis
     """Add the attention families' ops (:mod:`calibration.family_fit`) to the committed
     H100/H200 bf16/fp8 profiles, leaving every other op and their overhead blocks as they
     are (those come from :func:`build_default_profiles` and ``calibrate fit-serving``)."""
-    from calibration.family_fit import fit_family_ops
     from calibration.profile import PROFILE_DIR, Profile, profile_path
 
     kernels = Path(shared) / "data" / "kernels"
@@ -420,11 +414,8 @@ def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> lis
         tables = load_kernel_tables(kernels / name / "vllm-0.19.0")
         for dtype in ("bf16", "fp8"):
             prof = Profile.load(profile_path(name, dtype))
-            hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
-            hw["sm_count"] = float(spec.sm_count)
-            gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], dtype)
             folders = sorted((kernels / name).glob("vllm-*"))
-            family, notes = fit_family_ops(folders, prof.ops, hw, gemm_type, _fitter(True))
+            family, notes = _fit_families(folders, prof.ops, spec, tables, dtype, _fitter(True))
             prof.ops = {k: v for k, v in prof.ops.items() if k.split("_")[0] not in FAMILIES}
             prof.ops |= family
             kept = [n for n in prof.provenance.get("notes", []) if not n.startswith(FAMILIES)]
@@ -524,19 +515,33 @@ def _family_coords(
     gpu_dir: Path, tables: KernelTables, prof: Profile, dtype: str
 ) -> dict[str, tuple[int, list[np.ndarray]]]:
     """Per attention-family op, the count and lattice coordinates of the rows
-    :func:`calibration.family_fit.fit_family_ops` fits it on (found as it finds them)."""
-    from calibration.family_fit import fit_family_ops
-
-    spec = get_gpu(prof.gpu)
-    hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
-    hw["sm_count"] = float(spec.sm_count)
-    gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], dtype)
+    :func:`_fit_families` fits it on (found as it finds them)."""
 
     def rows_of(form: om.OpForm, f: om.Features, y: np.ndarray, _: Any) -> Any:
         return (len(y), form.coords(f))
 
-    found, _ = fit_family_ops(sorted(gpu_dir.glob("vllm-*")), prof.ops, hw, gemm_type, rows_of)
+    folders = sorted(gpu_dir.glob("vllm-*"))
+    found, _ = _fit_families(folders, prof.ops, get_gpu(prof.gpu), tables, dtype, rows_of)
     return cast(dict[str, tuple[int, list[np.ndarray]]], found)
+
+
+def _fit_families(
+    folders: list[Path],
+    ops: dict[str, OpFit],
+    spec: GpuSpec,
+    tables: KernelTables,
+    dtype: str,
+    fit_op: Any,
+) -> tuple[dict[str, OpFit], list[str]]:
+    """The attention families' ops of ``folders`` (:func:`calibration.family_fit.fit_family_ops`)
+    on ``spec``'s hardware, their module rows' GEMMs in ``dtype``'s kernel (every caller:
+    the profile fit, add_family_ops, add_data_ranges)."""
+    from calibration.family_fit import fit_family_ops
+
+    hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}
+    hw["sm_count"] = float(spec.sm_count)
+    gemm_type = om.kernel_dtype(tables.gemm["gemm_dtype"], check_dtype(dtype))
+    return fit_family_ops(folders, ops, hw, gemm_type, fit_op)
 
 
 #: The family op prefixes (calibration.family_fit).
