@@ -357,7 +357,8 @@ OVERHEAD_DONOR = {"bf16": "bf16", "fp8": "fp8", "fp4": "fp8", "int4": "bf16", "m
 
 def profile_dtypes(tables: KernelTables, gpu: GpuSpec) -> list[str]:
     """The weight dtypes a GPU's tables price: its GEMM dtype's rows and peak FLOP/s (fp8,
-    fp4), or, for the expert-only dtypes, its MoE table's rows (int4, mxfp4)."""
+    fp4), or, for the expert-only dtypes (int4, mxfp4), its bf16 MoE rows
+    (:mod:`calibration.weight_only`)."""
     gemm = set(tables.gemm["gemm_dtype"])
     moe = set(tables.moe["moe_dtype"])
     found = ["bf16"]

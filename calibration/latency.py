@@ -299,7 +299,7 @@ class LatencyModel:
         #: why the bands may not cover this model ("" when they do): they come from
         #: full-attention GQA models in bf16/fp8; other families and 4-bit weights were
         #: measured only as held-out checks (docs/explanation/latency-model.md:
-        #: gpt-oss-120b +34%, Kimi-K2.5 +112% TPOT on H200)
+        #: gpt-oss-120b and Kimi-K2.5, TPOT within 9-15%, prefill-heavy rows too fast)
         self.band_caveat = self._band_caveat()
 
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
@@ -324,8 +324,8 @@ class LatencyModel:
             return ""
         return (
             f"{', '.join(outside)}: outside the GQA bf16/fp8 rows the error bands come from"
-            " (held out, such models measured +34% to +112% TPOT:"
-            " docs/explanation/latency-model.md)"
+            " (never fitted: gpt-oss-120b and Kimi-K2.5 measured TPOT 9-15%, TTFT 24-37%,"
+            " prefill-heavy rows too fast: docs/explanation/latency-model.md)"
         )
 
     def _plus_overhead(

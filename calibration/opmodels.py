@@ -392,9 +392,11 @@ def _median_of_repeats(rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
 #: kernel dtype names in the aiconfigurator tables for each profile dtype, GEMM and MoE.
 #: fp8 uses the block-scaled kernels (the FP8 checkpoints of GLM-4.7 and Qwen3-Coder are
 #: 128x128 block-quantized); fp4 the NVFP4 ones (CUTLASS GEMM, FlashInfer TRT-LLM MoE); the
-#: weight-only dtypes keep bf16 GEMMs and quantize the experts (Marlin int4, MXFP4 MoE).
+#: weight-only dtypes keep bf16 GEMMs and quantize the experts, whose op is the bf16
+#: fused-MoE fit priced at 4-bit weight bytes (the tables' Marlin int4 / MXFP4 rows are
+#: refuted by served models: :mod:`calibration.weight_only`).
 KERNEL_DTYPES = {"bf16": "bfloat16", "fp8": "fp8_block", "fp4": "nvfp4"}
-MOE_KERNEL_DTYPES = KERNEL_DTYPES | {"int4": "int4_wo", "mxfp4": "w4a16_mxfp4"}
+MOE_KERNEL_DTYPES = KERNEL_DTYPES | {"int4": "bfloat16", "mxfp4": "bfloat16"}
 
 #: Bytes per weight element of each table dtype name (scales included, see
 #: :data:`calibration.dtypes.DTYPE_BYTES`).

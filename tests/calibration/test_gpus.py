@@ -15,15 +15,11 @@ from tests.cli_helpers import run_comem
 
 #: (gpu, dtype) -> vLLM version folder of its kernel tables
 OTHER = {
-    **{("b200_sxm", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4", "mxfp4")},
-    **{("b300_sxm", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4")},
-    **{("gb200", d): "0.19.0" for d in ("bf16", "fp8", "fp4", "int4")},
-    ("a100_sxm", "bf16"): "0.14.0",
-    ("l40s", "bf16"): "0.22.0",
-    ("l40s", "int4"): "0.22.0",
-    ("h100_sxm", "int4"): "0.19.0",
-    ("h200_sxm", "int4"): "0.19.0",
-    ("h200_sxm", "mxfp4"): "0.19.0",
+    **{(g, d): "0.19.0" for g in ("b200_sxm", "b300_sxm", "gb200") for d in ("bf16", "fp8", "fp4")},
+    **{(g, d): "0.19.0" for g in ("b200_sxm", "b300_sxm", "gb200") for d in ("int4", "mxfp4")},
+    **{("a100_sxm", d): "0.14.0" for d in ("bf16", "int4", "mxfp4")},
+    **{("l40s", d): "0.22.0" for d in ("bf16", "int4", "mxfp4")},
+    **{(g, d): "0.19.0" for g in ("h100_sxm", "h200_sxm") for d in ("int4", "mxfp4")},
 }
 DONOR = {"bf16": "bf16", "fp8": "fp8", "fp4": "fp8", "int4": "bf16", "mxfp4": "bf16"}
 

@@ -1,0 +1,109 @@
+"""The weight-only 4-bit experts (int4, mxfp4): the bf16 fused-MoE kernel's fit at 4-bit
+weight bytes (:mod:`calibration.weight_only`), and the served model that refutes the
+tables' own Marlin int4 kernel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibration import opmodels as om
+from calibration.dtypes import EXPERT_ONLY_DTYPES
+from calibration.kernels import load_kernel_tables
+from calibration.latency import Batch, LatencyModel
+from calibration.profile import (
+    PROFILE_DIR,
+    available_profiles,
+    default_profile,
+    profile_path,
+    read_profile_json,
+)
+from calibration.registry import get_model
+from calibration.weight_only import WEIGHT_ONLY_MOE_RULE, add_weight_only_profiles
+
+
+def _raw(gpu: str, dtype: str) -> dict:
+    return read_profile_json(profile_path(gpu, dtype))
+
+
+MOE_GPUS = sorted(
+    g for g, _, d in available_profiles() if d == "bf16" and "moe" in default_profile(g, d).ops
+)
+
+
+def test_every_gpu_that_prices_moe_has_both_weight_only_profiles() -> None:
+    have = {(g, d) for g, _, d in available_profiles()}
+    assert len(MOE_GPUS) >= 7
+    for gpu in MOE_GPUS:
+        for dtype in EXPERT_ONLY_DTYPES:
+            assert (gpu, dtype) in have
+            prof = _raw(gpu, dtype)
+            assert prof["ops"]["moe"] == _raw(gpu, "bf16")["ops"]["moe"], (gpu, dtype)
+            assert prof["provenance"]["kernel_dtypes"]["moe"] == "bfloat16"
+            assert prof["provenance"]["weight_only_moe"].startswith(WEIGHT_ONLY_MOE_RULE)
+
+
+def test_writing_them_again_changes_nothing(tmp_path: Path) -> None:
+    for path in add_weight_only_profiles(tmp_path):
+        again, committed = read_profile_json(path), read_profile_json(PROFILE_DIR / path.name)
+        assert again["ops"] == committed["ops"], path.name
+        assert again["overhead"] == committed["overhead"], path.name
+
+
+def _moe_s(dtype: str, tokens: int, model: str = "kimi-k2.5", tp: int = 8) -> float:
+    lm = LatencyModel(get_model(model), "h200_sxm", tp, dtype, include_overhead=False)
+    return lm.breakdown(Batch(decode_kv=[2048] * tokens))["moe"]
+
+
+@pytest.mark.parametrize("tokens", [1, 4, 16, 64])
+def test_4_bit_experts_decode_between_their_bytes_and_bf16(tokens: int) -> None:
+    # a decode reads the touched experts' weights: 4-bit ones (0.5625 B with scales) take
+    # less time than bf16 (2 B), never less than their byte ratio allows
+    for dtype, low in (("int4", 0.5625 / 2.0), ("mxfp4", 0.53125 / 2.0)):
+        quantized = _moe_s(dtype, tokens, "qwen3-30b-a3b", 1)
+        assert low * 0.9 < quantized / _moe_s("bf16", tokens, "qwen3-30b-a3b", 1) < 1.0
+
+
+def _served_tpot_ms(shared: Path, concurrency: int) -> float:
+    rows = pd.read_csv(shared / "data" / "serving" / "vllm_serving_silicon_more.csv")
+    kimi = rows[
+        (rows["model_path"] == "moonshotai/Kimi-K2.5")
+        & (rows["isl"] == 1024)
+        & (rows["osl"] == 1024)
+        & rows["silicon_data_source"].str.contains(f"silicon_concurrency={concurrency};")
+    ]
+    assert len(kimi), concurrency
+    return float(kimi["silicon_tpot_ms"].min())
+
+
+@pytest.mark.parametrize("concurrency", [16, 32, 64])
+def test_kimi_served_faster_than_the_marlin_table_allows(
+    shared_dir: Path, concurrency: int
+) -> None:
+    # the table's int4 (Marlin) MoE alone, 60 layers at the step's token count, exceeds the
+    # whole measured step (every op) of Kimi-K2.5 on 8 x H200; the priced MoE does not
+    tpot = _served_tpot_ms(shared_dir, concurrency)
+    moe = load_kernel_tables(shared_dir / "data" / "kernels" / "h200_sxm" / "vllm-0.19.0").moe
+    table = moe[
+        (moe["moe_dtype"] == "int4_wo")
+        & (moe["hidden_size"] == 7168)
+        & (moe["num_experts"] == 384)
+        & (moe["moe_tp_size"] == 8)
+        & (moe["moe_ep_size"] == 1)
+        & (moe["num_tokens"] == concurrency)
+    ]
+    assert len(table)
+    marlin_ms = 60 * float(table["latency"].min())
+    assert marlin_ms > tpot
+    assert _moe_s("int4", concurrency) * 1e3 < 0.8 * tpot
+
+
+def test_fresh_fits_take_the_bf16_rows(shared_dir: Path) -> None:
+    tables = load_kernel_tables(shared_dir / "data" / "kernels" / "h200_sxm" / "vllm-0.19.0")
+    f_bf16, y_bf16 = om.moe_rows(tables.moe, "bf16")
+    for dtype in EXPERT_ONLY_DTYPES:
+        f, y = om.moe_rows(tables.moe, dtype)
+        assert np.array_equal(y, y_bf16) and all(np.array_equal(f[k], f_bf16[k]) for k in f)
