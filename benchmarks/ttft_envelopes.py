@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving_transfer import keep_physical, load_rows, short, split_validation
+from benchmarks.serving_transfer import keep_physical, load_rows, short
 from calibration.profile import FrameworkOverhead
 from sim.serving import evaluate_rows
 
@@ -146,7 +146,6 @@ def main() -> None:
     args = ap.parse_args()
     delays = [float(x) for x in args.delays.split(",") if x]
     rows, setups, _ = load_rows(Path(args.shared))
-    rows, setups, _, _ = split_validation(rows, setups)
     rows, setups, dropped = keep_physical(rows, setups)
     overhead = FrameworkOverhead(**json.loads(Path(args.overhead).read_text())["async"]["joint"])
     print(f"{len(rows)} rows ({len(dropped)} below the roofline left out); overhead {overhead}")

@@ -47,6 +47,15 @@ def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
+#: What the serving fit's error bands were measured on (benchmarks/serving_transfer.py: five
+#: models, H100 and H200): a prediction outside it gets a caveat beside its interval.
+BAND_SOURCE: dict[str, frozenset[str]] = {
+    "families": frozenset({"mla", "sliding window"}),  # besides full GQA attention
+    "dtypes": frozenset({"bf16", "fp8", "int4", "mxfp4"}),
+    "gpus": frozenset({"h100_sxm", "h200_sxm"}),
+}
+
+
 @dataclass(frozen=True)
 class Batch:
     """What one iteration schedules.
@@ -296,10 +305,8 @@ class LatencyModel:
         self.set_overhead(self.profile.framework_overhead(framework))
         #: metric -> band of the overhead fit's cross-validated errors (for intervals)
         self.error_bands = self.profile.framework_bands(framework)
-        #: why the bands may not cover this model ("" when they do): they come from
-        #: full-attention GQA models in bf16/fp8; other families and 4-bit weights were
-        #: measured only as held-out checks (docs/explanation/latency-model.md:
-        #: gpt-oss-120b and Kimi-K2.5, TPOT within 9-15%, prefill-heavy rows too fast)
+        #: why the bands may not cover this model ("" when they do): they come from the
+        #: serving rows' held-out errors (:data:`BAND_SOURCE`)
         self.band_caveat = self._band_caveat()
 
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
@@ -313,19 +320,19 @@ class LatencyModel:
 
     def _band_caveat(self) -> str:
         decode_parts = [part for part, _ in self.attention.decode_parts]
-        families = sorted(
-            {p.op for p in decode_parts if p.op != "attention"}
-            | {"sliding window" for p in decode_parts if p.window is not None}
-        )
-        outside = [*families] + (
-            [f"{self.dtype} weights"] if self.dtype not in ("bf16", "fp8") else []
-        )
+        families = {p.op for p in decode_parts if p.op != "attention"}
+        families |= {"sliding window" for p in decode_parts if p.window is not None}
+        outside = sorted(families - BAND_SOURCE["families"])
+        if self.dtype not in BAND_SOURCE["dtypes"]:
+            outside.append(f"{self.dtype} weights")
+        if self.gpu.name not in BAND_SOURCE["gpus"]:
+            outside.append(self.gpu.name)
         if not outside:
             return ""
         return (
-            f"{', '.join(outside)}: outside the GQA bf16/fp8 rows the error bands come from"
-            " (never fitted: gpt-oss-120b and Kimi-K2.5 measured TPOT 9-15%, TTFT 24-37%,"
-            " prefill-heavy rows too fast: docs/explanation/latency-model.md)"
+            f"{', '.join(outside)}: outside the serving rows the error bands come from (GQA,"
+            " MLA and sliding-window models in bf16, fp8, int4 and MXFP4 on H100 and H200:"
+            " docs/explanation/latency-model.md)"
         )
 
     def _plus_overhead(
