@@ -47,10 +47,9 @@ from calibration.serving import (
     load_serving_csv,
     load_silicon_csv,
     setup_for,
-    tpot_lower_bound,
 )
 from calibration.serving_fit import SERVING_FIT_TERMS, error_summary
-from sim.serving import evaluate_rows, fit_rows
+from sim.serving import evaluate_rows, fit_rows, physical_rows
 
 #: processes simulating rows (results do not depend on it)
 WORKERS = 2
@@ -90,29 +89,9 @@ def load_rows(shared: Path) -> tuple[list[ServingRow], list[ServingSetup], list[
 def keep_physical(
     rows: list[ServingRow], setups: list[ServingSetup]
 ) -> tuple[list[ServingRow], list[ServingSetup], list[str]]:
-    """Rows whose measured TPOT is not below the roofline bound, and whose run's other rows
-    are not either (the others cannot be what their columns say: left out, named).
-
-    A run is one model, GPU, vLLM version and client count: gpt-oss-120b's 512-client
-    rows on vLLM 0.11.2 measure TPOTs below the bound on 7 of 9 rows, so that server ran
-    fewer sequences than the clients sent (an unstated limit) and its 2 other rows, above
-    the bound, are not what their columns say either."""
-    bounds = [tpot_lower_bound(r, s) for r, s in zip(rows, setups, strict=True)]
-
-    def run(r: ServingRow) -> tuple[str, str, str, int]:
-        return (r.model, r.gpu, r.vllm_version, r.concurrency)
-
-    bad_runs = {run(r) for r, b in zip(rows, bounds, strict=True) if r.tpot_s < b}
-    kept_r, kept_s, out = [], [], []
-    for r, s, bound in zip(rows, setups, bounds, strict=True):
-        if r.tpot_s < bound:
-            out.append(f"{short(r.model)} {r.label}: TPOT {r.tpot_s * 1e3:.2f} < {bound * 1e3:.2f}")
-        elif run(r) in bad_runs:
-            out.append(f"{short(r.model)} {r.label}: a row of the same run is below the bound")
-        else:
-            kept_r.append(r)
-            kept_s.append(s)
-    return kept_r, kept_s, out
+    """The rows a fit may use (:func:`sim.serving.physical_rows`), and a line per other."""
+    kept_r, kept_s, out = physical_rows(rows, setups)
+    return kept_r, kept_s, [f"{short(x.row.model)} {x.row.label}: {x.why()}" for x in out]
 
 
 def _with_async(setups: list[ServingSetup], value: bool | None) -> list[ServingSetup]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -330,14 +330,55 @@ def cross_validate(
     return out
 
 
+class LeftOut(NamedTuple):
+    """A serving row no fit uses: its own TPOT, or another row of its run, is below the
+    roofline bound (:func:`calibration.serving.tpot_lower_bound`)."""
+
+    row: ServingRow
+    #: the row's own TPOT lower bound, seconds
+    bound_s: float
+
+    def why(self) -> str:
+        if self.row.tpot_s < self.bound_s:
+            return (
+                f"measured TPOT {self.row.tpot_s * 1e3:.2f} ms is below the roofline bound"
+                f" {self.bound_s * 1e3:.2f} ms"
+            )
+        return "a row of the same run (model, GPU, vLLM version, clients) is below its bound"
+
+
+def physical_rows(
+    rows: Sequence[ServingRow], setups: Sequence[ServingSetup]
+) -> tuple[list[ServingRow], list[ServingSetup], list[LeftOut]]:
+    """The rows a fit may use, and the others (:class:`LeftOut`): a row whose measured TPOT
+    is below its roofline bound cannot be what its columns say, and neither can the other
+    rows of its run (one model, GPU, vLLM version and client count). gpt-oss-120b's
+    512-client run on vLLM 0.11.2 is below the bound on 7 of its 9 rows: that server ran
+    fewer sequences than the clients sent (an unstated limit), on its 2 other rows too."""
+    bounds = [tpot_lower_bound(r, s) for r, s in zip(rows, setups, strict=True)]
+
+    def run(r: ServingRow) -> tuple[str, str, str, int]:
+        return (r.model, r.gpu, r.vllm_version, r.concurrency)
+
+    bad = {run(r) for r, b in zip(rows, bounds, strict=True) if r.tpot_s < b}
+    kept_r, kept_s, out = [], [], []
+    for r, s, b in zip(rows, setups, bounds, strict=True):
+        if run(r) in bad:
+            out.append(LeftOut(r, b))
+        else:
+            kept_r.append(r)
+            kept_s.append(s)
+    return kept_r, kept_s, out
+
+
 @dataclass
 class ServingCalibration:
     """``comem calibrate fit-serving``'s result: the fits and their errors."""
 
     rows: list[ServingRow]
     setups: list[ServingSetup]
-    #: rows left out of every fit: measured TPOT below the physical bound (seconds)
-    excluded: list[tuple[ServingRow, float]]
+    #: rows left out of every fit (:func:`physical_rows`)
+    excluded: list[LeftOut]
     fit: ServingFit
     framework: str
     per_version: dict[str, ServingFit] = field(default_factory=dict)
@@ -352,8 +393,7 @@ class ServingCalibration:
         """Profile ``overheads`` entries: the pooled fit (with its cross-validation) and
         one per framework version."""
         cv = cross_validation_record({m: t for m, (_, t) in self.cross_validation.items()})
-        excluded = [f"{r.label} (TPOT {r.tpot_s * 1e3:.2f} ms < bound {b * 1e3:.2f})"
-                    for r, b in self.excluded]  # fmt: skip
+        excluded = [f"{x.row.label} ({x.why()})" for x in self.excluded]
         out = {
             self.framework: overhead_entry(self.fit, self.framework, source, assumptions_note, cv)
             | {"excluded_rows": excluded}
@@ -373,24 +413,16 @@ def calibrate_serving(
     profiles: Profiles = None,
 ) -> ServingCalibration:
     """Fit the serving overhead on ``rows`` (pooled, and per framework version), with
-    leave-one-model-out cross-validation. Rows below :func:`tpot_lower_bound` are left out."""
+    leave-one-model-out cross-validation. Rows :func:`physical_rows` rejects are left out."""
     setups = [setup_for(r, assumptions) for r in rows]
     for r, s in zip(rows, setups, strict=True):  # a server that cannot exist, a huge run
         try:
             check_config(bench_config(r, s))
         except ComemInputError as exc:
             raise ComemInputError(f"serving row {r.label}: {exc}") from None
-    keep, excluded = [], []
-    for r, s in zip(rows, setups, strict=True):
-        bound = tpot_lower_bound(r, s)
-        if r.tpot_s < bound:
-            excluded.append((r, bound))
-        else:
-            keep.append((r, s))
-    if not keep:
+    kept_rows, kept_setups, excluded = physical_rows(rows, setups)
+    if not kept_rows:
         raise ComemInputError("fit-serving: every row is below its roofline bound")
-    kept_rows = [r for r, _ in keep]
-    kept_setups = [s for _, s in keep]
     pooled = fit_rows(kept_rows, kept_setups, None, fit_terms, profiles)
     result = ServingCalibration(kept_rows, kept_setups, excluded, pooled, framework)
     if per_version:

@@ -200,11 +200,8 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    for r, bound in result.excluded:
-        print(
-            f"left out: {r.label}: measured TPOT {r.tpot_s * 1e3:.2f} ms is below the"
-            f" roofline bound {bound * 1e3:.2f} ms"
-        )
+    for left in result.excluded:
+        print(f"left out: {left.row.label}: {left.why()}")
     for name, entry in entries.items():
         terms = ", ".join(
             f"{k} {entry[k] * 1e3:.3f} ms" for k in ("per_iteration_s", "request_overhead_s")

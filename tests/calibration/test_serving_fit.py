@@ -29,7 +29,7 @@ from calibration.serving import (
 from calibration.serving_fit import RowFeatures, fit_serving_overhead
 from sim.bench_serve import BenchServeConfig, first_sends, run_bench_serve, warmup_count
 from sim.config import EngineConfig
-from sim.serving import evaluate_rows, fit_rows, simulate_row
+from sim.serving import evaluate_rows, fit_rows, physical_rows, simulate_row
 
 TRUE = FrameworkOverhead(per_iteration_s=1.5e-3, per_sequence_s=3e-5, request_overhead_s=5e-3)
 
@@ -469,3 +469,18 @@ def test_kv_scale_moves_a_row_across_the_knee():
     assert tight.preemptions > 0 and roomy.preemptions == 0
     assert tight.kv_cache_tokens < 36_864 < roomy.kv_cache_tokens
     assert tight.ttft_s > roomy.ttft_s
+
+
+def test_a_run_with_a_row_below_the_bound_is_left_out_whole() -> None:
+    # a TPOT below what streaming the weights allows cannot be what the columns say, and
+    # the other rows of that run (same model, GPU, version, clients) are not trusted either
+    def row(c: int, isl: int, tpot_ms: float) -> ServingRow:
+        return ServingRow("llama-3-8b", "h100_sxm", "bf16", 1, c, isl, 64, 0.1, tpot_ms / 1e3)
+
+    rows = [row(8, 256, 0.01), row(8, 1024, 50.0), row(16, 256, 50.0)]
+    setups = [ServingSetup() for _ in rows]
+    kept, kept_setups, left = physical_rows(rows, setups)
+    assert kept == [rows[2]] and len(kept_setups) == 1
+    assert [x.row for x in left] == rows[:2]
+    assert "below the roofline bound" in left[0].why()
+    assert "same run" in left[1].why()

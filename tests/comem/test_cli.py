@@ -524,7 +524,7 @@ def test_run_bad_scenario_files_are_one_line(tmp_path: Path, content: str, needl
 def test_validate_quick_passes_every_computed_rung() -> None:
     """Every rung this run measures passes; the stored calibration rungs report what the
     fits recorded. One of them misses its goal today and says so (exit 1): bench-serve
-    TPOT on models left out of the serving fit, 9.1% against 8% (README, latency model)."""
+    TPOT on models left out of the serving fit, 9.9% against 8% (docs, latency model)."""
     proc = run_comem("validate", "--quick", "--json")
     data = json.loads(proc.stdout)
     assert len(data["rungs"]) >= 6
