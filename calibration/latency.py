@@ -38,6 +38,7 @@ from calibration.opmodels import OpFit
 from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile
 from calibration.registry import GpuSpec, fits_in_memory, get_gpu, get_model, profile_run_bytes
 from calibration.token_ops import LINEAR_OP_KEYS, TokenOpCost
+from calibration.uncertainty import band_caveat
 
 
 def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -45,15 +46,6 @@ def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
     if arr.size and arr.min() < 0:
         raise ComemInputError(f"batch: {what} must be >= 0, got {int(arr.min())}")
     return arr
-
-
-#: What the serving fit's error bands were measured on (benchmarks/serving_transfer.py: five
-#: models, H100 and H200): a prediction outside it gets a caveat beside its interval.
-BAND_SOURCE: dict[str, frozenset[str]] = {
-    "families": frozenset({"mla", "sliding window"}),  # besides full GQA attention
-    "dtypes": frozenset({"bf16", "fp8", "int4", "mxfp4"}),
-    "gpus": frozenset({"h100_sxm", "h200_sxm"}),
-}
 
 
 @dataclass(frozen=True)
@@ -306,7 +298,7 @@ class LatencyModel:
         #: metric -> band of the overhead fit's cross-validated errors (for intervals)
         self.error_bands = self.profile.framework_bands(framework)
         #: why the bands may not cover this model ("" when they do): they come from the
-        #: serving rows' held-out errors (:data:`BAND_SOURCE`)
+        #: serving rows' held-out errors (:data:`calibration.uncertainty.BAND_SOURCE`)
         self.band_caveat = self._band_caveat()
 
     def set_overhead(self, overhead: FrameworkOverhead) -> None:
@@ -322,18 +314,7 @@ class LatencyModel:
         decode_parts = [part for part, _ in self.attention.decode_parts]
         families = {p.op for p in decode_parts if p.op != "attention"}
         families |= {"sliding window" for p in decode_parts if p.window is not None}
-        outside = sorted(families - BAND_SOURCE["families"])
-        if self.dtype not in BAND_SOURCE["dtypes"]:
-            outside.append(f"{self.dtype} weights")
-        if self.gpu.name not in BAND_SOURCE["gpus"]:
-            outside.append(self.gpu.name)
-        if not outside:
-            return ""
-        return (
-            f"{', '.join(outside)}: outside the serving rows the error bands come from (GQA,"
-            " MLA and sliding-window models in bf16, fp8, int4 and MXFP4 on H100 and H200:"
-            " docs/explanation/latency-model.md)"
-        )
+        return band_caveat(families, self.dtype, self.gpu.name)
 
     def _plus_overhead(
         self, gpu_s: float, seqs: int, decode_kv: int, new: Sequence[int], cached: Sequence[int]

@@ -129,3 +129,30 @@ def read_bands(entry: dict[str, Any], where: str) -> dict[str, ErrorBand]:
             raise ComemInputError(f"{where}: error band {name!r} is for metric {band.metric!r}")
         bands[str(key)] = band
     return bands
+
+
+#: What the serving fit's error bands were measured on (benchmarks/serving_transfer.py: five
+#: models, H100 and H200): a prediction outside it gets a caveat beside its interval.
+BAND_SOURCE: dict[str, frozenset[str]] = {
+    "families": frozenset({"mla", "sliding window"}),  # besides full GQA attention
+    "dtypes": frozenset({"bf16", "fp8", "int4", "mxfp4"}),
+    "gpus": frozenset({"h100_sxm", "h200_sxm"}),
+}
+
+
+def band_caveat(families: Iterable[str], dtype: str, gpu: str) -> str:
+    """Why the bands may not cover a model of these attention ``families`` (besides full
+    attention), weight ``dtype`` on ``gpu`` ("" when they do): what lies outside
+    :data:`BAND_SOURCE`."""
+    outside = sorted(set(families) - BAND_SOURCE["families"])
+    if dtype not in BAND_SOURCE["dtypes"]:
+        outside.append(f"{dtype} weights")
+    if gpu not in BAND_SOURCE["gpus"]:
+        outside.append(gpu)
+    if not outside:
+        return ""
+    return (
+        f"{', '.join(outside)}: outside the serving rows the error bands come from (GQA,"
+        " MLA and sliding-window models in bf16, fp8, int4 and MXFP4 on H100 and H200:"
+        " docs/explanation/latency-model.md)"
+    )
