@@ -21,7 +21,10 @@ Variants (a term stays only if it lowers the cross-validated error):
 - ``async``: vLLM's asynchronous scheduling where the row's version has it by default
   (>= 0.14): an iteration costs max(GPU, CPU) + serial; fitted CPU per iteration, per
   sequence, the serial part and the per-request term;
-- ``async-noserial``: the same without the serial term.
+- ``async-noserial``: the same without the serial term;
+- ``async-unstated-on``: ``async``, reading the rows whose vLLM version is unstated
+  (Llama-3.1-70B, 2025-10; some gpt-oss-120b, 2025-11) as asynchronous (a test of that
+  assumption; not in the default ``--variants``).
 
 Writes ``<out>/<variant>.csv`` (every held-out prediction: what the error bars of
 ``bench-serve`` are built from) and ``<out>/summary.json``.
@@ -64,6 +67,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "async": None,
         "terms": tuple(t for t in SERVING_FIT_TERMS if t != "per_iteration_serial_s"),
     },
+    "async-unstated-on": {"async": "unstated-on", "terms": SERVING_FIT_TERMS},
 }
 
 
@@ -94,9 +98,18 @@ def keep_physical(
     return kept_r, kept_s, [f"{short(x.row.model)} {x.row.label}: {x.why()}" for x in out]
 
 
-def _with_async(setups: list[ServingSetup], value: bool | None) -> list[ServingSetup]:
+def _with_async(
+    rows: list[ServingRow], setups: list[ServingSetup], value: bool | str | None
+) -> list[ServingSetup]:
+    """``setups`` with ``async_scheduling`` set to ``value`` (None: by each row's version;
+    ``"unstated-on"``: by version, and on where the version is unstated)."""
     from dataclasses import replace
 
+    if value == "unstated-on":
+        return [
+            replace(s, async_scheduling=True) if not r.vllm_version else s
+            for r, s in zip(rows, setups, strict=True)
+        ]
     return [replace(s, async_scheduling=value) for s in setups]
 
 
@@ -127,7 +140,7 @@ def run_variant(
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Joint fit, LOMO and LOGO of one variant: its summary and held-out predictions."""
     spec = VARIANTS[name]
-    setups = _with_async(setups, spec["async"])
+    setups = _with_async(rows, setups, spec["async"])
     terms = spec["terms"]
     t0 = time.perf_counter()
     joint = fit_rows(rows, setups, None, terms, workers=WORKERS)

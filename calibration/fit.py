@@ -375,7 +375,10 @@ def build_other_gpu_profiles(
 ) -> list[Path]:
     """Fit the embedded profiles of :data:`OTHER_GPUS` (every dtype their tables price),
     each op with its shape-held-out cross-validated error; the framework overhead is copied
-    from the committed h200_sxm profile (:data:`OVERHEAD_DONOR`), left as it is."""
+    from the committed h200_sxm profile (:data:`OVERHEAD_DONOR`), left as it is. The
+    serving fit (``benchmarks/serving_transfer.py --write-defaults``) writes every
+    profile's overhead, its own where serving rows were measured (gpt-oss MXFP4 on
+    H100/H200, Kimi-K2.5 int4 on H200): rerun it after a rebuild."""
     from calibration.profile import PROFILE_DIR, default_profile, profile_path
 
     kernels = Path(shared) / "data" / "kernels"

@@ -27,6 +27,7 @@ import datetime as _dt
 from pathlib import Path
 
 from calibration.dtypes import EXPERT_ONLY_DTYPES
+from calibration.errors import KernelDataError
 from calibration.profile import PROFILE_DIR, Profile, code_commit, profile_path
 
 #: the one-line rule each weight-only profile records (``provenance["weight_only_moe"]``)
@@ -40,6 +41,10 @@ WEIGHT_ONLY_MOE_RULE = (
 def weight_only_profile(bf16: Profile, base: Profile, dtype: str) -> Profile:
     """``base`` (a weight-only profile, or the bf16 one where the GPU has none) as a
     ``dtype`` profile whose MoE op is ``bf16``'s."""
+    if "moe" not in bf16.ops:
+        raise KernelDataError(
+            f"profile {bf16.gpu}/bf16 has no moe op: nothing to price {dtype} experts with"
+        )
     prof = copy.deepcopy(base)
     prof.dtype = dtype
     prof.ops["moe"] = copy.deepcopy(bf16.ops["moe"])
@@ -56,16 +61,25 @@ def weight_only_profile(bf16: Profile, base: Profile, dtype: str) -> Profile:
 
 def add_weight_only_profiles(out_dir: str | Path | None = None) -> list[Path]:
     """Write an ``int4`` and an ``mxfp4`` profile for every GPU whose committed bf16
-    profile prices MoE (:func:`weight_only_profile`). Nothing is refitted: the bf16 MoE op
-    is the one a fresh fit of these dtypes gets (:data:`calibration.opmodels.MOE_KERNEL_DTYPES`);
-    the other ops come from the GPU's existing int4 profile, else its bf16 one."""
+    profile prices MoE (:func:`weight_only_profile`): how the committed profiles were moved
+    to this rule without a refit. A fresh fit (``comem calibrate build-defaults``) gives the
+    same MoE op, fitted on the bf16 rows (:data:`calibration.opmodels.MOE_KERNEL_DTYPES`);
+    the other ops come from the GPU's existing int4 profile, else its bf16 one. A GPU whose
+    bf16 profile has no MoE op but a weight-only profile is an error (it would keep the
+    tables' own 4-bit rows)."""
     out = Path(out_dir) if out_dir is not None else PROFILE_DIR
     written = []
     for path in sorted(PROFILE_DIR.glob("*__bf16.json")):
         bf16 = Profile.load(path)
-        if "moe" not in bf16.ops:
-            continue
         int4_path = profile_path(bf16.gpu, "int4")
+        if "moe" not in bf16.ops:
+            stale = [d for d in EXPERT_ONLY_DTYPES if profile_path(bf16.gpu, d).is_file()]
+            if stale:
+                raise KernelDataError(
+                    f"{bf16.gpu}: {', '.join(stale)} profile(s) but no bf16 moe op to price"
+                    " their experts with"
+                )
+            continue
         for dtype in EXPERT_ONLY_DTYPES:
             own = profile_path(bf16.gpu, dtype)
             base_path = own if own.is_file() else int4_path if int4_path.is_file() else path

@@ -344,26 +344,29 @@ class LeftOut(NamedTuple):
                 f"measured TPOT {self.row.tpot_s * 1e3:.2f} ms is below the roofline bound"
                 f" {self.bound_s * 1e3:.2f} ms"
             )
-        return "a row of the same run (model, GPU, vLLM version, clients) is below its bound"
+        return "a row of the same run (model, dtype, GPU, vLLM version, clients) is below its bound"
+
+
+def run_of(row: ServingRow) -> tuple[str, str, str, str, int]:
+    """The benchmark run a row belongs to: one model and weight dtype on one GPU type, one
+    vLLM version (an unstated one: its measurement month, :attr:`ServingRow.framework`),
+    one client count. Its TP sizes are separate launches of one campaign, with one set of
+    server flags the data does not state."""
+    return (row.model, row.dtype, row.gpu, row.framework, row.concurrency)
 
 
 def physical_rows(
     rows: Sequence[ServingRow], setups: Sequence[ServingSetup]
 ) -> tuple[list[ServingRow], list[ServingSetup], list[LeftOut]]:
     """The rows a fit may use, and the others (:class:`LeftOut`): a row whose measured TPOT
-    is below its roofline bound cannot be what its columns say, and neither can the other
-    rows of its run (one model, GPU, vLLM version and client count). gpt-oss-120b's
-    512-client run on vLLM 0.11.2 is below the bound on 7 of its 9 rows: that server ran
-    fewer sequences than the clients sent (an unstated limit), on its 2 other rows too."""
+    is below its roofline bound cannot be what its columns say (its server ran fewer
+    sequences at once than the clients sent: a limit the data does not state), and neither
+    can the other rows of its run (:func:`run_of`), served under the same flags."""
     bounds = [tpot_lower_bound(r, s) for r, s in zip(rows, setups, strict=True)]
-
-    def run(r: ServingRow) -> tuple[str, str, str, int]:
-        return (r.model, r.gpu, r.vllm_version, r.concurrency)
-
-    bad = {run(r) for r, b in zip(rows, bounds, strict=True) if r.tpot_s < b}
+    bad = {run_of(r) for r, b in zip(rows, bounds, strict=True) if r.tpot_s < b}
     kept_r, kept_s, out = [], [], []
     for r, s, b in zip(rows, setups, bounds, strict=True):
-        if run(r) in bad:
+        if run_of(r) in bad:
             out.append(LeftOut(r, b))
         else:
             kept_r.append(r)
@@ -422,7 +425,9 @@ def calibrate_serving(
             raise ComemInputError(f"serving row {r.label}: {exc}") from None
     kept_rows, kept_setups, excluded = physical_rows(rows, setups)
     if not kept_rows:
-        raise ComemInputError("fit-serving: every row is below its roofline bound")
+        raise ComemInputError(
+            "fit-serving: every row is below its roofline bound or in a run with such a row"
+        )
     pooled = fit_rows(kept_rows, kept_setups, None, fit_terms, profiles)
     result = ServingCalibration(kept_rows, kept_setups, excluded, pooled, framework)
     if per_version:

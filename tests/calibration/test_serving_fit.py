@@ -364,9 +364,10 @@ def test_committed_overhead_against_real_serving(serving_rows):
 def test_committed_serving_fit_cross_validated_records():
     """The committed default fit's stored cross-validation (benchmarks/serving_transfer.py):
     every fitted row is held out once by model and once by GPU; no held-out model's
-    TPOT is biased beyond 11% (the issue's goal is 10%: Kimi-K2.5 sits at +10.01% since it
-    joined the fit, docs/explanation/latency-model.md says so); the pooled held-out TPOT
-    MAPE stays under 10% (the goal is 8%: 9.9% when this was written, the docs say why)."""
+    TPOT is biased beyond 10% (the issue's goal), but for the one named miss, Kimi-K2.5
+    at +10.01% since it joined the fit (docs/explanation/latency-model.md); the pooled
+    held-out TPOT MAPE stays under 10% (the goal is 8%: 9.9% when this was written, the
+    docs say why)."""
     entry = default_profile("h100_sxm", "bf16").overhead
     for key in ("cv_leave_one_model_out", "cv_leave_one_gpu_out"):
         cv = entry[key]
@@ -374,7 +375,9 @@ def test_committed_serving_fit_cross_validated_records():
     cv = entry["cv_leave_one_model_out"]
     tpot = sum(v["tpot_mape"] * v["rows"] for v in cv.values()) / entry["rows"]
     assert tpot <= 0.10
-    assert all(abs(v["tpot_signed"]) <= 0.11 for v in cv.values())
+    known_miss = {"kimi-k2.5": 0.11}
+    for model, v in cv.items():
+        assert abs(v["tpot_signed"]) <= known_miss.get(model, 0.10), (model, v)
     assert entry["async_scheduling"] is True
 
 

@@ -4,25 +4,28 @@ tables' own Marlin int4 kernel."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from calibration import opmodels as om
-from calibration.dtypes import EXPERT_ONLY_DTYPES
+from calibration.dtypes import DTYPE_BYTES, EXPERT_ONLY_DTYPES
+from calibration.errors import KernelDataError
+from calibration.fit import _fit_moe, _fitter
 from calibration.kernels import load_kernel_tables
 from calibration.latency import Batch, LatencyModel
 from calibration.profile import (
-    PROFILE_DIR,
     available_profiles,
     default_profile,
+    op_form,
     profile_path,
     read_profile_json,
 )
-from calibration.registry import get_model
-from calibration.weight_only import WEIGHT_ONLY_MOE_RULE, add_weight_only_profiles
+from calibration.registry import get_gpu, get_model
+from calibration.token_ops import op_predict
+from calibration.weight_only import WEIGHT_ONLY_MOE_RULE, weight_only_profile
 
 
 def _raw(gpu: str, dtype: str) -> dict:
@@ -44,13 +47,6 @@ def test_every_gpu_that_prices_moe_has_both_weight_only_profiles() -> None:
             assert prof["ops"]["moe"] == _raw(gpu, "bf16")["ops"]["moe"], (gpu, dtype)
             assert prof["provenance"]["kernel_dtypes"]["moe"] == "bfloat16"
             assert prof["provenance"]["weight_only_moe"].startswith(WEIGHT_ONLY_MOE_RULE)
-
-
-def test_writing_them_again_changes_nothing(tmp_path: Path) -> None:
-    for path in add_weight_only_profiles(tmp_path):
-        again, committed = read_profile_json(path), read_profile_json(PROFILE_DIR / path.name)
-        assert again["ops"] == committed["ops"], path.name
-        assert again["overhead"] == committed["overhead"], path.name
 
 
 def _moe_s(dtype: str, tokens: int, model: str = "kimi-k2.5", tp: int = 8) -> float:
@@ -101,9 +97,29 @@ def test_kimi_served_faster_than_the_marlin_table_allows(
     assert _moe_s("int4", concurrency) * 1e3 < 0.8 * tpot
 
 
-def test_fresh_fits_take_the_bf16_rows(shared_dir: Path) -> None:
+def test_a_fresh_fit_gives_the_committed_op(shared_dir: Path) -> None:
+    # the committed weight-only profiles were moved to the rule without a refit
+    # (add_weight_only_profiles): fitting the int4 and mxfp4 MoE op from the tables now
+    # gives the same op, so a rebuild keeps the rule
     tables = load_kernel_tables(shared_dir / "data" / "kernels" / "h200_sxm" / "vllm-0.19.0")
-    f_bf16, y_bf16 = om.moe_rows(tables.moe, "bf16")
+    gpu = get_gpu("h200_sxm")
+    hw = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    n = np.array([1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0])
+    shape = {"hidden": 7168.0, "inter": 256.0, "experts": 384.0, "top_k": 8.0, "ep": 1.0}
+    feats = {"tokens": n} | {k: np.full_like(n, v) for k, v in shape.items()}
     for dtype in EXPERT_ONLY_DTYPES:
-        f, y = om.moe_rows(tables.moe, dtype)
-        assert np.array_equal(y, y_bf16) and all(np.array_equal(f[k], f_bf16[k]) for k in f)
+        fresh = _fit_moe(tables, dtype, hw, _fitter(False), [])
+        assert fresh is not None
+        feats["w_bytes"] = np.full_like(n, DTYPE_BYTES[dtype])
+        committed = default_profile("h200_sxm", dtype).op("moe")
+        ratio = op_predict(op_form("moe"), fresh, feats) / op_predict(
+            op_form("moe"), committed, feats
+        )
+        assert np.allclose(ratio, 1.0, atol=1e-3), (dtype, ratio)
+
+
+def test_a_gpu_without_a_bf16_moe_op_cannot_price_4_bit_experts() -> None:
+    bf16 = default_profile("h200_sxm", "bf16")
+    dense = dataclasses.replace(bf16, ops={k: v for k, v in bf16.ops.items() if k != "moe"})
+    with pytest.raises(KernelDataError, match="no moe op"):
+        weight_only_profile(dense, dense, "int4")
