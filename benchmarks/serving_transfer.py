@@ -50,6 +50,7 @@ from calibration.serving import (
     load_serving_csv,
     load_silicon_csv,
     setup_for,
+    version_schedules_async,
 )
 from calibration.serving_fit import SERVING_FIT_TERMS, error_summary
 from sim.serving import evaluate_rows, fit_rows, physical_rows
@@ -106,9 +107,10 @@ def _with_async(
     from dataclasses import replace
 
     if value == "unstated-on":
+        unstated = [version_schedules_async(r.vllm_version) is None for r in rows]
         return [
-            replace(s, async_scheduling=True) if not r.vllm_version else s
-            for r, s in zip(rows, setups, strict=True)
+            replace(s, async_scheduling=True) if u else s
+            for u, s in zip(unstated, setups, strict=True)
         ]
     return [replace(s, async_scheduling=value) for s in setups]
 

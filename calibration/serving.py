@@ -117,9 +117,9 @@ class ServingSetup:
         return bool(version_schedules_async(row.vllm_version))
 
     def describe(self) -> str:
-        sched = {None: "by version (on from 0.14; unstated: off)", True: "on", False: "off"}[
-            self.async_scheduling
-        ]
+        since = ".".join(map(str, ASYNC_SCHEDULING_SINCE))
+        by_version = f"by version (on from {since}; unstated: off)"
+        sched = {None: by_version, True: "on", False: "off"}[self.async_scheduling]
         return (
             f"async scheduling {sched}, budget {self.max_num_batched_tokens}, prefix caching"
             f" {'on' if self.enable_prefix_caching else 'off'}, {self.prompts_per_client} x C"

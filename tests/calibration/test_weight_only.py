@@ -8,7 +8,6 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from calibration.dtypes import DTYPE_BYTES, EXPERT_ONLY_DTYPES
@@ -24,6 +23,7 @@ from calibration.profile import (
     read_profile_json,
 )
 from calibration.registry import get_gpu, get_model
+from calibration.serving import load_silicon_csv
 from calibration.token_ops import op_predict
 from calibration.weight_only import WEIGHT_ONLY_MOE_RULE, weight_only_profile
 
@@ -64,15 +64,13 @@ def test_4_bit_experts_decode_between_their_bytes_and_bf16(tokens: int) -> None:
 
 
 def _served_tpot_ms(shared: Path, concurrency: int) -> float:
-    rows = pd.read_csv(shared / "data" / "serving" / "vllm_serving_silicon_more.csv")
-    kimi = rows[
-        (rows["model_path"] == "moonshotai/Kimi-K2.5")
-        & (rows["isl"] == 1024)
-        & (rows["osl"] == 1024)
-        & rows["silicon_data_source"].str.contains(f"silicon_concurrency={concurrency};")
+    rows, _ = load_silicon_csv(shared / "data" / "serving" / "vllm_serving_silicon_more.csv")
+    (kimi,) = [
+        r
+        for r in rows
+        if r.model == "kimi-k2.5" and (r.isl, r.osl, r.concurrency) == (1024, 1024, concurrency)
     ]
-    assert len(kimi), concurrency
-    return float(kimi["silicon_tpot_ms"].min())
+    return kimi.tpot_s * 1e3
 
 
 @pytest.mark.parametrize("concurrency", [16, 32, 64])
