@@ -9,8 +9,9 @@ Per GPU and dtype it prints:
 - hold-out MAPE: the op refitted without one MoE shape, scored on that shape's ep=1 and
   ep=8 rows (Qwen3-Coder's 6144/2560/160 and Qwen3-235B's 4096/1536/128: how well the
   form carries to a shape absent from the tables, as GLM-4.7's is);
-- load imbalance: the tables' skewed routing (``power_law_1.2``) over balanced routing at
-  ep=8 and at ep=1 per token band, same shapes (the profile prices balanced routing);
+- routing: the tables' balanced and more skewed (``power_law_1.2``) routing over the one the
+  profile is fitted on (:data:`calibration.opmodels.MOE_ROUTING`) at ep=8 and at ep=1 per
+  token band, same shapes: what the choice of routing moves;
 - EP8 over TP8 time for the Qwen3-Coder shape, predicted and measured.
 """
 
@@ -44,8 +45,8 @@ def _shape_mask(feats: dict[str, np.ndarray], shape: tuple[int, int, int]) -> np
 TOKEN_BANDS = ((1, 16), (17, 256), (257, 2048), (2049, 16384))
 
 
-def imbalance(df: pd.DataFrame, kernel_dtype: str, ep: int) -> list[float]:
-    """Median time ratio power_law_1.2 / balanced per token band at ``moe_ep_size`` ep
+def imbalance(df: pd.DataFrame, kernel_dtype: str, ep: int, routing: str) -> list[float]:
+    """Median time ratio ``routing`` / MOE_ROUTING per token band at ``moe_ep_size`` ep
     (moe_tp_size 1, experts >= 128)."""
     rows = df[
         (df["moe_dtype"] == kernel_dtype)
@@ -56,7 +57,7 @@ def imbalance(df: pd.DataFrame, kernel_dtype: str, ep: int) -> list[float]:
     ]
     key = ["num_tokens", "hidden_size", "inter_size", "num_experts", "topk"]
     piv = rows.pivot_table(index=key, columns="distribution", values="latency", aggfunc="median")
-    ratio = (piv["power_law_1.2"] / piv["balanced"]).reset_index()
+    ratio = (piv[routing] / piv[om.MOE_ROUTING]).reset_index()
     tokens = ratio["num_tokens"]
     return [float(ratio[0][tokens.between(lo, hi)].median()) for lo, hi in TOKEN_BANDS]
 
@@ -90,16 +91,18 @@ def main() -> None:
                 print(f"  held-out shape {shape}: MAPE {per_ep}")
             kd = om.kernel_dtype(df["moe_dtype"], dtype)
             bands = ", ".join(f"{lo}-{hi}" for lo, hi in TOKEN_BANDS)
-            print(f"  power_law_1.2 / balanced time, median per token band ({bands}):")
-            for ep in (1, 8):
-                print(f"    ep={ep}: {[round(r, 2) for r in imbalance(df, kd, ep)]}")
+            for routing in ("balanced", "power_law_1.2"):
+                print(f"  {routing} / {om.MOE_ROUTING} time, median per token band ({bands}):")
+                for ep in (1, 8):
+                    ratios = imbalance(df, kd, ep, routing)
+                    print(f"    ep={ep}: {[round(r, 2) for r in ratios]}")
             if dtype == "bf16":
                 tokens = np.array([1, 8, 64, 512, 4096, 8192])
                 shape = (
                     (df["moe_dtype"] == "bfloat16")
                     & (df["hidden_size"] == 6144)
                     & (df["num_experts"] == 160)
-                    & (df["distribution"] == "balanced")
+                    & (df["distribution"] == om.MOE_ROUTING)
                     & (df["kernel_source"] == "vllm_fused_moe")
                 )
                 meas = {}

@@ -7,10 +7,11 @@ import datetime as _dt
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
+from calibration import op_cv
 from calibration import opmodels as om
 from calibration.dtypes import check_dtype, compute_dtype
 from calibration.e2e_overhead import E2E_FRAMEWORK, e2e_overhead_entry, fit_overhead, load_e2e
@@ -22,7 +23,6 @@ from calibration.profile import (
     FP8_KV_SUFFIX,
     Profile,
     code_commit,
-    op_form,
 )
 from calibration.registry import GpuSpec, get_gpu
 
@@ -36,10 +36,6 @@ DEVICE_NAMES = {
     "NVIDIA A100-SXM4-80GB": "a100_sxm",
     "NVIDIA L40S": "l40s",
 }
-
-#: The routing a MoE op is fitted on when a table has no balanced rows (A100's): aiconfigurator's
-#: least skewed power law.
-SKEWED_ROUTING = "power_law_1.01"
 
 #: A roofline that misses its own table by more than this (MAPE) means the table is
 #: physically inconsistent, not that the model is too simple (see fit_kernel_ops).
@@ -72,7 +68,7 @@ def _fitter(cross_validate: bool) -> OpFitter:
     def fit(form: om.OpForm, f: om.Features, y: np.ndarray, hw: dict[str, float]) -> OpFit:
         result = om.fit_form(form, f, y, hw)
         if cross_validate:
-            result.stats["cv"] = om.cross_validate(form, f, y, hw)
+            result.stats["cv"] = op_cv.cross_validate(form, f, y, hw)
         return result
 
     return fit
@@ -153,18 +149,20 @@ def _fit_moe(
     fit_op: OpFitter,
     notes: list[str],
 ) -> OpFit | None:
-    """The MoE op on balanced routing (else the least skewed one), with its error per
-    expert-parallel size; None (and a note) when the table has too few rows."""
-    f, y = om.moe_rows(tables.moe, dtype)
-    if len(y) < 4 and len(om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)[1]) >= 4:
-        f, y = om.moe_rows(tables.moe, dtype, SKEWED_ROUTING)
-        notes.append(
-            f"moe: no balanced-routing rows (A100's table has only power-law routing); fitted"
-            f" on {SKEWED_ROUTING}, whose busiest expert sets the time: an upper bound"
-        )
+    """The MoE op on :data:`calibration.opmodels.MOE_ROUTING` (else balanced routing), with
+    its error per expert-parallel size; None (and a note) when the table has too few rows."""
+    routing = om.moe_routing(tables.moe, dtype)
+    f, y = om.moe_rows(tables.moe, dtype, routing)
     if len(y) < 4:
         notes.append(f"moe: {len(y)} {dtype} rows, not fitted (the profile prices dense models)")
         return None
+    if routing == om.MOE_ROUTING:
+        notes.append(f"moe: fitted on {routing} routing (calibration.opmodels.MOE_ROUTING)")
+    else:
+        notes.append(
+            f"moe: no {om.MOE_ROUTING} rows; fitted on {routing} routing, which touches the"
+            " most experts: at decode sizes slower than a trained router's"
+        )
     moe = fit_op(om.MOE, f, y, hw)
     ep_rows = int(np.sum(f["ep"] > 1))
     pred = om.predict(om.MOE, moe, f)
@@ -402,131 +400,6 @@ def build_other_gpu_profiles(
             )  # fmt: skip
             written.append(prof.save(out / profile_path(name, dtype).name))
     return written
-
-
-def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Add the attention families' ops (:mod:`calibration.family_fit`) to the committed
-    H100/H200 bf16/fp8 profiles, leaving every other op and their overhead blocks as they
-    are (those come from :func:`build_default_profiles` and ``calibrate fit-serving``)."""
-    from calibration.profile import PROFILE_DIR, Profile, profile_path
-
-    kernels = Path(shared) / "data" / "kernels"
-    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
-    written = []
-    for name in ("h100_sxm", "h200_sxm"):
-        spec = get_gpu(name)
-        tables = load_kernel_tables(kernels / name / "vllm-0.19.0")
-        for dtype in ("bf16", "fp8"):
-            prof = Profile.load(profile_path(name, dtype))
-            folders = sorted((kernels / name).glob("vllm-*"))
-            family, notes = _fit_families(folders, prof.ops, spec, tables, dtype, _fitter(True))
-            prof.ops = {k: v for k, v in prof.ops.items() if k.split("_")[0] not in FAMILIES}
-            prof.ops |= family
-            kept = [n for n in prof.provenance.get("notes", []) if not n.startswith(FAMILIES)]
-            prof.provenance["notes"] = kept + notes
-            fallback = None
-            if name == "h200_sxm":  # as build_default_profiles fits it
-                fallback = load_kernel_tables(kernels / "h100_sxm" / "vllm-0.19.0")
-            add_cross_validation(prof, tables, fallback)
-            prof.provenance["family_ops"] = (
-                f"family ops and every op's cv added by add_family_ops at {code_commit()},"
-                f" {_dt.date.today().isoformat()}"
-            )
-            written.append(prof.save(out / profile_path(name, dtype).name))
-    return written
-
-
-def _op_rows(
-    key: str, tables: KernelTables, dtype: str, fallback: KernelTables | None
-) -> tuple[om.Features, np.ndarray] | None:
-    """The rows ``fit_kernel_ops`` fits op ``key`` on (None: not one of its ops)."""
-    kv = "fp8" if key.endswith(FP8_KV_SUFFIX) else "bf16"
-    base = key.removesuffix(FP8_KV_SUFFIX)
-    if base in ("gemm", "gemm_bf16", "gemm_fp8_tensor"):
-        kernel = om.FP8_TENSOR_KERNEL if base == "gemm_fp8_tensor" else None
-        return om.gemm_rows(tables.gemm, "bf16" if base == "gemm_bf16" else dtype, kernel)
-    if base == "moe":
-        return om.moe_rows(tables.moe, dtype)
-    if base == "context_attention":
-        source = fallback if fallback is not None else tables
-        return om.context_rows(source.context_attention, kv)
-    if base == "generation_attention":
-        return om.generation_rows(tables.generation_attention, kv)
-    if base.startswith("allreduce_"):
-        return om.allreduce_rows(tables.allreduce, int(base.split("_")[1]))
-    return None
-
-
-def add_cross_validation(
-    prof: Profile, tables: KernelTables, fallback: KernelTables | None = None
-) -> None:
-    """Record every kernel op's shape-held-out cross-validated error (``stats["cv"]``) in a
-    profile fitted without it; its parameters are left as they are."""
-    for key, fit in prof.ops.items():
-        rows = _op_rows(key, tables, prof.dtype, fallback)
-        if rows is None or "cv" in fit.stats:
-            continue
-        f, y = rows
-        fit.stats["cv"] = om.cross_validate(op_form(key), f, y, fit.hw)
-
-
-def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Record in every committed profile the coordinate range each kernel op's lattice was
-    fitted on (``Lattice.data_range``: past it the correction is held, not decayed), from
-    the same rows its fit used; nothing is refitted, so every prediction inside the tables
-    stays as it was. An op whose rows cannot be found again (their count differs from its
-    fit's) keeps the axes' ends."""
-    from calibration.profile import PROFILE_DIR, Profile, profile_path
-
-    kernels = Path(shared) / "data" / "kernels"
-    out = Path(out_dir) if out_dir is not None else PROFILE_DIR
-    builds = {("h100_sxm", d): GpuTables("vllm-0.19.0") for d in ("bf16", "fp8")}
-    builds |= {
-        ("h200_sxm", d): GpuTables("vllm-0.19.0", fallback="h100_sxm") for d in ("bf16", "fp8")
-    }
-    for name, where in OTHER_GPUS.items():
-        for path in sorted(PROFILE_DIR.glob(f"{name}__*.json")):
-            dtype = path.stem.rsplit("__", 1)[1]
-            if not where.only or dtype in where.only:
-                builds[(name, dtype)] = where
-    written = []
-    for (name, dtype), where in builds.items():
-        replace = {op: kernels / name / rel for op, rel in where.replace}
-        tables = load_kernel_tables(kernels / name / where.folder, replace)
-        fallback = (
-            load_kernel_tables(kernels / where.fallback / where.folder) if where.fallback else None
-        )
-        prof = Profile.load(profile_path(name, dtype))
-        coords = _family_coords(kernels / name, tables, prof, dtype)
-        for key in prof.ops:
-            rows = _op_rows(key, tables, dtype, fallback)
-            if rows is not None:
-                coords[key] = (len(rows[1]), op_form(key).coords(rows[0]))
-        for key, (count, axes) in coords.items():
-            op = prof.ops.get(key)
-            if op is None or op.lattice is None or count != op.stats["with_lattice"]["rows"]:
-                continue  # not the rows it was fitted on
-            op.lattice.data_range = [(float(np.min(c)), float(np.max(c))) for c in axes]
-        prof.provenance["data_ranges"] = (
-            f"lattice data ranges added by add_data_ranges at {code_commit()},"
-            f" {_dt.date.today().isoformat()}"
-        )
-        written.append(prof.save(out / profile_path(name, dtype).name))
-    return written
-
-
-def _family_coords(
-    gpu_dir: Path, tables: KernelTables, prof: Profile, dtype: str
-) -> dict[str, tuple[int, list[np.ndarray]]]:
-    """Per attention-family op, the count and lattice coordinates of the rows
-    :func:`_fit_families` fits it on (found as it finds them)."""
-
-    def rows_of(form: om.OpForm, f: om.Features, y: np.ndarray, _: Any) -> Any:
-        return (len(y), form.coords(f))
-
-    folders = sorted(gpu_dir.glob("vllm-*"))
-    found, _ = _fit_families(folders, prof.ops, get_gpu(prof.gpu), tables, dtype, rows_of)
-    return cast(dict[str, tuple[int, list[np.ndarray]]], found)
 
 
 def _fit_families(

@@ -384,6 +384,18 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: 5x too low: the burst's queue of prefills is most of the measured mean.)
 #: Not modelled: the chat template's tokens aiperf's chat endpoint adds to each prompt
 #: (tens of tokens on a 1k-8k prompt).
+#: Checked against aiperf's own source (the 0.5.0, 0.6.0 and 0.7.0 wheels from PyPI, files
+#: of 0.6.0 named): concurrency mode is a true closed loop, one new request per returned
+#: one with no batching or ramp (``timing/strategies/request_rate.py``, ``credit/issuer.py``);
+#: warm-up is a separate phase that waits for all its requests to return before profiling
+#: starts (``timing/phase/runner.py``, ``timing/config.py``): so the measured phase opens on
+#: an idle server with a burst of c; every profiling record counts, the drain included
+#: (``records_manager.py``); TTFT is stamped from just before the HTTP send to the first
+#: streamed chunk with content or reasoning content (``transports/aiohttp_client.py``,
+#: ``metrics/types/ttft_metric.py``, ``endpoints/openai_chat.py``: a role-only chunk does
+#: not count); prompts come from a 100-entry dataset reused in shuffled order
+#: (``dataset_samplers.py``). A fit that lets the burst shrink to fewer rounds lowers the
+#: gpt-oss and MiniMax-H200 TTFT error but has no support in that client: not adopted.
 SILICON_ASSUMPTIONS: dict[str, dict[str, Any]] = {
     "*": {"prompts_per_client": 20},
 }

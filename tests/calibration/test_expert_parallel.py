@@ -16,7 +16,7 @@ import pytest
 from calibration import opmodels as om
 from calibration.errors import ComemInputError
 from calibration.latency import LatencyModel
-from calibration.opmodels import OpFit
+from calibration.opmodels import MOE_ROUTING, OpFit
 from calibration.profile import Profile, default_profile
 from calibration.registry import get_model
 
@@ -157,14 +157,14 @@ def test_engine_config_carries_expert_parallel_to_the_latency_model():
 def test_ep8_moe_matches_the_tables_rows_at_qwen3_coder_shape(gpu, kernel_dir):
     """Qwen3-Coder's MoE (hidden 6144, experts 160 x 2560, top-8) is in the tables at
     moe_ep_size 8 and moe_tp_size 8: the model's per-layer MoE time on 8 GPUs with and
-    without EP against both (bf16, balanced routing, the rows the profile was fitted on)."""
+    without EP against both (bf16, the routing the profile was fitted on: MOE_ROUTING)."""
     moe = pd.read_parquet(kernel_dir(gpu) / "moe_perf.parquet")
     rows = moe[
         (moe["moe_dtype"] == "bfloat16")
         & (moe["hidden_size"] == 6144)
         & (moe["inter_size"] == 2560)
         & (moe["num_experts"] == 160)
-        & (moe["distribution"] == "balanced")
+        & (moe["distribution"] == MOE_ROUTING)
         & (moe["kernel_source"] == "vllm_fused_moe")
     ]
     model = _moe_layers_only("qwen3-coder-480b")

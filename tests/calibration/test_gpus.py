@@ -9,6 +9,7 @@ import pytest
 
 from calibration.errors import ComemInputError
 from calibration.latency import Batch, LatencyModel
+from calibration.opmodels import MOE_ROUTING
 from calibration.profile import available_profiles, default_profile
 from calibration.registry import get_model, quantization_dtype
 from tests.cli_helpers import run_comem
@@ -126,9 +127,16 @@ def test_capacity_on_b200_uses_the_stated_memory() -> None:
     assert lm.kv_capacity_tokens() == math.floor(usable / (32 * 4096))
 
 
-def test_a100_moe_is_fitted_on_its_skewed_routing_and_says_so() -> None:
-    prof = default_profile("a100_sxm", "bf16")
-    assert any("power_law_1.01" in note for note in prof.provenance["notes"])
+def test_every_moe_op_says_the_routing_it_was_fitted_on() -> None:
+    # calibration.opmodels.MOE_ROUTING: every committed table has those rows (A100's has
+    # only power-law routing), so every profile with a MoE op names it, and no other
+    for gpu, _, dtype in available_profiles():
+        prof = default_profile(gpu, dtype)
+        if "moe" not in prof.ops:
+            continue
+        moe_notes = [n for n in prof.provenance["notes"] if n.startswith("moe:")]
+        assert any(f"fitted on {MOE_ROUTING} routing" in n for n in moe_notes), (gpu, dtype)
+        assert not any("balanced" in n for n in moe_notes), (gpu, dtype, moe_notes)
     bf16_h100 = _decode_s("h100_sxm", "mixtral-8x7b", "bf16", 2)
     assert _decode_s("a100_sxm", "mixtral-8x7b", "bf16", 2) > bf16_h100
 

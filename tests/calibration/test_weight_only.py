@@ -96,9 +96,9 @@ def test_kimi_served_faster_than_the_marlin_table_allows(
 
 
 def test_a_fresh_fit_gives_the_committed_op(shared_dir: Path) -> None:
-    # the committed weight-only profiles were moved to the rule without a refit
-    # (add_weight_only_profiles): fitting the int4 and mxfp4 MoE op from the tables now
-    # gives the same op, so a rebuild keeps the rule
+    # the committed weight-only profiles were moved to the rule, and to MOE_ROUTING, without
+    # a full rebuild (add_weight_only_profiles, refit_moe_ops): fitting the int4 and mxfp4
+    # MoE op from the tables now gives the same op, so a rebuild keeps both
     tables = load_kernel_tables(shared_dir / "data" / "kernels" / "h200_sxm" / "vllm-0.19.0")
     gpu = get_gpu("h200_sxm")
     hw = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
