@@ -68,6 +68,10 @@ class ModelSpec:
     #: DeepSeek/GLM, ``mtp_num_hidden_layers`` Qwen3.5, ``num_mtp_modules`` MiniMax): the
     #: draft layers of vLLM's ``--speculative-config '{"method": "mtp", ...}'``
     mtp_layers: int = 0
+    #: tokens generated before the first streamed text on the chat endpoint (gpt-oss's
+    #: harmony header: :data:`calibration.hf_config.STREAM_SILENT_TOKENS`); a chat client's
+    #: TTFT ends that many tokens after the first sampled one
+    stream_silent_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.dense_layers == -1:

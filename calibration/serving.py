@@ -105,6 +105,10 @@ class ServingSetup:
         float, Field(strict=True, ge=0.0, le=60.0, allow_inf_nan=False)
     ] = 0.0
 
+    #: the client called the chat endpoint (aiperf): its TTFT ends at the first streamed
+    #: text, after a model's silent header tokens (gpt-oss: ``ModelSpec.stream_silent_tokens``)
+    chat_endpoint: StrictBool = False
+
     #: vLLM's --async-scheduling; None: the row's version's default
     #: (:func:`version_schedules_async`), off when its version is unstated (such rows were
     #: measured in 2025, before v0.14)
@@ -130,6 +134,7 @@ class ServingSetup:
                 if self.client_issue_delay_s
                 else ""
             )
+            + (", chat endpoint (TTFT to the first streamed text)" if self.chat_endpoint else "")
         )
 
 
@@ -382,8 +387,10 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: as a fresh burst of 20 x c requests, none left out. (Leaving the first wave out, as
 #: a continuous run with 2 x c warm-up would, predicts MiniMax-M2.5's TTFT at 128 clients
 #: 5x too low: the burst's queue of prefills is most of the measured mean.)
-#: Not modelled: the chat template's tokens aiperf's chat endpoint adds to each prompt
-#: (tens of tokens on a 1k-8k prompt).
+#: The chat endpoint (``chat_endpoint``): TTFT ends at the first streamed text, three tokens
+#: after the first sampled one for gpt-oss (its harmony header, ``ModelSpec.stream_silent_
+#: tokens``). Not modelled: the chat template's tokens it adds to each prompt (tens of
+#: tokens on a 1k-8k prompt).
 #: Checked against aiperf's own source (the 0.5.0, 0.6.0 and 0.7.0 wheels from PyPI, files
 #: of 0.6.0 named): concurrency mode is a true closed loop, one new request per returned
 #: one with no batching or ramp (``timing/strategies/request_rate.py``, ``credit/issuer.py``);
@@ -397,7 +404,7 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: (``dataset_samplers.py``). A fit that lets the burst shrink to fewer rounds lowers the
 #: gpt-oss and MiniMax-H200 TTFT error but has no support in that client: not adopted.
 SILICON_ASSUMPTIONS: dict[str, dict[str, Any]] = {
-    "*": {"prompts_per_client": 20},
+    "*": {"prompts_per_client": 20, "chat_endpoint": True},
 }
 
 #: named sets of assumptions (``comem calibrate fit-serving --preset``)

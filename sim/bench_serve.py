@@ -77,7 +77,9 @@ class BenchServeConfig(InputModel):
     goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveMs] = Field(default_factory=dict)
     #: the client's --backend, reported as given (what the user asked for)
     backend: Literal["vllm", "openai", "openai-chat"] = Field(
-        default="vllm", description="reported as given in the result's backend"
+        default="vllm",
+        description="reported as given in the result's backend; openai-chat also times TTFT"
+        " to the first streamed text (gpt-oss: after its 3-token harmony header) [{default}]",
     )
     #: requests per second; ``inf`` sends every request at once
     request_rate: float = Field(default=math.inf, gt=0.0, description="req/s [{default}]")
@@ -240,6 +242,26 @@ class BenchServeResult:
     #: balancer (:class:`sim.data_parallel.ReplicatedEngine`, in lockstep for MoE models)
     engine: AnyEngine
     recorder: MetricsRecorder
+
+    @property
+    def silent_tokens(self) -> int:
+        """Tokens each reply generates before the client is streamed any text: the model's
+        :attr:`~calibration.model_spec.ModelSpec.stream_silent_tokens` on the chat endpoint
+        (``--backend openai-chat``: gpt-oss's harmony header), else 0."""
+        if self.config.backend != "openai-chat":
+            return 0
+        model = getattr(self.engine.latency, "model", None)
+        return int(getattr(model, "stream_silent_tokens", 0))
+
+    def visible_first_token_s(self, req: Request) -> float:
+        """When the client sees ``req``'s first text: :attr:`silent_tokens` tokens after its
+        first sampled one, at the request's mean pace (its tokens are not timed one by one;
+        a request that ends sooner shows its first text at its end)."""
+        k = self.silent_tokens
+        if k == 0 or req.generated <= 1:
+            return req.first_token_s
+        pace = (req.finished_s - req.first_token_s) / (req.generated - 1)
+        return req.first_token_s + min(k, req.generated - 1) * pace
 
     def to_vllm_json(
         self,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.bench_serve import PERCENTILE_METRICS, BenchServeConfig, BenchServeResult, warmup_count
+from sim.bench_serve import PERCENTILE_METRICS, BenchServeResult, warmup_count
 from sim.config import EngineConfig
 from sim.request import Request
 
@@ -80,7 +80,7 @@ def vllm_result(
     warmup = warmup_count(cfg)
     result = _totals(res, done, start, duration, warmup)
     if cfg.goodput:
-        result["request_goodput"] = _goodput(cfg, done, duration)
+        result["request_goodput"] = _goodput(res, done, duration)
     measured = [r for r in done if r.tag >= warmup]
     _add_latency_stats(result, res, measured, metrics, percentiles)
     add_intervals(result, getattr(res.engine.latency, "error_bands", {}))
@@ -90,7 +90,7 @@ def vllm_result(
     if detailed:
         result["input_lens"] = [r.prompt_tokens for r in res.requests]
         result["output_lens"] = [r.generated for r in res.requests]
-        result["ttfts"] = [r.first_token_s - r.arrival_s for r in res.requests]
+        result["ttfts"] = [res.visible_first_token_s(r) - r.arrival_s for r in res.requests]
         result["start_times"] = [r.arrival_s for r in res.requests]
         result["errors"] = [r.reason for r in res.requests]
     return result
@@ -162,8 +162,9 @@ def _add_latency_stats(
 ) -> None:
     """``{mean,median,std,pNN}_{metric}_ms`` of each of ``metrics`` over the ``measured``
     requests (ITL: every token gap, pooled, as the recorder kept them)."""
-    m_out = np.array([r.generated for r in measured], dtype=np.int64)
-    ttft = np.array([r.first_token_s - r.arrival_s for r in measured])
+    # output tokens as the client counts them: without the silent ones it was never sent
+    m_out = np.array([r.generated for r in measured], dtype=np.int64) - res.silent_tokens
+    ttft = np.array([res.visible_first_token_s(r) - r.arrival_s for r in measured])
     e2el = np.array([r.finished_s - r.arrival_s for r in measured])
     multi = m_out > 1
     tpot = (e2el[multi] - ttft[multi]) / (m_out[multi] - 1)
@@ -201,19 +202,21 @@ def _itl_stats(res: BenchServeResult, percentiles: tuple[float, ...]) -> tuple[f
     return (mean, median, math.sqrt(var), *tail)
 
 
-def _goodput(cfg: BenchServeConfig, done: list[Request], duration: float) -> float:
+def _goodput(res: BenchServeResult, done: list[Request], duration: float) -> float:
     """Requests per second that met every ``--goodput`` objective (vLLM's
     ``request_goodput``: over the completed requests and the benchmark's duration; TPOT
-    of a one-token output is 0)."""
+    of a one-token output is 0), on the metrics as the client times them."""
     if duration <= 0:
         return 0.0
     good = 0
+    silent = res.silent_tokens
     for r in done:
-        ttft = r.first_token_s - r.arrival_s
+        ttft = res.visible_first_token_s(r) - r.arrival_s
         e2el = r.finished_s - r.arrival_s
-        tpot = (e2el - ttft) / (r.generated - 1) if r.generated > 1 else 0.0
+        shown = r.generated - silent
+        tpot = (e2el - ttft) / (shown - 1) if shown > 1 else 0.0
         values = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
-        good += all(values[k] * 1000.0 <= slo for k, slo in cfg.goodput.items())
+        good += all(values[k] * 1000.0 <= slo for k, slo in res.config.goodput.items())
     return good / duration
 
 

@@ -112,6 +112,7 @@ def bench_config(
         max_concurrency=row.concurrency,
         closed_loop_start=setup.closed_loop_start,
         client_issue_delay_s=setup.client_issue_delay_s,
+        backend="openai-chat" if setup.chat_endpoint else "vllm",
     )
 
 
@@ -156,15 +157,11 @@ def _cpu_bound(
     return (cpu > 0) & (per_iter <= cpu * (1.0 + 1e-9) + 1e-12)
 
 
-def row_features(
-    res: BenchServeResult, overhead: FrameworkOverhead, tp: int, async_scheduling: bool = False
-) -> RowFeatures:
-    """Mean TTFT / TPOT of the measured requests of a run and their overhead slopes.
-
-    Per request, the slopes count the iterations (and scheduled sequences) its first
-    token and its decode spanned: the serial term moves every iteration, the CPU terms
-    every iteration without asynchronous scheduling and only the CPU-bound ones with it
-    (:func:`_cpu_bound`)."""
+def _step_counts(
+    res: BenchServeResult, overhead: FrameworkOverhead, tp: int, async_scheduling: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The run's steps in the order they end: start, end, and per step the iterations
+    (``i``) and the iterations and sequences whose CPU time counts (``ci``, ``cs``)."""
     steps = res.recorder.iterations_frame()
     start = steps["start_s"].to_numpy(float)
     duration = steps["duration_s"].to_numpy(float)
@@ -181,12 +178,20 @@ def row_features(
         if async_scheduling
         else np.ones_like(iters)
     )
-    cum = {
-        "i": np.concatenate([[0.0], np.cumsum(iters)]),
-        "ci": np.concatenate([[0.0], np.cumsum(iters * cpu_w)]),
-        "cs": np.concatenate([[0.0], np.cumsum(seqs * cpu_w)]),
-    }
-    per_step = {"i": iters, "ci": iters * cpu_w, "cs": seqs * cpu_w}
+    return start, end, {"i": iters, "ci": iters * cpu_w, "cs": seqs * cpu_w}
+
+
+def row_features(
+    res: BenchServeResult, overhead: FrameworkOverhead, tp: int, async_scheduling: bool = False
+) -> RowFeatures:
+    """Mean TTFT / TPOT of the measured requests of a run and their overhead slopes.
+
+    Per request, the slopes count the iterations (and scheduled sequences) its first
+    token and its decode spanned: the serial term moves every iteration, the CPU terms
+    every iteration without asynchronous scheduling and only the CPU-bound ones with it
+    (:func:`_cpu_bound`)."""
+    start, end, per_step = _step_counts(res, overhead, tp, async_scheduling)
+    cum = {k: np.concatenate([[0.0], np.cumsum(v)]) for k, v in per_step.items()}
     multi = 1.0 if tp > 1 else 0.0
 
     warmup = warmup_count(res.config)
@@ -196,9 +201,13 @@ def row_features(
     ttft, tpot = [], []
     d_ttft: dict[str, list[float]] = {k: [] for k in cum}
     d_tpot: dict[str, list[float]] = {k: [] for k in cum}
+    silent = res.silent_tokens
     for r in done:
         first, last = r.first_token_s, r.finished_s
-        ttft.append(first - r.arrival_s)
+        # the client's TTFT ends at the first streamed text, ``shown`` of the request's
+        # decode tokens later (gpt-oss's harmony header): its slopes add theirs
+        shown = min(silent, max(r.generated - 1, 0))
+        ttft.append(res.visible_first_token_s(r) - r.arrival_s)
         # TTFT: from the arrival at the scheduler (after the request overhead) to the end
         # of the iteration that sampled the first token; the iteration in flight at the
         # arrival counts for the part of it after the arrival
@@ -206,10 +215,12 @@ def row_features(
         a = int(np.searchsorted(end, entered + _EPS, side="left"))
         b = int(np.searchsorted(end, first + _EPS, side="right"))
         cut = (end[a] - entered) / (end[a] - start[a]) if a < b and start[a] < entered else 1.0
+        e = int(np.searchsorted(end, last + _EPS, side="right"))
         for k, c in cum.items():
-            d_ttft[k].append(c[b] - c[a] - (1.0 - cut) * per_step[k][a] if a < b else 0.0)
-        if r.generated > 1:
-            e = int(np.searchsorted(end, last + _EPS, side="right"))
+            to_first = c[b] - c[a] - (1.0 - cut) * per_step[k][a] if a < b else 0.0
+            per_token = (c[e] - c[b]) / (r.generated - 1) if r.generated > 1 else 0.0
+            d_ttft[k].append(to_first + shown * per_token)
+        if r.generated - silent > 1:  # at the request's mean pace, silent tokens or not
             tpot.append((last - first) / (r.generated - 1))
             for k, c in cum.items():
                 d_tpot[k].append((c[e] - c[b]) / (r.generated - 1))

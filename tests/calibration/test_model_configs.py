@@ -125,7 +125,7 @@ EXPECTED_FAMILIES = [
     ModelSpec(
         "openai/gpt-oss-120b", "gpt-oss-120b", 36, 2880, 0, 64, 8, 201088, head_dim=64,
         sliding_window=128, sliding_layers=18, experts=128, top_k=4, moe_intermediate=2880,
-        dense_layers=0,
+        dense_layers=0, stream_silent_tokens=3,  # model_type gpt_oss: the harmony header
     ),
 ]  # fmt: skip
 

@@ -112,6 +112,23 @@ def test_solver_on_synthetic_linear_rows():
     assert fit.iterations <= 2
 
 
+def test_linearization_is_exact_with_the_chat_endpoints_silent_tokens():
+    """gpt-oss on the chat endpoint: TTFT ends 3 decode tokens after the first sampled one,
+    and its slopes carry those tokens' share of the overhead (exact on a fixed schedule)."""
+    row = ServingRow("gpt-oss-20b", "h100_sxm", "mxfp4", 1, 4, 256, 32, 1.0, 1.0)
+    chat = ServingSetup(prompts_per_client=3, chat_endpoint=True)
+    base = FrameworkOverhead(per_iteration_s=1e-3, per_sequence_s=1e-5)
+    other = FrameworkOverhead(per_iteration_s=2e-3, per_sequence_s=4e-5)
+    f = simulate_row(row, chat, base)
+    g = simulate_row(row, chat, other)
+    ttft, tpot = f.predict(other, base)
+    assert ttft == pytest.approx(g.ttft_s, rel=1e-9)
+    assert tpot == pytest.approx(g.tpot_s, rel=1e-9)
+    plain = simulate_row(row, replace(chat, chat_endpoint=False), base)
+    assert f.ttft_s == pytest.approx(plain.ttft_s + 3 * plain.tpot_s, rel=1e-9)
+    assert f.ttft_per_term["per_iteration_s"] > plain.ttft_per_term["per_iteration_s"] + 2.9
+
+
 def test_fit_rejects_what_it_cannot_fit():
     rows, setups = _rows()
     with pytest.raises(ComemInputError, match="cannot fit per_kv_token_s"):
