@@ -74,6 +74,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # gap, estimated from its source at 1-5 ms, not measured): does desynchronizing the
     # burst transfer better once the overhead is refitted with it?
     "async-jitter3ms": {"async": None, "terms": SERVING_FIT_TERMS, "client_delay_s": 3e-3},
+    # without the per-sequence work asynchronous scheduling cannot hide (the form before
+    # 2026-12-07)
+    "async-noserialseq": {
+        "async": None,
+        "terms": tuple(t for t in SERVING_FIT_TERMS if t != "per_sequence_serial_s"),
+    },
 }
 
 
@@ -358,7 +364,8 @@ def write_defaults(
     entry |= {
         "framework": SERVING_FRAMEWORK,
         "form": f"{name}: iteration = max(GPU, CPU) + serial with async scheduling,"
-        " GPU + CPU + serial without (by each row's vLLM version)",
+        " GPU + CPU + serial without (by each row's vLLM version); CPU and serial each per"
+        " iteration and per scheduled sequence",
         "async_scheduling": True,
         "fitted_on": source,
         "assumptions": "calibration.serving.SHARED_H100_ASSUMPTIONS (H100 csv),"
@@ -410,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     global WORKERS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default="../shared")
-    ap.add_argument("--variants", default="async,sync,async-noserial")
+    ap.add_argument("--variants", default="async,sync,async-noserial,async-noserialseq")
     ap.add_argument("--out", default="benchmarks/results/serving_transfer")
     ap.add_argument("--workers", type=int, default=WORKERS)
     ap.add_argument("--figure", default="figures/calibration/serving_transfer.png")

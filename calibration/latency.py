@@ -293,6 +293,7 @@ class LatencyModel:
         self.overhead_per_sequence_s = 0.0
         self.overhead_per_kv_token_s = 0.0
         self.overhead_serial_s = 0.0
+        self.overhead_serial_per_sequence_s = 0.0
         self.request_overhead_s = 0.0
         self.set_overhead(self.profile.framework_overhead(framework))
         #: metric -> band of the overhead fit's cross-validated errors (for intervals)
@@ -308,6 +309,7 @@ class LatencyModel:
         self.overhead_per_sequence_s = overhead.per_sequence_s
         self.overhead_per_kv_token_s = overhead.per_kv_token_s
         self.overhead_serial_s = overhead.per_iteration_serial_s
+        self.overhead_serial_per_sequence_s = overhead.per_sequence_serial_s
         self.request_overhead_s = overhead.request_overhead_s if self.include_overhead else 0.0
 
     def _band_caveat(self) -> str:
@@ -326,7 +328,7 @@ class LatencyModel:
         if self.overhead_per_kv_token_s:
             cpu += self.overhead_per_kv_token_s * (decode_kv + sum(new) + sum(cached))
         t = (gpu_s if gpu_s > cpu else cpu) if self.async_scheduling else gpu_s + cpu
-        return t + self.overhead_serial_s
+        return t + self.overhead_serial_s + self.overhead_serial_per_sequence_s * seqs
 
     def cpu_time(self, n_seqs: np.ndarray | int, kv_tokens: np.ndarray | float = 0) -> np.ndarray:
         """The framework's CPU work of iterations of ``n_seqs`` sequences holding
@@ -355,7 +357,12 @@ class LatencyModel:
             return gpu
         cpu = self.cpu_time(n_seqs, kv_tokens)
         t = np.maximum(gpu, cpu) if self.async_scheduling else gpu + cpu
-        return np.where(gpu > 0, t + self.overhead_serial_s, 0.0)
+        return np.where(gpu > 0, t + self.serial_time(n_seqs), 0.0)
+
+    def serial_time(self, n_seqs: np.ndarray | int) -> np.ndarray:
+        """The part of iterations of ``n_seqs`` sequences that never overlaps."""
+        s = np.asarray(n_seqs, dtype=float)
+        return self.overhead_serial_s + self.overhead_serial_per_sequence_s * s
 
     def overhead_time(
         self,
@@ -368,7 +375,7 @@ class LatencyModel:
         scheduling; with it, only what the GPU time ``gpu_s`` does not hide."""
         if gpu_s is None or not self.async_scheduling:
             cpu = self.cpu_time(n_seqs, kv_tokens)
-            return cpu + (self.overhead_serial_s if self.include_overhead else 0.0)
+            return cpu + (self.serial_time(n_seqs) if self.include_overhead else 0.0)
         gpu = np.asarray(gpu_s, dtype=float)
         return self.with_framework(gpu, n_seqs, kv_tokens) - gpu
 

@@ -140,6 +140,7 @@ OVERHEAD_TERMS = (
     "per_sequence_s",
     "per_kv_token_s",
     "per_iteration_serial_s",
+    "per_sequence_serial_s",
     "request_overhead_s",
 )
 
@@ -161,7 +162,8 @@ class FrameworkOverhead:
     default: ``VLLM_FACTS.md``, More facts A) this CPU work for step n+1 overlaps the GPU
     work of step n, so an iteration costs ``max(GPU, CPU)``; without it, ``GPU + CPU``.
     ``per_iteration_serial_s`` is what never overlaps (the hand-off between steps), added
-    either way. Per request, before it is scheduled: ``request_overhead_s`` (HTTP,
+    either way, and ``per_sequence_serial_s`` its part per scheduled sequence. Per
+    request, before it is scheduled: ``request_overhead_s`` (HTTP,
     tokenization: in TTFT, not in TPOT). Fitted on end-to-end measurements (``comem
     calibrate fit`` with ``--e2e``, ``comem calibrate fit-serving``).
     """
@@ -172,6 +174,7 @@ class FrameworkOverhead:
     per_sequence_s: float = 0.0
     per_kv_token_s: float = 0.0
     per_iteration_serial_s: float = 0.0
+    per_sequence_serial_s: float = 0.0
     request_overhead_s: float = 0.0
 
     @classmethod

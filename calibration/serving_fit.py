@@ -34,16 +34,25 @@ from calibration.profile import FrameworkOverhead
 from calibration.serving import ServingRow, ServingSetup
 
 #: The overhead terms fitted on TPOT (iteration work) and on TTFT (before scheduling).
-TPOT_TERMS = ("per_iteration_s", "per_iteration_tp_s", "per_sequence_s", "per_iteration_serial_s")
+TPOT_TERMS = (
+    "per_iteration_s",
+    "per_iteration_tp_s",
+    "per_sequence_s",
+    "per_iteration_serial_s",
+    "per_sequence_serial_s",
+)
 TTFT_TERMS = ("request_overhead_s",)
 #: What ``fit-serving`` fits by default. Not ``per_iteration_tp_s``: told apart from
 #: ``per_iteration_s`` only by one-GPU rows, which the shared data lack (its one TP1 row
 #: is below the roofline); vLLM V1 hands each step to its TP workers through one
-#: shared-memory broadcast, so no separate TP term is assumed.
+#: shared-memory broadcast, so no separate TP term is assumed. The serial terms are told
+#: apart from the CPU ones only by rows with asynchronous scheduling (without it every
+#: term adds); on synchronous rows alone their split is NNLS's, the predictions the same.
 SERVING_FIT_TERMS = (
     "per_iteration_s",
     "per_sequence_s",
     "per_iteration_serial_s",
+    "per_sequence_serial_s",
     "request_overhead_s",
 )
 

@@ -153,6 +153,7 @@ def _cpu_bound(
     it), so a run that is partly CPU-bound counts as GPU-bound (the fit's next
     simulation corrects what that linearization misses)."""
     per_iter = duration / np.maximum(iters, 1.0) - overhead.per_iteration_serial_s
+    per_iter = per_iter - overhead.per_sequence_serial_s * seqs / np.maximum(iters, 1.0)
     cpu = overhead.iteration_s(tp) + overhead.per_sequence_s * seqs / np.maximum(iters, 1.0)
     return (cpu > 0) & (per_iter <= cpu * (1.0 + 1e-9) + 1e-12)
 
@@ -161,7 +162,8 @@ def _step_counts(
     res: BenchServeResult, overhead: FrameworkOverhead, tp: int, async_scheduling: bool
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The run's steps in the order they end: start, end, and per step the iterations
-    (``i``) and the iterations and sequences whose CPU time counts (``ci``, ``cs``)."""
+    (``i``) and sequences (``s``), and the iterations and sequences whose CPU time counts
+    (``ci``, ``cs``)."""
     steps = res.recorder.iterations_frame()
     start = steps["start_s"].to_numpy(float)
     duration = steps["duration_s"].to_numpy(float)
@@ -178,7 +180,7 @@ def _step_counts(
         if async_scheduling
         else np.ones_like(iters)
     )
-    return start, end, {"i": iters, "ci": iters * cpu_w, "cs": seqs * cpu_w}
+    return start, end, {"i": iters, "ci": iters * cpu_w, "cs": seqs * cpu_w, "s": seqs}
 
 
 def row_features(
@@ -232,6 +234,7 @@ def row_features(
             "per_iteration_tp_s": mean(d["ci"]) * multi,
             "per_sequence_s": mean(d["cs"]),
             "per_iteration_serial_s": mean(d["i"]),
+            "per_sequence_serial_s": mean(d["s"]),
         }
 
     return RowFeatures(

@@ -73,7 +73,10 @@ def test_linearization_is_exact_on_a_fixed_schedule():
     the reported slopes predict a re-simulation exactly."""
     rows, setups = _rows()
     base = FrameworkOverhead(per_iteration_s=1e-3, per_sequence_s=1e-5)
-    other = FrameworkOverhead(per_iteration_s=2e-3, per_sequence_s=4e-5, request_overhead_s=0.0)
+    other = FrameworkOverhead(
+        per_iteration_s=2e-3, per_sequence_s=4e-5, per_iteration_serial_s=5e-4,
+        per_sequence_serial_s=2e-5,
+    )  # fmt: skip
     f = simulate_row(rows[0], setups[0], base)
     g = simulate_row(rows[0], setups[0], other)
     ttft, tpot = f.predict(other, base)
