@@ -20,8 +20,12 @@ Variants (a term stays only if it lowers the cross-validated error):
   scheduling), fitted per iteration and per sequence, plus a per-request term;
 - ``async``: vLLM's asynchronous scheduling where the row's version has it by default
   (>= 0.14): an iteration costs max(GPU, CPU) + serial; fitted CPU per iteration, per
-  sequence, the serial part and the per-request term;
-- ``async-noserial``: the same without the serial term;
+  sequence, the serial part per iteration and per sequence, and the per-request term;
+- ``async-noserial``: the same without the per-iteration serial term;
+- ``async-noserialseq``: the same without the per-sequence serial term (the form before
+  2026-12-07);
+- ``async-jitter3ms``: ``async`` with every client waiting an exponential 3 ms before its
+  next request (not in the default ``--variants``; rejected: HYPOTHESES.md);
 - ``async-unstated-on``: ``async``, reading the rows whose vLLM version is unstated
   (Llama-3.1-70B, 2025-10; some gpt-oss-120b, 2025-11) as asynchronous (a test of that
   assumption; not in the default ``--variants``).

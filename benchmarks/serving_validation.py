@@ -140,21 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     for name, fit in [(result.framework, result.fit), *result.per_version.items()]:
         o = fit.overhead
-        print(
-            f"overhead {name}: {o.per_iteration_s * 1e3:.3f} ms per iteration,"
-            f" {o.per_sequence_s * 1e6:.1f} us per sequence,"
-            f" {o.request_overhead_s * 1e3:.2f} ms per request ({len(fit.rows)} rows)"
-        )
+        terms = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in o.terms().items() if v)
+        print(f"overhead {name}: {terms or 'all terms 0'} ({len(fit.rows)} rows)")
     print("\nin-sample (pooled fit):")
     print(_pct(error_summary(result.fit.table())))
     cv = result.cv_table()
     print("\nleave one model out (overhead fitted on the other model's rows only):")
     for model, (o, _) in result.cross_validation.items():
-        print(
-            f"  {model} held out: fitted {o.per_iteration_s * 1e3:.3f} ms/iteration,"
-            f" {o.per_sequence_s * 1e6:.1f} us/sequence,"
-            f" {o.request_overhead_s * 1e3:.2f} ms/request"
-        )
+        terms = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in o.terms().items() if v)
+        print(f"  {model} held out: fitted {terms or 'all terms 0'}")
     print(_pct(error_summary(cv)))
     ttft = float(np.abs(cv["ttft_error"]).mean())
     tpot = float(np.abs(cv["tpot_error"]).mean())

@@ -412,7 +412,8 @@ def _fit_families(
 ) -> tuple[dict[str, OpFit], list[str]]:
     """The attention families' ops of ``folders`` (:func:`calibration.family_fit.fit_family_ops`)
     on ``spec``'s hardware, their module rows' GEMMs in ``dtype``'s kernel (every caller:
-    the profile fit, add_family_ops, add_data_ranges)."""
+    the profile fit, :mod:`calibration.profile_updates`' add_family_ops and
+    add_data_ranges)."""
     from calibration.family_fit import fit_family_ops
 
     hw = {"peak_flops": spec.peak_flops["bf16"], "hbm_Bps": spec.hbm_bandwidth_Bps}

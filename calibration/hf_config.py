@@ -43,7 +43,8 @@ _LAYER_KINDS = ("full_attention", "sliding_attention", "linear_attention")
 #: gpt-oss answers in OpenAI's harmony format: the chat template ends the prompt with
 #: ``<|start|>assistant`` and the reply opens with ``<|channel|>analysis<|message|>``, three
 #: tokens that vLLM's harmony parser turns into no delta, so the first chunk with (reasoning)
-#: content, where aiperf and ``vllm bench serve`` stop TTFT, comes with the fourth token.
+#: content, where aiperf stops TTFT, comes with the fourth token (``vllm bench serve``
+#: stops at the first chunk, the role chunk of the first token: ``--ttft-at``).
 #: Source: the harmony response format of the gpt-oss model card (openai/gpt-oss); not in
 #: ``shared/`` (asked for in the project's notes).
 STREAM_SILENT_TOKENS = {"gpt_oss": 3}

@@ -74,6 +74,10 @@ class ModelSpec:
     stream_silent_tokens: int = 0
 
     def __post_init__(self) -> None:
+        if self.stream_silent_tokens < 0:
+            raise ComemInputError(
+                f"stream_silent_tokens must be >= 0, got {self.stream_silent_tokens}"
+            )
         if self.dense_layers == -1:
             object.__setattr__(self, "dense_layers", 0 if self.experts else self.layers)
         if self.sliding_layers == -1:

@@ -465,15 +465,28 @@ MOE_ROUTING = "power_law_1.01"
 MOE_ROUTING_FALLBACK = "balanced"
 
 
-def moe_routing(df: pd.DataFrame, dtype: str) -> str:
-    """The routing ``dtype``'s MoE op is fitted on in table ``df`` (:data:`MOE_ROUTING`
-    where the table has it for that dtype, else :data:`MOE_ROUTING_FALLBACK`)."""
+def _moe_table_rows(df: pd.DataFrame, dtype: str) -> pd.DataFrame:
+    """The MoE rows a profile of ``dtype`` is fitted on, every routing: its kernel dtype and
+    sources, one node, up to 16k tokens."""
     name = kernel_dtype(df["moe_dtype"], dtype, moe=True)
-    mine = df["moe_dtype"] == name
+    one_node = ((df["moe_ep_size"] == 1) & (df["moe_tp_size"] <= 8)) | (
+        (df["moe_tp_size"] == 1) & (df["moe_ep_size"] <= 8)
+    )
+    return df[
+        (df["moe_dtype"] == name)
+        & one_node
+        & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
+        & (df["num_tokens"] <= 16384)
+    ]
+
+
+def moe_routing(df: pd.DataFrame, dtype: str) -> str:
+    """The routing ``dtype``'s MoE op is fitted on in table ``df``: :data:`MOE_ROUTING`
+    where the rows it would be fitted on have enough of it (4), else
+    :data:`MOE_ROUTING_FALLBACK`."""
+    rows = _moe_table_rows(df, dtype)
     return (
-        MOE_ROUTING
-        if (df.loc[mine, "distribution"] == MOE_ROUTING).any()
-        else (MOE_ROUTING_FALLBACK)
+        MOE_ROUTING if (rows["distribution"] == MOE_ROUTING).sum() >= 4 else (MOE_ROUTING_FALLBACK)
     )
 
 
@@ -486,16 +499,8 @@ def moe_rows(
     name = kernel_dtype(df["moe_dtype"], dtype, moe=True)
     if distribution is None:
         distribution = moe_routing(df, dtype)
-    one_node = ((df["moe_ep_size"] == 1) & (df["moe_tp_size"] <= 8)) | (
-        (df["moe_tp_size"] == 1) & (df["moe_ep_size"] <= 8)
-    )
-    rows = df[
-        (df["moe_dtype"] == name)
-        & one_node
-        & (df["distribution"] == distribution)
-        & (df["kernel_source"].isin(MOE_KERNEL_SOURCES))
-        & (df["num_tokens"] <= 16384)
-    ]
+    rows = _moe_table_rows(df, dtype)
+    rows = rows[rows["distribution"] == distribution]
     rows = _median_of_repeats(
         rows,
         [

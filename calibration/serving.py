@@ -105,8 +105,9 @@ class ServingSetup:
         float, Field(strict=True, ge=0.0, le=60.0, allow_inf_nan=False)
     ] = 0.0
 
-    #: the client called the chat endpoint (aiperf): its TTFT ends at the first streamed
-    #: text, after a model's silent header tokens (gpt-oss: ``ModelSpec.stream_silent_tokens``)
+    #: the client called the chat endpoint and timed TTFT as aiperf does, to the first
+    #: streamed text: after a model's silent header tokens (gpt-oss:
+    #: ``ModelSpec.stream_silent_tokens``; bench-serve ``--ttft-at first-text``)
     chat_endpoint: StrictBool = False
 
     #: vLLM's --async-scheduling; None: the row's version's default

@@ -77,9 +77,19 @@ class BenchServeConfig(InputModel):
     goodput: dict[Literal["ttft", "tpot", "e2el"], PositiveMs] = Field(default_factory=dict)
     #: the client's --backend, reported as given (what the user asked for)
     backend: Literal["vllm", "openai", "openai-chat"] = Field(
-        default="vllm",
-        description="reported as given in the result's backend; openai-chat also times TTFT"
-        " to the first streamed text (gpt-oss: after its 3-token harmony header) [{default}]",
+        default="vllm", description="reported as given in the result's backend"
+    )
+    #: Where the client stops TTFT and how it counts output tokens. ``first-chunk``: the
+    #: first streamed chunk (``vllm bench serve``: on the chat endpoint the role chunk that
+    #: comes with the first token), tokens as the server counts them. ``first-text``
+    #: (aiperf, ``calibration.serving.SILICON_ASSUMPTIONS``): the first chunk with text or
+    #: reasoning text, tokens re-counted from the text, so a model's silent header tokens
+    #: (gpt-oss's harmony header: ``ModelSpec.stream_silent_tokens``) are in TTFT, not in
+    #: the output. ITL's gaps are the server's either way (every token).
+    ttft_at: Literal["first-chunk", "first-text"] = Field(
+        default="first-chunk",
+        description="where TTFT ends: the first streamed chunk (vllm bench serve) or the first"
+        " chunk with text (aiperf; gpt-oss: after its 3-token harmony header) [{default}]",
     )
     #: requests per second; ``inf`` sends every request at once
     request_rate: float = Field(default=math.inf, gt=0.0, description="req/s [{default}]")
@@ -245,13 +255,25 @@ class BenchServeResult:
 
     @property
     def silent_tokens(self) -> int:
-        """Tokens each reply generates before the client is streamed any text: the model's
-        :attr:`~calibration.model_spec.ModelSpec.stream_silent_tokens` on the chat endpoint
-        (``--backend openai-chat``: gpt-oss's harmony header), else 0."""
-        if self.config.backend != "openai-chat":
+        """Tokens each reply generates before a ``first-text`` client sees any text: the
+        model's :attr:`~calibration.model_spec.ModelSpec.stream_silent_tokens` (gpt-oss's
+        harmony header), else 0."""
+        if self.config.ttft_at != "first-text":
             return 0
         model = getattr(self.engine.latency, "model", None)
+        if model is None:  # a measured profile: the registry's model of the engine's name
+            from calibration.errors import ComemInputError
+            from calibration.registry import get_model
+
+            try:
+                model = get_model(self.config.engine.model)
+            except ComemInputError:
+                return 0
         return int(getattr(model, "stream_silent_tokens", 0))
+
+    def shown_tokens(self, req: Request) -> int:
+        """Output tokens of ``req`` as the client counts them (without the silent ones)."""
+        return max(req.generated - self.silent_tokens, 0)
 
     def visible_first_token_s(self, req: Request) -> float:
         """When the client sees ``req``'s first text: :attr:`silent_tokens` tokens after its

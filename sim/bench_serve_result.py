@@ -89,7 +89,7 @@ def vllm_result(
         result["error_bands_caveat"] = caveat
     if detailed:
         result["input_lens"] = [r.prompt_tokens for r in res.requests]
-        result["output_lens"] = [r.generated for r in res.requests]
+        result["output_lens"] = [res.shown_tokens(r) for r in res.requests]
         result["ttfts"] = [res.visible_first_token_s(r) - r.arrival_s for r in res.requests]
         result["start_times"] = [r.arrival_s for r in res.requests]
         result["errors"] = [r.reason for r in res.requests]
@@ -102,7 +102,7 @@ def _totals(
     """The run's counts and throughputs (over the completed requests), its settings and
     the simulated server, under vLLM's names."""
     cfg = res.config
-    out_tokens = np.array([r.generated for r in done], dtype=np.int64)
+    out_tokens = np.array([res.shown_tokens(r) for r in done], dtype=np.int64)
     in_tokens = np.array([r.prompt_tokens for r in done], dtype=np.int64)
     return {
         "backend": cfg.backend,
@@ -163,7 +163,7 @@ def _add_latency_stats(
     """``{mean,median,std,pNN}_{metric}_ms`` of each of ``metrics`` over the ``measured``
     requests (ITL: every token gap, pooled, as the recorder kept them)."""
     # output tokens as the client counts them: without the silent ones it was never sent
-    m_out = np.array([r.generated for r in measured], dtype=np.int64) - res.silent_tokens
+    m_out = np.array([res.shown_tokens(r) for r in measured], dtype=np.int64)
     ttft = np.array([res.visible_first_token_s(r) - r.arrival_s for r in measured])
     e2el = np.array([r.finished_s - r.arrival_s for r in measured])
     multi = m_out > 1
@@ -209,11 +209,10 @@ def _goodput(res: BenchServeResult, done: list[Request], duration: float) -> flo
     if duration <= 0:
         return 0.0
     good = 0
-    silent = res.silent_tokens
     for r in done:
         ttft = res.visible_first_token_s(r) - r.arrival_s
         e2el = r.finished_s - r.arrival_s
-        shown = r.generated - silent
+        shown = res.shown_tokens(r)
         tpot = (e2el - ttft) / (shown - 1) if shown > 1 else 0.0
         values = {"ttft": ttft, "tpot": tpot, "e2el": e2el}
         good += all(values[k] * 1000.0 <= slo for k, slo in res.config.goodput.items())

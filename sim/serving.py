@@ -113,6 +113,7 @@ def bench_config(
         closed_loop_start=setup.closed_loop_start,
         client_issue_delay_s=setup.client_issue_delay_s,
         backend="openai-chat" if setup.chat_endpoint else "vllm",
+        ttft_at="first-text" if setup.chat_endpoint else "first-chunk",
     )
 
 

@@ -51,7 +51,7 @@ CLIENT_FIELDS = (
      "random_prefix_len"),
     ("request_rate", "burstiness", "max_concurrency", "closed_loop_start", "warmup_requests",
      "client_issue_delay_s", "seed"),
-    ("backend",),
+    ("backend", "ttft_at"),
 )  # fmt: skip
 
 

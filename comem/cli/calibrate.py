@@ -154,7 +154,7 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_input_as_output
-    from calibration.profile import Profile, available_profiles, profile_path
+    from calibration.profile import OVERHEAD_TERMS, Profile, available_profiles, profile_path
     from calibration.serving import ASSUMPTION_PRESETS, load_serving_csv, parse_assumptions
     from calibration.serving_fit import error_summary
     from sim.serving import calibrate_serving
@@ -203,11 +203,9 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     for left in result.excluded:
         print(f"left out: {left.row.label}: {left.why()}")
     for name, entry in entries.items():
-        terms = ", ".join(
-            f"{k} {entry[k] * 1e3:.3f} ms" for k in ("per_iteration_s", "request_overhead_s")
-        )
+        terms = ", ".join(f"{k} {entry[k] * 1e6:.1f} us" for k in OVERHEAD_TERMS if entry.get(k))
         print(
-            f"{name}: {terms}, per_sequence_s {entry['per_sequence_s'] * 1e6:.1f} us"
+            f"{name}: {terms or 'all terms 0'}"
             f" ({entry['rows']} rows; TTFT MAPE {entry['ttft_mape']:.1%},"
             f" TPOT MAPE {entry['tpot_mape']:.1%} in-sample)"
         )
@@ -374,14 +372,16 @@ def _register_fit_serving(cal_sub: Any) -> None:
     )
     fs.add_argument("--csv", required=True, help="serving CSV (model, gpu, dtype, tp, ...)")
     fs.add_argument(
-        "--preset", choices=("none", "shared-h100"), default="none",
+        "--preset", choices=("none", "shared-h100", "silicon"), default="none",
         help="stated assumptions for what the rows do not say [none: vLLM defaults];"
-        " shared-h100: the project's for shared/data/serving/vllm_serving_h100.csv",
+        " shared-h100: the project's for shared/data/serving/vllm_serving_h100.csv;"
+        " silicon: for aiconfigurator's aiperf rows (20 x C prompts, chat endpoint)",
     )  # fmt: skip
     fs.add_argument(
         "--assume", action="append", metavar="[MODEL:]KEY=VALUE",
         help="one assumption (max_num_batched_tokens, prompts_per_client, random_range_ratio,"
-        " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, ...)",
+        " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, chat_endpoint,"
+        " client_issue_delay_s, async_scheduling, ...)",
     )  # fmt: skip
     fs.add_argument(
         "--framework", type=_name, default="vllm-serving", help="name of the pooled fit"

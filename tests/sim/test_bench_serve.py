@@ -308,9 +308,10 @@ def test_bench_serve_unknown_flag_points_at_its_help():
 
 def test_the_chat_endpoint_times_gpt_oss_first_text_after_its_harmony_header():
     """On the chat endpoint a gpt-oss reply streams no text for its first 3 tokens (the
-    harmony header): TTFT ends 3 of its decode tokens later, TPOT over the tokens shown is
-    unchanged (aiperf's and vLLM's definitions); the completions endpoint and a model
-    without a header are timed as before."""
+    harmony header): a client timing TTFT to the first text (aiperf: ``ttft_at``
+    first-text) sees it 3 decode tokens later and counts 3 output tokens fewer, its TPOT
+    over the tokens shown unchanged; vLLM's client (first chunk) and a model without a
+    header are timed as before."""
     gpt_oss = LatencyModel("gpt-oss-20b", "h100_sxm", 1, "mxfp4")
     results = {}
     for model in (gpt_oss, LLAMA):
@@ -319,16 +320,20 @@ def test_the_chat_endpoint_times_gpt_oss_first_text_after_its_harmony_header():
                 engine=EngineConfig(), num_prompts=24, random_input_len=512,
                 random_output_len=32, random_range_ratio=0.5, max_concurrency=6,
                 backend=backend,
+                ttft_at="first-text" if backend == "openai-chat" else "first-chunk",
             )  # fmt: skip
             run = run_bench_serve(cfg, model)
             results[(model.model.alias, backend)] = (run, run.to_vllm_json())
     plain_run, plain = results[("gpt-oss-20b", "vllm")]
     chat_run, chat = results[("gpt-oss-20b", "openai-chat")]
     assert plain_run.silent_tokens == 0 and chat_run.silent_tokens == 3
+    vllm_chat = BenchServeConfig(engine=EngineConfig(), num_prompts=2, backend="openai-chat")
+    assert run_bench_serve(vllm_chat, gpt_oss).silent_tokens == 0  # vLLM's client: first chunk
     assert chat["mean_tpot_ms"] == pytest.approx(plain["mean_tpot_ms"], rel=1e-9)
     moved = chat["mean_ttft_ms"] - plain["mean_ttft_ms"]
     assert moved == pytest.approx(3 * plain["mean_tpot_ms"], rel=1e-9)
     assert moved > 0
+    assert chat["total_output_tokens"] == plain["total_output_tokens"] - 3 * 24
     llama_plain, llama_chat = (
         results[("llama-3-8b", "vllm")][1],
         results[("llama-3-8b", "openai-chat")][1],
