@@ -109,6 +109,10 @@ class ServingSetup:
     #: streamed text: after a model's silent header tokens (gpt-oss:
     #: ``ModelSpec.stream_silent_tokens``; bench-serve ``--ttft-at first-text``)
     chat_endpoint: StrictBool = False
+    #: tokens the chat template puts in front of every prompt (the default system message
+    #: and the role markers; the client's prompt length counts only its own text): the
+    #: same for every prompt, computed per prompt with the prefix cache off
+    chat_template_tokens: Annotated[int, Field(strict=True, ge=0, le=100_000)] = 0
 
     #: vLLM's --async-scheduling; None: the row's version's default
     #: (:func:`version_schedules_async`), off when its version is unstated (such rows were
@@ -136,6 +140,11 @@ class ServingSetup:
                 else ""
             )
             + (", chat endpoint (TTFT to the first streamed text)" if self.chat_endpoint else "")
+            + (
+                f", {self.chat_template_tokens} chat-template tokens a prompt"
+                if self.chat_template_tokens
+                else ""
+            )
         )
 
 
@@ -390,8 +399,8 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: 5x too low: the burst's queue of prefills is most of the measured mean.)
 #: The chat endpoint (``chat_endpoint``): TTFT ends at the first streamed text, three tokens
 #: after the first sampled one for gpt-oss (its harmony header, ``ModelSpec.stream_silent_
-#: tokens``). Not modelled: the chat template's tokens it adds to each prompt (tens of
-#: tokens on a 1k-8k prompt).
+#: tokens``), and the chat template's tokens in front of every prompt
+#: (``chat_template_tokens``, estimated per model below).
 #: Checked against aiperf's own source (the 0.5.0, 0.6.0 and 0.7.0 wheels from PyPI, files
 #: of 0.6.0 named): concurrency mode is a true closed loop, one new request per returned
 #: one with no batching or ramp (``timing/strategies/request_rate.py``, ``credit/issuer.py``);
@@ -404,8 +413,18 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: not count); prompts come from a 100-entry dataset reused in shuffled order
 #: (``dataset_samplers.py``). A fit that lets the burst shrink to fewer rounds lowers the
 #: gpt-oss and MiniMax-H200 TTFT error but has no support in that client: not adopted.
+#: The chat template's tokens before each prompt (``chat_template_tokens``) are estimates,
+#: not read from the checkpoints (their tokenizer_config.json is not in shared/): gpt-oss's
+#: harmony system message (identity, knowledge cutoff, date, reasoning level, valid
+#: channels) with the user and assistant headers, ~66; Kimi-K2.5's default system line and
+#: role markers, ~25; MiniMax-M2.5's, ~22. What they do is break the lockstep of a burst
+#: whose prompts fill the token budget exactly (8 x 1024 = 8192); the same 40 tokens for
+#: every model gives the same held-out TTFT (35.0%), so the exact counts matter little.
 SILICON_ASSUMPTIONS: dict[str, dict[str, Any]] = {
     "*": {"prompts_per_client": 20, "chat_endpoint": True},
+    "gpt-oss-120b": {"chat_template_tokens": 66},
+    "kimi-k2.5": {"chat_template_tokens": 25},
+    "minimax-m2.5": {"chat_template_tokens": 22},
 }
 
 #: named sets of assumptions (``comem calibrate fit-serving --preset``)

@@ -114,6 +114,7 @@ def bench_config(
         client_issue_delay_s=setup.client_issue_delay_s,
         backend="openai-chat" if setup.chat_endpoint else "vllm",
         ttft_at="first-text" if setup.chat_endpoint else "first-chunk",
+        random_prefix_len=setup.chat_template_tokens,
     )
 
 

@@ -29,7 +29,7 @@ from calibration.serving import (
 from calibration.serving_fit import RowFeatures, fit_serving_overhead
 from sim.bench_serve import BenchServeConfig, first_sends, run_bench_serve, warmup_count
 from sim.config import EngineConfig
-from sim.serving import evaluate_rows, fit_rows, physical_rows, simulate_row
+from sim.serving import bench_config, evaluate_rows, fit_rows, physical_rows, simulate_row
 
 TRUE = FrameworkOverhead(per_iteration_s=1.5e-3, per_sequence_s=3e-5, request_overhead_s=5e-3)
 
@@ -214,6 +214,22 @@ def test_assumptions_apply_by_model():
         parse_assumptions(["budget=1"])
     with pytest.raises(ComemInputError, match="closed_loop_start"):
         setup_for(llama, parse_assumptions(["closed_loop_start=sometimes"]))
+
+
+def test_chat_template_tokens_lengthen_every_prompt_and_break_a_full_budget_lockstep():
+    """``chat_template_tokens``: every simulated prompt that many tokens longer (prefix
+    caching off: computed per prompt). Eight 1024-token prompts fill an 8192-token budget
+    in one iteration; with template tokens the eighth no longer fits, so its TTFT grows
+    and the group's first wave is no longer one prefill."""
+    row = ServingRow("llama-3-8b", "h100_sxm", "bf16", 1, 8, 1024, 16, 1.0, 1.0)
+    plain = ServingSetup(prompts_per_client=1)
+    chat = replace(plain, chat_template_tokens=30)
+    assert bench_config(row, chat).random_prefix_len == 30
+    assert "30 chat-template tokens" in chat.describe()
+    base = FrameworkOverhead(per_iteration_s=1e-3)
+    assert simulate_row(row, chat, base).ttft_s > simulate_row(row, plain, base).ttft_s
+    with pytest.raises(ComemInputError, match="chat_template_tokens"):
+        setup_for(row, parse_assumptions(["chat_template_tokens=-3"]))
 
 
 def test_client_issue_delay_is_an_assumption_the_replay_uses():
