@@ -119,8 +119,6 @@ def _with_async(
 ) -> list[ServingSetup]:
     """``setups`` with ``async_scheduling`` set to ``value`` (None: by each row's version;
     ``"unstated-on"``: by version, and on where the version is unstated)."""
-    from dataclasses import replace
-
     if value == "unstated-on":
         unstated = [version_schedules_async(r.vllm_version) is None for r in rows]
         return [

@@ -74,6 +74,12 @@ def _fitter(cross_validate: bool) -> OpFitter:
     return fit
 
 
+def hardware(gpu: GpuSpec, dtype: str) -> dict[str, float]:
+    """The roofline figures an op of weight ``dtype`` is fitted with on ``gpu``: the peak
+    FLOP/s of the dtype it computes in, and the HBM bandwidth."""
+    return {"peak_flops": gpu.peak_flops[compute_dtype(dtype)], "hbm_Bps": gpu.hbm_bandwidth_Bps}
+
+
 def fit_kernel_ops(
     tables: KernelTables,
     gpu: GpuSpec,
@@ -96,9 +102,8 @@ def fit_kernel_ops(
     if compute_dtype(dtype) not in gpu.peak_flops:
         raise KernelDataError(f"{tables.directory}: gpu {gpu.name} has no {dtype} peak FLOP/s")
     notes: list[str] = []
-    hw_bf16 = {"peak_flops": gpu.peak_flops["bf16"], "hbm_Bps": gpu.hbm_bandwidth_Bps}
-    peak = gpu.peak_flops[compute_dtype(dtype)]
-    hw_dtype = {"peak_flops": peak, "hbm_Bps": gpu.hbm_bandwidth_Bps}
+    hw_bf16 = hardware(gpu, "bf16")
+    hw_dtype = hardware(gpu, dtype)
     _check_required_rows(tables, dtype)
     ops: dict[str, OpFit] = {}
     fit_op = _fitter(cross_validate)

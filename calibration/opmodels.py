@@ -480,14 +480,18 @@ def _moe_table_rows(df: pd.DataFrame, dtype: str) -> pd.DataFrame:
     ]
 
 
+def _routing_of(rows: pd.DataFrame) -> str:
+    """:data:`MOE_ROUTING` where ``rows`` (a fit's rows, every routing) have enough of it
+    to fit (4), else :data:`MOE_ROUTING_FALLBACK`."""
+    enough = (rows["distribution"] == MOE_ROUTING).sum() >= 4
+    return MOE_ROUTING if enough else MOE_ROUTING_FALLBACK
+
+
 def moe_routing(df: pd.DataFrame, dtype: str) -> str:
     """The routing ``dtype``'s MoE op is fitted on in table ``df``: :data:`MOE_ROUTING`
     where the rows it would be fitted on have enough of it (4), else
     :data:`MOE_ROUTING_FALLBACK`."""
-    rows = _moe_table_rows(df, dtype)
-    return (
-        MOE_ROUTING if (rows["distribution"] == MOE_ROUTING).sum() >= 4 else (MOE_ROUTING_FALLBACK)
-    )
+    return _routing_of(_moe_table_rows(df, dtype))
 
 
 def moe_rows(
@@ -497,9 +501,9 @@ def moe_rows(
     slice of every expert) and expert-parallel (``moe_ep_size`` 2-8, one rank's whole
     experts, all tokens), ``distribution`` routing (default :func:`moe_routing`)."""
     name = kernel_dtype(df["moe_dtype"], dtype, moe=True)
-    if distribution is None:
-        distribution = moe_routing(df, dtype)
     rows = _moe_table_rows(df, dtype)
+    if distribution is None:
+        distribution = _routing_of(rows)
     rows = rows[rows["distribution"] == distribution]
     rows = _median_of_repeats(
         rows,

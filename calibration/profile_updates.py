@@ -12,13 +12,29 @@ from typing import Any, cast
 import numpy as np
 
 from calibration import opmodels as om
-from calibration.dtypes import compute_dtype
+from calibration.dtypes import EXPERT_ONLY_DTYPES
 from calibration.errors import KernelDataError
-from calibration.fit import FAMILIES, OTHER_GPUS, GpuTables, _fit_families, _fit_moe, _fitter
+from calibration.fit import (
+    FAMILIES,
+    OTHER_GPUS,
+    GpuTables,
+    _fit_families,
+    _fit_moe,
+    _fitter,
+    hardware,
+)
 from calibration.kernels import KernelTables, load_kernel_tables
 from calibration.op_cv import cross_validate
-from calibration.profile import FP8_KV_SUFFIX, Profile, code_commit, op_form
+from calibration.profile import (
+    FP8_KV_SUFFIX,
+    PROFILE_DIR,
+    Profile,
+    code_commit,
+    op_form,
+    profile_path,
+)
 from calibration.registry import get_gpu
+from calibration.weight_only import weight_only_profile
 
 
 def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> list[Path]:
@@ -26,8 +42,6 @@ def add_family_ops(shared: str | Path, out_dir: str | Path | None = None) -> lis
     H100/H200 bf16/fp8 profiles, leaving every other op and their overhead blocks as they
     are (those come from :func:`calibration.fit.build_default_profiles` and ``calibrate
     fit-serving``)."""
-    from calibration.profile import PROFILE_DIR, Profile, profile_path
-
     kernels = Path(shared) / "data" / "kernels"
     out = Path(out_dir) if out_dir is not None else PROFILE_DIR
     written = []
@@ -94,8 +108,6 @@ def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> li
     the same rows its fit used; nothing is refitted, so every prediction inside the tables
     stays as it was. An op whose rows cannot be found again (their count differs from its
     fit's) keeps the axes' ends."""
-    from calibration.profile import PROFILE_DIR, Profile, profile_path
-
     kernels = Path(shared) / "data" / "kernels"
     out = Path(out_dir) if out_dir is not None else PROFILE_DIR
     written = []
@@ -122,8 +134,6 @@ def add_data_ranges(shared: str | Path, out_dir: str | Path | None = None) -> li
 
 def _committed_builds() -> dict[tuple[str, str], GpuTables]:
     """Where each committed profile (GPU, dtype) was fitted from."""
-    from calibration.profile import PROFILE_DIR
-
     builds = {("h100_sxm", d): GpuTables("vllm-0.19.0") for d in ("bf16", "fp8")}
     builds |= {
         ("h200_sxm", d): GpuTables("vllm-0.19.0", fallback="h100_sxm") for d in ("bf16", "fp8")
@@ -155,10 +165,6 @@ def refit_moe_ops(shared: str | Path, out_dir: str | Path | None = None) -> list
     profiles from its refitted bf16 one (:func:`calibration.weight_only.weight_only_profile`):
     how the committed profiles moved from balanced routing without a full rebuild. A fresh
     build gives the same MoE op."""
-    from calibration.dtypes import EXPERT_ONLY_DTYPES
-    from calibration.profile import PROFILE_DIR, Profile, profile_path
-    from calibration.weight_only import weight_only_profile
-
     kernels = Path(shared) / "data" / "kernels"
     out = Path(out_dir) if out_dir is not None else PROFILE_DIR
     written = []
@@ -167,13 +173,8 @@ def refit_moe_ops(shared: str | Path, out_dir: str | Path | None = None) -> list
         if dtype in EXPERT_ONLY_DTYPES or "moe" not in prof.ops:
             continue
         tables, _ = _build_tables(kernels, name, where)
-        spec = get_gpu(name)
-        hw = {
-            "peak_flops": spec.peak_flops[compute_dtype(dtype)],
-            "hbm_Bps": spec.hbm_bandwidth_Bps,
-        }
         notes: list[str] = []
-        moe = _fit_moe(tables, dtype, hw, _fitter(True), notes)
+        moe = _fit_moe(tables, dtype, hardware(get_gpu(name), dtype), _fitter(True), notes)
         if moe is None:
             raise KernelDataError(f"{name}/{dtype}: its moe op has no rows to refit on")
         prof.ops["moe"] = moe

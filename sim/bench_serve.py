@@ -36,6 +36,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, Literal, cast
 
 import numpy as np
@@ -253,11 +254,11 @@ class BenchServeResult:
     engine: AnyEngine
     recorder: MetricsRecorder
 
-    @property
+    @cached_property
     def silent_tokens(self) -> int:
         """Tokens each reply generates before a ``first-text`` client sees any text: the
         model's :attr:`~calibration.model_spec.ModelSpec.stream_silent_tokens` (gpt-oss's
-        harmony header), else 0."""
+        harmony header), else 0 (looked up once per run, read per request)."""
         if self.config.ttft_at != "first-text":
             return 0
         model = getattr(self.engine.latency, "model", None)
@@ -275,15 +276,20 @@ class BenchServeResult:
         """Output tokens of ``req`` as the client counts them (without the silent ones)."""
         return max(req.generated - self.silent_tokens, 0)
 
+    def silent_after_first(self, req: Request) -> int:
+        """Of ``req``'s tokens after its first sampled one, how many the client waits for
+        before it sees text (:attr:`silent_tokens`, fewer when the reply ends sooner)."""
+        return min(self.silent_tokens, max(req.generated - 1, 0))
+
     def visible_first_token_s(self, req: Request) -> float:
-        """When the client sees ``req``'s first text: :attr:`silent_tokens` tokens after its
-        first sampled one, at the request's mean pace (its tokens are not timed one by one;
-        a request that ends sooner shows its first text at its end)."""
-        k = self.silent_tokens
-        if k == 0 or req.generated <= 1:
+        """When the client sees ``req``'s first text: :meth:`silent_after_first` tokens
+        after its first sampled one, at the request's mean pace (its tokens are not timed
+        one by one; a request that ends sooner shows its first text at its end)."""
+        k = self.silent_after_first(req)
+        if k == 0:
             return req.first_token_s
         pace = (req.finished_s - req.first_token_s) / (req.generated - 1)
-        return req.first_token_s + min(k, req.generated - 1) * pace
+        return req.first_token_s + k * pace
 
     def to_vllm_json(
         self,

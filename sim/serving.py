@@ -205,12 +205,11 @@ def row_features(
     ttft, tpot = [], []
     d_ttft: dict[str, list[float]] = {k: [] for k in cum}
     d_tpot: dict[str, list[float]] = {k: [] for k in cum}
-    silent = res.silent_tokens
     for r in done:
         first, last = r.first_token_s, r.finished_s
-        # the client's TTFT ends at the first streamed text, ``shown`` of the request's
+        # the client's TTFT ends at the first streamed text, ``silent`` of the request's
         # decode tokens later (gpt-oss's harmony header): its slopes add theirs
-        shown = min(silent, max(r.generated - 1, 0))
+        silent = res.silent_after_first(r)
         ttft.append(res.visible_first_token_s(r) - r.arrival_s)
         # TTFT: from the arrival at the scheduler (after the request overhead) to the end
         # of the iteration that sampled the first token; the iteration in flight at the
@@ -223,8 +222,8 @@ def row_features(
         for k, c in cum.items():
             to_first = c[b] - c[a] - (1.0 - cut) * per_step[k][a] if a < b else 0.0
             per_token = (c[e] - c[b]) / (r.generated - 1) if r.generated > 1 else 0.0
-            d_ttft[k].append(to_first + shown * per_token)
-        if r.generated - silent > 1:  # at the request's mean pace, silent tokens or not
+            d_ttft[k].append(to_first + silent * per_token)
+        if res.shown_tokens(r) > 1:  # at the request's mean pace, silent tokens or not
             tpot.append((last - first) / (r.generated - 1))
             for k, c in cum.items():
                 d_tpot[k].append((c[e] - c[b]) / (r.generated - 1))
