@@ -403,6 +403,7 @@ def write_defaults(
         written.append(prof.save(path))
     cols = ["fold", "held_out", "model", "gpu", "tp", "concurrency", "isl", "osl"]
     cols += ["ttft_ms", "pred_ttft_ms", "tpot_ms", "pred_tpot_ms", "ttft_error", "tpot_error"]
+    cols += ["preemptions"]  # the simulated run reached the KV knee
     cv_path = PROFILE_DIR / SERVING_CV_FILE
     payload = {
         "what": "held-out predictions of the default serving fit (benchmarks/serving_transfer.py)",

@@ -73,7 +73,8 @@ def test_every_command_in_the_docs_runs(page: Path, cmds: list[str]) -> None:
 
 def test_the_docs_have_commands_and_the_readme_is_a_door() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 80, "the README is a door: one or two screens"
+    # a door (one or two screens) with the calibration's held-out error tables on it
+    assert len(readme.splitlines()) <= 110, "the README is a door: one or two screens"
     cmds = commands(ROOT / "README.md")
     assert "make run" in cmds and any(c.startswith("comem explain") for c in cmds)
     assert any(c.startswith("comem plan") for c in cmds)
@@ -87,9 +88,12 @@ def test_the_docs_have_commands_and_the_readme_is_a_door() -> None:
 
 
 def test_generated_pages_are_current() -> None:
-    from comem.docs_gen import DOCS
+    from comem.docs_gen import DOCS, ROOT, readme_text
     from comem.docs_gen import PAGES as GENERATED
 
+    assert (ROOT / "README.md").read_text() == readme_text(), (
+        "README.md's calibration tables are stale: run `make docs`"
+    )
     for name, page in GENERATED.items():
         assert (DOCS / name).read_text() == page(), f"docs/{name} is stale: run `make docs`"
 
