@@ -241,8 +241,6 @@ def report(name: str, summary: dict[str, Any], held: pd.DataFrame) -> None:
         print(_pct(error_summary(part, by=("held_out", "model", "gpu"))))
 
 
-SERVING_CV_FILE = "serving_cv.json"
-
 #: row families whose TTFT the figure draws against concurrency: (model, gpu, tp, isl, osl)
 TTFT_FAMILIES = (
     ("qwen3-32b", "h100_sxm", 2, 1024, 128),
@@ -350,7 +348,8 @@ def write_defaults(
     checks the bands' coverage on them); the 2024 static fit's own band."""
     import datetime
 
-    from calibration.profile import PROFILE_DIR, Profile, available_profiles, profile_path
+    from calibration.profile import Profile, available_profiles, profile_path
+    from calibration.serving_errors import SERVING_CV_PATH
     from calibration.uncertainty import band_from_errors
     from sim.serving import SERVING_FRAMEWORK
 
@@ -404,7 +403,7 @@ def write_defaults(
     cols = ["fold", "held_out", "model", "gpu", "tp", "concurrency", "isl", "osl"]
     cols += ["ttft_ms", "pred_ttft_ms", "tpot_ms", "pred_tpot_ms", "ttft_error", "tpot_error"]
     cols += ["preemptions"]  # the simulated run reached the KV knee
-    cv_path = PROFILE_DIR / SERVING_CV_FILE
+    cv_path = SERVING_CV_PATH
     payload = {
         "what": "held-out predictions of the default serving fit (benchmarks/serving_transfer.py)",
         "variant": name,

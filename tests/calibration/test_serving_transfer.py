@@ -191,10 +191,9 @@ def test_bench_serve_carries_intervals_from_the_committed_bands() -> None:
 def test_committed_held_out_predictions_and_coverage_rung() -> None:
     """The committed cross-validated predictions: every held-out row names its fold, and
     the 80% intervals, built without each model, cover 70-90% of that model's rows."""
-    from calibration.profile import PROFILE_DIR
+    from calibration.serving_errors import SERVING_CV_PATH as path
     from comem.validation import rung_interval_coverage
 
-    path = PROFILE_DIR / "serving_cv.json"
     if not path.is_file():
         pytest.skip("no committed serving_cv.json")
     rows = json.loads(path.read_text())["rows"]
