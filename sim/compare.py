@@ -234,6 +234,7 @@ def architecture_summary(res: Any) -> dict[str, Any]:
         "preemptions": res.preemptions,
         "kv_peak_fraction": kv_peak,
     }
+    out |= summary_counts(res)
     for col in (
         "llm_exec_time_s",
         "summary_exec_time_s",
@@ -244,6 +245,31 @@ def architecture_summary(res: Any) -> dict[str, Any]:
         out[f"mean_{col}"] = _stat(ok_steps[col].to_numpy(float), "mean")
     add_latency_intervals(out, res.config.agent)
     return out
+
+
+def summary_counts(res: Any) -> dict[str, int]:
+    """Summaries an architecture's policy launched, swapped into the agent's context, and
+    summary requests an engine refused (a refused summary is never swapped in: the agent
+    goes on with its full context)."""
+    steps, req = res.steps, res.requests
+    refused = 0
+    if req is not None and len(req) and "status" in req.columns:
+        if "purpose" in req.columns:  # as written to requests.parquet
+            summary = req["purpose"] == "summary"
+        else:  # in memory: the purpose is the tag's fourth member
+            summary = req["tag"].map(lambda t: isinstance(t, tuple) and t[3:4] == ("summary",))
+        refused = int((summary & (req["status"] == "rejected")).sum())
+    return {
+        "summaries_launched": int(steps["summary_launched"].sum()) if len(steps) else 0,
+        "summaries_swapped": int(steps["summary_swapped"].sum()) if len(steps) else 0,
+        "summary_requests_refused": refused,
+    }
+
+
+def summaries_made(arch: dict[str, Any]) -> float:
+    """The share of launched summaries swapped in (0 where none was launched)."""
+    launched = arch.get("summaries_launched", 0)
+    return arch.get("summaries_swapped", 0) / launched if launched else 0.0
 
 
 def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:

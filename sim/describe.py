@@ -132,6 +132,25 @@ def unfinished(summary: dict[str, Any], name: str) -> str | None:
     return f"{name} finished {done} of {total} tasks" + (f" ({why})" if why else "")
 
 
+def summaries_note(summary: dict[str, Any], name: str) -> str | None:
+    """'KSO8 swapped in 96 of 304 summaries (208 refused by an engine)' where a
+    summarizing architecture's summaries did not all happen (its speed and resolve rate
+    are then partly a full-context agent's), else None."""
+    arch = summary["architectures"].get(name, {})
+    if arch.get("kind", "fc") == "fc" or "summaries_launched" not in arch:
+        return None
+    launched, swapped = arch["summaries_launched"], arch["summaries_swapped"]
+    refused = arch.get("summary_requests_refused", 0)
+    if launched == 0:
+        return f"{name} made no summary (its tasks are shorter than k): it ran as full context"
+    if not refused:
+        return None  # the last summaries of a task may still be in flight at its end
+    return (
+        f"{name} swapped in {swapped} of {launched} summaries ({refused} refused by an"
+        " engine: see the warnings)"
+    )
+
+
 def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
     """'CoMem is 1.29x faster than FC by mean step latency' for every architecture
     against the reference (a :meth:`sim.scenario.ScenarioResult.summary`), with the
@@ -155,6 +174,8 @@ def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
         resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp"
         partial = [u for u in (unfinished(summary, ref), unfinished(summary, name)) if u]
         caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""
+        note = summaries_note(summary, name)
+        caveat += f"; {note}" if note else ""
         lines.append(
             f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
             f" (speedup {value:.2f}x{resolve}){caveat}"

@@ -45,6 +45,9 @@ no data (every run summarized synchronously): ``staleness_logit_per_step`` (defa
 is a stated assumption, not a fit. Summary length did not vary in the runs either: the
 model does not depend on it. A task the simulator ended early (context or memory limit)
 resolves with probability ``capped_resolve_factor`` times its policy's rate (default 0).
+The loss counts summaries made: a run scales ``D`` by the share of its launched summaries
+that were swapped in (a refused summary, or none launched in tasks shorter than k, loses
+nothing; :func:`resolve_rate`'s ``summaries_made``).
 """
 
 from __future__ import annotations
@@ -225,18 +228,26 @@ def resolve_rate(
     params: EffectivenessParams,
     fit: EffectFit | None = None,
     ended_early: float = 0.0,
+    summaries_made: float = 1.0,
 ) -> ResolveRate:
     """The predicted resolve rate of a policy; ``ended_early``: the fraction of its
-    tasks a limit ended (they resolve at ``capped_resolve_factor`` of the rate)."""
+    tasks a limit ended (they resolve at ``capped_resolve_factor`` of the rate);
+    ``summaries_made``: the share of the policy's summaries that happened (a summary an
+    engine refused, or one a task too short for k never launched, loses nothing: the
+    loss is per summary made, so it scales with the share; 0 is the raw agent)."""
     fit = fit or load_fit()
+    if not 0.0 <= summaries_made <= 1.0:
+        raise ComemInputError(f"summaries_made must be in [0, 1], got {summaries_made!r}")
+    if summaries_made == 0.0:
+        features = PolicyFeatures(math.inf, math.inf, 0.0, "none")
     cap = 1.0 - ended_early * (1.0 - params.capped_resolve_factor)
     point = marginal_rate(
         params.baseline_resolve_rate,
-        loss_logit(features, params, fit.b_0, fit.b_m),
+        summaries_made * loss_logit(features, params, fit.b_0, fit.b_m),
         fit.instance_sd,
     )
     d = fit.draws
-    loss = loss_logit(features, params, d[:, 0], d[:, 1])
+    loss = summaries_made * loss_logit(features, params, d[:, 0], d[:, 1])
     if features.summarizer != "none":
         loss = loss + _shifts(fit)
     draws = marginal_rate(params.baseline_resolve_rate, loss, d[:, 2]) * cap
@@ -282,11 +293,17 @@ def architecture_effectiveness(
     ended_early: dict[str, float],
     reference: str | None,
     fit: EffectFit | None = None,
+    summaries_made: dict[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per architecture name: :func:`summary_fields` (deltas against ``reference``, the
-    scenario's reference architecture; none without one)."""
+    scenario's reference architecture; none without one). ``summaries_made``: per
+    architecture, the share of the summaries its policy launched that were swapped in
+    (0 where it launched none: tasks shorter than k); missing names count 1."""
+    made = summaries_made or {}
     rates = {
-        name: resolve_rate(policy_features(p), params, fit, ended_early.get(name, 0.0))
+        name: resolve_rate(
+            policy_features(p), params, fit, ended_early.get(name, 0.0), made.get(name, 1.0)
+        )
         for name, p in policies.items()
     }
     ref = rates.get(reference) if reference is not None else None

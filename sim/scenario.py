@@ -31,7 +31,7 @@ from calibration.inputs import InputModel, Name, Seconds, Tokens, TokensOrZero
 from engine.kv_cache import StreamSpace
 from sim.actions import Step, Task
 from sim.agents import Agent, AgentRecorder
-from sim.compare import architecture_summary, compare
+from sim.compare import architecture_summary, compare, summaries_made
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
 from sim.deployment import build_engines, simulation_gc
 from sim.effectiveness import EffectivenessParams, architecture_effectiveness
@@ -425,6 +425,7 @@ class ScenarioResult:
             {r.config.name: r.config for r in self.results},
             {n: a["tasks_ended_early"] / max(a["tasks"], 1) for n, a in archs.items()},
             comparison["reference"],
+            summaries_made={n: summaries_made(a) for n, a in archs.items()},
         )
         for name, fields in effect.items():
             archs[name].update(fields)

@@ -127,6 +127,74 @@ def test_scenario_effectiveness_table_and_summary(tmp_path):
     assert cp["resolve_rate_delta_pp_low"] < cp["resolve_rate_delta_pp"] < 0
 
 
+def test_the_loss_is_per_summary_made():
+    """A summary that never happened loses nothing: the log-odds loss scales with the
+    share of the policy's summaries swapped in, and none is the raw agent."""
+    params = EffectivenessParams(baseline_resolve_rate=0.4)
+    features = policy_features(PolicyParams(kind="cp", k=4, retain=0))
+    fit = ef.load_fit()
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    full = ef.resolve_rate(features, params)
+    half = ef.resolve_rate(features, params, summaries_made=0.5)
+    c = math.sqrt(1 + math.pi * fit.instance_sd**2 / 8)
+    assert logit(half.rate) - logit(0.4) == pytest.approx((logit(full.rate) - logit(0.4)) / 2)
+    assert abs(logit(full.rate) - logit(0.4)) * c > 0.05  # a loss worth halving
+    none = ef.resolve_rate(features, params, summaries_made=0.0)
+    assert none.rate == none.low == none.high == pytest.approx(0.4)
+    with pytest.raises(ComemInputError, match="summaries_made"):
+        ef.resolve_rate(features, params, summaries_made=1.5)
+
+
+def test_tasks_shorter_than_k_make_no_summary_and_lose_nothing():
+    from sim.describe import verdict_lines
+
+    data = {
+        "workload": {"agents": 2, "steps": 5},
+        "architectures": [{"name": "FC", "kind": "fc"}, {"name": "CP", "kind": "cp", "k": 8}],
+    }
+    summary = run_scenario(scenario_from(data, [], "test")).summary()
+    cp = summary["architectures"]["CP"]
+    assert cp["summaries_launched"] == cp["summaries_swapped"] == 0
+    assert cp["resolve_rate_delta_pp"] == 0.0
+    (line,) = verdict_lines(summary, "step")
+    assert "CP made no summary" in line and "ran as full context" in line
+
+
+def test_summaries_an_engine_refuses_cost_nothing_and_the_verdict_says_so():
+    """A memory engine whose KV cache cannot hold the later summary prompts refuses
+    them: the agent goes on with its full context, its resolve rate loses only for the
+    summaries made, and the verdict names the refusals."""
+    from sim.describe import verdict_lines
+
+    def summary(capacity: int):  # type: ignore[no-untyped-def]
+        data = {
+            "workload": {"agents": 1, "steps": 10, "system_tokens": 100,
+                         "observation_tokens": 50, "action_tokens": 20, "summary_tokens": 30},
+            "architectures": [
+                {"name": "FC", "kind": "fc"},
+                {"name": "SM", "kind": "sm", "k": 2, "retain": 0,
+                 "memory": {"name": "memory", "kv_capacity_tokens": capacity}},
+            ],
+        }  # fmt: skip
+        return run_scenario(scenario_from(data, [], "test")).summary()
+
+    roomy, tight = summary(100_000), summary(500)
+    full, cut = roomy["architectures"]["SM"], tight["architectures"]["SM"]
+    assert full["summaries_swapped"] == full["summaries_launched"] > 0
+    assert full["summary_requests_refused"] == 0
+    assert 0 < cut["summaries_swapped"] < cut["summaries_launched"]
+    assert cut["summary_requests_refused"] > 0
+    share = cut["summaries_swapped"] / cut["summaries_launched"]
+    assert full["resolve_rate_delta_pp"] < cut["resolve_rate_delta_pp"] < 0
+    assert cut["resolve_rate_delta_pp"] == pytest.approx(
+        full["resolve_rate_delta_pp"] * share, rel=0.1
+    )
+    (line,) = verdict_lines(tight, "step")
+    assert f"swapped in {cut['summaries_swapped']} of {cut['summaries_launched']}" in line
+    assert "refused by an engine" in line
+    assert "refused" not in verdict_lines(roomy, "step")[0]
+
+
 @pytest.mark.parametrize("value", ["1.5", "0", '"high"'])
 def test_a_bad_baseline_is_one_clear_error(value):
     with pytest.raises(ComemInputError, match="baseline_resolve_rate"):
