@@ -271,6 +271,7 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         "dense_layers": dense_layers,
         "mtp_layers": _mtp_layers(cfg, where),
         "stream_silent_tokens": STREAM_SILENT_TOKENS.get(str(cfg.get("model_type", "")), 0),
+        "max_position_embeddings": _int_field(cfg, "max_position_embeddings", where, default=0),
     }
 
 

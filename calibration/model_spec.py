@@ -72,6 +72,9 @@ class ModelSpec:
     #: harmony header: :data:`calibration.hf_config.STREAM_SILENT_TOKENS`); a chat client's
     #: TTFT ends that many tokens after the first sampled one
     stream_silent_tokens: int = 0
+    #: the context the checkpoint was trained for (``max_position_embeddings``; 0 unknown):
+    #: vLLM refuses a longer ``max_model_len`` unless told to allow it
+    max_position_embeddings: int = 0
 
     def __post_init__(self) -> None:
         if self.stream_silent_tokens < 0:

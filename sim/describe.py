@@ -102,6 +102,61 @@ def mean_context_tokens(w: Any) -> float:
     return float(w.system_tokens + first + (w.steps - 1) / 2 * per_step)
 
 
+def trained_context_note(model: str, max_model_len: int | None) -> str | None:
+    """'max_model_len N is above M's max_position_embeddings T: ...' where it is (vLLM
+    refuses that unless told to allow it), else None (also for an unknown trained
+    context or a model the engine's own checks will refuse)."""
+    from calibration.errors import ComemInputError
+    from calibration.registry import get_model
+
+    try:
+        trained = get_model(model).max_position_embeddings
+    except ComemInputError:
+        return None
+    if not trained or max_model_len is None or max_model_len <= trained:
+        return None
+    return (
+        f"max_model_len {max_model_len:,} is above {model}'s max_position_embeddings"
+        f" {trained:,}: vLLM refuses that unless rope scaling extends it (or"
+        " VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); priced as asked"
+    )
+
+
+def context_limit_notes(scenario: Any) -> list[str]:
+    """What a user must know about context lengths before a run: an engine whose
+    ``max_model_len`` is above its model's trained context (vLLM refuses that unless told
+    to allow it; priced as asked), and a full-context agent whose synthetic task outgrows
+    its ``max_model_len`` (its tasks end at the cap and count as unresolved:
+    ``effectiveness.capped_resolve_factor``)."""
+    notes = []
+    w = scenario.workload
+    for i, arch in enumerate(scenario.architectures):
+        for role, engine in (("agent", arch.agent), ("memory", arch.memory)):
+            note = (
+                None if engine is None else trained_context_note(engine.model, engine.max_model_len)
+            )
+            if note:
+                notes.append(f"{arch.name} {role}: {note}")
+        if arch.kind == "fc" and w.kind == "synthetic":
+            first = (
+                w.observation_tokens
+                if w.first_observation_tokens is None
+                else (w.first_observation_tokens)
+            )
+            last = (
+                w.system_tokens + first + (w.steps - 1) * (w.observation_tokens + w.action_tokens)
+            )
+            if last > arch.agent.max_model_len:
+                notes.append(
+                    f"{arch.name}: a task's last prompt (~{last:,} tokens) is past its agent's"
+                    f" max_model_len {arch.agent.max_model_len:,}: its tasks end at the cap and"
+                    f" count as resolved at {scenario.effectiveness.capped_resolve_factor:g} x"
+                    " its rate (effectiveness.capped_resolve_factor); raise max_model_len"
+                    f" (--set architectures.{i}.agent.max_model_len=...) to time the whole task"
+                )
+    return notes
+
+
 def scenario_lines(scenario: Any) -> list[str]:
     """The workload, then one line per architecture: policy and deployment."""
     lines = [f"workload: {workload(scenario.workload)}"]

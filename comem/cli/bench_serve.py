@@ -188,7 +188,11 @@ def _warn_bench_serve(
         f for f in ACCEPTED_CLIENT_FLAGS
         if getattr(args, "accepted_" + f[2:].replace("-", "_")) not in (None, False)
     ]  # fmt: skip
-    for note in accepted_flag_notes(given):  # once the run is known to be good
+    from sim.describe import trained_context_note
+
+    notes = accepted_flag_notes(given)  # once the run is known to be good
+    notes += [n for n in [trained_context_note(args.model, args.max_model_len)] if n]
+    for note in notes:
         print(f"comem bench-serve: note: {note}", file=sys.stderr)
     if out["failed"]:
         first = next((r.reason for r in result.requests if r.status != "finished"), "")

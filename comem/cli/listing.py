@@ -47,8 +47,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for g in GPUS.values():
             _print_gpu(g, available_profiles())
     else:
+        from calibration.profile import Profile, profile_path
+
+        # the file's framework name is the profile family; the kernels' own vLLM version
+        # (A100: 0.14.0, L40S: 0.22.0) is what its op fits were measured on
         for gpu, framework, dtype in available_profiles():
-            print(f"{gpu:10s} {framework:12s} {dtype}")
+            prov = Profile.load(profile_path(gpu, dtype, framework)).provenance
+            folder = str(prov.get("kernel_dir", "")).rpartition("vllm-")[2]
+            kernels = prov.get("kernel_vllm_version") or folder or "unstated"
+            print(f"{gpu:10s} {framework:12s} {dtype:6s} kernel tables: vLLM {kernels}")
     return 0
 
 

@@ -93,9 +93,19 @@ def register(sub: Any) -> None:
         help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
     )
     add_model_flags(ps, EngineConfig, ("gpu", "tp", "dtype", "enable_expert_parallel"), ENGINE)
-    ps.add_argument("--batch", type=_positive_int, required=True)
-    ps.add_argument("--input", type=_positive_int, required=True, help="prompt tokens")
-    ps.add_argument("--output", type=_positive_int, required=True, help="generated tokens")
+    # vLLM's ``vllm bench latency`` spells them --batch-size / --input-len / --output-len
+    ps.add_argument(
+        "--batch", "--batch-size", dest="batch", type=_positive_int, required=True,
+        help="requests in the batch",
+    )  # fmt: skip
+    ps.add_argument(
+        "--input", "--input-len", dest="input", type=_positive_int, required=True,
+        help="prompt tokens",
+    )  # fmt: skip
+    ps.add_argument(
+        "--output", "--output-len", dest="output", type=_positive_int, required=True,
+        help="generated tokens",
+    )  # fmt: skip
     add_model_flags(
         ps, EngineConfig, ("max_num_batched_tokens", "gpu_memory_utilization", "profile"), ENGINE
     )

@@ -36,7 +36,12 @@ def _default_name() -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
-    from sim.describe import scenario_description, scenario_lines, verdict_lines
+    from sim.describe import (
+        context_limit_notes,
+        scenario_description,
+        scenario_lines,
+        verdict_lines,
+    )
     from sim.paper import DEFAULT_SCENARIO
     from sim.scenario import load_scenario, run_scenario
 
@@ -52,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ComemInputError(f"{exc} ({note})" if note else str(exc)) from None
     if note:
         notes.append(f"comem run: {note}")
+    notes += [f"comem run: note: {n}" for n in context_limit_notes(scenario)]
     for line in notes if not args.json else []:  # once the input is known to be good
         print(line, file=sys.stderr)
     _outputs_not_inputs(

@@ -1,0 +1,38 @@
+"""The lines a run prints before its table: context limits a user must know about."""
+
+from __future__ import annotations
+
+from sim.describe import context_limit_notes
+from sim.scenario import scenario_from
+
+
+def _scenario(agent: dict, steps: int = 8) -> object:
+    data = {
+        "workload": {"agents": 1, "steps": steps, "system_tokens": 1000,
+                     "observation_tokens": 500, "action_tokens": 100},
+        "architectures": [{"name": "FC", "kind": "fc", "agent": agent}],
+    }  # fmt: skip
+    return scenario_from(data, [], "test")
+
+
+def test_a_max_model_len_past_the_trained_context_is_said() -> None:
+    # Qwen3-8B's config.json: max_position_embeddings 40960
+    (note,) = context_limit_notes(
+        _scenario({"name": "agent", "model": "qwen3-8b", "max_model_len": 65536})
+    )
+    assert "max_model_len 65,536 is above qwen3-8b's max_position_embeddings 40,960" in note
+    assert (
+        context_limit_notes(
+            _scenario({"name": "agent", "model": "qwen3-8b", "max_model_len": 40960})
+        )
+        == []
+    )
+
+
+def test_a_full_context_task_that_outgrows_its_cap_is_said() -> None:
+    # the last prompt: 1000 + 500 + 39 x (500 + 100) = 24,900 tokens
+    agent = {"name": "agent", "model": "qwen3-8b", "max_model_len": 16384}
+    (note,) = context_limit_notes(_scenario(agent, steps=40))
+    assert "last prompt (~24,900 tokens) is past its agent's max_model_len 16,384" in note
+    assert "architectures.0.agent.max_model_len" in note
+    assert context_limit_notes(_scenario(agent, steps=20)) == []  # 12,900 tokens fit
