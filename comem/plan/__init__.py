@@ -13,7 +13,8 @@ TP / expert-parallel / data-parallel layout, which k, and CPU KV offload or not?
    Past that bound the closed form is optimistic (it prices no preemption), and
    co-location's turn-taking is not in it: both are flagged.
 3. **Confirm with the simulator** the ``top`` candidates by estimate, plus the best of
-   every architecture kind, in parallel processes; results are kept in ``out/points/``
+   every architecture kind and full context's best in every weight dtype (the verdict's
+   baseline), in parallel processes; results are kept in ``out/points/``
    so an interrupted plan resumes.
 4. **Rank** by the objective (mean or p99 step latency, or steps per second per GPU)
    among those meeting the SLO and, with ``max_resolve_loss_pp``, losing at most that

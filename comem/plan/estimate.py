@@ -129,7 +129,8 @@ def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
 
 
 def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
-    """The candidates worth simulating: the ``top`` by estimate, and each kind's two best.
+    """The candidates worth simulating: the ``top`` by estimate, each kind's two best, and
+    full context's best in every weight dtype (the verdict's baseline).
 
     CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
     form prices no offload), so an offload variant is simulated only past the KV bound."""
@@ -155,4 +156,12 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
                 chosen.append(c)
             if len(layouts) == 2:
                 break
+    # the verdict's baseline is the best full context simulated: every weight dtype's best
+    # full-context layout is simulated, since past the KV bound the closed form misranks
+    # them (a cheaper dtype leaves more room for contexts, which the estimate barely prices)
+    best_fc: dict[str, Candidate] = {}
+    for e in by_estimate:
+        if e.candidate.kind == "fc":
+            best_fc.setdefault(e.candidate.agent_dtype, e.candidate)
+    chosen += [c for c in best_fc.values() if c not in chosen]
     return chosen
