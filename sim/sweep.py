@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -246,7 +247,7 @@ def _point_rows(point: SweepPoint) -> list[dict[str, Any]]:
     summary = run_scenario(point.scenario).summary()
     speedups = summary["comparison"]["metrics"]
     rows = []
-    for arch, metrics in summary["architectures"].items():
+    for index, (arch, metrics) in enumerate(summary["architectures"].items()):
         early = metrics["ended_early"]
         rows.append(
             {
@@ -255,6 +256,9 @@ def _point_rows(point: SweepPoint) -> list[dict[str, Any]]:
                 "replicate": point.replicate,
                 "seed": point.scenario.seed,
                 "architecture": arch,
+                # its place in the scenario's list: which architecture a grid axis
+                # ``architectures.<index>.<field>`` varies
+                "architecture_index": index,
                 **{f"grid.{k}": v for k, v in point.values.items()},
                 **{k: v for k, v in metrics.items() if k != "ended_early"},
                 # why tasks ended early, e.g. "context_exceeded 3" ("" if none did)
@@ -392,6 +396,19 @@ def _on_edge(value: Any, values: list[Any]) -> bool:
     return len(numeric) == len(values) >= 2 and value in (min(numeric), max(numeric))
 
 
+def _varied_architectures(table: pd.DataFrame, k_axis: str) -> set[str] | None:
+    """The architectures whose k the axis ``grid.architectures.<i>.k`` sets (None: not
+    known, a table written before rows carried ``architecture_index``; a ``.k`` axis of
+    another form varies them all)."""
+    match = re.fullmatch(r"grid\.architectures\.(\d+)\.k", k_axis)
+    if match is None:
+        return set(table["architecture"])
+    if "architecture_index" not in table.columns:
+        return None
+    chosen = table[table["architecture_index"] == int(match.group(1))]
+    return set(chosen["architecture"])
+
+
 def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     """What a sweep answers, per grid point and CoMem-style architecture: the speedup
     over full context by ``metric`` and the resolve-rate change (means over seeds); the
@@ -414,9 +431,13 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     rows = means.to_dict("records")
     best_k: list[dict[str, Any]] = []
     k_axis = next((a for a in axes if a.endswith(".k")), None)
+    varied: set[str] | None = None
     if k_axis is not None:
         others = [a for a in axes if a != k_axis]
+        varied = _varied_architectures(ok, k_axis)
         for _, group in means.groupby(["architecture", *others], dropna=False, sort=True):
+            if varied is not None and group["architecture"].iloc[0] not in varied:
+                continue  # its k is not the axis: a "best k" would be seed noise
             top: dict[str, Any] = {
                 str(k): v for k, v in group.sort_values("speedup", ascending=False).iloc[0].items()
             }
@@ -426,7 +447,12 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     winner = None
     if len(finite):
         winner = finite.sort_values("speedup", ascending=False).iloc[0].to_dict()
-        winner["edge"] = [a[len("grid.") :] for a in axes if _on_edge(winner[a], values[a])]
+        # a k axis that does not set the winner's k does not locate it
+        fixed_k = k_axis is not None and varied is not None and winner["architecture"] not in varied
+        winner["axes"] = [a for a in axes if not (fixed_k and a == k_axis)]
+        winner["edge"] = [
+            a[len("grid.") :] for a in winner["axes"] if _on_edge(winner[a], values[a])
+        ]
     return {"metric": metric, "axes": axes, "rows": rows, "best_k": best_k, "winner": winner}
 
 
@@ -472,13 +498,21 @@ def summary_markdown(result: dict[str, Any]) -> str:
             )  # fmt: skip
     w = result["winner"]
     if w is not None:
-        at = ", ".join(f"{a[len('grid.') :]}={_fmt(w[a])}" for a in axes)
+        located = ", ".join(f"{a[len('grid.') :]}={_fmt(w[a])}" for a in w.get("axes", axes))
+        at = located or "every point of the grid (its own settings)"
         edge = (
             f"; on the edge of the grid in {', '.join(w['edge'])}: widen it to see past it"
             if w["edge"]
             else ""
         )
-        lines += ["", f"winner: {w['architecture']} at {at}, {_x(w['speedup'])}{edge}"]
+        if w["speedup"] < 1.0:  # every architecture is slower than full context
+            lines += [
+                "",
+                f"winner: full context at every point (the fastest other: {w['architecture']}"
+                f" at {at}, {_x(w['speedup'])}){edge}",
+            ]
+        else:
+            lines += ["", f"winner: {w['architecture']} at {at}, {_x(w['speedup'])}{edge}"]
     return "\n".join(lines) + "\n"
 
 

@@ -94,3 +94,38 @@ def test_bad_sweep_files_are_one_line_exit_2(tmp_path, grid, needle):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+
+
+def _table(speedups: dict[tuple[str, int, int], float]) -> pd.DataFrame:
+    """A results table by hand: (architecture, its index, k on the axis) -> speedup."""
+    rows = []
+    for point, ((arch, index, k), value) in enumerate(speedups.items()):
+        rows.append(
+            {"point": point, "architecture": arch, "architecture_index": index,
+             "kind": arch.lower(), "grid.architectures.1.k": k, "speedup_step": value,
+             "resolve_rate_delta_pp": -1.0, "error": ""}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_best_k_is_only_for_the_architecture_the_k_axis_sets():
+    from sim.sweep import summary, summary_markdown
+
+    # KSO (index 1) is the axis's; CP (index 2) keeps its own k: its rows differ by noise
+    table = _table({("KSO", 1, 4): 1.2, ("KSO", 1, 8): 1.5, ("CP", 2, 4): 2.01, ("CP", 2, 8): 2.0})
+    result = summary(table)
+    assert [(r["architecture"], r["grid.architectures.1.k"]) for r in result["best_k"]] == [
+        ("KSO", 8)
+    ]
+    winner = result["winner"]
+    assert winner["architecture"] == "CP" and winner["axes"] == []
+    assert "winner: CP at , 2.01x" not in summary_markdown(result)  # no k to locate it by
+    assert "architectures.1.k=" not in summary_markdown(result).split("winner:")[1]
+
+
+def test_a_sweep_full_context_wins_everywhere_says_so():
+    from sim.sweep import summary, summary_markdown
+
+    table = _table({("KSO", 1, 4): 0.8, ("KSO", 1, 8): 0.9})
+    text = summary_markdown(summary(table))
+    assert "winner: full context at every point (the fastest other: KSO" in text
