@@ -16,6 +16,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     a = load_side(args.a, args.set_a or [])
     b = load_side(args.b, args.set_b or [])
     if args.out:
+        _explain_out_is_safe(args.out, [args.a, args.b], [a, b])
         _writable_file(args.out)
     workers = _workers(args.workers, 10**6)
     result = _with_progress(
@@ -30,6 +31,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(text, end="")
     return 0
+
+
+#: how an explanation written by ``--out`` begins (:func:`sim.explain.table_markdown`)
+EXPLANATION_HEAD = "Verdict: speedup of CoMem over full context"
+
+
+def _explain_out_is_safe(out: str, sides: list[str], loaded: list[Any]) -> None:
+    """Refuse an ``--out`` that is one of the answers compared, a file inside a compared
+    run's or plan's directory, or a file the scenarios read; and an existing file that is
+    not an earlier explanation (a user's file is not overwritten)."""
+    from calibration.errors import ComemInputError
+    from calibration.inputs import input_paths, refuse_input_as_output
+
+    inputs: dict[str, Any] = {}
+    for name, side, side_loaded in zip(("A", "B"), sides, loaded, strict=True):
+        path = Path(side)
+        inputs[name] = path
+        if path.is_dir():
+            inputs.update({f"{name}/{p.name}": p for p in path.iterdir() if p.is_file()})
+        inputs.update(input_paths(side_loaded.data, name))
+    refuse_input_as_output(Path(out), inputs, "--out")
+    target = Path(out)
+    if target.is_file():
+        try:
+            head = target.read_text(errors="replace")[: len(EXPLANATION_HEAD)]
+        except OSError:
+            head = ""
+        if head != EXPLANATION_HEAD:
+            raise ComemInputError(
+                f"--out {out}: the file exists and is not an earlier explanation: it is not"
+                " overwritten (write elsewhere, or remove it first)"
+            )
 
 
 def register(sub: Any) -> None:

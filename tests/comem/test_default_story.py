@@ -354,3 +354,34 @@ def test_a_runs_config_json_runs_again_as_it_ran(tmp_path: Path) -> None:
     for table in ("steps", "tasks", "requests"):
         a = (first / f"{table}.parquet").read_bytes()
         assert a == (again / f"{table}.parquet").read_bytes(), table
+
+
+def test_explain_out_never_replaces_an_input_or_a_users_file(tmp_path) -> None:
+    """``--out`` is refused over a compared answer, over a file of a compared run's
+    directory and over an existing file that is not an earlier explanation; an earlier
+    explanation is rewritten."""
+    scenario = tmp_path / "a.toml"
+    scenario.write_text(Path(OLD).read_text())
+    assert_user_error(
+        run_comem("explain", str(scenario), OLD, "--out", str(scenario)), "is the A file"
+    )
+    assert run_comem("run", OLD, *TINY, "--out", str(tmp_path / "r")).returncode == 0
+    config = tmp_path / "r" / "config.json"
+    before = config.read_bytes()
+    assert_user_error(
+        run_comem("explain", str(tmp_path / "r"), OLD, "--out", str(config)), "this command reads"
+    )
+    assert config.read_bytes() == before
+    mine = tmp_path / "notes.md"
+    mine.write_text("my notes\n")
+    assert_user_error(
+        run_comem("explain", OLD, OLD, "--out", str(mine)), "not an earlier explanation"
+    )
+    assert mine.read_text() == "my notes\n"
+    out = tmp_path / "why.md"
+    for _ in range(2):  # the second run rewrites the first one's explanation
+        proc = run_comem("explain", OLD, OLD, "--set-a", "workload.agents=2",
+                         "--set-a", "workload.steps=4", "--set-b", "workload.agents=2",
+                         "--set-b", "workload.steps=4", "--out", str(out))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("Verdict: speedup of CoMem")

@@ -129,3 +129,18 @@ def test_a_sweep_full_context_wins_everywhere_says_so():
     table = _table({("KSO", 1, 4): 0.8, ("KSO", 1, 8): 0.9})
     text = summary_markdown(summary(table))
     assert "winner: full context at every point (the fastest other: KSO" in text
+
+
+def test_sweep_json_is_valid_json(tmp_path):
+    """The summary's numbers come from pandas (numpy scalars): --json prints them."""
+    import json
+
+    f = _sweep_file(tmp_path, agents=(2,), ks=(1, 2))
+    proc = subprocess.run(
+        [sys.executable, "-m", "comem", "sweep", str(f), "--out", str(tmp_path / "o"), "--json"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "COMEM_SHARED": "/nonexistent"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["points"] == 2 and data["summary"]["winner"]["architecture"]
