@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,10 +98,10 @@ class MetricsRecorder:
     def iterations_frame(self) -> pd.DataFrame:
         return frame(self.iterations, IterationRow._fields)
 
-    def write_parquet(self, directory: str | Path) -> list[Path]:
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [out / "requests.parquet", out / "engine_steps.parquet"]
-        self.requests_frame().to_parquet(paths[0], index=False)
-        self.iterations_frame().to_parquet(paths[1], index=False)
-        return paths
+    def parquet_writers(self) -> dict[str, Any]:
+        """The tables as ``calibration.inputs.write_result`` writers (file name -> a
+        function writing it to a path)."""
+        return {
+            "requests.parquet": lambda p: self.requests_frame().to_parquet(p, index=False),
+            "engine_steps.parquet": lambda p: self.iterations_frame().to_parquet(p, index=False),
+        }

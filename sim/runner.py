@@ -54,11 +54,14 @@ class EngineRunResult:
         return summarize(self.recorder, self.engine, self.wall_s)
 
     def write(self, directory: str | Path) -> list[Path]:
-        out = Path(directory)
-        paths = self.recorder.write_parquet(out)
-        cfg = out / "config.json"
-        cfg.write_text(self.config.model_dump_json(indent=1) + "\n")
-        return [*paths, cfg]
+        """The tables, then ``config.json`` (the mark of a whole result: a killed write
+        leaves none, and no old one beside new tables)."""
+        from calibration.inputs import write_result
+
+        config = self.config.model_dump_json(indent=1) + "\n"
+        writers = self.recorder.parquet_writers()
+        writers["config.json"] = lambda p: p.write_text(config)
+        return write_result(directory, writers, "config.json")
 
 
 def check_run(run: EngineRun) -> None:

@@ -213,12 +213,14 @@ def _write_bench_serve(
             json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
         )
     if args.out:
-        paths = result.recorder.write_parquet(args.out)
-        res_path = Path(args.out) / "bench_serve.json"
-        res_path.write_text(
-            json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
-        )
-        out["files"] = [str(p) for p in [*paths, res_path]]
+        from calibration.inputs import write_result
+
+        # bench_serve.json last, the tables before it: a killed write leaves no result
+        # file, and never an old one beside new tables
+        text = json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        writers = result.recorder.parquet_writers()
+        writers["bench_serve.json"] = lambda p: p.write_text(text)
+        out["files"] = [str(p) for p in write_result(args.out, writers, "bench_serve.json")]
 
 
 def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:

@@ -61,6 +61,7 @@ def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from calibration.inputs import write_result
     from comem.plan.figure import pareto_figure
     from comem.plan.rank import pareto
     from comem.plan.report import (
@@ -92,8 +93,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     warnings += edge_warnings(spec, rows)
     for line in warnings:
         print(f"comem plan: warning: {line}", file=sys.stderr)
-    written = [out / "plan.md", out / "plan.json"]
-    (out / "plan.md").write_text(table_markdown(rows, limit=len(rows)))
     payload = {
         "spec": spec.model_dump(),
         "candidates": n,
@@ -105,12 +104,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "assumptions": assumptions(spec),
         "verdict": verdict(rows),
     }
-    (out / "plan.json").write_text(
-        json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
-    )
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
-    written.append(pareto_figure(rows, out / "pareto.png", title))
-    written.append(write_scenario(spec, rows, out / "chosen_scenario.toml"))
+    text = json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+    # plan.json last; every old file goes first: a killed write never leaves one run's
+    # chosen scenario beside another's table (explain reads chosen_scenario.toml)
+    written = write_result(
+        out,
+        {
+            "plan.md": lambda p: p.write_text(table_markdown(rows, limit=len(rows))),
+            "pareto.png": lambda p: pareto_figure(rows, p, title),
+            "chosen_scenario.toml": lambda p: write_scenario(spec, rows, p),
+            "plan.json": lambda p: p.write_text(text),
+        },
+        "plan.json",
+    )
     payload["files"] = [str(p) for p in written]
     if args.json:
         _print_json(payload)

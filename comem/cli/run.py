@@ -57,7 +57,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ComemInputError(f"{exc} ({note})" if note else str(exc)) from None
     if note:
         notes.append(f"comem run: {note}")
-    notes += [f"comem run: note: {n}" for n in context_limit_notes(scenario)]
     for line in notes if not args.json else []:  # once the input is known to be good
         print(line, file=sys.stderr)
     _outputs_not_inputs(
@@ -81,11 +80,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"{name}: no speedup by {chosen['label']}: nothing to compare"
                     f" ({chosen['compared_on']}: none)"
                 )
+    context = context_limit_notes(scenario)  # after the run: its budgets held
+    for note in context:
+        print(f"comem run: note: {note}", file=sys.stderr)
     for note in notes:
         print(f"comem run: warning: {note}", file=sys.stderr)
     described = scenario_description(scenario)
     if args.json:
-        _print_json({**summary, "described": described, "files": [str(p) for p in written]})
+        _print_json(
+            {**summary, "described": described, "notes": context,
+             "files": [str(p) for p in written]}
+        )  # fmt: skip
         return 0
     from rich.console import Console
 

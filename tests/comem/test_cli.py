@@ -253,10 +253,11 @@ def test_list_models() -> None:
 def test_list_profiles() -> None:
     proc = run_comem("list", "profiles")
     assert proc.returncode == 0, proc.stderr
-    rows = {(f[0], f[-1]) for f in (line.split() for line in proc.stdout.splitlines()) if f}
+    rows = {(f[0], f[2]): f[-1] for f in (line.split() for line in proc.stdout.splitlines()) if f}
     for gpu in ("h100_sxm", "h200_sxm"):
         for dtype in ("bf16", "fp8"):
-            assert (gpu, dtype) in rows, proc.stdout
+            assert rows[(gpu, dtype)] == "0.19.0", proc.stdout  # its kernel tables' vLLM
+    assert rows[("a100_sxm", "bf16")] == "0.14.0"  # not the profile family's name
 
 
 # --- calibrate report -------------------------------------------------------------------
