@@ -370,7 +370,16 @@ def load_silicon_csv(
 #: (what its rows do not state), by model; ``*`` applies to every row. Reasons:
 #:
 #: - Qwen3-32B (vLLM 0.12.0, an aiconfigurator sweep): ``vllm serve``'s defaults on an H100
-#:   (max_num_batched_tokens 8192), lengths exactly as stated.
+#:   (max_num_batched_tokens 8192), lengths exactly as stated, and the chat endpoint: the
+#:   rows come from the same aiconfigurator database as the silicon rows, whose generated
+#:   benchmark calls it (data README). Qwen3's default template puts 8 tokens around a
+#:   one-message prompt (``<|im_start|>user\n`` ... ``<|im_end|>\n<|im_start|>assistant\n``;
+#:   no default system message), counted from the template's structure (the checkpoint's
+#:   tokenizer_config.json is not in shared/; 20 gives the same errors). What they do: 8 x
+#:   1024 prompts no longer fill the 8192 budget exactly, and the clients leave lockstep.
+#:   The rows' own TPOT says they did: at a fixed prompt it falls with the output length
+#:   (TP2, 8 clients: 18.0 / 16.5 / 15.9 ms at 128 / 512 / 1024 tokens, other requests'
+#:   prefills inside each decode), where a burst in lockstep gives a flat 16.4 ms.
 #: - Llama-3.1-70B fp8 (version unstated, 2025-10): its grid (1k/1k, 1k/8k, 8k/1k at 4-64
 #:   clients) is InferenceX's, whose launch scripts set max-num-batched-tokens 32768 (the
 #:   data README) and whose client draws lengths with ``--random-range-ratio 0.8`` (our
@@ -382,7 +391,7 @@ def load_silicon_csv(
 #:   the first wave sent at once (``vllm bench serve``), vLLM 0.12's admission.
 SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
     "*": {},
-    "qwen3-32b": {"max_num_batched_tokens": 8192},
+    "qwen3-32b": {"max_num_batched_tokens": 8192, "chat_endpoint": True, "chat_template_tokens": 8},
     "llama-3.1-70b": {"max_num_batched_tokens": 32768, "random_range_ratio": 0.8},
 }
 
