@@ -266,10 +266,20 @@ def cmd_calibrate_cv(args: argparse.Namespace) -> int:
     """Per op of every embedded profile (or those of ``--gpu``): in-sample and
     cross-validated (whole shapes held out) MAPE."""
     from calibration.profile import available_profiles, default_profile
+    from calibration.registry import get_gpu
 
+    # an unknown name is one line, as every other --gpu; a known GPU without an embedded
+    # profile says so instead of printing an empty table
+    wanted = {get_gpu(g).name for g in args.gpu or []}
+    have = {gpu for gpu, _, _ in available_profiles()}
+    if wanted - have:
+        raise ComemInputError(
+            f"--gpu {', '.join(sorted(wanted - have))}: no embedded profile"
+            f" (profiles: {', '.join(sorted(have))})"
+        )
     print("gpu       dtype  op                          rows  MAPE   CV MAPE  CV p90")
     for gpu, _, dtype in available_profiles():
-        if args.gpu and gpu not in args.gpu:
+        if wanted and gpu not in wanted:
             continue
         for key, fit in sorted(default_profile(gpu, dtype).ops.items()):
             own, cv = fit.stats.get("with_lattice", {}), fit.stats.get("cv")

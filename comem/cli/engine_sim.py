@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from comem.cli.args import _add_allow_large
@@ -24,6 +25,15 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
     result = run_engine_load(run, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
+    if summary["requests_rejected"]:
+        req = result.recorder.requests_frame()
+        first = req.loc[req["status"] == "rejected", "reason"].iloc[0]
+        total = summary["requests_rejected"] + summary["requests_finished"]
+        print(
+            f"comem engine-sim: warning: the engine refused {summary['requests_rejected']} of"
+            f" {total} requests (first: {first}); the statistics cover the others",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json({**summary, "files": [str(p) for p in written]})
         return 0

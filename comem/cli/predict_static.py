@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from comem.cli.args import (
@@ -55,6 +56,14 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
     # own, measured on whole batches, where the framework has one)
     band = lm.error_bands.get("static") or lm.error_bands.get("tpot")
     low, high = band.interval(latency) if band is not None else (None, None)
+    trained = lm.model.max_position_embeddings
+    if trained and args.input + args.output > trained:
+        print(
+            f"comem predict-static: note: {args.input} + {args.output} tokens a request are"
+            f" past {lm.model.alias}'s max_position_embeddings {trained:,}: vLLM refuses"
+            " such requests unless rope scaling extends it; priced as asked",
+            file=sys.stderr,
+        )
     if args.json:
         _print_json(
             {

@@ -1,0 +1,32 @@
+"""What a command says beside a result it still gives: refusals and notes a fuzzing pass
+found missing (one line each)."""
+
+from __future__ import annotations
+
+from cli_helpers import assert_user_error, run_comem
+
+
+def test_calibrate_cv_names_an_unknown_gpu() -> None:
+    assert_user_error(run_comem("calibrate", "cv", "--gpu", "nosuch"), "unknown gpu", "nosuch")
+
+
+def test_engine_sim_says_when_the_engine_refused_requests() -> None:
+    proc = run_comem("engine-sim", "--set", "engine.max_model_len=10")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the engine refused 64 of 64 requests" in proc.stderr
+    assert "exceeds max_model_len" in proc.stderr
+
+
+def test_predict_static_past_the_trained_context_is_said() -> None:
+    # Qwen3-8B's config.json: max_position_embeddings 40960
+    proc = run_comem(
+        "predict-static", "--model", "qwen3-8b", "--batch", "1", "--input", "50000",
+        "--output", "32",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "past qwen3-8b's max_position_embeddings 40,960" in proc.stderr
+    quiet = run_comem(
+        "predict-static", "--model", "qwen3-8b", "--batch", "1", "--input", "4000",
+        "--output", "32",
+    )  # fmt: skip
+    assert "max_position_embeddings" not in quiet.stderr
