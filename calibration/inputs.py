@@ -246,7 +246,37 @@ def read_csv(path: str | Path, what: str, **options: Any) -> Any:
         raise ComemInputError(f"{p}: cannot read the {what} file ({exc.strerror})") from None
     if frame.empty:
         raise ComemInputError(f"{p}: the {what} file has no rows (a header only)")
+    _check_csv_shape(p, what)
     return frame
+
+
+def _check_csv_shape(p: Path, what: str) -> None:
+    """Refuse a header that names a column twice (pandas would rename the second copy and
+    read the first) and a row with more or fewer cells than the header (pandas would take
+    extra leading cells as an index and shift every value to the wrong column)."""
+    import csv
+    import gzip
+
+    opener: Any = gzip.open if p.suffix == ".gz" else open
+    try:
+        with opener(p, "rt", encoding="utf-8-sig", newline="") as fh:
+            rows = csv.reader(fh)
+            header = next(rows, [])
+            names = [h.strip() for h in header]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ComemInputError(
+                    f"{p}: the header names column {twice[0]!r} twice; a {what} file names"
+                    " each column once"
+                )
+            for number, row in enumerate(rows, start=2):
+                if row and len(row) != len(header):  # blank lines are skipped
+                    raise ComemInputError(
+                        f"{p}: row {number} has {len(row)} cells, the header {len(header)};"
+                        f" a {what} file has one cell per column"
+                    )
+    except (OSError, csv.Error, UnicodeDecodeError, EOFError) as exc:
+        raise ComemInputError(f"{p}: not a readable {what} CSV ({exc})") from None
 
 
 def require_columns(

@@ -36,3 +36,25 @@ def test_a_result_is_whole_or_has_no_mark(tmp_path: Path) -> None:
     assert {p.name: p.read_text() for p in tmp_path.iterdir() if not p.name.startswith(".")} == {
         "a.parquet": "new a.parquet", "b.png": "new b.png", "result.json": "new result.json"
     }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("a,b,a\n1,2,3\n", "names column 'a' twice"),
+        ("a,b,c\n1,2,3,9,9\n4,5,6\n", "row 2 has 5 cells, the header 3"),
+        ("a,b,c\n1,2,3\n4,5\n", "row 3 has 2 cells, the header 3"),
+    ],
+)
+def test_a_csv_whose_cells_do_not_match_its_header_is_one_line(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    """pandas would rename a duplicated column, or take a row's extra cells as an index
+    and shift every value into the wrong column: refused before any value is read."""
+    from calibration.errors import ComemInputError
+    from calibration.inputs import read_csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text(text)
+    with pytest.raises(ComemInputError, match=needle):
+        read_csv(path, "serving")
