@@ -163,6 +163,7 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
+    _check_fit_cost(rows, assumptions, cross_validate=not args.no_cv)
     result = calibrate_serving(
         rows,
         assumptions,
@@ -217,6 +218,31 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     for out_path in written:
         print(f"wrote {out_path}")
     return 0
+
+
+#: fixed-point passes a serving fit takes (a generous count: it usually settles in 4-6)
+_FIT_PASSES = 8
+
+
+def _check_fit_cost(rows: list[Any], assumptions: dict[str, Any], cross_validate: bool) -> None:
+    """Refuse, before anything runs, a fit whose simulations exceed the budget: every row's
+    closed loop once a pass, and once more per held-out model with cross-validation."""
+    from calibration import limits
+    from calibration.serving import setup_for
+
+    per_pass = sum(setup_for(r, assumptions).prompts_per_client * r.concurrency for r in rows)
+    fits = 1 + (len({r.model for r in rows}) if cross_validate else 0)
+    limits.check(
+        limits.SERVING_FIT_REQUESTS,
+        per_pass * _FIT_PASSES * fits,
+        f"--csv: {len(rows)} rows x their clients x requests per client x {_FIT_PASSES}"
+        f" passes x {fits} fit(s)" + (" (--no-cv fits once)" if cross_validate else ""),
+    )
+    print(
+        f"comem calibrate fit-serving: {len(rows)} rows, about {per_pass:,} simulated requests"
+        f" a pass, {fits} fit(s)",
+        file=sys.stderr,
+    )
 
 
 def _percent_table(frame: Any) -> str:

@@ -30,3 +30,13 @@ def test_predict_static_past_the_trained_context_is_said() -> None:
         "--output", "32",
     )  # fmt: skip
     assert "max_position_embeddings" not in quiet.stderr
+
+
+def test_fit_serving_refuses_a_fit_past_its_budget_before_simulating(tmp_path) -> None:
+    """9,000 rows took ~45 min with no output; now a one-line refusal up front."""
+    head = "model,gpu,vllm_version,dtype,tp,moe_tp,moe_ep,concurrency,isl,osl,ttft_ms,tpot_ms"
+    row = "Qwen/Qwen3-32B,h100_sxm,0.12.0,bf16,2,1,1,64,1024,128,380.0,45.0"
+    csv = tmp_path / "rows.csv"
+    csv.write_text(head + "\n" + "\n".join([row] * 4000) + "\n")
+    proc = run_comem("calibrate", "fit-serving", "--csv", str(csv), "--no-cv")
+    assert_user_error(proc, "simulated serving requests", "--allow-large")
