@@ -17,8 +17,9 @@ from typing import Any
 
 from calibration.dtypes import DTYPES
 from calibration.errors import ComemInputError
-from calibration.inputs import read_json, write_text
+from calibration.inputs import read_json
 from calibration.opmodels import FORMS, OpFit, OpForm
+from calibration.outputs import write_text
 
 PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_FRAMEWORK = "vllm-0.19.0"

@@ -93,7 +93,7 @@ class ReplayResult:
 
 
 def _write_config(scenario: Scenario, out: Path) -> Path:
-    from calibration.inputs import write_text
+    from calibration.outputs import write_text
 
     return write_text(out / "config.json", scenario.model_dump_json(indent=1) + "\n", "config")
 

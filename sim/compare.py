@@ -267,9 +267,12 @@ def summary_counts(res: Any) -> dict[str, int]:
 
 
 def summaries_made(arch: dict[str, Any]) -> float:
-    """The share of launched summaries swapped in (0 where none was launched)."""
-    launched = arch.get("summaries_launched", 0)
-    return arch.get("summaries_swapped", 0) / launched if launched else 0.0
+    """The share of the summaries that came back which were swapped in, not refused by an
+    engine (0 where none came back: tasks shorter than k). A summary still in flight when
+    its task ended counts neither way: the policy's rate is nominal, as in the fit."""
+    swapped = arch.get("summaries_swapped", 0)
+    settled = swapped + arch.get("summary_requests_refused", 0)
+    return swapped / settled if settled else 0.0
 
 
 def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:

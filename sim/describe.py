@@ -194,15 +194,15 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
     arch = summary["architectures"].get(name, {})
     if arch.get("kind", "fc") == "fc" or "summaries_launched" not in arch:
         return None
-    launched, swapped = arch["summaries_launched"], arch["summaries_swapped"]
+    swapped = arch["summaries_swapped"]
     refused = arch.get("summary_requests_refused", 0)
-    if launched == 0:
+    if swapped + refused == 0:
         return f"{name} made no summary (its tasks are shorter than k): it ran as full context"
     if not refused:
-        return None  # the last summaries of a task may still be in flight at its end
+        return None
     return (
-        f"{name} swapped in {swapped} of {launched} summaries ({refused} refused by an"
-        " engine: see the warnings)"
+        f"{name} swapped in {swapped} of {swapped + refused} summaries ({refused} refused by"
+        " an engine: see the warnings)"
     )
 
 

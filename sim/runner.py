@@ -56,7 +56,7 @@ class EngineRunResult:
     def write(self, directory: str | Path) -> list[Path]:
         """The tables, then ``config.json`` (the mark of a whole result: a killed write
         leaves none, and no old one beside new tables)."""
-        from calibration.inputs import write_result
+        from calibration.outputs import write_result
 
         config = self.config.model_dump_json(indent=1) + "\n"
         writers = self.recorder.parquet_writers()

@@ -213,7 +213,7 @@ def _write_bench_serve(
             json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
         )
     if args.out:
-        from calibration.inputs import write_result
+        from calibration.outputs import write_result
 
         # bench_serve.json last, the tables before it: a killed write leaves no result
         # file, and never an old one beside new tables

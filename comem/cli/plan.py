@@ -61,7 +61,7 @@ def _plan_spec(args: argparse.Namespace) -> tuple[Any, str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from calibration.inputs import write_result
+    from calibration.outputs import write_result
     from comem.plan.figure import pareto_figure
     from comem.plan.rank import pareto
     from comem.plan.report import (

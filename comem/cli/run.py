@@ -34,6 +34,22 @@ def _default_name() -> str:
     )
 
 
+def _warnings(summary: dict[str, Any], metric: str) -> list[str]:
+    """The run's warnings, and a line per architecture with nothing to compare by
+    ``metric``."""
+    comparison = summary["comparison"]
+    notes = list(summary["warnings"])
+    if comparison["reference"] is not None:
+        chosen = comparison["metrics"][metric]
+        for name, value in chosen["speedup"].items():
+            if value is None:
+                notes.append(
+                    f"{name}: no speedup by {chosen['label']}: nothing to compare"
+                    f" ({chosen['compared_on']}: none)"
+                )
+    return notes
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
     from sim.describe import (
@@ -69,21 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_scenario(scenario, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
-    comparison = summary["comparison"]
-    ref = comparison["reference"]
-    notes = list(summary["warnings"])
-    if ref is not None:
-        chosen = comparison["metrics"][args.metric]
-        for name, value in chosen["speedup"].items():
-            if value is None:
-                notes.append(
-                    f"{name}: no speedup by {chosen['label']}: nothing to compare"
-                    f" ({chosen['compared_on']}: none)"
-                )
+    ref = summary["comparison"]["reference"]
     context = context_limit_notes(scenario)  # after the run: its budgets held
     for note in context:
         print(f"comem run: note: {note}", file=sys.stderr)
-    for note in notes:
+    for note in _warnings(summary, args.metric):
         print(f"comem run: warning: {note}", file=sys.stderr)
     described = scenario_description(scenario)
     if args.json:

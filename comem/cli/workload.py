@@ -36,7 +36,7 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     )
     if args.note:
         payload["note"] = args.note
-    from calibration.inputs import write_text
+    from calibration.outputs import write_text
 
     out = write_text(args.out, json.dumps(payload, indent=1) + "\n", "fitted workload")
     for name, spec in payload["variables"].items():

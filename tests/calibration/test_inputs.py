@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from calibration.inputs import write_result
+from calibration.outputs import write_result
 
 
 def _writers(tag: str, fail_at: str | None = None) -> dict:
