@@ -146,6 +146,19 @@ OVERHEAD_TERMS = (
 )
 
 
+#: the top-level fields of a profile file (:meth:`Profile.to_dict`)
+PROFILE_FIELDS = (
+    "schema",
+    "gpu",
+    "dtype",
+    "framework",
+    "provenance",
+    "overhead",
+    "overheads",
+    "ops",
+)
+
+
 @dataclass(frozen=True)
 class FrameworkOverhead:
     """What a serving framework adds to the kernels, which no kernel table can know.
@@ -290,6 +303,12 @@ class Profile:
         for name in ("gpu", "dtype", "framework", "ops"):
             if name not in data:
                 raise ComemInputError(f"{source}: profile lacks field '{name}'")
+        unknown = sorted(set(data) - set(PROFILE_FIELDS))
+        if unknown:  # a misspelt field would otherwise be dropped without a word
+            raise ComemInputError(
+                f"{source}: unknown profile field {unknown[0]!r}; a profile has"
+                f" {', '.join(PROFILE_FIELDS)}"
+            )
         for name in ("gpu", "framework"):
             if not isinstance(data[name], str) or not data[name].strip():
                 raise ComemInputError(

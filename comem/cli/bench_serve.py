@@ -351,6 +351,19 @@ def _add_client_flags(bs: argparse.ArgumentParser) -> None:
     bs.add_argument("--result-filename", help="file name of --save-result [vLLM's]")
 
 
+#: the types ``vllm bench serve`` parses these accepted flags with: a value vLLM would
+#: refuse is refused here too (argparse, exit 2), though the simulation does not use it
+_ACCEPTED_TYPES: dict[str, Any] = {
+    "--port": int,
+    "--ready-check-timeout-sec": int,
+    "--num-warmups": int,
+    "--temperature": float,
+    "--top-p": float,
+    "--top-k": int,
+    "--min-p": float,
+}
+
+
 def _add_vllm_client_flags(bs: argparse.ArgumentParser) -> None:
     """`vllm bench serve`'s other flags: accepted (and noted) or refused, one line each."""
     compat = bs.add_argument_group(
@@ -370,5 +383,6 @@ def _add_vllm_client_flags(bs: argparse.ArgumentParser) -> None:
                 compat.add_argument(flag, dest=dest, action="store_true", help=f"{word}: {why}")
             else:
                 compat.add_argument(
-                    flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"{word}: {why}"
-                )
+                    flag, dest=dest, nargs=None if nargs == 1 else nargs, help=f"{word}: {why}",
+                    type=_ACCEPTED_TYPES.get(flag, str),
+                )  # fmt: skip

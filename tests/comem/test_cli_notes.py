@@ -40,3 +40,23 @@ def test_fit_serving_refuses_a_fit_past_its_budget_before_simulating(tmp_path) -
     csv.write_text(head + "\n" + "\n".join([row] * 4000) + "\n")
     proc = run_comem("calibrate", "fit-serving", "--csv", str(csv), "--no-cv")
     assert_user_error(proc, "simulated serving requests", "--allow-large")
+
+
+def test_a_profile_with_an_unknown_field_is_one_line(tmp_path) -> None:
+    import json
+
+    from calibration.profile import profile_path
+
+    data = json.loads(profile_path("h100_sxm", "bf16").read_text())
+    data["opz"] = {}  # a misspelt "ops" would have been dropped without a word
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps(data))
+    proc = run_comem("predict-static", "--model", "llama-3-8b", "--batch", "1", "--input",
+                     "100", "--output", "10", "--profile", str(bad))  # fmt: skip
+    assert_user_error(proc, "unknown profile field 'opz'")
+
+
+def test_bench_serve_refuses_what_vllm_would_not_parse() -> None:
+    proc = run_comem("bench-serve", "--model", "llama-3-8b", "--temperature", "abc")
+    assert proc.returncode == 2 and "invalid float value: 'abc'" in proc.stderr
+    assert "Traceback" not in proc.stderr
