@@ -271,8 +271,15 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
         "dense_layers": dense_layers,
         "mtp_layers": _mtp_layers(cfg, where),
         "stream_silent_tokens": STREAM_SILENT_TOKENS.get(str(cfg.get("model_type", "")), 0),
-        "max_position_embeddings": _int_field(cfg, "max_position_embeddings", where, default=0),
+        "max_position_embeddings": _trained_context(cfg),
     }
+
+
+def _trained_context(cfg: Mapping[str, Any]) -> int:
+    """``max_position_embeddings`` where it is a positive integer, else 0 (unknown): it
+    only informs a note, so an odd value does not refuse a config that prices."""
+    value = cfg.get("max_position_embeddings")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _head_fields(cfg: Mapping[str, Any], hidden: int, where: str) -> tuple[int, int, int]:

@@ -254,12 +254,15 @@ def _check_csv_shape(p: Path, what: str) -> None:
     read the first) and a row with more or fewer cells than the header (pandas would take
     extra leading cells as an index and shift every value to the wrong column)."""
     import csv
-    import gzip
 
-    opener: Any = gzip.open if p.suffix == ".gz" else open
+    from pandas.io.common import get_handle  # type: ignore[import-not-found]
+
+    limit = csv.field_size_limit()
     try:
-        with opener(p, "rt", encoding="utf-8-sig", newline="") as fh:
-            rows = csv.reader(fh)
+        csv.field_size_limit(1 << 30)  # pandas reads long cells; the file's size limit holds
+        # compressed as pandas reads it (.gz, .bz2, .zip, .xz, .zst, any case)
+        with get_handle(p, "r", encoding="utf-8-sig", compression="infer") as handle:
+            rows = csv.reader(handle.handle)
             header = next(rows, [])
             names = [h.strip() for h in header]
             twice = sorted({n for n in names if names.count(n) > 1})
@@ -269,13 +272,16 @@ def _check_csv_shape(p: Path, what: str) -> None:
                     " each column once"
                 )
             for number, row in enumerate(rows, start=2):
-                if row and len(row) != len(header):  # blank lines are skipped
+                blank = not any(cell.strip() for cell in row)  # pandas skips such lines
+                if not blank and len(row) != len(header):
                     raise ComemInputError(
                         f"{p}: row {number} has {len(row)} cells, the header {len(header)};"
                         f" a {what} file has one cell per column"
                     )
     except (OSError, csv.Error, UnicodeDecodeError, EOFError) as exc:
         raise ComemInputError(f"{p}: not a readable {what} CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
 
 
 def require_columns(

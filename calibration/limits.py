@@ -55,12 +55,12 @@ SEQUENCES = Budget(250_000, "sequences in one replay")
 SWEEP_POINTS = Budget(10_000, "sweep points")
 #: simulated agent steps of a whole sweep
 SWEEP_AGENT_STEPS = Budget(20_000_000, "simulated agent steps over the sweep")
-#: requests sent to a live server by one command
 #: one serving fit: every row's closed-loop run (clients x requests per client), once per
 #: fixed-point pass and per cross-validation fold (``comem calibrate fit-serving``)
 SERVING_FIT_REQUESTS = Budget(
     20_000_000, "simulated serving requests (rows' clients x requests per client x fit passes)"
 )
+#: requests sent to a live server by one command
 LIVE_REQUESTS = Budget(100_000, "live requests")
 #: requests (one thread each) in flight at once against a live server
 LIVE_CONCURRENCY = Budget(4096, "concurrent live requests (one thread each)")

@@ -137,7 +137,7 @@ def trust_section(profile: Profile | None = None, cv: pd.DataFrame | None = None
         )
         lines.append("")
     lines += [
-        f"80% of held-out rows have measured / predicted within {_band(serving, 'tpot')} for"
+        f"80% of held-out rows have predicted / measured within {_band(serving, 'tpot')} for"
         f" TPOT and {_band(serving, 'ttft')} for TTFT: the `*_low` / `*_high` columns of"
         " `--json` outputs. What vLLM adds to the kernels (`comem calibrate fit-serving`"
         " refits it):",

@@ -95,11 +95,19 @@ def workload(w: Any) -> str:
 def mean_context_tokens(w: Any) -> float:
     """The mean prompt a full-context agent reads over a synthetic task (uncapped):
     system + the first observation, then each step adds an action and an observation."""
+    return _context_tokens(w, (w.steps - 1) / 2)
+
+
+def last_context_tokens(w: Any) -> int:
+    """The last (longest) prompt a full-context agent reads over a synthetic task."""
+    return int(_context_tokens(w, w.steps - 1))
+
+
+def _context_tokens(w: Any, steps_before: float) -> float:
     first = (
         w.observation_tokens if w.first_observation_tokens is None else w.first_observation_tokens
     )
-    per_step = w.observation_tokens + w.action_tokens
-    return float(w.system_tokens + first + (w.steps - 1) / 2 * per_step)
+    return float(w.system_tokens + first + steps_before * (w.observation_tokens + w.action_tokens))
 
 
 def trained_context_note(model: str, max_model_len: int | None) -> str | None:
@@ -138,15 +146,8 @@ def context_limit_notes(scenario: Any) -> list[str]:
             if note:
                 notes.append(f"{arch.name} {role}: {note}")
         if arch.kind == "fc" and w.kind == "synthetic":
-            first = (
-                w.observation_tokens
-                if w.first_observation_tokens is None
-                else (w.first_observation_tokens)
-            )
-            last = (
-                w.system_tokens + first + (w.steps - 1) * (w.observation_tokens + w.action_tokens)
-            )
-            if last > arch.agent.max_model_len:
+            last = max(last_context_tokens(w), w.input_target_tokens or 0)
+            if last + 1 > arch.agent.max_model_len:  # the engine's own refusal
                 notes.append(
                     f"{arch.name}: a task's last prompt (~{last:,} tokens) is past its agent's"
                     f" max_model_len {arch.agent.max_model_len:,}: its tasks end at the cap and"
@@ -196,8 +197,13 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
         return None
     swapped = arch["summaries_swapped"]
     refused = arch.get("summary_requests_refused", 0)
-    if swapped + refused == 0:
+    if arch["summaries_launched"] == 0:
         return f"{name} made no summary (its tasks are shorter than k): it ran as full context"
+    if swapped + refused == 0:
+        return (
+            f"{name} swapped in no summary (each was still running when its task ended):"
+            " it ran as full context"
+        )
     if not refused:
         return None
     return (

@@ -45,9 +45,10 @@ no data (every run summarized synchronously): ``staleness_logit_per_step`` (defa
 is a stated assumption, not a fit. Summary length did not vary in the runs either: the
 model does not depend on it. A task the simulator ended early (context or memory limit)
 resolves with probability ``capped_resolve_factor`` times its policy's rate (default 0).
-The loss counts summaries made: a run scales ``D`` by the share of its launched summaries
-that were swapped in (a refused summary, or none launched in tasks shorter than k, loses
-nothing; :func:`resolve_rate`'s ``summaries_made``).
+The loss counts summaries made: a run scales ``D`` by the share of its summaries that came
+back swapped in rather than refused by an engine (a refused summary, or none in tasks
+shorter than k, loses nothing; one in flight at a task's end counts neither way;
+:func:`resolve_rate`'s ``summaries_made``, :func:`sim.compare.summaries_made`).
 """
 
 from __future__ import annotations
@@ -297,8 +298,8 @@ def architecture_effectiveness(
 ) -> dict[str, dict[str, Any]]:
     """Per architecture name: :func:`summary_fields` (deltas against ``reference``, the
     scenario's reference architecture; none without one). ``summaries_made``: per
-    architecture, the share of the summaries its policy launched that were swapped in
-    (0 where it launched none: tasks shorter than k); missing names count 1."""
+    architecture, the share of its summaries that were swapped in rather than refused
+    (:func:`sim.compare.summaries_made`; 0 where none came back); missing names count 1."""
     made = summaries_made or {}
     rates = {
         name: resolve_rate(

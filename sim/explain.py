@@ -57,6 +57,11 @@ def load_side(text: str, sets: list[str] | None = None) -> Side:
     path = Path(text)
     if path.is_dir():
         if (path / "chosen_scenario.toml").is_file():
+            if not (path / "plan.json").is_file():  # the mark a plan writes last
+                raise ComemInputError(
+                    f"{text}: a plan directory without plan.json: that plan did not finish"
+                    " (run it again)"
+                )
             path = path / "chosen_scenario.toml"
         elif (path / "config.json").is_file():
             path = path / "config.json"
@@ -336,6 +341,10 @@ def _pp(v: float | None) -> str:
     return "-" if v is None or not math.isfinite(v) else f"{v:+.1f}"
 
 
+#: how an explanation begins (``comem explain --out`` rewrites only a file that does)
+EXPLANATION_HEAD = "Verdict: speedup of CoMem over full context"
+
+
 def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B") -> str:
     """The explanation as a short Markdown table (largest move first)."""
     from sim.compare import METRICS
@@ -343,7 +352,7 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
     a, b = result["a"], result["b"]
     label = METRICS[result["metric"]].label
     lines = [
-        f"Verdict: speedup of CoMem over full context by {label} (> 1: CoMem faster).",
+        f"{EXPLANATION_HEAD} by {label} (> 1: CoMem faster).",
         f"- {a_name} = {a['source']} ({a['architectures'][1]} vs {a['architectures'][0]}):"
         f" {_x(a['speedup'], a.get('partial'))}, resolve {_pp(a['resolve_pp'])} pp",
         f"- {b_name} = {b['source']} ({b['architectures'][1]} vs {b['architectures'][0]}):"

@@ -99,7 +99,7 @@ class MetricsRecorder:
         return frame(self.iterations, IterationRow._fields)
 
     def parquet_writers(self) -> dict[str, Any]:
-        """The tables as ``calibration.inputs.write_result`` writers (file name -> a
+        """The tables as ``calibration.outputs.write_result`` writers (file name -> a
         function writing it to a path)."""
         return {
             "requests.parquet": lambda p: self.requests_frame().to_parquet(p, index=False),

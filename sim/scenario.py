@@ -457,21 +457,16 @@ class ScenarioResult:
             ),
         }
         # a complete result is its tables plus config.json, written last; a run killed
-        # while writing leaves no config.json and no half-written table (each table is
-        # written beside and renamed into place), so it is never read as a whole result
-        cfg = out / "config.json"
-        cfg.unlink(missing_ok=True)
-        paths = []
-        for name, frame in tables.items():
-            path = out / f"{name}.parquet"
-            tmp = out / f".{name}.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
-            tmp.replace(path)
-            paths.append(path)
-        tmp_cfg = out / ".config.json.tmp"
-        tmp_cfg.write_text(self.scenario.model_dump_json(indent=1) + "\n")
-        tmp_cfg.replace(cfg)
-        return [*paths, cfg]
+        # while writing leaves no config.json and no old table beside a new one
+        from calibration.outputs import write_result
+
+        config = self.scenario.model_dump_json(indent=1) + "\n"
+        writers: dict[str, Any] = {
+            f"{name}.parquet": (lambda f: lambda p: f.to_parquet(p, index=False))(frame)
+            for name, frame in tables.items()
+        }
+        writers["config.json"] = lambda p: p.write_text(config)
+        return write_result(out, writers, "config.json")
 
 
 def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:

@@ -509,7 +509,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"winner: full context at every point (the fastest other: {w['architecture']}"
-                f" at {at}, {_x(w['speedup'])}){edge}",
+                f" at {at}, {_x(w['speedup'])})",
             ]
         else:
             lines += ["", f"winner: {w['architecture']} at {at}, {_x(w['speedup'])}{edge}"]

@@ -186,7 +186,9 @@ def _warn_bench_serve(
 
     given = [
         f for f in ACCEPTED_CLIENT_FLAGS
-        if getattr(args, "accepted_" + f[2:].replace("-", "_")) not in (None, False)
+        # given: any value (0 and 0.0 included) or a switch that is on
+        if (v := getattr(args, "accepted_" + f[2:].replace("-", "_"))) is not None
+        and v is not False
     ]  # fmt: skip
     from sim.describe import trained_context_note
 

@@ -163,7 +163,7 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
-    _check_fit_cost(rows, assumptions, cross_validate=not args.no_cv)
+    _check_fit_cost(rows, assumptions, not args.no_cv, not args.no_per_version)
     result = calibrate_serving(
         rows,
         assumptions,
@@ -224,14 +224,19 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
 _FIT_PASSES = 8
 
 
-def _check_fit_cost(rows: list[Any], assumptions: dict[str, Any], cross_validate: bool) -> None:
+def _check_fit_cost(
+    rows: list[Any], assumptions: dict[str, Any], cross_validate: bool, per_version: bool
+) -> None:
     """Refuse, before anything runs, a fit whose simulations exceed the budget: every row's
-    closed loop once a pass, and once more per held-out model with cross-validation."""
+    closed loop once a pass for the pooled fit, once more across the per-version fits
+    (when there are several versions) and per held-out model (with several models)."""
     from calibration import limits
     from calibration.serving import setup_for
 
     per_pass = sum(setup_for(r, assumptions).prompts_per_client * r.concurrency for r in rows)
-    fits = 1 + (len({r.model for r in rows}) if cross_validate else 0)
+    models = len({r.model for r in rows})
+    fits = 1 + (per_version and len({r.framework for r in rows}) > 1)
+    fits += models if cross_validate and models > 1 else 0
     limits.check(
         limits.SERVING_FIT_REQUESTS,
         per_pass * _FIT_PASSES * fits,

@@ -65,7 +65,9 @@ def _outputs_not_inputs(
 def _json_safe(obj: Any) -> Any:
     """NaN and infinities become null (JSON has no such numbers); numpy scalars (a pandas
     summary's) their Python values."""
-    if hasattr(obj, "item") and type(obj).__module__ == "numpy":
+    import numpy as np
+
+    if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None

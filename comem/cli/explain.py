@@ -33,16 +33,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-#: how an explanation written by ``--out`` begins (:func:`sim.explain.table_markdown`)
-EXPLANATION_HEAD = "Verdict: speedup of CoMem over full context"
-
-
 def _explain_out_is_safe(out: str, sides: list[str], loaded: list[Any]) -> None:
     """Refuse an ``--out`` that is one of the answers compared, a file inside a compared
     run's or plan's directory, or a file the scenarios read; and an existing file that is
     not an earlier explanation (a user's file is not overwritten)."""
     from calibration.errors import ComemInputError
     from calibration.inputs import input_paths, refuse_input_as_output
+    from sim.explain import EXPLANATION_HEAD
 
     inputs: dict[str, Any] = {}
     for name, side, side_loaded in zip(("A", "B"), sides, loaded, strict=True):

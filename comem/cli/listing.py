@@ -53,7 +53,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         # (A100: 0.14.0, L40S: 0.22.0) is what its op fits were measured on
         for gpu, framework, dtype in available_profiles():
             prov = Profile.load(profile_path(gpu, dtype, framework)).provenance
-            folder = str(prov.get("kernel_dir", "")).rpartition("vllm-")[2]
+            head, found, folder = str(prov.get("kernel_dir", "")).rpartition("vllm-")
+            folder = folder if found else ""
             kernels = prov.get("kernel_vllm_version") or folder or "unstated"
             print(f"{gpu:10s} {framework:12s} {dtype:6s} kernel tables: vLLM {kernels}")
     return 0

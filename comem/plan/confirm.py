@@ -19,7 +19,7 @@ from comem.plan.space import Candidate, PlanSpec
 
 def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     """Run one candidate's scenario (in a worker process)."""
-    from sim.compare import architecture_summary
+    from sim.compare import architecture_summary, summaries_made
     from sim.config import validate
     from sim.scenario import Scenario, run_scenario
 
@@ -36,11 +36,16 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
         "tasks": s["tasks"],
         "preemptions": s["preemptions"],
         "kv_peak": s["kv_peak_fraction"],
+        # the share of its summaries that happened (refused ones lose nothing)
+        "summaries_made": summaries_made(s) if s["kind"] != "fc" else 1.0,
     }
 
 
 #: what a point file holds, checked when a plan resumes from it
-POINT_FIELDS = ("mean_step_s", "p99_step_s", "steps_per_s", "tasks_ended_early", "preemptions")
+POINT_FIELDS = (
+    "mean_step_s", "p99_step_s", "steps_per_s", "tasks_ended_early", "preemptions",
+    "summaries_made",
+)  # fmt: skip
 
 
 def point_key(spec: PlanSpec, c: Candidate) -> str:

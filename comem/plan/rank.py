@@ -80,7 +80,7 @@ def rank(
                 spec.slo_step_s is None or row.p99_step_s <= spec.slo_step_s
             ) and row.tasks_ended_early == 0
         ended = sim["tasks_ended_early"] / max(sim.get("tasks", spec.agents), 1) if sim else 0.0
-        _effectiveness(spec, c, ended, row)
+        _effectiveness(spec, c, ended, row, sim.get("summaries_made", 1.0) if sim else 1.0)
         rows.append(row)
 
     def order(r: PlanRow) -> tuple[Any, ...]:
@@ -94,9 +94,12 @@ def rank(
     return rows
 
 
-def _effectiveness(spec: PlanSpec, c: Candidate, ended_early: float, row: PlanRow) -> None:
+def _effectiveness(
+    spec: PlanSpec, c: Candidate, ended_early: float, row: PlanRow, made: float = 1.0
+) -> None:
     """Fill ``row``'s resolve-rate fields (against the full-context agent that finishes
-    its tasks) and whether it meets ``max_resolve_loss_pp``."""
+    its tasks) and whether it meets ``max_resolve_loss_pp``; ``made``: the share of its
+    summaries that happened in the simulation (1 for an estimate)."""
     from sim.effectiveness import (
         EffectivenessParams,
         PolicyFeatures,
@@ -111,7 +114,9 @@ def _effectiveness(spec: PlanSpec, c: Candidate, ended_early: float, row: PlanRo
         baseline_resolve_rate=spec.baseline_resolve_rate, memory_loss_scale=spec.memory_loss_scale
     )
     policy = PolicyParams(kind=c.kind, k=c.k, lag=1, retain=spec.retain)
-    rate = resolve_rate(policy_features(policy), params, ended_early=ended_early)
+    rate = resolve_rate(
+        policy_features(policy), params, ended_early=ended_early, summaries_made=made
+    )
     ref = resolve_rate(PolicyFeatures(math.inf, math.inf, 0.0, "none"), params)
     for key, value in summary_fields(rate, resolve_delta(rate, ref)).items():
         setattr(row, key, value)

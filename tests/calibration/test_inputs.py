@@ -58,3 +58,27 @@ def test_a_csv_whose_cells_do_not_match_its_header_is_one_line(
     path.write_text(text)
     with pytest.raises(ComemInputError, match=needle):
         read_csv(path, "serving")
+
+
+def test_what_pandas_reads_still_reads(tmp_path: Path) -> None:
+    """The cell check reads as pandas does: a whitespace-only line is skipped, a file
+    compressed under any case of its suffix is opened compressed, long cells pass."""
+    import gzip
+
+    from calibration.inputs import read_csv
+
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("a,b,c\n1,2,3\n   \n4,5,6\n")
+    assert len(read_csv(spaced, "serving")) == 2
+    packed = tmp_path / "rows.CSV.GZ"
+    packed.write_bytes(gzip.compress(b"a,b\n1,2\n"))
+    assert len(read_csv(packed, "serving")) == 1
+    long = tmp_path / "long.csv"
+    long.write_text("a,b\n1," + "x" * 200_000 + "\n")
+    assert len(read_csv(long, "serving")) == 1
+
+
+def test_profile_fields_are_what_a_profile_writes() -> None:
+    from calibration.profile import PROFILE_FIELDS, default_profile
+
+    assert set(default_profile("h100_sxm", "bf16").to_dict()) == set(PROFILE_FIELDS)
