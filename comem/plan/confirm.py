@@ -84,6 +84,8 @@ def _read_point(f: Path, key: str) -> dict[str, Any] | None:
     tasks = value.get("tasks")
     if isinstance(tasks, int) and not 0 <= value["tasks_ended_early"] <= tasks:
         return None
+    if value["summaries_made"] > 1:  # a share
+        return None
     return value
 
 

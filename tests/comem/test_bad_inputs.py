@@ -1572,9 +1572,11 @@ def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path)
     from comem.plan.confirm import _read_point
 
     good = {"point": "k", "mean_step_s": 1.0, "p99_step_s": 2.0, "steps_per_s": 1.0,
-            "tasks_ended_early": 0, "preemptions": 0, "tasks": 4}  # fmt: skip
+            "tasks_ended_early": 0, "preemptions": 0, "tasks": 4,
+            "summaries_made": 1.0}  # fmt: skip
     f = tmp_path / "k.json"
-    for bad in ({"mean_step_s": -1.0}, {"steps_per_s": math.inf}, {"tasks_ended_early": 999}):
+    for bad in ({"mean_step_s": -1.0}, {"steps_per_s": math.inf}, {"tasks_ended_early": 999},
+                {"summaries_made": 1.5}):  # fmt: skip
         f.write_text(json.dumps(good | bad).replace("Infinity", "1e400"))
         assert _read_point(f, "k") is None, bad
     f.write_text(json.dumps(good))
