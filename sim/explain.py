@@ -248,7 +248,10 @@ def verdict(data: dict[str, Any], metric: str) -> dict[str, Any]:
         return {"speedup": None, "resolve_pp": None, "error": str(exc), "partial": []}
     from sim.describe import unfinished
 
-    summary = run_scenario(scenario).summary()
+    try:  # a combination of inputs can be a deployment that cannot exist
+        summary = run_scenario(scenario).summary()
+    except ComemInputError as exc:
+        return {"speedup": None, "resolve_pp": None, "error": str(exc), "partial": []}
     name = scenario.architectures[1].name
     speedup = summary["comparison"]["metrics"][metric]["speedup"].get(name)
     pp = summary["architectures"][name].get("resolve_rate_delta_pp")
@@ -268,14 +271,19 @@ def explain(
     workers: int = 1,
     on_done: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """A's and B's verdicts and, per differing input, A's verdict with that input from B."""
+    """A's and B's verdicts; per differing input, A's verdict with that input from B; and
+    the path from A to B taking B's inputs one after another (in the listed order), whose
+    steps multiply exactly to the whole gap, interactions included."""
     inputs = differing_inputs(a, b)
-    variants = []
+    variants, path_data = [], []
+    walked = copy.deepcopy(a.data)
     for one in inputs:
         data = copy.deepcopy(a.data)
         one.apply(data)
         variants.append(data)
-    jobs = {_key(d): d for d in [a.data, b.data, *variants]}
+        one.apply(walked)
+        path_data.append(copy.deepcopy(walked))
+    jobs = {_key(d): d for d in [a.data, b.data, *variants, *path_data]}
     set_total = getattr(on_done, "set_total", None)
     if set_total is not None:
         set_total(len(jobs))
@@ -289,6 +297,16 @@ def explain(
     rows.sort(key=lambda r: -abs(math.log(r["moves"])) if r["moves"] else 0.0)
     target = results[_key(b.data)]
     product = math.prod(r["moves"] for r in rows if r["moves"])
+    path, before, skipped = [], base["speedup"], []
+    for one, data in zip(inputs, path_data, strict=True):
+        got = results[_key(data)]
+        if got["speedup"] is None:  # cannot run (or compare) here: its step joins the next
+            path.append({"input": one.name, **got, "step": None})
+            skipped.append(one.name)
+            continue
+        name = " + ".join([*skipped, one.name])
+        path.append({"input": name, **got, "step": _ratio(got["speedup"], before)})
+        before, skipped = got["speedup"], []
     return {
         "metric": metric,
         "a": {"source": a.source, "architectures": [a.reference, a.candidate], **base},
@@ -296,6 +314,9 @@ def explain(
         "inputs": rows,
         "one_at_a_time_product": product,
         "interaction": _ratio(target["speedup"], _times(base["speedup"], product)),
+        "path": path,
+        # B's verdict over the path's end: 1 when the listed inputs are every difference
+        "path_residual": _ratio(target["speedup"], before) if path and not skipped else None,
     }
 
 
@@ -386,4 +407,30 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
         f"One input at a time multiplies {a_name}'s verdict by"
         f" x{result['one_at_a_time_product']:.2f}; all together they give {b_name}'s{rest}."
     )
+    if len(result.get("path", [])) > 1:
+        lines += _path_lines(result, a_name, b_name)
     return "\n".join(lines) + "\n"
+
+
+def _path_lines(result: dict[str, Any], a_name: str, b_name: str) -> list[str]:
+    """The cumulative path: each of B's inputs added to the ones before it, so the steps
+    multiply to the whole gap (the order is the table's listing, not a ranking)."""
+    lines = [
+        "",
+        f"From {a_name} to {b_name}, adding {b_name}'s inputs one after another (each step"
+        " includes the ones above it; the steps multiply to the whole gap):",
+        "",
+        "| adding | verdict | step |",
+        "|---|---|---|",
+    ]
+    for r in result["path"]:
+        cell = _x(r["speedup"], r.get("partial")) if r["error"] is None else r["error"]
+        step = "-" if r["step"] is None else f"x{r['step']:.2f}"
+        lines.append(f"| {r['input']} | {cell} | {step} |")
+    residual = result.get("path_residual")
+    if residual is not None and abs(residual - 1.0) >= 0.005:
+        lines.append(
+            f"| (what the listed inputs do not cover) | {_x(result['b']['speedup'])}"
+            f" | x{residual:.2f} |"
+        )
+    return lines

@@ -4,6 +4,7 @@ experiment and name what they ran), the workload flags, explain, plain progress 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -178,6 +179,13 @@ def test_explain_lists_the_inputs_that_differ_and_moves_each() -> None:
     assert rows["CoMem: k"]["speedup"] == pytest.approx(explain(a, alone, "step")["b"]["speedup"])
     for r in rows.values():
         assert r["moves"] == pytest.approx(r["speedup"] / result["a"]["speedup"])
+    # the cumulative path ends at B and its steps multiply to the whole gap exactly
+    path = result["path"]
+    assert [p["input"] for p in path] == names
+    assert path[-1]["speedup"] == pytest.approx(result["b"]["speedup"])
+    assert result["path_residual"] == pytest.approx(1.0)
+    steps = math.prod(p["step"] for p in path)
+    assert steps == pytest.approx(result["b"]["speedup"] / result["a"]["speedup"])
     assert explain(a, a, "step")["inputs"] == []
 
 
