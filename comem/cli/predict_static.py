@@ -41,6 +41,7 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
         expert_parallel=args.enable_expert_parallel,
         framework=args.framework,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        fp8_gemm=args.fp8_gemm,
     )
     cost = static_cost(
         lm,
@@ -101,7 +102,9 @@ def register(sub: Any) -> None:
         required=True,
         help="alias, HF id (see 'comem list models') or path of a Hugging Face config.json",
     )
-    add_model_flags(ps, EngineConfig, ("gpu", "tp", "dtype", "enable_expert_parallel"), ENGINE)
+    add_model_flags(
+        ps, EngineConfig, ("gpu", "tp", "dtype", "enable_expert_parallel", "fp8_gemm"), ENGINE
+    )
     # vLLM's ``vllm bench latency`` spells them --batch-size / --input-len / --output-len
     ps.add_argument(
         "--batch", "--batch-size", dest="batch", type=_positive_int, required=True,
