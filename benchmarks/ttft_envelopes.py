@@ -39,6 +39,7 @@ import pandas as pd
 
 from benchmarks.serving_transfer import keep_physical, load_rows, short
 from calibration.profile import FrameworkOverhead
+from calibration.serving_errors import markdown_table
 from sim.serving import evaluate_rows
 
 #: processes simulating rows (results do not depend on it)
@@ -84,14 +85,6 @@ def simulate_states(
     return base
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    """A pipe table (pandas' own needs the optional ``tabulate``)."""
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "|" + "---|" * len(df.columns)
-    body = ["| " + " | ".join(map(str, r)) + " |" for r in df.itertuples(index=False)]
-    return "\n".join([head, rule, *body])
-
-
 def summarize(table: pd.DataFrame, names: list[str]) -> str:
     """Markdown: per model / GPU / prompt length, the median measured / simulated ratio
     in each state, the share of rows between the envelopes, and the TPOT check."""
@@ -125,7 +118,7 @@ def summarize(table: pd.DataFrame, names: list[str]) -> str:
         f"Rows between the staggered and the burst TTFT: {t['inside'].mean():.0%};"
         f" above both: {t['above'].mean():.0%}.",
         "",
-        _markdown(agg),
+        markdown_table(agg),
         "",
     ]
     return "\n".join(lines)

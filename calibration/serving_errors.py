@@ -78,10 +78,11 @@ def serving_error_table(cv: pd.DataFrame) -> str:
         for (model, gpu), part in cv.groupby(["model", "gpu"], sort=True)
     ]
     out.append(_error_row("**all**", "", cv))
-    return _markdown(pd.DataFrame(out))
+    return markdown_table(pd.DataFrame(out))
 
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A pipe table of ``frame`` (pandas' own needs the optional ``tabulate``)."""
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
@@ -101,7 +102,7 @@ def overhead_terms_table(entry: dict[str, Any]) -> str:
         for name, meaning in OVERHEAD_TERM_MEANING.items()
         if name in entry and (entry[name] or name == "request_overhead_s")
     ]
-    return _markdown(pd.DataFrame(rows))
+    return markdown_table(pd.DataFrame(rows))
 
 
 def _band(entry: dict[str, Any], metric: str) -> str:
