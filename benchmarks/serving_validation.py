@@ -139,16 +139,13 @@ def main(argv: list[str] | None = None) -> int:
             " roofline bound"
         )
     for name, fit in [(result.framework, result.fit), *result.per_version.items()]:
-        o = fit.overhead
-        terms = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in o.terms().items() if v)
-        print(f"overhead {name}: {terms or 'all terms 0'} ({len(fit.rows)} rows)")
+        print(f"overhead {name}: {fit.overhead.describe()} ({len(fit.rows)} rows)")
     print("\nin-sample (pooled fit):")
     print(_pct(error_summary(result.fit.table())))
     cv = result.cv_table()
     print("\nleave one model out (overhead fitted on the other model's rows only):")
     for model, (o, _) in result.cross_validation.items():
-        terms = ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in o.terms().items() if v)
-        print(f"  {model} held out: fitted {terms or 'all terms 0'}")
+        print(f"  {model} held out: fitted {o.describe()}")
     print(_pct(error_summary(cv)))
     ttft = float(np.abs(cv["ttft_error"]).mean())
     tpot = float(np.abs(cv["tpot_error"]).mean())

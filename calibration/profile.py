@@ -198,6 +198,11 @@ class FrameworkOverhead:
     def terms(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in OVERHEAD_TERMS}
 
+    def describe(self) -> str:
+        """One line of the nonzero terms in microseconds (what fit commands print)."""
+        parts = [f"{k} {v * 1e6:.1f} us" for k, v in self.terms().items() if v]
+        return ", ".join(parts) or "all terms 0"
+
     def iteration_s(self, tp: int, collectives: int = 0) -> float:
         """The per-iteration constant on ``tp`` GPUs of a model whose iteration launches
         ``collectives`` tensor-parallel collectives (0 on one GPU)."""

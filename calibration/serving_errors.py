@@ -39,7 +39,8 @@ OVERHEAD_TERM_MEANING: dict[str, str] = {
     " tables every step)",
     "per_iteration_serial_s": "per step, the hand-off between steps that never overlaps",
     "per_sequence_serial_s": "per scheduled sequence, critical-path work asynchronous"
-    " scheduling does not hide (the sampler or per-request GPU bookkeeping: not known which)",
+    " scheduling does not hide (candidates: the sampler and per-request GPU-side bookkeeping,"
+    " which no kernel table times; which one is not known)",
     "request_overhead_s": "HTTP and tokenization before the scheduler sees a request (TTFT only)",
 }
 
@@ -110,11 +111,17 @@ def _band(entry: dict[str, Any], metric: str) -> str:
     return f"[{band['ratio_low']:.2f}, {band['ratio_high']:.2f}]"
 
 
+def reference_serving_entry(profile: Profile | None = None) -> dict[str, Any]:
+    """The serving overhead entry of ``profile`` (default: the reference profile)."""
+    prof = profile if profile is not None else Profile.load(profile_path(*REFERENCE_PROFILE))
+    return dict(prof.overheads["vllm-serving"])
+
+
 def trust_section(profile: Profile | None = None, cv: pd.DataFrame | None = None) -> str:
     """The README's calibration section body (tables and the lines around them)."""
     prof = profile if profile is not None else Profile.load(profile_path(*REFERENCE_PROFILE))
     cv = cv if cv is not None else load_serving_cv()
-    serving = prof.overheads["vllm-serving"]
+    serving = reference_serving_entry(prof)
     static = prof.overheads.get("vllm-2024", {})
     knee = cv[(cv["fold"] == "model") & (cv.get("preemptions", 0) > 0)]
     models = ", ".join(sorted(cv["model"].unique()))

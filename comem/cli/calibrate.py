@@ -154,7 +154,7 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     from calibration.inputs import refuse_input_as_output
-    from calibration.profile import OVERHEAD_TERMS, Profile, available_profiles, profile_path
+    from calibration.profile import FrameworkOverhead, Profile, available_profiles, profile_path
     from calibration.serving import ASSUMPTION_PRESETS, load_serving_csv, parse_assumptions
     from calibration.serving_fit import error_summary
     from sim.serving import calibrate_serving
@@ -204,9 +204,8 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     for left in result.excluded:
         print(f"left out: {left.row.label}: {left.why()}")
     for name, entry in entries.items():
-        terms = ", ".join(f"{k} {entry[k] * 1e6:.1f} us" for k in OVERHEAD_TERMS if entry.get(k))
         print(
-            f"{name}: {terms or 'all terms 0'}"
+            f"{name}: {FrameworkOverhead.from_dict(entry).describe()}"
             f" ({entry['rows']} rows; TTFT MAPE {entry['ttft_mape']:.1%},"
             f" TPOT MAPE {entry['tpot_mape']:.1%} in-sample)"
         )
