@@ -9,9 +9,10 @@ TP / expert-parallel / data-parallel layout, which k, and CPU KV offload or not?
    GPUs used <= G (and <= ``max_gpus``).
 2. **Prune with theory** (``theory/``): each candidate's mean step latency from the exact
    lockstep closed form under its engines' linear surrogates (N / DP identical agents per
-   replica), and the KV-capacity bound on agents (contexts that fit the cache at once).
-   Past that bound the closed form is optimistic (it prices no preemption), and
-   co-location's turn-taking is not in it: both are flagged.
+   replica; a trace or fitted workload as the synthetic one of its means), and the
+   KV-capacity bound on agents (contexts that fit the cache at once). An estimate, not a
+   bound: past the KV bound it prices no preemption and co-location's turn-taking is not
+   in it (both are noted).
 3. **Confirm with the simulator** the ``top`` candidates by estimate, plus the best of
    every architecture kind and full context's best in every weight dtype (the verdict's
    baseline), in parallel processes; results are kept in ``out/points/``

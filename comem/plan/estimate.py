@@ -39,6 +39,32 @@ class Estimate:
     prune_step_s: float = math.nan
 
 
+#: tasks drawn to take a trace or fitted workload's means (a fixed draw: the estimate
+#: is the same every time the plan runs)
+MEAN_SHAPE_TASKS = 256
+
+
+def mean_shape(model: Any, agents: int) -> dict[str, Any]:
+    """The synthetic workload of a trace or fitted workload's means: steps per task, the
+    system prompt, each step's observation, decoded action (reasoning included: it is
+    decoded) and tool time, over :data:`MEAN_SHAPE_TASKS` tasks drawn with a fixed seed.
+    The closed form prices a workload of identical tasks; with the means it estimates
+    the one being simulated, not the default experiment's."""
+    sample = model.model_copy(update={"agents": MEAN_SHAPE_TASKS, "tasks_per_agent": 1})
+    tasks = [t for own in sample.tasks(np.random.default_rng(0)) for t in own]
+    steps = [s for t in tasks for s in t.steps]
+    return {
+        **DEFAULT_WORKLOAD,
+        "agents": agents,
+        "steps": max(1, round(float(np.mean([len(t.steps) for t in tasks])))),
+        "system_tokens": max(1, round(float(np.mean([t.system_tokens for t in tasks])))),
+        "observation_tokens": round(float(np.mean([s.observation for s in steps]))),
+        "action_tokens": max(1, round(float(np.mean([s.action for s in steps])))),
+        "summary_tokens": model.summary_tokens,
+        "tool_s": float(np.mean([s.tool_s for s in steps])),
+    }
+
+
 def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
     """Step 2: the closed form and the KV bound for every candidate."""
 
@@ -50,9 +76,8 @@ def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
     raw = _workload(spec)
     model = _workload_model(raw, str(spec.workload_scenario or "plan"))
     if not isinstance(model, SyntheticWorkload):
-        # a trace or fitted workload: price its mean step as the synthetic one
-        base = {**DEFAULT_WORKLOAD, "agents": spec.agents, "summary_tokens": model.summary_tokens}
-        model = _workload_model(base, "plan")
+        # a trace or fitted workload: the synthetic workload of its tasks' means
+        model = _workload_model(mean_shape(model, spec.agents), "plan")
     steps = int(spec.steps or model.steps)
     system, obs = float(model.system_tokens), float(model.observation_tokens)
     action, summary = float(model.action_tokens), float(model.summary_tokens)

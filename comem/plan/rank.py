@@ -42,6 +42,16 @@ class PlanRow:
     resolve_rate_delta_pp_high: float = math.nan
     resolve_rate_extrapolated: bool = False
     meets_resolve: bool = True
+    #: the share of its summaries the simulation made (swapped in against refused: a
+    #: memory engine that refuses every summary request leaves an agent running as
+    #: full context under the architecture's name); 1 for full context and estimates
+    summaries_made: float = 1.0
+
+    @property
+    def summarizes(self) -> bool:
+        """False for a simulated summarizing architecture that made none of its
+        summaries: it is not the deployment its label names, so it is not chosen."""
+        return not self.simulated or self.candidate.get("kind") == "fc" or self.summaries_made > 0
 
 
 def objective_value(spec: PlanSpec, row: PlanRow) -> float:
@@ -76,16 +86,19 @@ def rank(
             row.steps_per_s_per_gpu = sim["steps_per_s"] / c.gpus_used
             row.tasks_ended_early = sim["tasks_ended_early"]
             row.preemptions = sim["preemptions"]
+            if c.kind != "fc":
+                row.summaries_made = float(sim.get("summaries_made", 1.0))
             row.meets_slo = (
                 spec.slo_step_s is None or row.p99_step_s <= spec.slo_step_s
             ) and row.tasks_ended_early == 0
         ended = sim["tasks_ended_early"] / max(sim.get("tasks", spec.agents), 1) if sim else 0.0
-        _effectiveness(spec, c, ended, row, sim.get("summaries_made", 1.0) if sim else 1.0)
+        _effectiveness(spec, c, ended, row, row.summaries_made)
         rows.append(row)
 
     def order(r: PlanRow) -> tuple[Any, ...]:
         if r.simulated:
-            return (0, not (r.meets_slo and r.meets_resolve), objective_value(spec, r), r.gpus)
+            eligible = r.meets_slo and r.meets_resolve and r.summarizes
+            return (0, not eligible, objective_value(spec, r), r.gpus)
         return (1, True, r.estimate_mean_step_s, r.gpus)
 
     rows.sort(key=order)

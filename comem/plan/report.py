@@ -24,7 +24,11 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     for r in rows[:limit]:
         notes = []
         if r.estimate_optimistic:
-            notes.append("theory optimistic")
+            notes.append("theory omits preemption or turn-taking")
+        if not r.summarizes:
+            notes.append("made no summary (memory engine refused them): ran as full context")
+        elif r.summaries_made < 1:
+            notes.append(f"made {r.summaries_made:.0%} of its summaries")
         if r.moe_dp_pessimistic:
             notes.append("MoE DP pessimistic")
         if r.simulated and not r.meets_slo:
@@ -61,13 +65,17 @@ def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], sh
             else ""
         )
     )
-    met = best.meets_slo and best.meets_resolve
+    met = best.meets_slo and best.meets_resolve and best.summarizes
     chosen = (
         f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
         f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
         f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
         f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
-        + ("" if met else " (NO candidate meets the SLO and the resolve-loss limit)")
+        + (
+            ""
+            if met
+            else " (NO candidate meets the SLO and the resolve-loss limit, or makes its summaries)"
+        )
     )
     lines = [head, "assumptions:", *(f"- {line}" for line in payload["assumptions"])]
     return (
@@ -121,7 +129,15 @@ def assumptions(spec: PlanSpec) -> list[str]:
     model = _workload_model(_workload(spec), str(source))
     set_text = ", with " + ", ".join(f"{k} = {v}" for k, v in spec.workload_set.items())
     set_text = set_text if spec.workload_set else ""
+    from comem.plan.space import offload_not_modelled
+
     offload = {(False,): "off", (True,): "on", (False, True): "both", (True, False): "both"}
+    no_offload = offload_not_modelled(spec)
+    offload_text = (
+        f"off ({no_offload})"
+        if no_offload
+        else f"{offload[tuple(spec.offload)]} ({spec.offload_gib:g} GiB)"
+    )
     return [
         f"workload (from {source}{set_text}): {workload(model)}",
         f"agent {spec.agent_model} on at most {min(spec.gpus, spec.max_gpus or spec.gpus)}"
@@ -131,8 +147,7 @@ def assumptions(spec: PlanSpec) -> list[str]:
         f" agent's GPUs: memory split {AGENT_UTIL_COLOCATED} / {MEMORY_UTIL_COLOCATED}),"
         f" max_model_len {spec.memory_max_model_len}",
         f"kinds {' '.join(spec.kinds)}; k tried {' '.join(map(str, spec.k_values))}; retain"
-        f" {spec.retain}, lag 1; CPU KV offload {offload[tuple(spec.offload)]}"
-        f" ({spec.offload_gib:g} GiB)",
+        f" {spec.retain}, lag 1; CPU KV offload {offload_text}",
         f"resolve rates: full context {spec.baseline_resolve_rate:.0%} on these tasks"
         f" (assumed), memory-model loss scale {spec.memory_loss_scale:g}",
     ]
@@ -140,11 +155,33 @@ def assumptions(spec: PlanSpec) -> list[str]:
 
 def verdict(rows: list[PlanRow]) -> str:
     """The chosen deployment against the best full-context one simulated, by mean step
-    latency (what ``comem run`` of chosen_scenario.toml prints as its verdict)."""
+    latency (what ``comem run`` of chosen_scenario.toml prints as its verdict); when full
+    context is chosen, the best summarizing deployment against it."""
     best = rows[0]
     fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
-    if best.candidate["kind"] == "fc" or fc is None or not best.mean_step_s > 0:
-        return f"verdict: {best.label} (no full-context deployment to compare with)"
+    if best.candidate["kind"] == "fc":
+        other = next(
+            (
+                r for r in rows
+                if r.simulated and r.candidate["kind"] != "fc" and r.summarizes
+                and r.mean_step_s > 0
+            ),
+            None,
+        )  # fmt: skip
+        if other is None or not best.mean_step_s > 0:
+            return (
+                f"verdict: full context wins: {best.label} (no summarizing deployment"
+                " simulated made its summaries)"
+            )
+        x = best.mean_step_s / other.mean_step_s  # the summarizing one's speedup
+        word = "slower" if x <= 1 else "faster"
+        return (
+            f"verdict: full context wins: {best.label}; the best summarizing deployment,"
+            f" {other.label}, is {max(x, 1 / x):.2f}x {word} by mean step latency"
+            f" (speedup {x:.2f}x)"
+        )
+    if fc is None or not best.mean_step_s > 0:
+        return f"verdict: {best.label} (no full-context deployment was simulated to compare with)"
     x = fc.mean_step_s / best.mean_step_s
     word = "faster" if x >= 1 else "slower"
     return (

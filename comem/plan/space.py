@@ -29,13 +29,28 @@ Objective = Literal["mean-step", "p99-step", "steps-per-gpu"]
 Kind = Literal["fc", "cp", "sm", "kso"]
 
 
-Dtype = Literal["bf16", "fp8"]
+Dtype = Literal["bf16", "fp8", "fp4", "int4", "mxfp4"]
 
 
 ALL_KINDS: tuple[Kind, ...] = ("fc", "cp", "sm", "kso")
 
 
+#: the weight dtypes tried by default, besides the checkpoint's own (:func:`default_dtypes`)
 ALL_DTYPES: tuple[Dtype, ...] = ("bf16", "fp8")
+
+
+def default_dtypes(agent_model: Any) -> list[str]:
+    """bf16, fp8 and the dtype the checkpoint ships in (gpt-oss's MXFP4, an int4 or NVFP4
+    checkpoint), as vLLM loads it; a model name that cannot be read is left to the
+    model's own error later."""
+    from calibration.registry import checkpoint_dtype
+
+    out = list(ALL_DTYPES)
+    try:
+        own = checkpoint_dtype(str(agent_model))
+    except Exception:  # an unknown or broken model: its own error comes from get_model
+        return out
+    return out if own in out else [*out, own]
 
 
 #: the authors' synthetic benchmark (AUTHORS_SETUP.md): how a trace or fitted workload's
@@ -84,7 +99,12 @@ class PlanSpec(InputModel):
     )
     max_gpus: PositiveInt | None = None
     kinds: list[Kind] = Field(default_factory=lambda: list(ALL_KINDS), min_length=1)
-    dtypes: list[Dtype] = Field(default_factory=lambda: list(ALL_DTYPES), min_length=1)
+    #: left out: bf16, fp8 and the checkpoint's own dtype (:func:`default_dtypes`)
+    dtypes: list[Dtype] = Field(
+        default_factory=lambda: list(ALL_DTYPES),
+        min_length=1,
+        description="weight dtypes to try [bf16 fp8 and the checkpoint's own]",
+    )
     k_values: list[Annotated[int, Field(ge=1, le=MAX_TOKENS)]] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16, 32],
         min_length=1,
@@ -142,6 +162,8 @@ class PlanSpec(InputModel):
             data["agent_model"] = _default_agent()["model"]
         if data.get("agents") is None:
             data["agents"] = scenario_workload(data.get("workload_scenario")).get("agents", 16)
+        if data.get("dtypes") is None:
+            data["dtypes"] = default_dtypes(data["agent_model"])
         return data
 
 
@@ -216,12 +238,14 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
     tps = [t for t in (1, 2, 4, 8) if t <= limit]
     dps = [d for d in (1, 2, 4, 8) if d <= limit]
     eps = [False, True] if model.is_moe and _supports_ep() else [False]
+    offloads = offload_choices(spec)
+    dtypes = usable_dtypes(spec)
     out: list[Candidate] = []
     for kind in spec.kinds:
         ks = [1] if kind == "fc" else list(spec.k_values)
         for tp in tps:
             for dp in dps:
-                for dtype in spec.dtypes:
+                for dtype in dtypes:
                     for ep in eps:
                         if ep and (tp == 1 or dp > 1):  # EP across DP ranks: not modelled
                             continue
@@ -246,7 +270,7 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
                                 placements.append(("co-located", tp))
                         for place, mtp in placements:
                             for k in ks:
-                                for off in spec.offload:
+                                for off in offloads:
                                     c = Candidate(kind, tp, dp, dtype, ep, mtp, place, k, off)
                                     if c.gpus_used <= limit:
                                         out.append(c)
@@ -261,6 +285,51 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
             f" in {', '.join(spec.dtypes)}{memory}"
         )
     return out
+
+
+def usable_dtypes(spec: PlanSpec) -> list[str]:
+    """``spec.dtypes`` the GPU has a calibration for and the model can take (int4 and
+    MXFP4 are weight-only expert formats: MoE models only); refused when none is left."""
+    from calibration.dtypes import EXPERT_ONLY_DTYPES
+    from calibration.profile import available_profiles
+    from calibration.registry import get_model
+
+    calibrated = {d for g, _, d in available_profiles() if g == spec.gpu}
+    moe = get_model(spec.agent_model).is_moe
+    out = [d for d in spec.dtypes if d in calibrated and (moe or d not in EXPERT_ONLY_DTYPES)]
+    if not out:
+        raise ComemInputError(
+            f"plan: --dtypes {' '.join(spec.dtypes)}: none is calibrated on {spec.gpu}"
+            f" for {spec.agent_model} (calibrated: {', '.join(sorted(calibrated)) or 'none'};"
+            " int4 and mxfp4 are expert formats, for MoE models)"
+        )
+    return out
+
+
+def offload_not_modelled(spec: PlanSpec) -> str:
+    """Why CPU KV offload is not planned for the agent model ('' where it is): vLLM's
+    offloading connector turns the hybrid KV-cache manager off, which the simulator does
+    not model, for models with sliding-window or linear-attention layers."""
+    from calibration.registry import get_model
+
+    model = get_model(spec.agent_model)
+    if not (model.sliding_layers or model.linear_layers):
+        return ""
+    return (
+        f"{spec.agent_model} has sliding-window or linear-attention layers: vLLM's KV"
+        " offloading turns its hybrid KV-cache manager off, which is not modelled"
+    )
+
+
+def offload_choices(spec: PlanSpec) -> list[bool]:
+    """``spec.offload`` without offload where it is not modelled; refused when nothing
+    is left."""
+    why = offload_not_modelled(spec)
+    if not why:
+        return list(spec.offload)
+    if False not in spec.offload:
+        raise ComemInputError(f"plan: --offload on: {why}; use --offload off")
+    return [False]
 
 
 def left_out_kinds(spec: PlanSpec, candidates: list[Candidate]) -> list[str]:

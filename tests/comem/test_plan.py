@@ -118,3 +118,70 @@ def test_points_are_reused_only_for_the_same_simulation(tmp_path):
     other = confirm(small(agents=3), candidates, points=tmp_path)
     assert len(list(tmp_path.glob("*.json"))) == 2
     assert other != first
+
+
+def test_a_summarizer_that_made_no_summary_is_noted_and_not_chosen():
+    """A KSO point whose memory engine refused every summary ran as full context: it is
+    not chosen even when it is the fastest, its row says why, and the verdict names full
+    context as the winner against the best summarizing deployment."""
+    from comem.plan.report import table_markdown, verdict
+
+    spec = small(kinds=["fc", "kso"], k_values=[2, 4])
+    candidates = enumerate_candidates(spec)
+    estimates = estimate(spec, candidates)
+
+    def point(c) -> dict:
+        made = 0.0 if c.k == 2 else 1.0  # k=2 fastest, but it made no summary
+        step = {"fc": 2.0}.get(c.kind, 1.0 if c.k == 2 else 3.0)
+        return {"mean_step_s": step, "p99_step_s": 3.0, "steps_per_s": 1.0,
+                "tasks_ended_early": 0, "tasks": 6, "preemptions": 0, "kv_peak": 0.5,
+                "summaries_made": made}  # fmt: skip
+
+    rows = rank(spec, estimates, {c.key(): point(c) for c in candidates})
+    assert rows[0].candidate["kind"] == "fc"
+    empty = [
+        r for r in rows if r.simulated and r.candidate["kind"] == "kso" and r.candidate["k"] == 2
+    ]
+    assert empty and all(not r.summarizes for r in empty)
+    assert "made no summary" in table_markdown(rows, limit=len(rows))
+    line = verdict(rows)
+    assert (
+        line.startswith("verdict: full context wins") and "k=4" in line and "1.50x slower" in line
+    )
+
+
+def test_the_closed_form_prices_a_fitted_workload_by_its_own_means(tmp_path):
+    """The theory column of a fitted workload is its tasks' means, not the default
+    experiment's synthetic shape (1024-token actions, 64 steps): full context's estimate
+    lies within 2x of its simulation."""
+    from comem.plan.estimate import mean_shape
+    from comem.plan.scenario import _workload_model
+
+    fitted = _workload_model({"kind": "fitted", "agents": 4, "max_steps": 12}, "test")
+    shape = mean_shape(fitted, 4)
+    assert 1 <= shape["steps"] <= 12 and shape["action_tokens"] < 1024
+    scenario = tmp_path / "fitted.toml"
+    scenario.write_text('[workload]\nkind = "fitted"\nagents = 4\nmax_steps = 12\n')
+    spec = small(kinds=["fc"], steps=None, agents=4, workload_scenario=str(scenario))
+    candidates = enumerate_candidates(spec)
+    estimates = estimate(spec, candidates)
+    sim = confirm(spec, candidates[:1])[candidates[0].key()]["mean_step_s"]
+    assert 0.5 < estimates[0].mean_step_s / sim < 2.0
+
+
+def test_a_hybrid_model_is_planned_without_offload_and_its_own_dtype():
+    """gpt-oss-120b (sliding-window layers, MXFP4 experts): CPU offload, which vLLM runs
+    without the hybrid KV manager, is left out with a reason, and its MXFP4 checkpoint is
+    among the dtypes tried; asking for offload only is one line."""
+    from calibration.errors import ComemInputError
+    from comem.plan.report import assumptions
+    from comem.plan.space import offload_choices
+
+    spec = PlanSpec(agent_model="gpt-oss-120b", gpu="h200_sxm", gpus=1, agents=4, steps=4)
+    assert "mxfp4" in spec.dtypes
+    candidates = enumerate_candidates(spec)
+    assert not any(c.offload for c in candidates)
+    assert any(c.agent_dtype == "mxfp4" for c in candidates)
+    assert any("offload off (gpt-oss-120b has sliding-window" in a for a in assumptions(spec))
+    with pytest.raises(ComemInputError, match="--offload off"):
+        offload_choices(spec.model_copy(update={"offload": [True]}))
