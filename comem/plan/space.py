@@ -296,7 +296,9 @@ def usable_dtypes(spec: PlanSpec) -> list[str]:
 
     calibrated = {d for g, _, d in available_profiles() if g == spec.gpu}
     moe = get_model(spec.agent_model).is_moe
-    out = [d for d in spec.dtypes if d in calibrated and (moe or d not in EXPERT_ONLY_DTYPES)]
+    out: list[str] = [
+        d for d in spec.dtypes if d in calibrated and (moe or d not in EXPERT_ONLY_DTYPES)
+    ]
     if not out:
         raise ComemInputError(
             f"plan: --dtypes {' '.join(spec.dtypes)}: none is calibrated on {spec.gpu}"
