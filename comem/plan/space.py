@@ -45,7 +45,7 @@ def default_dtypes(agent_model: Any) -> list[str]:
     model's own error later."""
     from calibration.registry import checkpoint_dtype
 
-    out = list(ALL_DTYPES)
+    out: list[str] = list(ALL_DTYPES)
     try:
         own = checkpoint_dtype(str(agent_model))
     except Exception:  # an unknown or broken model: its own error comes from get_model
