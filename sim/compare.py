@@ -243,7 +243,13 @@ def architecture_summary(res: Any) -> dict[str, Any]:
         "total_step_time_s",
     ):
         out[f"mean_{col}"] = _stat(ok_steps[col].to_numpy(float), "mean")
-    add_latency_intervals(out, res.config.agent)
+    parts = {
+        "first_token": ok_steps["queue_s"] + ok_steps["prefill_s"],
+        "after_first": ok_steps["decode_s"] + ok_steps["stall_s"],
+    }
+    add_latency_intervals(
+        out, res.config.agent, **{k: _stat(v.to_numpy(float), "mean") for k, v in parts.items()}
+    )
     return out
 
 
@@ -275,29 +281,50 @@ def summaries_made(arch: dict[str, Any]) -> float:
     return swapped / settled if settled else 0.0
 
 
-def add_latency_intervals(out: dict[str, Any], agent: Any) -> None:
-    """``*_low`` / ``*_high`` beside the mean step and task latencies: the time the
-    agent spends on (or waiting for) GPUs scaled by the agent engine's cross-validated
-    TPOT band (:func:`sim.engine_latency.engine_error_bands`; decode dominates an agent's step),
-    the tool time as it is (no error: the workload's). No band, no interval."""
-    from sim.engine_latency import engine_error_bands
+def add_latency_intervals(
+    out: dict[str, Any], agent: Any, first_token: float = math.nan, after_first: float = math.nan
+) -> None:
+    """``*_low`` / ``*_high`` beside the mean step and task latencies from the agent
+    engine's cross-validated bands (:func:`sim.engine_latency.engine_error_bands`): a
+    step's wait for its first token (queue and prefill, ``first_token`` seconds on
+    average) scaled by the TTFT band, the rest of its time on GPUs (decode and summary
+    stalls, ``after_first``) by the TPOT band, the tool time as it is (no error: the
+    workload's). The two ends add (the two errors come from one latency model, so they
+    are taken together, not as independent); a task's latency moves by its steps' factor.
+    Without the split, or without a TTFT band, all GPU time takes the TPOT band. No band,
+    no interval."""
+    from sim.engine_latency import engine_error_bands, engine_latency
 
-    band = engine_error_bands(agent).get("tpot")
-    if band is None:
+    bands = engine_error_bands(agent)
+    tpot = bands.get("tpot")
+    if tpot is None:
         return
     step = out.get("mean_step_latency_s")
     tool = out.get("mean_env_exec_time_s")
     if step is None or tool is None or not math.isfinite(step) or step <= 0:
         return
-    gpu_share = max(0.0, 1.0 - tool / step)
-    for key in ("mean_step_latency_s", "mean_task_latency_s"):
-        mean = out.get(key)
-        if mean is None or not math.isfinite(mean):
-            continue
-        low, high = band.interval(mean * gpu_share)
-        out[f"{key}_low"] = mean * (1.0 - gpu_share) + low
-        out[f"{key}_high"] = mean * (1.0 - gpu_share) + high
-    out["interval_level"] = band.level
+    ttft = bands.get("ttft")
+    gpu = max(0.0, step - tool)
+    if ttft is None or not (math.isfinite(first_token) and math.isfinite(after_first)):
+        first_token, after_first = 0.0, gpu
+    # what the split leaves unassigned (rounding, or a part the rows do not name) is
+    # priced with the decode band
+    rest = max(0.0, gpu - first_token - after_first)
+    ends = []
+    for side in (0, 1):
+        t = (ttft.interval(first_token)[side] if ttft and first_token else 0.0) + tpot.interval(
+            after_first + rest
+        )[side]
+        ends.append(tool + t)
+    out["mean_step_latency_s_low"], out["mean_step_latency_s_high"] = ends
+    task = out.get("mean_task_latency_s")
+    if task is not None and math.isfinite(task):
+        out["mean_task_latency_s_low"] = task * ends[0] / step
+        out["mean_task_latency_s_high"] = task * ends[1] / step
+    out["interval_level"] = tpot.level
+    caveat = getattr(engine_latency(agent), "band_caveat", "")
+    if caveat:
+        out["interval_caveat"] = caveat
 
 
 def _rejected(r: Any) -> list[str]:

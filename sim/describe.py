@@ -55,7 +55,9 @@ def deployment(arch: Any) -> str:
     memory = arch.memory
     if memory is not None:
         where = (
-            "sharing the agent's GPUs" if _shared(arch) else f"on {engine_gpus(memory)} own GPUs"
+            "sharing the agent's GPUs"
+            if _shared(arch)
+            else f"on {engine_gpus(memory)} own GPU{'s' if engine_gpus(memory) > 1 else ''}"
         )
         text += (
             f"; memory {engine_layout(memory)} {where}"
@@ -212,11 +214,46 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
     )
 
 
-def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
+def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
+    """'the agents differ: FC bf16 on 8 GPUs, CoMem fp8 on 4' where the two sides' agent
+    engines differ in weight dtype or GPU type (the speedup then mixes the architecture
+    with the deployment), else None. The agent's GPU count is said too, when it differs."""
+    if scenario is None:
+        return None
+    archs = {a.name: a for a in scenario.architectures}
+    a, b = archs.get(ref), archs.get(name)
+    if a is None or b is None:
+        return None
+
+    def agent(arch: Any) -> tuple[str, str, int]:
+        e = arch.agent
+        return str(e.dtype), str(e.gpu), int(e.tp) * int(getattr(e, "data_parallel_size", 1) or 1)
+
+    (da, ga, na), (db, gb, nb) = agent(a), agent(b)
+    if (da, ga) == (db, gb):
+        return None
+    return (
+        f"the agents differ: {ref} {da} on {na} x {ga}, {name} {db} on {nb} x {gb}"
+        " (the speedup is the deployment's as well as the architecture's)"
+    )
+
+
+def interval_caveats(summary: dict[str, Any]) -> list[str]:
+    """'caveat: FC's 80% intervals: b200_sxm: outside the serving rows ...' for every
+    architecture whose agent engine lies outside what the error bands were measured on."""
+    out: dict[str, list[str]] = {}
+    for name, arch in summary["architectures"].items():
+        if arch.get("interval_caveat"):
+            out.setdefault(arch["interval_caveat"], []).append(name)
+    return [f"caveat: {', '.join(names)}'s 80% intervals: {why}" for why, names in out.items()]
+
+
+def verdict_lines(summary: dict[str, Any], metric: str, scenario: Any = None) -> list[str]:
     """'CoMem is 1.29x faster than FC by mean step latency' for every architecture
     against the reference (a :meth:`sim.scenario.ScenarioResult.summary`), with the
     tasks either side did not finish: a side whose tasks ended early (a prompt past
-    max_model_len) was timed over part of the work, which the verdict must say."""
+    max_model_len) was timed over part of the work, which the verdict must say; and,
+    given the ``scenario``, agents deployed in different dtypes or on different GPUs."""
     comparison = summary["comparison"]
     ref = comparison["reference"]
     if ref is None:
@@ -235,8 +272,8 @@ def verdict_lines(summary: dict[str, Any], metric: str) -> list[str]:
         resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp"
         partial = [u for u in (unfinished(summary, ref), unfinished(summary, name)) if u]
         caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""
-        note = summaries_note(summary, name)
-        caveat += f"; {note}" if note else ""
+        for note in (summaries_note(summary, name), unlike_agents_note(scenario, ref, name)):
+            caveat += f"; {note}" if note else ""
         lines.append(
             f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
             f" (speedup {value:.2f}x{resolve}){caveat}"

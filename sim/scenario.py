@@ -477,10 +477,11 @@ def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
     check_iterations(scenario, tasks)
     from sim.progress import progress as shown
 
-    total = sum(len(own) for own in tasks) * len(scenario.architectures)
+    n = len(scenario.architectures)
+    total = sum(len(own) for own in tasks) * n
+    unit = "tasks" if n == 1 else f"tasks of the {n} architectures"
     results = []
-    with shown(scenario.name, "tasks", total, progress) as counter:
-        n = len(scenario.architectures)
+    with shown(scenario.name, unit, total, progress) as counter:
         for i, arch in enumerate(scenario.architectures, 1):
             if counter is not None:  # the count is over every architecture's tasks
                 counter.describe(f"{scenario.name}: {arch.name} ({i} of {n})")

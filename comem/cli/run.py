@@ -54,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from sim.compare import METRICS
     from sim.describe import (
         context_limit_notes,
+        interval_caveats,
         scenario_description,
         scenario_lines,
         verdict_lines,
@@ -113,7 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(table)
     for line in legend:
         console.print(line, highlight=False, markup=False)
-    for line in scenario_lines(scenario) + verdict_lines(summary, args.metric):
+    for line in (
+        scenario_lines(scenario)
+        + verdict_lines(summary, args.metric, scenario)
+        + interval_caveats(summary)
+    ):
         console.print(line, highlight=False, markup=False)
     if ref is None:
         console.print("no full-context (fc) architecture: no speedups", highlight=False)

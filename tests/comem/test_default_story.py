@@ -122,9 +122,9 @@ def test_run_flags_print_the_mapping_and_change_the_workload() -> None:
 @pytest.mark.slow
 def test_progress_is_plain_lines_off_a_terminal() -> None:
     proc = run_comem("run", *TINY)  # stderr is a pipe here
-    lines = [ln for ln in proc.stderr.splitlines() if " tasks, " in ln]
+    lines = [ln for ln in proc.stderr.splitlines() if " tasks of the 2 architectures, " in ln]
     assert lines and lines[-1].startswith(
-        "glm47_synthetic_benchmark__agent_dedicated_tp4: CoMem (2 of 2): 4/4 tasks"
+        "glm47_synthetic_benchmark__agent_dedicated_tp4: CoMem (2 of 2): 4/4 tasks of the 2"
     )
     assert lines[-1].split()[5] == "4/4"  # 2 agents x 2 architectures, the last line: all
     quiet = run_comem("run", *TINY, "--json")
