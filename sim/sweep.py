@@ -419,14 +419,13 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     axes = _axes(table)
     if not len(ok) or col not in ok.columns:
         return {"metric": metric, "rows": [], "best_k": [], "winner": None}
-    means = (
-        ok.groupby(["point", "architecture", *axes], dropna=False, sort=True)[
-            [col, "resolve_rate_delta_pp"]
-        ]
-        .mean()
-        .reset_index()
-        .rename(columns={col: "speedup"})
-    )
+    grouped = ok.groupby(["point", "architecture", *axes], dropna=False, sort=True)
+    means = grouped[[col, "resolve_rate_delta_pp"]].mean().rename(columns={col: "speedup"})
+    # the spread over seeds: a best k whose seeds overlap another k's is not told apart
+    spread = grouped[col].agg(["min", "max", "count"])
+    means = means.join(
+        spread.rename(columns={"min": "speedup_min", "max": "speedup_max", "count": "seeds"})
+    ).reset_index()
     values = {a: sorted(table[a].dropna().unique().tolist()) for a in axes}
     rows = means.to_dict("records")
     best_k: list[dict[str, Any]] = []
@@ -438,10 +437,15 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
         for _, group in means.groupby(["architecture", *others], dropna=False, sort=True):
             if varied is not None and group["architecture"].iloc[0] not in varied:
                 continue  # its k is not the axis: a "best k" would be seed noise
-            top: dict[str, Any] = {
-                str(k): v for k, v in group.sort_values("speedup", ascending=False).iloc[0].items()
-            }
+            ranked = group.sort_values("speedup", ascending=False)
+            top: dict[str, Any] = {str(k): v for k, v in ranked.iloc[0].items()}
             top["edge"] = _on_edge(top[k_axis], values[k_axis])
+            # other k whose seeds reach the best one's: within its seed spread
+            top["ties"] = [
+                other[k_axis]
+                for _, other in ranked.iloc[1:].iterrows()
+                if top["seeds"] > 1 and other["speedup_max"] >= top["speedup_min"]
+            ]
             best_k.append(top)
     finite = means[means["speedup"].notna()]
     winner = None
@@ -468,7 +472,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
     names = [a[len("grid.") :] for a in axes]
     lines = [
         f"speedup = full context's mean over CoMem's by {result['metric']} (> 1: CoMem"
-        " faster); resolve pp = resolve-rate change against full context",
+        " faster), the mean over seeds with [lowest, highest] where there are several;"
+        " resolve pp = resolve-rate change against full context",
         "",
         "| point | " + " | ".join(names) + " | architecture | speedup | resolve pp |",
         "|---" * (len(names) + 4) + "|",
@@ -476,7 +481,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['point']} | " + " | ".join(_fmt(r[a]) for a in axes)
-            + f" | {r['architecture']} | {_x(r['speedup'])} | {r['resolve_rate_delta_pp']:+.1f} |"
+            + f" | {r['architecture']} | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
         )  # fmt: skip
     if result["best_k"]:
         k_axis = next(a for a in axes if a.endswith(".k"))
@@ -494,7 +499,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
             lines.append(
                 "| " + " | ".join(_fmt(r[a]) for a in others)
                 + f" | {r['architecture']} | {_fmt(r[k_axis])}{'*' if r['edge'] else ''}"
-                f" | {_x(r['speedup'])} | {r['resolve_rate_delta_pp']:+.1f} |"
+                + (f" (seeds overlap k={', '.join(_fmt(t) for t in r['ties'])})"
+                   if r.get("ties") else "")
+                + f" | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
             )  # fmt: skip
     w = result["winner"]
     if w is not None:
@@ -518,3 +525,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 def _x(value: Any) -> str:
     return "-" if value is None or value != value else f"{value:.2f}x"
+
+
+def _speedup_cell(row: dict[str, Any]) -> str:
+    """'1.20x [1.05, 1.31]': the mean over seeds and its range, where there are several."""
+    if row.get("seeds", 1) > 1 and row["speedup"] == row["speedup"]:
+        return f"{_x(row['speedup'])} [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]"
+    return _x(row["speedup"])

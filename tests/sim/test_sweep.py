@@ -144,3 +144,25 @@ def test_sweep_json_is_valid_json(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout)
     assert data["points"] == 2 and data["summary"]["winner"]["architecture"]
+
+
+def test_seed_spread_is_shown_and_a_best_k_within_it_is_said():
+    """Two seeds a point: the speedup is their mean with [lowest, highest]; a best k whose
+    seeds overlap another k's says so, one that stands clear does not."""
+    from sim.sweep import summary, summary_markdown
+
+    rows = []
+    for k, values in {4: (1.0, 1.4), 8: (1.3, 1.36), 16: (0.5, 0.6)}.items():
+        for rep, value in enumerate(values):
+            rows.append(
+                {"point": k, "replicate": rep, "architecture": "KSO", "architecture_index": 1,
+                 "kind": "kso", "grid.architectures.1.k": k, "speedup_step": value,
+                 "resolve_rate_delta_pp": -1.0, "error": ""}
+            )  # fmt: skip
+    result = summary(pd.DataFrame(rows))
+    (best,) = result["best_k"]
+    assert best["grid.architectures.1.k"] == 8 and best["seeds"] == 2
+    assert best["ties"] == [4]  # k=4's seeds reach 1.4, above k=8's lowest 1.3
+    text = summary_markdown(result)
+    assert "1.33x [1.30, 1.36]" in text and "(seeds overlap k=4)" in text
+    assert "k=16" not in text.split("best k per point")[1]
