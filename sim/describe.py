@@ -82,7 +82,7 @@ def workload(w: Any) -> str:
     """The workload in the terms a user thinks in (tokens per step, steps, tools)."""
     head = f"{w.agents} agents x {w.tasks_per_agent} task(s), {w.arrivals}"
     if w.kind != "synthetic":
-        return f"{head}; {w.kind} workload; summaries {w.summary_tokens} tokens"
+        return f"{head}; {w.kind} workload{_shape_text(w)}; summaries {w.summary_tokens} tokens"
     first = w.first_observation_tokens
     first_text = "" if first is None else f" (first {first})"
     pad = f"; prompts padded to {w.input_target_tokens}" if w.input_target_tokens else ""
@@ -91,6 +91,25 @@ def workload(w: Any) -> str:
         f" observation {w.observation_tokens}{first_text} + decoded {w.action_tokens} tokens,"
         f" tool {w.tool_s:g} s ({w.tool_s_dist}); mean full-context prompt"
         f" {mean_context_tokens(w):,.0f} tokens; summaries {w.summary_tokens} tokens{pad}"
+    )
+
+
+def _shape_text(w: Any) -> str:
+    """' (means of 256 drawn tasks: 34 steps, system 1,780 tokens, ...)' of a trace or
+    fitted workload; '' where its tasks cannot be drawn here (a trace without its CSV:
+    the run says why)."""
+    from calibration.errors import ComemInputError
+    from sim.workloads import MEAN_SHAPE_TASKS, mean_task_shape
+
+    try:
+        m = mean_task_shape(w)
+    except ComemInputError:
+        return ""
+    kept = "" if round(m.kept_tokens) == round(m.action_tokens) else f" ({m.kept_tokens:,.0f} kept)"
+    return (
+        f" (means of {MEAN_SHAPE_TASKS} drawn tasks: {m.steps:.0f} steps, system"
+        f" {m.system_tokens:,.0f} tokens, per step observation {m.observation_tokens:,.0f} +"
+        f" decoded {m.action_tokens:,.0f} tokens{kept}, tool {m.tool_s:.2g} s)"
     )
 
 

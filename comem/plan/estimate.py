@@ -39,29 +39,24 @@ class Estimate:
     prune_step_s: float = math.nan
 
 
-#: tasks drawn to take a trace or fitted workload's means (a fixed draw: the estimate
-#: is the same every time the plan runs)
-MEAN_SHAPE_TASKS = 256
-
-
 def mean_shape(model: Any, agents: int) -> dict[str, Any]:
-    """The synthetic workload of a trace or fitted workload's means: steps per task, the
-    system prompt, each step's observation, decoded action (reasoning included: it is
-    decoded) and tool time, over :data:`MEAN_SHAPE_TASKS` tasks drawn with a fixed seed.
-    The closed form prices a workload of identical tasks; with the means it estimates
-    the one being simulated, not the default experiment's."""
-    sample = model.model_copy(update={"agents": MEAN_SHAPE_TASKS, "tasks_per_agent": 1})
-    tasks = [t for own in sample.tasks(np.random.default_rng(0)) for t in own]
-    steps = [s for t in tasks for s in t.steps]
+    """The synthetic workload of a trace or fitted workload's means
+    (:func:`sim.workloads.mean_task_shape`: steps per task, the system prompt, each
+    step's observation, decoded action, reasoning included since it is decoded, and tool
+    time). The closed form prices a workload of identical tasks; with the means it
+    estimates the one being simulated, not the default experiment's."""
+    from sim.workloads import mean_task_shape
+
+    m = mean_task_shape(model)
     return {
         **DEFAULT_WORKLOAD,
         "agents": agents,
-        "steps": max(1, round(float(np.mean([len(t.steps) for t in tasks])))),
-        "system_tokens": max(1, round(float(np.mean([t.system_tokens for t in tasks])))),
-        "observation_tokens": round(float(np.mean([s.observation for s in steps]))),
-        "action_tokens": max(1, round(float(np.mean([s.action for s in steps])))),
+        "steps": max(1, round(m.steps)),
+        "system_tokens": max(1, round(m.system_tokens)),
+        "observation_tokens": round(m.observation_tokens),
+        "action_tokens": max(1, round(m.action_tokens)),
         "summary_tokens": model.summary_tokens,
-        "tool_s": float(np.mean([s.tool_s for s in steps])),
+        "tool_s": m.tool_s,
     }
 
 

@@ -36,3 +36,20 @@ def test_a_full_context_task_that_outgrows_its_cap_is_said() -> None:
     assert "last prompt (~24,900 tokens) is past its agent's max_model_len 16,384" in note
     assert "architectures.0.agent.max_model_len" in note
     assert context_limit_notes(_scenario(agent, steps=20)) == []  # 12,900 tokens fit
+
+
+def test_a_fitted_workload_line_states_what_drives_its_answers():
+    """A fitted workload's line gives its tasks' means (steps, tokens per step, tool
+    time), the numbers that move a verdict, not only its kind."""
+    from sim.describe import workload
+    from sim.scenario import Scenario
+    from sim.workloads import mean_task_shape
+
+    w = Scenario.model_validate(
+        {"workload": {"kind": "fitted", "agents": 2, "max_steps": 12}}
+    ).workload
+    shape = mean_task_shape(w)
+    assert 1 <= shape.steps <= 12 and shape.kept_tokens <= shape.action_tokens
+    line = workload(w)
+    assert "means of 256 drawn tasks" in line and f"{shape.steps:.0f} steps" in line
+    assert f"decoded {shape.action_tokens:,.0f} tokens" in line
