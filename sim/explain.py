@@ -388,7 +388,7 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
         cell = (
             _x(r["speedup"], r.get("partial"))
             if r["error"] is None
-            else f"cannot run alone: {r['error']}"
+            else f"- (cannot run alone: {_reason(r['error'])})"
         )
         lines.append(
             f"| {r['input']} | {r['a']} | {r['b']} | {cell} | {moved} | {_pp(r['resolve_pp'])} |"
@@ -412,6 +412,14 @@ def table_markdown(result: dict[str, Any], a_name: str = "A", b_name: str = "B")
     return "\n".join(lines) + "\n"
 
 
+def _reason(error: str) -> str:
+    """An engine or scenario error as a table cell: no file name in front, no line break,
+    no pipe (it would split the Markdown cell)."""
+    head, sep, tail = error.partition(": ")
+    text = tail if sep and " " not in head else error  # drop a leading scenario name
+    return " ".join(text.split()).replace("|", "/")
+
+
 def _path_lines(result: dict[str, Any], a_name: str, b_name: str) -> list[str]:
     """The cumulative path: each of B's inputs added to the ones before it, so the steps
     multiply to the whole gap (the order is the table's listing, not a ranking)."""
@@ -424,7 +432,12 @@ def _path_lines(result: dict[str, Any], a_name: str, b_name: str) -> list[str]:
         "|---|---|---|",
     ]
     for r in result["path"]:
-        cell = _x(r["speedup"], r.get("partial")) if r["error"] is None else r["error"]
+        cell = (
+            _x(r["speedup"], r.get("partial"))
+            if r["error"] is None
+            else f"- (not deployable at this step: {_reason(r['error'])}; its factor joins the"
+            " next step's)"
+        )
         step = "-" if r["step"] is None else f"x{r['step']:.2f}"
         lines.append(f"| {r['input']} | {cell} | {step} |")
     residual = result.get("path_residual")
