@@ -384,6 +384,14 @@ def read_profile_json(path: str | Path) -> Any:
     return read_json(path, "profile")
 
 
+def is_profile_json(data: Any) -> bool:
+    """Whether parsed JSON is a profile comem wrote (kernel-fitted or measured): what an
+    ``--out`` may overwrite."""
+    from calibration.measured import MEASURED_SCHEMA
+
+    return isinstance(data, dict) and data.get("schema") in (SCHEMA_VERSION, MEASURED_SCHEMA)
+
+
 def write_profile_json(path: str | Path, data: Any) -> Path:
     import json
 

@@ -433,6 +433,8 @@ def fit_report(root: Path, draws: int = 200, seed: int = 23) -> dict[str, Any]:
 
 def fit_and_write(root: Path, out: Path, draws: int = 200, seed: int = 23) -> dict[str, Any]:
     """Refit from ``root`` and write the JSON the model runs from."""
+    from calibration.outputs import write_text
+
     report = fit_report(root, draws, seed)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_text(out, json.dumps(report, indent=1) + "\n", "effectiveness fit")
     return report

@@ -47,6 +47,14 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_foreign_profile(out: str | None) -> None:
+    """An existing ``--out`` that is not a profile is a user's file: not overwritten."""
+    from calibration.outputs import refuse_foreign_file
+    from calibration.profile import is_profile_json
+
+    refuse_foreign_file(out, is_profile_json, "a comem profile")
+
+
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.fit import fit_profile
     from calibration.inputs import refuse_input_as_output
@@ -58,6 +66,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         {"--measurements": args.measurements, "--e2e": args.e2e,
          "--overhead-from": args.overhead_from, "--measurements' metrics sidecar": sidecar},
     )  # fmt: skip
+    _refuse_foreign_profile(args.out)
     _writable_file(args.out)
     if args.measurements:
         return _fit_measured(args)
@@ -160,6 +169,7 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     from sim.serving import calibrate_serving
 
     refuse_input_as_output(args.out, {"--csv": args.csv, "--profile": args.profile})
+    _refuse_foreign_profile(args.out)
     _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])

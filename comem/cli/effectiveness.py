@@ -19,6 +19,14 @@ def cmd_fit_effectiveness(args: argparse.Namespace) -> int:
     from sim.effectiveness import FIT_PATH, load_fit
 
     out = Path(args.out) if args.out else FIT_PATH
+    if not args.show:
+        from calibration.outputs import refuse_foreign_file
+
+        refuse_foreign_file(
+            out,
+            lambda d: isinstance(d, dict) and "estimate" in d and "cross_validation" in d,
+            "an effectiveness fit",
+        )
     if not args.show and args.data:
         from calibration.inputs import refuse_input_as_output
 

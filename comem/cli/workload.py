@@ -16,6 +16,13 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     from sim.workloads import default_steps_file, fit_workload, plot_fitted
 
     refuse_input_as_output(args.out, {"--steps": args.steps})
+    from calibration.outputs import refuse_foreign_file
+
+    refuse_foreign_file(
+        args.out,
+        lambda d: isinstance(d, dict) and "variables" in d and "schema" in d,
+        "a fitted workload",
+    )
     refuse_input_as_output(args.figure, {"--steps": args.steps}, "--figure")
     _writable_file(args.out)
     _writable_file(args.figure, "--figure")

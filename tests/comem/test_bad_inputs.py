@@ -423,6 +423,27 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--out", "is a directory"],
     ),  # fmt: skip
     ("out-proc", ["run", "{d}/small.toml", "--out", "/proc/comem-cannot-write"], ["--out"]),
+    # an existing file of the user's is never replaced by a fit (a_file.txt stays as it is)
+    (
+        "out-user-file-fit",
+        [*FIT[:-2], "--out", "{d}/a_file.txt", "--measurements", "{d}/good.csv"],
+        ["a_file.txt", "not a comem profile", "not overwritten"],
+    ),  # fmt: skip
+    (
+        "out-user-file-fit-serving",
+        ["calibrate", "fit-serving", "--csv", "{d}/good.csv", "--out", "{d}/a_file.txt"],
+        ["a_file.txt", "not a comem profile"],
+    ),  # fmt: skip
+    (
+        "out-user-file-workload-fit",
+        ["workload", "fit", "--steps", "{d}/good.csv", "--out", "{d}/a_file.txt"],
+        ["a_file.txt", "not a fitted workload"],
+    ),  # fmt: skip
+    (
+        "out-user-file-effectiveness",
+        ["fit-effectiveness", "--draws", "1", "--out", "{d}/a_file.txt"],
+        ["a_file.txt", "not an effectiveness fit"],
+    ),  # fmt: skip
     # a mean task latency of 0 used to divide by zero: iterations that cost nothing
     ("zero-cost-profile", ["run", "{d}/zero_cost.toml"], ["mp_zero.json", "no time"]),
     # measurement CSVs with degenerate columns
