@@ -42,6 +42,48 @@ def simulation_gc() -> Iterator[None]:
 AnyEngine = Engine | ReplicatedEngine
 
 
+def check_gpu_groups(configs: dict[str, EngineConfig]) -> list[str]:
+    """The GPU groups two or more of ``configs`` share, checked: the same GPU type, TP and
+    data parallelism (no data parallelism), memory fractions adding up to at most 1. Run
+    when a scenario is read, so an impossible co-location is refused before anything
+    runs, and again when its engines are built."""
+    groups: dict[str, list[EngineConfig]] = {}
+    label: dict[int, str] = {}  # an engine left unnamed in its file is named by its role
+    for role, cfg in configs.items():
+        label[id(cfg)] = role if cfg.name == "engine" else cfg.name
+        if cfg.gpu_group is not None:
+            groups.setdefault(cfg.gpu_group, []).append(cfg)
+    shared = []
+    for name, members in groups.items():
+        if len(members) < 2:
+            continue
+        first = members[0]
+        for cfg in members[1:]:
+            if (cfg.gpu, cfg.tp, cfg.data_parallel_size) != (
+                first.gpu,
+                first.tp,
+                first.data_parallel_size,
+            ):
+                raise ComemInputError(
+                    f"gpu_group '{name}': engines '{label[id(first)]}' and '{label[id(cfg)]}'"
+                    " share GPUs"
+                    " but differ in gpu, tp or data_parallel_size"
+                )
+        total = sum(cfg.gpu_memory_utilization for cfg in members)
+        if total > 1.0 + 1e-9:
+            roles = ", ".join(f"{label[id(c)]} {c.gpu_memory_utilization}" for c in members)
+            raise ComemInputError(
+                f"gpu_group '{name}': gpu_memory_utilization adds up to {total:.2f} > 1"
+                f" ({roles}); give each engine its share"
+            )
+        if any(cfg.data_parallel_size > 1 for cfg in members):
+            raise ComemInputError(
+                f"gpu_group '{name}': co-located engines with data parallelism are not modelled"
+            )
+        shared.append(name)
+    return shared
+
+
 def build_engines(
     env: simpy.Environment,
     configs: dict[str, EngineConfig],
@@ -52,37 +94,9 @@ def build_engines(
     shared GPUs where engines name the same ``gpu_group`` (checked: same GPU type and
     TP, memory fractions adding up to at most 1)."""
     latency = latency or {}
-    groups: dict[str, list[tuple[str, EngineConfig]]] = {}
-    for role, cfg in configs.items():
-        if cfg.gpu_group is not None:
-            groups.setdefault(cfg.gpu_group, []).append((role, cfg))
-    shared: dict[str, SharedGpus] = {}
-    for name, members in groups.items():
-        if len(members) < 2:
-            continue
-        first = members[0][1]
-        for _, cfg in members[1:]:
-            if (cfg.gpu, cfg.tp, cfg.data_parallel_size) != (
-                first.gpu,
-                first.tp,
-                first.data_parallel_size,
-            ):
-                raise ComemInputError(
-                    f"gpu_group '{name}': engines '{first.name}' and '{cfg.name}' share GPUs"
-                    " but differ in gpu, tp or data_parallel_size"
-                )
-        total = sum(cfg.gpu_memory_utilization for _, cfg in members)
-        if total > 1.0 + 1e-9:
-            roles = ", ".join(f"{cfg.name} {cfg.gpu_memory_utilization}" for _, cfg in members)
-            raise ComemInputError(
-                f"gpu_group '{name}': gpu_memory_utilization adds up to {total:.2f} > 1"
-                f" ({roles}); give each engine its share"
-            )
-        if any(cfg.data_parallel_size > 1 for _, cfg in members):
-            raise ComemInputError(
-                f"gpu_group '{name}': co-located engines with data parallelism are not modelled"
-            )
-        shared[name] = SharedGpus(env, name)
+    shared: dict[str, SharedGpus] = {
+        name: SharedGpus(env, name) for name in check_gpu_groups(configs)
+    }
     engines: dict[str, AnyEngine] = {}
     for role, cfg in configs.items():
         if cfg.data_parallel_size > 1:

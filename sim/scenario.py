@@ -33,7 +33,7 @@ from sim.actions import Step, Task
 from sim.agents import Agent, AgentRecorder
 from sim.compare import architecture_summary, compare, summaries_made
 from sim.config import EngineConfig, Stepping, apply_overrides, read_toml, validate
-from sim.deployment import build_engines, simulation_gc
+from sim.deployment import build_engines, check_gpu_groups, simulation_gc
 from sim.effectiveness import EffectivenessParams, architecture_effectiveness
 from sim.engine_latency import IterationLatency
 from sim.kv_geometry import check_engine
@@ -270,6 +270,12 @@ def check_engines(scenario: Scenario, where: str = "scenario") -> None:
             raise ComemInputError(
                 f"{where}: {path} (architecture '{arch.name}', {cfg.model}): {exc}"
             ) from None
+    for arch in scenario.architectures:  # engines that share GPUs (gpu_group)
+        try:
+            roles = {"agent": arch.agent, "memory": arch.memory}
+            check_gpu_groups({r: cfg for r, cfg in roles.items() if cfg is not None})
+        except ComemInputError as exc:
+            raise ComemInputError(f"{where}: architecture '{arch.name}': {exc}") from None
 
 
 #: the workload kinds (pydantic puts the chosen one in error paths)

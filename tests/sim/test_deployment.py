@@ -268,3 +268,23 @@ def test_co_located_engines_run_joint_runs_equal_to_iteration_stepping():
                 np.testing.assert_allclose(b[col], a[col], rtol=1e-9, atol=1e-12)
         steps = len(out["event"]["agent"].recorder.iterations)
         assert steps < 0.5 * len(out["iteration"]["agent"].recorder.iterations)
+
+
+def test_an_impossible_gpu_group_is_refused_when_the_file_is_read(tmp_path):
+    """Two engines sharing GPUs with 0.8 of their memory each: refused by load_scenario,
+    naming the file and the roles, before any architecture runs."""
+    from calibration.errors import ComemInputError
+    from sim.scenario import load_scenario
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        'name = "g"\n[workload]\nagents = 2\nsteps = 4\n'
+        '[[architectures]]\nname = "FC"\nkind = "fc"\n'
+        '[[architectures]]\nname = "KSO"\nkind = "kso"\nk = 2\n'
+        'agent = { gpu_group = "g", gpu_memory_utilization = 0.8 }\n'
+        'memory = { model = "qwen3-4b", gpu_group = "g", gpu_memory_utilization = 0.8 }\n'
+    )
+    with pytest.raises(
+        ComemInputError, match=r"g.toml: architecture 'KSO': .*agent 0.8, memory 0.8"
+    ):
+        load_scenario(path)

@@ -166,3 +166,13 @@ def test_seed_spread_is_shown_and_a_best_k_within_it_is_said():
     text = summary_markdown(result)
     assert "1.33x [1.30, 1.36]" in text and "(seeds overlap k=4)" in text
     assert "k=16" not in text.split("best k per point")[1]
+
+
+def test_a_sweep_whose_every_point_failed_summarizes_to_nothing():
+    """Failed rows carry no architecture columns: the summary is empty, not a KeyError."""
+    from sim.sweep import summary, summary_markdown
+
+    table = pd.DataFrame([{"point": 0, "replicate": 0, "error": "boom", "grid.workload.agents": 1}])
+    result = summary(table)
+    assert result["rows"] == [] and result["winner"] is None
+    assert "winner" not in summary_markdown(result)
