@@ -221,15 +221,31 @@ class MeasuredProfile:
 MAX_COEFFICIENT_S = 60.0
 
 
+#: the fields of a measured profile (:meth:`MeasuredProfile.to_dict`)
+MEASURED_FIELDS = (
+    "schema", "kind", "surrogate", "packed_attention_s", "admission_s", "request_overhead_s",
+    "max_num_batched_tokens", "kv_capacity_tokens", "block_size", "server", "fit_error",
+    "provenance",
+)  # fmt: skip
+
+
 def _check_measured(data: dict[str, Any], source: str) -> None:
     """One line for the first defect of a measured profile's numbers."""
 
     def number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
 
+    from calibration.profile import refuse_unknown_keys
+
+    refuse_unknown_keys(data, MEASURED_FIELDS, source)
+    if data.get("kind", "measured") != "measured":
+        raise ComemInputError(
+            f"{source}: kind {data['kind']!r}: a measured profile's is 'measured'"
+        )
     sur = data.get("surrogate")
     if not isinstance(sur, dict):
         raise ComemInputError(f"{source}: 'surrogate' must be an object with c0..c4")
+    refuse_unknown_keys(sur, ("c0", "c1", "c2", "c3", "c4"), f"{source}: surrogate")
     coefficients: dict[str, Any] = {
         f"surrogate.{k}": sur.get(k) for k in ("c0", "c1", "c2", "c3", "c4")
     }

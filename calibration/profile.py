@@ -85,6 +85,30 @@ def check_op_numbers(key: str, fit: OpFit, source: str) -> None:
                 )
 
 
+#: what a fit records beside an overhead's terms (provenance and errors): any other key
+#: in an overhead entry is a misspelt term, which would silently price as 0
+OVERHEAD_RECORD_FIELDS = frozenset(
+    {
+        "assumptions", "async_scheduling", "command", "copied_from", "cv_leave_one_gpu_out",
+        "cv_leave_one_model_out", "date", "e2e_mape", "e2e_rows", "e2e_worst", "error_bands",
+        "excluded_rows", "fitted_on", "fixed_point_iterations", "form", "framework", "note",
+        "rows", "source", "tpot_mape", "ttft_mape",
+    }
+)  # fmt: skip
+
+
+def refuse_unknown_keys(data: dict[str, Any], known: Any, where: str) -> None:
+    """One line, with a "did you mean", for the first key of ``data`` not in ``known``:
+    a misspelt field must not be dropped without a word (a term it names prices as 0)."""
+    import difflib
+
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ComemInputError(f"{where}: unknown field {unknown[0]!r}{hint}")
+
+
 def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
     """A framework overhead: an object whose terms are finite seconds (per iteration, per
     sequence, per KV token, per request)."""
@@ -94,6 +118,7 @@ def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
         raise ComemInputError(
             f"{source}: 'overhead' must be an object, got {type(overhead).__name__}"
         )
+    refuse_unknown_keys(overhead, {*OVERHEAD_TERMS, *OVERHEAD_RECORD_FIELDS}, f"{source}: overhead")
     for name in OVERHEAD_TERMS:
         if name not in overhead:
             continue
@@ -338,6 +363,14 @@ class Profile:
                 raise ComemInputError(f"{source}: unknown op '{key}'") from None
             if not isinstance(entry, dict):
                 raise ComemInputError(f"{source}: op '{key}' must be an object")
+            refuse_unknown_keys(entry, ("params", "hw", "lattice", "fit"), f"{source}: op '{key}'")
+            params = entry.get("params")
+            if isinstance(params, dict):
+                refuse_unknown_keys(
+                    params,
+                    (*form.param_names, *form.optional_params),
+                    f"{source}: op '{key}' params",
+                )
             try:
                 fit = OpFit.from_dict(key, entry)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,0 +1,55 @@
+"""A misspelt key in a profile is refused, not dropped: an overhead term it names would
+otherwise price as 0 and the result change without a word (a fuzzing pass found it)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from calibration.errors import ComemInputError
+from calibration.measured import MeasuredProfile
+from calibration.profile import Profile, profile_path
+
+
+def _kernel_profile() -> dict:
+    return json.loads(profile_path("h100_sxm", "bf16").read_text())
+
+
+@pytest.mark.parametrize("section", ["overhead", "overheads.vllm-serving"])
+def test_a_misspelt_overhead_term_is_refused_with_the_right_name(section: str) -> None:
+    data = _kernel_profile()
+    entry = data["overhead"] if section == "overhead" else data["overheads"]["vllm-serving"]
+    entry["per_iteration_serial"] = entry.pop("per_iteration_serial_s")
+    with pytest.raises(ComemInputError, match="did you mean 'per_iteration_serial_s'"):
+        Profile.from_dict(data, "p.json")
+
+
+def test_unknown_keys_in_an_op_or_its_params_are_refused() -> None:
+    data = _kernel_profile()
+    op = next(iter(data["ops"]))
+    data["ops"][op]["foo"] = 1
+    with pytest.raises(ComemInputError, match=f"op '{op}': unknown field 'foo'"):
+        Profile.from_dict(data, "p.json")
+    data = _kernel_profile()
+    data["ops"][op]["params"]["zz9"] = 1.0
+    with pytest.raises(ComemInputError, match="params: unknown field 'zz9'"):
+        Profile.from_dict(data, "p.json")
+
+
+def test_a_measured_profile_with_a_misspelt_or_foreign_field_is_refused() -> None:
+    good = {
+        "schema": "comem-measured-profile/1", "kind": "measured",
+        "surrogate": {"c0": 1e-3, "c1": 1e-6, "c2": 0.0, "c3": 1e-5, "c4": 0.0},
+        "request_overhead_s": 0.005, "max_num_batched_tokens": 2048,
+    }  # fmt: skip
+    MeasuredProfile.from_dict(good, "m.json")
+    misspelt = dict(good)
+    misspelt["request_overhead"] = misspelt.pop("request_overhead_s")
+    with pytest.raises(ComemInputError, match="did you mean 'request_overhead_s'"):
+        MeasuredProfile.from_dict(misspelt, "m.json")
+    extra = {**good, "surrogate": {**good["surrogate"], "c5": 1.0}}
+    with pytest.raises(ComemInputError, match="surrogate: unknown field 'c5'"):
+        MeasuredProfile.from_dict(extra, "m.json")
+    with pytest.raises(ComemInputError, match="kind 'kernel'"):
+        MeasuredProfile.from_dict({**good, "kind": "kernel"}, "m.json")
