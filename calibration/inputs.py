@@ -171,9 +171,36 @@ def nesting_depth(value: Any) -> int:
     return deepest
 
 
+#: the largest integer a file may hold: beyond it no count, size or time of this domain
+#: lies, and arithmetic on it overflows floats (an OverflowError deep in a fit)
+MAX_FILE_INT = 2**63
+
+
+def _huge_int(value: Any) -> int | None:
+    """The first integer in ``value`` (lists and dicts walked) beyond :data:`MAX_FILE_INT`."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_FILE_INT:
+            return node
+    return None
+
+
 def _check_nesting(value: Any, where: str) -> Any:
+    """``value`` as read, refused if it nests too deeply or holds an integer of more
+    digits than any quantity here has."""
     if nesting_depth(value) > MAX_NESTING:
         raise ComemInputError(f"{where}: nested more than {MAX_NESTING} levels deep")
+    huge = _huge_int(value)
+    if huge is not None:
+        raise ComemInputError(
+            f"{where}: an integer of {len(str(abs(huge)))} digits: no quantity here is that"
+            f" large (at most {MAX_FILE_INT:.3g})"
+        )
     return value
 
 
@@ -314,9 +341,13 @@ def numeric_column(
     import pandas as pd
 
     raw = frame[column]
-    values = pd.to_numeric(raw, errors="coerce")
+    try:
+        values = pd.to_numeric(raw, errors="coerce")
+    except OverflowError:  # an integer cell of hundreds of digits: as text, it is inf
+        values = pd.to_numeric(raw.astype(str), errors="coerce")
     present = values.notna()
-    bad = (~present & raw.notna()) | (present & ~((values >= low) & (values <= high)))
+    finite = values.abs() < math.inf
+    bad = (~present & raw.notna()) | (present & ~((values >= low) & (values <= high) & finite))
     if not nullable:
         bad |= ~present
     if whole:

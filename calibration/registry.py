@@ -297,7 +297,10 @@ def checkpoint_dtype(name: str) -> str:
                 read_config_file(config), config.with_name("hf_quant_config.json")
             )
         except ComemInputError as exc:
-            raise ComemInputError(f"{config}: {exc}") from None
+            text = str(exc)
+            raise ComemInputError(
+                text if text.startswith(str(config)) else f"{config}: {text}"
+            ) from None
     return _names_fp8_or_fp4(raw) or "bf16"
 
 

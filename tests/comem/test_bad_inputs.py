@@ -282,6 +282,18 @@ def _write_round_three_fixtures(d: Path, good: pd.DataFrame) -> None:
     """Issue 27's causes: plan workloads, HF configs, outputs over inputs, files comem
     writes, sidecars, silently wrong values."""
     (d / "plan_wl_not_table.toml").write_text("workload = 5\n")
+    # integers of hundreds of digits, in each kind of file (an OverflowError before)
+    (d / "huge_int_config.json").write_text(
+        json.dumps(_hf_config("llama-3-8b", hidden_size=10**400))
+    )
+    kernel = json.loads(
+        (REPO / "calibration" / "profiles" / "h100_sxm__vllm-0.19.0__bf16.json").read_text()
+    )
+    kernel["ops"]["gemm"]["params"]["t0"] = 10**400
+    (d / "huge_int_profile.json").write_text(json.dumps(kernel))
+    good.assign(prompt_tokens=good["prompt_tokens"].astype(object)).assign(
+        prompt_tokens=lambda f: [10**400] + list(f["prompt_tokens"][1:])
+    ).to_csv(d / "huge_int.csv", index=False)
     (d / "moe_layers.json").write_text(
         json.dumps(_hf_config("qwen3-235b-a22b", num_hidden_layers=10**9))
     )
@@ -423,6 +435,21 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--out", "is a directory"],
     ),  # fmt: skip
     ("out-proc", ["run", "{d}/small.toml", "--out", "/proc/comem-cannot-write"], ["--out"]),
+    (
+        "huge-int-config",
+        [*PS[:1], "--model", "{d}/huge_int_config.json", *PS[3:], "--batch", "1"],
+        ["huge_int_config.json", "401 digits"],
+    ),
+    (
+        "huge-int-profile",
+        [*PS, "--batch", "1", "--profile", "{d}/huge_int_profile.json"],
+        ["huge_int_profile.json", "401 digits"],
+    ),
+    (
+        "huge-int-csv",
+        [*FIT, "--measurements", "{d}/huge_int.csv"],
+        ["huge_int.csv", "prompt_tokens"],
+    ),
     # an existing file of the user's is never replaced by a fit (a_file.txt stays as it is)
     (
         "out-user-file-fit",
