@@ -101,6 +101,10 @@ class ReplicatedEngine:
         return sum(e.iterations for e in self.replicas)
 
     @property
+    def length_capped(self) -> int:
+        return sum(e.length_capped for e in self.replicas)
+
+    @property
     def total_blocks(self) -> int:
         return sum(e.total_blocks for e in self.replicas)
 

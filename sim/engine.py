@@ -134,6 +134,8 @@ class Engine:
         if gpus is not None:
             gpus.members += 1
         self._ids = 0
+        #: requests whose output was cut to fit max_model_len (vLLM stops them there)
+        self.length_capped = 0
         self.process = env.process(self._run()) if driver is None else None
 
     # -- state ------------------------------------------------------------------------
@@ -199,7 +201,9 @@ class Engine:
             self._reject(req, f"prompt of {prompt_tokens} tokens exceeds max_model_len")
             return req
         # vLLM stops generation at max_model_len
-        req.output_tokens = min(req.output_tokens, cfg.max_model_len - req.prompt_tokens)
+        if req.prompt_tokens + req.output_tokens > cfg.max_model_len:
+            req.output_tokens = cfg.max_model_len - req.prompt_tokens
+            self.length_capped += 1
         need = self.kv.blocks_for(req.prompt_tokens + req.output_tokens - 1)
         need += self.scheduler.config.request_blocks
         if need > self.kv.total_blocks:

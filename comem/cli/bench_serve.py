@@ -196,6 +196,16 @@ def _warn_bench_serve(
     notes += [n for n in [trained_context_note(args.model, args.max_model_len)] if n]
     for note in notes:
         print(f"comem bench-serve: note: {note}", file=sys.stderr)
+    capped = getattr(result.engine, "length_capped", 0)
+    if capped:
+        print(
+            f"comem bench-serve: warning: {capped} of {num_prompts} requests asked for more"
+            f" output than max_model_len ({result.config.engine.max_model_len}) leaves after"
+            " the prompt: they were stopped there, as vLLM's engine stops them, and count"
+            " as completed with fewer tokens (vLLM's API server may refuse such requests"
+            " instead: not modelled)",
+            file=sys.stderr,
+        )
     if out["failed"]:
         first = next((r.reason for r in result.requests if r.status != "finished"), "")
         print(

@@ -60,3 +60,16 @@ def test_bench_serve_refuses_what_vllm_would_not_parse() -> None:
     proc = run_comem("bench-serve", "--model", "llama-3-8b", "--temperature", "abc")
     assert proc.returncode == 2 and "invalid float value: 'abc'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_serve_says_when_outputs_were_cut_at_max_model_len() -> None:
+    """Outputs longer than max_model_len leaves are stopped there (vLLM's engine does): the
+    run says how many, instead of counting them as whole completions without a word."""
+    proc = run_comem("bench-serve", "--model", "llama-3-8b", "--num-prompts", "2",
+                     "--random-input-len", "32", "--random-output-len", "5000",
+                     "--max-model-len", "1024", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 2 of 2 requests asked for more output than max_model_len (1024)" in proc.stderr
+    import json
+
+    assert json.loads(proc.stdout)["total_output_tokens"] == 2 * (1024 - 32)
