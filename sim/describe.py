@@ -6,6 +6,7 @@ these, so two answers can be told apart at a glance.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -94,12 +95,47 @@ def workload(w: Any) -> str:
     )
 
 
+#: tasks drawn (with a fixed seed) to state a trace or fitted workload's means
+MEAN_SHAPE_TASKS = 256
+
+
+@dataclass(frozen=True)
+class TaskShape:
+    """A trace or fitted workload's means over :data:`MEAN_SHAPE_TASKS` tasks: steps,
+    system prompt, and per step the observation, the action decoded (reasoning included),
+    the part of it kept in the context, and tool time: what its answers turn on."""
+
+    steps: float
+    system_tokens: float
+    observation_tokens: float
+    action_tokens: float
+    kept_tokens: float
+    tool_s: float
+
+
+def mean_task_shape(load: Any) -> TaskShape:
+    """The :class:`TaskShape` of ``load``, a trace or fitted workload (a trace workload
+    needs its steps CSV)."""
+    import numpy as np
+
+    sample = load.model_copy(update={"agents": MEAN_SHAPE_TASKS, "tasks_per_agent": 1})
+    tasks = [t for own in sample.tasks(np.random.default_rng(0)) for t in own]
+    steps = [s for t in tasks for s in t.steps]
+    return TaskShape(
+        steps=float(np.mean([len(t.steps) for t in tasks])),
+        system_tokens=float(np.mean([t.system_tokens for t in tasks])),
+        observation_tokens=float(np.mean([s.observation for s in steps])),
+        action_tokens=float(np.mean([s.action for s in steps])),
+        kept_tokens=float(np.mean([s.action if s.kept is None else s.kept for s in steps])),
+        tool_s=float(np.mean([s.tool_s for s in steps])),
+    )
+
+
 def _shape_text(w: Any) -> str:
     """' (means of 256 drawn tasks: 34 steps, system 1,780 tokens, ...)' of a trace or
     fitted workload; '' where its tasks cannot be drawn here (a trace without its CSV:
     the run says why)."""
     from calibration.errors import ComemInputError
-    from sim.workloads import MEAN_SHAPE_TASKS, mean_task_shape
 
     try:
         m = mean_task_shape(w)

@@ -17,7 +17,6 @@ scenario's seed).
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -375,18 +374,22 @@ def fit_workload(
 
 class FittedVariable(BaseModel):
     """One fitted quantity: log-normal ``mu``, ``sigma`` of the positive values, the
-    fraction of zeros (and, for ``kept_fraction``, of ones). Other keys (n, ks, median)
-    are the fit's record and are kept as they are."""
+    fraction of zeros (and, for ``kept_fraction``, of ones); ``n``, ``ks``, ``median``
+    are the fit's record. Any other key is a misspelling, refused."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the fit's record of its data: sample size, KS distance, median (kept as they are)
+    n: float | None = None
+    ks: float | None = None
+    median: float | None = None
     #: log-space mean; e^25 is 7e10, above every quantity drawn (draws are capped anyway)
     mu: float = Field(ge=-25.0, le=25.0, allow_inf_nan=False)
     sigma: float = Field(ge=0.0, le=10.0, allow_inf_nan=False)
     zero_fraction: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     one_fraction: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
     #: "lognormal", or "lognormal-mixture": two components, each with its weight, mu, sigma
-    dist: str = "lognormal"
+    dist: Literal["lognormal", "lognormal-mixture"] = "lognormal"
     weights: list[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] | None = None
     mus: list[Annotated[float, Field(ge=-25.0, le=25.0, allow_inf_nan=False)]] | None = None
     sigmas: list[Annotated[float, Field(ge=0.0, le=10.0, allow_inf_nan=False)]] | None = None
@@ -403,8 +406,14 @@ class FittedVariable(BaseModel):
 class FittedFile(BaseModel):
     """A fitted-workload file (:func:`fit_workload`'s payload)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: the file format this reader knows
+    schema_: Literal[1] = Field(alias="schema")
+    sources: list[str] | None = None
+    variable_sources: dict[str, list[str]] | None = None
+    provenance: str | dict[str, Any] | None = None
+    note: str | None = None
     variables: dict[str, FittedVariable]
 
 
@@ -506,39 +515,6 @@ class FittedWorkload(AgentLoad):
                 own.append(Task(system, steps, self.summary_tokens))
             out.append(own)
         return out
-
-
-#: tasks drawn (with a fixed seed) to state a trace or fitted workload's means
-MEAN_SHAPE_TASKS = 256
-
-
-@dataclass(frozen=True)
-class TaskShape:
-    """A trace or fitted workload's means over :data:`MEAN_SHAPE_TASKS` tasks: steps,
-    system prompt, and per step the observation, the action decoded (reasoning included),
-    the part of it kept in the context, and tool time: what its answers turn on."""
-
-    steps: float
-    system_tokens: float
-    observation_tokens: float
-    action_tokens: float
-    kept_tokens: float
-    tool_s: float
-
-
-def mean_task_shape(load: TraceWorkload | FittedWorkload) -> TaskShape:
-    """The :class:`TaskShape` of ``load`` (a trace workload needs its steps CSV)."""
-    sample = load.model_copy(update={"agents": MEAN_SHAPE_TASKS, "tasks_per_agent": 1})
-    tasks = [t for own in sample.tasks(np.random.default_rng(0)) for t in own]
-    steps = [s for t in tasks for s in t.steps]
-    return TaskShape(
-        steps=float(np.mean([len(t.steps) for t in tasks])),
-        system_tokens=float(np.mean([t.system_tokens for t in tasks])),
-        observation_tokens=float(np.mean([s.observation for s in steps])),
-        action_tokens=float(np.mean([s.action for s in steps])),
-        kept_tokens=float(np.mean([s.action if s.kept is None else s.kept for s in steps])),
-        tool_s=float(np.mean([s.tool_s for s in steps])),
-    )
 
 
 def plot_fitted(steps_csv: str | Path, payload: dict[str, Any], out: str | Path) -> Path:

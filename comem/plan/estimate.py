@@ -41,11 +41,11 @@ class Estimate:
 
 def mean_shape(model: Any, agents: int) -> dict[str, Any]:
     """The synthetic workload of a trace or fitted workload's means
-    (:func:`sim.workloads.mean_task_shape`: steps per task, the system prompt, each
+    (:func:`sim.describe.mean_task_shape`: steps per task, the system prompt, each
     step's observation, decoded action, reasoning included since it is decoded, and tool
     time). The closed form prices a workload of identical tasks; with the means it
     estimates the one being simulated, not the default experiment's."""
-    from sim.workloads import mean_task_shape
+    from sim.describe import mean_task_shape
 
     m = mean_task_shape(model)
     return {

@@ -139,7 +139,17 @@ def _write_fixtures(d: Path) -> None:
     fitted = json.loads(FITTED.read_text())
     fitted["variables"]["steps"]["mu"] = float("nan")
     (d / "fitted_nan.json").write_text(json.dumps(fitted))  # writes the literal NaN
+    # a distribution the reader does not draw from, and another file format: both were
+    # read as the default log-normal, silently
+    gamma = json.loads(FITTED.read_text())
+    gamma["variables"]["steps"]["dist"] = "gamma"
+    (d / "fitted_gamma.json").write_text(json.dumps(gamma))
+    (d / "fitted_schema.json").write_text(
+        json.dumps({**json.loads(FITTED.read_text()), "schema": 99})
+    )
     for name, path in (
+        ("fitted_gamma", "fitted_gamma.json"),
+        ("fitted_schema", "fitted_schema.json"),
         ("fitted_garbage", "garbage.json"),
         ("fitted_list", "list.json"),
         ("fitted_nan", "fitted_nan.json"),
@@ -407,6 +417,8 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("fitted-garbage", ["run", "{d}/fitted_garbage.toml"], ["garbage.json", "not valid JSON"]),
     ("fitted-not-object", ["run", "{d}/fitted_list.toml"], ["list.json", "JSON object"]),
     ("fitted-nan", ["run", "{d}/fitted_nan.toml"], ["fitted_nan.json", "variables.steps.mu"]),
+    ("fitted-gamma", ["run", "{d}/fitted_gamma.toml"], ["fitted_gamma.json", "steps.dist"]),
+    ("fitted-schema", ["run", "{d}/fitted_schema.toml"], ["fitted_schema.json", "schema"]),
     # an output that cannot be written: found before anything runs (the scenario here
     # would fail on its garbage workload file if it ran first)
     ("out-run", ["run", "{d}/fitted_garbage.toml", "--out", "{d}/a_file.txt"], ["--out"]),

@@ -41,9 +41,8 @@ def test_a_full_context_task_that_outgrows_its_cap_is_said() -> None:
 def test_a_fitted_workload_line_states_what_drives_its_answers():
     """A fitted workload's line gives its tasks' means (steps, tokens per step, tool
     time), the numbers that move a verdict, not only its kind."""
-    from sim.describe import workload
+    from sim.describe import mean_task_shape, workload
     from sim.scenario import Scenario
-    from sim.workloads import mean_task_shape
 
     w = Scenario.model_validate(
         {"workload": {"kind": "fitted", "agents": 2, "max_steps": 12}}
