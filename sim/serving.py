@@ -421,17 +421,12 @@ class ServingCalibration:
         return out
 
 
-def calibrate_serving(
-    rows: Sequence[ServingRow],
-    assumptions: dict[str, dict[str, Any]],
-    framework: str = SERVING_FRAMEWORK,
-    fit_terms: Sequence[str] = SERVING_FIT_TERMS,
-    per_version: bool = True,
-    cross_validate_models: bool = True,
-    profiles: Profiles = None,
-) -> ServingCalibration:
-    """Fit the serving overhead on ``rows`` (pooled, and per framework version), with
-    leave-one-model-out cross-validation. Rows :func:`physical_rows` rejects are left out."""
+def check_rows(
+    rows: Sequence[ServingRow], assumptions: dict[str, dict[str, Any]]
+) -> tuple[list[ServingRow], list[ServingSetup], list[Any]]:
+    """The rows a serving fit keeps, their setups and the ones it leaves out (below their
+    roofline bound: :func:`physical_rows`); one line for a row whose server cannot exist,
+    or when none is left. Cheap: run before a fit states its cost."""
     setups = [setup_for(r, assumptions) for r in rows]
     for r, s in zip(rows, setups, strict=True):  # a server that cannot exist, a huge run
         try:
@@ -443,6 +438,21 @@ def calibrate_serving(
         raise ComemInputError(
             "fit-serving: every row is below its roofline bound or in a run with such a row"
         )
+    return kept_rows, kept_setups, excluded
+
+
+def calibrate_serving(
+    rows: Sequence[ServingRow],
+    assumptions: dict[str, dict[str, Any]],
+    framework: str = SERVING_FRAMEWORK,
+    fit_terms: Sequence[str] = SERVING_FIT_TERMS,
+    per_version: bool = True,
+    cross_validate_models: bool = True,
+    profiles: Profiles = None,
+) -> ServingCalibration:
+    """Fit the serving overhead on ``rows`` (pooled, and per framework version), with
+    leave-one-model-out cross-validation. Rows :func:`physical_rows` rejects are left out."""
+    kept_rows, kept_setups, excluded = check_rows(rows, assumptions)
     pooled = fit_rows(kept_rows, kept_setups, None, fit_terms, profiles)
     result = ServingCalibration(kept_rows, kept_setups, excluded, pooled, framework)
     if per_version:

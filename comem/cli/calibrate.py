@@ -74,7 +74,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     overhead_from = Profile.load(args.overhead_from) if args.overhead_from else None
     profile = fit_profile(
         args.kernels,
-        dtype=args.dtype,
+        dtype=args.dtype or "bf16",
         gpu=args.gpu,
         e2e_csv=args.e2e,
         fallback_kernel_dir=args.fallback_kernels,
@@ -94,6 +94,18 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
 
 def _fit_measured(args: argparse.Namespace) -> int:
     from calibration.measured import fit_measurements_file
+
+    # the kernel fit's own flags say nothing about a measured server: refused, not ignored
+    kernel_only = {
+        "--gpu": args.gpu, "--dtype": args.dtype, "--e2e": args.e2e,
+        "--fallback-kernels": args.fallback_kernels, "--overhead-from": args.overhead_from,
+    }  # fmt: skip
+    given = [flag for flag, value in kernel_only.items() if value is not None]
+    if given:
+        raise ComemInputError(
+            f"{', '.join(given)}: for a fit from --kernels; a fit from --measurements"
+            " prices the server that was measured (describe it with --server)"
+        )
 
     if args.max_batch_tokens is None:
         raise ComemInputError(
@@ -166,13 +178,23 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     from calibration.profile import FrameworkOverhead, Profile, available_profiles, profile_path
     from calibration.serving import ASSUMPTION_PRESETS, load_serving_csv, parse_assumptions
     from calibration.serving_fit import error_summary
-    from sim.serving import calibrate_serving
+    from sim.serving import calibrate_serving, check_rows
 
     refuse_input_as_output(args.out, {"--csv": args.csv, "--profile": args.profile})
     _refuse_foreign_profile(args.out)
     _writable_file(args.out)
     rows = load_serving_csv(args.csv)
     assumptions = parse_assumptions(args.assume or [], ASSUMPTION_PRESETS[args.preset])
+    # every check before the fit states its cost and starts: the rows, the profiles
+    check_rows(rows, assumptions)
+    targets = (
+        [(Profile.load(profile_path(g, d, f)), profile_path(g, d, f))
+         for g, f, d in available_profiles()]
+        if args.write_defaults
+        else [(Profile.load(args.profile) if args.profile
+               else Profile.load(profile_path(rows[0].gpu, rows[0].dtype)), Path(args.out))]
+        if args.out else []
+    )  # fmt: skip
     _check_fit_cost(rows, assumptions, not args.no_cv, not args.no_per_version)
     result = calibrate_serving(
         rows,
@@ -187,18 +209,10 @@ def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
     source = f"{Path(args.csv).name}: {len(rows)} rows, {len(result.rows)} fitted"
     entries = result.entries(source, note)
     written = []
-    if args.write_defaults or args.out:
-        targets = (
-            [(Profile.load(profile_path(g, d, f)), profile_path(g, d, f))
-             for g, f, d in available_profiles()]
-            if args.write_defaults
-            else [(Profile.load(args.profile) if args.profile
-                   else Profile.load(profile_path(rows[0].gpu, rows[0].dtype)), Path(args.out))]
-        )  # fmt: skip
-        for prof, path in targets:
-            prof.overheads.update(entries)
-            prof.overhead = dict(entries[args.framework])
-            written.append(str(prof.save(path)))
+    for prof, path in targets:
+        prof.overheads.update(entries)
+        prof.overhead = dict(entries[args.framework])
+        written.append(str(prof.save(path)))
     summary = error_summary(result.fit.table())
     cv = error_summary(result.cv_table(), by=("model",)) if result.cross_validation else None
     if args.json:
@@ -377,7 +391,7 @@ def _register_fit(cal_sub: Any) -> None:
         "--server", type=_name, help="(--measurements) free-text description of the server"
     )
     fit.add_argument("--gpu", help="GPU name (default: from the tables' device column)")
-    fit.add_argument("--dtype", default="bf16")
+    fit.add_argument("--dtype", help="(--kernels) weight dtype of the tables [bf16]")
     fit.add_argument("--e2e", help="end-to-end static-batch CSV to fit the overhead term on")
     fit.add_argument("--fallback-kernels", help="tables for ops whose own table is inconsistent")
     fit.add_argument("--overhead-from", help="copy the overhead term from this profile")

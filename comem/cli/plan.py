@@ -75,8 +75,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from comem.plan.space import Candidate, left_out_kinds
 
     spec, note = _plan_spec(args)
-    if note and not args.json:
-        print(f"comem plan: {note}", file=sys.stderr)
     out = Path(args.out)
     _outputs_not_inputs(
         out,
@@ -84,6 +82,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         {"--spec": args.spec, "settings": spec.model_dump()},
     )
     _writable_dir(str(out), "--out")
+    from comem.plan.space import enumerate_candidates
+
+    enumerate_candidates(spec)  # an unknown GPU or model, nothing that fits: before any note
+    if note and not args.json:
+        print(f"comem plan: {note}", file=sys.stderr)
     workers = _workers(args.workers, 10**6)  # the candidates are counted later
     rows, n = _with_progress(
         not args.json, "comem plan: simulating", "candidates", None,

@@ -462,6 +462,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         [*FIT, "--measurements", "{d}/huge_int.csv"],
         ["huge_int.csv", "prompt_tokens"],
     ),
+    (
+        "fit-measured-gpu",
+        [*FIT, "--measurements", "{d}/good.csv", "--gpu", "nosuch"],
+        ["--gpu", "for a fit from --kernels"],
+    ),
+    # an error is the only line: no note of the work ahead before it
+    (
+        "plan-note-then-gpu",
+        ["plan", "--gpu", "nosuch", "--agents", "4", "--context-tokens", "2000"],
+        ["unknown gpu 'nosuch'"],
+    ),
     # an existing file of the user's is never replaced by a fit (a_file.txt stays as it is)
     (
         "out-user-file-fit",
