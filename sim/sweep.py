@@ -153,6 +153,11 @@ def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
         for key in keys:
             if not key.strip() or "=" in key:
                 raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
+    both = sorted(set(fixed_table) & set(grid))
+    if both:  # the grid's value would win at every point: the [set] one would be dropped
+        raise ComemInputError(
+            f"{where}: {both[0]!r} is in both [set] and [grid]: keep it in one of them"
+        )
     fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
     fixed += extra_sets or []
     names = list(grid)

@@ -364,8 +364,9 @@ def _register_report(cal_sub: Any) -> None:
     rep.add_argument("--profile", help="a profile JSON file instead of the embedded default")
     rep.add_argument("--kernels", help="kernel-table directory to recompute per-op errors on")
     rep.add_argument("--e2e", help="end-to-end static-batch CSV to recompute the e2e error on")
-    rep.add_argument("--figures", default="figures/calibration", help="where plots go")
-    rep.add_argument("--no-figures", action="store_true", help="do not write plots")
+    plots = rep.add_mutually_exclusive_group()
+    plots.add_argument("--figures", default="figures/calibration", help="where plots go")
+    plots.add_argument("--no-figures", action="store_true", help="do not write plots")
     rep.add_argument("--json", action="store_true", help="print the report as JSON")
     rep.set_defaults(func=cmd_calibrate_report)
 

@@ -81,6 +81,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
         ('"workload.agents" = {start = "a", stop = 4}', "numbers"),
         ('"workload.agents" = {start = 8, stop = 4}', "empty"),
         ('"workload.agents" = 7', "list or a range"),
+        ('"workload.agents" = [1, 2]\n[set]\n"workload.agents" = 3', "both [set] and [grid]"),
     ],
 )
 @pytest.mark.slow
