@@ -303,12 +303,18 @@ def interval_caveats(summary: dict[str, Any]) -> list[str]:
     return [f"caveat: {', '.join(names)}'s 80% intervals: {why}" for why, names in out.items()]
 
 
-def verdict_lines(summary: dict[str, Any], metric: str, scenario: Any = None) -> list[str]:
+def verdict_lines(
+    summary: dict[str, Any],
+    metric: str,
+    scenario: Any = None,
+    over_seeds: dict[str, list[float]] | None = None,
+) -> list[str]:
     """'CoMem is 1.29x faster than FC by mean step latency' for every architecture
     against the reference (a :meth:`sim.scenario.ScenarioResult.summary`), with the
     tasks either side did not finish: a side whose tasks ended early (a prompt past
-    max_model_len) was timed over part of the work, which the verdict must say; and,
-    given the ``scenario``, agents deployed in different dtypes or on different GPUs."""
+    max_model_len) was timed over part of the work, which the verdict must say; given
+    the ``scenario``, agents deployed in different dtypes or on different GPUs; given
+    ``over_seeds`` (:func:`sim.scenario.speedups_over_seeds`), the speedup's range."""
     comparison = summary["comparison"]
     ref = comparison["reference"]
     if ref is None:
@@ -329,8 +335,12 @@ def verdict_lines(summary: dict[str, Any], metric: str, scenario: Any = None) ->
         caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""
         for note in (summaries_note(summary, name), unlike_agents_note(scenario, ref, name)):
             caveat += f"; {note}" if note else ""
+        seen = (over_seeds or {}).get(name, [])
+        spread = (
+            f", {min(seen):.2f}-{max(seen):.2f}x over {len(seen)} seeds" if len(seen) > 1 else ""
+        )
         lines.append(
             f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
-            f" (speedup {value:.2f}x{resolve}){caveat}"
+            f" (speedup {value:.2f}x{spread}{resolve}){caveat}"
         )
     return lines

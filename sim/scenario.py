@@ -493,3 +493,41 @@ def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:
                 counter.describe(f"{scenario.name}: {arch.name} ({i} of {n})")
             results.append(run_architecture(scenario, arch, tasks, on_task=counter))
     return ScenarioResult(scenario, results)
+
+
+#: most seeds ``comem run --seeds`` replicates a scenario over
+MAX_RUN_SEEDS = 20
+
+
+def check_seeds(scenario: Scenario, seeds: int) -> None:
+    """Refuse, before anything runs, more seeds than :data:`MAX_RUN_SEEDS` or more work
+    over them than the agent-step budget."""
+    if not 1 <= seeds <= MAX_RUN_SEEDS:
+        raise ComemInputError(f"--seeds {seeds}: must be 1 to {MAX_RUN_SEEDS}")
+    steps, fields = agent_steps(scenario)
+    limits.check(limits.AGENT_STEPS, steps * seeds, f"--seeds {seeds} x {fields}")
+
+
+def speedups_over_seeds(
+    scenario: Scenario, first: dict[str, Any], seeds: int, metric: str, progress: bool = False
+) -> dict[str, list[float]]:
+    """``metric``'s speedup of every architecture over the reference in ``seeds`` runs:
+    ``first`` (the summary of the scenario's own seed) and seeds ``seed + 1`` ... Each
+    seed draws other tasks (lengths, tools, arrivals), so the spread says how much a
+    verdict owes to the draw; the latency model's own error is not in it (it prices both
+    sides and moves them together)."""
+    check_seeds(scenario, seeds)
+    out: dict[str, list[float]] = {}
+
+    def add(summary: dict[str, Any]) -> None:
+        for name, value in (
+            summary["comparison"]["metrics"].get(metric, {}).get("speedup", {}).items()
+        ):
+            if value is not None:
+                out.setdefault(name, []).append(float(value))
+
+    add(first)
+    for i in range(1, seeds):
+        replica = scenario.model_copy(update={"seed": scenario.seed + i})
+        add(run_scenario(replica, progress=progress).summary())
+    return out

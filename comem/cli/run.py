@@ -51,14 +51,7 @@ def _warnings(summary: dict[str, Any], metric: str) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sim.compare import METRICS
-    from sim.describe import (
-        context_limit_notes,
-        interval_caveats,
-        scenario_description,
-        scenario_lines,
-        verdict_lines,
-    )
+    from sim.describe import context_limit_notes, scenario_description
     from sim.paper import DEFAULT_SCENARIO
     from sim.scenario import load_scenario, run_scenario
 
@@ -72,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ComemInputError as exc:
         # a budget names the scenario's fields; say which of them the flags set
         raise ComemInputError(f"{exc} ({note})" if note else str(exc)) from None
+    if args.seeds > 1:
+        from sim.scenario import check_seeds
+
+        check_seeds(scenario, args.seeds)
     if note:
         notes.append(f"comem run: {note}")
     for line in notes if not args.json else []:  # once the input is known to be good
@@ -86,7 +83,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_scenario(scenario, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []
-    ref = summary["comparison"]["reference"]
+    over_seeds = None
+    if args.seeds > 1:
+        from sim.scenario import speedups_over_seeds
+
+        over_seeds = speedups_over_seeds(
+            scenario, summary, args.seeds, args.metric, progress=not args.json
+        )
+        summary["comparison"]["metrics"][args.metric]["speedup_over_seeds"] = over_seeds
     context = context_limit_notes(scenario)  # after the run: its budgets held
     for note in context:
         print(f"comem run: note: {note}", file=sys.stderr)
@@ -99,6 +103,20 @@ def cmd_run(args: argparse.Namespace) -> int:
              "files": [str(p) for p in written]}
         )  # fmt: skip
         return 0
+    _print_run(args, scenario, summary, over_seeds)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _print_run(
+    args: argparse.Namespace, scenario: Any, summary: dict[str, Any], over_seeds: Any
+) -> None:
+    """The run's text output: its table and legend, the scenario, the verdicts."""
+    from sim.compare import METRICS
+    from sim.describe import interval_caveats, scenario_lines, verdict_lines
+
+    ref = summary["comparison"]["reference"]
     from rich.console import Console
 
     from sim.run_table import run_table
@@ -116,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(line, highlight=False, markup=False)
     for line in (
         scenario_lines(scenario)
-        + verdict_lines(summary, args.metric, scenario)
+        + verdict_lines(summary, args.metric, scenario, over_seeds)
         + interval_caveats(summary)
     ):
         console.print(line, highlight=False, markup=False)
@@ -130,9 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             highlight=False,
             markup=False,
         )
-    for path in written:
-        print(f"wrote {path}")
-    return 0
 
 
 def register(sub: Any) -> None:
@@ -168,6 +183,14 @@ def register(sub: Any) -> None:
         help=f"what the table's speedup column compares (default: {DEFAULT_METRIC}):"
         f" {METRICS_HELP}. The speedup is the reference's (first fc architecture) over"
         " the other's; --json has every metric",
+    )
+    rn.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="run the scenario with this many seeds (seed, seed + 1, ...) and give the"
+        " speedup's range over them: how much the verdict owes to the tasks drawn; the"
+        " table and --out are the first seed's [1]",
     )
     _add_allow_large(rn)
     rn.set_defaults(func=cmd_run)
