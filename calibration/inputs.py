@@ -1,12 +1,12 @@
-"""Reading a user's files and checking where outputs go: one clear line for every defect.
+"""Reading a user's files: one clear line for every defect.
 
 Every input file of comem-sim (scenario, sweep and grid TOML, profile and workload JSON,
 measurement CSV) is read through here, so each defect reads the same wherever it
 happens: a missing file, a directory or a device where a file was expected, bytes that
 are not UTF-8, text that does not parse, nesting deep enough to exhaust Python's stack,
 an empty file. :func:`validate` turns a pydantic error into one line naming the field
-(with a "did you mean" for a misspelt one). The output checks run before any work, so
-a long run never ends in a traceback because its results cannot be written.
+(with a "did you mean" for a misspelt one). Where outputs may go is
+:mod:`calibration.outputs`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import difflib
 import functools
 import json
 import math
-import os
 import stat
 import tomllib
 import typing
@@ -471,71 +470,6 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# --- outputs ---------------------------------------------------------------------------
-
-
-def writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Make ``path`` (a directory) and prove a file can be written in it; fail before a
-    long run, not after it."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / f".comem-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except FileExistsError:
-        raise ComemInputError(f"{flag} {path}: is a file, expected a directory") from None
-    except OSError as exc:
-        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
-    return p
-
-
-def writable_file(path: str | Path, flag: str = "--out") -> Path:
-    """Check that ``path`` (a file to write) can be written, without writing it: its
-    directory is made and probed, and it is not a directory itself."""
-    p = Path(path)
-    if p.is_dir():
-        raise ComemInputError(f"{flag} {path}: is a directory, expected a file name")
-    writable_dir(p.parent if str(p.parent) else ".", flag)
-    if p.exists() and not os.access(p, os.W_OK):
-        raise ComemInputError(f"{flag} {path}: cannot write there (permission denied)")
-    return p
-
-
-def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> None:
-    """Measurements are expensive (GPU hours): refuse to replace an existing file unless
-    ``force`` (the CLI's ``--force``)."""
-    if force:
-        return
-    for p in paths:
-        if p.exists():
-            raise ComemInputError(
-                f"{flag}: {p} already exists and measurements are never overwritten;"
-                " choose another path, or pass --force to replace it"
-            )
-
-
-def refuse_input_as_output(
-    out: str | Path | None, inputs: dict[str, str | Path | None], flag: str = "--out"
-) -> None:
-    """An output that is one of the command's input files would replace what it reads
-    (``calibrate fit --measurements m.csv --out m.csv``): one line, before anything."""
-    if out is None or not Path(out).exists():
-        return
-    for name, path in inputs.items():
-        if path is None or not Path(path).exists():
-            continue
-        try:
-            same = os.path.samefile(out, path)
-        except OSError:
-            continue
-        if same:
-            raise ComemInputError(
-                f"{flag} {out}: is the {name} file this command reads (writing would"
-                " replace it); write elsewhere"
-            )
-
-
 def input_paths(value: Any, where: str = "") -> dict[str, Path]:
     """Every file a command's settings name (a model's config.json, a profile, a trace),
     by the field that names it: each string in ``value`` (nested dicts and lists, e.g. a
@@ -588,15 +522,6 @@ def _file_sha256(path: str, mtime_ns: int, size: int) -> bytes:
     return hashlib.sha256(read_bytes(path, "input")).digest()
 
 
-def refuse_outputs_over_inputs(
-    outputs: list[Path], inputs: dict[str, Any], flag: str = "--out"
-) -> None:
-    """:func:`refuse_input_as_output` for every file a command writes (the files inside
-    a directory ``--out`` too, and sidecars): none may be a file the command reads."""
-    for out in outputs:
-        refuse_input_as_output(out, inputs, flag)
-
-
 __all__ = [
     "MAX_INPUT_BYTES",
     "MAX_NESTING",
@@ -621,11 +546,6 @@ __all__ = [
     "read_toml",
     "files_digest",
     "input_paths",
-    "refuse_input_as_output",
-    "refuse_outputs_over_inputs",
-    "refuse_overwrite",
     "require_columns",
     "validate",
-    "writable_dir",
-    "writable_file",
 ]

@@ -1,9 +1,13 @@
-"""Writing what a command produces: one line for an OS error, and results written so that
-a killed write is never read as a whole result (:func:`write_result`)."""
+"""Writing what a command produces: checked before any work (the place can be written, it
+is no input of the command, no user's file or measurement is replaced), one line for an
+OS error, and results written so that a killed write is never read as a whole result
+(:func:`write_result`): a long run never ends in a traceback because its results cannot
+be written."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +72,77 @@ def refuse_foreign_file(
             f"{flag} {path}: the file exists and is not {what}: it is not overwritten"
             " (write elsewhere, or remove it first)"
         )
+
+
+# --- checks before a command writes -------------------------------------------------
+
+
+def writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make ``path`` (a directory) and prove a file can be written in it; fail before a
+    long run, not after it."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        probe = p / f".comem-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except FileExistsError:
+        raise ComemInputError(f"{flag} {path}: is a file, expected a directory") from None
+    except OSError as exc:
+        raise ComemInputError(f"{flag} {path}: cannot write there ({exc.strerror})") from None
+    return p
+
+
+def writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check that ``path`` (a file to write) can be written, without writing it: its
+    directory is made and probed, and it is not a directory itself."""
+    p = Path(path)
+    if p.is_dir():
+        raise ComemInputError(f"{flag} {path}: is a directory, expected a file name")
+    writable_dir(p.parent if str(p.parent) else ".", flag)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ComemInputError(f"{flag} {path}: cannot write there (permission denied)")
+    return p
+
+
+def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> None:
+    """Measurements are expensive (GPU hours): refuse to replace an existing file unless
+    ``force`` (the CLI's ``--force``)."""
+    if force:
+        return
+    for p in paths:
+        if p.exists():
+            raise ComemInputError(
+                f"{flag}: {p} already exists and measurements are never overwritten;"
+                " choose another path, or pass --force to replace it"
+            )
+
+
+def refuse_input_as_output(
+    out: str | Path | None, inputs: dict[str, str | Path | None], flag: str = "--out"
+) -> None:
+    """An output that is one of the command's input files would replace what it reads
+    (``calibrate fit --measurements m.csv --out m.csv``): one line, before anything."""
+    if out is None or not Path(out).exists():
+        return
+    for name, path in inputs.items():
+        if path is None or not Path(path).exists():
+            continue
+        try:
+            same = os.path.samefile(out, path)
+        except OSError:
+            continue
+        if same:
+            raise ComemInputError(
+                f"{flag} {out}: is the {name} file this command reads (writing would"
+                " replace it); write elsewhere"
+            )
+
+
+def refuse_outputs_over_inputs(
+    outputs: list[Path], inputs: dict[str, Any], flag: str = "--out"
+) -> None:
+    """:func:`refuse_input_as_output` for every file a command writes (the files inside
+    a directory ``--out`` too, and sidecars): none may be a file the command reads."""
+    for out in outputs:
+        refuse_input_as_output(out, inputs, flag)

@@ -355,36 +355,7 @@ class Profile:
         overhead = check_overhead(data.get("overhead"), source)
         if not isinstance(data["ops"], dict) or not data["ops"]:
             raise ComemInputError(f"{source}: 'ops' must be a non-empty object")
-        ops = {}
-        for key, entry in data["ops"].items():
-            try:
-                form = op_form(key)
-            except KeyError:
-                raise ComemInputError(f"{source}: unknown op '{key}'") from None
-            if not isinstance(entry, dict):
-                raise ComemInputError(f"{source}: op '{key}' must be an object")
-            refuse_unknown_keys(entry, ("params", "hw", "lattice", "fit"), f"{source}: op '{key}'")
-            params = entry.get("params")
-            if isinstance(params, dict):
-                refuse_unknown_keys(
-                    params,
-                    (*form.param_names, *form.optional_params),
-                    f"{source}: op '{key}' params",
-                )
-            try:
-                fit = OpFit.from_dict(key, entry)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise ComemInputError(f"{source}: op '{key}' is malformed ({exc!r})") from None
-            missing = [
-                p for p in form.param_names if p not in fit.params and p not in form.optional_params
-            ]
-            if missing:
-                raise ComemInputError(
-                    f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"
-                    " (made by an older comem-sim? refit with 'comem calibrate fit')"
-                )
-            check_op_numbers(key, fit, source)
-            ops[key] = fit
+        ops = _check_ops(data["ops"], source)
         overheads = data.get("overheads") or {}
         if not isinstance(overheads, dict) or not all(
             isinstance(v, dict) for v in overheads.values()
@@ -423,6 +394,42 @@ def is_profile_json(data: Any) -> bool:
     from calibration.measured import MEASURED_SCHEMA
 
     return isinstance(data, dict) and data.get("schema") in (SCHEMA_VERSION, MEASURED_SCHEMA)
+
+
+def _check_ops(entries: dict[str, Any], source: str) -> dict[str, OpFit]:
+    """A profile's ``ops``, each checked: a known op, its keys and parameters (a
+    misspelt one refused), finite numbers."""
+    ops = {}
+    for key, entry in entries.items():
+        try:
+            form = op_form(key)
+        except KeyError:
+            raise ComemInputError(f"{source}: unknown op '{key}'") from None
+        if not isinstance(entry, dict):
+            raise ComemInputError(f"{source}: op '{key}' must be an object")
+        refuse_unknown_keys(entry, ("params", "hw", "lattice", "fit"), f"{source}: op '{key}'")
+        params = entry.get("params")
+        if isinstance(params, dict):
+            refuse_unknown_keys(
+                params,
+                (*form.param_names, *form.optional_params),
+                f"{source}: op '{key}' params",
+            )
+        try:
+            fit = OpFit.from_dict(key, entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ComemInputError(f"{source}: op '{key}' is malformed ({exc!r})") from None
+        missing = [
+            p for p in form.param_names if p not in fit.params and p not in form.optional_params
+        ]
+        if missing:
+            raise ComemInputError(
+                f"{source}: op '{key}' lacks parameter(s) {', '.join(missing)}"
+                " (made by an older comem-sim? refit with 'comem calibrate fit')"
+            )
+        check_op_numbers(key, fit, source)
+        ops[key] = fit
+    return ops
 
 
 def write_profile_json(path: str | Path, data: Any) -> Path:

@@ -64,8 +64,8 @@ def run_live_loop(
     """Run steps 1-4 of the module docstring; ``scenario`` is a
     :class:`sim.scenario.Scenario` (default: ``scenarios/live/tiny_cpu.toml``). The
     measurements of an earlier run in ``out`` are replaced only if ``overwrite``."""
-    from calibration.inputs import refuse_overwrite
     from calibration.measured import fit_measurements_file
+    from calibration.outputs import refuse_overwrite
     from live.tiny_model import make_tiny_llama
     from sim.scenario import load_scenario
 

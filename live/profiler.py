@@ -267,7 +267,7 @@ def run_profile(
     (status counts, per-point medians, whether /metrics was scraped). ``progress``
     shows a bar of requests done on stderr. An existing ``out_csv`` (or its metrics
     sidecar) is measurements: it is replaced only if ``overwrite``."""
-    from calibration.inputs import refuse_overwrite, writable_file
+    from calibration.outputs import refuse_overwrite, writable_file
 
     out = Path(out_csv)
     metrics_path = out.with_suffix(".metrics.csv")

@@ -293,6 +293,7 @@ def add_latency_intervals(
     are taken together, not as independent); a task's latency moves by its steps' factor.
     Without the split, or without a TTFT band, all GPU time takes the TPOT band. No band,
     no interval."""
+    from calibration.errors import ComemInputError
     from sim.engine_latency import engine_error_bands, engine_latency
 
     bands = engine_error_bands(agent)
@@ -322,7 +323,11 @@ def add_latency_intervals(
         out["mean_task_latency_s_low"] = task * ends[0] / step
         out["mean_task_latency_s_high"] = task * ends[1] / step
     out["interval_level"] = tpot.level
-    caveat = getattr(engine_latency(agent), "band_caveat", "")
+    try:  # the engine's own latency model (built for the run; a run priced otherwise, by
+        # an injected surrogate, may have an engine config no kernel model can build)
+        caveat = getattr(engine_latency(agent), "band_caveat", "")
+    except ComemInputError:
+        caveat = ""
     if caveat:
         out["interval_caveat"] = caveat
 

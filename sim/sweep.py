@@ -367,7 +367,7 @@ def run_sweep(
     on_point: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Run the points not yet on disk, then collect the full table."""
-    from calibration.inputs import writable_dir
+    from calibration.outputs import writable_dir
 
     out = writable_dir(Path(out_dir) / "points", "--out").parent
     for stale in (out / "points").glob("*.tmp*"):  # left by a killed run

@@ -57,7 +57,7 @@ def _refuse_foreign_profile(out: str | None) -> None:
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
     from calibration.fit import fit_profile
-    from calibration.inputs import refuse_input_as_output
+    from calibration.outputs import refuse_input_as_output
     from calibration.profile import Profile
 
     sidecar = Path(args.measurements).with_suffix(".metrics.csv") if args.measurements else None
@@ -174,7 +174,7 @@ def cmd_calibrate_build_defaults(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate_fit_serving(args: argparse.Namespace) -> int:
-    from calibration.inputs import refuse_input_as_output
+    from calibration.outputs import refuse_input_as_output
     from calibration.profile import FrameworkOverhead, Profile, available_profiles, profile_path
     from calibration.serving import ASSUMPTION_PRESETS, load_serving_csv, parse_assumptions
     from calibration.serving_fit import error_summary
@@ -284,8 +284,8 @@ def _percent_table(frame: Any) -> str:
 
 
 def cmd_calibrate_microbench(args: argparse.Namespace) -> int:
-    from calibration.inputs import refuse_overwrite
     from calibration.microbench import DEVICE_FILE, KERNEL_FILES, run_microbench
+    from calibration.outputs import refuse_overwrite
 
     # the tables are measurements (GPU time): never replaced without --force
     out_dir = Path(args.out)

@@ -30,7 +30,7 @@ def _workers(requested: int | None, jobs: int) -> int:
 def _writable_dir(path: str | None, flag: str = "--out") -> None:
     """Fail before a run, not after it, if its output directory cannot be written."""
     if path is not None:
-        from calibration.inputs import writable_dir
+        from calibration.outputs import writable_dir
 
         writable_dir(path, flag)
 
@@ -38,7 +38,7 @@ def _writable_dir(path: str | None, flag: str = "--out") -> None:
 def _writable_file(path: str | None, flag: str = "--out") -> None:
     """Fail before a run, not after it, if its output file cannot be written."""
     if path is not None:
-        from calibration.inputs import writable_file
+        from calibration.outputs import writable_file
 
         writable_file(path, flag)
 
@@ -51,7 +51,8 @@ def _outputs_not_inputs(
     by name, and settings (``model_dump()``) whose strings may name files."""
     if out is None:
         return
-    from calibration.inputs import input_paths, refuse_outputs_over_inputs
+    from calibration.inputs import input_paths
+    from calibration.outputs import refuse_outputs_over_inputs
 
     found: dict[str, Any] = {}
     for name, value in inputs.items():

@@ -28,7 +28,7 @@ def cmd_fit_effectiveness(args: argparse.Namespace) -> int:
             "an effectiveness fit",
         )
     if not args.show and args.data:
-        from calibration.inputs import refuse_input_as_output
+        from calibration.outputs import refuse_input_as_output
 
         data = Path(args.data)
         files = [p for p in data.rglob("*") if p.is_file()] if data.is_dir() else [data]

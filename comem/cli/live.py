@@ -24,7 +24,7 @@ def _parse_json_object(text: str | None, flag: str) -> dict[str, Any]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from calibration.inputs import refuse_outputs_over_inputs
+    from calibration.outputs import refuse_outputs_over_inputs
     from live.openai_stream import Endpoint
     from live.profiler import load_grid, run_profile
 
@@ -120,7 +120,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         MeasuredProfile.load(args.profile)
     check_live_cost(scenario)
     if args.out:
-        from calibration.inputs import refuse_overwrite
+        from calibration.outputs import refuse_overwrite
 
         names = ("live_steps.csv", "live_tasks.csv", "live_summaries.csv", "comparison.csv")
         _outputs_not_inputs(
@@ -184,7 +184,7 @@ def cmd_live_loop(args: argparse.Namespace) -> int:
         raise ComemInputError(reason)
     scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, args.set or [])
     grid = load_grid(args.grid)
-    from calibration.inputs import refuse_overwrite
+    from calibration.outputs import refuse_overwrite
 
     out = Path(args.out)
     _outputs_not_inputs(

@@ -12,7 +12,7 @@ from comem.cli.common import _writable_file
 
 
 def cmd_workload_fit(args: argparse.Namespace) -> int:
-    from calibration.inputs import refuse_input_as_output
+    from calibration.outputs import refuse_input_as_output
     from sim.workloads import default_steps_file, fit_workload, plot_fitted
 
     refuse_input_as_output(args.out, {"--steps": args.steps})
