@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    model_validator,
 )
 
 from calibration.errors import ComemInputError
@@ -188,6 +189,18 @@ class EngineConfig(InputModel):
         " --speculative-config; a step of k drafts emits (1 - A^(k+1)) / (1 - A) tokens)",
         json_schema_extra={"metavar": "A"},
     )
+
+    @model_validator(mode="after")
+    def _fp8_gemm_is_for_fp8_weights(self) -> EngineConfig:
+        """A GEMM kernel choice for weights that run no fp8 GEMM would be dropped without a
+        word: refused, with what the user likely meant."""
+        if self.fp8_gemm != "auto" and self.dtype != "fp8":
+            raise ValueError(
+                f"fp8_gemm = '{self.fp8_gemm}' picks the kernel of fp8 weights, and these are"
+                f" {self.dtype}: set dtype = 'fp8' (vLLM's --quantization fp8 on a bf16"
+                " checkpoint is fp8_gemm = 'tensor'), or leave fp8_gemm at 'auto'"
+            )
+        return self
 
 
 def parse_value(text: str, where: str = "--set") -> Any:

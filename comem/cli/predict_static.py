@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from calibration.errors import ComemInputError
 from comem.cli.args import (
     _DTYPE_FLAG,
     _add_allow_large,
@@ -30,6 +31,12 @@ def cmd_predict_static(args: argparse.Namespace) -> int:
     from calibration.static import static_cost
 
     args.dtype = _weight_dtype(args)
+    if args.fp8_gemm not in (None, "auto") and args.dtype != "fp8":  # as EngineConfig says
+        raise ComemInputError(
+            f"--fp8-gemm {args.fp8_gemm} picks the kernel of fp8 weights, and these are"
+            f" {args.dtype}: give --dtype fp8 (vLLM's --quantization fp8 on a bf16 checkpoint"
+            " is --fp8-gemm tensor), or leave --fp8-gemm out"
+        )
 
     profile = Profile.load(args.profile) if args.profile else None
     lm = LatencyModel(

@@ -473,6 +473,17 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["plan", "--gpu", "nosuch", "--agents", "4", "--context-tokens", "2000"],
         ["unknown gpu 'nosuch'"],
     ),
+    # an fp8 kernel choice for weights that run no fp8 GEMM was dropped without a word
+    (
+        "fp8-gemm-bf16-bench",
+        ["bench-serve", "--model", "llama-3-8b", "--fp8-gemm", "block"],
+        ["fp8_gemm = 'block'", "bf16"],
+    ),
+    (
+        "fp8-gemm-bf16-static",
+        [*PS, "--batch", "1", "--fp8-gemm", "tensor"],
+        ["--fp8-gemm tensor", "bf16"],
+    ),
     # an existing file of the user's is never replaced by a fit (a_file.txt stays as it is)
     (
         "out-user-file-fit",
