@@ -258,8 +258,9 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
         return f"{name} made no summary (its tasks are shorter than k): it ran as full context"
     if swapped + refused == 0:
         return (
-            f"{name} swapped in no summary (each was still running when its task ended):"
-            " it ran as full context"
+            f"{name} swapped in none of its {arch['summaries_launched']} summaries (none was"
+            " back in time: still running at its swap step under late_policy 'skip', or when"
+            " its task ended): it ran as full context"
         )
     if not refused:
         return None
@@ -329,8 +330,11 @@ def verdict_lines(
             continue
         word = "faster" if value >= 1.0 else "slower"
         times = value if value >= 1.0 else 1.0 / value
-        pp = summary["architectures"].get(name, {}).get("resolve_rate_delta_pp")
-        resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp"
+        arch = summary["architectures"].get(name, {})
+        pp = arch.get("resolve_rate_delta_pp")
+        low, high = arch.get("resolve_rate_delta_pp_low"), arch.get("resolve_rate_delta_pp_high")
+        band = f" [{low:+.1f}, {high:+.1f}] (95%)" if low is not None and high is not None else ""
+        resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp{band}"
         partial = [u for u in (unfinished(summary, ref), unfinished(summary, name)) if u]
         caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""
         for note in (summaries_note(summary, name), unlike_agents_note(scenario, ref, name)):

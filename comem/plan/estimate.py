@@ -148,6 +148,10 @@ def estimated_objective(spec: PlanSpec, e: Estimate) -> float:
     return step
 
 
+#: k values simulated for each summarizing kind's best layout (the estimate's best few)
+K_PER_KIND = 3
+
+
 def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
     """The candidates worth simulating: the ``top`` by estimate, each kind's two best, and
     full context's best in every weight dtype (the verdict's baseline).
@@ -177,11 +181,30 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
             if len(layouts) == 2:
                 break
     # the verdict's baseline is the best full context simulated: every weight dtype's best
-    # full-context layout is simulated, since past the KV bound the closed form misranks
-    # them (a cheaper dtype leaves more room for contexts, which the estimate barely prices)
-    best_fc: dict[str, Candidate] = {}
+    # full-context layout is simulated, with and without CPU offload where offload is
+    # worth simulating, since past the KV bound the closed form misranks them (a cheaper
+    # dtype leaves more room for contexts, offload keeps the rest: the estimate prices
+    # neither)
+    best_fc: dict[tuple[str, bool], Candidate] = {}
     for e in by_estimate:
         if e.candidate.kind == "fc":
-            best_fc.setdefault(e.candidate.agent_dtype, e.candidate)
+            best_fc.setdefault((e.candidate.agent_dtype, e.candidate.offload), e.candidate)
     chosen += [c for c in best_fc.values() if c not in chosen]
+    # and each summarizing kind's best layout at its few best k (the estimate's k ranking
+    # is the least sure of its choices: it prices summaries in lockstep)
+    for kind in spec.kinds:
+        if kind == "fc":
+            continue
+        mine = [e.candidate for e in by_estimate if e.candidate.kind == kind]
+        if not mine:
+            continue
+        top = mine[0]
+        same = [
+            c for c in mine
+            if (c.agent_tp, c.agent_dp, c.agent_dtype, c.agent_ep, c.memory_placement,
+                c.memory_tp, c.offload)
+            == (top.agent_tp, top.agent_dp, top.agent_dtype, top.agent_ep,
+                top.memory_placement, top.memory_tp, top.offload)
+        ]  # fmt: skip
+        chosen += [c for c in same[:K_PER_KIND] if c not in chosen]
     return chosen

@@ -17,6 +17,7 @@ class PlanRow:
     rank: int
     label: str
     gpus: int
+    #: what pruning ranks by: the closed form, plus the re-prefill past the KV bound
     estimate_mean_step_s: float
     kv_bound_agents: int
     estimate_optimistic: bool
@@ -75,7 +76,9 @@ def rank(
     for e in estimates:
         c = e.candidate
         row = PlanRow(
-            0, c.label, c.gpus_used, e.mean_step_s, e.kv_bound_agents, e.optimistic,
+            0, c.label, c.gpus_used,
+            e.prune_step_s if math.isfinite(e.prune_step_s) else e.mean_step_s,
+            e.kv_bound_agents, e.optimistic,
             simulated=c.key() in simulated, candidate=asdict(c),
             moe_dp_pessimistic=moe and c.agent_dp > 1 and not c.agent_ep,
         )  # fmt: skip

@@ -16,7 +16,7 @@ from comem.plan.space import AGENT_UTIL_COLOCATED, MEMORY_UTIL_COLOCATED, Candid
 def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     head = (
         "| rank | deployment | GPUs | mean step s (sim) | p99 step s (sim) | steps/s/GPU"
-        " (sim) | mean step s (theory) | KV bound (agents/replica) | resolve % [95%] |"
+        " (sim) | mean step s (estimate) | KV bound (agents/replica) | resolve % [95%] |"
         " resolve pp vs FC [95%] | notes |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -24,7 +24,7 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     for r in rows[:limit]:
         notes = []
         if r.estimate_optimistic:
-            notes.append("theory omits preemption or turn-taking")
+            notes.append("estimate omits preemption or turn-taking")
         if not r.summarizes:
             notes.append("made no summary (memory engine refused them): ran as full context")
         elif r.summaries_made < 1:
@@ -108,7 +108,15 @@ def write_scenario(spec: PlanSpec, rows: list[PlanRow], path: Path) -> Path:
         (Candidate(**r.candidate) for r in rows if r.simulated and r.candidate["kind"] == "fc"),
         None,
     )
-    if c.kind != "fc" and fc is not None:
+    runner_up = best_summarizing(rows)
+    if c.kind == "fc" and runner_up is not None:
+        # full context won: the best summarizing deployment beside it, so `comem run` and
+        # `comem explain` of the file compare the two
+        other = Candidate(**runner_up.candidate)
+        lines.append(f"# full context won; beside it, the best summarizing one: {other.label}")
+        data["architectures"] += scenario_dict(spec, other)["architectures"]
+        data["name"] = f"plan: {c.label} vs {other.label}"
+    elif c.kind != "fc" and fc is not None:
         lines.append(f"# baseline: the best full-context deployment simulated, {fc.label}")
         data["architectures"] = scenario_dict(spec, fc)["architectures"] + data["architectures"]
         data["name"] = f"plan: {c.label} vs {fc.label}"
@@ -153,6 +161,18 @@ def assumptions(spec: PlanSpec) -> list[str]:
     ]
 
 
+def best_summarizing(rows: list[PlanRow]) -> PlanRow | None:
+    """The best simulated deployment that summarizes and made its summaries (rows are
+    ranked), None when there is none."""
+    return next(
+        (
+            r for r in rows
+            if r.simulated and r.candidate["kind"] != "fc" and r.summarizes and r.mean_step_s > 0
+        ),
+        None,
+    )  # fmt: skip
+
+
 def verdict(rows: list[PlanRow]) -> str:
     """The chosen deployment against the best full-context one simulated, by mean step
     latency (what ``comem run`` of chosen_scenario.toml prints as its verdict); when full
@@ -160,14 +180,7 @@ def verdict(rows: list[PlanRow]) -> str:
     best = rows[0]
     fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
     if best.candidate["kind"] == "fc":
-        other = next(
-            (
-                r for r in rows
-                if r.simulated and r.candidate["kind"] != "fc" and r.summarizes
-                and r.mean_step_s > 0
-            ),
-            None,
-        )  # fmt: skip
+        other = best_summarizing(rows)
         if other is None or not best.mean_step_s > 0:
             return (
                 f"verdict: full context wins: {best.label} (no summarizing deployment"
@@ -178,7 +191,8 @@ def verdict(rows: list[PlanRow]) -> str:
         return (
             f"verdict: full context wins: {best.label}; the best summarizing deployment,"
             f" {other.label}, is {max(x, 1 / x):.2f}x {word} by mean step latency"
-            f" (speedup {x:.2f}x)"
+            f" (speedup {x:.2f}x); chosen_scenario.toml holds both: comem run it for every"
+            " metric on the same steps"
         )
     if fc is None or not best.mean_step_s > 0:
         return f"verdict: {best.label} (no full-context deployment was simulated to compare with)"
@@ -197,12 +211,16 @@ def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
     c = Candidate(**rows[0].candidate)
     out = []
     ks = sorted(set(spec.k_values))
-    if c.kind != "fc" and len(ks) > 1 and c.k in (ks[0], ks[-1]):
-        hint = _k_hint(c.k, c.k == ks[-1], spec.steps)
+    # the chosen deployment's k, or when full context won, the best summarizing one's
+    runner = best_summarizing(rows) if c.kind == "fc" else None
+    with_k = Candidate(**runner.candidate) if runner is not None else c
+    if with_k.kind != "fc" and len(ks) > 1 and with_k.k in (ks[0], ks[-1]):
+        hint = _k_hint(with_k.k, with_k.k == ks[-1], spec.steps)
         if hint:
-            side = "largest" if c.k == ks[-1] else "smallest"
+            side = "largest" if with_k.k == ks[-1] else "smallest"
+            whose = "the best k" if runner is None else "the best summarizing deployment's k"
             out.append(
-                f"the best k ({c.k}) is the {side} tried (--k {' '.join(map(str, ks))}):"
+                f"{whose} ({with_k.k}) is the {side} tried (--k {' '.join(map(str, ks))}):"
                 f" a better one may lie beyond; {hint}"
             )
     # the agent TP at the user's own GPU budget (--gpus / --max-gpus) is their choice,

@@ -65,9 +65,11 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     assert out["chosen"] == out["rows"][0]["label"]
     scenario = load_scenario(tmp_path / "chosen_scenario.toml")
     chosen = out["rows"][0]["candidate"]["kind"]
-    assert scenario.architectures[-1].kind == chosen
+    kinds = [a.kind for a in scenario.architectures]
     if chosen != "fc":  # the full-context baseline comes with it
-        assert [a.kind for a in scenario.architectures] == ["fc", chosen]
+        assert kinds == ["fc", chosen]
+    else:  # and full context comes with the best summarizing deployment beside it
+        assert kinds[0] == "fc" and len(kinds) <= 2
     assert out["assumptions"] and "workload" in out["assumptions"][0]
     assert (tmp_path / "pareto.png").is_file()
     # resumable: a second run reuses the simulated points
@@ -185,3 +187,39 @@ def test_a_hybrid_model_is_planned_without_offload_and_its_own_dtype():
     assert any("offload off (gpt-oss-120b has sliding-window" in a for a in assumptions(spec))
     with pytest.raises(ComemInputError, match="--offload off"):
         offload_choices(spec.model_copy(update={"offload": [True]}))
+
+
+def test_the_simulated_set_holds_fc_with_and_without_offload_and_several_k():
+    """Past the KV bound, full context with CPU offload is a baseline of its own (the
+    estimate ties it with no offload), and each summarizing kind's best layout is
+    simulated at its three best k (the estimate's k ranking is its least sure)."""
+    from comem.plan.estimate import K_PER_KIND, select
+
+    spec = small(kinds=["fc", "kso"], k_values=[1, 2, 4, 8], offload=[False, True], agents=64)
+    estimates = estimate(spec, enumerate_candidates(spec))
+    chosen = select(spec, estimates)
+    past_bound = [e for e in estimates if e.candidate.kind == "fc" and 64 > e.kv_bound_agents]
+    assert past_bound, "the case must reach past the KV bound"
+    fc = {(c.agent_dtype, c.offload) for c in chosen if c.kind == "fc"}
+    assert ("bf16", True) in fc and ("bf16", False) in fc
+    assert len({c.k for c in chosen if c.kind == "kso"}) >= min(K_PER_KIND, 4)
+
+
+def test_when_full_context_wins_the_scenario_holds_the_best_summarizer_too(tmp_path):
+    """chosen_scenario.toml of a plan full context won holds the best summarizing
+    deployment beside it, so `comem run` and `comem explain` of it compare the two."""
+    from comem.plan.report import write_scenario
+
+    spec = small(kinds=["fc", "kso"], k_values=[2, 4])
+    candidates = enumerate_candidates(spec)
+
+    def point(c) -> dict:
+        step = 1.0 if c.kind == "fc" else 2.0
+        return {"mean_step_s": step, "p99_step_s": 3.0, "steps_per_s": 1.0,
+                "tasks_ended_early": 0, "tasks": 6, "preemptions": 0, "kv_peak": 0.5,
+                "summaries_made": 1.0}  # fmt: skip
+
+    rows = rank(spec, estimate(spec, candidates), {c.key(): point(c) for c in candidates})
+    assert rows[0].candidate["kind"] == "fc"
+    scenario = load_scenario(write_scenario(spec, rows, tmp_path / "chosen.toml"))
+    assert [a.kind for a in scenario.architectures] == ["fc", "kso"]
