@@ -198,7 +198,7 @@ def test_the_simulated_set_holds_fc_with_and_without_offload_and_several_k():
     spec = small(kinds=["fc", "kso"], k_values=[1, 2, 4, 8], offload=[False, True], agents=64)
     estimates = estimate(spec, enumerate_candidates(spec))
     chosen = select(spec, estimates)
-    past_bound = [e for e in estimates if e.candidate.kind == "fc" and 64 > e.kv_bound_agents]
+    past_bound = [e for e in estimates if e.candidate.kind == "fc" and e.kv_bound_agents < 64]
     assert past_bound, "the case must reach past the KV bound"
     fc = {(c.agent_dtype, c.offload) for c in chosen if c.kind == "fc"}
     assert ("bf16", True) in fc and ("bf16", False) in fc
