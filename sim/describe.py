@@ -341,7 +341,10 @@ def verdict_lines(
             caveat += f"; {note}" if note else ""
         seen = (over_seeds or {}).get(name, [])
         spread = (
-            f", {min(seen):.2f}-{max(seen):.2f}x over {len(seen)} seeds" if len(seen) > 1 else ""
+            f", {min(seen):.2f}-{max(seen):.2f}x over {len(seen)} seeds (their range, not an"
+            " interval)"
+            if len(seen) > 1
+            else ""
         )
         lines.append(
             f"verdict: {name} is {times:.2f}x {word} than {ref} by {chosen['label']}"
