@@ -6,7 +6,7 @@ be written."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -41,13 +41,15 @@ def write_text(path: str | Path, text: str, what: str) -> Path:
     file whole, never half of the new one); an OS error (disk full, permissions) is one
     line."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp")
+    target = p.resolve() if p.is_symlink() else p  # a link's file is written, not replaced
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
-        tmp.replace(p)
+        tmp.replace(target)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # its directory cannot be reached: nothing left
+            tmp.unlink(missing_ok=True)
         raise ComemInputError(f"{p}: cannot write the {what} ({exc.strerror})") from None
     return p
 
@@ -57,16 +59,19 @@ def refuse_foreign_file(
 ) -> None:
     """Refuse to overwrite an existing file at ``path`` unless it is an earlier output of
     the same kind (``is_ours`` of its JSON is true): a user's file is never replaced by a
-    command's result. ``what``: the kind, for the message ("a profile")."""
+    command's result. ``is_ours`` may also raise what the kind's reader raises on another
+    file. ``what``: the kind, for the message ("a profile")."""
     if path is None:
         return
+    from calibration.inputs import read_json
+
     p = Path(path)
     if not p.is_file():
         return
     try:
-        ours = bool(is_ours(json.loads(p.read_text())))
-    except (OSError, ValueError):  # unreadable, not text, not JSON: not ours
-        ours = False
+        ours = bool(is_ours(read_json(p, what)))
+    except (ComemInputError, KeyError, TypeError, ValueError):
+        ours = False  # unreadable, not JSON, too deep, or what the reader refuses: not ours
     if not ours:
         raise ComemInputError(
             f"{flag} {path}: the file exists and is not {what}: it is not overwritten"

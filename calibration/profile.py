@@ -109,7 +109,7 @@ def refuse_unknown_keys(data: dict[str, Any], known: Any, where: str) -> None:
         raise ComemInputError(f"{where}: unknown field {unknown[0]!r}{hint}")
 
 
-def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
+def check_overhead(overhead: Any, source: str, name: str = "overhead") -> dict[str, Any]:
     """A framework overhead: an object whose terms are finite seconds (per iteration, per
     sequence, per KV token, per request)."""
     if overhead is None:
@@ -118,7 +118,7 @@ def check_overhead(overhead: Any, source: str) -> dict[str, Any]:
         raise ComemInputError(
             f"{source}: 'overhead' must be an object, got {type(overhead).__name__}"
         )
-    refuse_unknown_keys(overhead, {*OVERHEAD_TERMS, *OVERHEAD_RECORD_FIELDS}, f"{source}: overhead")
+    refuse_unknown_keys(overhead, {*OVERHEAD_TERMS, *OVERHEAD_RECORD_FIELDS}, f"{source}: {name}")
     for name in OVERHEAD_TERMS:
         if name not in overhead:
             continue
@@ -373,7 +373,9 @@ class Profile:
             framework=str(data["framework"]),
             ops=ops,
             overhead=overhead,
-            overheads={str(k): check_overhead(v, source) for k, v in overheads.items()},
+            overheads={
+                str(k): check_overhead(v, source, f"overheads.{k}") for k, v in overheads.items()
+            },
             provenance=dict(data.get("provenance") or {}),
             source="" if source == "<dict>" else source,
         )
@@ -388,12 +390,14 @@ def read_profile_json(path: str | Path) -> Any:
     return read_json(path, "profile")
 
 
-def is_profile_json(data: Any) -> bool:
-    """Whether parsed JSON is a profile comem wrote (kernel-fitted or measured): what an
-    ``--out`` may overwrite."""
+def is_profile_json(data: Any, measured: bool = False) -> bool:
+    """Whether parsed JSON is a profile comem wrote of the one kind (kernel-fitted, or
+    with ``measured`` a live server's): what an ``--out`` of that fit may overwrite. A
+    measured profile is not replaced by a kernel fit, nor the other way round."""
     from calibration.measured import MEASURED_SCHEMA
 
-    return isinstance(data, dict) and data.get("schema") in (SCHEMA_VERSION, MEASURED_SCHEMA)
+    schema = MEASURED_SCHEMA if measured else SCHEMA_VERSION
+    return isinstance(data, dict) and data.get("schema") == schema
 
 
 def _check_ops(entries: dict[str, Any], source: str) -> dict[str, OpFit]:

@@ -1,8 +1,8 @@
 """The documentation's generated pages: the scenario reference (from the models), the
-CLI reference (from the parser), the README's calibration tables (from the embedded
-calibration: :mod:`calibration.serving_errors`) and the site's front page (from the
-README). ``make docs`` writes them; ``tests/docs/test_docs.py`` checks the committed ones
-are current.
+CLI reference (from the parser), the README's calibration tables and the latency-model
+page's overhead-term table (from the embedded calibration: :mod:`calibration.serving_errors`)
+and the site's front page (from the README). ``make docs`` writes them;
+``tests/docs/test_docs.py`` checks the committed ones are current.
 (The "why answers differ" page runs simulations: :mod:`comem.why`, ``make why``.)
 """
 

@@ -273,7 +273,7 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
 def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
     """'the agents differ: FC bf16 on 8 GPUs, CoMem fp8 on 4' where the two sides' agent
     engines differ in weight dtype or GPU type (the speedup then mixes the architecture
-    with the deployment), else None. The agent's GPU count is said too, when it differs."""
+    with the deployment), else None. The agents' GPU counts are said too."""
     if scenario is None:
         return None
     archs = {a.name: a for a in scenario.architectures}

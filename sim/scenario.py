@@ -504,6 +504,11 @@ def check_seeds(scenario: Scenario, seeds: int) -> None:
     over them than the agent-step budget."""
     if not 1 <= seeds <= MAX_RUN_SEEDS:
         raise ComemInputError(f"--seeds {seeds}: must be 1 to {MAX_RUN_SEEDS}")
+    if seeds > 1 and not any(a.kind == "fc" for a in scenario.architectures):
+        raise ComemInputError(
+            f"--seeds {seeds}: the scenario has no full-context (fc) architecture, so no"
+            " speedup to give the range of"
+        )
     steps, fields = agent_steps(scenario)
     limits.check(limits.AGENT_STEPS, steps * seeds, f"--seeds {seeds} x {fields}")
 

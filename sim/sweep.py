@@ -115,6 +115,32 @@ def base_path(path: str | Path) -> Path:
     return (p.parent / base).resolve()
 
 
+def _dotted(table: dict[str, Any], prefix: str = "") -> set[str]:
+    """The field paths a TOML table sets (``workload.agents = 3`` and ``[set.workload]
+    agents = 3`` both give ``workload.agents``)."""
+    out: set[str] = set()
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _dotted(value, f"{path}.")
+        out.add(path)
+    return out
+
+
+def _refuse_set_and_grid(
+    fixed: dict[str, Any], extra_sets: list[str], grid: dict[str, Any], where: str
+) -> None:
+    """A field both set (``[set]`` or a command-line flag) and swept: the grid's value
+    would win at every point and the other be dropped without a word."""
+    given = {p: "[set]" for p in _dotted(fixed)}
+    given |= {item.split("=", 1)[0].strip(): "a command-line flag" for item in extra_sets}
+    for path in sorted(grid):
+        if path in given:
+            raise ComemInputError(
+                f"{where}: {path!r} is in both {given[path]} and [grid]: keep it in one of them"
+            )
+
+
 def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
     """Read a sweep file and resolve (validate) every point before anything runs: its
     size and every point's cost are checked (:mod:`calibration.limits`) before the
@@ -153,11 +179,7 @@ def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
         for key in keys:
             if not key.strip() or "=" in key:
                 raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
-    both = sorted(set(fixed_table) & set(grid))
-    if both:  # the grid's value would win at every point: the [set] one would be dropped
-        raise ComemInputError(
-            f"{where}: {both[0]!r} is in both [set] and [grid]: keep it in one of them"
-        )
+    _refuse_set_and_grid(fixed_table, extra_sets or [], grid, where)
     fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
     fixed += extra_sets or []
     names = list(grid)

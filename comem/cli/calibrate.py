@@ -47,12 +47,14 @@ def cmd_calibrate_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse_foreign_profile(out: str | None) -> None:
-    """An existing ``--out`` that is not a profile is a user's file: not overwritten."""
+def _refuse_foreign_profile(out: str | None, measured: bool = False) -> None:
+    """An existing ``--out`` that is not a profile of the kind this fit writes is a user's
+    file (or another kind of fit's): not overwritten."""
     from calibration.outputs import refuse_foreign_file
     from calibration.profile import is_profile_json
 
-    refuse_foreign_file(out, is_profile_json, "a comem profile")
+    what = "a comem measured profile" if measured else "a comem kernel-fitted profile"
+    refuse_foreign_file(out, lambda d: is_profile_json(d, measured), what)
 
 
 def cmd_calibrate_fit(args: argparse.Namespace) -> int:
@@ -66,7 +68,7 @@ def cmd_calibrate_fit(args: argparse.Namespace) -> int:
         {"--measurements": args.measurements, "--e2e": args.e2e,
          "--overhead-from": args.overhead_from, "--measurements' metrics sidecar": sidecar},
     )  # fmt: skip
-    _refuse_foreign_profile(args.out)
+    _refuse_foreign_profile(args.out, measured=bool(args.measurements))
     _writable_file(args.out)
     if args.measurements:
         return _fit_measured(args)

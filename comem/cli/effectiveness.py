@@ -21,12 +21,10 @@ def cmd_fit_effectiveness(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else FIT_PATH
     if not args.show:
         from calibration.outputs import refuse_foreign_file
+        from sim.effectiveness import fit_from_dict
 
-        refuse_foreign_file(
-            out,
-            lambda d: isinstance(d, dict) and "estimate" in d and "cross_validation" in d,
-            "an effectiveness fit",
-        )
+        # ours: what the effectiveness reader accepts (it raises on anything else)
+        refuse_foreign_file(out, lambda d: fit_from_dict(d) is not None, "an effectiveness fit")
     if not args.show and args.data:
         from calibration.outputs import refuse_input_as_output
 

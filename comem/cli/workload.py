@@ -17,12 +17,14 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
 
     refuse_input_as_output(args.out, {"--steps": args.steps})
     from calibration.outputs import refuse_foreign_file
+    from sim.workloads import check_fitted
 
-    refuse_foreign_file(
-        args.out,
-        lambda d: isinstance(d, dict) and "variables" in d and "schema" in d,
-        "a fitted workload",
-    )
+    # ours: what the fitted-workload reader accepts (it raises on anything else)
+    def fitted(data: Any) -> bool:
+        check_fitted(data, "--out")  # raises on what is no fitted workload
+        return True
+
+    refuse_foreign_file(args.out, fitted, "a fitted workload")
     refuse_input_as_output(args.figure, {"--steps": args.steps}, "--figure")
     _writable_file(args.out)
     _writable_file(args.figure, "--figure")

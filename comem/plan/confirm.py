@@ -38,13 +38,15 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
         "kv_peak": s["kv_peak_fraction"],
         # the share of its summaries that happened (refused ones lose nothing)
         "summaries_made": summaries_made(s) if s["kind"] != "fc" else 1.0,
+        # why none was made, where none was: refused by an engine, or none due in time
+        "summary_requests_refused": s.get("summary_requests_refused", 0),
     }
 
 
 #: what a point file holds, checked when a plan resumes from it
 POINT_FIELDS = (
     "mean_step_s", "p99_step_s", "steps_per_s", "tasks_ended_early", "preemptions",
-    "summaries_made",
+    "summaries_made", "summary_requests_refused",
 )  # fmt: skip
 
 

@@ -47,6 +47,8 @@ class PlanRow:
     #: memory engine that refuses every summary request leaves an agent running as
     #: full context under the architecture's name); 1 for full context and estimates
     summaries_made: float = 1.0
+    #: summary requests an engine refused (0: where none was made, none was due in time)
+    summaries_refused: int = 0
 
     @property
     def summarizes(self) -> bool:
@@ -91,6 +93,7 @@ def rank(
             row.preemptions = sim["preemptions"]
             if c.kind != "fc":
                 row.summaries_made = float(sim.get("summaries_made", 1.0))
+                row.summaries_refused = int(sim.get("summary_requests_refused", 0))
             row.meets_slo = (
                 spec.slo_step_s is None or row.p99_step_s <= spec.slo_step_s
             ) and row.tasks_ended_early == 0

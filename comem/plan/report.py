@@ -26,7 +26,12 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
         if r.estimate_optimistic:
             notes.append("estimate omits preemption or turn-taking")
         if not r.summarizes:
-            notes.append("made no summary (memory engine refused them): ran as full context")
+            why = (
+                "memory engine refused them"
+                if r.summaries_refused
+                else "none was due and back in time: tasks shorter than k, or late"
+            )
+            notes.append(f"made no summary ({why}): ran as full context")
         elif r.summaries_made < 1:
             notes.append(f"made {r.summaries_made:.0%} of its summaries")
         if r.moe_dp_pessimistic:
@@ -149,7 +154,7 @@ def assumptions(spec: PlanSpec) -> list[str]:
     return [
         f"workload (from {source}{set_text}): {workload(model)}",
         f"agent {spec.agent_model} on at most {min(spec.gpus, spec.max_gpus or spec.gpus)}"
-        f" x {spec.gpu}, dtypes {' '.join(spec.dtypes)}, max_model_len {spec.max_model_len};"
+        f" x {spec.gpu}, dtypes {_dtypes_text(spec)}, max_model_len {spec.max_model_len};"
         " TP and DP of 1, 2, 4 or 8 within those GPUs, EP where MoE",
         f"memory model {spec.memory_model} bf16 (TP 1-4 dedicated, or co-located sharing the"
         f" agent's GPUs: memory split {AGENT_UTIL_COLOCATED} / {MEMORY_UTIL_COLOCATED}),"
@@ -171,6 +176,21 @@ def best_summarizing(rows: list[PlanRow]) -> PlanRow | None:
         ),
         None,
     )  # fmt: skip
+
+
+def _dtypes_text(spec: PlanSpec) -> str:
+    """The dtypes the plan tried, and those asked for that it could not."""
+    from comem.plan.space import usable_dtypes
+
+    used = usable_dtypes(spec)
+    dropped = [d for d in spec.dtypes if d not in used]
+    left = (
+        f" ({' '.join(dropped)} left out: not calibrated on {spec.gpu}, or an expert-only"
+        " format for a dense model)"
+        if dropped
+        else ""
+    )
+    return " ".join(used) + left
 
 
 def verdict(rows: list[PlanRow]) -> str:

@@ -48,7 +48,7 @@ def default_dtypes(agent_model: Any) -> list[str]:
     out: list[str] = list(ALL_DTYPES)
     try:
         own = checkpoint_dtype(str(agent_model))
-    except Exception:  # an unknown or broken model: its own error comes from get_model
+    except (ComemInputError, OSError, ValueError, TypeError):  # its own error comes later
         return out
     return out if own in out else [*out, own]
 
@@ -282,7 +282,7 @@ def enumerate_candidates(spec: PlanSpec) -> list[Candidate]:
         )
         raise ComemInputError(
             f"plan: no deployment of {spec.agent_model} fits {limit} x {spec.gpu}"
-            f" in {', '.join(spec.dtypes)}{memory}"
+            f" in {', '.join(dtypes)}{memory}"
         )
     return out
 

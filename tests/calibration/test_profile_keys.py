@@ -53,3 +53,29 @@ def test_a_measured_profile_with_a_misspelt_or_foreign_field_is_refused() -> Non
         MeasuredProfile.from_dict(extra, "m.json")
     with pytest.raises(ComemInputError, match="kind 'kernel'"):
         MeasuredProfile.from_dict({**good, "kind": "kernel"}, "m.json")
+
+
+def test_a_fit_may_replace_its_own_kind_of_output_and_nothing_else(tmp_path) -> None:
+    """--out over an earlier output of the same fit is allowed (a re-fit); over a user's
+    file, or over the other kind of profile, it is refused."""
+    from calibration.outputs import refuse_foreign_file
+    from calibration.profile import is_profile_json
+    from sim.workloads import FITTED_FILE, check_fitted
+
+    kernel = tmp_path / "kernel.json"
+    kernel.write_text(profile_path("h100_sxm", "bf16").read_text())
+    refuse_foreign_file(kernel, lambda d: is_profile_json(d), "a kernel profile")  # a re-fit
+    with pytest.raises(ComemInputError, match="not a measured profile"):
+        refuse_foreign_file(kernel, lambda d: is_profile_json(d, True), "a measured profile")
+
+    def fitted(d) -> bool:
+        check_fitted(d, "--out")
+        return True
+
+    refuse_foreign_file(FITTED_FILE, fitted, "a fitted workload")
+    with pytest.raises(ComemInputError, match="not a fitted workload"):
+        refuse_foreign_file(kernel, fitted, "a fitted workload")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000)  # too deep to parse: not ours, one line
+    with pytest.raises(ComemInputError, match="not a fitted workload"):
+        refuse_foreign_file(deep, fitted, "a fitted workload")

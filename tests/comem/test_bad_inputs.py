@@ -488,12 +488,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     (
         "out-user-file-fit",
         [*FIT[:-2], "--out", "{d}/a_file.txt", "--measurements", "{d}/good.csv"],
-        ["a_file.txt", "not a comem profile", "not overwritten"],
+        ["a_file.txt", "not a comem measured profile", "not overwritten"],
     ),  # fmt: skip
     (
         "out-user-file-fit-serving",
         ["calibrate", "fit-serving", "--csv", "{d}/good.csv", "--out", "{d}/a_file.txt"],
-        ["a_file.txt", "not a comem profile"],
+        ["a_file.txt", "not a comem kernel-fitted profile"],
     ),  # fmt: skip
     (
         "out-user-file-workload-fit",
@@ -1655,7 +1655,7 @@ def test_plan_points_with_impossible_numbers_are_simulated_again(tmp_path: Path)
 
     good = {"point": "k", "mean_step_s": 1.0, "p99_step_s": 2.0, "steps_per_s": 1.0,
             "tasks_ended_early": 0, "preemptions": 0, "tasks": 4,
-            "summaries_made": 1.0}  # fmt: skip
+            "summaries_made": 1.0, "summary_requests_refused": 0}  # fmt: skip
     f = tmp_path / "k.json"
     for bad in ({"mean_step_s": -1.0}, {"steps_per_s": math.inf}, {"tasks_ended_early": 999},
                 {"summaries_made": 1.5}):  # fmt: skip

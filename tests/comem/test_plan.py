@@ -223,3 +223,18 @@ def test_when_full_context_wins_the_scenario_holds_the_best_summarizer_too(tmp_p
     assert rows[0].candidate["kind"] == "fc"
     scenario = load_scenario(write_scenario(spec, rows, tmp_path / "chosen.toml"))
     assert [a.kind for a in scenario.architectures] == ["fc", "kso"]
+
+
+@pytest.mark.slow
+def test_a_summarizer_with_tasks_shorter_than_k_says_none_was_due(tmp_path):
+    """Tasks of 4 steps with k = 4: KSO is launched no summary. Its row says none was due
+    (not that an engine refused them), and it is not chosen."""
+    from comem.plan.report import table_markdown
+
+    spec = small(kinds=["fc", "kso"], k_values=[4], steps=4, agents=4, gpus=4)
+    rows, _ = run_plan(spec, workers=1, out=tmp_path)
+    kso = [r for r in rows if r.simulated and r.candidate["kind"] == "kso"]
+    assert kso and all(not r.summarizes and r.summaries_refused == 0 for r in kso)
+    text = table_markdown(rows, limit=len(rows))
+    assert "none was due" in text and "refused them" not in text
+    assert rows[0].candidate["kind"] == "fc"

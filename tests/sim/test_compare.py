@@ -45,3 +45,26 @@ def test_no_band_no_interval():
     out = _summary(6.0, 1.0)
     add_latency_intervals(out, AGENT.model_copy(update={"gpu": "l40s", "dtype": "fp8"}), 2.0, 3.0)
     assert "mean_step_latency_s_low" not in out
+
+
+def test_a_runs_intervals_take_its_own_first_token_and_decode_times():
+    """On a real run: the step interval is the tool time plus TTFT's band of the steps'
+    mean queue + prefill plus TPOT's band of their mean decode + stall."""
+    from sim.compare import finished_steps
+    from sim.scenario import Scenario, run_scenario
+
+    scenario = Scenario.model_validate(
+        {"workload": {"agents": 2, "steps": 4, "tool_s": 0.5},
+         "architectures": [{"name": "FC", "kind": "fc", "agent": {"model": "llama-3-8b"}}]}
+    )  # fmt: skip
+    result = run_scenario(scenario)
+    summary = result.summary()["architectures"]["FC"]
+    steps = finished_steps(result.results[0].steps)
+    first = float((steps["queue_s"] + steps["prefill_s"]).mean())
+    rest = float((steps["decode_s"] + steps["stall_s"]).mean())
+    bands = engine_error_bands(scenario.architectures[0].agent)
+    tool = summary["mean_env_exec_time_s"]
+    gpu = summary["mean_step_latency_s"] - tool
+    unassigned = max(0.0, gpu - first - rest)
+    low = tool + bands["ttft"].interval(first)[0] + bands["tpot"].interval(rest + unassigned)[0]
+    assert summary["mean_step_latency_s_low"] == pytest.approx(low, rel=1e-9)
