@@ -415,17 +415,35 @@ def _models_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[type[BaseM
     return models
 
 
-def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    """``"; did you mean 'agents'?"`` for a misspelt field at ``loc``, else ``""``."""
-    if not loc or not isinstance(loc[-1], str):
-        return ""
-    names = sorted({n for m in _models_at(model, loc[:-1]) for n in m.model_fields})
-    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+def close_name_hint(name: str, names: Any) -> str:
+    """``"; did you mean 'agents'?"`` for a misspelling of one of ``names``; the names
+    themselves when there are a few; else ``""``."""
+    known = sorted(names)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"
-    if names and len(names) <= 12:
-        return f"; known: {', '.join(names)}"
+    if known and len(known) <= 12:
+        return f"; known: {', '.join(known)}"
     return ""
+
+
+def did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """:func:`close_name_hint` for a misspelt field at ``loc`` of a pydantic ``model``."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    return close_name_hint(
+        loc[-1], {n for m in _models_at(model, loc[:-1]) for n in m.model_fields}
+    )
+
+
+def refuse_unknown_keys(data: dict[str, Any], known: Any, where: str) -> None:
+    """One line, with a "did you mean", for the first key of ``data`` (a JSON object read
+    from a file) not in ``known``: a misspelt field must not be dropped without a word
+    (in a profile, a term it names would price as 0)."""
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        hint = close_name_hint(unknown[0], known)
+        raise ComemInputError(f"{where}: unknown field {unknown[0]!r}{hint}")
 
 
 def validate(
@@ -534,6 +552,7 @@ __all__ = [
     "Tokens",
     "TokensOrZero",
     "InputModel",
+    "close_name_hint",
     "did_you_mean",
     "input_file",
     "numeric_column",
@@ -544,6 +563,7 @@ __all__ = [
     "read_json",
     "read_text",
     "read_toml",
+    "refuse_unknown_keys",
     "files_digest",
     "input_paths",
     "require_columns",

@@ -235,7 +235,7 @@ def _check_measured(data: dict[str, Any], source: str) -> None:
     def number(value: Any) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
 
-    from calibration.profile import refuse_unknown_keys
+    from calibration.inputs import refuse_unknown_keys
 
     refuse_unknown_keys(data, MEASURED_FIELDS, source)
     if data.get("kind", "measured") != "measured":

@@ -17,7 +17,7 @@ from typing import Any
 
 from calibration.dtypes import DTYPES
 from calibration.errors import ComemInputError
-from calibration.inputs import read_json
+from calibration.inputs import read_json, refuse_unknown_keys
 from calibration.opmodels import FORMS, OpFit, OpForm
 from calibration.outputs import write_text
 
@@ -95,18 +95,6 @@ OVERHEAD_RECORD_FIELDS = frozenset(
         "rows", "source", "tpot_mape", "ttft_mape",
     }
 )  # fmt: skip
-
-
-def refuse_unknown_keys(data: dict[str, Any], known: Any, where: str) -> None:
-    """One line, with a "did you mean", for the first key of ``data`` not in ``known``:
-    a misspelt field must not be dropped without a word (a term it names prices as 0)."""
-    import difflib
-
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ComemInputError(f"{where}: unknown field {unknown[0]!r}{hint}")
 
 
 def check_overhead(overhead: Any, source: str, name: str = "overhead") -> dict[str, Any]:
@@ -333,12 +321,7 @@ class Profile:
         for name in ("gpu", "dtype", "framework", "ops"):
             if name not in data:
                 raise ComemInputError(f"{source}: profile lacks field '{name}'")
-        unknown = sorted(set(data) - set(PROFILE_FIELDS))
-        if unknown:  # a misspelt field would otherwise be dropped without a word
-            raise ComemInputError(
-                f"{source}: unknown profile field {unknown[0]!r}; a profile has"
-                f" {', '.join(PROFILE_FIELDS)}"
-            )
+        refuse_unknown_keys(data, PROFILE_FIELDS, f"{source}: profile")
         for name in ("gpu", "framework"):
             if not isinstance(data[name], str) or not data[name].strip():
                 raise ComemInputError(

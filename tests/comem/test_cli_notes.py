@@ -53,7 +53,7 @@ def test_a_profile_with_an_unknown_field_is_one_line(tmp_path) -> None:
     bad.write_text(json.dumps(data))
     proc = run_comem("predict-static", "--model", "llama-3-8b", "--batch", "1", "--input",
                      "100", "--output", "10", "--profile", str(bad))  # fmt: skip
-    assert_user_error(proc, "unknown profile field 'opz'")
+    assert_user_error(proc, "profile: unknown field 'opz'", "did you mean 'ops'")
 
 
 def test_bench_serve_refuses_what_vllm_would_not_parse() -> None:
