@@ -47,36 +47,35 @@ def check_gpu_groups(configs: dict[str, EngineConfig]) -> list[str]:
     data parallelism (no data parallelism), memory fractions adding up to at most 1. Run
     when a scenario is read, so an impossible co-location is refused before anything
     runs, and again when its engines are built."""
-    groups: dict[str, list[EngineConfig]] = {}
-    label: dict[int, str] = {}  # an engine left unnamed in its file is named by its role
+    # each member with its label: an engine left unnamed in its file is named by its role
+    groups: dict[str, list[tuple[str, EngineConfig]]] = {}
     for role, cfg in configs.items():
-        label[id(cfg)] = role if cfg.name == "engine" else cfg.name
         if cfg.gpu_group is not None:
-            groups.setdefault(cfg.gpu_group, []).append(cfg)
+            label = role if cfg.name == "engine" else cfg.name
+            groups.setdefault(cfg.gpu_group, []).append((label, cfg))
     shared = []
     for name, members in groups.items():
         if len(members) < 2:
             continue
-        first = members[0]
-        for cfg in members[1:]:
+        first_label, first = members[0]
+        for label, cfg in members[1:]:
             if (cfg.gpu, cfg.tp, cfg.data_parallel_size) != (
                 first.gpu,
                 first.tp,
                 first.data_parallel_size,
             ):
                 raise ComemInputError(
-                    f"gpu_group '{name}': engines '{label[id(first)]}' and '{label[id(cfg)]}'"
-                    " share GPUs"
-                    " but differ in gpu, tp or data_parallel_size"
+                    f"gpu_group '{name}': engines '{first_label}' and '{label}'"
+                    " share GPUs but differ in gpu, tp or data_parallel_size"
                 )
-        total = sum(cfg.gpu_memory_utilization for cfg in members)
+        total = sum(cfg.gpu_memory_utilization for _, cfg in members)
         if total > 1.0 + 1e-9:
-            roles = ", ".join(f"{label[id(c)]} {c.gpu_memory_utilization}" for c in members)
+            roles = ", ".join(f"{label} {cfg.gpu_memory_utilization}" for label, cfg in members)
             raise ComemInputError(
                 f"gpu_group '{name}': gpu_memory_utilization adds up to {total:.2f} > 1"
                 f" ({roles}); give each engine its share"
             )
-        if any(cfg.data_parallel_size > 1 for cfg in members):
+        if any(cfg.data_parallel_size > 1 for _, cfg in members):
             raise ComemInputError(
                 f"gpu_group '{name}': co-located engines with data parallelism are not modelled"
             )

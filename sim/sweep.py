@@ -442,9 +442,8 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     best k per point of the other axes where the grid has a k axis; and the winner, with
     the axes on whose edge it sits."""
     col = f"speedup_{metric.replace('-', '_')}"
-    if not len(table) or "kind" not in table.columns:  # no point ran: nothing to summarize
-        return {"metric": metric, "rows": [], "best_k": [], "winner": None}
-    ok = table[(table["error"].fillna("") == "") & (table["kind"] != "fc")]
+    ran = len(table) and "kind" in table.columns  # a table of failed points has no results
+    ok = table[(table["error"].fillna("") == "") & (table["kind"] != "fc")] if ran else table
     axes = _axes(table)
     if not len(ok) or col not in ok.columns:
         return {"metric": metric, "rows": [], "best_k": [], "winner": None}

@@ -5,7 +5,7 @@ bound on agents, and which candidates are worth simulating (:func:`select`)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -153,8 +153,10 @@ K_PER_KIND = 3
 
 
 def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
-    """The candidates worth simulating: the ``top`` by estimate, each kind's two best, and
-    full context's best in every weight dtype (the verdict's baseline).
+    """The candidates worth simulating: the ``top`` by estimate, each kind's two best
+    layouts, full context's best in every weight dtype with and without offload (the
+    verdict's baseline), and each summarizing kind's best layout at its
+    :data:`K_PER_KIND` best k.
 
     CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
     form prices no offload), so an offload variant is simulated only past the KV bound."""
@@ -199,12 +201,6 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
         if not mine:
             continue
         top = mine[0]
-        same = [
-            c for c in mine
-            if (c.agent_tp, c.agent_dp, c.agent_dtype, c.agent_ep, c.memory_placement,
-                c.memory_tp, c.offload)
-            == (top.agent_tp, top.agent_dp, top.agent_dtype, top.agent_ep,
-                top.memory_placement, top.memory_tp, top.offload)
-        ]  # fmt: skip
+        same = [c for c in mine if replace(c, k=top.k) == top]  # its layout, any k
         chosen += [c for c in same[:K_PER_KIND] if c not in chosen]
     return chosen
