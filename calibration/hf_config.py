@@ -301,14 +301,23 @@ def _head_fields(cfg: Mapping[str, Any], hidden: int, where: str) -> tuple[int, 
     return q_heads, kv_heads, head_dim
 
 
+#: the config.json fields that count a MoE layer's routed experts (by family)
+_EXPERT_FIELDS = ("num_experts", "n_routed_experts", "num_local_experts")
+
+
 def _moe_fields(cfg: Mapping[str, Any], layers: int, where: str) -> dict[str, int]:
     """The mixture-of-experts fields (all 0 for a dense model) and ``moe_layers``, the
     number of MoE layers: routed experts, active per token, their width, and the shared
     experts in units of that width."""
-    experts_field = next(
-        (f for f in ("num_experts", "n_routed_experts", "num_local_experts") if cfg.get(f)), None
-    )
+    experts_field = next((f for f in _EXPERT_FIELDS if cfg.get(f)), None)
     experts = moe_layers = top_k = moe_inter = shared = 0
+    zero = next((f for f in _EXPERT_FIELDS if cfg.get(f) == 0 and f in cfg), None)
+    if experts_field is None and zero is not None and cfg.get("num_experts_per_tok"):
+        # a MoE config with no experts (a dense model does not route tokens)
+        raise ComemInputError(
+            f"{_where(where, zero)} is 0 while num_experts_per_tok is"
+            f" {cfg.get('num_experts_per_tok')!r}: a mixture-of-experts model needs experts"
+        )
     if experts_field is not None:
         experts = _int_field(cfg, experts_field, where)
         moe_layers = _moe_layer_count(cfg, layers, where)

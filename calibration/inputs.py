@@ -455,32 +455,69 @@ def validate(
     puts the chosen member's tag there: ``workload.synthetic.agents``).
     """
     try:
-        return model.model_validate(data)
+        result = model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        err = errors[0]
-        loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
-        field = f"{where}: {loc}" if where and loc else (where or loc)
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(model, tuple(err["loc"]))
-            msg = f"{field}: unknown field{hint}"
-        elif (
-            err["type"] == "string_pattern_mismatch"
-            and (err.get("ctx") or {}).get("pattern") == NO_CONTROL_CHARACTERS
-        ):
-            msg = (
-                f"{field}: must not hold control characters (newline, tab, NUL byte)"
-                f" (got {_short(err.get('input'))})"
-            )
-        elif err["type"] == "value_error":  # a model's own check: its message says it all
-            msg = f"{field}: {err['msg'].removeprefix('Value error, ')}"
-        else:
+        raise ComemInputError(_first_error(model, exc, where, union_tags)) from None
+    refuse_coerced_scalars(model, data, where, union_tags)
+    return result
+
+
+#: strict-mode errors of a value pydantic's lax mode converted from another scalar type
+_SCALAR_TYPES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false"}
+
+
+def refuse_coerced_scalars(
+    model: type[BaseModel], data: Any, where: str = "", union_tags: frozenset[str] = frozenset()
+) -> None:
+    """Refuse a number or a boolean written as a string (``agents = "2"``,
+    ``async_scheduling = "no"``) or a boolean given for a number: pydantic's lax mode
+    reads them (``"no"`` as false), a file that says something else than it means.
+    Lists for tuples and strings for paths, which only strict mode refuses, stay
+    accepted."""
+    try:
+        model.model_validate(data, strict=True)
+    except ValidationError as exc:
+        for err in exc.errors():
             value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
-            msg = f"{field}: {err['msg']}{shown}"
-        more = len(errors) - 1
-        extra = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-        raise ComemInputError(f"{msg}{extra}") from None
+            if err["type"] in _SCALAR_TYPES and isinstance(value, str | bool):
+                loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
+                field = f"{where}: {loc}" if where and loc else (where or loc)
+                kind = "the string" if isinstance(value, str) else "the boolean"
+                raise ComemInputError(
+                    f"{field}: expected {_SCALAR_TYPES[err['type']]}, got {kind}"
+                    f" {_short(value)}"
+                    + (" (write it without quotes)" if isinstance(value, str) else "")
+                ) from None
+
+
+def _first_error(
+    model: type[BaseModel], exc: ValidationError, where: str, union_tags: frozenset[str]
+) -> str:
+    """A validation error as one line naming the field (and how many more there are)."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = ".".join(str(p) for p in err["loc"] if p not in union_tags)
+    field = f"{where}: {loc}" if where and loc else (where or loc)
+    if err["type"] == "extra_forbidden":
+        hint = did_you_mean(model, tuple(err["loc"]))
+        msg = f"{field}: unknown field{hint}"
+    elif (
+        err["type"] == "string_pattern_mismatch"
+        and (err.get("ctx") or {}).get("pattern") == NO_CONTROL_CHARACTERS
+    ):
+        msg = (
+            f"{field}: must not hold control characters (newline, tab, NUL byte)"
+            f" (got {_short(err.get('input'))})"
+        )
+    elif err["type"] == "value_error":  # a model's own check: its message says it all
+        msg = f"{field}: {err['msg'].removeprefix('Value error, ')}"
+    else:
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {_short(value)})"
+        msg = f"{field}: {err['msg']}{shown}"
+    more = len(errors) - 1
+    extra = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{msg}{extra}"
 
 
 def _short(value: Any, limit: int = 80) -> str:

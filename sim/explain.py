@@ -294,7 +294,9 @@ def explain(
         got = results[_key(data)]
         rows.append({"input": one.name, "a": one.a, "b": one.b, **got,
                      "moves": _ratio(got["speedup"], base["speedup"])})  # fmt: skip
-    rows.sort(key=lambda r: -abs(math.log(r["moves"])) if r["moves"] else 0.0)
+    # by how far each input moves the verdict; within rounding, in the inputs' order (the
+    # last bits of a ratio of ~1 must not reorder the table between machines)
+    rows.sort(key=lambda r: -round(abs(math.log(r["moves"])), 6) if r["moves"] else 0.0)
     target = results[_key(b.data)]
     product = math.prod(r["moves"] for r in rows if r["moves"])
     path, before, skipped = [], base["speedup"], []

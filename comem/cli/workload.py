@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from calibration.errors import ComemInputError
@@ -28,6 +29,11 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     refuse_input_as_output(args.figure, {"--steps": args.steps}, "--figure")
     _writable_file(args.out)
     _writable_file(args.figure, "--figure")
+    if args.note and re.search(r"[\x00-\x08\x0b-\x1f\x7f]", args.note):
+        raise ComemInputError(
+            f"--note: must not hold control characters other than newline and tab"
+            f" (got {args.note[:60]!r})"
+        )
     steps = args.steps or default_steps_file()
     if steps is None:
         raise ComemInputError("no steps CSV: pass --steps (shared/ is not beside the project)")

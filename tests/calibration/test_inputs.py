@@ -82,3 +82,35 @@ def test_profile_fields_are_what_a_profile_writes() -> None:
     from calibration.profile import PROFILE_FIELDS, default_profile
 
     assert set(default_profile("h100_sxm", "bf16").to_dict()) == set(PROFILE_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "expected"),
+    [
+        ({"workload": {"agents": "2"}}, "workload.agents", "an integer, got the string '2'"),
+        ({"workload": {"tool_s": "0.5"}}, "workload.tool_s", "a number, got the string"),
+        (
+            {"architectures": [{"name": "FC", "kind": "fc", "agent": {"async_scheduling": "no"}}]},
+            "architectures.0.agent.async_scheduling",
+            "true or false, got the string 'no'",
+        ),
+    ],
+)
+def test_a_scalar_written_as_another_type_is_refused(data: dict, field: str, expected: str) -> None:
+    """pydantic's lax mode reads "no" as false and "2" as 2: a file must say what it means."""
+    from calibration.errors import ComemInputError
+    from calibration.inputs import validate
+    from sim.scenario import UNION_TAGS, Scenario
+
+    with pytest.raises(ComemInputError) as info:
+        validate(Scenario, data, "s.toml", UNION_TAGS)
+    msg = str(info.value)
+    assert msg.startswith(f"s.toml: {field}: expected") and expected in msg, msg
+
+
+def test_lists_for_tuples_and_plain_numbers_stay_accepted() -> None:
+    from calibration.inputs import validate
+    from sim.scenario import UNION_TAGS, Scenario
+
+    s = validate(Scenario, {"seed": 3, "workload": {"agents": 2, "tool_s": 1}}, "s", UNION_TAGS)
+    assert (s.seed, s.workload.agents, s.workload.tool_s) == (3, 2, 1.0)

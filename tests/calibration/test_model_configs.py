@@ -498,6 +498,11 @@ BAD_CONFIGS = [
     (_mutate("qwen3-235b-a22b", num_experts_per_tok=200), "num_experts_per_tok", "exceeds"),
     (_mutate("qwen3-235b-a22b", num_experts_per_tok=_DROP), "num_experts_per_tok", "missing"),
     (_mutate("qwen3-235b-a22b", moe_intermediate_size=0), "moe_intermediate_size", ">= 1"),
+    (
+        _mutate("mistral-7b", num_local_experts=0, num_experts_per_tok=2),
+        "num_local_experts",
+        "needs experts",
+    ),
     (_mutate("qwen3-235b-a22b", mlp_only_layers="all"), "mlp_only_layers", "list of integers"),
     (_mutate("glm-4.7", first_k_dense_replace=-1), "first_k_dense_replace", ">= 0"),
     (_mutate("llama-3-8b", sliding_window=-5), "sliding_window", ">= 1"),

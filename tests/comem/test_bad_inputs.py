@@ -737,6 +737,16 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["--set workload.agents"],
     ),
     ("digits-toml", ["run", "{d}/bigint.toml"], ["bigint.toml", "number"]),
+    (
+        "string-for-number",
+        ["run", "{d}/small.toml", "--set", 'workload.agents="2"'],
+        ["workload.agents", "without quotes"],
+    ),
+    (
+        "note-control-character",
+        ["workload", "fit", "--note", "a\x01b", "--out", "{d}/o/w.json"],
+        ["--note", "control characters"],
+    ),
     ("digits-json", [*PS, "--batch", "4", "--profile", "{d}/bigint.json"], ["bigint.json"]),
     ("fifo", ["run", "{d}/fifo.toml"], ["fifo.toml", "not a regular file"]),
     (
