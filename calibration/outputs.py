@@ -7,6 +7,7 @@ be written."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,26 +15,103 @@ from typing import Any
 
 from calibration.errors import ComemInputError
 
+#: the hidden file naming which command's result a directory holds, and its files
+RESULT_MARKER = ".comem-result.json"
+
+#: each command's result in a directory: the file that marks it whole, and the keys that
+#: file has (how a result written before :data:`RESULT_MARKER` existed is recognized)
+RESULT_KINDS: dict[str, tuple[str, frozenset[str]]] = {
+    "run": ("config.json", frozenset({"architectures", "workload"})),
+    "engine-sim": ("config.json", frozenset({"engine", "load"})),
+    "bench-serve": ("bench_serve.json", frozenset({"simulator", "completed"})),
+    "plan": ("plan.json", frozenset({"spec", "chosen"})),
+}
+
+
+def check_result_dir(directory: str | Path | None, kind: str) -> None:
+    """Refuse, before any work, an ``--out`` directory holding another command's result
+    or a user's file under the name that marks a ``kind`` result."""
+    if directory is None or not Path(directory).is_dir():
+        return
+    last = RESULT_KINDS[kind][0]
+    _earlier_result(Path(directory), [last], last, kind)
+
 
 def write_result(
-    directory: str | Path, writers: dict[str, Callable[[Path], object]], last: str
+    directory: str | Path,
+    writers: dict[str, Callable[[Path], object]],
+    last: str,
+    kind: str = "result",
 ) -> list[Path]:
     """Write a result's files so that a killed write is never read as a whole result, nor
     as a mix of two: every file of ``writers`` is removed first, each is written beside its
     place and renamed into it, ``last`` (the file a reader takes as the result's mark)
     after the others. ``writers``: file name -> a function writing that file to the path
-    it is given. Returns the paths, in ``writers``' order."""
+    it is given. Returns the paths, in ``writers``' order.
+
+    A directory is written only if what it holds under those names is an earlier result
+    of the same ``kind`` (the marker :data:`RESULT_MARKER` says so; a result written before
+    the marker existed: its ``last`` file has the kind's keys): a user's file is never
+    replaced, and one command's result never left beside another's tables. The files of
+    the earlier result the new one does not write go too."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_result(out, list(writers), last, kind)
     names = [n for n in writers if n != last] + [last]
-    for name in [last, *names]:  # the mark first: no old mark beside new files
+    marker = {"kind": kind, "files": sorted(set(names) | set(earlier))}
+    write_text(out / RESULT_MARKER, json.dumps(marker) + "\n", f"{kind} marker")
+    for name in [last, *earlier, *names]:  # the mark first: no old mark beside new files
         (out / name).unlink(missing_ok=True)
     for name in names:
         stem, dot, ext = name.rpartition(".")
         tmp = out / (f".{stem}.tmp.{ext}" if dot else f".{name}.tmp")  # keeps the format
         writers[name](tmp)
         tmp.replace(out / name)
+    write_text(out / RESULT_MARKER, json.dumps({"kind": kind, "files": names}) + "\n", "marker")
     return [out / n for n in writers]
+
+
+def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[str]:
+    """The files of the earlier result of ``kind`` in ``out`` (none: there is none);
+    refuses a directory holding another command's result, or a file of the user's
+    under a name the result writes."""
+    from calibration.inputs import read_json
+
+    marker = out / RESULT_MARKER
+    if marker.is_file():
+        try:
+            data = read_json(marker, "result marker")
+            other, files = data["kind"], [str(f) for f in data["files"]]
+        except (ComemInputError, KeyError, TypeError):
+            other, files = None, []
+        if other == kind:
+            return [f for f in files if "/" not in f and f not in (".", "..")]
+        if other is not None:
+            raise ComemInputError(
+                f"--out {out}: holds a comem {other} result, not {_article(kind)} {kind} result:"
+                " it is not overwritten (write elsewhere, or remove it first)"
+            )
+    taken = [n for n in names if (out / n).exists()]
+    if not taken:
+        return []
+    keys = RESULT_KINDS.get(kind, ("", frozenset()))[1]
+    ours = False
+    if keys and (out / last).is_file():
+        try:
+            data = read_json(out / last, kind)
+            ours = isinstance(data, dict) and keys <= set(data)
+        except ComemInputError:
+            ours = False
+    if not ours:
+        raise ComemInputError(
+            f"--out {out}: {taken[0]} exists and is not part of a comem {kind} result: it is"
+            " not overwritten (write elsewhere, or remove it first)"
+        )
+    return []
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def write_text(path: str | Path, text: str, what: str) -> Path:

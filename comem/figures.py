@@ -398,12 +398,14 @@ def _prefetch(names: list[str], out: Path, quick: bool, workers: int) -> dict[st
     ``workers`` processes (the costliest simulations first). Each simulation and figure is
     computed on its own, so the results do not depend on the number of workers. Returns
     the figures drawn."""
-    from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+    from concurrent.futures import Future, as_completed
+
+    from sim.workers import process_pool
 
     specs = list(dict.fromkeys(s for n in names if n in SIMULATIONS for s in SIMULATIONS[n](quick)))
     specs = sorted((s for s in specs if s not in _SIMS), key=_spec_cost, reverse=True)
     drawn: dict[str, list[Path]] = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         sims: dict[Future[Any], SimSpec] = {pool.submit(_simulate, s): s for s in specs}
         figs: dict[Future[Any], str] = {
             pool.submit(_draw, n, out, quick): n for n in names if n not in SIMULATIONS

@@ -17,12 +17,12 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
+from sim.workers import process_pool
 
 #: engine fields shown first when an engine differs (the deployment)
 _ENGINE_KEYS = ("gpu", "model", "tp", "data_parallel_size", "enable_expert_parallel", "dtype")
@@ -346,7 +346,7 @@ def _run_all(
             if on_done is not None:
                 on_done()
         return out
-    with ProcessPoolExecutor(max_workers=min(workers, len(keys))) as pool:
+    with process_pool(min(workers, len(keys))) as pool:
         for k, res in zip(keys, pool.map(_run_one, [(jobs[k], metric) for k in keys]), strict=True):
             out[k] = res
             if on_done is not None:

@@ -19,12 +19,12 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
+from sim.workers import process_pool
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "scenarios" / "paper"
 #: the default experiment, the one story `make run`, `comem run` without a file, `comem
@@ -226,7 +226,7 @@ def run_jobs(
     else:
         from concurrent.futures import as_completed
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(order))) as pool:
+        with process_pool(min(workers, len(order))) as pool:
             futures = {pool.submit(_run_architecture, *tasks[k][1:]): k for k in order}
             for fut in as_completed(futures):
                 finish(futures[fut], fut.result())

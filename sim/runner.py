@@ -61,7 +61,7 @@ class EngineRunResult:
         config = self.config.model_dump_json(indent=1) + "\n"
         writers = self.recorder.parquet_writers()
         writers["config.json"] = lambda p: p.write_text(config)
-        return write_result(directory, writers, "config.json")
+        return write_result(directory, writers, "config.json", "engine-sim")
 
 
 def check_run(run: EngineRun) -> None:

@@ -472,7 +472,7 @@ class ScenarioResult:
             for name, frame in tables.items()
         }
         writers["config.json"] = lambda p: p.write_text(config)
-        return write_result(out, writers, "config.json")
+        return write_result(out, writers, "config.json", "run")
 
 
 def run_scenario(scenario: Scenario, progress: bool = False) -> ScenarioResult:

@@ -280,7 +280,9 @@ def simulate_rows(
         return [_simulate_job(j) for j in jobs]
     import multiprocessing
 
-    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+    from sim.workers import pool_kwargs
+
+    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), **pool_kwargs()) as pool:
         return pool.map(_simulate_job, jobs, chunksize=1)
 
 

@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from calibration.errors import ComemInputError
 from calibration.inputs import files_digest
 from sim.config import read_toml
 from sim.scenario import Scenario, agent_steps, run_scenario, scenario_from
+from sim.workers import process_pool
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ def _grid_values(name: str, spec: Any, where: str) -> list[Any]:
     if isinstance(spec, list):
         if not spec:
             raise ComemInputError(f"{where}: grid.{name} is empty")
+        kinds = {"number" if isinstance(v, int | float) and not isinstance(v, bool)
+                 else type(v).__name__ for v in spec}  # fmt: skip
+        if len(kinds) > 1:  # one table column per axis: its values must be of one kind
+            raise ComemInputError(
+                f"{where}: grid.{name} mixes {' and '.join(sorted(kinds))} values ({spec!r});"
+                " give every value of an axis the same type"
+            )
         return spec
     if isinstance(spec, dict) and set(spec) <= {"start", "stop", "step"} and "stop" in spec:
         start, stop, step = spec.get("start", 0), spec["stop"], spec.get("step", 1)
@@ -84,7 +92,9 @@ def _grid_values(name: str, spec: Any, where: str) -> list[Any]:
     )
 
 
-def point_key(scenario: Scenario, replicate: int, files: bool = False) -> str:
+def point_key(
+    scenario: Scenario, replicate: int, files: bool = False, sweep_seed: int | None = None
+) -> str:
     """Hash of the resolved scenario (seed excluded) and the replicate index; with
     ``files``, also of the bytes of every file it reads (a trace, a profile, a model's
     config.json; the same key when it reads none): the name of its point file, so a
@@ -92,7 +102,8 @@ def point_key(scenario: Scenario, replicate: int, files: bool = False) -> str:
     body = scenario.model_dump_json(exclude={"seed"})
     extra = files_digest(scenario.model_dump()) if files else ""
     tail = f"|{extra}" if extra else ""
-    return hashlib.sha256(f"{body}|{replicate}{tail}".encode()).hexdigest()[:16]
+    seed = "" if sweep_seed is None else f"|seed {sweep_seed}"
+    return hashlib.sha256(f"{body}|{replicate}{tail}{seed}".encode()).hexdigest()[:16]
 
 
 def point_seed(sweep_seed: int, key: str) -> int:
@@ -124,6 +135,17 @@ def _dotted(table: dict[str, Any], prefix: str = "") -> set[str]:
         if isinstance(value, dict):
             out |= _dotted(value, f"{path}.")
         out.add(path)
+    return out
+
+
+def _leaves(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(field path, value) of every value of a TOML table that is not itself a table."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
     return out
 
 
@@ -180,7 +202,9 @@ def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
             if not key.strip() or "=" in key:
                 raise ComemInputError(f"{where}: {table} key {key!r} is no field path")
     _refuse_set_and_grid(fixed_table, extra_sets or [], grid, where)
-    fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in fixed_table.items()]
+    # a nested table ([set.workload] or workload.tool_s = 0.2) sets its fields one by one:
+    # as one override it would replace the base scenario's whole table
+    fixed = [f"{k}={_toml_value(v, f'{where}: set.{k}')}" for k, v in _leaves(fixed_table)]
     fixed += extra_sets or []
     names = list(grid)
     values = [_grid_values(n, grid[n], where) for n in names]
@@ -212,7 +236,9 @@ def load_sweep(path: str | Path, extra_sets: list[str] | None = None) -> Sweep:
             # the seed from the settings alone (a file's new bytes change no draw)
             seed = point_seed(sweep_seed, point_key(scenario, rep))
             seeded = scenario.model_copy(update={"seed": seed})
-            key = point_key(scenario, rep, files=True)
+            # the sweep's seed is in the file's name: a re-run with another seed into the
+            # same --out simulates again instead of reading the old seed's points back
+            key = point_key(scenario, rep, files=True, sweep_seed=sweep_seed)
             points.append(SweepPoint(key, index, dict(zip(names, combo, strict=True)), rep, seeded))
     limits.check(limits.SWEEP_AGENT_STEPS, total_steps, f"{where}: all {len(points)} points")
     return Sweep(p, points)
@@ -328,7 +354,11 @@ def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["point", "replicate", "architecture"], ignore_index=True)
-        table.to_parquet(Path(out_dir) / "results.parquet", index=False)
+        # beside its place, then renamed: a killed write keeps the last whole table
+        final = Path(out_dir) / "results.parquet"
+        tmp = final.with_name(f".results.{os.getpid()}.tmp.parquet")
+        table.to_parquet(tmp, index=False)
+        tmp.replace(final)
     return table
 
 
@@ -344,7 +374,7 @@ def _iterate_local(todo: list[SweepPoint], out: str, workers: int) -> Iterator[s
         for pt in todo:
             yield run_point(pt, out)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         futures = [pool.submit(run_point, pt, out) for pt in todo]
         for fut in as_completed(futures):
             yield fut.result()

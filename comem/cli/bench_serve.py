@@ -104,7 +104,7 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
         ("requests.parquet", "engine_steps.parquet", "bench_serve.json"),
         {"settings": cfg.model_dump()},
     )
-    _writable_dir(args.out)
+    _writable_dir(args.out, kind="bench-serve")
     save_to = _bench_serve_result_path(args) if args.save_result else None
     result = _with_progress(
         not args.json, "bench-serve", "requests", cfg.num_prompts,
@@ -232,7 +232,9 @@ def _write_bench_serve(
         text = json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
         writers = result.recorder.parquet_writers()
         writers["bench_serve.json"] = lambda p: p.write_text(text)
-        out["files"] = [str(p) for p in write_result(args.out, writers, "bench_serve.json")]
+        out["files"] = [
+            str(p) for p in write_result(args.out, writers, "bench_serve.json", "bench-serve")
+        ]
 
 
 def _print_bench_serve(out: dict[str, Any], args: argparse.Namespace, save_to: Any) -> None:

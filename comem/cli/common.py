@@ -27,12 +27,15 @@ def _workers(requested: int | None, jobs: int) -> int:
     return max(1, min(requested or cpus, jobs))
 
 
-def _writable_dir(path: str | None, flag: str = "--out") -> None:
-    """Fail before a run, not after it, if its output directory cannot be written."""
+def _writable_dir(path: str | None, flag: str = "--out", kind: str | None = None) -> None:
+    """Fail before a run, not after it, if its output directory cannot be written (or,
+    for a ``kind`` of result, holds something else: :func:`check_result_dir`)."""
     if path is not None:
-        from calibration.outputs import writable_dir
+        from calibration.outputs import check_result_dir, writable_dir
 
         writable_dir(path, flag)
+        if kind is not None:
+            check_result_dir(path, kind)
 
 
 def _writable_file(path: str | None, flag: str = "--out") -> None:

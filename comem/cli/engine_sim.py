@@ -21,7 +21,7 @@ def cmd_engine_sim(args: argparse.Namespace) -> int:
         ("requests.parquet", "engine_steps.parquet", "config.json"),
         {"settings": run.model_dump()},
     )
-    _writable_dir(args.out)
+    _writable_dir(args.out, kind="engine-sim")
     result = run_engine_load(run, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []

@@ -81,7 +81,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         ("plan.md", "plan.json", "pareto.png", "chosen_scenario.toml"),
         {"--spec": args.spec, "settings": spec.model_dump()},
     )
-    _writable_dir(str(out), "--out")
+    _writable_dir(str(out), "--out", kind="plan")
     from comem.plan.space import enumerate_candidates
 
     enumerate_candidates(spec)  # an unknown GPU or model, nothing that fits: before any note
@@ -120,6 +120,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "plan.json": lambda p: p.write_text(text),
         },
         "plan.json",
+        "plan",
     )
     payload["files"] = [str(p) for p in written]
     if args.json:

@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
          "config.json"),
         {"scenario": args.scenario, "settings": scenario.model_dump()},
     )  # fmt: skip
-    _writable_dir(args.out)
+    _writable_dir(args.out, kind="run")
     result = run_scenario(scenario, progress=not args.json)
     summary = result.summary()
     written = result.write(args.out) if args.out else []

@@ -8,13 +8,14 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
 from comem.plan.scenario import scenario_dict
 from comem.plan.space import Candidate, PlanSpec
+from sim.workers import process_pool
 
 
 def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
@@ -136,7 +137,7 @@ def confirm(
         for job in todo:
             keep(_simulate(job))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+        with process_pool(min(workers, len(todo))) as pool:
             for fut in as_completed([pool.submit(_simulate, job) for job in todo]):
                 keep(fut.result())
     return done

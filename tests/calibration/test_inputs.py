@@ -114,3 +114,57 @@ def test_lists_for_tuples_and_plain_numbers_stay_accepted() -> None:
 
     s = validate(Scenario, {"seed": 3, "workload": {"agents": 2, "tool_s": 1}}, "s", UNION_TAGS)
     assert (s.seed, s.workload.agents, s.workload.tool_s) == (3, 2, 1.0)
+
+
+def test_a_result_never_replaces_a_users_file_or_another_commands_result(
+    tmp_path: Path,
+) -> None:
+    from calibration.errors import ComemInputError
+    from calibration.outputs import RESULT_MARKER, check_result_dir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "a.parquet").write_text("a measurement")
+    with pytest.raises(ComemInputError, match="a.parquet exists and is not part of"):
+        write_result(mine, _writers("new"), "result.json", "run")
+    assert (mine / "a.parquet").read_text() == "a measurement"
+    (tmp_path / "engine").mkdir()
+    write_result(tmp_path / "engine", _writers("old"), "result.json", "engine-sim")
+    for attempt in (
+        lambda: check_result_dir(tmp_path / "engine", "run"),
+        lambda: write_result(tmp_path / "engine", {"x.parquet": _writers("n")["a.parquet"],
+                             "result.json": _writers("n")["result.json"]}, "result.json", "run"),
+    ):  # fmt: skip
+        with pytest.raises(ComemInputError, match="holds a comem engine-sim result, not a run"):
+            attempt()
+    assert (tmp_path / "engine" / "b.png").read_text() == "old b.png"
+    # the same kind again: replaced whole, its earlier files that the new one lacks gone
+    fewer = {n: w for n, w in _writers("new").items() if n != "b.png"}
+    write_result(tmp_path / "engine", fewer, "result.json", "engine-sim")
+    left = sorted(p.name for p in (tmp_path / "engine").iterdir())
+    assert left == [RESULT_MARKER, "a.parquet", "result.json"]
+
+
+def test_a_result_written_before_the_marker_is_recognized_by_its_mark(tmp_path: Path) -> None:
+    import json
+
+    from calibration.errors import ComemInputError
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"architectures": [], "workload": {}}))
+    (old / "steps.parquet").write_text("old")
+    write_result(
+        old,
+        {
+            "steps.parquet": lambda p: p.write_text("new"),
+            "config.json": lambda p: p.write_text("{}"),
+        },
+        "config.json",
+        "run",
+    )
+    assert (old / "steps.parquet").read_text() == "new"
+    (old / ".comem-result.json").unlink()
+    (old / "config.json").write_text(json.dumps({"someone": "else"}))
+    with pytest.raises(ComemInputError, match="config.json exists and is not part of"):
+        write_result(old, {"config.json": lambda p: p.write_text("{}")}, "config.json", "run")

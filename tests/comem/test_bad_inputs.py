@@ -1523,7 +1523,35 @@ def test_a_sweep_point_is_keyed_by_the_files_it_reads(tmp_path: Path) -> None:
     assert all(a.key != b.key for a, b in zip(after, before, strict=True))
     assert [a.scenario.seed for a in after] == [b.scenario.seed for b in before]
     plain = load_sweep(_small_sweep(tmp_path)).points[0]
-    assert plain.key == point_key(plain.scenario, 0)  # no file read: the key of before
+    assert plain.key == point_key(plain.scenario, 0, sweep_seed=0)  # no file read
+
+
+def test_a_sweep_seed_is_in_its_point_files_names(tmp_path: Path) -> None:
+    """Another sweep seed into the same --out must simulate again, not read back the
+    first seed's points (their file names were the settings' alone)."""
+    from sim.sweep import load_sweep
+
+    sweep = _small_sweep(tmp_path)
+    first = load_sweep(sweep).points
+    sweep.write_text("seed = 7\n" + sweep.read_text())
+    again = load_sweep(sweep).points
+    assert all(a.key != b.key for a, b in zip(again, first, strict=True))
+    assert all(a.scenario.seed != b.scenario.seed for a, b in zip(again, first, strict=True))
+
+
+def test_a_nested_set_table_changes_only_its_fields(tmp_path: Path) -> None:
+    """[set.workload] tool_s = 0.2 (or workload.tool_s = 0.2) sets one field: it must not
+    replace the base scenario's whole workload table with the defaults."""
+    from sim.sweep import load_sweep
+
+    sweep = _small_sweep(tmp_path)
+    base = load_sweep(sweep).points[0].scenario.workload
+    for form in ("[set.workload]\ntool_s = 0.25\n", "[set]\nworkload.tool_s = 0.25\n"):
+        sweep.write_text(f'base = "{tmp_path / "small.toml"}"\n{form}'
+                         '[grid]\n"workload.agents" = [1]\n')  # fmt: skip
+        w = load_sweep(sweep).points[0].scenario.workload
+        assert w.tool_s == 0.25 and base.tool_s != 0.25, form
+        assert w.model_dump(exclude={"tool_s"}) == base.model_dump(exclude={"tool_s"}), form
 
 
 def _small_sweep(d: Path) -> Path:

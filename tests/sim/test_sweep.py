@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim.sweep import load_sweep, point_seed, run_sweep
+from sim.sweep import load_sweep, point_key, point_seed, run_sweep
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "scenarios" / "paper_latency_glm47.toml"
@@ -47,7 +47,7 @@ def test_point_seeds_derive_from_the_sweep_seed_and_key(tmp_path):
     keys = [p.key for p in sweep.points]
     assert len(set(keys)) == len(keys)
     for p in sweep.points:
-        assert p.scenario.seed == point_seed(0, p.key)
+        assert p.scenario.seed == point_seed(0, point_key(p.scenario, p.replicate))
     again = load_sweep(_sweep_file(tmp_path, seeds=3))
     assert [p.key for p in again.points] == keys
 
@@ -73,6 +73,37 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     assert len(resumed) == 24 and resumed.groupby(["key", "architecture"]).size().max() == 1
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal: Linux only")
+@pytest.mark.slow
+def test_a_killed_sweeps_workers_die_with_it(tmp_path):
+    """kill -9 of the command (not its process group): its pool's workers must not go
+    on simulating, nor wait forever on a pipe no one writes."""
+    spec = _sweep_file(tmp_path, agents=(8, 16, 24, 32))
+    cmd = [sys.executable, "-m", "comem", "sweep", str(spec), "--workers", "2",
+           "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[str] = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 2 and proc.poll() is None:
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        children = found.stdout.split()
+        time.sleep(0.05)
+    assert len(children) == 2, "the sweep ended before its workers could be seen"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    alive = children
+    while alive and time.time() < deadline:
+        alive = [
+            c
+            for c in children
+            if Path(f"/proc/{c}").exists()
+            and "zombie" not in Path(f"/proc/{c}/status").read_text(errors="replace")
+        ]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived the killed sweep"
+
+
 @pytest.mark.parametrize(
     "grid,needle",
     [
@@ -81,6 +112,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
         ('"workload.agents" = {start = "a", stop = 4}', "numbers"),
         ('"workload.agents" = {start = 8, stop = 4}', "empty"),
         ('"workload.agents" = 7', "list or a range"),
+        ('"workload.agents" = [2, "3"]', "mixes number and str"),
         ('"workload.agents" = [1, 2]\n[set]\n"workload.agents" = 3', "both [set] and [grid]"),
     ],
 )
