@@ -272,8 +272,9 @@ def summaries_note(summary: dict[str, Any], name: str) -> str | None:
 
 def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
     """'the agents differ: FC bf16 on 8 GPUs, CoMem fp8 on 4' where the two sides' agent
-    engines differ in weight dtype or GPU type (the speedup then mixes the architecture
-    with the deployment), else None. The agents' GPU counts are said too."""
+    engines differ in weight dtype or GPU type, or 'the GPUs differ: FC on 4 x h200_sxm,
+    CoMem on 6 (agent 4, memory model 2)' where the two sides use different numbers of
+    GPUs (the speedup then mixes the architecture with the deployment), else None."""
     if scenario is None:
         return None
     archs = {a.name: a for a in scenario.architectures}
@@ -283,15 +284,26 @@ def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
 
     def agent(arch: Any) -> tuple[str, str, int]:
         e = arch.agent
-        return str(e.dtype), str(e.gpu), int(e.tp) * int(getattr(e, "data_parallel_size", 1) or 1)
+        return str(e.dtype), str(e.gpu), engine_gpus(e)
 
     (da, ga, na), (db, gb, nb) = agent(a), agent(b)
-    if (da, ga) == (db, gb):
+    tail = " (the speedup is the deployment's as well as the architecture's)"
+    if (da, ga) != (db, gb):
+        return f"the agents differ: {ref} {da} on {na} x {ga}, {name} {db} on {nb} x {gb}{tail}"
+    if architecture_gpus(a) == architecture_gpus(b):
         return None
-    return (
-        f"the agents differ: {ref} {da} on {na} x {ga}, {name} {db} on {nb} x {gb}"
-        " (the speedup is the deployment's as well as the architecture's)"
-    )
+    return f"the GPUs differ: {ref} on {_gpus_said(a)}, {name} on {_gpus_said(b)}{tail}"
+
+
+def _gpus_said(arch: Any) -> str:
+    """'6 x h200_sxm (agent 4, memory model 2)', or '4 x h200_sxm'."""
+    total = architecture_gpus(arch)
+    text = f"{total} x {arch.agent.gpu}"
+    if total != engine_gpus(arch.agent):
+        text += (
+            f" (agent {engine_gpus(arch.agent)}, memory model {total - engine_gpus(arch.agent)})"
+        )
+    return text
 
 
 def interval_caveats(summary: dict[str, Any]) -> list[str]:

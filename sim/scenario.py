@@ -276,6 +276,24 @@ def check_engines(scenario: Scenario, where: str = "scenario") -> None:
             check_gpu_groups({r: cfg for r, cfg in roles.items() if cfg is not None})
         except ComemInputError as exc:
             raise ComemInputError(f"{where}: architecture '{arch.name}': {exc}") from None
+    check_summary_fits(scenario, where)
+
+
+def check_summary_fits(scenario: Scenario, where: str = "scenario") -> None:
+    """Refuse a memory model whose context cannot hold the summary instruction and the
+    summary: the history is cut to fit, and the instruction would be cut with it (a
+    summary of nothing, reported as made)."""
+    out = scenario.workload.summary_tokens
+    for i, arch in enumerate(scenario.architectures):
+        if arch.memory is None:
+            continue
+        asked = arch.summary_prompt_tokens
+        if asked + out >= arch.memory.max_model_len:
+            raise ComemInputError(
+                f"{where}: architectures.{i} ('{arch.name}'): summary_prompt_tokens ({asked})"
+                f" + workload.summary_tokens ({out}) do not fit the memory model's"
+                f" max_model_len ({arch.memory.max_model_len})"
+            )
 
 
 #: the workload kinds (pydantic puts the chosen one in error paths)

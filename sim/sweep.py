@@ -29,7 +29,7 @@ import pandas as pd
 
 from calibration import limits
 from calibration.errors import ComemInputError
-from calibration.inputs import files_digest
+from calibration.input_files import files_digest
 from sim.config import read_toml
 from sim.scenario import Scenario, agent_steps, run_scenario, scenario_from
 from sim.workers import process_pool

@@ -54,7 +54,7 @@ def _outputs_not_inputs(
     by name, and settings (``model_dump()``) whose strings may name files."""
     if out is None:
         return
-    from calibration.inputs import input_paths
+    from calibration.input_files import input_paths
     from calibration.outputs import refuse_outputs_over_inputs
 
     found: dict[str, Any] = {}

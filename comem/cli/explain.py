@@ -38,7 +38,7 @@ def _explain_out_is_safe(out: str, sides: list[str], loaded: list[Any]) -> None:
     run's or plan's directory, or a file the scenarios read; and an existing file that is
     not an earlier explanation (a user's file is not overwritten)."""
     from calibration.errors import ComemInputError
-    from calibration.inputs import input_paths
+    from calibration.input_files import input_paths
     from calibration.outputs import refuse_input_as_output
     from sim.explain import EXPLANATION_HEAD
 

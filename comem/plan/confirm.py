@@ -57,7 +57,7 @@ def point_key(spec: PlanSpec, c: Candidate) -> str:
     the bytes of the files that scenario reads (a trace, a model's config.json), so a plan
     re-run with other ``--agents`` (or model, or workload) in the same ``--out`` never
     reads another question's results: both sets of points coexist."""
-    from calibration.inputs import files_digest
+    from calibration.input_files import files_digest
 
     scenario = scenario_dict(spec, c)
     digest = hashlib.sha256(json.dumps(scenario, sort_keys=True, default=str).encode())

@@ -52,3 +52,28 @@ def test_a_fitted_workload_line_states_what_drives_its_answers():
     line = workload(w)
     assert "means of 256 drawn tasks" in line and f"{shape.steps:.0f} steps" in line
     assert f"decoded {shape.action_tokens:,.0f} tokens" in line
+
+
+def test_the_verdict_says_when_the_two_sides_use_different_gpus() -> None:
+    """A speedup of CoMem on 4 + 2 GPUs over full context on 4 is partly the 2 GPUs."""
+    from sim.describe import unlike_agents_note
+    from sim.scenario import scenario_from
+
+    agent = {"model": "llama-3-8b", "gpu": "h100_sxm", "tp": 4}
+    memory = {"model": "qwen3-4b", "gpu": "h100_sxm", "tp": 2}
+    fc = {"name": "FC", "kind": "fc", "agent": agent}
+    kso = {"name": "KSO", "kind": "kso", "k": 2, "agent": agent, "memory": memory}
+    data = {"workload": {"agents": 1, "steps": 4}, "architectures": [fc, kso]}
+    note = unlike_agents_note(scenario_from(data, [], "s"), "FC", "KSO")
+    assert note is not None and note.startswith("the GPUs differ: FC on 4 x h100_sxm, KSO on 6")
+    assert "(agent 4, memory model 2)" in note
+    shared = {
+        **kso,
+        "agent": {**agent, "gpu_group": "g", "gpu_memory_utilization": 0.6},
+        "memory": {**memory, "tp": 4, "gpu_group": "g", "gpu_memory_utilization": 0.3},
+    }
+    data["architectures"] = [fc, shared]
+    assert unlike_agents_note(scenario_from(data, [], "s"), "FC", "KSO") is None
+    data["architectures"] = [fc, {**kso, "agent": {**agent, "dtype": "fp8"}}]
+    note = unlike_agents_note(scenario_from(data, [], "s"), "FC", "KSO")
+    assert note is not None and note.startswith("the agents differ: FC bf16 on 4")

@@ -352,3 +352,21 @@ def test_total_step_time_follows_the_authors_formulas():
     assert total_step_time("overlapped", 2.0, 1.5, 0.75, 1.0) == 3.25
     assert POLICIES["kso"].step_accounting == POLICIES["kso-authors"].step_accounting
     assert POLICIES["fc"].step_accounting == "sequential"
+
+
+def test_a_summary_instruction_the_memory_model_cannot_hold_is_refused() -> None:
+    """The history is cut to the memory model's context; an instruction and summary that
+    do not fit in it would be cut too, and the summaries reported as made."""
+    from calibration.errors import ComemInputError
+    from sim.scenario import scenario_from
+
+    memory = {"model": "qwen3-4b", "gpu": "h100_sxm", "tp": 1, "max_model_len": 4096}
+    arch = {"name": "KSO", "kind": "kso", "k": 2, "memory": memory,
+            "agent": {"model": "llama-3-8b", "gpu": "h100_sxm", "tp": 1}}  # fmt: skip
+    data = {"workload": {"agents": 1, "steps": 4, "summary_tokens": 1024}, "architectures": [arch]}
+    scenario_from(data, [], "s.toml")  # 64 + 1024 tokens fit in 4096
+    with pytest.raises(ComemInputError) as info:
+        scenario_from(data, ["architectures.0.summary_prompt_tokens=3500"], "s.toml")
+    msg = str(info.value)
+    assert "architectures.0 ('KSO'): summary_prompt_tokens (3500)" in msg
+    assert "max_model_len (4096)" in msg
