@@ -220,6 +220,36 @@ def _moe_layer_count(cfg: Mapping[str, Any], layers: int, where: str) -> int:
     return layers
 
 
+def check_quantization_fields(cfg: Mapping[str, Any], where: str = "") -> None:
+    """Refuse a ``quantization_config`` (top level or in ``text_config``) that is not a
+    JSON object, and a ``weight_block_size`` in it that is not two positive integers
+    (or null), naming the field: read past, either would price the checkpoint as bf16
+    weights or with the wrong fp8 scaling, silently."""
+    text = cfg.get("text_config")
+    places = [(cfg, where)]
+    if isinstance(text, Mapping):
+        places.append((text, _where(where, "text_config")))
+    for holder, at in places:
+        quant = holder.get("quantization_config")
+        if quant is None:
+            continue
+        name = _where(at, "quantization_config")
+        if not isinstance(quant, Mapping):
+            raise ComemInputError(
+                f"{name} must be a JSON object (quant_method and its settings), got {quant!r}"
+            )
+        block = quant.get("weight_block_size")
+        if block is not None and not (
+            isinstance(block, list)
+            and len(block) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)
+        ):
+            raise ComemInputError(
+                f"{name}.weight_block_size must be two positive integers ([128, 128]) or"
+                f" null, got {block!r}"
+            )
+
+
 def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """Map a Hugging Face config to ModelSpec's architecture fields (no hf_id / alias).
 
@@ -229,6 +259,7 @@ def architecture_from_config(cfg: Mapping[str, Any], where: str = "") -> dict[st
     """
     if not isinstance(cfg, Mapping):
         raise ComemInputError(f"{where or 'config'}: a config.json holds a JSON object")
+    check_quantization_fields(cfg, where)
     text = cfg.get("text_config")
     if "num_hidden_layers" not in cfg and isinstance(text, Mapping):
         cfg = text

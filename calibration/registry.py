@@ -14,7 +14,11 @@ from typing import Any
 
 from calibration.dtypes import DTYPE_BYTES, DTYPES, check_dtype
 from calibration.errors import ComemInputError, UnknownNameError
-from calibration.hf_config import architecture_from_config, read_config_file
+from calibration.hf_config import (
+    architecture_from_config,
+    check_quantization_fields,
+    read_config_file,
+)
 from calibration.model_spec import ModelSpec
 
 GIB = 2**30
@@ -214,7 +218,9 @@ def quantization_dtype(config: dict[str, Any], quant_file: Path | None = None) -
     activations: compressed-tensors as Kimi-K2.5, AWQ, GPTQ), ``bf16`` without one.
 
     A method or bit width no kernel table here prices (bitsandbytes, 8-bit integers, ...)
-    is refused in one line: pricing it as bf16 would read twice to four times the bytes."""
+    is refused in one line: pricing it as bf16 would read twice to four times the bytes;
+    so is a ``quantization_config`` that is no JSON object (:func:`check_quantization_fields`)."""
+    check_quantization_fields(config)
     text = config.get("text_config")
     quant = config.get("quantization_config")
     if quant is None and isinstance(text, dict):

@@ -11,7 +11,7 @@ Columns used (see the data's README): ``prompt_tokens`` of step 0 (system + task
 prompt), ``completion_tokens``, ``visible_output_tokens``, ``observation_tokens_derived``
 (clipped at 0; ``observation_tokens_est_chars4`` where missing), ``tool_time_s`` (where
 missing, e.g. the Gemini rows, drawn from the pooled measured tool times with the
-scenario's seed).
+scenario's seed). The CSV is read and checked by :func:`sim.trace_steps.load_steps`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from calibration.errors import ComemInputError
 from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText, Rate, Tokens
 from sim.actions import Step, Task
+from sim.trace_steps import load_steps
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 FITTED_FILE = DATA_DIR / "swebench_fitted.json"
@@ -44,45 +45,6 @@ def default_steps_file() -> Path | None:
         return None
     p = shared / "data" / "workloads" / STEPS_FILE_NAME
     return p if p.is_file() else None
-
-
-@lru_cache(maxsize=4)
-def load_steps(path: str) -> pd.DataFrame:
-    """Read and clean a steps CSV (one row per LLM call)."""
-    from calibration.inputs import numeric_column, read_csv
-
-    p = Path(path)
-    needed = [
-        "source",
-        "trajectory_id",
-        "step",
-        "prompt_tokens",
-        "completion_tokens",
-        "visible_output_tokens",
-        "observation_tokens_derived",
-        "observation_tokens_est_chars4",
-        "tool_time_s",
-    ]
-    frame = read_csv(p, "agent-steps", usecols=needed)
-    where = str(p)
-    low, high = -MAX_TOKENS, MAX_TOKENS
-    frame["step"] = numeric_column(frame, "step", where, low=0, high=MAX_TOKENS, whole=True)
-    for col in ("completion_tokens", "visible_output_tokens", "observation_tokens_est_chars4"):
-        frame[col] = numeric_column(frame, col, where, low=low, high=high)
-    # empty where the source did not measure it (prompt counts, the derived observation,
-    # tool times: see the module docstring)
-    for col in ("prompt_tokens", "observation_tokens_derived"):
-        frame[col] = numeric_column(frame, col, where, low=low, high=high, nullable=True)
-    frame["tool_time_s"] = numeric_column(
-        frame, "tool_time_s", where, low=-MAX_SECONDS, high=MAX_SECONDS, nullable=True
-    )
-    obs = frame["observation_tokens_derived"].fillna(frame["observation_tokens_est_chars4"])
-    return frame.assign(
-        observation=obs.clip(lower=0).round().astype(int),
-        completion=frame["completion_tokens"].clip(lower=1).astype(int),
-        kept=frame["visible_output_tokens"].clip(lower=0).astype(int),
-        tool_s=frame["tool_time_s"].clip(lower=0),
-    ).sort_values(["trajectory_id", "step"])
 
 
 class _Strict(InputModel):

@@ -507,6 +507,25 @@ BAD_CONFIGS = [
     (_mutate("glm-4.7", first_k_dense_replace=-1), "first_k_dense_replace", ">= 0"),
     (_mutate("llama-3-8b", sliding_window=-5), "sliding_window", ">= 1"),
     ([1, 2, 3], "JSON object", "list"),
+    # a quantization that is read past would price the checkpoint as bf16 (found by a fuzzer)
+    (_mutate("llama-3-8b", quantization_config="fp8"), "quantization_config", "JSON object"),
+    (_mutate("llama-3-8b", quantization_config=["fp8"]), "quantization_config", "JSON object"),
+    (
+        _mutate("llama-3-8b", text_config={"quantization_config": 8}),
+        "text_config: quantization_config",
+        "JSON object",
+    ),
+    *(
+        (
+            _mutate(
+                "deepseek-v3",
+                quantization_config={"quant_method": "fp8", "weight_block_size": block},
+            ),
+            "quantization_config.weight_block_size",
+            "two positive integers",
+        )
+        for block in ("x", 128, [128], [128, 0], [128, "128"], [True, 128], [128.0, 128])
+    ),
 ]
 
 
@@ -560,6 +579,35 @@ def test_cli_bad_config_exit_2(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00\xff")
     proc = run_comem("engine-sim", "--set", f"engine.model={garbage}")
     assert_user_error(proc, "bad.json", "UTF-8")
+
+
+def test_quantization_config_of_the_wrong_type_is_refused_not_priced_as_bf16(
+    tmp_path: Path,
+) -> None:
+    """``checkpoint_dtype`` (what predict-static and engine-sim ask first) refuses a
+    ``quantization_config`` that is no object, naming the file and the field; a null
+    ``weight_block_size`` (per-tensor fp8) and a well-formed one still read as fp8."""
+    from calibration.registry import checkpoint_dtype, quantization_dtype
+
+    path = _write(tmp_path, _mutate("llama-3-8b", quantization_config="fp8"))
+    with pytest.raises(ComemInputError) as info:
+        checkpoint_dtype(str(path))
+    assert str(info.value).startswith(f"{path}: quantization_config must be a JSON object")
+    for block in (None, [128, 128]):
+        quant = {"quant_method": "fp8", "weight_block_size": block}
+        assert quantization_dtype({"quantization_config": quant}) == "fp8"
+        get_model(str(_write(tmp_path, _mutate("llama-3-8b", quantization_config=quant))))
+
+
+@pytest.mark.slow
+def test_cli_wrong_typed_quantization_exit_2(tmp_path: Path) -> None:
+    quant = {"quant_method": "fp8", "weight_block_size": "x"}
+    path = _write(tmp_path, _mutate("llama-3-8b", quantization_config=quant))
+    proc = run_comem(
+        *["predict-static", "--model", str(path)],
+        *["--batch", "4", "--input", "128", "--output", "16"],
+    )
+    assert_user_error(proc, str(path), "quantization_config.weight_block_size", "'x'")
 
 
 def test_quantization_methods_are_read_or_refused() -> None:
