@@ -20,8 +20,12 @@ def cmd_families(args: argparse.Namespace) -> int:
             raise ComemInputError("--gpus: an empty GPU name")
         get_gpu(gpu)  # an unknown GPU is one line, not a table of refusals
     _writable_dir(args.out)
-    for path in run_families(args.gpus, Path(args.out)):
+    from comem.families import CAVEATS
+
+    for path in run_families(args.gpus, Path(args.out), show_progress=True):
         print(f"wrote {path}")
+    for caveat in CAVEATS:
+        print(f"note: {caveat}")
     return 0
 
 
@@ -34,6 +38,10 @@ def register(sub: Any) -> None:
         " 1, 2, 4, ... agents until CoMem's llm_exec_time beats FC's, then at 4x that.",
     )
     fam.add_argument("--gpus", nargs="+", default=["h200_sxm", "b200_sxm"])
-    fam.add_argument("--out", default="figures/families", help="directory [figures/families]")
+    fam.add_argument(
+        "--out",
+        default="out/families",
+        help="directory [out/families] (the committed figure: --out figures/families)",
+    )
     _add_allow_large(fam)
     fam.set_defaults(func=cmd_families)
