@@ -84,7 +84,7 @@ def run_engine_load(run: EngineRun, progress: bool = False) -> EngineRunResult:
     env = simpy.Environment()
     recorder = MetricsRecorder()
     # as a scenario builds it: data_parallel_size replicas behind a router (a MoE model's
-    # in lockstep), expert parallelism with DP refused
+    # in lockstep; with expert parallelism, the experts over TP x DP GPUs)
     engine = build_engines(env, {"engine": run.engine}, None, recorder)["engine"]
     load = run.load
     start_closed_loop(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ def cmd_paper(args: argparse.Namespace) -> int:
     _writable_dir(str(out), "--out")
     workers = _workers(args.workers, len(files))
     show = not args.json
+    if args.set and show:
+        keys = ", ".join(dict.fromkeys(item.split("=", 1)[0].strip() for item in args.set))
+        print(
+            f"comem paper: note: --set changes every scenario ({keys}); the rows keep their"
+            " papers' labels and published numbers, which are for the setups as documented",
+            file=sys.stderr,
+        )
     rows = _with_progress(
         show, "comem paper", "scenarios", len(files),
         lambda cb: run_paper(files, args.set, workers, cb),
