@@ -48,7 +48,7 @@ def _plan_file(directory: Path, workers: int) -> Path:
     flags = WorkloadFlags(context_tokens=20000, decode_tokens=300, tool_s=5.0)
     fields, _ = workload_fields(scenario_workload(None), flags)
     spec = PlanSpec.model_validate({"agents": 64, "workload_set": fields})
-    rows, _ = run_plan(spec, workers, directory)
+    rows, _, _ = run_plan(spec, workers, directory)
     return write_scenario(spec, rows, directory / "chosen_scenario.toml")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if note and not args.json:
         print(f"comem plan: {note}", file=sys.stderr)
     workers = _workers(args.workers, 10**6)  # the candidates are counted later
-    rows, n = _with_progress(
+    rows, n, rounds = _with_progress(
         not args.json, "comem plan: simulating", "candidates", None,
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
@@ -100,12 +101,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "spec": spec.model_dump(),
         "candidates": n,
         "simulated": sum(r.simulated for r in rows),
+        # simulated past the first selection because none met the SLO (run_plan)
+        "slo_rounds": asdict(rounds),
         "chosen": rows[0].label,
         "rows": [r.__dict__ for r in rows],
         "pareto": [r.label for r in pareto(rows)],
         "warnings": warnings,
         "assumptions": assumptions(spec),
-        "verdict": verdict(rows),
+        "verdict": verdict(rows, spec),
     }
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
     text = json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"

@@ -16,7 +16,8 @@ TP / expert-parallel / data-parallel layout, which k, and CPU KV offload or not?
 3. **Confirm with the simulator** the ``top`` candidates by estimate, plus the best of
    every architecture kind and full context's best in every weight dtype (the verdict's
    baseline), in parallel processes; results are kept in ``out/points/``
-   so an interrupted plan resumes.
+   so an interrupted plan resumes. With a p99 SLO none of them meets, further rounds of
+   ``top`` candidates, the likeliest to meet it first (:func:`~comem.plan.run.next_round`).
 4. **Rank** by the objective (mean or p99 step latency, or steps per second per GPU)
    among those meeting the SLO and, with ``max_resolve_loss_pp``, losing at most that
    many points of resolve rate against the full-context agent at the pessimistic end of

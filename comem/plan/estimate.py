@@ -60,20 +60,44 @@ def mean_shape(model: Any, agents: int) -> dict[str, Any]:
     }
 
 
+def priced_workload(spec: PlanSpec) -> Any:
+    """The synthetic workload the closed form prices: the user's own, or for a trace or
+    fitted workload the synthetic workload of its tasks' means (:func:`mean_shape`)."""
+    from sim.scenario import SyntheticWorkload
+
+    model = _workload_model(_workload(spec), str(spec.workload_scenario or "plan"))
+    if not isinstance(model, SyntheticWorkload):
+        model = _workload_model(mean_shape(model, spec.agents), "plan")
+    return model
+
+
+def task_steps(spec: PlanSpec) -> int:
+    """Steps per task of the workload planned (a trace or fitted workload's mean,
+    rounded): a summarizing architecture with a k at or above it makes no summary on a
+    typical task (none is due before the task ends)."""
+    return int(priced_workload(spec).steps)
+
+
+def worth_simulating(spec: PlanSpec, e: Estimate) -> bool:
+    """CPU offload only changes anything once the contexts outgrow the GPU cache (the
+    closed form prices no offload): an offload variant is worth simulating only past the
+    KV bound."""
+    return not e.candidate.offload or math.ceil(spec.agents / e.candidate.agent_dp) > (
+        e.kv_bound_agents
+    )
+
+
 def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
     """Step 2: the closed form and the KV bound for every candidate."""
 
     from calibration.surrogate import fit_surrogate
-    from sim.scenario import SyntheticWorkload
     from theory.bounds import fc_peak_context, kso_peak_context, max_agents
     from theory.single_agent import AgentParams, lockstep_coefficients, step_latencies
 
-    raw = _workload(spec)
-    model = _workload_model(raw, str(spec.workload_scenario or "plan"))
-    if not isinstance(model, SyntheticWorkload):
-        # a trace or fitted workload: the synthetic workload of its tasks' means
-        model = _workload_model(mean_shape(model, spec.agents), "plan")
-    steps = int(spec.steps or model.steps)
+    model = priced_workload(spec)
+    # the workload's own steps per task: --steps is already in it (a synthetic task's
+    # length, a trace or fitted workload's max_steps, which its means are drawn under)
+    steps = int(model.steps)
     system, obs = float(model.system_tokens), float(model.observation_tokens)
     action, summary = float(model.action_tokens), float(model.summary_tokens)
     tool = float(model.tool_s)
@@ -156,16 +180,9 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
     """The candidates worth simulating: the ``top`` by estimate, each kind's two best
     layouts, full context's best in every weight dtype with and without offload (the
     verdict's baseline), and each summarizing kind's best layout at its
-    :data:`K_PER_KIND` best k.
-
-    CPU offload only changes anything once the contexts outgrow the GPU cache (the closed
-    form prices no offload), so an offload variant is simulated only past the KV bound."""
-    n = spec.agents
-    useful = [
-        e
-        for e in estimates
-        if not e.candidate.offload or math.ceil(n / e.candidate.agent_dp) > e.kv_bound_agents
-    ]
+    :data:`K_PER_KIND` best k; an offload variant only past the KV bound
+    (:func:`worth_simulating`)."""
+    useful = [e for e in estimates if worth_simulating(spec, e)]
     by_estimate = sorted(
         useful, key=lambda e: (estimated_objective(spec, e), e.candidate.gpus_used)
     )

@@ -56,6 +56,12 @@ class PlanRow:
         summaries: it is not the deployment its label names, so it is not chosen."""
         return not self.simulated or self.candidate.get("kind") == "fc" or self.summaries_made > 0
 
+    @property
+    def eligible(self) -> bool:
+        """Simulated, and meeting everything a chosen deployment must: its tasks finish
+        within the p99 SLO, within the resolve-loss limit, and it made its summaries."""
+        return self.simulated and self.meets_slo and self.meets_resolve and self.summarizes
+
 
 def objective_value(spec: PlanSpec, row: PlanRow) -> float:
     """Smaller is better (steps per GPU is negated)."""
@@ -103,8 +109,7 @@ def rank(
 
     def order(r: PlanRow) -> tuple[Any, ...]:
         if r.simulated:
-            eligible = r.meets_slo and r.meets_resolve and r.summarizes
-            return (0, not eligible, objective_value(spec, r), r.gpus)
+            return (0, not r.eligible, objective_value(spec, r), r.gpus)
         return (1, True, r.estimate_mean_step_s, r.gpus)
 
     rows.sort(key=order)

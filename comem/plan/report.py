@@ -5,10 +5,12 @@ file ``comem run`` takes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from comem.plan.rank import PlanRow
+from comem.plan.run import MAX_SLO_ROUNDS, SloRounds
 from comem.plan.scenario import _workload, _workload_model, scenario_dict
 from comem.plan.space import AGENT_UTIL_COLOCATED, MEMORY_UTIL_COLOCATED, Candidate, PlanSpec
 
@@ -60,9 +62,10 @@ def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], sh
     """What ``comem plan`` prints: the search, what it assumed (``payload``: what
     plan.json holds), the ``show`` best rows, the chosen deployment and the verdict."""
     best = rows[0]
+    rounds = rounds_text(SloRounds(**payload["slo_rounds"])) if "slo_rounds" in payload else ""
     head = (
         f"{payload['candidates']} candidates, {payload['simulated']} simulated (the rest"
-        f" pruned by the closed form and the KV bound); objective {spec.objective}"
+        f" pruned by the closed form and the KV bound{rounds}); objective {spec.objective}"
         + (f", SLO p99 step <= {spec.slo_step_s} s" if spec.slo_step_s else "")
         + (
             f", resolve loss <= {spec.max_resolve_loss_pp} pp (pessimistic)"
@@ -70,23 +73,71 @@ def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], sh
             else ""
         )
     )
-    met = best.meets_slo and best.meets_resolve and best.summarizes
+    missed = unmet(spec, rows)
     chosen = (
         f"chosen: {best.label}; resolve rate {100 * best.resolve_rate:.1f}%"
         f" [{100 * best.resolve_rate_low:.1f}, {100 * best.resolve_rate_high:.1f}],"
         f" {best.resolve_rate_delta_pp:+.1f} pp vs full context"
         f" [{best.resolve_rate_delta_pp_low:+.1f}, {best.resolve_rate_delta_pp_high:+.1f}]"
-        + (
-            ""
-            if met
-            else " (NO candidate meets the SLO and the resolve-loss limit, or makes its summaries)"
-        )
+        + (f" ({missed})" if missed else "")
     )
     lines = [head, "assumptions:", *(f"- {line}" for line in payload["assumptions"])]
     return (
         "\n".join(lines) + "\n" + table_markdown(rows, limit=show)
         + chosen + "\n" + payload["verdict"] + "\n"
     )  # fmt: skip
+
+
+def rounds_text(r: SloRounds) -> str:
+    """'; 6 of them in 1 extra round because none of the first 14 met the SLO' (how
+    many :func:`~comem.plan.run.run_plan` simulated toward an unmet SLO, and why it
+    stopped); '' when no round was needed."""
+    if not r.stopped:
+        return ""
+    plural = "s" if r.rounds != 1 else ""
+    did = (
+        f"; {r.extra} of them in {r.rounds} extra round{plural} of the candidates likeliest"
+        f" to meet the SLO, because none of the first {r.first} met it"
+        if r.rounds
+        else "; none of them met the SLO"
+    )
+    why = {
+        "met": "",
+        "rounds": f", {MAX_SLO_ROUNDS} rounds being the most a plan runs",
+        "space": ", and no candidate is left that could (all simulated, or ruled out)",
+        "budget": ", and the simulation budget allows no more (--allow-large lifts it)",
+    }[r.stopped]
+    return did + why
+
+
+def unmet(spec: PlanSpec, rows: list[PlanRow]) -> str:
+    """'NO simulated candidate meets the SLO (p99 step <= 15 s); the lowest p99 simulated
+    is ...' after what was asked (the SLO, the resolve-loss limit) and what every
+    deployment needs (finished tasks, its summaries made); '' when the chosen one meets
+    all of it."""
+    if not rows or rows[0].eligible:
+        return ""
+    sim = [r for r in rows if r.simulated]
+    slo, loss = spec.slo_step_s, spec.max_resolve_loss_pp
+    # (asked by the user, what it says, whether a row meets it)
+    needs: list[tuple[bool, str, Callable[[PlanRow], bool]]] = []
+    if slo is not None:
+        text = f"meets the SLO (p99 step <= {slo:g} s)"
+        needs.append((True, text, lambda r: r.p99_step_s <= slo))
+    if loss is not None:
+        text = f"loses at most {loss:g} pp of resolve rate (pessimistic)"
+        needs.append((True, text, lambda r: r.meets_resolve))
+    needs.append((False, "finishes its tasks", lambda r: r.tasks_ended_early == 0))
+    needs.append((False, "makes its summaries", lambda r: r.summarizes))
+    # what no simulated candidate meets at all; else what was asked, and what bites
+    alone = [text for _, text, ok in needs if not any(ok(r) for r in sim)]
+    named = alone or [text for asked, text, ok in needs if asked or not all(ok(r) for r in sim)]
+    out = "NO simulated candidate " + " and ".join(named)
+    finished = [r for r in sim if r.tasks_ended_early == 0 and r.summarizes]
+    if slo is not None and finished:
+        fastest = min(finished, key=lambda r: r.p99_step_s)
+        out += f"; the lowest p99 simulated is {fastest.p99_step_s:.2f} s ({fastest.label})"
+    return out
 
 
 def _resolve_cells(r: PlanRow) -> str:
@@ -193,10 +244,32 @@ def _dtypes_text(spec: PlanSpec) -> str:
     return " ".join(used) + left
 
 
-def verdict(rows: list[PlanRow]) -> str:
+def verdict(rows: list[PlanRow], spec: PlanSpec) -> str:
     """The chosen deployment against the best full-context one simulated, by mean step
     latency (what ``comem run`` of chosen_scenario.toml prints as its verdict); when full
-    context is chosen, the best summarizing deployment against it."""
+    context is chosen, the best summarizing deployment against it. Where no candidate
+    simulated meets what was asked (:func:`unmet`), it says so first."""
+    missed = unmet(spec, rows)
+    line = _verdict(rows)
+    if not missed:
+        return line
+    return (
+        f"verdict: {missed}, so the choice is the best by {spec.objective} of those that"
+        f" miss; {line.removeprefix('verdict: ')}"
+    )
+
+
+def _fails(r: PlanRow) -> str:
+    """' (misses the SLO)', or what else keeps a simulated deployment from being chosen;
+    '' where nothing does."""
+    if r.eligible:
+        return ""
+    if r.tasks_ended_early:
+        return " (ends tasks early)"
+    return " (misses the SLO)" if not r.meets_slo else " (loses too many resolved tasks)"
+
+
+def _verdict(rows: list[PlanRow]) -> str:
     best = rows[0]
     fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
     if best.candidate["kind"] == "fc":
@@ -210,7 +283,7 @@ def verdict(rows: list[PlanRow]) -> str:
         word = "slower" if x <= 1 else "faster"
         return (
             f"verdict: full context wins: {best.label}; the best summarizing deployment,"
-            f" {other.label}, is {max(x, 1 / x):.2f}x {word} by mean step latency"
+            f" {other.label}{_fails(other)}, is {max(x, 1 / x):.2f}x {word} by mean step latency"
             f" (speedup {x:.2f}x); chosen_scenario.toml holds both: comem run it for every"
             " metric on the same steps"
         )
@@ -230,19 +303,14 @@ def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
     beyond it."""
     c = Candidate(**rows[0].candidate)
     out = []
-    ks = sorted(set(spec.k_values))
     # the chosen deployment's k, or when full context won, the best summarizing one's
     runner = best_summarizing(rows) if c.kind == "fc" else None
     with_k = Candidate(**runner.candidate) if runner is not None else c
-    if with_k.kind != "fc" and len(ks) > 1 and with_k.k in (ks[0], ks[-1]):
-        hint = _k_hint(with_k.k, with_k.k == ks[-1], spec.steps)
-        if hint:
-            side = "largest" if with_k.k == ks[-1] else "smallest"
-            whose = "the best k" if runner is None else "the best summarizing deployment's k"
-            out.append(
-                f"{whose} ({with_k.k}) is the {side} tried (--k {' '.join(map(str, ks))}):"
-                f" a better one may lie beyond; {hint}"
-            )
+    if with_k.kind != "fc":
+        whose = "the best k" if runner is None else "the best summarizing deployment's k"
+        note = _k_warning(spec, rows, with_k.k, whose)
+        if note:
+            out.append(note)
     # the agent TP at the user's own GPU budget (--gpus / --max-gpus) is their choice,
     # not an edge of the search; at the largest TP the plan tries it is
     limit = min(spec.gpus, spec.max_gpus or spec.gpus)
@@ -255,18 +323,66 @@ def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
     return out
 
 
-def _k_hint(k: int, largest: bool, steps: int | None) -> str:
-    """Which k to try next: the neighbours beyond the edge (never 0, and never a k of a
-    task's whole length or more, which would never summarize); '' when there are none."""
-    if largest:
-        beyond = [k + k // 2, 2 * k]
-        beyond = [x for x in beyond if steps is None or x < steps]
-    else:
-        beyond = [x for x in (k // 2, (3 * k) // 4) if x >= 1]
-    beyond = sorted(set(beyond) - {k})
-    if not beyond:
+def _k_warning(spec: PlanSpec, rows: list[PlanRow], k: int, whose: str) -> str:
+    """The best k on the edge of the k that make summaries: the smallest tried (try
+    smaller), or the largest tried that makes summaries (try larger ones short of the
+    tasks' length, at or above which none is due; where there is none, it says so rather
+    than suggest k that summarize nothing); '' elsewhere."""
+    from comem.plan.estimate import task_steps
+
+    ks = sorted(set(spec.k_values))
+    if len(ks) < 2:
         return ""
-    return f"try --k {' '.join(map(str, sorted({*beyond, k})))}"
+    length = task_steps(spec)
+    made = _k_made(rows)
+    useful = [x for x in ks if made.get(x, x < length)]
+    dead = [x for x in ks if x > k and x not in useful]
+    tried = f"(--k {' '.join(map(str, ks))})"
+    dead_text = (
+        f"; the larger k tried ({' '.join(map(str, dead))}) make no summary on these tasks"
+        f" ({length} steps on average)"
+        if dead
+        else ""
+    )
+    if k == ks[0]:
+        smaller = sorted({x for x in (k // 2, (3 * k) // 4) if x >= 1} - {k})
+        if not smaller:
+            return ""
+        return (
+            f"{whose} ({k}) is the smallest tried {tried}: a better one may lie beyond; try"
+            f" --k {' '.join(map(str, [*smaller, k]))}{dead_text}"
+        )
+    if not useful or k != useful[-1]:
+        return ""
+    edge = "the largest tried that makes summaries" if dead else "the largest tried"
+    cap = min([length, *dead])  # a k from which on none was, or would be, made
+    larger = [x for x in (k + k // 2, 2 * k) if k < x < cap]
+    if larger:
+        return (
+            f"{whose} ({k}) is {edge} {tried}: a better one may lie beyond; try --k"
+            f" {' '.join(map(str, sorted({k, *larger})))}{dead_text}"
+        )
+    return (
+        f"{whose} ({k}) is {edge} {tried}, and no larger k is worth trying: 1.5x or 2x it"
+        f" reaches the tasks' length ({length} steps on average), where no summary is"
+        f" due{dead_text}"
+    )
+
+
+def _k_made(rows: list[PlanRow]) -> dict[int, bool]:
+    """Per k simulated: whether a summarizing deployment with it made summaries (False
+    where none made any and no engine refused one: none was due, the tasks being
+    shorter than k)."""
+    made: dict[int, bool] = {}
+    for r in rows:
+        if not r.simulated or r.candidate["kind"] == "fc":
+            continue
+        k = int(r.candidate["k"])
+        if r.summarizes:
+            made[k] = True
+        elif r.summaries_refused == 0:
+            made.setdefault(k, False)
+    return made
 
 
 def _toml(data: dict[str, Any]) -> str:

@@ -152,16 +152,17 @@ def test_plan_warns_on_the_edge_and_writes_the_baseline(tmp_path: Path) -> None:
     wide = spec.model_copy(update={"gpus": 16})
     tp8 = Candidate("kso", 8, 1, "bf16", False, 8, "co-located", 4, False)
     assert any("best agent TP (8) is the largest" in n for n in edge_warnings(wide, [row(tp8, 1)]))
-    # past the task's length a k never summarizes: no k to suggest, no warning
+    # past the task's length a k never summarizes: no k to suggest, and it says so
     short = spec.model_copy(update={"steps": 6})
-    assert not any("best k" in n for n in edge_warnings(short, [row(kso, 1.0)]))
+    (edge,) = [n for n in edge_warnings(short, [row(kso, 1.0)]) if "best k" in n]
+    assert "no larger k is worth trying" in edge and "try --k" not in edge
     smallest = spec.model_copy(update={"k_values": [4, 8]})
     (hint,) = [n for n in edge_warnings(smallest, [row(kso, 1.0)]) if "best k" in n]
     assert "smallest tried" in hint and "try --k 2 3 4" in hint
     middle = Candidate("kso", 2, 1, "bf16", False, 2, "co-located", 2, False)
     assert not any("best k" in n for n in edge_warnings(spec.model_copy(
         update={"k_values": [1, 2, 4]}), [row(middle, 1.0)]))  # fmt: skip
-    assert "3.00x faster than the best full context" in verdict([row(kso, 1.0), row(fc, 3.0)])
+    assert "3.00x faster than the best full context" in verdict([row(kso, 1.0), row(fc, 3.0)], spec)
 
 
 def test_explain_lists_the_inputs_that_differ_and_moves_each() -> None:

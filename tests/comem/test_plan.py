@@ -33,7 +33,7 @@ def small(objective: str = "mean-step", **kw) -> PlanSpec:
 @pytest.mark.slow
 def test_the_planner_picks_what_an_exhaustive_sweep_picks(objective, tmp_path):
     spec = small(objective)
-    rows, n = run_plan(spec, workers=1)
+    rows, n, _ = run_plan(spec, workers=1)
     candidates = enumerate_candidates(spec)
     assert n == len(candidates) and sum(r.simulated for r in rows) < n  # it did prune
     everything = confirm(spec, candidates)  # the exhaustive sweep
@@ -146,7 +146,7 @@ def test_a_summarizer_that_made_no_summary_is_noted_and_not_chosen():
     ]
     assert empty and all(not r.summarizes for r in empty)
     assert "made no summary" in table_markdown(rows, limit=len(rows))
-    line = verdict(rows)
+    line = verdict(rows, spec)
     assert (
         line.startswith("verdict: full context wins") and "k=4" in line and "1.50x slower" in line
     )
@@ -232,9 +232,109 @@ def test_a_summarizer_with_tasks_shorter_than_k_says_none_was_due(tmp_path):
     from comem.plan.report import table_markdown
 
     spec = small(kinds=["fc", "kso"], k_values=[4], steps=4, agents=4, gpus=4)
-    rows, _ = run_plan(spec, workers=1, out=tmp_path)
+    rows, _, _ = run_plan(spec, workers=1, out=tmp_path)
     kso = [r for r in rows if r.simulated and r.candidate["kind"] == "kso"]
     assert kso and all(not r.summarizes and r.summaries_refused == 0 for r in kso)
     text = table_markdown(rows, limit=len(rows))
     assert "none was due" in text and "refused them" not in text
     assert rows[0].candidate["kind"] == "fc"
+
+
+@pytest.mark.slow
+def test_an_slo_nothing_selected_meets_is_met_by_simulating_further_rounds():
+    """Steps per GPU ranks 1-GPU deployments first, and the closed form prices the mean
+    step, not p99: under an SLO below every p99 the first selection simulated, the plan
+    simulates more (in rounds, the candidates likeliest to meet it first) until one
+    meets it, and chooses it; the same with 2 workers. An SLO nothing can meet stops
+    after MAX_SLO_ROUNDS, and the chosen line and the verdict say it is unmet."""
+    from comem.plan.report import unmet, verdict
+    from comem.plan.run import MAX_SLO_ROUNDS
+
+    base = small("steps-per-gpu", gpus=8, agents=16, kinds=["fc", "kso"])
+    free, _, none = run_plan(base, workers=1)
+    assert none.rounds == 0 and not none.stopped
+    slo = 0.9 * min(r.p99_step_s for r in free if r.simulated)
+    spec = base.model_copy(update={"slo_step_s": slo})
+    rows, _, rounds = run_plan(spec, workers=1)
+    assert rounds.stopped == "met" and rounds.rounds >= 1
+    assert 0 < rounds.extra <= rounds.rounds * spec.top
+    assert sum(r.simulated for r in rows) == rounds.first + rounds.extra
+    assert rows[0].eligible and rows[0].p99_step_s <= slo
+    assert rows[0].gpus > min(r.gpus for r in free if r.simulated)
+    assert unmet(spec, rows) == "" and "NO simulated" not in verdict(rows, spec)
+    again, _, rounds2 = run_plan(spec, workers=2)
+    assert rounds2 == rounds and again[0].label == rows[0].label
+    assert {r.label for r in again if r.simulated} == {r.label for r in rows if r.simulated}
+
+    never = base.model_copy(update={"slo_step_s": 1e-3})
+    rows, _, rounds = run_plan(never, workers=1)
+    assert rounds.stopped in ("rounds", "space") and not rows[0].eligible
+    assert rounds.rounds <= MAX_SLO_ROUNDS and rounds.extra > 0
+    lowest = min(r.p99_step_s for r in rows if r.simulated and r.summarizes)
+    line = unmet(never, rows)
+    assert line.startswith("NO simulated candidate meets the SLO (p99 step <= 0.001 s)")
+    assert f"{lowest:.2f} s" in line and "resolve" not in line
+    assert verdict(rows, never).startswith(f"verdict: {line}")
+
+
+def _row(c, step: float, made: float = 1.0, **kw):
+    from dataclasses import asdict
+
+    from comem.plan.rank import PlanRow
+
+    return PlanRow(0, c.label, c.gpus_used, step, 9, False, True, mean_step_s=step,
+                   p99_step_s=step, candidate=asdict(c), summaries_made=made, **kw)  # fmt: skip
+
+
+def test_the_k_edge_warning_knows_the_tasks_length():
+    """Tasks of 34 steps: a k of 48 or 64 makes no summary. The warning never suggests a
+    k at or above the tasks' length, names the k tried that made none, and says when
+    the best k is the largest worth trying (no circle between --k 32 48 64 and
+    --k 16 24 32)."""
+    from comem.plan.report import edge_warnings
+    from comem.plan.space import Candidate
+
+    def kso(k: int) -> Candidate:
+        return Candidate("kso", 2, 1, "bf16", False, 2, "co-located", k, False)
+
+    def hint(ks: list[int], best: int, dead: tuple[int, ...] = ()) -> str:
+        spec = small(kinds=["fc", "kso"], k_values=ks, steps=34)
+        rows = [_row(kso(best), 1.0)] + [_row(kso(k), 2.0, made=0.0) for k in dead]
+        (line,) = [n for n in edge_warnings(spec, rows) if " k (" in n]
+        return line
+
+    def suggested(line: str) -> list[int]:
+        return [int(x) for x in line.split("try --k ")[1].split(";")[0].split()]
+
+    wide = hint([32, 48, 64], 32, dead=(48, 64))
+    assert "smallest tried" in wide and "the larger k tried (48 64) make no summary" in wide
+    assert "34 steps" in wide and max(suggested(wide)) == 32
+    # the k that make no summary are not simulated here: the tasks' length rules them out
+    assert "(48 64) make no summary" in hint([32, 48, 64], 32)
+    narrow = hint([16, 24, 32], 32)
+    assert "largest tried" in narrow and "no larger k is worth trying" in narrow
+    assert "try --k" not in narrow
+    short = hint([4, 8, 20], 20)  # 30 < 34 may still summarize: suggested, 40 not
+    assert suggested(short) == [20, 30]
+    assert all(k < 34 for k in suggested(hint([2, 4], 4)))
+
+
+def test_the_unmet_line_names_what_was_asked():
+    """Without an SLO or a resolve-loss limit, a plan whose candidates all end their
+    tasks early says that, naming no limit the user never set."""
+    from comem.plan.report import unmet, verdict
+    from comem.plan.space import Candidate
+
+    spec = small(kinds=["fc"])
+    fc = [Candidate("fc", t, 1, "bf16", False, 0, "none", 1, False) for t in (1, 2)]
+    rows = [_row(c, 1.0, tasks_ended_early=2, meets_slo=False) for c in fc]
+    line = unmet(spec, rows)
+    assert line == "NO simulated candidate finishes its tasks"
+    assert "verdict: NO simulated candidate finishes its tasks" in verdict(rows, spec)
+    limited = spec.model_copy(update={"max_resolve_loss_pp": 2.0, "slo_step_s": 0.5})
+    lossy = [_row(c, 1.0, meets_resolve=False) for c in fc]
+    line = unmet(limited, lossy)
+    assert "SLO (p99 step <= 0.5 s)" in line and "2 pp of resolve rate" in line
+    assert "finishes" not in line
+    ok = [_row(c, 1.0) for c in fc]
+    assert unmet(spec, ok) == "" and not verdict(ok, spec).startswith("verdict: NO")
