@@ -152,10 +152,10 @@ def band_caveat(families: Iterable[str], dtype: str, gpu: str) -> str:
         outside.append(gpu)
     if not outside:
         return ""
-    source = "; ".join(
-        f"{what}: {', '.join(sorted(BAND_SOURCE[what]))}" for what in ("families", "dtypes", "gpus")
-    )
     return (
-        f"{', '.join(outside)}: outside the serving rows the error bands come from (full"
-        f" attention and {source}: docs/explanation/latency-model.md)"
+        f"{', '.join(outside)}: outside the serving rows the error bands come from, so the"
+        f" intervals may be too narrow there (the rows cover GPUs"
+        f" {', '.join(sorted(BAND_SOURCE['gpus']))}; weights"
+        f" {', '.join(sorted(BAND_SOURCE['dtypes']))}; attention full,"
+        f" {', '.join(sorted(BAND_SOURCE['families']))}: docs/explanation/latency-model.md)"
     )

@@ -29,7 +29,7 @@ from comem.cli.fields import add_model_flags, fields_of
 #: workload (the workload flags follow), the search (then ``--offload``), its limits
 PLAN_FIELDS = (
     ("agent_model", "memory_model", "gpu", "gpus", "workload_scenario"),
-    ("objective", "slo_step_s", "max_gpus", "kinds", "dtypes", "k_values"),
+    ("objective", "slo_step_s", "max_gpus", "kinds", "dtypes", "k_values", "lag"),
     ("top", "max_resolve_loss_pp", "baseline_resolve_rate", "memory_loss_scale"),
 )
 
@@ -67,8 +67,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from comem.plan.rank import pareto
     from comem.plan.report import (
         assumptions,
+        band_caveats,
         edge_warnings,
-        table_markdown,
+        plan_markdown,
         verdict,
         write_scenario,
     )
@@ -109,6 +110,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "warnings": warnings,
         "assumptions": assumptions(spec),
         "verdict": verdict(rows, spec),
+        "caveats": band_caveats(spec, rows),
     }
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
     text = json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
@@ -117,7 +119,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     written = write_result(
         out,
         {
-            "plan.md": lambda p: p.write_text(table_markdown(rows, limit=len(rows))),
+            "plan.md": lambda p: p.write_text(plan_markdown(spec, rows, payload)),
             "pareto.png": lambda p: pareto_figure(rows, p, title),
             "chosen_scenario.toml": lambda p: write_scenario(spec, rows, p),
             "plan.json": lambda p: p.write_text(text),
@@ -137,6 +139,8 @@ def _print_plan(spec: Any, rows: list[Any], payload: dict[str, Any], show: int) 
     from comem.plan.report import text_report
 
     print(text_report(spec, rows, payload, show), end="")
+    for caveat in payload["caveats"]:
+        print(caveat)
     for p in payload["files"]:
         print(f"wrote {p}")
 

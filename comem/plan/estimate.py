@@ -126,7 +126,7 @@ def estimate(spec: PlanSpec, candidates: list[Candidate]) -> list[Estimate]:
         params = AgentParams(
             system=np.array(system), observation=np.array(obs), action=np.array(action),
             summary=np.array(summary), tool_s=np.array(tool), steps=steps,
-            k=np.array(c.k), retain=np.array(spec.retain), lag=np.array(1),
+            k=np.array(c.k), retain=np.array(spec.retain), lag=np.array(spec.lag),
         )  # fmt: skip
         # co-located engines take turns on the GPUs: the summary cannot overlap the
         # agent's work, so price CoMem there as the blocking SM

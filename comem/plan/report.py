@@ -58,6 +58,33 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def band_caveats(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
+    """'caveat: ...' where the chosen deployment's agent lies outside the serving rows the
+    error bands come from (another GPU, a new attention family): its simulated numbers
+    carry a wider error than the calibration's (:func:`calibration.uncertainty.band_caveat`)."""
+    from calibration.errors import ComemInputError
+    from sim.config import validate
+    from sim.engine_latency import engine_latency
+    from sim.scenario import UNION_TAGS, Scenario
+
+    best = Candidate(**rows[0].candidate)
+    try:
+        scenario = validate(Scenario, scenario_dict(spec, best), "plan", UNION_TAGS)
+        # the engine's own latency model, as run's caveat reads it (sim.compare)
+        caveat = getattr(engine_latency(scenario.architectures[-1].agent), "band_caveat", "")
+    except ComemInputError:
+        return []
+    return [f"caveat: {caveat}"] if caveat else []
+
+
+def plan_markdown(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any]) -> str:
+    """plan.md: what the command printed (search, assumptions, every row, the choice, the
+    verdict, warnings and caveats), so the file answers the question on its own."""
+    return text_report(spec, rows, payload, len(rows)) + "".join(
+        f"{line}\n" for line in [*payload.get("warnings", []), *payload.get("caveats", [])]
+    )
+
+
 def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], show: int) -> str:
     """What ``comem plan`` prints: the search, what it assumed (``payload``: what
     plan.json holds), the ``show`` best rows, the chosen deployment and the verdict."""
@@ -211,7 +238,7 @@ def assumptions(spec: PlanSpec) -> list[str]:
         f" agent's GPUs: memory split {AGENT_UTIL_COLOCATED} / {MEMORY_UTIL_COLOCATED}),"
         f" max_model_len {spec.memory_max_model_len}",
         f"kinds {' '.join(spec.kinds)}; k tried {' '.join(map(str, spec.k_values))}; retain"
-        f" {spec.retain}, lag 1; CPU KV offload {offload_text}",
+        f" {spec.retain}, lag {spec.lag} (--lag; not searched); CPU KV offload {offload_text}",
         f"resolve rates: full context {spec.baseline_resolve_rate:.0%} on these tasks"
         f" (assumed), memory-model loss scale {spec.memory_loss_scale:g}",
     ]

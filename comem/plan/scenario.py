@@ -55,7 +55,7 @@ def scenario_dict(spec: PlanSpec, c: Candidate) -> dict[str, Any]:
         agent["enable_expert_parallel"] = True
     arch: dict[str, Any] = {"name": c.kind.upper(), "kind": c.kind}
     if c.kind != "fc":
-        arch.update({"k": c.k, "lag": 1, "retain": spec.retain})
+        arch.update({"k": c.k, "lag": spec.lag, "retain": spec.retain})
     if c.offload:
         agent["kv_offloading_size"] = spec.offload_gib
     if c.memory_placement != "none":

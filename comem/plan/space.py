@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, PositiveInt, model_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from calibration.errors import ComemInputError
 from calibration.inputs import MAX_SECONDS, MAX_TOKENS, InputModel, PathText
@@ -112,6 +112,14 @@ class PlanSpec(InputModel):
         json_schema_extra={"flags": ["--k"]},
     )
     retain: PositiveInt = 3
+    #: steps from a summary's launch to its swap, for every summarizing candidate (not
+    #: searched: a longer lag hides more of a slow summary, and 1 is the authors')
+    lag: NonNegativeInt = Field(
+        default=1,
+        le=MAX_TOKENS,
+        description="steps from a summary's launch to its swap [{default}; not searched:"
+        " try a few, a longer lag hides more of a slow summary]",
+    )
     offload: list[bool] = Field(default_factory=lambda: [False, True])
     offload_gib: float = Field(default=500.0, gt=0.0, le=1e6, allow_inf_nan=False)
     max_model_len: PositiveInt = 65536

@@ -72,6 +72,10 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
         assert kinds[0] == "fc" and len(kinds) <= 2
     assert out["assumptions"] and "workload" in out["assumptions"][0]
     assert (tmp_path / "pareto.png").is_file()
+    # plan.md answers on its own: the table, the choice and the verdict, not the table alone
+    md = (tmp_path / "plan.md").read_text()
+    assert "assumptions:" in md and f"chosen: {out['chosen']}" in md and out["verdict"] in md
+    assert out["caveats"] == []  # H100, a full-attention model: inside the bands' rows
     # resumable: a second run reuses the simulated points
     points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))
     assert points
@@ -338,3 +342,31 @@ def test_the_unmet_line_names_what_was_asked():
     assert "finishes" not in line
     ok = [_row(c, 1.0) for c in fc]
     assert unmet(spec, ok) == "" and not verdict(ok, spec).startswith("verdict: NO")
+
+
+def test_plan_runs_its_summarizing_candidates_at_the_lag_asked(tmp_path: Path) -> None:
+    """--lag reaches every summarizing candidate's scenario (and the assumptions say it
+    was not searched); full context has no lag."""
+    from comem.plan.scenario import scenario_dict
+    from comem.plan.space import PlanSpec, enumerate_candidates
+
+    spec = PlanSpec(agent_model="qwen3-32b", gpu="h100_sxm", gpus=2, agents=4, lag=3)
+    kinds = {}
+    for c in enumerate_candidates(spec):
+        kinds.setdefault(c.kind, scenario_dict(spec, c)["architectures"][0].get("lag"))
+    assert kinds.pop("fc") is None and set(kinds.values()) == {3}, kinds
+    from comem.plan.report import assumptions
+
+    assert any("lag 3 (--lag; not searched)" in line for line in assumptions(spec))
+
+
+def test_a_plan_on_a_gpu_outside_the_serving_rows_says_so() -> None:
+    from comem.plan.report import band_caveats
+
+    spec = PlanSpec(agent_model="qwen3-32b", gpu="b200_sxm", gpus=2, agents=4, kinds=["fc"])
+    rows = rank(spec, estimate(spec, enumerate_candidates(spec)), {})
+    (caveat,) = band_caveats(spec, rows)
+    assert (
+        caveat.startswith("caveat: b200_sxm: outside the serving rows") and "too narrow" in caveat
+    )
+    assert band_caveats(spec.model_copy(update={"gpu": "h200_sxm"}), rows) == []
