@@ -370,3 +370,21 @@ def test_a_plan_on_a_gpu_outside_the_serving_rows_says_so() -> None:
         caveat.startswith("caveat: b200_sxm: outside the serving rows") and "too narrow" in caveat
     )
     assert band_caveats(spec.model_copy(update={"gpu": "h200_sxm"}), rows) == []
+
+
+def test_the_plan_says_how_far_its_pruning_estimate_ran_from_the_simulation() -> None:
+    from comem.plan.report import estimate_spread
+
+    spec = small(kinds=["fc", "kso"], k_values=[2])
+    estimates = estimate(spec, enumerate_candidates(spec))
+    steps = {e.candidate.key(): 2.0 * e.mean_step_s for e in estimates[:3]}  # all 0.5x
+    steps[estimates[0].candidate.key()] = 0.5 * estimates[0].mean_step_s  # one at 2x
+    simulated = {
+        k: {"mean_step_s": v, "p99_step_s": v, "steps_per_s": 1.0, "tasks_ended_early": 0,
+            "tasks": 6, "preemptions": 0, "kv_peak": 0.5}
+        for k, v in steps.items()
+    }  # fmt: skip
+    text = estimate_spread(rank(spec, estimates, simulated))
+    assert "ran 0.50-2.00x the simulated mean step (median 0.50x)" in text, text
+    assert "over the 3 simulated" in text
+    assert estimate_spread(rank(spec, estimates, {})) == ""
