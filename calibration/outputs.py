@@ -18,23 +18,40 @@ from calibration.errors import ComemInputError
 #: the hidden file naming which command's result a directory holds, and its files
 RESULT_MARKER = ".comem-result.json"
 
-#: each command's result in a directory: the file that marks it whole, and the keys that
-#: file has (how a result written before :data:`RESULT_MARKER` existed is recognized)
-RESULT_KINDS: dict[str, tuple[str, frozenset[str]]] = {
-    "run": ("config.json", frozenset({"architectures", "workload"})),
-    "engine-sim": ("config.json", frozenset({"engine", "load"})),
-    "bench-serve": ("bench_serve.json", frozenset({"simulator", "completed"})),
-    "plan": ("plan.json", frozenset({"spec", "chosen"})),
+#: each command's result in a directory: the file that marks it whole, the keys that file
+#: has (how a result written before :data:`RESULT_MARKER` existed is recognized), and
+#: the other files it may write
+RESULT_KINDS: dict[str, tuple[str, frozenset[str], tuple[str, ...]]] = {
+    "run": (
+        "config.json",
+        frozenset({"architectures", "workload"}),
+        ("steps.parquet", "tasks.parquet", "requests.parquet", "engine_steps.parquet"),
+    ),
+    "engine-sim": (
+        "config.json",
+        frozenset({"engine", "load"}),
+        ("requests.parquet", "engine_steps.parquet"),
+    ),
+    "bench-serve": (
+        "bench_serve.json",
+        frozenset({"simulator", "completed"}),
+        ("requests.parquet", "engine_steps.parquet"),
+    ),
+    "plan": (
+        "plan.json",
+        frozenset({"spec", "chosen"}),
+        ("plan.md", "pareto.png", "chosen_scenario.toml"),
+    ),
 }
 
 
 def check_result_dir(directory: str | Path | None, kind: str) -> None:
     """Refuse, before any work, an ``--out`` directory holding another command's result
-    or a user's file under the name that marks a ``kind`` result."""
+    or a user's file under a name a ``kind`` result writes."""
     if directory is None or not Path(directory).is_dir():
         return
-    last = RESULT_KINDS[kind][0]
-    _earlier_result(Path(directory), [last], last, kind)
+    last, _, others = RESULT_KINDS[kind]
+    _earlier_result(Path(directory), [*others, last], last, kind)
 
 
 def write_result(
@@ -79,14 +96,10 @@ def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[s
 
     marker = out / RESULT_MARKER
     if marker.is_file():
-        try:
-            data = read_json(marker, "result marker")
-            other, files = data["kind"], [str(f) for f in data["files"]]
-        except (ComemInputError, KeyError, TypeError):
-            other, files = None, []
+        other, files = _marker(marker)
         if other == kind:
-            return [f for f in files if "/" not in f and f not in (".", "..")]
-        if other is not None:
+            return files
+        if other is not None and any((out / f).exists() for f in files):
             raise ComemInputError(
                 f"--out {out}: holds a comem {other} result, not {_article(kind)} {kind} result:"
                 " it is not overwritten (write elsewhere, or remove it first)"
@@ -94,7 +107,7 @@ def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[s
     taken = [n for n in names if (out / n).exists()]
     if not taken:
         return []
-    keys = RESULT_KINDS.get(kind, ("", frozenset()))[1]
+    keys = RESULT_KINDS[kind][1] if kind in RESULT_KINDS else frozenset()
     ours = False
     if keys and (out / last).is_file():
         try:
@@ -108,6 +121,23 @@ def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[s
             " not overwritten (write elsewhere, or remove it first)"
         )
     return []
+
+
+def _marker(path: Path) -> tuple[str | None, list[str]]:
+    """A marker's kind and file names (None, []: not a marker this code wrote)."""
+    from calibration.inputs import read_json
+
+    try:
+        data = read_json(path, "result marker")
+    except ComemInputError:
+        return None, []
+    if not isinstance(data, dict):
+        return None, []
+    kind, files = data.get("kind"), data.get("files")
+    if not isinstance(kind, str) or not isinstance(files, list):
+        return None, []
+    names = [f for f in files if isinstance(f, str) and f and "/" not in f and f not in ("..",)]
+    return kind, [f for f in names if f != "." and not f.startswith(RESULT_MARKER)]
 
 
 def _article(word: str) -> str:

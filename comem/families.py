@@ -85,7 +85,7 @@ def _speedup(model: str, gpu: str, tp: int, dtype: str, agents: int) -> dict[str
         value = metrics[metric]["speedup"].get("CoMem")
         out[metric] = None if value is None else round(float(value), 3)
     fc = summary["architectures"]["FC"]
-    out["fc_finished"] = f"{fc['tasks_finished']}/{agents}"
+    out["fc_finished"] = f"{fc['tasks_finished']}/{fc.get('tasks', agents)}"
     return out
 
 

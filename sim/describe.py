@@ -290,20 +290,28 @@ def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
     tail = " (the speedup is the deployment's as well as the architecture's)"
     if (da, ga) != (db, gb):
         return f"the agents differ: {ref} {da} on {na} x {ga}, {name} {db} on {nb} x {gb}{tail}"
-    if architecture_gpus(a) == architecture_gpus(b):
+    if (architecture_gpus(a), _memory_gpu(a)) == (architecture_gpus(b), _memory_gpu(b)):
         return None
     return f"the GPUs differ: {ref} on {_gpus_said(a)}, {name} on {_gpus_said(b)}{tail}"
 
 
+def _memory_gpu(arch: Any) -> str | None:
+    """The GPU type of an architecture's memory model on GPUs of its own (None: none)."""
+    if arch.memory is None or _shared(arch):
+        return None
+    return str(arch.memory.gpu)
+
+
 def _gpus_said(arch: Any) -> str:
-    """'6 x h200_sxm (agent 4, memory model 2)', or '4 x h200_sxm'."""
-    total = architecture_gpus(arch)
-    text = f"{total} x {arch.agent.gpu}"
-    if total != engine_gpus(arch.agent):
-        text += (
-            f" (agent {engine_gpus(arch.agent)}, memory model {total - engine_gpus(arch.agent)})"
-        )
-    return text
+    """'6 x h200_sxm (agent 4, memory model 2)', '4 x h200_sxm', or '4 x h200_sxm + 1 x
+    h100_sxm for the memory model'."""
+    total, agent = architecture_gpus(arch), engine_gpus(arch.agent)
+    memory = _memory_gpu(arch)
+    if memory is None or total == agent:
+        return f"{total} x {arch.agent.gpu}"
+    if memory == arch.agent.gpu:
+        return f"{total} x {arch.agent.gpu} (agent {agent}, memory model {total - agent})"
+    return f"{agent} x {arch.agent.gpu} + {total - agent} x {memory} for the memory model"
 
 
 def interval_caveats(summary: dict[str, Any]) -> list[str]:

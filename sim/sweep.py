@@ -2,8 +2,9 @@
 
 Each finished point is written at once, as ``points/<key>.parquet`` under the output
 directory (written to a temporary name, then renamed: a killed run leaves no partial
-file). The key is a hash of the point's resolved scenario and replicate index, and
-the point's seed derives from the sweep seed and that key, so results depend neither
+file). The key is a hash of the point's resolved scenario, replicate index, the files
+it reads and the sweep seed (when not 0: the keys of before it was added stay valid),
+and the point's seed derives from the sweep seed and that key, so results depend neither
 on worker count, nor order, nor scheduler. Re-running the same command skips the
 points already on disk; ``results.parquet`` is rebuilt from all of them, one row per
 (point, architecture), with every speedup of :mod:`sim.compare` (``speedup_<metric>``,
@@ -98,11 +99,12 @@ def point_key(
     """Hash of the resolved scenario (seed excluded) and the replicate index; with
     ``files``, also of the bytes of every file it reads (a trace, a profile, a model's
     config.json; the same key when it reads none): the name of its point file, so a
-    point computed from a file since changed is simulated again, not read back."""
+    point computed from a file since changed is simulated again, not read back; and of a
+    ``sweep_seed`` other than 0 (another seed must not read the first's points back)."""
     body = scenario.model_dump_json(exclude={"seed"})
     extra = files_digest(scenario.model_dump()) if files else ""
     tail = f"|{extra}" if extra else ""
-    seed = "" if sweep_seed is None else f"|seed {sweep_seed}"
+    seed = f"|seed {sweep_seed}" if sweep_seed else ""
     return hashlib.sha256(f"{body}|{replicate}{tail}{seed}".encode()).hexdigest()[:16]
 
 
@@ -139,12 +141,15 @@ def _dotted(table: dict[str, Any], prefix: str = "") -> set[str]:
 
 
 def _leaves(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """(field path, value) of every value of a TOML table that is not itself a table."""
+    """(field path, value) of a TOML table's values: a nested table sets its fields one by
+    one; one naming a ``kind`` replaces the base's table whole; an empty one, nothing."""
     out: list[tuple[str, Any]] = []
     for key, value in table.items():
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and not value:
+            continue  # sets nothing (it would replace the base's table with the defaults)
+        if isinstance(value, dict) and "kind" not in value:
             out += _leaves(value, f"{prefix}{key}.")
-        else:
+        else:  # a value, or a table of another kind: replaces the base's table whole
             out.append((f"{prefix}{key}", value))
     return out
 
@@ -356,7 +361,8 @@ def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
         table = table.sort_values(["point", "replicate", "architecture"], ignore_index=True)
         # beside its place, then renamed: a killed write keeps the last whole table
         final = Path(out_dir) / "results.parquet"
-        tmp = final.with_name(f".results.{os.getpid()}.tmp.parquet")
+        # (under points/, whose temporary files a re-run clears)
+        tmp = Path(out_dir) / "points" / f".results.{os.getpid()}.tmp.parquet"
         table.to_parquet(tmp, index=False)
         tmp.replace(final)
     return table

@@ -17,8 +17,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(parent_pid: int) -> None:
-    """Pool initializer: this process is killed when ``parent_pid`` dies (Linux; a no-op
-    elsewhere, where a killed command's workers end when their pipe closes)."""
+    """Pool initializer: this process is killed when ``parent_pid`` dies (Linux, where
+    the pools fork their workers from the command itself; a no-op elsewhere, where a
+    worker of a killed command may outlive it)."""
     if sys.platform != "linux":
         return
     import ctypes
@@ -32,13 +33,25 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _context() -> Any:
+    """Fork on Linux: the workers are then this process's children (under forkserver,
+    Python 3.14's default, their parent would be the server, and the parent-death
+    signal would follow it instead); the platform's default elsewhere."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if sys.platform == "linux" else None
+
+
 def process_pool(workers: int) -> ProcessPoolExecutor:
     """A process pool whose workers die with this process."""
     return ProcessPoolExecutor(
-        max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers,
+        mp_context=_context(),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
     )
 
 
 def pool_kwargs() -> dict[str, Any]:
-    """The same for a :class:`multiprocessing.pool.Pool`."""
+    """The same for a :class:`multiprocessing.pool.Pool` of a fork context."""
     return {"initializer": die_with_parent, "initargs": (os.getpid(),)}

@@ -137,7 +137,7 @@ def _effectiveness(
     params = EffectivenessParams(
         baseline_resolve_rate=spec.baseline_resolve_rate, memory_loss_scale=spec.memory_loss_scale
     )
-    policy = PolicyParams(kind=c.kind, k=c.k, lag=1, retain=spec.retain)
+    policy = PolicyParams(kind=c.kind, k=c.k, lag=spec.lag, retain=spec.retain)
     rate = resolve_rate(
         policy_features(policy), params, ended_early=ended_early, summaries_made=made
     )

@@ -82,12 +82,15 @@ def band_caveats(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:
 def plan_markdown(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any]) -> str:
     """plan.md: what the command printed (search, assumptions, every row, the choice, the
     verdict, warnings and caveats), so the file answers the question on its own."""
-    return text_report(spec, rows, payload, len(rows)) + "".join(
-        f"{line}\n" for line in [*payload.get("warnings", []), *payload.get("caveats", [])]
-    )
+    notes = [f"- warning: {w}" for w in payload.get("warnings", [])]
+    notes += [f"- {c}" for c in payload.get("caveats", [])]
+    text = text_report(spec, rows, payload, len(rows), markdown=True)
+    return text + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], show: int) -> str:
+def text_report(
+    spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], show: int, markdown: bool = False
+) -> str:
     """What ``comem plan`` prints: the search, what it assumed (``payload``: what
     plan.json holds), the ``show`` best rows, the chosen deployment and the verdict."""
     best = rows[0]
@@ -114,9 +117,10 @@ def text_report(spec: PlanSpec, rows: list[PlanRow], payload: dict[str, Any], sh
     spread = estimate_spread(rows)
     if spread:
         lines.append(f"- {spread}")
+    gap = "\n" if markdown else ""  # Markdown: blank lines around the table and lines
     return (
-        "\n".join(lines) + "\n" + table_markdown(rows, limit=show)
-        + chosen + "\n" + payload["verdict"] + "\n"
+        "\n".join(lines) + "\n" + gap + table_markdown(rows, limit=show) + gap
+        + chosen + "\n" + gap + payload["verdict"] + "\n"
     )  # fmt: skip
 
 

@@ -168,3 +168,21 @@ def test_a_result_written_before_the_marker_is_recognized_by_its_mark(tmp_path: 
     (old / "config.json").write_text(json.dumps({"someone": "else"}))
     with pytest.raises(ComemInputError, match="config.json exists and is not part of"):
         write_result(old, {"config.json": lambda p: p.write_text("{}")}, "config.json", "run")
+
+
+def test_a_marker_whose_files_are_gone_or_malformed_blocks_nothing(tmp_path: Path) -> None:
+    """A directory holding only another command's marker looks empty and is: written. A
+    marker whose file list is not a list of names deletes nothing of the user's."""
+    import json
+
+    from calibration.outputs import RESULT_MARKER, check_result_dir
+
+    (tmp_path / RESULT_MARKER).write_text(json.dumps({"kind": "engine-sim", "files": ["x"]}))
+    check_result_dir(tmp_path, "run")  # x is gone: a stale marker
+    write_result(tmp_path, _writers("new"), "result.json", "run")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "c").write_text("the user's")
+    (odd / RESULT_MARKER).write_text(json.dumps({"kind": "run", "files": "c"}))
+    write_result(odd, _writers("new"), "result.json", "run")
+    assert (odd / "c").read_text() == "the user's"

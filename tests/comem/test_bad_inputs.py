@@ -1523,7 +1523,7 @@ def test_a_sweep_point_is_keyed_by_the_files_it_reads(tmp_path: Path) -> None:
     assert all(a.key != b.key for a, b in zip(after, before, strict=True))
     assert [a.scenario.seed for a in after] == [b.scenario.seed for b in before]
     plain = load_sweep(_small_sweep(tmp_path)).points[0]
-    assert plain.key == point_key(plain.scenario, 0, sweep_seed=0)  # no file read
+    assert plain.key == point_key(plain.scenario, 0)  # no file read, seed 0: the old key
 
 
 def test_a_sweep_seed_is_in_its_point_files_names(tmp_path: Path) -> None:
@@ -1552,6 +1552,10 @@ def test_a_nested_set_table_changes_only_its_fields(tmp_path: Path) -> None:
         w = load_sweep(sweep).points[0].scenario.workload
         assert w.tool_s == 0.25 and base.tool_s != 0.25, form
         assert w.model_dump(exclude={"tool_s"}) == base.model_dump(exclude={"tool_s"}), form
+    sweep.write_text(f'base = "{tmp_path / "small.toml"}"\n[set.workload]\n'
+                     '[grid]\n"workload.agents" = [1]\n')  # fmt: skip
+    empty = load_sweep(sweep).points[0].scenario.workload  # an empty table sets nothing
+    assert empty.model_dump(exclude={"agents"}) == base.model_dump(exclude={"agents"})
 
 
 def _small_sweep(d: Path) -> Path:

@@ -75,6 +75,9 @@ def test_comem_plan_writes_a_scenario_that_runs(tmp_path):
     # plan.md answers on its own: the table, the choice and the verdict, not the table alone
     md = (tmp_path / "plan.md").read_text()
     assert "assumptions:" in md and f"chosen: {out['chosen']}" in md and out["verdict"] in md
+    from markdown_it import MarkdownIt  # rich's dependency: the table must render as one
+
+    assert "<table>" in MarkdownIt("commonmark").enable("table").render(md)
     assert out["caveats"] == []  # H100, a full-attention model: inside the bands' rows
     # resumable: a second run reuses the simulated points
     points = sorted(p.name for p in (tmp_path / "points").glob("*.json"))
