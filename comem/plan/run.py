@@ -87,7 +87,8 @@ def next_round(spec: PlanSpec, estimates: list[Estimate], rows: list[PlanRow]) -
     """The next ``top`` candidates to simulate toward the SLO, none simulated yet: first
     those whose estimated step meets the SLO and lies below that of every simulated
     candidate of their kind that missed it, by the objective's estimate (the cheapest
-    that could meet it); then the rest, fastest first. Left out: what the resolve-loss
+    that could meet it); then the rest, fastest first. Left out: a candidate whose estimate
+    times the lowest p99 / estimate simulated so far misses the SLO, what the resolve-loss
     limit rules out already, offload where it changes nothing, and a summarizing kind
     with k at or above the tasks' length (it would make no summary)."""
     slo = spec.slo_step_s if spec.slo_step_s is not None else math.inf
@@ -98,6 +99,13 @@ def next_round(spec: PlanSpec, estimates: list[Estimate], rows: list[PlanRow]) -
         if r.simulated and r.summarizes and r.tasks_ended_early == 0 and not r.meets_slo:
             kind = r.candidate["kind"]
             missed[kind] = min(missed.get(kind, math.inf), r.estimate_mean_step_s)
+    # the lowest p99 / estimate the simulation has shown: a candidate whose estimate times
+    # it still misses the SLO is not worth a simulation (an SLO nothing can meet stops here)
+    reach = min(
+        (r.p99_step_s / r.estimate_mean_step_s for r in rows
+         if r.simulated and r.estimate_mean_step_s > 0 and math.isfinite(r.p99_step_s)),
+        default=0.0,
+    )  # fmt: skip
     pool: list[tuple[tuple[bool, float, int], Candidate]] = []
     for e in estimates:
         c, r = e.candidate, row_of[e.candidate]
@@ -106,6 +114,8 @@ def next_round(spec: PlanSpec, estimates: list[Estimate], rows: list[PlanRow]) -
         if c.kind != "fc" and c.k >= length:
             continue
         step = r.estimate_mean_step_s
+        if step * reach > slo:
+            continue
         likely = step <= slo and step < missed.get(c.kind, math.inf)
         key = estimated_objective(spec, e) if likely else step
         pool.append(((not likely, key, c.gpus_used), c))
