@@ -136,8 +136,13 @@ def _marker(path: Path) -> tuple[str | None, list[str]]:
     kind, files = data.get("kind"), data.get("files")
     if not isinstance(kind, str) or not isinstance(files, list):
         return None, []
-    names = [f for f in files if isinstance(f, str) and f and "/" not in f and f not in ("..",)]
-    return kind, [f for f in names if f != "." and not f.startswith(RESULT_MARKER)]
+    return kind, [f for f in files if isinstance(f, str) and _plain_name(f)]
+
+
+def _plain_name(name: str) -> bool:
+    """A file directly in the directory, not the marker itself (a tampered marker must not
+    reach outside it, nor delete itself)."""
+    return name not in ("", ".", "..") and "/" not in name and not name.startswith(RESULT_MARKER)
 
 
 def _article(word: str) -> str:
