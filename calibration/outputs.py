@@ -80,10 +80,7 @@ def write_result(
     for name in [last, *earlier, *names]:  # the mark first: no old mark beside new files
         (out / name).unlink(missing_ok=True)
     for name in names:
-        stem, dot, ext = name.rpartition(".")
-        tmp = out / (f".{stem}.tmp.{ext}" if dot else f".{name}.tmp")  # keeps the format
-        writers[name](tmp)
-        tmp.replace(out / name)
+        write_atomic(out / name, writers[name], f"{kind} result's {name}")
     write_text(out / RESULT_MARKER, json.dumps({"kind": kind, "files": names}) + "\n", "marker")
     return [out / n for n in writers]
 
@@ -149,22 +146,48 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
-def write_text(path: str | Path, text: str, what: str) -> Path:
-    """Write a file beside its place and rename it into it (a killed write leaves the old
-    file whole, never half of the new one); an OS error (disk full, permissions) is one
-    line."""
+def temporary_beside(target: Path, directory: Path | None = None) -> Path:
+    """Where ``target`` is written before it is renamed into place: hidden, named by this
+    process, with the target's extension kept (writers that read the format from the name,
+    a figure or a table, still write the right one); in ``directory`` when given (one a
+    re-run clears), beside the target otherwise."""
+    stem, dot, ext = target.name.rpartition(".")
+    pid = os.getpid()
+    name = f".{stem}.{pid}.tmp.{ext}" if dot and stem else f".{target.name}.{pid}.tmp"
+    return (directory or target.parent) / name
+
+
+def write_atomic(
+    path: str | Path,
+    write: Callable[[Path], object],
+    what: str,
+    directory: Path | None = None,
+) -> Path:
+    """``write(tmp)`` a file beside its place, then rename it into place: a killed write
+    leaves the old file whole, never half of the new one. An OS error (disk full,
+    permissions) is one line, and its temporary file is removed. A link's file is written,
+    not the link replaced. The one place every result file is written this way."""
     p = Path(path)
-    target = p.resolve() if p.is_symlink() else p  # a link's file is written, not replaced
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    target = p.resolve() if p.is_symlink() else p
+    tmp = temporary_beside(target, directory)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
+        write(tmp)
         tmp.replace(target)
     except OSError as exc:
         with contextlib.suppress(OSError):  # its directory cannot be reached: nothing left
             tmp.unlink(missing_ok=True)
         raise ComemInputError(f"{p}: cannot write the {what} ({exc.strerror})") from None
+    except BaseException:  # a writer's own error, or an interrupt: no temporary left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return p
+
+
+def write_text(path: str | Path, text: str, what: str) -> Path:
+    """:func:`write_atomic` of a text."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text), what)
 
 
 def refuse_foreign_file(

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from calibration.outputs import write_atomic
 from live.agent import (
     REPLAY_STEP_COLUMNS,
     LiveAgent,
@@ -85,9 +86,7 @@ class ReplayResult:
             ("summaries", self.summaries),
         ):
             p = out / REPLAY_FILES[key][0]
-            tmp = p.with_name(f".{p.name}.tmp")
-            table.to_csv(tmp, index=False)
-            tmp.replace(p)
+            write_atomic(p, lambda tmp, t=table: t.to_csv(tmp, index=False), f"replay {key}")
             paths.append(str(p))
         return [*paths, str(_write_config(self.scenario, out))]
 

@@ -18,7 +18,6 @@ import difflib
 import hashlib
 import itertools
 import math
-import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import as_completed
@@ -295,9 +294,11 @@ FAILED_SUFFIX = ".failed.parquet"
 
 
 def _write_point(rows: list[dict[str, Any]], target: Path) -> str:
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    pd.DataFrame(rows).to_parquet(tmp, index=False)
-    tmp.replace(target)  # atomic: a killed run never leaves a partial point
+    from calibration.outputs import write_atomic
+
+    # atomic: a killed run never leaves a partial point
+    frame = pd.DataFrame(rows)
+    write_atomic(target, lambda tmp: frame.to_parquet(tmp, index=False), "sweep point")
     return str(target)
 
 
@@ -359,12 +360,13 @@ def collect(sweep: Sweep, out_dir: str | Path) -> pd.DataFrame:
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if len(table):
         table = table.sort_values(["point", "replicate", "architecture"], ignore_index=True)
-        # beside its place, then renamed: a killed write keeps the last whole table
-        final = Path(out_dir) / "results.parquet"
-        # (under points/, whose temporary files a re-run clears)
-        tmp = Path(out_dir) / "points" / f".results.{os.getpid()}.tmp.parquet"
-        table.to_parquet(tmp, index=False)
-        tmp.replace(final)
+        from calibration.outputs import write_atomic
+
+        # renamed into place: a killed write keeps the last whole table (its temporary
+        # file under points/, whose temporary files a re-run clears)
+        write_atomic(Path(out_dir) / "results.parquet",
+                     lambda tmp: table.to_parquet(tmp, index=False), "sweep results",
+                     Path(out_dir) / "points")  # fmt: skip
     return table
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration.errors import ComemInputError
+from calibration.outputs import write_text
 from comem.plan.scenario import scenario_dict
 from comem.plan.space import Candidate, PlanSpec
 from sim.workers import process_pool
@@ -126,10 +127,8 @@ def confirm(
         done[result["key"]] = result
         if points is not None:
             pk = files[result["key"]]
-            points.mkdir(parents=True, exist_ok=True)
-            tmp = points / f".{pk}.tmp"
-            tmp.write_text(json.dumps({**result, "point": pk}, sort_keys=True))
-            tmp.replace(points / f"{pk}.json")
+            text = json.dumps({**result, "point": pk}, sort_keys=True)
+            write_text(points / f"{pk}.json", text, "plan point")
         if on_done is not None:
             on_done()
 
