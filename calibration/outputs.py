@@ -7,6 +7,7 @@ be written."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 from collections.abc import Callable
@@ -42,6 +43,20 @@ RESULT_KINDS: dict[str, tuple[str, frozenset[str], tuple[str, ...]]] = {
         frozenset({"spec", "chosen"}),
         ("plan.md", "pareto.png", "chosen_scenario.toml"),
     ),
+    # a CSV ``last`` file: its header row holds the keys
+    "paper": (
+        "paper_table.csv",
+        frozenset({"experiment", "variant", "architecture", "speedup_step"}),
+        ("paper_table.md", "paper_speedups.png", "sensitivity.json", "sensitivity.png"),
+    ),
+    "families": (
+        "families.csv",
+        frozenset({"family", "gpu", "kv_bytes_per_token", "crossover_agents"}),
+        ("families.png",),
+    ),
+    # a Parquet ``last`` file: its columns are the keys (the table sim.sweep.collect
+    # writes from the point files under points/, which it resumes from)
+    "sweep": ("results.parquet", frozenset({"key", "point", "replicate", "error"}), ()),
 }
 
 
@@ -85,12 +100,18 @@ def write_result(
     return [out / n for n in writers]
 
 
+def mark_result(directory: str | Path, kind: str, names: list[str]) -> None:
+    """Name ``names`` in ``directory`` as a ``kind`` result, for a command that writes its
+    files itself (each renamed into place whole): a later run of another command, or a
+    user, is then told the files are this one's (:func:`check_result_dir`)."""
+    marker = json.dumps({"kind": kind, "files": sorted(names)}) + "\n"
+    write_text(Path(directory) / RESULT_MARKER, marker, f"{kind} marker")
+
+
 def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[str]:
     """The files of the earlier result of ``kind`` in ``out`` (none: there is none);
     refuses a directory holding another command's result, or a file of the user's
     under a name the result writes."""
-    from calibration.inputs import read_json
-
     marker = out / RESULT_MARKER
     if marker.is_file():
         other, files = _marker(marker)
@@ -105,19 +126,39 @@ def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[s
     if not taken:
         return []
     keys = RESULT_KINDS[kind][1] if kind in RESULT_KINDS else frozenset()
-    ours = False
-    if keys and (out / last).is_file():
-        try:
-            data = read_json(out / last, kind)
-            ours = isinstance(data, dict) and keys <= set(data)
-        except ComemInputError:
-            ours = False
-    if not ours:
+    if not (keys and keys <= _result_keys(out / last, kind)):
         raise ComemInputError(
             f"--out {out}: {taken[0]} exists and is not part of a comem {kind} result: it is"
             " not overwritten (write elsewhere, or remove it first)"
         )
     return []
+
+
+def _result_keys(path: Path, kind: str) -> set[str]:
+    """The keys of a result's ``last`` file: a JSON object's, a CSV file's header row
+    (an empty set: not such a file)."""
+    from calibration.inputs import read_json
+
+    if not path.is_file():
+        return set()
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        except Exception:  # pyarrow raises many kinds for a file that is no Parquet
+            return set()
+    if path.suffix == ".csv":
+        try:
+            with path.open(newline="", errors="replace") as f:
+                return set(next(csv.reader([f.readline(1 << 16)]), []))
+        except (OSError, csv.Error):
+            return set()
+    try:
+        data = read_json(path, kind)
+    except ComemInputError:
+        return set()
+    return set(data) if isinstance(data, dict) else set()
 
 
 def _marker(path: Path) -> tuple[str | None, list[str]]:

@@ -144,8 +144,10 @@ CAVEATS = (
 def run_families(
     gpus: list[str], out: Path, agents: tuple[int, ...] = AGENTS, show_progress: bool = False
 ) -> list[Path]:
-    """Every family on every GPU of ``gpus``: ``families.csv`` and ``families.png``."""
-    from calibration.outputs import write_text
+    """Every family on every GPU of ``gpus``: ``families.csv`` and ``families.png``, written
+    as one result (:func:`calibration.outputs.write_result`: a user's file is not replaced,
+    a killed write leaves no table beside another run's figure)."""
+    from calibration.outputs import write_result
     from sim.progress import progress
 
     total = len(gpus) * len(FAMILY_MODELS) * len(agents)
@@ -156,8 +158,12 @@ def run_families(
     writer.writeheader()
     for r in rows:
         writer.writerow(asdict(r))
-    table = write_text(out / "families.csv", buffer.getvalue(), "families table")
-    return [table, _plot(rows, out / "families.png")]
+    text = buffer.getvalue()
+    writers = {
+        "families.csv": lambda p: p.write_text(text),  # written last all the same
+        "families.png": lambda p: _plot(rows, p),
+    }
+    return write_result(out, writers, "families.csv", "families")
 
 
 def _curve(row: FamilyRow) -> tuple[list[int], list[float]]:

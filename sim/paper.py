@@ -289,13 +289,11 @@ def table_markdown(rows: list[PaperRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(rows: list[PaperRow], directory: str | Path) -> list[Path]:
-    import json
-
+def table_writers(rows: list[PaperRow]) -> dict[str, Callable[[Path], object]]:
+    """The table's files, ``paper_table.csv`` and ``paper_table.md``, as
+    :func:`calibration.outputs.write_result` writers (file name -> a function writing it)."""
     import pandas as pd
 
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     flat = []
     for r in rows:
         d = r.to_dict()
@@ -305,11 +303,11 @@ def write_table(rows: list[PaperRow], directory: str | Path) -> list[Path]:
         d["ended_early"] = json.dumps(r.ended_early, sort_keys=True)
         d["ended_early_reference"] = json.dumps(r.ended_early_reference, sort_keys=True)
         flat.append(d)
-    csv = out / "paper_table.csv"
-    pd.DataFrame(flat).to_csv(csv, index=False)
-    md = out / "paper_table.md"
-    md.write_text(table_markdown(rows))
-    return [csv, md]
+    text = table_markdown(rows)
+    return {
+        "paper_table.csv": lambda p: pd.DataFrame(flat).to_csv(p, index=False),
+        "paper_table.md": lambda p: p.write_text(text),
+    }
 
 
 def figure(rows: list[PaperRow], path: str | Path) -> Path:

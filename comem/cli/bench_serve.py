@@ -221,9 +221,11 @@ def _write_bench_serve(
     """The result JSON to ``--save-result``'s file, and with the Parquet tables to ``--out``
     (whose files ``out`` then lists)."""
     if save_to is not None:
-        save_to.write_text(
-            json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
-        )
+        from calibration.outputs import write_text
+
+        # beside its place, then renamed: a killed write leaves no half a result file
+        text = json.dumps(_json_safe(out), indent=1, sort_keys=True, allow_nan=False) + "\n"
+        write_text(save_to, text, "--save-result file")
     if args.out:
         from calibration.outputs import write_result
 

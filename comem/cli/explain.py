@@ -25,7 +25,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )  # fmt: skip
     text = table_markdown(result)
     if args.out:
-        Path(args.out).write_text(text)
+        from calibration.outputs import write_text
+
+        write_text(args.out, text, "explanation")  # a killed write leaves the old one whole
     if args.json:
         _print_json(result)
     else:

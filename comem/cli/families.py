@@ -19,7 +19,7 @@ def cmd_families(args: argparse.Namespace) -> int:
         if not str(gpu).strip():
             raise ComemInputError("--gpus: an empty GPU name")
         get_gpu(gpu)  # an unknown GPU is one line, not a table of refusals
-    _writable_dir(args.out)
+    _writable_dir(args.out, kind="families")  # a user's families.csv is not replaced
     from comem.families import CAVEATS
 
     for path in run_families(args.gpus, Path(args.out), show_progress=True):

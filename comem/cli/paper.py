@@ -14,7 +14,7 @@ from comem.cli.common import _print_json, _with_progress, _workers, _writable_di
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-
+    from calibration.outputs import write_result
     from sim.paper import (
         PAPER_METRICS,
         figure,
@@ -22,8 +22,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
         run_paper,
         sensitivity,
         sensitivity_figure,
-        table_markdown,
-        write_table,
+        table_writers,
     )
 
     files = paper_files(args.dir) if not args.only else [Path(f) for f in args.only]
@@ -32,7 +31,9 @@ def cmd_paper(args: argparse.Namespace) -> int:
             what = "is not a regular file" if f.exists() else "does not exist"
             raise ComemInputError(f"{f}: scenario file {what}")
     out = Path(args.out)
-    _writable_dir(str(out), "--out")
+    # a user's file under a name the result writes, or another command's result: refused
+    # before any work (calibration.outputs.write_result)
+    _writable_dir(str(out), "--out", kind="paper")
     workers = _workers(args.workers, len(files))
     show = not args.json
     if args.set and show:
@@ -46,8 +47,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
         show, "comem paper", "scenarios", len(files),
         lambda cb: run_paper(files, args.set, workers, cb),
     )  # fmt: skip
-    written = write_table(rows, out)
-    written.append(figure(rows, out / "paper_speedups.png"))
+    writers = table_writers(rows)
+    writers["paper_speedups.png"] = lambda p: figure(rows, p)
     result: dict[str, Any] = {"rows": [r.to_dict() for r in rows], "metrics": PAPER_METRICS}
     if args.sensitivity:
         from sim.paper import SENSITIVITY_AXES, SENSITIVITY_BASE
@@ -57,14 +58,25 @@ def cmd_paper(args: argparse.Namespace) -> int:
             show, "sensitivity", "runs", n,
             lambda cb: sensitivity(SENSITIVITY_BASE, SENSITIVITY_AXES, args.metric, workers, cb),
         )  # fmt: skip
-        (out / "sensitivity.json").write_text(json.dumps(sens, indent=1, sort_keys=True) + "\n")
-        written.append(out / "sensitivity.json")
-        written.append(sensitivity_figure(sens, out / "sensitivity.png"))
+        text = json.dumps(sens, indent=1, sort_keys=True) + "\n"
+        writers["sensitivity.json"] = lambda p: p.write_text(text)
+        writers["sensitivity.png"] = lambda p: sensitivity_figure(sens, p)
         result["sensitivity"] = sens
+    # the table's CSV last: a killed write leaves no table, never an old one beside new
+    # figures, and a run without --sensitivity removes an earlier run's sensitivity files
+    written = write_result(out, writers, "paper_table.csv", "paper")
     result["files"] = [str(p) for p in written]
     if args.json:
         _print_json(result)
         return 0
+    _print_paper(rows, result, written)
+    return 0
+
+
+def _print_paper(rows: list[Any], result: dict[str, Any], written: list[Path]) -> None:
+    """The table, the default experiment's verdict, the sensitivity, the files written."""
+    from sim.paper import table_markdown
+
     print(table_markdown(rows), end="")
     default = next((r for r in rows if r.default), None)
     if default is not None:
@@ -89,7 +101,6 @@ def cmd_paper(args: argparse.Namespace) -> int:
             print(f"  {axis}: {shown}")
     for p in written:
         print(f"wrote {p}")
-    return 0
 
 
 def register(sub: Any) -> None:

@@ -38,7 +38,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out, ("results.parquet", "results.csv", "sweep.json"), {"sweep": args.sweep}
     )
     workers = _workers(args.workers, len(sweep.points))
-    _writable_dir(out)
+    _writable_dir(out, kind="sweep")  # a user's results.parquet, or another result: refused
 
     def work(advance: Any) -> Any:
         def on_point(done: int, total: int) -> None:
@@ -49,6 +49,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     table = _with_progress(not args.json, Path(args.sweep).stem, "points", len(sweep.points), work)
     results = Path(out) / "results.parquet"
+    if results.is_file():
+        from calibration.outputs import mark_result
+
+        mark_result(out, "sweep", [results.name])
     failed = failed_points(table)
     if args.json:
         _print_json(

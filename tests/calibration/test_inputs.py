@@ -186,3 +186,31 @@ def test_a_marker_whose_files_are_gone_or_malformed_blocks_nothing(tmp_path: Pat
     (odd / RESULT_MARKER).write_text(json.dumps({"kind": "run", "files": "c"}))
     write_result(odd, _writers("new"), "result.json", "run")
     assert (odd / "c").read_text() == "the user's"
+
+
+def test_a_csv_result_written_before_the_marker_is_recognized_by_its_header(
+    tmp_path: Path,
+) -> None:
+    """``paper`` and ``families`` end in a CSV table: one written before the marker (the
+    committed figures) is theirs by its header row; a user's CSV under that name is not."""
+    from calibration.errors import ComemInputError
+    from calibration.outputs import check_result_dir
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "families.csv").write_text("family,gpu,model,kv_bytes_per_token,crossover_agents\n")
+    (old / "families.png").write_text("old figure")
+    check_result_dir(old, "families")
+    write_result(
+        old,
+        {"families.csv": lambda p: p.write_text("new"), "families.png": lambda p: p.write_text("")},
+        "families.csv",
+        "families",
+    )
+    assert (old / "families.csv").read_text() == "new"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "paper_table.csv").write_text("experiment,my,own,columns\n1,2,3,4\n")
+    with pytest.raises(ComemInputError, match="paper_table.csv exists and is not part of"):
+        check_result_dir(mine, "paper")
+    assert (mine / "paper_table.csv").read_text().startswith("experiment,my")

@@ -605,3 +605,53 @@ def test_a_flag_bounded_like_a_duration_but_in_gib_is_not_called_seconds():
     out = run_comem("bench-serve", "--model", "llama-3-8b", "--kv-offloading-size", "-5")
     assert_user_error(out, "--kv-offloading-size")
     assert "seconds" not in out.stderr and "> 0" in out.stderr
+
+
+# --- a write killed halfway ---------------------------------------------------------------
+
+
+def _halfway_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Path.write_text of more than a line writes its first half and is killed."""
+    real = Path.write_text
+
+    def killed(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        if "\n" not in text.rstrip("\n"):
+            return real(self, text, *args, **kwargs)  # markers, probes: whole
+        real(self, text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed)
+
+
+def test_a_killed_explain_or_save_result_write_leaves_no_half_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``explain --out`` and ``bench-serve --save-result`` write beside their file and
+    rename it into place: a write killed halfway keeps the earlier explanation whole and
+    leaves no half a result JSON under the name a later run would refuse or read."""
+    from comem.cli.app import main
+    from sim.explain import EXPLANATION_HEAD
+
+    a = tmp_path / "a.toml"
+    a.write_text(
+        'name = "a"\n[workload]\nkind = "synthetic"\narrivals = "closed-batch"\nagents = 1\n'
+        "steps = 3\nsystem_tokens = 100\nobservation_tokens = 20\naction_tokens = 8\n"
+        "summary_tokens = 16\ntool_s = 0.0\n"
+        '[[architectures]]\nname = "FC"\nkind = "fc"\nagent = { model = "qwen3-4b" }\n'
+        '[[architectures]]\nname = "CoMem"\nkind = "kso"\nk = 2\nagent = { model = "qwen3-4b" }\n'
+        'memory = { model = "qwen3-4b" }\n'
+    )
+    b = tmp_path / "b.toml"
+    b.write_text(a.read_text().replace("agents = 1", "agents = 2"))
+    out = tmp_path / "why.md"
+    earlier = EXPLANATION_HEAD + "\nthe earlier explanation, whole\n"
+    out.write_text(earlier)
+    _halfway_writes(monkeypatch)
+    assert main(["explain", str(a), str(b), "--workers", "1", "--out", str(out)]) == 130
+    assert out.read_text() == earlier
+    args = ["bench-serve", "--model", "llama-3-8b", "--num-prompts", "2", "--save-result"]
+    args += ["--random-input-len", "16", "--random-output-len", "2"]
+    args += ["--result-dir", str(tmp_path / "r"), "--result-filename", "r.json"]
+    assert main(args) == 130
+    assert not (tmp_path / "r" / "r.json").exists()
+    capsys.readouterr()

@@ -94,3 +94,48 @@ def test_paper_only_names_what_is_wrong_with_a_path(tmp_path):
         (str(tmp_path / "none.toml"), "does not exist"),
     ):
         assert_user_error(run_comem("paper", "--only", path, "--out", str(tmp_path)), says)
+
+
+def test_paper_never_replaces_a_users_file_nor_another_commands_result(tmp_path):
+    """A user's paper_table.md, or a plan's result, in --out: refused before any run, in
+    one line, the files left as they were."""
+    from cli_helpers import assert_user_error, run_comem
+
+    from calibration.outputs import RESULT_MARKER
+
+    scenario = str(PAPER_DIR / "deepswe_synthetic_benchmark__h100.toml")
+    (tmp_path / "paper_table.md").write_text("my notes")
+    proc = run_comem("paper", "--only", scenario, "--out", str(tmp_path), "--workers", "1")
+    assert_user_error(proc, "paper_table.md exists and is not part of a comem paper result")
+    assert (tmp_path / "paper_table.md").read_text() == "my notes"
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "plan.json").write_text("{}")
+    (plan / RESULT_MARKER).write_text('{"kind": "plan", "files": ["plan.json"]}')
+    proc = run_comem("paper", "--only", scenario, "--out", str(plan), "--workers", "1")
+    assert_user_error(proc, "holds a comem plan result, not a paper result")
+
+
+@pytest.mark.slow
+def test_paper_rewrites_its_result_whole(tmp_path):
+    """A re-run replaces the earlier result, the files it no longer writes (an earlier
+    --sensitivity's) included: never one run's table beside another's figures."""
+    from cli_helpers import run_comem
+
+    from calibration.outputs import RESULT_MARKER
+
+    scenario = str(PAPER_DIR / "deepswe_synthetic_benchmark__h100.toml")
+    args = ["paper", "--only", scenario, "--out", str(tmp_path), "--workers", "1", "--json"]
+    for s in TINY:
+        args += ["--set", s]
+    assert run_comem(*args).returncode == 0
+    marker = json.loads((tmp_path / RESULT_MARKER).read_text())
+    marker["files"].append("sensitivity.json")  # as a --sensitivity run leaves it
+    (tmp_path / RESULT_MARKER).write_text(json.dumps(marker))
+    (tmp_path / "sensitivity.json").write_text("{}")
+    proc = run_comem(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["files"] == [
+        str(tmp_path / n) for n in ("paper_table.csv", "paper_table.md", "paper_speedups.png")
+    ]
+    assert not (tmp_path / "sensitivity.json").exists()

@@ -209,3 +209,26 @@ def test_a_sweep_whose_every_point_failed_summarizes_to_nothing():
     result = summary(table)
     assert result["rows"] == [] and result["winner"] is None
     assert "winner" not in summary_markdown(result)
+
+
+def test_a_sweep_never_replaces_a_users_results_file_and_marks_its_own(tmp_path):
+    """A user's results.parquet in --out is refused before any point runs, in one line; a
+    sweep's own table (marked, or one written before the marker: by its columns) is
+    resumed into."""
+    from cli_helpers import assert_user_error, run_comem
+
+    from calibration.outputs import RESULT_MARKER
+
+    spec = _sweep_file(tmp_path, agents=(1,), ks=(2,))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.parquet").write_text("my measurements")
+    proc = run_comem("sweep", str(spec), "--workers", "1", "--out", str(mine))
+    assert_user_error(proc, "results.parquet exists and is not part of a comem sweep result")
+    assert (mine / "results.parquet").read_text() == "my measurements"
+    out = tmp_path / "out"
+    for _ in range(2):
+        proc = run_comem("sweep", str(spec), "--workers", "1", "--out", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert '"results.parquet"' in (out / RESULT_MARKER).read_text()
+        (out / RESULT_MARKER).unlink()  # as a sweep written before the marker left it
