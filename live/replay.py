@@ -17,6 +17,7 @@ metrics (``llm_exec_time_s`` ... ``total_step_time_s``). ``queue_s`` and
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -86,9 +87,13 @@ class ReplayResult:
             ("summaries", self.summaries),
         ):
             p = out / REPLAY_FILES[key][0]
-            write_atomic(p, lambda tmp, t=table: t.to_csv(tmp, index=False), f"replay {key}")
+            write_atomic(p, functools.partial(_write_csv, table), f"replay {key}")
             paths.append(str(p))
         return [*paths, str(_write_config(self.scenario, out))]
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    table.to_csv(path, index=False)
 
 
 def _write_config(scenario: Scenario, out: Path) -> Path:

@@ -1,0 +1,366 @@
+"""``comem theory SCENARIO``: the closed forms evaluated on a user's scenario, in a second.
+
+For which k, and from which load, does each summarizing architecture beat full context,
+and what does it cost in solved tasks? The simulation answers it for the scenario's one
+load; the closed forms (:mod:`theory.whole_task`, :mod:`theory.bounds`) answer it for every
+k and every number of agents at once, with stated simplifications:
+
+- **Identical agents in lockstep.** N agents per replica (``agents`` over the engine's
+  ``data_parallel_size``) share every iteration (:func:`theory.single_agent.
+  lockstep_coefficients`), each engine priced by its linear surrogate
+  (:func:`calibration.surrogate.fit_surrogate` of the engine's latency model).
+- **The KV cache is not simulated.** Past FC's KV limit (its agents' peak contexts no
+  longer fit) FC preempts and recomputes, which the forms do not price; so the
+  crossover is at most one past that limit (:func:`theory.bounds.
+  crossover_concurrencies`). FC tasks longer than ``max_model_len`` are priced whole,
+  where the simulation ends them.
+- **Policies as the forms have them.** ``kso-authors`` is priced as KSO(k = R, lag = 1,
+  retain = 0) (:class:`sim.kso.KSOAuthors` says how it differs), ``kso-adaptive`` at its
+  starting k and lag, and a KSO whose memory model shares the agent's GPUs
+  (``gpu_group``) as the blocking SM: its summaries cannot overlap the agent's work.
+- **Mean task shape.** A trace or fitted workload is priced by its drawn tasks' means
+  (:func:`sim.describe.mean_task_shape`); a synthetic one exactly as written, except its
+  first observation and prompt padding.
+
+Resolve rates are the fitted effectiveness model's (:mod:`sim.effectiveness`), as
+``comem run`` reports them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from calibration.errors import ComemInputError
+
+#: agents scanned for a crossover (per replica)
+MAX_AGENTS_SCAN = 512
+#: summarizing kinds the closed forms price, and the form each is priced as
+PRICED_AS = {"cp": "cp", "sm": "sm", "kso": "kso", "kso-authors": "kso", "kso-adaptive": "kso"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One task as the closed forms see it (means for a trace or fitted workload)."""
+
+    steps: int
+    system: float
+    observation: float
+    action: float
+    summary: float
+    tool_s: float
+    agents: int
+
+
+@dataclass(frozen=True)
+class FormRow:
+    """One architecture at one k: the closed forms' answer."""
+
+    architecture: str
+    kind: str  # the scenario's kind
+    priced_as: str  # the closed form it is priced by
+    k: int | None
+    agents_per_replica: int
+    step_s: float  # mean step latency, N agents in lockstep (tool time included)
+    speedup: float | None  # FC's step latency over this one's (> 1: faster than FC)
+    kv_bound_agents: int  # agents per replica whose peak contexts fit its agent's KV cache
+    crossover_agents: int | None  # fewest agents per replica at which it beats FC
+    crossover_why: str  # "lockstep" (its latency alone), "fc-kv" (FC's KV limit), ""
+    resolve_pp: float | None  # resolve rate change against FC, percentage points
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Priced:
+    """An engine pair as the forms need it."""
+
+    agent: np.ndarray
+    memory: np.ndarray | None
+    kv_tokens: int
+    replicas: int
+
+
+def task_shape(scenario: Any) -> tuple[Shape, list[str]]:
+    """The scenario's task shape and what the forms leave out of it."""
+    w = scenario.workload
+    notes: list[str] = []
+    if w.kind == "synthetic":
+        shape = Shape(w.steps, w.system_tokens, w.observation_tokens, w.action_tokens,
+                      w.summary_tokens, w.tool_s, w.agents)  # fmt: skip
+        if w.first_observation_tokens is not None or w.input_target_tokens:
+            notes.append("the first observation and prompt padding are priced as any step's")
+        return shape, notes
+    from sim.describe import MEAN_SHAPE_TASKS, mean_task_shape
+
+    m = mean_task_shape(w)
+    notes.append(f"a {w.kind} workload, priced by the means of {MEAN_SHAPE_TASKS} drawn tasks")
+    shape = Shape(max(1, round(m.steps)), m.system_tokens, m.observation_tokens,
+                  m.action_tokens, float(w.summary_tokens), m.tool_s, w.agents)  # fmt: skip
+    return shape, notes
+
+
+def _coefficients(cfg: Any) -> tuple[np.ndarray, int]:
+    """An engine's surrogate coefficients (c0..c4) and its KV cache in tokens."""
+    from calibration.latency import LatencyModel
+    from calibration.surrogate import fit_surrogate
+    from sim.engine_latency import engine_label, engine_latency
+    from sim.kv_geometry import kv_geometry
+
+    latency = engine_latency(cfg)
+    if not isinstance(latency, LatencyModel):
+        raise ComemInputError(
+            f"{engine_label(cfg)}: a measured profile has no closed form here (the forms"
+            " price the kernel-fitted latency model); run the scenario instead"
+        )
+    s = fit_surrogate(latency, samples=200, holdout=50)
+    geo = kv_geometry(cfg, latency)
+    return np.array([s.c0, s.c1, s.c2, s.c3, s.c4]), geo.total_blocks * geo.block_size
+
+
+def _priced(arch: Any) -> _Priced:
+    agent, kv = _coefficients(arch.agent)
+    memory = None if arch.memory is None else _coefficients(arch.memory)[0]
+    return _Priced(agent, memory, kv, max(1, arch.agent.data_parallel_size))
+
+
+def _params(shape: Shape, k: float, retain: float, lag: float) -> Any:
+    from theory.single_agent import AgentParams
+
+    def a(x: float) -> np.ndarray:
+        return np.array(float(x))
+
+    return AgentParams(system=a(shape.system), observation=a(shape.observation),
+                       action=a(shape.action), summary=a(shape.summary), tool_s=a(shape.tool_s),
+                       steps=shape.steps, k=a(k), retain=a(retain), lag=a(lag))  # fmt: skip
+
+
+def _policy(arch: Any) -> tuple[str, int, int, int, list[str]]:
+    """(form, k, retain, lag, notes) of a summarizing architecture."""
+    kind, notes = arch.kind, []
+    if kind == "kso-authors":
+        notes.append("kso-authors priced as KSO(k = R, lag = 1, retain = 0)")
+        return "kso", arch.retain, 0, 1, notes
+    if kind == "kso-adaptive":
+        notes.append("kso-adaptive priced at its starting k and lag")
+    form = PRICED_AS[kind]
+    shared = arch.memory is not None and arch.memory.gpu_group is not None
+    if form == "kso" and shared and arch.memory.gpu_group == arch.agent.gpu_group:
+        notes.append("its memory model shares the agent's GPUs: priced as the blocking SM")
+        form = "sm"
+    return form, arch.k, arch.retain, arch.lag if form == "kso" else 0, notes
+
+
+def _step_s(form: str, shape: Shape, eng: _Priced, policy: tuple[int, int, int], n: Any) -> Any:
+    """Mean step latency at ``n`` agents in all (an array), each replica taking its share."""
+    from theory.whole_task import task_latencies
+
+    k, retain, lag = policy
+    per_replica = np.ceil(np.asarray(n, dtype=float) / eng.replicas)
+    memory = eng.memory if form in ("sm", "kso") else None
+    p = _params(shape, k, retain, lag)
+    return task_latencies(form, p, eng.agent, memory, agents=per_replica).latency / shape.steps
+
+
+def _kv_bound(shape: Shape, eng: _Priced, form: str, policy: tuple[int, int, int], cap: int) -> int:
+    """Agents in all whose peak contexts fit their replicas' KV caches at once."""
+    from theory.bounds import fc_peak_context, kso_peak_context, max_agents
+
+    k, retain, lag = policy
+    if form == "fc":
+        peak = fc_peak_context(shape.system, shape.observation, shape.action, shape.steps)
+    else:
+        peak = kso_peak_context(shape.system, shape.observation, shape.action, shape.summary,
+                                k, retain, lag)  # fmt: skip
+    return int(max_agents(eng.kv_tokens, min(peak, cap))) * eng.replicas
+
+
+def fc_peak(shape: Shape) -> float:
+    """Tokens a full-context task's last step holds."""
+    from theory.bounds import fc_peak_context
+
+    return float(fc_peak_context(shape.system, shape.observation, shape.action, shape.steps))
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Full context across the scan: its step latency at 1..MAX_AGENTS_SCAN agents, and
+    how many agents its KV cache holds."""
+
+    step_s: np.ndarray
+    kv_bound: int
+    resolve: Any
+
+
+def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
+    from sim.effectiveness import policy_features, resolve_rate
+
+    fc = next((a for a in scenario.architectures if a.kind == "fc"), None)
+    if fc is None:
+        raise ComemInputError(
+            f"{scenario.name}: no fc architecture: the closed forms compare against full"
+            ' context (add one, e.g. `[[architectures]] name = "FC" kind = "fc"`)'
+        )
+    eng = _priced(fc)
+    scan = np.arange(1, MAX_AGENTS_SCAN + 1)
+    step = _step_s("fc", shape, eng, (1, 0, 0), scan)
+    bound = _kv_bound(shape, eng, "fc", (1, 0, 0), fc.agent.max_model_len)
+    # tasks past max_model_len end early, and resolve at the capped factor (as in a run)
+    early = 1.0 if fc_peak(shape) > fc.agent.max_model_len else 0.0
+    rate = resolve_rate(policy_features(fc), scenario.effectiveness, ended_early=early)
+    return fc, _Reference(step, bound, rate)
+
+
+def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, k: int,
+         notes: list[str]) -> FormRow:  # fmt: skip
+    """One summarizing architecture at one k (``k`` is R for kso-authors)."""
+    from sim.effectiveness import policy_features, resolve_delta, resolve_rate
+
+    varied = arch.model_copy(update={"retain" if arch.kind == "kso-authors" else "k": k})
+    form, k_f, retain, lag, _ = _policy(varied)
+    policy = (k_f, retain, lag)
+    scan = np.arange(1, MAX_AGENTS_SCAN + 1)
+    step = _step_s(form, shape, eng, policy, scan)
+    better = np.flatnonzero(step < ref.step_s)
+    lockstep = int(better[0]) + 1 if better.size else None
+    limit = ref.kv_bound + 1  # past FC's KV limit FC recomputes: the forms do not price it
+    crossover: int | None = None
+    why = ""
+    if lockstep is not None and lockstep <= limit:
+        crossover, why = lockstep, "lockstep"
+    elif limit <= MAX_AGENTS_SCAN:
+        crossover, why = limit, "fc-kv"
+    i = min(shape.agents, MAX_AGENTS_SCAN) - 1
+    rate = resolve_rate(policy_features(varied), scenario.effectiveness)
+    return FormRow(
+        architecture=arch.name, kind=arch.kind, priced_as=form, k=k,
+        agents_per_replica=math.ceil(shape.agents / eng.replicas), step_s=float(step[i]),
+        speedup=float(ref.step_s[i] / step[i]),
+        kv_bound_agents=_kv_bound(shape, eng, form, policy, arch.agent.max_model_len),
+        crossover_agents=crossover, crossover_why=why,
+        resolve_pp=resolve_delta(rate, ref.resolve).pp, notes=notes,
+    )  # fmt: skip
+
+
+def k_values(arch: Any, steps: int, ks: list[int] | None) -> list[int]:
+    """The k (R for kso-authors) scanned: ``ks``, or powers of two, with the scenario's
+    own; only those that make a summary within a task (k < steps)."""
+    own = arch.retain if arch.kind == "kso-authors" else arch.k
+    chosen = ks if ks else [2**i for i in range(1, 12)]
+    return sorted({k for k in [*chosen, own] if 1 <= k < steps})
+
+
+def evaluate(scenario: Any, ks: list[int] | None = None) -> dict[str, Any]:
+    """The closed forms' answer for every summarizing architecture of ``scenario``, at its
+    own k and across ``ks``, against its full-context architecture."""
+    shape, notes = task_shape(scenario)
+    fc, ref = _reference(scenario, shape)
+    fc_eng_len = fc.agent.max_model_len
+    peak = fc_peak(shape)
+    if peak > fc_eng_len:
+        step = math.ceil((fc_eng_len - shape.system) / (shape.observation + shape.action))
+        notes.append(
+            f"FC's context ({peak:,.0f} tokens at the last step) passes its max_model_len"
+            f" ({fc_eng_len:,}) near step {step}: the forms price its tasks whole, where the"
+            " simulation ends them (`comem run` reports the partial work), and its"
+            " resolve rate is the capped one of tasks that end early"
+        )
+    if shape.agents > ref.kv_bound:
+        notes.append(
+            f"at {shape.agents} agents FC's peak contexts do not all fit its KV cache (it holds"
+            f" {ref.kv_bound}): FC preempts and recomputes, which the forms do not price: its"
+            " step latency here is a lower bound, so each 'vs FC' is a lower bound too"
+        )
+    dropped = sorted(k for k in ks or [] if k >= shape.steps)
+    if dropped:
+        notes.append(f"k {', '.join(map(str, dropped))}: no summary in a {shape.steps}-step"
+                     " task, left out")  # fmt: skip
+    i = min(shape.agents, MAX_AGENTS_SCAN) - 1
+    rows, scans = [], {}
+    for arch in scenario.architectures:
+        if arch.kind not in PRICED_AS:
+            continue
+        eng = _priced(arch)
+        own = arch.retain if arch.kind == "kso-authors" else arch.k
+        _, _, _, _, arch_notes = _policy(arch)
+        if own >= shape.steps:
+            arch_notes.append(f"k = {own} makes no summary in a {shape.steps}-step task")
+        rows.append(_row(scenario, shape, ref, arch, eng, own, arch_notes))
+        scans[arch.name] = [_row(scenario, shape, ref, arch, eng, k, [])
+                            for k in k_values(arch, shape.steps, ks)]  # fmt: skip
+    if not rows:
+        raise ComemInputError(
+            f"{scenario.name}: no summarizing architecture (cp, sm, kso, kso-authors or"
+            " kso-adaptive) to compare with full context"
+        )
+    return {
+        "scenario": scenario.name,
+        "shape": asdict(shape),
+        "fc": {
+            "architecture": fc.name,
+            "step_s": float(ref.step_s[i]),
+            "kv_bound_agents": ref.kv_bound,
+        },  # fmt: skip
+        "rows": [asdict(r) for r in rows],
+        "k_scan": {name: [asdict(r) for r in scan] for name, scan in scans.items()},
+        "notes": notes,
+    }
+
+
+def _cross_text(r: dict[str, Any]) -> str:
+    n = r["crossover_agents"]
+    if n is None:
+        return f"never (<= {MAX_AGENTS_SCAN})"
+    return f"{n}" + (" (FC's KV)" if r["crossover_why"] == "fc-kv" else "")
+
+
+def _best_line(name: str, scan: list[dict[str, Any]], agents: int) -> str:
+    if not scan:
+        return f"{name}: no k below the task's steps makes a summary"
+    fastest = max(scan, key=lambda r: r["speedup"])
+    verdict = "faster than" if fastest["speedup"] > 1 else "no faster than"
+    return (
+        f"{name}: at {agents} agents its fastest k is {fastest['k']}, {fastest['speedup']:.2f}x"
+        f" FC's step latency ({verdict} FC), resolve rate {fastest['resolve_pp']:+.1f} pp"
+    )
+
+
+def text_report(result: dict[str, Any]) -> list[str]:
+    """What ``comem theory SCENARIO`` prints."""
+    s, fc = result["shape"], result["fc"]
+    lines = [
+        f"closed forms on {result['scenario']}: N identical agents in lockstep per replica,"
+        " each engine by its linear surrogate, the KV cache not simulated",
+        f"task: {s['steps']} steps; system {s['system']:,.0f} tokens, per step observation"
+        f" {s['observation']:,.0f} + action {s['action']:,.0f}, tool {s['tool_s']:g} s;"
+        f" summaries {s['summary']:,.0f} tokens; {s['agents']} agents",
+        f"{fc['architecture']} (fc): mean step {fc['step_s']:.3g} s at {s['agents']} agents; its"
+        f" KV cache holds {fc['kv_bound_agents']} agents' peak contexts",
+    ]
+    for row in result["rows"]:
+        name, scan = row["architecture"], result["k_scan"][row["architecture"]]
+        k_name = "R" if row["kind"] == "kso-authors" else "k"
+        lines += ["", f"{name} ({row['kind']}, priced as {row['priced_as']}):",
+                  f"  {k_name:>4} {'step s':>8} {'vs FC':>7} {'beats FC from':>16}"
+                  f" {'KV holds':>9} {'resolve pp':>11}"]  # fmt: skip
+        for r in scan:
+            mark = "*" if r["k"] == row["k"] else " "
+            lines.append(
+                f"{mark} {r['k']:>4} {r['step_s']:>8.3g} {r['speedup']:>6.2f}x"
+                f" {_cross_text(r):>16} {r['kv_bound_agents']:>9} {r['resolve_pp']:>+11.1f}"
+            )
+        lines += [f"  note: {n}" for n in row["notes"]]
+        lines.append(_best_line(name, scan, s["agents"]))
+    lines += [
+        "",
+        "* the scenario's own k. vs FC: FC's mean step latency over this one's at the"
+        " scenario's agents (> 1: faster). beats FC from: the fewest agents (in all) at"
+        " which it is faster; (FC's KV): only because FC's contexts no longer fit its KV"
+        " cache there, which the forms do not price past. KV holds: agents whose peak"
+        " contexts fit. resolve pp: the fitted effectiveness model, against FC.",
+        "The simulation (`comem run`) is the answer at the scenario's load, with queueing,"
+        " preemption and the KV cache; these forms show how it moves with k and agents.",
+    ]
+    return lines + [f"note: {n}" for n in result["notes"]]

@@ -1,0 +1,92 @@
+"""``comem theory SCENARIO``: the closed forms on a user's scenario agree with its simulation
+where their assumptions hold, and the crossover they give is where the speedup crosses 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import REPO_ROOT, assert_user_error, run_comem
+
+from calibration.errors import ComemInputError
+from comem.closed_forms import MAX_AGENTS_SCAN, evaluate
+from sim.scenario import run_scenario, scenario_from
+
+VARIANTS = str(REPO_ROOT / "scenarios" / "paper_latency_glm47_kso_variants.toml")
+
+
+def _scenario(agents: int, **workload: Any) -> Any:
+    data = {
+        "workload": {"agents": agents, "steps": 12, "system_tokens": 500,
+                     "observation_tokens": 300, "action_tokens": 200, "summary_tokens": 400,
+                     "tool_s": 0.5, **workload},
+        "architectures": [
+            {"name": "FC", "kind": "fc", "agent": {"model": "llama-3-8b"}},
+            {"name": "KSO", "kind": "kso", "k": 4, "lag": 1, "retain": 1,
+             "agent": {"model": "llama-3-8b"}, "memory": {"model": "qwen3-4b"}},
+            {"name": "CP", "kind": "cp", "k": 4, "retain": 1, "agent": {"model": "llama-3-8b"}},
+        ],
+    }  # fmt: skip
+    return scenario_from(data, [], "test")
+
+
+@pytest.mark.parametrize("agents", [1, 8])
+def test_the_forms_agree_with_the_simulation_where_their_assumptions_hold(agents: int) -> None:
+    """Identical agents, fixed tool time, every context in the KV cache: the simulation's
+    speedups are the forms' to the surrogate's error (the same on both sides, so the ratio
+    is closer than either latency)."""
+    scenario = _scenario(agents)
+    summary = run_scenario(scenario).summary()
+    forms = evaluate(scenario)
+    simulated = summary["comparison"]["metrics"]["step"]["speedup"]
+    assert forms["fc"]["kv_bound_agents"] >= agents  # the regime the forms price
+    for row in forms["rows"]:
+        name = row["architecture"]
+        assert row["speedup"] == pytest.approx(simulated[name], rel=0.03), name
+        sim_step = summary["architectures"][name]["mean_step_latency_s"]
+        assert row["step_s"] == pytest.approx(sim_step, rel=0.12), name
+
+
+def test_the_crossover_is_where_the_speedup_crosses_one() -> None:
+    """More agents share FC's long prefills, so a summarizing architecture that loses
+    alone wins from some load on: below the crossover it is slower, from it faster."""
+    from sim.scenario import load_scenario
+
+    def kso(agents: int) -> dict[str, Any]:
+        s = load_scenario(VARIANTS, [f"workload.agents={agents}"])
+        return next(r for r in evaluate(s)["rows"] if r["architecture"] == "KSO")
+
+    n = kso(1)["crossover_agents"]
+    assert kso(1)["crossover_why"] == "lockstep" and n is not None and 1 < n <= MAX_AGENTS_SCAN
+    assert kso(n - 1)["speedup"] <= 1.0 < kso(n)["speedup"]
+
+
+def test_the_k_scan_keeps_the_scenarios_k_and_only_ks_that_summarize() -> None:
+    result = evaluate(_scenario(2), ks=[2, 8, 12, 40])
+    scanned = [r["k"] for r in result["k_scan"]["KSO"]]
+    assert scanned == [2, 4, 8]  # 4 is the scenario's; 12 and 40 make no summary in 12 steps
+    assert any("k 12, 40: no summary in a 12-step task" in n for n in result["notes"])
+    # a larger k loses less in solved tasks (the fitted model: each summary costs)
+    pp = [r["resolve_pp"] for r in result["k_scan"]["KSO"]]
+    assert pp == sorted(pp)
+
+
+def test_without_full_context_there_is_nothing_to_compare() -> None:
+    data = _scenario(1).model_dump()
+    data["architectures"] = data["architectures"][1:]
+    with pytest.raises(ComemInputError, match="no fc architecture"):
+        evaluate(scenario_from(data, [], "test"))
+
+
+def test_the_command_answers_and_refuses_in_one_line(tmp_path: Path) -> None:
+    proc = run_comem("theory", VARIANTS, "--k", "4", "8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert {r["architecture"] for r in result["rows"]} == {"KSO", "KSO-authors"}
+    assert all(r["speedup"] > 0 for scan in result["k_scan"].values() for r in scan)
+    text = run_comem("theory", VARIANTS)
+    assert text.returncode == 0 and "fastest k is" in text.stdout, text.stderr
+    assert_user_error(run_comem("theory", "--k", "4"), "need a scenario")
+    assert_user_error(run_comem("theory", str(tmp_path / "missing.toml")), "missing.toml")
