@@ -14,6 +14,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = "scenarios/paper_latency_glm47.toml"
@@ -102,6 +103,7 @@ def generate(workers: int = 1) -> str:
     ]
     sections: list[str] = []
     verdicts: dict[str, float | None] = {}
+    known: dict[tuple[str, str], dict[str, Any]] = {}  # a scenario two sections share runs once
     with tempfile.TemporaryDirectory() as tmp:
         answers = _answers(_plan_file(Path(tmp), workers))
         for title, first, second in CASES:
@@ -111,7 +113,7 @@ def generate(workers: int = 1) -> str:
             )
             a, b = load_side(a_path, a_sets), load_side(b_path, b_sets)
             a.source, b.source = a_name, b_name
-            result = explain(a, b, DEFAULT_METRIC, workers)
+            result = explain(a, b, DEFAULT_METRIC, workers, known=known)
             verdicts[a_name] = result["a"]["speedup"]
             verdicts[b_name] = result["b"]["speedup"]
             sections += [f"## {title}", "", table_markdown(result, first.rstrip("."),

@@ -270,10 +270,13 @@ def explain(
     metric: str,
     workers: int = 1,
     on_done: Callable[[], None] | None = None,
+    known: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A's and B's verdicts; per differing input, A's verdict with that input from B; and
     the path from A to B taking B's inputs one after another (in the listed order), whose
-    steps multiply exactly to the whole gap, interactions included."""
+    steps multiply exactly to the whole gap, interactions included. ``known``: verdicts of
+    earlier explanations by (metric, scenario key) (read, and added to): a scenario two
+    explanations share runs once."""
     inputs = differing_inputs(a, b)
     variants, path_data = [], []
     walked = copy.deepcopy(a.data)
@@ -284,10 +287,13 @@ def explain(
         one.apply(walked)
         path_data.append(copy.deepcopy(walked))
     jobs = {_key(d): d for d in [a.data, b.data, *variants, *path_data]}
+    known = {} if known is None else known
+    todo = {k: d for k, d in jobs.items() if (metric, k) not in known}
     set_total = getattr(on_done, "set_total", None)
     if set_total is not None:
-        set_total(len(jobs))
-    results = _run_all(jobs, metric, workers, on_done)
+        set_total(len(todo))
+    known.update({(metric, k): v for k, v in _run_all(todo, metric, workers, on_done).items()})
+    results = {k: known[(metric, k)] for k in jobs}
     base = results[_key(a.data)]
     rows = []
     for one, data in zip(inputs, variants, strict=True):
