@@ -188,6 +188,19 @@ def test_explain_lists_the_inputs_that_differ_and_moves_each() -> None:
     steps = math.prod(p["step"] for p in path)
     assert steps == pytest.approx(result["b"]["speedup"] / result["a"]["speedup"])
     assert explain(a, a, "step")["inputs"] == []
+    # verdicts shared between explanations: a scenario already run is not run again, and
+    # gives the same answer
+    known: dict = {}
+    ran: list[int] = []
+
+    def done() -> None:
+        ran.append(1)
+
+    first = explain(a, b, "step", known=known, on_done=done)
+    runs = len(ran)
+    assert runs == len(known) > 0 and first == result
+    assert explain(a, alone, "step", known=known, on_done=done) == explain(a, alone, "step")
+    assert len(ran) == runs  # A, B alone and its one-input variant were all known
 
 
 @pytest.mark.slow
