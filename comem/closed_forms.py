@@ -140,17 +140,18 @@ def _params(shape: Shape, k: float, retain: float, lag: float) -> Any:
 def _policy(arch: Any) -> tuple[str, int, int, int, list[str]]:
     """(form, k, retain, lag, notes) of a summarizing architecture."""
     kind, notes = arch.kind, []
+    k, retain, lag = arch.k, arch.retain, arch.lag
     if kind == "kso-authors":
-        notes.append("kso-authors priced as KSO(k = R, lag = 1, retain = 0)")
-        return "kso", arch.retain, 0, 1, notes
+        notes.append("kso-authors priced with k = R, lag = 1, retain = 0")
+        k, retain, lag = arch.retain, 0, 1
     if kind == "kso-adaptive":
         notes.append("kso-adaptive priced at its starting k and lag")
     form = PRICED_AS[kind]
-    shared = arch.memory is not None and arch.memory.gpu_group is not None
-    if form == "kso" and shared and arch.memory.gpu_group == arch.agent.gpu_group:
+    group = arch.memory.gpu_group if arch.memory is not None else None
+    if form == "kso" and group is not None and group == arch.agent.gpu_group:
         notes.append("its memory model shares the agent's GPUs: priced as the blocking SM")
         form = "sm"
-    return form, arch.k, arch.retain, arch.lag if form == "kso" else 0, notes
+    return form, k, retain, lag if form == "kso" else 0, notes
 
 
 def _step_s(form: str, shape: Shape, eng: _Priced, policy: tuple[int, int, int], n: Any) -> Any:

@@ -90,3 +90,13 @@ def test_the_command_answers_and_refuses_in_one_line(tmp_path: Path) -> None:
     assert text.returncode == 0 and "fastest k is" in text.stdout, text.stderr
     assert_user_error(run_comem("theory", "--k", "4"), "need a scenario")
     assert_user_error(run_comem("theory", str(tmp_path / "missing.toml")), "missing.toml")
+
+
+def test_a_memory_model_on_the_agents_gpus_is_priced_as_blocking() -> None:
+    """Co-located engines take turns on the GPUs: CoMem's summaries cannot overlap the
+    agent's work, so the forms price it as the blocking SM, and say so."""
+    from sim.scenario import load_scenario
+
+    path = REPO_ROOT / "scenarios/paper/glm47_synthetic_benchmark__agent_colocated_with_memory.toml"
+    (row,) = evaluate(load_scenario(path))["rows"]
+    assert row["priced_as"] == "sm" and any("shares the agent's GPUs" in n for n in row["notes"])
