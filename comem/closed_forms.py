@@ -71,6 +71,8 @@ class FormRow:
     crossover_why: str  # "lockstep" (its latency alone), "fc-kv" (FC's KV limit), ""
     resolve_pp: float | None  # resolve rate change against FC, percentage points
     notes: list[str] = field(default_factory=list)
+    #: the speedup at 1, 2, ... agents (filled for a figure: ``evaluate(curves=True)``)
+    speedup_by_agents: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
 
 
 def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, k: int,
-         notes: list[str]) -> FormRow:  # fmt: skip
+         notes: list[str], curve: int = 0) -> FormRow:  # fmt: skip
     """One summarizing architecture at one k (``k`` is R for kso-authors)."""
     from sim.effectiveness import policy_features, resolve_delta, resolve_rate
 
@@ -242,6 +244,7 @@ def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, 
         kv_bound_agents=_kv_bound(shape, eng, form, policy, arch.agent.max_model_len),
         crossover_agents=crossover, crossover_why=why,
         resolve_pp=resolve_delta(rate, ref.resolve).pp, notes=notes,
+        speedup_by_agents=[float(x) for x in (ref.step_s / step)[:curve]],
     )  # fmt: skip
 
 
@@ -253,9 +256,15 @@ def k_values(arch: Any, steps: int, ks: list[int] | None) -> list[int]:
     return sorted({k for k in [*chosen, own] if 1 <= k < steps})
 
 
-def evaluate(scenario: Any, ks: list[int] | None = None) -> dict[str, Any]:
+def curve_agents(agents: int, fc_kv_bound: int) -> int:
+    """How many agents a figure's curves span: past the scenario's load and FC's KV limit."""
+    return min(MAX_AGENTS_SCAN, max(32, 4 * agents, 2 * (fc_kv_bound + 1)))
+
+
+def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -> dict[str, Any]:
     """The closed forms' answer for every summarizing architecture of ``scenario``, at its
-    own k and across ``ks``, against its full-context architecture."""
+    own k and across ``ks``, against its full-context architecture; ``curves``: each
+    scanned k's speedup at every number of agents too (for the figure)."""
     shape, notes = task_shape(scenario)
     fc, ref = _reference(scenario, shape)
     fc_eng_len = fc.agent.max_model_len
@@ -289,7 +298,8 @@ def evaluate(scenario: Any, ks: list[int] | None = None) -> dict[str, Any]:
         if own >= shape.steps:
             arch_notes.append(f"k = {own} makes no summary in a {shape.steps}-step task")
         rows.append(_row(scenario, shape, ref, arch, eng, own, arch_notes))
-        scans[arch.name] = [_row(scenario, shape, ref, arch, eng, k, [])
+        span = curve_agents(shape.agents, ref.kv_bound) if curves else 0
+        scans[arch.name] = [_row(scenario, shape, ref, arch, eng, k, [], span)
                             for k in k_values(arch, shape.steps, ks)]  # fmt: skip
     if not rows:
         raise ComemInputError(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from comem.cli.args import _positive_int
@@ -12,10 +13,12 @@ from comem.cli.common import _print_json
 
 def cmd_theory(args: argparse.Namespace) -> int:
     if args.scenario is None:
-        if args.set or args.k:
+        if args.set or args.k or args.figure:
             from calibration.errors import ComemInputError
 
-            raise ComemInputError("--set and --k need a scenario: comem theory SCENARIO --k 4 8")
+            raise ComemInputError(
+                "--set, --k and --figure need a scenario: comem theory SCENARIO --k 4 8"
+            )
         from theory import latex_results
 
         results = latex_results()
@@ -28,12 +31,46 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from comem.closed_forms import evaluate, text_report
     from sim.scenario import load_scenario
 
-    result = evaluate(load_scenario(args.scenario, args.set or []), args.k)
+    scenario = load_scenario(args.scenario, args.set or [])
+    figure = Path(args.figure) if args.figure else None
+    if figure is not None:
+        _figure_path(figure, args.scenario)
+    result = evaluate(scenario, args.k, curves=figure is not None)
+    if figure is not None:
+        from calibration.outputs import write_atomic
+        from comem.closed_forms_figure import speedup_figure
+
+        write_atomic(figure, lambda p: speedup_figure(result, p), "figure")
     if args.json:
         _print_json(result)
     else:
         print("\n".join(text_report(result)))
+        if figure is not None:
+            print(f"wrote {figure}")
     return 0
+
+
+#: what a figure file starts with (PNG, PDF, SVG): only such a file is replaced
+_FIGURE_HEADS = (b"\x89PNG", b"%PDF", b"<?xml", b"<svg")
+
+
+def _figure_path(figure: Path, scenario: str) -> None:
+    """``--figure`` can be written and replaces no input and no file but a figure."""
+    from calibration.errors import ComemInputError
+    from calibration.outputs import refuse_input_as_output, writable_file
+
+    refuse_input_as_output(figure, {"scenario": scenario}, "--figure")
+    writable_file(figure, "--figure")
+    if figure.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ComemInputError(f"--figure {figure}: expected a .png, .pdf or .svg file name")
+    if figure.is_file():
+        with figure.open("rb") as f:
+            head = f.read(8)
+        if not head.startswith(_FIGURE_HEADS):
+            raise ComemInputError(
+                f"--figure {figure}: the file exists and is not a figure: it is not"
+                " overwritten (write elsewhere, or remove it first)"
+            )
 
 
 def register(sub: Any) -> None:
@@ -53,6 +90,10 @@ def register(sub: Any) -> None:
     th.add_argument(
         "--k", type=_positive_int, nargs="+", metavar="K",
         help="k values scanned (R for kso-authors; default: powers of two below the task's steps)",
+    )  # fmt: skip
+    th.add_argument(
+        "--figure", metavar="PNG",
+        help="also draw each summarizing architecture's speedup against agents, a curve per k",
     )  # fmt: skip
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_theory)

@@ -100,3 +100,15 @@ def test_a_memory_model_on_the_agents_gpus_is_priced_as_blocking() -> None:
     path = REPO_ROOT / "scenarios/paper/glm47_synthetic_benchmark__agent_colocated_with_memory.toml"
     (row,) = evaluate(load_scenario(path))["rows"]
     assert row["priced_as"] == "sm" and any("shares the agent's GPUs" in n for n in row["notes"])
+
+
+def test_the_figure_is_written_and_replaces_only_a_figure(tmp_path: Path) -> None:
+    png = tmp_path / "speedup.png"
+    proc = run_comem("theory", VARIANTS, "--k", "4", "8", "--figure", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and f"wrote {png}" in proc.stdout
+    mine = tmp_path / "notes.png"
+    mine.write_text("my notes")
+    assert_user_error(run_comem("theory", VARIANTS, "--figure", str(mine)), "is not a figure")
+    assert mine.read_text() == "my notes"
+    assert_user_error(run_comem("theory", VARIANTS, "--figure", VARIANTS), "scenario file")
