@@ -213,6 +213,18 @@ class Scheduler:
         """When the first CPU load in flight completes (None: none in flight)."""
         return min((v[0] for v in self._loads.values()), default=None)
 
+    def loads_held(self) -> int:
+        """Requests whose CPU loads hold GPU blocks (in flight, or done and not yet
+        admitted)."""
+        return len(self._loads)
+
+    def next_load_after_now(self) -> float | None:
+        """When the first CPU load not yet done completes (None: none). What an engine
+        that can schedule nothing waits for: a load already done waits for GPU blocks,
+        not for the copy, and waiting 0 s for it again and again stopped the simulated
+        clock (a hang with no output)."""
+        return min((v[0] for v in self._loads.values() if v[0] > self.now), default=None)
+
     def _release(self, seq: Sequence) -> None:
         """Free a request's blocks, tail first: its own (uncached) ones, then its stream's."""
         self.kv.free_anonymous(seq.own_blocks + seq.state_blocks)

@@ -471,9 +471,14 @@ class Engine:
             if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
                 if gpus is not None:
                     gpus.release(self)
-                ready = sched.next_load_ready()
+                ready = sched.next_load_after_now()
                 if ready is None:
-                    raise RuntimeError(f"engine '{self.config.name}': no progress possible")
+                    raise ComemInputError(
+                        f"engine '{self.config.name}': no progress possible: nothing runs and"
+                        f" the first waiting request cannot get the KV blocks it needs"
+                        f" ({sched.loads_held()} requests loaded from the CPU tier hold blocks"
+                        " and wait for more); a larger KV cache (more GPUs, fp8) avoids it"
+                    )
                 # only CPU loads in flight: wait for the first (or a submission)
                 self._wake = env.event()
                 yield env.timeout(max(0.0, ready - env.now)) | self._wake

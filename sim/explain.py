@@ -181,6 +181,10 @@ def _placement_inputs(ca: dict[str, Any], cb: dict[str, Any]) -> list[Input]:
         share = " / ".join(f"{_show(p[r]['gpu_memory_utilization'])}" for r in roles)
         if len(roles) == 2 and len(groups) == 1 and None not in groups:
             return f"sharing GPUs ({' and '.join(roles)} GPU memory {share})"
+        if len(roles) == 1:  # one side has no memory engine: where its agent runs
+            shared = None not in groups
+            where = "on GPUs it shares with the memory model" if shared else "on its own GPUs"
+            return f"{roles[0]} {where} (GPU memory {share})"
         return f"own GPUs each (GPU memory {share})"
 
     def apply(data: dict[str, Any]) -> None:

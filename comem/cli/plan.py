@@ -70,6 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         band_caveats,
         edge_warnings,
         plan_markdown,
+        run_errors,
         verdict,
         write_scenario,
     )
@@ -95,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         lambda advance: run_plan(spec, workers, out, advance),
     )  # fmt: skip
     warnings = left_out_kinds(spec, [Candidate(**r.candidate) for r in rows])
-    warnings += edge_warnings(spec, rows)
+    warnings += edge_warnings(spec, rows) + run_errors(rows)
     for line in warnings:
         print(f"comem plan: warning: {line}", file=sys.stderr)
     payload = {

@@ -27,7 +27,10 @@ def _simulate(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
 
     data, key = job
     scenario = validate(Scenario, data, "plan", frozenset({"synthetic", "trace", "fitted"}))
-    res = run_scenario(scenario).results[0]
+    try:
+        res = run_scenario(scenario).results[0]
+    except ComemInputError as exc:  # a deployment that cannot run: one row says why
+        return {"key": key, "error": str(exc)}
     s = architecture_summary(res)
     return {
         "key": key,
@@ -79,6 +82,8 @@ def _read_point(f: Path, key: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict) or value.get("point") != key:
         return None
+    if isinstance(value.get("error"), str) and value["error"]:
+        return value  # a candidate that cannot run: why, read back
     for name in POINT_FIELDS:
         v = value.get(name)
         if isinstance(v, bool) or not isinstance(v, int | float):  # NaN: no step finished

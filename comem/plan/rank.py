@@ -49,6 +49,9 @@ class PlanRow:
     summaries_made: float = 1.0
     #: summary requests an engine refused (0: where none was made, none was due in time)
     summaries_refused: int = 0
+    #: why its simulation could not run ("" when it ran or was not tried); such a row
+    #: counts as not simulated and is never chosen
+    error: str = ""
 
     @property
     def summarizes(self) -> bool:
@@ -91,6 +94,8 @@ def rank(
             moe_dp_pessimistic=moe and c.agent_dp > 1 and not c.agent_ep,
         )  # fmt: skip
         sim = simulated.get(c.key())
+        if sim is not None and sim.get("error"):
+            row.simulated, row.error, sim = False, str(sim["error"]), None
         if sim is not None:
             row.mean_step_s = sim["mean_step_s"]
             row.p99_step_s = sim["p99_step_s"]

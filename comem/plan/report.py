@@ -42,7 +42,9 @@ def table_markdown(rows: list[PlanRow], limit: int = 15) -> str:
             notes.append("MoE DP pessimistic")
         if r.simulated and not r.meets_slo:
             notes.append("misses SLO" if r.tasks_ended_early == 0 else "tasks ended early")
-        if not r.simulated:
+        if r.error:
+            notes.append("cannot run (see the warnings)")
+        elif not r.simulated:
             notes.append("not simulated")
         if not r.meets_resolve:
             notes.append("loses too many resolved tasks")
@@ -348,9 +350,27 @@ def _verdict(rows: list[PlanRow]) -> str:
     word = "faster" if x >= 1 else "slower"
     return (
         f"verdict: {best.label} is {max(x, 1 / x):.2f}x {word} than the best full context"
-        f" ({fc.label}) by mean step latency over its own steps (speedup {x:.2f}x);"
-        " chosen_scenario.toml holds both: comem run it for every metric on the same steps"
+        f" ({fc.label}{_ended_early(fc)}) by mean step latency over its own steps (speedup"
+        f" {x:.2f}x); chosen_scenario.toml holds both: comem run it for every metric on the"
+        " same steps"
     )
+
+
+def _ended_early(fc: PlanRow) -> str:
+    """What a baseline that ended tasks early is worth: its speed is over the steps it ran
+    and it resolves what the cap left (without this the verdict read as a fair race)."""
+    if not fc.tasks_ended_early:
+        return ""
+    return (
+        f", which ended {fc.tasks_ended_early} task(s) early: a prompt past max_model_len or"
+        f" past its whole KV cache; resolve rate {100 * fc.resolve_rate:.1f}%"
+    )
+
+
+def run_errors(rows: list[PlanRow]) -> list[str]:
+    """One warning per candidate whose simulation could not run (a deployment the engine
+    cannot make progress on): it is left out of the choice, and the plan goes on."""
+    return [f"{r.label} could not run, left out: {r.error}" for r in rows if r.error]
 
 
 def edge_warnings(spec: PlanSpec, rows: list[PlanRow]) -> list[str]:

@@ -109,7 +109,7 @@ def next_round(spec: PlanSpec, estimates: list[Estimate], rows: list[PlanRow]) -
     pool: list[tuple[tuple[bool, float, int], Candidate]] = []
     for e in estimates:
         c, r = e.candidate, row_of[e.candidate]
-        if r.simulated or not r.meets_resolve or not worth_simulating(spec, e):
+        if r.simulated or r.error or not r.meets_resolve or not worth_simulating(spec, e):
             continue
         if c.kind != "fc" and c.k >= length:
             continue

@@ -220,10 +220,15 @@ def _supports_ep() -> bool:
 
 
 def _fits(model: str, gpu: str, tp: int, dtype: str, util: float) -> bool:
-    from calibration.registry import fits_in_memory, get_gpu, get_model
+    """Whether the weights and vLLM's profiling run (the reserve the engine itself
+    checks, :meth:`calibration.latency.LatencyModel.reserve_bytes`, at vLLM's default
+    batch limits) fit ``util`` of each of ``tp`` GPUs: a flat 1 GiB reserve let a
+    70B fp8 model onto one H100 here, and the engine then refused it, ending the plan."""
+    from calibration.registry import fits_in_memory, get_gpu, get_model, profile_run_bytes
 
     try:
-        fits_in_memory(get_model(model), get_gpu(gpu), tp, dtype, util)
+        spec = get_model(model)
+        fits_in_memory(spec, get_gpu(gpu), tp, dtype, util, profile_run_bytes(spec, tp))
     except ComemInputError:
         return False
     return True

@@ -423,3 +423,16 @@ def test_run_seeds_give_the_speedups_range() -> None:
     text = run_comem("run", *TINY, "--seeds", "2", env={"COLUMNS": "200"})
     assert text.returncode == 0 and "over 2 seeds" in text.stdout
     assert_user_error(run_comem("run", *TINY, "--seeds", "21"), "--seeds 21")
+
+
+def test_explain_names_a_shared_agent_as_shared_when_the_other_side_has_no_memory() -> None:
+    """KSO co-located against CP (no memory engine): only the agent's placement compares,
+    and it shares its GPUs; it used to read "own GPUs each"."""
+    from sim.explain import _placement_inputs
+
+    shared = {"gpu_group": "g", "gpu_memory_utilization": 0.75}
+    kso = {"agent": dict(shared), "memory": dict(shared)}
+    cp = {"agent": {"gpu_group": None, "gpu_memory_utilization": 0.9}, "memory": None}
+    (placement,) = _placement_inputs(kso, cp)
+    assert placement.a == "agent on GPUs it shares with the memory model (GPU memory 0.75)"
+    assert placement.b == "agent on its own GPUs (GPU memory 0.9)"

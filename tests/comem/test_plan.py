@@ -42,6 +42,16 @@ def test_the_planner_picks_what_an_exhaustive_sweep_picks(objective, tmp_path):
     assert objective_value(spec, rows[0]) == pytest.approx(objective_value(spec, exhaustive[0]))
 
 
+def test_every_candidate_fits_as_its_engine_checks_it():
+    """The planner's memory check counts vLLM's profiling run as the engine does: Llama
+    3.1 70B in fp8 (73 GB) fits no single H100 there, and the plan used to enumerate it
+    and then stop on the engine's refusal."""
+    spec = small(agent_model="llama-3.1-70b", gpus=8, kinds=["fc"], dtypes=["fp8"])
+    candidates = enumerate_candidates(spec)
+    assert candidates and min(c.agent_tp for c in candidates) == 2
+    assert len(estimate(spec, candidates)) == len(candidates)
+
+
 def test_candidates_fit_the_gpus_and_memory():
     spec = small(gpus=4, kinds=["fc", "kso"], dtypes=["bf16", "fp8"])
     for c in enumerate_candidates(spec):
@@ -392,3 +402,52 @@ def test_the_plan_says_how_far_its_pruning_estimate_ran_from_the_simulation() ->
     assert "ran 0.50-2.00x the simulated mean step (median 0.50x)" in text, text
     assert "over the 3 simulated" in text
     assert estimate_spread(rank(spec, estimates, {})) == ""
+
+
+def test_the_verdict_says_when_its_full_context_baseline_ended_tasks_early():
+    """A full-context baseline cut by max_model_len (or a KV cache smaller than one
+    context) is over the steps it ran and resolves nothing: the verdict says so."""
+    from comem.plan.rank import PlanRow
+    from comem.plan.report import verdict
+    from comem.plan.space import Candidate
+
+    kso = Candidate("kso", 4, 1, "bf16", False, 4, "co-located", 4, False)
+    fc = Candidate("fc", 2, 1, "bf16", False, 0, "none", 1, False)
+
+    def row(c: Candidate, step: float, early: int = 0, rate: float = 0.5) -> PlanRow:
+        return PlanRow(
+            0, c.label, c.gpus_used, step, 9, False, True, mean_step_s=step,
+            candidate=c.__dict__, tasks_ended_early=early, resolve_rate=rate,
+        )  # fmt: skip
+
+    spec = small()
+    fair = verdict([row(kso, 1.0), row(fc, 3.0)], spec)
+    assert "3.00x faster" in fair and "early" not in fair
+    cut = verdict([row(kso, 1.0), row(fc, 3.0, early=32, rate=0.0)], spec)
+    assert "which ended 32 task(s) early" in cut and "resolve rate 0.0%" in cut
+
+
+def test_a_candidate_that_cannot_run_is_left_out_and_said(tmp_path):
+    """A deployment the engine cannot make progress on (its simulation ends in an input
+    error) is one row that says why: never chosen, never simulated again, its point file
+    read back on resume; the plan goes on with the rest."""
+    from comem.plan.confirm import _read_point, point_key
+    from comem.plan.report import run_errors
+    from comem.plan.run import next_round
+
+    spec = small(kinds=["fc", "kso"])
+    estimates = estimate(spec, enumerate_candidates(spec))
+    broken, fine = estimates[0].candidate, estimates[1].candidate
+    simulated = confirm(spec, [fine])
+    simulated[broken.key()] = {"key": broken.key(), "error": "engine 'x': no progress possible"}
+    rows = rank(spec, estimates, simulated)
+    (row,) = [r for r in rows if r.label == broken.label]
+    assert row.error and not row.simulated and not row.eligible
+    assert rows[0].label == fine.label
+    assert run_errors(rows) == [f"{broken.label} could not run, left out: {row.error}"]
+    more = next_round(spec.model_copy(update={"slo_step_s": 1e9}), estimates, rows)
+    assert more and broken not in more  # the others are still worth a round; it is not
+    key = point_key(spec, broken)
+    point = tmp_path / f"{key}.json"
+    point.write_text(json.dumps({**simulated[broken.key()], "point": key}))
+    assert _read_point(point, key)["error"] == row.error

@@ -224,3 +224,16 @@ def test_the_engine_package_has_no_time():
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_an_idle_engine_waits_only_for_cpu_loads_not_yet_done() -> None:
+    """A load already done waits for GPU blocks, not for the copy: an engine that can
+    schedule nothing must not wait 0 s for it again (the simulated clock stopped)."""
+    sched = make(blocks=8, budget=16)
+    done, later = Sequence(0, 8, 1), Sequence(1, 8, 1)
+    sched.now = 5.0
+    sched._loads[done] = (5.0, 0, 1)
+    assert sched.next_load_after_now() is None
+    assert sched.next_load_ready() == 5.0  # what a run is cut at, unchanged
+    sched._loads[later] = (7.5, 0, 1)
+    assert sched.next_load_after_now() == 7.5

@@ -458,3 +458,24 @@ def test_default_engine_builds_its_latency_model_and_capacity():
     req = eng.submit(4096, 64)
     env.run()
     assert req.status == "finished" and req.finished_s > 0
+
+
+def test_cpu_loads_that_cannot_finish_admission_end_in_an_error_not_a_hang():
+    """Requests loaded from the CPU tier hold the blocks the first of them still needs,
+    and nothing runs: the engine used to wait 0 s for the done load forever (its clock
+    stopped, no output); it now says no progress is possible."""
+    from sim.scenario import run_scenario, scenario_from
+
+    agent = dict(
+        name="agent", model="llama-3.1-70b", gpu="l40s", tp=4, dtype="bf16",
+        max_model_len=131072, data_parallel_size=2, kv_offloading_size=500.0,
+    )  # fmt: skip
+    workload = dict(
+        kind="synthetic", arrivals="closed-batch", agents=32, steps=30, system_tokens=500,
+        first_observation_tokens=0, observation_tokens=600, input_target_tokens=512,
+        action_tokens=250, tool_s=3.0,
+    )  # fmt: skip
+    data = {"name": "stuck", "workload": workload,
+            "architectures": [{"name": "FC", "kind": "fc", "agent": agent}]}  # fmt: skip
+    with pytest.raises(ComemInputError, match="no progress possible"):
+        run_scenario(scenario_from(data, [], "test"))
