@@ -28,7 +28,15 @@ from comem.cli.fields import add_model_flags, fields_of
 #: the flags that are ``PlanSpec`` fields, in ``--help``'s order: the machines and the
 #: workload (the workload flags follow), the search (then ``--offload``), its limits
 PLAN_FIELDS = (
-    ("agent_model", "memory_model", "gpu", "gpus", "workload_scenario"),
+    (
+        "agent_model",
+        "memory_model",
+        "gpu",
+        "gpus",
+        "workload_scenario",
+        "max_model_len",
+        "memory_max_model_len",
+    ),
     ("objective", "slo_step_s", "max_gpus", "kinds", "dtypes", "k_values", "lag"),
     ("top", "max_resolve_loss_pp", "baseline_resolve_rate", "memory_loss_scale"),
 )

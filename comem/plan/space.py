@@ -122,8 +122,15 @@ class PlanSpec(InputModel):
     )
     offload: list[bool] = Field(default_factory=lambda: [False, True])
     offload_gib: float = Field(default=500.0, gt=0.0, le=1e6, allow_inf_nan=False)
-    max_model_len: PositiveInt = 65536
-    memory_max_model_len: PositiveInt = 131072
+    max_model_len: PositiveInt = Field(
+        default=65536,
+        le=MAX_TOKENS,
+        description="the agent engine's max_model_len [{default}, the default experiment's]:"
+        " a full-context task whose prompt outgrows it ends early and resolves nothing",
+    )
+    memory_max_model_len: PositiveInt = Field(
+        default=131072, le=MAX_TOKENS, description="the memory engine's max_model_len [{default}]"
+    )
     #: candidates the simulator confirms (besides the best of each kind)
     top: PositiveInt = Field(
         default=6, description="candidates to simulate [{default} + best per kind]"
