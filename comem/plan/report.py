@@ -351,8 +351,20 @@ def _verdict(rows: list[PlanRow]) -> str:
     return (
         f"verdict: {best.label} is {max(x, 1 / x):.2f}x {word} than the best full context"
         f" ({fc.label}{_ended_early(fc)}) by mean step latency over its own steps (speedup"
-        f" {x:.2f}x); chosen_scenario.toml holds both: comem run it for every metric on the"
-        " same steps"
+        f" {x:.2f}x){_tail_worse(best, fc)}; chosen_scenario.toml holds both: comem run it"
+        " for every metric on the same steps"
+    )
+
+
+def _tail_worse(best: PlanRow, fc: PlanRow) -> str:
+    """The chosen deployment's p99 step, where it is worse than full context's: ranked by
+    the mean, a summarizing deployment can trade its tail (a late summary stalls a step)."""
+    if not (best.p99_step_s > fc.p99_step_s > 0):
+        return ""
+    return (
+        f", but its p99 step is {best.p99_step_s / fc.p99_step_s:.2f}x full context's"
+        f" ({best.p99_step_s:.2f} s against {fc.p99_step_s:.2f} s; --objective p99-step"
+        " ranks by it)"
     )
 
 

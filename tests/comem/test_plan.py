@@ -425,6 +425,12 @@ def test_the_verdict_says_when_its_full_context_baseline_ended_tasks_early():
     assert "3.00x faster" in fair and "early" not in fair
     cut = verdict([row(kso, 1.0), row(fc, 3.0, early=32, rate=0.0)], spec)
     assert "which ended 32 task(s) early" in cut and "resolve rate 0.0%" in cut
+    # ranked by the mean, a deployment whose tail is worse says so
+    tail = [row(kso, 1.0), row(fc, 3.0)]
+    tail[0].p99_step_s, tail[1].p99_step_s = 20.0, 8.0
+    assert "its p99 step is 2.50x full context's (20.00 s against 8.00 s" in verdict(tail, spec)
+    tail[0].p99_step_s = 7.0
+    assert "p99" not in verdict(tail, spec)
 
 
 def test_a_candidate_that_cannot_run_is_left_out_and_said(tmp_path):
