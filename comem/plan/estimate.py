@@ -205,7 +205,9 @@ def select(spec: PlanSpec, estimates: list[Estimate]) -> list[Candidate]:
     # dtype leaves more room for contexts, offload keeps the rest: the estimate prices
     # neither)
     best_fc: dict[tuple[str, bool], Candidate] = {}
-    for e in by_estimate:
+    # one whose KV cache cannot hold a single task's peak context ends every task early
+    # (a prompt must fit on the GPU whole, offload or not): a baseline only if none can
+    for e in sorted(by_estimate, key=lambda e: e.kv_bound_agents < 1):
         if e.candidate.kind == "fc":
             best_fc.setdefault((e.candidate.agent_dtype, e.candidate.offload), e.candidate)
     chosen += [c for c in best_fc.values() if c not in chosen]

@@ -457,3 +457,22 @@ def test_a_candidate_that_cannot_run_is_left_out_and_said(tmp_path):
     point = tmp_path / f"{key}.json"
     point.write_text(json.dumps({**simulated[broken.key()], "point": key}))
     assert _read_point(point, key)["error"] == row.error
+
+
+def test_the_baseline_is_a_full_context_deployment_that_can_hold_a_task():
+    """Llama-3.1-70B on L40S with 80-step tasks: the fastest full context by estimate (TP4
+    replicas) cannot hold one task's peak context, so it would end every task early; the
+    verdict's baseline must be one that can (TP8), simulated whatever its estimate."""
+    from comem.plan.estimate import select
+
+    spec = PlanSpec.model_validate({
+        "agent_model": "llama-3.1-70b", "gpu": "l40s", "gpus": 8, "agents": 32,
+        "steps": 80, "kinds": ["fc", "cp"], "max_model_len": 131072, "offload": [False],
+        "workload_set": {"action_tokens": 250, "observation_tokens": 600, "tool_s": 3.0},
+    })  # fmt: skip
+    estimates = estimate(spec, enumerate_candidates(spec))
+    fc = sorted((e for e in estimates if e.candidate.kind == "fc"),
+                key=lambda e: e.prune_step_s)  # fmt: skip
+    assert fc[0].kv_bound_agents == 0  # the regime: the estimate's favourite holds none
+    holding = [e.candidate for e in fc if e.kv_bound_agents >= 1]
+    assert holding and holding[0] in select(spec, estimates)
