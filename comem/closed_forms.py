@@ -6,13 +6,15 @@ load; the closed forms (:mod:`theory.whole_task`, :mod:`theory.bounds`) answer i
 k and every number of agents at once, with stated simplifications:
 
 - **Identical agents in lockstep.** N agents per replica (``agents`` over the engine's
-  ``data_parallel_size``) share every iteration (:func:`theory.single_agent.
+  ``data_parallel_size``; a memory engine's replicas share all agents' summaries) share
+  every iteration (:func:`theory.single_agent.
   lockstep_coefficients`), each engine priced by its linear surrogate
   (:func:`calibration.surrogate.fit_surrogate` of the engine's latency model).
 - **The KV cache is not simulated.** Past FC's KV limit (its agents' peak contexts no
   longer fit) FC preempts and recomputes, which the forms do not price; so the
   crossover is at most one past that limit (:func:`theory.bounds.
-  crossover_concurrencies`). FC tasks longer than ``max_model_len`` are priced whole,
+  crossover_concurrencies`), and none is given past the architecture's own KV limit
+  (there it preempts too). FC tasks longer than ``max_model_len`` are priced whole,
   where the simulation ends them.
 - **Policies as the forms have them.** ``kso-authors`` is priced as KSO(k = R, lag = 1,
   retain = 0) (:class:`sim.kso.KSOAuthors` says how it differs), ``kso-adaptive`` at its
@@ -36,7 +38,7 @@ import numpy as np
 
 from calibration.errors import ComemInputError
 
-#: agents scanned for a crossover (per replica)
+#: agents scanned for a crossover (in all, over the replicas)
 MAX_AGENTS_SCAN = 512
 #: summarizing kinds the closed forms price, and the form each is priced as
 PRICED_AS = {"cp": "cp", "sm": "sm", "kso": "kso", "kso-authors": "kso", "kso-adaptive": "kso"}
@@ -66,9 +68,11 @@ class FormRow:
     agents_per_replica: int
     step_s: float  # mean step latency, N agents in lockstep (tool time included)
     speedup: float | None  # FC's step latency over this one's (> 1: faster than FC)
-    kv_bound_agents: int  # agents per replica whose peak contexts fit its agent's KV cache
-    crossover_agents: int | None  # fewest agents per replica at which it beats FC
-    crossover_why: str  # "lockstep" (its latency alone), "fc-kv" (FC's KV limit), ""
+    kv_bound_agents: int  # agents in all whose peak contexts fit its agent's KV caches
+    crossover_agents: int | None  # fewest agents in all at which it beats FC
+    #: "lockstep" (its latency alone), "fc-kv" (FC's KV limit), "own-kv" (none priced: its
+    #: own contexts no longer fit its KV cache where it would beat FC), "" (none in the scan)
+    crossover_why: str
     resolve_pp: float | None  # resolve rate change against FC, percentage points
     notes: list[str] = field(default_factory=list)
     #: the speedup at 1, 2, ... agents (filled for a figure: ``evaluate(curves=True)``)
@@ -83,6 +87,7 @@ class _Priced:
     memory: np.ndarray | None
     kv_tokens: int
     replicas: int
+    memory_replicas: int = 1
 
 
 def task_shape(scenario: Any) -> tuple[Shape, list[str]]:
@@ -125,7 +130,8 @@ def _coefficients(cfg: Any) -> tuple[np.ndarray, int]:
 def _priced(arch: Any) -> _Priced:
     agent, kv = _coefficients(arch.agent)
     memory = None if arch.memory is None else _coefficients(arch.memory)[0]
-    return _Priced(agent, memory, kv, max(1, arch.agent.data_parallel_size))
+    memory_dp = 1 if arch.memory is None else arch.memory.data_parallel_size
+    return _Priced(agent, memory, kv, max(1, arch.agent.data_parallel_size), max(1, memory_dp))
 
 
 def _params(shape: Shape, k: float, retain: float, lag: float) -> Any:
@@ -161,8 +167,15 @@ def _step_s(form: str, shape: Shape, eng: _Priced, policy: tuple[int, int, int],
     from theory.whole_task import task_latencies
 
     k, retain, lag = policy
-    per_replica = np.ceil(np.asarray(n, dtype=float) / eng.replicas)
-    memory = eng.memory if form in ("sm", "kso") else None
+    agents = np.asarray(n, dtype=float)
+    per_replica = np.ceil(agents / eng.replicas)
+    memory = None
+    if form in ("sm", "kso") and eng.memory is not None:
+        # the forms batch ``per_replica`` agents on each engine; the memory engine's
+        # replicas serve the summaries of all agents, their own share each
+        ratio = np.ceil(agents / eng.memory_replicas) / per_replica
+        scale = np.stack([np.ones_like(ratio), ratio, ratio, ratio, ratio])
+        memory = eng.memory.reshape(5, *([1] * ratio.ndim)) * scale
     p = _params(shape, k, retain, lag)
     return task_latencies(form, p, eng.agent, memory, agents=per_replica).latency / shape.steps
 
@@ -235,13 +248,16 @@ def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, 
         crossover, why = lockstep, "lockstep"
     elif limit <= MAX_AGENTS_SCAN:
         crossover, why = limit, "fc-kv"
+    own_bound = _kv_bound(shape, eng, form, policy, arch.agent.max_model_len)
+    if crossover is not None and crossover > own_bound:
+        # its own contexts no longer fit there either: it preempts too, unpriced
+        crossover, why = None, "own-kv"
     i = min(shape.agents, MAX_AGENTS_SCAN) - 1
     rate = resolve_rate(policy_features(varied), scenario.effectiveness)
     return FormRow(
         architecture=arch.name, kind=arch.kind, priced_as=form, k=k,
         agents_per_replica=math.ceil(shape.agents / eng.replicas), step_s=float(step[i]),
-        speedup=float(ref.step_s[i] / step[i]),
-        kv_bound_agents=_kv_bound(shape, eng, form, policy, arch.agent.max_model_len),
+        speedup=float(ref.step_s[i] / step[i]), kv_bound_agents=own_bound,
         crossover_agents=crossover, crossover_why=why,
         resolve_pp=resolve_delta(rate, ref.resolve).pp, notes=notes,
         speedup_by_agents=[float(x) for x in (ref.step_s / step)[:curve]],
@@ -296,7 +312,8 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
         own = arch.retain if arch.kind == "kso-authors" else arch.k
         _, _, _, _, arch_notes = _policy(arch)
         if own >= shape.steps:
-            arch_notes.append(f"k = {own} makes no summary in a {shape.steps}-step task")
+            letter = "R" if arch.kind == "kso-authors" else "k"
+            arch_notes.append(f"{letter} = {own} makes no summary in a {shape.steps}-step task")
         rows.append(_row(scenario, shape, ref, arch, eng, own, arch_notes))
         span = curve_agents(shape.agents, ref.kv_bound) if curves else 0
         scans[arch.name] = [_row(scenario, shape, ref, arch, eng, k, [], span)
@@ -322,6 +339,8 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
 
 def _cross_text(r: dict[str, Any]) -> str:
     n = r["crossover_agents"]
+    if r["crossover_why"] == "own-kv":
+        return f"> {r['kv_bound_agents']} (its KV)"
     if n is None:
         return f"never (<= {MAX_AGENTS_SCAN})"
     return f"{n}" + (" (FC's KV)" if r["crossover_why"] == "fc-kv" else "")
@@ -369,7 +388,9 @@ def text_report(result: dict[str, Any]) -> list[str]:
         "* the scenario's own k. vs FC: FC's mean step latency over this one's at the"
         " scenario's agents (> 1: faster). beats FC from: the fewest agents (in all) at"
         " which it is faster; (FC's KV): only because FC's contexts no longer fit its KV"
-        " cache there, which the forms do not price past. KV holds: agents whose peak"
+        " cache there, which the forms do not price past; > N (its KV): not faster up to N,"
+        " where its own contexts stop fitting its KV cache (past it, not priced). KV holds:"
+        " agents whose peak"
         " contexts fit. resolve pp: the fitted effectiveness model, against FC.",
         "The simulation (`comem run`) is the answer at the scenario's load, with queueing,"
         " preemption and the KV cache; these forms show how it moves with k and agents.",

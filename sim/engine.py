@@ -131,6 +131,9 @@ class Engine:
         self._parked: Run | None = None
         #: a submission arrived since the engine last planned (its run's rest is stale)
         self._stale = False
+        #: when the engine last retried a step that preempted and scheduled nothing (a
+        #: step that preempts admits no one; the next one may)
+        self._retried_at: float | None = None
         if gpus is not None:
             gpus.members += 1
         self._ids = 0
@@ -472,6 +475,8 @@ class Engine:
                 if gpus is not None:
                     gpus.release(self)
                 ready = sched.next_load_after_now()
+                if ready is None and plan.preempted and self._retried_at != env.now:
+                    self._retried_at = ready = env.now  # once more at this instant
                 if ready is None:
                     raise ComemInputError(
                         f"engine '{self.config.name}': no progress possible: nothing runs and"

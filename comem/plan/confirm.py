@@ -82,8 +82,6 @@ def _read_point(f: Path, key: str) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict) or value.get("point") != key:
         return None
-    if isinstance(value.get("error"), str) and value["error"]:
-        return value  # a candidate that cannot run: why, read back
     for name in POINT_FIELDS:
         v = value.get(name)
         if isinstance(v, bool) or not isinstance(v, int | float):  # NaN: no step finished
@@ -130,7 +128,9 @@ def confirm(
 
     def keep(result: dict[str, Any]) -> None:
         done[result["key"]] = result
-        if points is not None:
+        # a candidate that could not run is tried again on resume (the code may have
+        # changed since), not read back
+        if points is not None and not result.get("error"):
             pk = files[result["key"]]
             text = json.dumps({**result, "point": pk}, sort_keys=True)
             write_text(points / f"{pk}.json", text, "plan point")

@@ -49,6 +49,27 @@ def test_the_forms_agree_with_the_simulation_where_their_assumptions_hold(agents
         assert row["step_s"] == pytest.approx(sim_step, rel=0.12), name
 
 
+@pytest.mark.parametrize(("agent_dp", "memory_dp"), [(4, 1), (1, 4)])
+def test_a_memory_engine_serves_the_summaries_of_every_agent_replica(
+    agent_dp: int, memory_dp: int
+) -> None:
+    """Data parallelism: each agent replica batches its share of the agents, and the
+    memory engine's replicas share the summaries of all of them (not one agent replica's
+    share): SM's blocking summaries are priced as the simulation runs them."""
+    data = _scenario(16).model_dump()
+    agent = {"model": "llama-3-8b", "data_parallel_size": agent_dp}
+    data["architectures"] = [
+        {"name": "FC", "kind": "fc", "agent": agent},
+        {"name": "SM", "kind": "sm", "k": 4, "retain": 1, "agent": agent,
+         "memory": {"model": "qwen3-4b", "data_parallel_size": memory_dp}},
+    ]  # fmt: skip
+    scenario = scenario_from(data, [], "test")
+    simulated = run_scenario(scenario).summary()["comparison"]["metrics"]["step"]["speedup"]
+    (row,) = evaluate(scenario)["rows"]
+    assert evaluate(scenario)["fc"]["kv_bound_agents"] >= 16  # the regime the forms price
+    assert row["speedup"] == pytest.approx(simulated["SM"], rel=0.03)
+
+
 def test_the_crossover_is_where_the_speedup_crosses_one() -> None:
     """More agents share FC's long prefills, so a summarizing architecture that loses
     alone wins from some load on: below the crossover it is slower, from it faster."""
@@ -61,6 +82,19 @@ def test_the_crossover_is_where_the_speedup_crosses_one() -> None:
     n = kso(1)["crossover_agents"]
     assert kso(1)["crossover_why"] == "lockstep" and n is not None and 1 < n <= MAX_AGENTS_SCAN
     assert kso(n - 1)["speedup"] <= 1.0 < kso(n)["speedup"]
+
+
+def test_no_crossover_is_claimed_past_the_architectures_own_kv_limit() -> None:
+    """Past FC's KV limit FC preempts, which the forms do not price; an architecture whose
+    own contexts no longer fit there preempts too: no crossover is claimed for it."""
+    from sim.scenario import load_scenario
+
+    result = evaluate(load_scenario(VARIANTS), ks=[4, 32])
+    rows = [r for scan in result["k_scan"].values() for r in scan]
+    assert any(r["crossover_why"] == "own-kv" for r in rows)  # k = 32 holds 7 agents
+    for r in rows:
+        assert r["crossover_agents"] is None or r["crossover_agents"] <= r["kv_bound_agents"]
+        assert (r["crossover_agents"] is None) == (r["crossover_why"] in ("own-kv", ""))
 
 
 def test_the_k_scan_keeps_the_scenarios_k_and_only_ks_that_summarize() -> None:
