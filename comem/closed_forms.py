@@ -40,6 +40,9 @@ from calibration.errors import ComemInputError
 
 #: agents scanned for a crossover (in all, over the replicas)
 MAX_AGENTS_SCAN = 512
+#: a surrogate's mean relative error above which the output warns that the forms' step
+#: latencies (and so their speedups and crossovers) can be off by about that much
+SURROGATE_WARN_MAPE = 0.10
 #: summarizing kinds the closed forms price, and the form each is priced as
 PRICED_AS = {"cp": "cp", "sm": "sm", "kso": "kso", "kso-authors": "kso", "kso-adaptive": "kso"}
 
@@ -88,6 +91,9 @@ class _Priced:
     kv_tokens: int
     replicas: int
     memory_replicas: int = 1
+    #: each engine's ("agent", "memory") surrogate error against its latency model:
+    #: (mean, 90th percentile) of |surrogate / model - 1| over held-out batches
+    fit: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def task_shape(scenario: Any) -> tuple[Shape, list[str]]:
@@ -109,8 +115,9 @@ def task_shape(scenario: Any) -> tuple[Shape, list[str]]:
     return shape, notes
 
 
-def _coefficients(cfg: Any) -> tuple[np.ndarray, int]:
-    """An engine's surrogate coefficients (c0..c4) and its KV cache in tokens."""
+def _coefficients(cfg: Any) -> tuple[np.ndarray, int, tuple[float, float]]:
+    """An engine's surrogate coefficients (c0..c4), its KV cache in tokens, and the
+    surrogate's (mean, p90) relative error on held-out batches."""
     from calibration.latency import LatencyModel
     from calibration.surrogate import fit_surrogate
     from sim.engine_latency import engine_label, engine_latency
@@ -124,14 +131,40 @@ def _coefficients(cfg: Any) -> tuple[np.ndarray, int]:
         )
     s = fit_surrogate(latency, samples=200, holdout=50)
     geo = kv_geometry(cfg, latency)
-    return np.array([s.c0, s.c1, s.c2, s.c3, s.c4]), geo.total_blocks * geo.block_size
+    coef = np.array([s.c0, s.c1, s.c2, s.c3, s.c4])
+    return coef, geo.total_blocks * geo.block_size, (s.mape, s.p90_rel_error)
 
 
 def _priced(arch: Any) -> _Priced:
-    agent, kv = _coefficients(arch.agent)
-    memory = None if arch.memory is None else _coefficients(arch.memory)[0]
+    agent, kv, fit = _coefficients(arch.agent)
+    fits = {"agent": fit}
+    memory = None
+    if arch.memory is not None:
+        memory, _, fits["memory"] = _coefficients(arch.memory)
     memory_dp = 1 if arch.memory is None else arch.memory.data_parallel_size
-    return _Priced(agent, memory, kv, max(1, arch.agent.data_parallel_size), max(1, memory_dp))
+    return _Priced(
+        agent, memory, kv, max(1, arch.agent.data_parallel_size), max(1, memory_dp), fits
+    )
+
+
+def surrogate_fit(engines: dict[str, _Priced]) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """Each engine's surrogate error ("FC agent": {"mape", "p90"}), and a note when one
+    misses its latency model by more than :data:`SURROGATE_WARN_MAPE` on average."""
+    errors = {
+        f"{name} {role}": {"mape": mape, "p90": p90}
+        for name, eng in engines.items()
+        for role, (mape, p90) in eng.fit.items()
+    }
+    bad = {k: v for k, v in errors.items() if v["mape"] > SURROGATE_WARN_MAPE}
+    if not bad:
+        return errors, []
+    worst = ", ".join(f"{k} {v['mape']:.0%} (p90 {v['p90']:.0%})" for k, v in bad.items())
+    return errors, [
+        f"the linear surrogate misses the latency model, on average, by {worst}: the"
+        " forms' step latencies, speedups and crossovers can be off by about as much"
+        " (seen with MoE agents, whose iteration time is not linear in the batch);"
+        " `comem run` or `comem sweep` prices the latency model itself"
+    ]
 
 
 def _params(shape: Shape, k: float, retain: float, lag: float) -> Any:
@@ -208,6 +241,7 @@ class _Reference:
     step_s: np.ndarray
     kv_bound: int
     resolve: Any
+    engine: _Priced
 
 
 def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
@@ -226,7 +260,25 @@ def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
     # tasks past max_model_len end early, and resolve at the capped factor (as in a run)
     early = 1.0 if fc_peak(shape) > fc.agent.max_model_len else 0.0
     rate = resolve_rate(policy_features(fc), scenario.effectiveness, ended_early=early)
-    return fc, _Reference(step, bound, rate)
+    return fc, _Reference(step, bound, rate, eng)
+
+
+def _crossover(lockstep: int | None, fc_kv: int, own_kv: int) -> tuple[int | None, str]:
+    """(agents, why) from which a summarizing architecture beats FC: where its lockstep
+    latency does, up to FC's KV limit ("lockstep"); else one past that limit ("fc-kv": FC
+    preempts there, which the forms do not price); None with "own-kv" where that point is
+    past the architecture's own KV limit (it preempts too: the forms cannot tell), and
+    with "" where nothing in the scan wins."""
+    limit = fc_kv + 1
+    crossover: int | None = None
+    why = ""
+    if lockstep is not None and lockstep <= limit:
+        crossover, why = lockstep, "lockstep"
+    elif limit <= MAX_AGENTS_SCAN:
+        crossover, why = limit, "fc-kv"
+    if crossover is not None and crossover > own_kv:
+        return None, "own-kv"
+    return crossover, why
 
 
 def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, k: int,
@@ -241,17 +293,8 @@ def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, 
     step = _step_s(form, shape, eng, policy, scan)
     better = np.flatnonzero(step < ref.step_s)
     lockstep = int(better[0]) + 1 if better.size else None
-    limit = ref.kv_bound + 1  # past FC's KV limit FC recomputes: the forms do not price it
-    crossover: int | None = None
-    why = ""
-    if lockstep is not None and lockstep <= limit:
-        crossover, why = lockstep, "lockstep"
-    elif limit <= MAX_AGENTS_SCAN:
-        crossover, why = limit, "fc-kv"
     own_bound = _kv_bound(shape, eng, form, policy, arch.agent.max_model_len)
-    if crossover is not None and crossover > own_bound:
-        # its own contexts no longer fit there either: it preempts too, unpriced
-        crossover, why = None, "own-kv"
+    crossover, why = _crossover(lockstep, ref.kv_bound, own_bound)
     i = min(shape.agents, MAX_AGENTS_SCAN) - 1
     rate = resolve_rate(policy_features(varied), scenario.effectiveness)
     return FormRow(
@@ -304,11 +347,11 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
         notes.append(f"k {', '.join(map(str, dropped))}: no summary in a {shape.steps}-step"
                      " task, left out")  # fmt: skip
     i = min(shape.agents, MAX_AGENTS_SCAN) - 1
-    rows, scans = [], {}
+    rows, scans, engines = [], {}, {fc.name: ref.engine}
     for arch in scenario.architectures:
         if arch.kind not in PRICED_AS:
             continue
-        eng = _priced(arch)
+        eng = engines[arch.name] = _priced(arch)
         own = arch.retain if arch.kind == "kso-authors" else arch.k
         _, _, _, _, arch_notes = _policy(arch)
         if own >= shape.steps:
@@ -323,9 +366,11 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
             f"{scenario.name}: no summarizing architecture (cp, sm, kso, kso-authors or"
             " kso-adaptive) to compare with full context"
         )
+    fit, fit_notes = surrogate_fit(engines)
     return {
         "scenario": scenario.name,
         "shape": asdict(shape),
+        "surrogate_error": fit,
         "fc": {
             "architecture": fc.name,
             "step_s": float(ref.step_s[i]),
@@ -333,14 +378,14 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
         },  # fmt: skip
         "rows": [asdict(r) for r in rows],
         "k_scan": {name: [asdict(r) for r in scan] for name, scan in scans.items()},
-        "notes": notes,
+        "notes": fit_notes + notes,
     }
 
 
 def _cross_text(r: dict[str, Any]) -> str:
     n = r["crossover_agents"]
     if r["crossover_why"] == "own-kv":
-        return f"> {r['kv_bound_agents']} (its KV)"
+        return f"? (own KV {r['kv_bound_agents']})"
     if n is None:
         return f"never (<= {MAX_AGENTS_SCAN})"
     return f"{n}" + (" (FC's KV)" if r["crossover_why"] == "fc-kv" else "")
@@ -369,6 +414,9 @@ def text_report(result: dict[str, Any]) -> list[str]:
         f"{fc['architecture']} (fc): mean step {fc['step_s']:.3g} s at {s['agents']} agents; its"
         f" KV cache holds {fc['kv_bound_agents']} agents' peak contexts",
     ]
+    if result.get("surrogate_error"):
+        fits = ", ".join(f"{k} {v['mape']:.0%}" for k, v in result["surrogate_error"].items())
+        lines.append(f"surrogate error (mean, against each engine's latency model): {fits}")
     for row in result["rows"]:
         name, scan = row["architecture"], result["k_scan"][row["architecture"]]
         k_name = "R" if row["kind"] == "kso-authors" else "k"
@@ -388,9 +436,9 @@ def text_report(result: dict[str, Any]) -> list[str]:
         "* the scenario's own k. vs FC: FC's mean step latency over this one's at the"
         " scenario's agents (> 1: faster). beats FC from: the fewest agents (in all) at"
         " which it is faster; (FC's KV): only because FC's contexts no longer fit its KV"
-        " cache there, which the forms do not price past; > N (its KV): not faster up to N,"
-        " where its own contexts stop fitting its KV cache (past it, not priced). KV holds:"
-        " agents whose peak"
+        " cache there, which the forms do not price past; ? (own KV N): not faster up to"
+        " FC's KV limit, and its own KV cache fills first (past N agents), so the forms"
+        " cannot tell: simulate. KV holds: agents whose peak"
         " contexts fit. resolve pp: the fitted effectiveness model, against FC.",
         "The simulation (`comem run`) is the answer at the scenario's load, with queueing,"
         " preemption and the KV cache; these forms show how it moves with k and agents.",

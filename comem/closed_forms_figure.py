@@ -35,16 +35,23 @@ def speedup_figure(result: dict[str, Any], path: Path) -> Path:
                 va="bottom")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xlabel("agents (in all; lockstep)")
-        ax.set_ylabel("speedup over FC: its step latency / this one's")
+        ax.set_ylabel("speedup over FC: FC's step latency / this one's")
         ax.set_title(f"{name} ({kind})", fontsize=9)
         ax.legend(fontsize=7, title="resolve rate vs FC", title_fontsize=7)
-    fig.suptitle(
-        f"closed forms on {result['scenario']}: past FC's KV limit FC preempts, which the"
-        " forms do not price (FC's curve there is a lower bound)",
-        fontsize=8,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(suptitle(result, len(names)), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def suptitle(result: dict[str, Any], panels: int) -> str:
+    """The figure's title, wrapped to its width (one 5.5-inch panel holds ~95 characters)."""
+    import textwrap
+
+    text = (
+        f"closed forms on {result['scenario']}: past FC's KV limit FC preempts, which the"
+        " forms do not price (FC's step latency there is a lower bound)"
+    )
+    return "\n".join(textwrap.wrap(text, width=95 * panels))

@@ -486,7 +486,8 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     if not len(ok) or col not in ok.columns:
         return {"metric": metric, "rows": [], "best_k": [], "winner": None}
     grouped = ok.groupby(["point", "architecture", *axes], dropna=False, sort=True)
-    means = grouped[[col, "resolve_rate_delta_pp"]].mean().rename(columns={col: "speedup"})
+    kept = [col, "resolve_rate_delta_pp"] + [c for c in ["tasks_ended_early"] if c in ok]
+    means = grouped[kept].mean().rename(columns={col: "speedup"})
     # the spread over seeds: a best k whose seeds overlap another k's is not told apart
     spread = grouped[col].agg(["min", "max", "count"])
     means = means.join(
@@ -524,77 +525,3 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
             a[len("grid.") :] for a in winner["axes"] if _on_edge(winner[a], values[a])
         ]
     return {"metric": metric, "axes": axes, "rows": rows, "best_k": best_k, "winner": winner}
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:g}"
-    return str(value)
-
-
-def summary_markdown(result: dict[str, Any]) -> str:
-    """The summary as short Markdown tables (a ``*`` marks a best k on its grid's edge)."""
-    axes = result.get("axes", [])
-    names = [a[len("grid.") :] for a in axes]
-    lines = [
-        f"speedup = full context's mean over CoMem's by {result['metric']} (> 1: CoMem"
-        " faster), the mean over seeds with [lowest, highest] where there are several;"
-        " resolve pp = resolve-rate change against full context",
-        "",
-        "| point | " + " | ".join(names) + " | architecture | speedup | resolve pp |",
-        "|---" * (len(names) + 4) + "|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['point']} | " + " | ".join(_fmt(r[a]) for a in axes)
-            + f" | {r['architecture']} | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
-        )  # fmt: skip
-    if result["best_k"]:
-        k_axis = next(a for a in axes if a.endswith(".k"))
-        others = [a for a in axes if a != k_axis]
-        lines += [
-            "",
-            "best k per point of the other axes (* = on the edge of the k grid: a better k"
-            " may lie beyond it)",
-            "",
-            "| " + " | ".join(a[len("grid.") :] for a in others) + " | architecture | best k"
-            " | speedup | resolve pp |",
-            "|---" * (len(others) + 4) + "|",
-        ]
-        for r in result["best_k"]:
-            lines.append(
-                "| " + " | ".join(_fmt(r[a]) for a in others)
-                + f" | {r['architecture']} | {_fmt(r[k_axis])}{'*' if r['edge'] else ''}"
-                + (f" (seeds overlap k={', '.join(_fmt(t) for t in r['ties'])})"
-                   if r.get("ties") else "")
-                + f" | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
-            )  # fmt: skip
-    w = result["winner"]
-    if w is not None:
-        located = ", ".join(f"{a[len('grid.') :]}={_fmt(w[a])}" for a in w.get("axes", axes))
-        at = located or "every point of the grid (its own settings)"
-        edge = (
-            f"; on the edge of the grid in {', '.join(w['edge'])}: widen it to see past it"
-            if w["edge"]
-            else ""
-        )
-        if w["speedup"] < 1.0:  # every architecture is slower than full context
-            lines += [
-                "",
-                f"winner: full context at every point (the fastest other: {w['architecture']}"
-                f" at {at}, {_x(w['speedup'])})",
-            ]
-        else:
-            lines += ["", f"winner: {w['architecture']} at {at}, {_x(w['speedup'])}{edge}"]
-    return "\n".join(lines) + "\n"
-
-
-def _x(value: Any) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}x"
-
-
-def _speedup_cell(row: dict[str, Any]) -> str:
-    """'1.20x [1.05, 1.31]': the mean over seeds and its range, where there are several."""
-    if row.get("seeds", 1) > 1 and row["speedup"] == row["speedup"]:
-        return f"{_x(row['speedup'])} [{row['speedup_min']:.2f}, {row['speedup_max']:.2f}]"
-    return _x(row["speedup"])

@@ -26,8 +26,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         load_sweep,
         run_sweep,
         summary,
-        summary_markdown,
     )
+    from sim.sweep_table import summary_markdown
 
     extra, note = _workload_sets(args, str(base_path(args.sweep)))
     sweep = load_sweep(args.sweep, extra)

@@ -146,3 +146,43 @@ def test_the_figure_is_written_and_replaces_only_a_figure(tmp_path: Path) -> Non
     assert_user_error(run_comem("theory", VARIANTS, "--figure", str(mine)), "is not a figure")
     assert mine.read_text() == "my notes"
     assert_user_error(run_comem("theory", VARIANTS, "--figure", VARIANTS), "scenario file")
+
+
+def test_a_k_whose_own_kv_cache_fills_first_claims_no_crossover() -> None:
+    """DeepSWE's benchmark: FC's KV cache holds 19 agents' peak contexts. KSO at k = 4 holds
+    more and so wins past that limit (FC preempts); at k = 32 it holds 14, preempts first,
+    and the simulation has it slower than FC up to 128 agents: the forms must not claim
+    it wins from FC's limit."""
+    from comem.closed_forms import _crossover, text_report
+    from sim.scenario import load_scenario
+
+    result = evaluate(load_scenario(REPO_ROOT / "scenarios/paper_latency_deepswe.toml"), [4, 32])
+    fc_kv = result["fc"]["kv_bound_agents"]
+    rows = {r["k"]: r for r in result["k_scan"]["KSO"]}
+    assert rows[4]["kv_bound_agents"] > fc_kv and rows[32]["kv_bound_agents"] < fc_kv
+    assert (rows[4]["crossover_agents"], rows[4]["crossover_why"]) == (fc_kv + 1, "fc-kv")
+    assert (rows[32]["crossover_agents"], rows[32]["crossover_why"]) == (None, "own-kv")
+    assert "? (own KV 14)" in "\n".join(text_report(result))
+    assert _crossover(5, 19, 8) == (5, "lockstep")  # its contexts fit where it wins
+    assert _crossover(5, 19, 3) == (None, "own-kv")  # past its own KV limit: unpriced
+    assert _crossover(None, 600, 3) == (None, "")
+
+
+def test_the_surrogates_error_is_reported_and_warned_of_where_large() -> None:
+    """The forms price each engine by a linear surrogate: a dense model's fits to a few
+    percent, a MoE's misses by more, and the output says so (not only that it is a
+    surrogate)."""
+    from comem.closed_forms import SURROGATE_WARN_MAPE, text_report
+
+    dense = evaluate(_scenario(4))
+    assert set(dense["surrogate_error"]) == {"FC agent", "KSO agent", "KSO memory",
+                                             "CP agent"}  # fmt: skip
+    assert all(v["mape"] < SURROGATE_WARN_MAPE for v in dense["surrogate_error"].values())
+    assert not any("surrogate misses" in n for n in dense["notes"])
+    data = _scenario(4).model_dump()
+    for arch in data["architectures"]:
+        arch["agent"]["model"] = "qwen3-30b-a3b"
+    moe = evaluate(scenario_from(data, [], "test"))
+    assert moe["surrogate_error"]["FC agent"]["mape"] > SURROGATE_WARN_MAPE
+    text = "\n".join(text_report(moe))
+    assert "surrogate error (mean" in text and "the linear surrogate misses" in text

@@ -222,7 +222,8 @@ def test_explain_on_the_paper_rows_finds_the_placement_and_reads_run_dirs(tmp_pa
 
 
 def test_sweep_summary_marks_a_best_k_on_the_grid_edge() -> None:
-    from sim.sweep import summary, summary_markdown
+    from sim.sweep import summary
+    from sim.sweep_table import summary_markdown
 
     speed = {(2, 1): 1.0, (2, 2): 1.5, (2, 4): 1.2, (4, 1): 0.9, (4, 2): 1.1, (4, 4): 1.3}
     rows = []

@@ -142,7 +142,8 @@ def _table(speedups: dict[tuple[str, int, int], float]) -> pd.DataFrame:
 
 
 def test_best_k_is_only_for_the_architecture_the_k_axis_sets():
-    from sim.sweep import summary, summary_markdown
+    from sim.sweep import summary
+    from sim.sweep_table import summary_markdown
 
     # KSO (index 1) is the axis's; CP (index 2) keeps its own k: its rows differ by noise
     table = _table({("KSO", 1, 4): 1.2, ("KSO", 1, 8): 1.5, ("CP", 2, 4): 2.01, ("CP", 2, 8): 2.0})
@@ -157,7 +158,8 @@ def test_best_k_is_only_for_the_architecture_the_k_axis_sets():
 
 
 def test_a_sweep_full_context_wins_everywhere_says_so():
-    from sim.sweep import summary, summary_markdown
+    from sim.sweep import summary
+    from sim.sweep_table import summary_markdown
 
     table = _table({("KSO", 1, 4): 0.8, ("KSO", 1, 8): 0.9})
     text = summary_markdown(summary(table))
@@ -182,7 +184,8 @@ def test_sweep_json_is_valid_json(tmp_path):
 def test_seed_spread_is_shown_and_a_best_k_within_it_is_said():
     """Two seeds a point: the speedup is their mean with [lowest, highest]; a best k whose
     seeds overlap another k's says so, one that stands clear does not."""
-    from sim.sweep import summary, summary_markdown
+    from sim.sweep import summary
+    from sim.sweep_table import summary_markdown
 
     rows = []
     for k, values in {4: (1.0, 1.4), 8: (1.3, 1.36), 16: (0.5, 0.6)}.items():
@@ -203,7 +206,8 @@ def test_seed_spread_is_shown_and_a_best_k_within_it_is_said():
 
 def test_a_sweep_whose_every_point_failed_summarizes_to_nothing():
     """Failed rows carry no architecture columns: the summary is empty, not a KeyError."""
-    from sim.sweep import summary, summary_markdown
+    from sim.sweep import summary
+    from sim.sweep_table import summary_markdown
 
     table = pd.DataFrame([{"point": 0, "replicate": 0, "error": "boom", "grid.workload.agents": 1}])
     result = summary(table)

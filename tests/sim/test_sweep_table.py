@@ -1,0 +1,24 @@
+"""The sweep's printed tables: each row says what it compares."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from sim.sweep import summary
+from sim.sweep_table import summary_markdown
+
+
+def test_a_point_whose_tasks_ended_early_is_marked():
+    """k = steps makes no summary: KSO's contexts pass max_model_len and its tasks end
+    early. Its speedup is over the steps both ran; the table marks it, as `comem run`'s
+    does, so a -50 pp row does not read as a summary's cost."""
+
+    rows = [
+        {"point": k, "replicate": 0, "architecture": "KSO", "architecture_index": 1,
+         "kind": "kso", "grid.architectures.1.k": k, "speedup_step": speedup,
+         "resolve_rate_delta_pp": pp, "tasks_ended_early": early, "error": ""}
+        for k, speedup, pp, early in ((4, 1.5, -1.6, 0), (64, 0.5, -50.0, 8))
+    ]  # fmt: skip
+    text = summary_markdown(summary(pd.DataFrame(rows)))
+    assert "| 64 | KSO! | 0.50x | -50.0 |" in text and "| 4 | KSO | 1.50x |" in text
+    assert "! = some of its tasks ended early" in text
