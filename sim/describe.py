@@ -292,6 +292,21 @@ def unlike_agents_note(scenario: Any, ref: str, name: str) -> str | None:
         return f"the agents differ: {ref} {da} on {na} x {ga}, {name} {db} on {nb} x {gb}{tail}"
     if (architecture_gpus(a), _memory_gpu(a)) == (architecture_gpus(b), _memory_gpu(b)):
         return None
+    if architecture_gpus(a) == architecture_gpus(b) and {_memory_gpu(a), _memory_gpu(b)} <= {
+        None,
+        ga,
+    }:  # the same GPUs, another split: say the split, not that the GPUs differ
+        n = architecture_gpus(a)
+
+        def split(who: str, arch: Any, agent_gpus: int) -> str:
+            if agent_gpus >= n:
+                return f"{who}'s agent on all {n}"
+            return f"{who}'s agent on {agent_gpus} and its memory model on {n - agent_gpus}"
+
+        return (
+            f"the same {n} x {ga}, split differently: {split(ref, a, na)},"
+            f" {split(name, b, nb)}{tail}"
+        )
     return f"the GPUs differ: {ref} on {_gpus_said(a)}, {name} on {_gpus_said(b)}{tail}"
 
 

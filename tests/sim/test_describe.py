@@ -77,3 +77,11 @@ def test_the_verdict_says_when_the_two_sides_use_different_gpus() -> None:
     data["architectures"] = [fc, {**kso, "agent": {**agent, "dtype": "fp8"}}]
     note = unlike_agents_note(scenario_from(data, [], "s"), "FC", "KSO")
     assert note is not None and note.startswith("the agents differ: FC bf16 on 4")
+    # the same GPUs split another way: said as a split, not as different GPUs
+    split = {**kso, "agent": {**agent, "tp": 2}}
+    data["architectures"] = [{**fc, "agent": {**agent, "tp": 4}}, split]
+    note = unlike_agents_note(scenario_from(data, [], "s"), "FC", "KSO")
+    assert note is not None and note.startswith(
+        "the same 4 x h100_sxm, split differently: FC's agent on all 4, KSO's agent on 2 and"
+        " its memory model on 2"
+    ), note
