@@ -177,6 +177,9 @@ class PlanSpec(InputModel):
             data["agent_model"] = _default_agent()["model"]
         if data.get("agents") is None:
             data["agents"] = scenario_workload(data.get("workload_scenario")).get("agents", 16)
+        if data.get("max_model_len") is None and data.get("workload_scenario") is not None:
+            # the context limit the scenario's agent runs with: its tasks were sized for it
+            data["max_model_len"] = scenario_max_model_len(data["workload_scenario"])
         if data.get("dtypes") is None:
             data["dtypes"] = default_dtypes(data["agent_model"])
         return data
@@ -364,6 +367,23 @@ def left_out_kinds(spec: PlanSpec, candidates: list[Candidate]) -> list[str]:
         for kind in spec.kinds
         if kind not in have
     ]
+
+
+def scenario_max_model_len(path: Any) -> int:
+    """The agent ``max_model_len`` of a scenario file: its full-context architecture's (else
+    its first architecture's), or the engine default where the file sets none."""
+    from sim.config import EngineConfig, read_toml
+
+    archs = read_toml(str(path), "scenario").get("architectures")
+    archs = [a for a in archs if isinstance(a, dict)] if isinstance(archs, list) else []
+    fc: dict[str, Any] = next(
+        (a for a in archs if a.get("kind") == "fc"), archs[0] if archs else {}
+    )
+    agent = fc.get("agent")
+    value = agent.get("max_model_len") if isinstance(agent, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(EngineConfig.model_fields["max_model_len"].default)
 
 
 def scenario_workload(path: Any) -> dict[str, Any]:

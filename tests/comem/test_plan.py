@@ -471,3 +471,17 @@ def test_the_baseline_is_a_full_context_deployment_that_can_hold_a_task():
     assert fc[0].kv_bound_agents == 0  # the regime: the estimate's favourite holds none
     holding = [e.candidate for e in fc if e.kv_bound_agents >= 1]
     assert holding and holding[0] in select(spec, estimates)
+
+
+def test_a_workload_scenario_brings_its_agents_context_limit():
+    """Tasks sized for a scenario's 131072-token agent are planned with it: at 65536 every
+    full-context baseline ended its tasks early (a new user's DeepSWE plan read 1.09x
+    against a baseline that solved nothing). A limit given explicitly wins."""
+    from comem.plan.space import scenario_max_model_len
+
+    path = str(Path(__file__).resolve().parents[2] / "scenarios" / "paper_latency_deepswe.toml")
+    assert scenario_max_model_len(path) == 131072  # its FC agent's, not its KSO agent's 65536
+    assert PlanSpec.model_validate({"workload_scenario": path}).max_model_len == 131072
+    given = {"workload_scenario": path, "max_model_len": 32768}
+    assert PlanSpec.model_validate(given).max_model_len == 32768
+    assert PlanSpec.model_validate({}).max_model_len == 65536
