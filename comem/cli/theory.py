@@ -13,11 +13,11 @@ from comem.cli.common import _print_json
 
 def cmd_theory(args: argparse.Namespace) -> int:
     if args.scenario is None:
-        if args.set or args.k or args.figure:
+        if args.set or args.k or args.figure or args.curves:
             from calibration.errors import ComemInputError
 
             raise ComemInputError(
-                "--set, --k and --figure need a scenario: comem theory SCENARIO --k 4 8"
+                "--set, --k, --figure and --curves need a scenario: comem theory SCENARIO --k 4 8"
             )
         from theory import latex_results
 
@@ -35,7 +35,7 @@ def cmd_theory(args: argparse.Namespace) -> int:
     figure = Path(args.figure) if args.figure else None
     if figure is not None:
         _figure_path(figure, args.scenario)
-    result = evaluate(scenario, args.k, curves=figure is not None)
+    result = evaluate(scenario, args.k, curves=figure is not None or args.curves)
     if figure is not None:
         from calibration.outputs import write_atomic
         from comem.closed_forms_figure import speedup_figure
@@ -94,6 +94,10 @@ def register(sub: Any) -> None:
     th.add_argument(
         "--figure", metavar="PNG",
         help="also draw each summarizing architecture's speedup against agents, a curve per k",
+    )  # fmt: skip
+    th.add_argument(
+        "--curves", action="store_true",
+        help="--json: each k's speedup at 1, 2, ... agents too (speedup_by_agents)",
     )  # fmt: skip
     th.add_argument("--json", action="store_true")
     th.set_defaults(func=cmd_theory)

@@ -120,6 +120,13 @@ def test_the_command_answers_and_refuses_in_one_line(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert {r["architecture"] for r in result["rows"]} == {"KSO", "KSO-authors"}
     assert all(r["speedup"] > 0 for scan in result["k_scan"].values() for r in scan)
+    assert all(not r["speedup_by_agents"] for scan in result["k_scan"].values() for r in scan)
+    curves = json.loads(run_comem("theory", VARIANTS, "--k", "4", "--json", "--curves").stdout)
+    (curve,) = [r["speedup_by_agents"] for r in curves["k_scan"]["KSO"] if r["k"] == 4]
+    at = curves["shape"]["agents"]  # the curve at the scenario's load is its row's speedup
+    assert curve[at - 1] == pytest.approx(
+        next(r["speedup"] for r in curves["k_scan"]["KSO"] if r["k"] == 4)
+    )
     text = run_comem("theory", VARIANTS)
     assert text.returncode == 0 and "fastest k is" in text.stdout, text.stderr
     assert_user_error(run_comem("theory", "--k", "4"), "need a scenario")
