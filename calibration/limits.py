@@ -39,6 +39,9 @@ AGENT_STEPS = Budget(200_000, "simulated agent steps")
 #: the scheduler's work grows with (4096 agents x 12 steps, or the paper's benchmark
 #: at 512 agents, take about 20 s)
 SCHEDULED = Budget(50_000_000, "request-schedulings (agent steps x requests running at once)")
+#: task steps the closed forms price (``comem theory``): steps x rows (an architecture at
+#: a k), each at every agent count of the scan (300,000 take about 15 s)
+FORM_STEPS = Budget(300_000, "task steps priced by the closed forms")
 #: simulated requests of one engine-sim or bench-serve run
 REQUESTS = Budget(500_000, "simulated requests")
 #: scheduler iterations the measured-profile fit replays one by one
@@ -108,6 +111,7 @@ def check(budget: Budget, estimate: float, what: str) -> None:
 __all__ = [
     "AGENT_STEPS",
     "ALLOW_LARGE_ENV",
+    "FORM_STEPS",
     "ITERATIONS",
     "ITERATION_TOKENS",
     "LIVE_CONCURRENCY",

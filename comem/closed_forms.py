@@ -115,18 +115,19 @@ def task_shape(scenario: Any) -> tuple[Shape, list[str]]:
     return shape, notes
 
 
-def _coefficients(cfg: Any) -> tuple[np.ndarray, int, tuple[float, float]]:
+def _coefficients(cfg: Any, where: str) -> tuple[np.ndarray, int, tuple[float, float]]:
     """An engine's surrogate coefficients (c0..c4), its KV cache in tokens, and the
-    surrogate's (mean, p90) relative error on held-out batches."""
+    surrogate's (mean, p90) relative error on held-out batches; ``where`` names the
+    engine in errors (``architecture 'KSO' memory``)."""
     from calibration.latency import LatencyModel
     from calibration.surrogate import fit_surrogate
-    from sim.engine_latency import engine_label, engine_latency
+    from sim.engine_latency import engine_latency
     from sim.kv_geometry import kv_geometry
 
     latency = engine_latency(cfg)
     if not isinstance(latency, LatencyModel):
         raise ComemInputError(
-            f"{engine_label(cfg)}: a measured profile has no closed form here (the forms"
+            f"{where} ({cfg.profile}): a measured profile has no closed form here (the forms"
             " price the kernel-fitted latency model); run the scenario instead"
         )
     s = fit_surrogate(latency, samples=200, holdout=50)
@@ -136,11 +137,11 @@ def _coefficients(cfg: Any) -> tuple[np.ndarray, int, tuple[float, float]]:
 
 
 def _priced(arch: Any) -> _Priced:
-    agent, kv, fit = _coefficients(arch.agent)
+    agent, kv, fit = _coefficients(arch.agent, f"architecture '{arch.name}' agent")
     fits = {"agent": fit}
     memory = None
     if arch.memory is not None:
-        memory, _, fits["memory"] = _coefficients(arch.memory)
+        memory, _, fits["memory"] = _coefficients(arch.memory, f"architecture '{arch.name}' memory")
     memory_dp = 1 if arch.memory is None else arch.memory.data_parallel_size
     return _Priced(
         agent, memory, kv, max(1, arch.agent.data_parallel_size), max(1, memory_dp), fits
@@ -213,16 +214,24 @@ def _step_s(form: str, shape: Shape, eng: _Priced, policy: tuple[int, int, int],
     return task_latencies(form, p, eng.agent, memory, agents=per_replica).latency / shape.steps
 
 
-def _kv_bound(shape: Shape, eng: _Priced, form: str, policy: tuple[int, int, int], cap: int) -> int:
-    """Agents in all whose peak contexts fit their replicas' KV caches at once."""
-    from theory.bounds import fc_peak_context, kso_peak_context, max_agents
+def _peak(shape: Shape, form: str, policy: tuple[int, int, int]) -> float:
+    """Tokens one agent's context holds at most over a task."""
+    from theory.bounds import fc_peak_context, kso_peak_context
 
     k, retain, lag = policy
-    if form == "fc":
-        peak = fc_peak_context(shape.system, shape.observation, shape.action, shape.steps)
-    else:
-        peak = kso_peak_context(shape.system, shape.observation, shape.action, shape.summary,
-                                k, retain, lag)  # fmt: skip
+    peak = fc_peak_context(shape.system, shape.observation, shape.action, shape.steps)
+    if form != "fc" and k < shape.steps:
+        # a context holds at most the task's steps, whatever retain + lag + k say
+        peak = min(peak + shape.summary, kso_peak_context(shape.system, shape.observation,
+                   shape.action, shape.summary, k, retain, lag))  # fmt: skip
+    return float(peak)
+
+
+def _kv_bound(shape: Shape, eng: _Priced, form: str, policy: tuple[int, int, int], cap: int) -> int:
+    """Agents in all whose peak contexts fit their replicas' KV caches at once."""
+    from theory.bounds import max_agents
+
+    peak = _peak(shape, form, policy)
     return int(max_agents(eng.kv_tokens, min(peak, cap))) * eng.replicas
 
 
@@ -239,6 +248,8 @@ class _Reference:
     how many agents its KV cache holds."""
 
     step_s: np.ndarray
+    #: its step latency at the scenario's agents (which may lie past the scan)
+    at_agents: float
     kv_bound: int
     resolve: Any
     engine: _Priced
@@ -260,7 +271,8 @@ def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
     # tasks past max_model_len end early, and resolve at the capped factor (as in a run)
     early = 1.0 if fc_peak(shape) > fc.agent.max_model_len else 0.0
     rate = resolve_rate(policy_features(fc), scenario.effectiveness, ended_early=early)
-    return fc, _Reference(step, bound, rate, eng)
+    at = float(_step_s("fc", shape, eng, (1, 0, 0), np.array([shape.agents]))[0])
+    return fc, _Reference(step, at, bound, rate, eng)
 
 
 def _crossover(lockstep: int | None, fc_kv: int, own_kv: int) -> tuple[int | None, str]:
@@ -295,12 +307,17 @@ def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, 
     lockstep = int(better[0]) + 1 if better.size else None
     own_bound = _kv_bound(shape, eng, form, policy, arch.agent.max_model_len)
     crossover, why = _crossover(lockstep, ref.kv_bound, own_bound)
-    i = min(shape.agents, MAX_AGENTS_SCAN) - 1
-    rate = resolve_rate(policy_features(varied), scenario.effectiveness)
+    at = float(_step_s(form, shape, eng, policy, np.array([shape.agents]))[0])
+    # a context past max_model_len ends its task early (as FC's, in _reference); a k the
+    # task never reaches makes no summary, and so loses nothing
+    early = 1.0 if _peak(shape, form, policy) > arch.agent.max_model_len else 0.0
+    made = 1.0 if k_f < shape.steps else 0.0
+    rate = resolve_rate(policy_features(varied), scenario.effectiveness, ended_early=early,
+                        summaries_made=made)  # fmt: skip
     return FormRow(
         architecture=arch.name, kind=arch.kind, priced_as=form, k=k,
-        agents_per_replica=math.ceil(shape.agents / eng.replicas), step_s=float(step[i]),
-        speedup=float(ref.step_s[i] / step[i]), kv_bound_agents=own_bound,
+        agents_per_replica=math.ceil(shape.agents / eng.replicas), step_s=at,
+        speedup=ref.at_agents / at, kv_bound_agents=own_bound,
         crossover_agents=crossover, crossover_why=why,
         resolve_pp=resolve_delta(rate, ref.resolve).pp, notes=notes,
         speedup_by_agents=[float(x) for x in (ref.step_s / step)[:curve]],
@@ -315,6 +332,20 @@ def k_values(arch: Any, steps: int, ks: list[int] | None) -> list[int]:
     return sorted({k for k in [*chosen, own] if 1 <= k < steps})
 
 
+def check_cost(scenario: Any, shape: Shape, ks: list[int] | None) -> None:
+    """Refuse pricing more task steps than :data:`calibration.limits.FORM_STEPS` (each
+    row prices every step at every agent count of the scan); the agents do not count."""
+    from calibration import limits
+
+    rows = 1 + sum(
+        1 + len(k_values(a, shape.steps, ks)) for a in scenario.architectures if a.kind in PRICED_AS
+    )
+    limits.check(
+        limits.FORM_STEPS, shape.steps * rows,
+        f"{scenario.name}: {shape.steps} steps x {rows} rows (architectures and k scanned)",
+    )  # fmt: skip
+
+
 def curve_agents(agents: int, fc_kv_bound: int) -> int:
     """How many agents a figure's curves span: past the scenario's load and FC's KV limit."""
     return min(MAX_AGENTS_SCAN, max(32, 4 * agents, 2 * (fc_kv_bound + 1)))
@@ -325,14 +356,16 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
     own k and across ``ks``, against its full-context architecture; ``curves``: each
     scanned k's speedup at every number of agents too (for the figure)."""
     shape, notes = task_shape(scenario)
+    check_cost(scenario, shape, ks)
     fc, ref = _reference(scenario, shape)
     fc_eng_len = fc.agent.max_model_len
     peak = fc_peak(shape)
     if peak > fc_eng_len:
         step = math.ceil((fc_eng_len - shape.system) / (shape.observation + shape.action))
+        near = f"near step {step}" if step > 1 else "at its first step"
         notes.append(
             f"FC's context ({peak:,.0f} tokens at the last step) passes its max_model_len"
-            f" ({fc_eng_len:,}) near step {step}: the forms price its tasks whole, where the"
+            f" ({fc_eng_len:,}) {near}: the forms price its tasks whole, where the"
             " simulation ends them (`comem run` reports the partial work), and its"
             " resolve rate is the capped one of tasks that end early"
         )
@@ -346,14 +379,18 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
     if dropped:
         notes.append(f"k {', '.join(map(str, dropped))}: no summary in a {shape.steps}-step"
                      " task, left out")  # fmt: skip
-    i = min(shape.agents, MAX_AGENTS_SCAN) - 1
     rows, scans, engines = [], {}, {fc.name: ref.engine}
     for arch in scenario.architectures:
         if arch.kind not in PRICED_AS:
             continue
         eng = engines[arch.name] = _priced(arch)
         own = arch.retain if arch.kind == "kso-authors" else arch.k
-        _, _, _, _, arch_notes = _policy(arch)
+        form, k_f, retain, lag, arch_notes = _policy(arch)
+        if _peak(shape, form, (k_f, retain, lag)) > arch.agent.max_model_len:
+            arch_notes.append(
+                f"its context passes its agent's max_model_len ({arch.agent.max_model_len:,}):"
+                " the simulation ends its tasks there; its resolve rate is the capped one"
+            )
         if own >= shape.steps:
             letter = "R" if arch.kind == "kso-authors" else "k"
             arch_notes.append(f"{letter} = {own} makes no summary in a {shape.steps}-step task")
@@ -373,7 +410,7 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
         "surrogate_error": fit,
         "fc": {
             "architecture": fc.name,
-            "step_s": float(ref.step_s[i]),
+            "step_s": ref.at_agents,
             "kv_bound_agents": ref.kv_bound,
         },  # fmt: skip
         "rows": [asdict(r) for r in rows],

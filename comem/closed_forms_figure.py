@@ -21,6 +21,17 @@ def speedup_figure(result: dict[str, Any], path: Path) -> Path:
         kind = next(r["kind"] for r in result["rows"] if r["architecture"] == name)
         own = next(r["k"] for r in result["rows"] if r["architecture"] == name)
         letter = "R" if kind == "kso-authors" else "k"
+        if not result["k_scan"][name]:  # a task too short for any k to summarize
+            ax.text(
+                0.5,
+                0.5,
+                f"no {letter} below the task's {result['shape']['steps']} steps\nmakes a summary",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+            )
+            ax.set_title(f"{name} ({kind})", fontsize=9)
+            continue
         for r in result["k_scan"][name]:
             y = r["speedup_by_agents"]
             ax.plot(range(1, len(y) + 1), y, lw=2.2 if r["k"] == own else 1.1,

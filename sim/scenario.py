@@ -189,16 +189,18 @@ class Scenario(_Strict):
         return self
 
 
-def load_scenario(path: str | Path | None, sets: list[str] | None = None) -> Scenario:
+def load_scenario(
+    path: str | Path | None, sets: list[str] | None = None, cost: bool = True
+) -> Scenario:
     """Read a TOML scenario, or the ``config.json`` a ``comem run --out`` wrote (or the
-    defaults), apply ``--set`` overrides, validate, and check what it would cost
-    (:func:`check_cost`)."""
+    defaults), apply ``--set`` overrides, validate, and check what simulating it would
+    cost (:func:`check_cost`; ``cost=False``: a command that simulates none of it)."""
     data: dict[str, Any] = {}
     where = "scenario"
     if path is not None:
         where = Path(path).name
         data = read_scenario_data(path)
-    return scenario_from(data, sets or [], where)
+    return scenario_from(data, sets or [], where, cost)
 
 
 def read_scenario_data(path: str | Path) -> dict[str, Any]:
@@ -237,15 +239,16 @@ def lean_architecture(arch: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def scenario_from(data: dict[str, Any], sets: list[str], where: str) -> Scenario:
+def scenario_from(data: dict[str, Any], sets: list[str], where: str, cost: bool = True) -> Scenario:
     """A scenario from a TOML file's table and ``--set`` overrides: validated, its cost
-    and its engines checked; ``where`` names it in errors."""
+    (unless ``cost`` is false) and its engines checked; ``where`` names it in errors."""
     try:
         overridden = apply_overrides(data, sets)
     except ComemInputError as exc:
         raise ComemInputError(f"{where}: {exc}") from None
     scenario = validate(Scenario, overridden, where, UNION_TAGS)
-    check_cost(scenario, where)
+    if cost:
+        check_cost(scenario, where)
     check_engines(scenario, where)
     return scenario
 

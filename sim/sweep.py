@@ -474,6 +474,16 @@ def _varied_architectures(table: pd.DataFrame, k_axis: str) -> set[str] | None:
     return set(chosen["architecture"])
 
 
+def _with_fc_early(table: pd.DataFrame, ok: pd.DataFrame) -> pd.DataFrame:
+    """``ok`` with ``fc_tasks_ended_early``: the tasks its point's full-context run ended
+    early (the speedup is over the steps both ran, so FC's short tasks move it too)."""
+    if "tasks_ended_early" not in table.columns:
+        return ok
+    fc = table[table["kind"] == "fc"]
+    per_point = fc.groupby("point")["tasks_ended_early"].max()
+    return ok.assign(fc_tasks_ended_early=ok["point"].map(per_point).fillna(0))
+
+
 def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     """What a sweep answers, per grid point and CoMem-style architecture: the speedup
     over full context by ``metric`` and the resolve-rate change (means over seeds); the
@@ -485,8 +495,10 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     axes = _axes(table)
     if not len(ok) or col not in ok.columns:
         return {"metric": metric, "rows": [], "best_k": [], "winner": None}
+    ok = _with_fc_early(table, ok)
     grouped = ok.groupby(["point", "architecture", *axes], dropna=False, sort=True)
-    kept = [col, "resolve_rate_delta_pp"] + [c for c in ["tasks_ended_early"] if c in ok]
+    early = ["tasks_ended_early", "fc_tasks_ended_early"]
+    kept = [col, "resolve_rate_delta_pp"] + [c for c in early if c in ok]
     means = grouped[kept].mean().rename(columns={col: "speedup"})
     # the spread over seeds: a best k whose seeds overlap another k's is not told apart
     spread = grouped[col].agg(["min", "max", "count"])

@@ -21,8 +21,8 @@ def summary_markdown(result: dict[str, Any]) -> str:
         f"speedup = full context's mean over CoMem's by {result['metric']} (> 1: CoMem"
         " faster), the mean over seeds with [lowest, highest] where there are several;"
         " resolve pp = resolve-rate change against full context; ! = some of its tasks"
-        " ended early (the speedup is over the steps both ran; results.parquet's"
-        " ended_early says why)",
+        " ended early, (FC!) = some of full context's did (the speedup is over the steps"
+        " both ran; results.parquet's ended_early says why)",
         "",
         "| point | " + " | ".join(names) + " | architecture | speedup | resolve pp |",
         "|---" * (len(names) + 4) + "|",
@@ -74,9 +74,17 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 def _arch_cell(row: dict[str, Any]) -> str:
     """The architecture's name, with ``!`` where some of its tasks ended early (as in
-    ``comem run``'s table)."""
-    early = row.get("tasks_ended_early", 0)
-    return row["architecture"] + ("!" if early == early and early > 0 else "")
+    ``comem run``'s table) and `` (FC!)`` where some of full context's did."""
+
+    def ended(key: str) -> bool:
+        n = row.get(key, 0)
+        return n == n and n is not None and n > 0
+
+    return (
+        row["architecture"]
+        + ("!" if ended("tasks_ended_early") else "")
+        + (" (FC!)" if ended("fc_tasks_ended_early") else "")
+    )
 
 
 def _x(value: Any) -> str:

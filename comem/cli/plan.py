@@ -17,6 +17,7 @@ from comem.cli.args import (
     _token_count,
 )
 from comem.cli.common import (
+    _json_safe,
     _outputs_not_inputs,
     _print_json,
     _with_progress,
@@ -122,7 +123,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "caveats": band_caveats(spec, rows),
     }
     title = f"{spec.agent_model}, {spec.agents} agents, {spec.gpus} x {spec.gpu}"
-    text = json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n"
+    # a candidate that could not run has NaN latencies: null in JSON, which has no NaN
+    safe = _json_safe(payload)
+    text = json.dumps(safe, indent=1, sort_keys=True, default=str, allow_nan=False) + "\n"
     # plan.json last; every old file goes first: a killed write never leaves one run's
     # chosen scenario beside another's table (explain reads chosen_scenario.toml)
     written = write_result(

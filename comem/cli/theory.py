@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from comem.cli.args import _positive_int
+from comem.cli.args import _add_allow_large, _positive_int
 from comem.cli.common import _print_json
 
 
@@ -31,7 +31,8 @@ def cmd_theory(args: argparse.Namespace) -> int:
     from comem.closed_forms import evaluate, text_report
     from sim.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, args.set or [])
+    # the forms simulate nothing: their own budget counts steps, not agents (evaluate)
+    scenario = load_scenario(args.scenario, args.set or [], cost=False)
     figure = Path(args.figure) if args.figure else None
     if figure is not None:
         _figure_path(figure, args.scenario)
@@ -100,4 +101,5 @@ def register(sub: Any) -> None:
         help="--json: each k's speedup at 1, 2, ... agents too (speedup_by_agents)",
     )  # fmt: skip
     th.add_argument("--json", action="store_true")
+    _add_allow_large(th)
     th.set_defaults(func=cmd_theory)

@@ -371,8 +371,9 @@ def left_out_kinds(spec: PlanSpec, candidates: list[Candidate]) -> list[str]:
 
 def scenario_max_model_len(path: Any) -> int:
     """The agent ``max_model_len`` of a scenario file: its full-context architecture's (else
-    its first architecture's), or the engine default where the file sets none."""
-    from sim.config import EngineConfig, read_toml
+    its first architecture's), or the engine default where the file sets none; a value
+    the scenario itself would refuse is refused here, naming the file and the field."""
+    from sim.config import EngineConfig, read_toml, validate
 
     archs = read_toml(str(path), "scenario").get("architectures")
     archs = [a for a in archs if isinstance(a, dict)] if isinstance(archs, list) else []
@@ -381,9 +382,10 @@ def scenario_max_model_len(path: Any) -> int:
     )
     agent = fc.get("agent")
     value = agent.get("max_model_len") if isinstance(agent, dict) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return int(EngineConfig.model_fields["max_model_len"].default)
+    if value is None:
+        return int(EngineConfig.model_fields["max_model_len"].default)
+    where = f"{path}: architectures.{archs.index(fc)}.agent"
+    return validate(EngineConfig, {"max_model_len": value}, where).max_model_len
 
 
 def scenario_workload(path: Any) -> dict[str, Any]:

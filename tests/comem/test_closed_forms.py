@@ -193,3 +193,98 @@ def test_the_surrogates_error_is_reported_and_warned_of_where_large() -> None:
     assert moe["surrogate_error"]["FC agent"]["mape"] > SURROGATE_WARN_MAPE
     text = "\n".join(text_report(moe))
     assert "surrogate error (mean" in text and "the linear surrogate misses" in text
+
+
+def test_past_the_scan_the_scenario_s_own_agents_are_priced() -> None:
+    """At 1000 agents (past the 512 the scan covers) FC's step latency and each speedup
+    are at 1000 agents, not at the scan's last point."""
+    scan_end, past = evaluate(_scenario(MAX_AGENTS_SCAN)), evaluate(_scenario(1000))
+    assert past["fc"]["step_s"] > 1.5 * scan_end["fc"]["step_s"]
+    assert past["rows"][0]["step_s"] > 1.5 * scan_end["rows"][0]["step_s"]
+
+
+def test_a_window_longer_than_the_task_holds_no_more_than_the_task() -> None:
+    """retain + lag + k past the task's steps: the context is at most the whole task (and
+    a summary), so the summarizer's KV cache holds at least FC's agents, not fewer; a k
+    the task never reaches makes no summary and loses nothing."""
+    data = _scenario(8).model_dump()
+    data["architectures"][1].update(retain=1000, lag=100)
+    data["architectures"][2]["k"] = 100
+    result = evaluate(scenario_from(data, [], "test"))
+    kso, cp = result["rows"]
+    fc_kv = result["fc"]["kv_bound_agents"]
+    assert kso["kv_bound_agents"] >= fc_kv * 0.9 and cp["kv_bound_agents"] == fc_kv
+    assert cp["resolve_pp"] == pytest.approx(0.0)
+
+
+def test_a_max_model_len_below_the_first_prompt_says_so() -> None:
+    """FC's first prompt passes max_model_len: 'at its first step', not 'near step -1'; a
+    summarizer whose own contexts pass its limit is noted and resolves at the capped rate."""
+    data = _scenario(8).model_dump()
+    data["architectures"][0]["agent"]["max_model_len"] = 1
+    data["architectures"][1]["agent"]["max_model_len"] = 100
+    result = evaluate(scenario_from(data, [], "test"))
+    text = " ".join(result["notes"])
+    assert "at its first step" in text and "step -" not in text
+    kso = result["rows"][0]
+    assert any("passes its agent's max_model_len" in n for n in kso["notes"])
+
+
+def test_theory_prices_a_million_agents_without_the_simulation_budget(tmp_path: Path) -> None:
+    """The forms simulate nothing: 10**6 agents is one number, not a budget refusal that
+    names a flag theory lacks; their own budget counts steps, and --allow-large lifts it."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(_TOML)
+    out = run_comem("theory", str(scenario), "--set", "workload.agents=1000000", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["shape"]["agents"] == 1000000
+    assert_user_error(
+        run_comem("theory", str(scenario), "--set", "workload.steps=100000"),
+        "task steps priced by the closed forms",
+    )
+    assert "--allow-large" in run_comem("theory", "--help").stdout
+
+
+def test_a_figure_whose_architecture_scans_no_k_is_drawn(tmp_path: Path) -> None:
+    """A 2-step task: no k below its steps; the figure says so instead of a traceback."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(_TOML)
+    fig = tmp_path / "f.png"
+    out = run_comem("theory", str(scenario), "--set", "workload.steps=2", "--figure", str(fig))
+    assert out.returncode == 0, out.stderr
+    assert fig.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_measured_profile_is_refused_naming_its_architecture(tmp_path: Path) -> None:
+    from calibration.measured import MeasuredProfile
+    from calibration.surrogate import LinearSurrogate
+
+    sur = LinearSurrogate(c0=4e-3, c1=2e-5, c2=4e-4, c3=3e-8, c4=1e-8, mape=0.0,
+                          max_rel_error=0.0, p90_rel_error=0.0)  # fmt: skip
+    path = MeasuredProfile(sur, 2e-3, 8192, 2e-8, 2e-3, kv_capacity_tokens=1 << 20,
+                           block_size=16).save(tmp_path / "p.json")  # fmt: skip
+    data = _scenario(8).model_dump()
+    data["architectures"][1]["memory"]["profile"] = str(path)
+    with pytest.raises(ComemInputError, match="architecture 'KSO' memory"):
+        evaluate(scenario_from(data, [], "test"))
+
+
+_TOML = """
+[workload]
+agents = 4
+steps = 8
+system_tokens = 500
+observation_tokens = 300
+action_tokens = 200
+summary_tokens = 400
+[[architectures]]
+name = "FC"
+kind = "fc"
+agent = { model = "qwen3-4b" }
+[[architectures]]
+name = "KSO"
+kind = "kso-authors"
+retain = 3
+agent = { model = "qwen3-4b" }
+memory = { model = "qwen3-4b" }
+"""

@@ -485,3 +485,48 @@ def test_a_workload_scenario_brings_its_agents_context_limit():
     given = {"workload_scenario": path, "max_model_len": 32768}
     assert PlanSpec.model_validate(given).max_model_len == 32768
     assert PlanSpec.model_validate({}).max_model_len == 65536
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [('"4096"', "without quotes"), ("true", "must be a number"), ("0", "greater than"),
+     ("4096.0", None)],
+)  # fmt: skip
+def test_a_workload_scenario_s_odd_max_model_len_is_read_as_the_scenario_reads_it(
+    tmp_path: Path, value: str, expected: str | None
+) -> None:
+    """A value the scenario refuses is refused naming the file and field (not replaced by
+    the engine default without a word); one it accepts (4096.0) is the same number."""
+    from calibration.errors import ComemInputError
+    from comem.plan.space import scenario_max_model_len
+
+    path = tmp_path / "w.toml"
+    path.write_text(
+        '[workload]\nagents = 4\n[[architectures]]\nname = "FC"\nkind = "fc"\n'
+        f'agent = {{ model = "qwen3-4b", max_model_len = {value} }}\n'
+    )
+    if expected is None:
+        assert scenario_max_model_len(path) == 4096
+        return
+    with pytest.raises(ComemInputError, match=f"w.toml: architectures.0.agent.*{expected}"):
+        scenario_max_model_len(path)
+
+
+def test_plan_json_holds_no_nan_where_no_candidate_finished(tmp_path: Path) -> None:
+    """max_model_len 1: every simulated candidate ends its tasks at once (NaN latencies);
+    plan.json is still JSON (null), which has no NaN."""
+    out = tmp_path / "plan"
+    proc = subprocess.run(
+        [sys.executable, "-m", "comem", "plan", "--agent-model", "qwen3-4b", "--gpu",
+         "h100_sxm", "--gpus", "1", "--agents", "2", "--steps", "4", "--top", "1",
+         "--workers", "1", "--k", "2", "--offload", "off", "--dtypes", "bf16", "--kinds",
+         "fc", "cp", "--max-model-len", "1", "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"plan.json holds {name}")
+
+    json.loads((out / "plan.json").read_text(), parse_constant=refuse)

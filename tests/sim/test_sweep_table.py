@@ -22,3 +22,22 @@ def test_a_point_whose_tasks_ended_early_is_marked():
     text = summary_markdown(summary(pd.DataFrame(rows)))
     assert "| 64 | KSO! | 0.50x | -50.0 |" in text and "| 4 | KSO | 1.50x |" in text
     assert "! = some of its tasks ended early" in text
+
+
+def test_a_point_whose_full_context_tasks_ended_early_is_marked():
+    """FC's contexts pass its max_model_len (KSO's do not): the speedup is over the steps
+    both ran and KSO's resolve pp is against a baseline that solved little; the row says
+    so, though KSO's own tasks all finished."""
+    rows = [
+        {"point": p, "replicate": 0, "architecture": name, "architecture_index": i,
+         "kind": kind, "grid.architectures.0.agent.max_model_len": mml,
+         "speedup_step": 1.0 if kind == "fc" else 0.96, "resolve_rate_delta_pp": pp,
+         "tasks_ended_early": early, "error": ""}
+        for p, mml, fc_early in ((0, 2000, 2), (1, 32768, 0))
+        for i, name, kind, pp, early in ((0, "FC", "fc", 0.0, fc_early),
+                                         (1, "KSO", "kso", 46.8 if fc_early else -3.2, 0))
+    ]  # fmt: skip
+    text = summary_markdown(summary(pd.DataFrame(rows)))
+    assert "| 2000 | KSO (FC!) | 0.96x | +46.8 |" in text
+    assert "| 32768 | KSO | 0.96x | -3.2 |" in text
+    assert "(FC!) = some of full context's did" in text
