@@ -331,11 +331,13 @@ def _verdict(rows: list[PlanRow]) -> str:
     fc = next((r for r in rows if r.simulated and r.candidate["kind"] == "fc"), None)
     if best.candidate["kind"] == "fc":
         other = best_summarizing(rows)
-        if other is None or not best.mean_step_s > 0:
+        if other is None:
             return (
                 f"verdict: full context wins: {best.label} (no summarizing deployment"
                 " simulated made its summaries)"
             )
+        if not best.mean_step_s > 0:
+            return f"verdict: {best.label}: nothing to compare by (no step of it finished)"
         x = best.mean_step_s / other.mean_step_s  # the summarizing one's speedup
         word = "slower" if x <= 1 else "faster"
         return (
@@ -344,8 +346,13 @@ def _verdict(rows: list[PlanRow]) -> str:
             f" (speedup {x:.2f}x); chosen_scenario.toml holds both: comem run it for every"
             " metric on the same steps"
         )
-    if fc is None or not best.mean_step_s > 0:
+    if fc is None:
         return f"verdict: {best.label} (no full-context deployment was simulated to compare with)"
+    if not (best.mean_step_s > 0 and fc.mean_step_s > 0):
+        return (
+            f"verdict: {best.label}: nothing to compare by (no step finished in it or in the"
+            f" best full context, {fc.label}{_ended_early(fc)})"
+        )
     x = fc.mean_step_s / best.mean_step_s
     word = "faster" if x >= 1 else "slower"
     return (

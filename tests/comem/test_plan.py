@@ -431,6 +431,10 @@ def test_the_verdict_says_when_its_full_context_baseline_ended_tasks_early():
     assert "its p99 step is 2.50x full context's (20.00 s against 8.00 s" in verdict(tail, spec)
     tail[0].p99_step_s = 7.0
     assert "p99" not in verdict(tail, spec)
+    # no step finished on either side: nothing to compare, and it says so (it used to
+    # say no full context was simulated)
+    none = verdict([row(kso, float("nan")), row(fc, float("nan"), early=32, rate=0.0)], spec)
+    assert "nothing to compare by" in none and "FC, agent TP2 bf16, which ended 32" in none
 
 
 def test_a_candidate_that_cannot_run_is_left_out_and_said():
