@@ -358,6 +358,10 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
     shape, notes = task_shape(scenario)
     check_cost(scenario, shape, ks)
     fc, ref = _reference(scenario, shape)
+    others = [a.name for a in scenario.architectures if a.kind == "fc" and a is not fc]
+    if others:
+        notes.append(f"compared against the first full-context architecture, {fc.name};"
+                     f" {', '.join(others)} not priced")  # fmt: skip
     fc_eng_len = fc.agent.max_model_len
     peak = fc_peak(shape)
     if peak > fc_eng_len:

@@ -288,3 +288,12 @@ retain = 3
 agent = { model = "qwen3-4b" }
 memory = { model = "qwen3-4b" }
 """
+
+
+def test_a_second_full_context_architecture_is_named_as_not_priced() -> None:
+    data = _scenario(2).model_dump()
+    data["architectures"].append({**data["architectures"][0], "name": "FC-TP2"})
+    result = evaluate(scenario_from(data, [], "test"))
+    assert result["fc"]["architecture"] == "FC"
+    assert any("first full-context architecture, FC; FC-TP2 not priced" in n
+               for n in result["notes"])  # fmt: skip
