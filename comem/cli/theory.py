@@ -51,12 +51,14 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
-#: what a figure file starts with (PNG, PDF, SVG): only such a file is replaced
-_FIGURE_HEADS = (b"\x89PNG", b"%PDF", b"<?xml", b"<svg")
+#: the most of an existing figure read to tell whether this tool drew it
+_FIGURE_READ = 64 << 20
 
 
 def _figure_path(figure: Path, scenario: str) -> None:
-    """``--figure`` can be written and replaces no input and no file but a figure."""
+    """``--figure`` can be written and replaces no input and no file but a figure this
+    tool drew (matplotlib names itself in every PNG, PDF and SVG it writes): a user's own
+    image under that name is kept."""
     from calibration.errors import ComemInputError
     from calibration.outputs import refuse_input_as_output, writable_file
 
@@ -66,11 +68,11 @@ def _figure_path(figure: Path, scenario: str) -> None:
         raise ComemInputError(f"--figure {figure}: expected a .png, .pdf or .svg file name")
     if figure.is_file():
         with figure.open("rb") as f:
-            head = f.read(8)
-        if not head.startswith(_FIGURE_HEADS):
+            drawn = b"matplotlib" in f.read(_FIGURE_READ).lower()
+        if not drawn:
             raise ComemInputError(
-                f"--figure {figure}: the file exists and is not a figure: it is not"
-                " overwritten (write elsewhere, or remove it first)"
+                f"--figure {figure}: the file exists and is not a figure this tool drew: it is"
+                " not overwritten (write elsewhere, or remove it first)"
             )
 
 

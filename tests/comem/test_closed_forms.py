@@ -152,6 +152,12 @@ def test_the_figure_is_written_and_replaces_only_a_figure(tmp_path: Path) -> Non
     mine.write_text("my notes")
     assert_user_error(run_comem("theory", VARIANTS, "--figure", str(mine)), "is not a figure")
     assert mine.read_text() == "my notes"
+    photo = tmp_path / "photo.png"  # an image of the user's, not one this tool drew
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert_user_error(run_comem("theory", VARIANTS, "--figure", str(photo)), "this tool drew")
+    assert photo.read_bytes()[8:] == bytes(64)
+    again = run_comem("theory", VARIANTS, "--k", "4", "--figure", str(png))  # its own: replaced
+    assert again.returncode == 0, again.stderr
     assert_user_error(run_comem("theory", VARIANTS, "--figure", VARIANTS), "scenario file")
 
 
