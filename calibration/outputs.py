@@ -287,6 +287,29 @@ def writable_file(path: str | Path, flag: str = "--out") -> Path:
     return p
 
 
+#: the most of an existing figure read to tell whether this tool drew it
+_FIGURE_READ = 64 << 20
+
+
+def refuse_foreign_figure(path: str | Path | None, flag: str = "--figure") -> None:
+    """A figure file to write: writable, a .png / .pdf / .svg name, and where a file is
+    there already, one this tool drew (matplotlib names itself in every PNG, PDF and SVG
+    it writes): a user's own image under that name is kept."""
+    if path is None:
+        return
+    p = writable_file(path, flag)
+    if p.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise ComemInputError(f"{flag} {path}: expected a .png, .pdf or .svg file name")
+    if p.is_file():
+        with p.open("rb") as f:
+            drawn = b"matplotlib" in f.read(_FIGURE_READ).lower()
+        if not drawn:
+            raise ComemInputError(
+                f"{flag} {path}: the file exists and is not a figure this tool drew: it is"
+                " not overwritten (write elsewhere, or remove it first)"
+            )
+
+
 def refuse_overwrite(paths: list[Path], force: bool, flag: str = "--out") -> None:
     """Measurements are expensive (GPU hours): refuse to replace an existing file unless
     ``force`` (the CLI's ``--force``)."""

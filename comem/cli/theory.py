@@ -51,29 +51,12 @@ def cmd_theory(args: argparse.Namespace) -> int:
     return 0
 
 
-#: the most of an existing figure read to tell whether this tool drew it
-_FIGURE_READ = 64 << 20
-
-
 def _figure_path(figure: Path, scenario: str) -> None:
-    """``--figure`` can be written and replaces no input and no file but a figure this
-    tool drew (matplotlib names itself in every PNG, PDF and SVG it writes): a user's own
-    image under that name is kept."""
-    from calibration.errors import ComemInputError
-    from calibration.outputs import refuse_input_as_output, writable_file
+    """``--figure`` can be written and replaces no input and no user's file."""
+    from calibration.outputs import refuse_foreign_figure, refuse_input_as_output
 
     refuse_input_as_output(figure, {"scenario": scenario}, "--figure")
-    writable_file(figure, "--figure")
-    if figure.suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise ComemInputError(f"--figure {figure}: expected a .png, .pdf or .svg file name")
-    if figure.is_file():
-        with figure.open("rb") as f:
-            drawn = b"matplotlib" in f.read(_FIGURE_READ).lower()
-        if not drawn:
-            raise ComemInputError(
-                f"--figure {figure}: the file exists and is not a figure this tool drew: it is"
-                " not overwritten (write elsewhere, or remove it first)"
-            )
+    refuse_foreign_figure(figure, "--figure")
 
 
 def register(sub: Any) -> None:

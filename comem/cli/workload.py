@@ -17,7 +17,7 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     from sim.workloads import default_steps_file, fit_workload, plot_fitted
 
     refuse_input_as_output(args.out, {"--steps": args.steps})
-    from calibration.outputs import refuse_foreign_file
+    from calibration.outputs import refuse_foreign_figure, refuse_foreign_file
     from sim.workloads import check_fitted
 
     # ours: what the fitted-workload reader accepts (it raises on anything else)
@@ -28,7 +28,7 @@ def cmd_workload_fit(args: argparse.Namespace) -> int:
     refuse_foreign_file(args.out, fitted, "a fitted workload")
     refuse_input_as_output(args.figure, {"--steps": args.steps}, "--figure")
     _writable_file(args.out)
-    _writable_file(args.figure, "--figure")
+    refuse_foreign_figure(args.figure, "--figure")  # a user's own image is kept
     if args.note and re.search(r"[\x00-\x08\x0b-\x1f\x7f]", args.note):
         raise ComemInputError(
             f"--note: must not hold control characters other than newline and tab"

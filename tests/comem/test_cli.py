@@ -655,3 +655,14 @@ def test_a_killed_explain_or_save_result_write_leaves_no_half_file(
     assert main(args) == 130
     assert not (tmp_path / "r" / "r.json").exists()
     capsys.readouterr()
+
+
+def test_workload_fit_figure_never_replaces_a_users_image(tmp_path: Path) -> None:
+    """The figure is checked before any work: a user's own image under its name is kept
+    (only a figure this tool drew is replaced), and it must be a figure's file name."""
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    assert_user_error(run_comem("workload", "fit", "--figure", str(photo)), "this tool drew")
+    assert photo.read_bytes()[8:] == bytes(64)
+    text = tmp_path / "fit.txt"
+    assert_user_error(run_comem("workload", "fit", "--figure", str(text)), ".png, .pdf or .svg")
