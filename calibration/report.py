@@ -167,10 +167,7 @@ def _kernel_scatter(
         fontsize=10,
     )
     fig.tight_layout()
-    path = out / f"ops_{profile.gpu}_{profile.dtype}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out / f"ops_{profile.gpu}_{profile.dtype}.png")
 
 
 def _e2e_plot(table: pd.DataFrame, out: Path, gpu: str) -> Path:
@@ -194,9 +191,20 @@ def _e2e_plot(table: pd.DataFrame, out: Path, gpu: str) -> Path:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out / "e2e_static_batch_h100.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _save_figure(fig, out / "e2e_static_batch_h100.png")
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Write a report figure whole, over no file of the user's (only one this tool drew)."""
+    import matplotlib.pyplot as plt
+
+    from calibration.outputs import refuse_foreign_figure, write_atomic
+
+    try:
+        refuse_foreign_figure(path, "--figures")
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110), "report figure")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -55,3 +55,23 @@ def test_a_link_keeps_pointing_at_its_file(tmp_path: Path) -> None:
     link.symlink_to(real)
     write_text(link, '{"a": 1}', "config")
     assert link.is_symlink() and real.read_text() == '{"a": 1}'
+
+
+def test_a_report_figure_replaces_only_a_figure_this_tool_drew(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from calibration.report import _save_figure
+
+    mine = tmp_path / "e2e_static_batch_h100.png"
+    mine.write_text("my own plot")
+    with pytest.raises(ComemInputError, match="not a figure this tool drew"):
+        _save_figure(plt.figure(), mine)
+    assert mine.read_text() == "my own plot"
+    drawn = tmp_path / "ops.png"
+    _save_figure(plt.figure(), drawn)
+    _save_figure(plt.figure(), drawn)  # its own figure: replaced
+    assert drawn.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "e2e_static_batch_h100.png", "ops.png"]  # fmt: skip
