@@ -21,8 +21,13 @@ def _save(fig: plt.Figure, out: Path, name: str, caption: str) -> list[Path]:
     fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, color="0.35", ha="left", va="bottom")
     # a 7-pt line is about 0.125 inch tall
     fig.tight_layout(rect=(0, 0.01 + 0.125 * len(lines) / fig.get_figheight(), 1, 1))
+    from calibration.outputs import refuse_foreign_figure, write_atomic
+
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=110)
-    plt.close(fig)
+    try:
+        for p in paths:  # whole, and over no file of the user's (only a figure drawn here)
+            refuse_foreign_figure(p, "--out")
+            write_atomic(p, lambda tmp: fig.savefig(tmp, dpi=110), "figure")
+    finally:
+        plt.close(fig)
     return paths

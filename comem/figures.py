@@ -434,9 +434,14 @@ def make_figures(
         raise ComemInputError(
             f"--only: no figure named {', '.join(unknown)}; known: {', '.join(FIGURES)}"
         )
+    from calibration.outputs import refuse_foreign_figure
+
     directory = Path(out)
     directory.mkdir(parents=True, exist_ok=True)
     names = [name for name in FIGURES if only is None or name in only]
+    for name in names:  # a user's file under a figure's name: refused before any work
+        for ext in (".png", ".pdf"):
+            refuse_foreign_figure(directory / f"{name}{ext}", "--out")
     drawn = _prefetch(names, directory, quick, workers) if workers > 1 else {}
     paths: list[Path] = []
     for name in names:

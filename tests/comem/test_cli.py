@@ -666,3 +666,13 @@ def test_workload_fit_figure_never_replaces_a_users_image(tmp_path: Path) -> Non
     assert photo.read_bytes()[8:] == bytes(64)
     text = tmp_path / "fit.txt"
     assert_user_error(run_comem("workload", "fit", "--figure", str(text)), ".png, .pdf or .svg")
+
+
+def test_figures_never_replace_a_users_file_under_a_figures_name(tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    out.mkdir()
+    (out / "theory_frontier.pdf").write_text("my draft")
+    proc = run_comem("figures", "--quick", "--only", "theory_frontier", "--out", str(out))
+    assert_user_error(proc, "theory_frontier.pdf", "not a figure this tool drew")
+    assert (out / "theory_frontier.pdf").read_text() == "my draft"
+    assert not (out / "theory_frontier.png").exists()  # refused before any work
