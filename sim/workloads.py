@@ -530,8 +530,11 @@ def plot_fitted(steps_csv: str | Path, payload: dict[str, Any], out: str | Path)
         title += f"; {name} from {', '.join(chosen)}"
     fig.suptitle(title + ")", fontsize=10)
     fig.tight_layout()
+    from calibration.outputs import write_atomic
+
     path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:  # whole: a killed write leaves the old figure, never half of the new one
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100), "--figure")
+    finally:
+        plt.close(fig)
     return path
