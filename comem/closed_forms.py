@@ -77,6 +77,11 @@ class FormRow:
     #: own contexts no longer fit its KV cache where it would beat FC), "" (none in the scan)
     crossover_why: str
     resolve_pp: float | None  # resolve rate change against FC, percentage points
+    #: its 95% interval (paired by bootstrap draw, as `comem run`'s resolve pp)
+    resolve_pp_low: float | None = None
+    resolve_pp_high: float | None = None
+    #: k or the raw tail outside the range the effectiveness model was fitted on
+    resolve_extrapolated: bool = False
     notes: list[str] = field(default_factory=list)
     #: the speedup at 1, 2, ... agents (filled for a figure: ``evaluate(curves=True)``)
     speedup_by_agents: list[float] = field(default_factory=list)
@@ -314,12 +319,14 @@ def _row(scenario: Any, shape: Shape, ref: _Reference, arch: Any, eng: _Priced, 
     made = 1.0 if k_f < shape.steps else 0.0
     rate = resolve_rate(policy_features(varied), scenario.effectiveness, ended_early=early,
                         summaries_made=made)  # fmt: skip
+    delta = resolve_delta(rate, ref.resolve)
     return FormRow(
         architecture=arch.name, kind=arch.kind, priced_as=form, k=k,
         agents_per_replica=math.ceil(shape.agents / eng.replicas), step_s=at,
         speedup=ref.at_agents / at, kv_bound_agents=own_bound,
         crossover_agents=crossover, crossover_why=why,
-        resolve_pp=resolve_delta(rate, ref.resolve).pp, notes=notes,
+        resolve_pp=delta.pp, resolve_pp_low=delta.low, resolve_pp_high=delta.high,
+        resolve_extrapolated=rate.extrapolated, notes=notes,
         speedup_by_agents=[float(x) for x in (ref.step_s / step)[:curve]],
     )  # fmt: skip
 
@@ -416,7 +423,10 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
             "architecture": fc.name,
             "step_s": ref.at_agents,
             "kv_bound_agents": ref.kv_bound,
+            # its resolve rate: the scenario's baseline, 0 where a cap ends its tasks
+            "resolve_rate": ref.resolve.rate,
         },  # fmt: skip
+        "baseline_resolve_rate": scenario.effectiveness.baseline_resolve_rate,
         "rows": [asdict(r) for r in rows],
         "k_scan": {name: [asdict(r) for r in scan] for name, scan in scans.items()},
         "notes": fit_notes + notes,
@@ -430,6 +440,18 @@ def _cross_text(r: dict[str, Any]) -> str:
     if n is None:
         return f"never (<= {MAX_AGENTS_SCAN})"
     return f"{n}" + (" (FC's KV)" if r["crossover_why"] == "fc-kv" else "")
+
+
+def _pp_text(r: dict[str, Any]) -> str:
+    """'-1.9 [-9.0, +4.1]', with '^' where the effectiveness model extrapolates."""
+    if r["resolve_pp"] is None:
+        return "-"
+    interval = (
+        f" [{r['resolve_pp_low']:+.1f}, {r['resolve_pp_high']:+.1f}]"
+        if r.get("resolve_pp_low") is not None
+        else ""
+    )
+    return f"{r['resolve_pp']:+.1f}{interval}{'^' if r.get('resolve_extrapolated') else ' '}"
 
 
 def _best_line(name: str, scan: list[dict[str, Any]], agents: int) -> str:
@@ -463,12 +485,12 @@ def text_report(result: dict[str, Any]) -> list[str]:
         k_name = "R" if row["kind"] == "kso-authors" else "k"
         lines += ["", f"{name} ({row['kind']}, priced as {row['priced_as']}):",
                   f"  {k_name:>4} {'step s':>8} {'vs FC':>7} {'beats FC from':>16}"
-                  f" {'KV holds':>9} {'resolve pp':>11}"]  # fmt: skip
+                  f" {'KV holds':>9} {'resolve pp [95%]':>22}"]  # fmt: skip
         for r in scan:
             mark = "*" if r["k"] == row["k"] else " "
             lines.append(
                 f"{mark} {r['k']:>4} {r['step_s']:>8.3g} {r['speedup']:>6.2f}x"
-                f" {_cross_text(r):>16} {r['kv_bound_agents']:>9} {r['resolve_pp']:>+11.1f}"
+                f" {_cross_text(r):>16} {r['kv_bound_agents']:>9} {_pp_text(r):>22}"
             )
         lines += [f"  note: {n}" for n in row["notes"]]
         lines.append(_best_line(name, scan, s["agents"]))
@@ -480,7 +502,11 @@ def text_report(result: dict[str, Any]) -> list[str]:
         " cache there, which the forms do not price past; ? (own KV N): not faster up to"
         " FC's KV limit, and its own KV cache fills first (past N agents), so the forms"
         " cannot tell: simulate. KV holds: agents whose peak"
-        " contexts fit. resolve pp: the fitted effectiveness model, against FC.",
+        " contexts fit. resolve pp: the fitted effectiveness model's resolve-rate change"
+        f" against FC's {fc['resolve_rate']:.1%} (the scenario's [effectiveness]"
+        f" baseline_resolve_rate, {result['baseline_resolve_rate']:.1%}, times the share"
+        " of FC's tasks no cap ends), percentage points, 95% interval;"
+        " ^ = k or the raw tail outside the range it was fitted on (extrapolated).",
         "The simulation (`comem run`) is the answer at the scenario's load, with queueing,"
         " preemption and the KV cache; these forms show how it moves with k and agents.",
     ]

@@ -369,6 +369,8 @@ def verdict_lines(
         pp = arch.get("resolve_rate_delta_pp")
         low, high = arch.get("resolve_rate_delta_pp_low"), arch.get("resolve_rate_delta_pp_high")
         band = f" [{low:+.1f}, {high:+.1f}] (95%)" if low is not None and high is not None else ""
+        if arch.get("resolve_rate_extrapolated"):
+            band += ", extrapolated: k or raw tail outside the effectiveness fit's range"
         resolve = "" if pp is None else f", resolve rate {pp:+.1f} pp{band}"
         partial = [u for u in (unfinished(summary, ref), unfinished(summary, name)) if u]
         caveat = f"; over partial work: {'; '.join(partial)}" if partial else ""

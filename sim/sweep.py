@@ -504,7 +504,10 @@ def summary(table: pd.DataFrame, metric: str = "step") -> dict[str, Any]:
     spread = grouped[col].agg(["min", "max", "count"])
     means = means.join(
         spread.rename(columns={"min": "speedup_min", "max": "speedup_max", "count": "seeds"})
-    ).reset_index()
+    )
+    if "resolve_rate_extrapolated" in ok:  # k or M outside the effectiveness fit's range
+        means = means.join(grouped["resolve_rate_extrapolated"].any())
+    means = means.reset_index()
     values = {a: sorted(table[a].dropna().unique().tolist()) for a in axes}
     rows = means.to_dict("records")
     best_k: list[dict[str, Any]] = []

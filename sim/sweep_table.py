@@ -20,7 +20,9 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"speedup = full context's mean over CoMem's by {result['metric']} (> 1: CoMem"
         " faster), the mean over seeds with [lowest, highest] where there are several;"
-        " resolve pp = resolve-rate change against full context; ! = some of its tasks"
+        " resolve pp = resolve-rate change against full context, percentage points"
+        " (^ = k or the raw tail outside the range the effectiveness model was fitted on:"
+        " extrapolated); ! = some of its tasks"
         " ended early, (FC!) = some of full context's did (the speedup is over the steps"
         " both ran; results.parquet's ended_early says why)",
         "",
@@ -30,7 +32,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['point']} | " + " | ".join(_fmt(r[a]) for a in axes)
-            + f" | {_arch_cell(r)} | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
+            + f" | {_arch_cell(r)} | {_speedup_cell(r)} | {_pp_cell(r)} |"
         )  # fmt: skip
     if result["best_k"]:
         k_axis = next(a for a in axes if a.endswith(".k"))
@@ -40,17 +42,17 @@ def summary_markdown(result: dict[str, Any]) -> str:
             "best k per point of the other axes (* = on the edge of the k grid: a better k"
             " may lie beyond it)",
             "",
-            "| " + " | ".join(a[len("grid.") :] for a in others) + " | architecture | best k"
+            "| " + "".join(a[len("grid.") :] + " | " for a in others) + "architecture | best k"
             " | speedup | resolve pp |",
             "|---" * (len(others) + 4) + "|",
         ]
         for r in result["best_k"]:
             lines.append(
-                "| " + " | ".join(_fmt(r[a]) for a in others)
-                + f" | {_arch_cell(r)} | {_fmt(r[k_axis])}{'*' if r['edge'] else ''}"
+                "| " + "".join(_fmt(r[a]) + " | " for a in others)
+                + f"{_arch_cell(r)} | {_fmt(r[k_axis])}{'*' if r['edge'] else ''}"
                 + (f" (seeds overlap k={', '.join(_fmt(t) for t in r['ties'])})"
                    if r.get("ties") else "")
-                + f" | {_speedup_cell(r)} | {r['resolve_rate_delta_pp']:+.1f} |"
+                + f" | {_speedup_cell(r)} | {_pp_cell(r)} |"
             )  # fmt: skip
     w = result["winner"]
     if w is not None:
@@ -85,6 +87,13 @@ def _arch_cell(row: dict[str, Any]) -> str:
         + ("!" if ended("tasks_ended_early") else "")
         + (" (FC!)" if ended("fc_tasks_ended_early") else "")
     )
+
+
+def _pp_cell(row: dict[str, Any]) -> str:
+    """'-3.8^': the resolve-rate change, ``^`` where the effectiveness model extrapolates
+    (as ``comem theory`` marks it; ``comem run``'s table uses ``*``)."""
+    mark = "^" if row.get("resolve_rate_extrapolated") else ""
+    return f"{row['resolve_rate_delta_pp']:+.1f}{mark}"
 
 
 def _x(value: Any) -> str:

@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import REPO_ROOT, assert_user_error, run_comem
 
 from calibration.errors import ComemInputError
-from comem.closed_forms import MAX_AGENTS_SCAN, evaluate
+from comem.closed_forms import MAX_AGENTS_SCAN, evaluate, text_report
 from sim.scenario import run_scenario, scenario_from
 
 VARIANTS = str(REPO_ROOT / "scenarios" / "paper_latency_glm47_kso_variants.toml")
@@ -105,6 +105,27 @@ def test_the_k_scan_keeps_the_scenarios_k_and_only_ks_that_summarize() -> None:
     # a larger k loses less in solved tasks (the fitted model: each summary costs)
     pp = [r["resolve_pp"] for r in result["k_scan"]["KSO"]]
     assert pp == sorted(pp)
+
+
+def test_the_resolve_pp_carries_the_runs_interval_and_says_when_it_extrapolates() -> None:
+    """The same number, interval and extrapolation flag as `comem run`'s resolve pp: k = 2
+    is below the effectiveness fit's k range (3-34), k = 4 inside it."""
+    from sim.effectiveness import policy_features, resolve_delta, resolve_rate
+
+    scenario = _scenario(2)
+    result = evaluate(scenario, ks=[2, 4])
+    fc = resolve_rate(policy_features(scenario.architectures[0]), scenario.effectiveness)
+    for r in result["k_scan"]["KSO"]:
+        kso = scenario.architectures[1].model_copy(update={"k": r["k"]})
+        rate = resolve_rate(policy_features(kso), scenario.effectiveness)
+        delta = resolve_delta(rate, fc)
+        assert (r["resolve_pp"], r["resolve_pp_low"], r["resolve_pp_high"]) == pytest.approx(
+            (delta.pp, delta.low, delta.high)
+        )
+        assert r["resolve_extrapolated"] is (r["k"] == 2)
+    text = "\n".join(text_report(result))
+    assert "^" in next(line for line in text.splitlines() if line.lstrip().startswith("2 "))
+    assert "against FC's 50.0%" in text
 
 
 def test_without_full_context_there_is_nothing_to_compare() -> None:

@@ -123,6 +123,14 @@ def test_a_resolve_loss_limit_changes_the_choice_and_both_columns_show():
     assert all(not r.meets_resolve for r in limited if r.candidate["kind"] == "kso")
     table = table_markdown(limited, limit=len(limited))
     assert "resolve % [95%]" in table and "loses too many resolved tasks" in table
+    # the reference is the uncapped full-context agent (comem run's is the simulated FC,
+    # 0% where a cap ends its tasks): the header says which
+    assert "resolve pp vs uncapped FC [95%]" in table
+    from comem.plan.report import _fails
+
+    kso = next(r for r in limited if r.candidate["kind"] == "kso" and r.simulated)
+    low = f"{kso.resolve_rate_delta_pp_low:+.1f} pp at the pessimistic 95% end"
+    assert _fails(kso).startswith(f" (loses too many resolved tasks: {low}")
 
 
 def test_points_are_reused_only_for_the_same_simulation(tmp_path):

@@ -85,3 +85,26 @@ def test_the_verdict_says_when_the_two_sides_use_different_gpus() -> None:
         "the same 4 x h100_sxm, split differently: FC's agent on all 4, KSO's agent on 2 and"
         " its memory model on 2"
     ), note
+
+
+def test_the_verdict_says_when_the_resolve_rate_is_extrapolated() -> None:
+    """k = 2 lies below the effectiveness fit's k range (3-34): the verdict, the line a
+    user reads, says so as the table's `*` does, not only --json."""
+    from sim.scenario import run_scenario
+
+    agent = {"model": "llama-3-8b", "gpu": "h100_sxm"}
+    kso = {"name": "KSO", "kind": "kso", "k": 2, "lag": 1, "agent": agent,
+           "memory": {"model": "qwen3-4b", "gpu": "h100_sxm"}}  # fmt: skip
+    data = {
+        "workload": {"agents": 1, "steps": 6, "system_tokens": 200, "observation_tokens": 50,
+                     "action_tokens": 20, "summary_tokens": 50},
+        "architectures": [{"name": "FC", "kind": "fc", "agent": agent}, kso],
+    }  # fmt: skip
+    from sim.describe import verdict_lines
+
+    result = run_scenario(scenario_from(data, [], "s"))
+    (line,) = verdict_lines(result.summary(), "step")
+    assert "extrapolated: k or raw tail outside the effectiveness fit's range" in line
+    data["architectures"][1] = {**kso, "k": 4}
+    (line,) = verdict_lines(run_scenario(scenario_from(data, [], "s")).summary(), "step")
+    assert "extrapolated" not in line

@@ -41,3 +41,23 @@ def test_a_point_whose_full_context_tasks_ended_early_is_marked():
     assert "| 2000 | KSO (FC!) | 0.96x | +46.8 |" in text
     assert "| 32768 | KSO | 0.96x | -3.2 |" in text
     assert "(FC!) = some of full context's did" in text
+
+
+def test_an_extrapolated_resolve_rate_is_marked_and_a_k_only_grid_has_even_columns():
+    """k = 2 is below the effectiveness fit's range: its resolve pp carries `^`, as in
+    `comem theory`. With k the only axis, the best-k table has as many cells per row as
+    its separator (it had an empty first cell, one more than the separator)."""
+    rows = [
+        {"point": i, "replicate": 0, "architecture": "KSO", "architecture_index": 1,
+         "kind": "kso", "grid.architectures.1.k": k, "speedup_step": speedup,
+         "resolve_rate_delta_pp": pp, "resolve_rate_extrapolated": k < 3,
+         "tasks_ended_early": 0, "error": ""}
+        for i, (k, speedup, pp) in enumerate(((2, 1.1, -3.8), (4, 1.2, -1.9)))
+    ]  # fmt: skip
+    text = summary_markdown(summary(pd.DataFrame(rows)))
+    assert "| 2 | KSO | 1.10x | -3.8^ |" in text and "| 4 | KSO | 1.20x | -1.9 |" in text
+    best = text.split("best k per point")[1]
+    table = [line for line in best.splitlines() if line.startswith("|")]
+    assert table[0] == "| architecture | best k | speedup | resolve pp |"
+    assert {line.count("|") for line in table} == {5}
+    assert "| KSO | 4* | 1.20x | -1.9 |" in table  # 4 is the grid's edge
