@@ -14,7 +14,7 @@ from engine.kv_cache import Stream
 from engine.request import Run, Sequence, Step
 from engine.runs import MAX_RUN_ITERATIONS
 from sim.config import EngineConfig
-from sim.engine import Engine, wait_out_run
+from sim.engine import Engine, idle_wait, is_empty, wait_out_run
 from sim.engine_latency import IterationLatency, engine_latency
 from sim.metrics import MetricsRecorder
 from sim.pricing import run_end_times
@@ -150,6 +150,8 @@ class LockstepReplicas(ReplicatedEngine):
         super().__init__(env, config, latency, recorder)
         self._wake: simpy.Event | None = None
         self._in_run = False
+        #: when the group last retried a step that preempted and scheduled nothing
+        self._retried_at: float | None = None
         self.process = env.process(self._run())
 
     def _driver(self) -> LockstepReplicas:
@@ -183,6 +185,14 @@ class LockstepReplicas(ReplicatedEngine):
                 sched.now = start
                 plans.append(None if sched.idle else sched.next(MAX_RUN_ITERATIONS))
             busy = [p for p in plans if p is not None]
+            if all(is_empty(p) for p in busy):  # every rank waits for KV blocks or loads
+                wait, self._retried_at = idle_wait(
+                    self.config.name, [e.scheduler for e in reps], busy, self._retried_at, start
+                )
+                self._wake = env.event()
+                yield env.timeout(wait) | self._wake
+                self._wake = None
+                continue
             if all(isinstance(p, Run) for p in busy):
                 fired = yield from self._run_together(plans, start)
             else:

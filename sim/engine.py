@@ -54,6 +54,34 @@ if TYPE_CHECKING:
     from sim.shared_gpus import SharedGpus
 
 
+def is_empty(plan: Any) -> bool:
+    """A plan that schedules nothing (every waiting request waits for KV blocks or a load)."""
+    return isinstance(plan, Step) and not plan.entries and not plan.group_decodes
+
+
+def idle_wait(
+    name: str, schedulers: list[Any], plans: list[Any], retried_at: float | None, now: float
+) -> tuple[float, float | None]:
+    """How long an engine (or a lockstep group of replicas) whose plans schedule nothing
+    waits: until the first CPU load still in flight completes; once, 0 s, after a step that
+    preempted (such a step admits no one; the next may). A load already done waits for GPU
+    blocks, not for the copy: with none in flight nothing can move, and waiting 0 s again
+    and again would stop the simulated clock, so that is one line. Returns (seconds,
+    the instant of the last retry)."""
+    ready = min((r for r in (s.next_load_after_now() for s in schedulers) if r is not None),
+                default=None)  # fmt: skip
+    if ready is None and any(getattr(p, "preempted", None) for p in plans) and retried_at != now:
+        return 0.0, now
+    if ready is None:
+        held = sum(s.loads_held() for s in schedulers)
+        raise ComemInputError(
+            f"engine '{name}': no progress possible: nothing runs and the first waiting request"
+            f" cannot get the KV blocks it needs ({held} requests loaded from the CPU tier hold"
+            " blocks and wait for more); a larger KV cache (more GPUs, fp8) avoids it"
+        )
+    return max(0.0, ready - now), retried_at
+
+
 def wait_out_run(
     env: simpy.Environment, start: float, ends: np.ndarray, iterations: int
 ) -> Generator[simpy.Event, Any, int]:
@@ -471,22 +499,15 @@ class Engine:
             self._parked = None
             self._stale = False
             plan = sched.next(MAX_RUN_ITERATIONS)
-            if isinstance(plan, Step) and not plan.entries and not plan.group_decodes:
+            if is_empty(plan):
                 if gpus is not None:
                     gpus.release(self)
-                ready = sched.next_load_after_now()
-                if ready is None and plan.preempted and self._retried_at != env.now:
-                    self._retried_at = ready = env.now  # once more at this instant
-                if ready is None:
-                    raise ComemInputError(
-                        f"engine '{self.config.name}': no progress possible: nothing runs and"
-                        f" the first waiting request cannot get the KV blocks it needs"
-                        f" ({sched.loads_held()} requests loaded from the CPU tier hold blocks"
-                        " and wait for more); a larger KV cache (more GPUs, fp8) avoids it"
-                    )
+                wait, self._retried_at = idle_wait(
+                    self.config.name, [sched], [plan], self._retried_at, env.now
+                )
                 # only CPU loads in flight: wait for the first (or a submission)
                 self._wake = env.event()
-                yield env.timeout(max(0.0, ready - env.now)) | self._wake
+                yield env.timeout(wait) | self._wake
                 self._wake = None
                 continue
             other = gpus.partner(self) if gpus is not None and isinstance(plan, Run) else None
