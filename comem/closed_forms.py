@@ -240,13 +240,6 @@ def _kv_bound(shape: Shape, eng: _Priced, form: str, policy: tuple[int, int, int
     return int(max_agents(eng.kv_tokens, min(peak, cap))) * eng.replicas
 
 
-def fc_peak(shape: Shape) -> float:
-    """Tokens a full-context task's last step holds."""
-    from theory.bounds import fc_peak_context
-
-    return float(fc_peak_context(shape.system, shape.observation, shape.action, shape.steps))
-
-
 @dataclass(frozen=True)
 class _Reference:
     """Full context across the scan: its step latency at 1..MAX_AGENTS_SCAN agents, and
@@ -274,7 +267,7 @@ def _reference(scenario: Any, shape: Shape) -> tuple[Any, _Reference]:
     step = _step_s("fc", shape, eng, (1, 0, 0), scan)
     bound = _kv_bound(shape, eng, "fc", (1, 0, 0), fc.agent.max_model_len)
     # tasks past max_model_len end early, and resolve at the capped factor (as in a run)
-    early = 1.0 if fc_peak(shape) > fc.agent.max_model_len else 0.0
+    early = 1.0 if _peak(shape, "fc", (1, 0, 0)) > fc.agent.max_model_len else 0.0
     rate = resolve_rate(policy_features(fc), scenario.effectiveness, ended_early=early)
     at = float(_step_s("fc", shape, eng, (1, 0, 0), np.array([shape.agents]))[0])
     return fc, _Reference(step, at, bound, rate, eng)
@@ -370,7 +363,7 @@ def evaluate(scenario: Any, ks: list[int] | None = None, curves: bool = False) -
         notes.append(f"compared against the first full-context architecture, {fc.name};"
                      f" {', '.join(others)} not priced")  # fmt: skip
     fc_eng_len = fc.agent.max_model_len
-    peak = fc_peak(shape)
+    peak = _peak(shape, "fc", (1, 0, 0))
     if peak > fc_eng_len:
         step = math.ceil((fc_eng_len - shape.system) / (shape.observation + shape.action))
         near = f"near step {step}" if step > 1 else "at its first step"
