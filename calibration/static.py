@@ -115,7 +115,7 @@ def schedule_static_batch(
             _add_run(out, plan)
             events = sched.apply_run(plan, plan.iterations)
         else:
-            if not plan.entries and not plan.group_decodes:
+            if plan.schedules_nothing:
                 raise ComemInputError("static batch cannot make progress (KV cache too small)")
             _add_step(out, plan)
             events = sched.apply(plan)

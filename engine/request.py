@@ -130,6 +130,11 @@ class Step:
     def num_seqs(self) -> int:
         return self.num_decode + len(self.prefill_new)
 
+    @property
+    def schedules_nothing(self) -> bool:
+        """No request gets a token: every waiting one waits for KV blocks or a CPU load."""
+        return not self.entries and not self.group_decodes
+
 
 @dataclass
 class Run:

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 def is_empty(plan: Any) -> bool:
     """A plan that schedules nothing (every waiting request waits for KV blocks or a load)."""
-    return isinstance(plan, Step) and not plan.entries and not plan.group_decodes
+    return isinstance(plan, Step) and plan.schedules_nothing
 
 
 def idle_wait(
