@@ -90,13 +90,12 @@ def write_result(
     out.mkdir(parents=True, exist_ok=True)
     earlier = _earlier_result(out, list(writers), last, kind)
     names = [n for n in writers if n != last] + [last]
-    marker = {"kind": kind, "files": sorted(set(names) | set(earlier))}
-    write_text(out / RESULT_MARKER, json.dumps(marker) + "\n", f"{kind} marker")
+    mark_result(out, kind, sorted(set(names) | set(earlier)))
     for name in [last, *earlier, *names]:  # the mark first: no old mark beside new files
         (out / name).unlink(missing_ok=True)
     for name in names:
         write_atomic(out / name, writers[name], f"{kind} result's {name}")
-    write_text(out / RESULT_MARKER, json.dumps({"kind": kind, "files": names}) + "\n", "marker")
+    mark_result(out, kind, names)
     return [out / n for n in writers]
 
 
@@ -135,8 +134,8 @@ def _earlier_result(out: Path, names: list[str], last: str, kind: str) -> list[s
 
 
 def _result_keys(path: Path, kind: str) -> set[str]:
-    """The keys of a result's ``last`` file: a JSON object's, a CSV file's header row
-    (an empty set: not such a file)."""
+    """The keys of a result's ``last`` file: a JSON object's, a CSV file's header row, a
+    Parquet file's columns (an empty set: not such a file)."""
     from calibration.inputs import read_json
 
     if not path.is_file():
