@@ -68,6 +68,17 @@ class BenchServeConfig(InputModel):
     random_input_len: Tokens = 1024
     random_output_len: Tokens = 128
     random_range_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: How the ratio r spreads a length L. ``symmetric``: uniform in [L(1 - r), L(1 + r)],
+    #: ``vllm bench serve`` since v0.8 (``benchmark_dataset.py`` of the 0.8.5 sdist). ``below``:
+    #: uniform in [r L, L], r the shortest fraction, so the mean is (1 + r) L / 2: vLLM's
+    #: ``benchmarks/benchmark_serving.py`` up to v0.7 (``sample_random_requests`` of the
+    #: 0.6.3 sdist, where r = 1 meant exact lengths) and the clients forked from it.
+    random_range_semantics: Literal["symmetric", "below"] = Field(
+        default="symmetric",
+        description="how --random-range-ratio r spreads a length L: symmetric, [L(1-r), L(1+r)]"
+        " (vllm bench serve >= 0.8), or below, [r L, L] (benchmark_serving.py <= 0.7 and its"
+        " forks) [{default}]",
+    )
     #: tokens every prompt starts with (the same tokens), before its drawn input
     random_prefix_len: TokensOrZero = Field(
         default=0,
@@ -159,12 +170,17 @@ class BenchServeConfig(InputModel):
 def random_lengths(
     cfg: BenchServeConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Input and output lengths of vLLM's random dataset (no special tokens)."""
+    """Input and output lengths of vLLM's random dataset (no special tokens), spread as
+    ``random_range_semantics`` says."""
     r = cfg.random_range_ratio
+    below = cfg.random_range_semantics == "below"
 
     def draw(mean: int, low_min: int) -> np.ndarray:
-        lo = max(low_min, math.floor(mean * (1 - r)))
-        hi = max(lo, math.ceil(mean * (1 + r)))
+        if below:  # benchmark_serving.py <= 0.7: randint(int(L * r), L + 1)
+            lo, hi = max(low_min, int(mean * r)), mean
+        else:
+            lo = max(low_min, math.floor(mean * (1 - r)))
+            hi = max(lo, math.ceil(mean * (1 + r)))
         return rng.integers(lo, hi + 1, cfg.num_prompts)
 
     inputs = draw(cfg.random_input_len, 1) + cfg.random_prefix_len

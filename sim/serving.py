@@ -109,6 +109,7 @@ def bench_config(
         random_input_len=row.isl,
         random_output_len=row.osl,
         random_range_ratio=setup.random_range_ratio,
+        random_range_semantics=setup.random_range_semantics,
         max_concurrency=row.concurrency,
         closed_loop_start=setup.closed_loop_start,
         client_issue_delay_s=setup.client_issue_delay_s,

@@ -48,7 +48,7 @@ SERVER_OVERRIDES: dict[str, dict[str, Any]] = {
 #: the load (before ``--goodput``), the schedule of sends, and the reported backend
 CLIENT_FIELDS = (
     ("num_prompts", "random_input_len", "random_output_len", "random_range_ratio",
-     "random_prefix_len"),
+     "random_range_semantics", "random_prefix_len"),
     ("request_rate", "burstiness", "max_concurrency", "closed_loop_start", "warmup_requests",
      "client_issue_delay_s", "seed"),
     ("backend", "ttft_at"),

@@ -447,8 +447,8 @@ def _register_fit_serving(cal_sub: Any) -> None:
     fs.add_argument(
         "--assume", action="append", metavar="[MODEL:]KEY=VALUE",
         help="one assumption (max_num_batched_tokens, prompts_per_client, random_range_ratio,"
-        " closed_loop_start, kv_cache_dtype, fp8_gemm, enable_prefix_caching, chat_endpoint,"
-        " client_issue_delay_s, async_scheduling, ...)",
+        " random_range_semantics, closed_loop_start, kv_cache_dtype, fp8_gemm,"
+        " enable_prefix_caching, chat_endpoint, client_issue_delay_s, async_scheduling, ...)",
     )  # fmt: skip
     fs.add_argument(
         "--framework", type=_name, default="vllm-serving", help="name of the pooled fit"

@@ -210,6 +210,11 @@ def test_assumptions_apply_by_model():
     assert setup_for(llama, a).max_num_batched_tokens == 32768
     assert setup_for(llama, a).random_range_ratio == 0.0
     assert setup_for(qwen, a).random_range_ratio == 0.5
+    below = parse_assumptions(["random_range_semantics=below"])
+    assert setup_for(llama, below).random_range_semantics == "below"
+    assert "below: [r L, L]" in setup_for(llama, below).describe()
+    with pytest.raises(ComemInputError, match="random_range_semantics"):
+        setup_for(llama, parse_assumptions(["random_range_semantics=above"]))
     with pytest.raises(ComemInputError, match="expected \\[MODEL:\\]KEY=VALUE"):
         parse_assumptions(["budget=1"])
     with pytest.raises(ComemInputError, match="closed_loop_start"):

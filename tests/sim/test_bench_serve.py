@@ -17,7 +17,7 @@ from scipy import stats
 from calibration import LatencyModel
 from calibration.latency import ConstantLatency
 from calibration.static import predict_static_latency
-from sim.bench_serve import BenchServeConfig, arrival_times, run_bench_serve
+from sim.bench_serve import BenchServeConfig, arrival_times, random_lengths, run_bench_serve
 from sim.config import EngineConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,6 +141,26 @@ def test_a_vllm_bench_serve_command_line_runs_unchanged(tmp_path: Path):
         [*args[:-8], "--metric-percentiles", "99,101"], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "'101' is not a percentile" in bad.stderr
+
+
+@pytest.mark.parametrize("semantics", ["symmetric", "below"])
+def test_random_lengths_spread_as_the_client_version_did(semantics):
+    """vllm bench serve >= 0.8 draws uniformly in [L(1 - r), L(1 + r)]; benchmark_serving.py
+    up to 0.7 (and InferenceX's fork) in [r L, L]: same flag, a mean of L against (1 + r) L / 2.
+    The bounds are exact, the means within 4 standard errors of the uniform's."""
+    r, n = 0.8, 4000
+    cfg = BenchServeConfig(
+        num_prompts=n, random_input_len=1024, random_output_len=8192, random_range_ratio=r,
+        random_range_semantics=semantics,
+    )  # fmt: skip
+    inputs, outputs = random_lengths(cfg, np.random.default_rng(3))
+    for drawn, length in ((inputs, 1024), (outputs, 8192)):
+        lo, hi = (int(r * length), length) if semantics == "below" else (
+            math.floor(length * (1 - r)), math.ceil(length * (1 + r)))  # fmt: skip
+        assert drawn.min() >= lo and drawn.max() <= hi
+        assert drawn.min() < lo + 0.01 * length and drawn.max() > hi - 0.01 * length
+        se = (hi - lo) / math.sqrt(12 * n)
+        assert abs(drawn.mean() - (lo + hi) / 2) < 4 * se
 
 
 @pytest.mark.parametrize("stepping", ["iteration", "event"])
