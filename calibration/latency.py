@@ -32,6 +32,7 @@ from calibration.latency_inputs import (
     engine_profile,
     fp8_gemm_kernel,
     resolve_kv_cache_dtype,
+    with_allreduce,
 )
 from calibration.model_spec import ModelSpec
 from calibration.opmodels import OpFit
@@ -168,6 +169,11 @@ class LatencyModel:
         #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
         self.dp = check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
         self.profile = engine_profile(profile, self.gpu, self.dtype)
+        #: what the kernel tables did not measure and was extrapolated ("" if nothing)
+        self.extrapolated = ""
+        for ranks in sorted({tp, tp * self.dp if expert_parallel else 1} - {1}):
+            self.profile, note = with_allreduce(self.profile, ranks)
+            self.extrapolated = "; ".join(filter(None, (self.extrapolated, note)))
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
@@ -316,7 +322,8 @@ class LatencyModel:
         decode_parts = [part for part, _ in self.attention.decode_parts]
         families = {p.op for p in decode_parts if p.op != "attention"}
         families |= {"sliding window" for p in decode_parts if p.window is not None}
-        return band_caveat(families, self.dtype, self.gpu.name)
+        caveat = band_caveat(families, self.dtype, self.gpu.name)
+        return "; ".join(filter(None, (caveat, self.extrapolated)))
 
     def _plus_overhead(
         self, gpu_s: float, seqs: int, decode_kv: int, new: Sequence[int], cached: Sequence[int]

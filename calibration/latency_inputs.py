@@ -8,6 +8,9 @@ and dtype. Each defect is one line naming the setting.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from calibration.dtypes import check_kv_cache_dtype
 from calibration.errors import ComemInputError
 from calibration.model_spec import ModelSpec
@@ -85,3 +88,34 @@ def engine_profile(profile: Profile | None, gpu: GpuSpec, dtype: str) -> Profile
             f" profile's, or use a profile fitted on {gpu.name}/{dtype}"
         )
     return profile if profile is not None else default_profile(gpu.name, dtype)
+
+
+#: An all-reduce over twice the GPUs, on an NVLink-switch node: its launch latency ``t0``
+#: grows by this factor and its bus bandwidth stays. From the committed profiles of the GPUs
+#: whose tables measure 4 and 8 GPUs: t0(8) / t0(4) = 1.12 (H100), 1.14 (H200), 1.17 (B200),
+#: 1.21 (B300); bus bandwidth 8 / 4 = 0.97-1.07. (A100's 1.31 and L40S's PCIe 1.81 are
+#: other fabrics, not used.)
+ALLREDUCE_T0_PER_DOUBLING = 1.16
+
+
+def with_allreduce(profile: Profile, ranks: int) -> tuple[Profile, str]:
+    """``profile``, and an all-reduce over ``ranks`` GPUs where its tables stop below that
+    (GB200's measure 2 and 4 GPUs, one compute tray; TP8 spans two over NVLink): the
+    largest measured one's fit with its launch latency grown by
+    :data:`ALLREDUCE_T0_PER_DOUBLING` per doubling; and a line saying so ("" when the
+    tables have it, or have nothing to extrapolate from)."""
+    key = f"allreduce_{ranks}"
+    have = sorted(int(k.split("_")[1]) for k in profile.ops if k.startswith("allreduce_"))
+    below = [n for n in have if n < ranks]
+    if key in profile.ops or not below or ranks <= 1:
+        return profile, ""
+    base = below[-1]
+    fit = profile.ops[f"allreduce_{base}"]
+    grow = ALLREDUCE_T0_PER_DOUBLING ** math.log2(ranks / base)
+    derived = replace(fit, params={**fit.params, "t0": fit.params["t0"] * grow})
+    note = (
+        f"the all-reduce over {ranks} GPUs is extrapolated from {profile.gpu}'s over {base}"
+        f" (its tables measure {', '.join(map(str, have))}): launch latency x{grow:.2f},"
+        " bus bandwidth kept, as on the NVLink-switch GPUs that measure both"
+    )
+    return replace(profile, ops={**profile.ops, key: derived}), note
