@@ -92,6 +92,10 @@ class ServingSetup:
     """
 
     max_num_batched_tokens: _Count = 8192
+    #: vLLM's --max-num-seqs, or ``concurrency``: each row's own client count, as
+    #: aiconfigurator's launches set it (its ``batch_size`` column mapped to max-num-seqs).
+    #: It sizes the sampler's profiling run, so it sets the KV cache's size too.
+    max_num_seqs: _Count | Literal["concurrency"] = 1024
     enable_prefix_caching: StrictBool = False
     prompts_per_client: _Count = 10
     random_range_ratio: Annotated[float, Field(strict=True, ge=0.0, lt=1.0)] = 0.0
@@ -122,6 +126,10 @@ class ServingSetup:
     #: measured in 2025, before v0.14)
     async_scheduling: StrictBool | None = None
 
+    def seqs(self, row: ServingRow) -> int:
+        """``row``'s --max-num-seqs under this setup."""
+        return row.concurrency if self.max_num_seqs == "concurrency" else self.max_num_seqs
+
     def schedules_async(self, row: ServingRow) -> bool:
         """Whether ``row``'s server scheduled asynchronously, under this setup."""
         if self.async_scheduling is not None:
@@ -133,7 +141,9 @@ class ServingSetup:
         by_version = f"by version (on from {since}; unstated: off)"
         sched = {None: by_version, True: "on", False: "off"}[self.async_scheduling]
         return (
-            f"async scheduling {sched}, budget {self.max_num_batched_tokens}, prefix caching"
+            f"async scheduling {sched}, budget {self.max_num_batched_tokens}, max-num-seqs"
+            f" {'= clients' if self.max_num_seqs == 'concurrency' else self.max_num_seqs},"
+            " prefix caching"
             f" {'on' if self.enable_prefix_caching else 'off'}, {self.prompts_per_client} x C"
             f" prompts, range ratio {self.random_range_ratio}"
             + (" (below: [r L, L])" if self.random_range_semantics == "below" else "")
@@ -446,8 +456,19 @@ SHARED_H100_ASSUMPTIONS: dict[str, dict[str, Any]] = {
 #: role markers, ~25; MiniMax-M2.5's, ~22. What they do is break the lockstep of a burst
 #: whose prompts fill the token budget exactly (8 x 1024 = 8192); the same 40 tokens for
 #: every model gives the same held-out TTFT (35.0%), so the exact counts matter little.
+#: ``--max-num-seqs`` is each row's client count: the rows' ``batch_size`` column is the
+#: concurrency, and aiconfigurator's generator maps a worker's ``max_batch_size`` to vLLM's
+#: ``--max-num-seqs`` (``generator/config/backend_config_mapping.yaml`` of the 0.12.0 wheel).
+#: It matters through the KV cache: vLLM sizes the cache after a profiling run whose sampler
+#: covers max-num-seqs rows of the whole vocabulary (``_dummy_sampler_run``, 0.12 and 0.18
+#: sdists), 3.8 GiB per GPU at 1024 rows of MiniMax-M2.5's 200k vocabulary, 0.1 GiB at 32:
+#: MiniMax-M2.5's KV cache on 4 H100s grows from 223k to 285k tokens, and its four knee rows
+#: go from 2-9x the measured TTFT to 0.3-1.2x (HYPOTHESES.md, seventh pass). The same
+#: generator's ``max-num-batched-tokens = max_batch_size + isl + 1500`` rule
+#: (``rule_plugin/benchmark/vllm.rule``) is not taken: a rule the rows' own fields do not
+#: state, which the measured TTFTs reject (44% against 34%).
 SILICON_ASSUMPTIONS: dict[str, dict[str, Any]] = {
-    "*": {"prompts_per_client": 20, "chat_endpoint": True},
+    "*": {"prompts_per_client": 20, "chat_endpoint": True, "max_num_seqs": "concurrency"},
     "gpt-oss-120b": {"chat_template_tokens": 66},
     "kimi-k2.5": {"chat_template_tokens": 25},
     "minimax-m2.5": {"chat_template_tokens": 22},

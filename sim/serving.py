@@ -61,21 +61,22 @@ def _latency_model(
     kv_cache_dtype: str,
     fp8_gemm: str,
     budget: int,
+    seqs: int,
     profile: Profile | None,
     async_scheduling: bool = True,
     expert_parallel: bool = False,
 ) -> LatencyModel:
     """One latency model per configuration (its tables take a moment to build)."""
     key = (
-        model, gpu, tp, dtype, kv_cache_dtype, fp8_gemm, budget, id(profile), async_scheduling,
-        expert_parallel,
+        model, gpu, tp, dtype, kv_cache_dtype, fp8_gemm, budget, seqs, id(profile),
+        async_scheduling, expert_parallel,
     )  # fmt: skip
     if key not in _MODELS:
         if len(_MODELS) > 64:
             _MODELS.clear()
         lm = LatencyModel(
             model, gpu, tp, dtype, profile=profile, kv_cache_dtype=kv_cache_dtype,
-            fp8_gemm=fp8_gemm, max_num_batched_tokens=budget,
+            fp8_gemm=fp8_gemm, max_num_batched_tokens=budget, max_num_seqs=seqs,
             async_scheduling=async_scheduling, expert_parallel=expert_parallel,
         )  # fmt: skip
         _MODELS[key] = (lm, profile)  # the profile is kept alive: its id stays its own
@@ -96,6 +97,7 @@ def bench_config(
         kv_cache_dtype=setup.kv_cache_dtype,
         fp8_gemm=setup.fp8_gemm,
         max_num_batched_tokens=setup.max_num_batched_tokens,
+        max_num_seqs=setup.seqs(row),
         enable_prefix_caching=setup.enable_prefix_caching,
         scheduler_reserve_full_isl=setup.scheduler_reserve_full_isl,
         async_scheduling=setup.schedules_async(row),
@@ -132,7 +134,8 @@ def simulate_row(
     base = profile if profile is not None else default_profile(row.gpu, row.dtype)
     lm = _latency_model(
         row.model, row.gpu, row.tp, row.dtype, setup.kv_cache_dtype, setup.fp8_gemm,
-        setup.max_num_batched_tokens, profile, setup.schedules_async(row), row.expert_parallel,
+        setup.max_num_batched_tokens, setup.seqs(row), profile, setup.schedules_async(row),
+        row.expert_parallel,
     )  # fmt: skip
     lm.set_overhead(overhead)
     kv = None if kv_scale == 1.0 else int(lm.kv_capacity_tokens() * kv_scale)

@@ -210,6 +210,9 @@ def test_assumptions_apply_by_model():
     assert setup_for(llama, a).max_num_batched_tokens == 32768
     assert setup_for(llama, a).random_range_ratio == 0.0
     assert setup_for(qwen, a).random_range_ratio == 0.5
+    per_row = setup_for(qwen, parse_assumptions(["max_num_seqs=concurrency"]))
+    assert per_row.seqs(qwen) == qwen.concurrency and "max-num-seqs = clients" in per_row.describe()
+    assert setup_for(qwen, a).seqs(qwen) == 1024  # vLLM serve's default on an H100
     below = parse_assumptions(["random_range_semantics=below"])
     assert setup_for(llama, below).random_range_semantics == "below"
     assert "below: [r L, L]" in setup_for(llama, below).describe()
@@ -291,6 +294,24 @@ def test_kv_sizing_keeps_the_profiling_run_out():
     mid = profile_run_bytes(m, 2, 16384, 1024)
     assert big - small == pytest.approx(3 * (mid - small), abs=4)
     assert profile_run_bytes(m, 2, 8192, 256) < small
+
+
+def test_a_row_served_with_max_num_seqs_at_its_clients_gets_the_larger_kv_cache():
+    """aiconfigurator's launches set --max-num-seqs to the row's clients: the sampler's
+    profiling run then covers 32 rows, not 1024, and the cache holds what that frees
+    (MiniMax-M2.5's 200k-entry vocabulary, 20 bytes a logit: ~3.7 GiB, ~60k tokens)."""
+    row = ServingRow("minimax-m2.5", "h100_sxm", "fp8", 4, 32, 1024, 64, 0.1, 0.02)
+    row = replace(row, expert_parallel=True)
+    per_row = ServingSetup(max_num_seqs="concurrency", prompts_per_client=1)
+    default = ServingSetup(prompts_per_client=1)
+    assert bench_config(row, per_row).engine.max_num_seqs == 32
+    assert bench_config(row, default).engine.max_num_seqs == 1024
+    small, large = (
+        simulate_row(row, s, FrameworkOverhead()).kv_cache_tokens for s in (default, per_row)
+    )
+    freed = (1024 - 32) * 200_064 * 20
+    per_token = LatencyModel("minimax-m2.5", "h100_sxm", 4, "fp8").kv_layout.bytes_per_token
+    assert large - small == pytest.approx(freed / per_token, rel=0.02)
 
 
 def test_framework_overheads_by_name():
