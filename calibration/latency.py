@@ -39,7 +39,7 @@ from calibration.opmodels import OpFit
 from calibration.profile import FP8_KV_SUFFIX, FrameworkOverhead, Profile
 from calibration.registry import GpuSpec, fits_in_memory, get_gpu, get_model, profile_run_bytes
 from calibration.token_ops import LINEAR_OP_KEYS, TokenOpCost
-from calibration.uncertainty import band_caveat
+from calibration.uncertainty import band_caveat, cpu_bound_caveat
 
 
 def _as_int_array(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -323,7 +323,8 @@ class LatencyModel:
         families = {p.op for p in decode_parts if p.op != "attention"}
         families |= {"sliding window" for p in decode_parts if p.window is not None}
         caveat = band_caveat(families, self.dtype, self.gpu.name)
-        return "; ".join(filter(None, (caveat, self.extrapolated)))
+        small = cpu_bound_caveat(self.kernel_time_of(1, 1024))
+        return "; ".join(filter(None, (caveat, small, self.extrapolated)))
 
     def _plus_overhead(
         self, gpu_s: float, seqs: int, decode_kv: int, new: Sequence[int], cached: Sequence[int]

@@ -139,6 +139,25 @@ BAND_SOURCE: dict[str, frozenset[str]] = {
     "gpus": frozenset({"h100_sxm", "h200_sxm"}),
 }
 
+#: The shortest GPU time of a one-sequence decode step (1k context) among the deployments
+#: of the rows the bands come from: gpt-oss-120b at TP 8 (2.35 ms on H100 and H200; the
+#: other models' are 5-9 ms at TP 8). Below it a step is priced by vLLM's CPU terms more
+#: than by any serving row's kernels, and asynchronous scheduling's overlap, which those
+#: rows fitted, hides less of it: a small model on many GPUs.
+SMALLEST_FITTED_STEP_S = 2.3e-3
+
+
+def cpu_bound_caveat(step_s: float) -> str:
+    """Why the bands may not cover a deployment whose one-sequence decode step takes
+    ``step_s`` seconds of GPU time ("" when the serving rows had steps that short)."""
+    if step_s >= SMALLEST_FITTED_STEP_S:
+        return ""
+    return (
+        f"a one-sequence decode step takes {step_s * 1e3:.1f} ms of GPU time, shorter than"
+        f" any serving row's ({SMALLEST_FITTED_STEP_S * 1e3:.1f} ms): small batches are priced"
+        " by vLLM's CPU terms there, which those rows bound only loosely"
+    )
+
 
 def band_caveat(families: Iterable[str], dtype: str, gpu: str) -> str:
     """Why the bands may not cover a model of these attention ``families`` (besides full

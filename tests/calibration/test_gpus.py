@@ -172,3 +172,8 @@ def test_interval_caveat_names_what_the_bands_were_not_measured_on() -> None:
     assert gpu.startswith("b200_sxm: outside")
     gdn = LatencyModel(get_model("qwen3.5-397b-a17b"), "h200_sxm", 8, "bf16").band_caveat
     assert gdn.startswith("gdn: outside")
+    # a small model on many GPUs steps faster than any fitted deployment (gpt-oss-120b TP8)
+    small = LatencyModel(get_model("llama-3.1-8b"), "h200_sxm", 8, "fp8").band_caveat
+    assert small.startswith("a one-sequence decode step takes") and "\n" not in small
+    for fitted in (("gpt-oss-120b", "h100_sxm", 8, "mxfp4"), ("qwen3-32b", "h100_sxm", 8, "bf16")):
+        assert "one-sequence" not in LatencyModel(get_model(fitted[0]), *fitted[1:]).band_caveat
