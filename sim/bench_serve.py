@@ -5,7 +5,9 @@ section 6, vLLM 0.12 / 0.19 ``benchmarks/serve.py``), so a user who knows one kn
 other and can put a simulated result file next to a measured one:
 
 - ``num_prompts`` requests; input and output lengths uniform integers in
-  ``[floor(L(1 - r)), ceil(L(1 + r))]`` (``--random-range-ratio`` r, output >= 1),
+  ``[floor(L(1 - r)), ceil(L(1 + r))]`` (``--random-range-ratio`` r, output >= 1; with
+  ``--random-range-semantics below``, ``[int(r L), L]`` as clients forked from vLLM's
+  ``benchmark_serving.py`` <= 0.7 draw them),
   prompts sharing no prefix but the ``--random-prefix-len`` tokens every prompt starts
   with (added to its drawn length; with prefix caching, computed once and then hit);
   every request generates exactly its output length (``--ignore-eos``).
