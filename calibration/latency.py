@@ -323,7 +323,9 @@ class LatencyModel:
         families = {p.op for p in decode_parts if p.op != "attention"}
         families |= {"sliding window" for p in decode_parts if p.window is not None}
         caveat = band_caveat(families, self.dtype, self.gpu.name)
-        small = cpu_bound_caveat(self.kernel_time_of(1, 1024))
+        with np.errstate(all="ignore"):  # a profile pricing no finite step: _check_finite
+            step = self.kernel_time_of(1, 1024)
+        small = cpu_bound_caveat(step) if math.isfinite(step) else ""
         return "; ".join(filter(None, (caveat, small, self.extrapolated)))
 
     def _plus_overhead(
