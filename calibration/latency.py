@@ -170,10 +170,8 @@ class LatencyModel:
         self.dp = check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
         self.profile = engine_profile(profile, self.gpu, self.dtype)
         #: what the kernel tables did not measure and was extrapolated ("" if nothing)
-        self.extrapolated = ""
-        for ranks in sorted({tp, tp * self.dp if expert_parallel else 1} - {1}):
-            self.profile, note = with_allreduce(self.profile, ranks)
-            self.extrapolated = "; ".join(filter(None, (self.extrapolated, note)))
+        ranks = {tp, tp * self.dp if expert_parallel else 1}
+        self.profile, self.extrapolated = with_allreduce(self.profile, ranks)
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
@@ -325,7 +323,7 @@ class LatencyModel:
         caveat = band_caveat(families, self.dtype, self.gpu.name)
         with np.errstate(all="ignore"):  # a profile pricing no finite step: _check_finite
             step = self.kernel_time_of(1, 1024)
-        small = cpu_bound_caveat(step) if math.isfinite(step) else ""
+        small = cpu_bound_caveat(step)
         return "; ".join(filter(None, (caveat, small, self.extrapolated)))
 
     def _plus_overhead(

@@ -98,7 +98,17 @@ def engine_profile(profile: Profile | None, gpu: GpuSpec, dtype: str) -> Profile
 ALLREDUCE_T0_PER_DOUBLING = 1.16
 
 
-def with_allreduce(profile: Profile, ranks: int) -> tuple[Profile, str]:
+def with_allreduce(profile: Profile, all_ranks: set[int]) -> tuple[Profile, str]:
+    """``profile``, with an all-reduce over each of ``all_ranks`` GPUs where its tables stop
+    below that (:func:`_with_allreduce`), and what was extrapolated ("" if nothing)."""
+    notes = []
+    for ranks in sorted(all_ranks):
+        profile, note = _with_allreduce(profile, ranks)
+        notes.append(note)
+    return profile, "; ".join(filter(None, notes))
+
+
+def _with_allreduce(profile: Profile, ranks: int) -> tuple[Profile, str]:
     """``profile``, and an all-reduce over ``ranks`` GPUs where its tables stop below that
     (GB200's measure 2 and 4 GPUs, one compute tray; TP8 spans two over NVLink): the
     largest measured one's fit with its launch latency grown by

@@ -149,8 +149,9 @@ SMALLEST_FITTED_STEP_S = 2.3e-3
 
 def cpu_bound_caveat(step_s: float) -> str:
     """Why the bands may not cover a deployment whose one-sequence decode step takes
-    ``step_s`` seconds of GPU time ("" when the serving rows had steps that short)."""
-    if step_s >= SMALLEST_FITTED_STEP_S:
+    ``step_s`` seconds of GPU time ("" when the serving rows had steps that short, or when
+    the step is no finite time: the latency model refuses that profile in one line)."""
+    if not math.isfinite(step_s) or step_s >= SMALLEST_FITTED_STEP_S:
         return ""
     return (
         f"a one-sequence decode step takes {step_s * 1e3:.1f} ms of GPU time, shorter than"
