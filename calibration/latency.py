@@ -224,9 +224,7 @@ class LatencyModel:
         """One line when the profile has no all-reduce over ``ranks`` GPUs (GB200: 2, 4)."""
         key = f"allreduce_{ranks}"
         if key not in self.profile.ops:
-            have = sorted(
-                int(k.split("_")[1]) for k in self.profile.ops if k.startswith("allreduce_")
-            )
+            have = self.profile.allreduce_ranks()
             measured = f"the all-reduce on {', '.join(map(str, have))} GPUs only"
             raise ComemInputError(
                 f"tp={self.tp}{f' x data_parallel_size={self.dp}' if self.dp > 1 else ''} on"

@@ -115,9 +115,9 @@ def _with_allreduce(profile: Profile, ranks: int) -> tuple[Profile, str]:
     :data:`ALLREDUCE_T0_PER_DOUBLING` per doubling; and a line saying so ("" when the
     tables have it, or have nothing to extrapolate from)."""
     key = f"allreduce_{ranks}"
-    have = sorted(int(k.split("_")[1]) for k in profile.ops if k.startswith("allreduce_"))
+    have = profile.allreduce_ranks()
     below = [n for n in have if n < ranks]
-    if key in profile.ops or not below or ranks <= 1:
+    if key in profile.ops or not below:
         return profile, ""
     base = below[-1]
     fit = profile.ops[f"allreduce_{base}"]

@@ -280,6 +280,10 @@ class Profile:
             )
         return value
 
+    def allreduce_ranks(self) -> list[int]:
+        """The GPU counts this profile's all-reduce fits were measured on, ascending."""
+        return sorted(int(k.split("_")[1]) for k in self.ops if k.startswith("allreduce_"))
+
     def op(self, key: str) -> OpFit:
         try:
             return self.ops[key]
