@@ -194,8 +194,8 @@ class LatencyModel:
             DTYPE_BYTES[compute_dtype(self.dtype)],
         )  # fmt: skip
         self.framework = framework
+        self._check_finite()  # before the band caveat prices a step
         self._init_overhead(framework, async_scheduling)
-        self._check_finite()
 
     # -- what the engine may ask of the profile -----------------------------------------
     def _check_profile_prices(self) -> None:
@@ -319,9 +319,7 @@ class LatencyModel:
         families = {p.op for p in decode_parts if p.op != "attention"}
         families |= {"sliding window" for p in decode_parts if p.window is not None}
         caveat = band_caveat(families, self.dtype, self.gpu.name)
-        with np.errstate(all="ignore"):  # a profile pricing no finite step: _check_finite
-            step = self.kernel_time_of(1, 1024)
-        small = cpu_bound_caveat(step)
+        small = cpu_bound_caveat(self.kernel_time_of(1, 1024))  # finite: _check_finite ran
         return "; ".join(filter(None, (caveat, small, self.extrapolated)))
 
     def _plus_overhead(
