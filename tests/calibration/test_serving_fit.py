@@ -517,6 +517,23 @@ def test_ttft_envelope_summary_counts_rows_between_and_above_the_client_states()
     assert "| m | g | 1024 | 3 | 0.5 |" in text  # median of 0.5, 1.5, 0.25
 
 
+def test_client_mixture_weight_is_chosen_without_the_held_out_group():
+    """benchmarks/ttft_client_mixture.py: each group's weight comes from the other groups'
+    rows. Group a's rows sit at the lockstep TTFT and b's at the noisy one, so holding a
+    out picks b's weight (1: the noisy state), which then misses a's rows by lock/noisy."""
+    import numpy as np
+
+    from benchmarks.ttft_client_mixture import held_out_mixture
+
+    lock = np.array([100.0, 100.0, 100.0, 100.0])
+    noisy = np.array([50.0, 50.0, 50.0, 50.0])
+    measured = np.array([100.0, 100.0, 50.0, 50.0])
+    groups = np.array(["a", "a", "b", "b"])
+    err, chosen = held_out_mixture(measured, lock, noisy, groups)
+    assert chosen == {"a": 1.0, "b": 0.0}
+    np.testing.assert_allclose(err, [0.5, 0.5, 1.0, 1.0])
+
+
 def test_kv_scale_moves_a_row_across_the_knee():
     """``simulate_row(kv_scale=...)`` (``benchmarks/kv_knee.py``) sizes the KV cache at a
     multiple of vLLM's: 16 clients growing 256 -> 2304 tokens need 36,864 tokens at once,
