@@ -13,11 +13,9 @@ overhead is the committed serving fit's (``benchmarks/results/serving_transfer/s
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from benchmarks.serving_transfer import load_rows
-from calibration.profile import FrameworkOverhead
+from benchmarks.serving_transfer import SUMMARY, committed_overhead, load_rows
 from calibration.serving import ServingRow, ServingSetup
 from sim.serving import simulate_row
 
@@ -48,11 +46,9 @@ def knee_rows(shared: Path) -> list[tuple[ServingRow, ServingSetup]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default="../shared")
-    ap.add_argument("--summary", default="benchmarks/results/serving_transfer/summary.json")
+    ap.add_argument("--summary", default=str(SUMMARY))
     args = ap.parse_args(argv)
-    overhead = FrameworkOverhead.from_dict(
-        json.loads(Path(args.summary).read_text())["async"]["joint"]
-    )
+    overhead = committed_overhead(Path(args.summary))
     print("row | measured TTFT / TPOT ms | " + " | ".join(f"KV x{k}" for k in SCALES))
     for row, setup in knee_rows(Path(args.shared)):
         cells = []

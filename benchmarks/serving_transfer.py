@@ -106,6 +106,16 @@ def load_rows(shared: Path) -> tuple[list[ServingRow], list[ServingSetup], list[
     return [*h100, *silicon], setups, notes
 
 
+#: the committed fits of this benchmark (``--write-defaults`` stores the first variant's)
+SUMMARY = Path("benchmarks/results/serving_transfer/summary.json")
+
+
+def committed_overhead(summary: Path = SUMMARY) -> FrameworkOverhead:
+    """The ``async`` variant's joint overhead fit in a ``summary.json`` this benchmark wrote:
+    what the TTFT studies beside it simulate with."""
+    return FrameworkOverhead.from_dict(json.loads(Path(summary).read_text())["async"]["joint"])
+
+
 def keep_physical(
     rows: list[ServingRow], setups: list[ServingSetup]
 ) -> tuple[list[ServingRow], list[ServingSetup], list[str]]:

@@ -25,14 +25,13 @@ Writes ``<out>/mixture.md`` and ``<out>/mixture.csv``.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from benchmarks.serving_transfer import keep_physical, load_rows, short
+from benchmarks.serving_transfer import SUMMARY, committed_overhead, keep_physical, load_rows
+from benchmarks.ttft_envelopes import measured_frame
 from calibration.profile import FrameworkOverhead
 from sim.serving import evaluate_rows
 
@@ -83,19 +82,13 @@ def main() -> None:
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--out", default="benchmarks/results/ttft_envelopes")
     ap.add_argument("--noise", default="0.01,0.02", help="length spreads, comma-separated")
-    ap.add_argument("--overhead", default="benchmarks/results/serving_transfer/summary.json")
+    ap.add_argument("--overhead", default=str(SUMMARY))
     args = ap.parse_args()
-    overhead = FrameworkOverhead.from_dict(
-        json.loads(Path(args.overhead).read_text())["async"]["joint"]
-    )
+    overhead = committed_overhead(Path(args.overhead))
     rows, setups, _ = keep_physical(*load_rows(Path(args.shared))[:2])
-    measured = np.array([r.ttft_s * 1e3 for r in rows])
-    model = np.array([short(r.model) for r in rows])
-    gpu = np.array([r.gpu for r in rows])
-    table = pd.DataFrame({"model": model, "gpu": gpu, "tp": [r.tp for r in rows],
-                          "concurrency": [r.concurrency for r in rows],
-                          "isl": [r.isl for r in rows], "osl": [r.osl for r in rows],
-                          "ttft_ms": measured})  # fmt: skip
+    table = measured_frame(rows)
+    measured = table["ttft_ms"].to_numpy()
+    model, gpu = table["model"].to_numpy(), table["gpu"].to_numpy()
     table["lockstep_ms"] = lock = state_ttfts(rows, setups, overhead, 0.0)
     lines = [
         "# TTFT as a mixture of two client states (a candidate, not the model)",

@@ -29,7 +29,6 @@ Writes ``<out>/rows.csv`` and ``<out>/summary.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.serving_transfer import keep_physical, load_rows, short
+from benchmarks.serving_transfer import SUMMARY, committed_overhead, keep_physical, load_rows, short
 from calibration.profile import FrameworkOverhead
 from calibration.serving_errors import markdown_table
 from sim.serving import evaluate_rows
@@ -57,11 +56,9 @@ def states(delays: list[float]) -> dict[str, dict[str, object]]:
     return out
 
 
-def simulate_states(
-    rows: list, setups: list, overhead: FrameworkOverhead, delays: list[float]
-) -> pd.DataFrame:
-    """One table: each row's measurement and its simulated TTFT / TPOT in every state."""
-    base = pd.DataFrame(
+def measured_frame(rows: list) -> pd.DataFrame:
+    """Each row's configuration and measured TTFT / TPOT (ms), one table line per row."""
+    return pd.DataFrame(
         {
             "model": [short(r.model) for r in rows],
             "gpu": [r.gpu for r in rows],
@@ -74,6 +71,13 @@ def simulate_states(
             "tpot_ms": [r.tpot_s * 1e3 for r in rows],
         }
     )
+
+
+def simulate_states(
+    rows: list, setups: list, overhead: FrameworkOverhead, delays: list[float]
+) -> pd.DataFrame:
+    """One table: each row's measurement and its simulated TTFT / TPOT in every state."""
+    base = measured_frame(rows)
     for name, change in states(delays).items():
         t0 = time.perf_counter()
         table = evaluate_rows(
@@ -133,14 +137,14 @@ def main() -> None:
     )
     ap.add_argument(
         "--overhead",
-        default="benchmarks/results/serving_transfer/summary.json",
+        default=str(SUMMARY),
         help="summary.json of serving_transfer.py: its async joint fit is the overhead",
     )
     args = ap.parse_args()
     delays = [float(x) for x in args.delays.split(",") if x]
     rows, setups, _ = load_rows(Path(args.shared))
     rows, setups, dropped = keep_physical(rows, setups)
-    overhead = FrameworkOverhead(**json.loads(Path(args.overhead).read_text())["async"]["joint"])
+    overhead = committed_overhead(Path(args.overhead))
     print(f"{len(rows)} rows ({len(dropped)} below the roofline left out); overhead {overhead}")
     table = simulate_states(rows, setups, overhead, delays)
     out = Path(args.out)

@@ -13,19 +13,16 @@ ratio's median and range per prompt length. The overhead is the committed servin
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.serving_transfer import keep_physical, load_rows, short
-from calibration.profile import FrameworkOverhead
+from benchmarks.serving_transfer import committed_overhead, keep_physical, load_rows, short
 from sim.serving import simulate_row
 
 OUT = Path("benchmarks/results/ttft_envelopes/isolated.csv")
-SUMMARY = Path("benchmarks/results/serving_transfer/summary.json")
 
 
 def _job(args: tuple) -> dict:
@@ -45,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shared", default="../shared")
     args = ap.parse_args(argv)
-    overhead = FrameworkOverhead.from_dict(json.loads(SUMMARY.read_text())["async"]["joint"])
+    overhead = committed_overhead()
     rows, setups, _ = keep_physical(*load_rows(Path(args.shared))[:2])
     jobs = [(r, s, overhead) for r, s in zip(rows, setups, strict=True) if r.concurrency in (4, 8)]
     with multiprocessing.get_context("fork").Pool(2) as pool:
