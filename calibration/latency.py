@@ -168,14 +168,14 @@ class LatencyModel:
         #: data-parallel ranks the experts span (``--data-parallel-size`` with
         #: ``--enable-expert-parallel``: EP = TP x DP); 1 otherwise, the model is one rank's
         self.dp = check_parallelism(self.model, tp, expert_parallel, data_parallel_size)
-        self.profile = engine_profile(profile, self.gpu, self.dtype)
-        #: what the kernel tables did not measure and was extrapolated ("" if nothing)
-        ranks = {tp, tp * self.dp if expert_parallel else 1}
-        self.profile, self.extrapolated = with_allreduce(self.profile, ranks)
         self.include_overhead = include_overhead
         self.expert_parallel = expert_parallel
         #: ranks the experts are split over (1: every rank holds a TP slice of each)
         self.ep = tp * self.dp if expert_parallel else 1
+        #: what the kernel tables did not measure and was extrapolated ("" if nothing)
+        self.profile, self.extrapolated = with_allreduce(
+            engine_profile(profile, self.gpu, self.dtype), {tp, self.ep}
+        )
         #: profile op keys of the dense GEMMs and of the two attentions
         self._gemm_key = "gemm_fp8_tensor" if self.fp8_gemm == "tensor" else "gemm"
         suffix = FP8_KV_SUFFIX if self.kv_cache_dtype == "fp8" else ""
